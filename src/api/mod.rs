@@ -1,0 +1,120 @@
+//! The v1 HTTP API: the same on the box and on the reference cloud.
+//!
+//! - [`server`] accepts TCP connections, does the TLS handshake and serves HTTP/1.1 and HTTP/2
+//!   with hyper, with timeouts on every stage and a bounded graceful drain on shutdown.
+//! - [`routes`] maps a request to a handler and holds the handlers: validate the ids, check
+//!   the bearer token, bound and hash the body, ask the store, answer.
+//! - [`error`] is the one place where failures become status codes and JSON error bodies.
+//! - [`cors`] lets browser clients on configured origins call the API.
+
+pub mod cors;
+pub mod error;
+pub mod routes;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::keyfile::{Secret, VenueKey};
+use crate::store::Store;
+use crate::token::{self, Claims};
+
+pub use error::ApiError;
+
+/// Who is calling, as established from the `Authorization: Bearer` header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A candidate token for one exam and candidate.
+    Candidate { exam: String, candidate: String },
+    /// An admin (invigilator / IT) token.
+    Admin,
+    /// A box forwarding what it stored (the reference cloud's appliance credentials).
+    Appliance,
+}
+
+/// How callers are authenticated: candidate and admin tokens under the venue key, plus (on
+/// the cloud) a list of appliance credentials.
+pub struct Auth {
+    venue_key: VenueKey,
+    appliance_credentials: Vec<Secret>,
+}
+
+impl Auth {
+    pub fn new(venue_key: VenueKey, appliance_credentials: Vec<Secret>) -> Self {
+        Self {
+            venue_key,
+            appliance_credentials,
+        }
+    }
+
+    /// Establishes the caller from a bearer token.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Caller, ApiError> {
+        let token = bearer.ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+        if self
+            .appliance_credentials
+            .iter()
+            .any(|c| constant_time_eq(c.expose().as_bytes(), token.as_bytes()))
+        {
+            return Ok(Caller::Appliance);
+        }
+        match token::verify(&self.venue_key, token, SystemTime::now()) {
+            Ok(Claims::Candidate {
+                exam, candidate, ..
+            }) => Ok(Caller::Candidate { exam, candidate }),
+            Ok(Claims::Admin { .. }) => Ok(Caller::Admin),
+            Err(token::TokenError::Expired) => Err(ApiError::Unauthorized("the token expired")),
+            Err(_) => Err(ApiError::Unauthorized(
+                "the token is not valid for this venue",
+            )),
+        }
+    }
+}
+
+/// Compares secrets without leaking where they differ: blake3 hashes compare in constant
+/// time, and hashing first hides the lengths too.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    blake3::hash(a) == blake3::hash(b)
+}
+
+/// Limits on what one request may ask of the box.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The largest autosave body accepted (413 above it).
+    pub max_body_bytes: u64,
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout: Duration,
+    /// How long a connection may sit with no traffic before it is closed.
+    pub idle_timeout: Duration,
+    /// How long a client may take to finish the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long a shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a handler needs; shared by all connections.
+pub struct AppState {
+    pub store: Store,
+    pub auth: Auth,
+    pub limits: Limits,
+    pub cors: cors::Cors,
+    /// The pin clients check, shown by `/v1/health`.
+    pub pin: String,
+    /// The box's human name (its mDNS instance name).
+    pub name: String,
+    /// Free space the store keeps in reserve, shown by `/v1/status`.
+    pub min_free_bytes: u64,
+}
+
+pub type State = Arc<AppState>;

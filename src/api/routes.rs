@@ -1,0 +1,369 @@
+//! Routing and the handlers of the v1 API.
+//!
+//! Every autosave route checks, in this order: the ids in the path (400), the bearer token
+//! (401) and whether it grants this exam and candidate (403), then the body's size (413) and
+//! digest (400). Only then does the store see the request, and only the store's answer after
+//! its commit turns into a 2xx.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use super::error::json_response;
+use super::{ApiError, Caller, State};
+use crate::ids::{AutosaveName, is_valid_id, parse_seq};
+use crate::store::{ListEntry, PutOutcome, PutRequest, Record};
+
+/// Bodies larger than this are hashed on the blocking pool rather than on the runtime.
+const HASH_INLINE_MAX: usize = 1024 * 1024;
+
+/// The entry point hyper calls for every request.
+pub async fn handle(
+    state: State,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let mut response = if request.method() == Method::OPTIONS {
+        state.cors.preflight(origin.as_ref())
+    } else {
+        route(&state, request)
+            .await
+            .unwrap_or_else(ApiError::into_response)
+    };
+    state.cors.decorate(origin.as_ref(), &mut response);
+    Ok(response)
+}
+
+async fn route(
+    state: &State,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let path = request.uri().path().to_owned();
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return Err(ApiError::NotFound);
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        ["health"] => {
+            only(&request, &Method::GET, "GET")?;
+            Ok(health(state))
+        }
+        ["status"] => {
+            only(&request, &Method::GET, "GET")?;
+            let caller = state.auth.authenticate(bearer(&request))?;
+            if caller != Caller::Admin {
+                return Err(ApiError::Forbidden("status needs an admin token"));
+            }
+            status(state).await
+        }
+        [
+            "exams",
+            exam,
+            "candidates",
+            candidate,
+            "autosaves",
+            tail @ ..,
+        ] => {
+            if !is_valid_id(exam) {
+                return Err(ApiError::BadId(
+                    "the exam id must match [A-Za-z0-9._-]{1,64}",
+                ));
+            }
+            if !is_valid_id(candidate) {
+                return Err(ApiError::BadId(
+                    "the candidate id must match [A-Za-z0-9._-]{1,64}",
+                ));
+            }
+            let (exam, candidate) = (exam.to_string(), candidate.to_string());
+            match tail {
+                [] => {
+                    only(&request, &Method::GET, "GET")?;
+                    authorize_read(state, &request, &exam, &candidate)?;
+                    list(state, exam, candidate).await
+                }
+                ["latest"] => {
+                    only(&request, &Method::GET, "GET")?;
+                    authorize_read(state, &request, &exam, &candidate)?;
+                    let found = state.store.latest(exam, candidate).await?;
+                    payload_response(found)
+                }
+                [seq] => {
+                    let seq = parse_seq(seq).ok_or(ApiError::BadId(
+                        "the seq must be a decimal u64 without leading zeros",
+                    ))?;
+                    let name = AutosaveName {
+                        exam,
+                        candidate,
+                        seq,
+                    };
+                    match *request.method() {
+                        Method::PUT => put(state, request, name).await,
+                        Method::GET => {
+                            authorize_read(state, &request, &name.exam, &name.candidate)?;
+                            payload_response(state.store.get(name).await?)
+                        }
+                        _ => Err(ApiError::MethodNotAllowed("GET, PUT")),
+                    }
+                }
+                _ => Err(ApiError::NotFound),
+            }
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn only(request: &Request<Incoming>, method: &Method, allow: &'static str) -> Result<(), ApiError> {
+    if request.method() == method || (method == Method::GET && request.method() == Method::HEAD) {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed(allow))
+    }
+}
+
+fn bearer<B>(request: &Request<B>) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn authorize_read<B>(
+    state: &State,
+    request: &Request<B>,
+    exam: &str,
+    candidate: &str,
+) -> Result<(), ApiError> {
+    match state.auth.authenticate(bearer(request))? {
+        Caller::Admin | Caller::Appliance => Ok(()),
+        Caller::Candidate {
+            exam: e,
+            candidate: c,
+        } if e == exam && c == candidate => Ok(()),
+        Caller::Candidate { .. } => Err(ApiError::Forbidden(
+            "the token is for another exam or candidate",
+        )),
+    }
+}
+
+fn authorize_write<B>(
+    state: &State,
+    request: &Request<B>,
+    exam: &str,
+    candidate: &str,
+) -> Result<(), ApiError> {
+    match state.auth.authenticate(bearer(request))? {
+        Caller::Appliance => Ok(()),
+        Caller::Candidate {
+            exam: e,
+            candidate: c,
+        } if e == exam && c == candidate => Ok(()),
+        Caller::Candidate { .. } => Err(ApiError::Forbidden(
+            "the token is for another exam or candidate",
+        )),
+        Caller::Admin => Err(ApiError::Forbidden("admin tokens cannot save autosaves")),
+    }
+}
+
+/// Reads `final=true|false` from the query; anything else there is refused.
+fn parse_final(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut is_final = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair {
+            "final=true" | "final=1" => is_final = true,
+            "final=false" | "final=0" => is_final = false,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {pair:?}; only final=true is understood"
+                )));
+            }
+        }
+    }
+    Ok(is_final)
+}
+
+async fn put(
+    state: &State,
+    request: Request<Incoming>,
+    name: AutosaveName,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let is_final = parse_final(request.uri().query())?;
+    authorize_write(state, &request, &name.exam, &name.candidate)?;
+    let limit = state.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let digest_header = match request.headers().get("content-digest") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("the Content-Digest header is not text".into()))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let body = Limited::new(
+        request.into_body(),
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    )
+    .collect()
+    .await
+    .map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            ApiError::TooLarge { limit }
+        } else {
+            ApiError::BadRequest("the body could not be read".into())
+        }
+    })?
+    .to_bytes();
+    let blake3 = hash(&body).await?;
+    if let Some(header) = digest_header {
+        crate::digest::verify(&header, &body, &blake3)
+            .map_err(|e| ApiError::DigestMismatch(e.to_string()))?;
+    }
+    let request = PutRequest {
+        name: name.clone(),
+        payload: body,
+        blake3,
+        is_final,
+    };
+    match state.store.put(request).await? {
+        PutOutcome::Stored(receipt) => {
+            tracing::debug!(exam = %name.exam, candidate = %name.candidate, seq = name.seq, "stored");
+            let mut response = json_response(StatusCode::CREATED, &receipt);
+            if let Ok(location) = HeaderValue::from_str(&format!(
+                "/v1/exams/{}/candidates/{}/autosaves/{}",
+                name.exam, name.candidate, name.seq
+            )) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            Ok(response)
+        }
+        PutOutcome::Duplicate(receipt) => Ok(json_response(StatusCode::OK, &receipt)),
+        PutOutcome::Conflict { existing_blake3 } => {
+            tracing::info!(exam = %name.exam, candidate = %name.candidate, seq = name.seq, "refused different bytes under a stored name");
+            Err(ApiError::Conflict {
+                existing: existing_blake3,
+            })
+        }
+    }
+}
+
+async fn hash(body: &Bytes) -> Result<blake3::Hash, ApiError> {
+    if body.len() <= HASH_INLINE_MAX {
+        return Ok(blake3::hash(body));
+    }
+    let body = body.clone();
+    tokio::task::spawn_blocking(move || blake3::hash(&body))
+        .await
+        .map_err(|_| ApiError::Internal)
+}
+
+fn payload_response(found: Option<(Record, Bytes)>) -> Result<Response<Full<Bytes>>, ApiError> {
+    let (record, payload) = found.ok_or(ApiError::NotFound)?;
+    let blake3 = record.blake3().ok_or(ApiError::Internal)?;
+    let receipt = &record.receipt;
+    let mut response = Response::new(Full::new(payload));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    let text = |s: String| HeaderValue::from_str(&s).map_err(|_| ApiError::Internal);
+    h.insert(
+        "content-digest",
+        text(crate::digest::header_value(&blake3))?,
+    );
+    h.insert("hallrelay-seq", HeaderValue::from(receipt.seq));
+    h.insert("hallrelay-blake3", text(receipt.blake3.clone())?);
+    h.insert(
+        "hallrelay-final",
+        HeaderValue::from_static(if receipt.is_final { "true" } else { "false" }),
+    );
+    h.insert("hallrelay-received-at", text(receipt.received_at.clone())?);
+    Ok(response)
+}
+
+async fn list(
+    state: &State,
+    exam: String,
+    candidate: String,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let rows: Vec<ListEntry> = state
+        .store
+        .list(exam, candidate)
+        .await?
+        .into_iter()
+        .map(|(seq, record)| ListEntry {
+            seq,
+            blake3: record.receipt.blake3,
+            size: record.receipt.size,
+            received_at: record.receipt.received_at,
+            is_final: record.receipt.is_final,
+            delivered: record.delivered_at.is_some(),
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &rows))
+}
+
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'static str,
+    appliance: &'a str,
+    name: &'a str,
+    version: &'static str,
+    pin: &'a str,
+}
+
+fn health(state: &State) -> Response<Full<Bytes>> {
+    json_response(
+        StatusCode::OK,
+        &Health {
+            status: "ok",
+            appliance: state.store.appliance(),
+            name: &state.name,
+            version: crate::VERSION,
+            pin: &state.pin,
+        },
+    )
+}
+
+async fn status(state: &State) -> Result<Response<Full<Bytes>>, ApiError> {
+    let store = state.store.status().await?;
+    let data_dir = state
+        .store
+        .path()
+        .parent()
+        .map(std::path::Path::to_path_buf);
+    let free = data_dir.as_deref().and_then(crate::store::free_bytes);
+    let body = serde_json::json!({
+        "appliance": state.store.appliance(),
+        "name": state.name,
+        "version": crate::VERSION,
+        "uplink": { "state": "not_configured" },
+        "stored": { "count": store.stored, "bytes": store.stored_bytes },
+        "pending": {
+            "count": store.pending,
+            "bytes": store.pending_bytes,
+            "oldest_age_secs": store.oldest_pending_age_secs,
+        },
+        "delivered": store.delivered,
+        "conflicts": store.conflicts,
+        "candidates": store.candidates,
+        "disk": { "free_bytes": free, "reserve_bytes": state.min_free_bytes },
+        "commits": { "count": store.commits, "requests": store.committed_requests },
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}

@@ -1,0 +1,74 @@
+//! The command line: clap types only. Validation and defaults live in [`crate::config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// hallrelay: keeps exam autosaves safe in the hall while the uplink is down.
+#[derive(Debug, Parser)]
+#[command(name = "hallrelay", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the appliance: the HTTPS autosave API backed by a durable redb store.
+    Serve(ServeArgs),
+    /// Mint a candidate or admin token with the venue key (prints only the token).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the store, identity and venue key live [default: ./hallrelay-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on for HTTPS [default: 0.0.0.0:8443].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// The box's name (its mDNS instance name and NAME.local) [default: hallrelay-XXXX from
+    /// the appliance id].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The venue key file [default: <data-dir>/venue.key, created on first start].
+    #[arg(long, value_name = "FILE")]
+    pub venue_key_file: Option<PathBuf>,
+    /// Do not advertise the box over mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Advertise over mDNS only on this interface (repeatable) [default: every interface].
+    #[arg(long = "mdns-interface", value_name = "IF")]
+    pub mdns_interfaces: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The data dir whose venue key signs the token [default: ./hallrelay-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The venue key file [default: <data-dir>/venue.key, created if missing].
+    #[arg(long, value_name = "FILE")]
+    pub venue_key_file: Option<PathBuf>,
+    /// The exam the candidate token is for.
+    #[arg(long, requires = "candidate", conflicts_with = "admin")]
+    pub exam: Option<String>,
+    /// The candidate the token is for.
+    #[arg(long, requires = "exam", conflicts_with = "admin")]
+    pub candidate: Option<String>,
+    /// Mint an admin (invigilator / IT) token instead.
+    #[arg(long, required_unless_present = "exam")]
+    pub admin: bool,
+    /// Who the admin token is for, recorded in it.
+    #[arg(long, default_value = "admin", requires = "admin")]
+    pub subject: String,
+    /// How long the token is valid, e.g. 8h, 2days.
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+}

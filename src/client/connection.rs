@@ -1,0 +1,164 @@
+//! A keep-alive HTTPS client for one base URL, authenticated with an optional bearer token.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::keyfile::Secret;
+
+/// Why a request did not get an answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("bad URL {0}")]
+    Url(String),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("request failed: {0}")]
+    Request(#[from] hyper_util::client::legacy::Error),
+    #[error("reading the answer failed: {0}")]
+    Body(#[from] hyper::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("building the request: {0}")]
+    Http(#[from] http::Error),
+}
+
+/// An answer, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
+
+    /// A header as text, if present and printable.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A client for one base URL (`https://host:port`; `http://` only where the caller allows).
+#[derive(Clone)]
+pub struct Connection {
+    base: String,
+    token: Option<Secret>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl Connection {
+    /// A client that trusts the server at `base` only if its key matches one of `pins`.
+    pub fn pinned(
+        base: &str,
+        pins: Vec<String>,
+        token: Option<Secret>,
+    ) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !base.starts_with("https://") && !base.starts_with("http://") {
+            return Err(ClientError::Url(base));
+        }
+        let tls = crate::tls::pinned_client_config(pins)?;
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(Duration::from_secs(5)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Self {
+            base,
+            token,
+            http,
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// The same client with another bearer token.
+    pub fn with_token(&self, token: Option<Secret>) -> Self {
+        Self {
+            token,
+            ..self.clone()
+        }
+    }
+
+    /// The same client with another per-request timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            timeout,
+            ..self.clone()
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET {base}{path}`.
+    pub async fn get(&self, path: &str) -> Result<Reply, ClientError> {
+        self.send(Method::GET, path, HeaderMap::new(), Bytes::new())
+            .await
+    }
+
+    /// `PUT {base}{path}` with `body`.
+    pub async fn put(
+        &self,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Reply, ClientError> {
+        self.send(Method::PUT, path, headers, body).await
+    }
+
+    /// Sends one request and reads the whole answer, within the client's timeout.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Reply, ClientError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .body(Full::new(body))?;
+        request.headers_mut().extend(headers);
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {}", token.expose())
+                .parse()
+                .map_err(|_| ClientError::Url("the token is not a valid header value".into()))?;
+            request.headers_mut().insert(header::AUTHORIZATION, value);
+        }
+        let exchange = async {
+            let response = self.http.request(request).await?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, ClientError>(Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeout))?
+    }
+}

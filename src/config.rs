@@ -1,0 +1,293 @@
+//! The appliance's configuration: the TOML file, the flags that override it, the embedded
+//! defaults, and the validation that turns them into one [`ServeConfig`].
+//!
+//! Unknown keys are refused (`deny_unknown_fields`) so a typo is an error, not a silently
+//! ignored setting. Every error names the file and the key; `main` turns them into exit code
+//! 64 (EX_USAGE), which the systemd unit does not restart on.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::api::Limits;
+use crate::cli::ServeArgs;
+use crate::ids::is_valid_id;
+use crate::store::StoreOptions;
+
+/// Where the data dir is when nothing says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "hallrelay-data";
+/// The listen address when nothing says otherwise.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+/// The venue key's file name inside the data dir.
+pub const VENUE_KEY_FILE: &str = "venue.key";
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad configuration in {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("bad configuration: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+/// The TOML file as written by a venue. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The box's name: mDNS instance name and `NAME.local`.
+    pub name: Option<String>,
+    /// Where the store, identity and venue key live.
+    pub data_dir: Option<PathBuf>,
+    /// HTTPS listen address.
+    pub listen: Option<SocketAddr>,
+    /// The venue key file (default `<data_dir>/venue.key`).
+    pub venue_key_file: Option<PathBuf>,
+    /// Advertise over mDNS (default true).
+    pub mdns: Option<bool>,
+    /// Interfaces to advertise on (default: all).
+    pub mdns_interfaces: Option<Vec<String>>,
+    /// Browser origins allowed to call the API (CORS); `"*"` allows any.
+    pub cors_origins: Option<Vec<String>>,
+    /// The largest autosave accepted, in bytes (default 16 MiB).
+    pub max_body_bytes: Option<u64>,
+    /// Free disk space kept in reserve; writes that would use it answer 507 (default 64 MiB).
+    pub min_free_bytes: Option<u64>,
+    /// How long a client may take to send request headers (default "10s").
+    #[serde(default, with = "opt_duration")]
+    pub header_read_timeout: Option<Duration>,
+    /// How long an idle connection is kept (default "60s").
+    #[serde(default, with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// How long shutdown waits for in-flight requests (default "10s").
+    #[serde(default, with = "opt_duration")]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// The validated configuration `serve` runs with.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// `None` until the store is open: the default name derives from the appliance id.
+    pub name: Option<String>,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub venue_key_file: PathBuf,
+    pub mdns: bool,
+    pub mdns_interfaces: Vec<String>,
+    pub cors_origins: Vec<String>,
+    pub limits: Limits,
+    pub store: StoreOptions,
+}
+
+impl FileConfig {
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+impl ServeConfig {
+    /// Merges the file (if any) under the flags and fills the embedded defaults.
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(file, args)
+    }
+
+    fn merge(file: FileConfig, args: &ServeArgs) -> Result<Self, ConfigError> {
+        let defaults = Limits::default();
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let venue_key_file = args
+            .venue_key_file
+            .clone()
+            .or(file.venue_key_file)
+            .unwrap_or_else(|| data_dir.join(VENUE_KEY_FILE));
+        let listen = match args.listen.or(file.listen) {
+            Some(addr) => addr,
+            None => DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid {
+                key: "listen",
+                problem: "has a bad built-in default".into(),
+            })?,
+        };
+        let name = args.name.clone().or(file.name);
+        if let Some(name) = &name {
+            // The name becomes a DNS label: letters, digits and hyphens.
+            let label_ok = (1..=63).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !name.starts_with('-')
+                && !name.ends_with('-');
+            if !label_ok || !is_valid_id(name) {
+                return Err(ConfigError::Invalid {
+                    key: "name",
+                    problem: format!("{name:?} must be 1-63 letters, digits or inner hyphens"),
+                });
+            }
+        }
+        let mut mdns_interfaces = file.mdns_interfaces.unwrap_or_default();
+        if !args.mdns_interfaces.is_empty() {
+            mdns_interfaces = args.mdns_interfaces.clone();
+        }
+        let max_body_bytes = file.max_body_bytes.unwrap_or(defaults.max_body_bytes);
+        if max_body_bytes == 0 || max_body_bytes > 1024 * 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "max_body_bytes",
+                problem: format!("is {max_body_bytes}; it must be between 1 and 1 GiB"),
+            });
+        }
+        let cors_origins = file.cors_origins.unwrap_or_default();
+        if let Some(bad) = cors_origins
+            .iter()
+            .find(|o| *o != "*" && !(o.starts_with("https://") || o.starts_with("http://")))
+        {
+            return Err(ConfigError::Invalid {
+                key: "cors_origins",
+                problem: format!(
+                    "has {bad:?}; origins look like https://exam.example.org or \"*\""
+                ),
+            });
+        }
+        let positive = |key: &'static str, value: Option<Duration>, default: Duration| match value {
+            Some(d) if d.is_zero() => Err(ConfigError::Invalid {
+                key,
+                problem: "must be longer than zero".into(),
+            }),
+            Some(d) => Ok(d),
+            None => Ok(default),
+        };
+        let limits = Limits {
+            max_body_bytes,
+            header_read_timeout: positive(
+                "header_read_timeout",
+                file.header_read_timeout,
+                defaults.header_read_timeout,
+            )?,
+            idle_timeout: positive("idle_timeout", file.idle_timeout, defaults.idle_timeout)?,
+            handshake_timeout: defaults.handshake_timeout,
+            shutdown_grace: positive(
+                "shutdown_grace",
+                file.shutdown_grace,
+                defaults.shutdown_grace,
+            )?,
+        };
+        let mut store = StoreOptions::default();
+        if let Some(bytes) = file.min_free_bytes {
+            store.min_free_bytes = bytes;
+        }
+        Ok(Self {
+            name,
+            data_dir,
+            listen,
+            venue_key_file,
+            mdns: !args.no_mdns && file.mdns.unwrap_or(true),
+            mdns_interfaces,
+            cors_origins,
+            limits,
+            store,
+        })
+    }
+}
+
+/// Durations in the file are written as humans write them: "10s", "2min", "1h 30m".
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}); write e.g. \"10s\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["hallrelay", "serve"];
+        argv.extend_from_slice(extra);
+        match crate::cli::Cli::parse_from(argv).command {
+            crate::cli::Command::Serve(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = ServeConfig::merge(FileConfig::default(), &args(&[])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("hallrelay-data"));
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.venue_key_file, PathBuf::from("hallrelay-data/venue.key"));
+        assert!(c.mdns);
+        assert_eq!(c.limits.max_body_bytes, 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = FileConfig::parse(
+            Path::new("t.toml"),
+            "listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/a\"\nidle_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        let c =
+            ServeConfig::merge(file, &args(&["--listen", "127.0.0.1:9100", "--no-mdns"])).unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.data_dir, PathBuf::from("/srv/a"));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(5));
+        assert!(!c.mdns);
+    }
+
+    /// Every example under docs/examples/ parses; the ones named bad-* are refused and the
+    /// message names the offending key.
+    #[test]
+    fn example_configs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if !name.ends_with(".toml") {
+                continue;
+            }
+            seen += 1;
+            let result = FileConfig::load(&path).and_then(|f| ServeConfig::merge(f, &args(&[])));
+            if let Some(rest) = name.strip_prefix("bad-") {
+                let key = rest.trim_end_matches(".toml");
+                let err = result.expect_err(&name).to_string();
+                assert!(err.contains(key), "{name}: {err}");
+            } else {
+                result.unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
+        assert!(seen >= 3, "expected example configs in {}", dir.display());
+    }
+}

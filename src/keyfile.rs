@@ -1,0 +1,206 @@
+//! Secrets that live in files: the venue key, credentials, the identity key.
+//!
+//! Secrets never travel in flags or logs. This module creates secret files with mode 0600
+//! (written to a temporary name, fsynced and renamed, so a crash never leaves half a key), and
+//! wraps what it reads in types whose `Debug` prints `MASKED`.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Why a secret file could not be read or created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot create {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("{path} does not hold a venue key (expected 64 hex digits or 32 raw bytes)")]
+    BadVenueKey { path: PathBuf },
+    #[error("{path} is empty")]
+    Empty { path: PathBuf },
+}
+
+/// A secret string (a bearer credential) whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself, for the one place that has to send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Reads a one-line secret from a file, trimming surrounding white space.
+    pub fn from_file(path: &Path) -> Result<Self, KeyFileError> {
+        let text = fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(KeyFileError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+/// The 32-byte key shared by the platform and the venue's boxes; it authenticates tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VenueKey([u8; 32]);
+
+impl VenueKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn generate() -> Self {
+        Self(rand::random())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Reads a venue key: 64 hex digits (white space around them ignored) or 32 raw bytes.
+    pub fn load(path: &Path) -> Result<Self, KeyFileError> {
+        let raw = fs::read(path).map_err(|source| KeyFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&raw).ok_or_else(|| KeyFileError::BadVenueKey {
+            path: path.to_owned(),
+        })
+    }
+
+    fn parse(raw: &[u8]) -> Option<Self> {
+        if let Ok(text) = std::str::from_utf8(raw)
+            && let Some(key) = parse_hex32(text.trim())
+        {
+            return Some(Self(key));
+        }
+        <[u8; 32]>::try_from(raw).ok().map(Self)
+    }
+
+    /// Loads the key at `path`, creating a fresh random one (mode 0600) if there is none.
+    pub fn load_or_create(path: &Path) -> Result<Self, KeyFileError> {
+        match fs::metadata(path) {
+            Ok(_) => Self::load(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let key = Self::generate();
+                let text = format!("{}\n", hex(&key.0));
+                write_secret_file(path, text.as_bytes())?;
+                tracing::info!(path = %path.display(), "created a new venue key");
+                Ok(key)
+            }
+            Err(source) => Err(KeyFileError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for VenueKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VenueKey(MASKED)")
+    }
+}
+
+/// Writes `contents` to `path` with mode 0600: temporary file, fsync, rename, fsync the folder.
+pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeyFileError> {
+    let create_err = |source| KeyFileError::Create {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(create_err)?;
+    file.write_all(contents).map_err(create_err)?;
+    file.sync_all().map_err(create_err)?;
+    fs::rename(&tmp, path).map_err(create_err)?;
+    sync_parent(path).map_err(create_err)
+}
+
+/// Fsyncs the folder holding `path`, so that a new name in it survives a power cut.
+pub fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::File::open(parent)?.sync_all()
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Parses exactly 64 hex digits into 32 bytes.
+pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn venue_key_is_created_private_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("venue.key");
+        let created = VenueKey::load_or_create(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(VenueKey::load_or_create(&path).unwrap(), created);
+    }
+
+    #[test]
+    fn venue_key_formats() {
+        let hex_text = format!("  {}\n", "ab".repeat(32));
+        assert_eq!(VenueKey::parse(hex_text.as_bytes()).unwrap().0, [0xab; 32]);
+        assert_eq!(VenueKey::parse(&[7u8; 32]).unwrap().0, [7; 32]);
+        assert!(VenueKey::parse(b"short").is_none());
+        assert!(VenueKey::parse("zz".repeat(32).as_bytes()).is_none());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "MASKED");
+        assert_eq!(format!("{:?}", VenueKey::generate()), "VenueKey(MASKED)");
+    }
+}

@@ -1,0 +1,37 @@
+//! hallrelay: an exam-hall edge appliance that keeps candidates' autosaves safe while the
+//! hall's uplink is down.
+//!
+//! The architecture in one page:
+//! - [`api`] serves the v1 autosave API over HTTPS (hyper on tokio-rustls). Handlers validate,
+//!   authenticate and hash a request, then hand it to the store and answer only once the store
+//!   says it is durable.
+//! - [`store`] owns the redb file: its tables, its schema version and the single writer thread
+//!   that groups concurrent requests into one fsynced commit ("ack means durable").
+//! - [`identity`] is the box's TLS key and self-signed certificate, created on first start;
+//!   its public-key pin is what clients trust, and [`receipt`]s are signed with it.
+//! - [`token`] mints and verifies the candidate and admin tokens (a blake3 keyed MAC under the
+//!   venue key), so the box can authenticate candidates offline.
+//! - [`digest`] checks RFC 9530 `Content-Digest` headers; [`ids`] the names of things.
+//! - [`client`] is the HTTPS client that trusts a box by its pin (used by the CLI tools, tests
+//!   and benchmarks).
+//! - [`config`] turns the TOML file and flags into one validated [`config::ServeConfig`];
+//!   [`serve`] assembles the appliance from it and runs it until shutdown.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod digest;
+pub mod identity;
+pub mod ids;
+pub mod keyfile;
+pub mod receipt;
+pub mod serve;
+pub mod store;
+pub mod timefmt;
+pub mod tls;
+pub mod token;
+
+/// The version string reported by `/v1/health` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

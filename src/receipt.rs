@@ -1,0 +1,212 @@
+//! Signed receipts: the box's evidence of what it received from a candidate and when.
+//!
+//! A receipt names the autosave, its blake3 and size, whether it was a final submission, the
+//! box's clock at receipt and the box's id, and it links to the previous receipt of the same
+//! candidate, so each candidate's receipts form a hash chain: a box cannot later drop or
+//! reorder a receipt without breaking the chain. The box signs it with its identity key
+//! (ECDSA P-256, SHA-256, ASN.1 DER signature, base64).
+//!
+//! What is signed is a fixed, line-based text (see [`Receipt::signing_input`]) rather than the
+//! JSON, so that a verifier in any language rebuilds it without a JSON canonicalisation
+//! scheme. `docs/receipts.md` writes it down.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use rustls::pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Identity;
+use crate::keyfile::hex;
+
+/// The `prev` of a candidate's first receipt.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// A signed receipt, as the API returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    pub exam: String,
+    pub candidate: String,
+    pub seq: u64,
+    /// blake3 of the payload, lower-case hex.
+    pub blake3: String,
+    pub size: u64,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// The box's clock when the autosave was received, RFC 3339 UTC.
+    pub received_at: String,
+    /// The id of the box that received it.
+    pub appliance: String,
+    /// [`Receipt::hash`] of the same candidate's previous receipt, or [`GENESIS`].
+    pub prev: String,
+    /// Base64 of the ECDSA P-256 / SHA-256 signature (ASN.1 DER) over the signing input.
+    pub signature: String,
+}
+
+/// Why a receipt or a chain of receipts does not verify.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReceiptError {
+    #[error("the certificate cannot be parsed")]
+    BadCertificate,
+    #[error("the signature is not valid base64")]
+    BadEncoding,
+    #[error("the signature of receipt {seq} does not verify against the certificate")]
+    BadSignature { seq: u64 },
+    #[error("receipt {seq} does not link to the receipt before it")]
+    BrokenChain { seq: u64 },
+    #[error("receipt {seq} belongs to another candidate than the chain")]
+    MixedChain { seq: u64 },
+}
+
+impl Receipt {
+    /// Builds and signs a receipt. `prev` is the hash of the candidate's previous receipt.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sign(
+        identity: &Identity,
+        appliance: &str,
+        exam: &str,
+        candidate: &str,
+        seq: u64,
+        blake3: &blake3::Hash,
+        size: u64,
+        is_final: bool,
+        received_at: String,
+        prev: &str,
+    ) -> Self {
+        let mut receipt = Self {
+            exam: exam.to_owned(),
+            candidate: candidate.to_owned(),
+            seq,
+            blake3: blake3.to_hex().to_string(),
+            size,
+            is_final,
+            received_at,
+            appliance: appliance.to_owned(),
+            prev: prev.to_owned(),
+            signature: String::new(),
+        };
+        receipt.signature = STANDARD.encode(identity.sign(receipt.signing_input().as_bytes()));
+        receipt
+    }
+
+    /// The exact text that is signed: one `key=value` line per field after a version line,
+    /// each line ending in `\n`.
+    pub fn signing_input(&self) -> String {
+        format!(
+            "hallrelay-receipt-v1\nexam={}\ncandidate={}\nseq={}\nblake3={}\nsize={}\nfinal={}\n\
+             received_at={}\nappliance={}\nprev={}\n",
+            self.exam,
+            self.candidate,
+            self.seq,
+            self.blake3,
+            self.size,
+            self.is_final,
+            self.received_at,
+            self.appliance,
+            self.prev
+        )
+    }
+
+    /// The receipt's hash, which the next receipt of the candidate carries as `prev`:
+    /// blake3 of the signing input, lower-case hex.
+    pub fn hash(&self) -> String {
+        hex(blake3::hash(self.signing_input().as_bytes()).as_bytes())
+    }
+
+    /// Checks the signature against the box's certificate (DER).
+    pub fn verify(&self, certificate: &CertificateDer<'_>) -> Result<(), ReceiptError> {
+        let cert = webpki::EndEntityCert::try_from(certificate)
+            .map_err(|_| ReceiptError::BadCertificate)?;
+        let signature = STANDARD
+            .decode(&self.signature)
+            .map_err(|_| ReceiptError::BadEncoding)?;
+        cert.verify_signature(
+            webpki::ring::ECDSA_P256_SHA256,
+            self.signing_input().as_bytes(),
+            &signature,
+        )
+        .map_err(|_| ReceiptError::BadSignature { seq: self.seq })
+    }
+}
+
+/// Verifies a run of one candidate's receipts in the order the box issued them: every
+/// signature, and every link from one receipt to the next. The first receipt's `prev` is not
+/// checked, so a run may start mid-chain; pass it from [`GENESIS`] to prove nothing came
+/// before.
+pub fn verify_chain(
+    receipts: &[Receipt],
+    certificate: &CertificateDer<'_>,
+) -> Result<(), ReceiptError> {
+    for (i, receipt) in receipts.iter().enumerate() {
+        receipt.verify(certificate)?;
+        if let Some(before) = i.checked_sub(1).map(|j| &receipts[j]) {
+            if (before.exam.as_str(), before.candidate.as_str())
+                != (receipt.exam.as_str(), receipt.candidate.as_str())
+            {
+                return Err(ReceiptError::MixedChain { seq: receipt.seq });
+            }
+            if receipt.prev != before.hash() {
+                return Err(ReceiptError::BrokenChain { seq: receipt.seq });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(identity: &Identity, n: u64) -> Vec<Receipt> {
+        let mut prev = GENESIS.to_string();
+        (0..n)
+            .map(|seq| {
+                let r = Receipt::sign(
+                    identity,
+                    "box-1",
+                    "exam",
+                    "cand",
+                    seq,
+                    &blake3::hash(&seq.to_le_bytes()),
+                    8,
+                    false,
+                    "2026-11-23T09:00:00.000Z".into(),
+                    &prev,
+                );
+                prev = r.hash();
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn receipts_verify_and_tampering_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::load_or_create(dir.path(), &[], &[]).unwrap();
+        let receipts = chain(&id, 4);
+        verify_chain(&receipts, id.certificate()).unwrap();
+
+        let mut forged = receipts[1].clone();
+        forged.size = 9;
+        assert_eq!(
+            forged.verify(id.certificate()),
+            Err(ReceiptError::BadSignature { seq: 1 })
+        );
+        let mut late = receipts[2].clone();
+        late.received_at = "2026-11-23T09:00:01.000Z".into();
+        assert!(late.verify(id.certificate()).is_err());
+
+        // Dropping a receipt from the middle breaks the chain.
+        let gap = [receipts[0].clone(), receipts[2].clone()];
+        assert_eq!(
+            verify_chain(&gap, id.certificate()),
+            Err(ReceiptError::BrokenChain { seq: 2 })
+        );
+
+        // Another box's certificate does not verify this box's receipts.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = Identity::load_or_create(other_dir.path(), &[], &[]).unwrap();
+        assert!(receipts[0].verify(other.certificate()).is_err());
+    }
+}

@@ -1,0 +1,499 @@
+//! The store: one redb file holding every autosave, its payload, its receipt and the outbox of
+//! what the cloud has not confirmed yet.
+//!
+//! Writes go through a single writer thread ([`writer`]) that groups whatever requests are
+//! waiting into one transaction and commits it with `Durability::Immediate`; each request is
+//! answered only after the commit holding it returned. Reads run on the blocking pool in their
+//! own read transactions and never wait for the writer. The schema version recorded in the
+//! file is checked at open, and a file this build does not understand is refused, never
+//! replaced.
+
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Identity;
+use crate::ids::AutosaveName;
+use crate::receipt::Receipt;
+use crate::timefmt::parse_rfc3339;
+
+pub use schema::SCHEMA_VERSION;
+pub use writer::{PutOutcome, PutRequest};
+
+use schema::*;
+
+/// The file name of the store inside the data dir.
+pub const STORE_FILE: &str = "hallrelay.redb";
+
+/// Why the store could not be opened. These stop the box at start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("cannot open the store {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: Box<redb::Error>,
+    },
+    #[error(
+        "{path} is a redb file but not a hallrelay store; refusing to touch it (move it away or \
+         choose another --data-dir)"
+    )]
+    Foreign { path: PathBuf },
+    #[error(
+        "{path} has schema version {found}, newer than this build understands ({supported}); \
+         run a newer hallrelay, the file is left as it is"
+    )]
+    Newer {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    #[error(
+        "{path} has schema version {found}, older than this build ({supported}) and no \
+         migration exists; the file is left as it is"
+    )]
+    Older {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    #[error("cannot start the store's writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Why a store operation failed at run time.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The disk (or the configured reserve) cannot take the write: 507.
+    #[error("storage is full")]
+    Full,
+    /// The writer's queue is full: 503 with Retry-After.
+    #[error("the store is overloaded")]
+    Overloaded,
+    /// The store is closing or reopening after an I/O error: 503 with Retry-After.
+    #[error("the store is not available right now")]
+    Unavailable,
+    /// Anything else redb or the disk reported: 500.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        classify(e)
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                classify(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::StorageError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::CommitError
+);
+
+fn classify(e: redb::Error) -> StoreError {
+    let io = match &e {
+        redb::Error::Io(io) => Some(io),
+        _ => None,
+    };
+    match io {
+        Some(io) if is_disk_full(io) => StoreError::Full,
+        _ => StoreError::Storage(e.to_string()),
+    }
+}
+
+fn is_disk_full(e: &std::io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
+}
+
+/// What the store keeps about one autosave besides its payload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// The receipt the box issued when it stored the autosave.
+    pub receipt: Receipt,
+    /// The arrival number: the key of its outbox entry while it is pending.
+    pub arrival: u64,
+    /// When the cloud confirmed it, RFC 3339; `None` while pending.
+    pub delivered_at: Option<String>,
+}
+
+impl Record {
+    pub fn blake3(&self) -> Option<blake3::Hash> {
+        blake3::Hash::from_hex(&self.receipt.blake3).ok()
+    }
+}
+
+/// One row of a candidate's list, as `GET …/autosaves` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListEntry {
+    pub seq: u64,
+    pub blake3: String,
+    pub size: u64,
+    pub received_at: String,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub delivered: bool,
+}
+
+/// Counters and ages for `/v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoreStatus {
+    pub stored: u64,
+    pub stored_bytes: u64,
+    pub pending: u64,
+    pub pending_bytes: u64,
+    /// Seconds since the oldest pending autosave arrived.
+    pub oldest_pending_age_secs: Option<u64>,
+    pub delivered: u64,
+    pub conflicts: u64,
+    pub candidates: u64,
+    /// Write transactions committed since start, and the requests they carried: their ratio
+    /// is the group-commit batch size.
+    pub commits: u64,
+    pub committed_requests: u64,
+}
+
+/// Tunables of the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Free bytes to keep on the data disk; writes that would eat into it answer 507.
+    pub min_free_bytes: u64,
+    /// Requests that may wait for the writer before new ones are answered 503.
+    pub queue_depth: usize,
+    /// The most requests one commit carries.
+    pub max_batch: usize,
+    /// The most payload bytes one commit carries.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            min_free_bytes: 64 * 1024 * 1024,
+            queue_depth: 4096,
+            max_batch: 256,
+            max_batch_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// An opened and checked store file whose writer is not running yet. Its appliance id is
+/// known before the identity exists, so the default box name can derive from it.
+pub struct StoreFile {
+    db: Database,
+    path: PathBuf,
+    appliance: String,
+}
+
+impl StoreFile {
+    /// Opens (or creates) the store at `path` and checks its schema version.
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let db = Database::create(path).map_err(|e| unreadable(path, e.into()))?;
+        let appliance = match schema::inspect(&db).map_err(|e| unreadable(path, e))? {
+            Found::Empty => {
+                let id = format!("{:016x}", rand::random::<u64>());
+                schema::initialise(&db, &id).map_err(|e| unreadable(path, e))?;
+                tracing::info!(path = %path.display(), appliance = %id, "created a new store");
+                id
+            }
+            Found::Foreign => return Err(OpenError::Foreign { path: path.into() }),
+            Found::Store { version, appliance } => {
+                let (found, supported) = (version, SCHEMA_VERSION);
+                if found > supported {
+                    return Err(OpenError::Newer {
+                        path: path.into(),
+                        found,
+                        supported,
+                    });
+                }
+                if found < supported {
+                    return Err(OpenError::Older {
+                        path: path.into(),
+                        found,
+                        supported,
+                    });
+                }
+                appliance
+            }
+        };
+        Ok(Self {
+            db,
+            path: path.to_owned(),
+            appliance,
+        })
+    }
+
+    /// The appliance id recorded in the store at creation.
+    pub fn appliance(&self) -> &str {
+        &self.appliance
+    }
+
+    /// Starts the writer thread, which signs receipts with `identity`.
+    pub fn start(self, identity: Arc<Identity>, options: StoreOptions) -> Result<Store, OpenError> {
+        let slot = Arc::new(DbSlot {
+            db: RwLock::new(Some(Arc::new(self.db))),
+            path: self.path,
+        });
+        let stats = Arc::new(CommitStats::default());
+        let appliance: Arc<str> = self.appliance.into();
+        let writer = writer::spawn(
+            slot.clone(),
+            identity,
+            appliance.clone(),
+            stats.clone(),
+            options,
+        )
+        .map_err(OpenError::Thread)?;
+        Ok(Store {
+            slot,
+            writer,
+            appliance,
+            stats,
+        })
+    }
+}
+
+/// The database, shared between the writer and readers. The writer takes it away while it
+/// reopens the file after an I/O error (redb refuses writes until then).
+pub(crate) struct DbSlot {
+    db: RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
+}
+
+impl DbSlot {
+    fn get(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .map_err(|_| StoreError::Unavailable)?
+            .clone()
+            .ok_or(StoreError::Unavailable)
+    }
+}
+
+/// Commit statistics, kept in memory by the writer.
+#[derive(Default)]
+pub(crate) struct CommitStats {
+    commits: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    slot: Arc<DbSlot>,
+    writer: writer::Handle,
+    appliance: Arc<str>,
+    stats: Arc<CommitStats>,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and starts its writer thread, which signs
+    /// receipts with `identity`.
+    pub fn open(
+        path: &Path,
+        identity: Arc<Identity>,
+        options: StoreOptions,
+    ) -> Result<Self, OpenError> {
+        StoreFile::open(path)?.start(identity, options)
+    }
+
+    /// The appliance id recorded in the store at creation.
+    pub fn appliance(&self) -> &str {
+        &self.appliance
+    }
+
+    /// Stores an autosave durably (or finds it already stored).
+    pub async fn put(&self, request: PutRequest) -> Result<PutOutcome, StoreError> {
+        self.writer.put(request).await
+    }
+
+    /// Stops accepting writes, lets the writer finish what is queued, and waits for it.
+    pub async fn close(&self) {
+        self.writer.close().await;
+    }
+
+    /// The record and payload of one autosave.
+    pub async fn get(&self, name: AutosaveName) -> Result<Option<(Record, Bytes)>, StoreError> {
+        self.read(move |db| {
+            let read = db.begin_read()?;
+            let autosaves = read.open_table(AUTOSAVES)?;
+            let Some(raw) =
+                autosaves.get((name.exam.as_str(), name.candidate.as_str(), name.seq))?
+            else {
+                return Ok(None);
+            };
+            let record = decode_record(raw.value())?;
+            let payload = read_blob(&read, &record)?;
+            Ok(Some((record, payload)))
+        })
+        .await
+    }
+
+    /// The newest autosave (highest seq) of a candidate, with its payload.
+    pub async fn latest(
+        &self,
+        exam: String,
+        candidate: String,
+    ) -> Result<Option<(Record, Bytes)>, StoreError> {
+        self.read(move |db| {
+            let read = db.begin_read()?;
+            let autosaves = read.open_table(AUTOSAVES)?;
+            let range = (exam.as_str(), candidate.as_str(), 0)
+                ..=(exam.as_str(), candidate.as_str(), u64::MAX);
+            let Some(last) = autosaves.range(range)?.next_back() else {
+                return Ok(None);
+            };
+            let record = decode_record(last?.1.value())?;
+            let payload = read_blob(&read, &record)?;
+            Ok(Some((record, payload)))
+        })
+        .await
+    }
+
+    /// A candidate's autosaves in seq order.
+    pub async fn list(
+        &self,
+        exam: String,
+        candidate: String,
+    ) -> Result<Vec<(u64, Record)>, StoreError> {
+        self.read(move |db| {
+            let read = db.begin_read()?;
+            let autosaves = read.open_table(AUTOSAVES)?;
+            let range = (exam.as_str(), candidate.as_str(), 0)
+                ..=(exam.as_str(), candidate.as_str(), u64::MAX);
+            let mut out = Vec::new();
+            for row in autosaves.range(range)? {
+                let (key, value) = row?;
+                out.push((key.value().2, decode_record(value.value())?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Counters for `/v1/status`.
+    pub async fn status(&self) -> Result<StoreStatus, StoreError> {
+        let commits = self.stats.commits.load(Ordering::Relaxed);
+        let committed_requests = self.stats.requests.load(Ordering::Relaxed);
+        self.read(move |db| {
+            let read = db.begin_read()?;
+            let stats = read.open_table(STATS)?;
+            let outbox = read.open_table(OUTBOX)?;
+            let autosaves = read.open_table(AUTOSAVES)?;
+            let oldest_pending_age_secs = match outbox.first()? {
+                Some((_, name)) => {
+                    let (exam, candidate, seq) = name.value();
+                    match autosaves.get((exam, candidate, seq))? {
+                        Some(raw) => {
+                            let record = decode_record(raw.value())?;
+                            parse_rfc3339(&record.receipt.received_at).map(|t| {
+                                SystemTime::now()
+                                    .duration_since(t)
+                                    .unwrap_or(Duration::ZERO)
+                                    .as_secs()
+                            })
+                        }
+                        None => None,
+                    }
+                }
+                None => None,
+            };
+            Ok(StoreStatus {
+                stored: stat(&stats, STAT_STORED)?,
+                stored_bytes: stat(&stats, STAT_STORED_BYTES)?,
+                pending: stat(&stats, STAT_PENDING)?,
+                pending_bytes: stat(&stats, STAT_PENDING_BYTES)?,
+                oldest_pending_age_secs,
+                delivered: stat(&stats, STAT_DELIVERED)?,
+                conflicts: stat(&stats, STAT_CONFLICTS)?,
+                candidates: stat(&stats, STAT_CANDIDATES)?,
+                commits,
+                committed_requests,
+            })
+        })
+        .await
+    }
+
+    /// The path of the store file.
+    pub fn path(&self) -> &Path {
+        &self.slot.path
+    }
+
+    /// Runs a read on the blocking pool, so the async runtime never waits on the disk.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.slot.get()?;
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Storage(format!("a read task failed: {e}")))?
+    }
+}
+
+fn unreadable(path: &Path, e: redb::Error) -> OpenError {
+    OpenError::Unreadable {
+        path: path.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+pub(crate) fn decode_record(raw: &[u8]) -> Result<Record, StoreError> {
+    serde_json::from_slice(raw)
+        .map_err(|e| StoreError::Storage(format!("a stored record is unreadable: {e}")))
+}
+
+pub(crate) fn encode_record(record: &Record) -> Vec<u8> {
+    // A struct of strings and integers always serialises.
+    serde_json::to_vec(record).unwrap_or_default()
+}
+
+/// Reads a record's payload from its chunks and checks it against the recorded blake3.
+fn read_blob(read: &redb::ReadTransaction, record: &Record) -> Result<Bytes, StoreError> {
+    let hash = record
+        .blake3()
+        .ok_or_else(|| StoreError::Storage("a stored record has a bad blake3".into()))?;
+    let chunks = read.open_table(BLOB_CHUNKS)?;
+    let key = *hash.as_bytes();
+    let mut out = BytesMut::with_capacity(usize::try_from(record.receipt.size).unwrap_or(0));
+    for row in chunks.range((key, 0)..=(key, u32::MAX))? {
+        out.extend_from_slice(row?.1.value());
+    }
+    if blake3::hash(&out) != hash {
+        return Err(StoreError::Storage(format!(
+            "payload {} is damaged on disk",
+            record.receipt.blake3
+        )));
+    }
+    Ok(out.freeze())
+}
+
+/// Free bytes available to unprivileged writers on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}

@@ -1,0 +1,108 @@
+//! The redb tables, their keys, and the schema version recorded in the file.
+//!
+//! Tables are keyed for the access they serve:
+//! - `autosaves`: (exam, candidate, seq) → [`Record`](super::Record) JSON. A range over one
+//!   candidate gives their list and, from its end, their latest save.
+//! - `blob_chunks`: (blake3, chunk index) → payload bytes. Payloads are content-addressed, so
+//!   identical payloads are stored once; they are cut into chunks a little under 16 KiB so
+//!   that redb's power-of-two page allocation does not double the space a payload of exactly
+//!   16 KiB needs (a value just over a page multiple takes the next allocation order).
+//! - `blob_refs`: blake3 → how many autosaves name it, so a blob can be dropped with its last.
+//! - `outbox`: arrival number → autosave name, for everything not yet delivered upstream.
+//! - `chains`: (exam, candidate) → hash of that candidate's latest receipt.
+//! - `audit`: number → JSON event; append-only.
+//! - `stats`: counter name → u64, maintained in the same transactions as the data.
+//! - `meta`: schema version and the appliance id.
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const AUTOSAVES: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("autosaves");
+pub(crate) const BLOB_CHUNKS: TableDefinition<([u8; 32], u32), &[u8]> =
+    TableDefinition::new("blob_chunks");
+pub(crate) const BLOB_REFS: TableDefinition<[u8; 32], u64> = TableDefinition::new("blob_refs");
+pub(crate) const OUTBOX: TableDefinition<u64, (&str, &str, u64)> = TableDefinition::new("outbox");
+pub(crate) const CHAINS: TableDefinition<(&str, &str), &str> = TableDefinition::new("chains");
+pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+pub(crate) const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
+
+/// The schema this build reads and writes. Bump it with every incompatible change.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Payloads are stored in chunks of at most this many bytes (see the module docs).
+pub(crate) const BLOB_CHUNK: usize = 16 * 1024 - 256;
+
+pub(crate) const META_SCHEMA: &str = "schema_version";
+pub(crate) const META_APPLIANCE: &str = "appliance_id";
+
+// Counters in the `stats` table.
+pub(crate) const STAT_STORED: &str = "stored";
+pub(crate) const STAT_STORED_BYTES: &str = "stored_bytes";
+pub(crate) const STAT_PENDING: &str = "pending";
+pub(crate) const STAT_PENDING_BYTES: &str = "pending_bytes";
+pub(crate) const STAT_DELIVERED: &str = "delivered";
+pub(crate) const STAT_CONFLICTS: &str = "conflicts";
+pub(crate) const STAT_CANDIDATES: &str = "candidates";
+pub(crate) const STAT_ARRIVALS: &str = "arrivals";
+
+/// What the file says about itself.
+pub(crate) enum Found {
+    /// A new, empty database: no tables yet.
+    Empty,
+    /// A hallrelay store of some schema version, with its appliance id.
+    Store { version: u64, appliance: String },
+    /// A redb file that something else wrote.
+    Foreign,
+}
+
+/// Reads the schema version and appliance id, without changing anything.
+pub(crate) fn inspect(db: &redb::Database) -> Result<Found, redb::Error> {
+    let read = db.begin_read()?;
+    let tables: Vec<String> = read.list_tables()?.map(|t| t.name().to_owned()).collect();
+    if tables.is_empty() {
+        return Ok(Found::Empty);
+    }
+    if !tables.iter().any(|t| t == "meta") {
+        return Ok(Found::Foreign);
+    }
+    let meta = read.open_table(META)?;
+    let version = meta
+        .get(META_SCHEMA)?
+        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+        .map(u64::from_le_bytes);
+    let appliance = meta
+        .get(META_APPLIANCE)?
+        .and_then(|v| String::from_utf8(v.value().to_vec()).ok());
+    Ok(match (version, appliance) {
+        (Some(version), Some(appliance)) => Found::Store { version, appliance },
+        _ => Found::Foreign,
+    })
+}
+
+/// Creates every table and records the schema version and a new appliance id.
+pub(crate) fn initialise(db: &redb::Database, appliance: &str) -> Result<(), redb::Error> {
+    let write = db.begin_write()?;
+    {
+        let mut meta = write.open_table(META)?;
+        meta.insert(META_SCHEMA, SCHEMA_VERSION.to_le_bytes().as_slice())?;
+        meta.insert(META_APPLIANCE, appliance.as_bytes())?;
+        write.open_table(AUTOSAVES)?;
+        write.open_table(BLOB_CHUNKS)?;
+        write.open_table(BLOB_REFS)?;
+        write.open_table(OUTBOX)?;
+        write.open_table(CHAINS)?;
+        write.open_table(AUDIT)?;
+        write.open_table(STATS)?;
+    }
+    write.commit()?;
+    Ok(())
+}
+
+/// Reads a counter from the `stats` table (0 if never written).
+pub(crate) fn stat(
+    table: &impl ReadableTable<&'static str, u64>,
+    name: &str,
+) -> Result<u64, redb::StorageError> {
+    Ok(table.get(name)?.map_or(0, |v| v.value()))
+}

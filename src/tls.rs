@@ -1,0 +1,102 @@
+//! TLS for both ends, with one crypto provider (ring) for the whole tree.
+//!
+//! The server side offers TLS 1.3 and 1.2 only, with ALPN `h2` and `http/1.1`. The client side
+//! trusts a box by its public-key pin and nothing else: no CA, no host name, because a box in
+//! an exam hall has no name a CA could vouch for, and because mDNS names are for finding,
+//! never for trusting. The handshake signature is still verified, so only the holder of the
+//! pinned key can complete it.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use crate::identity::{Identity, pin_of_certificate};
+
+/// The crypto provider used everywhere in hallrelay.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+const PROTOCOLS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The server configuration for the box's HTTPS listener.
+pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(PROTOCOLS)?
+        .with_no_client_auth()
+        .with_single_cert(vec![identity.certificate().clone()], identity.private_key())?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A client configuration that accepts a server only if its certificate's key matches one of
+/// `pins` (`sha256//<base64>`). ALPN offers `h2` and `http/1.1`.
+pub fn pinned_client_config(pins: Vec<String>) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = provider();
+    let verifier = PinVerifier {
+        pins,
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOLS)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[derive(Debug)]
+struct PinVerifier {
+    pins: Vec<String>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let pin = pin_of_certificate(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        if self.pins.iter().any(|p| p == &pin) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            tracing::warn!(%pin, "refused a server whose key is not pinned");
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
