@@ -34,16 +34,11 @@ pub fn verify(header: &str, body: &[u8], blake3: &blake3::Hash) -> Result<(), Di
             .decode(encoded)
             .map_err(|_| DigestError::Malformed)?;
         match name.trim() {
-            "sha-256" => {
-                let actual = ring::digest::digest(&ring::digest::SHA256, body);
-                if claimed != actual.as_ref() {
-                    return Err(DigestError::Mismatch("sha-256"));
-                }
+            "sha-256" if claimed != ring::digest::digest(&ring::digest::SHA256, body).as_ref() => {
+                return Err(DigestError::Mismatch("sha-256"));
             }
-            "blake3" => {
-                if claimed != blake3.as_bytes() {
-                    return Err(DigestError::Mismatch("blake3"));
-                }
+            "blake3" if claimed != blake3.as_bytes() => {
+                return Err(DigestError::Mismatch("blake3"));
             }
             _ => {}
         }

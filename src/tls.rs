@@ -34,19 +34,18 @@ pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls
 }
 
 /// A client configuration that accepts a server only if its certificate's key matches one of
-/// `pins` (`sha256//<base64>`). ALPN offers `h2` and `http/1.1`.
+/// `pins` (`sha256//<base64>`). ALPN is left empty for the caller (hyper-rustls fills it).
 pub fn pinned_client_config(pins: Vec<String>) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = provider();
     let verifier = PinVerifier {
         pins,
         algorithms: provider.signature_verification_algorithms,
     };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOLS)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -1,0 +1,444 @@
+//! Every row and status code of the v1 API table, driven through the real binary over TLS.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use hallrelay::receipt::{Receipt, verify_chain};
+use hallrelay::token::{self, Claims};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+fn error_code(reply: &hallrelay::client::Reply) -> String {
+    let v: serde_json::Value = reply.json().expect("JSON error body");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    v["error"].as_str().expect("error code").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_is_open_and_shows_the_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let reply = b.client(None).get("/v1/health").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let health: serde_json::Value = reply.json().unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["pin"], b.pin.as_str());
+    assert_eq!(health["version"], hallrelay::VERSION);
+    assert!(health["appliance"].as_str().is_some_and(|a| !a.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_box_with_another_key_is_refused_by_the_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let wrong = "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string();
+    let client = hallrelay::client::Connection::pinned(&b.url(), vec![wrong], None).unwrap();
+    assert!(
+        client.get("/v1/health").await.is_err(),
+        "an unpinned key must fail the handshake"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn put_answers_201_then_200_then_409_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let c = b.client(Some(b.candidate_token("math", "c1")));
+
+    let first = put(&c, "math", "c1", 1, b"answer one").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(
+        first.header("location"),
+        Some("/v1/exams/math/candidates/c1/autosaves/1")
+    );
+    let receipt: Receipt = first.json().unwrap();
+    assert_eq!(
+        (
+            receipt.exam.as_str(),
+            receipt.candidate.as_str(),
+            receipt.seq
+        ),
+        ("math", "c1", 1)
+    );
+    assert_eq!(
+        receipt.blake3,
+        blake3::hash(b"answer one").to_hex().as_str()
+    );
+    assert_eq!(receipt.size, 10);
+
+    let again = put(&c, "math", "c1", 1, b"answer one").await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(
+        again.json::<Receipt>().unwrap(),
+        receipt,
+        "a re-send returns the original receipt"
+    );
+
+    let other = put(&c, "math", "c1", 1, b"answer ONE").await;
+    assert_eq!(other.status, StatusCode::CONFLICT);
+    assert_eq!(error_code(&other), "conflict");
+
+    let got = c.get(&autosave_path("math", "c1", 1)).await.unwrap();
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(&got.body[..], b"answer one", "a 409 never overwrites");
+
+    let fin = c
+        .put(
+            &format!("{}?final=true", autosave_path("math", "c1", 2)),
+            HeaderMap::new(),
+            Bytes::from_static(b"final answer"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(fin.status, StatusCode::CREATED);
+    assert!(fin.json::<Receipt>().unwrap().is_final);
+
+    let latest = c
+        .get("/v1/exams/math/candidates/c1/autosaves/latest")
+        .await
+        .unwrap();
+    assert_eq!(latest.status, StatusCode::OK);
+    assert_eq!(&latest.body[..], b"final answer");
+    assert_eq!(latest.header("hallrelay-seq"), Some("2"));
+    assert_eq!(latest.header("hallrelay-final"), Some("true"));
+    assert_eq!(
+        latest.header("content-digest").unwrap(),
+        hallrelay::digest::header_value(&blake3::hash(b"final answer"))
+    );
+
+    let list = c
+        .get("/v1/exams/math/candidates/c1/autosaves")
+        .await
+        .unwrap();
+    assert_eq!(list.status, StatusCode::OK);
+    let rows: Vec<serde_json::Value> = list.json().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["seq"], 1);
+    assert_eq!(rows[1]["final"], true);
+    for key in ["seq", "blake3", "size", "received_at", "final", "delivered"] {
+        assert!(rows[0].get(key).is_some(), "list rows carry {key}");
+    }
+    assert_eq!(rows[0]["delivered"], false);
+
+    // Admins read anyone's autosaves.
+    let admin = b.client(Some(b.admin_token()));
+    let read = admin.get(&autosave_path("math", "c1", 1)).await.unwrap();
+    assert_eq!(read.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_found_and_method_not_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let c = b.client(Some(b.candidate_token("math", "c1")));
+    for path in [
+        "/v1/exams/math/candidates/c1/autosaves/latest",
+        "/v1/exams/math/candidates/c1/autosaves/7",
+    ] {
+        let reply = c.get(path).await.unwrap();
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(error_code(&reply), "not_found");
+    }
+    assert_eq!(c.get("/nope").await.unwrap().status, StatusCode::NOT_FOUND);
+    let empty = c
+        .get("/v1/exams/math/candidates/c1/autosaves")
+        .await
+        .unwrap();
+    assert_eq!(
+        (empty.status, &empty.body[..]),
+        (StatusCode::OK, &b"[]"[..])
+    );
+    let delete = c
+        .send(
+            Method::DELETE,
+            &autosave_path("math", "c1", 1),
+            HeaderMap::new(),
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(delete.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(delete.header("allow"), Some("GET, PUT"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_ids_and_seqs_answer_400_before_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    // No token at all: ids are checked first, so these are 400, not 401.
+    let anon = b.client(None);
+    let too_long = "x".repeat(65);
+    for path in [
+        format!("/v1/exams/{too_long}/candidates/c1/autosaves/1"),
+        "/v1/exams/ma%20th/candidates/c1/autosaves/1".to_string(),
+        "/v1/exams/math/candidates/c*1/autosaves/1".to_string(),
+        "/v1/exams/math/candidates/c1/autosaves/01".to_string(),
+        "/v1/exams/math/candidates/c1/autosaves/-1".to_string(),
+        "/v1/exams/math/candidates/c1/autosaves/18446744073709551616".to_string(),
+    ] {
+        let reply = anon
+            .put(&path, HeaderMap::new(), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(error_code(&reply), "bad_id", "{path}");
+    }
+    let c = b.client(Some(b.candidate_token("math", "c1")));
+    let query = c
+        .put(
+            &format!("{}?final=maybe", autosave_path("math", "c1", 1)),
+            HeaderMap::new(),
+            Bytes::from_static(b"x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(query.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_digest_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let c = b.client(Some(b.candidate_token("math", "c1")));
+    let body = Bytes::from_static(b"{\"q1\":\"B\"}");
+    let sha = ring::digest::digest(&ring::digest::SHA256, &body);
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(sha.as_ref());
+
+    let with = |value: String| {
+        let mut h = HeaderMap::new();
+        h.insert("content-digest", HeaderValue::from_str(&value).unwrap());
+        h
+    };
+    let good = c
+        .put(
+            &autosave_path("math", "c1", 1),
+            with(format!("sha-256=:{b64}:")),
+            body.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(good.status, StatusCode::CREATED);
+    let b3 = hallrelay::digest::header_value(&blake3::hash(&body));
+    let good = c
+        .put(&autosave_path("math", "c1", 1), with(b3), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(good.status, StatusCode::OK);
+
+    let wrong = c
+        .put(
+            &autosave_path("math", "c1", 2),
+            with(format!("sha-256=:{b64}:")),
+            Bytes::from_static(b"tampered"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&wrong), "digest_mismatch");
+    let garbage = c
+        .put(
+            &autosave_path("math", "c1", 2),
+            with("sha-256=nope".into()),
+            body.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(garbage.status, StatusCode::BAD_REQUEST);
+    // Nothing was stored under seq 2.
+    assert_eq!(
+        c.get(&autosave_path("math", "c1", 2)).await.unwrap().status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_answer_401_and_403() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let path = autosave_path("math", "c1", 1);
+    let body = Bytes::from_static(b"x");
+
+    let none = b
+        .client(None)
+        .put(&path, HeaderMap::new(), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+
+    let forged_key = hallrelay::keyfile::VenueKey::from_bytes([7; 32]);
+    let forged = token::mint(
+        &forged_key,
+        &Claims::Candidate {
+            exam: "math".into(),
+            candidate: "c1".into(),
+            expires: in_an_hour(),
+        },
+    );
+    let reply = b
+        .client(Some(forged))
+        .put(&path, HeaderMap::new(), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+
+    let expired = token::mint(
+        &b.venue_key(),
+        &Claims::Candidate {
+            exam: "math".into(),
+            candidate: "c1".into(),
+            expires: 1_000,
+        },
+    );
+    let reply = b
+        .client(Some(expired))
+        .put(&path, HeaderMap::new(), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        reply.json::<serde_json::Value>().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+
+    let other_candidate = b.client(Some(b.candidate_token("math", "c2")));
+    assert_eq!(
+        other_candidate
+            .put(&path, HeaderMap::new(), body.clone())
+            .await
+            .unwrap()
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        other_candidate.get(&path).await.unwrap().status,
+        StatusCode::FORBIDDEN
+    );
+    let other_exam = b.client(Some(b.candidate_token("physics", "c1")));
+    assert_eq!(
+        other_exam
+            .put(&path, HeaderMap::new(), body.clone())
+            .await
+            .unwrap()
+            .status,
+        StatusCode::FORBIDDEN
+    );
+
+    let admin = b.client(Some(b.admin_token()));
+    assert_eq!(
+        admin
+            .put(&path, HeaderMap::new(), body.clone())
+            .await
+            .unwrap()
+            .status,
+        StatusCode::FORBIDDEN
+    );
+
+    // Status: admin only.
+    assert_eq!(
+        b.client(None).get("/v1/status").await.unwrap().status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        b.client(Some(b.candidate_token("math", "c1")))
+            .get("/v1/status")
+            .await
+            .unwrap()
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let status = admin.get("/v1/status").await.unwrap();
+    assert_eq!(status.status, StatusCode::OK);
+    let s: serde_json::Value = status.json().unwrap();
+    for key in [
+        "uplink",
+        "stored",
+        "pending",
+        "delivered",
+        "conflicts",
+        "candidates",
+        "disk",
+    ] {
+        assert!(s.get(key).is_some(), "status has {key}: {s}");
+    }
+    // Nothing above was stored.
+    assert_eq!(s["stored"]["count"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_over_the_limit_answer_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "max_body_bytes = 4096\n");
+    let data = dir.path().join("data");
+    let b = BoxProcess::start(&data, &["--config", config.to_str().unwrap()]);
+    let c = b.client(Some(b.candidate_token("math", "c1")));
+    let ok = put(&c, "math", "c1", 1, &vec![1u8; 4096]).await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    let big = put(&c, "math", "c1", 2, &vec![1u8; 4097]).await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_code(&big), "too_large");
+    // The box is fine afterwards and stored nothing for seq 2.
+    assert_eq!(
+        c.get(&autosave_path("math", "c1", 2)).await.unwrap().status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        put(&c, "math", "c1", 3, b"small").await.status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reserve_answers_507_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A reserve larger than any disk: every new write is refused, re-sends still answer.
+    let config = config_file(dir.path(), "min_free_bytes = 18000000000000000000\n");
+    let data = dir.path().join("data");
+    let b = BoxProcess::start(&data, &["--config", config.to_str().unwrap()]);
+    let c = b.client(Some(b.candidate_token("math", "c1")));
+    let full = put(&c, "math", "c1", 1, b"x").await;
+    assert_eq!(full.status, StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(error_code(&full), "storage_full");
+    assert_eq!(
+        c.get(&autosave_path("math", "c1", 1)).await.unwrap().status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receipts_verify_against_the_certificate_and_chain_per_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let c = b.client(Some(b.candidate_token("math", "c1")));
+    let mut receipts = Vec::new();
+    for seq in 1..=5 {
+        let reply = put(&c, "math", "c1", seq, format!("save {seq}").as_bytes()).await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+        receipts.push(reply.json::<Receipt>().unwrap());
+    }
+    let cert = CertificateDer::from_pem_file(dir.path().join("identity.crt")).unwrap();
+    assert_eq!(
+        hallrelay::identity::pin_of_certificate(&cert).unwrap(),
+        b.pin
+    );
+    assert_eq!(receipts[0].prev, hallrelay::receipt::GENESIS);
+    verify_chain(&receipts, &cert).expect("the chain verifies");
+
+    let mut tampered = receipts[3].clone();
+    tampered.received_at = "2026-01-01T00:00:00.000Z".into();
+    assert!(
+        tampered.verify(&cert).is_err(),
+        "a back-dated receipt must not verify"
+    );
+    let mut swapped = receipts.clone();
+    swapped.swap(1, 2);
+    assert!(
+        verify_chain(&swapped, &cert).is_err(),
+        "reordering breaks the chain"
+    );
+}

@@ -1,0 +1,246 @@
+//! Helpers shared by the end-to-end tests: a real `hallrelay serve` process on port 0 with a
+//! temporary data dir, killed on drop, and a pinned HTTPS client for it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use hallrelay::client::{Connection, Reply};
+use hallrelay::keyfile::{Secret, VenueKey};
+use hallrelay::token::{self, Claims};
+use http::HeaderMap;
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_hallrelay")
+}
+
+/// A running box.
+pub struct BoxProcess {
+    pub child: Child,
+    pub addr: String,
+    pub pin: String,
+    pub data_dir: PathBuf,
+    lines: mpsc::Receiver<String>,
+}
+
+impl BoxProcess {
+    /// Starts `hallrelay serve` on 127.0.0.1:0 with `data_dir`, plus `extra` arguments, and
+    /// waits until it is listening.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::try_start(data_dir, extra)
+            .unwrap_or_else(|log| panic!("the box did not start:\n{log}"))
+    }
+
+    /// Like [`start`](Self::start), but returns the box's output if it exits instead.
+    pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Self, String> {
+        let mut child = Command::new(binary())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-mdns",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hallrelay");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("HALLRELAY_TEST_LOG").is_some() {
+                    eprintln!("box: {line}");
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = String::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    log.push_str(&line);
+                    log.push('\n');
+                    if line.contains(" listening ") {
+                        let field = |name: &str| {
+                            line.split_whitespace()
+                                .find_map(|w| w.strip_prefix(name))
+                                .map(str::to_owned)
+                                .expect("field in the listening line")
+                        };
+                        return Ok(Self {
+                            child,
+                            addr: field("addr="),
+                            pin: field("pin="),
+                            data_dir: data_dir.to_owned(),
+                            lines: rx,
+                        });
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(format!("{log}(exited with {status})"));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().expect("wait");
+                    return Err(format!("{log}(exited with {status})"));
+                }
+            }
+        }
+        let _ = child.kill();
+        Err(format!("{log}(did not listen within 20 s)"))
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// A client that trusts this box by its pin, with `token`.
+    pub fn client(&self, token: Option<String>) -> Connection {
+        Connection::pinned(&self.url(), vec![self.pin.clone()], token.map(Secret::new))
+            .expect("client")
+    }
+
+    pub fn venue_key(&self) -> VenueKey {
+        VenueKey::load(&self.data_dir.join("venue.key")).expect("venue key")
+    }
+
+    pub fn candidate_token(&self, exam: &str, candidate: &str) -> String {
+        token::mint(
+            &self.venue_key(),
+            &Claims::Candidate {
+                exam: exam.into(),
+                candidate: candidate.into(),
+                expires: in_an_hour(),
+            },
+        )
+    }
+
+    pub fn admin_token(&self) -> String {
+        token::mint(
+            &self.venue_key(),
+            &Claims::Admin {
+                subject: "test".into(),
+                expires: in_an_hour(),
+            },
+        )
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), "TERM");
+        self.child.wait().expect("wait")
+    }
+
+    /// Waits up to `within` for a log line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + within;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
+impl Drop for BoxProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal by name with kill(1): the tests keep `unsafe` out as the crate does.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill(1)");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+pub fn in_an_hour() -> u64 {
+    hallrelay::timefmt::unix_secs(SystemTime::now()) + 3600
+}
+
+pub fn autosave_path(exam: &str, candidate: &str, seq: u64) -> String {
+    format!("/v1/exams/{exam}/candidates/{candidate}/autosaves/{seq}")
+}
+
+/// PUTs `body` as autosave `seq`, optionally as a final submission.
+pub async fn put(client: &Connection, exam: &str, candidate: &str, seq: u64, body: &[u8]) -> Reply {
+    client
+        .put(
+            &autosave_path(exam, candidate, seq),
+            HeaderMap::new(),
+            Bytes::copy_from_slice(body),
+        )
+        .await
+        .expect("PUT answered")
+}
+
+/// Deterministic payload bytes for (candidate, seq).
+pub fn payload(candidate: usize, seq: u64, size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size);
+    let mut x = (candidate as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ seq.wrapping_mul(0xD1B5_4A32_D192_ED03)
+        | 1;
+    while out.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(size);
+    out
+}
+
+/// Whether tests that need root (mounts, namespaces) must run rather than skip: CI sets
+/// `HALLRELAY_REQUIRE_PRIVILEGED=1` so that a skip there is a failure.
+pub fn privileged_or_skip(what: &str) -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if root {
+        return true;
+    }
+    if std::env::var("HALLRELAY_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{what} needs root, and HALLRELAY_REQUIRE_PRIVILEGED=1 forbids skipping it");
+    }
+    eprintln!(
+        "\n*** SKIPPED {what}: it needs root (set HALLRELAY_REQUIRE_PRIVILEGED=1 to make this a failure) ***\n"
+    );
+    false
+}
+
+/// Writes a config file into `dir` and returns its path.
+pub fn config_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("hallrelay.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
