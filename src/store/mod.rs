@@ -210,33 +210,29 @@ pub struct StoreFile {
 
 impl StoreFile {
     /// Opens (or creates) the store at `path` and checks its schema version.
+    ///
+    /// An existing file is first inspected read-only, so that a file this build must refuse
+    /// is refused before anything is written to it (a read-write open updates redb's header).
     pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let existing = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        if existing {
+            // A file that needs crash recovery cannot be opened read-only; the read-write open
+            // below recovers it and the check runs again there.
+            if let Ok(read_only) = redb::ReadOnlyDatabase::open(path) {
+                let found = schema::inspect(&read_only).map_err(|e| unreadable(path, e))?;
+                check(path, &found)?;
+            }
+        }
         let db = Database::create(path).map_err(|e| unreadable(path, e.into()))?;
-        let appliance = match schema::inspect(&db).map_err(|e| unreadable(path, e))? {
-            Found::Empty => {
+        let found = schema::inspect(&db).map_err(|e| unreadable(path, e))?;
+        check(path, &found)?;
+        let appliance = match found {
+            Found::Store { appliance, .. } => appliance,
+            _ => {
                 let id = format!("{:016x}", rand::random::<u64>());
                 schema::initialise(&db, &id).map_err(|e| unreadable(path, e))?;
                 tracing::info!(path = %path.display(), appliance = %id, "created a new store");
                 id
-            }
-            Found::Foreign => return Err(OpenError::Foreign { path: path.into() }),
-            Found::Store { version, appliance } => {
-                let (found, supported) = (version, SCHEMA_VERSION);
-                if found > supported {
-                    return Err(OpenError::Newer {
-                        path: path.into(),
-                        found,
-                        supported,
-                    });
-                }
-                if found < supported {
-                    return Err(OpenError::Older {
-                        path: path.into(),
-                        found,
-                        supported,
-                    });
-                }
-                appliance
             }
         };
         Ok(Self {
@@ -452,6 +448,25 @@ impl Store {
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| StoreError::Storage(format!("a read task failed: {e}")))?
+    }
+}
+
+/// Refuses a file this build must not touch: another program's, or another schema version.
+fn check(path: &Path, found: &Found) -> Result<(), OpenError> {
+    match *found {
+        Found::Empty => Ok(()),
+        Found::Foreign => Err(OpenError::Foreign { path: path.into() }),
+        Found::Store { version, .. } if version > SCHEMA_VERSION => Err(OpenError::Newer {
+            path: path.into(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        }),
+        Found::Store { version, .. } if version < SCHEMA_VERSION => Err(OpenError::Older {
+            path: path.into(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        }),
+        Found::Store { .. } => Ok(()),
     }
 }
 

@@ -57,7 +57,7 @@ pub(crate) enum Found {
 }
 
 /// Reads the schema version and appliance id, without changing anything.
-pub(crate) fn inspect(db: &redb::Database) -> Result<Found, redb::Error> {
+pub(crate) fn inspect(db: &impl ReadableDatabase) -> Result<Found, redb::Error> {
     let read = db.begin_read()?;
     let tables: Vec<String> = read.list_tables()?.map(|t| t.name().to_owned()).collect();
     if tables.is_empty() {

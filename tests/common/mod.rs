@@ -101,6 +101,7 @@ impl BoxProcess {
             }
         }
         let _ = child.kill();
+        let _ = child.wait();
         Err(format!("{log}(did not listen within 20 s)"))
     }
 

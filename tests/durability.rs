@@ -1,0 +1,447 @@
+//! Ack means durable: every acknowledged autosave survives SIGKILL, restarts and a full disk,
+//! concurrent writers share commits, and the box refuses a store it does not understand.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+
+const EXAM: &str = "final-2026";
+
+/// Writers PUT continuously; returns what was acknowledged (name → bytes) when stopped.
+async fn write_until_stopped(
+    b: &BoxProcess,
+    writers: usize,
+    size: usize,
+    first_seq: u64,
+    stop: tokio_util::sync::CancellationToken,
+) -> HashMap<(usize, u64), Vec<u8>> {
+    let acked = Arc::new(Mutex::new(HashMap::new()));
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let candidate = format!("c{w:03}");
+        let client = b
+            .client(Some(b.candidate_token(EXAM, &candidate)))
+            .with_timeout(Duration::from_secs(5));
+        let acked = acked.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seq = first_seq;
+            while !stop.is_cancelled() {
+                seq += 1;
+                let body = payload(w, seq, size);
+                match client
+                    .put(
+                        &autosave_path(EXAM, &candidate, seq),
+                        http::HeaderMap::new(),
+                        body.clone().into(),
+                    )
+                    .await
+                {
+                    Ok(reply) if reply.status.is_success() => {
+                        acked.lock().unwrap().insert((w, seq), body);
+                    }
+                    // The box died mid-request: not acknowledged, may or may not be stored.
+                    _ => break,
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+}
+
+async fn assert_all_readable(b: &BoxProcess, acked: &HashMap<(usize, u64), Vec<u8>>) {
+    let admin = b.client(Some(b.admin_token()));
+    for ((w, seq), body) in acked {
+        let reply = admin
+            .get(&autosave_path(EXAM, &format!("c{w:03}"), *seq))
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "acknowledged c{w:03}/{seq} is missing after restart"
+        );
+        assert_eq!(
+            &reply.body[..],
+            &body[..],
+            "acknowledged c{w:03}/{seq} changed"
+        );
+    }
+}
+
+/// The bug this guards against: an ack sent before the commit that holds the autosave is on
+/// disk (or a commit that a crash can tear). SIGKILL at a random moment under concurrent load
+/// must never lose an acknowledged autosave.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_under_load_loses_nothing_acknowledged() {
+    let trials: u64 = std::env::var("HALLRELAY_KILL_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dir = tempfile::tempdir().unwrap();
+    let mut all_acked = HashMap::new();
+    for trial in 0..trials {
+        let mut b = BoxProcess::start(dir.path(), &[]);
+        // Seqs continue where the last trial stopped: offset them per trial.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let writer = write_until_stopped(
+            &b,
+            16,
+            4096 + (trial as usize * 3000),
+            trial * 1_000_000,
+            stop.clone(),
+        );
+        let killer = async {
+            let delay = 150 + rand_millis(trial) % 600;
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            // Kill without warning; writers see their connections die.
+            signal(b.child.id(), "KILL");
+            stop.cancel();
+        };
+        let (acked, ()) = tokio::join!(writer, killer);
+        b.kill9();
+        drop(b);
+        assert!(
+            !acked.is_empty(),
+            "trial {trial}: nothing was acknowledged before the kill"
+        );
+        all_acked.extend(acked);
+        let b = BoxProcess::start(dir.path(), &[]);
+        assert_all_readable(&b, &all_acked).await;
+        eprintln!(
+            "trial {trial}: {} acknowledged autosaves intact",
+            all_acked.len()
+        );
+    }
+}
+
+fn rand_millis(seed: u64) -> u64 {
+    let mut x = seed
+        .wrapping_add(std::process::id() as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        | 1;
+    x ^= x >> 29;
+    x
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hundred_concurrent_puts_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let mut tasks = Vec::new();
+    for i in 0..300usize {
+        let candidate = format!("c{i:03}");
+        let client = b.client(Some(b.candidate_token(EXAM, &candidate)));
+        tasks.push(tokio::spawn(async move {
+            put(&client, EXAM, &candidate, 1, &payload(i, 1, 8192))
+                .await
+                .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::CREATED);
+    }
+    let status: serde_json::Value = b
+        .client(Some(b.admin_token()))
+        .get("/v1/status")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let commits = status["commits"]["count"].as_u64().unwrap();
+    let requests = status["commits"]["requests"].as_u64().unwrap();
+    eprintln!("300 concurrent PUTs: {commits} commits carried {requests} requests");
+    assert_eq!(requests, 300);
+    assert!(
+        commits < 300,
+        "group commit must batch concurrent requests ({commits} commits for 300)"
+    );
+    assert_eq!(status["stored"]["count"], 300);
+    assert_eq!(status["candidates"], 300);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_pin_and_data_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = BoxProcess::start(dir.path(), &[]);
+    let c = b.client(Some(b.candidate_token(EXAM, "c1")));
+    let receipt = put(&c, EXAM, "c1", 1, b"kept").await;
+    assert_eq!(receipt.status, StatusCode::CREATED);
+    let health: serde_json::Value = b
+        .client(None)
+        .get("/v1/health")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let (pin, appliance) = (b.pin.clone(), health["appliance"].clone());
+    assert!(b.terminate().success(), "SIGTERM exits cleanly");
+
+    let b = BoxProcess::start(dir.path(), &[]);
+    assert_eq!(b.pin, pin, "the pin must not change across restarts");
+    let health: serde_json::Value = b
+        .client(None)
+        .get("/v1/health")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(health["appliance"], appliance);
+    let c = b.client(Some(b.candidate_token(EXAM, "c1")));
+    let again = put(&c, EXAM, "c1", 1, b"kept").await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(
+        again.body, receipt.body,
+        "the original receipt survives the restart"
+    );
+    // The chain continues across the restart.
+    let next: hallrelay::receipt::Receipt = put(&c, EXAM, "c1", 2, b"next").await.json().unwrap();
+    let first: hallrelay::receipt::Receipt = receipt.json().unwrap();
+    assert_eq!(next.prev, first.hash());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = BoxProcess::start(dir.path(), &[]);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let pid = b.child.id();
+    let stopper = {
+        let stop = stop.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            signal(pid, "TERM");
+            stop.cancel();
+        }
+    };
+    let (acked, ()) = tokio::join!(write_until_stopped(&b, 8, 2048, 0, stop), stopper);
+    let status = b.child.wait().unwrap();
+    assert!(status.success(), "a SIGTERM shutdown exits 0, got {status}");
+    let b = BoxProcess::start(dir.path(), &[]);
+    assert!(!acked.is_empty());
+    assert_all_readable(&b, &acked).await;
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(BoxProcess::start(dir.path(), &[]));
+    let store = dir.path().join("hallrelay.redb");
+    {
+        let db = redb::Database::open(&store).unwrap();
+        let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        let w = db.begin_write().unwrap();
+        w.open_table(meta)
+            .unwrap()
+            .insert("schema_version", 99u64.to_le_bytes().as_slice())
+            .unwrap();
+        w.commit().unwrap();
+    }
+    let digest = |p: &std::path::Path| blake3::hash(&std::fs::read(p).unwrap());
+    let before = digest(&store);
+    let err = BoxProcess::try_start(dir.path(), &[])
+        .err()
+        .expect("the box must refuse a newer schema");
+    assert!(err.contains("schema version 99"), "{err}");
+    assert!(err.contains("exit status: 65"), "{err}");
+    assert_eq!(digest(&store), before, "the refused file is not modified");
+
+    // Not a redb file at all.
+    std::fs::write(&store, b"this is not a database").unwrap();
+    let err = BoxProcess::try_start(dir.path(), &[])
+        .err()
+        .expect("garbage is refused");
+    assert!(err.contains("cannot open the store"), "{err}");
+    assert!(
+        std::fs::read(&store).unwrap() == b"this is not a database",
+        "garbage is left as it is"
+    );
+}
+
+#[test]
+fn bad_configuration_exits_64_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        ("listen_adress = \"0.0.0.0:1\"\n", "listen_adress"),
+        ("idle_timeout = \"soon\"\n", "idle_timeout"),
+        ("max_body_bytes = 0\n", "max_body_bytes"),
+    ] {
+        let config = config_file(dir.path(), text);
+        let out = std::process::Command::new(binary())
+            .args(["serve", "--no-mdns", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(key),
+            "the message must name {key}: {stderr}"
+        );
+    }
+}
+
+/// Mounts a tmpfs of `size` at `dir/tiny`; unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        let mnt = dir.join("tiny");
+        std::fs::create_dir(&mnt).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs");
+        Self(mnt)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// ENOSPC inside a redb commit (the free-space check passed, the commit's page writes did
+/// not fit): the writer answers 507, reopens the store, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn enospc_inside_a_commit_answers_507_and_the_store_reopens() {
+    if !privileged_or_skip("enospc_inside_a_commit_answers_507_and_the_store_reopens") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(dir.path(), "8m");
+    let config = config_file(dir.path(), "min_free_bytes = 0\n");
+    let data = tmpfs.0.join("data");
+    let b = BoxProcess::start(&data, &["--config", config.to_str().unwrap()]);
+    let c = b.client(Some(b.candidate_token(EXAM, "c1")));
+    let mut acked = HashMap::new();
+    for seq in 1..=20u64 {
+        let body = payload(2, seq, 8 * 1024);
+        assert_eq!(
+            put(&c, EXAM, "c1", seq, &body).await.status,
+            StatusCode::CREATED
+        );
+        acked.insert(seq, body);
+    }
+    // Leave 20 KiB: enough for the check (2 x 8 KiB), too little for the commit's pages.
+    let free = hallrelay::store::free_bytes(&tmpfs.0).unwrap();
+    let ballast = tmpfs.0.join("ballast");
+    std::fs::write(&ballast, vec![1u8; (free - 20 * 1024) as usize]).unwrap();
+    let body = payload(2, 21, 8 * 1024);
+    let reply = put(&c, EXAM, "c1", 21, &body).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "{:?}",
+        reply.body
+    );
+    assert!(
+        b.wait_for_log("a commit failed", Duration::from_secs(5))
+            .is_some(),
+        "the 507 must come from a failed commit, not from the free-space check"
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    let reply = put(&c, EXAM, "c1", 21, &body).await;
+    assert!(
+        reply.status.is_success(),
+        "after space is freed the store reopens: {}",
+        reply.status
+    );
+    acked.insert(21, body);
+    let admin = b.client(Some(b.admin_token()));
+    for (seq, body) in &acked {
+        let r = admin.get(&autosave_path(EXAM, "c1", *seq)).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "seq {seq}");
+        assert!(r.body[..] == body[..], "seq {seq} changed");
+    }
+}
+
+/// A real full disk: the data dir is a tiny tmpfs, the reserve is off, and a writer runs until
+/// the disk cannot take the next autosave. The box answers 507, stays up, keeps what it acknowledged, and takes
+/// writes again once space is freed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_answers_507_and_recovers() {
+    if !privileged_or_skip("a_full_disk_answers_507_and_recovers") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(dir.path(), "6m");
+    let mnt = tmpfs.0.clone();
+    let config = config_file(dir.path(), "min_free_bytes = 0\n");
+    let data = mnt.join("data");
+    // Ballast that can be deleted later to make room.
+    let b = BoxProcess::start(&data, &["--config", config.to_str().unwrap()]);
+    std::fs::write(mnt.join("ballast"), vec![0u8; 1024 * 1024]).unwrap();
+    let c = b.client(Some(b.candidate_token(EXAM, "c1")));
+    let mut acked = HashMap::new();
+    let mut full_at = None;
+    for seq in 1..=400u64 {
+        let body = payload(1, seq, 32 * 1024);
+        let reply = put(&c, EXAM, "c1", seq, &body).await;
+        match reply.status {
+            StatusCode::CREATED => {
+                acked.insert((1usize, seq), body);
+            }
+            StatusCode::INSUFFICIENT_STORAGE => {
+                full_at = Some(seq);
+                break;
+            }
+            other => panic!("unexpected {other} at seq {seq}: {:?}", reply.body),
+        }
+    }
+    let full_at = full_at.expect("the tmpfs must fill up");
+    eprintln!("disk full after {} acknowledged autosaves", acked.len());
+    // Still up, still answering reads and re-sends.
+    let admin = b.client(Some(b.admin_token()));
+    assert_eq!(
+        admin.get("/v1/health").await.unwrap().status,
+        StatusCode::OK
+    );
+    for ((_, seq), body) in &acked {
+        let r = admin.get(&autosave_path(EXAM, "c1", *seq)).await.unwrap();
+        assert!(
+            r.status == StatusCode::OK && r.body[..] == body[..],
+            "seq {seq}"
+        );
+    }
+    // Free space; the same write now succeeds.
+    std::fs::remove_file(mnt.join("ballast")).unwrap();
+    let mut recovered = false;
+    for _ in 0..20 {
+        let body = payload(1, full_at, 32 * 1024);
+        let r = put(&c, EXAM, "c1", full_at, &body).await;
+        if r.status.is_success() {
+            acked.insert((1, full_at), body);
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "writes must succeed again once space is freed");
+    drop(b);
+    // And everything acknowledged is intact after a restart.
+    let b = BoxProcess::start(&data, &["--config", config.to_str().unwrap()]);
+    let admin = b.client(Some(b.admin_token()));
+    for ((_, seq), body) in &acked {
+        let r = admin.get(&autosave_path(EXAM, "c1", *seq)).await.unwrap();
+        assert!(
+            r.status == StatusCode::OK && r.body[..] == body[..],
+            "seq {seq}"
+        );
+    }
+}
