@@ -63,6 +63,9 @@ pub struct FileConfig {
     /// How long a client may take to send request headers (default "10s").
     #[serde(default, with = "opt_duration")]
     pub header_read_timeout: Option<Duration>,
+    /// How long a client may take to complete the TLS handshake (default "10s").
+    #[serde(default, with = "opt_duration")]
+    pub tls_handshake_timeout: Option<Duration>,
     /// How long an idle connection is kept (default "60s").
     #[serde(default, with = "opt_duration")]
     pub idle_timeout: Option<Duration>,
@@ -186,7 +189,7 @@ impl ServeConfig {
                 defaults.header_read_timeout,
             )?,
             idle_timeout: positive("idle_timeout", file.idle_timeout, defaults.idle_timeout)?,
-            handshake_timeout: defaults.handshake_timeout,
+            handshake_timeout: positive("tls_handshake_timeout", file.tls_handshake_timeout, defaults.handshake_timeout)?,
             shutdown_grace: positive(
                 "shutdown_grace",
                 file.shutdown_grace,

@@ -125,3 +125,21 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overload_and_shutdown_answer_503_with_retry_after() {
+        for e in [StoreError::Overloaded, StoreError::Unavailable] {
+            let response = ApiError::from(e).into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], RETRY_AFTER_SECS);
+        }
+        assert_eq!(
+            ApiError::from(StoreError::Full).into_response().status(),
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+    }
+}

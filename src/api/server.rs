@@ -97,6 +97,8 @@ pub async fn serve<H, F>(
                 activity: activity.clone(),
                 epoch,
             };
+            // The idle clock starts now, not when the server started.
+            io.touch();
             let connection = builder
                 .serve_connection(TokioIo::new(io), service_fn(handler))
                 .into_owned();

@@ -457,3 +457,67 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreOptions};
+
+    fn request(seq: u64) -> PutRequest {
+        let payload = Bytes::from(format!("save {seq}"));
+        PutRequest {
+            name: AutosaveName {
+                exam: "e".into(),
+                candidate: "c".into(),
+                seq,
+            },
+            blake3: blake3::hash(&payload),
+            payload,
+            is_final: false,
+        }
+    }
+
+    /// A full queue answers at once (503 upstream) instead of queueing without bound, and
+    /// everything that was queued is still committed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_queue_is_refused_and_the_queued_requests_still_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Arc::new(Identity::load_or_create(dir.path(), &[], &[]).unwrap());
+        let options = StoreOptions {
+            queue_depth: 2,
+            min_free_bytes: 0,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&dir.path().join("s.redb"), identity, options).unwrap();
+        let outcomes = {
+            // Hold the database so the writer blocks inside its first batch.
+            let guard = store.slot.db.write().unwrap();
+            let first = tokio::spawn({
+                let store = store.clone();
+                async move { store.put(request(1)).await }
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let queued: Vec<_> = (2..=3)
+                .map(|seq| {
+                    let store = store.clone();
+                    tokio::spawn(async move { store.put(request(seq)).await })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(matches!(store.put(request(4)).await, Err(StoreError::Overloaded)));
+            drop(guard);
+            let mut outcomes = vec![first.await.unwrap()];
+            for q in queued {
+                outcomes.push(q.await.unwrap());
+            }
+            outcomes
+        };
+        for outcome in outcomes {
+            assert!(matches!(outcome, Ok(PutOutcome::Stored(_))), "{outcome:?}");
+        }
+        let status = store.status().await.unwrap();
+        assert_eq!(status.stored, 3);
+        store.close().await;
+        assert!(matches!(store.put(request(5)).await, Err(StoreError::Unavailable)));
+    }
+}
