@@ -189,7 +189,11 @@ impl ServeConfig {
                 defaults.header_read_timeout,
             )?,
             idle_timeout: positive("idle_timeout", file.idle_timeout, defaults.idle_timeout)?,
-            handshake_timeout: positive("tls_handshake_timeout", file.tls_handshake_timeout, defaults.handshake_timeout)?,
+            handshake_timeout: positive(
+                "tls_handshake_timeout",
+                file.tls_handshake_timeout,
+                defaults.handshake_timeout,
+            )?,
             shutdown_grace: positive(
                 "shutdown_grace",
                 file.shutdown_grace,

@@ -26,6 +26,7 @@ pub mod digest;
 pub mod identity;
 pub mod ids;
 pub mod keyfile;
+pub mod loadgen;
 pub mod receipt;
 pub mod serve;
 pub mod store;

@@ -28,14 +28,26 @@ impl ServerCertVerifier for AcceptAny {
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         Ok(HandshakeSignatureValid::assertion())
     }
-    fn verify_tls13_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         Ok(HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        hallrelay::tls::provider().signature_verification_algorithms.supported_schemes()
+        hallrelay::tls::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -58,7 +70,10 @@ async fn connect(
 }
 
 /// Reads until the server closes the connection; returns how long that took.
-async fn time_until_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> Duration {
+async fn time_until_closed<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> Duration {
     let started = Instant::now();
     let mut buf = [0u8; 4096];
     let closed = tokio::time::timeout(limit, async {
@@ -70,7 +85,10 @@ async fn time_until_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limi
         }
     })
     .await;
-    assert!(closed.is_ok(), "the server kept the connection open beyond {limit:?}");
+    assert!(
+        closed.is_ok(),
+        "the server kept the connection open beyond {limit:?}"
+    );
     started.elapsed()
 }
 
@@ -88,18 +106,29 @@ async fn slow_headers_silent_handshakes_and_idle_connections_are_cut_off() {
     let b = quick_limits_box(dir.path());
 
     // Slowloris: half a request, then nothing.
-    let mut slow = connect(&b.addr, &[&rustls::version::TLS13], &[b"http/1.1"]).await.unwrap();
-    slow.write_all(b"PUT /v1/exams/e/candidates/c/autosaves/1 HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut slow = connect(&b.addr, &[&rustls::version::TLS13], &[b"http/1.1"])
+        .await
+        .unwrap();
+    slow.write_all(b"PUT /v1/exams/e/candidates/c/autosaves/1 HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let took = time_until_closed(&mut slow, Duration::from_secs(8)).await;
-    assert!(took >= Duration::from_millis(900), "closed too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed too early: {took:?}"
+    );
 
     // A TCP connection that never starts TLS.
     let mut silent = TcpStream::connect(&b.addr).await.unwrap();
     time_until_closed(&mut silent, Duration::from_secs(8)).await;
 
     // A finished request on a keep-alive connection, then silence.
-    let mut idle = connect(&b.addr, &[&rustls::version::TLS13], &[b"http/1.1"]).await.unwrap();
-    idle.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut idle = connect(&b.addr, &[&rustls::version::TLS13], &[b"http/1.1"])
+        .await
+        .unwrap();
+    idle.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut first = [0u8; 12];
     idle.read_exact(&mut first).await.unwrap();
     assert_eq!(&first, b"HTTP/1.1 200");
@@ -114,16 +143,31 @@ async fn slow_headers_silent_handshakes_and_idle_connections_are_cut_off() {
 async fn alpn_offers_h2_and_http1_over_tls_13_and_12() {
     let dir = tempfile::tempdir().unwrap();
     let b = BoxProcess::start(dir.path(), &[]);
-    let h2 = connect(&b.addr, &[&rustls::version::TLS13], &[b"h2", b"http/1.1"]).await.unwrap();
+    let h2 = connect(&b.addr, &[&rustls::version::TLS13], &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let h1 = connect(&b.addr, &[&rustls::version::TLS13], &[b"http/1.1"]).await.unwrap();
+    let h1 = connect(&b.addr, &[&rustls::version::TLS13], &[b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(h1.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let tls12 = connect(&b.addr, &[&rustls::version::TLS12], &[b"http/1.1"]).await.unwrap();
-    assert_eq!(tls12.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    let tls12 = connect(&b.addr, &[&rustls::version::TLS12], &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(
+        tls12.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
     // No plaintext HTTP on the TLS port.
     let mut plain = TcpStream::connect(&b.addr).await.unwrap();
-    plain.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    plain
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
-    assert!(!buf.starts_with(b"HTTP/1.1 200"), "plaintext must not be served");
+    assert!(
+        !buf.starts_with(b"HTTP/1.1 200"),
+        "plaintext must not be served"
+    );
 }

@@ -363,7 +363,12 @@ async fn status(state: &State) -> Result<Response<Full<Bytes>>, ApiError> {
         "conflicts": store.conflicts,
         "candidates": store.candidates,
         "disk": { "free_bytes": free, "reserve_bytes": state.min_free_bytes },
-        "commits": { "count": store.commits, "requests": store.committed_requests },
+        "commits": {
+            "count": store.commits,
+            "requests": store.committed_requests,
+            "apply_micros": store.apply_micros,
+            "commit_micros": store.commit_micros,
+        },
     });
     Ok(json_response(StatusCode::OK, &body))
 }

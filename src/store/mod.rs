@@ -174,6 +174,10 @@ pub struct StoreStatus {
     /// is the group-commit batch size.
     pub commits: u64,
     pub committed_requests: u64,
+    /// Total time the writer spent building transactions and committing them (page writes
+    /// and fsync), microseconds: where a commit's time goes.
+    pub apply_micros: u64,
+    pub commit_micros: u64,
 }
 
 /// Tunables of the store.
@@ -294,6 +298,10 @@ impl DbSlot {
 pub(crate) struct CommitStats {
     commits: AtomicU64,
     requests: AtomicU64,
+    /// Time spent building transactions (inserts, signing), microseconds.
+    apply_micros: AtomicU64,
+    /// Time spent in `commit()` (page writes and fsync), microseconds.
+    commit_micros: AtomicU64,
 }
 
 /// A handle to the store; cheap to clone.
@@ -394,6 +402,8 @@ impl Store {
     pub async fn status(&self) -> Result<StoreStatus, StoreError> {
         let commits = self.stats.commits.load(Ordering::Relaxed);
         let committed_requests = self.stats.requests.load(Ordering::Relaxed);
+        let apply_micros = self.stats.apply_micros.load(Ordering::Relaxed);
+        let commit_micros = self.stats.commit_micros.load(Ordering::Relaxed);
         self.read(move |db| {
             let read = db.begin_read()?;
             let stats = read.open_table(STATS)?;
@@ -428,6 +438,8 @@ impl Store {
                 candidates: stat(&stats, STAT_CANDIDATES)?,
                 commits,
                 committed_requests,
+                apply_micros,
+                commit_micros,
             })
         })
         .await

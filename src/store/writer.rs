@@ -226,6 +226,7 @@ impl Writer {
         requests: &[PutRequest],
         space_ok: bool,
     ) -> Result<Vec<Result<PutOutcome, StoreError>>, StoreError> {
+        let started = Instant::now();
         let db = self.slot.get()?;
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)
@@ -240,7 +241,15 @@ impl Writer {
             tables.flush_counters()?;
             outcomes
         };
+        let applied = Instant::now();
         txn.commit()?;
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.stats
+            .apply_micros
+            .fetch_add(micros(applied - started), Ordering::Relaxed);
+        self.stats
+            .commit_micros
+            .fetch_add(micros(applied.elapsed()), Ordering::Relaxed);
         Ok(outcomes)
     }
 
@@ -480,6 +489,8 @@ mod tests {
     /// A full queue answers at once (503 upstream) instead of queueing without bound, and
     /// everything that was queued is still committed.
     #[tokio::test(flavor = "current_thread")]
+    // Holding the database's write lock across awaits is the point: it stalls the writer.
+    #[allow(clippy::await_holding_lock, clippy::readonly_write_lock)]
     async fn a_full_queue_is_refused_and_the_queued_requests_still_commit() {
         let dir = tempfile::tempdir().unwrap();
         let identity = Arc::new(Identity::load_or_create(dir.path(), &[], &[]).unwrap());
@@ -504,7 +515,10 @@ mod tests {
                 })
                 .collect();
             tokio::time::sleep(Duration::from_millis(50)).await;
-            assert!(matches!(store.put(request(4)).await, Err(StoreError::Overloaded)));
+            assert!(matches!(
+                store.put(request(4)).await,
+                Err(StoreError::Overloaded)
+            ));
             drop(guard);
             let mut outcomes = vec![first.await.unwrap()];
             for q in queued {
@@ -518,6 +532,9 @@ mod tests {
         let status = store.status().await.unwrap();
         assert_eq!(status.stored, 3);
         store.close().await;
-        assert!(matches!(store.put(request(5)).await, Err(StoreError::Unavailable)));
+        assert!(matches!(
+            store.put(request(5)).await,
+            Err(StoreError::Unavailable)
+        ));
     }
 }
