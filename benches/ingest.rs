@@ -157,6 +157,8 @@ async fn durable_puts(
         listen: Some("127.0.0.1:0".parse().expect("addr")),
         name: Some("bench".into()),
         venue_key_file: None,
+        cloud: None,
+        cloud_token_file: None,
         no_mdns: true,
         mdns_interfaces: Vec::new(),
     };
@@ -267,7 +269,7 @@ async fn no_store_puts(
     };
     let serving = tokio::spawn(server::serve(
         listener,
-        tls,
+        Some(tls),
         handler,
         Default::default(),
         shutdown.clone(),

@@ -20,6 +20,42 @@ pub enum Command {
     Serve(ServeArgs),
     /// Mint a candidate or admin token with the venue key (prints only the token).
     Token(TokenArgs),
+    /// Run the reference cloud ingest: the same API, its own store (for tests, demos and
+    /// platform integrators).
+    Cloud(CloudArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CloudArgs {
+    /// Where the cloud's store and identity live.
+    #[arg(long, value_name = "DIR", default_value = "hallrelay-cloud")]
+    pub data_dir: PathBuf,
+    /// Address to listen on; plain HTTP on loopback, TLS anywhere else.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9443")]
+    pub listen: SocketAddr,
+    /// The venue key file for candidate tokens [default: <data-dir>/venue.key, created if
+    /// missing].
+    #[arg(long, value_name = "FILE")]
+    pub venue_key_file: Option<PathBuf>,
+    /// File of the boxes' bearer credentials, one a line.
+    #[arg(long, value_name = "FILE")]
+    pub appliance_token_file: Option<PathBuf>,
+    /// Serve TLS even on a loopback address.
+    #[arg(long)]
+    pub tls: bool,
+    /// Test switch: answer this share of requests (0 to 1) with 500.
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    pub fault_rate: f64,
+    /// Test switch: drop this share of connections (0 to 1) without an answer.
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    pub reset_rate: f64,
+}
+
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{text:?} is not a share between 0 and 1")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -40,6 +76,13 @@ pub struct ServeArgs {
     /// The venue key file [default: <data-dir>/venue.key, created on first start].
     #[arg(long, value_name = "FILE")]
     pub venue_key_file: Option<PathBuf>,
+    /// The cloud platform's base URL to replay to (https://, or http:// to loopback)
+    /// [default: none: the box only queues].
+    #[arg(long, value_name = "URL")]
+    pub cloud: Option<String>,
+    /// File holding the box's bearer credential at the cloud.
+    #[arg(long, value_name = "FILE")]
+    pub cloud_token_file: Option<PathBuf>,
     /// Do not advertise the box over mDNS.
     #[arg(long)]
     pub no_mdns: bool,

@@ -14,6 +14,8 @@ use serde::Deserialize;
 use crate::api::Limits;
 use crate::cli::ServeArgs;
 use crate::ids::is_valid_id;
+use crate::keyfile::Secret;
+use crate::replay::ReplayConfig;
 use crate::store::StoreOptions;
 
 /// Where the data dir is when nothing says otherwise.
@@ -54,6 +56,19 @@ pub struct FileConfig {
     pub mdns: Option<bool>,
     /// Interfaces to advertise on (default: all).
     pub mdns_interfaces: Option<Vec<String>>,
+    /// The cloud platform's base URL; without it the box only queues.
+    pub cloud: Option<String>,
+    /// The file holding the box's bearer credential at the cloud (required with `cloud`).
+    pub cloud_token_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for the cloud, besides the system's.
+    pub cloud_ca_file: Option<PathBuf>,
+    /// Replay PUTs in flight at once (default 4).
+    pub replay_concurrency: Option<usize>,
+    /// Replay bandwidth cap in bytes per second (default: none).
+    pub replay_rate_limit: Option<u64>,
+    /// How long delivered autosaves are kept (default "14days").
+    #[serde(default, with = "opt_duration")]
+    pub retention: Option<Duration>,
     /// Browser origins allowed to call the API (CORS); `"*"` allows any.
     pub cors_origins: Option<Vec<String>>,
     /// The largest autosave accepted, in bytes (default 16 MiB).
@@ -87,6 +102,8 @@ pub struct ServeConfig {
     pub cors_origins: Vec<String>,
     pub limits: Limits,
     pub store: StoreOptions,
+    /// How to replay to the cloud; `None` when no cloud is configured.
+    pub replay: Option<ReplayConfig>,
 }
 
 impl FileConfig {
@@ -200,6 +217,14 @@ impl ServeConfig {
                 defaults.shutdown_grace,
             )?,
         };
+        let replay = replay_config(
+            args.cloud.clone().or(file.cloud),
+            args.cloud_token_file.clone().or(file.cloud_token_file),
+            file.cloud_ca_file,
+            file.replay_concurrency,
+            file.replay_rate_limit,
+            file.retention,
+        )?;
         let mut store = StoreOptions::default();
         if let Some(bytes) = file.min_free_bytes {
             store.min_free_bytes = bytes;
@@ -214,7 +239,94 @@ impl ServeConfig {
             cors_origins,
             limits,
             store,
+            replay,
         })
+    }
+}
+
+/// Validates the replay settings; the credential is read from its file here, so a missing
+/// or empty file is a configuration error at start, not a failure in the middle of an exam.
+fn replay_config(
+    cloud: Option<String>,
+    token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    concurrency: Option<usize>,
+    rate_limit: Option<u64>,
+    retention: Option<Duration>,
+) -> Result<Option<ReplayConfig>, ConfigError> {
+    let Some(cloud) = cloud else {
+        if token_file.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "cloud_token_file",
+                problem: "is set but `cloud` is not".into(),
+            });
+        }
+        return Ok(None);
+    };
+    check_cloud_url(&cloud)?;
+    let token_file = token_file.ok_or(ConfigError::Invalid {
+        key: "cloud_token_file",
+        problem: "is required when `cloud` is set".into(),
+    })?;
+    let credential = Secret::from_file(&token_file).map_err(|e| ConfigError::Invalid {
+        key: "cloud_token_file",
+        problem: e.to_string(),
+    })?;
+    let concurrency = concurrency.unwrap_or(4);
+    if !(1..=64).contains(&concurrency) {
+        return Err(ConfigError::Invalid {
+            key: "replay_concurrency",
+            problem: format!("is {concurrency}; it must be between 1 and 64"),
+        });
+    }
+    if rate_limit == Some(0) {
+        return Err(ConfigError::Invalid {
+            key: "replay_rate_limit",
+            problem: "must be more than 0 bytes per second (leave it out for no cap)".into(),
+        });
+    }
+    Ok(Some(ReplayConfig {
+        cloud,
+        credential,
+        ca_file,
+        concurrency,
+        rate_limit,
+        retention: retention.unwrap_or(Duration::from_secs(14 * 24 * 3600)),
+        request_timeout: Duration::from_secs(30),
+        probe_timeout: Duration::from_secs(3),
+    }))
+}
+
+/// `https://` anywhere; `http://` only to a loopback host, so credentials and answers never
+/// cross a network in the clear.
+pub fn check_cloud_url(url: &str) -> Result<(), ConfigError> {
+    let bad = |problem: String| ConfigError::Invalid { key: "cloud", problem };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad(format!("{url:?} is not a URL")))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = if let Some(bracketed) = authority.strip_prefix('[') {
+        bracketed.split(']').next().unwrap_or("")
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    if host.is_empty() {
+        return Err(bad(format!("{url:?} has no host")));
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(bad(format!("{url:?}: plain http is allowed only to loopback; use https")))
+            }
+        }
+        _ => Err(bad(format!("{url:?} must start with https://"))),
     }
 }
 
@@ -245,6 +357,16 @@ mod tests {
         match crate::cli::Cli::parse_from(argv).command {
             crate::cli::Command::Serve(a) => a,
             _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn cloud_urls() {
+        for ok in ["https://cloud.example.org", "http://127.0.0.1:9000", "http://[::1]:80/x", "http://localhost:1"] {
+            assert!(check_cloud_url(ok).is_ok(), "{ok}");
+        }
+        for bad in ["http://10.0.0.1:80", "http://cloud.example.org", "ftp://x", "cloud", "https://"] {
+            assert!(check_cloud_url(bad).is_err(), "{bad}");
         }
     }
 

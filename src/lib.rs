@@ -21,6 +21,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod cloud;
 pub mod config;
 pub mod digest;
 pub mod identity;
@@ -28,6 +29,7 @@ pub mod ids;
 pub mod keyfile;
 pub mod loadgen;
 pub mod receipt;
+pub mod replay;
 pub mod serve;
 pub mod store;
 pub mod timefmt;

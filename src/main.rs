@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::Parser;
+use hallrelay::api::Limits;
 use hallrelay::cli::{Cli, Command, TokenArgs};
+use hallrelay::cloud::CloudConfig;
 use hallrelay::config::{DEFAULT_DATA_DIR, ServeConfig, VENUE_KEY_FILE};
 use hallrelay::keyfile::VenueKey;
 use hallrelay::serve::{self, ServeError};
@@ -34,23 +36,23 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(EXIT_USAGE, &e),
             };
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
-                Err(e) => return fail(1, &e),
+            run_server(|shutdown| serve::run(config, shutdown, |_| {}))
+        }
+        Command::Cloud(args) => {
+            let config = CloudConfig {
+                venue_key_file: args
+                    .venue_key_file
+                    .clone()
+                    .unwrap_or_else(|| args.data_dir.join(VENUE_KEY_FILE)),
+                data_dir: args.data_dir,
+                listen: args.listen,
+                appliance_token_file: args.appliance_token_file,
+                tls: args.tls,
+                fault_rate: args.fault_rate,
+                reset_rate: args.reset_rate,
+                limits: Limits::default(),
             };
-            let result = runtime.block_on(async {
-                let shutdown = serve::shutdown_on_signals().map_err(|e| ServeError::DataDir {
-                    path: "signal handlers".into(),
-                    source: e,
-                })?;
-                serve::run(config, shutdown, |_| {}).await
-            });
-            runtime.shutdown_timeout(Duration::from_secs(1));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e @ (ServeError::Store(_) | ServeError::Identity(_))) => fail(EXIT_DATA, &e),
-                Err(e) => fail(1, &e),
-            }
+            run_server(|shutdown| hallrelay::cloud::run(config, shutdown, |_| {}))
         }
         Command::Token(args) => match mint(&args) {
             Ok(token) => {
@@ -58,6 +60,34 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => fail(EXIT_USAGE, &*e),
+        },
+    }
+}
+
+/// Runs a server future on a runtime until SIGTERM or SIGINT, and maps its error to an exit
+/// code.
+fn run_server<F, Fut>(server: F) -> ExitCode
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ServeError>>,
+{
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(1, &e),
+    };
+    let result = runtime.block_on(async {
+        match serve::shutdown_on_signals() {
+            Ok(shutdown) => server(shutdown).await.map_err(anyhow::Error::from),
+            Err(e) => Err(anyhow::Error::from(e).context("installing signal handlers")),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<ServeError>() {
+            Some(ServeError::Store(_) | ServeError::Identity(_)) => fail(EXIT_DATA, &e),
+            Some(ServeError::KeyFile(_)) => fail(EXIT_USAGE, &e),
+            _ => fail(1, &format!("{e:#}")),
         },
     }
 }

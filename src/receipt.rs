@@ -43,6 +43,9 @@ pub struct Receipt {
     pub signature: String,
 }
 
+/// The header in which a box forwards its receipt with an autosave it replays to the cloud.
+pub const RECEIPT_HEADER: &str = "hallrelay-receipt";
+
 /// Why a receipt or a chain of receipts does not verify.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -112,6 +115,19 @@ impl Receipt {
     /// blake3 of the signing input, lower-case hex.
     pub fn hash(&self) -> String {
         hex(blake3::hash(self.signing_input().as_bytes()).as_bytes())
+    }
+
+    /// The receipt as a header value: base64url (no padding) of its JSON.
+    pub fn to_header(&self) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// Parses a receipt from [`Receipt::to_header`]'s form.
+    pub fn from_header(value: &str) -> Option<Self> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let json = URL_SAFE_NO_PAD.decode(value.trim()).ok()?;
+        serde_json::from_slice(&json).ok()
     }
 
     /// Checks the signature against the box's certificate (DER).

@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -17,7 +17,8 @@ use crate::api::{self, AppState, Auth};
 use crate::config::ServeConfig;
 use crate::identity::{Identity, IdentityError};
 use crate::keyfile::{KeyFileError, VenueKey};
-use crate::store::{OpenError, STORE_FILE, StoreFile};
+use crate::replay::Uplink;
+use crate::store::{OpenError, STORE_FILE, Store, StoreFile, StoreOptions};
 
 /// Why the box could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,68 +59,118 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), ServeError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.data_dir)
-        .map_err(|source| ServeError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
-    let venue_key = VenueKey::load_or_create(&config.venue_key_file)?;
-    let file = StoreFile::open(&config.data_dir.join(STORE_FILE))?;
-    let name = config
-        .name
-        .clone()
-        .unwrap_or_else(|| default_name(file.appliance()));
-    let ips: Vec<IpAddr> = Some(config.listen.ip())
-        .filter(|ip| !ip.is_unspecified())
-        .into_iter()
-        .collect();
-    let identity = Arc::new(Identity::load_or_create(
+    let parts = Parts::assemble(
         &config.data_dir,
-        &[format!("{name}.local")],
-        &ips,
-    )?);
-    let tls = Arc::new(crate::tls::server_config(&identity)?);
-    let store = file.start(identity.clone(), config.store.clone())?;
-
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let ready = Ready {
-        addr,
-        pin: identity.pin().to_owned(),
-        name: name.clone(),
-        appliance: store.appliance().to_owned(),
-    };
-    tracing::info!(%addr, pin = %ready.pin, name = %name, appliance = %ready.appliance, "listening");
+        &config.venue_key_file,
+        config.name.clone(),
+        config.listen,
+        config.store.clone(),
+    )?;
+    let tls = Arc::new(crate::tls::server_config(&parts.identity)?);
+    let (listener, ready) = parts.bind(config.listen).await?;
     if config.mdns {
         tracing::warn!("mDNS advertisement is not built yet: give clients the box's URL and pin");
     }
     on_ready(&ready);
 
+    let uplink = Arc::new(Uplink::new(config.replay.as_ref().map(|r| r.cloud.clone())));
+    let replay = config.replay.clone().map(|replay| {
+        tokio::spawn(crate::replay::run(
+            parts.store.clone(),
+            replay,
+            uplink.clone(),
+            shutdown.clone(),
+        ))
+    });
+    if replay.is_none() {
+        tracing::info!("no cloud configured: autosaves are kept and queued, not replayed");
+    }
+    let store = parts.store.clone();
     let state = Arc::new(AppState {
-        store: store.clone(),
-        auth: Auth::new(venue_key, Vec::new()),
+        store: parts.store,
+        auth: Auth::new(parts.venue_key, Vec::new()),
         limits: config.limits.clone(),
         cors: api::cors::Cors::new(config.cors_origins.clone()),
-        pin: identity.pin().to_owned(),
-        name,
+        pin: ready.pin.clone(),
+        name: ready.name.clone(),
         min_free_bytes: config.store.min_free_bytes,
+        uplink,
     });
     let handler = move |request| api::routes::handle(state.clone(), request);
-    api::server::serve(listener, tls, handler, config.limits.clone(), shutdown).await;
+    api::server::serve(listener, Some(tls), handler, config.limits.clone(), shutdown).await;
+    if let Some(replay) = replay {
+        let _ = replay.await;
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What every server in this crate (the box and the reference cloud) starts from: the data
+/// dir, the venue key, the store, and the identity.
+pub(crate) struct Parts {
+    pub venue_key: VenueKey,
+    pub store: Store,
+    pub identity: Arc<Identity>,
+    pub name: String,
+}
+
+impl Parts {
+    /// Creates the data dir (0700) if needed, then opens or creates the venue key, the store
+    /// (which knows the appliance id, and so the default name) and the identity.
+    pub fn assemble(
+        data_dir: &Path,
+        venue_key_file: &Path,
+        name: Option<String>,
+        listen: SocketAddr,
+        options: StoreOptions,
+    ) -> Result<Self, ServeError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|source| ServeError::DataDir {
+                path: data_dir.to_owned(),
+                source,
+            })?;
+        let venue_key = VenueKey::load_or_create(venue_key_file)?;
+        let file = StoreFile::open(&data_dir.join(STORE_FILE))?;
+        let name = name.unwrap_or_else(|| default_name(file.appliance()));
+        let ips: Vec<IpAddr> = Some(listen.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .into_iter()
+            .collect();
+        let identity = Arc::new(Identity::load_or_create(
+            data_dir,
+            &[format!("{name}.local")],
+            &ips,
+        )?);
+        let store = file.start(identity.clone(), options)?;
+        Ok(Self {
+            venue_key,
+            store,
+            identity,
+            name,
+        })
+    }
+
+    /// Binds the listener and logs the line that says the server is ready.
+    pub async fn bind(&self, listen: SocketAddr) -> Result<(TcpListener, Ready), ServeError> {
+        let bind_err = |source| ServeError::Bind {
+            addr: listen,
+            source,
+        };
+        let listener = TcpListener::bind(listen).await.map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        let ready = Ready {
+            addr,
+            pin: self.identity.pin().to_owned(),
+            name: self.name.clone(),
+            appliance: self.store.appliance().to_owned(),
+        };
+        tracing::info!(%addr, pin = %ready.pin, name = %ready.name, appliance = %ready.appliance, "listening");
+        Ok((listener, ready))
+    }
 }
 
 /// The name a box has when none is configured: `hallrelay-` and four hex digits of its id.

@@ -115,6 +115,8 @@ pub struct AppState {
     pub name: String,
     /// Free space the store keeps in reserve, shown by `/v1/status`.
     pub min_free_bytes: u64,
+    /// The uplink as replay sees it.
+    pub uplink: Arc<crate::replay::Uplink>,
 }
 
 pub type State = Arc<AppState>;

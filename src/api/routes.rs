@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::error::json_response;
 use super::{ApiError, Caller, State};
 use crate::ids::{AutosaveName, is_valid_id, parse_seq};
+use crate::receipt::{RECEIPT_HEADER, Receipt};
 use crate::store::{ListEntry, PutOutcome, PutRequest, Record};
 
 /// Bodies larger than this are hashed on the blocking pool rather than on the runtime.
@@ -157,18 +158,44 @@ fn authorize_write<B>(
     request: &Request<B>,
     exam: &str,
     candidate: &str,
-) -> Result<(), ApiError> {
+) -> Result<Caller, ApiError> {
     match state.auth.authenticate(bearer(request))? {
-        Caller::Appliance => Ok(()),
+        Caller::Appliance => Ok(Caller::Appliance),
         Caller::Candidate {
             exam: e,
             candidate: c,
-        } if e == exam && c == candidate => Ok(()),
+        } if e == exam && c == candidate => Ok(Caller::Candidate {
+            exam: e,
+            candidate: c,
+        }),
         Caller::Candidate { .. } => Err(ApiError::Forbidden(
             "the token is for another exam or candidate",
         )),
         Caller::Admin => Err(ApiError::Forbidden("admin tokens cannot save autosaves")),
     }
+}
+
+/// The receipt a box sends with an autosave it replays: it must describe this very autosave.
+fn upstream_receipt<B>(
+    request: &Request<B>,
+    name: &AutosaveName,
+) -> Result<Option<Receipt>, ApiError> {
+    let Some(value) = request.headers().get(RECEIPT_HEADER) else {
+        return Ok(None);
+    };
+    let receipt = value
+        .to_str()
+        .ok()
+        .and_then(Receipt::from_header)
+        .ok_or_else(|| ApiError::BadRequest("the Hallrelay-Receipt header is malformed".into()))?;
+    if (receipt.exam.as_str(), receipt.candidate.as_str(), receipt.seq)
+        != (name.exam.as_str(), name.candidate.as_str(), name.seq)
+    {
+        return Err(ApiError::BadRequest(
+            "the Hallrelay-Receipt names another autosave".into(),
+        ));
+    }
+    Ok(Some(receipt))
 }
 
 /// Reads `final=true|false` from the query; anything else there is refused.
@@ -194,7 +221,12 @@ async fn put(
     name: AutosaveName,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let is_final = parse_final(request.uri().query())?;
-    authorize_write(state, &request, &name.exam, &name.candidate)?;
+    let caller = authorize_write(state, &request, &name.exam, &name.candidate)?;
+    // Only a forwarding box's evidence is kept; a candidate cannot supply its own.
+    let upstream = match caller {
+        Caller::Appliance => upstream_receipt(&request, &name)?,
+        _ => None,
+    };
     let limit = state.limits.max_body_bytes;
     let declared = request
         .headers()
@@ -233,11 +265,20 @@ async fn put(
         crate::digest::verify(&header, &body, &blake3)
             .map_err(|e| ApiError::DigestMismatch(e.to_string()))?;
     }
+    if upstream
+        .as_ref()
+        .is_some_and(|r| r.blake3 != blake3.to_hex().as_str())
+    {
+        return Err(ApiError::BadRequest(
+            "the Hallrelay-Receipt does not match the body".into(),
+        ));
+    }
     let request = PutRequest {
         name: name.clone(),
         payload: body,
         blake3,
         is_final,
+        upstream_receipt: upstream,
     };
     match state.store.put(request).await? {
         PutOutcome::Stored(receipt) => {
@@ -293,6 +334,10 @@ fn payload_response(found: Option<(Record, Bytes)>) -> Result<Response<Full<Byte
         HeaderValue::from_static(if receipt.is_final { "true" } else { "false" }),
     );
     h.insert("hallrelay-received-at", text(receipt.received_at.clone())?);
+    // On the cloud: the forwarding box's receipt, the evidence of hall time.
+    if let Some(upstream) = &record.upstream_receipt {
+        h.insert(RECEIPT_HEADER, text(upstream.to_header())?);
+    }
     Ok(response)
 }
 
@@ -352,7 +397,8 @@ async fn status(state: &State) -> Result<Response<Full<Bytes>>, ApiError> {
         "appliance": state.store.appliance(),
         "name": state.name,
         "version": crate::VERSION,
-        "uplink": { "state": "not_configured" },
+        "uplink": state.uplink.snapshot(),
+        "last_delivery_at": store.last_delivery_at,
         "stored": { "count": store.stored, "bytes": store.stored_bytes },
         "pending": {
             "count": store.pending,

@@ -1,11 +1,13 @@
-//! The HTTPS listener: accept, TLS handshake, HTTP/1.1 or HTTP/2 by ALPN, and a graceful drain.
+//! The listener: accept, TLS handshake, HTTP/1.1 or HTTP/2 by ALPN, and a graceful drain.
+//!
+//! The box always serves TLS. Plain HTTP exists only for the reference cloud on a loopback
+//! address (its caller checks that), so tests and demos need no certificate for it.
 //!
 //! Each stage has a deadline so that a slow or idle client holds nothing for long: the TLS
 //! handshake, the request headers (HTTP/1.1), and the connection's idle time. On shutdown the
 //! listener closes first, connections are asked to finish their in-flight requests, and the
 //! drain is cut off after the grace period.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -30,18 +32,21 @@ use tokio_util::sync::CancellationToken;
 
 use super::Limits;
 
-/// Serves `handler` on `listener` over TLS until `shutdown` is cancelled, then drains.
-pub async fn serve<H, F>(
+/// Serves `handler` on `listener` (over TLS when `tls` is given) until `shutdown` is
+/// cancelled, then drains. A handler that returns an error has its connection closed at once
+/// (the reference cloud's fault injection uses this to reset connections).
+pub async fn serve<H, F, E>(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     handler: H,
     limits: Limits,
     shutdown: CancellationToken,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
-    let acceptor = TlsAcceptor::from(tls);
+    let acceptor = tls.map(TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -78,40 +83,17 @@ pub async fn serve<H, F>(
         let watcher = graceful.watcher();
         let limits = limits.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let Some(acceptor) = acceptor else {
+                let idle_limit = limits.idle_timeout;
+                return serve_io(stream, peer, &builder, handler, watcher, epoch, idle_limit).await;
             };
-            let activity = Arc::new(AtomicU64::new(0));
-            let io = Tracked {
-                inner: tls,
-                activity: activity.clone(),
-                epoch,
-            };
-            // The idle clock starts now, not when the server started.
-            io.touch();
-            let connection = builder
-                .serve_connection(TokioIo::new(io), service_fn(handler))
-                .into_owned();
-            let connection = watcher.watch(connection);
-            tokio::select! {
-                result = connection => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+            match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let idle_limit = limits.idle_timeout;
+                    serve_io(tls, peer, &builder, handler, watcher, epoch, idle_limit).await;
                 }
-                () = idle(activity, epoch, limits.idle_timeout) => {
-                    tracing::debug!(%peer, "closed an idle connection");
-                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
@@ -122,6 +104,45 @@ pub async fn serve<H, F>(
         .is_err()
     {
         tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the grace period; closing them");
+    }
+}
+
+/// Serves one connection until it ends, is idle for `idle_limit`, or the drain closes it.
+async fn serve_io<IO, H, F, E>(
+    io: IO,
+    peer: std::net::SocketAddr,
+    builder: &auto::Builder<TokioExecutor>,
+    handler: H,
+    watcher: hyper_util::server::graceful::Watcher,
+    epoch: Instant,
+    idle_limit: Duration,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let activity = Arc::new(AtomicU64::new(0));
+    let io = Tracked {
+        inner: io,
+        activity: activity.clone(),
+        epoch,
+    };
+    // The idle clock starts now, not when the server started.
+    io.touch();
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service_fn(handler))
+        .into_owned();
+    let connection = watcher.watch(connection);
+    tokio::select! {
+        result = connection => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = idle(activity, epoch, idle_limit) => {
+            tracing::debug!(%peer, "closed an idle connection");
+        }
     }
 }
 

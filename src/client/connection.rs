@@ -66,11 +66,28 @@ impl Connection {
         pins: Vec<String>,
         token: Option<Secret>,
     ) -> Result<Self, ClientError> {
+        Self::build(base, crate::tls::pinned_client_config(pins)?, token)
+    }
+
+    /// A client that trusts the server at `base` through the system's CA roots plus, if
+    /// given, the CAs in `ca_file` (PEM): how the box reaches the cloud platform.
+    pub fn with_roots(
+        base: &str,
+        ca_file: Option<&std::path::Path>,
+        token: Option<Secret>,
+    ) -> Result<Self, ClientError> {
+        Self::build(base, crate::tls::roots_client_config(ca_file)?, token)
+    }
+
+    fn build(
+        base: &str,
+        tls: rustls::ClientConfig,
+        token: Option<Secret>,
+    ) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_owned();
         if !base.starts_with("https://") && !base.starts_with("http://") {
             return Err(ClientError::Url(base));
         }
-        let tls = crate::tls::pinned_client_config(pins)?;
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);

@@ -138,12 +138,27 @@ pub struct Record {
     pub arrival: u64,
     /// When the cloud confirmed it, RFC 3339; `None` while pending.
     pub delivered_at: Option<String>,
+    /// On the cloud: the receipt of the box that forwarded it (evidence of hall time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_receipt: Option<Receipt>,
+    /// When the cloud answered that it holds other bytes under this name. Such an autosave is
+    /// never retried and, being undelivered, never purged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_conflict_at: Option<String>,
 }
 
 impl Record {
     pub fn blake3(&self) -> Option<blake3::Hash> {
         blake3::Hash::from_hex(&self.receipt.blake3).ok()
     }
+}
+
+/// An autosave waiting for the cloud, with its payload.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub name: AutosaveName,
+    pub record: Record,
+    pub payload: Bytes,
 }
 
 /// One row of a candidate's list, as `GET …/autosaves` shows it.
@@ -170,6 +185,8 @@ pub struct StoreStatus {
     pub delivered: u64,
     pub conflicts: u64,
     pub candidates: u64,
+    /// When the cloud last confirmed an autosave, RFC 3339.
+    pub last_delivery_at: Option<String>,
     /// Write transactions committed since start, and the requests they carried: their ratio
     /// is the group-commit batch size.
     pub commits: u64,
@@ -191,6 +208,9 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// The most payload bytes one commit carries.
     pub max_batch_bytes: usize,
+    /// Whether new autosaves are queued for replay upstream (the box: yes; the reference
+    /// cloud, which is the end of the line: no).
+    pub outbox: bool,
 }
 
 impl Default for StoreOptions {
@@ -200,6 +220,7 @@ impl Default for StoreOptions {
             queue_depth: 4096,
             max_batch: 256,
             max_batch_bytes: 32 * 1024 * 1024,
+            outbox: true,
         }
     }
 }
@@ -334,6 +355,64 @@ impl Store {
         self.writer.put(request).await
     }
 
+    /// Records that the cloud confirmed an autosave (idempotent).
+    pub async fn mark_delivered(&self, name: AutosaveName) -> Result<(), StoreError> {
+        self.writer.delivered(name).await
+    }
+
+    /// Records that the cloud holds other bytes under this name; it is not retried.
+    pub async fn mark_cloud_conflict(&self, name: AutosaveName) -> Result<(), StoreError> {
+        self.writer.cloud_conflict(name).await
+    }
+
+    /// Drops up to `max` autosaves delivered before `before`; returns how many went.
+    pub async fn purge_delivered(&self, before: SystemTime, max: usize) -> Result<u64, StoreError> {
+        self.writer
+            .purge(crate::timefmt::unix_millis(before), max)
+            .await
+    }
+
+    /// Up to `limit` pending autosaves in replay order, skipping the arrivals in `skip`
+    /// (those already in flight).
+    pub async fn pending(
+        &self,
+        limit: usize,
+        skip: std::collections::HashSet<u64>,
+    ) -> Result<Vec<Pending>, StoreError> {
+        self.read(move |db| {
+            let read = db.begin_read()?;
+            let outbox = read.open_table(OUTBOX)?;
+            let autosaves = read.open_table(AUTOSAVES)?;
+            let mut out = Vec::new();
+            for row in outbox.iter()? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, name) = row?;
+                if skip.contains(&key.value().1) {
+                    continue;
+                }
+                let (exam, candidate, seq) = name.value();
+                let Some(raw) = autosaves.get((exam, candidate, seq))? else {
+                    continue;
+                };
+                let record = decode_record(raw.value())?;
+                let payload = read_blob(&read, &record)?;
+                out.push(Pending {
+                    name: AutosaveName {
+                        exam: exam.to_owned(),
+                        candidate: candidate.to_owned(),
+                        seq,
+                    },
+                    record,
+                    payload,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Stops accepting writes, lets the writer finish what is queued, and waits for it.
     pub async fn close(&self) {
         self.writer.close().await;
@@ -409,10 +488,21 @@ impl Store {
             let stats = read.open_table(STATS)?;
             let outbox = read.open_table(OUTBOX)?;
             let autosaves = read.open_table(AUTOSAVES)?;
-            let oldest_pending_age_secs = match outbox.first()? {
-                Some((_, name)) => {
-                    let (exam, candidate, seq) = name.value();
-                    match autosaves.get((exam, candidate, seq))? {
+            // Arrival numbers grow, so the oldest pending entry heads one of the classes.
+            let mut oldest: Option<(u64, (String, String, u64))> = None;
+            for class in [CLASS_FINAL, CLASS_LATEST, CLASS_HISTORY] {
+                if let Some(row) = outbox.range((class, 0)..=(class, u64::MAX))?.next() {
+                    let (key, name) = row?;
+                    let arrival = key.value().1;
+                    if oldest.as_ref().is_none_or(|(a, _)| arrival < *a) {
+                        let (e, c, s) = name.value();
+                        oldest = Some((arrival, (e.to_owned(), c.to_owned(), s)));
+                    }
+                }
+            }
+            let oldest_pending_age_secs = match oldest {
+                Some((_, (exam, candidate, seq))) => {
+                    match autosaves.get((exam.as_str(), candidate.as_str(), seq))? {
                         Some(raw) => {
                             let record = decode_record(raw.value())?;
                             parse_rfc3339(&record.receipt.received_at).map(|t| {
@@ -436,6 +526,10 @@ impl Store {
                 delivered: stat(&stats, STAT_DELIVERED)?,
                 conflicts: stat(&stats, STAT_CONFLICTS)?,
                 candidates: stat(&stats, STAT_CANDIDATES)?,
+                last_delivery_at: match stat(&stats, STAT_LAST_DELIVERY_MS)? {
+                    0 => None,
+                    ms => Some(crate::timefmt::rfc3339(crate::timefmt::from_unix_millis(ms))),
+                },
                 commits,
                 committed_requests,
                 apply_micros,

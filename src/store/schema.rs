@@ -8,7 +8,12 @@
 //!   that redb's power-of-two page allocation does not double the space a payload of exactly
 //!   16 KiB needs (a value just over a page multiple takes the next allocation order).
 //! - `blob_refs`: blake3 → how many autosaves name it, so a blob can be dropped with its last.
-//! - `outbox`: arrival number → autosave name, for everything not yet delivered upstream.
+//! - `outbox`: (replay class, arrival number) → autosave name, for everything the cloud has
+//!   not confirmed; walking it from the start is the replay order (finals, then each
+//!   candidate's newest, then history oldest first).
+//! - `latest_pending`: (exam, candidate) → (seq, arrival) of the candidate's newest pending
+//!   autosave, so a newer one can demote it to history.
+//! - `delivered`: (delivered at ms, arrival) → name: what retention may purge, oldest first.
 //! - `chains`: (exam, candidate) → hash of that candidate's latest receipt.
 //! - `audit`: number → JSON event; append-only.
 //! - `stats`: counter name → u64, maintained in the same transactions as the data.
@@ -22,7 +27,17 @@ pub(crate) const AUTOSAVES: TableDefinition<(&str, &str, u64), &[u8]> =
 pub(crate) const BLOB_CHUNKS: TableDefinition<([u8; 32], u32), &[u8]> =
     TableDefinition::new("blob_chunks");
 pub(crate) const BLOB_REFS: TableDefinition<[u8; 32], u64> = TableDefinition::new("blob_refs");
-pub(crate) const OUTBOX: TableDefinition<u64, (&str, &str, u64)> = TableDefinition::new("outbox");
+pub(crate) const OUTBOX: TableDefinition<(u8, u64), (&str, &str, u64)> =
+    TableDefinition::new("outbox");
+pub(crate) const LATEST_PENDING: TableDefinition<(&str, &str), (u64, u64)> =
+    TableDefinition::new("latest_pending");
+pub(crate) const DELIVERED: TableDefinition<(u64, u64), (&str, &str, u64)> =
+    TableDefinition::new("delivered");
+
+// Replay classes: the first half of an outbox key.
+pub(crate) const CLASS_FINAL: u8 = 0;
+pub(crate) const CLASS_LATEST: u8 = 1;
+pub(crate) const CLASS_HISTORY: u8 = 2;
 pub(crate) const CHAINS: TableDefinition<(&str, &str), &str> = TableDefinition::new("chains");
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 pub(crate) const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
@@ -45,6 +60,7 @@ pub(crate) const STAT_DELIVERED: &str = "delivered";
 pub(crate) const STAT_CONFLICTS: &str = "conflicts";
 pub(crate) const STAT_CANDIDATES: &str = "candidates";
 pub(crate) const STAT_ARRIVALS: &str = "arrivals";
+pub(crate) const STAT_LAST_DELIVERY_MS: &str = "last_delivery_ms";
 
 /// What the file says about itself.
 pub(crate) enum Found {
@@ -91,6 +107,8 @@ pub(crate) fn initialise(db: &redb::Database, appliance: &str) -> Result<(), red
         write.open_table(BLOB_CHUNKS)?;
         write.open_table(BLOB_REFS)?;
         write.open_table(OUTBOX)?;
+        write.open_table(LATEST_PENDING)?;
+        write.open_table(DELIVERED)?;
         write.open_table(CHAINS)?;
         write.open_table(AUDIT)?;
         write.open_table(STATS)?;

@@ -25,7 +25,7 @@ use super::{CommitStats, DbSlot, Record, StoreError, StoreOptions, decode_record
 use crate::identity::Identity;
 use crate::ids::AutosaveName;
 use crate::receipt::{GENESIS, Receipt};
-use crate::timefmt::rfc3339;
+use crate::timefmt::{rfc3339, unix_millis};
 
 /// An autosave to store. The handler has already validated the name and hashed the payload.
 #[derive(Debug)]
@@ -34,6 +34,8 @@ pub struct PutRequest {
     pub payload: Bytes,
     pub blake3: blake3::Hash,
     pub is_final: bool,
+    /// On the cloud: the receipt of the box that forwarded it, kept as evidence of hall time.
+    pub upstream_receipt: Option<Receipt>,
 }
 
 /// What became of a [`PutRequest`].
@@ -47,10 +49,59 @@ pub enum PutOutcome {
     Conflict { existing_blake3: String },
 }
 
-type Reply = oneshot::Sender<Result<PutOutcome, StoreError>>;
+/// Work for the writer.
+enum Request {
+    Put(PutRequest),
+    /// The cloud confirmed this autosave.
+    Delivered(AutosaveName),
+    /// The cloud holds other bytes under this name; it will never be retried.
+    CloudConflict(AutosaveName),
+    /// Drop up to `max` autosaves delivered before `before_ms`.
+    Purge { before_ms: u64, max: usize },
+}
+
+/// What a request produced, inside a transaction that then committed.
+enum Answer {
+    Put(PutOutcome),
+    Done,
+    Count(u64),
+}
+
+/// Where the answer goes.
+enum Reply {
+    Put(oneshot::Sender<Result<PutOutcome, StoreError>>),
+    Done(oneshot::Sender<Result<(), StoreError>>),
+    Count(oneshot::Sender<Result<u64, StoreError>>),
+}
+
+impl Reply {
+    fn send(self, result: Result<Answer, StoreError>) {
+        // A dropped receiver means the caller gave up waiting; the work is done regardless.
+        let mismatch = || StoreError::Storage("the writer answered with the wrong kind".into());
+        match self {
+            Reply::Put(tx) => {
+                let _ = tx.send(match result {
+                    Ok(Answer::Put(outcome)) => Ok(outcome),
+                    Ok(_) => Err(mismatch()),
+                    Err(e) => Err(e),
+                });
+            }
+            Reply::Done(tx) => {
+                let _ = tx.send(result.map(|_| ()));
+            }
+            Reply::Count(tx) => {
+                let _ = tx.send(match result {
+                    Ok(Answer::Count(n)) => Ok(n),
+                    Ok(_) => Err(mismatch()),
+                    Err(e) => Err(e),
+                });
+            }
+        }
+    }
+}
 
 enum Op {
-    Put(PutRequest, Reply),
+    Work(Request, Reply),
     /// Finish what is queued, then stop.
     Close,
 }
@@ -64,19 +115,46 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
+    /// Queues a client's autosave; a full queue answers at once (503 upstream).
     pub(crate) async fn put(&self, request: PutRequest) -> Result<PutOutcome, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Request::Put(request), Reply::Put(tx), false).await?;
+        // A dropped reply means the writer stopped before reaching this request.
+        rx.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    pub(crate) async fn delivered(&self, name: AutosaveName) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Request::Delivered(name), Reply::Done(tx), true).await?;
+        rx.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    pub(crate) async fn cloud_conflict(&self, name: AutosaveName) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Request::CloudConflict(name), Reply::Done(tx), true).await?;
+        rx.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    pub(crate) async fn purge(&self, before_ms: u64, max: usize) -> Result<u64, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Request::Purge { before_ms, max }, Reply::Count(tx), true).await?;
+        rx.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// Queues work. Clients' requests never wait for room (`wait` false); the box's own
+    /// background work does.
+    async fn submit(&self, request: Request, reply: Reply, wait: bool) -> Result<(), StoreError> {
         if self.closing.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable);
         }
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .try_send(Op::Put(request, reply))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable,
-            })?;
-        // A dropped reply means the writer stopped before reaching this request.
-        answer.await.unwrap_or(Err(StoreError::Unavailable))
+        let op = Op::Work(request, reply);
+        if wait {
+            return self.tx.send(op).await.map_err(|_| StoreError::Unavailable);
+        }
+        self.tx.try_send(op).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable,
+        })
     }
 
     pub(crate) async fn close(&self) {
@@ -126,9 +204,35 @@ struct Writer {
     needs_reopen: bool,
 }
 
+#[derive(Default)]
 struct Batch {
-    puts: Vec<(PutRequest, Reply)>,
+    requests: Vec<Request>,
+    replies: Vec<Reply>,
+    /// Payload bytes of the new autosaves in the batch.
     bytes: usize,
+}
+
+impl Batch {
+    /// Adds an op; returns whether it asks the writer to stop.
+    fn push(&mut self, op: Op) -> bool {
+        match op {
+            Op::Work(request, reply) => {
+                if let Request::Put(put) = &request {
+                    self.bytes += put.payload.len();
+                }
+                self.requests.push(request);
+                self.replies.push(reply);
+                false
+            }
+            Op::Close => true,
+        }
+    }
+
+    fn fail(self, e: &StoreError) {
+        for reply in self.replies {
+            reply.send(Err(e.clone()));
+        }
+    }
 }
 
 impl Writer {
@@ -138,12 +242,9 @@ impl Writer {
             let Some(first) = rx.blocking_recv() else {
                 break;
             };
-            let mut batch = Batch {
-                puts: Vec::new(),
-                bytes: 0,
-            };
+            let mut batch = Batch::default();
             closing |= batch.push(first);
-            while batch.puts.len() < self.options.max_batch
+            while batch.requests.len() < self.options.max_batch
                 && batch.bytes < self.options.max_batch_bytes
             {
                 match rx.try_recv() {
@@ -155,10 +256,7 @@ impl Writer {
         }
         // Whatever slipped in before the queue closed is still answered.
         rx.close();
-        let mut rest = Batch {
-            puts: Vec::new(),
-            bytes: 0,
-        };
+        let mut rest = Batch::default();
         while let Ok(op) = rx.try_recv() {
             rest.push(op);
         }
@@ -167,10 +265,9 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Batch) {
-        if batch.puts.is_empty() {
+        if batch.requests.is_empty() {
             return;
         }
-        let started = Instant::now();
         if self.needs_reopen {
             match self.reopen() {
                 Ok(()) => self.needs_reopen = false,
@@ -181,28 +278,20 @@ impl Writer {
             }
         }
         let space_ok = self.space_for(batch.bytes);
-        let (requests, replies): (Vec<_>, Vec<_>) = batch.puts.into_iter().unzip();
-        match self.apply(&requests, space_ok) {
-            Ok(outcomes) => {
+        match self.apply(&batch.requests, space_ok) {
+            Ok(answers) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .requests
-                    .fetch_add(requests.len() as u64, Ordering::Relaxed);
-                tracing::trace!(
-                    requests = requests.len(),
-                    micros = started.elapsed().as_micros() as u64,
-                    "committed"
-                );
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(outcome);
+                    .fetch_add(batch.requests.len() as u64, Ordering::Relaxed);
+                for (reply, answer) in batch.replies.into_iter().zip(answers) {
+                    reply.send(answer);
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, requests = requests.len(), "a commit failed; reopening the store before the next");
+                tracing::error!(error = %e, requests = batch.requests.len(), "a commit failed; reopening the store before the next");
                 self.needs_reopen = true;
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
+                batch.fail(&e);
             }
         }
     }
@@ -221,25 +310,45 @@ impl Writer {
         }
     }
 
+    /// Applies a batch in one transaction and commits it. The outer error fails the whole
+    /// batch (nothing was committed); inner errors belong to one request.
     fn apply(
         &self,
-        requests: &[PutRequest],
+        requests: &[Request],
         space_ok: bool,
-    ) -> Result<Vec<Result<PutOutcome, StoreError>>, StoreError> {
+    ) -> Result<Vec<Result<Answer, StoreError>>, StoreError> {
         let started = Instant::now();
         let db = self.slot.get()?;
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| StoreError::Storage(e.to_string()))?;
-        let outcomes = {
+        let answers = {
             let mut tables = Tables::open(&txn)?;
-            let received_at = rfc3339(SystemTime::now());
-            let mut outcomes = Vec::with_capacity(requests.len());
+            let now = SystemTime::now();
+            let received_at = rfc3339(now);
+            let now_ms = unix_millis(now);
+            let mut answers = Vec::with_capacity(requests.len());
             for request in requests {
-                outcomes.push(self.put_one(&mut tables, request, space_ok, &received_at)?);
+                let answer = match request {
+                    Request::Put(put) => self
+                        .put_one(&mut tables, put, space_ok, &received_at)?
+                        .map(Answer::Put),
+                    Request::Delivered(name) => {
+                        tables.delivered(name, now_ms, &received_at)?;
+                        Ok(Answer::Done)
+                    }
+                    Request::CloudConflict(name) => {
+                        tables.cloud_conflict(name, &received_at)?;
+                        Ok(Answer::Done)
+                    }
+                    Request::Purge { before_ms, max } => {
+                        Ok(Answer::Count(tables.purge(*before_ms, *max, &received_at)?))
+                    }
+                };
+                answers.push(answer);
             }
             tables.flush_counters()?;
-            outcomes
+            answers
         };
         let applied = Instant::now();
         txn.commit()?;
@@ -250,7 +359,7 @@ impl Writer {
         self.stats
             .commit_micros
             .fetch_add(micros(applied.elapsed()), Ordering::Relaxed);
-        Ok(outcomes)
+        Ok(answers)
     }
 
     fn put_one(
@@ -328,9 +437,15 @@ impl Writer {
             receipt: receipt.clone(),
             arrival,
             delivered_at: None,
+            upstream_receipt: request.upstream_receipt.clone(),
+            cloud_conflict_at: None,
         };
+        if self.options.outbox {
+            t.enqueue(&request.name, request.is_final, arrival)?;
+            t.counters.pending += 1;
+            t.counters.pending_bytes += size;
+        }
         t.autosaves.insert(key, encode_record(&record).as_slice())?;
-        t.outbox.insert(arrival, key)?;
         t.audit(serde_json::json!({
             "event": "received",
             "exam": exam, "candidate": candidate, "seq": seq,
@@ -339,8 +454,6 @@ impl Writer {
         }))?;
         t.counters.stored += 1;
         t.counters.stored_bytes += size;
-        t.counters.pending += 1;
-        t.counters.pending_bytes += size;
         Ok(Ok(PutOutcome::Stored(receipt)))
     }
 
@@ -375,43 +488,30 @@ impl Writer {
     }
 }
 
-impl Batch {
-    /// Adds an op; returns whether it asks the writer to stop.
-    fn push(&mut self, op: Op) -> bool {
-        match op {
-            Op::Put(request, reply) => {
-                self.bytes += request.payload.len();
-                self.puts.push((request, reply));
-                false
-            }
-            Op::Close => true,
-        }
-    }
-
-    fn fail(self, e: &StoreError) {
-        for (_, reply) in self.puts {
-            let _ = reply.send(Err(e.clone()));
-        }
-    }
-}
-
 /// Counters changed by a batch, written back once at its end.
 struct Counters {
     stored: u64,
     stored_bytes: u64,
     pending: u64,
     pending_bytes: u64,
+    delivered: u64,
+    conflicts: u64,
     candidates: u64,
     arrivals: u64,
+    last_delivery_ms: u64,
     next_audit: u64,
 }
 
+type Name<'a> = (&'a str, &'a str, u64);
+
 /// The tables one write transaction works on.
 struct Tables<'txn> {
-    autosaves: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
+    autosaves: Table<'txn, Name<'static>, &'static [u8]>,
     blob_chunks: Table<'txn, ([u8; 32], u32), &'static [u8]>,
     blob_refs: Table<'txn, [u8; 32], u64>,
-    outbox: Table<'txn, u64, (&'static str, &'static str, u64)>,
+    outbox: Table<'txn, (u8, u64), Name<'static>>,
+    latest_pending: Table<'txn, (&'static str, &'static str), (u64, u64)>,
+    delivered: Table<'txn, (u64, u64), Name<'static>>,
     chains: Table<'txn, (&'static str, &'static str), &'static str>,
     audit: Table<'txn, u64, &'static [u8]>,
     stats: Table<'txn, &'static str, u64>,
@@ -427,8 +527,11 @@ impl<'txn> Tables<'txn> {
             stored_bytes: stat(&stats, STAT_STORED_BYTES)?,
             pending: stat(&stats, STAT_PENDING)?,
             pending_bytes: stat(&stats, STAT_PENDING_BYTES)?,
+            delivered: stat(&stats, STAT_DELIVERED)?,
+            conflicts: stat(&stats, STAT_CONFLICTS)?,
             candidates: stat(&stats, STAT_CANDIDATES)?,
             arrivals: stat(&stats, STAT_ARRIVALS)?,
+            last_delivery_ms: stat(&stats, STAT_LAST_DELIVERY_MS)?,
             next_audit: audit.last()?.map_or(0, |(k, _)| k.value() + 1),
         };
         Ok(Self {
@@ -436,6 +539,8 @@ impl<'txn> Tables<'txn> {
             blob_chunks: txn.open_table(BLOB_CHUNKS)?,
             blob_refs: txn.open_table(BLOB_REFS)?,
             outbox: txn.open_table(OUTBOX)?,
+            latest_pending: txn.open_table(LATEST_PENDING)?,
+            delivered: txn.open_table(DELIVERED)?,
             chains: txn.open_table(CHAINS)?,
             audit,
             stats,
@@ -451,6 +556,175 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// Puts a new autosave in the outbox in its replay class: finals first; then each
+    /// candidate's newest pending autosave (one per candidate, in arrival order, which
+    /// interleaves candidates); then the rest of the history, oldest first. A newer autosave
+    /// demotes the candidate's previous newest to history. The class lives in the key, so
+    /// the order survives restarts and a replay is a walk of the table from its start.
+    fn enqueue(&mut self, name: &AutosaveName, is_final: bool, arrival: u64) -> Result<(), StoreError> {
+        let key = (name.exam.as_str(), name.candidate.as_str(), name.seq);
+        if is_final {
+            self.outbox.insert((CLASS_FINAL, arrival), key)?;
+            return Ok(());
+        }
+        let who = (name.exam.as_str(), name.candidate.as_str());
+        let current = self.latest_pending.get(who)?.map(|v| v.value());
+        let newest = match current {
+            Some((seq, _)) => seq < name.seq,
+            // No pending newest: this is the newest unless a higher seq is stored already
+            // (delivered, or a final).
+            None => {
+                let higher = (who.0, who.1, name.seq.saturating_add(1))..=(who.0, who.1, u64::MAX);
+                name.seq == u64::MAX || self.autosaves.range(higher)?.next().is_none()
+            }
+        };
+        if !newest {
+            self.outbox.insert((CLASS_HISTORY, arrival), key)?;
+            return Ok(());
+        }
+        if let Some((old_seq, old_arrival)) = current {
+            self.outbox.remove((CLASS_LATEST, old_arrival))?;
+            self.outbox
+                .insert((CLASS_HISTORY, old_arrival), (who.0, who.1, old_seq))?;
+        }
+        self.outbox.insert((CLASS_LATEST, arrival), key)?;
+        self.latest_pending.insert(who, (name.seq, arrival))?;
+        Ok(())
+    }
+
+    /// Takes an autosave out of the outbox, wherever its class put it.
+    fn dequeue(&mut self, name: &AutosaveName, arrival: u64) -> Result<bool, StoreError> {
+        let mut found = false;
+        for class in [CLASS_FINAL, CLASS_LATEST, CLASS_HISTORY] {
+            found |= self.outbox.remove((class, arrival))?.is_some();
+        }
+        let who = (name.exam.as_str(), name.candidate.as_str());
+        let pointed = self.latest_pending.get(who)?.map(|v| v.value());
+        if pointed.is_some_and(|(_, a)| a == arrival) {
+            self.latest_pending.remove(who)?;
+        }
+        Ok(found)
+    }
+
+    fn record(&self, name: &AutosaveName) -> Result<Option<Record>, StoreError> {
+        let key = (name.exam.as_str(), name.candidate.as_str(), name.seq);
+        match self.autosaves.get(key)? {
+            Some(raw) => Ok(Some(decode_record(raw.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn save_record(&mut self, name: &AutosaveName, record: &Record) -> Result<(), StoreError> {
+        let key = (name.exam.as_str(), name.candidate.as_str(), name.seq);
+        self.autosaves.insert(key, encode_record(record).as_slice())?;
+        Ok(())
+    }
+
+    /// Marks an autosave delivered (idempotent).
+    fn delivered(&mut self, name: &AutosaveName, now_ms: u64, now: &str) -> Result<(), StoreError> {
+        let Some(mut record) = self.record(name)? else {
+            return Ok(());
+        };
+        if record.delivered_at.is_some() {
+            return Ok(());
+        }
+        if self.dequeue(name, record.arrival)? {
+            self.counters.pending -= 1;
+            self.counters.pending_bytes -= record.receipt.size;
+        }
+        record.delivered_at = Some(now.to_owned());
+        self.save_record(name, &record)?;
+        self.delivered.insert(
+            (now_ms, record.arrival),
+            (name.exam.as_str(), name.candidate.as_str(), name.seq),
+        )?;
+        self.counters.delivered += 1;
+        self.counters.last_delivery_ms = now_ms;
+        self.audit(serde_json::json!({
+            "event": "delivered",
+            "exam": name.exam, "candidate": name.candidate, "seq": name.seq,
+            "at": now,
+        }))
+    }
+
+    /// Records that the cloud holds other bytes under this name. It leaves the outbox (it
+    /// will never be retried) but is not delivered, so retention never purges it.
+    fn cloud_conflict(&mut self, name: &AutosaveName, now: &str) -> Result<(), StoreError> {
+        let Some(mut record) = self.record(name)? else {
+            return Ok(());
+        };
+        if record.delivered_at.is_some() || record.cloud_conflict_at.is_some() {
+            return Ok(());
+        }
+        if self.dequeue(name, record.arrival)? {
+            self.counters.pending -= 1;
+            self.counters.pending_bytes -= record.receipt.size;
+        }
+        record.cloud_conflict_at = Some(now.to_owned());
+        self.save_record(name, &record)?;
+        self.counters.conflicts += 1;
+        self.audit(serde_json::json!({
+            "event": "conflict",
+            "source": "cloud",
+            "exam": name.exam, "candidate": name.candidate, "seq": name.seq,
+            "blake3": record.receipt.blake3,
+            "at": now,
+        }))
+    }
+
+    /// Drops up to `max` autosaves delivered before `before_ms`, and blobs no autosave names
+    /// any more. Only delivered autosaves are ever purged.
+    fn purge(&mut self, before_ms: u64, max: usize, now: &str) -> Result<u64, StoreError> {
+        let mut due = Vec::new();
+        for row in self.delivered.range((0, 0)..(before_ms, 0))?.take(max) {
+            let (key, name) = row?;
+            let (exam, candidate, seq) = name.value();
+            due.push((key.value(), AutosaveName {
+                exam: exam.to_owned(),
+                candidate: candidate.to_owned(),
+                seq,
+            }));
+        }
+        for (key, name) in &due {
+            self.delivered.remove(*key)?;
+            let Some(record) = self.record(name)? else {
+                continue;
+            };
+            self.autosaves
+                .remove((name.exam.as_str(), name.candidate.as_str(), name.seq))?;
+            if let Some(hash) = record.blake3() {
+                self.release_blob(*hash.as_bytes())?;
+            }
+            self.counters.stored -= 1;
+            self.counters.stored_bytes -= record.receipt.size;
+            self.audit(serde_json::json!({
+                "event": "purged",
+                "exam": name.exam, "candidate": name.candidate, "seq": name.seq,
+                "delivered_at": record.delivered_at,
+                "at": now,
+            }))?;
+        }
+        Ok(due.len() as u64)
+    }
+
+    fn release_blob(&mut self, blob: [u8; 32]) -> Result<(), StoreError> {
+        let refs = self.blob_refs.get(blob)?.map_or(0, |v| v.value());
+        if refs > 1 {
+            self.blob_refs.insert(blob, refs - 1)?;
+            return Ok(());
+        }
+        self.blob_refs.remove(blob)?;
+        let chunks: Vec<u32> = self
+            .blob_chunks
+            .range((blob, 0)..=(blob, u32::MAX))?
+            .map(|row| row.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for index in chunks {
+            self.blob_chunks.remove((blob, index))?;
+        }
+        Ok(())
+    }
+
     fn flush_counters(&mut self) -> Result<(), StoreError> {
         let c = &self.counters;
         for (name, value) in [
@@ -458,8 +732,11 @@ impl<'txn> Tables<'txn> {
             (STAT_STORED_BYTES, c.stored_bytes),
             (STAT_PENDING, c.pending),
             (STAT_PENDING_BYTES, c.pending_bytes),
+            (STAT_DELIVERED, c.delivered),
+            (STAT_CONFLICTS, c.conflicts),
             (STAT_CANDIDATES, c.candidates),
             (STAT_ARRIVALS, c.arrivals),
+            (STAT_LAST_DELIVERY_MS, c.last_delivery_ms),
         ] {
             self.stats.insert(name, value)?;
         }
@@ -483,6 +760,7 @@ mod tests {
             blake3: blake3::hash(&payload),
             payload,
             is_final: false,
+            upstream_receipt: None,
         }
     }
 

@@ -1,0 +1,382 @@
+//! Replay: everything the box stored while the cloud was away reaches the cloud exactly once,
+//! most important first.
+//!
+//! One task owns the loop. While the uplink is down it probes `GET {cloud}/v1/health` with
+//! exponential backoff and jitter (about 1 s to 30 s). While it is up it keeps up to
+//! `concurrency` PUTs in flight, taking autosaves from the store's outbox in replay order
+//! (finals, then each candidate's newest, then history oldest first — the order lives in the
+//! outbox keys, so it survives restarts). Every PUT carries `Content-Digest` and the box's
+//! receipt. The cloud's answer decides what happens:
+//!
+//! | answer | what the box does |
+//! | --- | --- |
+//! | 2xx | marks the autosave delivered, durably |
+//! | 409 | records a conflict (audit log, status); never retries it |
+//! | 401 / 403 | pauses replay; status says the credential is refused |
+//! | 429 / 503 | waits for `Retry-After` |
+//! | other 5xx, timeouts, resets | retries with backoff; a transport failure marks the uplink down |
+//!
+//! Because autosaves are immutable and named, a re-send after a crash is answered 200 by the
+//! cloud: replay is at-least-once on the wire and exactly-once in effect. A second task
+//! purges delivered autosaves older than the retention period.
+
+mod bucket;
+mod uplink;
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use bucket::TokenBucket;
+pub use uplink::{Uplink, UplinkState, UplinkStatus};
+
+use crate::client::{ClientError, Connection};
+use crate::ids::AutosaveName;
+use crate::keyfile::Secret;
+use crate::receipt::RECEIPT_HEADER;
+use crate::store::{Pending, Store};
+
+/// How the box reaches the cloud.
+#[derive(Clone, Debug)]
+pub struct ReplayConfig {
+    /// The cloud's base URL (`https://…`; `http://` only to loopback).
+    pub cloud: String,
+    /// The box's bearer credential at the cloud.
+    pub credential: Secret,
+    /// Extra CA certificates (PEM) to trust besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// PUTs in flight at once.
+    pub concurrency: usize,
+    /// Bandwidth cap for payloads, bytes per second.
+    pub rate_limit: Option<u64>,
+    /// Delivered autosaves are purged after this long.
+    pub retention: Duration,
+    /// Timeout of one replay PUT.
+    pub request_timeout: Duration,
+    /// Timeout of one health probe.
+    pub probe_timeout: Duration,
+}
+
+/// Backoff bounds while the uplink is down or failing.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long replay stays paused after the cloud refused the credential.
+const REFUSED_PAUSE: Duration = Duration::from_secs(60);
+/// While idle, how often the uplink is re-probed.
+const IDLE_PROBE: Duration = Duration::from_secs(15);
+/// While idle, how often the outbox is looked at again.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// What one replay PUT came to.
+#[derive(Debug)]
+enum Outcome {
+    Delivered,
+    Conflict,
+    Refused(String),
+    RetryAfter(Duration),
+    Transient(String),
+    Unreachable(String),
+}
+
+/// Exponential backoff with full jitter.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { next: BACKOFF_MIN }
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+
+    fn step(&mut self) -> Duration {
+        let ceiling = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        // Between half and all of the ceiling: spread, but never a hot loop.
+        ceiling.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    }
+}
+
+/// Runs replay and retention until `shutdown`.
+pub async fn run(store: Store, config: ReplayConfig, uplink: Arc<Uplink>, shutdown: CancellationToken) {
+    let client = match Connection::with_roots(&config.cloud, config.ca_file.as_deref(), Some(config.credential.clone())) {
+        Ok(c) => c.with_timeout(config.request_timeout),
+        Err(e) => {
+            uplink.set(UplinkState::Down, Some(e.to_string()));
+            tracing::error!(error = %e, "replay cannot start");
+            return;
+        }
+    };
+    let purge = tokio::spawn(retention(store.clone(), config.retention, shutdown.clone()));
+    Replayer {
+        store,
+        client,
+        bucket: config.rate_limit.map(|r| Arc::new(TokenBucket::new(r))),
+        concurrency: config.concurrency.max(1),
+        probe_timeout: config.probe_timeout,
+        uplink,
+    }
+    .run(shutdown)
+    .await;
+    let _ = purge.await;
+}
+
+struct Replayer {
+    store: Store,
+    client: Connection,
+    bucket: Option<Arc<TokenBucket>>,
+    concurrency: usize,
+    probe_timeout: Duration,
+    uplink: Arc<Uplink>,
+}
+
+impl Replayer {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new();
+        let mut in_flight: JoinSet<(u64, AutosaveName, Outcome)> = JoinSet::new();
+        let mut flying: HashSet<u64> = HashSet::new();
+        let mut queue: VecDeque<Pending> = VecDeque::new();
+        let mut last_probe = tokio::time::Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match self.uplink.state() {
+                UplinkState::Up => {}
+                UplinkState::Refused => {
+                    // Let in-flight PUTs finish, wait, then try again.
+                    while in_flight.join_next().await.is_some() {}
+                    flying.clear();
+                    if sleep_or_stop(REFUSED_PAUSE, &shutdown).await {
+                        break;
+                    }
+                    self.probe().await;
+                    continue;
+                }
+                _ => {
+                    if self.probe().await {
+                        backoff.reset();
+                        last_probe = tokio::time::Instant::now();
+                    } else if sleep_or_stop(backoff.step(), &shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+
+            // Keep `concurrency` PUTs in flight, in replay order.
+            while in_flight.len() < self.concurrency {
+                if queue.is_empty() {
+                    match self.store.pending(self.concurrency, flying.clone()).await {
+                        Ok(more) => queue.extend(more),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading the outbox failed");
+                            break;
+                        }
+                    }
+                }
+                let Some(item) = queue.pop_front() else { break };
+                if !flying.insert(item.record.arrival) {
+                    continue;
+                }
+                let client = self.client.clone();
+                let bucket = self.bucket.clone();
+                in_flight.spawn(async move {
+                    let outcome = forward(&client, bucket.as_deref(), &item).await;
+                    (item.record.arrival, item.name, outcome)
+                });
+            }
+
+            if in_flight.is_empty() {
+                // Nothing pending: check the outbox again soon, the uplink now and then.
+                if last_probe.elapsed() >= IDLE_PROBE {
+                    last_probe = tokio::time::Instant::now();
+                    if !self.probe().await {
+                        continue;
+                    }
+                }
+                if sleep_or_stop(IDLE_POLL, &shutdown).await {
+                    break;
+                }
+                continue;
+            }
+
+            let joined = tokio::select! {
+                () = shutdown.cancelled() => break,
+                joined = in_flight.join_next() => joined,
+            };
+            let Some(Ok((arrival, name, outcome))) = joined else {
+                continue;
+            };
+            flying.remove(&arrival);
+            self.settle(name, outcome, &mut backoff, &mut queue, &shutdown).await;
+        }
+        in_flight.shutdown().await;
+    }
+
+    /// Acts on one PUT's outcome.
+    async fn settle(
+        &self,
+        name: AutosaveName,
+        outcome: Outcome,
+        backoff: &mut Backoff,
+        queue: &mut VecDeque<Pending>,
+        shutdown: &CancellationToken,
+    ) {
+        let span = tracing::debug_span!("replay", exam = %name.exam, candidate = %name.candidate, seq = name.seq);
+        let _enter = span.enter();
+        match outcome {
+            Outcome::Delivered => {
+                backoff.reset();
+                if let Err(e) = self.store.mark_delivered(name).await {
+                    tracing::warn!(error = %e, "could not record a delivery; it will be re-sent");
+                }
+            }
+            Outcome::Conflict => {
+                tracing::warn!("the cloud holds other bytes under this name; recorded as a conflict");
+                if let Err(e) = self.store.mark_cloud_conflict(name).await {
+                    tracing::warn!(error = %e, "could not record a conflict");
+                }
+            }
+            Outcome::Refused(why) => {
+                queue.clear();
+                self.uplink.set(UplinkState::Refused, Some(why));
+            }
+            Outcome::RetryAfter(wait) => {
+                tracing::info!(?wait, "the cloud asked replay to wait");
+                queue.clear();
+                sleep_or_stop(wait, shutdown).await;
+            }
+            Outcome::Transient(why) => {
+                let wait = backoff.step();
+                tracing::debug!(%why, ?wait, "replay will retry");
+                queue.clear();
+                sleep_or_stop(wait, shutdown).await;
+            }
+            Outcome::Unreachable(why) => {
+                queue.clear();
+                self.uplink.set(UplinkState::Down, Some(why));
+            }
+        }
+    }
+
+    /// Probes the cloud's health and records the answer; returns whether it is up.
+    async fn probe(&self) -> bool {
+        let probe = self.client.with_timeout(self.probe_timeout);
+        match probe.get("/v1/health").await {
+            Ok(reply) if reply.status.is_success() => {
+                self.uplink.set(UplinkState::Up, None);
+                true
+            }
+            Ok(reply) => {
+                self.uplink
+                    .set(UplinkState::Down, Some(format!("health answered {}", reply.status)));
+                false
+            }
+            Err(e) => {
+                self.uplink.set(UplinkState::Down, Some(e.to_string()));
+                false
+            }
+        }
+    }
+}
+
+/// Sleeps for `wait`; returns true if shutdown came first.
+async fn sleep_or_stop(wait: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(wait) => false,
+    }
+}
+
+/// PUTs one autosave to the cloud with its digest and the box's receipt.
+async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pending) -> Outcome {
+    let receipt = &item.record.receipt;
+    let mut path = format!(
+        "/v1/exams/{}/candidates/{}/autosaves/{}",
+        item.name.exam, item.name.candidate, item.name.seq
+    );
+    if receipt.is_final {
+        path.push_str("?final=true");
+    }
+    let mut headers = HeaderMap::new();
+    let digest = blake3::Hash::from_hex(&receipt.blake3)
+        .map(|h| crate::digest::header_value(&h))
+        .unwrap_or_default();
+    for (name, value) in [("content-digest", digest), (RECEIPT_HEADER, receipt.to_header())] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if let Some(bucket) = bucket {
+        bucket.take(item.payload.len()).await;
+    }
+    let reply = client
+        .send(Method::PUT, &path, headers, Bytes::clone(&item.payload))
+        .await;
+    match reply {
+        Ok(r) if r.status.is_success() => Outcome::Delivered,
+        Ok(r) if r.status == StatusCode::CONFLICT => Outcome::Conflict,
+        Ok(r) if r.status == StatusCode::UNAUTHORIZED || r.status == StatusCode::FORBIDDEN => {
+            Outcome::Refused(format!("the cloud answered {}", r.status))
+        }
+        Ok(r) if r.status == StatusCode::TOO_MANY_REQUESTS || r.status == StatusCode::SERVICE_UNAVAILABLE => {
+            let secs = r
+                .header("retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(5)
+                .min(300);
+            Outcome::RetryAfter(Duration::from_secs(secs))
+        }
+        Ok(r) => Outcome::Transient(format!("the cloud answered {}", r.status)),
+        Err(ClientError::Timeout(d)) => Outcome::Transient(format!("no answer within {d:?}")),
+        Err(e @ ClientError::Request(_)) => {
+            // A refused or reset connection: a down uplink looks like this.
+            let text = e.to_string();
+            if is_connect_error(&e) {
+                Outcome::Unreachable(text)
+            } else {
+                Outcome::Transient(text)
+            }
+        }
+        Err(e) => Outcome::Transient(e.to_string()),
+    }
+}
+
+fn is_connect_error(e: &ClientError) -> bool {
+    match e {
+        ClientError::Request(inner) => inner.is_connect(),
+        _ => false,
+    }
+}
+
+/// Purges delivered autosaves older than `retention`, in bounded batches, now and then.
+async fn retention(store: Store, retention: Duration, shutdown: CancellationToken) {
+    let interval = (retention / 2).clamp(Duration::from_millis(200), Duration::from_secs(3600));
+    loop {
+        let cutoff = SystemTime::now().checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH);
+        loop {
+            match store.purge_delivered(cutoff, 512).await {
+                Ok(0) => break,
+                Ok(n) => tracing::info!(purged = n, "purged delivered autosaves past retention"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "purge failed; will retry");
+                    break;
+                }
+            }
+        }
+        if sleep_or_stop(interval, &shutdown).await {
+            return;
+        }
+    }
+}
