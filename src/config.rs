@@ -62,6 +62,9 @@ pub struct FileConfig {
     pub cloud_token_file: Option<PathBuf>,
     /// Extra CA certificates (PEM) to trust for the cloud, besides the system's.
     pub cloud_ca_file: Option<PathBuf>,
+    /// Trust the cloud by this public-key pin (`sha256//…`) instead of CAs: for a
+    /// self-hosted reference cloud.
+    pub cloud_pin: Option<String>,
     /// Replay PUTs in flight at once (default 4).
     pub replay_concurrency: Option<usize>,
     /// Replay bandwidth cap in bytes per second (default: none).
@@ -221,6 +224,7 @@ impl ServeConfig {
             args.cloud.clone().or(file.cloud),
             args.cloud_token_file.clone().or(file.cloud_token_file),
             file.cloud_ca_file,
+            file.cloud_pin,
             file.replay_concurrency,
             file.replay_rate_limit,
             file.retention,
@@ -250,6 +254,7 @@ fn replay_config(
     cloud: Option<String>,
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+    pin: Option<String>,
     concurrency: Option<usize>,
     rate_limit: Option<u64>,
     retention: Option<Duration>,
@@ -285,10 +290,19 @@ fn replay_config(
             problem: "must be more than 0 bytes per second (leave it out for no cap)".into(),
         });
     }
+    if let Some(pin) = &pin
+        && !pin.starts_with("sha256//")
+    {
+        return Err(ConfigError::Invalid {
+            key: "cloud_pin",
+            problem: format!("{pin:?} must look like sha256//<base64>"),
+        });
+    }
     Ok(Some(ReplayConfig {
         cloud,
         credential,
         ca_file,
+        pin,
         concurrency,
         rate_limit,
         retention: retention.unwrap_or(Duration::from_secs(14 * 24 * 3600)),
@@ -300,7 +314,10 @@ fn replay_config(
 /// `https://` anywhere; `http://` only to a loopback host, so credentials and answers never
 /// cross a network in the clear.
 pub fn check_cloud_url(url: &str) -> Result<(), ConfigError> {
-    let bad = |problem: String| ConfigError::Invalid { key: "cloud", problem };
+    let bad = |problem: String| ConfigError::Invalid {
+        key: "cloud",
+        problem,
+    };
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| bad(format!("{url:?} is not a URL")))?;
@@ -323,7 +340,9 @@ pub fn check_cloud_url(url: &str) -> Result<(), ConfigError> {
             if loopback {
                 Ok(())
             } else {
-                Err(bad(format!("{url:?}: plain http is allowed only to loopback; use https")))
+                Err(bad(format!(
+                    "{url:?}: plain http is allowed only to loopback; use https"
+                )))
             }
         }
         _ => Err(bad(format!("{url:?} must start with https://"))),
@@ -362,10 +381,21 @@ mod tests {
 
     #[test]
     fn cloud_urls() {
-        for ok in ["https://cloud.example.org", "http://127.0.0.1:9000", "http://[::1]:80/x", "http://localhost:1"] {
+        for ok in [
+            "https://cloud.example.org",
+            "http://127.0.0.1:9000",
+            "http://[::1]:80/x",
+            "http://localhost:1",
+        ] {
             assert!(check_cloud_url(ok).is_ok(), "{ok}");
         }
-        for bad in ["http://10.0.0.1:80", "http://cloud.example.org", "ftp://x", "cloud", "https://"] {
+        for bad in [
+            "http://10.0.0.1:80",
+            "http://cloud.example.org",
+            "ftp://x",
+            "cloud",
+            "https://",
+        ] {
             assert!(check_cloud_url(bad).is_err(), "{bad}");
         }
     }

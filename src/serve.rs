@@ -97,7 +97,14 @@ pub async fn run(
         uplink,
     });
     let handler = move |request| api::routes::handle(state.clone(), request);
-    api::server::serve(listener, Some(tls), handler, config.limits.clone(), shutdown).await;
+    api::server::serve(
+        listener,
+        Some(tls),
+        handler,
+        config.limits.clone(),
+        shutdown,
+    )
+    .await;
     if let Some(replay) = replay {
         let _ = replay.await;
     }

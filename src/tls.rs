@@ -51,7 +51,9 @@ pub fn pinned_client_config(pins: Vec<String>) -> Result<rustls::ClientConfig, r
 
 /// A client configuration that trusts the system's CA roots plus the CAs in `ca_file` (PEM),
 /// with the usual host name checks. ALPN is left to the caller.
-pub fn roots_client_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, rustls::Error> {
+pub fn roots_client_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
@@ -62,10 +64,15 @@ pub fn roots_client_config(ca_file: Option<&std::path::Path>) -> Result<rustls::
     if let Some(path) = ca_file {
         let certs = CertificateDer::pem_file_iter(path)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| rustls::Error::General(format!("cannot read CA file {}: {e}", path.display())))?;
+            .map_err(|e| {
+                rustls::Error::General(format!("cannot read CA file {}: {e}", path.display()))
+            })?;
         let (added, _) = roots.add_parsable_certificates(certs);
         if added == 0 {
-            return Err(rustls::Error::General(format!("{} holds no CA certificate", path.display())));
+            return Err(rustls::Error::General(format!(
+                "{} holds no CA certificate",
+                path.display()
+            )));
         }
     }
     Ok(rustls::ClientConfig::builder_with_provider(provider())

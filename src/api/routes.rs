@@ -188,8 +188,11 @@ fn upstream_receipt<B>(
         .ok()
         .and_then(Receipt::from_header)
         .ok_or_else(|| ApiError::BadRequest("the Hallrelay-Receipt header is malformed".into()))?;
-    if (receipt.exam.as_str(), receipt.candidate.as_str(), receipt.seq)
-        != (name.exam.as_str(), name.candidate.as_str(), name.seq)
+    if (
+        receipt.exam.as_str(),
+        receipt.candidate.as_str(),
+        receipt.seq,
+    ) != (name.exam.as_str(), name.candidate.as_str(), name.seq)
     {
         return Err(ApiError::BadRequest(
             "the Hallrelay-Receipt names another autosave".into(),

@@ -51,6 +51,8 @@ pub struct ReplayConfig {
     pub credential: Secret,
     /// Extra CA certificates (PEM) to trust besides the system's.
     pub ca_file: Option<PathBuf>,
+    /// Trust the cloud by this pin instead of CAs.
+    pub pin: Option<String>,
     /// PUTs in flight at once.
     pub concurrency: usize,
     /// Bandwidth cap for payloads, bytes per second.
@@ -107,8 +109,18 @@ impl Backoff {
 }
 
 /// Runs replay and retention until `shutdown`.
-pub async fn run(store: Store, config: ReplayConfig, uplink: Arc<Uplink>, shutdown: CancellationToken) {
-    let client = match Connection::with_roots(&config.cloud, config.ca_file.as_deref(), Some(config.credential.clone())) {
+pub async fn run(
+    store: Store,
+    config: ReplayConfig,
+    uplink: Arc<Uplink>,
+    shutdown: CancellationToken,
+) {
+    let credential = Some(config.credential.clone());
+    let client = match &config.pin {
+        Some(pin) => Connection::pinned(&config.cloud, vec![pin.clone()], credential),
+        None => Connection::with_roots(&config.cloud, config.ca_file.as_deref(), credential),
+    };
+    let client = match client {
         Ok(c) => c.with_timeout(config.request_timeout),
         Err(e) => {
             uplink.set(UplinkState::Down, Some(e.to_string()));
@@ -218,7 +230,8 @@ impl Replayer {
                 continue;
             };
             flying.remove(&arrival);
-            self.settle(name, outcome, &mut backoff, &mut queue, &shutdown).await;
+            self.settle(name, outcome, &mut backoff, &mut queue, &shutdown)
+                .await;
         }
         in_flight.shutdown().await;
     }
@@ -242,7 +255,9 @@ impl Replayer {
                 }
             }
             Outcome::Conflict => {
-                tracing::warn!("the cloud holds other bytes under this name; recorded as a conflict");
+                tracing::warn!(
+                    "the cloud holds other bytes under this name; recorded as a conflict"
+                );
                 if let Err(e) = self.store.mark_cloud_conflict(name).await {
                     tracing::warn!(error = %e, "could not record a conflict");
                 }
@@ -278,8 +293,10 @@ impl Replayer {
                 true
             }
             Ok(reply) => {
-                self.uplink
-                    .set(UplinkState::Down, Some(format!("health answered {}", reply.status)));
+                self.uplink.set(
+                    UplinkState::Down,
+                    Some(format!("health answered {}", reply.status)),
+                );
                 false
             }
             Err(e) => {
@@ -312,12 +329,18 @@ async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pendi
     let digest = blake3::Hash::from_hex(&receipt.blake3)
         .map(|h| crate::digest::header_value(&h))
         .unwrap_or_default();
-    for (name, value) in [("content-digest", digest), (RECEIPT_HEADER, receipt.to_header())] {
+    for (name, value) in [
+        ("content-digest", digest),
+        (RECEIPT_HEADER, receipt.to_header()),
+    ] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }
     }
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     if let Some(bucket) = bucket {
         bucket.take(item.payload.len()).await;
     }
@@ -330,7 +353,10 @@ async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pendi
         Ok(r) if r.status == StatusCode::UNAUTHORIZED || r.status == StatusCode::FORBIDDEN => {
             Outcome::Refused(format!("the cloud answered {}", r.status))
         }
-        Ok(r) if r.status == StatusCode::TOO_MANY_REQUESTS || r.status == StatusCode::SERVICE_UNAVAILABLE => {
+        Ok(r)
+            if r.status == StatusCode::TOO_MANY_REQUESTS
+                || r.status == StatusCode::SERVICE_UNAVAILABLE =>
+        {
             let secs = r
                 .header("retry-after")
                 .and_then(|v| v.trim().parse::<u64>().ok())
@@ -364,7 +390,9 @@ fn is_connect_error(e: &ClientError) -> bool {
 async fn retention(store: Store, retention: Duration, shutdown: CancellationToken) {
     let interval = (retention / 2).clamp(Duration::from_millis(200), Duration::from_secs(3600));
     loop {
-        let cutoff = SystemTime::now().checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = SystemTime::now()
+            .checked_sub(retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         loop {
             match store.purge_delivered(cutoff, 512).await {
                 Ok(0) => break,

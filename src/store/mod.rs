@@ -528,7 +528,9 @@ impl Store {
                 candidates: stat(&stats, STAT_CANDIDATES)?,
                 last_delivery_at: match stat(&stats, STAT_LAST_DELIVERY_MS)? {
                     0 => None,
-                    ms => Some(crate::timefmt::rfc3339(crate::timefmt::from_unix_millis(ms))),
+                    ms => Some(crate::timefmt::rfc3339(crate::timefmt::from_unix_millis(
+                        ms,
+                    ))),
                 },
                 commits,
                 committed_requests,

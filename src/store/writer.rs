@@ -57,7 +57,10 @@ enum Request {
     /// The cloud holds other bytes under this name; it will never be retried.
     CloudConflict(AutosaveName),
     /// Drop up to `max` autosaves delivered before `before_ms`.
-    Purge { before_ms: u64, max: usize },
+    Purge {
+        before_ms: u64,
+        max: usize,
+    },
 }
 
 /// What a request produced, inside a transaction that then committed.
@@ -118,26 +121,30 @@ impl Handle {
     /// Queues a client's autosave; a full queue answers at once (503 upstream).
     pub(crate) async fn put(&self, request: PutRequest) -> Result<PutOutcome, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(Request::Put(request), Reply::Put(tx), false).await?;
+        self.submit(Request::Put(request), Reply::Put(tx), false)
+            .await?;
         // A dropped reply means the writer stopped before reaching this request.
         rx.await.unwrap_or(Err(StoreError::Unavailable))
     }
 
     pub(crate) async fn delivered(&self, name: AutosaveName) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(Request::Delivered(name), Reply::Done(tx), true).await?;
+        self.submit(Request::Delivered(name), Reply::Done(tx), true)
+            .await?;
         rx.await.unwrap_or(Err(StoreError::Unavailable))
     }
 
     pub(crate) async fn cloud_conflict(&self, name: AutosaveName) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(Request::CloudConflict(name), Reply::Done(tx), true).await?;
+        self.submit(Request::CloudConflict(name), Reply::Done(tx), true)
+            .await?;
         rx.await.unwrap_or(Err(StoreError::Unavailable))
     }
 
     pub(crate) async fn purge(&self, before_ms: u64, max: usize) -> Result<u64, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(Request::Purge { before_ms, max }, Reply::Count(tx), true).await?;
+        self.submit(Request::Purge { before_ms, max }, Reply::Count(tx), true)
+            .await?;
         rx.await.unwrap_or(Err(StoreError::Unavailable))
     }
 
@@ -341,9 +348,11 @@ impl Writer {
                         tables.cloud_conflict(name, &received_at)?;
                         Ok(Answer::Done)
                     }
-                    Request::Purge { before_ms, max } => {
-                        Ok(Answer::Count(tables.purge(*before_ms, *max, &received_at)?))
-                    }
+                    Request::Purge { before_ms, max } => Ok(Answer::Count(tables.purge(
+                        *before_ms,
+                        *max,
+                        &received_at,
+                    )?)),
                 };
                 answers.push(answer);
             }
@@ -561,7 +570,12 @@ impl<'txn> Tables<'txn> {
     /// interleaves candidates); then the rest of the history, oldest first. A newer autosave
     /// demotes the candidate's previous newest to history. The class lives in the key, so
     /// the order survives restarts and a replay is a walk of the table from its start.
-    fn enqueue(&mut self, name: &AutosaveName, is_final: bool, arrival: u64) -> Result<(), StoreError> {
+    fn enqueue(
+        &mut self,
+        name: &AutosaveName,
+        is_final: bool,
+        arrival: u64,
+    ) -> Result<(), StoreError> {
         let key = (name.exam.as_str(), name.candidate.as_str(), name.seq);
         if is_final {
             self.outbox.insert((CLASS_FINAL, arrival), key)?;
@@ -616,7 +630,8 @@ impl<'txn> Tables<'txn> {
 
     fn save_record(&mut self, name: &AutosaveName, record: &Record) -> Result<(), StoreError> {
         let key = (name.exam.as_str(), name.candidate.as_str(), name.seq);
-        self.autosaves.insert(key, encode_record(record).as_slice())?;
+        self.autosaves
+            .insert(key, encode_record(record).as_slice())?;
         Ok(())
     }
 
@@ -679,11 +694,14 @@ impl<'txn> Tables<'txn> {
         for row in self.delivered.range((0, 0)..(before_ms, 0))?.take(max) {
             let (key, name) = row?;
             let (exam, candidate, seq) = name.value();
-            due.push((key.value(), AutosaveName {
-                exam: exam.to_owned(),
-                candidate: candidate.to_owned(),
-                seq,
-            }));
+            due.push((
+                key.value(),
+                AutosaveName {
+                    exam: exam.to_owned(),
+                    candidate: candidate.to_owned(),
+                    seq,
+                },
+            ));
         }
         for (key, name) in &due {
             self.delivered.remove(*key)?;
