@@ -51,7 +51,7 @@ pub enum PutOutcome {
 
 /// Work for the writer.
 enum Request {
-    Put(PutRequest),
+    Put(Box<PutRequest>),
     /// The cloud confirmed this autosave.
     Delivered(AutosaveName),
     /// The cloud holds other bytes under this name; it will never be retried.
@@ -121,7 +121,7 @@ impl Handle {
     /// Queues a client's autosave; a full queue answers at once (503 upstream).
     pub(crate) async fn put(&self, request: PutRequest) -> Result<PutOutcome, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(Request::Put(request), Reply::Put(tx), false)
+        self.submit(Request::Put(Box::new(request)), Reply::Put(tx), false)
             .await?;
         // A dropped reply means the writer stopped before reaching this request.
         rx.await.unwrap_or(Err(StoreError::Unavailable))
