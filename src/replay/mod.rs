@@ -86,18 +86,32 @@ enum Outcome {
     Unreachable(String),
 }
 
-/// Exponential backoff with full jitter.
+/// Exponential backoff with jitter, and the run of failures that decides when to use it.
 struct Backoff {
     next: Duration,
+    /// Failed PUTs since the last success.
+    failures: usize,
 }
 
 impl Backoff {
     fn new() -> Self {
-        Self { next: BACKOFF_MIN }
+        Self {
+            next: BACKOFF_MIN,
+            failures: 0,
+        }
     }
 
     fn reset(&mut self) {
         self.next = BACKOFF_MIN;
+        self.failures = 0;
+    }
+
+    /// Records a failed PUT. A lone failure is retried at once (the item is still first in
+    /// the outbox); only when as many PUTs in a row have failed as run at once does replay
+    /// back off, so a flaky cloud slows replay down without stalling it.
+    fn failed(&mut self, concurrency: usize) -> Option<Duration> {
+        self.failures += 1;
+        (self.failures >= concurrency).then(|| self.step())
     }
 
     fn step(&mut self) -> Duration {
@@ -255,6 +269,7 @@ impl Replayer {
                 }
             }
             Outcome::Conflict => {
+                backoff.reset();
                 tracing::warn!(
                     "the cloud holds other bytes under this name; recorded as a conflict"
                 );
@@ -272,10 +287,12 @@ impl Replayer {
                 sleep_or_stop(wait, shutdown).await;
             }
             Outcome::Transient(why) => {
-                let wait = backoff.step();
+                let wait = backoff.failed(self.concurrency);
                 tracing::debug!(%why, ?wait, "replay will retry");
                 queue.clear();
-                sleep_or_stop(wait, shutdown).await;
+                if let Some(wait) = wait {
+                    sleep_or_stop(wait, shutdown).await;
+                }
             }
             Outcome::Unreachable(why) => {
                 queue.clear();

@@ -38,17 +38,29 @@ impl BoxProcess {
 
     /// Like [`start`](Self::start), but returns the box's output if it exits instead.
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Self, String> {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--no-mdns"];
+        args.extend_from_slice(extra);
+        Self::launch(&args, data_dir)
+    }
+
+    /// Starts the reference cloud (`hallrelay cloud`) with `data_dir` and `extra` arguments
+    /// (which should include `--listen`).
+    pub fn start_cloud(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut args = vec!["cloud"];
+        args.extend_from_slice(extra);
+        Self::launch(&args, data_dir)
+            .unwrap_or_else(|log| panic!("the cloud did not start:\n{log}"))
+    }
+
+    fn launch(args: &[&str], data_dir: &Path) -> Result<Self, String> {
         let mut child = Command::new(binary())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-mdns",
-                "--data-dir",
-            ])
+            .args(args)
+            .arg("--data-dir")
             .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("HALLRELAY_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -107,6 +119,17 @@ impl BoxProcess {
 
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// The admin view of `/v1/status`.
+    pub async fn status(&self) -> serde_json::Value {
+        let reply = self
+            .client(Some(self.admin_token()))
+            .get("/v1/status")
+            .await
+            .expect("status");
+        assert_eq!(reply.status, http::StatusCode::OK);
+        reply.json().expect("status JSON")
     }
 
     /// A client that trusts this box by its pin, with `token`.
@@ -244,4 +267,13 @@ pub fn config_file(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("hallrelay.toml");
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+/// A loopback port that was free a moment ago (for a server that starts later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
