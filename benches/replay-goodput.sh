@@ -159,7 +159,7 @@ die() {
 }
 
 # start_bg LOG CMD...: runs CMD in the background with stderr to LOG; sets started_pid.
-# `ip netns exec` and `env` exec into the program, so the pid is hallrelay's own.
+# `ip netns exec` execs into the program, so the pid is hallrelay's own.
 started_pid=""
 start_bg() {
     local log=$1
@@ -209,7 +209,9 @@ wait_listening() {
             pin=*) listen_pin=${field#pin=} ;;
         esac
     done
-    [ -n "$listen_addr" ] && [ -n "$listen_pin" ] || die "cannot parse: $line" "$log"
+    if [ -z "$listen_addr" ] || [ -z "$listen_pin" ]; then
+        die "cannot parse: $line" "$log"
+    fi
 }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/hallrelay-replay-goodput.XXXXXX")
@@ -222,8 +224,9 @@ head -c "$total_bytes" /dev/urandom | split -b "$PAYLOAD_SIZE" -a 5 -d - "$work/
 payloads=("$work"/payloads/p*)
 [ "${#payloads[@]}" = "$count" ] || die "made ${#payloads[@]} payloads, wanted $count"
 
-# load.sh ADDR PIN HEADER_FILE CANDIDATE FIRST: PUTs payloads FIRST, FIRST+CANDIDATES, ...
-# as seq 1, 2, ... of CANDIDATE; exits non-zero on the first answer that is not 201.
+# load.sh ADDR PIN HEADER_FILE CANDIDATE FIRST STRIDE COUNT DIR EXAM: PUTs payloads FIRST,
+# FIRST+STRIDE, ... (below COUNT) from DIR as seq 1, 2, ... of CANDIDATE in EXAM; exits
+# non-zero on the first answer that is not 201.
 cat >"$work/load.sh" <<'EOF'
 set -euo pipefail
 addr=$1 pin=$2 header=$3 candidate=$4 first=$5 stride=$6 count=$7 dir=$8 exam=$9
@@ -242,8 +245,10 @@ done
 EOF
 
 # poll.py ADDR PIN HEADER_FILE COUNT BYTES TIMEOUT SKIP: polls /v1/status every 100 ms until
-# nothing is pending; prints "elapsed_s goodput_Bps sustained_Bps states" (sustained: from
-# SKIP s after the uplink came up to the last delivery; "-" if the run was shorter).
+# nothing is pending; checks COUNT were delivered without conflicts; prints
+# "elapsed_s goodput_Bps sustained_Bps states" (sustained: from SKIP s after the uplink came
+# up to the last delivery, "-" if the run was too short; states: the uplink states seen,
+# e.g. "unknown>up").
 cat >"$work/poll.py" <<'EOF'
 import json, subprocess, sys, time
 from datetime import datetime, timezone
@@ -322,12 +327,11 @@ run_case() {
     wait_listening "$box_log" "$box_pid"
     local box_addr=$listen_addr box_pin=$listen_pin
 
-    local k loaders=() header
+    local k loaders=() header token
     for ((k = 0; k < CANDIDATES; k++)); do
         header=$dir/c$k.header
-        printf 'Authorization: Bearer %s\n' \
-            "$("$bin" token --data-dir "$dir/box" --exam "$EXAM" --candidate "c$k" 2>/dev/null)" \
-            >"$header"
+        token=$("$bin" token --data-dir "$dir/box" --exam "$EXAM" --candidate "c$k" 2>/dev/null)
+        printf 'Authorization: Bearer %s\n' "$token" >"$header"
         "${in_box[@]}" bash "$work/load.sh" "$box_addr" "$box_pin" "$header" "c$k" "$k" \
             "$CANDIDATES" "$count" "$work/payloads" "$EXAM" 2>>"$dir/load.log" &
         loaders+=("$!")
@@ -366,8 +370,8 @@ run_case() {
     [ "$listen_pin" = "$box_pin" ] || die "$name: the box's pin changed on restart" "$box_log"
 
     # (e) Poll until the outbox is empty.
-    printf 'Authorization: Bearer %s\n' "$("$bin" token --data-dir "$dir/box" --admin 2>/dev/null)" \
-        >"$dir/admin.header"
+    token=$("$bin" token --data-dir "$dir/box" --admin 2>/dev/null)
+    printf 'Authorization: Bearer %s\n' "$token" >"$dir/admin.header"
     result=$("${in_box[@]}" python3 "$work/poll.py" "$listen_addr" "$box_pin" \
         "$dir/admin.header" "$count" "$total_bytes" "$timeout" "$SKIP_SECS" 2>"$dir/poll.log") ||
         die "$name: replay did not complete" "$dir/poll.log" "$box_log" "$cloud_log"
@@ -429,7 +433,7 @@ row() {
     read -r elapsed goodput sustained states <<<"$line"
     awk -v label="$label" -v limit="$limit" -v el="$elapsed" -v gp="$goodput" \
         -v su="$sustained" -v target="$target" -v low="$low" -v high="$high" \
-        -v metric="$metric" -v mib="$mib" -v states="$states" '
+        -v metric="$metric" -v states="$states" '
     function mbs(x) { return sprintf("%.2f", x / 1e6) }
     BEGIN {
         lim = limit > 0 ? mbs(limit) : "none"
@@ -441,16 +445,17 @@ row() {
             judged = metric == "sustained" ? sratio : ratio
             verdict = (judged != "-" && judged + 0 >= low && judged + 0 <= high) ? "ok" : "MISSED"
         }
-        printf "| %s | %s | %s MiB | %.2f | %s | %s | %s | %s | %s | %s |\n",
-            label, lim, mib, el, mbs(gp), sus, ratio, sratio, target, verdict
+        if (states ~ /up>down/) verdict = verdict " (uplink went down mid-run)"
+        printf "| %s | %s | %.2f | %s | %s | %s | %s | %s | %s |\n",
+            label, lim, el, mbs(gp), sus, ratio, sratio, target, verdict
     }'
 }
 
 echo
 echo "### Replay goodput ($mib MiB of 64 KiB autosaves, replay_concurrency $CONCURRENCY, TLS)"
 echo
-echo "| run | limit (MB/s) | payload | time (s) | goodput (MB/s) | sustained (MB/s) | goodput / limit | sustained / limit | target | result |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| run | limit (MB/s) | time (s) | goodput (MB/s) | sustained (MB/s) | goodput / limit | sustained / limit | target | result |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 row "loopback" 0 "$r_loop" "-" 0 0 overall
 row "veth, tc tbf $LINK_RATE" "$LINK_BYTES_PER_SEC" "$r_shaped" "goodput >= 0.90" 0.9 1e9 overall
 row "loopback, replay_rate_limit $RATE_CAP" "$RATE_CAP" "$r_capped" "sustained 0.85-1.05" 0.85 1.05 sustained

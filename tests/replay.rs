@@ -175,14 +175,7 @@ async fn assert_cloud_holds(
             .expect("the box's receipt verifies");
     }
     for (candidate, count) in per_candidate {
-        let list: Vec<serde_json::Value> = admin
-            .get(&format!(
-                "/v1/exams/{EXAM}/candidates/{candidate}/autosaves"
-            ))
-            .await
-            .unwrap()
-            .json()
-            .unwrap();
+        let list = list(&admin, EXAM, candidate).await;
         assert_eq!(
             list.len(),
             count,
@@ -214,13 +207,7 @@ async fn an_outage_drains_when_the_cloud_returns() {
     assert!(status["last_delivery_at"].is_string());
     assert_cloud_holds(&cloud, &b, &saved).await;
     // The box's list says delivered.
-    let list: Vec<serde_json::Value> = b
-        .client(Some(b.admin_token()))
-        .get(&format!("/v1/exams/{EXAM}/candidates/c00/autosaves"))
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
+    let list = list(&b.client(Some(b.admin_token())), EXAM, "c00").await;
     assert!(list.iter().all(|e| e["delivered"] == true));
 }
 
@@ -349,14 +336,7 @@ async fn replay_order_is_finals_then_newest_then_history() {
     let mut arrivals = Vec::new();
     for c in 0..5usize {
         let candidate = format!("c{c:02}");
-        let list: Vec<serde_json::Value> = admin
-            .get(&format!(
-                "/v1/exams/{EXAM}/candidates/{candidate}/autosaves"
-            ))
-            .await
-            .unwrap()
-            .json()
-            .unwrap();
+        let list = list(&admin, EXAM, &candidate).await;
         for row in list {
             arrivals.push((
                 row["received_at"].as_str().unwrap().to_owned(),

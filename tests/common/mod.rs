@@ -277,3 +277,15 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `GET …/autosaves` of one candidate, as JSON rows.
+pub async fn list(client: &Connection, exam: &str, candidate: &str) -> Vec<serde_json::Value> {
+    let reply = client
+        .get(&format!(
+            "/v1/exams/{exam}/candidates/{candidate}/autosaves"
+        ))
+        .await
+        .expect("list answered");
+    assert_eq!(reply.status, http::StatusCode::OK);
+    reply.json().expect("list JSON")
+}
