@@ -181,6 +181,10 @@ async fn assert_cloud_holds(
             count,
             "{candidate}: the cloud holds extra autosaves"
         );
+        assert!(
+            list.iter().all(|row| row["delivered"] == true),
+            "at the cloud, stored is delivered"
+        );
     }
     let status: serde_json::Value = admin.get("/v1/status").await.unwrap().json().unwrap();
     assert_eq!(

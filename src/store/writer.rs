@@ -445,7 +445,8 @@ impl Writer {
         let record = Record {
             receipt: receipt.clone(),
             arrival,
-            delivered_at: None,
+            // Without an outbox (the cloud) an autosave is at the end of the line on arrival.
+            delivered_at: (!self.options.outbox).then(|| received_at.to_owned()),
             upstream_receipt: request.upstream_receipt.clone(),
             cloud_conflict_at: None,
         };
