@@ -583,20 +583,15 @@ impl<'txn> Tables<'txn> {
             return Ok(());
         }
         let who = (name.exam.as_str(), name.candidate.as_str());
-        let current = self.latest_pending.get(who)?.map(|v| v.value());
-        let newest = match current {
-            Some((seq, _)) => seq < name.seq,
-            // No pending newest: this is the newest unless a higher seq is stored already
-            // (delivered, or a final).
-            None => {
-                let higher = (who.0, who.1, name.seq.saturating_add(1))..=(who.0, who.1, u64::MAX);
-                name.seq == u64::MAX || self.autosaves.range(higher)?.next().is_none()
-            }
-        };
+        // The newest is the highest seq stored for the candidate, whatever its state: a late
+        // autosave below a stored higher seq (pending, delivered or final) is history.
+        let higher = (who.0, who.1, name.seq.saturating_add(1))..=(who.0, who.1, u64::MAX);
+        let newest = name.seq == u64::MAX || self.autosaves.range(higher)?.next().is_none();
         if !newest {
             self.outbox.insert((CLASS_HISTORY, arrival), key)?;
             return Ok(());
         }
+        let current = self.latest_pending.get(who)?.map(|v| v.value());
         if let Some((old_seq, old_arrival)) = current {
             self.outbox.remove((CLASS_LATEST, old_arrival))?;
             self.outbox
@@ -781,6 +776,55 @@ mod tests {
             is_final: false,
             upstream_receipt: None,
         }
+    }
+
+    fn order(pending: &[crate::store::Pending]) -> Vec<u64> {
+        pending.iter().map(|p| p.name.seq).collect()
+    }
+
+    /// The outbox order: finals, then each candidate's newest, then history oldest first;
+    /// a newer autosave demotes the previous newest; a late older one goes to history.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_outbox_keeps_replay_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Arc::new(Identity::load_or_create(dir.path(), &[], &[]).unwrap());
+        let options = StoreOptions {
+            min_free_bytes: 0,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&dir.path().join("s.redb"), identity, options).unwrap();
+        let pending = || store.pending(100, Default::default());
+        for seq in [1, 2, 3] {
+            store.put(request(seq)).await.unwrap();
+        }
+        assert_eq!(order(&pending().await.unwrap()), [3, 1, 2]);
+        let mut fin = request(5);
+        fin.is_final = true;
+        store.put(fin).await.unwrap();
+        assert_eq!(order(&pending().await.unwrap()), [5, 3, 1, 2]);
+        // Seq 4 arrives late: seq 5 (the final) is newer, so 4 is history.
+        store.put(request(4)).await.unwrap();
+        assert_eq!(order(&pending().await.unwrap()), [5, 3, 1, 2, 4]);
+        // Delivering the newest leaves history in place; a newer save becomes the newest.
+        store
+            .mark_delivered(pending().await.unwrap()[1].name.clone())
+            .await
+            .unwrap();
+        store.put(request(6)).await.unwrap();
+        assert_eq!(order(&pending().await.unwrap()), [5, 6, 1, 2, 4]);
+        store.put(request(7)).await.unwrap();
+        assert_eq!(order(&pending().await.unwrap()), [5, 7, 1, 2, 4, 6]);
+        let status = store.status().await.unwrap();
+        assert_eq!((status.pending, status.delivered, status.stored), (6, 1, 7));
+        // Delivered autosaves are purged; pending ones never are.
+        let purged = store
+            .purge_delivered(SystemTime::now() + Duration::from_secs(1), 100)
+            .await
+            .unwrap();
+        assert_eq!(purged, 1);
+        let status = store.status().await.unwrap();
+        assert_eq!((status.pending, status.stored), (6, 6));
+        store.close().await;
     }
 
     /// A full queue answers at once (503 upstream) instead of queueing without bound, and
