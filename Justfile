@@ -18,6 +18,10 @@ check:
 bench *ARGS:
     cargo bench --bench ingest -- {{ARGS}}
 
+# Replay goodput over loopback and a tc-shaped 10 Mbit/s link between namespaces (root).
+bench-replay *ARGS:
+    bash benches/replay-goodput.sh {{ARGS}}
+
 # SIGKILL trials under load, many more than the default suite runs.
 torture trials="100":
     HALLRELAY_KILL_TRIALS={{trials}} cargo test --release --test durability sigkill -- --nocapture
