@@ -210,12 +210,13 @@ async fn durable_puts(
         Some(hallrelay::keyfile::Secret::new(admin)),
     )
     .expect("client");
-    let note = match client
+    let status = client
         .get("/v1/status")
         .await
         .ok()
-        .and_then(|r| r.json::<serde_json::Value>().ok())
-    {
+        .and_then(|r| r.json::<serde_json::Value>().ok());
+    let stored_bytes = status.as_ref().and_then(|s| s["stored"]["bytes"].as_f64());
+    let note = match status {
         Some(status) => {
             let commits = status["commits"]["count"].as_f64().unwrap_or(0.0);
             let requests = status["commits"]["requests"].as_f64().unwrap_or(0.0);
@@ -240,7 +241,26 @@ async fn durable_puts(
     };
     shutdown.cancel();
     let _ = serving.await;
+    // What redb really allocated, rather than the file's power-of-two size.
+    let note = match (
+        allocated_bytes(&data_dir.path().join("hallrelay.redb")),
+        stored_bytes,
+    ) {
+        (Some(allocated), Some(stored)) if stored > 0.0 => format!(
+            "{note}; redb allocated {:.0} MiB ({:.2}x payload)",
+            allocated / 1048576.0,
+            allocated / stored
+        ),
+        _ => note,
+    };
     (report, note)
+}
+
+/// Bytes in pages redb has allocated (`allocated_pages` x `page_size`).
+fn allocated_bytes(path: &Path) -> Option<f64> {
+    let db = redb::Database::open(path).ok()?;
+    let stats = db.begin_write().ok()?.stats().ok()?;
+    Some(stats.allocated_pages() as f64 * stats.page_size() as f64)
 }
 
 /// The same listener code, TLS configuration and HTTP stack, with a handler that reads the
