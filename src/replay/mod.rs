@@ -374,12 +374,11 @@ async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pendi
             if r.status == StatusCode::TOO_MANY_REQUESTS
                 || r.status == StatusCode::SERVICE_UNAVAILABLE =>
         {
-            let secs = r
+            let wait = r
                 .header("retry-after")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(5)
-                .min(300);
-            Outcome::RetryAfter(Duration::from_secs(secs))
+                .and_then(retry_after)
+                .unwrap_or(Duration::from_secs(5));
+            Outcome::RetryAfter(wait.min(Duration::from_secs(300)))
         }
         Ok(r) => Outcome::Transient(format!("the cloud answered {}", r.status)),
         Err(ClientError::Timeout(d)) => Outcome::Transient(format!("no answer within {d:?}")),
@@ -394,6 +393,19 @@ async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pendi
         }
         Err(e) => Outcome::Transient(e.to_string()),
     }
+}
+
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110 section 10.2.3).
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 fn is_connect_error(e: &ClientError) -> bool {
@@ -423,5 +435,42 @@ async fn retention(store: Store, retention: Duration, shutdown: CancellationToke
         if sleep_or_stop(interval, &shutdown).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let wait = retry_after(&soon).unwrap();
+        assert!(
+            wait > Duration::from_secs(27) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        assert_eq!(
+            retry_after("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon"), None);
+    }
+
+    #[test]
+    fn lone_failures_retry_at_once_and_runs_back_off() {
+        let mut b = Backoff::new();
+        assert_eq!(b.failed(4), None);
+        assert_eq!(b.failed(4), None);
+        assert_eq!(b.failed(4), None);
+        let first = b
+            .failed(4)
+            .expect("a run as long as the concurrency backs off");
+        assert!(first <= BACKOFF_MIN);
+        let second = b.failed(4).unwrap();
+        assert!(second <= BACKOFF_MIN * 2 && second >= BACKOFF_MIN);
+        b.reset();
+        assert_eq!(b.failed(4), None);
     }
 }
