@@ -602,18 +602,24 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Takes an autosave out of the outbox, wherever its class put it.
-    fn dequeue(&mut self, name: &AutosaveName, arrival: u64) -> Result<bool, StoreError> {
+    /// Takes an autosave out of the outbox, wherever its class put it, and out of the
+    /// pending counters.
+    fn dequeue(&mut self, name: &AutosaveName, record: &Record) -> Result<(), StoreError> {
+        let arrival = record.arrival;
         let mut found = false;
         for class in [CLASS_FINAL, CLASS_LATEST, CLASS_HISTORY] {
             found |= self.outbox.remove((class, arrival))?.is_some();
+        }
+        if found {
+            self.counters.pending -= 1;
+            self.counters.pending_bytes -= record.receipt.size;
         }
         let who = (name.exam.as_str(), name.candidate.as_str());
         let pointed = self.latest_pending.get(who)?.map(|v| v.value());
         if pointed.is_some_and(|(_, a)| a == arrival) {
             self.latest_pending.remove(who)?;
         }
-        Ok(found)
+        Ok(())
     }
 
     fn record(&self, name: &AutosaveName) -> Result<Option<Record>, StoreError> {
@@ -639,10 +645,7 @@ impl<'txn> Tables<'txn> {
         if record.delivered_at.is_some() {
             return Ok(());
         }
-        if self.dequeue(name, record.arrival)? {
-            self.counters.pending -= 1;
-            self.counters.pending_bytes -= record.receipt.size;
-        }
+        self.dequeue(name, &record)?;
         record.delivered_at = Some(now.to_owned());
         self.save_record(name, &record)?;
         self.delivered.insert(
@@ -667,10 +670,7 @@ impl<'txn> Tables<'txn> {
         if record.delivered_at.is_some() || record.cloud_conflict_at.is_some() {
             return Ok(());
         }
-        if self.dequeue(name, record.arrival)? {
-            self.counters.pending -= 1;
-            self.counters.pending_bytes -= record.receipt.size;
-        }
+        self.dequeue(name, &record)?;
         record.cloud_conflict_at = Some(now.to_owned());
         self.save_record(name, &record)?;
         self.counters.conflicts += 1;
