@@ -230,7 +230,7 @@ async fn durable_puts(
             let file = std::fs::metadata(data_dir.path().join("hallrelay.redb"))
                 .map_or(0, |m| m.len()) as f64;
             format!(
-                "avg batch {:.1} req/commit, {apply:.2} ms building + {commit:.2} ms committing; file {:.0} MiB for {:.0} MiB of payload ({:.2}x)",
+                "avg batch {:.1} req/commit, {apply:.2} ms building + {commit:.2} ms fdatasync and commit; redb file {:.0} MiB for {:.0} MiB of payload ({:.2}x)",
                 requests / commits.max(1.0),
                 file / 1048576.0,
                 stored / 1048576.0,
@@ -247,7 +247,7 @@ async fn durable_puts(
         stored_bytes,
     ) {
         (Some(allocated), Some(stored)) if stored > 0.0 => format!(
-            "{note}; redb allocated {:.0} MiB ({:.2}x payload)",
+            "{note}; store (redb pages + payload log) {:.0} MiB ({:.2}x payload)",
             allocated / 1048576.0,
             allocated / stored
         ),
@@ -256,11 +256,18 @@ async fn durable_puts(
     (report, note)
 }
 
-/// Bytes in pages redb has allocated (`allocated_pages` x `page_size`).
+/// Bytes the store occupies: pages redb has allocated (`allocated_pages` x `page_size`)
+/// plus the payload log's segments.
 fn allocated_bytes(path: &Path) -> Option<f64> {
     let db = redb::Database::open(path).ok()?;
     let stats = db.begin_write().ok()?.stats().ok()?;
-    Some(stats.allocated_pages() as f64 * stats.page_size() as f64)
+    let redb = stats.allocated_pages() as f64 * stats.page_size() as f64;
+    let segments: u64 = std::fs::read_dir(path.with_extension("blobs"))
+        .ok()?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    Some(redb + segments as f64)
 }
 
 /// The same listener code, TLS configuration and HTTP stack, with a handler that reads the

@@ -8,6 +8,7 @@
 //! file is checked at open, and a file this build does not understand is refused, never
 //! replaced.
 
+mod blob_log;
 mod schema;
 mod writer;
 
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,11 @@ pub enum OpenError {
         path: PathBuf,
         found: u64,
         supported: u64,
+    },
+    #[error("cannot open the payload log {path}: {source}")]
+    Payloads {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("cannot start the store's writer thread: {0}")]
     Thread(std::io::Error),
@@ -117,6 +123,15 @@ fn classify(e: redb::Error) -> StoreError {
     match io {
         Some(io) if is_disk_full(io) => StoreError::Full,
         _ => StoreError::Storage(e.to_string()),
+    }
+}
+
+/// An I/O error of the payload log, classified like redb's.
+pub(crate) fn classify_io(e: std::io::Error) -> StoreError {
+    if is_disk_full(&e) {
+        StoreError::Full
+    } else {
+        StoreError::Storage(e.to_string())
     }
 }
 
@@ -274,14 +289,23 @@ impl StoreFile {
 
     /// Starts the writer thread, which signs receipts with `identity`.
     pub fn start(self, identity: Arc<Identity>, options: StoreOptions) -> Result<Store, OpenError> {
+        let blob_dir = self.path.with_extension("blobs");
+        let (end, live) = schema::log_state(&self.db).map_err(|e| unreadable(&self.path, e))?;
+        let log =
+            blob_log::BlobLog::open(&blob_dir, end, &live).map_err(|e| OpenError::Payloads {
+                path: blob_dir.clone(),
+                source: e,
+            })?;
         let slot = Arc::new(DbSlot {
             db: RwLock::new(Some(Arc::new(self.db))),
             path: self.path,
+            blob_dir,
         });
         let stats = Arc::new(CommitStats::default());
         let appliance: Arc<str> = self.appliance.into();
         let writer = writer::spawn(
             slot.clone(),
+            log,
             identity,
             appliance.clone(),
             stats.clone(),
@@ -302,6 +326,8 @@ impl StoreFile {
 pub(crate) struct DbSlot {
     db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
+    /// The payload log's folder, beside the redb file.
+    blob_dir: PathBuf,
 }
 
 impl DbSlot {
@@ -379,7 +405,7 @@ impl Store {
         limit: usize,
         skip: std::collections::HashSet<u64>,
     ) -> Result<Vec<Pending>, StoreError> {
-        self.read(move |db| {
+        self.read(move |db, blob_dir| {
             let read = db.begin_read()?;
             let outbox = read.open_table(OUTBOX)?;
             let autosaves = read.open_table(AUTOSAVES)?;
@@ -397,7 +423,7 @@ impl Store {
                     continue;
                 };
                 let record = decode_record(raw.value())?;
-                let payload = read_blob(&read, &record)?;
+                let payload = read_blob(&read, blob_dir, &record)?;
                 out.push(Pending {
                     name: AutosaveName {
                         exam: exam.to_owned(),
@@ -420,7 +446,7 @@ impl Store {
 
     /// The record and payload of one autosave.
     pub async fn get(&self, name: AutosaveName) -> Result<Option<(Record, Bytes)>, StoreError> {
-        self.read(move |db| {
+        self.read(move |db, blob_dir| {
             let read = db.begin_read()?;
             let autosaves = read.open_table(AUTOSAVES)?;
             let Some(raw) =
@@ -429,7 +455,7 @@ impl Store {
                 return Ok(None);
             };
             let record = decode_record(raw.value())?;
-            let payload = read_blob(&read, &record)?;
+            let payload = read_blob(&read, blob_dir, &record)?;
             Ok(Some((record, payload)))
         })
         .await
@@ -441,7 +467,7 @@ impl Store {
         exam: String,
         candidate: String,
     ) -> Result<Option<(Record, Bytes)>, StoreError> {
-        self.read(move |db| {
+        self.read(move |db, blob_dir| {
             let read = db.begin_read()?;
             let autosaves = read.open_table(AUTOSAVES)?;
             let range = (exam.as_str(), candidate.as_str(), 0)
@@ -450,7 +476,7 @@ impl Store {
                 return Ok(None);
             };
             let record = decode_record(last?.1.value())?;
-            let payload = read_blob(&read, &record)?;
+            let payload = read_blob(&read, blob_dir, &record)?;
             Ok(Some((record, payload)))
         })
         .await
@@ -462,7 +488,7 @@ impl Store {
         exam: String,
         candidate: String,
     ) -> Result<Vec<(u64, Record)>, StoreError> {
-        self.read(move |db| {
+        self.read(move |db, _| {
             let read = db.begin_read()?;
             let autosaves = read.open_table(AUTOSAVES)?;
             let range = (exam.as_str(), candidate.as_str(), 0)
@@ -483,7 +509,7 @@ impl Store {
         let committed_requests = self.stats.requests.load(Ordering::Relaxed);
         let apply_micros = self.stats.apply_micros.load(Ordering::Relaxed);
         let commit_micros = self.stats.commit_micros.load(Ordering::Relaxed);
-        self.read(move |db| {
+        self.read(move |db, _| {
             let read = db.begin_read()?;
             let stats = read.open_table(STATS)?;
             let outbox = read.open_table(OUTBOX)?;
@@ -550,10 +576,11 @@ impl Store {
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Database, &Path) -> Result<T, StoreError> + Send + 'static,
     {
         let db = self.slot.get()?;
-        tokio::task::spawn_blocking(move || f(&db))
+        let blob_dir = self.slot.blob_dir.clone();
+        tokio::task::spawn_blocking(move || f(&db, &blob_dir))
             .await
             .map_err(|e| StoreError::Storage(format!("a read task failed: {e}")))?
     }
@@ -595,24 +622,32 @@ pub(crate) fn encode_record(record: &Record) -> Vec<u8> {
     serde_json::to_vec(record).unwrap_or_default()
 }
 
-/// Reads a record's payload from its chunks and checks it against the recorded blake3.
-fn read_blob(read: &redb::ReadTransaction, record: &Record) -> Result<Bytes, StoreError> {
+/// Reads a record's payload from the payload log and checks it against the recorded blake3.
+fn read_blob(
+    read: &redb::ReadTransaction,
+    blob_dir: &Path,
+    record: &Record,
+) -> Result<Bytes, StoreError> {
     let hash = record
         .blake3()
         .ok_or_else(|| StoreError::Storage("a stored record has a bad blake3".into()))?;
-    let chunks = read.open_table(BLOB_CHUNKS)?;
-    let key = *hash.as_bytes();
-    let mut out = BytesMut::with_capacity(usize::try_from(record.receipt.size).unwrap_or(0));
-    for row in chunks.range((key, 0)..=(key, u32::MAX))? {
-        out.extend_from_slice(row?.1.value());
-    }
-    if blake3::hash(&out) != hash {
+    let (segment, offset, len, _) = read
+        .open_table(BLOBS)?
+        .get(hash.as_bytes())?
+        .ok_or_else(|| {
+            StoreError::Storage(format!("payload {} is missing", record.receipt.blake3))
+        })?
+        .value();
+    let bytes = blob_log::BlobLog::read(blob_dir, (segment, offset, len)).map_err(|e| {
+        StoreError::Storage(format!("reading payload {}: {e}", record.receipt.blake3))
+    })?;
+    if blake3::hash(&bytes) != hash {
         return Err(StoreError::Storage(format!(
             "payload {} is damaged on disk",
             record.receipt.blake3
         )));
     }
-    Ok(out.freeze())
+    Ok(Bytes::from(bytes))
 }
 
 /// Free bytes available to unprivileged writers on the file system holding `dir`.

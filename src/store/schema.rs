@@ -3,11 +3,11 @@
 //! Tables are keyed for the access they serve:
 //! - `autosaves`: (exam, candidate, seq) → [`Record`](super::Record) JSON. A range over one
 //!   candidate gives their list and, from its end, their latest save.
-//! - `blob_chunks`: (blake3, chunk index) → payload bytes. Payloads are content-addressed, so
-//!   identical payloads are stored once; they are cut into chunks a little under 16 KiB so
-//!   that redb's power-of-two page allocation does not double the space a payload of exactly
-//!   16 KiB needs (a value just over a page multiple takes the next allocation order).
-//! - `blob_refs`: blake3 → how many autosaves name it, so a blob can be dropped with its last.
+//! - `blobs`: blake3 → (segment, offset, length, references). Payloads live in the payload
+//!   log ([`super::blob_log`]); they are content-addressed, so identical payloads are stored
+//!   once, and a payload goes when the last autosave naming it does.
+//! - `segments`: segment number → live payload bytes in it; a segment whose count reaches 0
+//!   is deleted.
 //! - `outbox`: (replay class, arrival number) → autosave name, for everything the cloud has
 //!   not confirmed; walking it from the start is the replay order (finals, then each
 //!   candidate's newest, then history oldest first).
@@ -24,9 +24,9 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const AUTOSAVES: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new("autosaves");
-pub(crate) const BLOB_CHUNKS: TableDefinition<([u8; 32], u32), &[u8]> =
-    TableDefinition::new("blob_chunks");
-pub(crate) const BLOB_REFS: TableDefinition<[u8; 32], u64> = TableDefinition::new("blob_refs");
+pub(crate) const BLOBS: TableDefinition<[u8; 32], (u64, u64, u64, u64)> =
+    TableDefinition::new("blobs");
+pub(crate) const SEGMENTS: TableDefinition<u64, u64> = TableDefinition::new("segments");
 pub(crate) const OUTBOX: TableDefinition<(u8, u64), (&str, &str, u64)> =
     TableDefinition::new("outbox");
 pub(crate) const LATEST_PENDING: TableDefinition<(&str, &str), (u64, u64)> =
@@ -45,11 +45,40 @@ pub(crate) const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats
 /// The schema this build reads and writes. Bump it with every incompatible change.
 pub const SCHEMA_VERSION: u64 = 1;
 
-/// Payloads are stored in chunks of at most this many bytes (see the module docs).
-pub(crate) const BLOB_CHUNK: usize = 16 * 1024 - 256;
-
 pub(crate) const META_SCHEMA: &str = "schema_version";
 pub(crate) const META_APPLIANCE: &str = "appliance_id";
+/// The payload log's end as of the last commit: segment and offset, 16 bytes little-endian.
+pub(crate) const META_LOG_END: &str = "log_end";
+
+/// Encodes the payload log's end for [`META_LOG_END`].
+pub(crate) fn encode_log_end((segment, offset): (u64, u64)) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..8].copy_from_slice(&segment.to_le_bytes());
+    out[8..].copy_from_slice(&offset.to_le_bytes());
+    out
+}
+
+/// Reads the payload log's end and the segments that still hold payloads.
+pub(crate) fn log_state(db: &impl ReadableDatabase) -> Result<((u64, u64), Vec<u64>), redb::Error> {
+    let read = db.begin_read()?;
+    let end = read
+        .open_table(META)?
+        .get(META_LOG_END)?
+        .and_then(|v| <[u8; 16]>::try_from(v.value()).ok())
+        .map_or((0, 0), |b| {
+            let (s, o) = b.split_at(8);
+            let word = |x: &[u8]| u64::from_le_bytes(x.try_into().unwrap_or([0; 8]));
+            (word(s), word(o))
+        });
+    let mut live = Vec::new();
+    for row in read.open_table(SEGMENTS)?.iter()? {
+        let (segment, bytes) = row?;
+        if bytes.value() > 0 {
+            live.push(segment.value());
+        }
+    }
+    Ok((end, live))
+}
 
 // Counters in the `stats` table.
 pub(crate) const STAT_STORED: &str = "stored";
@@ -104,8 +133,8 @@ pub(crate) fn initialise(db: &redb::Database, appliance: &str) -> Result<(), red
         meta.insert(META_SCHEMA, SCHEMA_VERSION.to_le_bytes().as_slice())?;
         meta.insert(META_APPLIANCE, appliance.as_bytes())?;
         write.open_table(AUTOSAVES)?;
-        write.open_table(BLOB_CHUNKS)?;
-        write.open_table(BLOB_REFS)?;
+        write.open_table(BLOBS)?;
+        write.open_table(SEGMENTS)?;
         write.open_table(OUTBOX)?;
         write.open_table(LATEST_PENDING)?;
         write.open_table(DELIVERED)?;

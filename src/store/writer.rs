@@ -20,6 +20,7 @@ use bytes::Bytes;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::blob_log::BlobLog;
 use super::schema::*;
 use super::{CommitStats, DbSlot, Record, StoreError, StoreOptions, decode_record, encode_record};
 use crate::identity::Identity;
@@ -178,6 +179,7 @@ impl Handle {
 
 pub(crate) fn spawn(
     slot: Arc<DbSlot>,
+    log: BlobLog,
     identity: Arc<Identity>,
     appliance: Arc<str>,
     stats: Arc<CommitStats>,
@@ -186,8 +188,12 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
     let writer = Writer {
         slot,
-        identity,
-        appliance,
+        log,
+        ctx: Context {
+            identity,
+            appliance,
+            outbox: options.outbox,
+        },
         stats,
         options,
         needs_reopen: false,
@@ -204,11 +210,20 @@ pub(crate) fn spawn(
 
 struct Writer {
     slot: Arc<DbSlot>,
-    identity: Arc<Identity>,
-    appliance: Arc<str>,
+    /// The payload log; only this thread appends to it.
+    log: BlobLog,
+    ctx: Context,
     stats: Arc<CommitStats>,
     options: StoreOptions,
     needs_reopen: bool,
+}
+
+/// What storing an autosave needs besides the tables: who signs receipts, and whether new
+/// autosaves go to the outbox.
+struct Context {
+    identity: Arc<Identity>,
+    appliance: Arc<str>,
+    outbox: bool,
 }
 
 #[derive(Default)]
@@ -217,6 +232,108 @@ struct Batch {
     replies: Vec<Reply>,
     /// Payload bytes of the new autosaves in the batch.
     bytes: usize,
+}
+
+impl Context {
+    fn put_one(
+        &self,
+        t: &mut Tables<'_, '_>,
+        request: &PutRequest,
+        space_ok: bool,
+        received_at: &str,
+    ) -> Result<Result<PutOutcome, StoreError>, StoreError> {
+        let AutosaveName {
+            exam,
+            candidate,
+            seq,
+        } = &request.name;
+        let key = (exam.as_str(), candidate.as_str(), *seq);
+        let hash_hex = request.blake3.to_hex();
+        let existing = t.autosaves.get(key)?.map(|raw| decode_record(raw.value()));
+        if let Some(existing) = existing {
+            let existing = existing?;
+            if existing.receipt.blake3 == hash_hex.as_str() {
+                return Ok(Ok(PutOutcome::Duplicate(existing.receipt)));
+            }
+            t.audit(serde_json::json!({
+                "event": "conflict",
+                "source": "client",
+                "exam": exam, "candidate": candidate, "seq": seq,
+                "stored_blake3": existing.receipt.blake3,
+                "offered_blake3": hash_hex.as_str(),
+                "at": received_at,
+            }))?;
+            return Ok(Ok(PutOutcome::Conflict {
+                existing_blake3: existing.receipt.blake3,
+            }));
+        }
+        if !space_ok {
+            return Ok(Err(StoreError::Full));
+        }
+
+        let size = request.payload.len() as u64;
+        let blob = *request.blake3.as_bytes();
+        let known = t.blobs.get(blob)?.map(|v| v.value());
+        match known {
+            Some((segment, offset, len, refs)) => {
+                t.blobs.insert(blob, (segment, offset, len, refs + 1))?;
+            }
+            None => {
+                let (segment, offset, len) =
+                    t.log.append(&request.payload).map_err(super::classify_io)?;
+                t.blobs.insert(blob, (segment, offset, len, 1))?;
+                let live = t.segments.get(segment)?.map_or(0, |v| v.value());
+                t.segments.insert(segment, live + len)?;
+            }
+        }
+
+        let prev = match t.chains.get((exam.as_str(), candidate.as_str()))? {
+            Some(h) => h.value().to_owned(),
+            None => {
+                t.counters.candidates += 1;
+                GENESIS.to_owned()
+            }
+        };
+        t.counters.arrivals += 1;
+        let arrival = t.counters.arrivals;
+        let receipt = Receipt::sign(
+            &self.identity,
+            &self.appliance,
+            exam,
+            candidate,
+            *seq,
+            &request.blake3,
+            size,
+            request.is_final,
+            received_at.to_owned(),
+            &prev,
+        );
+        t.chains
+            .insert((exam.as_str(), candidate.as_str()), receipt.hash().as_str())?;
+        let record = Record {
+            receipt: receipt.clone(),
+            arrival,
+            // Without an outbox (the cloud) an autosave is at the end of the line on arrival.
+            delivered_at: (!self.outbox).then(|| received_at.to_owned()),
+            upstream_receipt: request.upstream_receipt.clone(),
+            cloud_conflict_at: None,
+        };
+        if self.outbox {
+            t.enqueue(&request.name, request.is_final, arrival)?;
+            t.counters.pending += 1;
+            t.counters.pending_bytes += size;
+        }
+        t.autosaves.insert(key, encode_record(&record).as_slice())?;
+        t.audit(serde_json::json!({
+            "event": "received",
+            "exam": exam, "candidate": candidate, "seq": seq,
+            "blake3": hash_hex.as_str(), "size": size, "final": request.is_final,
+            "at": received_at,
+        }))?;
+        t.counters.stored += 1;
+        t.counters.stored_bytes += size;
+        Ok(Ok(PutOutcome::Stored(receipt)))
+    }
 }
 
 impl Batch {
@@ -320,7 +437,7 @@ impl Writer {
     /// Applies a batch in one transaction and commits it. The outer error fails the whole
     /// batch (nothing was committed); inner errors belong to one request.
     fn apply(
-        &self,
+        &mut self,
         requests: &[Request],
         space_ok: bool,
     ) -> Result<Vec<Result<Answer, StoreError>>, StoreError> {
@@ -329,8 +446,9 @@ impl Writer {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let synced_from: Instant;
         let answers = {
-            let mut tables = Tables::open(&txn)?;
+            let mut tables = Tables::open(&txn, &mut self.log)?;
             let now = SystemTime::now();
             let received_at = rfc3339(now);
             let now_ms = unix_millis(now);
@@ -338,6 +456,7 @@ impl Writer {
             for request in requests {
                 let answer = match request {
                     Request::Put(put) => self
+                        .ctx
                         .put_one(&mut tables, put, space_ok, &received_at)?
                         .map(Answer::Put),
                     Request::Delivered(name) => {
@@ -357,119 +476,36 @@ impl Writer {
                 answers.push(answer);
             }
             tables.flush_counters()?;
-            answers
+            // The payloads this commit names are on disk before the commit is.
+            synced_from = Instant::now();
+            tables.log.sync().map_err(super::classify_io)?;
+            let end = encode_log_end(tables.log.end());
+            tables.meta.insert(META_LOG_END, end.as_slice())?;
+            (answers, std::mem::take(&mut tables.dead_segments))
         };
-        let applied = Instant::now();
+        let (answers, dead_segments) = answers;
         txn.commit()?;
+        let committed = Instant::now();
+        for segment in dead_segments {
+            if let Err(e) = self.log.remove_segment(segment) {
+                tracing::warn!(segment, error = %e, "could not delete an emptied payload segment");
+            }
+        }
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        // Building: inserts, signatures, payload appends. Committing: the payload log's
+        // fdatasync and redb's commit.
         self.stats
             .apply_micros
-            .fetch_add(micros(applied - started), Ordering::Relaxed);
+            .fetch_add(micros(synced_from - started), Ordering::Relaxed);
         self.stats
             .commit_micros
-            .fetch_add(micros(applied.elapsed()), Ordering::Relaxed);
+            .fetch_add(micros(committed - synced_from), Ordering::Relaxed);
         Ok(answers)
-    }
-
-    fn put_one(
-        &self,
-        t: &mut Tables<'_>,
-        request: &PutRequest,
-        space_ok: bool,
-        received_at: &str,
-    ) -> Result<Result<PutOutcome, StoreError>, StoreError> {
-        let AutosaveName {
-            exam,
-            candidate,
-            seq,
-        } = &request.name;
-        let key = (exam.as_str(), candidate.as_str(), *seq);
-        let hash_hex = request.blake3.to_hex();
-        let existing = t.autosaves.get(key)?.map(|raw| decode_record(raw.value()));
-        if let Some(existing) = existing {
-            let existing = existing?;
-            if existing.receipt.blake3 == hash_hex.as_str() {
-                return Ok(Ok(PutOutcome::Duplicate(existing.receipt)));
-            }
-            t.audit(serde_json::json!({
-                "event": "conflict",
-                "source": "client",
-                "exam": exam, "candidate": candidate, "seq": seq,
-                "stored_blake3": existing.receipt.blake3,
-                "offered_blake3": hash_hex.as_str(),
-                "at": received_at,
-            }))?;
-            return Ok(Ok(PutOutcome::Conflict {
-                existing_blake3: existing.receipt.blake3,
-            }));
-        }
-        if !space_ok {
-            return Ok(Err(StoreError::Full));
-        }
-
-        let size = request.payload.len() as u64;
-        let blob = *request.blake3.as_bytes();
-        let refs = t.blob_refs.get(blob)?.map_or(0, |v| v.value());
-        if refs == 0 {
-            for (i, chunk) in request.payload.chunks(BLOB_CHUNK).enumerate() {
-                let index = u32::try_from(i)
-                    .map_err(|_| StoreError::Storage("payload too large".into()))?;
-                t.blob_chunks.insert((blob, index), chunk)?;
-            }
-        }
-        t.blob_refs.insert(blob, refs + 1)?;
-
-        let prev = match t.chains.get((exam.as_str(), candidate.as_str()))? {
-            Some(h) => h.value().to_owned(),
-            None => {
-                t.counters.candidates += 1;
-                GENESIS.to_owned()
-            }
-        };
-        t.counters.arrivals += 1;
-        let arrival = t.counters.arrivals;
-        let receipt = Receipt::sign(
-            &self.identity,
-            &self.appliance,
-            exam,
-            candidate,
-            *seq,
-            &request.blake3,
-            size,
-            request.is_final,
-            received_at.to_owned(),
-            &prev,
-        );
-        t.chains
-            .insert((exam.as_str(), candidate.as_str()), receipt.hash().as_str())?;
-        let record = Record {
-            receipt: receipt.clone(),
-            arrival,
-            // Without an outbox (the cloud) an autosave is at the end of the line on arrival.
-            delivered_at: (!self.options.outbox).then(|| received_at.to_owned()),
-            upstream_receipt: request.upstream_receipt.clone(),
-            cloud_conflict_at: None,
-        };
-        if self.options.outbox {
-            t.enqueue(&request.name, request.is_final, arrival)?;
-            t.counters.pending += 1;
-            t.counters.pending_bytes += size;
-        }
-        t.autosaves.insert(key, encode_record(&record).as_slice())?;
-        t.audit(serde_json::json!({
-            "event": "received",
-            "exam": exam, "candidate": candidate, "seq": seq,
-            "blake3": hash_hex.as_str(), "size": size, "final": request.is_final,
-            "at": received_at,
-        }))?;
-        t.counters.stored += 1;
-        t.counters.stored_bytes += size;
-        Ok(Ok(PutOutcome::Stored(receipt)))
     }
 
     /// Closes and reopens the database file, which clears redb's refusal after an I/O error
     /// and repairs whatever the failed commit left.
-    fn reopen(&self) -> Result<(), StoreError> {
+    fn reopen(&mut self) -> Result<(), StoreError> {
         let mut guard = self.slot.db.write().map_err(|_| StoreError::Unavailable)?;
         if let Some(mut db) = guard.take() {
             // Readers hold clones only for the length of one read.
@@ -492,6 +528,9 @@ impl Writer {
             }
         }
         let db = Database::create(&self.slot.path).map_err(|e| super::classify(e.into()))?;
+        // Cut the payload log back to what the last successful commit recorded.
+        let (end, live) = log_state(&db).map_err(super::classify)?;
+        self.log = BlobLog::open(&self.slot.blob_dir, end, &live).map_err(super::classify_io)?;
         tracing::warn!(path = %self.slot.path.display(), "store reopened after an I/O error");
         *guard = Some(Arc::new(db));
         Ok(())
@@ -515,10 +554,14 @@ struct Counters {
 type Name<'a> = (&'a str, &'a str, u64);
 
 /// The tables one write transaction works on.
-struct Tables<'txn> {
+struct Tables<'txn, 'log> {
+    log: &'log mut BlobLog,
+    /// Segments emptied in this transaction, deleted once it has committed.
+    dead_segments: Vec<u64>,
+    meta: Table<'txn, &'static str, &'static [u8]>,
     autosaves: Table<'txn, Name<'static>, &'static [u8]>,
-    blob_chunks: Table<'txn, ([u8; 32], u32), &'static [u8]>,
-    blob_refs: Table<'txn, [u8; 32], u64>,
+    blobs: Table<'txn, [u8; 32], (u64, u64, u64, u64)>,
+    segments: Table<'txn, u64, u64>,
     outbox: Table<'txn, (u8, u64), Name<'static>>,
     latest_pending: Table<'txn, (&'static str, &'static str), (u64, u64)>,
     delivered: Table<'txn, (u64, u64), Name<'static>>,
@@ -528,8 +571,8 @@ struct Tables<'txn> {
     counters: Counters,
 }
 
-impl<'txn> Tables<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+impl<'txn, 'log> Tables<'txn, 'log> {
+    fn open(txn: &'txn WriteTransaction, log: &'log mut BlobLog) -> Result<Self, StoreError> {
         let stats = txn.open_table(STATS)?;
         let audit = txn.open_table(AUDIT)?;
         let counters = Counters {
@@ -545,9 +588,12 @@ impl<'txn> Tables<'txn> {
             next_audit: audit.last()?.map_or(0, |(k, _)| k.value() + 1),
         };
         Ok(Self {
+            log,
+            dead_segments: Vec::new(),
+            meta: txn.open_table(META)?,
             autosaves: txn.open_table(AUTOSAVES)?,
-            blob_chunks: txn.open_table(BLOB_CHUNKS)?,
-            blob_refs: txn.open_table(BLOB_REFS)?,
+            blobs: txn.open_table(BLOBS)?,
+            segments: txn.open_table(SEGMENTS)?,
             outbox: txn.open_table(OUTBOX)?,
             latest_pending: txn.open_table(LATEST_PENDING)?,
             delivered: txn.open_table(DELIVERED)?,
@@ -722,19 +768,24 @@ impl<'txn> Tables<'txn> {
     }
 
     fn release_blob(&mut self, blob: [u8; 32]) -> Result<(), StoreError> {
-        let refs = self.blob_refs.get(blob)?.map_or(0, |v| v.value());
+        let Some((segment, offset, len, refs)) = self.blobs.get(blob)?.map(|v| v.value()) else {
+            return Ok(());
+        };
         if refs > 1 {
-            self.blob_refs.insert(blob, refs - 1)?;
+            self.blobs.insert(blob, (segment, offset, len, refs - 1))?;
             return Ok(());
         }
-        self.blob_refs.remove(blob)?;
-        let chunks: Vec<u32> = self
-            .blob_chunks
-            .range((blob, 0)..=(blob, u32::MAX))?
-            .map(|row| row.map(|(k, _)| k.value().1))
-            .collect::<Result<_, _>>()?;
-        for index in chunks {
-            self.blob_chunks.remove((blob, index))?;
+        self.blobs.remove(blob)?;
+        let live = self
+            .segments
+            .get(segment)?
+            .map_or(0, |v| v.value())
+            .saturating_sub(len);
+        if live == 0 && segment != self.log.current_segment() {
+            self.segments.remove(segment)?;
+            self.dead_segments.push(segment);
+        } else {
+            self.segments.insert(segment, live)?;
         }
         Ok(())
     }

@@ -1,0 +1,193 @@
+//! The payload log: autosave payloads live in append-only segment files beside the redb file,
+//! and redb keeps only where each one is.
+//!
+//! Why: redb is a copy-on-write B-tree, so a 16 KiB value costs page allocation, copying and
+//! checksumming in the tree and about twice its size in writes; payloads are the bulk of what
+//! the box stores. Appending them to a file is what the disk does best (one sequential write
+//! and one fdatasync per batch), and redb's commits shrink to the small records.
+//!
+//! The order that keeps "ack means durable": the writer appends a batch's new payloads, then
+//! fdatasyncs the segment (and the folder, for a new segment), and only then commits the redb
+//! transaction that names them, together with the log's new end. After a crash or a failed
+//! commit the log is cut back to the end the last commit recorded, so bytes no commit names
+//! never become visible. A segment is deleted once nothing stored names any byte in it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::keyfile::sync_parent;
+
+/// A segment is closed once it holds this much; the next payload starts a new one.
+const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Where a payload is: segment number, byte offset, length.
+pub(crate) type Location = (u64, u64, u64);
+
+/// The writer's handle on the log.
+pub(crate) struct BlobLog {
+    dir: PathBuf,
+    file: File,
+    segment: u64,
+    offset: u64,
+    /// Appended since the last sync.
+    dirty: bool,
+    /// A segment file was created since the last sync: the folder needs an fsync too.
+    created: bool,
+    /// Roll over to a new segment past this many bytes.
+    segment_bytes: u64,
+}
+
+impl BlobLog {
+    /// Opens the log at its last committed end `(segment, offset)`, cutting off whatever a
+    /// crash left beyond it and deleting segments that no stored payload names (`live` are
+    /// the segments that still hold some).
+    pub(crate) fn open(dir: &Path, end: (u64, u64), live: &[u64]) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            let Some(segment) = segment_number(&path) else {
+                continue;
+            };
+            let beyond = segment > end.0;
+            let dead = segment < end.0 && !live.contains(&segment);
+            if beyond || dead {
+                fs::remove_file(&path)?;
+            }
+        }
+        let path = segment_path(dir, end.0);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        if file.metadata()?.len() != end.1 {
+            file.set_len(end.1)?;
+        }
+        file.sync_all()?;
+        fs::File::open(dir)?.sync_all()?;
+        sync_parent(dir)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            file,
+            segment: end.0,
+            offset: end.1,
+            dirty: false,
+            created: false,
+            segment_bytes: SEGMENT_BYTES,
+        })
+    }
+
+    /// Appends `bytes`; they are durable only after [`sync`](Self::sync).
+    pub(crate) fn append(&mut self, bytes: &[u8]) -> io::Result<Location> {
+        if self.offset > 0 && self.offset + bytes.len() as u64 > self.segment_bytes {
+            // Close this segment durably, then start the next.
+            self.file.sync_data()?;
+            let next = self.segment + 1;
+            self.file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(segment_path(&self.dir, next))?;
+            self.segment = next;
+            self.offset = 0;
+            self.created = true;
+        }
+        self.file.write_all_at(bytes, self.offset)?;
+        let at = (self.segment, self.offset, bytes.len() as u64);
+        self.offset += bytes.len() as u64;
+        self.dirty = true;
+        Ok(at)
+    }
+
+    /// Makes everything appended durable.
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        if self.dirty {
+            self.file.sync_data()?;
+            self.dirty = false;
+        }
+        if self.created {
+            fs::File::open(&self.dir)?.sync_all()?;
+            self.created = false;
+        }
+        Ok(())
+    }
+
+    /// The end of the log: what the next commit records.
+    pub(crate) fn end(&self) -> (u64, u64) {
+        (self.segment, self.offset)
+    }
+
+    /// The segment being appended to (never deleted while current).
+    pub(crate) fn current_segment(&self) -> u64 {
+        self.segment
+    }
+
+    /// Reads a payload (any thread; only committed locations are ever read).
+    pub(crate) fn read(dir: &Path, (segment, offset, len): Location) -> io::Result<Vec<u8>> {
+        let file = File::open(segment_path(dir, segment))?;
+        let len = usize::try_from(len).map_err(|_| io::Error::other("payload too large"))?;
+        let mut out = vec![0; len];
+        file.read_exact_at(&mut out, offset)?;
+        Ok(out)
+    }
+
+    /// Deletes a segment nothing names any more.
+    pub(crate) fn remove_segment(&self, segment: u64) -> io::Result<()> {
+        match fs::remove_file(segment_path(&self.dir, segment)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:012}.seg"))
+}
+
+fn segment_number(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_suffix(".seg")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uncommitted_tail_is_cut_off_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = BlobLog::open(dir.path(), (0, 0), &[]).unwrap();
+        let a = log.append(b"committed").unwrap();
+        log.sync().unwrap();
+        let end = log.end();
+        let b = log.append(b"never committed").unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let mut log = BlobLog::open(dir.path(), end, &[0]).unwrap();
+        assert_eq!(BlobLog::read(dir.path(), a).unwrap(), b"committed");
+        assert!(BlobLog::read(dir.path(), b).is_err(), "the tail is gone");
+        assert_eq!(log.append(b"next").unwrap(), (0, end.1, 4));
+    }
+
+    #[test]
+    fn segments_roll_over_and_dead_ones_go_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = BlobLog::open(dir.path(), (0, 0), &[]).unwrap();
+        log.segment_bytes = 10;
+        let a = log.append(b"0123456789").unwrap();
+        let b = log.append(b"abc").unwrap();
+        assert_eq!((a.0, b.0), (0, 1), "the second payload starts segment 1");
+        log.sync().unwrap();
+        let end = log.end();
+        drop(log);
+        // Segment 0 still holds a payload: kept.
+        BlobLog::open(dir.path(), end, &[0, 1]).unwrap();
+        assert_eq!(BlobLog::read(dir.path(), a).unwrap(), b"0123456789");
+        // Nothing names segment 0 any more: deleted; the current segment stays.
+        BlobLog::open(dir.path(), end, &[1]).unwrap();
+        assert!(BlobLog::read(dir.path(), a).is_err());
+        assert_eq!(BlobLog::read(dir.path(), b).unwrap(), b"abc");
+    }
+}
