@@ -5,8 +5,11 @@
 //! - [`api`] serves the v1 autosave API over HTTPS (hyper on tokio-rustls). Handlers validate,
 //!   authenticate and hash a request, then hand it to the store and answer only once the store
 //!   says it is durable.
-//! - [`store`] owns the redb file: its tables, its schema version and the single writer thread
-//!   that groups concurrent requests into one fsynced commit ("ack means durable").
+//! - [`store`] owns the redb file and the payload log beside it: the tables, the schema
+//!   version and the single writer thread that groups concurrent requests into one fsynced
+//!   commit ("ack means durable").
+//! - [`replay`] forwards what the box stored to the cloud once the uplink works, most
+//!   important first; [`cloud`] is the reference cloud ingest it talks to in tests and demos.
 //! - [`identity`] is the box's TLS key and self-signed certificate, created on first start;
 //!   its public-key pin is what clients trust, and [`receipt`]s are signed with it.
 //! - [`token`] mints and verifies the candidate and admin tokens (a blake3 keyed MAC under the

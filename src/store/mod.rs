@@ -1,4 +1,5 @@
-//! The store: one redb file holding every autosave, its payload, its receipt and the outbox of
+//! The store: a redb file holding every autosave's record, receipt and replay state, and a
+//! payload log beside it holding the payloads ([`blob_log`]); the outbox of
 //! what the cloud has not confirmed yet.
 //!
 //! Writes go through a single writer thread ([`writer`]) that groups whatever requests are
