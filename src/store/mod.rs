@@ -1,5 +1,5 @@
 //! The store: a redb file holding every autosave's record, receipt and replay state, and a
-//! payload log beside it holding the payloads ([`blob_log`]); the outbox of
+//! payload log beside it holding the payloads ([`blob_log`]). It also keeps the outbox:
 //! what the cloud has not confirmed yet.
 //!
 //! Writes go through a single writer thread ([`writer`]) that groups whatever requests are
