@@ -390,12 +390,7 @@ fn health(state: &State) -> Response<Full<Bytes>> {
 
 async fn status(state: &State) -> Result<Response<Full<Bytes>>, ApiError> {
     let store = state.store.status().await?;
-    let data_dir = state
-        .store
-        .path()
-        .parent()
-        .map(std::path::Path::to_path_buf);
-    let free = data_dir.as_deref().and_then(crate::store::free_bytes);
+    let free = state.store.free_bytes();
     let body = serde_json::json!({
         "appliance": state.store.appliance(),
         "name": state.name,

@@ -332,6 +332,15 @@ pub(crate) struct DbSlot {
 }
 
 impl DbSlot {
+    /// Free bytes on the file system that holds the store.
+    fn free_bytes(&self) -> Option<u64> {
+        let dir = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        free_bytes(dir)
+    }
+
     fn get(&self) -> Result<Arc<Database>, StoreError> {
         self.db
             .read()
@@ -566,6 +575,11 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// Free bytes on the file system that holds the store.
+    pub fn free_bytes(&self) -> Option<u64> {
+        self.slot.free_bytes()
     }
 
     /// The path of the store file.

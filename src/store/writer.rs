@@ -423,11 +423,7 @@ impl Writer {
     /// Whether the data disk has room for `bytes` more payload above the configured reserve
     /// (the reserve also covers redb's small records and its file growth).
     fn space_for(&self, bytes: usize) -> bool {
-        let dir = match self.slot.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => std::path::Path::new("."),
-        };
-        match super::free_bytes(dir) {
+        match self.slot.free_bytes() {
             Some(free) => free >= self.options.min_free_bytes.saturating_add(bytes as u64),
             // If the free space cannot be read, let the write try: ENOSPC still answers 507.
             None => true,
