@@ -16,7 +16,6 @@ use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
-use crate::keyfile::hex;
 
 /// The `prev` of a candidate's first receipt.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -114,7 +113,9 @@ impl Receipt {
     /// The receipt's hash, which the next receipt of the candidate carries as `prev`:
     /// blake3 of the signing input, lower-case hex.
     pub fn hash(&self) -> String {
-        hex(blake3::hash(self.signing_input().as_bytes()).as_bytes())
+        blake3::hash(self.signing_input().as_bytes())
+            .to_hex()
+            .to_string()
     }
 
     /// The receipt as a header value: base64url (no padding) of its JSON.

@@ -582,11 +582,6 @@ impl Store {
         self.slot.free_bytes()
     }
 
-    /// The path of the store file.
-    pub fn path(&self) -> &Path {
-        &self.slot.path
-    }
-
     /// Runs a read on the blocking pool, so the async runtime never waits on the disk.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
