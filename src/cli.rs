@@ -23,6 +23,99 @@ pub enum Command {
     /// Run the reference cloud ingest: the same API, its own store (for tests, demos and
     /// platform integrators).
     Cloud(CloudArgs),
+    /// Run a simulated candidate on the client library: cloud first, a pinned box when the
+    /// cloud is gone. Exits 0 when every save is acknowledged by the cloud or a pinned box,
+    /// 75 when some are held only in its journal (run it again to send them), 64 on bad
+    /// arguments.
+    Candidate(CandidateArgs),
+    /// List the boxes found over mDNS, one line each: name, https://ADDR:PORT, pin. Exits 1
+    /// when none is found.
+    Discover(DiscoverArgs),
+    /// The whole story on loopback in under a minute: a cloud, a box, 25 candidates, an
+    /// uplink outage and its recovery, then a byte-for-byte check of the cloud. Exits 0 only
+    /// if the check holds.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CandidateArgs {
+    /// The cloud platform's base URL (https://, or http:// to loopback).
+    #[arg(long, value_name = "URL")]
+    pub cloud: String,
+    #[arg(long)]
+    pub exam: String,
+    #[arg(long)]
+    pub candidate: String,
+    /// File holding the candidate's token.
+    #[arg(long, value_name = "F")]
+    pub token_file: PathBuf,
+    /// Pin of a box this candidate may save to (repeatable); without one, no failover.
+    #[arg(long = "pin", value_name = "PIN")]
+    pub pins: Vec<String>,
+    /// Time between saves.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Number of saves [default: until SIGINT or SIGTERM]; 0 only sends what the journal
+    /// holds.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Size of each save, bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    pub size: usize,
+    /// How long the cloud must fail before looking for a box.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub failover_after: Duration,
+    /// While on a box, how often to ask whether the cloud answers again.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub probe_every: Duration,
+    /// Where the journal lives.
+    #[arg(long, value_name = "DIR", default_value = "hallrelay-journal")]
+    pub journal: PathBuf,
+    /// Make the last save (of --count) the final submission.
+    #[arg(long, requires = "count")]
+    pub submit: bool,
+    /// Look for boxes over mDNS only on this interface (repeatable) [default: every one].
+    #[arg(long = "mdns-interface", value_name = "IF")]
+    pub mdns_interfaces: Vec<String>,
+    /// Do not look for boxes over mDNS (only --box addresses).
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// A box's base URL to try besides mDNS (repeatable); trusted only by --pin.
+    #[arg(long = "box", value_name = "URL")]
+    pub boxes: Vec<String>,
+    /// Trust a self-hosted cloud by this pin instead of CA roots (repeatable).
+    #[arg(
+        long = "cloud-pin",
+        value_name = "PIN",
+        conflicts_with = "cloud_ca_file"
+    )]
+    pub cloud_pins: Vec<String>,
+    /// Extra CA certificates (PEM) to trust for the cloud.
+    #[arg(long, value_name = "FILE")]
+    pub cloud_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// How long to listen for answers.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Browse only on this interface (repeatable) [default: every one].
+    #[arg(long = "mdns-interface", value_name = "IF")]
+    pub mdns_interfaces: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Simulated candidates.
+    #[arg(long, default_value_t = 25)]
+    pub candidates: usize,
+    /// How long the uplink is cut.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub outage: Duration,
+    /// Keep the demo's data folder instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]

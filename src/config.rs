@@ -308,6 +308,7 @@ fn replay_config(
         retention: retention.unwrap_or(Duration::from_secs(14 * 24 * 3600)),
         request_timeout: Duration::from_secs(30),
         probe_timeout: Duration::from_secs(3),
+        backoff_max: Duration::from_secs(30),
     }))
 }
 

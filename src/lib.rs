@@ -22,15 +22,18 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod candidate;
 pub mod cli;
 pub mod client;
 pub mod cloud;
 pub mod config;
+pub mod demo;
 pub mod digest;
 pub mod identity;
 pub mod ids;
 pub mod keyfile;
 pub mod loadgen;
+pub mod mdns;
 pub mod receipt;
 pub mod replay;
 pub mod serve;

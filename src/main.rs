@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use clap::Parser;
 use hallrelay::api::Limits;
-use hallrelay::cli::{Cli, Command, TokenArgs};
+use hallrelay::cli::{CandidateArgs, Cli, Command, DemoArgs, DiscoverArgs, TokenArgs};
 use hallrelay::cloud::CloudConfig;
 use hallrelay::config::{DEFAULT_DATA_DIR, ServeConfig, VENUE_KEY_FILE};
 use hallrelay::keyfile::VenueKey;
@@ -22,10 +22,18 @@ const EXIT_DATA: u8 = 65;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Servers log what they do; the interactive commands print to stdout and log only
+    // what went wrong.
+    let default_filter = match cli.command {
+        Command::Serve(_) | Command::Cloud(_) => "info",
+        // The demo tells its own timeline; the servers inside it log only errors.
+        Command::Demo(_) => "error",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -54,6 +62,9 @@ fn main() -> ExitCode {
             };
             run_server(|shutdown| hallrelay::cloud::run(config, shutdown, |_| {}))
         }
+        Command::Candidate(args) => candidate(&args),
+        Command::Discover(args) => discover(&args),
+        Command::Demo(args) => demo(&args),
         Command::Token(args) => match mint(&args) {
             Ok(token) => {
                 println!("{token}");
@@ -71,7 +82,7 @@ where
     F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), ServeError>>,
 {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => return fail(1, &e),
     };
@@ -90,6 +101,102 @@ where
             _ => fail(1, &format!("{e:#}")),
         },
     }
+}
+
+/// EX_TEMPFAIL: some saves are held only in the candidate's journal; running again sends them.
+const EXIT_ONLY_IN_JOURNAL: u8 = 75;
+
+fn candidate(args: &CandidateArgs) -> ExitCode {
+    use hallrelay::candidate::{self, CandidateError};
+    let plan = match candidate::Plan::from_args(args) {
+        Ok(plan) => plan,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
+    let journal = args.journal.display().to_string();
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let shutdown = serve::shutdown_on_signals()?;
+            Ok(candidate::run(plan, shutdown, |line| println!("{line}")).await)
+        })
+    });
+    match result {
+        Err(e) => fail(1, &e),
+        Ok(Err(e @ CandidateError::Start(_))) => fail(EXIT_USAGE, &e),
+        Ok(Err(e)) => fail(1, &e),
+        Ok(Ok(summary)) if summary.only_here == 0 => {
+            println!(
+                "every save is acknowledged ({} held by a box, waiting for its replay)",
+                summary.on_box
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(summary)) => {
+            println!(
+                "{} saves are only in the journal at {journal}: run again to send them",
+                summary.only_here
+            );
+            ExitCode::from(EXIT_ONLY_IN_JOURNAL)
+        }
+    }
+}
+
+fn discover(args: &DiscoverArgs) -> ExitCode {
+    let found = runtime().and_then(|rt| {
+        rt.block_on(hallrelay::mdns::discover(
+            &args.mdns_interfaces,
+            args.timeout,
+        ))
+        .map_err(std::io::Error::other)
+    });
+    match found {
+        Err(e) => fail(1, &e),
+        Ok(found) if found.is_empty() => fail(
+            1,
+            &format!(
+                "no box answered within {}",
+                humantime::format_duration(args.timeout)
+            ),
+        ),
+        Ok(found) => {
+            for b in found {
+                let url = b.urls().into_iter().next().unwrap_or_default();
+                let pin = b.pin_hint.as_deref().unwrap_or("-");
+                println!("{}\t{url}\t{pin}", b.name);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn demo(args: &DemoArgs) -> ExitCode {
+    let plan = hallrelay::demo::DemoPlan {
+        candidates: args.candidates,
+        outage: args.outage,
+        dir: std::env::temp_dir().join(format!("hallrelay-demo-{}", std::process::id())),
+        keep: args.keep,
+    };
+    let report = runtime().and_then(|rt| {
+        rt.block_on(hallrelay::demo::run(plan, |line| println!("{line}")))
+            .map_err(std::io::Error::other)
+    });
+    match report {
+        Err(e) => fail(1, &e),
+        Ok(report) => {
+            print!("{}", hallrelay::demo::summary_table(&report));
+            if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                for problem in &report.problems {
+                    eprintln!("hallrelay demo: {problem}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new()
 }
 
 fn mint(args: &TokenArgs) -> anyhow::Result<String> {

@@ -37,6 +37,8 @@ pub enum ServeError {
     Identity(#[from] IdentityError),
     #[error("TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Mdns(#[from] crate::mdns::MdnsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -68,9 +70,25 @@ pub async fn run(
     )?;
     let tls = Arc::new(crate::tls::server_config(&parts.identity)?);
     let (listener, ready) = parts.bind(config.listen).await?;
-    if config.mdns {
-        tracing::warn!("mDNS advertisement is not built yet: give clients the box's URL and pin");
-    }
+    let advertiser = if config.mdns {
+        let advert = crate::mdns::Advert {
+            name: ready.name.clone(),
+            appliance: ready.appliance.clone(),
+            pin: ready.pin.clone(),
+            listen: ready.addr,
+        };
+        let advertiser = crate::mdns::Advertiser::start(&advert, &config.mdns_interfaces)?;
+        // Goodbye as soon as shutdown starts, so that clients stop choosing this box while
+        // it drains.
+        let stopping = shutdown.clone();
+        Some(tokio::spawn(async move {
+            stopping.cancelled().await;
+            advertiser.stop().await;
+        }))
+    } else {
+        tracing::info!("mDNS is off: give clients the box's URL and pin");
+        None
+    };
     on_ready(&ready);
 
     let uplink = Arc::new(Uplink::new(config.replay.as_ref().map(|r| r.cloud.clone())));
@@ -105,6 +123,9 @@ pub async fn run(
         shutdown,
     )
     .await;
+    if let Some(advertiser) = advertiser {
+        let _ = advertiser.await;
+    }
     if let Some(replay) = replay {
         let _ = replay.await;
     }

@@ -20,7 +20,7 @@ pub enum ClientError {
     Url(String),
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
-    #[error("request failed: {0}")]
+    #[error("request failed: {}", with_causes(.0))]
     Request(#[from] hyper_util::client::legacy::Error),
     #[error("reading the answer failed: {0}")]
     Body(#[from] hyper::Error),
@@ -28,6 +28,19 @@ pub enum ClientError {
     Timeout(Duration),
     #[error("building the request: {0}")]
     Http(#[from] http::Error),
+}
+
+/// An error and its causes, `outer: inner: innermost`: hyper's errors say little alone
+/// ("client error (Connect)") and the cause is what an operator needs.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// An answer, read whole.

@@ -1,9 +1,75 @@
-//! Talking to a box (or the cloud) over HTTPS, trusting it by its pin.
+//! Clients of the autosave API: the reference client library for platform vendors, and the
+//! HTTPS connection every tool in this crate uses.
 //!
-//! [`Connection`] is the one HTTP client the CLI tools, the tests and the benchmarks use: it
-//! speaks HTTP/1.1 or HTTP/2 (by ALPN) with keep-alive, and refuses any server whose key is
-//! not pinned.
+//! [`Autosaver`] is what a candidate's exam client embeds: cloud first, a local fsynced
+//! [`Journal`], failover to a box found over mDNS and trusted only by its pin, and a return
+//! to the cloud when it answers again, re-sending what it lacks. [`Connection`] is the one
+//! HTTP client underneath (and the one the CLI tools, tests and benchmarks use): HTTP/1.1 or
+//! HTTP/2 by ALPN, keep-alive, and a server trusted by pin or by CA roots.
+//!
+//! # Example
+//!
+//! A candidate saving to the reference cloud (here started in the same process, on
+//! loopback), with a box pin configured for the day the cloud is gone:
+//!
+//! ```
+//! use hallrelay::client::{Autosaver, CloudTrust, Discovery, Landed, Options};
+//! use hallrelay::keyfile::{Secret, VenueKey};
+//! use hallrelay::token::{self, Claims};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let config = hallrelay::cloud::CloudConfig {
+//! #     data_dir: dir.path().join("cloud"),
+//! #     listen: "127.0.0.1:0".parse()?,
+//! #     venue_key_file: dir.path().join("venue.key"),
+//! #     appliance_token_file: None,
+//! #     tls: false,
+//! #     fault_rate: 0.0,
+//! #     reset_rate: 0.0,
+//! #     limits: Default::default(),
+//! # };
+//! # let stop = tokio_util::sync::CancellationToken::new();
+//! # let (ready_tx, ready) = tokio::sync::oneshot::channel();
+//! # let cloud = tokio::spawn(hallrelay::cloud::run(config, stop.clone(), move |r| {
+//! #     let _ = ready_tx.send(r.addr);
+//! # }));
+//! # let cloud_url = format!("http://{}", ready.await?);
+//! // The platform mints the candidate's token with the venue key (or hands one out).
+//! let venue_key = VenueKey::load_or_create(&dir.path().join("venue.key"))?;
+//! let claims = Claims::Candidate {
+//!     exam: "math-101".into(),
+//!     candidate: "c-0042".into(),
+//!     expires: hallrelay::timefmt::unix_secs(std::time::SystemTime::now()) + 3600,
+//! };
+//! let token = Secret::new(token::mint(&venue_key, &claims));
+//!
+//! let mut options = Options::new(&cloud_url, "math-101", "c-0042", token,
+//!                                dir.path().join("journal"));
+//! // From the exam configuration: the only boxes this client will ever save to.
+//! options.box_pins = vec!["sha256//4lpQqYX5rH0cNqwHgCvKY0ZpSqjEezpbNl+eEB3ZX0Y=".into()];
+//! // Find boxes over mDNS on the hall network's interface only.
+//! options.discovery = Discovery::mdns(vec!["lo".into()]);
+//! options.cloud_trust = CloudTrust::Roots { ca_file: None };
+//!
+//! let mut autosaver = Autosaver::open(options)?
+//!     .on_event(|event| println!("{event}")); // "save 1 saved to the cloud at 10:32:15 UTC"
+//! let saved = autosaver.save(b"<essay>first draft</essay>", false).await?;
+//! assert_eq!(saved.landed, Landed::Cloud);
+//! assert_eq!(autosaver.summary().only_here, 0);
+//! # stop.cancel();
+//! # cloud.await??;
+//! # Ok(())
+//! # }
+//! ```
 
+mod autosaver;
 mod connection;
+mod journal;
 
+pub use autosaver::{
+    Autosaver, AutosaverError, CloudTrust, Discovery, Event, Landed, Options, Saved, Summary,
+};
 pub use connection::{ClientError, Connection, Reply};
+pub use journal::{Entry, Held, Journal, JournalError};

@@ -63,11 +63,12 @@ pub struct ReplayConfig {
     pub request_timeout: Duration,
     /// Timeout of one health probe.
     pub probe_timeout: Duration,
+    /// The longest wait between probes of a down uplink (30 s; the demo uses less).
+    pub backoff_max: Duration,
 }
 
-/// Backoff bounds while the uplink is down or failing.
+/// The shortest backoff while the uplink is down or failing; the longest is configured.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long replay stays paused after the cloud refused the credential.
 const REFUSED_PAUSE: Duration = Duration::from_secs(60);
 /// While idle, how often the uplink is re-probed.
@@ -89,20 +90,22 @@ enum Outcome {
 /// Exponential backoff with jitter, and the run of failures that decides when to use it.
 struct Backoff {
     next: Duration,
+    max: Duration,
     /// Failed PUTs since the last success.
     failures: usize,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    fn new(max: Duration) -> Self {
         Self {
-            next: BACKOFF_MIN,
+            next: BACKOFF_MIN.min(max),
+            max,
             failures: 0,
         }
     }
 
     fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
+        self.next = BACKOFF_MIN.min(self.max);
         self.failures = 0;
     }
 
@@ -116,7 +119,7 @@ impl Backoff {
 
     fn step(&mut self) -> Duration {
         let ceiling = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+        self.next = (self.next * 2).min(self.max);
         // Between half and all of the ceiling: spread, but never a hot loop.
         ceiling.mul_f64(0.5 + rand::random::<f64>() * 0.5)
     }
@@ -149,6 +152,7 @@ pub async fn run(
         bucket: config.rate_limit.map(|r| Arc::new(TokenBucket::new(r))),
         concurrency: config.concurrency.max(1),
         probe_timeout: config.probe_timeout,
+        backoff_max: config.backoff_max,
         uplink,
     }
     .run(shutdown)
@@ -162,16 +166,20 @@ struct Replayer {
     bucket: Option<Arc<TokenBucket>>,
     concurrency: usize,
     probe_timeout: Duration,
+    backoff_max: Duration,
     uplink: Arc<Uplink>,
 }
 
 impl Replayer {
     async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new();
-        let mut in_flight: JoinSet<(u64, AutosaveName, Outcome)> = JoinSet::new();
+        let mut backoff = Backoff::new(self.backoff_max);
+        let mut in_flight: JoinSet<(u64, u64, AutosaveName, Outcome)> = JoinSet::new();
         let mut flying: HashSet<u64> = HashSet::new();
         let mut queue: VecDeque<Pending> = VecDeque::new();
         let mut last_probe = tokio::time::Instant::now();
+        // Counts the uplink's returns: a PUT sent before the latest return that failed to
+        // connect says nothing about the uplink now.
+        let mut epoch = 0u64;
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -191,6 +199,7 @@ impl Replayer {
                 _ => {
                     if self.probe().await {
                         backoff.reset();
+                        epoch += 1;
                         last_probe = tokio::time::Instant::now();
                     } else if sleep_or_stop(backoff.step(), &shutdown).await {
                         break;
@@ -218,7 +227,7 @@ impl Replayer {
                 let bucket = self.bucket.clone();
                 in_flight.spawn(async move {
                     let outcome = forward(&client, bucket.as_deref(), &item).await;
-                    (item.record.arrival, item.name, outcome)
+                    (epoch, item.record.arrival, item.name, outcome)
                 });
             }
 
@@ -240,10 +249,17 @@ impl Replayer {
                 () = shutdown.cancelled() => break,
                 joined = in_flight.join_next() => joined,
             };
-            let Some(Ok((arrival, name, outcome))) = joined else {
+            let Some(Ok((sent_in, arrival, name, outcome))) = joined else {
                 continue;
             };
             flying.remove(&arrival);
+            let outcome = match outcome {
+                Outcome::Unreachable(why) if sent_in != epoch => {
+                    tracing::debug!(%why, "a PUT sent before the uplink returned failed; retrying");
+                    Outcome::Transient(why)
+                }
+                outcome => outcome,
+            };
             self.settle(name, outcome, &mut backoff, &mut queue, &shutdown)
                 .await;
         }
@@ -460,7 +476,7 @@ mod tests {
 
     #[test]
     fn lone_failures_retry_at_once_and_runs_back_off() {
-        let mut b = Backoff::new();
+        let mut b = Backoff::new(Duration::from_secs(30));
         assert_eq!(b.failed(4), None);
         assert_eq!(b.failed(4), None);
         assert_eq!(b.failed(4), None);

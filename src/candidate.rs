@@ -1,0 +1,158 @@
+//! `hallrelay candidate`: a simulated candidate, built on the client library exactly as a
+//! vendor's exam client would be, printing where each save landed.
+//!
+//! It first sends whatever a previous run left unacknowledged in its journal, then saves every
+//! `interval` (`count` times, or until stopped), then flushes once more. Its result says how
+//! many saves are held only in the journal: the exit code of the command is 0 only if none is.
+
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::CandidateArgs;
+use crate::client::{
+    Autosaver, AutosaverError, CloudTrust, Discovery, JournalError, Options, Summary,
+};
+use crate::keyfile::{KeyFileError, Secret};
+
+/// What a simulated candidate does.
+pub struct Plan {
+    pub options: Options,
+    pub interval: Duration,
+    /// How many saves; `None`: until `shutdown`.
+    pub count: Option<u64>,
+    /// Payload size of each save, bytes.
+    pub size: usize,
+    /// Whether the last save is the final submission.
+    pub submit: bool,
+}
+
+impl Plan {
+    /// The plan `hallrelay candidate` runs: the flags, with the token read from its file.
+    pub fn from_args(args: &CandidateArgs) -> Result<Self, CandidateError> {
+        let token = Secret::from_file(&args.token_file)?;
+        let mut options = Options::new(
+            &args.cloud,
+            &args.exam,
+            &args.candidate,
+            token,
+            args.journal.clone(),
+        );
+        options.box_pins = args.pins.clone();
+        options.failover_after = args.failover_after;
+        options.probe_every = args.probe_every;
+        options.cloud_trust = if args.cloud_pins.is_empty() {
+            CloudTrust::Roots {
+                ca_file: args.cloud_ca_file.clone(),
+            }
+        } else {
+            CloudTrust::Pins(args.cloud_pins.clone())
+        };
+        let discovery = if args.no_mdns {
+            Discovery::none()
+        } else {
+            Discovery::mdns(args.mdns_interfaces.clone())
+        };
+        options.discovery = discovery.with_urls(args.boxes.clone());
+        Ok(Self {
+            options,
+            interval: args.interval,
+            count: args.count,
+            size: args.size,
+            submit: args.submit,
+        })
+    }
+}
+
+/// Why the candidate stopped before the end.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CandidateError {
+    #[error(transparent)]
+    Token(#[from] KeyFileError),
+    #[error(transparent)]
+    Start(#[from] AutosaverError),
+    #[error("cannot write the journal, so the save was not taken: {0}")]
+    Journal(#[from] JournalError),
+}
+
+/// Runs the plan, printing each event with `print`, and returns where the journal stands.
+pub async fn run(
+    plan: Plan,
+    shutdown: CancellationToken,
+    print: impl Fn(String) + Send + Sync + 'static,
+) -> Result<Summary, CandidateError> {
+    let candidate = plan.options.candidate.clone();
+    let print = std::sync::Arc::new(print);
+    let events = print.clone();
+    let mut autosaver = Autosaver::open(plan.options)?.on_event(move |e| events(e.to_string()));
+    let owed = autosaver.journal().not_in_cloud().len();
+    if owed > 0 {
+        print(format!(
+            "the journal holds {owed} saves the cloud has not acknowledged: sending them"
+        ));
+        autosaver.flush().await?;
+    }
+    let mut ticker = tokio::time::interval(plan.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut done = 0u64;
+    while plan.count.is_none_or(|count| done < count) {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        done += 1;
+        let is_final = plan.submit && plan.count == Some(done);
+        let seq = autosaver.journal().last_seq() + 1;
+        let payload = simulated_answer(&candidate, seq, plan.size);
+        autosaver.save(&payload, is_final).await?;
+    }
+    let summary = autosaver.flush().await?;
+    Ok(summary)
+}
+
+/// Text that looks like an essay being written: a header naming the candidate, save and time,
+/// then filler to `size` bytes that differs from save to save.
+pub fn simulated_answer(candidate: &str, seq: u64, size: usize) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "the",
+        "answer",
+        "depends",
+        "on",
+        "whether",
+        "energy",
+        "is",
+        "conserved",
+        "so",
+        "we",
+        "consider",
+        "each",
+        "case",
+        "in",
+        "turn",
+        "and",
+        "note",
+        "that",
+        "a",
+        "proof",
+    ];
+    let mut text = format!(
+        "candidate {candidate}, save {seq}, written {}\n",
+        crate::timefmt::rfc3339(SystemTime::now())
+    );
+    let mut x = blake3::hash(format!("{candidate}/{seq}").as_bytes())
+        .as_bytes()
+        .iter()
+        .fold(0u64, |acc, b| acc.rotate_left(8) ^ u64::from(*b))
+        | 1;
+    while text.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        text.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
+        text.push(if x % 11 == 0 { '\n' } else { ' ' });
+    }
+    let mut bytes = text.into_bytes();
+    bytes.truncate(size.max(1));
+    bytes
+}

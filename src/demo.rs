@@ -1,0 +1,577 @@
+//! `hallrelay demo`: the story the product exists for, on loopback, in under a minute.
+//!
+//! It starts the reference cloud, a box (advertised over mDNS on `lo` only) and simulated
+//! candidates built on the client library, saving every second. It then cuts the uplink by
+//! stopping the cloud's listener; the candidates fail over to the box, which they find over
+//! mDNS and check by its pin. When the cloud listens again, the candidates return to it and
+//! the box replays what it holds. Finally every save each candidate made is fetched back from
+//! the cloud and compared byte for byte. Everything runs in this one process, on real
+//! sockets, real TLS and real redb files in a temporary folder.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Limits;
+use crate::cli::ServeArgs;
+use crate::client::{Autosaver, CloudTrust, Connection, Discovery, Event, Landed, Options};
+use crate::cloud::CloudConfig;
+use crate::config::ServeConfig;
+use crate::keyfile::{Secret, VenueKey};
+use crate::serve::ServeError;
+use crate::token::{self, Claims};
+
+const EXAM: &str = "demo-exam";
+const BOX_NAME: &str = "hallrelay-demo";
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+const BEFORE_CUT: Duration = Duration::from_secs(6);
+const AFTER_RESTORE: Duration = Duration::from_secs(6);
+const FAILOVER_AFTER: Duration = Duration::from_secs(3);
+const SAVE_SIZE: usize = 2048;
+
+/// How the demo runs.
+#[derive(Clone, Debug)]
+pub struct DemoPlan {
+    pub candidates: usize,
+    pub outage: Duration,
+    /// The folder for the cloud's and the box's data; deleted at the end unless `keep`.
+    pub dir: PathBuf,
+    pub keep: bool,
+}
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DemoError {
+    #[error("setting up {path}: {source}")]
+    Setup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] crate::keyfile::KeyFileError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("a server failed: {0}")]
+    Server(#[from] ServeError),
+    #[error("a server stopped before it was ready")]
+    NotReady,
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    #[error(transparent)]
+    Candidate(#[from] crate::candidate::CandidateError),
+}
+
+/// What the demo found.
+#[derive(Debug, Default)]
+pub struct DemoReport {
+    pub saves: usize,
+    pub to_cloud: usize,
+    pub to_box: usize,
+    pub to_journal: usize,
+    pub failed_over: usize,
+    pub returned: usize,
+    pub resent_by_candidates: usize,
+    pub box_delivered: u64,
+    pub verified: usize,
+    pub problems: Vec<String>,
+}
+
+impl DemoReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty() && self.verified == self.saves && self.saves > 0
+    }
+}
+
+/// A server running as a task, with the token that stops it.
+struct Running {
+    addr: SocketAddr,
+    pin: String,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    async fn stop(self) -> Result<(), DemoError> {
+        self.stop.cancel();
+        match self.task.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(DemoError::NotReady),
+        }
+    }
+}
+
+/// Runs the demo, printing the timeline with `say`.
+pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoError> {
+    let start = Instant::now();
+    let line = |who: &str, what: &str| {
+        say(&format!(
+            "[{:>5.1}s] {who:<10} {what}",
+            start.elapsed().as_secs_f64()
+        ))
+    };
+    let setup = |path: &Path| {
+        let path = path.to_owned();
+        move |source| DemoError::Setup { path, source }
+    };
+    std::fs::create_dir_all(&plan.dir).map_err(setup(&plan.dir))?;
+    let venue_key_file = plan.dir.join("venue.key");
+    let venue_key = VenueKey::load_or_create(&venue_key_file)?;
+    let credential_file = plan.dir.join("appliance.token");
+    let credential = Secret::new(crate::keyfile::hex(&rand::random::<[u8; 32]>()));
+    crate::keyfile::write_secret_file(&credential_file, credential.expose().as_bytes())?;
+
+    let cloud_config = CloudConfig {
+        data_dir: plan.dir.join("cloud"),
+        listen: "127.0.0.1:0".parse().map_err(|_| DemoError::NotReady)?,
+        venue_key_file: venue_key_file.clone(),
+        appliance_token_file: Some(credential_file.clone()),
+        tls: false,
+        fault_rate: 0.0,
+        reset_rate: 0.0,
+        limits: Limits::default(),
+    };
+    let cloud = start_cloud(cloud_config.clone()).await?;
+    let cloud_url = format!("http://{}", cloud.addr);
+    line("cloud", &format!("listening on {cloud_url}"));
+
+    let args = ServeArgs {
+        config: None,
+        data_dir: Some(plan.dir.join("box")),
+        listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        name: Some(BOX_NAME.into()),
+        venue_key_file: Some(venue_key_file),
+        cloud: Some(cloud_url.clone()),
+        cloud_token_file: Some(credential_file),
+        no_mdns: false,
+        mdns_interfaces: vec!["lo".into()],
+    };
+    let mut box_config = ServeConfig::from_args(&args)?;
+    if let Some(replay) = &mut box_config.replay {
+        // Probe the returning uplink every 2 s at most, so the demo need not wait 30 s.
+        replay.backoff_max = Duration::from_secs(2);
+    }
+    let hall_box = start_box(box_config).await?;
+    line(
+        "box",
+        &format!(
+            "{BOX_NAME} on https://{}, pin {}; advertised over mDNS on lo",
+            hall_box.addr, hall_box.pin
+        ),
+    );
+
+    // The box, as an invigilator sees it.
+    let admin = Secret::new(token::mint(
+        &venue_key,
+        &Claims::Admin {
+            subject: "demo".into(),
+            expires: crate::timefmt::unix_secs(SystemTime::now()) + 3600,
+        },
+    ));
+    let box_client = Connection::pinned(
+        &format!("https://{}", hall_box.addr),
+        vec![hall_box.pin.clone()],
+        Some(admin),
+    )?;
+    // The candidates.
+    let discovery = Discovery::mdns(vec!["lo".into()]);
+    let stop_saving = CancellationToken::new();
+    let (events_tx, events_rx) = mpsc::unbounded_channel::<(usize, Event)>();
+    let mut candidates = Vec::new();
+    for i in 0..plan.candidates {
+        let id = format!("c{i:03}");
+        let claims = Claims::Candidate {
+            exam: EXAM.into(),
+            candidate: id.clone(),
+            expires: crate::timefmt::unix_secs(SystemTime::now()) + 3600,
+        };
+        let token = Secret::new(token::mint(&venue_key, &claims));
+        let mut options = Options::new(
+            &cloud_url,
+            EXAM,
+            &id,
+            token.clone(),
+            plan.dir.join("journals"),
+        );
+        options.cloud_trust = CloudTrust::Roots { ca_file: None };
+        options.box_pins = vec![hall_box.pin.clone()];
+        options.failover_after = FAILOVER_AFTER;
+        options.probe_every = SAVE_EVERY;
+        options.discovery = discovery.clone();
+        let events = events_tx.clone();
+        let autosaver = Autosaver::open(options)
+            .map_err(crate::candidate::CandidateError::from)?
+            .on_event(move |e| {
+                let _ = events.send((i, e.clone()));
+            });
+        candidates.push((
+            id.clone(),
+            token,
+            tokio::spawn(keep_saving(autosaver, id, stop_saving.clone())),
+        ));
+    }
+    drop(events_tx);
+    line(
+        "candidates",
+        &format!(
+            "{} start saving every {}s; after {}s without the cloud they look for a box",
+            plan.candidates,
+            SAVE_EVERY.as_secs(),
+            FAILOVER_AFTER.as_secs()
+        ),
+    );
+
+    // The narrator: turns the candidates' events into timeline lines and tallies.
+    let report = Arc::new(Mutex::new(DemoReport::default()));
+    let (lines_tx, mut lines) = mpsc::unbounded_channel::<(&'static str, String)>();
+    let tally = tokio::spawn(tally(
+        events_rx,
+        lines_tx.clone(),
+        report.clone(),
+        plan.candidates,
+    ));
+    let stop_watching = CancellationToken::new();
+    let watcher = tokio::spawn(watch_box(
+        box_client.clone(),
+        lines_tx,
+        stop_watching.clone(),
+    ));
+    let narrate = |(who, text): (&str, String)| line(who, &text);
+
+    sleep_narrating(BEFORE_CUT, &mut lines, &narrate).await;
+    let cloud_addr = cloud.addr;
+    cloud.stop().await?;
+    line("uplink", "CUT: the cloud's listener is stopped");
+
+    sleep_narrating(plan.outage, &mut lines, &narrate).await;
+    let cloud = start_cloud(CloudConfig {
+        listen: cloud_addr,
+        ..cloud_config
+    })
+    .await?;
+    line("uplink", "RESTORED: the cloud listens again");
+
+    sleep_narrating(AFTER_RESTORE, &mut lines, &narrate).await;
+    stop_saving.cancel();
+    let mut saved_by = BTreeMap::new();
+    for (id, token, task) in candidates {
+        let saves = task
+            .await
+            .map_err(|_| DemoError::NotReady)?
+            .map_err(crate::candidate::CandidateError::from)?;
+        saved_by.insert(id, (token, saves));
+    }
+    let _ = tally.await;
+    stop_watching.cancel();
+    let _ = watcher.await;
+    while let Ok(text) = lines.try_recv() {
+        narrate(text);
+    }
+    let saves: usize = saved_by.values().map(|(_, s)| s.len()).sum();
+    line(
+        "candidates",
+        &format!("stopped after {saves} saves; every journal flushed"),
+    );
+
+    // Wait for the box to hand everything over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut delivered = 0;
+    loop {
+        let status = box_client.get("/v1/status").await?;
+        let status: serde_json::Value = status.json().unwrap_or_default();
+        let pending = status["pending"]["count"].as_u64().unwrap_or(u64::MAX);
+        delivered = status["delivered"].as_u64().unwrap_or(delivered);
+        if pending == 0 {
+            line(
+                "box",
+                &format!("replayed everything it held: {delivered} autosaves delivered, 0 pending"),
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            report
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .problems
+                .push(format!(
+                    "the box still had {pending} autosaves pending after 30 s"
+                ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    hall_box.stop().await?;
+
+    // The proof: every save, fetched back from the cloud.
+    let mut problems = Vec::new();
+    let mut verified = 0;
+    let cloud_url = format!("http://{}", cloud.addr);
+    for (id, (token, saves)) in &saved_by {
+        let client = Connection::with_roots(&cloud_url, None, Some(token.clone()))?;
+        let base = format!("/v1/exams/{EXAM}/candidates/{id}/autosaves");
+        let listed = client.get(&base).await?;
+        let listed: Vec<serde_json::Value> = listed.json().unwrap_or_default();
+        if listed.len() != saves.len() {
+            problems.push(format!(
+                "{id}: the cloud lists {} autosaves, the candidate made {}",
+                listed.len(),
+                saves.len()
+            ));
+        }
+        for (seq, bytes) in saves {
+            let reply = client.get(&format!("{base}/{seq}")).await?;
+            if reply.status.is_success() && reply.body.as_ref() == bytes.as_slice() {
+                verified += 1;
+            } else {
+                problems.push(format!(
+                    "{id} save {seq}: the cloud answered {}",
+                    reply.status
+                ));
+            }
+        }
+    }
+    cloud.stop().await?;
+    let mut report = std::mem::take(&mut *report.lock().unwrap_or_else(|p| p.into_inner()));
+    report.box_delivered = delivered;
+    report.verified = verified;
+    report.problems.extend(problems);
+    if report.saves != saves {
+        report
+            .problems
+            .push(format!("{} save events for {saves} saves", report.saves));
+    }
+    line(
+        "verify",
+        &if report.ok() {
+            format!("{verified}/{saves} saves are in the cloud, byte for byte, none extra")
+        } else {
+            format!("FAILED: {verified}/{saves} verified")
+        },
+    );
+    if !plan.keep {
+        let _ = std::fs::remove_dir_all(&plan.dir);
+    }
+    Ok(report)
+}
+
+/// Sleeps for `how_long`, printing narrator lines as they come.
+async fn sleep_narrating(
+    how_long: Duration,
+    lines: &mut mpsc::UnboundedReceiver<(&'static str, String)>,
+    narrate: &impl Fn((&'static str, String)),
+) {
+    let until = tokio::time::sleep(how_long);
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            _ = &mut until => return,
+            Some(text) = lines.recv() => narrate(text),
+        }
+    }
+}
+
+/// Polls the box's status and tells when its view of the uplink changes.
+async fn watch_box(
+    box_client: Connection,
+    lines: mpsc::UnboundedSender<(&'static str, String)>,
+    stop: CancellationToken,
+) {
+    let mut last_state = String::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let Ok(reply) = box_client.get("/v1/status").await else {
+            continue;
+        };
+        let status: serde_json::Value = reply.json().unwrap_or_default();
+        let state = status["uplink"]["state"].as_str().unwrap_or("").to_owned();
+        let pending = status["pending"]["count"].as_u64().unwrap_or(0);
+        if state != last_state && !last_state.is_empty() {
+            let text = match state.as_str() {
+                "up" => format!("sees the uplink up again: replaying {pending} queued autosaves"),
+                "down" => format!("sees the uplink down: {pending} autosaves queued, kept durably"),
+                other => format!("uplink {other}"),
+            };
+            let _ = lines.send(("box", text));
+        }
+        last_state = state;
+    }
+}
+
+/// Tallies the candidates' events into `report`, and sends a timeline line for each moment
+/// worth telling: when the first and the last candidate fail over or return.
+async fn tally(
+    mut events: mpsc::UnboundedReceiver<(usize, Event)>,
+    lines: mpsc::UnboundedSender<(&'static str, String)>,
+    report: Arc<Mutex<DemoReport>>,
+    total: usize,
+) {
+    let mut unreachable = 0;
+    let mut on_box = 0;
+    let mut back = 0;
+    while let Some((_, event)) = events.recv().await {
+        let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+        let text = match event {
+            Event::Saved(saved) => {
+                r.saves += 1;
+                match saved.landed {
+                    Landed::Cloud => r.to_cloud += 1,
+                    Landed::Box { .. } => r.to_box += 1,
+                    Landed::Journal => r.to_journal += 1,
+                }
+                None
+            }
+            Event::CloudUnreachable { .. } => {
+                unreachable += 1;
+                (unreachable == total).then(|| {
+                    format!(
+                        "all {total} cannot reach the cloud; their saves wait in their journals"
+                    )
+                })
+            }
+            Event::FailedOver { name, url } => {
+                r.failed_over += 1;
+                on_box += 1;
+                (on_box == 1 || on_box == total).then(|| {
+                    format!("{on_box}/{total} failed over to {name} at {url}: found over mDNS, key matches the pin")
+                })
+            }
+            Event::BackToCloud { resent } => {
+                r.returned += 1;
+                r.resent_by_candidates += resent;
+                back += 1;
+                (back == 1 || back == total)
+                    .then(|| format!("{back}/{total} back on the cloud, re-sending what it lacks"))
+            }
+            Event::BoxRefused { url, reason } => Some(format!("refused {url}: {reason}")),
+            Event::Rejected {
+                seq,
+                by,
+                status,
+                reason,
+            } => {
+                r.problems
+                    .push(format!("save {seq} refused by {by}: {status} {reason}"));
+                None
+            }
+            _ => None,
+        };
+        drop(r);
+        if let Some(text) = text {
+            let _ = lines.send(("candidates", text));
+        }
+    }
+}
+
+/// One candidate saving every second until `stop`, then flushing; returns every save made.
+async fn keep_saving(
+    mut autosaver: Autosaver,
+    id: String,
+    stop: CancellationToken,
+) -> Result<Vec<(u64, Vec<u8>)>, crate::client::JournalError> {
+    let mut saves = Vec::new();
+    let mut ticker = tokio::time::interval(SAVE_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let seq = autosaver.journal().last_seq() + 1;
+        let payload = crate::candidate::simulated_answer(&id, seq, SAVE_SIZE);
+        let saved = autosaver.save(&payload, false).await?;
+        saves.push((saved.seq, payload));
+    }
+    autosaver.flush().await?;
+    Ok(saves)
+}
+
+async fn start_cloud(config: CloudConfig) -> Result<Running, DemoError> {
+    let stop = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(crate::cloud::run(config, stop.clone(), move |ready| {
+        let _ = tx.send((ready.addr, ready.pin.clone()));
+    }));
+    ready(task, stop, rx).await
+}
+
+async fn start_box(config: ServeConfig) -> Result<Running, DemoError> {
+    let stop = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(crate::serve::run(config, stop.clone(), move |ready| {
+        let _ = tx.send((ready.addr, ready.pin.clone()));
+    }));
+    ready(task, stop, rx).await
+}
+
+async fn ready(
+    task: JoinHandle<Result<(), ServeError>>,
+    stop: CancellationToken,
+    rx: tokio::sync::oneshot::Receiver<(SocketAddr, String)>,
+) -> Result<Running, DemoError> {
+    match rx.await {
+        Ok((addr, pin)) => Ok(Running {
+            addr,
+            pin,
+            stop,
+            task,
+        }),
+        Err(_) => match task.await {
+            Ok(Err(e)) => Err(e.into()),
+            _ => Err(DemoError::NotReady),
+        },
+    }
+}
+
+/// The summary table printed at the end of the demo.
+pub fn summary_table(r: &DemoReport) -> String {
+    let rows = [
+        ("saves made by the candidates", r.saves.to_string()),
+        (
+            "  acknowledged by the cloud directly",
+            r.to_cloud.to_string(),
+        ),
+        (
+            "  acknowledged by the box (uplink down)",
+            r.to_box.to_string(),
+        ),
+        (
+            "  held only in a journal at first",
+            r.to_journal.to_string(),
+        ),
+        (
+            "candidates that failed over to the box",
+            r.failed_over.to_string(),
+        ),
+        (
+            "candidates that returned to the cloud",
+            r.returned.to_string(),
+        ),
+        (
+            "re-sent to the cloud by candidates",
+            r.resent_by_candidates.to_string(),
+        ),
+        (
+            "delivered to the cloud by the box",
+            r.box_delivered.to_string(),
+        ),
+        (
+            "in the cloud, byte for byte",
+            format!("{}/{}", r.verified, r.saves),
+        ),
+        ("result", if r.ok() { "PASS" } else { "FAIL" }.to_owned()),
+    ];
+    let mut out = String::from("\n");
+    for (what, value) in rows {
+        out.push_str(&format!("  {what:<42} {value:>8}\n"));
+    }
+    out
+}
