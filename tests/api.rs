@@ -442,3 +442,70 @@ async fn receipts_verify_against_the_certificate_and_chain_per_candidate() {
         "reordering breaks the chain"
     );
 }
+
+/// CORS: nothing is allowed by default; a configured origin gets its preflight answered and
+/// the headers a browser needs on the real answer; any other origin gets none.
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_allows_only_configured_origins() {
+    let allowed = "https://exam.example.org";
+    let preflight = |client: hallrelay::client::Connection, origin: &'static str| async move {
+        let mut headers = HeaderMap::new();
+        headers.insert("origin", HeaderValue::from_static(origin));
+        headers.insert(
+            "access-control-request-method",
+            HeaderValue::from_static("PUT"),
+        );
+        headers.insert(
+            "access-control-request-headers",
+            HeaderValue::from_static("authorization, content-digest"),
+        );
+        client
+            .send(
+                Method::OPTIONS,
+                &autosave_path("math", "c1", 1),
+                headers,
+                Bytes::new(),
+            )
+            .await
+            .unwrap()
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let closed = BoxProcess::start(&dir.path().join("closed"), &[]);
+    let reply = preflight(closed.client(None), allowed).await;
+    assert!(reply.header("access-control-allow-origin").is_none());
+
+    let config = config_file(dir.path(), &format!("cors_origins = [\"{allowed}\"]\n"));
+    let open = BoxProcess::start(
+        &dir.path().join("open"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let reply = preflight(open.client(None), allowed).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(reply.header("access-control-allow-origin"), Some(allowed));
+    let methods = reply.header("access-control-allow-methods").unwrap();
+    assert!(methods.contains("PUT"), "{methods}");
+    let headers = reply.header("access-control-allow-headers").unwrap();
+    assert!(
+        headers.contains("authorization") && headers.contains("content-digest"),
+        "{headers}"
+    );
+    let other = preflight(open.client(None), "https://evil.example.net").await;
+    assert!(other.header("access-control-allow-origin").is_none());
+
+    let mut headers = HeaderMap::new();
+    headers.insert("origin", HeaderValue::from_static(allowed));
+    let c = open.client(Some(open.candidate_token("math", "c1")));
+    let reply = c
+        .put(
+            &autosave_path("math", "c1", 1),
+            headers,
+            Bytes::from_static(b"from a browser"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(reply.header("access-control-allow-origin"), Some(allowed));
+    let exposed = reply.header("access-control-expose-headers").unwrap();
+    assert!(exposed.contains("hallrelay-receipt"), "{exposed}");
+}

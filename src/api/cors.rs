@@ -10,7 +10,7 @@ use http_body_util::Full;
 
 const ALLOW_METHODS: &str = "GET, PUT, OPTIONS";
 const ALLOW_HEADERS: &str = "authorization, content-type, content-digest";
-const EXPOSE_HEADERS: &str = "content-digest, hallrelay-seq, hallrelay-blake3, hallrelay-final, hallrelay-received-at, retry-after";
+const EXPOSE_HEADERS: &str = "content-digest, hallrelay-receipt, hallrelay-seq, hallrelay-blake3, hallrelay-final, hallrelay-received-at, location, retry-after";
 
 /// The configured allowed origins.
 #[derive(Clone, Debug, Default)]

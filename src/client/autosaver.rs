@@ -11,6 +11,7 @@
 //! in the journal and the caller is told. Every change worth showing a candidate is an
 //! [`Event`].
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -96,7 +97,10 @@ impl Discovery {
                     }
                 }
             };
-            found = browser.wait_for(wait, |_| true).await;
+            let trusted_hint = |f: &Found| f.pin_hint.as_ref().is_none_or(|p| pins.contains(p));
+            browser.wait_for(wait, trusted_hint).await;
+            // Every box found, the untrusted ones too: the caller says why it skips them.
+            found = browser.found();
             // Prefer a box that announces a pin we hold; keep the others so that the caller
             // can say why they were skipped.
             found.sort_by_key(|f| !f.pin_hint.as_ref().is_some_and(|p| pins.contains(p)));
@@ -322,7 +326,10 @@ pub struct Autosaver {
     relay: Option<Relay>,
     cloud_down_since: Option<Instant>,
     last_probe: Instant,
-    told_no_box: bool,
+    /// When boxes were last looked for: at most once every `probe_every`.
+    last_search: Option<Instant>,
+    /// What has been said about boxes since the last change, so it is said once.
+    told: HashSet<String>,
     listener: Option<Listener>,
 }
 
@@ -355,7 +362,8 @@ impl Autosaver {
             relay: None,
             cloud_down_since: None,
             last_probe: Instant::now(),
-            told_no_box: false,
+            last_search: None,
+            told: HashSet::new(),
             listener: None,
         })
     }
@@ -482,6 +490,7 @@ impl Autosaver {
             Put::Failed(error) => {
                 let name = relay.name.clone();
                 self.relay = None;
+                self.last_search = None;
                 self.emit(Event::BoxLost { name, error });
                 Ok(Landed::Journal)
             }
@@ -513,7 +522,8 @@ impl Autosaver {
 
     fn cloud_is_back(&mut self, announce: bool) {
         self.cloud_down_since = None;
-        self.told_no_box = false;
+        self.told.clear();
+        self.last_search = None;
         if announce {
             self.emit(Event::BackToCloud {
                 resent: self.journal.not_in_cloud().len(),
@@ -556,11 +566,18 @@ impl Autosaver {
     /// Looks for a box this client trusts and, if one answers, makes it the relay and sends it
     /// what only the journal holds.
     async fn fail_over(&mut self) -> Result<(), JournalError> {
-        let pins = &self.options.box_pins;
+        if self
+            .last_search
+            .is_some_and(|at| at.elapsed() < self.options.probe_every)
+        {
+            return Ok(());
+        }
+        self.last_search = Some(Instant::now());
+        let pins = self.options.box_pins.clone();
         let found = if pins.is_empty() {
             Vec::new()
         } else {
-            match self.options.discovery.find(pins, DISCOVERY_WAIT).await {
+            match self.options.discovery.find(&pins, DISCOVERY_WAIT).await {
                 Ok(found) => found,
                 Err(error) => {
                     tracing::warn!(%error, "cannot look for boxes");
@@ -573,7 +590,7 @@ impl Autosaver {
                 && !pins.contains(hint)
             {
                 for url in found.urls() {
-                    self.emit(Event::BoxRefused {
+                    self.emit_once(Event::BoxRefused {
                         url,
                         reason: format!(
                             "{} announces a key that is not the exam's pin",
@@ -596,7 +613,7 @@ impl Autosaver {
                             url: url.clone(),
                             conn: conn.with_timeout(SAVE_TIMEOUT),
                         });
-                        self.told_no_box = false;
+                        self.told.clear();
                         self.last_probe = Instant::now();
                         self.emit(Event::FailedOver {
                             name: found.name.clone(),
@@ -604,14 +621,11 @@ impl Autosaver {
                         });
                         return self.send_held_here_to_relay().await;
                     }
-                    Err(reason) => self.emit(Event::BoxRefused { url, reason }),
+                    Err(reason) => self.emit_once(Event::BoxRefused { url, reason }),
                 }
             }
         }
-        if !self.told_no_box {
-            self.told_no_box = true;
-            self.emit(Event::NoTrustedBox);
-        }
+        self.emit_once(Event::NoTrustedBox);
         Ok(())
     }
 
@@ -649,6 +663,7 @@ impl Autosaver {
                 Put::Failed(error) => {
                     let name = relay.name.clone();
                     self.relay = None;
+                    self.last_search = None;
                     self.emit(Event::BoxLost { name, error });
                     return Ok(());
                 }
@@ -705,6 +720,13 @@ impl Autosaver {
         });
     }
 
+    /// Emits `event` unless the same was said since the last change of relay or cloud.
+    fn emit_once(&mut self, event: Event) {
+        if self.told.insert(event.to_string()) {
+            self.emit(event);
+        }
+    }
+
     fn emit(&self, event: Event) {
         tracing::debug!(candidate = %self.options.candidate, %event, "autosave event");
         if let Some(listener) = &self.listener {
@@ -713,21 +735,21 @@ impl Autosaver {
     }
 }
 
-/// Whether a request failed because the server's certificate was refused.
+/// Whether a request failed because the server's certificate was refused. The cause sits
+/// under layers of `io::Error`, whose `source()` skips the error it wraps, so those are
+/// unwrapped with `get_ref()`.
 fn is_untrusted(error: &ClientError) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
         if let Some(rustls::Error::InvalidCertificate(_)) = e.downcast_ref::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(rustls::Error::InvalidCertificate(_)) =
-                inner.downcast_ref::<rustls::Error>()
-        {
-            return true;
-        }
-        source = e.source();
+        next = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
 }

@@ -19,6 +19,18 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_hallrelay")
 }
 
+/// A command running the binary under test, inside network namespace `ns` if given.
+pub fn command(ns: Option<&str>) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, binary()]);
+            c
+        }
+        None => Command::new(binary()),
+    }
+}
+
 /// A running box.
 pub struct BoxProcess {
     pub child: Child,
@@ -52,8 +64,19 @@ impl BoxProcess {
             .unwrap_or_else(|log| panic!("the cloud did not start:\n{log}"))
     }
 
+    /// Starts `hallrelay ARGS --data-dir DIR` inside network namespace `ns` (or here, with
+    /// `None`) and waits until it is listening. Nothing is added to `args`.
+    pub fn start_in(ns: Option<&str>, data_dir: &Path, args: &[&str]) -> Self {
+        Self::launch_in(ns, args, data_dir)
+            .unwrap_or_else(|log| panic!("hallrelay {args:?} did not start:\n{log}"))
+    }
+
     fn launch(args: &[&str], data_dir: &Path) -> Result<Self, String> {
-        let mut child = Command::new(binary())
+        Self::launch_in(None, args, data_dir)
+    }
+
+    fn launch_in(ns: Option<&str>, args: &[&str], data_dir: &Path) -> Result<Self, String> {
+        let mut child = command(ns)
             .args(args)
             .arg("--data-dir")
             .arg(data_dir)
@@ -288,4 +311,215 @@ pub async fn list(client: &Connection, exam: &str, candidate: &str) -> Vec<serde
         .expect("list answered");
     assert_eq!(reply.status, http::StatusCode::OK);
     reply.json().expect("list JSON")
+}
+
+/// Whether tests that need network namespaces must run rather than skip: CI sets
+/// `HALLRELAY_REQUIRE_NETNS=1` so that a skip there is a failure.
+pub fn netns_or_skip(what: &str) -> Option<NetnsPair> {
+    match NetnsPair::create() {
+        Ok(pair) => Some(pair),
+        Err(why) => {
+            if std::env::var("HALLRELAY_REQUIRE_NETNS").as_deref() == Ok("1") {
+                panic!(
+                    "{what} needs network namespaces ({why}), and HALLRELAY_REQUIRE_NETNS=1 forbids skipping it"
+                );
+            }
+            eprintln!(
+                "\n*** SKIPPED {what}: cannot create network namespaces: {why} (set HALLRELAY_REQUIRE_NETNS=1 to make this a failure) ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// Two network namespaces joined by a veth pair: a hall (`hall0`, 10.77.0.1/24) and a
+/// laptop (`lap0`, 10.77.0.2/24), each with its loopback up. Deleted on drop. Nothing in
+/// them can reach the machine's real network.
+pub struct NetnsPair {
+    pub hall: String,
+    pub laptop: String,
+}
+
+pub const HALL_IP: &str = "10.77.0.1";
+pub const HALL_IF: &str = "hall0";
+pub const LAPTOP_IF: &str = "lap0";
+
+impl NetnsPair {
+    pub fn create() -> Result<Self, String> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{}-{n}", std::process::id());
+        let pair = Self {
+            hall: format!("hr-hall-{tag}"),
+            laptop: format!("hr-laptop-{tag}"),
+        };
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        ip(&["netns", "add", &pair.hall])?;
+        // From here on, drop deletes whatever was made.
+        ip(&["netns", "add", &pair.laptop])?;
+        ip(&[
+            "link",
+            "add",
+            HALL_IF,
+            "netns",
+            &pair.hall,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            LAPTOP_IF,
+            "netns",
+            &pair.laptop,
+        ])?;
+        for (ns, dev, addr) in [
+            (&pair.hall, HALL_IF, "10.77.0.1/24"),
+            (&pair.laptop, LAPTOP_IF, "10.77.0.2/24"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(pair)
+    }
+
+    /// Runs `curl` inside `ns`, trusting the server only by `pin`; returns the body.
+    pub fn curl(&self, ns: &str, pin: &str, token: &str, url: &str) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "curl",
+                "-sS",
+                "--fail",
+                "-k",
+                "--max-time",
+                "10",
+            ])
+            .arg("--pinnedpubkey")
+            .arg(pin)
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(url)
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.hall, &self.laptop] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A `hallrelay candidate` (or any command) whose stdout is collected line by line.
+pub struct Candidate {
+    pub child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Candidate {
+    pub fn spawn(ns: Option<&str>, args: &[&str]) -> Self {
+        let mut child = command(ns)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn hallrelay candidate");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if std::env::var_os("HALLRELAY_TEST_LOG").is_some() {
+                    eprintln!("candidate: {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Every line printed so far.
+    pub fn output(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// How many lines printed so far contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until `n` lines contain `needle`; false after `within`.
+    pub fn wait_for(&self, needle: &str, n: usize, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if self.count(needle) >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Waits for the exit (at most `within`) and returns its code and the whole output.
+    pub fn finish(mut self, within: Duration) -> (Option<i32>, String) {
+        let deadline = std::time::Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "the command did not finish within {within:?}:\n{}",
+                    self.output().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Let the reader thread take the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        (status.code(), self.output().join("\n"))
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

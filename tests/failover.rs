@@ -1,0 +1,467 @@
+//! Discovery, trust and failover, end to end with the real binary: mDNS on loopback, a hall
+//! and a laptop in two network namespaces joined by a veth pair, a rogue box, a client killed
+//! with SIGKILL, and the one-command demo.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{BoxProcess, Candidate, HALL_IF, HALL_IP, LAPTOP_IF};
+use hallrelay::keyfile::VenueKey;
+use hallrelay::token::{self, Claims};
+
+const EXAM: &str = "physics-2";
+
+fn candidate_token(venue_key: &Path, candidate: &str) -> String {
+    let key = VenueKey::load_or_create(venue_key).unwrap();
+    token::mint(
+        &key,
+        &Claims::Candidate {
+            exam: EXAM.into(),
+            candidate: candidate.into(),
+            expires: common::in_an_hour(),
+        },
+    )
+}
+
+fn admin_token(venue_key: &Path) -> String {
+    let key = VenueKey::load_or_create(venue_key).unwrap();
+    token::mint(
+        &key,
+        &Claims::Admin {
+            subject: "test".into(),
+            expires: common::in_an_hour(),
+        },
+    )
+}
+
+fn write_secret(path: &Path, text: &str) -> String {
+    hallrelay::keyfile::write_secret_file(path, text.as_bytes()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Seq → blake3 of one candidate's autosaves, from a list answer.
+fn by_seq(list: &str) -> std::collections::BTreeMap<u64, String> {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(list).expect("list JSON");
+    rows.iter()
+        .map(|r| {
+            (
+                r["seq"].as_u64().unwrap(),
+                r["blake3"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn discover_lists_a_box_advertised_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("hr-discover-{}", std::process::id());
+    let hall_box = BoxProcess::start_in(
+        None,
+        &dir.path().join("box"),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            &name,
+            "--mdns-interface",
+            "lo",
+        ],
+    );
+    let out = common::command(None)
+        .args(["discover", "--mdns-interface", "lo", "--timeout", "3s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}\t")))
+        .unwrap_or_else(|| panic!("{name} not discovered:\n{text}"));
+    let fields: Vec<&str> = line.split('\t').collect();
+    assert_eq!(
+        fields,
+        vec![
+            name.as_str(),
+            &format!("https://{}", hall_box.addr),
+            &hall_box.pin
+        ]
+    );
+}
+
+#[test]
+fn discover_says_so_when_no_box_answers() {
+    // Nothing advertises on a namespace's fresh loopback; outside one, skip.
+    let Some(net) = common::netns_or_skip("discover with no box") else {
+        return;
+    };
+    let out = common::command(Some(&net.laptop))
+        .args(["discover", "--mdns-interface", "lo", "--timeout", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no box answered"));
+}
+
+/// The story across a real network: the laptop saves to the cloud, the cloud dies, the laptop
+/// finds the box over multicast DNS on the veth, checks its pin and saves there; the cloud
+/// comes back, the laptop returns to it, and the box replays. The cloud ends with every save.
+#[test]
+fn a_laptop_fails_over_to_the_hall_box_and_returns_to_the_cloud() {
+    let Some(net) = common::netns_or_skip("failover across network namespaces") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let venue_key = dir.path().join("venue.key");
+    let credential = write_secret(&dir.path().join("appliance.token"), "box-credential-1");
+    let cloud_listen = format!("{HALL_IP}:9443");
+    let cloud_args = [
+        "cloud",
+        "--listen",
+        cloud_listen.as_str(),
+        "--venue-key-file",
+        venue_key.to_str().unwrap(),
+        "--appliance-token-file",
+        credential.as_str(),
+    ];
+    let cloud_dir = dir.path().join("cloud");
+    let mut cloud = BoxProcess::start_in(Some(&net.hall), &cloud_dir, &cloud_args);
+    let cloud_url = format!("https://{cloud_listen}");
+    let config = common::config_file(
+        dir.path(),
+        &format!(
+            "cloud = \"{cloud_url}\"\ncloud_pin = \"{}\"\ncloud_token_file = \"{credential}\"\nvenue_key_file = \"{}\"\n",
+            cloud.pin,
+            venue_key.display()
+        ),
+    );
+    let box_listen = format!("{HALL_IP}:8443");
+    let hall_box = BoxProcess::start_in(
+        Some(&net.hall),
+        &dir.path().join("box"),
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            &box_listen,
+            "--name",
+            "hall-a",
+            "--mdns-interface",
+            HALL_IF,
+        ],
+    );
+    let token = candidate_token(&venue_key, "c1");
+    let token_file = write_secret(&dir.path().join("c1.token"), &token);
+    let journal = dir.path().join("journal");
+    let count = 50;
+    let candidate = Candidate::spawn(
+        Some(&net.laptop),
+        &[
+            "candidate",
+            "--cloud",
+            &cloud_url,
+            "--cloud-pin",
+            &cloud.pin,
+            "--exam",
+            EXAM,
+            "--candidate",
+            "c1",
+            "--token-file",
+            &token_file,
+            "--pin",
+            &hall_box.pin,
+            "--mdns-interface",
+            LAPTOP_IF,
+            "--interval",
+            "200ms",
+            "--count",
+            &count.to_string(),
+            "--size",
+            "3000",
+            "--failover-after",
+            "1s",
+            "--probe-every",
+            "500ms",
+            "--journal",
+            journal.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        candidate.wait_for("saved to the cloud", 5, Duration::from_secs(15)),
+        "{:?}",
+        candidate.output()
+    );
+    cloud.kill9();
+    assert!(
+        candidate.wait_for("saved to the hall relay hall-a", 5, Duration::from_secs(20)),
+        "no failover: {:?}",
+        candidate.output()
+    );
+    cloud = BoxProcess::start_in(Some(&net.hall), &cloud_dir, &cloud_args);
+    let (code, output) = candidate.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{output}");
+    let back = output
+        .find("the cloud answers again")
+        .unwrap_or_else(|| panic!("never returned to the cloud:\n{output}"));
+    assert!(
+        output[back..].contains("saved to the cloud"),
+        "saves after the return went elsewhere:\n{output}"
+    );
+    assert!(
+        output.contains("its key matches the exam's pin"),
+        "{output}"
+    );
+
+    // The box replays what it holds; then the cloud holds all of it, each save once.
+    let admin = admin_token(&venue_key);
+    let box_base = format!("https://{box_listen}");
+    let mut box_status = serde_json::Value::Null;
+    for _ in 0..100 {
+        box_status = serde_json::from_str(&net.curl(
+            &net.hall,
+            &hall_box.pin,
+            &admin,
+            &format!("{box_base}/v1/status"),
+        ))
+        .unwrap();
+        if box_status["pending"]["count"] == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(box_status["pending"]["count"], 0, "{box_status}");
+    assert!(
+        box_status["stored"]["count"].as_u64().unwrap() >= 5,
+        "{box_status}"
+    );
+    let path = format!("/v1/exams/{EXAM}/candidates/c1/autosaves");
+    let in_cloud = by_seq(&net.curl(&net.hall, &cloud.pin, &token, &format!("{cloud_url}{path}")));
+    let on_box = by_seq(&net.curl(
+        &net.hall,
+        &hall_box.pin,
+        &token,
+        &format!("{box_base}{path}"),
+    ));
+    let seqs: Vec<u64> = in_cloud.keys().copied().collect();
+    assert_eq!(seqs, (1..=count).collect::<Vec<u64>>());
+    for (seq, digest) in &on_box {
+        assert_eq!(in_cloud.get(seq), Some(digest), "save {seq} differs");
+    }
+    // The journal keeps only the newest save, for its seq.
+    let left = std::fs::read_dir(journal.join(EXAM).join("c1"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 2, "the newest save and its cloud mark");
+}
+
+/// A rogue device on the hall network, holding the venue key, takes the real box's name and
+/// address with its own identity. The laptop finds it over mDNS and is also pointed at it
+/// directly; it refuses it both ways, sends it nothing, and keeps its saves in the journal.
+#[test]
+fn a_rogue_box_with_the_same_name_and_address_is_refused() {
+    let Some(net) = common::netns_or_skip("rogue box across network namespaces") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let venue_key = dir.path().join("venue.key");
+    let key = venue_key.to_str().unwrap();
+    let box_listen = format!("{HALL_IP}:8443");
+    // The real box, run once for its identity, then gone.
+    let mut real = BoxProcess::start_in(
+        Some(&net.hall),
+        &dir.path().join("real"),
+        &[
+            "serve",
+            "--listen",
+            &box_listen,
+            "--no-mdns",
+            "--venue-key-file",
+            key,
+        ],
+    );
+    let real_pin = real.pin.clone();
+    real.terminate();
+    let rogue = BoxProcess::start_in(
+        Some(&net.hall),
+        &dir.path().join("rogue"),
+        &[
+            "serve",
+            "--listen",
+            &box_listen,
+            "--name",
+            "hall-a",
+            "--mdns-interface",
+            HALL_IF,
+            "--venue-key-file",
+            key,
+        ],
+    );
+    assert_ne!(rogue.pin, real_pin);
+    let token_file = write_secret(
+        &dir.path().join("c1.token"),
+        &candidate_token(&venue_key, "c1"),
+    );
+    let journal = dir.path().join("journal");
+    let candidate = Candidate::spawn(
+        Some(&net.laptop),
+        &[
+            "candidate",
+            // Nothing listens there: the cloud is gone from the start.
+            "--cloud",
+            &format!("https://{HALL_IP}:9443"),
+            "--cloud-pin",
+            &real_pin,
+            "--exam",
+            EXAM,
+            "--candidate",
+            "c1",
+            "--token-file",
+            &token_file,
+            "--pin",
+            &real_pin,
+            "--mdns-interface",
+            LAPTOP_IF,
+            "--box",
+            &format!("https://{box_listen}"),
+            "--interval",
+            "200ms",
+            "--count",
+            "5",
+            "--failover-after",
+            "300ms",
+            "--journal",
+            journal.to_str().unwrap(),
+        ],
+    );
+    let (code, output) = candidate.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(75), "{output}");
+    assert!(
+        output.contains("hall-a announces a key that is not the exam's pin"),
+        "the mDNS hint was not checked:\n{output}"
+    );
+    assert!(
+        output.contains("its key is not the exam's pin"),
+        "the TLS pin was not checked:\n{output}"
+    );
+    assert!(
+        output.contains("5 saves are only in the journal"),
+        "{output}"
+    );
+    assert!(!output.contains("saved to the hall relay"), "{output}");
+
+    let status: serde_json::Value = serde_json::from_str(&net.curl(
+        &net.hall,
+        &rogue.pin,
+        &admin_token(&venue_key),
+        &format!("https://{box_listen}/v1/status"),
+    ))
+    .unwrap();
+    assert_eq!(
+        status["stored"]["count"], 0,
+        "the rogue got a payload: {status}"
+    );
+    let held = std::fs::read_dir(journal.join(EXAM).join("c1"))
+        .unwrap()
+        .count();
+    assert_eq!(held, 5);
+}
+
+/// A client killed with SIGKILL mid-run loses nothing: the next run re-sends what the cloud
+/// never acknowledged, and seqs are never given out twice.
+#[test]
+fn a_killed_client_resends_its_journal_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let venue_key = dir.path().join("venue.key");
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cloud_url = format!("http://{listen}");
+    let token = candidate_token(&venue_key, "c7");
+    let token_file = write_secret(&dir.path().join("c7.token"), &token);
+    let journal = dir.path().join("journal");
+    let run = |count: &str| {
+        Candidate::spawn(
+            None,
+            &[
+                "candidate",
+                "--cloud",
+                &cloud_url,
+                "--exam",
+                EXAM,
+                "--candidate",
+                "c7",
+                "--token-file",
+                &token_file,
+                "--no-mdns",
+                "--interval",
+                "20ms",
+                "--count",
+                count,
+                "--size",
+                "5000",
+                "--journal",
+                journal.to_str().unwrap(),
+            ],
+        )
+    };
+    // No cloud yet: every save stays in the journal, until the client is killed.
+    let mut first = run("100000");
+    assert!(
+        first.wait_for("saved only on this laptop", 30, Duration::from_secs(30)),
+        "{:?}",
+        first.output()
+    );
+    first.kill9();
+    let printed = first.count("saved only on this laptop") as u64;
+
+    let _cloud = BoxProcess::start_cloud(
+        &dir.path().join("cloud"),
+        &[
+            "--listen",
+            &listen,
+            "--venue-key-file",
+            venue_key.to_str().unwrap(),
+        ],
+    );
+    let (code, output) = run("0").finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("saves the cloud has not acknowledged: sending them"));
+    let (code, output) = run("3").finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{output}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = hallrelay::client::Connection::with_roots(
+        &cloud_url,
+        None,
+        Some(hallrelay::keyfile::Secret::new(token)),
+    )
+    .unwrap();
+    let rows = rt.block_on(common::list(&client, EXAM, "c7"));
+    let seqs: Vec<u64> = rows.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    let last = *seqs.last().unwrap();
+    assert!(
+        last >= printed + 3,
+        "printed {printed} journal-only saves, the cloud ends at {last}"
+    );
+    assert_eq!(seqs, (1..=last).collect::<Vec<u64>>(), "a gap or a repeat");
+}
+
+/// The README's first command: the whole story on loopback, verified byte for byte.
+#[test]
+fn the_demo_passes() {
+    let out = common::command(None)
+        .args(["demo", "--candidates", "5", "--outage", "6s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("5/5 failed over to hallrelay-demo"), "{text}");
+    assert!(text.contains("5/5 back on the cloud"), "{text}");
+    assert!(text.contains("PASS"), "{text}");
+}
