@@ -1,5 +1,9 @@
 # hallrelay recipes. `cargo install just` to use them; the README's two commands need none.
 
+# The whole story on loopback in under a minute: cloud, box, 25 candidates, an outage.
+demo:
+    cargo run --release -- demo
+
 # The appliance on this machine, loopback only, no mDNS.
 run:
     cargo run --release -- serve --listen 127.0.0.1:8443 --no-mdns

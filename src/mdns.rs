@@ -62,8 +62,10 @@ pub struct Advertiser {
 
 impl Advertiser {
     /// Announces the box on `interfaces` (by name; empty means every interface, or only the
-    /// listen address's interface when the box listens on one address). Addresses follow the
-    /// interfaces: when they change, mdns-sd re-announces, and each change is logged.
+    /// listen address's interface when the box listens on one address). The host record
+    /// carries the addresses the listener can be reached on: A records for an IPv4 listener,
+    /// A and AAAA for `[::]`. A box listening on every address follows the interfaces: when
+    /// their addresses change, mdns-sd re-announces, and each change is logged.
     pub fn start(advert: &Advert, interfaces: &[String]) -> Result<Self, MdnsError> {
         let ip = advert.listen.ip();
         let default = if ip.is_unspecified() {
@@ -72,6 +74,11 @@ impl Advertiser {
             IfKind::Addr(ip)
         };
         let daemon = daemon(interfaces, default)?;
+        if ip.is_ipv4() {
+            // An IPv4 listener is reachable only over IPv4: announce no AAAA record for it.
+            // Listen on [::] for both.
+            daemon.disable_interface(IfKind::IPv6)?;
+        }
         let txt = [
             ("v", TXT_VERSION),
             ("id", advert.appliance.as_str()),

@@ -465,3 +465,112 @@ fn the_demo_passes() {
     assert!(text.contains("5/5 back on the cloud"), "{text}");
     assert!(text.contains("PASS"), "{text}");
 }
+
+/// The box as another mDNS implementation sees it, on a real veth: python-zeroconf resolves
+/// the service, its `NAME.local` host record and the TXT records. Then the box's address
+/// changes and it re-announces; then it stops and says goodbye.
+#[test]
+fn the_advertisement_is_resolvable_follows_address_changes_and_says_goodbye() {
+    let Some(net) = common::netns_or_skip("mDNS advertisement across network namespaces") else {
+        return;
+    };
+    let python = "/usr/bin/python3";
+    let have_zeroconf = std::process::Command::new(python)
+        .args(["-c", "import zeroconf"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_zeroconf {
+        assert!(
+            std::env::var("HALLRELAY_REQUIRE_NETNS").as_deref() != Ok("1"),
+            "python3-zeroconf is missing (.ci/run installs it)"
+        );
+        eprintln!("\n*** SKIPPED the zeroconf check: apt-get install python3-zeroconf ***\n");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut hall_box = BoxProcess::start_in(
+        Some(&net.hall),
+        &dir.path().join("box"),
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:8443",
+            "--name",
+            "hall-z",
+            "--mdns-interface",
+            HALL_IF,
+        ],
+    );
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/zeroconf_resolve.py"
+    );
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.laptop,
+            python,
+            script,
+            "hall-z",
+            "10.77.0.2",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(seen["server"], "hall-z.local.");
+    assert_eq!(seen["port"], 8443);
+    assert_eq!(seen["addresses"], serde_json::json!([HALL_IP]));
+    assert_eq!(seen["txt"]["v"], "1");
+    assert_eq!(seen["txt"]["pin"], hall_box.pin.as_str());
+    assert_eq!(seen["txt"]["path"], "/v1");
+    assert!(seen["txt"]["id"].as_str().is_some_and(|id| !id.is_empty()));
+
+    // A new address (in another subnet: deleting a primary address takes its subnet's
+    // secondaries with it): the box re-announces, and a fresh browse finds it there.
+    let ip = |args: &[&str]| {
+        let status = std::process::Command::new("ip")
+            .args(["-n", &net.hall])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    ip(&["addr", "add", "10.88.0.9/24", "dev", HALL_IF]);
+    ip(&["addr", "del", "10.77.0.1/24", "dev", HALL_IF]);
+    assert!(
+        hall_box
+            .wait_for_log("re-announcing", Duration::from_secs(15))
+            .is_some(),
+        "the box did not notice its new address"
+    );
+    let out = common::command(Some(&net.laptop))
+        .args(["discover", "--mdns-interface", LAPTOP_IF, "--timeout", "3s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("hall-z\thttps://10.88.0.9:8443\t"),
+        "not found at the new address:\n{text}"
+    );
+
+    // Goodbye: a browse that saw the box loses it when the box stops.
+    let watcher = Candidate::spawn(
+        Some(&net.laptop),
+        &["discover", "--mdns-interface", LAPTOP_IF, "--timeout", "5s"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    hall_box.terminate();
+    let (code, text) = watcher.finish(Duration::from_secs(20));
+    assert_eq!(
+        code,
+        Some(1),
+        "the box is still listed after its goodbye:\n{text}"
+    );
+}
