@@ -15,8 +15,13 @@
 //! - [`token`] mints and verifies the candidate and admin tokens (a blake3 keyed MAC under the
 //!   venue key), so the box can authenticate candidates offline.
 //! - [`digest`] checks RFC 9530 `Content-Digest` headers; [`ids`] the names of things.
-//! - [`client`] is the HTTPS client that trusts a box by its pin (used by the CLI tools, tests
-//!   and benchmarks).
+//! - [`mdns`] advertises the box as `_hallrelay._tcp.local.` (with a `NAME.local` host record
+//!   and its pin as a TXT hint) and browses for boxes. It finds; it never vouches.
+//! - [`client`] is the reference client library for platform vendors: a local fsynced journal,
+//!   cloud first, failover to a box trusted only by its pin, and a return to the cloud. Its
+//!   HTTPS [`client::Connection`] is the one every tool, test and benchmark here uses.
+//!   [`candidate`] is a simulated candidate built on it, and [`demo`] the whole story on
+//!   loopback: cloud, box, candidates, an outage and a byte-for-byte check.
 //! - [`config`] turns the TOML file and flags into one validated [`config::ServeConfig`];
 //!   [`serve`] assembles the appliance from it and runs it until shutdown.
 #![forbid(unsafe_code)]
