@@ -42,8 +42,10 @@ pub struct CandidateArgs {
     /// The cloud platform's base URL (https://, or http:// to loopback).
     #[arg(long, value_name = "URL")]
     pub cloud: String,
+    /// The exam id.
     #[arg(long)]
     pub exam: String,
+    /// The candidate id.
     #[arg(long)]
     pub candidate: String,
     /// File holding the candidate's token.
@@ -65,7 +67,8 @@ pub struct CandidateArgs {
     /// How long the cloud must fail before looking for a box.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub failover_after: Duration,
-    /// While on a box, how often to ask whether the cloud answers again.
+    /// While the cloud is gone: how often to ask it again (when on a box), and to look for
+    /// boxes again (when none was found).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub probe_every: Duration,
     /// Where the journal lives.

@@ -73,6 +73,14 @@ impl Advertiser {
         } else {
             IfKind::Addr(ip)
         };
+        for name in interfaces {
+            if !std::path::Path::new("/sys/class/net").join(name).exists() {
+                tracing::warn!(
+                    interface = %name,
+                    "no such network interface (yet): the box is announced there once it appears"
+                );
+            }
+        }
         let daemon = daemon(interfaces, default)?;
         if ip.is_ipv4() {
             // An IPv4 listener is reachable only over IPv4: announce no AAAA record for it.

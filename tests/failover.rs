@@ -604,3 +604,53 @@ fn the_advertisement_is_resolvable_follows_address_changes_and_says_goodbye() {
         "the box is still listed after its goodbye:\n{text}"
     );
 }
+
+/// Bad arguments get a clear error and exit 64, and leave nothing behind: no journal.
+#[test]
+fn the_candidate_refuses_bad_arguments_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let venue_key = dir.path().join("venue.key");
+    let token_file = write_secret(&dir.path().join("t"), &candidate_token(&venue_key, "c1"));
+    let journal = dir.path().join("journal");
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--cloud", "http://127.0.0.1:9", "--exam", "bad/exam"],
+            "exam id",
+        ),
+        (
+            &["--cloud", "http://192.0.2.1:9443", "--exam", EXAM],
+            "plain http is allowed only to loopback",
+        ),
+        (
+            &[
+                "--cloud",
+                "http://127.0.0.1:9",
+                "--exam",
+                EXAM,
+                "--token-file",
+                "/nonexistent/token",
+            ],
+            "/nonexistent/token",
+        ),
+    ];
+    for (args, says) in cases {
+        let mut command = common::command(None);
+        command.args([
+            "candidate",
+            "--candidate",
+            "c1",
+            "--no-mdns",
+            "--count",
+            "1",
+        ]);
+        command.args(["--journal", journal.to_str().unwrap()]);
+        if !args.contains(&"--token-file") {
+            command.args(["--token-file", &token_file]);
+        }
+        let out = command.args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!journal.exists(), "{args:?} created a journal");
+    }
+}

@@ -130,7 +130,8 @@ pub struct Options {
     pub box_pins: Vec<String>,
     /// How long the cloud must have been failing before the client looks for a box.
     pub failover_after: Duration,
-    /// How often, while on a box, the client asks whether the cloud answers again.
+    /// While the cloud is gone: how often the client asks it again (when on a box), and how
+    /// often it looks for boxes again (when none was found).
     pub probe_every: Duration,
     pub discovery: Discovery,
     /// The folder holding the journals.
