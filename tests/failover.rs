@@ -654,3 +654,56 @@ fn the_candidate_refuses_bad_arguments_and_creates_nothing() {
         assert!(!journal.exists(), "{args:?} created a journal");
     }
 }
+
+/// A candidate moved to a spare laptop starts with an empty journal; it continues after the
+/// newest seq the cloud holds instead of colliding with the first laptop's saves.
+#[test]
+fn a_spare_laptop_continues_the_candidates_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let venue_key = dir.path().join("venue.key");
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _cloud = BoxProcess::start_cloud(
+        &dir.path().join("cloud"),
+        &[
+            "--listen",
+            &listen,
+            "--venue-key-file",
+            venue_key.to_str().unwrap(),
+        ],
+    );
+    let token = candidate_token(&venue_key, "c9");
+    let token_file = write_secret(&dir.path().join("c9.token"), &token);
+    let laptop = |journal: &str, count: &str| {
+        let journal = dir.path().join(journal);
+        let (code, output) = Candidate::spawn(
+            None,
+            &[
+                "candidate",
+                "--cloud",
+                &format!("http://{listen}"),
+                "--exam",
+                EXAM,
+                "--candidate",
+                "c9",
+                "--token-file",
+                &token_file,
+                "--no-mdns",
+                "--interval",
+                "10ms",
+                "--count",
+                count,
+                "--journal",
+                journal.to_str().unwrap(),
+            ],
+        )
+        .finish(Duration::from_secs(30));
+        assert_eq!(code, Some(0), "{output}");
+        output
+    };
+    laptop("first", "3");
+    let output = laptop("spare", "2");
+    assert!(output.contains("save 4 saved to the cloud"), "{output}");
+    assert!(output.contains("save 5 saved to the cloud"), "{output}");
+    assert!(!output.contains("refused"), "{output}");
+}

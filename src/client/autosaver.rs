@@ -331,6 +331,9 @@ pub struct Autosaver {
     last_search: Option<Instant>,
     /// What has been said about boxes since the last change, so it is said once.
     told: HashSet<String>,
+    /// Whether a fresh journal asked the cloud for the candidate's newest seq, and the answer.
+    asked_for_latest: bool,
+    seq_floor: u64,
     listener: Option<Listener>,
 }
 
@@ -365,6 +368,8 @@ impl Autosaver {
             last_probe: Instant::now(),
             last_search: None,
             told: HashSet::new(),
+            asked_for_latest: false,
+            seq_floor: 0,
             listener: None,
         })
     }
@@ -378,7 +383,13 @@ impl Autosaver {
     /// Journals `payload` as the next save (fsynced), then sends it where it can go. An error
     /// means the journal could not be written: the save was not taken.
     pub async fn save(&mut self, payload: &[u8], is_final: bool) -> Result<Saved, JournalError> {
-        let seq = self.journal.append(payload, is_final)?;
+        if self.journal.last_seq() == 0 && !self.asked_for_latest {
+            self.asked_for_latest = true;
+            self.seq_floor = self.latest_in_cloud().await;
+        }
+        let seq = self
+            .journal
+            .append_after(self.seq_floor, payload, is_final)?;
         let landed = self
             .deliver(seq, Bytes::copy_from_slice(payload), is_final)
             .await?;
@@ -389,6 +400,23 @@ impl Autosaver {
         };
         self.emit(Event::Saved(saved.clone()));
         Ok(saved)
+    }
+
+    /// The newest seq the cloud holds for this candidate (0 for none, or if it cannot be
+    /// asked): a fresh journal on a spare laptop continues after it instead of reusing seqs
+    /// the candidate's first laptop already gave out.
+    async fn latest_in_cloud(&self) -> u64 {
+        let path = format!(
+            "/v1/exams/{}/candidates/{}/autosaves/latest",
+            self.options.exam, self.options.candidate
+        );
+        match self.cloud.with_timeout(BOX_PROBE_TIMEOUT).get(&path).await {
+            Ok(reply) if reply.status.is_success() => reply
+                .header("hallrelay-seq")
+                .and_then(crate::ids::parse_seq)
+                .unwrap_or(0),
+            _ => 0,
+        }
     }
 
     /// Sends what is still owed: to the cloud everything it lacks, if it answers; otherwise to
@@ -511,10 +539,13 @@ impl Autosaver {
             .await
             .is_ok_and(|r| r.status.is_success())
         {
-            self.relay = None;
-            self.cloud_is_back(false);
+            // Leave the box only once the cloud has taken what it lacks: a cloud that answers
+            // a probe and then fails again would otherwise strand saves in the journal for
+            // another `failover_after`.
             let resent = self.journal.not_in_cloud().len();
             if self.resend_to_cloud().await? {
+                self.relay = None;
+                self.cloud_is_back(false);
                 self.emit(Event::BackToCloud { resent });
             }
         }

@@ -127,7 +127,18 @@ impl Journal {
 
     /// Writes `payload` as the next save and returns its seq once it is on disk.
     pub fn append(&mut self, payload: &[u8], is_final: bool) -> Result<u64, JournalError> {
-        let seq = self.last_seq() + 1;
+        self.append_after(0, payload, is_final)
+    }
+
+    /// Like [`append`](Self::append), with a seq above `floor` too: seqs used elsewhere (the
+    /// candidate's previous laptop) are not given out again.
+    pub fn append_after(
+        &mut self,
+        floor: u64,
+        payload: &[u8],
+        is_final: bool,
+    ) -> Result<u64, JournalError> {
+        let seq = self.last_seq().max(floor) + 1;
         let path = self.file(seq, if is_final { "final" } else { "save" });
         let err = |source| JournalError {
             path: path.clone(),
