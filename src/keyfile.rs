@@ -124,22 +124,26 @@ impl fmt::Debug for VenueKey {
 
 /// Writes `contents` to `path` with mode 0600: temporary file, fsync, rename, fsync the folder.
 pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeyFileError> {
-    let create_err = |source| KeyFileError::Create {
+    write_durably(path, contents).map_err(|source| KeyFileError::Create {
         path: path.to_owned(),
         source,
-    };
+    })
+}
+
+/// Writes `contents` to `path` so that after a crash `path` holds either all of it or what
+/// it held before: a temporary file `path.tmp` (mode 0600), fsync, rename, fsync the folder.
+pub fn write_durably(path: &Path, contents: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(create_err)?;
-    file.write_all(contents).map_err(create_err)?;
-    file.sync_all().map_err(create_err)?;
-    fs::rename(&tmp, path).map_err(create_err)?;
-    sync_parent(path).map_err(create_err)
+        .open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    sync_parent(path)
 }
 
 /// Fsyncs the folder holding `path`, so that a new name in it survives a power cut.

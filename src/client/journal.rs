@@ -18,8 +18,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// Where a save is known to be held, besides the journal.
@@ -140,22 +140,10 @@ impl Journal {
     ) -> Result<u64, JournalError> {
         let seq = self.last_seq().max(floor) + 1;
         let path = self.file(seq, if is_final { "final" } else { "save" });
-        let err = |source| JournalError {
+        crate::keyfile::write_durably(&path, payload).map_err(|source| JournalError {
             path: path.clone(),
             source,
-        };
-        let tmp = path.with_extension("tmp");
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        file.write_all(payload).map_err(err)?;
-        file.sync_data().map_err(err)?;
-        fs::rename(&tmp, &path).map_err(err)?;
-        crate::keyfile::sync_parent(&path).map_err(err)?;
+        })?;
         // The previous newest save, kept only to remember the last seq, can go now.
         if let Some(previous) = self.entries.values().next_back()
             && previous.held == Held::Cloud
