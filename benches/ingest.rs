@@ -161,6 +161,8 @@ async fn durable_puts(
         cloud_token_file: None,
         no_mdns: true,
         mdns_interfaces: Vec::new(),
+        // Every simulated client shares 127.0.0.1.
+        client_rate_limit: Some(0),
     };
     let config = ServeConfig::from_args(&args).expect("config");
     let shutdown = CancellationToken::new();

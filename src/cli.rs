@@ -185,6 +185,10 @@ pub struct ServeArgs {
     /// Advertise over mDNS only on this interface (repeatable) [default: every interface].
     #[arg(long = "mdns-interface", value_name = "IF")]
     pub mdns_interfaces: Vec<String>,
+    /// Requests per second one client address may make; 0 turns the limit off (for a load
+    /// test from one machine) [default: 20].
+    #[arg(long, value_name = "N")]
+    pub client_rate_limit: Option<u32>,
 }
 
 #[derive(Debug, Args)]

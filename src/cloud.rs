@@ -46,10 +46,8 @@ pub struct CloudConfig {
 
 /// Reads the appliance credentials: one a line; blank lines and `#` comments are skipped.
 pub fn load_appliance_tokens(path: &Path) -> Result<Vec<Secret>, KeyFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = crate::keyfile::read_secret(path)?;
+    let text = String::from_utf8_lossy(&bytes);
     Ok(text
         .lines()
         .map(str::trim)
@@ -73,6 +71,7 @@ pub async fn run(
         outbox: false,
         ..StoreOptions::default()
     };
+    crate::serve::raise_open_files_limit(config.limits.max_connections as u64 + 256);
     let parts = Parts::assemble(
         &config.data_dir,
         &config.venue_key_file,

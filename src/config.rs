@@ -90,6 +90,19 @@ pub struct FileConfig {
     /// How long shutdown waits for in-flight requests (default "10s").
     #[serde(default, with = "opt_duration")]
     pub shutdown_grace: Option<Duration>,
+    /// How long a client may take to send a request body (default "60s").
+    #[serde(default, with = "opt_duration")]
+    pub body_read_timeout: Option<Duration>,
+    /// The most connections open at once; more are closed at accept (default 4096).
+    pub max_connections: Option<usize>,
+    /// The largest request head (request line and headers), in bytes (default 16384, at
+    /// least 8192).
+    pub max_header_bytes: Option<usize>,
+    /// Requests per second one client address may make on average; 0 turns the limit off
+    /// (default 20).
+    pub client_rate_limit: Option<u32>,
+    /// Requests one client address may make in a burst above its rate (default 40).
+    pub client_rate_burst: Option<u32>,
 }
 
 /// The validated configuration `serve` runs with.
@@ -219,6 +232,50 @@ impl ServeConfig {
                 file.shutdown_grace,
                 defaults.shutdown_grace,
             )?,
+            body_read_timeout: positive(
+                "body_read_timeout",
+                file.body_read_timeout,
+                defaults.body_read_timeout,
+            )?,
+            max_connections: match file.max_connections {
+                Some(n) if !(16..=1_000_000).contains(&n) => {
+                    return Err(ConfigError::Invalid {
+                        key: "max_connections",
+                        problem: format!("is {n}; it must be between 16 and 1000000"),
+                    });
+                }
+                Some(n) => n,
+                None => defaults.max_connections,
+            },
+            max_header_bytes: match file.max_header_bytes {
+                Some(n) if !(8192..=1024 * 1024).contains(&n) => {
+                    return Err(ConfigError::Invalid {
+                        key: "max_header_bytes",
+                        problem: format!("is {n}; it must be between 8192 and 1048576"),
+                    });
+                }
+                Some(n) => n,
+                None => defaults.max_header_bytes,
+            },
+            client_rate: match (
+                args.client_rate_limit.or(file.client_rate_limit),
+                file.client_rate_burst,
+            ) {
+                (Some(0), _) => None,
+                (rate, burst) => {
+                    let (default_rate, default_burst) =
+                        defaults.client_rate.unwrap_or((20, 40));
+                    let rate = rate.unwrap_or(default_rate);
+                    let burst = burst.unwrap_or(default_burst.max(rate));
+                    if burst < 1 {
+                        return Err(ConfigError::Invalid {
+                            key: "client_rate_burst",
+                            problem: "must be at least 1".into(),
+                        });
+                    }
+                    Some((rate, burst))
+                }
+            },
         };
         let replay = replay_config(
             args.cloud.clone().or(file.cloud),

@@ -135,7 +135,7 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
         tls: false,
         fault_rate: 0.0,
         reset_rate: 0.0,
-        limits: Limits::default(),
+        limits: Limits::cloud(),
     };
     let cloud = start_cloud(cloud_config.clone()).await?;
     let cloud_url = format!("http://{}", cloud.addr);
@@ -151,6 +151,8 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
         cloud_token_file: Some(credential_file),
         no_mdns: false,
         mdns_interfaces: vec!["lo".into()],
+        // In a hall every candidate has an address of its own; here they all share 127.0.0.1.
+        client_rate_limit: Some(0),
     };
     let mut box_config = ServeConfig::from_args(&args)?;
     if let Some(replay) = &mut box_config.replay {

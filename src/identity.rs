@@ -61,7 +61,8 @@ impl Identity {
         let key_path = dir.join(KEY_FILE);
         let cert_path = dir.join(CERT_FILE);
         let key_pkcs8 = if key_path.exists() {
-            PrivatePkcs8KeyDer::from_pem_file(&key_path)
+            let pem = crate::keyfile::read_secret(&key_path)?;
+            PrivatePkcs8KeyDer::from_pem_slice(&pem)
                 .map_err(|source| IdentityError::Pem {
                     path: key_path.clone(),
                     source,

@@ -22,6 +22,34 @@ pub enum KeyFileError {
     BadVenueKey { path: PathBuf },
     #[error("{path} is empty")]
     Empty { path: PathBuf },
+    #[error(
+        "{path} holds a secret but others may read it (mode {mode:04o}): run `chmod 600 {path}`"
+    )]
+    LooseMode { path: PathBuf, mode: u32 },
+}
+
+/// Reads a secret file, refusing one that anyone but its owner may read or write: a key or
+/// credential that others could read is no longer a secret, and one they could write is not
+/// ours. Mode bits are checked on the open file, so a swap between check and read changes
+/// nothing.
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, KeyFileError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let read_err = |source| KeyFileError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs::File::open(path).map_err(read_err)?;
+    let mode = file.metadata().map_err(read_err)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::LooseMode {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(read_err)?;
+    Ok(bytes)
 }
 
 /// A secret string (a bearer credential) whose `Debug` never shows it.
@@ -38,11 +66,13 @@ impl Secret {
         &self.0
     }
 
-    /// Reads a one-line secret from a file, trimming surrounding white space.
+    /// Reads a one-line secret from a file (mode 0600 or stricter), trimming surrounding
+    /// white space.
     pub fn from_file(path: &Path) -> Result<Self, KeyFileError> {
-        let text = fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+        let bytes = read_secret(path)?;
+        let text = String::from_utf8(bytes).map_err(|_| KeyFileError::Read {
             path: path.to_owned(),
-            source,
+            source: io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"),
         })?;
         let text = text.trim();
         if text.is_empty() {
@@ -77,12 +107,10 @@ impl VenueKey {
         &self.0
     }
 
-    /// Reads a venue key: 64 hex digits (white space around them ignored) or 32 raw bytes.
+    /// Reads a venue key (mode 0600 or stricter): 64 hex digits (white space around them
+    /// ignored) or 32 raw bytes.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let raw = fs::read(path).map_err(|source| KeyFileError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let raw = read_secret(path)?;
         Self::parse(&raw).ok_or_else(|| KeyFileError::BadVenueKey {
             path: path.to_owned(),
         })

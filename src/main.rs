@@ -58,7 +58,7 @@ fn main() -> ExitCode {
                 tls: args.tls,
                 fault_rate: args.fault_rate,
                 reset_rate: args.reset_rate,
-                limits: Limits::default(),
+                limits: Limits::cloud(),
             };
             run_server(|shutdown| hallrelay::cloud::run(config, shutdown, |_| {}))
         }
@@ -96,6 +96,10 @@ where
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ServeError>() {
+            // A secret file others may read is a setup mistake, not data to protect.
+            Some(ServeError::Identity(hallrelay::identity::IdentityError::KeyFile(_))) => {
+                fail(EXIT_USAGE, &e)
+            }
             Some(ServeError::Store(_) | ServeError::Identity(_)) => fail(EXIT_DATA, &e),
             Some(ServeError::KeyFile(_)) => fail(EXIT_USAGE, &e),
             _ => fail(1, &format!("{e:#}")),

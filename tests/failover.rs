@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{BoxProcess, Candidate, HALL_IF, HALL_IP, LAPTOP_IF};
+use common::{BoxProcess, Candidate, HALL_IF, HALL_IP, LAPTOP_IF, write_secret};
 use hallrelay::keyfile::VenueKey;
 use hallrelay::token::{self, Claims};
 
@@ -34,11 +34,6 @@ fn admin_token(venue_key: &Path) -> String {
             expires: common::in_an_hour(),
         },
     )
-}
-
-fn write_secret(path: &Path, text: &str) -> String {
-    hallrelay::keyfile::write_secret_file(path, text.as_bytes()).unwrap();
-    path.to_str().unwrap().to_owned()
 }
 
 /// Seq → blake3 of one candidate's autosaves, from a list answer.

@@ -31,12 +31,11 @@ impl Hall {
     fn new(replay: &str) -> (Self, BoxProcess) {
         let dir = tempfile::tempdir().unwrap();
         let cloud_port = free_port();
-        std::fs::write(dir.path().join("cloud.token"), CREDENTIAL).unwrap();
-        std::fs::write(
-            dir.path().join("appliances"),
-            format!("# boxes\n{CREDENTIAL}\n"),
-        )
-        .unwrap();
+        write_secret(&dir.path().join("cloud.token"), CREDENTIAL);
+        write_secret(
+            &dir.path().join("appliances"),
+            &format!("# boxes\n{CREDENTIAL}\n"),
+        );
         let config = config_file(
             dir.path(),
             &format!(
@@ -425,7 +424,7 @@ async fn a_refused_credential_pauses_replay_and_says_so() {
     let (hall, b) = Hall::new("");
     fill(&b, 2, 2, 500).await;
     // The cloud knows no box at all.
-    std::fs::write(hall.dir.path().join("appliances"), "someone-else\n").unwrap();
+    write_secret(&hall.dir.path().join("appliances"), "someone-else\n");
     let _cloud = hall.start_cloud(&[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

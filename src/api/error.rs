@@ -34,6 +34,10 @@ pub enum ApiError {
     TooLarge { limit: u64 },
     #[error("the box's storage is full")]
     StorageFull,
+    #[error("too many requests from this address; retry in {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("{0}; retry shortly")]
     Unavailable(&'static str),
     #[error("internal error")]
@@ -53,6 +57,8 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -71,6 +77,8 @@ impl ApiError {
             ApiError::Conflict { .. } => "conflict",
             ApiError::TooLarge { .. } => "too_large",
             ApiError::StorageFull => "storage_full",
+            ApiError::TooManyRequests { .. } => "rate_limited",
+            ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal => "internal",
         }
@@ -87,6 +95,13 @@ impl ApiError {
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECS),
                 );
+            }
+            ApiError::TooManyRequests { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            ApiError::BodyTimeout(_) => {
+                // What is left of the body is not worth reading.
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

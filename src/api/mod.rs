@@ -9,6 +9,7 @@
 
 pub mod cors;
 pub mod error;
+pub mod ratelimit;
 pub mod routes;
 pub mod server;
 
@@ -89,6 +90,25 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// How long a shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// How long a client may take to send a request body (408 after it).
+    pub body_read_timeout: Duration,
+    /// The most connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// The largest request head (HTTP/1.1 request line and headers, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Per client address: (requests per second, burst); `None`: no limit.
+    pub client_rate: Option<(u32, u32)>,
+}
+
+impl Limits {
+    /// The reference cloud's limits: the box's, without the per-client rate limit (boxes
+    /// replay to it at full speed from one address).
+    pub fn cloud() -> Self {
+        Self {
+            client_rate: None,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for Limits {
@@ -99,6 +119,10 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_header_bytes: 16 * 1024,
+            client_rate: Some((20, 40)),
         }
     }
 }

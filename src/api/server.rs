@@ -3,13 +3,17 @@
 //! The box always serves TLS. Plain HTTP exists only for the reference cloud on a loopback
 //! address (its caller checks that), so tests and demos need no certificate for it.
 //!
-//! Each stage has a deadline so that a slow or idle client holds nothing for long: the TLS
-//! handshake, the request headers (HTTP/1.1), and the connection's idle time. On shutdown the
-//! listener closes first, connections are asked to finish their in-flight requests, and the
-//! drain is cut off after the grace period.
+//! A hostile client must not be able to stop the box from serving others, so everything a
+//! client can hold is bounded: the number of connections (more are closed at accept), the
+//! TLS handshake's time, the request head's time and size (431 past `max_header_bytes`), a
+//! connection's idle time, and each client address's request rate (429 with `Retry-After`,
+//! [`super::ratelimit`]). The body's size and time are bounded by the handler. On shutdown
+//! the listener closes first, connections are asked to finish their in-flight requests, and
+//! the drain is cut off after the grace period.
 
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,11 +30,14 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::Limits;
+use super::error::ApiError;
+use super::ratelimit::ClientLimiter;
 
 /// Serves `handler` on `listener` (over TLS when `tls` is given) until `shutdown` is
 /// cancelled, then drains. A handler that returns an error has its connection closed at once
@@ -44,7 +51,7 @@ pub async fn serve<H, F, E>(
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, E>> + Send + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     let acceptor = tls.map(TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -52,13 +59,21 @@ pub async fn serve<H, F, E>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // hyper refuses less than 8 KiB; the configuration checks that.
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(limits.idle_timeout / 2)
         .keep_alive_timeout(Duration::from_secs(20))
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(64);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let limiter = limits
+        .client_rate
+        .map(|(rate, burst)| Arc::new(ClientLimiter::new(rate, burst)));
+    let mut refused_at_capacity = 0u64;
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let epoch = Instant::now();
@@ -76,13 +91,28 @@ pub async fn serve<H, F, E>(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: closing at once costs the attacker a connection and us nothing.
+            refused_at_capacity += 1;
+            if refused_at_capacity.is_power_of_two() {
+                tracing::warn!(
+                    %peer,
+                    limit = limits.max_connections,
+                    refused = refused_at_capacity,
+                    "connection limit reached: closing new connections"
+                );
+            }
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let builder = builder.clone();
-        let handler = handler.clone();
+        let handler = rate_limited(handler.clone(), limiter.clone(), peer.ip());
         let watcher = graceful.watcher();
         let limits = limits.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let Some(acceptor) = acceptor else {
                 let idle_limit = limits.idle_timeout;
                 return serve_io(stream, peer, &builder, handler, watcher, epoch, idle_limit).await;
@@ -107,6 +137,34 @@ pub async fn serve<H, F, E>(
     }
 }
 
+/// The future a connection's service returns: the handler's, or a ready 429.
+type Answer<E> = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, E>> + Send>>;
+
+/// `handler` behind `client`'s request rate limit: a request over it is answered 429 with
+/// `Retry-After` and never reaches the handler.
+fn rate_limited<H, F, E>(
+    handler: H,
+    limiter: Option<Arc<ClientLimiter>>,
+    client: IpAddr,
+) -> impl Fn(Request<Incoming>) -> Answer<E> + Clone + Send + Sync + 'static
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, E>> + Send + 'static,
+    E: Send + 'static,
+{
+    move |request| {
+        if let Some(limiter) = &limiter
+            && let Err(wait) = limiter.check(client)
+        {
+            let retry_after_secs = wait.as_secs() + 1;
+            tracing::debug!(%client, retry_after_secs, "request rate limit");
+            let response = ApiError::TooManyRequests { retry_after_secs }.into_response();
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+        Box::pin(handler(request))
+    }
+}
+
 /// Serves one connection until it ends, is idle for `idle_limit`, or the drain closes it.
 async fn serve_io<IO, H, F, E>(
     io: IO,
@@ -120,7 +178,7 @@ async fn serve_io<IO, H, F, E>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, E>> + Send + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     let activity = Arc::new(AtomicU64::new(0));
     let io = Tracked {

@@ -305,7 +305,10 @@ enum Put {
         status: StatusCode,
         reason: String,
     },
-    /// No answer, or one that says "later": try again, or elsewhere.
+    /// Taken by nobody but the server is there and asks for time (429, 503): try again
+    /// later, at the same place.
+    Busy(String),
+    /// No answer, or an error: try again, or elsewhere.
     Failed(String),
 }
 
@@ -482,7 +485,7 @@ impl Autosaver {
                     self.rejected(seq, "the cloud", status, reason);
                     return Ok(Landed::Journal);
                 }
-                Put::Failed(error) => {
+                Put::Busy(error) | Put::Failed(error) => {
                     self.cloud_failed(error);
                     if !self.failover_due() {
                         return Ok(Landed::Journal);
@@ -514,6 +517,11 @@ impl Autosaver {
             Put::Refused { status, reason } => {
                 let by = format!("the hall relay {}", relay.name);
                 self.rejected(seq, &by, status, reason);
+                Ok(Landed::Journal)
+            }
+            // The box is there but busy: the save waits in the journal for the next send.
+            Put::Busy(why) => {
+                tracing::debug!(box_name = %relay.name, %why, "the box asked for time");
                 Ok(Landed::Journal)
             }
             Put::Failed(error) => {
@@ -586,7 +594,7 @@ impl Autosaver {
             match self.put(&self.cloud, seq, payload, is_final).await {
                 Put::Stored { .. } => self.journal.mark_cloud(seq)?,
                 Put::Refused { status, reason } => self.rejected(seq, "the cloud", status, reason),
-                Put::Failed(error) => {
+                Put::Busy(error) | Put::Failed(error) => {
                     self.cloud_failed(error);
                     return Ok(false);
                 }
@@ -692,6 +700,7 @@ impl Autosaver {
                     let by = format!("the hall relay {}", relay.name);
                     self.rejected(seq, &by, status, reason);
                 }
+                Put::Busy(_) => return Ok(()),
                 Put::Failed(error) => {
                     let name = relay.name.clone();
                     self.relay = None;
@@ -737,6 +746,12 @@ impl Autosaver {
                     status: reply.status,
                     reason,
                 }
+            }
+            Ok(reply)
+                if reply.status == StatusCode::TOO_MANY_REQUESTS
+                    || reply.status == StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                Put::Busy(format!("it answered {}", reply.status))
             }
             Ok(reply) => Put::Failed(format!("it answered {}", reply.status)),
             Err(error) => Put::Failed(error.to_string()),

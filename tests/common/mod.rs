@@ -51,6 +51,10 @@ impl BoxProcess {
     /// Like [`start`](Self::start), but returns the box's output if it exits instead.
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Self, String> {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--no-mdns"];
+        // Tests load the box from one address; those about the rate limit set their own.
+        if !extra.contains(&"--client-rate-limit") {
+            args.extend_from_slice(&["--client-rate-limit", "0"]);
+        }
         args.extend_from_slice(extra);
         Self::launch(&args, data_dir)
     }
@@ -283,6 +287,12 @@ pub fn privileged_or_skip(what: &str) -> bool {
         "\n*** SKIPPED {what}: it needs root (set HALLRELAY_REQUIRE_PRIVILEGED=1 to make this a failure) ***\n"
     );
     false
+}
+
+/// Writes a secret file (mode 0600, as the box demands) and returns its path as text.
+pub fn write_secret(path: &Path, text: &str) -> String {
+    hallrelay::keyfile::write_secret_file(path, text.as_bytes()).expect("write secret");
+    path.to_str().expect("UTF-8 path").to_owned()
 }
 
 /// Writes a config file into `dir` and returns its path.
