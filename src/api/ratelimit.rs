@@ -101,7 +101,10 @@ mod tests {
             assert!(limiter.check_at(ip, t0).is_ok());
         }
         let wait = limiter.check_at(ip, t0).unwrap_err();
-        assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO, "{wait:?}");
+        assert!(
+            wait <= Duration::from_millis(100) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
         // Another client is not affected.
         assert!(limiter.check_at(other, t0).is_ok());
         // After 100 ms, one more.
@@ -128,6 +131,10 @@ mod tests {
             let ip = IpAddr::V4((0x0a00_0000 + i).into());
             let _ = limiter.check_at(ip, t0 + Duration::from_secs(u64::from(i / 1000) * 2));
         }
-        assert!(limiter.clients() <= PRUNE_ABOVE + 1, "{}", limiter.clients());
+        assert!(
+            limiter.clients() <= PRUNE_ABOVE + 1,
+            "{}",
+            limiter.clients()
+        );
     }
 }
