@@ -10,11 +10,14 @@ use std::fmt;
 /// The longest id the API accepts.
 pub const MAX_ID_LEN: usize = 64;
 
-/// Whether `s` is a valid exam or candidate id: `[A-Za-z0-9._-]{1,64}`.
+/// Whether `s` is a valid exam or candidate id: `[A-Za-z0-9._-]{1,64}`, and not made of dots
+/// alone. `.` and `..` match the pattern but read as path traversal to every proxy, browser
+/// and log reader between a client and the box, so they are refused like any other bad id.
 pub fn is_valid_id(s: &str) -> bool {
     (1..=MAX_ID_LEN).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !s.bytes().all(|b| b == b'.')
 }
 
 /// Parses a sequence number written as a canonical decimal u64.
@@ -48,7 +51,8 @@ mod tests {
         assert!(is_valid_id(&"a".repeat(64)));
         assert!(!is_valid_id(&"a".repeat(65)));
         assert!(!is_valid_id(""));
-        for bad in ["a/b", "a b", "ä", "a%2F", "a\n"] {
+        assert!(is_valid_id("v1.2") && is_valid_id(".hidden") && is_valid_id("a..b"));
+        for bad in ["a/b", "a b", "ä", "a%2F", "a\n", ".", "..", "..."] {
             assert!(!is_valid_id(bad), "{bad:?} must be refused");
         }
     }

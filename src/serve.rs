@@ -205,7 +205,7 @@ impl Parts {
 /// Raises the soft limit on open files towards `wanted` (up to the hard limit), so that
 /// `max_connections` is what bounds connections, not a default of 1,024 descriptors. Says so
 /// when the hard limit is lower.
-pub(crate) fn raise_open_files_limit(wanted: u64) {
+pub fn raise_open_files_limit(wanted: u64) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     let soft = limit.current.unwrap_or(u64::MAX);

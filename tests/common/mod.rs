@@ -38,6 +38,8 @@ pub struct BoxProcess {
     pub pin: String,
     pub data_dir: PathBuf,
     lines: mpsc::Receiver<String>,
+    /// Every log line read so far.
+    seen: std::sync::Mutex<Vec<String>>,
 }
 
 impl BoxProcess {
@@ -79,15 +81,30 @@ impl BoxProcess {
         Self::launch_in(None, args, data_dir)
     }
 
+    /// Like [`start`](Self::start), with the box's `RUST_LOG` set to `rust_log`.
+    pub fn start_logged(data_dir: &Path, extra: &[&str], rust_log: &str) -> Self {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--no-mdns"];
+        args.extend_from_slice(extra);
+        Self::launch_with(None, &args, data_dir, rust_log)
+            .unwrap_or_else(|log| panic!("the box did not start:\n{log}"))
+    }
+
     fn launch_in(ns: Option<&str>, args: &[&str], data_dir: &Path) -> Result<Self, String> {
+        let rust_log = std::env::var("HALLRELAY_TEST_RUST_LOG").unwrap_or_else(|_| "info".into());
+        Self::launch_with(ns, args, data_dir, &rust_log)
+    }
+
+    fn launch_with(
+        ns: Option<&str>,
+        args: &[&str],
+        data_dir: &Path,
+        rust_log: &str,
+    ) -> Result<Self, String> {
         let mut child = command(ns)
             .args(args)
             .arg("--data-dir")
             .arg(data_dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("HALLRELAY_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -125,6 +142,7 @@ impl BoxProcess {
                             pin: field("pin="),
                             data_dir: data_dir.to_owned(),
                             lines: rx,
+                            seen: std::sync::Mutex::new(log.lines().map(str::to_owned).collect()),
                         });
                     }
                 }
@@ -207,12 +225,25 @@ impl BoxProcess {
         let deadline = std::time::Instant::now() + within;
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return Some(line),
-                Ok(_) => {}
+                Ok(line) => {
+                    self.seen.lock().unwrap().push(line.clone());
+                    if line.contains(needle) {
+                        return Some(line);
+                    }
+                }
                 Err(_) => return None,
             }
         }
         None
+    }
+
+    /// Every log line the box has written so far.
+    pub fn log_so_far(&self) -> String {
+        let mut seen = self.seen.lock().unwrap();
+        while let Ok(line) = self.lines.try_recv() {
+            seen.push(line);
+        }
+        seen.join("\n")
     }
 }
 

@@ -1,0 +1,514 @@
+//! Hostile clients on the hall network, against the real binary over real TLS: huge bodies
+//! and headers, a crowd of idle and stalled connections, a flood from one address, stalled
+//! bodies, old TLS and plaintext, traversal-like ids, secret files others can read, and a
+//! scan of the logs for secrets. After each attack the box must still serve everyone else.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{HeaderMap, StatusCode};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+/// A TLS connection to the box, trusting it by pin, speaking HTTP/1.1, from `local` if given
+/// (any 127.0.0.0/8 address works on loopback, so tests can play several clients).
+async fn tls(b: &BoxProcess, local: Option<IpAddr>) -> TlsStream<TcpStream> {
+    let mut config = hallrelay::tls::pinned_client_config(vec![b.pin.clone()]).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let addr: SocketAddr = b.addr.parse().unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    if let Some(ip) = local {
+        socket.bind(SocketAddr::new(ip, 0)).unwrap();
+    }
+    let tcp = socket.connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads an answer's head (or whatever arrives before the server closes) within `limit`:
+/// `None` if the connection closed or failed without a byte.
+async fn answer_head<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> Option<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    (!got.is_empty()).then(|| String::from_utf8_lossy(&got).into_owned())
+}
+
+/// The box still answers a well-behaved client, quickly.
+async fn still_serves(b: &BoxProcess) {
+    let started = Instant::now();
+    let reply = b
+        .client(None)
+        .with_timeout(Duration::from_secs(3))
+        .get("/v1/health")
+        .await
+        .expect("the box still serves");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+fn put_head(b: &BoxProcess, extra: &str) -> String {
+    format!(
+        "PUT /v1/exams/math/candidates/c1/autosaves/1 HTTP/1.1\r\nhost: box\r\nauthorization: Bearer {}\r\n{extra}\r\n",
+        b.candidate_token("math", "c1")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gigabyte_body_is_refused_before_it_is_read_and_a_chunked_one_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+
+    // Announced: 413 before the body is read.
+    let mut s = tls(&b, None).await;
+    s.write_all(put_head(&b, "content-length: 1073741824\r\n").as_bytes())
+        .await
+        .unwrap();
+    s.write_all(&[0u8; 64 * 1024]).await.unwrap();
+    let head = answer_head(&mut s, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+
+    // Chunked, never announced: cut off once it passes the limit (16 MiB by default).
+    let mut s = tls(&b, None).await;
+    s.write_all(put_head(&b, "transfer-encoding: chunked\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(s);
+    let sender = tokio::spawn(async move {
+        let chunk = [b'x'; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < 1 << 30 {
+            let head = format!("{:x}\r\n", chunk.len());
+            if writer.write_all(head.as_bytes()).await.is_err()
+                || writer.write_all(&chunk).await.is_err()
+                || writer.write_all(b"\r\n").await.is_err()
+            {
+                break;
+            }
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    let head = answer_head(&mut reader, Duration::from_secs(20))
+        .await
+        .expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    drop(reader);
+    let sent = tokio::time::timeout(Duration::from_secs(20), sender)
+        .await
+        .expect("the box stopped reading")
+        .unwrap();
+    assert!(
+        sent < 256 << 20,
+        "the box read {sent} bytes of a refused body"
+    );
+
+    still_serves(&b).await;
+    assert_eq!(b.status().await["stored"]["count"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_megabytes_of_headers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let mut s = tls(&b, None).await;
+    let (mut reader, mut writer) = tokio::io::split(&mut s);
+    let sender = async {
+        let _ = writer
+            .write_all(b"GET /v1/health HTTP/1.1\r\nhost: box\r\n")
+            .await;
+        let line = format!("x-padding: {}\r\n", "a".repeat(1000));
+        for _ in 0..2000 {
+            if writer.write_all(line.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.write_all(b"\r\n").await;
+    };
+    let (_, head) = tokio::join!(sender, answer_head(&mut reader, Duration::from_secs(10)));
+    // Either a 431 or a closed connection; never an answer to the request.
+    if let Some(head) = head {
+        assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    }
+    still_serves(&b).await;
+}
+
+/// 1,000 idle TCP connections and 50 requests stalled half-way through their headers, from
+/// 50 addresses: a real client is still served within 3 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crowded_box_still_serves() {
+    hallrelay::serve::raise_open_files_limit(4096);
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let addr: SocketAddr = b.addr.parse().unwrap();
+    let mut idle = Vec::new();
+    for i in 0..1000u32 {
+        let socket = TcpSocket::new_v4().unwrap();
+        let from = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1, (i % 50) as u8 + 1));
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        idle.push(socket.connect(addr).await.unwrap());
+    }
+    let mut stalled = Vec::new();
+    for i in 0..50u8 {
+        let mut s = tls(
+            &b,
+            Some(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 2, i + 1))),
+        )
+        .await;
+        s.write_all(b"PUT /v1/exams/math/candidates/c1/autosaves/1 HTTP/1.1\r\nhost: box\r\n")
+            .await
+            .unwrap();
+        s.flush().await.unwrap();
+        stalled.push(s);
+    }
+    let started = Instant::now();
+    let c = b
+        .client(Some(b.candidate_token("math", "c1")))
+        .with_timeout(Duration::from_secs(3));
+    let reply = put(&c, "math", "c1", 1, b"still here").await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    still_serves(&b).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    drop((idle, stalled));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_from_one_address_gets_429_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "client_rate_burst = 5\n");
+    let b = BoxProcess::start(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--client-rate-limit",
+            "2",
+        ],
+    );
+    let flooder = b.client(None);
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    let started = Instant::now();
+    for _ in 0..20 {
+        let reply = flooder.get("/v1/health").await.unwrap();
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = reply.header("retry-after").map(str::to_owned);
+            let v: serde_json::Value = reply.json().unwrap();
+            assert_eq!(v["error"], "rate_limited");
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    // The burst, plus what 2 per second refilled while the flood ran.
+    let refilled = (started.elapsed().as_secs_f64() * 2.0).ceil() as usize;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert!((5..=5 + refilled).contains(&ok), "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 20 - ok);
+    let wait: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+
+    // Another address is not affected.
+    let mut s = tls(&b, Some("127.0.0.9".parse().unwrap())).await;
+    s.write_all(b"GET /v1/health HTTP/1.1\r\nhost: box\r\n\r\n")
+        .await
+        .unwrap();
+    let head = answer_head(&mut s, Duration::from_secs(3)).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_cap_are_closed_and_the_box_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "max_connections = 16\n");
+    let b = BoxProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(TcpStream::connect(&b.addr).await.unwrap());
+    }
+    // Give the box a moment to accept them all.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(&b.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
+        .await
+        .expect("the extra connection is closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    still_serves(&b).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_body_gets_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "body_read_timeout = \"1s\"\n");
+    let b = BoxProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let mut s = tls(&b, None).await;
+    s.write_all(put_head(&b, "content-length: 100\r\n").as_bytes())
+        .await
+        .unwrap();
+    s.write_all(b"only ten b").await.unwrap();
+    let started = Instant::now();
+    let head = answer_head(&mut s, Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    still_serves(&b).await;
+    assert_eq!(b.status().await["stored"]["count"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traversal_like_ids_get_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let c = b.client(Some(b.candidate_token("math", "c1")));
+    for path in [
+        "/v1/exams/../candidates/c1/autosaves/1".to_string(),
+        "/v1/exams/math/candidates/./autosaves/1".to_string(),
+        "/v1/exams/math/candidates/%2e%2e/autosaves/1".to_string(),
+        "/v1/exams/math/candidates/..%2fc2/autosaves/1".to_string(),
+        format!(
+            "/v1/exams/math/candidates/{}/autosaves/1",
+            "c".repeat(10_000)
+        ),
+    ] {
+        let reply = c
+            .put(&path, HeaderMap::new(), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            &path[..60.min(path.len())]
+        );
+    }
+    assert_eq!(b.status().await["stored"]["count"], 0);
+}
+
+/// Only TLS 1.2 and 1.3: a TLS 1.1 client (OpenSSL, allowed to offer it) gets no session, and
+/// plaintext HTTP on the TLS port gets no HTTP answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn old_tls_and_plaintext_are_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &b.addr, "-tls1_1"])
+        .args(["-cipher", "DEFAULT@SECLEVEL=0", "-servername", "localhost"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl (Debian's openssl package)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "a TLS 1.1 session was made:\n{text}");
+    // The refusal came from the box, as an alert to OpenSSL's TLS 1.1 hello.
+    assert!(
+        text.contains("alert protocol version") || text.contains("alert handshake failure"),
+        "OpenSSL did not get as far as offering TLS 1.1:\n{text}"
+    );
+    // The same command with TLS 1.2 does get a session: the refusal above is about 1.1.
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &b.addr,
+            "-tls1_2",
+            "-servername",
+            "localhost",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("TLSv1.2"),
+        "no TLS 1.2 session either:\n{text}"
+    );
+
+    let mut plain = TcpStream::connect(&b.addr).await.unwrap();
+    plain
+        .write_all(b"GET /v1/health HTTP/1.1\r\nhost: box\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut got)).await;
+    assert!(
+        !String::from_utf8_lossy(&got).contains("HTTP/"),
+        "plaintext was answered: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    still_serves(&b).await;
+}
+
+/// Every secret file is checked at start: one that others may read stops the box with a clear
+/// message and exit code 64, and nothing is created.
+#[test]
+fn secret_files_others_can_read_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let loosen = |path: &std::path::Path| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    let refused = |dir: &std::path::Path, extra: &[&str], file: &std::path::Path| {
+        let out = std::process::Command::new(binary())
+            .args([
+                "serve",
+                "--no-mdns",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert!(
+            stderr.contains(&file.display().to_string()) && stderr.contains("chmod 600"),
+            "{stderr}"
+        );
+    };
+
+    // A venue key others can read, in a fresh data dir: refused, and nothing is created.
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    std::fs::write(fresh.join("venue.key"), format!("{}\n", "ab".repeat(32))).unwrap();
+    loosen(&fresh.join("venue.key"));
+    refused(&fresh, &[], &fresh.join("venue.key"));
+    assert_eq!(
+        std::fs::read_dir(&fresh).unwrap().count(),
+        1,
+        "only the key is there"
+    );
+
+    // A box run once, so its venue key and identity key exist; then each is loosened.
+    let data = dir.path().join("data");
+    let mut b = BoxProcess::start(&data, &[]);
+    b.terminate();
+    for name in ["venue.key", "identity.key"] {
+        let file = data.join(name);
+        loosen(&file);
+        refused(&data, &[], &file);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    // The cloud credential named in the configuration.
+    let token = dir.path().join("cloud.token");
+    std::fs::write(&token, "credential\n").unwrap();
+    loosen(&token);
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "cloud = \"http://127.0.0.1:9\"\ncloud_token_file = \"{}\"\n",
+            token.display()
+        ),
+    );
+    refused(&data, &["--config", config.to_str().unwrap()], &token);
+
+    // The reference cloud's list of box credentials.
+    let out = std::process::Command::new(binary())
+        .args(["cloud", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("cloud"))
+        .arg("--appliance-token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+}
+
+/// With every log level on, a run with valid, forged and admin tokens, a replay credential
+/// and a key on disk leaves none of them in the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_reaches_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let credential = "cloud-credential-5f1e9c2a7b";
+    let token_file = dir.path().join("cloud.token");
+    write_secret(&token_file, credential);
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "cloud = \"http://127.0.0.1:{}\"\ncloud_token_file = \"{}\"\n",
+            free_port(),
+            token_file.display()
+        ),
+    );
+    let data = dir.path().join("data");
+    let b = BoxProcess::start_logged(&data, &["--config", config.to_str().unwrap()], "trace");
+    let token = b.candidate_token("math", "c1");
+    let admin = b.admin_token();
+    let mut forged = token.clone();
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    let c = b.client(Some(token.clone()));
+    assert_eq!(
+        put(&c, "math", "c1", 1, b"essay").await.status,
+        StatusCode::CREATED
+    );
+    let f = b.client(Some(forged.clone()));
+    assert_eq!(
+        put(&f, "math", "c1", 2, b"essay").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let a = b.client(Some(admin.clone()));
+    assert_eq!(a.get("/v1/status").await.unwrap().status, StatusCode::OK);
+    // Replay tries the (absent) cloud with the credential.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let log = b.log_so_far();
+    assert!(log.lines().count() > 20, "trace logging is on:\n{log}");
+    let venue_key = std::fs::read_to_string(data.join("venue.key")).unwrap();
+    let identity = std::fs::read_to_string(data.join("identity.key")).unwrap();
+    let mut secrets = vec![
+        ("candidate token", token.clone()),
+        ("forged token", forged),
+        ("admin token", admin),
+        ("token MAC", token.rsplit('.').next().unwrap().to_owned()),
+        ("cloud credential", credential.to_owned()),
+        ("venue key", venue_key.trim().to_owned()),
+    ];
+    for line in identity.lines().filter(|l| !l.starts_with("-----")) {
+        secrets.push(("identity key", line.to_owned()));
+    }
+    for (what, secret) in secrets {
+        assert!(!log.contains(&secret), "the {what} is in the log");
+    }
+}
