@@ -163,6 +163,7 @@ async fn durable_puts(
         mdns_interfaces: Vec::new(),
         // Every simulated client shares 127.0.0.1.
         client_rate_limit: Some(0),
+        max_connections_per_client: Some(100_000),
     };
     let config = ServeConfig::from_args(&args).expect("config");
     let shutdown = CancellationToken::new();

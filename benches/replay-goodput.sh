@@ -322,7 +322,7 @@ run_case() {
     # (a) The box alone: it queues everything in its outbox.
     printf 'min_free_bytes = 0\n' >"$dir/queue.toml"
     start_bg "$box_log" "${in_box[@]}" "$bin" serve --config "$dir/queue.toml" \
-        --data-dir "$dir/box" --listen 127.0.0.1:0 --no-mdns --client-rate-limit 0
+        --data-dir "$dir/box" --listen 127.0.0.1:0 --no-mdns --client-rate-limit 0 --max-connections-per-client 100000
     local box_pid=$started_pid
     wait_listening "$box_log" "$box_pid"
     local box_addr=$listen_addr box_pin=$listen_pin
@@ -364,7 +364,7 @@ run_case() {
     } >"$dir/replay.toml"
     : >"$box_log"
     start_bg "$box_log" "${in_box[@]}" "$bin" serve --config "$dir/replay.toml" \
-        --data-dir "$dir/box" --listen 127.0.0.1:0 --no-mdns --client-rate-limit 0
+        --data-dir "$dir/box" --listen 127.0.0.1:0 --no-mdns --client-rate-limit 0 --max-connections-per-client 100000
     box_pid=$started_pid
     wait_listening "$box_log" "$box_pid"
     [ "$listen_pin" = "$box_pin" ] || die "$name: the box's pin changed on restart" "$box_log"

@@ -189,6 +189,10 @@ pub struct ServeArgs {
     /// test from one machine) [default: 20].
     #[arg(long, value_name = "N")]
     pub client_rate_limit: Option<u32>,
+    /// Connections one client address may hold open (for a load test from one machine, set
+    /// it above the test's connections) [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -95,6 +95,8 @@ pub struct FileConfig {
     pub body_read_timeout: Option<Duration>,
     /// The most connections open at once; more are closed at accept (default 4096).
     pub max_connections: Option<usize>,
+    /// The most connections one client address may hold open (default 64).
+    pub max_connections_per_client: Option<usize>,
     /// The largest request head (request line and headers), in bytes (default 16384, at
     /// least 8192).
     pub max_header_bytes: Option<usize>,
@@ -246,6 +248,19 @@ impl ServeConfig {
                 }
                 Some(n) => n,
                 None => defaults.max_connections,
+            },
+            max_connections_per_client: match args
+                .max_connections_per_client
+                .or(file.max_connections_per_client)
+            {
+                Some(0) => {
+                    return Err(ConfigError::Invalid {
+                        key: "max_connections_per_client",
+                        problem: "must be at least 1".into(),
+                    });
+                }
+                Some(n) => n,
+                None => defaults.max_connections_per_client,
             },
             max_header_bytes: match file.max_header_bytes {
                 Some(n) if !(8192..=1024 * 1024).contains(&n) => {

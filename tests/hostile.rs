@@ -512,3 +512,37 @@ async fn no_secret_reaches_the_log() {
         assert!(!log.contains(&secret), "the {what} is in the log");
     }
 }
+
+/// One laptop cannot take every connection: past its share, its new connections are closed,
+/// and another address still gets in.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_client_cannot_take_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &["--max-connections-per-client", "8"]);
+    let addr: SocketAddr = b.addr.parse().unwrap();
+    let from = |ip: &str| {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(ip.parse().unwrap(), 0))
+            .unwrap();
+        socket.connect(addr)
+    };
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(from("127.0.0.5").await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ninth = from("127.0.0.5").await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), ninth.read(&mut buf))
+        .await
+        .expect("the ninth connection is closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let mut s = tls(&b, Some("127.0.0.6".parse().unwrap())).await;
+    s.write_all(b"GET /v1/health HTTP/1.1\r\nhost: box\r\n\r\n")
+        .await
+        .unwrap();
+    let head = answer_head(&mut s, Duration::from_secs(3)).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(held);
+}

@@ -94,6 +94,8 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// The most connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// The most connections one client address may hold open.
+    pub max_connections_per_client: usize,
     /// The largest request head (HTTP/1.1 request line and headers, HTTP/2 header list).
     pub max_header_bytes: usize,
     /// Per client address: (requests per second, burst); `None`: no limit.
@@ -121,6 +123,7 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            max_connections_per_client: 64,
             max_header_bytes: 16 * 1024,
             client_rate: Some((20, 40)),
         }

@@ -1,4 +1,5 @@
-//! The per-client request rate limit: one token bucket per client address.
+//! Per-client limits: a request rate (one token bucket per client address) and a cap on the
+//! connections one client may hold open.
 //!
 //! A hall network has hundreds of laptops and some of them belong to people with a motive to
 //! disrupt the others. Each client address gets `rate` requests per second on average, with
@@ -6,13 +7,17 @@
 //! work is done for it. A candidate saving every 15 s, or re-sending a journal after a
 //! failover, stays far below the default of 20 per second.
 //!
+//! Without the connection cap, one laptop could take every connection the box allows and
+//! lock out the rest of the hall; with it, a client past its share has each new connection
+//! closed at accept.
+//!
 //! An IPv6 client is counted by its /64 (one device can use a whole /64, and would otherwise
 //! get a fresh bucket per address). The table is pruned of buckets that have refilled, so a
 //! client spraying addresses costs a bounded amount of memory.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Past this many buckets, refilled ones are dropped before a new one is added.
@@ -73,6 +78,54 @@ impl ClientLimiter {
     }
 }
 
+/// Open connections by client address, each client capped.
+pub struct ClientConnections {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection, counted against its client until dropped.
+pub struct ConnectionSlot {
+    owner: Arc<ClientConnections>,
+    key: IpAddr,
+}
+
+impl ClientConnections {
+    pub fn new(max_per_client: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max: max_per_client.max(1),
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts a new connection from `client`, or `None` if it already holds its share.
+    pub fn try_open(self: &Arc<Self>, client: IpAddr) -> Option<ConnectionSlot> {
+        let key = bucket_key(client);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot {
+            owner: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The address a bucket is kept under: IPv4 as is (also when mapped into IPv6), IPv6 by /64.
 fn bucket_key(ip: IpAddr) -> IpAddr {
     match ip {
@@ -111,6 +164,25 @@ mod tests {
         let later = t0 + Duration::from_millis(100);
         assert!(limiter.check_at(ip, later).is_ok());
         assert!(limiter.check_at(ip, later).is_err());
+    }
+
+    #[test]
+    fn each_client_holds_at_most_its_share_of_connections() {
+        let table = ClientConnections::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = table.try_open(a).unwrap();
+        let _second = table.try_open(a).unwrap();
+        assert!(table.try_open(a).is_none());
+        assert!(
+            table.try_open(b).is_some(),
+            "another client has its own share"
+        );
+        drop(first);
+        assert!(
+            table.try_open(a).is_some(),
+            "a closed connection frees its place"
+        );
     }
 
     #[test]

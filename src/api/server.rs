@@ -4,7 +4,8 @@
 //! address (its caller checks that), so tests and demos need no certificate for it.
 //!
 //! A hostile client must not be able to stop the box from serving others, so everything a
-//! client can hold is bounded: the number of connections (more are closed at accept), the
+//! client can hold is bounded: the number of connections, in all and per client address
+//! (more are closed at accept), the
 //! TLS handshake's time, the request head's time and size (431 past `max_header_bytes`), a
 //! connection's idle time, and each client address's request rate (429 with `Retry-After`,
 //! [`super::ratelimit`]). The body's size and time are bounded by the handler. On shutdown
@@ -37,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Limits;
 use super::error::ApiError;
-use super::ratelimit::ClientLimiter;
+use super::ratelimit::{ClientConnections, ClientLimiter};
 
 /// Serves `handler` on `listener` (over TLS when `tls` is given) until `shutdown` is
 /// cancelled, then drains. A handler that returns an error has its connection closed at once
@@ -73,6 +74,7 @@ pub async fn serve<H, F, E>(
     let limiter = limits
         .client_rate
         .map(|(rate, burst)| Arc::new(ClientLimiter::new(rate, burst)));
+    let per_client = ClientConnections::new(limits.max_connections_per_client);
     let mut refused_at_capacity = 0u64;
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
@@ -90,6 +92,11 @@ pub async fn serve<H, F, E>(
                     continue;
                 }
             },
+        };
+        let Some(client_slot) = per_client.try_open(peer.ip()) else {
+            tracing::debug!(%peer, "this client holds its share of connections: closing");
+            drop(stream);
+            continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Full: closing at once costs the attacker a connection and us nothing.
@@ -112,7 +119,7 @@ pub async fn serve<H, F, E>(
         let watcher = graceful.watcher();
         let limits = limits.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, client_slot);
             let Some(acceptor) = acceptor else {
                 let idle_limit = limits.idle_timeout;
                 return serve_io(stream, peer, &builder, handler, watcher, epoch, idle_limit).await;

@@ -57,6 +57,9 @@ impl BoxProcess {
         if !extra.contains(&"--client-rate-limit") {
             args.extend_from_slice(&["--client-rate-limit", "0"]);
         }
+        if !extra.contains(&"--max-connections-per-client") {
+            args.extend_from_slice(&["--max-connections-per-client", "100000"]);
+        }
         args.extend_from_slice(extra);
         Self::launch(&args, data_dir)
     }
