@@ -26,6 +26,16 @@ bench *ARGS:
 bench-replay *ARGS:
     bash benches/replay-goodput.sh {{ARGS}}
 
-# SIGKILL trials under load, many more than the default suite runs.
-torture trials="100":
-    HALLRELAY_KILL_TRIALS={{trials}} cargo test --release --test durability sigkill -- --nocapture
+# Every fuzz target in turn, `seconds` each, on one core (docs/fuzzing.md; needs cargo-fuzz).
+fuzz seconds="300" *TARGETS:
+    fuzz/run time {{seconds}} {{TARGETS}}
+
+# Every fuzz target in turn for `runs` executions each: `just fuzz-count 10000000`.
+fuzz-count runs="10000000" *TARGETS:
+    fuzz/run runs {{runs}} {{TARGETS}}
+
+# The torture suite, long form: 1,000 seeded SIGKILL trials during ingest and replay
+# (`just torture 50` is CI's short form). Replay a failure with HALLRELAY_TORTURE_SEED and
+# HALLRELAY_TORTURE_FROM (docs/reliability.md).
+torture trials="1000":
+    HALLRELAY_TORTURE_KILLS={{trials}} cargo test --release --test torture -- --nocapture

@@ -4,78 +4,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
 
 const EXAM: &str = "final-2026";
-
-/// Writers PUT continuously; returns what was acknowledged (name → bytes) when stopped.
-async fn write_until_stopped(
-    b: &BoxProcess,
-    writers: usize,
-    size: usize,
-    first_seq: u64,
-    stop: tokio_util::sync::CancellationToken,
-) -> HashMap<(usize, u64), Vec<u8>> {
-    let acked = Arc::new(Mutex::new(HashMap::new()));
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let candidate = format!("c{w:03}");
-        let client = b
-            .client(Some(b.candidate_token(EXAM, &candidate)))
-            .with_timeout(Duration::from_secs(5));
-        let acked = acked.clone();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut seq = first_seq;
-            while !stop.is_cancelled() {
-                seq += 1;
-                let body = payload(w, seq, size);
-                match client
-                    .put(
-                        &autosave_path(EXAM, &candidate, seq),
-                        http::HeaderMap::new(),
-                        body.clone().into(),
-                    )
-                    .await
-                {
-                    Ok(reply) if reply.status.is_success() => {
-                        acked.lock().unwrap().insert((w, seq), body);
-                    }
-                    // The box died mid-request: not acknowledged, may or may not be stored.
-                    _ => break,
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
-}
-
-async fn assert_all_readable(b: &BoxProcess, acked: &HashMap<(usize, u64), Vec<u8>>) {
-    let admin = b.client(Some(b.admin_token()));
-    for ((w, seq), body) in acked {
-        let reply = admin
-            .get(&autosave_path(EXAM, &format!("c{w:03}"), *seq))
-            .await
-            .unwrap();
-        assert_eq!(
-            reply.status,
-            StatusCode::OK,
-            "acknowledged c{w:03}/{seq} is missing after restart"
-        );
-        assert_eq!(
-            &reply.body[..],
-            &body[..],
-            "acknowledged c{w:03}/{seq} changed"
-        );
-    }
-}
 
 /// The bug this guards against: an ack sent before the commit that holds the autosave is on
 /// disk (or a commit that a crash can tear). SIGKILL at a random moment under concurrent load
@@ -94,6 +28,7 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
         let stop = tokio_util::sync::CancellationToken::new();
         let writer = write_until_stopped(
             &b,
+            EXAM,
             16,
             4096 + (trial as usize * 3000),
             trial * 1_000_000,
@@ -115,7 +50,7 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
         );
         all_acked.extend(acked);
         let b = BoxProcess::start(dir.path(), &[]);
-        assert_all_readable(&b, &all_acked).await;
+        assert_all_readable(&b, EXAM, &all_acked).await;
         eprintln!(
             "trial {trial}: {} acknowledged autosaves intact",
             all_acked.len()
@@ -222,12 +157,12 @@ async fn sigterm_drains_in_flight_requests() {
             stop.cancel();
         }
     };
-    let (acked, ()) = tokio::join!(write_until_stopped(&b, 8, 2048, 0, stop), stopper);
+    let (acked, ()) = tokio::join!(write_until_stopped(&b, EXAM, 8, 2048, 0, stop), stopper);
     let status = b.child.wait().unwrap();
     assert!(status.success(), "a SIGTERM shutdown exits 0, got {status}");
     let b = BoxProcess::start(dir.path(), &[]);
     assert!(!acked.is_empty());
-    assert_all_readable(&b, &acked).await;
+    assert_all_readable(&b, EXAM, &acked).await;
 }
 
 #[test]

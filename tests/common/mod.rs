@@ -567,3 +567,78 @@ impl Drop for Candidate {
         let _ = self.child.wait();
     }
 }
+
+/// Writers PUT continuously; returns what was acknowledged (name → bytes) when stopped.
+pub async fn write_until_stopped(
+    b: &BoxProcess,
+    exam: &str,
+    writers: usize,
+    size: usize,
+    first_seq: u64,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::collections::HashMap<(usize, u64), Vec<u8>> {
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let candidate = format!("c{w:03}");
+        let client = b
+            .client(Some(b.candidate_token(exam, &candidate)))
+            .with_timeout(Duration::from_secs(5));
+        let acked = acked.clone();
+        let stop = stop.clone();
+        let exam = exam.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut seq = first_seq;
+            while !stop.is_cancelled() {
+                seq += 1;
+                let body = payload(w, seq, size);
+                match client
+                    .put(
+                        &autosave_path(&exam, &candidate, seq),
+                        http::HeaderMap::new(),
+                        body.clone().into(),
+                    )
+                    .await
+                {
+                    Ok(reply) if reply.status.is_success() => {
+                        acked.lock().unwrap().insert((w, seq), body);
+                    }
+                    // The box died mid-request: not acknowledged, may or may not be stored.
+                    _ => break,
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    std::sync::Arc::try_unwrap(acked)
+        .unwrap()
+        .into_inner()
+        .unwrap()
+}
+
+/// Every acknowledged autosave reads back byte for byte.
+pub async fn assert_all_readable(
+    b: &BoxProcess,
+    exam: &str,
+    acked: &std::collections::HashMap<(usize, u64), Vec<u8>>,
+) {
+    let admin = b.client(Some(b.admin_token()));
+    for ((w, seq), body) in acked {
+        let reply = admin
+            .get(&autosave_path(exam, &format!("c{w:03}"), *seq))
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.status,
+            http::StatusCode::OK,
+            "acknowledged c{w:03}/{seq} is missing after restart"
+        );
+        assert_eq!(
+            &reply.body[..],
+            &body[..],
+            "acknowledged c{w:03}/{seq} changed"
+        );
+    }
+}
