@@ -37,5 +37,6 @@ fuzz-count runs="10000000" *TARGETS:
 # The torture suite, long form: 1,000 seeded SIGKILL trials during ingest and replay
 # (`just torture 50` is CI's short form). Replay a failure with HALLRELAY_TORTURE_SEED and
 # HALLRELAY_TORTURE_FROM (docs/reliability.md).
-torture trials="1000":
+torture trials="1000" chaos_secs="600":
     HALLRELAY_TORTURE_KILLS={{trials}} cargo test --release --test torture -- --nocapture
+    HALLRELAY_CHAOS_SECS={{chaos_secs}} cargo test --release --test chaos -- --nocapture
