@@ -86,15 +86,21 @@ impl BoxProcess {
 
     /// Like [`start`](Self::start), with the box's `RUST_LOG` set to `rust_log`.
     pub fn start_logged(data_dir: &Path, extra: &[&str], rust_log: &str) -> Self {
+        Self::start_env(data_dir, extra, &[("RUST_LOG", rust_log)])
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables for the box.
+    pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--no-mdns"];
         args.extend_from_slice(extra);
-        Self::launch_with(None, &args, data_dir, rust_log)
+        let rust_log = std::env::var("HALLRELAY_TEST_RUST_LOG").unwrap_or_else(|_| "info".into());
+        Self::launch_with(None, &args, data_dir, &rust_log, env)
             .unwrap_or_else(|log| panic!("the box did not start:\n{log}"))
     }
 
     fn launch_in(ns: Option<&str>, args: &[&str], data_dir: &Path) -> Result<Self, String> {
         let rust_log = std::env::var("HALLRELAY_TEST_RUST_LOG").unwrap_or_else(|_| "info".into());
-        Self::launch_with(ns, args, data_dir, &rust_log)
+        Self::launch_with(ns, args, data_dir, &rust_log, &[])
     }
 
     fn launch_with(
@@ -102,12 +108,14 @@ impl BoxProcess {
         args: &[&str],
         data_dir: &Path,
         rust_log: &str,
+        env: &[(&str, &str)],
     ) -> Result<Self, String> {
         let mut child = command(ns)
             .args(args)
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
