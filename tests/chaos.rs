@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -33,18 +32,6 @@ fn ip_in(ns: &str, args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn by_seq(list: &str) -> BTreeMap<u64, String> {
-    let rows: Vec<serde_json::Value> = serde_json::from_str(list).expect("list JSON");
-    rows.iter()
-        .map(|r| {
-            (
-                r["seq"].as_u64().unwrap(),
-                r["blake3"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
 }
 
 /// Starts the delaying relay in `ns` on CLOUD_IP:9444, towards the cloud on :9443.
@@ -256,13 +243,13 @@ fn replay_survives_a_lossy_flapping_uplink_and_delivers_exactly_once() {
     let mut stored = 0;
     for c in &candidates {
         let path = format!("/v1/exams/{EXAM}/candidates/{c}/autosaves");
-        let on_box = by_seq(&net.curl(
+        let on_box = blake3_by_seq(&net.curl(
             &net.hall,
             &hall_box.pin,
             &admin,
             &format!("{box_url}{path}"),
         ));
-        let in_cloud = by_seq(&net.curl(
+        let in_cloud = blake3_by_seq(&net.curl(
             &net.laptop,
             &cloud.pin,
             &admin,

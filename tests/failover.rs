@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{BoxProcess, Candidate, HALL_IF, HALL_IP, LAPTOP_IF, write_secret};
+use common::{BoxProcess, Candidate, HALL_IF, HALL_IP, LAPTOP_IF, blake3_by_seq, write_secret};
 use hallrelay::keyfile::VenueKey;
 use hallrelay::token::{self, Claims};
 
@@ -34,19 +34,6 @@ fn admin_token(venue_key: &Path) -> String {
             expires: common::in_an_hour(),
         },
     )
-}
-
-/// Seq → blake3 of one candidate's autosaves, from a list answer.
-fn by_seq(list: &str) -> std::collections::BTreeMap<u64, String> {
-    let rows: Vec<serde_json::Value> = serde_json::from_str(list).expect("list JSON");
-    rows.iter()
-        .map(|r| {
-            (
-                r["seq"].as_u64().unwrap(),
-                r["blake3"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
 }
 
 /// mDNS on loopback, which the demo relies on. It runs inside a namespace all the same:
@@ -239,8 +226,9 @@ fn a_laptop_fails_over_to_the_hall_box_and_returns_to_the_cloud() {
         "{box_status}"
     );
     let path = format!("/v1/exams/{EXAM}/candidates/c1/autosaves");
-    let in_cloud = by_seq(&net.curl(&net.hall, &cloud.pin, &token, &format!("{cloud_url}{path}")));
-    let on_box = by_seq(&net.curl(
+    let in_cloud =
+        blake3_by_seq(&net.curl(&net.hall, &cloud.pin, &token, &format!("{cloud_url}{path}")));
+    let on_box = blake3_by_seq(&net.curl(
         &net.hall,
         &hall_box.pin,
         &token,

@@ -650,3 +650,16 @@ pub async fn assert_all_readable(
         );
     }
 }
+
+/// Seq → blake3 of one candidate's autosaves, from a list answer's JSON text.
+pub fn blake3_by_seq(list: &str) -> std::collections::BTreeMap<u64, String> {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(list).expect("list JSON");
+    rows.iter()
+        .map(|r| {
+            (
+                r["seq"].as_u64().expect("seq"),
+                r["blake3"].as_str().expect("blake3").to_owned(),
+            )
+        })
+        .collect()
+}
