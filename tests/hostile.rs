@@ -196,6 +196,7 @@ async fn a_crowded_box_still_serves() {
     assert_eq!(reply.status, StatusCode::CREATED);
     still_serves(&b).await;
     let took = started.elapsed();
+    eprintln!("crowded box: a PUT and a health check answered in {took:?}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
     drop((idle, stalled));
 }
