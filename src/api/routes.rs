@@ -39,28 +39,35 @@ pub async fn handle(
     Ok(response)
 }
 
-async fn route(
-    state: &State,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let path = request.uri().path().to_owned();
+/// What a request path names, as far as the path alone can tell.
+///
+/// [`parse_path`] produces it; every id and seq in it has already been checked, so a handler
+/// never sees a name that could not be stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `/v1/health`
+    Health,
+    /// `/v1/status`
+    Status,
+    /// `/v1/exams/{exam}/candidates/{candidate}/autosaves`
+    List { exam: String, candidate: String },
+    /// `/v1/exams/{exam}/candidates/{candidate}/autosaves/latest`
+    Latest { exam: String, candidate: String },
+    /// `/v1/exams/{exam}/candidates/{candidate}/autosaves/{seq}`
+    Autosave(AutosaveName),
+}
+
+/// Maps a request path to what it names: [`ApiError::BadId`] for a malformed exam id,
+/// candidate id or seq (checked in that order, before anything else about an autosave route),
+/// [`ApiError::NotFound`] for any other path.
+pub fn parse_path(path: &str) -> Result<Target, ApiError> {
     let Some(rest) = path.strip_prefix("/v1/") else {
         return Err(ApiError::NotFound);
     };
     let segments: Vec<&str> = rest.split('/').collect();
     match segments.as_slice() {
-        ["health"] => {
-            only(&request, &Method::GET, "GET")?;
-            Ok(health(state))
-        }
-        ["status"] => {
-            only(&request, &Method::GET, "GET")?;
-            let caller = state.auth.authenticate(bearer(&request))?;
-            if caller != Caller::Admin {
-                return Err(ApiError::Forbidden("status needs an admin token"));
-            }
-            status(state).await
-        }
+        ["health"] => Ok(Target::Health),
+        ["status"] => Ok(Target::Status),
         [
             "exams",
             exam,
@@ -81,39 +88,61 @@ async fn route(
             }
             let (exam, candidate) = (exam.to_string(), candidate.to_string());
             match tail {
-                [] => {
-                    only(&request, &Method::GET, "GET")?;
-                    authorize_read(state, &request, &exam, &candidate)?;
-                    list(state, exam, candidate).await
-                }
-                ["latest"] => {
-                    only(&request, &Method::GET, "GET")?;
-                    authorize_read(state, &request, &exam, &candidate)?;
-                    let found = state.store.latest(exam, candidate).await?;
-                    payload_response(found)
-                }
+                [] => Ok(Target::List { exam, candidate }),
+                ["latest"] => Ok(Target::Latest { exam, candidate }),
                 [seq] => {
                     let seq = parse_seq(seq).ok_or(ApiError::BadId(
                         "the seq must be a decimal u64 without leading zeros",
                     ))?;
-                    let name = AutosaveName {
+                    Ok(Target::Autosave(AutosaveName {
                         exam,
                         candidate,
                         seq,
-                    };
-                    match *request.method() {
-                        Method::PUT => put(state, request, name).await,
-                        Method::GET => {
-                            authorize_read(state, &request, &name.exam, &name.candidate)?;
-                            payload_response(state.store.get(name).await?)
-                        }
-                        _ => Err(ApiError::MethodNotAllowed("GET, PUT")),
-                    }
+                    }))
                 }
                 _ => Err(ApiError::NotFound),
             }
         }
         _ => Err(ApiError::NotFound),
+    }
+}
+
+async fn route(
+    state: &State,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    match parse_path(request.uri().path())? {
+        Target::Health => {
+            only(&request, &Method::GET, "GET")?;
+            Ok(health(state))
+        }
+        Target::Status => {
+            only(&request, &Method::GET, "GET")?;
+            let caller = state.auth.authenticate(bearer(&request))?;
+            if caller != Caller::Admin {
+                return Err(ApiError::Forbidden("status needs an admin token"));
+            }
+            status(state).await
+        }
+        Target::List { exam, candidate } => {
+            only(&request, &Method::GET, "GET")?;
+            authorize_read(state, &request, &exam, &candidate)?;
+            list(state, exam, candidate).await
+        }
+        Target::Latest { exam, candidate } => {
+            only(&request, &Method::GET, "GET")?;
+            authorize_read(state, &request, &exam, &candidate)?;
+            let found = state.store.latest(exam, candidate).await?;
+            payload_response(found)
+        }
+        Target::Autosave(name) => match *request.method() {
+            Method::PUT => put(state, request, name).await,
+            Method::GET => {
+                authorize_read(state, &request, &name.exam, &name.candidate)?;
+                payload_response(state.store.get(name).await?)
+            }
+            _ => Err(ApiError::MethodNotAllowed("GET, PUT")),
+        },
     }
 }
 
@@ -247,12 +276,17 @@ async fn put(
         ),
         None => None,
     };
-    let body = Limited::new(
-        request.into_body(),
-        usize::try_from(limit).unwrap_or(usize::MAX),
+    let read_limit = state.limits.body_read_timeout;
+    let body = tokio::time::timeout(
+        read_limit,
+        Limited::new(
+            request.into_body(),
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        )
+        .collect(),
     )
-    .collect()
     .await
+    .map_err(|_| ApiError::BodyTimeout(read_limit))?
     .map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>()
             .is_some()
@@ -415,4 +449,67 @@ async fn status(state: &State) -> Result<Response<Full<Bytes>>, ApiError> {
         },
     });
     Ok(json_response(StatusCode::OK, &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let autosaves = "/v1/exams/math-2026/candidates/c042/autosaves";
+        let (exam, candidate) = ("math-2026".to_owned(), "c042".to_owned());
+        assert_eq!(parse_path("/v1/health").ok(), Some(Target::Health));
+        assert_eq!(parse_path("/v1/status").ok(), Some(Target::Status));
+        assert_eq!(
+            parse_path(autosaves).ok(),
+            Some(Target::List {
+                exam: exam.clone(),
+                candidate: candidate.clone()
+            })
+        );
+        assert_eq!(
+            parse_path(&format!("{autosaves}/latest")).ok(),
+            Some(Target::Latest {
+                exam: exam.clone(),
+                candidate: candidate.clone()
+            })
+        );
+        assert_eq!(
+            parse_path(&format!("{autosaves}/42")).ok(),
+            Some(Target::Autosave(AutosaveName {
+                exam,
+                candidate,
+                seq: 42
+            }))
+        );
+        for bad_id in [
+            "/v1/exams/a%2Fb/candidates/c/autosaves",
+            "/v1/exams/e/candidates//autosaves/1",
+            "/v1/exams/e/candidates/c/autosaves/007",
+            "/v1/exams/e/candidates/c/autosaves/",
+            // The ids are checked before what follows them.
+            "/v1/exams/e/candidates/c c/autosaves/1/extra",
+        ] {
+            assert!(
+                matches!(parse_path(bad_id), Err(ApiError::BadId(_))),
+                "{bad_id}"
+            );
+        }
+        for unknown in [
+            "",
+            "/",
+            "/v1",
+            "/v1/",
+            "/v2/health",
+            "/v1/health/",
+            "/v1/exams/e/candidates/c",
+            "/v1/exams/e/candidates/c/autosaves/1/extra",
+        ] {
+            assert!(
+                matches!(parse_path(unknown), Err(ApiError::NotFound)),
+                "{unknown}"
+            );
+        }
+    }
 }

@@ -10,7 +10,9 @@
 //! replaced.
 
 mod blob_log;
-mod schema;
+// Public only so that the fuzz targets (fuzz/) can check the key encodings; not an API.
+#[doc(hidden)]
+pub mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};

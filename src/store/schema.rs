@@ -21,26 +21,23 @@
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
-pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-pub(crate) const AUTOSAVES: TableDefinition<(&str, &str, u64), &[u8]> =
-    TableDefinition::new("autosaves");
-pub(crate) const BLOBS: TableDefinition<[u8; 32], (u64, u64, u64, u64)> =
-    TableDefinition::new("blobs");
-pub(crate) const SEGMENTS: TableDefinition<u64, u64> = TableDefinition::new("segments");
-pub(crate) const OUTBOX: TableDefinition<(u8, u64), (&str, &str, u64)> =
-    TableDefinition::new("outbox");
-pub(crate) const LATEST_PENDING: TableDefinition<(&str, &str), (u64, u64)> =
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub const AUTOSAVES: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("autosaves");
+pub const BLOBS: TableDefinition<[u8; 32], (u64, u64, u64, u64)> = TableDefinition::new("blobs");
+pub const SEGMENTS: TableDefinition<u64, u64> = TableDefinition::new("segments");
+pub const OUTBOX: TableDefinition<(u8, u64), (&str, &str, u64)> = TableDefinition::new("outbox");
+pub const LATEST_PENDING: TableDefinition<(&str, &str), (u64, u64)> =
     TableDefinition::new("latest_pending");
-pub(crate) const DELIVERED: TableDefinition<(u64, u64), (&str, &str, u64)> =
+pub const DELIVERED: TableDefinition<(u64, u64), (&str, &str, u64)> =
     TableDefinition::new("delivered");
 
 // Replay classes: the first half of an outbox key.
-pub(crate) const CLASS_FINAL: u8 = 0;
-pub(crate) const CLASS_LATEST: u8 = 1;
-pub(crate) const CLASS_HISTORY: u8 = 2;
-pub(crate) const CHAINS: TableDefinition<(&str, &str), &str> = TableDefinition::new("chains");
-pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
-pub(crate) const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
+pub const CLASS_FINAL: u8 = 0;
+pub const CLASS_LATEST: u8 = 1;
+pub const CLASS_HISTORY: u8 = 2;
+pub const CHAINS: TableDefinition<(&str, &str), &str> = TableDefinition::new("chains");
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+pub const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 
 /// The schema this build reads and writes. Bump it with every incompatible change.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -51,11 +48,18 @@ pub(crate) const META_APPLIANCE: &str = "appliance_id";
 pub(crate) const META_LOG_END: &str = "log_end";
 
 /// Encodes the payload log's end for [`META_LOG_END`].
-pub(crate) fn encode_log_end((segment, offset): (u64, u64)) -> [u8; 16] {
+pub fn encode_log_end((segment, offset): (u64, u64)) -> [u8; 16] {
     let mut out = [0; 16];
     out[..8].copy_from_slice(&segment.to_le_bytes());
     out[8..].copy_from_slice(&offset.to_le_bytes());
     out
+}
+
+/// Decodes [`encode_log_end`]'s form; `None` unless `bytes` is exactly 16 bytes long.
+pub fn decode_log_end(bytes: &[u8]) -> Option<(u64, u64)> {
+    let (segment, offset) = bytes.split_first_chunk::<8>()?;
+    let offset = <[u8; 8]>::try_from(offset).ok()?;
+    Some((u64::from_le_bytes(*segment), u64::from_le_bytes(offset)))
 }
 
 /// Reads the payload log's end and the segments that still hold payloads.
@@ -64,12 +68,8 @@ pub(crate) fn log_state(db: &impl ReadableDatabase) -> Result<((u64, u64), Vec<u
     let end = read
         .open_table(META)?
         .get(META_LOG_END)?
-        .and_then(|v| <[u8; 16]>::try_from(v.value()).ok())
-        .map_or((0, 0), |b| {
-            let (s, o) = b.split_at(8);
-            let word = |x: &[u8]| u64::from_le_bytes(x.try_into().unwrap_or([0; 8]));
-            (word(s), word(o))
-        });
+        .and_then(|v| decode_log_end(v.value()))
+        .unwrap_or((0, 0));
     let mut live = Vec::new();
     for row in read.open_table(SEGMENTS)?.iter()? {
         let (segment, bytes) = row?;
@@ -152,4 +152,18 @@ pub(crate) fn stat(
     name: &str,
 ) -> Result<u64, redb::StorageError> {
     Ok(table.get(name)?.map_or(0, |v| v.value()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_end_round_trips() {
+        for end in [(0, 0), (3, 4096), (u64::MAX, 1)] {
+            assert_eq!(decode_log_end(&encode_log_end(end)), Some(end));
+        }
+        assert_eq!(decode_log_end(&[0; 15]), None);
+        assert_eq!(decode_log_end(&[0; 17]), None);
+    }
 }

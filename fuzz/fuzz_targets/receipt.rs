@@ -1,0 +1,190 @@
+//! Fuzzes receipt parsing and verification (`hallrelay::receipt`).
+//!
+//! A receipt is a candidate's evidence of what the box received and when; the cloud reads
+//! them from the `Hallrelay-Receipt` header of replayed autosaves. One receipt is signed at
+//! start with a fresh box identity. Properties:
+//! - `Receipt::from_header` never panics on any text, and what it parses re-encodes and parses
+//!   back to itself;
+//! - a receipt parsed from any header, from an edited copy of the signed receipt's JSON, or
+//!   made by changing any of its fields verifies against the box's certificate only if every
+//!   signed field is unchanged. (The signature text itself is not compared: an ECDSA signature
+//!   `(r, s)` has a twin `(r, n - s)` that is just as valid, but finding it takes the
+//!   signature's arithmetic, not edits.)
+//! - a chain of the signed receipt and a changed successor verifies only if the successor is
+//!   itself unchanged.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use hallrelay::identity::Identity;
+use hallrelay::receipt::{GENESIS, Receipt, verify_chain};
+use libfuzzer_sys::arbitrary::{self, Arbitrary};
+use libfuzzer_sys::fuzz_target;
+
+/// A box identity and two receipts it signed, the second linked to the first.
+struct Signed {
+    _dir: tempfile::TempDir,
+    identity: Identity,
+    first: Receipt,
+    second: Receipt,
+}
+
+static SIGNED: LazyLock<Signed> = LazyLock::new(|| {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let identity = Identity::load_or_create(dir.path(), &[], &[]).expect("an identity");
+    let sign = |seq: u64, payload: &[u8], prev: &str| {
+        Receipt::sign(
+            &identity,
+            "box-3f9a",
+            "math-2026",
+            "c042",
+            seq,
+            &blake3::hash(payload),
+            payload.len() as u64,
+            seq == 8,
+            format!("2026-11-23T09:15:2{seq}.123Z"),
+            prev,
+        )
+    };
+    let first = sign(7, b"the answer so far", GENESIS);
+    let second = sign(8, b"the final answer", &first.hash());
+    Signed {
+        _dir: dir,
+        identity,
+        first,
+        second,
+    }
+});
+
+/// One change to one field of a receipt.
+#[derive(Arbitrary, Debug)]
+enum FieldEdit {
+    Exam(String),
+    Candidate(String),
+    Seq(u64),
+    Blake3(String),
+    Size(u64),
+    Final(bool),
+    ReceivedAt(String),
+    Appliance(String),
+    Prev(String),
+    Signature(String),
+    /// Flip one bit of the decoded signature, and encode it again.
+    SignatureBit(u16),
+}
+
+/// One edit of a text, at a position taken modulo its length.
+#[derive(Arbitrary, Debug)]
+enum TextEdit {
+    Insert(usize, char),
+    Remove(usize),
+    Replace(usize, char),
+}
+
+#[derive(Arbitrary, Debug)]
+enum Input {
+    Header(String),
+    Json(Vec<TextEdit>),
+    Fields(Vec<FieldEdit>),
+    Chain(Vec<FieldEdit>),
+}
+
+fn edit_fields(receipt: &Receipt, edits: &[FieldEdit]) -> Receipt {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let mut r = receipt.clone();
+    for edit in edits {
+        match edit {
+            FieldEdit::Exam(s) => r.exam = s.clone(),
+            FieldEdit::Candidate(s) => r.candidate = s.clone(),
+            FieldEdit::Seq(n) => r.seq = *n,
+            FieldEdit::Blake3(s) => r.blake3 = s.clone(),
+            FieldEdit::Size(n) => r.size = *n,
+            FieldEdit::Final(b) => r.is_final = *b,
+            FieldEdit::ReceivedAt(s) => r.received_at = s.clone(),
+            FieldEdit::Appliance(s) => r.appliance = s.clone(),
+            FieldEdit::Prev(s) => r.prev = s.clone(),
+            FieldEdit::Signature(s) => r.signature = s.clone(),
+            FieldEdit::SignatureBit(bit) => {
+                if let Ok(mut der) = STANDARD.decode(&r.signature)
+                    && !der.is_empty()
+                {
+                    let bit = usize::from(*bit) % (der.len() * 8);
+                    der[bit / 8] ^= 1 << (bit % 8);
+                    r.signature = STANDARD.encode(der);
+                }
+            }
+        }
+    }
+    r
+}
+
+fn edit_text(text: &str, edits: &[TextEdit]) -> String {
+    let mut chars: Vec<char> = text.chars().collect();
+    for edit in edits {
+        match *edit {
+            TextEdit::Insert(i, c) => chars.insert(i % (chars.len() + 1), c),
+            TextEdit::Remove(i) if !chars.is_empty() => {
+                chars.remove(i % chars.len());
+            }
+            TextEdit::Replace(i, c) if !chars.is_empty() => {
+                let i = i % chars.len();
+                chars[i] = c;
+            }
+            _ => {}
+        }
+    }
+    chars.into_iter().collect()
+}
+
+/// Whether `r` carries exactly the signed content of `original`.
+fn same_signed_fields(r: &Receipt, original: &Receipt) -> bool {
+    let unsigned = Receipt {
+        signature: original.signature.clone(),
+        ..r.clone()
+    };
+    unsigned == *original && r.signing_input() == original.signing_input()
+}
+
+/// The property every receipt the fuzzer makes must keep: it verifies only if unchanged.
+fn check(r: &Receipt) {
+    let signed = &*SIGNED;
+    // What the header form parses to is what was encoded.
+    assert_eq!(Receipt::from_header(&r.to_header()).as_ref(), Some(r));
+    if r.verify(signed.identity.certificate()).is_ok() {
+        assert!(
+            same_signed_fields(r, &signed.first) || same_signed_fields(r, &signed.second),
+            "a changed receipt verified: {r:?}"
+        );
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let signed = &*SIGNED;
+    match input {
+        Input::Header(text) => {
+            if let Some(r) = Receipt::from_header(&text) {
+                check(&r);
+            }
+        }
+        Input::Json(edits) => {
+            let json = serde_json::to_string(&signed.first).expect("a receipt serialises");
+            let edited = edit_text(&json, &edits);
+            if let Ok(r) = serde_json::from_str::<Receipt>(&edited) {
+                check(&r);
+            }
+        }
+        Input::Fields(edits) => check(&edit_fields(&signed.first, &edits)),
+        Input::Chain(edits) => {
+            let second = edit_fields(&signed.second, &edits);
+            let chain = [signed.first.clone(), second];
+            if verify_chain(&chain, signed.identity.certificate()).is_ok() {
+                assert!(
+                    same_signed_fields(&chain[1], &signed.second),
+                    "a changed chain verified: {:?}",
+                    chain[1]
+                );
+            }
+        }
+    }
+});
