@@ -90,6 +90,7 @@ async fn a_gigabyte_body_is_refused_before_it_is_read_and_a_chunked_one_is_cut_o
         .await
         .unwrap();
     s.write_all(&[0u8; 64 * 1024]).await.unwrap();
+    s.flush().await.unwrap();
     let head = answer_head(&mut s, Duration::from_secs(5))
         .await
         .expect("an answer");
@@ -151,6 +152,7 @@ async fn two_megabytes_of_headers_are_refused() {
             }
         }
         let _ = writer.write_all(b"\r\n").await;
+        let _ = writer.flush().await;
     };
     let (_, head) = tokio::join!(sender, answer_head(&mut reader, Duration::from_secs(10)));
     // Either a 431 or a closed connection; never an answer to the request.
@@ -240,6 +242,7 @@ async fn a_flood_from_one_address_gets_429_and_others_are_served() {
     s.write_all(b"GET /v1/health HTTP/1.1\r\nhost: box\r\n\r\n")
         .await
         .unwrap();
+    s.flush().await.unwrap();
     let head = answer_head(&mut s, Duration::from_secs(3)).await.unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
@@ -282,6 +285,9 @@ async fn a_stalled_body_gets_408() {
         .await
         .unwrap();
     s.write_all(b"only ten b").await.unwrap();
+    // tokio-rustls may hold written records until a flush; unflushed, the box would only
+    // ever see a stalled head.
+    s.flush().await.unwrap();
     let started = Instant::now();
     let head = answer_head(&mut s, Duration::from_secs(10))
         .await
@@ -543,6 +549,7 @@ async fn one_client_cannot_take_every_connection() {
     s.write_all(b"GET /v1/health HTTP/1.1\r\nhost: box\r\n\r\n")
         .await
         .unwrap();
+    s.flush().await.unwrap();
     let head = answer_head(&mut s, Duration::from_secs(3)).await.unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     drop(held);
