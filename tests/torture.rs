@@ -108,9 +108,10 @@ async fn sigkill_during_ingest_and_replay_loses_and_doubles_nothing() {
             cloud = Some(start_cloud());
         }
         let active = 4 + rng.below(writers as u64 - 4) as usize;
-        let size = 200 + rng.below(24_000) as usize;
-        let kill_box_after = Duration::from_millis(30 + rng.below(700));
-        let kill_cloud_after = (rng.below(4) == 0).then(|| Duration::from_millis(rng.below(700)));
+        // Bounded so that 1,000 trials stay within a few GB and a few minutes of replay.
+        let size = 200 + rng.below(12_000) as usize;
+        let kill_box_after = Duration::from_millis(30 + rng.below(400));
+        let kill_cloud_after = (rng.below(4) == 0).then(|| Duration::from_millis(rng.below(400)));
         let stop = tokio_util::sync::CancellationToken::new();
         let writing = write_until_stopped(&b, EXAM, active, size, trial * 1_000_000, stop.clone());
         let chaos = async {
