@@ -297,11 +297,18 @@ async fn no_store_puts(
         *response.status_mut() = http::StatusCode::CREATED;
         Ok::<_, std::convert::Infallible>(response)
     };
+    // The same per-client limits as the box under test: off, since every simulated client
+    // shares 127.0.0.1.
+    let limits = hallrelay::api::Limits {
+        client_rate: None,
+        max_connections_per_client: usize::MAX,
+        ..Default::default()
+    };
     let serving = tokio::spawn(server::serve(
         listener,
         Some(tls),
         handler,
-        Default::default(),
+        limits,
         shutdown.clone(),
     ));
     let plan = LoadPlan {
