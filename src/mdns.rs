@@ -222,6 +222,7 @@ pub struct Browser {
 
 struct BrowserInner {
     daemon: ServiceDaemon,
+    started: tokio::time::Instant,
     found: Arc<Mutex<HashMap<String, Found>>>,
     changed: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
@@ -271,6 +272,7 @@ impl Browser {
         Ok(Self {
             inner: Arc::new(BrowserInner {
                 daemon,
+                started: tokio::time::Instant::now(),
                 found,
                 changed,
                 stop,
@@ -286,10 +288,11 @@ impl Browser {
         list
     }
 
-    /// Waits up to `timeout` for at least one box that `wanted` accepts, and returns every box
-    /// found so far that it accepts (possibly none).
+    /// Waits until at least one box that `wanted` accepts is found, or until the browse has
+    /// been running for `timeout` (so a browse started long ago does not wait at all), and
+    /// returns every box found so far that `wanted` accepts (possibly none).
     pub async fn wait_for(&self, timeout: Duration, wanted: impl Fn(&Found) -> bool) -> Vec<Found> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = self.inner.started + timeout;
         loop {
             let changed = self.inner.changed.notified();
             let matching: Vec<Found> = self.found().into_iter().filter(|f| wanted(f)).collect();

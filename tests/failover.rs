@@ -336,11 +336,13 @@ fn a_rogue_box_with_the_same_name_and_address_is_refused() {
             "--box",
             &format!("https://{box_listen}"),
             "--interval",
-            "200ms",
+            "300ms",
             "--count",
-            "5",
+            "12",
             "--failover-after",
             "300ms",
+            "--probe-every",
+            "500ms",
             "--journal",
             journal.to_str().unwrap(),
         ],
@@ -356,7 +358,7 @@ fn a_rogue_box_with_the_same_name_and_address_is_refused() {
         "the TLS pin was not checked:\n{output}"
     );
     assert!(
-        output.contains("5 saves are only in the journal"),
+        output.contains("12 saves are only in the journal"),
         "{output}"
     );
     assert!(!output.contains("saved to the hall relay"), "{output}");
@@ -375,7 +377,7 @@ fn a_rogue_box_with_the_same_name_and_address_is_refused() {
     let held = std::fs::read_dir(journal.join(EXAM).join("c1"))
         .unwrap()
         .count();
-    assert_eq!(held, 5);
+    assert_eq!(held, 12);
 }
 
 /// A client killed with SIGKILL mid-run loses nothing: the next run re-sends what the cloud

@@ -81,22 +81,24 @@ impl Discovery {
         self
     }
 
-    /// Boxes worth trying: those found over mDNS whose announced pin is one of `pins` (waiting
-    /// up to `wait` for the first), then the known addresses.
-    async fn find(&self, pins: &[String], wait: Duration) -> Result<Vec<Found>, MdnsError> {
-        let mut found = Vec::new();
-        if let Some(lazy) = &self.mdns {
-            let browser = {
-                let mut slot = lazy.browser.lock().unwrap_or_else(|p| p.into_inner());
-                match &*slot {
-                    Some(browser) => browser.clone(),
-                    None => {
-                        let browser = Browser::start(&lazy.interfaces)?;
-                        *slot = Some(browser.clone());
-                        browser
-                    }
-                }
-            };
+    /// Starts browsing now, if mDNS is on and it has not started, so that answers are in by
+    /// the time they are needed.
+    fn warm_up(&self) -> Result<Option<Browser>, MdnsError> {
+        let Some(lazy) = &self.mdns else {
+            return Ok(None);
+        };
+        let mut slot = lazy.browser.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(Browser::start(&lazy.interfaces)?);
+        }
+        Ok(slot.clone())
+    }
+
+    /// Boxes worth trying: every box found over mDNS (waiting up to `wait` for one that
+    /// announces a pin in `pins`, and putting those first), then the known addresses.
+    async fn find(&self, pins: &[String], wait: Duration) -> Result<Vec<Prospect>, MdnsError> {
+        let mut found: Vec<Found> = Vec::new();
+        if let Some(browser) = self.warm_up()? {
             let trusted_hint = |f: &Found| f.pin_hint.as_ref().is_none_or(|p| pins.contains(p));
             browser.wait_for(wait, trusted_hint).await;
             // Every box found, the untrusted ones too: the caller says why it skips them.
@@ -105,15 +107,26 @@ impl Discovery {
             // can say why they were skipped.
             found.sort_by_key(|f| !f.pin_hint.as_ref().is_some_and(|p| pins.contains(p)));
         }
-        found.extend(self.urls.iter().map(|url| Found {
+        let announced = found.into_iter().map(|f| Prospect {
+            urls: f.urls(),
+            name: f.name,
+            pin_hint: f.pin_hint,
+        });
+        let known = self.urls.iter().map(|url| Prospect {
             name: url.clone(),
-            host: String::new(),
-            addrs: Vec::new(),
+            urls: vec![url.clone()],
             pin_hint: None,
-            appliance: None,
-        }));
-        Ok(found)
+        });
+        Ok(announced.chain(known).collect())
     }
+}
+
+/// A box that might take saves: how to reach it, and the pin it claims, if it said.
+struct Prospect {
+    /// Its mDNS instance name, or its URL when it was configured rather than found.
+    name: String,
+    urls: Vec<String>,
+    pin_hint: Option<String>,
 }
 
 /// Everything an [`Autosaver`] needs.
@@ -575,6 +588,13 @@ impl Autosaver {
         if self.cloud_down_since.is_none() {
             self.cloud_down_since = Some(Instant::now());
             self.emit(Event::CloudUnreachable { error });
+            // Listen for boxes from the first failure on, so that answers are in by the time
+            // failing over is due; nothing is sent to any box before then.
+            if !self.options.box_pins.is_empty()
+                && let Err(error) = self.options.discovery.warm_up()
+            {
+                tracing::warn!(%error, "cannot look for boxes");
+            }
         }
     }
 
@@ -629,7 +649,7 @@ impl Autosaver {
             if let Some(hint) = &found.pin_hint
                 && !pins.contains(hint)
             {
-                for url in found.urls() {
+                for url in found.urls {
                     self.emit_once(Event::BoxRefused {
                         url,
                         reason: format!(
@@ -640,12 +660,7 @@ impl Autosaver {
                 }
                 continue;
             }
-            let urls = if found.addrs.is_empty() {
-                vec![found.name.clone()]
-            } else {
-                found.urls()
-            };
-            for url in urls {
+            for url in found.urls {
                 match self.try_box(&url).await {
                     Ok(conn) => {
                         self.relay = Some(Relay {

@@ -450,6 +450,24 @@ impl NetnsPair {
 
     /// Runs `curl` inside `ns`, trusting the server only by `pin`; returns the body.
     pub fn curl(&self, ns: &str, pin: &str, token: &str, url: &str) -> String {
+        self.try_curl(ns, pin, token, url)
+            .unwrap_or_else(|error| panic!("curl {url}: {error}"))
+    }
+
+    /// Like [`curl`](Self::curl), asking up to `tries` times: for a server that injects
+    /// faults on purpose.
+    pub fn curl_retrying(&self, ns: &str, pin: &str, token: &str, url: &str, tries: u32) -> String {
+        let mut last = String::new();
+        for _ in 0..tries {
+            match self.try_curl(ns, pin, token, url) {
+                Ok(body) => return body,
+                Err(error) => last = error,
+            }
+        }
+        panic!("curl {url}, {tries} tries: {last}")
+    }
+
+    fn try_curl(&self, ns: &str, pin: &str, token: &str, url: &str) -> Result<String, String> {
         let out = Command::new("ip")
             .args([
                 "netns",
@@ -469,12 +487,11 @@ impl NetnsPair {
             .arg(url)
             .output()
             .expect("curl");
-        assert!(
-            out.status.success(),
-            "curl {url}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 }
 
