@@ -72,6 +72,17 @@ async fn still_serves(b: &BoxProcess) {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
+/// A client at another address (`127.x.y.z`) is served at once.
+async fn serves_from(b: &BoxProcess, ip: &str) {
+    let mut s = tls(b, Some(ip.parse().unwrap())).await;
+    s.write_all(b"GET /v1/health HTTP/1.1\r\nhost: box\r\n\r\n")
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    let head = answer_head(&mut s, Duration::from_secs(3)).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
 fn put_head(b: &BoxProcess, extra: &str) -> String {
     format!(
         "PUT /v1/exams/math/candidates/c1/autosaves/1 HTTP/1.1\r\nhost: box\r\nauthorization: Bearer {}\r\n{extra}\r\n",
@@ -238,13 +249,7 @@ async fn a_flood_from_one_address_gets_429_and_others_are_served() {
     assert!((1..=2).contains(&wait), "{wait}");
 
     // Another address is not affected.
-    let mut s = tls(&b, Some("127.0.0.9".parse().unwrap())).await;
-    s.write_all(b"GET /v1/health HTTP/1.1\r\nhost: box\r\n\r\n")
-        .await
-        .unwrap();
-    s.flush().await.unwrap();
-    let head = answer_head(&mut s, Duration::from_secs(3)).await.unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serves_from(&b, "127.0.0.9").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -545,12 +550,6 @@ async fn one_client_cannot_take_every_connection() {
         .await
         .expect("the ninth connection is closed at once");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    let mut s = tls(&b, Some("127.0.0.6".parse().unwrap())).await;
-    s.write_all(b"GET /v1/health HTTP/1.1\r\nhost: box\r\n\r\n")
-        .await
-        .unwrap();
-    s.flush().await.unwrap();
-    let head = answer_head(&mut s, Duration::from_secs(3)).await.unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serves_from(&b, "127.0.0.6").await;
     drop(held);
 }
