@@ -34,8 +34,18 @@ fn ip_in(ns: &str, args: &[&str]) {
     );
 }
 
+/// The relay process, killed when dropped, so a failing test leaves none behind.
+struct Relay(std::process::Child);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the delaying relay in `ns` on CLOUD_IP:9444, towards the cloud on :9443.
-fn start_relay(ns: &str, mean_ms: &str, jitter_ms: &str) -> std::process::Child {
+fn start_relay(ns: &str, mean_ms: &str, jitter_ms: &str) -> Relay {
     use std::io::BufRead;
     let mut relay = Command::new("ip")
         .args(["netns", "exec", ns, "/usr/bin/python3"])
@@ -52,7 +62,7 @@ fn start_relay(ns: &str, mean_ms: &str, jitter_ms: &str) -> std::process::Child 
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "relaying");
-    relay
+    Relay(relay)
 }
 
 #[test]
@@ -90,7 +100,7 @@ fn replay_survives_a_lossy_flapping_uplink_and_delivers_exactly_once() {
     );
     // The box reaches the cloud through the delaying relay.
     let relay_listen = format!("{CLOUD_IP}:9444");
-    let mut relay = start_relay(&net.laptop, "500", "200");
+    let relay = start_relay(&net.laptop, "500", "200");
     let config = config_file(
         dir.path(),
         &format!(
@@ -218,9 +228,8 @@ fn replay_survives_a_lossy_flapping_uplink_and_delivers_exactly_once() {
     for ns in [&net.hall, &net.laptop] {
         ip_in(ns, &["nft", "delete", "table", "inet", "chaos"]);
     }
-    let _ = relay.kill();
-    let _ = relay.wait();
-    let mut relay = start_relay(&net.laptop, "0", "0");
+    drop(relay);
+    let _relay = start_relay(&net.laptop, "0", "0");
     ip_in(&net.hall, &["ip", "link", "set", HALL_IF, "up"]);
     let deadline = Instant::now() + Duration::from_secs(180);
     let status = loop {
@@ -261,8 +270,6 @@ fn replay_survives_a_lossy_flapping_uplink_and_delivers_exactly_once() {
         assert_eq!(on_box, in_cloud, "{c}: the cloud differs from the box");
         stored += on_box.len();
     }
-    let _ = relay.kill();
-    let _ = relay.wait();
     eprintln!(
         "chaos: {secs} s, {flaps} link flaps, 30% loss, 500±200 ms, 5% resets: {} delivered during the chaos, {stored} in all, each exactly once",
         during["delivered"]
