@@ -278,7 +278,7 @@ impl ServeConfig {
             ) {
                 (Some(0), _) => None,
                 (rate, burst) => {
-                    let (default_rate, default_burst) = defaults.client_rate.unwrap_or((20, 40));
+                    let (default_rate, default_burst) = crate::api::DEFAULT_CLIENT_RATE;
                     let rate = rate.unwrap_or(default_rate);
                     let burst = burst.unwrap_or(default_burst.max(rate));
                     if burst < 1 {

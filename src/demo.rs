@@ -24,7 +24,7 @@ use crate::client::{Autosaver, CloudTrust, Connection, Discovery, Event, Landed,
 use crate::cloud::CloudConfig;
 use crate::config::ServeConfig;
 use crate::keyfile::{Secret, VenueKey};
-use crate::serve::ServeError;
+use crate::serve::{Ready, ServeError};
 use crate::token::{self, Claims};
 
 const EXAM: &str = "demo-exam";
@@ -497,22 +497,32 @@ async fn keep_saving(
     Ok(saves)
 }
 
-async fn start_cloud(config: CloudConfig) -> Result<Running, DemoError> {
+/// What a server calls once it listens.
+type OnReady = Box<dyn FnOnce(&Ready) + Send>;
+
+/// Starts a server task (`cloud::run` or `serve::run`, given its stop token and the ready
+/// callback) and waits until it listens.
+async fn start<Fut>(
+    run: impl FnOnce(CancellationToken, OnReady) -> Fut,
+) -> Result<Running, DemoError>
+where
+    Fut: std::future::Future<Output = Result<(), ServeError>> + Send + 'static,
+{
     let stop = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(crate::cloud::run(config, stop.clone(), move |ready| {
+    let on_ready: OnReady = Box::new(move |ready: &Ready| {
         let _ = tx.send((ready.addr, ready.pin.clone()));
-    }));
+    });
+    let task = tokio::spawn(run(stop.clone(), on_ready));
     ready(task, stop, rx).await
 }
 
+async fn start_cloud(config: CloudConfig) -> Result<Running, DemoError> {
+    start(|stop, on_ready| crate::cloud::run(config, stop, on_ready)).await
+}
+
 async fn start_box(config: ServeConfig) -> Result<Running, DemoError> {
-    let stop = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(crate::serve::run(config, stop.clone(), move |ready| {
-        let _ = tx.send((ready.addr, ready.pin.clone()));
-    }));
-    ready(task, stop, rx).await
+    start(|stop, on_ready| crate::serve::run(config, stop, on_ready)).await
 }
 
 async fn ready(

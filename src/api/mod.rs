@@ -102,6 +102,9 @@ pub struct Limits {
     pub client_rate: Option<(u32, u32)>,
 }
 
+/// The per-client request rate by default: (requests per second, burst).
+pub const DEFAULT_CLIENT_RATE: (u32, u32) = (20, 40);
+
 impl Limits {
     /// The reference cloud's limits: the box's, without the per-client rate limit (boxes
     /// replay to it at full speed from one address).
@@ -125,7 +128,7 @@ impl Default for Limits {
             max_connections: 4096,
             max_connections_per_client: 64,
             max_header_bytes: 16 * 1024,
-            client_rate: Some((20, 40)),
+            client_rate: Some(DEFAULT_CLIENT_RATE),
         }
     }
 }
