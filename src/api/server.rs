@@ -5,10 +5,10 @@
 //!
 //! A hostile client must not be able to stop the box from serving others, so everything a
 //! client can hold is bounded: the number of connections, in all and per client address
-//! (more are closed at accept), the
-//! TLS handshake's time, the request head's time and size (431 past `max_header_bytes`), a
-//! connection's idle time, and each client address's request rate (429 with `Retry-After`,
-//! [`super::ratelimit`]). The body's size and time are bounded by the handler. On shutdown
+//! (more are closed at accept), the TLS handshake's time, the request head's time and size
+//! (431 past `max_header_bytes`), a connection's idle time, and each client address's request
+//! rate (429 with `Retry-After`, [`super::ratelimit`]). The body's size and time are bounded
+//! by the handler. On shutdown
 //! the listener closes first, connections are asked to finish their in-flight requests, and
 //! the drain is cut off after the grace period.
 
