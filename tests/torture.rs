@@ -17,30 +17,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use hallrelay::client::Connection;
 use hallrelay::keyfile::Secret;
+use hallrelay::store::faults::SplitMix as Rng;
 
 const EXAM: &str = "torture";
 const CREDENTIAL: &str = "torture-box-credential";
-
-/// A small deterministic generator: SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 /// Every autosave a node holds: (candidate, seq) → blake3.
 async fn holdings(client: &Connection, writers: usize) -> BTreeMap<(String, u64), String> {
@@ -101,7 +81,7 @@ async fn sigkill_during_ingest_and_replay_loses_and_doubles_nothing() {
     let mut last_trial = HashMap::new();
     let mut kills = 0;
     for trial in first..trials {
-        let mut rng = Rng(seed.wrapping_add(trial));
+        let mut rng = Rng::new(seed.wrapping_add(trial));
         let mut b = BoxProcess::start(&box_dir, &box_args);
         // What the last trial saw acknowledged survived its SIGKILL, and so did a sample of
         // everything before it (all of it is read back at the end).

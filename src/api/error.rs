@@ -121,6 +121,10 @@ impl From<StoreError> for ApiError {
             StoreError::Full => ApiError::StorageFull,
             StoreError::Overloaded => ApiError::Unavailable("the box is busy"),
             StoreError::Unavailable => ApiError::Unavailable("the store is not available"),
+            StoreError::Disk(message) => {
+                tracing::error!(error = %message, "the disk failed; the store recovers before its next commit");
+                ApiError::Unavailable("the box's disk failed an operation; it is recovering")
+            }
             StoreError::Storage(message) => {
                 tracing::error!(error = %message, "storage failure");
                 ApiError::Internal

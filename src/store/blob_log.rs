@@ -12,12 +12,12 @@
 //! commit the log is cut back to the end the last commit recorded, so bytes no commit names
 //! never become visible. A segment is deleted once nothing stored names any byte in it.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::keyfile::sync_parent;
+use super::disk::{Create, Disk, DiskFile};
 
 /// A segment is closed once it holds this much; the next payload starts a new one.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -27,8 +27,9 @@ pub(crate) type Location = (u64, u64, u64);
 
 /// The writer's handle on the log.
 pub(crate) struct BlobLog {
+    disk: Disk,
     dir: PathBuf,
-    file: File,
+    file: DiskFile,
     segment: u64,
     offset: u64,
     /// Appended since the last sync.
@@ -43,7 +44,7 @@ impl BlobLog {
     /// Opens the log at its last committed end `(segment, offset)`, cutting off whatever a
     /// crash left beyond it and deleting segments that no stored payload names (`live` are
     /// the segments that still hold some).
-    pub(crate) fn open(dir: &Path, end: (u64, u64), live: &[u64]) -> io::Result<Self> {
+    pub(crate) fn open(disk: &Disk, dir: &Path, end: (u64, u64), live: &[u64]) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
@@ -53,22 +54,18 @@ impl BlobLog {
             let beyond = segment > end.0;
             let dead = segment < end.0 && !live.contains(&segment);
             if beyond || dead {
-                fs::remove_file(&path)?;
+                disk.remove(&path)?;
             }
         }
-        let path = segment_path(dir, end.0);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
-        if file.metadata()?.len() != end.1 {
+        let file = disk.open(&segment_path(dir, end.0), Create::Keep)?;
+        if file.len()? != end.1 {
             file.set_len(end.1)?;
         }
-        file.sync_all()?;
-        fs::File::open(dir)?.sync_all()?;
-        sync_parent(dir)?;
+        file.sync_data()?;
+        disk.sync_dir(dir)?;
+        disk.sync_parent(dir)?;
         Ok(Self {
+            disk: disk.clone(),
             dir: dir.to_owned(),
             file,
             segment: end.0,
@@ -85,11 +82,9 @@ impl BlobLog {
             // Close this segment durably, then start the next.
             self.file.sync_data()?;
             let next = self.segment + 1;
-            self.file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .open(segment_path(&self.dir, next))?;
+            self.file = self
+                .disk
+                .open(&segment_path(&self.dir, next), Create::Truncate)?;
             self.segment = next;
             self.offset = 0;
             self.created = true;
@@ -108,7 +103,7 @@ impl BlobLog {
             self.dirty = false;
         }
         if self.created {
-            fs::File::open(&self.dir)?.sync_all()?;
+            self.disk.sync_dir(&self.dir)?;
             self.created = false;
         }
         Ok(())
@@ -135,7 +130,7 @@ impl BlobLog {
 
     /// Deletes a segment nothing names any more.
     pub(crate) fn remove_segment(&self, segment: u64) -> io::Result<()> {
-        match fs::remove_file(segment_path(&self.dir, segment)) {
+        match self.disk.remove(&segment_path(&self.dir, segment)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -158,14 +153,14 @@ mod tests {
     #[test]
     fn an_uncommitted_tail_is_cut_off_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = BlobLog::open(dir.path(), (0, 0), &[]).unwrap();
+        let mut log = BlobLog::open(&Disk::default(), dir.path(), (0, 0), &[]).unwrap();
         let a = log.append(b"committed").unwrap();
         log.sync().unwrap();
         let end = log.end();
         let b = log.append(b"never committed").unwrap();
         log.sync().unwrap();
         drop(log);
-        let mut log = BlobLog::open(dir.path(), end, &[0]).unwrap();
+        let mut log = BlobLog::open(&Disk::default(), dir.path(), end, &[0]).unwrap();
         assert_eq!(BlobLog::read(dir.path(), a).unwrap(), b"committed");
         assert!(BlobLog::read(dir.path(), b).is_err(), "the tail is gone");
         assert_eq!(log.append(b"next").unwrap(), (0, end.1, 4));
@@ -174,7 +169,7 @@ mod tests {
     #[test]
     fn segments_roll_over_and_dead_ones_go_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = BlobLog::open(dir.path(), (0, 0), &[]).unwrap();
+        let mut log = BlobLog::open(&Disk::default(), dir.path(), (0, 0), &[]).unwrap();
         log.segment_bytes = 10;
         let a = log.append(b"0123456789").unwrap();
         let b = log.append(b"abc").unwrap();
@@ -183,10 +178,10 @@ mod tests {
         let end = log.end();
         drop(log);
         // Segment 0 still holds a payload: kept.
-        BlobLog::open(dir.path(), end, &[0, 1]).unwrap();
+        BlobLog::open(&Disk::default(), dir.path(), end, &[0, 1]).unwrap();
         assert_eq!(BlobLog::read(dir.path(), a).unwrap(), b"0123456789");
         // Nothing names segment 0 any more: deleted; the current segment stays.
-        BlobLog::open(dir.path(), end, &[1]).unwrap();
+        BlobLog::open(&Disk::default(), dir.path(), end, &[1]).unwrap();
         assert!(BlobLog::read(dir.path(), a).is_err());
         assert_eq!(BlobLog::read(dir.path(), b).unwrap(), b"abc");
     }

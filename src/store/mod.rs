@@ -10,6 +10,9 @@
 //! replaced.
 
 mod blob_log;
+mod disk;
+pub mod faults;
+mod verify;
 // Public only so that the fuzz targets (fuzz/) can check the key encodings; not an API.
 #[doc(hidden)]
 pub mod schema;
@@ -22,6 +25,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable};
+
+use disk::Disk;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
@@ -30,6 +35,7 @@ use crate::receipt::Receipt;
 use crate::timefmt::parse_rfc3339;
 
 pub use schema::SCHEMA_VERSION;
+pub use verify::Integrity;
 pub use writer::{PutOutcome, PutRequest};
 
 use schema::*;
@@ -91,7 +97,12 @@ pub enum StoreError {
     /// The store is closing or reopening after an I/O error: 503 with Retry-After.
     #[error("the store is not available right now")]
     Unavailable,
-    /// Anything else redb or the disk reported: 500.
+    /// The disk failed an operation; the writer reopens (and, after a failed sync, rewrites)
+    /// the store before its next commit, so trying again shortly may work: 503 with
+    /// Retry-After.
+    #[error("the disk reported an error: {0}")]
+    Disk(String),
+    /// Anything else, such as a record that does not decode: 500.
     #[error("storage failure: {0}")]
     Storage(String),
 }
@@ -119,13 +130,11 @@ from_redb!(
 );
 
 fn classify(e: redb::Error) -> StoreError {
-    let io = match &e {
-        redb::Error::Io(io) => Some(io),
-        _ => None,
-    };
-    match io {
-        Some(io) if is_disk_full(io) => StoreError::Full,
-        _ => StoreError::Storage(e.to_string()),
+    match e {
+        redb::Error::Io(io) => classify_io(io),
+        // redb refuses work after an I/O error until the file is reopened.
+        redb::Error::PreviousIo => StoreError::Disk(e.to_string()),
+        e => StoreError::Storage(e.to_string()),
     }
 }
 
@@ -134,7 +143,7 @@ pub(crate) fn classify_io(e: std::io::Error) -> StoreError {
     if is_disk_full(&e) {
         StoreError::Full
     } else {
-        StoreError::Storage(e.to_string())
+        StoreError::Disk(e.to_string())
     }
 }
 
@@ -249,6 +258,7 @@ pub struct StoreFile {
     db: Database,
     path: PathBuf,
     appliance: String,
+    disk: Disk,
 }
 
 impl StoreFile {
@@ -257,8 +267,14 @@ impl StoreFile {
     /// An existing file is first inspected read-only, so that a file this build must refuse
     /// is refused before anything is written to it (a read-write open updates redb's header).
     pub fn open(path: &Path) -> Result<Self, OpenError> {
+        Self::open_on(path, Disk::default())
+    }
+
+    fn open_on(path: &Path, disk: Disk) -> Result<Self, OpenError> {
         let existing = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
-        if existing {
+        if !existing {
+            create(path, &disk)?;
+        } else {
             // A file that needs crash recovery cannot be opened read-only; the read-write open
             // below recovers it and the check runs again there.
             if let Ok(read_only) = redb::ReadOnlyDatabase::open(path) {
@@ -266,22 +282,22 @@ impl StoreFile {
                 check(path, &found)?;
             }
         }
-        let db = Database::create(path).map_err(|e| unreadable(path, e.into()))?;
+        let db = disk
+            .open_database(path)
+            .map_err(|e| unreadable(path, e.into()))?;
         let found = schema::inspect(&db).map_err(|e| unreadable(path, e))?;
         check(path, &found)?;
         let appliance = match found {
             Found::Store { appliance, .. } => appliance,
-            _ => {
-                let id = format!("{:016x}", rand::random::<u64>());
-                schema::initialise(&db, &id).map_err(|e| unreadable(path, e))?;
-                tracing::info!(path = %path.display(), appliance = %id, "created a new store");
-                id
-            }
+            // A valid redb file without tables: not made by a crash (see `create`), but
+            // harmless to fill in.
+            _ => initialise(path, &db)?,
         };
         Ok(Self {
             db,
             path: path.to_owned(),
             appliance,
+            disk,
         })
     }
 
@@ -294,15 +310,17 @@ impl StoreFile {
     pub fn start(self, identity: Arc<Identity>, options: StoreOptions) -> Result<Store, OpenError> {
         let blob_dir = self.path.with_extension("blobs");
         let (end, live) = schema::log_state(&self.db).map_err(|e| unreadable(&self.path, e))?;
-        let log =
-            blob_log::BlobLog::open(&blob_dir, end, &live).map_err(|e| OpenError::Payloads {
+        let log = blob_log::BlobLog::open(&self.disk, &blob_dir, end, &live).map_err(|e| {
+            OpenError::Payloads {
                 path: blob_dir.clone(),
                 source: e,
-            })?;
+            }
+        })?;
         let slot = Arc::new(DbSlot {
             db: RwLock::new(Some(Arc::new(self.db))),
             path: self.path,
             blob_dir,
+            disk: self.disk,
         });
         let stats = Arc::new(CommitStats::default());
         let appliance: Arc<str> = self.appliance.into();
@@ -331,6 +349,7 @@ pub(crate) struct DbSlot {
     path: PathBuf,
     /// The payload log's folder, beside the redb file.
     blob_dir: PathBuf,
+    disk: Disk,
 }
 
 impl DbSlot {
@@ -381,6 +400,17 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Self, OpenError> {
         StoreFile::open(path)?.start(identity, options)
+    }
+
+    /// Opens the store with every write, sync and length change of its files passing through
+    /// `faults`: the torture suite's way to inject I/O errors and emulate power cuts.
+    pub fn open_with_faults(
+        path: &Path,
+        identity: Arc<Identity>,
+        options: StoreOptions,
+        faults: Arc<faults::Faults>,
+    ) -> Result<Self, OpenError> {
+        StoreFile::open_on(path, Disk::with_faults(faults))?.start(identity, options)
     }
 
     /// The appliance id recorded in the store at creation.
@@ -584,6 +614,11 @@ impl Store {
         self.slot.free_bytes()
     }
 
+    /// Reads the whole store and checks that it is consistent ([`verify`]).
+    pub async fn verify(&self) -> Result<Integrity, StoreError> {
+        self.read(verify::check).await
+    }
+
     /// Runs a read on the blocking pool, so the async runtime never waits on the disk.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -596,6 +631,32 @@ impl Store {
             .await
             .map_err(|e| StoreError::Storage(format!("a read task failed: {e}")))?
     }
+}
+
+/// Creates a new store beside `path` and renames it into place once it is complete, so that
+/// a crash or a failed sync during creation never leaves a half-made file where the store
+/// belongs (which the next start would refuse as "not a redb database").
+fn create(path: &Path, disk: &Disk) -> Result<(), OpenError> {
+    let staging = path.with_extension("redb-new");
+    if staging.exists() {
+        disk.remove(&staging)
+            .map_err(|e| unreadable(&staging, e.into()))?;
+    }
+    let db = disk
+        .open_database(&staging)
+        .map_err(|e| unreadable(&staging, e.into()))?;
+    initialise(&staging, &db)?;
+    drop(db);
+    disk.rename(&staging, path)
+        .and_then(|()| disk.sync_parent(path))
+        .map_err(|e| unreadable(path, e.into()))
+}
+
+fn initialise(path: &Path, db: &Database) -> Result<String, OpenError> {
+    let id = format!("{:016x}", rand::random::<u64>());
+    schema::initialise(db, &id).map_err(|e| unreadable(path, e))?;
+    tracing::info!(path = %path.display(), appliance = %id, "created a new store");
+    Ok(id)
 }
 
 /// Refuses a file this build must not touch: another program's, or another schema version.

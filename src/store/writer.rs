@@ -7,9 +7,10 @@
 //! shared by everyone who arrived while the previous one ran; at low load a request is
 //! committed alone, with no batching delay. redb commits never run on the async runtime.
 //!
-//! When a commit fails with an I/O error, redb refuses further writes until the file is
-//! reopened; the writer does that before its next batch, and the requests of the failed batch
-//! are answered with an error (507 when the disk is full), never with an ack.
+//! When a commit fails with an I/O error, redb refuses further reads and writes until the file
+//! is reopened. The requests of the failed batch are answered with an error (507 when the disk
+//! is full, 503 otherwise), never with an ack, and the writer reopens the store at once; while
+//! that fails it keeps trying, idle or not, and answers new requests with the same error.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::blob_log::BlobLog;
@@ -196,7 +197,9 @@ pub(crate) fn spawn(
         },
         stats,
         options,
-        needs_reopen: false,
+        broken: None,
+        failed_reopens: 0,
+        last_attempt: None,
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
@@ -215,8 +218,17 @@ struct Writer {
     ctx: Context,
     stats: Arc<CommitStats>,
     options: StoreOptions,
-    needs_reopen: bool,
+    /// Set by a failed commit, until the store was reopened: why it is broken.
+    broken: Option<StoreError>,
+    /// Reopen attempts that failed since it broke, and when the last one was.
+    failed_reopens: u32,
+    last_attempt: Option<Instant>,
 }
+
+/// How often a broken store tries to reopen; requests in between are refused at once.
+const RECOVERY_RETRY: Duration = Duration::from_millis(200);
+/// How often a broken writer looks for requests while it waits to try again.
+const IDLE_POLL: Duration = Duration::from_millis(10);
 
 /// What storing an autosave needs besides the tables: who signs receipts, and whether new
 /// autosaves go to the outbox.
@@ -363,8 +375,25 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut closing = false;
         while !closing {
-            let Some(first) = rx.blocking_recv() else {
-                break;
+            let first = if self.broken.is_some() {
+                // Keep trying to recover while idle too: until the store is reopened, reads
+                // fail as well, and replay or a console may be all that is asking.
+                self.recover();
+                match rx.try_recv() {
+                    Ok(op) => op,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if self.broken.is_some() {
+                            std::thread::sleep(IDLE_POLL);
+                        }
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                let Some(op) = rx.blocking_recv() else {
+                    break;
+                };
+                op
             };
             let mut batch = Batch::default();
             closing |= batch.push(first);
@@ -392,14 +421,9 @@ impl Writer {
         if batch.requests.is_empty() {
             return;
         }
-        if self.needs_reopen {
-            match self.reopen() {
-                Ok(()) => self.needs_reopen = false,
-                Err(e) => {
-                    tracing::error!(error = %e, "the store could not be reopened");
-                    return batch.fail(&e);
-                }
-            }
+        self.recover();
+        if let Some(e) = &self.broken {
+            return batch.fail(e);
         }
         let space_ok = self.space_for(batch.bytes);
         match self.apply(&batch.requests, space_ok) {
@@ -413,9 +437,46 @@ impl Writer {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, requests = batch.requests.len(), "a commit failed; reopening the store before the next");
-                self.needs_reopen = true;
+                tracing::error!(error = %e, requests = batch.requests.len(), "a commit failed; reopening the store");
                 batch.fail(&e);
+                self.broken = Some(e);
+                self.last_attempt = None;
+                self.recover();
+            }
+        }
+    }
+
+    /// Reopens the store after a failed commit, if it needs that; on failure it stays broken
+    /// and the next call tries again.
+    fn recover(&mut self) {
+        let Some(cause) = self.broken.clone() else {
+            return;
+        };
+        if self
+            .last_attempt
+            .is_some_and(|at| at.elapsed() < RECOVERY_RETRY)
+        {
+            return;
+        }
+        self.last_attempt = Some(Instant::now());
+        match self.reopen() {
+            Ok(()) => {
+                if self.failed_reopens > 0 {
+                    tracing::warn!(attempts = self.failed_reopens + 1, "the store recovered");
+                }
+                self.broken = None;
+                self.failed_reopens = 0;
+            }
+            Err(e) => {
+                if self.failed_reopens == 0 {
+                    tracing::error!(error = %e, cause = %cause, "the store could not be reopened; retrying");
+                } else {
+                    tracing::debug!(error = %e, attempt = self.failed_reopens + 1, "the store could not be reopened");
+                }
+                self.failed_reopens += 1;
+                // Requests are answered with what keeps it broken now (507 when it is a full
+                // disk, 503 otherwise).
+                self.broken = Some(e);
             }
         }
     }
@@ -523,10 +584,20 @@ impl Writer {
                 }
             }
         }
-        let db = Database::create(&self.slot.path).map_err(|e| super::classify(e.into()))?;
+        let disk = &self.slot.disk;
+        if disk.database_sync_failed() {
+            // The kernel may have dropped pages that reads still return: make them durable
+            // before redb builds on them.
+            disk.rewrite_in_place(&self.slot.path)
+                .map_err(super::classify_io)?;
+        }
+        let db = disk
+            .open_database(&self.slot.path)
+            .map_err(|e| super::classify(e.into()))?;
         // Cut the payload log back to what the last successful commit recorded.
         let (end, live) = log_state(&db).map_err(super::classify)?;
-        self.log = BlobLog::open(&self.slot.blob_dir, end, &live).map_err(super::classify_io)?;
+        self.log =
+            BlobLog::open(disk, &self.slot.blob_dir, end, &live).map_err(super::classify_io)?;
         tracing::warn!(path = %self.slot.path.display(), "store reopened after an I/O error");
         *guard = Some(Arc::new(db));
         Ok(())

@@ -345,6 +345,11 @@ pub fn config_file(dir: &Path, text: &str) -> PathBuf {
 }
 
 /// A loopback port that was free a moment ago (for a server that starts later).
+/// A number from the environment, for the suites' trial counts and seeds.
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
