@@ -391,3 +391,184 @@ async fn a_full_disk_answers_507_and_recovers() {
         );
     }
 }
+
+/// Fills what is left of the file system at `dir` with a ballast file, to the last block.
+fn fill_up(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("ballast-rest");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let block = vec![7u8; 4096];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+    path
+}
+
+async fn status_json(b: &BoxProcess) -> serde_json::Value {
+    let r = b
+        .client(Some(b.admin_token()))
+        .get("/v1/status")
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// The reserve: new autosaves get 507 while there is still room, status and log say storage
+/// is full, reads go on; and a box killed on a disk with not one block left starts again,
+/// serves what it holds, and takes autosaves once space returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_box_on_a_full_disk_says_so_and_restarts() {
+    if !privileged_or_skip("a_box_on_a_full_disk_says_so_and_restarts") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(dir.path(), "8m");
+    let config = config_file(dir.path(), "min_free_bytes = 2097152\n");
+    let args = ["--config", config.to_str().unwrap()];
+    let data = tmpfs.0.join("data");
+    let mut b = BoxProcess::start(&data, &args);
+    // Room to give back at the end.
+    let ballast = tmpfs.0.join("ballast");
+    std::fs::write(&ballast, vec![1u8; 2 * 1024 * 1024]).unwrap();
+    assert_eq!(status_json(&b).await["storage"], "ok");
+    let c = b.client(Some(b.candidate_token(EXAM, "c1")));
+    let mut acked = HashMap::new();
+    let mut refused_at = None;
+    for seq in 1..=400u64 {
+        let body = payload(3, seq, 32 * 1024);
+        match put(&c, EXAM, "c1", seq, &body).await.status {
+            StatusCode::CREATED => {
+                acked.insert(seq, body);
+            }
+            StatusCode::INSUFFICIENT_STORAGE => {
+                refused_at = Some(seq);
+                break;
+            }
+            other => panic!("seq {seq}: {other}"),
+        }
+    }
+    let refused_at = refused_at.expect("the reserve must be reached");
+    let free = hallrelay::store::free_bytes(&tmpfs.0).unwrap();
+    assert!(
+        free > 1024 * 1024,
+        "507 came with {free} bytes still free: the reserve held"
+    );
+    assert!(
+        b.wait_for_log("storage is full", Duration::from_secs(5))
+            .is_some(),
+        "the log must say storage is full"
+    );
+    assert_eq!(status_json(&b).await["storage"], "full");
+
+    // Not one block left, and a crash.
+    let rest = fill_up(&tmpfs.0);
+    b.kill9();
+    let b = BoxProcess::start(&data, &args);
+    assert!(
+        b.log_so_far().contains("storage is full")
+            || b.wait_for_log("storage is full", Duration::from_secs(5))
+                .is_some(),
+        "a box that starts on a full disk says so"
+    );
+    assert_eq!(status_json(&b).await["storage"], "full");
+    let admin = b.client(Some(b.admin_token()));
+    for (seq, body) in &acked {
+        let r = admin.get(&autosave_path(EXAM, "c1", *seq)).await.unwrap();
+        assert!(
+            r.status == StatusCode::OK && r.body[..] == body[..],
+            "seq {seq}"
+        );
+    }
+    let c = b.client(Some(b.candidate_token(EXAM, "c1")));
+    let body = payload(3, refused_at, 32 * 1024);
+    assert_eq!(
+        put(&c, EXAM, "c1", refused_at, &body).await.status,
+        StatusCode::INSUFFICIENT_STORAGE
+    );
+    // Space returns: the box takes autosaves again, and says so.
+    std::fs::remove_file(rest).unwrap();
+    std::fs::remove_file(ballast).unwrap();
+    assert_eq!(
+        put(&c, EXAM, "c1", refused_at, &body).await.status,
+        StatusCode::CREATED
+    );
+    assert!(
+        b.wait_for_log("storage has room again", Duration::from_secs(5))
+            .is_some()
+    );
+    assert_eq!(status_json(&b).await["storage"], "ok");
+}
+
+/// What the reserve is for: once new autosaves are refused, the box's own bookkeeping still
+/// commits. Every pending autosave can be marked delivered, delivered ones purged, and the
+/// store stays whole; nothing undelivered is ever evicted to make room.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reserve_keeps_replay_bookkeeping_working_on_a_full_disk() {
+    use hallrelay::ids::AutosaveName;
+    use hallrelay::store::{PutRequest, Store, StoreError, StoreOptions};
+    if !privileged_or_skip("the_reserve_keeps_replay_bookkeeping_working_on_a_full_disk") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(dir.path(), "6m");
+    let identity = std::sync::Arc::new(
+        hallrelay::identity::Identity::load_or_create(dir.path(), &[], &[]).unwrap(),
+    );
+    let options = StoreOptions {
+        min_free_bytes: 1024 * 1024,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&tmpfs.0.join("s.redb"), identity, options).unwrap();
+    let mut stored = 0u64;
+    for seq in 1..=1000u64 {
+        let payload = bytes::Bytes::from(payload(4, seq, 32 * 1024));
+        let request = PutRequest {
+            name: AutosaveName {
+                exam: EXAM.into(),
+                candidate: "c1".into(),
+                seq,
+            },
+            blake3: blake3::hash(&payload),
+            payload,
+            is_final: false,
+            upstream_receipt: None,
+        };
+        match store.put(request).await {
+            Ok(_) => stored += 1,
+            Err(StoreError::Full) => break,
+            Err(e) => panic!("seq {seq}: {e}"),
+        }
+    }
+    assert!(
+        stored > 10 && stored < 1000,
+        "stored {stored} before the reserve"
+    );
+    assert_eq!(store.storage_state(), hallrelay::store::StorageState::Full);
+    // Replay's side: mark everything delivered, then purge it.
+    let mut marked = 0;
+    loop {
+        let pending = store.pending(64, Default::default()).await.unwrap();
+        if pending.is_empty() {
+            break;
+        }
+        for p in pending {
+            store.mark_delivered(p.name).await.unwrap();
+            marked += 1;
+        }
+    }
+    assert_eq!(
+        marked, stored,
+        "every pending autosave was marked on a full disk"
+    );
+    let purged = store
+        .purge_delivered(
+            std::time::SystemTime::now() + Duration::from_secs(1),
+            10_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(purged, stored);
+    let integrity = store.verify().await.unwrap();
+    assert!(integrity.is_whole(), "{:#?}", integrity.problems);
+    store.close().await;
+}

@@ -150,8 +150,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn overload_and_shutdown_answer_503_with_retry_after() {
-        for e in [StoreError::Overloaded, StoreError::Unavailable] {
+    fn overload_shutdown_and_disk_errors_answer_503_with_retry_after() {
+        let disk = StoreError::Disk("Input/output error (os error 5)".into());
+        for e in [StoreError::Overloaded, StoreError::Unavailable, disk] {
             let response = ApiError::from(e).into_response();
             assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(response.headers()[header::RETRY_AFTER], RETRY_AFTER_SECS);

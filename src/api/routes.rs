@@ -440,6 +440,7 @@ async fn status(state: &State) -> Result<Response<Full<Bytes>>, ApiError> {
         "delivered": store.delivered,
         "conflicts": store.conflicts,
         "candidates": store.candidates,
+        "storage": store.storage,
         "disk": { "free_bytes": free, "reserve_bytes": state.min_free_bytes },
         "commits": {
             "count": store.commits,

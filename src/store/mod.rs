@@ -19,7 +19,7 @@ pub mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -222,6 +222,20 @@ pub struct StoreStatus {
     /// and fsync), microseconds: where a commit's time goes.
     pub apply_micros: u64,
     pub commit_micros: u64,
+    /// Whether new autosaves can be taken.
+    pub storage: StorageState,
+}
+
+/// Whether the store can take new autosaves, in the words `/v1/status` uses.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageState {
+    Ok,
+    /// Free space is below the reserve: new autosaves get 507; replay bookkeeping, reads,
+    /// delivery marks and purges go on.
+    Full,
+    /// A commit failed and the store is reopening: requests get 503 until it has.
+    Failing,
 }
 
 /// Tunables of the store.
@@ -324,6 +338,7 @@ impl StoreFile {
         });
         let stats = Arc::new(CommitStats::default());
         let appliance: Arc<str> = self.appliance.into();
+        let reserve = options.min_free_bytes;
         let writer = writer::spawn(
             slot.clone(),
             log,
@@ -338,6 +353,7 @@ impl StoreFile {
             writer,
             appliance,
             stats,
+            reserve,
         })
     }
 }
@@ -380,6 +396,10 @@ pub(crate) struct CommitStats {
     apply_micros: AtomicU64,
     /// Time spent in `commit()` (page writes and fsync), microseconds.
     commit_micros: AtomicU64,
+    /// A commit failed and the writer is reopening the store.
+    failing: AtomicBool,
+    /// New autosaves are being refused for want of space.
+    full: AtomicBool,
 }
 
 /// A handle to the store; cheap to clone.
@@ -389,6 +409,8 @@ pub struct Store {
     writer: writer::Handle,
     appliance: Arc<str>,
     stats: Arc<CommitStats>,
+    /// Free bytes kept on the disk ([`StoreOptions::min_free_bytes`]).
+    reserve: u64,
 }
 
 impl Store {
@@ -551,6 +573,7 @@ impl Store {
         let committed_requests = self.stats.requests.load(Ordering::Relaxed);
         let apply_micros = self.stats.apply_micros.load(Ordering::Relaxed);
         let commit_micros = self.stats.commit_micros.load(Ordering::Relaxed);
+        let storage = self.storage_state();
         self.read(move |db, _| {
             let read = db.begin_read()?;
             let stats = read.open_table(STATS)?;
@@ -604,6 +627,7 @@ impl Store {
                 committed_requests,
                 apply_micros,
                 commit_micros,
+                storage,
             })
         })
         .await
@@ -612,6 +636,19 @@ impl Store {
     /// Free bytes on the file system that holds the store.
     pub fn free_bytes(&self) -> Option<u64> {
         self.slot.free_bytes()
+    }
+
+    /// Whether the store can take new autosaves right now.
+    pub fn storage_state(&self) -> StorageState {
+        if self.stats.failing.load(Ordering::Relaxed) {
+            StorageState::Failing
+        } else if self.stats.full.load(Ordering::Relaxed)
+            || self.free_bytes().is_some_and(|free| free < self.reserve)
+        {
+            StorageState::Full
+        } else {
+            StorageState::Ok
+        }
     }
 
     /// Reads the whole store and checks that it is consistent ([`verify`]).

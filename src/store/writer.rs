@@ -225,6 +225,9 @@ struct Writer {
     last_attempt: Option<Instant>,
 }
 
+/// Free space above the reserve at which a full store says it has room again.
+const ROOM_AGAIN: usize = 1024 * 1024;
+
 /// How often a broken store tries to reopen; requests in between are refused at once.
 const RECOVERY_RETRY: Duration = Duration::from_millis(200);
 /// How often a broken writer looks for requests while it waits to try again.
@@ -373,6 +376,8 @@ impl Batch {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        // A box that starts on a full disk says so at once.
+        self.note_space(!self.space_for(0));
         let mut closing = false;
         while !closing {
             let first = if self.broken.is_some() {
@@ -422,10 +427,14 @@ impl Writer {
             return;
         }
         self.recover();
-        if let Some(e) = &self.broken {
-            return batch.fail(e);
+        if let Some(e) = self.broken.clone() {
+            if matches!(e, StoreError::Full) {
+                self.note_space(true);
+            }
+            return batch.fail(&e);
         }
         let space_ok = self.space_for(batch.bytes);
+        self.note_space(batch.bytes > 0 && !space_ok);
         match self.apply(&batch.requests, space_ok) {
             Ok(answers) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -439,6 +448,11 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, requests = batch.requests.len(), "a commit failed; reopening the store");
                 batch.fail(&e);
+                if matches!(e, StoreError::Full) {
+                    self.note_space(true);
+                } else {
+                    self.stats.failing.store(true, Ordering::Relaxed);
+                }
                 self.broken = Some(e);
                 self.last_attempt = None;
                 self.recover();
@@ -466,6 +480,7 @@ impl Writer {
                 }
                 self.broken = None;
                 self.failed_reopens = 0;
+                self.stats.failing.store(false, Ordering::Relaxed);
             }
             Err(e) => {
                 if self.failed_reopens == 0 {
@@ -478,6 +493,26 @@ impl Writer {
                 // disk, 503 otherwise).
                 self.broken = Some(e);
             }
+        }
+    }
+
+    /// Records whether autosaves are being refused for want of space, and says so in the log
+    /// when that changes. The full state ends only once there is clear room again, so that it
+    /// does not flap with every small write.
+    fn note_space(&self, refused: bool) {
+        let full = self.stats.full.load(Ordering::Relaxed);
+        let free_bytes = self.slot.free_bytes();
+        if full && !refused && self.space_for(ROOM_AGAIN) {
+            self.stats.full.store(false, Ordering::Relaxed);
+            tracing::warn!(free_bytes, "storage has room again: taking autosaves");
+        } else if !full && refused {
+            self.stats.full.store(true, Ordering::Relaxed);
+            tracing::error!(
+                free_bytes,
+                reserve_bytes = self.options.min_free_bytes,
+                "storage is full: new autosaves are refused with 507 until space is freed; \
+                 replay, reads and delivery marks go on"
+            );
         }
     }
 
