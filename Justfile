@@ -34,9 +34,12 @@ fuzz seconds="300" *TARGETS:
 fuzz-count runs="10000000" *TARGETS:
     fuzz/run runs {{runs}} {{TARGETS}}
 
-# The torture suite, long form: 1,000 seeded SIGKILL trials during ingest and replay
-# (`just torture 50` is CI's short form). Replay a failure with HALLRELAY_TORTURE_SEED and
-# HALLRELAY_TORTURE_FROM (docs/reliability.md).
-torture trials="1000" chaos_secs="600":
+# The torture suite, long form: 1,000 seeded SIGKILL trials during ingest and replay, 1,000
+# emulated power cuts, the I/O-error sweep over every operation, and 10 minutes of uplink
+# chaos (`just torture 50 100 120` is CI's short form). Replay a failure with
+# HALLRELAY_TORTURE_SEED and HALLRELAY_TORTURE_FROM / HALLRELAY_POWERLOSS_FROM /
+# HALLRELAY_SWEEP_CASE (docs/reliability.md).
+torture trials="1000" power_cuts="1000" chaos_secs="600":
+    HALLRELAY_POWERLOSS_TRIALS={{power_cuts}} HALLRELAY_IO_SWEEP_STRIDE=1 cargo test --release --test powerloss -- --nocapture
     HALLRELAY_TORTURE_KILLS={{trials}} cargo test --release --test torture -- --nocapture
     HALLRELAY_CHAOS_SECS={{chaos_secs}} cargo test --release --test chaos -- --nocapture

@@ -19,6 +19,8 @@ use hallrelay::token::{self, Claims};
 const EXIT_USAGE: u8 = 64;
 /// EX_DATAERR: the data on disk is not something this build may touch.
 const EXIT_DATA: u8 = 65;
+/// EX_IOERR: the disk failed while opening the store; a restart may succeed.
+const EXIT_IO: u8 = 74;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -100,6 +102,7 @@ where
             Some(ServeError::Identity(hallrelay::identity::IdentityError::KeyFile(_))) => {
                 fail(EXIT_USAGE, &e)
             }
+            Some(ServeError::Store(store)) if store.is_disk_failure() => fail(EXIT_IO, &e),
             Some(ServeError::Store(_) | ServeError::Identity(_)) => fail(EXIT_DATA, &e),
             Some(ServeError::KeyFile(_)) => fail(EXIT_USAGE, &e),
             _ => fail(1, &format!("{e:#}")),

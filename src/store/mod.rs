@@ -8,6 +8,10 @@
 //! own read transactions and never wait for the writer. The schema version recorded in the
 //! file is checked at open, and a file this build does not understand is refused, never
 //! replaced.
+//!
+//! Every change to the files goes through one layer ([`disk`]), which is where the torture
+//! suite injects I/O errors and emulates power cuts ([`faults`]); [`Store::verify`] checks
+//! that what a crash left adds up.
 
 mod blob_log;
 mod disk;
@@ -82,6 +86,22 @@ pub enum OpenError {
     },
     #[error("cannot start the store's writer thread: {0}")]
     Thread(std::io::Error),
+}
+
+impl OpenError {
+    /// Whether the disk failed (a restart may well succeed), as opposed to a file this build
+    /// must refuse, which no restart changes.
+    pub fn is_disk_failure(&self) -> bool {
+        match self {
+            OpenError::Unreadable { source, .. } => match source.as_ref() {
+                redb::Error::Io(io) => io.kind() != std::io::ErrorKind::InvalidData,
+                redb::Error::PreviousIo => true,
+                _ => false,
+            },
+            OpenError::Payloads { .. } | OpenError::Thread(_) => true,
+            OpenError::Foreign { .. } | OpenError::Newer { .. } | OpenError::Older { .. } => false,
+        }
+    }
 }
 
 /// Why a store operation failed at run time.
@@ -764,4 +784,26 @@ fn read_blob(
 pub fn free_bytes(dir: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(dir).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_disk_is_told_apart_from_a_file_to_refuse() {
+        let unreadable = |io: std::io::Error| OpenError::Unreadable {
+            path: "s.redb".into(),
+            source: Box::new(redb::Error::Io(io)),
+        };
+        assert!(unreadable(std::io::Error::from_raw_os_error(5)).is_disk_failure());
+        let garbage = std::io::Error::new(std::io::ErrorKind::InvalidData, "not a redb database");
+        assert!(!unreadable(garbage).is_disk_failure());
+        let newer = OpenError::Newer {
+            path: "s.redb".into(),
+            found: 9,
+            supported: 1,
+        };
+        assert!(!newer.is_disk_failure());
+    }
 }
