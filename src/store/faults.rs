@@ -232,6 +232,21 @@ impl Faults {
         Ok(())
     }
 
+    /// Runs `real` if the injector lets the operation through, then records it in the model.
+    fn pass(
+        &self,
+        kind: Option<Kind>,
+        what: &str,
+        real: impl FnOnce() -> io::Result<()>,
+        record: impl FnOnce(&mut State),
+    ) -> io::Result<()> {
+        let mut state = self.lock();
+        Self::admit(&mut state, kind, what)?;
+        real()?;
+        record(&mut state);
+        Ok(())
+    }
+
     pub(crate) fn write(
         &self,
         path: &Path,
@@ -239,13 +254,11 @@ impl Faults {
         data: &[u8],
         real: impl FnOnce() -> io::Result<()>,
     ) -> io::Result<()> {
-        let mut state = self.lock();
-        Self::admit(&mut state, Some(Kind::Write), "write")?;
-        real()?;
-        if let Some(model) = state.files.get_mut(path) {
-            model.write(offset, data);
-        }
-        Ok(())
+        self.pass(Some(Kind::Write), "write", real, |state| {
+            if let Some(model) = state.files.get_mut(path) {
+                model.write(offset, data);
+            }
+        })
     }
 
     pub(crate) fn set_len(
@@ -254,13 +267,11 @@ impl Faults {
         len: u64,
         real: impl FnOnce() -> io::Result<()>,
     ) -> io::Result<()> {
-        let mut state = self.lock();
-        Self::admit(&mut state, Some(Kind::SetLen), "set_len")?;
-        real()?;
-        if let Some(model) = state.files.get_mut(path) {
-            model.set_len(len);
-        }
-        Ok(())
+        self.pass(Some(Kind::SetLen), "set_len", real, |state| {
+            if let Some(model) = state.files.get_mut(path) {
+                model.set_len(len);
+            }
+        })
     }
 
     /// A file's fdatasync. An injected failure leaves what it should have written uncertain
@@ -271,8 +282,7 @@ impl Faults {
         real: impl FnOnce() -> io::Result<()>,
     ) -> io::Result<()> {
         let mut state = self.lock();
-        let admitted = Self::admit(&mut state, Some(Kind::Sync), "sync");
-        let result = admitted.and_then(|()| real());
+        let result = Self::admit(&mut state, Some(Kind::Sync), "sync").and_then(|()| real());
         if let Some(model) = state.files.get_mut(path) {
             match result {
                 Ok(()) => model.synced(),
@@ -288,15 +298,13 @@ impl Faults {
         dir: &Path,
         real: impl FnOnce() -> io::Result<()>,
     ) -> io::Result<()> {
-        let mut state = self.lock();
-        Self::admit(&mut state, Some(Kind::Sync), "directory sync")?;
-        real()?;
-        for (path, model) in state.files.iter_mut() {
-            if path.parent() == Some(dir) {
-                model.entry_durable = model.entry_visible;
+        self.pass(Some(Kind::Sync), "directory sync", real, |state| {
+            for (path, model) in state.files.iter_mut() {
+                if path.parent() == Some(dir) {
+                    model.entry_durable = model.entry_visible;
+                }
             }
-        }
-        Ok(())
+        })
     }
 
     pub(crate) fn remove(
@@ -304,13 +312,11 @@ impl Faults {
         path: &Path,
         real: impl FnOnce() -> io::Result<()>,
     ) -> io::Result<()> {
-        let mut state = self.lock();
-        Self::admit(&mut state, None, "remove")?;
-        real()?;
-        if let Some(model) = state.files.get_mut(path) {
-            model.entry_visible = false;
-        }
-        Ok(())
+        self.pass(None, "remove", real, |state| {
+            if let Some(model) = state.files.get_mut(path) {
+                model.entry_visible = false;
+            }
+        })
     }
 
     /// A rename: the file is visible under its new name only; each name's entry stays
@@ -321,24 +327,22 @@ impl Faults {
         to: &Path,
         real: impl FnOnce() -> io::Result<()>,
     ) -> io::Result<()> {
-        let mut state = self.lock();
-        Self::admit(&mut state, None, "rename")?;
-        real()?;
-        let Some(old) = state.files.get_mut(from) else {
-            return Ok(());
-        };
-        let moved = FileModel {
-            visible: old.visible.clone(),
-            durable: old.durable.clone(),
-            lengths: old.lengths.clone(),
-            maybe: old.maybe.clone(),
-            unsynced: old.unsynced.clone(),
-            entry_visible: true,
-            entry_durable: false,
-        };
-        old.entry_visible = false;
-        state.files.insert(to.to_owned(), moved);
-        Ok(())
+        self.pass(None, "rename", real, |state| {
+            let Some(old) = state.files.get_mut(from) else {
+                return;
+            };
+            let moved = FileModel {
+                visible: old.visible.clone(),
+                durable: old.durable.clone(),
+                lengths: old.lengths.clone(),
+                maybe: old.maybe.clone(),
+                unsynced: old.unsynced.clone(),
+                entry_visible: true,
+                entry_durable: false,
+            };
+            old.entry_visible = false;
+            state.files.insert(to.to_owned(), moved);
+        })
     }
 
     /// Writes one disk a power cut could have left: every file the model knows under `from`,
