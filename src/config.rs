@@ -105,6 +105,10 @@ pub struct FileConfig {
     pub client_rate_limit: Option<u32>,
     /// Requests one client address may make in a burst above its rate (default 40).
     pub client_rate_burst: Option<u32>,
+    /// The console calls a candidate silent who saved here and has not saved for this long
+    /// (default "2m").
+    #[serde(default, with = "opt_duration")]
+    pub console_silent_after: Option<Duration>,
 }
 
 /// The validated configuration `serve` runs with.
@@ -122,6 +126,8 @@ pub struct ServeConfig {
     pub store: StoreOptions,
     /// How to replay to the cloud; `None` when no cloud is configured.
     pub replay: Option<ReplayConfig>,
+    /// When the console calls a candidate silent.
+    pub console_silent_after: Duration,
 }
 
 impl FileConfig {
@@ -315,6 +321,11 @@ impl ServeConfig {
             limits,
             store,
             replay,
+            console_silent_after: positive(
+                "console_silent_after",
+                file.console_silent_after,
+                crate::api::console::DEFAULT_SILENT_AFTER,
+            )?,
         })
     }
 }

@@ -114,6 +114,10 @@ pub async fn run(
         name: ready.name.clone(),
         min_free_bytes: config.store.min_free_bytes,
         uplink,
+        console: Some(api::console::Console::new(
+            config.data_dir.clone(),
+            config.console_silent_after,
+        )),
     });
     let handler = move |request| api::routes::handle(state.clone(), request);
     api::server::serve(

@@ -111,6 +111,11 @@ async fn route(
     state: &State,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    if let Some(console) = &state.console
+        && super::console::owns(request.uri().path())
+    {
+        return super::console::handle(state, console, request).await;
+    }
     match parse_path(request.uri().path())? {
         Target::Health => {
             only(&request, &Method::GET, "GET")?;
@@ -154,7 +159,7 @@ fn only(request: &Request<Incoming>, method: &Method, allow: &'static str) -> Re
     }
 }
 
-fn bearer<B>(request: &Request<B>) -> Option<&str> {
+pub(crate) fn bearer<B>(request: &Request<B>) -> Option<&str> {
     let value = request
         .headers()
         .get(header::AUTHORIZATION)?
