@@ -106,6 +106,7 @@ pub async fn run(
         min_free_bytes: options.min_free_bytes,
         uplink: Arc::new(Uplink::new(None)),
         console: None,
+        metrics: None,
     });
     let (fault_rate, reset_rate) = (config.fault_rate, config.reset_rate);
     let handler = move |request: Request<Incoming>| {

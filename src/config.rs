@@ -109,6 +109,9 @@ pub struct FileConfig {
     /// (default "2m").
     #[serde(default, with = "opt_duration")]
     pub console_silent_after: Option<Duration>,
+    /// A file (mode 0600) holding a token that may read `/metrics` and nothing else, for a
+    /// Prometheus server (default: none; the admin token always may).
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// The validated configuration `serve` runs with.
@@ -128,6 +131,8 @@ pub struct ServeConfig {
     pub replay: Option<ReplayConfig>,
     /// When the console calls a candidate silent.
     pub console_silent_after: Duration,
+    /// The token that may scrape `/metrics` besides admin tokens.
+    pub metrics_token: Option<Secret>,
 }
 
 impl FileConfig {
@@ -321,6 +326,13 @@ impl ServeConfig {
             limits,
             store,
             replay,
+            metrics_token: match file.metrics_token_file {
+                Some(path) => Some(Secret::from_file(&path).map_err(|e| ConfigError::Invalid {
+                    key: "metrics_token_file",
+                    problem: e.to_string(),
+                })?),
+                None => None,
+            },
             console_silent_after: positive(
                 "console_silent_after",
                 file.console_silent_after,

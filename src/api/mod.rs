@@ -6,11 +6,13 @@
 //!   the bearer token, bound and hash the body, ask the store, answer.
 //! - [`error`] is the one place where failures become status codes and JSON error bodies.
 //! - [`cors`] lets browser clients on configured origins call the API.
+//! - [`metrics`] is `/metrics` for Prometheus.
 //! - [`console`] is the invigilator console at `/`, and [`session`] its sign-in sessions.
 
 pub mod console;
 pub mod cors;
 pub mod error;
+pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
@@ -168,6 +170,8 @@ pub struct AppState {
     pub uplink: Arc<crate::replay::Uplink>,
     /// The invigilator console, on the box only (`None` on the reference cloud).
     pub console: Option<console::Console>,
+    /// `/metrics`, on the box only.
+    pub metrics: Option<Arc<metrics::Metrics>>,
 }
 
 pub type State = Arc<AppState>;

@@ -383,7 +383,23 @@ pub(crate) struct CommitStats {
     apply_micros: AtomicU64,
     /// Time spent in `commit()` (page writes and fsync), microseconds.
     commit_micros: AtomicU64,
+    /// Told about every commit (the metrics' histograms), once set.
+    observer: std::sync::OnceLock<CommitObserver>,
 }
+
+/// One commit as the writer measured it, for [`Store::observe_commits`].
+#[derive(Clone, Copy, Debug)]
+pub struct CommitSample {
+    /// Requests the commit carried (the group-commit batch size).
+    pub requests: usize,
+    /// Building the transaction: inserts, signatures, payload appends.
+    pub build: Duration,
+    /// The payload log's fdatasync and redb's commit.
+    pub commit: Duration,
+}
+
+/// A function the writer thread calls after each commit; it must be quick.
+pub type CommitObserver = Box<dyn Fn(&CommitSample) + Send + Sync>;
 
 /// A handle to the store; cheap to clone.
 #[derive(Clone)]
@@ -661,6 +677,12 @@ impl Store {
     /// Free bytes on the file system that holds the store.
     pub fn free_bytes(&self) -> Option<u64> {
         self.slot.free_bytes()
+    }
+
+    /// Has the writer call `observer` after every commit from now on. Only the first
+    /// observer set is kept; returns whether this one was.
+    pub fn observe_commits(&self, observer: CommitObserver) -> bool {
+        self.stats.observer.set(observer).is_ok()
     }
 
     /// Runs a read on the blocking pool, so the async runtime never waits on the disk.
