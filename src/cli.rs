@@ -35,6 +35,32 @@ pub enum Command {
     /// uplink outage and its recovery, then a byte-for-byte check of the cloud. Exits 0 only
     /// if the check holds.
     Demo(DemoArgs),
+    /// Readiness, on the box before an exam: does the data disk's free space hold N
+    /// candidates for H hours (with a margin), does the store open, is the identity in
+    /// place. Prints a verdict per line; exits 0 when ready, 1 when not.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Candidates in the hall.
+    #[arg(long, value_name = "N")]
+    pub candidates: u64,
+    /// Hours the box must hold them without an uplink.
+    #[arg(long, value_name = "H")]
+    pub hours: f64,
+    /// Size of one autosave, bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::readiness::DEFAULT_SIZE)]
+    pub size: u64,
+    /// Time between one candidate's autosaves.
+    #[arg(long, value_name = "DUR", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// The box's configuration file (for `data_dir` and `min_free_bytes`).
+    #[arg(long, value_name = "F")]
+    pub config: Option<PathBuf>,
+    /// The box's data dir [default: the config's, else hallrelay-data].
+    #[arg(long, value_name = "D")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -24,6 +24,7 @@
 //!   loopback: cloud, box, candidates, an outage and a byte-for-byte check.
 //! - [`config`] turns the TOML file and flags into one validated [`config::ServeConfig`];
 //!   [`serve`] assembles the appliance from it and runs it until shutdown.
+//! - [`readiness`] answers "can this box take this hall?" (`hallrelay check`).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -39,6 +40,7 @@ pub mod ids;
 pub mod keyfile;
 pub mod loadgen;
 pub mod mdns;
+pub mod readiness;
 pub mod receipt;
 pub mod replay;
 pub mod serve;

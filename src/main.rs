@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use clap::Parser;
 use hallrelay::api::Limits;
-use hallrelay::cli::{CandidateArgs, Cli, Command, DemoArgs, DiscoverArgs, TokenArgs};
+use hallrelay::cli::{CandidateArgs, CheckArgs, Cli, Command, DemoArgs, DiscoverArgs, TokenArgs};
 use hallrelay::cloud::CloudConfig;
 use hallrelay::config::{DEFAULT_DATA_DIR, ServeConfig, VENUE_KEY_FILE};
 use hallrelay::keyfile::VenueKey;
@@ -65,6 +65,7 @@ fn main() -> ExitCode {
         Command::Candidate(args) => candidate(&args),
         Command::Discover(args) => discover(&args),
         Command::Demo(args) => demo(&args),
+        Command::Check(args) => check(&args),
         Command::Token(args) => match mint(&args) {
             Ok(token) => {
                 println!("{token}");
@@ -238,6 +239,19 @@ fn mint(args: &TokenArgs) -> anyhow::Result<String> {
         },
     };
     Ok(token::mint(&key, &claims))
+}
+
+fn check(args: &CheckArgs) -> ExitCode {
+    let report = match hallrelay::readiness::check_args(args) {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
+    println!("{report}");
+    if report.ready() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn fail(code: u8, error: &dyn std::fmt::Display) -> ExitCode {

@@ -210,6 +210,8 @@ pub struct ConsoleState {
     pub delivered: u64,
     pub conflicts: u64,
     pub disk: DiskGauge,
+    /// `hallrelay check`'s space verdict for the hall the box sees.
+    pub readiness: Readiness,
     pub silent_after_secs: u64,
     /// Candidates who saved here within `silent_after`, and those who went silent.
     pub active: usize,
@@ -246,6 +248,43 @@ impl Row {
             activity,
             last_age_secs,
             silent,
+        }
+    }
+}
+
+/// How long the free space holds the hall the box sees: as many candidates as it has rows
+/// (at least one), saving their average payload size every 15 s.
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    pub candidates: u64,
+    pub size: u64,
+    pub interval_secs: u64,
+    /// `None` when the free space cannot be read.
+    pub hours_held: Option<f64>,
+}
+
+impl Readiness {
+    fn judge(
+        candidates: u64,
+        stored: u64,
+        stored_bytes: u64,
+        free: Option<u64>,
+        reserve: u64,
+    ) -> Self {
+        let size = stored_bytes
+            .checked_div(stored)
+            .unwrap_or(crate::readiness::DEFAULT_SIZE);
+        let plan = crate::readiness::Plan {
+            candidates: candidates.max(1),
+            hours: 1.0,
+            size,
+            interval: crate::readiness::DEFAULT_INTERVAL,
+        };
+        Self {
+            candidates: plan.candidates,
+            size,
+            interval_secs: plan.interval.as_secs(),
+            hours_held: free.map(|f| plan.space(f, reserve).hours_held),
         }
     }
 }
@@ -343,6 +382,13 @@ impl ConsoleState {
             },
             delivered: store.delivered,
             conflicts: store.conflicts,
+            readiness: Readiness::judge(
+                rows.len() as u64,
+                store.stored,
+                store.stored_bytes,
+                state.store.free_bytes(),
+                state.min_free_bytes,
+            ),
             disk: DiskGauge::measure(&console.data_dir, state.min_free_bytes),
             silent_after_secs: console.silent_after.as_secs(),
             active,

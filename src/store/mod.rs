@@ -717,6 +717,36 @@ fn finish_activity(activity: &mut CandidateActivity, times: &mut Vec<u64>, gap: 
     times.clear();
 }
 
+/// What [`probe`] found at a store path, without creating or changing anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// No store yet: the box creates one at its first start.
+    Missing,
+    /// A store this build opens, with its appliance id.
+    Ready { appliance: String },
+    /// A store held open by a running box (redb's lock), so it was not inspected.
+    InUse,
+}
+
+/// Checks, read-only, whether the store at `path` is one this build opens (for
+/// `hallrelay check`). A foreign file or another schema version is an error, as at start.
+pub fn probe(path: &Path) -> Result<Probe, OpenError> {
+    if !std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+        return Ok(Probe::Missing);
+    }
+    let db = match redb::ReadOnlyDatabase::open(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Ok(Probe::InUse),
+        Err(e) => return Err(unreadable(path, e.into())),
+    };
+    let found = schema::inspect(&db).map_err(|e| unreadable(path, e))?;
+    check(path, &found)?;
+    Ok(match found {
+        Found::Store { appliance, .. } => Probe::Ready { appliance },
+        _ => Probe::Missing,
+    })
+}
+
 /// Refuses a file this build must not touch: another program's, or another schema version.
 fn check(path: &Path, found: &Found) -> Result<(), OpenError> {
     match *found {

@@ -103,6 +103,8 @@ try {
     `the summary in plain words: "${summary}"`);
   const disk = await page.textContent("#disk-text");
   check(/% used/.test(disk), `the storage gauge: "${disk}"`);
+  const holds = await page.textContent("#holds");
+  check(/^Enough for about [0-9.+]+ more hours of 3 candidates/.test(holds), `the readiness line: "${holds}"`);
 
   step(`the silent alert fires for ${expect.silent} (the page refreshes by itself)`);
   await page.waitForFunction(

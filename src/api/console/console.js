@@ -95,6 +95,11 @@ function render(s) {
     ? "Storage use unknown."
     : `${d.used_percent} % used, ${bytes(d.free_bytes)} free of ${bytes(d.total_bytes)}.${level}`;
 
+  const r = s.readiness;
+  $("holds").textContent = r.hours_held === null ? "" :
+    `Enough for about ${r.hours_held > 999 ? "999+" : r.hours_held.toFixed(1)} more hours of ${plural(r.candidates, "candidate", "candidates")} ` +
+    `saving ${bytes(r.size)} every ${r.interval_secs} seconds (hallrelay check gives the full verdict).`;
+
   const body = $("rows-body");
   body.replaceChildren();
   for (const r of s.rows) {
