@@ -107,6 +107,7 @@ pub async fn run(
         uplink: Arc::new(Uplink::new(None)),
         console: None,
         metrics: None,
+        identity: None,
     });
     let (fault_rate, reset_rate) = (config.fault_rate, config.reset_rate);
     let handler = move |request: Request<Incoming>| {

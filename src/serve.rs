@@ -126,6 +126,7 @@ pub async fn run(
             config.console_silent_after,
         )),
         metrics: Some(metrics),
+        identity: Some(parts.identity.clone()),
     });
     let handler = move |request| api::routes::handle(state.clone(), request);
     api::server::serve_counted(

@@ -6,12 +6,13 @@
 //!   the bearer token, bound and hash the body, ask the store, answer.
 //! - [`error`] is the one place where failures become status codes and JSON error bodies.
 //! - [`cors`] lets browser clients on configured origins call the API.
-//! - [`metrics`] is `/metrics` for Prometheus.
+//! - [`metrics`] is `/metrics` for Prometheus; [`export`] the export bundle's endpoints.
 //! - [`console`] is the invigilator console at `/`, and [`session`] its sign-in sessions.
 
 pub mod console;
 pub mod cors;
 pub mod error;
+pub mod export;
 pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
@@ -172,6 +173,8 @@ pub struct AppState {
     pub console: Option<console::Console>,
     /// `/metrics`, on the box only.
     pub metrics: Option<Arc<metrics::Metrics>>,
+    /// The box's identity, which signs export bundles (the box only).
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 pub type State = Arc<AppState>;

@@ -123,6 +123,9 @@ async fn route(
     {
         return super::console::handle(state, console, request).await;
     }
+    if super::export::owns(request.uri().path()) {
+        return super::export::handle(state, request).await;
+    }
     if let Some(metrics) = &state.metrics
         && request.uri().path() == "/metrics"
     {

@@ -674,6 +674,52 @@ impl Store {
         .await
     }
 
+    /// Autosaves with their payloads in (exam, candidate, seq) order, starting after `after`,
+    /// until `max_bytes` of payload or `max_entries` (at least one entry), for the export
+    /// bundle. The second value is whether more follow.
+    pub async fn export_page(
+        &self,
+        after: Option<AutosaveName>,
+        max_bytes: u64,
+        max_entries: usize,
+    ) -> Result<(Vec<Pending>, bool), StoreError> {
+        self.read(move |db, blob_dir| {
+            let read = db.begin_read()?;
+            let autosaves = read.open_table(AUTOSAVES)?;
+            let rows = match &after {
+                Some(a) => autosaves.range((a.exam.as_str(), a.candidate.as_str(), a.seq)..)?,
+                None => autosaves.range::<(&str, &str, u64)>(..)?,
+            };
+            let (mut out, mut bytes) = (Vec::new(), 0u64);
+            for row in rows {
+                let (key, value) = row?;
+                let (exam, candidate, seq) = key.value();
+                if after.as_ref().is_some_and(|a| {
+                    (a.exam.as_str(), a.candidate.as_str(), a.seq) == (exam, candidate, seq)
+                }) {
+                    continue;
+                }
+                if !out.is_empty() && (bytes >= max_bytes || out.len() >= max_entries) {
+                    return Ok((out, true));
+                }
+                let record = decode_record(value.value())?;
+                let payload = read_blob(&read, blob_dir, &record)?;
+                bytes += payload.len() as u64;
+                out.push(Pending {
+                    name: AutosaveName {
+                        exam: exam.to_owned(),
+                        candidate: candidate.to_owned(),
+                        seq,
+                    },
+                    record,
+                    payload,
+                });
+            }
+            Ok((out, false))
+        })
+        .await
+    }
+
     /// Free bytes on the file system that holds the store.
     pub fn free_bytes(&self) -> Option<u64> {
         self.slot.free_bytes()
