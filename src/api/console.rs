@@ -19,7 +19,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use super::error::json_response;
 use super::session::{self, Sessions};
 use super::{ApiError, Caller, State};
 use crate::replay::UplinkStatus;
@@ -31,6 +30,9 @@ pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(120);
 /// Disk use (percent) at which the storage gauge warns, and at which it is critical.
 pub const DISK_WARN_PERCENT: u64 = 80;
 pub const DISK_CRITICAL_PERCENT: u64 = 90;
+/// How long one reading of the hall serves every open console: the reading scans every
+/// record, and several invigilators may watch at once.
+const STATE_CACHE: Duration = Duration::from_secs(2);
 /// The largest sign-in body read.
 const SIGN_IN_MAX_BYTES: usize = 4096;
 
@@ -47,6 +49,8 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 /// The console's settings and its sessions.
 pub struct Console {
     pub sessions: Sessions,
+    /// The last `/console/state` answer and when it was made.
+    cache: std::sync::Mutex<Option<(std::time::Instant, Bytes)>>,
     /// How long a candidate may go without saving before the console calls them silent.
     pub silent_after: Duration,
     /// The data dir, whose file system the storage gauge measures.
@@ -54,9 +58,28 @@ pub struct Console {
 }
 
 impl Console {
+    /// The state as JSON, at most [`STATE_CACHE`] old.
+    async fn state_json(&self, state: &State) -> Result<Bytes, ApiError> {
+        let cached = |slot: &Option<(std::time::Instant, Bytes)>| {
+            slot.as_ref()
+                .filter(|(at, _)| at.elapsed() < STATE_CACHE)
+                .map(|(_, body)| body.clone())
+        };
+        if let Some(body) = self.cache.lock().ok().and_then(|c| cached(&c)) {
+            return Ok(body);
+        }
+        let view = ConsoleState::gather(state, self).await?;
+        let body = Bytes::from(serde_json::to_vec(&view).map_err(|_| ApiError::Internal)?);
+        if let Ok(mut slot) = self.cache.lock() {
+            *slot = Some((std::time::Instant::now(), body.clone()));
+        }
+        Ok(body)
+    }
+
     pub fn new(data_dir: PathBuf, silent_after: Duration) -> Self {
         Self {
             sessions: Sessions::default(),
+            cache: std::sync::Mutex::new(None),
             silent_after,
             data_dir,
         }
@@ -83,8 +106,13 @@ pub async fn handle(
         "/console/icon.svg" if get => Ok(asset(ICON_SVG, "image/svg+xml")),
         "/console/state" if get => {
             signed_in(state, console, &request)?;
-            let view = ConsoleState::gather(state, console).await?;
-            Ok(private(json_response(StatusCode::OK, &view)))
+            let body = console.state_json(state).await?;
+            let mut response = Response::new(Full::new(body));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(private(response))
         }
         "/console/session" if post => sign_in(state, console, request).await,
         "/console/signout" if post => Ok(sign_out(console, &request)),
