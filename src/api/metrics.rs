@@ -25,6 +25,24 @@ use crate::keyfile::Secret;
 use crate::replay::{ReplayFailure, Uplink, UplinkState};
 use crate::store::{CommitSample, StoreStatus};
 
+/// The replay queue's figures, as a scrape reads them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Queue {
+    pub count: u64,
+    pub bytes: u64,
+    pub oldest_age_secs: Option<u64>,
+}
+
+impl From<&StoreStatus> for Queue {
+    fn from(s: &StoreStatus) -> Self {
+        Self {
+            count: s.pending,
+            bytes: s.pending_bytes,
+            oldest_age_secs: s.oldest_pending_age_secs,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: u16,
@@ -170,15 +188,15 @@ impl Metrics {
     /// The text exposition, with the read-at-scrape figures filled in first.
     pub fn render(
         &self,
-        store: &StoreStatus,
+        queue: Queue,
         uplink: UplinkState,
         free_bytes: Option<u64>,
     ) -> Result<String, fmt::Error> {
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        self.pending_count.set(clamp(store.pending));
-        self.pending_bytes.set(clamp(store.pending_bytes));
+        self.pending_count.set(clamp(queue.count));
+        self.pending_bytes.set(clamp(queue.bytes));
         self.oldest_unreplayed
-            .set(clamp(store.oldest_pending_age_secs.unwrap_or(0)));
+            .set(clamp(queue.oldest_age_secs.unwrap_or(0)));
         self.uplink_up.set(i64::from(uplink == UplinkState::Up));
         self.disk_free.set(free_bytes.map_or(-1, clamp));
         let mut out = String::new();
@@ -254,22 +272,12 @@ mod tests {
         });
         uplink.count_delivery();
         uplink.count_failure(ReplayFailure::Unreachable);
-        let store = StoreStatus {
-            stored: 3,
-            stored_bytes: 30,
-            pending: 2,
-            pending_bytes: 20,
-            oldest_pending_age_secs: Some(5),
-            delivered: 1,
-            conflicts: 0,
-            candidates: 1,
-            last_delivery_at: None,
-            commits: 1,
-            committed_requests: 7,
-            apply_micros: 300,
-            commit_micros: 900,
+        let queue = Queue {
+            count: 2,
+            bytes: 20,
+            oldest_age_secs: Some(5),
         };
-        let text = metrics.render(&store, UplinkState::Up, Some(1000)).unwrap();
+        let text = metrics.render(queue, UplinkState::Up, Some(1000)).unwrap();
         for line in [
             "hallrelay_ingest_requests_total{status=\"201\"} 1",
             "hallrelay_ingest_requests_total{status=\"409\"} 1",

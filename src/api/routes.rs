@@ -440,7 +440,11 @@ async fn scrape<B>(
     }
     let store = state.store.status().await?;
     let text = metrics
-        .render(&store, state.uplink.state(), state.store.free_bytes())
+        .render(
+            (&store).into(),
+            state.uplink.state(),
+            state.store.free_bytes(),
+        )
         .map_err(|_| ApiError::Internal)?;
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
