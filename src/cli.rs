@@ -35,6 +35,96 @@ pub enum Command {
     /// uplink outage and its recovery, then a byte-for-byte check of the cloud. Exits 0 only
     /// if the check holds.
     Demo(DemoArgs),
+    /// Readiness, on the box before an exam: does the data disk's free space hold N
+    /// candidates for H hours (with a margin), does the store open, is the identity in
+    /// place. Prints a verdict per line; exits 0 when ready, 1 when not.
+    Check(CheckArgs),
+    /// The box's status, for a person.
+    Status(StatusArgs),
+    /// Pull a signed bundle of everything a running box stored into FILE (for the day the
+    /// uplink never returns); it is verified before it is kept.
+    Export(ExportArgs),
+    /// Check a bundle offline: every payload against its blake3, the manifest against the
+    /// box's signature and certificate. Exits 0 when intact, 65 when not.
+    Verify(VerifyArgs),
+    /// Push a verified bundle to the cloud from any connected computer; importing it again
+    /// changes nothing.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The box's base URL, e.g. https://hall-b.local:8443.
+    #[arg(long = "box", value_name = "URL")]
+    pub box_url: String,
+    /// File holding an admin token.
+    #[arg(long, value_name = "F")]
+    pub token_file: PathBuf,
+    /// The box's pin: the only way the box is trusted.
+    #[arg(long, value_name = "PIN")]
+    pub pin: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The box's base URL, e.g. https://hall-b.local:8443.
+    #[arg(long = "box", value_name = "URL")]
+    pub box_url: String,
+    /// File holding an admin token.
+    #[arg(long, value_name = "F")]
+    pub token_file: PathBuf,
+    /// The box's pin: the only way the box is trusted.
+    #[arg(long, value_name = "PIN")]
+    pub pin: String,
+    /// Where the bundle goes.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The bundle.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The cloud's base URL (https://, or http:// to loopback).
+    #[arg(long, value_name = "URL")]
+    pub cloud: String,
+    /// File holding the box's credential at the cloud.
+    #[arg(long, value_name = "F")]
+    pub cloud_token_file: PathBuf,
+    /// Trust a self-hosted cloud by this pin instead of CA roots.
+    #[arg(long, value_name = "PIN", conflicts_with = "cloud_ca_file")]
+    pub cloud_pin: Option<String>,
+    /// Extra CA certificates (PEM) to trust for the cloud.
+    #[arg(long, value_name = "FILE")]
+    pub cloud_ca_file: Option<PathBuf>,
+    /// The bundle.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Candidates in the hall.
+    #[arg(long, value_name = "N")]
+    pub candidates: u64,
+    /// Hours the box must hold them without an uplink.
+    #[arg(long, value_name = "H")]
+    pub hours: f64,
+    /// Size of one autosave, bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::readiness::DEFAULT_SIZE)]
+    pub size: u64,
+    /// Time between one candidate's autosaves.
+    #[arg(long, value_name = "DUR", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// The box's configuration file (for `data_dir` and `min_free_bytes`).
+    #[arg(long, value_name = "F")]
+    pub config: Option<PathBuf>,
+    /// The box's data dir [default: the config's, else hallrelay-data].
+    #[arg(long, value_name = "D")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -105,6 +105,9 @@ pub async fn run(
         name: ready.name.clone(),
         min_free_bytes: options.min_free_bytes,
         uplink: Arc::new(Uplink::new(None)),
+        console: None,
+        metrics: None,
+        identity: None,
     });
     let (fault_rate, reset_rate) = (config.fault_rate, config.reset_rate);
     let handler = move |request: Request<Incoming>| {

@@ -105,6 +105,13 @@ pub struct FileConfig {
     pub client_rate_limit: Option<u32>,
     /// Requests one client address may make in a burst above its rate (default 40).
     pub client_rate_burst: Option<u32>,
+    /// The console calls a candidate silent who saved here and has not saved for this long
+    /// (default "2m").
+    #[serde(default, with = "opt_duration")]
+    pub console_silent_after: Option<Duration>,
+    /// A file (mode 0600) holding a token that may read `/metrics` and nothing else, for a
+    /// Prometheus server (default: none; the admin token always may).
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// The validated configuration `serve` runs with.
@@ -122,6 +129,10 @@ pub struct ServeConfig {
     pub store: StoreOptions,
     /// How to replay to the cloud; `None` when no cloud is configured.
     pub replay: Option<ReplayConfig>,
+    /// When the console calls a candidate silent.
+    pub console_silent_after: Duration,
+    /// The token that may scrape `/metrics` besides admin tokens.
+    pub metrics_token: Option<Secret>,
 }
 
 impl FileConfig {
@@ -315,6 +326,18 @@ impl ServeConfig {
             limits,
             store,
             replay,
+            metrics_token: match file.metrics_token_file {
+                Some(path) => Some(Secret::from_file(&path).map_err(|e| ConfigError::Invalid {
+                    key: "metrics_token_file",
+                    problem: e.to_string(),
+                })?),
+                None => None,
+            },
+            console_silent_after: positive(
+                "console_silent_after",
+                file.console_silent_after,
+                crate::api::console::DEFAULT_SILENT_AFTER,
+            )?,
         })
     }
 }

@@ -137,6 +137,11 @@ impl Identity {
         &self.pin
     }
 
+    /// The certificate in PEM, as the export bundle carries it.
+    pub fn certificate_pem(&self) -> String {
+        crate::bundle::certificate_pem(self.cert.as_ref())
+    }
+
     /// Signs `message` (ECDSA P-256 with SHA-256, ASN.1 DER signature).
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
         // ring fails to sign only if its random source fails, which on Linux means getrandom

@@ -24,9 +24,13 @@
 //!   loopback: cloud, box, candidates, an outage and a byte-for-byte check.
 //! - [`config`] turns the TOML file and flags into one validated [`config::ServeConfig`];
 //!   [`serve`] assembles the appliance from it and runs it until shutdown.
+//! - [`bundle`] is the signed export bundle (`export`, `verify`, `import`), [`ops`] those
+//!   commands and `status`.
+//! - [`readiness`] answers "can this box take this hall?" (`hallrelay check`).
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod bundle;
 pub mod candidate;
 pub mod cli;
 pub mod client;
@@ -39,6 +43,8 @@ pub mod ids;
 pub mod keyfile;
 pub mod loadgen;
 pub mod mdns;
+pub mod ops;
+pub mod readiness;
 pub mod receipt;
 pub mod replay;
 pub mod serve;

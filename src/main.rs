@@ -7,10 +7,15 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use clap::Parser;
 use hallrelay::api::Limits;
-use hallrelay::cli::{CandidateArgs, Cli, Command, DemoArgs, DiscoverArgs, TokenArgs};
+use hallrelay::cli::{
+    CandidateArgs, CheckArgs, Cli, Command, DemoArgs, DiscoverArgs, ExportArgs, ImportArgs,
+    StatusArgs, TokenArgs, VerifyArgs,
+};
 use hallrelay::cloud::CloudConfig;
 use hallrelay::config::{DEFAULT_DATA_DIR, ServeConfig, VENUE_KEY_FILE};
+use hallrelay::keyfile::Secret;
 use hallrelay::keyfile::VenueKey;
+use hallrelay::ops::{self, OpsError};
 use hallrelay::serve::{self, ServeError};
 use hallrelay::timefmt::unix_secs;
 use hallrelay::token::{self, Claims};
@@ -67,6 +72,11 @@ fn main() -> ExitCode {
         Command::Candidate(args) => candidate(&args),
         Command::Discover(args) => discover(&args),
         Command::Demo(args) => demo(&args),
+        Command::Check(args) => check(&args),
+        Command::Status(args) => ops_status(&args),
+        Command::Export(args) => ops_export(&args),
+        Command::Verify(args) => ops_verify(&args),
+        Command::Import(args) => ops_import(&args),
         Command::Token(args) => match mint(&args) {
             Ok(token) => {
                 println!("{token}");
@@ -241,6 +251,122 @@ fn mint(args: &TokenArgs) -> anyhow::Result<String> {
         },
     };
     Ok(token::mint(&key, &claims))
+}
+
+fn check(args: &CheckArgs) -> ExitCode {
+    let report = match hallrelay::readiness::check_args(args) {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
+    println!("{report}");
+    if report.ready() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs an operator command's future; a refused bundle exits 65, anything else 1.
+fn run_ops<T>(
+    future: impl std::future::Future<Output = Result<T, OpsError>>,
+    done: impl FnOnce(T) -> ExitCode,
+) -> ExitCode {
+    let result = match runtime() {
+        Ok(r) => r.block_on(future),
+        Err(e) => return fail(1, &e),
+    };
+    match result {
+        Ok(v) => done(v),
+        Err(e @ OpsError::Bundle(_)) => fail(EXIT_DATA, &e),
+        Err(e) => fail(1, &e),
+    }
+}
+
+fn secret(path: &std::path::Path) -> Result<Secret, ExitCode> {
+    Secret::from_file(path).map_err(|e| fail(EXIT_USAGE, &e))
+}
+
+fn ops_status(args: &StatusArgs) -> ExitCode {
+    let token = match secret(&args.token_file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    run_ops(ops::status(&args.box_url, token, &args.pin), |text| {
+        println!("{text}");
+        ExitCode::SUCCESS
+    })
+}
+
+fn ops_export(args: &ExportArgs) -> ExitCode {
+    let token = match secret(&args.token_file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    run_ops(
+        ops::export(&args.box_url, token, &args.pin, &args.out),
+        |summary| {
+            println!(
+                "exported {} autosaves ({} bytes) of {} to {}; verified, pin {}",
+                summary.manifest.count,
+                summary.manifest.bytes,
+                summary.manifest.name,
+                args.out.display(),
+                summary.pin
+            );
+            ExitCode::SUCCESS
+        },
+    )
+}
+
+fn ops_verify(args: &VerifyArgs) -> ExitCode {
+    match ops::verify(&args.file) {
+        Ok(summary) => {
+            println!(
+                "intact: {} autosaves ({} bytes) from {} ({}), exported {}, signed by pin {}",
+                summary.manifest.count,
+                summary.manifest.bytes,
+                summary.manifest.name,
+                summary.manifest.appliance,
+                summary.manifest.exported_at,
+                summary.pin
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ OpsError::Bundle(_)) => fail(EXIT_DATA, &e),
+        Err(e) => fail(1, &e),
+    }
+}
+
+fn ops_import(args: &ImportArgs) -> ExitCode {
+    let credential = match secret(&args.cloud_token_file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let cloud = match &args.cloud_pin {
+        Some(pin) => {
+            hallrelay::client::Connection::pinned(&args.cloud, vec![pin.clone()], Some(credential))
+        }
+        None => hallrelay::client::Connection::with_roots(
+            &args.cloud,
+            args.cloud_ca_file.as_deref(),
+            Some(credential),
+        ),
+    };
+    let cloud = match cloud {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
+    run_ops(ops::import(cloud, &args.file), |done| {
+        println!(
+            "imported: {} new, {} already in the cloud, {} conflicts",
+            done.new, done.already, done.conflicts
+        );
+        if done.conflicts > 0 {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
 }
 
 fn fail(code: u8, error: &dyn std::fmt::Display) -> ExitCode {

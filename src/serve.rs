@@ -105,6 +105,13 @@ pub async fn run(
         tracing::info!("no cloud configured: autosaves are kept and queued, not replayed");
     }
     let store = parts.store.clone();
+    let metrics = Arc::new(api::metrics::Metrics::new(
+        uplink.clone(),
+        config.metrics_token.clone(),
+    ));
+    let observer = metrics.clone();
+    store.observe_commits(Box::new(move |sample| observer.observe_commit(sample)));
+    let open_connections = metrics.open_connections();
     let state = Arc::new(AppState {
         store: parts.store,
         auth: Auth::new(parts.venue_key, Vec::new()),
@@ -114,14 +121,21 @@ pub async fn run(
         name: ready.name.clone(),
         min_free_bytes: config.store.min_free_bytes,
         uplink,
+        console: Some(api::console::Console::new(
+            config.data_dir.clone(),
+            config.console_silent_after,
+        )),
+        metrics: Some(metrics),
+        identity: Some(parts.identity.clone()),
     });
     let handler = move |request| api::routes::handle(state.clone(), request);
-    api::server::serve(
+    api::server::serve_counted(
         listener,
         Some(tls),
         handler,
         config.limits.clone(),
         shutdown,
+        Some(open_connections),
     )
     .await;
     if let Some(advertiser) = advertiser {

@@ -6,12 +6,18 @@
 //!   the bearer token, bound and hash the body, ask the store, answer.
 //! - [`error`] is the one place where failures become status codes and JSON error bodies.
 //! - [`cors`] lets browser clients on configured origins call the API.
+//! - [`metrics`] is `/metrics` for Prometheus; [`export`] the export bundle's endpoints.
+//! - [`console`] is the invigilator console at `/`, and [`session`] its sign-in sessions.
 
+pub mod console;
 pub mod cors;
 pub mod error;
+pub mod export;
+pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
+pub mod session;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -63,6 +69,22 @@ impl Auth {
                 exam, candidate, ..
             }) => Ok(Caller::Candidate { exam, candidate }),
             Ok(Claims::Admin { .. }) => Ok(Caller::Admin),
+            Err(token::TokenError::Expired) => Err(ApiError::Unauthorized("the token expired")),
+            Err(_) => Err(ApiError::Unauthorized(
+                "the token is not valid for this venue",
+            )),
+        }
+    }
+}
+
+impl Auth {
+    /// The expiry (Unix seconds) of an admin token; any other token is refused like
+    /// [`authenticate`](Self::authenticate) refuses it, or as forbidden when it is valid but
+    /// not an admin's.
+    pub fn admin_expiry(&self, token: &str) -> Result<u64, ApiError> {
+        match token::verify(&self.venue_key, token, SystemTime::now()) {
+            Ok(Claims::Admin { expires, .. }) => Ok(expires),
+            Ok(Claims::Candidate { .. }) => Err(ApiError::Forbidden("this needs an admin token")),
             Err(token::TokenError::Expired) => Err(ApiError::Unauthorized("the token expired")),
             Err(_) => Err(ApiError::Unauthorized(
                 "the token is not valid for this venue",
@@ -147,6 +169,12 @@ pub struct AppState {
     pub min_free_bytes: u64,
     /// The uplink as replay sees it.
     pub uplink: Arc<crate::replay::Uplink>,
+    /// The invigilator console, on the box only (`None` on the reference cloud).
+    pub console: Option<console::Console>,
+    /// `/metrics`, on the box only.
+    pub metrics: Option<Arc<metrics::Metrics>>,
+    /// The box's identity, which signs export bundles (the box only).
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 pub type State = Arc<AppState>;

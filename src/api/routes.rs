@@ -28,6 +28,10 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let origin = request.headers().get(header::ORIGIN).cloned();
+    // Autosave PUTs are counted and timed for /metrics.
+    let ingest = (request.method() == Method::PUT
+        && request.uri().path().starts_with("/v1/exams/"))
+    .then(std::time::Instant::now);
     let mut response = if request.method() == Method::OPTIONS {
         state.cors.preflight(origin.as_ref())
     } else {
@@ -35,6 +39,9 @@ pub async fn handle(
             .await
             .unwrap_or_else(ApiError::into_response)
     };
+    if let (Some(started), Some(metrics)) = (ingest, &state.metrics) {
+        metrics.observe_ingest(response.status().as_u16(), started.elapsed());
+    }
     state.cors.decorate(origin.as_ref(), &mut response);
     Ok(response)
 }
@@ -111,6 +118,20 @@ async fn route(
     state: &State,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    if let Some(console) = &state.console
+        && super::console::owns(request.uri().path())
+    {
+        return super::console::handle(state, console, request).await;
+    }
+    if super::export::owns(request.uri().path()) {
+        return super::export::handle(state, request).await;
+    }
+    if let Some(metrics) = &state.metrics
+        && request.uri().path() == "/metrics"
+    {
+        only(&request, &Method::GET, "GET")?;
+        return scrape(state, metrics, &request).await;
+    }
     match parse_path(request.uri().path())? {
         Target::Health => {
             only(&request, &Method::GET, "GET")?;
@@ -154,7 +175,7 @@ fn only(request: &Request<Incoming>, method: &Method, allow: &'static str) -> Re
     }
 }
 
-fn bearer<B>(request: &Request<B>) -> Option<&str> {
+pub(crate) fn bearer<B>(request: &Request<B>) -> Option<&str> {
     let value = request
         .headers()
         .get(header::AUTHORIZATION)?
@@ -398,6 +419,39 @@ async fn list(
         })
         .collect();
     Ok(json_response(StatusCode::OK, &rows))
+}
+
+/// `GET /metrics`: the scrape token or an admin token.
+async fn scrape<B>(
+    state: &State,
+    metrics: &super::metrics::Metrics,
+    request: &Request<B>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let token = bearer(request);
+    if !token.is_some_and(|t| metrics.is_scrape_token(t)) {
+        match state.auth.authenticate(token)? {
+            Caller::Admin => {}
+            _ => {
+                return Err(ApiError::Forbidden(
+                    "metrics need the scrape token or an admin token",
+                ));
+            }
+        }
+    }
+    let store = state.store.status().await?;
+    let text = metrics
+        .render(
+            (&store).into(),
+            state.uplink.state(),
+            state.store.free_bytes(),
+        )
+        .map_err(|_| ApiError::Internal)?;
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
 }
 
 #[derive(Serialize)]

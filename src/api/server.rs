@@ -29,6 +29,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -49,6 +50,23 @@ pub async fn serve<H, F, E>(
     handler: H,
     limits: Limits,
     shutdown: CancellationToken,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    serve_counted(listener, tls, handler, limits, shutdown, None).await;
+}
+
+/// [`serve`], moving `open` up and down as connections are accepted and closed (the metrics'
+/// open-connections gauge).
+pub async fn serve_counted<H, F, E>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: H,
+    limits: Limits,
+    shutdown: CancellationToken,
+    open: Option<Gauge>,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, E>> + Send + 'static,
@@ -118,8 +136,9 @@ pub async fn serve<H, F, E>(
         let handler = rate_limited(handler.clone(), limiter.clone(), peer.ip());
         let watcher = graceful.watcher();
         let limits = limits.clone();
+        let open = open.clone().map(OpenConnection::new);
         tokio::spawn(async move {
-            let _slots = (slot, client_slot);
+            let _slots = (slot, client_slot, open);
             let Some(acceptor) = acceptor else {
                 let idle_limit = limits.idle_timeout;
                 return serve_io(stream, peer, &builder, handler, watcher, epoch, idle_limit).await;
@@ -141,6 +160,22 @@ pub async fn serve<H, F, E>(
         .is_err()
     {
         tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the grace period; closing them");
+    }
+}
+
+/// One open connection on the gauge, taken off it when dropped.
+struct OpenConnection(Gauge);
+
+impl OpenConnection {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use bucket::TokenBucket;
-pub use uplink::{Uplink, UplinkState, UplinkStatus};
+pub use uplink::{ReplayFailure, Uplink, UplinkState, UplinkStatus};
 
 use crate::client::{ClientError, Connection};
 use crate::ids::AutosaveName;
@@ -214,6 +214,9 @@ impl Replayer {
                     match self.store.pending(self.concurrency, flying.clone()).await {
                         Ok(more) => queue.extend(more),
                         Err(e) => {
+                            if matches!(e, crate::store::StoreError::Storage(_)) {
+                                self.uplink.count_failure(ReplayFailure::OutboxUnreadable);
+                            }
                             tracing::warn!(error = %e, "reading the outbox failed");
                             break;
                         }
@@ -279,12 +282,14 @@ impl Replayer {
         let _enter = span.enter();
         match outcome {
             Outcome::Delivered => {
+                self.uplink.count_delivery();
                 backoff.reset();
                 if let Err(e) = self.store.mark_delivered(name).await {
                     tracing::warn!(error = %e, "could not record a delivery; it will be re-sent");
                 }
             }
             Outcome::Conflict => {
+                self.uplink.count_failure(ReplayFailure::Conflict);
                 backoff.reset();
                 tracing::warn!(
                     "the cloud holds other bytes under this name; recorded as a conflict"
@@ -294,15 +299,18 @@ impl Replayer {
                 }
             }
             Outcome::Refused(why) => {
+                self.uplink.count_failure(ReplayFailure::Refused);
                 queue.clear();
                 self.uplink.set(UplinkState::Refused, Some(why));
             }
             Outcome::RetryAfter(wait) => {
+                self.uplink.count_failure(ReplayFailure::RetryAfter);
                 tracing::info!(?wait, "the cloud asked replay to wait");
                 queue.clear();
                 sleep_or_stop(wait, shutdown).await;
             }
             Outcome::Transient(why) => {
+                self.uplink.count_failure(ReplayFailure::Transient);
                 let wait = backoff.failed(self.concurrency);
                 tracing::debug!(%why, ?wait, "replay will retry");
                 queue.clear();
@@ -311,6 +319,7 @@ impl Replayer {
                 }
             }
             Outcome::Unreachable(why) => {
+                self.uplink.count_failure(ReplayFailure::Unreachable);
                 queue.clear();
                 self.uplink.set(UplinkState::Down, Some(why));
             }

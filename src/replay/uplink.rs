@@ -1,7 +1,10 @@
 //! The uplink's state as the status page shows it: configured or not, up, down (since when,
 //! why), or refusing the box's credential. Changes are logged once, not on every probe.
+//! Replay also counts here what it delivered and why attempts failed, for `/metrics`: the one
+//! handle replay already shares with the API.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -34,9 +37,51 @@ pub struct UplinkStatus {
     pub last_error: Option<String>,
 }
 
+/// Why a replay attempt did not deliver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReplayFailure {
+    /// The cloud holds other bytes under the name (409).
+    Conflict,
+    /// The cloud refuses the box's credential (401/403).
+    Refused,
+    /// The cloud asked to wait (429/503 with Retry-After).
+    RetryAfter,
+    /// Any other answer, a reset, a timeout.
+    Transient,
+    /// The cloud could not be reached at all.
+    Unreachable,
+    /// The box could not read its own outbox back (a damaged disk).
+    OutboxUnreadable,
+}
+
+impl ReplayFailure {
+    pub const ALL: [Self; 6] = [
+        Self::Conflict,
+        Self::Refused,
+        Self::RetryAfter,
+        Self::Transient,
+        Self::Unreachable,
+        Self::OutboxUnreadable,
+    ];
+
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Conflict => "conflict",
+            Self::Refused => "refused",
+            Self::RetryAfter => "retry_after",
+            Self::Transient => "transient",
+            Self::Unreachable => "unreachable",
+            Self::OutboxUnreadable => "outbox_unreadable",
+        }
+    }
+}
+
 /// The shared uplink state.
 pub struct Uplink {
     status: Mutex<UplinkStatus>,
+    deliveries: AtomicU64,
+    failures: [AtomicU64; ReplayFailure::ALL.len()],
 }
 
 impl Uplink {
@@ -53,7 +98,36 @@ impl Uplink {
                 cloud,
                 last_error: None,
             }),
+            deliveries: AtomicU64::new(0),
+            failures: Default::default(),
         }
+    }
+
+    /// Counts an autosave the cloud confirmed.
+    pub fn count_delivery(&self) {
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a replay attempt that failed, by why.
+    pub fn count_failure(&self, why: ReplayFailure) {
+        let i = ReplayFailure::ALL
+            .iter()
+            .position(|w| *w == why)
+            .unwrap_or_default();
+        self.failures[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Deliveries since start.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(Ordering::Relaxed)
+    }
+
+    /// Failed attempts since start, by why.
+    pub fn failures(&self) -> impl Iterator<Item = (ReplayFailure, u64)> + '_ {
+        ReplayFailure::ALL
+            .iter()
+            .zip(&self.failures)
+            .map(|(why, n)| (*why, n.load(Ordering::Relaxed)))
     }
 
     pub fn snapshot(&self) -> UplinkStatus {

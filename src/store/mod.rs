@@ -21,6 +21,8 @@ mod verify;
 #[doc(hidden)]
 pub mod schema;
 mod writer;
+// The operator tools' reads (console, export, check) and the metrics' commit hook.
+mod reads;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +45,8 @@ pub use verify::Integrity;
 pub use writer::{PutOutcome, PutRequest};
 
 use schema::*;
+
+pub use reads::{CandidateActivity, CommitObserver, CommitSample, Probe, probe};
 
 /// The file name of the store inside the data dir.
 pub const STORE_FILE: &str = "hallrelay.redb";
@@ -410,6 +414,8 @@ impl DbSlot {
 /// Commit statistics, kept in memory by the writer.
 #[derive(Default)]
 pub(crate) struct CommitStats {
+    /// Told about every commit (the metrics' histograms), once set ([`reads`]).
+    observer: std::sync::OnceLock<CommitObserver>,
     commits: AtomicU64,
     requests: AtomicU64,
     /// Time spent building transactions (inserts, signing), microseconds.

@@ -592,6 +592,13 @@ impl Writer {
         self.stats
             .commit_micros
             .fetch_add(micros(committed - synced_from), Ordering::Relaxed);
+        if let Some(observe) = self.stats.observer.get() {
+            observe(&super::CommitSample {
+                requests: requests.len(),
+                build: synced_from - started,
+                commit: committed - synced_from,
+            });
+        }
         Ok(answers)
     }
 

@@ -1,0 +1,311 @@
+//! The operator's commands that talk to a box or carry its data: `status` (the box's status
+//! for a person), `export` (a signed bundle of everything stored, pulled from a running box),
+//! `verify` (checks a bundle offline) and `import` (pushes a bundle to the cloud from any
+//! connected computer, idempotent like replay). Tools that talk to a box trust it by its pin.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::bundle::{self, BundleError, Header, Summary};
+use crate::client::{ClientError, Connection};
+use crate::keyfile::Secret;
+use crate::readiness::human_bytes;
+use crate::receipt::RECEIPT_HEADER;
+
+/// Why an operator command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpsError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{what} answered {status}: {message}")]
+    Refused {
+        what: String,
+        status: StatusCode,
+        message: String,
+    },
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the bundle is refused: {0}")]
+    Bundle(#[from] BundleError),
+    #[error("the box's answer is unreadable: {0}")]
+    Unreadable(String),
+}
+
+fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
+    move |source| OpsError::File {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn refused(what: &str, reply: &crate::client::Reply) -> OpsError {
+    let message = reply
+        .json::<serde_json::Value>()
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    OpsError::Refused {
+        what: what.to_owned(),
+        status: reply.status,
+        message,
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:8} [{bar:30}] {pos}/{len} autosaves, {elapsed} (eta {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// `hallrelay status`: `/v1/status` in sentences.
+pub async fn status(box_url: &str, token: Secret, pin: &str) -> Result<String, OpsError> {
+    let client = Connection::pinned(box_url, vec![pin.to_owned()], Some(token))?;
+    let reply = client.get("/v1/status").await?;
+    if reply.status != StatusCode::OK {
+        return Err(refused("the box", &reply));
+    }
+    let s: serde_json::Value = reply
+        .json()
+        .map_err(|e| OpsError::Unreadable(e.to_string()))?;
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let uplink = match s["uplink"]["state"].as_str().unwrap_or("unknown") {
+        "up" => "up: saves held here are being sent to the cloud".to_owned(),
+        "down" => format!(
+            "DOWN since {} ({})",
+            s["uplink"]["since"].as_str().unwrap_or("?"),
+            s["uplink"]["last_error"].as_str().unwrap_or("no answer")
+        ),
+        "refused" => "REFUSED: the cloud does not accept this box's credential".to_owned(),
+        "not_configured" => "no cloud configured: saves are kept, not sent".to_owned(),
+        other => other.to_owned(),
+    };
+    let pending = &s["pending"];
+    let mut out = format!(
+        "box      {} ({}), hallrelay {}\nuplink   {uplink}\n",
+        s["name"].as_str().unwrap_or("?"),
+        s["appliance"].as_str().unwrap_or("?"),
+        s["version"].as_str().unwrap_or("?"),
+    );
+    out += &format!(
+        "stored   {} autosaves of {} candidates, {}\n",
+        n(&s["stored"]["count"]),
+        n(&s["candidates"]),
+        human_bytes(n(&s["stored"]["bytes"]))
+    );
+    out += &match n(&pending["count"]) {
+        0 => "waiting  nothing: the cloud has everything\n".to_owned(),
+        count => format!(
+            "waiting  {count} autosaves ({}) for the cloud, the oldest for {}\n",
+            human_bytes(n(&pending["bytes"])),
+            humantime::format_duration(Duration::from_secs(n(&pending["oldest_age_secs"])))
+        ),
+    };
+    out += &format!(
+        "cloud    {} delivered, {} conflicts\ndisk     {} free ({} kept in reserve)",
+        n(&s["delivered"]),
+        n(&s["conflicts"]),
+        human_bytes(n(&s["disk"]["free_bytes"])),
+        human_bytes(n(&s["disk"]["reserve_bytes"])),
+    );
+    Ok(out)
+}
+
+/// `hallrelay export`: pulls every autosave page by page into `out` (written beside it,
+/// fsynced, verified, then renamed into place) and returns the verified summary.
+pub async fn export(
+    box_url: &str,
+    token: Secret,
+    pin: &str,
+    out: &Path,
+) -> Result<Summary, OpsError> {
+    let client = Connection::pinned(box_url, vec![pin.to_owned()], Some(token))?
+        .with_timeout(Duration::from_secs(300));
+    let total = match client.get("/v1/status").await {
+        Ok(r) if r.status == StatusCode::OK => r
+            .json::<serde_json::Value>()
+            .ok()
+            .and_then(|v| v["stored"]["count"].as_u64())
+            .unwrap_or(0),
+        Ok(r) => return Err(refused("the box", &r)),
+        Err(e) => return Err(e.into()),
+    };
+    let partial = out.with_extension("partial");
+    let file = File::create(&partial).map_err(file_error(&partial))?;
+    let mut writer = BufWriter::new(file);
+    writer
+        .write_all(bundle::MAGIC)
+        .map_err(file_error(&partial))?;
+    let progress = bar(total, "export");
+    let mut names = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/v1/export/autosaves?after={a}"),
+            None => "/v1/export/autosaves".to_owned(),
+        };
+        let reply = client.get(&path).await?;
+        if reply.status != StatusCode::OK {
+            return Err(refused("the box", &reply));
+        }
+        // Check each frame as it arrives; the bundle is verified again as a whole below.
+        let mut reader = bundle::Reader::new(std::io::Cursor::new(
+            [
+                bundle::MAGIC,
+                reply.body.as_ref(),
+                b"{\"kind\":\"end\",\"len\":0}\n\n",
+            ]
+            .concat(),
+        ))?;
+        while let Some((header, _)) = reader.next_frame()? {
+            if let Header::Autosave {
+                exam,
+                candidate,
+                seq,
+                ..
+            } = header
+            {
+                names.push(format!("{exam}/{candidate}/{seq}"));
+                progress.inc(1);
+            }
+        }
+        writer
+            .write_all(&reply.body)
+            .map_err(file_error(&partial))?;
+        let more = reply.header("hallrelay-export-more") == Some("true");
+        after = reply.header("hallrelay-export-last").map(str::to_owned);
+        if !more || after.is_none() {
+            break;
+        }
+    }
+    progress.finish_and_clear();
+    let request = serde_json::json!({ "names": names }).to_string();
+    let reply = client
+        .send(
+            Method::POST,
+            "/v1/export/manifest",
+            HeaderMap::new(),
+            Bytes::from(request),
+        )
+        .await?;
+    if reply.status != StatusCode::OK {
+        return Err(refused("the box", &reply));
+    }
+    writer
+        .write_all(&reply.body)
+        .map_err(file_error(&partial))?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| file_error(&partial)(e.into_error()))?;
+    file.sync_all().map_err(file_error(&partial))?;
+    drop(file);
+    let summary = verify(&partial)?;
+    std::fs::rename(&partial, out).map_err(file_error(out))?;
+    crate::keyfile::sync_parent(out).map_err(file_error(out))?;
+    Ok(summary)
+}
+
+/// `hallrelay verify`: checks a bundle offline.
+pub fn verify(path: &Path) -> Result<Summary, OpsError> {
+    let file = File::open(path).map_err(file_error(path))?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let progress = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template("verify   [{bar:30}] {bytes}/{total_bytes}") {
+        progress.set_style(style.progress_chars("=> "));
+    }
+    let reader = BufReader::new(progress.wrap_read(file));
+    let summary = bundle::verify(reader, |_| {})?;
+    progress.finish_and_clear();
+    Ok(summary)
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Imported {
+    /// Stored by the cloud now (201).
+    pub new: u64,
+    /// The cloud already held the same bytes (200).
+    pub already: u64,
+    /// The cloud holds other bytes under the name (409): left as they are.
+    pub conflicts: u64,
+}
+
+/// `hallrelay import`: verifies the bundle, then sends every autosave to the cloud with the
+/// box's receipt, the way replay would. Sending the same bundle again changes nothing.
+pub async fn import(cloud: Connection, path: &Path) -> Result<Imported, OpsError> {
+    let summary = verify(path)?;
+    let file = File::open(path).map_err(file_error(path))?;
+    let mut reader = bundle::Reader::new(BufReader::new(file))?;
+    let progress = bar(summary.manifest.count, "import");
+    let mut done = Imported::default();
+    while let Some((header, payload)) = reader.next_frame()? {
+        let Header::Autosave {
+            exam,
+            candidate,
+            seq,
+            blake3,
+            is_final,
+            receipt,
+            ..
+        } = header
+        else {
+            continue;
+        };
+        // The file was verified a moment ago; a payload changed since is still caught here.
+        if blake3::hash(&payload).to_hex().as_str() != blake3 {
+            return Err(BundleError::PayloadAltered {
+                name: format!("{exam}/{candidate}/{seq}"),
+            }
+            .into());
+        }
+        let mut path = format!("/v1/exams/{exam}/candidates/{candidate}/autosaves/{seq}");
+        if is_final {
+            path.push_str("?final=true");
+        }
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_str(&receipt.to_header())
+            .map_err(|e| OpsError::Unreadable(e.to_string()))?;
+        headers.insert(RECEIPT_HEADER, value);
+        let payload = Bytes::from(payload);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = cloud
+                .send(Method::PUT, &path, headers.clone(), payload.clone())
+                .await;
+            match result {
+                Ok(r) if r.status == StatusCode::CREATED => done.new += 1,
+                Ok(r) if r.status == StatusCode::OK => done.already += 1,
+                Ok(r) if r.status == StatusCode::CONFLICT => done.conflicts += 1,
+                Ok(r) if attempt < 5 && (r.status.is_server_error() || r.status == 429) => {
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    continue;
+                }
+                Ok(r) => return Err(refused("the cloud", &r)),
+                Err(_) if attempt < 5 => {
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            break;
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    Ok(done)
+}
