@@ -238,6 +238,8 @@ pub struct ConsoleState {
     pub delivered: u64,
     pub conflicts: u64,
     pub disk: DiskGauge,
+    /// Whether the store takes new autosaves (full: 507; failing: reopening after an error).
+    pub storage: crate::store::StorageState,
     /// `hallrelay check`'s space verdict for the hall the box sees.
     pub readiness: Readiness,
     pub silent_after_secs: u64,
@@ -418,6 +420,7 @@ impl ConsoleState {
                 state.min_free_bytes,
             ),
             disk: DiskGauge::measure(&console.data_dir, state.min_free_bytes),
+            storage: state.store.storage_state(),
             silent_after_secs: console.silent_after.as_secs(),
             active,
             silent,

@@ -71,6 +71,16 @@ function render(s) {
 
   const alerts = $("alerts");
   alerts.replaceChildren();
+  const storage = {
+    full: "Storage is full: this box refuses new saves. Everything already here is safe. Call IT now.",
+    failing: "This box's disk reported an error and the box is recovering. If this stays, call IT.",
+  }[s.storage];
+  if (storage) {
+    const p = document.createElement("p");
+    p.className = "alert";
+    p.textContent = storage;
+    alerts.appendChild(p);
+  }
   for (const r of s.rows.filter((r) => r.silent)) {
     const p = document.createElement("p");
     p.className = "alert";
