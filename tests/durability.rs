@@ -224,33 +224,6 @@ fn bad_configuration_exits_64_and_names_the_key() {
     }
 }
 
-/// Mounts a tmpfs of `size` at `dir/tiny`; unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Self {
-        let mnt = dir.join("tiny");
-        std::fs::create_dir(&mnt).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&mnt)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount tmpfs");
-        Self(mnt)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// ENOSPC inside a commit: the free-space check passed (with the reserve off it only asks
 /// for room for the payload), the payload log took that room, and the redb commit that
 /// follows found none for its own pages. The writer answers 507, reopens the store and cuts

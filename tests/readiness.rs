@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{BoxProcess, binary, config_file, privileged_or_skip};
+use common::{BoxProcess, Tmpfs, binary, config_file, privileged_or_skip};
 
 /// Runs `hallrelay check ARGS`; returns (exit code, stdout).
 fn check(args: &[&str]) -> (i32, String) {
@@ -27,30 +26,6 @@ fn hours_held(report: &str) -> f64 {
     let line = report.lines().find(|l| l.contains("space:")).unwrap();
     let (_, rest) = line.rsplit_once(" holds ").expect("holds");
     rest.trim_end_matches(" h").parse().expect("hours")
-}
-
-/// A tmpfs of `size` at `dir/tiny`; unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Self {
-        let mnt = dir.join("tiny");
-        std::fs::create_dir(&mnt).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&mnt)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount tmpfs");
-        Self(mnt)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -212,6 +212,28 @@ pub struct Pending {
     pub payload: Bytes,
 }
 
+impl Pending {
+    /// An autosave with its payload, from its key and stored record.
+    pub(crate) fn read(
+        read: &redb::ReadTransaction,
+        blob_dir: &Path,
+        (exam, candidate, seq): (&str, &str, u64),
+        raw: &[u8],
+    ) -> Result<Self, StoreError> {
+        let record = decode_record(raw)?;
+        let payload = read_blob(read, blob_dir, &record)?;
+        Ok(Self {
+            name: AutosaveName {
+                exam: exam.to_owned(),
+                candidate: candidate.to_owned(),
+                seq,
+            },
+            record,
+            payload,
+        })
+    }
+}
+
 /// One row of a candidate's list, as `GET …/autosaves` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ListEntry {
@@ -508,21 +530,11 @@ impl Store {
                 if skip.contains(&key.value().1) {
                     continue;
                 }
-                let (exam, candidate, seq) = name.value();
-                let Some(raw) = autosaves.get((exam, candidate, seq))? else {
+                let key = name.value();
+                let Some(raw) = autosaves.get(key)? else {
                     continue;
                 };
-                let record = decode_record(raw.value())?;
-                let payload = read_blob(&read, blob_dir, &record)?;
-                out.push(Pending {
-                    name: AutosaveName {
-                        exam: exam.to_owned(),
-                        candidate: candidate.to_owned(),
-                        seq,
-                    },
-                    record,
-                    payload,
-                });
+                out.push(Pending::read(&read, blob_dir, key, raw.value())?);
             }
             Ok(out)
         })

@@ -11,7 +11,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::Serialize;
 
 use super::schema::{self, AUTOSAVES, Found};
-use super::{OpenError, Pending, Store, StoreError, check, decode_record, read_blob, unreadable};
+use super::{OpenError, Pending, Store, StoreError, check, decode_record, unreadable};
 use crate::ids::AutosaveName;
 use crate::timefmt::parse_rfc3339;
 
@@ -137,18 +137,10 @@ impl Store {
                 if !out.is_empty() && (bytes >= max_bytes || out.len() >= max_entries) {
                     return Ok((out, true));
                 }
-                let record = decode_record(value.value())?;
-                let payload = read_blob(&read, blob_dir, &record)?;
-                bytes += payload.len() as u64;
-                out.push(Pending {
-                    name: AutosaveName {
-                        exam: exam.to_owned(),
-                        candidate: candidate.to_owned(),
-                        seq,
-                    },
-                    record,
-                    payload,
-                });
+                let pending =
+                    Pending::read(&read, blob_dir, (exam, candidate, seq), value.value())?;
+                bytes += pending.payload.len() as u64;
+                out.push(pending);
             }
             Ok((out, false))
         })
