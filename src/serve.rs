@@ -105,6 +105,21 @@ pub async fn run(
         tracing::info!("no cloud configured: autosaves are kept and queued, not replayed");
     }
     let store = parts.store.clone();
+    // READY=1 goes out from here, after the first round trip through the store's writer:
+    // the store is open and the listener bound (connections wait in its backlog).
+    let notifier = match crate::notify::Notifier::from_env() {
+        Ok(n) => n.map(Arc::new),
+        Err(error) => {
+            tracing::warn!(%error, "not notifying systemd");
+            None
+        }
+    };
+    let supervisor = tokio::spawn(crate::notify::supervise(
+        notifier,
+        store.clone(),
+        uplink.clone(),
+        shutdown.clone(),
+    ));
     let state = Arc::new(AppState {
         store: parts.store,
         auth: Auth::new(parts.venue_key, Vec::new()),
@@ -124,6 +139,7 @@ pub async fn run(
         shutdown,
     )
     .await;
+    let _ = supervisor.await;
     if let Some(advertiser) = advertiser {
         let _ = advertiser.await;
     }
