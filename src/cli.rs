@@ -35,6 +35,19 @@ pub enum Command {
     /// uplink outage and its recovery, then a byte-for-byte check of the cloud. Exits 0 only
     /// if the check holds.
     Demo(DemoArgs),
+    /// Print one setting of a configuration file, checked as `serve` checks it (for the SD
+    /// image's boot scripts). Prints nothing when it is unset; exits 64 when it is bad.
+    Setting(SettingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SettingArgs {
+    /// The configuration file.
+    #[arg(long, value_name = "F")]
+    pub config: PathBuf,
+    /// Which setting.
+    #[arg(value_enum)]
+    pub setting: crate::config::Setting,
 }
 
 #[derive(Debug, Args)]

@@ -65,6 +65,15 @@ fn main() -> ExitCode {
         Command::Candidate(args) => candidate(&args),
         Command::Discover(args) => discover(&args),
         Command::Demo(args) => demo(&args),
+        Command::Setting(args) => match hallrelay::config::setting(&args.config, args.setting) {
+            Ok(values) => {
+                for value in values {
+                    println!("{value}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_USAGE, &e),
+        },
         Command::Token(args) => match mint(&args) {
             Ok(token) => {
                 println!("{token}");
