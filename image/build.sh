@@ -39,10 +39,13 @@ done
 
 mounted_binfmt=
 registered_binfmt=
+built=
 cleanup() {
     [ -n "$registered_binfmt" ] && update-binfmts --disable qemu-aarch64 >/dev/null 2>&1 || true
     [ -n "$mounted_binfmt" ] && umount /proc/sys/fs/binfmt_misc || true
-    rm -rf "$work"
+    # A failed build keeps its work dir (target/image/work) to look into; the next build
+    # starts by removing it.
+    if [ -n "$built" ]; then rm -rf "$work"; else echo "image: failed; kept $work" >&2; fi
 }
 trap cleanup EXIT
 rm -rf "$work"
@@ -75,6 +78,7 @@ mmdebstrap --architectures=arm64 --variant=minbase --mode=root \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt=force-confold \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --essential-hook='mkdir -p "$1/etc/default" && printf "ROOTPART=PARTUUID=48414c4c-02\nCONSOLES=\"ttyS1,115200 tty0\"\n" >"$1/etc/default/raspi-firmware"' \
+    --essential-hook='mkdir -p "$1/etc/initramfs-tools" && echo update_initramfs=no >"$1/etc/initramfs-tools/update-initramfs.conf"' \
     --customize-hook="cp -a '$root/image/overlay/.' \"\$1/\"" \
     --customize-hook="install -m 0755 '$bin' \"\$1/usr/bin/hallrelay\"" \
     --customize-hook="install -m 0644 '$root/systemd/hallrelay.service' \"\$1/etc/systemd/system/hallrelay.service\"" \
@@ -85,9 +89,9 @@ mmdebstrap --architectures=arm64 --variant=minbase --mode=root \
 step "3/4 partitions with genimage"
 # Every time stamp in the tree at SOURCE_DATE_EPOCH at most, for FAT and ext4 alike.
 find "$rootfs" -newermt "@$SOURCE_DATE_EPOCH" -print0 | xargs -0r touch -h -d "@$SOURCE_DATE_EPOCH"
-sed -e "s/@ROOT_UUID@/$root_uuid/; s/@DATA_UUID@/$data_uuid/; s/@BOOT_VOLUME_ID@/$boot_volume_id/" \
-    -e "s/@DISK_SIGNATURE@/$disk_signature/; s/@EPOCH@/$SOURCE_DATE_EPOCH/g" \
-    -e "s|@IMAGE@|$(basename "$image")|" image/genimage.cfg >"$work/genimage.cfg"
+sed -e "s/@ROOT_UUID@/$root_uuid/g; s/@DATA_UUID@/$data_uuid/g; s/@BOOT_VOLUME_ID@/$boot_volume_id/g" \
+    -e "s/@DISK_SIGNATURE@/$disk_signature/g; s/@EPOCH@/$SOURCE_DATE_EPOCH/g" \
+    -e "s|@IMAGE@|$(basename "$image")|g" image/genimage.cfg >"$work/genimage.cfg"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH genimage --config "$work/genimage.cfg" --rootpath "$rootfs" \
     --tmppath "$work/genimage-tmp" --inputpath "$work" --outputpath "$out"
 
@@ -96,4 +100,5 @@ rm -f "$image.xz"
 xz -6 -T2 --keep --force "$image"
 touch -d "@$SOURCE_DATE_EPOCH" "$image.xz"
 rm -f "$out"/boot.vfat "$out"/root.ext4 "$out"/data.ext4
+built=1
 step "done: $image.xz ($(stat -c %s "$image.xz") bytes), sha256 $(sha256sum "$image.xz" | cut -d' ' -f1)"

@@ -5,6 +5,15 @@ set -eu
 rootfs=$1
 repo=$2
 
+# The initramfs once: build.sh turned off its regeneration after each firmware package
+# (each run takes minutes under qemu-user); the kernel's own postinst made it, and none of
+# the later packages is needed to mount the root. raspi-firmware's hook copies it to BOOT.
+echo "update_initramfs=yes" >"$rootfs/etc/initramfs-tools/update-initramfs.conf"
+if ! ls "$rootfs"/boot/initrd.img-* >/dev/null 2>&1; then
+    chroot "$rootfs" update-initramfs -c -k all
+fi
+ls -l "$rootfs/boot" "$rootfs/boot/firmware/"
+
 # The service's user, and an admin account for SSH that has no password (keys only, and
 # only when hallrelay.toml lists some; boot-setup turns SSH on).
 chroot "$rootfs" systemd-sysusers
