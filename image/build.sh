@@ -28,7 +28,7 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
 disk_signature=0x48414c4c
 root_uuid=5a2c0b39-7a1e-4d6c-9f4e-0b7e1d2a3c01
 data_uuid=5a2c0b39-7a1e-4d6c-9f4e-0b7e1d2a3c03
-boot_volume_id=48414c42   # shows as UUID=4841-4c42
+boot_volume_id=48414c42   # shows as UUID=4841-4C42 (upper case, as blkid and udev write it)
 t0=$(date +%s)
 step() { echo "image: [$(( $(date +%s) - t0 )) s] $*"; }
 

@@ -25,7 +25,10 @@ cleanup() {
 trap cleanup EXIT
 
 img=$work/disk.img
-xz -dc "$xz" >"$img"
+case "$xz" in
+    *.xz) xz -dc "$xz" >"$img" ;;
+    *) cp --sparse=always "$xz" "$img" ;;   # an uncompressed image, e.g. straight from genimage
+esac
 truncate -s 3G "$img"   # a bigger card than the image: DATA must grow to fill it
 boot_offset=$(( $(sfdisk -d "$img" | awk -F'[=,]' '/^[^ ]*1 :/ {gsub(/ /,"",$2); print $2}') * 512 ))
 fat="$img@@$boot_offset"
