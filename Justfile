@@ -18,6 +18,26 @@ check:
     cargo clippy --release --all-targets -- -D warnings
     cargo test --release
 
+# The Debian package (needs `cargo install cargo-deb`): binary, systemd unit, sysusers entry
+# and a commented /etc/hallrelay/hallrelay.toml; checked with dpkg-deb afterwards.
+deb:
+    cargo build --release
+    cargo deb --no-build --strip --output target/debian/
+    packaging/check-deb.sh target/debian/hallrelay_$(cargo pkgid | sed 's/.*[#@]//')-1_$(dpkg --print-architecture).deb
+
+# The systemd unit: `systemd-analyze verify` and the security exposure (at most 2.0).
+unit:
+    cargo test --release --test systemd -- --nocapture
+
+# The Raspberry Pi 3/4 SD image: target/image/hallrelay-VERSION-arm64.img.xz (root; see
+# image/build.sh for the Debian packages it needs).
+image:
+    bash image/build.sh
+
+# Boots the image twice under qemu-system-aarch64 -M virt and checks it (image/test.sh).
+image-test:
+    bash image/test.sh
+
 # Durable ingest against the machine's own limits (10 s per scenario; `just bench --quick`).
 bench *ARGS:
     cargo bench --bench ingest -- {{ARGS}}

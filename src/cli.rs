@@ -50,6 +50,19 @@ pub enum Command {
     /// Push a verified bundle to the cloud from any connected computer; importing it again
     /// changes nothing.
     Import(ImportArgs),
+    /// Print one setting of a configuration file, checked as `serve` checks it (for the SD
+    /// image's boot scripts). Prints nothing when it is unset; exits 64 when it is bad.
+    Setting(SettingArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SettingArgs {
+    /// The configuration file.
+    #[arg(long, value_name = "F")]
+    pub config: PathBuf,
+    /// Which setting.
+    #[arg(value_enum)]
+    pub setting: crate::config::Setting,
 }
 
 #[derive(Debug, Args)]

@@ -40,6 +40,62 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
 }
 
+/// The box's name becomes a DNS label (and, on the SD image, the hostname): letters, digits
+/// and inner hyphens.
+fn check_name(name: &str) -> Result<(), ConfigError> {
+    let label_ok = (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !label_ok || !is_valid_id(name) {
+        return Err(ConfigError::Invalid {
+            key: "name",
+            problem: format!("{name:?} must be 1-63 letters, digits or inner hyphens"),
+        });
+    }
+    Ok(())
+}
+
+/// A setting the SD image's boot scripts read with `hallrelay setting`, so that they parse
+/// the venue's file exactly as the box does (byte-order mark, CRLF, validation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Setting {
+    /// The box's name (the hostname); nothing when unset.
+    Name,
+    /// The SSH public keys, one a line; nothing when unset (SSH stays off).
+    SshAuthorizedKeys,
+}
+
+/// The values of `setting` in the file at `path`, checked.
+pub fn setting(path: &Path, setting: Setting) -> Result<Vec<String>, ConfigError> {
+    let file = FileConfig::load(path)?;
+    match setting {
+        Setting::Name => {
+            let name: Vec<String> = file.name.into_iter().collect();
+            name.iter().try_for_each(|n| check_name(n))?;
+            Ok(name)
+        }
+        Setting::SshAuthorizedKeys => {
+            let keys = file.ssh_authorized_keys.unwrap_or_default();
+            for key in &keys {
+                let kind = key.split_whitespace().next().unwrap_or("");
+                let known = kind.starts_with("ssh-")
+                    || kind.starts_with("ecdsa-")
+                    || kind.starts_with("sk-");
+                if !known || key.contains(['\n', '\r']) || key.split_whitespace().count() < 2 {
+                    return Err(ConfigError::Invalid {
+                        key: "ssh_authorized_keys",
+                        problem: format!(
+                            "{key:?} is not one SSH public key line (\"ssh-ed25519 AAAA… comment\")"
+                        ),
+                    });
+                }
+            }
+            Ok(keys)
+        }
+    }
+}
+
 /// The TOML file as written by a venue. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +168,9 @@ pub struct FileConfig {
     /// A file (mode 0600) holding a token that may read `/metrics` and nothing else, for a
     /// Prometheus server (default: none; the admin token always may).
     pub metrics_token_file: Option<PathBuf>,
+    /// Read by the SD image's first boot, not by `serve`: SSH public keys allowed to log in
+    /// as `admin`. SSH stays off when this is absent or empty; there is never a password.
+    pub ssh_authorized_keys: Option<Vec<String>>,
 }
 
 /// The validated configuration `serve` runs with.
@@ -145,8 +204,12 @@ impl FileConfig {
         Self::parse(path, &text)
     }
 
+    /// Parses a configuration's text. A file saved by Windows Notepad (a UTF-8 byte-order mark,
+    /// CRLF line ends) on the SD card's boot partition reads the same as one written on Linux.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let text = text.replace("\r\n", "\n");
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })
@@ -184,17 +247,7 @@ impl ServeConfig {
         };
         let name = args.name.clone().or(file.name);
         if let Some(name) = &name {
-            // The name becomes a DNS label: letters, digits and hyphens.
-            let label_ok = (1..=63).contains(&name.len())
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !name.starts_with('-')
-                && !name.ends_with('-');
-            if !label_ok || !is_valid_id(name) {
-                return Err(ConfigError::Invalid {
-                    key: "name",
-                    problem: format!("{name:?} must be 1-63 letters, digits or inner hyphens"),
-                });
-            }
+            check_name(name)?;
         }
         let mut mdns_interfaces = file.mdns_interfaces.unwrap_or_default();
         if !args.mdns_interfaces.is_empty() {
@@ -518,6 +571,88 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/srv/a"));
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(5));
         assert!(!c.mdns);
+    }
+
+    /// What Windows Notepad writes (a byte-order mark, CRLF line ends, a CRLF inside a
+    /// multi-line array) parses like the same file written on Linux.
+    #[test]
+    fn bom_and_crlf() {
+        let unix = "name = \"hall-b\"\nlisten = \"0.0.0.0:8443\"\ncors_origins = [\n  \"*\",\n]\n";
+        let windows = format!("\u{feff}{}", unix.replace('\n', "\r\n"));
+        for text in [
+            unix,
+            windows.as_str(),
+            &unix.replace('\n', "\r\n"),
+            &format!("\u{feff}{unix}"),
+        ] {
+            let file = FileConfig::parse(Path::new("t.toml"), text)
+                .unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(file.name.as_deref(), Some("hall-b"), "{text:?}");
+            assert_eq!(file.listen.map(|l| l.port()), Some(8443));
+            assert_eq!(file.cors_origins, Some(vec!["*".to_owned()]));
+        }
+        // A byte-order mark anywhere else is still an error, not silently dropped.
+        assert!(
+            FileConfig::parse(
+                Path::new("t.toml"),
+                "name = \"a\"\n\u{feff}listen = \"0.0.0.0:1\"\n"
+            )
+            .is_err()
+        );
+    }
+
+    /// A CRLF file read from disk through `load`, as the box does at start.
+    #[test]
+    fn bom_and_crlf_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hallrelay.toml");
+        std::fs::write(&path, b"\xef\xbb\xbfname = \"hall-c\"\r\nmdns = false\r\n").unwrap();
+        let file = FileConfig::load(&path).unwrap();
+        assert_eq!(file.name.as_deref(), Some("hall-c"));
+        assert_eq!(file.mdns, Some(false));
+    }
+
+    /// The commented default the .deb installs parses as it is, and with every setting
+    /// uncommented too: it documents only keys that exist.
+    #[test]
+    fn packaged_default_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/hallrelay.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let file = FileConfig::parse(&path, &text).unwrap();
+        ServeConfig::merge(file, &args(&[])).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file = FileConfig::parse(&path, &uncommented).unwrap();
+        assert_eq!(file.name.as_deref(), Some("hall-b"));
+        assert_eq!(file.client_rate_burst, Some(40));
+        assert!(file.cloud.is_some() && file.cloud_pin.is_some());
+    }
+
+    #[test]
+    fn settings_for_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hallrelay.toml");
+        std::fs::write(
+            &path,
+            "\u{feff}name = \"hall-b\"\r\nssh_authorized_keys = [\r\n  \"ssh-ed25519 AAAAC3Nz it@venue\",\r\n]\r\n",
+        )
+        .unwrap();
+        assert_eq!(setting(&path, Setting::Name).unwrap(), ["hall-b"]);
+        assert_eq!(
+            setting(&path, Setting::SshAuthorizedKeys).unwrap(),
+            ["ssh-ed25519 AAAAC3Nz it@venue"]
+        );
+        std::fs::write(&path, "ssh_authorized_keys = [\"hunter2\"]\n").unwrap();
+        assert!(setting(&path, Setting::Name).unwrap().is_empty());
+        assert!(setting(&path, Setting::SshAuthorizedKeys).is_err());
+        std::fs::write(&path, "name = \"bad name; reboot\"\n").unwrap();
+        assert!(setting(&path, Setting::Name).is_err());
     }
 
     /// Every example under docs/examples/ parses; the ones named bad-* are refused and the

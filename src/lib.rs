@@ -23,7 +23,9 @@
 //!   [`candidate`] is a simulated candidate built on it, and [`demo`] the whole story on
 //!   loopback: cloud, box, candidates, an outage and a byte-for-byte check.
 //! - [`config`] turns the TOML file and flags into one validated [`config::ServeConfig`];
-//!   [`serve`] assembles the appliance from it and runs it until shutdown.
+//!   [`serve`] assembles the appliance from it and runs it until shutdown, telling systemd
+//!   through [`notify`] when it is ready, that its store's writer is alive (the watchdog),
+//!   and what it is doing.
 //! - [`bundle`] is the signed export bundle (`export`, `verify`, `import`), [`ops`] those
 //!   commands and `status`.
 //! - [`readiness`] answers "can this box take this hall?" (`hallrelay check`).
@@ -43,6 +45,7 @@ pub mod ids;
 pub mod keyfile;
 pub mod loadgen;
 pub mod mdns;
+pub mod notify;
 pub mod ops;
 pub mod readiness;
 pub mod receipt;

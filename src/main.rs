@@ -77,6 +77,15 @@ fn main() -> ExitCode {
         Command::Export(args) => ops_export(&args),
         Command::Verify(args) => ops_verify(&args),
         Command::Import(args) => ops_import(&args),
+        Command::Setting(args) => match hallrelay::config::setting(&args.config, args.setting) {
+            Ok(values) => {
+                for value in values {
+                    println!("{value}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_USAGE, &e),
+        },
         Command::Token(args) => match mint(&args) {
             Ok(token) => {
                 println!("{token}");

@@ -112,6 +112,21 @@ pub async fn run(
     let observer = metrics.clone();
     store.observe_commits(Box::new(move |sample| observer.observe_commit(sample)));
     let open_connections = metrics.open_connections();
+    // READY=1 goes out from here, after the first round trip through the store's writer:
+    // the store is open and the listener bound (connections wait in its backlog).
+    let notifier = match crate::notify::Notifier::from_env() {
+        Ok(n) => n.map(Arc::new),
+        Err(error) => {
+            tracing::warn!(%error, "not notifying systemd");
+            None
+        }
+    };
+    let supervisor = tokio::spawn(crate::notify::supervise(
+        notifier,
+        store.clone(),
+        uplink.clone(),
+        shutdown.clone(),
+    ));
     let state = Arc::new(AppState {
         store: parts.store,
         auth: Auth::new(parts.venue_key, Vec::new()),
@@ -138,6 +153,7 @@ pub async fn run(
         Some(open_connections),
     )
     .await;
+    let _ = supervisor.await;
     if let Some(advertiser) = advertiser {
         let _ = advertiser.await;
     }

@@ -541,6 +541,12 @@ impl Store {
         .await
     }
 
+    /// A round trip through the writer thread (no commit): fails or hangs when the writer is
+    /// dead or stuck, which is what the systemd watchdog needs to know.
+    pub async fn ping_writer(&self) -> Result<(), StoreError> {
+        self.writer.ping().await
+    }
+
     /// Stops accepting writes, lets the writer finish what is queued, and waits for it.
     pub async fn close(&self) {
         self.writer.close().await;

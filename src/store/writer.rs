@@ -107,6 +107,9 @@ impl Reply {
 
 enum Op {
     Work(Request, Reply),
+    /// Answered once the batch it joins has been handled: proof that the writer thread is
+    /// alive and getting through its queue (the systemd watchdog asks for it).
+    Ping(oneshot::Sender<()>),
     /// Finish what is queued, then stop.
     Close,
 }
@@ -164,6 +167,20 @@ impl Handle {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable,
         })
+    }
+
+    /// A round trip through the writer's queue: returns once the writer has handled
+    /// everything queued before it. Commits nothing of its own.
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Ping(tx))
+            .await
+            .map_err(|_| StoreError::Unavailable)?;
+        rx.await.map_err(|_| StoreError::Unavailable)
     }
 
     pub(crate) async fn close(&self) {
@@ -247,6 +264,8 @@ struct Batch {
     replies: Vec<Reply>,
     /// Payload bytes of the new autosaves in the batch.
     bytes: usize,
+    /// Watchdog pings, answered after the batch.
+    pings: Vec<oneshot::Sender<()>>,
 }
 
 impl Context {
@@ -363,6 +382,10 @@ impl Batch {
                 self.replies.push(reply);
                 false
             }
+            Op::Ping(tx) => {
+                self.pings.push(tx);
+                false
+            }
             Op::Close => true,
         }
     }
@@ -410,7 +433,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(batch);
+            self.commit_and_answer_pings(batch);
         }
         // Whatever slipped in before the queue closed is still answered.
         rx.close();
@@ -418,8 +441,16 @@ impl Writer {
         while let Ok(op) = rx.try_recv() {
             rest.push(op);
         }
-        self.commit(rest);
+        self.commit_and_answer_pings(rest);
         tracing::debug!("store writer stopped");
+    }
+
+    fn commit_and_answer_pings(&mut self, mut batch: Batch) {
+        let pings = std::mem::take(&mut batch.pings);
+        self.commit(batch);
+        for ping in pings {
+            let _ = ping.send(());
+        }
     }
 
     fn commit(&mut self, batch: Batch) {

@@ -331,6 +331,28 @@ pub fn privileged_or_skip(what: &str) -> bool {
     false
 }
 
+/// Whether `tool` (a command on PATH) is there. A missing tool skips the test with a loud
+/// message naming the Debian package, and fails it when `HALLRELAY_REQUIRE_PRIVILEGED=1` (CI
+/// installs every tool the tests use).
+pub fn tool_or_skip(tool: &str, package: &str, what: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return true;
+    }
+    if std::env::var("HALLRELAY_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!(
+            "{what} needs {tool} (apt-get install {package}), and HALLRELAY_REQUIRE_PRIVILEGED=1 forbids skipping it"
+        );
+    }
+    eprintln!(
+        "\n*** SKIPPED {what}: {tool} is missing (apt-get install {package}; HALLRELAY_REQUIRE_PRIVILEGED=1 makes this a failure) ***\n"
+    );
+    false
+}
+
 /// Writes a secret file (mode 0600, as the box demands) and returns its path as text.
 pub fn write_secret(path: &Path, text: &str) -> String {
     hallrelay::keyfile::write_secret_file(path, text.as_bytes()).expect("write secret");

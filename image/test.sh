@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# `just image-test`: boots the SD image's own kernel, initrd and partitions under
+# qemu-system-aarch64 -M virt (TCG), twice, with a test hallrelay.toml written onto its BOOT
+# partition (a byte-order mark and CRLF, as Notepad saves it). Checks: multi-user.target
+# reached, /v1/health answers through a loopback port forward, the hostname comes from the
+# file, the root file system is read-only, and the pin and machine id are the same after a
+# second boot. The guest's network is qemu's user network with restrict=on: nothing leaves
+# this machine except the forwarded port on 127.0.0.1; mDNS is off in the test file.
+# apt-get install qemu-system-arm mtools fdisk curl python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+version=$(cargo pkgid | sed 's/.*[#@]//')
+xz=${1:-target/image/hallrelay-$version-arm64.img.xz}
+[ -e "$xz" ] || { echo "image-test: $xz is missing: run just image first" >&2; exit 1; }
+qemu=${HALLRELAY_QEMU:-qemu-system-aarch64}
+command -v "$qemu" >/dev/null || { echo "image-test: $qemu is missing (apt-get install qemu-system-arm)" >&2; exit 1; }
+t0=$(date +%s)
+say() { echo "image-test: [$(( $(date +%s) - t0 )) s] $*"; }
+work=$(mktemp -d "${TMPDIR:-/tmp}/hallrelay-image-test.XXXXXX")
+qemu_pid=
+cleanup() {
+    [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+img=$work/disk.img
+case "$xz" in
+    *.xz) xz -dc "$xz" >"$img" ;;
+    *) cp --sparse=always "$xz" "$img" ;;   # an uncompressed image, e.g. straight from genimage
+esac
+truncate -s 3G "$img"   # a bigger card than the image: DATA must grow to fill it
+boot_offset=$(( $(sfdisk -d "$img" | awk -F'[=,]' '/^[^ ]*1 :/ {gsub(/ /,"",$2); print $2}') * 512 ))
+fat="$img@@$boot_offset"
+kernel=$(mdir -b -i "$fat" :: | grep -m1 '/vmlinuz-')
+initrd=$(mdir -b -i "$fat" :: | grep -m1 '/initrd.img-')
+mcopy -n -i "$fat" "$kernel" "$work/vmlinuz"
+mcopy -n -i "$fat" "$initrd" "$work/initrd"
+printf '\xef\xbb\xbfname = "hall-test"\r\nmdns = false\r\n' >"$work/hallrelay.toml"
+mcopy -o -i "$fat" "$work/hallrelay.toml" ::hallrelay.toml
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+boot() {
+    local n=$1 log=$work/console-$1.log cmdline
+    # The card's own command line (boot-setup adds the machine id to it), with the virt
+    # machine's serial console.
+    cmdline=$(mtype -i "$fat" ::cmdline.txt | tr -d '\r\n' | sed 's/console=[^ ]*//g')
+    cmdline="$cmdline console=ttyAMA0"
+    "$qemu" -M virt -cpu cortex-a72 -smp 2 -m 1024 -no-reboot \
+        -kernel "$work/vmlinuz" -initrd "$work/initrd" -append "$cmdline" \
+        -drive "file=$img,format=raw,if=none,id=card" -device virtio-blk-pci,drive=card \
+        -netdev "user,id=net,restrict=on,hostfwd=tcp:127.0.0.1:$port-:8443" \
+        -device virtio-net-pci,netdev=net,romfile= \
+        -monitor "unix:$work/monitor,server,nowait" -serial "file:$log" -display none \
+        </dev/null >/dev/null 2>&1 &
+    qemu_pid=$!
+    say "boot $n: qemu pid $qemu_pid, console in $log"
+    local deadline=$(( $(date +%s) + ${HALLRELAY_IMAGE_TEST_BOOT_SECS:-900} ))
+    until curl -sk --max-time 5 "https://127.0.0.1:$port/v1/health" >"$work/health-$n.json" 2>/dev/null \
+        && grep -q '"status":"ok"' "$work/health-$n.json"; do
+        [ "$(date +%s)" -lt "$deadline" ] || { tail -50 "$log"; echo "image-test: boot $n: no /v1/health" >&2; exit 1; }
+        kill -0 "$qemu_pid" 2>/dev/null || { tail -50 "$log"; echo "image-test: boot $n: qemu exited" >&2; exit 1; }
+        sleep 5
+    done
+    say "boot $n: /v1/health answers: $(cat "$work/health-$n.json")"
+    local until_mu=$(( $(date +%s) + 300 ))
+    until grep -q "Reached target.*Multi-User System" "$log"; do
+        [ "$(date +%s)" -lt "$until_mu" ] || { echo "image-test: boot $n: multi-user.target not reached" >&2; exit 1; }
+        sleep 2
+    done
+    grep -q "hallrelay-setup: hostname hall-test" "$log" || { echo "image-test: hostname not from hallrelay.toml" >&2; exit 1; }
+    grep -Eq "hallrelay-setup: root file system: ro[,$]" "$log" || { echo "image-test: root is not read-only" >&2; exit 1; }
+    grep -q '"name":"hall-test"' "$work/health-$n.json" || { echo "image-test: the box's name is not from hallrelay.toml" >&2; exit 1; }
+    say "boot $n: multi-user reached, hostname hall-test, root read-only"
+    # A clean power-off through the virt machine's power button.
+    python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"system_powerdown\n")' "$work/monitor"
+    for _ in $(seq 120); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 1; done
+    if kill -0 "$qemu_pid" 2>/dev/null; then
+        # Then it is a power cut, which the box must survive too.
+        say "boot $n: WARNING: no clean power-off in 120 s; pulling the plug"
+        kill "$qemu_pid"
+    fi
+    wait "$qemu_pid" || true
+    qemu_pid=
+}
+
+pin_of() { sed -n 's/.*"pin":"\([^"]*\)".*/\1/p' "$work/health-$1.json"; }
+machine_id_of() { sed -n 's/.*hallrelay-setup: machine id \([0-9a-f]*\).*/\1/p' "$work/console-$1.log" | tail -1; }
+boot 1
+boot 2
+[ -n "$(pin_of 1)" ] && [ "$(pin_of 1)" = "$(pin_of 2)" ] || { echo "image-test: the pin changed: $(pin_of 1) -> $(pin_of 2)" >&2; exit 1; }
+[ -n "$(machine_id_of 1)" ] && [ "$(machine_id_of 1)" = "$(machine_id_of 2)" ] || { echo "image-test: the machine id changed" >&2; exit 1; }
+grep -q "running with $(machine_id_of 1)" "$work/console-2.log" || { echo "image-test: boot 2 did not run with the kept machine id" >&2; exit 1; }
+say "ok: pin $(pin_of 1) and machine id $(machine_id_of 1) unchanged after a second boot"
