@@ -65,8 +65,9 @@ pub struct SettingArgs {
     pub setting: crate::config::Setting,
 }
 
+/// How an operator command reaches a running box.
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub struct BoxAccess {
     /// The box's base URL, e.g. https://hall-b.local:8443.
     #[arg(long = "box", value_name = "URL")]
     pub box_url: String,
@@ -79,16 +80,15 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub access: BoxAccess,
+}
+
+#[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// The box's base URL, e.g. https://hall-b.local:8443.
-    #[arg(long = "box", value_name = "URL")]
-    pub box_url: String,
-    /// File holding an admin token.
-    #[arg(long, value_name = "F")]
-    pub token_file: PathBuf,
-    /// The box's pin: the only way the box is trusted.
-    #[arg(long, value_name = "PIN")]
-    pub pin: String,
+    #[command(flatten)]
+    pub access: BoxAccess,
     /// Where the bundle goes.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,

@@ -296,23 +296,25 @@ fn secret(path: &std::path::Path) -> Result<Secret, ExitCode> {
 }
 
 fn ops_status(args: &StatusArgs) -> ExitCode {
-    let token = match secret(&args.token_file) {
+    let access = &args.access;
+    let token = match secret(&access.token_file) {
         Ok(t) => t,
         Err(code) => return code,
     };
-    run_ops(ops::status(&args.box_url, token, &args.pin), |text| {
+    run_ops(ops::status(&access.box_url, token, &access.pin), |text| {
         println!("{text}");
         ExitCode::SUCCESS
     })
 }
 
 fn ops_export(args: &ExportArgs) -> ExitCode {
-    let token = match secret(&args.token_file) {
+    let access = &args.access;
+    let token = match secret(&access.token_file) {
         Ok(t) => t,
         Err(code) => return code,
     };
     run_ops(
-        ops::export(&args.box_url, token, &args.pin, &args.out),
+        ops::export(&access.box_url, token, &access.pin, &args.out),
         |summary| {
             println!(
                 "exported {} autosaves ({} bytes) of {} to {}; verified, pin {}",
