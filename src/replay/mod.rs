@@ -228,8 +228,14 @@ impl Replayer {
                 }
                 let client = self.client.clone();
                 let bucket = self.bucket.clone();
+                let store = self.store.clone();
+                // The task records the outcome itself, so that the marks of PUTs answered
+                // together reach the writer together and share one commit; the arrival
+                // stays in `flying` until its mark is durable, so the outbox cannot hand
+                // it out again meanwhile.
                 in_flight.spawn(async move {
                     let outcome = forward(&client, bucket.as_deref(), &item).await;
+                    record(&store, &item.name, &outcome).await;
                     (epoch, item.record.arrival, item.name, outcome)
                 });
             }
@@ -284,19 +290,10 @@ impl Replayer {
             Outcome::Delivered => {
                 self.uplink.count_delivery();
                 backoff.reset();
-                if let Err(e) = self.store.mark_delivered(name).await {
-                    tracing::warn!(error = %e, "could not record a delivery; it will be re-sent");
-                }
             }
             Outcome::Conflict => {
                 self.uplink.count_failure(ReplayFailure::Conflict);
                 backoff.reset();
-                tracing::warn!(
-                    "the cloud holds other bytes under this name; recorded as a conflict"
-                );
-                if let Err(e) = self.store.mark_cloud_conflict(name).await {
-                    tracing::warn!(error = %e, "could not record a conflict");
-                }
             }
             Outcome::Refused(why) => {
                 self.uplink.count_failure(ReplayFailure::Refused);
@@ -354,6 +351,25 @@ async fn sleep_or_stop(wait: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         () = shutdown.cancelled() => true,
         () = tokio::time::sleep(wait) => false,
+    }
+}
+
+/// Records what the cloud said about one autosave in the store: delivered, or a conflict.
+/// A failed mark is logged and the autosave stays pending, to be re-sent (the cloud answers
+/// 200 for bytes it already holds).
+async fn record(store: &Store, name: &AutosaveName, outcome: &Outcome) {
+    let marked = match outcome {
+        Outcome::Delivered => store.mark_delivered(name.clone()).await,
+        Outcome::Conflict => {
+            tracing::warn!(exam = %name.exam, candidate = %name.candidate, seq = name.seq,
+                "the cloud holds other bytes under this name; recorded as a conflict");
+            store.mark_cloud_conflict(name.clone()).await
+        }
+        _ => return,
+    };
+    if let Err(e) = marked {
+        tracing::warn!(exam = %name.exam, candidate = %name.candidate, seq = name.seq,
+            error = %e, "could not record the cloud's answer; the autosave will be re-sent");
     }
 }
 
