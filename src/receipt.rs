@@ -76,7 +76,37 @@ impl Receipt {
         received_at: String,
         prev: &str,
     ) -> Self {
-        let mut receipt = Self {
+        let mut receipt = Self::unsigned(
+            appliance,
+            exam,
+            candidate,
+            seq,
+            blake3,
+            size,
+            is_final,
+            received_at,
+            prev,
+        );
+        receipt.sign_with(identity);
+        receipt
+    }
+
+    /// Builds a receipt without its signature, for [`sign_with`](Self::sign_with) later: its
+    /// [`hash`](Self::hash), which the chain uses, does not cover the signature. The store's
+    /// writer signs the receipts of a batch while the payloads are synced.
+    #[allow(clippy::too_many_arguments)]
+    pub fn unsigned(
+        appliance: &str,
+        exam: &str,
+        candidate: &str,
+        seq: u64,
+        blake3: &blake3::Hash,
+        size: u64,
+        is_final: bool,
+        received_at: String,
+        prev: &str,
+    ) -> Self {
+        Self {
             exam: exam.to_owned(),
             candidate: candidate.to_owned(),
             seq,
@@ -87,9 +117,17 @@ impl Receipt {
             appliance: appliance.to_owned(),
             prev: prev.to_owned(),
             signature: String::new(),
-        };
-        receipt.signature = STANDARD.encode(identity.sign(receipt.signing_input().as_bytes()));
-        receipt
+        }
+    }
+
+    /// Signs the receipt with the box's key.
+    pub fn sign_with(&mut self, identity: &Identity) {
+        self.signature = STANDARD.encode(identity.sign(self.signing_input().as_bytes()));
+    }
+
+    /// Whether [`sign_with`](Self::sign_with) has run.
+    pub fn is_signed(&self) -> bool {
+        !self.signature.is_empty()
     }
 
     /// The exact text that is signed: one `key=value` line per field after a version line,

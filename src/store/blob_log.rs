@@ -97,16 +97,22 @@ impl BlobLog {
     }
 
     /// Makes everything appended durable.
-    pub(crate) fn sync(&mut self) -> io::Result<()> {
+    /// Makes everything appended durable. It takes a shared reference, so that another
+    /// thread can run it while the writer goes on with its transaction; call
+    /// [`mark_synced`](Self::mark_synced) once it succeeded.
+    pub(crate) fn sync(&self) -> io::Result<()> {
         if self.dirty {
             self.file.sync_data()?;
-            self.dirty = false;
         }
         if self.created {
             self.disk.sync_dir(&self.dir)?;
-            self.created = false;
         }
         Ok(())
+    }
+
+    pub(crate) fn mark_synced(&mut self) {
+        self.dirty = false;
+        self.created = false;
     }
 
     /// The end of the log: what the next commit records.
