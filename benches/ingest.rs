@@ -21,7 +21,7 @@ use hallrelay::cli::ServeArgs;
 use hallrelay::config::ServeConfig;
 use hallrelay::identity::Identity;
 use hallrelay::keyfile::VenueKey;
-use hallrelay::loadgen::{self, LoadPlan, LoadReport};
+use hallrelay::loadgen::{self, LoadPlan, LoadReport, Pace};
 use hallrelay::token::{self, Claims};
 use http_body_util::{BodyExt, Full};
 use tokio_util::sync::CancellationToken;
@@ -126,7 +126,7 @@ fn row(scenario: &str, connections: usize, report: &LoadReport, note: String) ->
         unit: "req/s",
         p50: report.percentile_ms(0.50),
         p99: report.percentile_ms(0.99),
-        errors: report.errors,
+        errors: report.error_count(),
         note,
     }
 }
@@ -179,24 +179,30 @@ async fn durable_puts(
     let key = VenueKey::load(&data_dir.path().join("venue.key")).expect("venue key");
     let plan = LoadPlan {
         addr,
+        server_name: addr.ip().to_string(),
         pin: pin.clone(),
-        connections,
+        candidates: connections,
         body_size: BODY,
         duration,
         warmup,
         exam: "bench".into(),
+        pace: Pace::Closed,
     };
     let expires = hallrelay::timefmt::unix_secs(std::time::SystemTime::now()) + 3600;
-    let report = loadgen::run(&plan, |i| {
-        token::mint(
-            &key,
-            &Claims::Candidate {
-                exam: "bench".into(),
-                candidate: format!("c{i}"),
-                expires,
-            },
-        )
-    })
+    let report = loadgen::run(
+        &plan,
+        |i| {
+            token::mint(
+                &key,
+                &Claims::Candidate {
+                    exam: "bench".into(),
+                    candidate: loadgen::candidate_id(i),
+                    expires,
+                },
+            )
+        },
+        None,
+    )
     .await
     .expect("load");
     // Batch sizes and storage amplification, from the box itself.
@@ -313,14 +319,16 @@ async fn no_store_puts(
     ));
     let plan = LoadPlan {
         addr,
+        server_name: addr.ip().to_string(),
         pin: identity.pin().to_owned(),
-        connections,
+        candidates: connections,
         body_size: BODY,
         duration,
         warmup,
         exam: "bench".into(),
+        pace: Pace::Closed,
     };
-    let report = loadgen::run(&plan, |_| "unused".into())
+    let report = loadgen::run(&plan, |_| "unused".into(), None)
         .await
         .expect("load");
     shutdown.cancel();
