@@ -50,6 +50,16 @@ pub enum Command {
     /// Push a verified bundle to the cloud from any connected computer; importing it again
     /// changes nothing.
     Import(ImportArgs),
+    /// A simulated hall against a running box: "can this box take my hall?". Each candidate
+    /// has its own token (minted with the venue key) and its own TLS connection, and trusts
+    /// the box by its pin. Steady mode (the default): every candidate saves once per
+    /// --interval. Burst mode (--burst K): every candidate sends K saves at once, as when a
+    /// whole hall fails over together. Prints saves per second, ack latency (p50, p90, p99,
+    /// max), errors by status and a verdict; progress goes to stderr once a second. Exits 0
+    /// when the box held (no errors, p99 within --p99-target), 1 when it did not or could
+    /// not be reached, 64 on bad arguments. Run it against a box that is not in use: every
+    /// save is stored.
+    Loadtest(LoadtestArgs),
     /// Print one setting of a configuration file, checked as `serve` checks it (for the SD
     /// image's boot scripts). Prints nothing when it is unset; exits 64 when it is bad.
     Setting(SettingArgs),
@@ -77,6 +87,51 @@ pub struct BoxAccess {
     /// The box's pin: the only way the box is trusted.
     #[arg(long, value_name = "PIN")]
     pub pin: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadtestArgs {
+    /// The box's base URL, e.g. https://hall-b.local:8443.
+    #[arg(long = "box", value_name = "URL")]
+    pub box_url: String,
+    /// The box's pin: the only way the box is trusted.
+    #[arg(long, value_name = "PIN")]
+    pub pin: String,
+    /// The venue key file that the box verifies tokens with (on the box:
+    /// <data-dir>/venue.key); each simulated candidate's token is minted with it.
+    #[arg(long, value_name = "F")]
+    pub venue_key_file: PathBuf,
+    /// Simulated candidates, one connection each.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub candidates: u32,
+    /// Size of each save, bytes (at least 24, so every save is different bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(24..=1024 * 1024 * 1024))]
+    pub size: u64,
+    /// Steady mode: how long the hall saves. Burst mode: the most the burst may take.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Steady mode: time between one candidate's saves (each candidate starts at a random
+    /// point of its first interval). Burst mode: the default --p99-target.
+    #[arg(long, value_name = "DUR", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Steady mode: each interval varies by up to this share, 0 to 1 (0.1 is ±10 %).
+    #[arg(long, value_name = "SHARE", default_value_t = 0.1, value_parser = share)]
+    pub jitter: f64,
+    /// Burst mode: every candidate sends K saves at once (back to back on its connection),
+    /// and the run ends when all are answered.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub burst: Option<u32>,
+    /// The exam id the saves are stored under.
+    #[arg(long, value_name = "E", default_value = "loadtest")]
+    pub exam: String,
+    /// The box holds only if the 99th-percentile ack latency is within this [default: 250ms
+    /// in steady mode; in burst mode --interval, so the hall's backlog is stored before
+    /// the next saves are due].
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub p99_target: Option<Duration>,
+    /// Print one JSON object (the plan, the figures, the verdict) on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -28,7 +28,10 @@
 //!   and what it is doing.
 //! - [`bundle`] is the signed export bundle (`export`, `verify`, `import`), [`ops`] those
 //!   commands and `status`.
-//! - [`readiness`] answers "can this box take this hall?" (`hallrelay check`).
+//! - [`readiness`] answers "can this box take this hall?" on paper (`hallrelay check`: disk
+//!   space, store, identity); [`loadtest`] answers it by experiment (`hallrelay loadtest`: a
+//!   simulated hall of pinned TLS candidates, built on the load generator [`loadgen`] that the
+//!   benchmarks use too).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -44,6 +47,7 @@ pub mod identity;
 pub mod ids;
 pub mod keyfile;
 pub mod loadgen;
+pub mod loadtest;
 pub mod mdns;
 pub mod notify;
 pub mod ops;

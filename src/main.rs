@@ -9,7 +9,7 @@ use clap::Parser;
 use hallrelay::api::Limits;
 use hallrelay::cli::{
     CandidateArgs, CheckArgs, Cli, Command, DemoArgs, DiscoverArgs, ExportArgs, ImportArgs,
-    StatusArgs, TokenArgs, VerifyArgs,
+    LoadtestArgs, StatusArgs, TokenArgs, VerifyArgs,
 };
 use hallrelay::cloud::CloudConfig;
 use hallrelay::config::{DEFAULT_DATA_DIR, ServeConfig, VENUE_KEY_FILE};
@@ -77,6 +77,7 @@ fn main() -> ExitCode {
         Command::Export(args) => ops_export(&args),
         Command::Verify(args) => ops_verify(&args),
         Command::Import(args) => ops_import(&args),
+        Command::Loadtest(args) => loadtest(&args),
         Command::Setting(args) => match hallrelay::config::setting(&args.config, args.setting) {
             Ok(values) => {
                 for value in values {
@@ -378,6 +379,31 @@ fn ops_import(args: &ImportArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
     })
+}
+
+fn loadtest(args: &LoadtestArgs) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(e) => return fail(1, &e),
+    };
+    // Progress goes to stderr, so that stdout holds only the report (or --json's object).
+    let outcome = runtime.block_on(hallrelay::loadtest::run(args, |line| eprintln!("{line}")));
+    match outcome {
+        Err(e) if e.is_usage() => fail(EXIT_USAGE, &e),
+        Err(e) => fail(1, &e),
+        Ok(outcome) => {
+            if args.json {
+                println!("{}", outcome.json());
+            } else {
+                println!("{}", outcome.text());
+            }
+            if outcome.held {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
 }
 
 fn fail(code: u8, error: &dyn std::fmt::Display) -> ExitCode {
