@@ -38,11 +38,15 @@ image:
 image-test:
     bash image/test.sh
 
-# Durable ingest against the machine's own limits (10 s per scenario; `just bench --quick`).
+# The benchmark table against this machine's own limits (~15 min; root for the replay row),
+# written to docs/benchmarks.md: ingest at 64/256/1,000 connections, a steady hall, a burst,
+# replay through 10 Mbit/s, memory, storage amplification, restart with a million autosaves.
+# `just bench --quick` is CI's short form (not written); `just bench --only 2,8` some rows.
 bench *ARGS:
-    cargo bench --bench ingest -- {{ARGS}}
+    cargo bench --bench bench -- {{ARGS}}
 
-# Replay goodput over loopback and a tc-shaped 10 Mbit/s link between namespaces (root).
+# Replay goodput alone: loopback, a tc-shaped 10 Mbit/s link between namespaces, a capped
+# run (root; `just bench` includes it).
 bench-replay *ARGS:
     bash benches/replay-goodput.sh {{ARGS}}
 

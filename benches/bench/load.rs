@@ -1,0 +1,220 @@
+//! Rows 2, 3, 4 and 6: the real box under load from simulated candidates — closed-loop
+//! throughput against the machine's limits, a steady hall, a hall failing over at once, and
+//! the box's peak memory while it holds a thousand candidates.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use hallrelay::loadgen::{self, LoadPlan, LoadReport, Pace};
+use hallrelay::token::{self, Claims};
+
+use crate::common::{BoxProcess, in_an_hour};
+use crate::machine::{BODY, CONCURRENCY, Limits};
+use crate::{Row, Scale, ms};
+
+const EXAM: &str = "bench";
+/// A hall: candidates, the autosave interval, and the backlog each sends after failover.
+const HALL: usize = 1000;
+const INTERVAL: Duration = Duration::from_secs(15);
+const BURST: usize = 4;
+
+/// A plan against `addr` with the settings every scenario shares.
+pub fn plan(
+    addr: SocketAddr,
+    pin: &str,
+    candidates: usize,
+    body_size: usize,
+    pace: Pace,
+    duration: Duration,
+) -> LoadPlan {
+    LoadPlan {
+        addr,
+        server_name: "localhost".into(),
+        pin: pin.to_owned(),
+        candidates,
+        body_size,
+        duration,
+        warmup: match pace {
+            Pace::Closed => Duration::from_secs(1),
+            _ => Duration::ZERO,
+        },
+        exam: EXAM.into(),
+        pace,
+    }
+}
+
+/// A fresh box in its own process, and the load of `pace` against it.
+async fn against_box(
+    scratch: &Path,
+    candidates: usize,
+    pace: Pace,
+    duration: Duration,
+) -> (BoxProcess, LoadReport) {
+    let data_dir = tempfile::tempdir_in(scratch).expect("data dir").keep();
+    let the_box = BoxProcess::start(&data_dir, &["--name", "bench"]);
+    let addr: SocketAddr = the_box.addr.parse().expect("box address");
+    let key = the_box.venue_key();
+    let expires = in_an_hour();
+    let report = loadgen::run(
+        &plan(addr, &the_box.pin, candidates, BODY, pace, duration),
+        |i| {
+            token::mint(
+                &key,
+                &Claims::Candidate {
+                    exam: EXAM.into(),
+                    candidate: loadgen::candidate_id(i),
+                    expires,
+                },
+            )
+        },
+        None,
+    )
+    .await
+    .expect("load");
+    (the_box, report)
+}
+
+/// The box's peak resident memory so far (VmHWM), bytes.
+fn peak_rss(the_box: &BoxProcess) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", the_box.child.id())).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+/// What the box says about its commits: requests per commit and the time of each half.
+async fn commit_note(the_box: &BoxProcess) -> String {
+    let status = the_box.status().await;
+    let n = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    let commits = n(&status["commits"]["count"]).max(1.0);
+    format!(
+        "{:.1} req/commit, {:.2} ms building + {:.2} ms syncing per commit",
+        n(&status["commits"]["requests"]) / commits,
+        n(&status["commits"]["apply_micros"]) / commits / 1000.0,
+        n(&status["commits"]["commit_micros"]) / commits / 1000.0,
+    )
+}
+
+/// Row 2: durable PUTs at each concurrency, as a share of the lower limit.
+pub async fn ingest(scratch: &Path, scale: Scale, limits: &Limits) -> (Vec<Row>, Vec<String>) {
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for connections in CONCURRENCY {
+        let duration = Duration::from_secs(scale.throughput_secs);
+        let (the_box, report) = against_box(scratch, connections, Pace::Closed, duration).await;
+        let ratio = report.rate() / limits.floor(connections);
+        eprintln!(
+            "bench: durable ingest at {connections}: {:.0}/s, ratio {ratio:.2}",
+            report.rate()
+        );
+        notes.push(format!(
+            "durable ingest at {connections} connections: {}",
+            commit_note(&the_box).await
+        ));
+        rows.push(
+            Row::new(
+                2,
+                format!("durable ingest, {} KiB, {connections} conns", BODY / 1024),
+                format!(
+                    "{:.0} saves/s, p50 {} ms, p99 {} ms, {} errors; **{ratio:.2}** of the lower limit",
+                    report.rate(),
+                    ms(report.percentile_ms(0.50)),
+                    ms(report.percentile_ms(0.99)),
+                    report.error_count()
+                ),
+            )
+            .target("≥ 0.80 of the lower limit", ratio >= 0.8),
+        );
+    }
+    (rows, notes)
+}
+
+/// Rows 3, 4 and 6: the steady hall, the burst, and the memory of the box holding the hall.
+pub async fn hall(scratch: &Path, scale: Scale) -> (Vec<Row>, Vec<String>) {
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+
+    let steady = Pace::Steady {
+        interval: INTERVAL,
+        jitter: 0.1,
+    };
+    let (the_box, report) = against_box(
+        scratch,
+        HALL,
+        steady,
+        Duration::from_secs(scale.steady_secs),
+    )
+    .await;
+    let p99 = report.percentile_ms(0.99);
+    eprintln!("bench: steady hall p99 {p99:.2} ms");
+    rows.push(
+        Row::new(
+            3,
+            format!(
+                "steady hall: {HALL} candidates, 1 save / {} s, {} KiB, {} s",
+                INTERVAL.as_secs(),
+                BODY / 1024,
+                scale.steady_secs
+            ),
+            format!(
+                "{} saves, p50 {} ms, p90 {} ms, p99 **{}** ms, max {} ms, {} errors",
+                report.ok,
+                ms(report.percentile_ms(0.50)),
+                ms(report.percentile_ms(0.90)),
+                ms(p99),
+                ms(report.max_ms()),
+                report.error_count()
+            ),
+        )
+        .target("p99 ≤ 20 ms", p99 <= 20.0 && report.error_count() == 0),
+    );
+    let rss = peak_rss(&the_box);
+    let mib = rss.map_or(f64::NAN, |b| b as f64 / 1048576.0);
+    rows.push(
+        Row::new(
+            6,
+            format!("peak RSS of the box holding {HALL} connected candidates (steady hall)"),
+            format!("**{mib:.1}** MiB (VmHWM)"),
+        )
+        .target("≤ 64 MiB", mib <= 64.0),
+    );
+    drop(the_box);
+
+    let (the_box, report) = against_box(
+        scratch,
+        HALL,
+        Pace::Burst { saves: BURST },
+        Duration::from_secs(120),
+    )
+    .await;
+    let p99 = report.percentile_ms(0.99);
+    let errors = report.error_count();
+    eprintln!("bench: burst p99 {p99:.2} ms, {errors} errors");
+    rows.push(
+        Row::new(
+            4,
+            format!(
+                "burst: {HALL} candidates × {BURST} saves at once, {} KiB",
+                BODY / 1024
+            ),
+            format!(
+                "{} saves in {:.2} s, p50 {} ms, p99 **{}** ms, max {} ms, {errors} errors",
+                report.ok,
+                report.elapsed.as_secs_f64(),
+                ms(report.percentile_ms(0.50)),
+                ms(p99),
+                ms(report.max_ms()),
+            ),
+        )
+        .target("p99 ≤ 500 ms, 0 errors", p99 <= 500.0 && errors == 0),
+    );
+    notes.push(format!(
+        "burst: {}; peak RSS of that box {:.1} MiB",
+        commit_note(&the_box).await,
+        peak_rss(&the_box).map_or(f64::NAN, |b| b as f64 / 1048576.0)
+    ));
+    (rows, notes)
+}

@@ -1,0 +1,213 @@
+//! `just bench`: hallrelay measured against this machine's own limits, in one run, as one
+//! table — saved to `docs/benchmarks.md` with a description of the machine it ran on.
+//!
+//! The figures that matter are ratios to baselines measured in the same run (this machine is
+//! shared and its absolute speed drifts), and the targets of issue 9:
+//!
+//! | # | what | target |
+//! | --- | --- | --- |
+//! | 1 | limits: raw appends + fdatasync, the HTTPS stack answering without storing | — |
+//! | 2 | durable ingest, 16 KiB, 64 / 256 / 1,000 connections | ≥ 0.8 of the lower limit |
+//! | 3 | steady hall, 1,000 candidates at 1 save / 15 s | p99 ≤ 20 ms |
+//! | 4 | burst, 1,000 candidates × 4 saves at once | p99 ≤ 500 ms, no errors |
+//! | 5 | replay goodput through a link shaped to 10 Mbit/s | ≥ 0.9 of the link |
+//! | 6 | peak RSS of the box holding 1,000 candidates | ≤ 64 MiB |
+//! | 7 | storage amplification, essay autosaves | ≤ 1.1 |
+//! | 8 | restart to serving with 1 million stored autosaves | ≤ 1 s |
+//!
+//! Every box under test is the real binary (`hallrelay serve`, a fresh data dir, loopback,
+//! no mDNS) in its own process, so that its memory is its own; the load comes from this
+//! process through `hallrelay::loadgen`, the engine of `hallrelay loadtest`.
+//!
+//! `--quick` (CI) shortens every scenario and stores 100,000 autosaves instead of a million
+//! for the restart; it prints the table but does not write `docs/benchmarks.md`. `--only N,M`
+//! runs some rows. Scratch files go to `HALLRELAY_BENCH_DIR` (default: the current dir, so
+//! the disk measured is the repo's).
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+mod load;
+mod machine;
+mod replay;
+mod restart;
+mod storage;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One row of the table.
+pub struct Row {
+    pub item: u8,
+    pub what: String,
+    pub measured: String,
+    pub target: String,
+    /// `Some(true)` met, `Some(false)` missed, `None` no target.
+    pub met: Option<bool>,
+}
+
+impl Row {
+    pub fn new(item: u8, what: impl Into<String>, measured: impl Into<String>) -> Self {
+        Self {
+            item,
+            what: what.into(),
+            measured: measured.into(),
+            target: "—".into(),
+            met: None,
+        }
+    }
+
+    pub fn target(mut self, target: impl Into<String>, met: bool) -> Self {
+        self.target = target.into();
+        self.met = Some(met);
+        self
+    }
+}
+
+/// How long and how big, by mode.
+#[derive(Clone, Copy)]
+pub struct Scale {
+    pub quick: bool,
+    /// Measured time of a closed-loop throughput scenario.
+    pub throughput_secs: u64,
+    /// Measured time of the steady hall.
+    pub steady_secs: u64,
+    /// Autosaves stored before the restart is timed.
+    pub restart_autosaves: u64,
+    /// Candidates × saves of the essay workload.
+    pub essay_candidates: usize,
+    pub essay_saves: usize,
+}
+
+impl Scale {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                quick,
+                throughput_secs: 3,
+                steady_secs: 20,
+                restart_autosaves: 100_000,
+                essay_candidates: 40,
+                essay_saves: 60,
+            }
+        } else {
+            Self {
+                quick,
+                throughput_secs: 10,
+                steady_secs: 60,
+                restart_autosaves: 1_000_000,
+                essay_candidates: 100,
+                essay_saves: 240,
+            }
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only: Option<Vec<u8>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| {
+            list.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect()
+        });
+    let wanted = |item: u8| only.as_ref().is_none_or(|o| o.contains(&item));
+    let scale = Scale::new(quick);
+    // A thousand candidates' connections, and as many on the no-storage server's side.
+    hallrelay::serve::raise_open_files_limit(16_384);
+    let scratch_root =
+        PathBuf::from(std::env::var("HALLRELAY_BENCH_DIR").unwrap_or_else(|_| ".".into()));
+    let scratch = tempfile::tempdir_in(&scratch_root).expect("scratch dir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let machine = machine::describe(scratch.path());
+    eprintln!("bench: {}", machine.one_line());
+
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    if wanted(1) || wanted(2) {
+        let limits = runtime.block_on(machine::limits(scratch.path(), scale));
+        rows.extend(limits.rows());
+        if wanted(2) {
+            let (ingest, note) = runtime.block_on(load::ingest(scratch.path(), scale, &limits));
+            rows.extend(ingest);
+            notes.extend(note);
+        }
+    }
+    if wanted(3) || wanted(4) || wanted(6) {
+        let (hall, note) = runtime.block_on(load::hall(scratch.path(), scale));
+        rows.extend(hall);
+        notes.extend(note);
+    }
+    if wanted(5) {
+        rows.extend(replay::goodput(scale));
+    }
+    if wanted(7) {
+        let (row, note) = runtime.block_on(storage::amplification(scratch.path(), scale));
+        rows.push(row);
+        notes.extend(note);
+    }
+    if wanted(8) {
+        let (row, note) = runtime.block_on(restart::with_stored(scratch.path(), scale));
+        rows.push(row);
+        notes.extend(note);
+    }
+    rows.sort_by_key(|r| r.item);
+
+    let table = render(&rows, &notes);
+    println!("\n{table}");
+    if !quick && only.is_none() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
+        let doc = machine::document(&machine, &table);
+        match std::fs::write(&path, doc) {
+            Ok(()) => eprintln!("bench: wrote {}", path.display()),
+            Err(e) => eprintln!("bench: could not write {}: {e}", path.display()),
+        }
+    }
+}
+
+fn render(rows: &[Row], notes: &[String]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "| # | what | measured | target | result |");
+    let _ = writeln!(out, "| ---: | --- | --- | --- | --- |");
+    for r in rows {
+        let result = match r.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "—",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {result} |",
+            r.item, r.what, r.measured, r.target
+        );
+    }
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            let _ = writeln!(out, "- {n}");
+        }
+    }
+    out
+}
+
+/// Milliseconds with two decimals, or "—".
+pub fn ms(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.2}")
+    } else {
+        "—".into()
+    }
+}
+
+/// A duration in seconds, for the notes.
+pub fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
