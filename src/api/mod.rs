@@ -104,7 +104,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub struct Limits {
     /// The largest autosave body accepted (413 above it).
     pub max_body_bytes: u64,
-    /// How long a client may take to send its request headers.
+    /// How long a client may take to send its request headers. hyper starts this clock when
+    /// an HTTP/1.1 connection begins waiting for its next request, so it also closes idle
+    /// keep-alive connections: it must outlast the autosave interval (15 s), or every save
+    /// pays a new TLS handshake.
     pub header_read_timeout: Duration,
     /// How long a connection may sit with no traffic before it is closed.
     pub idle_timeout: Duration,
@@ -142,7 +145,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 16 * 1024 * 1024,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),

@@ -305,7 +305,7 @@ impl Default for StoreOptions {
         Self {
             min_free_bytes: 64 * 1024 * 1024,
             queue_depth: 4096,
-            max_batch: 256,
+            max_batch: 1024,
             max_batch_bytes: 32 * 1024 * 1024,
             outbox: true,
         }

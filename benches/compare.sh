@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Before and after: two builds of hallrelay measured in the same run, interleaved, so that a
+# change's effect is a ratio rather than two absolute numbers from different moments of a
+# shared machine.
+#
+# Usage: bash benches/compare.sh OLD_BIN NEW_BIN [ROUNDS]
+#
+#   ingest  a burst of 256 candidates x 16 saves of 16 KiB against a fresh box of each build,
+#           ROUNDS times (default 3), alternating: saves/s and p99 (NEW's `loadtest` drives
+#           both, so the load is the same);
+#   drain   one outbox of 20,000 pending 1 KiB autosaves (stored by NEW), copied for each
+#           build, drained into a fresh reference cloud over loopback: seconds, and commits
+#           per delivered autosave (from the box's own status).
+#
+# Both builds must read the same store schema. Loopback only, mDNS off; everything it starts
+# is stopped and its temp dir removed on exit.
+set -Eeuo pipefail
+trap 'echo "compare: FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+old=${1:?usage: compare.sh OLD_BIN NEW_BIN [ROUNDS]}
+new=${2:?usage: compare.sh OLD_BIN NEW_BIN [ROUNDS]}
+rounds=${3:-3}
+work=$(mktemp -d "${TMPDIR:-/tmp}/hallrelay-compare.XXXXXX")
+pids=()
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# start BIN LOG ARGS...: starts BIN in the background, waits for its listening line and sets
+# addr, pin and pid.
+start() {
+    local bin=$1 log=$2
+    shift 2
+    : >"$log"
+    RUST_LOG=warn,hallrelay=info "$bin" "$@" >/dev/null 2>"$log" &
+    pid=$!
+    pids+=("$pid")
+    local line=""
+    for _ in $(seq 400); do
+        line=$(grep -m1 ' listening ' "$log" || true)
+        [ -n "$line" ] && break
+        sleep 0.05
+    done
+    [ -n "$line" ] || { echo "compare: $bin did not start:" >&2; cat "$log" >&2; exit 1; }
+    addr=$(sed -n 's/.* addr=\([^ ]*\).*/\1/p' <<<"$line")
+    pin=$(sed -n 's/.* pin=\([^ ]*\).*/\1/p' <<<"$line")
+}
+
+stop() {
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+serve_args=(serve --listen 127.0.0.1:0 --no-mdns --client-rate-limit 0 --max-connections-per-client 100000)
+
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+echo "compare: ingest, $rounds rounds of a 256 x 16 burst of 16 KiB per build" >&2
+declare -A rates
+for round in $(seq "$rounds"); do
+    for which in old new; do
+        bin=${!which}
+        dir=$work/ingest-$which-$round
+        mkdir -p "$dir"
+        printf 'min_free_bytes = 0\n' >"$dir/box.toml"
+        start "$bin" "$dir/box.log" "${serve_args[@]}" --config "$dir/box.toml" --data-dir "$dir/data"
+        out=$("$new" loadtest --box "https://$addr" --pin "$pin" --venue-key-file "$dir/data/venue.key" \
+            --candidates 256 --burst 16 --size 16384 --duration 120s --json 2>/dev/null || true)
+        rate=$(json 'round(d["result"]["saves_per_sec"])' <<<"$out")
+        p99=$(json 'round(d["result"]["latency_ms"]["p99"], 1)' <<<"$out")
+        errors=$(json 'd["result"]["error_count"]' <<<"$out")
+        echo "compare: round $round $which: $rate saves/s, p99 $p99 ms, $errors errors" >&2
+        rates[$which]+="$rate "
+        stop "$pid"
+        rm -rf "$dir"
+    done
+done
+
+echo "compare: drain, 20,000 pending autosaves of 1 KiB" >&2
+seed=$work/seed
+mkdir -p "$seed"
+printf 'min_free_bytes = 0\n' >"$seed/box.toml"
+start "$new" "$seed/box.log" "${serve_args[@]}" --config "$seed/box.toml" --data-dir "$seed/data"
+"$new" loadtest --box "https://$addr" --pin "$pin" --venue-key-file "$seed/data/venue.key" \
+    --candidates 500 --burst 40 --size 1024 --duration 300s --json >/dev/null 2>&1 || true
+stop "$pid"
+declare -A drains
+for which in old new; do
+    bin=${!which}
+    dir=$work/drain-$which
+    mkdir -p "$dir"
+    cp -a "$seed/data" "$dir/data"
+    (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/appliance.token"; echo >>"$dir/appliance.token")
+    start "$new" "$dir/cloud.log" cloud --data-dir "$dir/cloud" --listen 127.0.0.1:0 \
+        --appliance-token-file "$dir/appliance.token" --tls
+    cloud_pid=$pid
+    {
+        echo "cloud = \"https://$addr\""
+        echo "cloud_token_file = \"$dir/appliance.token\""
+        echo "cloud_pin = \"$pin\""
+        echo "min_free_bytes = 0"
+    } >"$dir/box.toml"
+    started=$(date +%s.%N)
+    start "$bin" "$dir/box.log" "${serve_args[@]}" --config "$dir/box.toml" --data-dir "$dir/data"
+    admin=$("$new" token --data-dir "$dir/data" --admin 2>/dev/null)
+    while :; do
+        status=$(curl -sk --pinnedpubkey "$pin" -H "Authorization: Bearer $admin" "https://$addr/v1/status" || true)
+        pending=$(json 'd["pending"]["count"]' <<<"$status" 2>/dev/null || echo "?")
+        [ "$pending" = 0 ] && break
+        sleep 0.2
+    done
+    secs=$(python3 -c "import time; print(round(time.time() - $started, 2))")
+    commits=$(json 'd["commits"]["count"]' <<<"$status")
+    delivered=$(json 'd["delivered"]' <<<"$status")
+    echo "compare: drain $which: $delivered delivered in $secs s, $commits commits" >&2
+    drains[$which]="$secs $commits $delivered"
+    stop "$pid"
+    stop "$cloud_pid"
+done
+
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+mo=$(median "${rates[old]}")
+mn=$(median "${rates[new]}")
+read -r so co do_ <<<"${drains[old]}"
+read -r sn cn dn <<<"${drains[new]}"
+echo
+echo "| measure | old | new | new / old |"
+echo "| --- | ---: | ---: | ---: |"
+awk -v a="$mo" -v b="$mn" 'BEGIN { printf "| ingest, median saves/s | %d | %d | %.2f |\n", a, b, b / a }'
+awk -v a="$so" -v b="$sn" 'BEGIN { printf "| drain of 20,000, seconds | %.2f | %.2f | %.2f |\n", a, b, b / a }'
+awk -v a="$co" -v b="$cn" -v da="$do_" -v db="$dn" \
+    'BEGIN { printf "| drain, commits per delivery | %.3f | %.3f | %.2f |\n", a / da, b / db, (b / db) / (a / da) }'
+echo
+echo "ingest rounds: old ${rates[old]}/ new ${rates[new]}(saves/s)"
