@@ -60,7 +60,18 @@ pub struct Outcome {
     pub held: bool,
     /// One plain sentence with the numbers.
     pub verdict: String,
+    /// What to change when the errors look like the box's per-client limits rather than
+    /// its capacity.
+    pub hint: Option<String>,
 }
+
+/// Said when saves were refused with 429 or candidates could not connect: from one machine,
+/// a box's per-client limits are what is measured, not the box.
+pub const PER_CLIENT_LIMITS_HINT: &str = "the box limits each client address \
+(max_connections_per_client, default 64; client_rate_limit, default 20 requests/s), and every \
+simulated candidate shares this machine's address: for the test, set client_rate_limit = 0 and \
+max_connections_per_client above --candidates in the box's hallrelay.toml (or start it with \
+`serve --client-rate-limit 0 --max-connections-per-client N`), then put them back";
 
 /// The `--json` output: the plan, every figure and the verdict.
 #[derive(Serialize)]
@@ -70,6 +81,7 @@ struct JsonOutcome<'a> {
     p99_target_ms: f64,
     held: bool,
     verdict: &'a str,
+    hint: Option<&'a str>,
     result: JsonResult<'a>,
 }
 
@@ -190,7 +202,10 @@ pub async fn run(
         }
     };
     let (held, verdict) = judge(&plan, &report, p99_target);
+    let limited = report.errors.contains_key("429") || report.errors.contains_key("connect");
+    let hint = limited.then(|| PER_CLIENT_LIMITS_HINT.to_owned());
     Ok(Outcome {
+        hint,
         box_url: args.box_url.clone(),
         plan,
         report,
@@ -376,6 +391,9 @@ impl Outcome {
             errors_text(r),
             r.reconnects
         );
+        if let Some(hint) = &self.hint {
+            out += &format!("hint         {hint}\n");
+        }
         out += &self.verdict;
         out
     }
@@ -389,6 +407,7 @@ impl Outcome {
             p99_target_ms: self.p99_target.as_secs_f64() * 1000.0,
             held: self.held,
             verdict: &self.verdict,
+            hint: self.hint.as_deref(),
             result: JsonResult {
                 ok: r.ok,
                 already_stored: r.already_stored,

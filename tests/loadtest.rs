@@ -86,6 +86,7 @@ async fn steady_and_burst_report_what_the_box_stored() {
     let steady = json_of(&out);
     assert_eq!(out.status.code(), Some(0), "{steady}");
     assert_eq!(steady["held"], true, "{steady}");
+    assert_eq!(steady["hint"], Value::Null);
     let r = &steady["result"];
     assert_eq!(r["error_count"], 0, "{steady}");
     assert_eq!(r["errors"], serde_json::json!({}));
@@ -197,6 +198,10 @@ async fn refused_saves_are_counted_by_status_and_the_box_does_not_hold() {
     // The status request comes from the same address: let its bucket refill first.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(stored(&b.status().await), ok);
+    let hint = report["hint"]
+        .as_str()
+        .expect("a hint about per-client limits");
+    assert!(hint.contains("client_rate_limit"), "{hint}");
     let verdict = report["verdict"].as_str().expect("verdict");
     assert!(
         verdict.starts_with("this box did NOT hold")
