@@ -39,6 +39,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one save may wait for its answer before it counts as a `timeout` error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How a connect failure caused by this machine's open-files limit starts.
+pub const LOCAL_FILES_LIMIT: &str = "this computer's open-files limit";
+
 /// How each simulated candidate sends its saves.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
@@ -119,6 +122,8 @@ pub struct LoadReport {
     pub connect_time: Duration,
     /// Connections made again after the box closed one.
     pub reconnects: u64,
+    /// Why the first candidate that could not connect failed, if one did.
+    pub first_connect_error: Option<String>,
 }
 
 impl LoadReport {
@@ -232,7 +237,13 @@ impl Connector {
         let attempt = async {
             let tcp = TcpStream::connect(self.addr)
                 .await
-                .map_err(|e| ConnectFailure::Other(format!("TCP: {e}")))?;
+                .map_err(|e| match e.raw_os_error() {
+                    // EMFILE, ENFILE: this machine ran out of descriptors, not the box.
+                    Some(23 | 24) => {
+                        ConnectFailure::Other(format!("{LOCAL_FILES_LIMIT} (TCP: {e})"))
+                    }
+                    _ => ConnectFailure::Other(format!("TCP: {e}")),
+                })?;
             let _ = tcp.set_nodelay(true);
             let stream = self
                 .tls
@@ -342,9 +353,15 @@ pub async fn run(
     senders.truncate(plan.candidates);
     let connect_time = connect_started.elapsed();
     let connected = senders.iter().filter(|s| s.is_ok()).count();
+    let first_connect_error = senders.iter().find_map(|s| match s {
+        Err(ConnectFailure::Other(message)) => Some(message.clone()),
+        Err(ConnectFailure::PinMismatch) => Some("the key does not match the pin".into()),
+        Ok(_) => None,
+    });
     let mut report = LoadReport {
         candidates_connected: connected,
         connect_time,
+        first_connect_error,
         ..LoadReport::default()
     };
     let failed = (plan.candidates - connected) as u64;

@@ -95,6 +95,7 @@ struct JsonResult<'a> {
     elapsed_secs: f64,
     latency_ms: JsonLatency,
     candidates_connected: usize,
+    first_connect_error: Option<&'a str>,
     connect_secs: f64,
     reconnects: u64,
 }
@@ -132,8 +133,7 @@ pub async fn run(
             source,
         })?;
     let candidates = args.candidates as usize;
-    // One descriptor per candidate, plus room for the runtime and reconnects.
-    crate::serve::raise_open_files_limit(candidates as u64 + 256);
+    raise_open_files(candidates as u64 + 256);
     let pace = match args.burst {
         Some(saves) => Pace::Burst {
             saves: saves as usize,
@@ -202,7 +202,12 @@ pub async fn run(
         }
     };
     let (held, verdict) = judge(&plan, &report, p99_target);
-    let limited = report.errors.contains_key("429") || report.errors.contains_key("connect");
+    let out_of_files = report
+        .first_connect_error
+        .as_deref()
+        .is_some_and(|e| e.starts_with(loadgen::LOCAL_FILES_LIMIT));
+    let limited = report.errors.contains_key("429")
+        || (report.errors.contains_key("connect") && !out_of_files);
     let hint = limited.then(|| PER_CLIENT_LIMITS_HINT.to_owned());
     Ok(Outcome {
         hint,
@@ -213,6 +218,23 @@ pub async fn run(
         held,
         verdict,
     })
+}
+
+/// Raises the soft open-files limit towards `wanted` (one descriptor per candidate, plus
+/// room for the runtime and reconnects), as far as the hard limit allows, like `serve` does.
+fn raise_open_files(wanted: u64) {
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    if hard < wanted {
+        tracing::warn!(
+            limit = hard,
+            wanted,
+            "the open-files hard limit is below one per candidate: some may not connect \
+             (raise it with `ulimit -Hn` as root, or run fewer candidates)"
+        );
+    }
+    crate::serve::raise_open_files_limit(wanted.min(hard));
 }
 
 /// The host (as written, brackets kept for IPv6) and port of an `https://` box URL; the
@@ -286,7 +308,8 @@ fn judge(plan: &LoadPlan, report: &LoadReport, target: Duration) -> (bool, Strin
             human_duration(plan.duration)
         ),
         Pace::Burst { saves } => format!(
-            "a burst of {saves} saves from each of {} candidates ({size} each)",
+            "a burst of {saves} save{} from each of {} candidates ({size} each)",
+            if *saves == 1 { "" } else { "s" },
             plan.candidates
         ),
         Pace::Closed => format!(
@@ -353,7 +376,8 @@ impl Outcome {
                 human_duration(plan.duration)
             ),
             Pace::Burst { saves } => format!(
-                "burst of {saves} saves each (at most {})",
+                "burst of {saves} save{} each (at most {})",
+                if *saves == 1 { "" } else { "s" },
                 human_duration(plan.duration)
             ),
             Pace::Closed => format!("closed loop for {}", human_duration(plan.duration)),
@@ -391,6 +415,9 @@ impl Outcome {
             errors_text(r),
             r.reconnects
         );
+        if let Some(error) = &r.first_connect_error {
+            out += &format!("unconnected  the first failure: {error}\n");
+        }
         if let Some(hint) = &self.hint {
             out += &format!("hint         {hint}\n");
         }
@@ -422,6 +449,7 @@ impl Outcome {
                     max: r.max_ms(),
                 },
                 candidates_connected: r.candidates_connected,
+                first_connect_error: r.first_connect_error.as_deref(),
                 connect_secs: r.connect_time.as_secs_f64(),
                 reconnects: r.reconnects,
             },
