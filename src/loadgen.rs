@@ -36,6 +36,8 @@ use tokio::net::TcpStream;
 pub const CONNECT_FAN_OUT: usize = 64;
 /// How long one connection attempt (TCP and TLS) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `Closed`: how long a candidate waits after failing to reconnect before it tries again.
+pub const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long one save may wait for its answer before it counts as a `timeout` error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -412,6 +414,7 @@ pub async fn run(
             template: template.clone(),
             live: live.clone(),
             part: Part::default(),
+            connect_failed: false,
         };
         let pace = plan.pace.clone();
         let seed: u64 = rand::rng().random();
@@ -526,6 +529,8 @@ struct Candidate {
     template: Bytes,
     live: Arc<Live>,
     part: Part,
+    /// The last save could not (re)connect.
+    connect_failed: bool,
 }
 
 impl Candidate {
@@ -542,6 +547,10 @@ impl Candidate {
                     window.stop_at + REQUEST_TIMEOUT,
                 )
                 .await;
+                if self.connect_failed {
+                    // The box refuses connections: pause rather than spin on it.
+                    tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
+                }
             },
             Pace::Steady { interval, jitter } => {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -614,11 +623,12 @@ impl Candidate {
     /// One PUT and its answer's status, or the kind of failure.
     async fn exchange(&mut self, deadline: Instant) -> Result<StatusCode, &'static str> {
         let deadline = deadline.min(Instant::now() + REQUEST_TIMEOUT);
+        self.connect_failed = false;
         let mut sender = match self.sender.take() {
             Some(s) if !s.is_closed() => s,
             _ => {
                 self.part.reconnects += 1;
-                self.connector.connect().await.map_err(|_| "connect")?
+                self.reconnect().await?
             }
         };
         if tokio::time::timeout_at(deadline.into(), sender.ready())
@@ -628,7 +638,7 @@ impl Candidate {
         {
             // The box closed the connection between saves: one fresh attempt.
             self.part.reconnects += 1;
-            sender = self.connector.connect().await.map_err(|_| "connect")?;
+            sender = self.reconnect().await?;
         }
         let path = format!("{}{}", self.path_base, self.seq);
         let request = Request::put(path)
@@ -655,6 +665,12 @@ impl Candidate {
         // Only a connection whose exchange completed is reused.
         self.sender = Some(sender);
         Ok(status)
+    }
+
+    async fn reconnect(&mut self) -> Result<SendRequest<Full<Bytes>>, &'static str> {
+        let result = self.connector.connect().await;
+        self.connect_failed = result.is_err();
+        result.map_err(|_| "connect")
     }
 
     /// This save's bytes: the template with the candidate, seq and run stamped at the front,
