@@ -58,7 +58,8 @@ pub enum Command {
     /// max), errors by status and a verdict; progress goes to stderr once a second. Exits 0
     /// when the box held (no errors, p99 within --p99-target), 1 when it did not or could
     /// not be reached, 64 on bad arguments. Run it against a box that is not in use: every
-    /// save is stored.
+    /// save is stored. Every simulated candidate shares this computer's address, so for the
+    /// test set the box's client_rate_limit to 0 and max_connections_per_client above N.
     Loadtest(LoadtestArgs),
     /// Print one setting of a configuration file, checked as `serve` checks it (for the SD
     /// image's boot scripts). Prints nothing when it is unset; exits 64 when it is bad.

@@ -36,8 +36,13 @@ use tokio::net::TcpStream;
 pub const CONNECT_FAN_OUT: usize = 64;
 /// How long one connection attempt (TCP and TLS) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `Closed`: how long a candidate waits after failing to reconnect before it tries again.
+pub const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long one save may wait for its answer before it counts as a `timeout` error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a connect failure caused by this machine's open-files limit starts.
+pub const LOCAL_FILES_LIMIT: &str = "this computer's open-files limit";
 
 /// How each simulated candidate sends its saves.
 #[derive(Clone, Debug, Serialize)]
@@ -119,6 +124,8 @@ pub struct LoadReport {
     pub connect_time: Duration,
     /// Connections made again after the box closed one.
     pub reconnects: u64,
+    /// Why the first candidate that could not connect failed, if one did.
+    pub first_connect_error: Option<String>,
 }
 
 impl LoadReport {
@@ -232,7 +239,13 @@ impl Connector {
         let attempt = async {
             let tcp = TcpStream::connect(self.addr)
                 .await
-                .map_err(|e| ConnectFailure::Other(format!("TCP: {e}")))?;
+                .map_err(|e| match e.raw_os_error() {
+                    // EMFILE, ENFILE: this machine ran out of descriptors, not the box.
+                    Some(23 | 24) => {
+                        ConnectFailure::Other(format!("{LOCAL_FILES_LIMIT} (TCP: {e})"))
+                    }
+                    _ => ConnectFailure::Other(format!("TCP: {e}")),
+                })?;
             let _ = tcp.set_nodelay(true);
             let stream = self
                 .tls
@@ -342,9 +355,15 @@ pub async fn run(
     senders.truncate(plan.candidates);
     let connect_time = connect_started.elapsed();
     let connected = senders.iter().filter(|s| s.is_ok()).count();
+    let first_connect_error = senders.iter().find_map(|s| match s {
+        Err(ConnectFailure::Other(message)) => Some(message.clone()),
+        Err(ConnectFailure::PinMismatch) => Some("the key does not match the pin".into()),
+        Ok(_) => None,
+    });
     let mut report = LoadReport {
         candidates_connected: connected,
         connect_time,
+        first_connect_error,
         ..LoadReport::default()
     };
     let failed = (plan.candidates - connected) as u64;
@@ -395,6 +414,7 @@ pub async fn run(
             template: template.clone(),
             live: live.clone(),
             part: Part::default(),
+            connect_failed: false,
         };
         let pace = plan.pace.clone();
         let seed: u64 = rand::rng().random();
@@ -509,6 +529,8 @@ struct Candidate {
     template: Bytes,
     live: Arc<Live>,
     part: Part,
+    /// The last save could not (re)connect.
+    connect_failed: bool,
 }
 
 impl Candidate {
@@ -525,6 +547,10 @@ impl Candidate {
                     window.stop_at + REQUEST_TIMEOUT,
                 )
                 .await;
+                if self.connect_failed {
+                    // The box refuses connections: pause rather than spin on it.
+                    tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
+                }
             },
             Pace::Steady { interval, jitter } => {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -597,11 +623,12 @@ impl Candidate {
     /// One PUT and its answer's status, or the kind of failure.
     async fn exchange(&mut self, deadline: Instant) -> Result<StatusCode, &'static str> {
         let deadline = deadline.min(Instant::now() + REQUEST_TIMEOUT);
+        self.connect_failed = false;
         let mut sender = match self.sender.take() {
             Some(s) if !s.is_closed() => s,
             _ => {
                 self.part.reconnects += 1;
-                self.connector.connect().await.map_err(|_| "connect")?
+                self.reconnect().await?
             }
         };
         if tokio::time::timeout_at(deadline.into(), sender.ready())
@@ -611,7 +638,7 @@ impl Candidate {
         {
             // The box closed the connection between saves: one fresh attempt.
             self.part.reconnects += 1;
-            sender = self.connector.connect().await.map_err(|_| "connect")?;
+            sender = self.reconnect().await?;
         }
         let path = format!("{}{}", self.path_base, self.seq);
         let request = Request::put(path)
@@ -638,6 +665,12 @@ impl Candidate {
         // Only a connection whose exchange completed is reused.
         self.sender = Some(sender);
         Ok(status)
+    }
+
+    async fn reconnect(&mut self) -> Result<SendRequest<Full<Bytes>>, &'static str> {
+        let result = self.connector.connect().await;
+        self.connect_failed = result.is_err();
+        result.map_err(|_| "connect")
     }
 
     /// This save's bytes: the template with the candidate, seq and run stamped at the front,

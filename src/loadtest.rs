@@ -60,7 +60,18 @@ pub struct Outcome {
     pub held: bool,
     /// One plain sentence with the numbers.
     pub verdict: String,
+    /// What to change when the errors look like the box's per-client limits rather than
+    /// its capacity.
+    pub hint: Option<String>,
 }
+
+/// Said when saves were refused with 429 or candidates could not connect: from one machine,
+/// a box's per-client limits are what is measured, not the box.
+pub const PER_CLIENT_LIMITS_HINT: &str = "the box limits each client address \
+(max_connections_per_client, default 64; client_rate_limit, default 20 requests/s), and every \
+simulated candidate shares this machine's address: for the test, set client_rate_limit = 0 and \
+max_connections_per_client above --candidates in the box's hallrelay.toml (or start it with \
+`serve --client-rate-limit 0 --max-connections-per-client N`), then put them back";
 
 /// The `--json` output: the plan, every figure and the verdict.
 #[derive(Serialize)]
@@ -70,6 +81,7 @@ struct JsonOutcome<'a> {
     p99_target_ms: f64,
     held: bool,
     verdict: &'a str,
+    hint: Option<&'a str>,
     result: JsonResult<'a>,
 }
 
@@ -83,6 +95,7 @@ struct JsonResult<'a> {
     elapsed_secs: f64,
     latency_ms: JsonLatency,
     candidates_connected: usize,
+    first_connect_error: Option<&'a str>,
     connect_secs: f64,
     reconnects: u64,
 }
@@ -120,8 +133,7 @@ pub async fn run(
             source,
         })?;
     let candidates = args.candidates as usize;
-    // One descriptor per candidate, plus room for the runtime and reconnects.
-    crate::serve::raise_open_files_limit(candidates as u64 + 256);
+    raise_open_files(candidates as u64 + 256);
     let pace = match args.burst {
         Some(saves) => Pace::Burst {
             saves: saves as usize,
@@ -190,7 +202,15 @@ pub async fn run(
         }
     };
     let (held, verdict) = judge(&plan, &report, p99_target);
+    let out_of_files = report
+        .first_connect_error
+        .as_deref()
+        .is_some_and(|e| e.starts_with(loadgen::LOCAL_FILES_LIMIT));
+    let limited = report.errors.contains_key("429")
+        || (report.errors.contains_key("connect") && !out_of_files);
+    let hint = limited.then(|| PER_CLIENT_LIMITS_HINT.to_owned());
     Ok(Outcome {
+        hint,
         box_url: args.box_url.clone(),
         plan,
         report,
@@ -198,6 +218,23 @@ pub async fn run(
         held,
         verdict,
     })
+}
+
+/// Raises the soft open-files limit towards `wanted` (one descriptor per candidate, plus
+/// room for the runtime and reconnects), as far as the hard limit allows, like `serve` does.
+fn raise_open_files(wanted: u64) {
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    if hard < wanted {
+        tracing::warn!(
+            limit = hard,
+            wanted,
+            "the open-files hard limit is below one per candidate: some may not connect \
+             (raise it with `ulimit -Hn` as root, or run fewer candidates)"
+        );
+    }
+    crate::serve::raise_open_files_limit(wanted.min(hard));
 }
 
 /// The host (as written, brackets kept for IPv6) and port of an `https://` box URL; the
@@ -271,7 +308,8 @@ fn judge(plan: &LoadPlan, report: &LoadReport, target: Duration) -> (bool, Strin
             human_duration(plan.duration)
         ),
         Pace::Burst { saves } => format!(
-            "a burst of {saves} saves from each of {} candidates ({size} each)",
+            "a burst of {saves} save{} from each of {} candidates ({size} each)",
+            if *saves == 1 { "" } else { "s" },
             plan.candidates
         ),
         Pace::Closed => format!(
@@ -338,7 +376,8 @@ impl Outcome {
                 human_duration(plan.duration)
             ),
             Pace::Burst { saves } => format!(
-                "burst of {saves} saves each (at most {})",
+                "burst of {saves} save{} each (at most {})",
+                if *saves == 1 { "" } else { "s" },
                 human_duration(plan.duration)
             ),
             Pace::Closed => format!("closed loop for {}", human_duration(plan.duration)),
@@ -376,6 +415,12 @@ impl Outcome {
             errors_text(r),
             r.reconnects
         );
+        if let Some(error) = &r.first_connect_error {
+            out += &format!("unconnected  the first failure: {error}\n");
+        }
+        if let Some(hint) = &self.hint {
+            out += &format!("hint         {hint}\n");
+        }
         out += &self.verdict;
         out
     }
@@ -389,6 +434,7 @@ impl Outcome {
             p99_target_ms: self.p99_target.as_secs_f64() * 1000.0,
             held: self.held,
             verdict: &self.verdict,
+            hint: self.hint.as_deref(),
             result: JsonResult {
                 ok: r.ok,
                 already_stored: r.already_stored,
@@ -403,6 +449,7 @@ impl Outcome {
                     max: r.max_ms(),
                 },
                 candidates_connected: r.candidates_connected,
+                first_connect_error: r.first_connect_error.as_deref(),
                 connect_secs: r.connect_time.as_secs_f64(),
                 reconnects: r.reconnects,
             },

@@ -80,26 +80,32 @@ async fn steady_and_burst_report_what_the_box_stored() {
             "4096",
             "--exam",
             "steady",
+            // Generous, so that a loaded CI machine does not turn fsync latency into a flake.
+            "--p99-target",
+            "2s",
             "--json",
         ],
     );
     let steady = json_of(&out);
     assert_eq!(out.status.code(), Some(0), "{steady}");
     assert_eq!(steady["held"], true, "{steady}");
+    assert_eq!(steady["hint"], Value::Null);
     let r = &steady["result"];
     assert_eq!(r["error_count"], 0, "{steady}");
     assert_eq!(r["errors"], serde_json::json!({}));
     assert_eq!(r["already_stored"], 0);
     assert_eq!(r["candidates_connected"], 50);
     let ok = r["ok"].as_u64().expect("ok");
-    // Each candidate's first save falls somewhere in its first second: 4 to 5 saves each.
+    // Each candidate's first save falls somewhere in its first second, the rest ± 10 %: 4 to 6
+    // saves each, about 5.
     assert!(
-        (200..=260).contains(&ok),
+        (200..=300).contains(&ok),
         "{ok} saves from 50 candidates in 5 s at 1/s"
     );
     assert_ordered(r);
     assert_eq!(steady["plan"]["pace"]["mode"], "steady");
     assert_eq!(steady["plan"]["body_size"], 4096);
+    assert_eq!(steady["p99_target_ms"], 2000.0);
     assert_eq!(stored(&b.status().await), ok, "the report matches the box");
     let verdict = steady["verdict"].as_str().expect("verdict");
     assert!(
@@ -197,6 +203,10 @@ async fn refused_saves_are_counted_by_status_and_the_box_does_not_hold() {
     // The status request comes from the same address: let its bucket refill first.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(stored(&b.status().await), ok);
+    let hint = report["hint"]
+        .as_str()
+        .expect("a hint about per-client limits");
+    assert!(hint.contains("client_rate_limit"), "{hint}");
     let verdict = report["verdict"].as_str().expect("verdict");
     assert!(
         verdict.starts_with("this box did NOT hold")
