@@ -98,11 +98,14 @@ async fn commit_note(the_box: &BoxProcess) -> String {
     )
 }
 
-/// Row 2: durable PUTs at each concurrency, as a share of the lower limit.
-pub async fn ingest(scratch: &Path, scale: Scale, limits: &Limits) -> (Vec<Row>, Vec<String>) {
+/// Rows 1 and 2: durable PUTs at each concurrency, as a share of the lower of the two limits
+/// measured just before.
+pub async fn ingest(scratch: &Path, scale: Scale) -> (Vec<Row>, Vec<String>) {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    let mut limits = Limits::default();
     for connections in CONCURRENCY {
+        limits.measure(scratch, scale, connections).await;
         let duration = Duration::from_secs(scale.throughput_secs);
         let (the_box, report) = against_box(scratch, connections, Pace::Closed, duration).await;
         let ratio = report.rate() / limits.floor(connections);
@@ -129,6 +132,7 @@ pub async fn ingest(scratch: &Path, scale: Scale, limits: &Limits) -> (Vec<Row>,
             .target("≥ 0.80 of the lower limit", ratio >= 0.8),
         );
     }
+    rows.extend(limits.rows());
     (rows, notes)
 }
 

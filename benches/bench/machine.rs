@@ -103,37 +103,57 @@ pub fn document(m: &Machine, table: &str) -> String {
          | machine | |\n| --- | --- |\n\
          | CPU | {} × {} |\n| memory | {} |\n| kernel | {} |\n| scratch disk | {} |\n\
          | commit | {} |\n| toolchain | {} |\n| run at | {} |\n\n\
-         The machine is a shared VM: absolute figures drift between runs; the ratios to the \
-         limits measured in the same run are what to compare.\n\n{table}",
+         The machine is a shared VM: absolute figures drift within minutes; the ratios to the \
+         limits measured seconds before each scenario are what to compare.\n\n{table}",
         m.cores, m.cpu, m.memory, m.kernel, m.filesystem, m.commit, m.rustc, m.date
     )
 }
 
-/// The machine's limits, measured once per run.
+/// The machine's limits, measured next to each durable scenario: this machine is shared, and
+/// its disk and CPU change speed within minutes, so each ratio compares figures taken seconds
+/// apart.
+#[derive(Default)]
 pub struct Limits {
-    /// Raw appends per second.
-    pub raw: f64,
+    /// Raw appends per second, by the connections of the scenario they were measured next to.
+    pub raw: BTreeMap<usize, f64>,
     /// The HTTPS stack without storage, by connections.
     pub plain: BTreeMap<usize, LoadReport>,
 }
 
 impl Limits {
+    /// Measures both limits next to a scenario of `connections`.
+    pub async fn measure(&mut self, scratch: &Path, scale: Scale, connections: usize) {
+        let duration = Duration::from_secs(scale.throughput_secs);
+        let raw = raw_appends(&scratch.join("raw.bin"), duration);
+        let plain = no_store_puts(scratch, connections, duration).await;
+        eprintln!(
+            "bench: limits next to {connections} conns: raw appends {raw:.0}/s, no-storage server {:.0} req/s",
+            plain.rate()
+        );
+        self.raw.insert(connections, raw);
+        self.plain.insert(connections, plain);
+    }
+
     /// The lower of the two limits at `connections`.
     pub fn floor(&self, connections: usize) -> f64 {
+        let raw = self.raw.get(&connections).copied().unwrap_or(f64::NAN);
         self.plain
             .get(&connections)
-            .map_or(self.raw, |p| p.rate().min(self.raw))
+            .map_or(raw, |p| p.rate().min(raw))
     }
 
     pub fn rows(&self) -> Vec<Row> {
-        let mut rows = vec![Row::new(
-            1,
-            format!(
-                "limit: raw append of {} KiB + fdatasync per {RAW_BATCH}",
-                BODY / 1024
-            ),
-            format!("{:.0} appends/s", self.raw),
-        )];
+        let mut rows = Vec::new();
+        for (connections, raw) in &self.raw {
+            rows.push(Row::new(
+                1,
+                format!(
+                    "limit: raw append of {} KiB + fdatasync per {RAW_BATCH}, next to the {connections}-conn run",
+                    BODY / 1024
+                ),
+                format!("{raw:.0} appends/s"),
+            ));
+        }
         for (connections, p) in &self.plain {
             rows.push(Row::new(
                 1,
@@ -149,22 +169,6 @@ impl Limits {
         }
         rows
     }
-}
-
-pub async fn limits(scratch: &Path, scale: Scale) -> Limits {
-    let duration = Duration::from_secs(scale.throughput_secs);
-    let raw = raw_appends(&scratch.join("raw.bin"), duration);
-    eprintln!("bench: raw appends {raw:.0}/s");
-    let mut plain = BTreeMap::new();
-    for connections in CONCURRENCY {
-        let report = no_store_puts(scratch, connections, duration).await;
-        eprintln!(
-            "bench: no-storage server at {connections}: {:.0} req/s",
-            report.rate()
-        );
-        plain.insert(connections, report);
-    }
-    Limits { raw, plain }
 }
 
 /// Appends of the payload size to a file on the scratch disk, fdatasync after every batch.

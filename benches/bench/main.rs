@@ -133,13 +133,9 @@ fn main() {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     if wanted(1) || wanted(2) {
-        let limits = runtime.block_on(machine::limits(scratch.path(), scale));
-        rows.extend(limits.rows());
-        if wanted(2) {
-            let (ingest, note) = runtime.block_on(load::ingest(scratch.path(), scale, &limits));
-            rows.extend(ingest);
-            notes.extend(note);
-        }
+        let (ingest, note) = runtime.block_on(load::ingest(scratch.path(), scale));
+        rows.extend(ingest);
+        notes.extend(note);
     }
     if wanted(3) || wanted(4) || wanted(6) {
         let (hall, note) = runtime.block_on(load::hall(scratch.path(), scale));
