@@ -9,8 +9,8 @@
 #           ROUNDS times (default 3), alternating: saves/s and p99 (NEW's `loadtest` drives
 #           both, so the load is the same);
 #   drain   one outbox of 20,000 pending 1 KiB autosaves (stored by NEW), copied for each
-#           build, drained into a fresh reference cloud over loopback: seconds, and commits
-#           per delivered autosave (from the box's own status).
+#           build, drained into a fresh reference cloud over loopback: seconds, commits per
+#           delivered autosave (from the box's own status), and the box's peak RSS (VmHWM).
 #
 # Both builds must read the same store schema. Loopback only, mDNS off; everything it starts
 # is stopped and its temp dir removed on exit.
@@ -116,8 +116,9 @@ for which in old new; do
     secs=$(python3 -c "import time; print(round(time.time() - $started, 2))")
     commits=$(json 'd["commits"]["count"]' <<<"$status")
     delivered=$(json 'd["delivered"]' <<<"$status")
-    echo "compare: drain $which: $delivered delivered in $secs s, $commits commits" >&2
-    drains[$which]="$secs $commits $delivered"
+    rss=$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")
+    echo "compare: drain $which: $delivered delivered in $secs s, $commits commits, peak RSS $rss MiB" >&2
+    drains[$which]="$secs $commits $delivered $rss"
     stop "$pid"
     stop "$cloud_pid"
 done
@@ -125,8 +126,8 @@ done
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mo=$(median "${rates[old]}")
 mn=$(median "${rates[new]}")
-read -r so co do_ <<<"${drains[old]}"
-read -r sn cn dn <<<"${drains[new]}"
+read -r so co do_ ro <<<"${drains[old]}"
+read -r sn cn dn rn <<<"${drains[new]}"
 echo
 echo "| measure | old | new | new / old |"
 echo "| --- | ---: | ---: | ---: |"
@@ -134,5 +135,6 @@ awk -v a="$mo" -v b="$mn" 'BEGIN { printf "| ingest, median saves/s | %d | %d | 
 awk -v a="$so" -v b="$sn" 'BEGIN { printf "| drain of 20,000, seconds | %.2f | %.2f | %.2f |\n", a, b, b / a }'
 awk -v a="$co" -v b="$cn" -v da="$do_" -v db="$dn" \
     'BEGIN { printf "| drain, commits per delivery | %.3f | %.3f | %.2f |\n", a / da, b / db, (b / db) / (a / da) }'
+awk -v a="$ro" -v b="$rn" 'BEGIN { printf "| drain, peak RSS of the box, MiB | %.1f | %.1f | %.2f |\n", a, b, b / a }'
 echo
 echo "ingest rounds: old ${rates[old]}/ new ${rates[new]}(saves/s)"
