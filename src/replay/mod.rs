@@ -174,6 +174,12 @@ impl Replayer {
     async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.backoff_max);
         let mut in_flight: JoinSet<(u64, u64, AutosaveName, Outcome)> = JoinSet::new();
+        // Recording the cloud's answers in the store, each yielding its arrival when durable.
+        // They run beside the PUTs rather than in their slots, so that a slot is free again
+        // as soon as the cloud answered, and marks that arrive together share one commit.
+        let mut marking: JoinSet<u64> = JoinSet::new();
+        // Arrivals the outbox must not hand out again: in flight, or answered and not yet
+        // recorded as such.
         let mut flying: HashSet<u64> = HashSet::new();
         let mut queue: VecDeque<Pending> = VecDeque::new();
         let mut last_probe = tokio::time::Instant::now();
@@ -184,11 +190,17 @@ impl Replayer {
             if shutdown.is_cancelled() {
                 break;
             }
+            while let Some(marked) = marking.try_join_next() {
+                if let Ok(arrival) = marked {
+                    flying.remove(&arrival);
+                }
+            }
             match self.uplink.state() {
                 UplinkState::Up => {}
                 UplinkState::Refused => {
                     // Let in-flight PUTs finish, wait, then try again.
                     while in_flight.join_next().await.is_some() {}
+                    while marking.join_next().await.is_some() {}
                     flying.clear();
                     if sleep_or_stop(REFUSED_PAUSE, &shutdown).await {
                         break;
@@ -228,18 +240,24 @@ impl Replayer {
                 }
                 let client = self.client.clone();
                 let bucket = self.bucket.clone();
-                let store = self.store.clone();
-                // The task records the outcome itself, so that the marks of PUTs answered
-                // together reach the writer together and share one commit; the arrival
-                // stays in `flying` until its mark is durable, so the outbox cannot hand
-                // it out again meanwhile.
                 in_flight.spawn(async move {
                     let outcome = forward(&client, bucket.as_deref(), &item).await;
-                    record(&store, &item.name, &outcome).await;
                     (epoch, item.record.arrival, item.name, outcome)
                 });
             }
 
+            if in_flight.is_empty() && !marking.is_empty() {
+                // What is left of the outbox waits for its marks.
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    Some(marked) = marking.join_next() => {
+                        if let Ok(arrival) = marked {
+                            flying.remove(&arrival);
+                        }
+                    }
+                }
+                continue;
+            }
             if in_flight.is_empty() {
                 // Nothing pending: check the outbox again soon, the uplink now and then.
                 if last_probe.elapsed() >= IDLE_PROBE {
@@ -256,12 +274,36 @@ impl Replayer {
 
             let joined = tokio::select! {
                 () = shutdown.cancelled() => break,
+                Some(marked) = marking.join_next() => {
+                    if let Ok(arrival) = marked {
+                        flying.remove(&arrival);
+                    }
+                    continue;
+                }
                 joined = in_flight.join_next() => joined,
             };
             let Some(Ok((sent_in, arrival, name, outcome))) = joined else {
                 continue;
             };
-            flying.remove(&arrival);
+            let mark = match outcome {
+                Outcome::Delivered => Some(Outcome::Delivered),
+                Outcome::Conflict => Some(Outcome::Conflict),
+                _ => None,
+            };
+            match mark {
+                Some(mark) => {
+                    // The arrival stays in `flying` until its mark is durable.
+                    let store = self.store.clone();
+                    let name = name.clone();
+                    marking.spawn(async move {
+                        record(&store, &name, &mark).await;
+                        arrival
+                    });
+                }
+                None => {
+                    flying.remove(&arrival);
+                }
+            }
             let outcome = match outcome {
                 Outcome::Unreachable(why) if sent_in != epoch => {
                     tracing::debug!(%why, "a PUT sent before the uplink returned failed; retrying");
@@ -273,6 +315,8 @@ impl Replayer {
                 .await;
         }
         in_flight.shutdown().await;
+        // Answers the cloud already gave are recorded before replay stops.
+        while marking.join_next().await.is_some() {}
     }
 
     /// Acts on one PUT's outcome.
