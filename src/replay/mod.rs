@@ -285,18 +285,13 @@ impl Replayer {
             let Some(Ok((sent_in, arrival, name, outcome))) = joined else {
                 continue;
             };
-            let mark = match outcome {
-                Outcome::Delivered => Some(Outcome::Delivered),
-                Outcome::Conflict => Some(Outcome::Conflict),
-                _ => None,
-            };
-            match mark {
+            match Mark::of(&outcome) {
                 Some(mark) => {
                     // The arrival stays in `flying` until its mark is durable.
                     let store = self.store.clone();
                     let name = name.clone();
                     marking.spawn(async move {
-                        record(&store, &name, &mark).await;
+                        record(&store, &name, mark).await;
                         arrival
                     });
                 }
@@ -398,18 +393,34 @@ async fn sleep_or_stop(wait: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-/// Records what the cloud said about one autosave in the store: delivered, or a conflict.
-/// A failed mark is logged and the autosave stays pending, to be re-sent (the cloud answers
-/// 200 for bytes it already holds).
-async fn record(store: &Store, name: &AutosaveName, outcome: &Outcome) {
-    let marked = match outcome {
-        Outcome::Delivered => store.mark_delivered(name.clone()).await,
-        Outcome::Conflict => {
+/// A final answer of the cloud about one autosave, to be recorded in the store.
+#[derive(Clone, Copy, Debug)]
+enum Mark {
+    Delivered,
+    Conflict,
+}
+
+impl Mark {
+    fn of(outcome: &Outcome) -> Option<Self> {
+        match outcome {
+            Outcome::Delivered => Some(Self::Delivered),
+            Outcome::Conflict => Some(Self::Conflict),
+            _ => None,
+        }
+    }
+}
+
+/// Records the cloud's final answer about one autosave in the store. A failed mark is logged
+/// and the autosave stays pending, to be re-sent (the cloud answers 200 for bytes it already
+/// holds).
+async fn record(store: &Store, name: &AutosaveName, mark: Mark) {
+    let marked = match mark {
+        Mark::Delivered => store.mark_delivered(name.clone()).await,
+        Mark::Conflict => {
             tracing::warn!(exam = %name.exam, candidate = %name.candidate, seq = name.seq,
                 "the cloud holds other bytes under this name; recorded as a conflict");
             store.mark_cloud_conflict(name.clone()).await
         }
-        _ => return,
     };
     if let Err(e) = marked {
         tracing::warn!(exam = %name.exam, candidate = %name.candidate, seq = name.seq,

@@ -96,7 +96,6 @@ impl BlobLog {
         Ok(at)
     }
 
-    /// Makes everything appended durable.
     /// Makes everything appended durable. It takes a shared reference, so that another
     /// thread can run it while the writer goes on with its transaction; call
     /// [`mark_synced`](Self::mark_synced) once it succeeded.
@@ -110,6 +109,8 @@ impl BlobLog {
         Ok(())
     }
 
+    /// Records that [`sync`](Self::sync) succeeded: the next one has nothing to do until
+    /// more is appended.
     pub(crate) fn mark_synced(&mut self) {
         self.dirty = false;
         self.created = false;
