@@ -43,14 +43,28 @@ built=
 cleanup() {
     [ -n "$registered_binfmt" ] && update-binfmts --disable qemu-aarch64 >/dev/null 2>&1 || true
     [ -n "$mounted_binfmt" ] && umount /proc/sys/fs/binfmt_misc || true
-    # A failed build keeps its work dir (target/image/work) to look into; the next build
-    # starts by removing it.
-    if [ -n "$built" ]; then rm -rf "$work"; else echo "image: failed; kept $work" >&2; fi
+    # A failed build keeps its work dir (target/image/work) to look into, and so does any
+    # build with HALLRELAY_IMAGE_KEEP_WORK=1; the next full build starts by removing it.
+    if [ -n "$built" ] && [ -z "$keep_work" ]; then rm -rf "$work"; else echo "image: kept $work" >&2; fi
 }
 trap cleanup EXIT
-rm -rf "$work"
+# HALLRELAY_IMAGE_REUSE_ROOTFS=1: skip steps 1 and 2 and make the partitions and the image
+# again from the root file system a kept work dir holds (minutes instead of most of an hour,
+# for iterating on genimage.cfg or on the files under image/overlay; customize.sh and the
+# packages are not applied again).
+keep_work=${HALLRELAY_IMAGE_KEEP_WORK:-}
+reuse=${HALLRELAY_IMAGE_REUSE_ROOTFS:-}
+if [ -n "$reuse" ]; then
+    [ -d "$work/rootfs" ] || { echo "image: no $work/rootfs to reuse" >&2; exit 1; }
+    keep_work=1
+    rm -rf "$work/genimage-tmp"
+else
+    rm -rf "$work"
+fi
 mkdir -p "$work"
 
+rootfs=$work/rootfs
+if [ -z "$reuse" ]; then
 step "1/4 cross-compiling hallrelay $version for aarch64"
 rustup target add aarch64-unknown-linux-gnu >/dev/null
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
@@ -68,7 +82,6 @@ if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
     registered_binfmt=1
 fi
 python3 image/sources.py >"$work/debian.sources"
-rootfs=$work/rootfs
 packages=systemd-sysv,udev,kmod,iproute2,netbase,ca-certificates,systemd-resolved,systemd-timesyncd
 packages+=,linux-image-arm64,raspi-firmware,firmware-brcm80211,initramfs-tools
 packages+=,openssh-server,e2fsprogs,fdisk,util-linux,dosfstools
@@ -85,6 +98,10 @@ mmdebstrap --architectures=arm64 --variant=minbase --mode=root \
     --customize-hook="install -m 0644 '$root/packaging/hallrelay.sysusers' \"\$1/usr/lib/sysusers.d/hallrelay.conf\"" \
     --customize-hook="sh '$root/image/customize.sh' \"\$1\" '$root'" \
     "$suite" "$rootfs" "$work/debian.sources"
+else
+    step "1-2/4 reusing $rootfs (HALLRELAY_IMAGE_REUSE_ROOTFS)"
+    cp -a image/overlay/. "$rootfs/"
+fi
 
 step "3/4 partitions with genimage"
 # Every time stamp in the tree at SOURCE_DATE_EPOCH at most, for FAT and ext4 alike.
