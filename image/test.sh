@@ -6,14 +6,16 @@
 # file, the root file system is read-only, and the pin and machine id are the same after a
 # second boot. The guest's network is qemu's user network with restrict=on: nothing leaves
 # this machine except the forwarded port on 127.0.0.1; mDNS is off in the test file.
-# apt-get install qemu-system-arm mtools fdisk curl python3.
+# apt-get install mtools fdisk curl python3; qemu-system-aarch64 comes from image/qemu.sh
+# (the machine's, $HALLRELAY_QEMU, or Debian's qemu-system-arm unpacked without installing it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$(cargo pkgid | sed 's/.*[#@]//')
 xz=${1:-target/image/hallrelay-$version-arm64.img.xz}
 [ -e "$xz" ] || { echo "image-test: $xz is missing: run just image first" >&2; exit 1; }
-qemu=${HALLRELAY_QEMU:-qemu-system-aarch64}
-command -v "$qemu" >/dev/null || { echo "image-test: $qemu is missing (apt-get install qemu-system-arm)" >&2; exit 1; }
+qemu=$(bash image/qemu.sh)
+qemu_data=()
+[ -d "$(dirname "$qemu")/../share/qemu" ] && qemu_data=(-L "$(dirname "$qemu")/../share/qemu")
 t0=$(date +%s)
 say() { echo "image-test: [$(( $(date +%s) - t0 )) s] $*"; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/hallrelay-image-test.XXXXXX")
@@ -46,7 +48,7 @@ boot() {
     # machine's serial console.
     cmdline=$(mtype -i "$fat" ::cmdline.txt | tr -d '\r\n' | sed 's/console=[^ ]*//g')
     cmdline="$cmdline console=ttyAMA0"
-    "$qemu" -M virt -cpu cortex-a72 -smp 2 -m 1024 -no-reboot \
+    "$qemu" "${qemu_data[@]}" -M virt -cpu cortex-a72 -smp 2 -m 1024 -no-reboot \
         -kernel "$work/vmlinuz" -initrd "$work/initrd" -append "$cmdline" \
         -drive "file=$img,format=raw,if=none,id=card" -device virtio-blk-pci,drive=card \
         -netdev "user,id=net,restrict=on,hostfwd=tcp:127.0.0.1:$port-:8443" \
