@@ -50,6 +50,13 @@ chmod 0700 "$rootfs/data/system"
 # user and the service fails to start.
 mkdir -p "$rootfs/var/lib/systemd/timesync" "$rootfs/data/timesync"
 chroot "$rootfs" chown systemd-timesync:systemd-timesync /data/timesync
+# The other state directories of systemd's own services, made now because the read-only root
+# cannot take them at boot (without linger/, systemd-logind fails to start, and with it the
+# power button). They belong to root, as those services run as root.
+mkdir -p "$rootfs/var/lib/systemd/linger" "$rootfs/var/lib/systemd/backlight" \
+    "$rootfs/var/lib/systemd/rfkill" "$rootfs/var/lib/systemd/pstore"
+# Nothing updates the read-only root from the box itself: no apt timers, no dpkg backups.
+systemctl --root="$rootfs" disable apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer
 
 # Nothing that differs from build to build, or belongs to one box.
 rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/ldconfig/aux-cache
