@@ -5,7 +5,8 @@
 # reached, /v1/health answers through a loopback port forward, the hostname comes from the
 # file, the root file system is read-only, and the pin and machine id are the same after a
 # second boot. The guest's network is qemu's user network with restrict=on: nothing leaves
-# this machine except the forwarded port on 127.0.0.1; mDNS is off in the test file.
+# this machine except the forwarded port on 127.0.0.1; mDNS is off in the test file. The
+# consoles and health answers of both boots are kept in target/image/test/.
 # apt-get install mtools fdisk curl python3; qemu-system-aarch64 comes from image/qemu.sh
 # (the machine's, $HALLRELAY_QEMU, or Debian's qemu-system-arm unpacked without installing it).
 set -euo pipefail
@@ -19,9 +20,13 @@ qemu_data=()
 t0=$(date +%s)
 say() { echo "image-test: [$(( $(date +%s) - t0 )) s] $*"; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/hallrelay-image-test.XXXXXX")
+rm -rf target/image/test
 qemu_pid=
+logs=target/image/test
 cleanup() {
     [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null || true
+    # The guest's console and health answers outlive the run, passed or failed.
+    mkdir -p "$logs" && cp "$work"/console-*.log "$work"/health-*.json "$logs"/ 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
