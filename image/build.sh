@@ -92,7 +92,7 @@ mmdebstrap --architectures=arm64 --variant=minbase --mode=root \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --essential-hook='mkdir -p "$1/etc/default" && printf "ROOTPART=PARTUUID=48414c4c-02\nCONSOLES=\"ttyS1,115200 tty0\"\n" >"$1/etc/default/raspi-firmware"' \
     --essential-hook='mkdir -p "$1/etc/initramfs-tools" && echo update_initramfs=no >"$1/etc/initramfs-tools/update-initramfs.conf"' \
-    --customize-hook="cp -a '$root/image/overlay/.' \"\$1/\"" \
+    --customize-hook="sh '$root/image/overlay.sh' \"\$1\"" \
     --customize-hook="install -m 0755 '$bin' \"\$1/usr/bin/hallrelay\"" \
     --customize-hook="install -m 0644 '$root/systemd/hallrelay.service' \"\$1/etc/systemd/system/hallrelay.service\"" \
     --customize-hook="install -m 0644 '$root/packaging/hallrelay.sysusers' \"\$1/usr/lib/sysusers.d/hallrelay.conf\"" \
@@ -100,7 +100,7 @@ mmdebstrap --architectures=arm64 --variant=minbase --mode=root \
     "$suite" "$rootfs" "$work/debian.sources"
 else
     step "1-2/4 reusing $rootfs (HALLRELAY_IMAGE_REUSE_ROOTFS)"
-    cp -a image/overlay/. "$rootfs/"
+    sh image/overlay.sh "$rootfs"
 fi
 
 step "3/4 partitions with genimage"
@@ -109,8 +109,24 @@ find "$rootfs" -newermt "@$SOURCE_DATE_EPOCH" -print0 | xargs -0r touch -h -d "@
 sed -e "s/@ROOT_UUID@/$root_uuid/g; s/@DATA_UUID@/$data_uuid/g; s/@BOOT_VOLUME_ID@/$boot_volume_id/g" \
     -e "s/@DISK_SIGNATURE@/$disk_signature/g; s/@EPOCH@/$SOURCE_DATE_EPOCH/g" \
     -e "s|@IMAGE@|$(basename "$image")|g" image/genimage.cfg >"$work/genimage.cfg"
-E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH genimage --config "$work/genimage.cfg" --rootpath "$rootfs" \
-    --tmppath "$work/genimage-tmp" --inputpath "$work" --outputpath "$out"
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH E2FSCK_TIME=$SOURCE_DATE_EPOCH genimage --config "$work/genimage.cfg" \
+    --rootpath "$rootfs" --tmppath "$work/genimage-tmp" --inputpath "$work" --outputpath "$out"
+# mke2fs -d (1.47.0) copies each file's ctime and atime from the build tree, that is the time
+# of this build, whatever SOURCE_DATE_EPOCH says: set both to SOURCE_DATE_EPOCH on every
+# inode of ROOT (partition 2) and DATA (partition 3), in place in the image, with debugfs.
+ext4_times() {
+    local number=$1 tree=$2 start
+    start=$(sfdisk -d "$image" | awk -v p="$(basename "$image")$number" '$1 ~ p"$" {sub(/,.*/, ""); sub(/.*start= */, ""); print}')
+    {
+        echo "set_current_time @$SOURCE_DATE_EPOCH"
+        (cd "$tree" && find . -printf '/%P\n') | LC_ALL=C sort |
+            awk -v t="$SOURCE_DATE_EPOCH" '{ printf "sif \"%s\" ctime @%s\nsif \"%s\" atime @%s\n", $0, t, $0, t }'
+    } >"$work/ext4-times-$number"
+    E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$work/ext4-times-$number" "$image?offset=$((start * 512))" >"$work/ext4-times-$number.log" 2>&1
+    e2fsck -fn "$image?offset=$((start * 512))" >/dev/null
+}
+ext4_times 2 "$work/genimage-tmp/root"
+ext4_times 3 "$work/genimage-tmp/mp-data"
 
 rm -f "$out"/boot.vfat "$out"/root.ext4 "$out"/data.ext4
 rm -f "$image.xz"
