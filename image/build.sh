@@ -32,7 +32,11 @@ boot_volume_id=48414c42   # shows as UUID=4841-4C42 (upper case, as blkid and ud
 t0=$(date +%s)
 step() { echo "image: [$(( $(date +%s) - t0 )) s] $*"; }
 
-for tool in mmdebstrap genimage mcopy mkfs.vfat mke2fs xz aarch64-linux-gnu-gcc qemu-aarch64-static update-binfmts python3; do
+# One collation for every sort and glob (genimage's `mcopy … dir/*` puts BOOT's files in the
+# order of the glob).
+export LC_ALL=C
+for tool in mmdebstrap genimage mcopy mkfs.vfat mke2fs debugfs e2fsck sfdisk xz aarch64-linux-gnu-gcc \
+            qemu-aarch64-static update-binfmts python3; do
     command -v "$tool" >/dev/null || { echo "image: $tool is missing (see the comment at the top of $0)" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "image: run as root (mmdebstrap root mode)" >&2; exit 1; }
