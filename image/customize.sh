@@ -32,6 +32,7 @@ rm -f "$rootfs"/etc/ssh/ssh_host_*
 : >"$rootfs/etc/machine-id"
 rm -f "$rootfs/var/lib/dbus/machine-id"
 echo hallrelay >"$rootfs/etc/hostname"
+chmod 0644 "$rootfs/etc/hostname"   # mmdebstrap copied the build machine's, with its mode
 
 # The venue edits hallrelay.toml on the BOOT partition; the service reads it through /etc.
 install -m 0644 "$repo/image/hallrelay.toml" "$rootfs/boot/firmware/hallrelay.toml"
@@ -44,7 +45,18 @@ echo "console=tty0 console=ttyS1,115200 root=PARTUUID=48414c4c-02 ro rootfstype=
 # DATA's contents, mounted at /data, and the mount points.
 mkdir -p "$rootfs/data/hallrelay" "$rootfs/data/system" "$rootfs/var/lib/hallrelay"
 chmod 0700 "$rootfs/data/system"
-mkdir -p "$rootfs/var/lib/systemd/timesync"
+# systemd-timesyncd's state (the last synchronised time, which a Pi without a real-time clock
+# starts from) on DATA too: on the read-only root its StateDirectory cannot be handed to its
+# user and the service fails to start.
+mkdir -p "$rootfs/var/lib/systemd/timesync" "$rootfs/data/timesync"
+chroot "$rootfs" chown systemd-timesync:systemd-timesync /data/timesync
+# The other state directories of systemd's own services, made now because the read-only root
+# cannot take them at boot (without linger/, systemd-logind fails to start, and with it the
+# power button). They belong to root, as those services run as root.
+mkdir -p "$rootfs/var/lib/systemd/linger" "$rootfs/var/lib/systemd/backlight" \
+    "$rootfs/var/lib/systemd/rfkill" "$rootfs/var/lib/systemd/pstore"
+# Nothing updates the read-only root from the box itself: no apt timers, no dpkg backups.
+systemctl --root="$rootfs" disable apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer
 
 # Nothing that differs from build to build, or belongs to one box.
 rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/ldconfig/aux-cache

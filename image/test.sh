@@ -5,21 +5,28 @@
 # reached, /v1/health answers through a loopback port forward, the hostname comes from the
 # file, the root file system is read-only, and the pin and machine id are the same after a
 # second boot. The guest's network is qemu's user network with restrict=on: nothing leaves
-# this machine except the forwarded port on 127.0.0.1; mDNS is off in the test file.
-# apt-get install qemu-system-arm mtools fdisk curl python3.
+# this machine except the forwarded port on 127.0.0.1; mDNS is off in the test file. The
+# consoles and health answers of both boots are kept in target/image/test/.
+# apt-get install mtools fdisk curl python3; qemu-system-aarch64 comes from image/qemu.sh
+# (the machine's, $HALLRELAY_QEMU, or Debian's qemu-system-arm unpacked without installing it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$(cargo pkgid | sed 's/.*[#@]//')
 xz=${1:-target/image/hallrelay-$version-arm64.img.xz}
 [ -e "$xz" ] || { echo "image-test: $xz is missing: run just image first" >&2; exit 1; }
-qemu=${HALLRELAY_QEMU:-qemu-system-aarch64}
-command -v "$qemu" >/dev/null || { echo "image-test: $qemu is missing (apt-get install qemu-system-arm)" >&2; exit 1; }
+qemu=$(bash image/qemu.sh)
+qemu_data=()
+[ -d "$(dirname "$qemu")/../share/qemu" ] && qemu_data=(-L "$(dirname "$qemu")/../share/qemu")
 t0=$(date +%s)
 say() { echo "image-test: [$(( $(date +%s) - t0 )) s] $*"; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/hallrelay-image-test.XXXXXX")
+rm -rf target/image/test
 qemu_pid=
+logs=target/image/test
 cleanup() {
     [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null || true
+    # The guest's console and health answers outlive the run, passed or failed.
+    mkdir -p "$logs" && cp "$work"/console-*.log "$work"/health-*.json "$logs"/ 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -46,7 +53,7 @@ boot() {
     # machine's serial console.
     cmdline=$(mtype -i "$fat" ::cmdline.txt | tr -d '\r\n' | sed 's/console=[^ ]*//g')
     cmdline="$cmdline console=ttyAMA0"
-    "$qemu" -M virt -cpu cortex-a72 -smp 2 -m 1024 -no-reboot \
+    "$qemu" "${qemu_data[@]}" -M virt -cpu cortex-a72 -smp 2 -m 1024 -no-reboot \
         -kernel "$work/vmlinuz" -initrd "$work/initrd" -append "$cmdline" \
         -drive "file=$img,format=raw,if=none,id=card" -device virtio-blk-pci,drive=card \
         -netdev "user,id=net,restrict=on,hostfwd=tcp:127.0.0.1:$port-:8443" \
@@ -72,9 +79,17 @@ boot() {
     grep -Eq "hallrelay-setup: root file system: ro[,$]" "$log" || { echo "image-test: root is not read-only" >&2; exit 1; }
     grep -q '"name":"hall-test"' "$work/health-$n.json" || { echo "image-test: the box's name is not from hallrelay.toml" >&2; exit 1; }
     say "boot $n: multi-user reached, hostname hall-test, root read-only"
-    # A clean power-off through the virt machine's power button.
-    python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"system_powerdown\n")' "$work/monitor"
-    for _ in $(seq 120); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 1; done
+    # A clean power-off through the virt machine's power button (gpio-keys, which logind
+    # handles), pressed again every 15 s: a press that comes before logind watches the
+    # button is lost (seen once on a first boot).
+    local t
+    for t in $(seq 0 119); do
+        kill -0 "$qemu_pid" 2>/dev/null || break
+        if [ $((t % 15)) = 0 ]; then
+            python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"system_powerdown\n")' "$work/monitor" 2>/dev/null || true
+        fi
+        sleep 1
+    done
     if kill -0 "$qemu_pid" 2>/dev/null; then
         # Then it is a power cut, which the box must survive too.
         say "boot $n: WARNING: no clean power-off in 120 s; pulling the plug"
@@ -82,6 +97,8 @@ boot() {
     fi
     wait "$qemu_pid" || true
     qemu_pid=
+    grep -q "reboot: Power down" "$log" && say "boot $n: powered off cleanly"
+    return 0
 }
 
 pin_of() { sed -n 's/.*"pin":"\([^"]*\)".*/\1/p' "$work/health-$1.json"; }
