@@ -88,8 +88,10 @@ impl Scale {
                 throughput_secs: 3,
                 steady_secs: 20,
                 restart_autosaves: 100_000,
-                essay_candidates: 40,
-                essay_saves: 60,
+                // Fewer candidates, not shorter essays: amplification depends on how long
+                // the answers have grown.
+                essay_candidates: 10,
+                essay_saves: 240,
             }
         } else {
             Self {
