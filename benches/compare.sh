@@ -8,7 +8,8 @@
 #   ingest  a burst of 256 candidates x 16 saves of 16 KiB against a fresh box of each build,
 #           ROUNDS times (default 3), alternating: saves/s and p99 (NEW's `loadtest` drives
 #           both, so the load is the same);
-#   drain   one outbox of 20,000 pending 1 KiB autosaves (stored by NEW), copied for each
+#   drain   one outbox of 500 x HALLRELAY_COMPARE_DRAIN_EACH (default 40, so 20,000) pending
+#           1 KiB autosaves (stored by NEW), copied for each
 #           build, drained into a fresh reference cloud over loopback: seconds, commits per
 #           delivered autosave (from the box's own status), and the box's peak RSS (VmHWM).
 #
@@ -80,13 +81,15 @@ for round in $(seq "$rounds"); do
     done
 done
 
-echo "compare: drain, 20,000 pending autosaves of 1 KiB" >&2
+drain_each=${HALLRELAY_COMPARE_DRAIN_EACH:-40}
+drain_total=$((500 * drain_each))
+echo "compare: drain, $drain_total pending autosaves of 1 KiB" >&2
 seed=$work/seed
 mkdir -p "$seed"
 printf 'min_free_bytes = 0\n' >"$seed/box.toml"
 start "$new" "$seed/box.log" "${serve_args[@]}" --config "$seed/box.toml" --data-dir "$seed/data"
 "$new" loadtest --box "https://$addr" --pin "$pin" --venue-key-file "$seed/data/venue.key" \
-    --candidates 500 --burst 40 --size 1024 --duration 300s --json >/dev/null 2>&1 || true
+    --candidates 500 --burst "$drain_each" --size 1024 --duration 600s --json >/dev/null 2>&1 || true
 stop "$pid"
 declare -A drains
 for which in old new; do
@@ -132,7 +135,7 @@ echo
 echo "| measure | old | new | new / old |"
 echo "| --- | ---: | ---: | ---: |"
 awk -v a="$mo" -v b="$mn" 'BEGIN { printf "| ingest, median saves/s | %d | %d | %.2f |\n", a, b, b / a }'
-awk -v a="$so" -v b="$sn" 'BEGIN { printf "| drain of 20,000, seconds | %.2f | %.2f | %.2f |\n", a, b, b / a }'
+awk -v a="$so" -v b="$sn" -v n="$drain_total" 'BEGIN { printf "| drain of %d, seconds | %.2f | %.2f | %.2f |\n", n, a, b, b / a }'
 awk -v a="$co" -v b="$cn" -v da="$do_" -v db="$dn" \
     'BEGIN { printf "| drain, commits per delivery | %.3f | %.3f | %.2f |\n", a / da, b / db, (b / db) / (a / da) }'
 awk -v a="$ro" -v b="$rn" 'BEGIN { printf "| drain, peak RSS of the box, MiB | %.1f | %.1f | %.2f |\n", a, b, b / a }'
