@@ -67,6 +67,13 @@ fn start_relay(ns: &str, mean_ms: &str, jitter_ms: &str) -> Relay {
 
 #[test]
 fn replay_survives_a_lossy_flapping_uplink_and_delivers_exactly_once() {
+    if !tool_or_skip(
+        "nft",
+        "nftables",
+        "uplink chaos (packet loss with nftables)",
+    ) {
+        return;
+    }
     let Some(net) = netns_or_skip("uplink chaos across network namespaces") else {
         return;
     };

@@ -6,9 +6,11 @@
 //! the box stores. Appending them to a file is what the disk does best (one sequential write
 //! and one fdatasync per batch), and redb's commits shrink to the small records.
 //!
-//! The order that keeps "ack means durable": the writer appends a batch's new payloads, then
-//! fdatasyncs the segment (and the folder, for a new segment), and only then commits the redb
-//! transaction that names them, together with the log's new end. After a crash or a failed
+//! The order that keeps "ack means durable": the writer places a batch's new payloads in the
+//! log (which only assigns their locations), then writes them and fdatasyncs the segment (and
+//! the folder, for a new segment), and only then commits the redb transaction that names
+//! them, together with the log's new end. Placing and writing are separate so that the
+//! writing can run on a second thread while the writer goes on with its transaction. After a crash or a failed
 //! commit the log is cut back to the end the last commit recorded, so bytes no commit names
 //! never become visible. A segment is deleted once nothing stored names any byte in it.
 
@@ -16,6 +18,8 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
 
 use super::disk::{Create, Disk, DiskFile};
 
@@ -32,8 +36,8 @@ pub(crate) struct BlobLog {
     file: DiskFile,
     segment: u64,
     offset: u64,
-    /// Appended since the last sync.
-    dirty: bool,
+    /// Placed in the current segment but not written yet: (offset, bytes).
+    placed: Vec<(u64, Bytes)>,
     /// A segment file was created since the last sync: the folder needs an fsync too.
     created: bool,
     /// Roll over to a new segment past this many bytes.
@@ -70,16 +74,21 @@ impl BlobLog {
             file,
             segment: end.0,
             offset: end.1,
-            dirty: false,
+            placed: Vec::new(),
             created: false,
             segment_bytes: SEGMENT_BYTES,
         })
     }
 
-    /// Appends `bytes`; they are durable only after [`sync`](Self::sync).
-    pub(crate) fn append(&mut self, bytes: &[u8]) -> io::Result<Location> {
-        if self.offset > 0 && self.offset + bytes.len() as u64 > self.segment_bytes {
+    /// Places `bytes` at the end of the log and says where. Nothing is written yet: the
+    /// bytes are written and made durable by the [`Flush`] that [`flush`](Self::flush)
+    /// hands out. Only a segment that fills up is written and synced here, before the next
+    /// one starts.
+    pub(crate) fn place(&mut self, bytes: Bytes) -> io::Result<Location> {
+        let len = bytes.len() as u64;
+        if self.offset > 0 && self.offset + len > self.segment_bytes {
             // Close this segment durably, then start the next.
+            write_placed(&self.file, &std::mem::take(&mut self.placed))?;
             self.file.sync_data()?;
             let next = self.segment + 1;
             self.file = self
@@ -89,31 +98,23 @@ impl BlobLog {
             self.offset = 0;
             self.created = true;
         }
-        self.file.write_all_at(bytes, self.offset)?;
-        let at = (self.segment, self.offset, bytes.len() as u64);
-        self.offset += bytes.len() as u64;
-        self.dirty = true;
+        let at = (self.segment, self.offset, len);
+        self.placed.push((self.offset, bytes));
+        self.offset += len;
         Ok(at)
     }
 
-    /// Makes everything appended durable. It takes a shared reference, so that another
-    /// thread can run it while the writer goes on with its transaction; call
-    /// [`mark_synced`](Self::mark_synced) once it succeeded.
-    pub(crate) fn sync(&self) -> io::Result<()> {
-        if self.dirty {
-            self.file.sync_data()?;
+    /// What makes everything placed so far durable, to be run (on any thread) before the
+    /// commit that names it. If it fails, the commit must not happen: the store is reopened,
+    /// which cuts the log back to the last committed end.
+    pub(crate) fn flush(&mut self) -> Flush<'_> {
+        let placed = std::mem::take(&mut self.placed);
+        let created = std::mem::take(&mut self.created);
+        Flush {
+            log: self,
+            placed,
+            created,
         }
-        if self.created {
-            self.disk.sync_dir(&self.dir)?;
-        }
-        Ok(())
-    }
-
-    /// Records that [`sync`](Self::sync) succeeded: the next one has nothing to do until
-    /// more is appended.
-    pub(crate) fn mark_synced(&mut self) {
-        self.dirty = false;
-        self.created = false;
     }
 
     /// The end of the log: what the next commit records.
@@ -144,6 +145,33 @@ impl BlobLog {
     }
 }
 
+/// Writes placed payloads and syncs them; see [`BlobLog::flush`].
+pub(crate) struct Flush<'a> {
+    log: &'a BlobLog,
+    placed: Vec<(u64, Bytes)>,
+    created: bool,
+}
+
+impl Flush<'_> {
+    pub(crate) fn run(self) -> io::Result<()> {
+        if !self.placed.is_empty() {
+            write_placed(&self.log.file, &self.placed)?;
+            self.log.file.sync_data()?;
+        }
+        if self.created {
+            self.log.disk.sync_dir(&self.log.dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_placed(file: &DiskFile, placed: &[(u64, Bytes)]) -> io::Result<()> {
+    for (offset, bytes) in placed {
+        file.write_all_at(bytes, *offset)?;
+    }
+    Ok(())
+}
+
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:012}.seg"))
 }
@@ -161,16 +189,19 @@ mod tests {
     fn an_uncommitted_tail_is_cut_off_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = BlobLog::open(&Disk::default(), dir.path(), (0, 0), &[]).unwrap();
-        let a = log.append(b"committed").unwrap();
-        log.sync().unwrap();
+        let a = log.place(Bytes::from_static(b"committed")).unwrap();
+        log.flush().run().unwrap();
         let end = log.end();
-        let b = log.append(b"never committed").unwrap();
-        log.sync().unwrap();
+        let b = log.place(Bytes::from_static(b"never committed")).unwrap();
+        log.flush().run().unwrap();
         drop(log);
         let mut log = BlobLog::open(&Disk::default(), dir.path(), end, &[0]).unwrap();
         assert_eq!(BlobLog::read(dir.path(), a).unwrap(), b"committed");
         assert!(BlobLog::read(dir.path(), b).is_err(), "the tail is gone");
-        assert_eq!(log.append(b"next").unwrap(), (0, end.1, 4));
+        assert_eq!(
+            log.place(Bytes::from_static(b"next")).unwrap(),
+            (0, end.1, 4)
+        );
     }
 
     #[test]
@@ -178,10 +209,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = BlobLog::open(&Disk::default(), dir.path(), (0, 0), &[]).unwrap();
         log.segment_bytes = 10;
-        let a = log.append(b"0123456789").unwrap();
-        let b = log.append(b"abc").unwrap();
+        let a = log.place(Bytes::from_static(b"0123456789")).unwrap();
+        let b = log.place(Bytes::from_static(b"abc")).unwrap();
         assert_eq!((a.0, b.0), (0, 1), "the second payload starts segment 1");
-        log.sync().unwrap();
+        log.flush().run().unwrap();
         let end = log.end();
         drop(log);
         // Segment 0 still holds a payload: kept.
