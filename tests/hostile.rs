@@ -173,6 +173,28 @@ async fn two_megabytes_of_headers_are_refused() {
     still_serves(&b).await;
 }
 
+/// The default `max_header_bytes` from both sides: a 7 KiB head is served, a 9 KiB one is
+/// answered 431.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_heads_are_held_to_eight_kilobytes_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    for (padding, expected) in [(7 * 1024, "HTTP/1.1 200"), (9 * 1024, "HTTP/1.1 431")] {
+        let mut s = tls(&b, None).await;
+        let head = format!(
+            "GET /v1/health HTTP/1.1\r\nhost: box\r\nx-padding: {}\r\n\r\n",
+            "a".repeat(padding)
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.flush().await.unwrap();
+        let answer = answer_head(&mut s, Duration::from_secs(10)).await;
+        assert!(
+            answer.as_deref().is_some_and(|a| a.starts_with(expected)),
+            "a head with {padding} bytes of padding: {answer:?}"
+        );
+    }
+}
+
 /// 1,000 idle TCP connections and 50 requests stalled half-way through their headers, from
 /// 50 addresses: a real client is still served within 3 s.
 #[tokio::test(flavor = "multi_thread")]
