@@ -153,7 +153,7 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// The most connections one client address may hold open (default 64).
     pub max_connections_per_client: Option<usize>,
-    /// The largest request head (request line and headers), in bytes (default 16384, at
+    /// The largest request head (request line and headers), in bytes (default 8192, at
     /// least 8192).
     pub max_header_bytes: Option<usize>,
     /// Requests per second one client address may make on average; 0 turns the limit off
