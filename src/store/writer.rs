@@ -1216,10 +1216,12 @@ mod tests {
             PutOutcome::Stored(r) | PutOutcome::Duplicate(r) => r.clone(),
             other => panic!("{other:?}"),
         };
-        assert!(
-            matches!(outcomes[2], PutOutcome::Duplicate(_)),
-            "{outcomes:?}"
-        );
+        // The two puts of seq 2 are separate tasks: either may reach the writer first.
+        let duplicates = outcomes[1..=2]
+            .iter()
+            .filter(|o| matches!(o, PutOutcome::Duplicate(_)))
+            .count();
+        assert_eq!(duplicates, 1, "{:?}", &outcomes[1..=2]);
         assert_eq!(receipt(&outcomes[1]), receipt(&outcomes[2]));
         for outcome in &outcomes {
             receipt(outcome).verify(identity.certificate()).unwrap();
@@ -1229,9 +1231,13 @@ mod tests {
             let name = request(seq).name;
             let (record, _) = store.get(name).await.unwrap().unwrap();
             record.receipt.verify(identity.certificate()).unwrap();
-            stored.push(record.receipt);
+            stored.push(record);
         }
-        crate::receipt::verify_chain(&stored, identity.certificate()).unwrap();
+        // The chain runs in arrival order, which on a busy machine need not be seq order:
+        // the queued puts are separate tasks.
+        stored.sort_by_key(|record| record.arrival);
+        let chain: Vec<Receipt> = stored.into_iter().map(|r| r.receipt).collect();
+        crate::receipt::verify_chain(&chain, identity.certificate()).unwrap();
         assert!(
             store.stats.commits.load(Ordering::Relaxed) <= 3,
             "seqs 2 to {LAST} shared a commit"
