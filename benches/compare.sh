@@ -5,9 +5,11 @@
 #
 # Usage: bash benches/compare.sh OLD_BIN NEW_BIN [ROUNDS]
 #
-#   ingest  a burst of 256 candidates x 16 saves of 16 KiB against a fresh box of each build,
-#           ROUNDS times (default 3), alternating: saves/s and p99 (NEW's `loadtest` drives
-#           both, so the load is the same);
+#   ingest  a burst of 256 candidates x HALLRELAY_COMPARE_BURST (default 16) saves of 16 KiB
+#           against a fresh box of each build, ROUNDS times (default 3), alternating: saves/s,
+#           p99 (NEW's `loadtest` drives both, so the load is the same) and the store writer's
+#           busy time per save, from the box's own commit counters (the writer is serial, so
+#           this is what caps ingest when the machine has CPU to spare);
 #   drain   one outbox of 500 x HALLRELAY_COMPARE_DRAIN_EACH (default 40, so 20,000) pending
 #           1 KiB autosaves (stored by NEW), copied for each
 #           build, drained into a fresh reference cloud over loopback: seconds, commits per
@@ -60,8 +62,9 @@ serve_args=(serve --listen 127.0.0.1:0 --no-mdns --client-rate-limit 0 --max-con
 
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
-echo "compare: ingest, $rounds rounds of a 256 x 16 burst of 16 KiB per build" >&2
-declare -A rates
+burst=${HALLRELAY_COMPARE_BURST:-16}
+echo "compare: ingest, $rounds rounds of a 256 x $burst burst of 16 KiB per build" >&2
+declare -A rates busy
 for round in $(seq "$rounds"); do
     for which in old new; do
         bin=${!which}
@@ -70,12 +73,16 @@ for round in $(seq "$rounds"); do
         printf 'min_free_bytes = 0\n' >"$dir/box.toml"
         start "$bin" "$dir/box.log" "${serve_args[@]}" --config "$dir/box.toml" --data-dir "$dir/data"
         out=$("$new" loadtest --box "https://$addr" --pin "$pin" --venue-key-file "$dir/data/venue.key" \
-            --candidates 256 --burst 16 --size 16384 --duration 120s --json 2>/dev/null || true)
+            --candidates 256 --burst "$burst" --size 16384 --duration 120s --json 2>/dev/null || true)
         rate=$(json 'round(d["result"]["saves_per_sec"])' <<<"$out")
         p99=$(json 'round(d["result"]["latency_ms"]["p99"], 1)' <<<"$out")
         errors=$(json 'd["result"]["error_count"]' <<<"$out")
-        echo "compare: round $round $which: $rate saves/s, p99 $p99 ms, $errors errors" >&2
+        admin=$("$new" token --data-dir "$dir/data" --admin 2>/dev/null)
+        status=$(curl -sk --pinnedpubkey "$pin" -H "Authorization: Bearer $admin" "https://$addr/v1/status")
+        us=$(json 'round((d["commits"]["apply_micros"] + d["commits"]["commit_micros"]) / d["commits"]["requests"], 1)' <<<"$status")
+        echo "compare: round $round $which: $rate saves/s, p99 $p99 ms, $errors errors, writer busy $us µs/save" >&2
         rates[$which]+="$rate "
+        busy[$which]+="$us "
         stop "$pid"
         rm -rf "$dir"
     done
@@ -135,6 +142,9 @@ echo
 echo "| measure | old | new | new / old |"
 echo "| --- | ---: | ---: | ---: |"
 awk -v a="$mo" -v b="$mn" 'BEGIN { printf "| ingest, median saves/s | %d | %d | %.2f |\n", a, b, b / a }'
+bo=$(median "${busy[old]}")
+bn=$(median "${busy[new]}")
+awk -v a="$bo" -v b="$bn" 'BEGIN { printf "| ingest, median writer busy µs per save | %.1f | %.1f | %.2f |\n", a, b, b / a }'
 awk -v a="$so" -v b="$sn" -v n="$drain_total" 'BEGIN { printf "| drain of %d, seconds | %.2f | %.2f | %.2f |\n", n, a, b, b / a }'
 awk -v a="$co" -v b="$cn" -v da="$do_" -v db="$dn" \
     'BEGIN { printf "| drain, commits per delivery | %.3f | %.3f | %.2f |\n", a / da, b / db, (b / db) / (a / da) }'
