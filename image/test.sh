@@ -4,10 +4,12 @@
 # partition (a byte-order mark and CRLF, as Notepad saves it). Checks: multi-user.target
 # reached, /v1/health answers through a loopback port forward, the hostname comes from the
 # file, the root file system is read-only, and the pin and machine id are the same after a
-# second boot. The guest's network is qemu's user network with restrict=on: nothing leaves
+# second boot. SSH: off on the first boot (no keys in the file: nothing answers on port 22);
+# on the second, with a key added to the file, `admin` logs in with that key (and sees a
+# read-only root) while a password login is refused. The guest's network is qemu's user network with restrict=on: nothing leaves
 # this machine except the forwarded port on 127.0.0.1; mDNS is off in the test file. The
 # consoles and health answers of both boots are kept in target/image/test/.
-# apt-get install mtools fdisk curl python3; qemu-system-aarch64 comes from image/qemu.sh
+# apt-get install mtools fdisk curl python3 openssh-client; qemu-system-aarch64 comes from image/qemu.sh
 # (the machine's, $HALLRELAY_QEMU, or Debian's qemu-system-arm unpacked without installing it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,10 +45,60 @@ kernel=$(mdir -b -i "$fat" :: | grep -m1 '/vmlinuz-')
 initrd=$(mdir -b -i "$fat" :: | grep -m1 '/initrd.img-')
 mcopy -n -i "$fat" "$kernel" "$work/vmlinuz"
 mcopy -n -i "$fat" "$initrd" "$work/initrd"
-printf '\xef\xbb\xbfname = "hall-test"\r\nmdns = false\r\n' >"$work/hallrelay.toml"
-mcopy -o -i "$fat" "$work/hallrelay.toml" ::hallrelay.toml
+# test_config [KEY]: the test hallrelay.toml, with KEY as its one SSH key if given, written
+# onto BOOT with a byte-order mark and CRLF line ends.
+test_config() {
+    {
+        printf '\xef\xbb\xbfname = "hall-test"\r\nmdns = false\r\n'
+        [ -z "${1:-}" ] || printf 'ssh_authorized_keys = ["%s"]\r\n' "$1"
+    } >"$work/hallrelay.toml"
+    mcopy -o -i "$fat" "$work/hallrelay.toml" ::hallrelay.toml
+}
+test_config
+ssh-keygen -q -t ed25519 -N "" -C image-test -f "$work/id"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+ssh_port=$(free_port)
+guest_ssh() {
+    ssh -p "$ssh_port" -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no \
+        -o ConnectTimeout=10 -o LogLevel=ERROR "$@"
+}
+# check_ssh N: boot 1 has no key, so nothing may let anyone in; boot 2 has one.
+check_ssh() {
+    local n=$1 out
+    if [ "$n" = 1 ]; then
+        grep -q "hallrelay-setup: SSH off" "$work/console-1.log" || { echo "image-test: SSH not reported off" >&2; exit 1; }
+        if guest_ssh -o BatchMode=yes -i "$work/id" admin@127.0.0.1 true 2>"$work/ssh-1.err"; then
+            echo "image-test: SSH let admin in without a key in hallrelay.toml" >&2; exit 1
+        fi
+        # Refused before any SSH exchange (qemu's forward finds the guest's port closed), not
+        # by an sshd that runs after all.
+        if grep -q "Permission denied" "$work/ssh-1.err"; then
+            cat "$work/ssh-1.err" >&2; echo "image-test: an sshd answers with no key configured" >&2; exit 1
+        fi
+        say "boot 1: SSH off, nothing answers on port 22 ($(tr -d '\r' <"$work/ssh-1.err" | head -1))"
+        return 0
+    fi
+    grep -q "hallrelay-setup: SSH on, 1 key" "$work/console-$n.log" || { echo "image-test: SSH not reported on with 1 key" >&2; exit 1; }
+    # sshd starts after boot-setup, without holding up multi-user: give it a moment.
+    for _ in $(seq 30); do
+        out=$(guest_ssh -o BatchMode=yes -i "$work/id" admin@127.0.0.1 'id -un; hostname; findmnt -no OPTIONS /' 2>"$work/ssh-$n.err") && break
+        sleep 2
+    done
+    [ -n "${out:-}" ] || { cat "$work/ssh-$n.err" >&2; echo "image-test: admin could not log in with the key" >&2; exit 1; }
+    [ "$(sed -n 1p <<<"$out")" = admin ] && [ "$(sed -n 2p <<<"$out")" = hall-test ] \
+        && grep -Eq '^ro(,|$)' <<<"$(sed -n 3p <<<"$out")" \
+        || { echo "image-test: unexpected answer over SSH: $out" >&2; exit 1; }
+    # Without the key: the server must offer nothing but public keys (its refusal lists the
+    # methods it allows).
+    if guest_ssh -o BatchMode=yes -o PubkeyAuthentication=no admin@127.0.0.1 true 2>"$work/ssh-nokey.err"; then
+        echo "image-test: SSH let admin in without a key" >&2; exit 1
+    fi
+    grep -q "Permission denied (publickey)" "$work/ssh-nokey.err" \
+        || { cat "$work/ssh-nokey.err" >&2; echo "image-test: sshd offers more than public keys" >&2; exit 1; }
+    say "boot $n: SSH: admin logged in with the key from hallrelay.toml (root $(sed -n 3p <<<"$out")); the server offers public keys only"
+}
 boot() {
     local n=$1 log=$work/console-$1.log cmdline
     # The card's own command line (boot-setup adds the machine id to it), with the virt
@@ -56,7 +108,7 @@ boot() {
     "$qemu" "${qemu_data[@]}" -M virt -cpu cortex-a72 -smp 2 -m 1024 -no-reboot \
         -kernel "$work/vmlinuz" -initrd "$work/initrd" -append "$cmdline" \
         -drive "file=$img,format=raw,if=none,id=card" -device virtio-blk-pci,drive=card \
-        -netdev "user,id=net,restrict=on,hostfwd=tcp:127.0.0.1:$port-:8443" \
+        -netdev "user,id=net,restrict=on,hostfwd=tcp:127.0.0.1:$port-:8443,hostfwd=tcp:127.0.0.1:$ssh_port-:22" \
         -device virtio-net-pci,netdev=net,romfile= \
         -monitor "unix:$work/monitor,server,nowait" -serial "file:$log" -display none \
         </dev/null >/dev/null 2>&1 &
@@ -79,6 +131,7 @@ boot() {
     grep -Eq "hallrelay-setup: root file system: ro[,$]" "$log" || { echo "image-test: root is not read-only" >&2; exit 1; }
     grep -q '"name":"hall-test"' "$work/health-$n.json" || { echo "image-test: the box's name is not from hallrelay.toml" >&2; exit 1; }
     say "boot $n: multi-user reached, hostname hall-test, root read-only"
+    check_ssh "$n"
     # A clean power-off through the virt machine's power button (gpio-keys, which logind
     # handles), pressed again every 15 s: a press that comes before logind watches the
     # button is lost (seen once on a first boot).
@@ -104,6 +157,7 @@ boot() {
 pin_of() { sed -n 's/.*"pin":"\([^"]*\)".*/\1/p' "$work/health-$1.json"; }
 machine_id_of() { sed -n 's/.*hallrelay-setup: machine id \([0-9a-f]*\).*/\1/p' "$work/console-$1.log" | tail -1; }
 boot 1
+test_config "$(cat "$work/id.pub")"
 boot 2
 [ -n "$(pin_of 1)" ] && [ "$(pin_of 1)" = "$(pin_of 2)" ] || { echo "image-test: the pin changed: $(pin_of 1) -> $(pin_of 2)" >&2; exit 1; }
 [ -n "$(machine_id_of 1)" ] && [ "$(machine_id_of 1)" = "$(machine_id_of 2)" ] || { echo "image-test: the machine id changed" >&2; exit 1; }
