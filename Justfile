@@ -25,6 +25,12 @@ deb:
     cargo deb --no-build --strip --output target/debian/
     packaging/check-deb.sh target/debian/hallrelay_$(cargo pkgid | sed 's/.*[#@]//')-1_$(dpkg --print-architecture).deb
 
+# The .deb installed on a Debian system booted with systemd (mmdebstrap + systemd-nspawn,
+# ~30 s; root): user, enabled unit, READY=1, health, 0600 secrets, restart after SIGKILL,
+# clean stop.
+deb-install-test: deb
+    bash packaging/install-test.sh target/debian/hallrelay_$(cargo pkgid | sed 's/.*[#@]//')-1_$(dpkg --print-architecture).deb
+
 # The systemd unit: `systemd-analyze verify` and the security exposure (at most 2.0).
 unit:
     cargo test --release --test systemd -- --nocapture

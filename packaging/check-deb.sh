@@ -22,6 +22,12 @@ trap 'rm -rf "$work"' EXIT
 dpkg-deb -e "$deb" "$work/control"
 grep -qx "/etc/hallrelay/hallrelay.toml" "$work/control/conffiles" \
     || fail "hallrelay.toml is not a conffile (an upgrade would overwrite a venue's edits)"
+# Installing creates the service's user and enables the unit (cargo-deb writes neither
+# without maintainer-scripts set; an earlier package did neither).
+grep -q "systemd-sysusers.* hallrelay.conf" "$work/control/postinst" 2>/dev/null \
+    || fail "the postinst does not create the hallrelay user"
+grep -q "deb-systemd-helper enable hallrelay.service" "$work/control/postinst" \
+    || fail "the postinst does not enable hallrelay.service"
 # The maintainer scripts create the user, nothing else of ours: no key, token or identity.
 if grep -Eq "hallrelay (serve|token)|venue\.key|openssl|head -c|urandom" "$work"/control/*inst "$work"/control/*rm 2>/dev/null; then
     fail "a maintainer script creates a secret"
