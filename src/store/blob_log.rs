@@ -10,9 +10,10 @@
 //! log (which only assigns their locations), then writes them and fdatasyncs the segment (and
 //! the folder, for a new segment), and only then commits the redb transaction that names
 //! them, together with the log's new end. Placing and writing are separate so that the
-//! writing can run on a second thread while the writer goes on with its transaction. After a crash or a failed
-//! commit the log is cut back to the end the last commit recorded, so bytes no commit names
-//! never become visible. A segment is deleted once nothing stored names any byte in it.
+//! writing can run on a second thread while the writer goes on with its transaction. After a
+//! crash or a failed commit the log is cut back to the end the last commit recorded, so bytes
+//! no commit names never become visible. A segment is deleted once nothing stored names any
+//! byte in it.
 
 use std::fs::{self, File};
 use std::io;
