@@ -6,11 +6,13 @@
 # file, the root file system is read-only, and the pin and machine id are the same after a
 # second boot. SSH: off on the first boot (no keys in the file: nothing answers on port 22);
 # on the second, with a key added to the file, `admin` logs in with that key (and sees a
-# read-only root) while a password login is refused. The guest's network is qemu's user network with restrict=on: nothing leaves
-# this machine except the forwarded port on 127.0.0.1; mDNS is off in the test file. The
-# consoles and health answers of both boots are kept in target/image/test/.
-# apt-get install mtools fdisk curl python3 openssh-client; qemu-system-aarch64 comes from image/qemu.sh
-# (the machine's, $HALLRELAY_QEMU, or Debian's qemu-system-arm unpacked without installing it).
+# read-only root) while a password login is refused. The guest's network is qemu's user
+# network with restrict=on: nothing leaves this machine except the forwarded ports on
+# 127.0.0.1; mDNS is off in the test file. The consoles and health answers of both boots are
+# kept in target/image/test/.
+# apt-get install mtools fdisk curl python3 openssh-client; qemu-system-aarch64 comes from
+# image/qemu.sh (the machine's, $HALLRELAY_QEMU, or Debian's qemu-system-arm unpacked without
+# installing it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$(cargo pkgid | sed 's/.*[#@]//')
