@@ -461,28 +461,40 @@ fn replay_config(
 
 /// `https://` anywhere; `http://` only to a loopback host, so credentials and answers never
 /// cross a network in the clear.
+///
+/// The host checked is the one the HTTP client will connect to: the URL is parsed as
+/// [`http::Uri`], as the client parses it, so `http://localhost:1@example.org/` names
+/// example.org (with `localhost:1` as user information) and is refused. User information is
+/// refused outright: the box's credential goes in `cloud_token_file`, never in a URL.
 pub fn check_cloud_url(url: &str) -> Result<(), ConfigError> {
     let bad = |problem: String| ConfigError::Invalid {
         key: "cloud",
         problem,
     };
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| bad(format!("{url:?} is not a URL")))?;
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = if let Some(bracketed) = authority.strip_prefix('[') {
-        bracketed.split(']').next().unwrap_or("")
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
+    let uri: http::Uri = url.parse().map_err(|_| {
+        bad(format!(
+            "{url:?} is not a URL; write e.g. https://cloud.example.org"
+        ))
+    })?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| bad(format!("{url:?} has no host")))?;
+    if authority.as_str().contains('@') {
+        return Err(bad(format!(
+            "{url:?} carries user information before '@'; put the credential in \
+             cloud_token_file and give the cloud as https://HOST[:PORT]"
+        )));
+    }
+    let host = authority.host();
     if host.is_empty() {
         return Err(bad(format!("{url:?} has no host")));
     }
-    match scheme {
-        "https" => Ok(()),
-        "http" => {
-            let loopback = host == "localhost"
-                || host
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = bare.eq_ignore_ascii_case("localhost")
+                || bare
                     .parse::<std::net::IpAddr>()
                     .is_ok_and(|ip| ip.is_loopback());
             if loopback {
@@ -543,6 +555,11 @@ mod tests {
             "ftp://x",
             "cloud",
             "https://",
+            // The host the client connects to is example.org; `localhost:1` is user info.
+            "http://localhost:1@example.org/",
+            "http://127.0.0.1@example.org:80/",
+            "http://[::1]@example.org/",
+            "https://user:secret@cloud.example.org/",
         ] {
             assert!(check_cloud_url(bad).is_err(), "{bad}");
         }

@@ -45,6 +45,27 @@ pub struct Receipt {
 /// The header in which a box forwards its receipt with an autosave it replays to the cloud.
 pub const RECEIPT_HEADER: &str = "hallrelay-receipt";
 
+/// The longest [`RECEIPT_HEADER`] value the cloud reads. The longest receipt a box issues (ids
+/// of 64 characters, a 20-digit seq and size, a DER signature) encodes to under 1 KiB.
+pub const MAX_RECEIPT_HEADER_BYTES: usize = 2048;
+
+/// Why a receipt forwarded with an autosave is refused (400 at the cloud): the cloud keeps a
+/// forwarded receipt as evidence only if it could be the box's receipt for this very upload.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForwardedReceiptError {
+    #[error("the Hallrelay-Receipt header is longer than {MAX_RECEIPT_HEADER_BYTES} bytes")]
+    TooLong,
+    #[error("the Hallrelay-Receipt header is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("the Hallrelay-Receipt names another autosave")]
+    OtherAutosave,
+    #[error("the Hallrelay-Receipt says final={receipt} but the upload says final={upload}")]
+    OtherFlag { receipt: bool, upload: bool },
+    #[error("the Hallrelay-Receipt does not match the body (its blake3 or size differ)")]
+    OtherBytes,
+}
+
 /// Why a receipt or a chain of receipts does not verify.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -167,6 +188,67 @@ impl Receipt {
         use base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let json = URL_SAFE_NO_PAD.decode(value.trim()).ok()?;
         serde_json::from_slice(&json).ok()
+    }
+
+    /// Parses a receipt that a box forwards with the autosave `name` (`is_final` as the
+    /// upload says) and checks that it has a receipt's shape and describes that upload. What
+    /// it says about the bytes is checked once they are read, by
+    /// [`check_bytes`](Self::check_bytes). The signature is not checked here: that needs the
+    /// forwarding box's certificate.
+    pub fn from_forwarded(
+        value: &str,
+        name: &crate::ids::AutosaveName,
+        is_final: bool,
+    ) -> Result<Self, ForwardedReceiptError> {
+        use ForwardedReceiptError::Malformed;
+        if value.len() > MAX_RECEIPT_HEADER_BYTES {
+            return Err(ForwardedReceiptError::TooLong);
+        }
+        let receipt = Self::from_header(value).ok_or(Malformed("not base64url of a receipt"))?;
+        let is_hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_hex64(&receipt.blake3) || !is_hex64(&receipt.prev) {
+            return Err(Malformed("blake3 and prev must be 64 hex digits"));
+        }
+        if crate::timefmt::parse_rfc3339(&receipt.received_at).is_none() {
+            return Err(Malformed("received_at is not an RFC 3339 time"));
+        }
+        if !crate::ids::is_valid_id(&receipt.appliance) {
+            return Err(Malformed("the appliance id is not a valid id"));
+        }
+        if STANDARD
+            .decode(&receipt.signature)
+            .map_or(true, |s| s.is_empty())
+        {
+            return Err(Malformed("the signature is missing or not base64"));
+        }
+        if (
+            receipt.exam.as_str(),
+            receipt.candidate.as_str(),
+            receipt.seq,
+        ) != (name.exam.as_str(), name.candidate.as_str(), name.seq)
+        {
+            return Err(ForwardedReceiptError::OtherAutosave);
+        }
+        if receipt.is_final != is_final {
+            return Err(ForwardedReceiptError::OtherFlag {
+                receipt: receipt.is_final,
+                upload: is_final,
+            });
+        }
+        Ok(receipt)
+    }
+
+    /// Checks that the receipt names the bytes that came with it.
+    pub fn check_bytes(
+        &self,
+        blake3: &blake3::Hash,
+        size: u64,
+    ) -> Result<(), ForwardedReceiptError> {
+        if self.blake3 == blake3.to_hex().as_str() && self.size == size {
+            Ok(())
+        } else {
+            Err(ForwardedReceiptError::OtherBytes)
+        }
     }
 
     /// Checks the signature against the box's certificate (DER).

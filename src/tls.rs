@@ -81,6 +81,18 @@ pub fn roots_client_config(
         .with_no_client_auth())
 }
 
+/// The handshake's refusal of a server whose key matches none of the pins: a box that is not
+/// the one the exam configuration names (a rogue one, or this box after its identity was
+/// recreated).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the server's key is not pinned (its pin is {pin}); it is not the box the exam \
+     configuration names: check the pin, or the box's identity was recreated"
+)]
+pub struct NotPinned {
+    pub pin: String,
+}
+
 #[derive(Debug)]
 struct PinVerifier {
     pins: Vec<String>,
@@ -104,7 +116,7 @@ impl ServerCertVerifier for PinVerifier {
         } else {
             tracing::warn!(%pin, "refused a server whose key is not pinned");
             Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotPinned { pin }))),
             ))
         }
     }

@@ -35,10 +35,100 @@ async fn a_box_with_another_key_is_refused_by_the_pin() {
     let b = BoxProcess::start(dir.path(), &[]);
     let wrong = "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string();
     let client = hallrelay::client::Connection::pinned(&b.url(), vec![wrong], None).unwrap();
+    let refused = client
+        .get("/v1/health")
+        .await
+        .expect_err("an unpinned key must fail the handshake")
+        .to_string();
+    // The refusal is the pin check's, naming the key it saw: not a refused connection or a
+    // timeout, which would also be errors.
     assert!(
-        client.get("/v1/health").await.is_err(),
-        "an unpinned key must fail the handshake"
+        refused.contains(&format!(
+            "the server's key is not pinned (its pin is {})",
+            b.pin
+        )),
+        "{refused}"
     );
+    // The same box, the same call, with its pin: answered.
+    assert_eq!(
+        b.client(None).get("/v1/health").await.unwrap().status,
+        StatusCode::OK
+    );
+}
+
+/// A rogue server that copied the box's certificate (it is public: `/v1/health` serves its
+/// pin, every handshake its certificate) but not its key presents the pinned certificate.
+/// The pin matches; the handshake's signature, made with another key, must not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_with_the_real_certificate_but_another_key_fails_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let copied = CertificateDer::from_pem_file(dir.path().join("identity.crt")).unwrap();
+    assert_eq!(
+        hallrelay::identity::pin_of_certificate(&copied).unwrap(),
+        b.pin,
+        "the copy is the pinned certificate"
+    );
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let provider = hallrelay::tls::provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(rustls::pki_types::PrivateKeyDer::Pkcs8(
+            other_key.serialize_der().into(),
+        ))
+        .unwrap();
+    // `with_single_cert` would refuse a key that does not match; a rogue is not so polite.
+    let rogue_key = std::sync::Arc::new(rustls::sign::CertifiedKey::new(vec![copied], signing));
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(std::sync::Arc::new(Rogue(rogue_key)));
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        acceptor.accept(tcp).await.map(|_| ())
+    });
+
+    let client = hallrelay::client::Connection::pinned(
+        &format!("https://{addr}"),
+        vec![b.pin.clone()],
+        None,
+    )
+    .unwrap();
+    let refused = client
+        .get("/v1/health")
+        .await
+        .expect_err("a copied certificate without its key must fail the handshake")
+        .to_string();
+    assert!(
+        !refused.contains("not pinned"),
+        "the pin matched: {refused}"
+    );
+    assert!(
+        refused.contains("BadSignature"),
+        "the handshake signature is refused: {refused}"
+    );
+    let server_saw = server.await.unwrap();
+    assert!(
+        server_saw.is_err(),
+        "the rogue's handshake must not complete"
+    );
+}
+
+/// Hands every client the copied certificate with the rogue's own key.
+#[derive(Debug)]
+struct Rogue(std::sync::Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Rogue {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -508,4 +598,149 @@ async fn cors_allows_only_configured_origins() {
     assert_eq!(reply.header("access-control-allow-origin"), Some(allowed));
     let exposed = reply.header("access-control-expose-headers").unwrap();
     assert!(exposed.contains("hallrelay-receipt"), "{exposed}");
+}
+
+/// The reference cloud keeps a forwarded box receipt only if it could be the box's receipt for
+/// this very upload: bounded in size, naming the same autosave, flag and bytes. Each refusal is
+/// a 400 that stores nothing, so the honest forward after it is a 201.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cloud_refuses_forwarded_receipts_that_describe_another_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(&dir.path().join("box"), &[]);
+    let body = b"the essay, as the box stored it";
+    let stored = put(
+        &b.client(Some(b.candidate_token("math", "c1"))),
+        "math",
+        "c1",
+        1,
+        body,
+    )
+    .await;
+    assert_eq!(stored.status, StatusCode::CREATED);
+    let receipt: Receipt = stored.json().unwrap();
+
+    let credentials = dir.path().join("appliances");
+    write_secret(&credentials, "box-credential");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cloud = BoxProcess::start_cloud(
+        &dir.path().join("cloud"),
+        &[
+            "--listen",
+            &listen,
+            "--appliance-token-file",
+            credentials.to_str().unwrap(),
+        ],
+    );
+    let forwarder = hallrelay::client::Connection::with_roots(
+        &format!("http://{}", cloud.addr),
+        None,
+        Some(hallrelay::keyfile::Secret::new("box-credential")),
+    )
+    .unwrap();
+    let forward = |header: String, path: String, bytes: &'static [u8]| {
+        let forwarder = forwarder.clone();
+        async move {
+            let mut headers = HeaderMap::new();
+            headers.insert("hallrelay-receipt", HeaderValue::from_str(&header).unwrap());
+            forwarder
+                .put(&path, headers, Bytes::from_static(bytes))
+                .await
+                .unwrap()
+        }
+    };
+    let path = autosave_path("math", "c1", 1);
+    let altered = |change: &dyn Fn(&mut Receipt)| {
+        let mut r = receipt.clone();
+        change(&mut r);
+        r.to_header()
+    };
+    let cases: Vec<(&str, String, String, &'static [u8], &str)> = vec![
+        (
+            "over the size bound",
+            format!("{}{}", receipt.to_header(), "A".repeat(2048)),
+            path.clone(),
+            body,
+            "longer than",
+        ),
+        (
+            "not a receipt",
+            "bm90IGEgcmVjZWlwdA".into(),
+            path.clone(),
+            body,
+            "malformed",
+        ),
+        (
+            "another seq",
+            receipt.to_header(),
+            autosave_path("math", "c1", 2),
+            body,
+            "another autosave",
+        ),
+        (
+            "the final flag differs",
+            receipt.to_header(),
+            format!("{path}?final=true"),
+            body,
+            "final=false",
+        ),
+        (
+            "the size differs",
+            altered(&|r| r.size += 1),
+            path.clone(),
+            body,
+            "does not match the body",
+        ),
+        (
+            "the bytes differ",
+            receipt.to_header(),
+            path.clone(),
+            b"other bytes of the same length!",
+            "does not match the body",
+        ),
+        (
+            "no signature",
+            altered(&|r| r.signature.clear()),
+            path.clone(),
+            body,
+            "signature",
+        ),
+    ];
+    for (what, header, at, bytes, says) in cases {
+        let reply = forward(header, at, bytes).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{what}");
+        let message = String::from_utf8_lossy(&reply.body).into_owned();
+        assert!(message.contains(says), "{what}: {message}");
+    }
+    let honest = forward(receipt.to_header(), path.clone(), body).await;
+    assert_eq!(
+        honest.status,
+        StatusCode::CREATED,
+        "nothing was stored before"
+    );
+    let kept = cloud_admin_get(&cloud, &path).await;
+    assert_eq!(
+        Receipt::from_header(kept.header("hallrelay-receipt").unwrap()).unwrap(),
+        receipt
+    );
+}
+
+/// `GET path` at the plain-HTTP loopback cloud with an admin token of its venue.
+async fn cloud_admin_get(cloud: &BoxProcess, path: &str) -> hallrelay::client::Reply {
+    let key = hallrelay::keyfile::VenueKey::load(&cloud.data_dir.join("venue.key")).unwrap();
+    let admin = token::mint(
+        &key,
+        &Claims::Admin {
+            subject: "test".into(),
+            expires: in_an_hour(),
+        },
+    );
+    hallrelay::client::Connection::pinned(
+        &format!("http://{}", cloud.addr),
+        vec![],
+        Some(hallrelay::keyfile::Secret::new(admin)),
+    )
+    .unwrap()
+    .get(path)
+    .await
+    .unwrap()
 }

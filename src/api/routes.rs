@@ -225,30 +225,22 @@ fn authorize_write<B>(
     }
 }
 
-/// The receipt a box sends with an autosave it replays: it must describe this very autosave.
+/// The receipt a box sends with an autosave it replays: it must describe this very autosave
+/// ([`Receipt::from_forwarded`]); its bytes are checked once the body is read.
 fn upstream_receipt<B>(
     request: &Request<B>,
     name: &AutosaveName,
+    is_final: bool,
 ) -> Result<Option<Receipt>, ApiError> {
     let Some(value) = request.headers().get(RECEIPT_HEADER) else {
         return Ok(None);
     };
-    let receipt = value
+    let value = value
         .to_str()
-        .ok()
-        .and_then(Receipt::from_header)
-        .ok_or_else(|| ApiError::BadRequest("the Hallrelay-Receipt header is malformed".into()))?;
-    if (
-        receipt.exam.as_str(),
-        receipt.candidate.as_str(),
-        receipt.seq,
-    ) != (name.exam.as_str(), name.candidate.as_str(), name.seq)
-    {
-        return Err(ApiError::BadRequest(
-            "the Hallrelay-Receipt names another autosave".into(),
-        ));
-    }
-    Ok(Some(receipt))
+        .map_err(|_| ApiError::BadRequest("the Hallrelay-Receipt header is not text".into()))?;
+    Receipt::from_forwarded(value, name, is_final)
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 /// Reads `final=true|false` from the query; anything else there is refused.
@@ -277,7 +269,7 @@ async fn put(
     let caller = authorize_write(state, &request, &name.exam, &name.candidate)?;
     // Only a forwarding box's evidence is kept; a candidate cannot supply its own.
     let upstream = match caller {
-        Caller::Appliance => upstream_receipt(&request, &name)?,
+        Caller::Appliance => upstream_receipt(&request, &name, is_final)?,
         _ => None,
     };
     let limit = state.limits.max_body_bytes;
@@ -323,13 +315,10 @@ async fn put(
         crate::digest::verify(&header, &body, &blake3)
             .map_err(|e| ApiError::DigestMismatch(e.to_string()))?;
     }
-    if upstream
-        .as_ref()
-        .is_some_and(|r| r.blake3 != blake3.to_hex().as_str())
-    {
-        return Err(ApiError::BadRequest(
-            "the Hallrelay-Receipt does not match the body".into(),
-        ));
+    if let Some(receipt) = &upstream {
+        receipt
+            .check_bytes(&blake3, body.len() as u64)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     }
     let request = PutRequest {
         name: name.clone(),

@@ -37,10 +37,30 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     let mut source = error.source();
     while let Some(cause) = source {
         text.push_str(": ");
-        text.push_str(&cause.to_string());
+        text.push_str(&plain_words(cause));
         source = cause.source();
     }
     text
+}
+
+/// A cause in words. rustls shows a certificate verifier's own error with `Debug`
+/// (`invalid peer certificate: Other(OtherError(NotPinned { .. }))`); the verifier's message,
+/// such as [`crate::tls::NotPinned`]'s, is what an operator can act on.
+fn plain_words(cause: &(dyn std::error::Error + 'static)) -> String {
+    // hyper-rustls wraps tokio-rustls's io::Error in another io::Error.
+    let mut inner: &(dyn std::error::Error + 'static) = cause;
+    while let Some(wrapped) = inner
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        inner = wrapped;
+    }
+    match inner.downcast_ref::<rustls::Error>() {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            format!("invalid peer certificate: {other}")
+        }
+        _ => cause.to_string(),
+    }
 }
 
 /// An answer, read whole.
@@ -83,12 +103,15 @@ impl Connection {
     }
 
     /// A client that trusts the server at `base` through the system's CA roots plus, if
-    /// given, the CAs in `ca_file` (PEM): how the box reaches the cloud platform.
+    /// given, the CAs in `ca_file` (PEM): how the box reaches the cloud platform. `base` must
+    /// pass [`check_cloud_url`](crate::config::check_cloud_url): a credential sent this way
+    /// never crosses a network in plain text, whatever the URL's user information says.
     pub fn with_roots(
         base: &str,
         ca_file: Option<&std::path::Path>,
         token: Option<Secret>,
     ) -> Result<Self, ClientError> {
+        crate::config::check_cloud_url(base).map_err(|e| ClientError::Url(e.to_string()))?;
         Self::build(base, crate::tls::roots_client_config(ca_file)?, token)
     }
 
@@ -190,5 +213,31 @@ impl Connection {
         tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A credential sent through a CA-trusted connection never goes out in plain text: the
+    /// host checked is the one the client connects to, not what precedes an `@`.
+    #[test]
+    fn credentials_never_travel_in_plain_text_to_another_host() {
+        let token = || Some(Secret::new("credential"));
+        assert!(Connection::with_roots("http://127.0.0.1:9", None, token()).is_ok());
+        for url in [
+            "http://localhost:1@example.org/",
+            "http://example.org",
+            "https://user:pass@example.org",
+        ] {
+            assert!(
+                matches!(
+                    Connection::with_roots(url, None, token()),
+                    Err(ClientError::Url(_))
+                ),
+                "{url}"
+            );
+        }
     }
 }
