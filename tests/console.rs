@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{BoxProcess, autosave_path, config_file, put};
+use common::{BoxProcess, autosave_path, config_file, put, skip};
 use http::{HeaderMap, Method, StatusCode};
 
 /// How long a candidate may go without saving before the console calls them silent, here.
@@ -53,14 +53,10 @@ fn browser_or_skip() -> bool {
     if missing.is_empty() {
         return true;
     }
-    let what = missing.join(", ");
-    if std::env::var("HALLRELAY_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!(
-            "the console test needs {what}, and HALLRELAY_REQUIRE_PRIVILEGED=1 forbids skipping it"
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPED the console browser test: missing {what} (set HALLRELAY_REQUIRE_PRIVILEGED=1 to make this a failure) ***\n"
+    skip(
+        "the console browser test",
+        &format!("missing {}", missing.join(", ")),
+        "HALLRELAY_REQUIRE_PRIVILEGED",
     );
     false
 }

@@ -319,16 +319,10 @@ pub fn privileged_or_skip(what: &str) -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false);
-    if root {
-        return true;
+    if !root {
+        skip(what, "it needs root", "HALLRELAY_REQUIRE_PRIVILEGED");
     }
-    if std::env::var("HALLRELAY_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{what} needs root, and HALLRELAY_REQUIRE_PRIVILEGED=1 forbids skipping it");
-    }
-    eprintln!(
-        "\n*** SKIPPED {what}: it needs root (set HALLRELAY_REQUIRE_PRIVILEGED=1 to make this a failure) ***\n"
-    );
-    false
+    root
 }
 
 /// Whether `tool` (a command on PATH) is there. A missing tool skips the test with a loud
@@ -339,18 +333,52 @@ pub fn tool_or_skip(tool: &str, package: &str, what: &str) -> bool {
         .args(["-c", &format!("command -v {tool}")])
         .output()
         .is_ok_and(|o| o.status.success());
-    if found {
-        return true;
-    }
-    if std::env::var("HALLRELAY_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!(
-            "{what} needs {tool} (apt-get install {package}), and HALLRELAY_REQUIRE_PRIVILEGED=1 forbids skipping it"
+    if !found {
+        skip(
+            what,
+            &format!("{tool} is missing (Debian package {package})"),
+            "HALLRELAY_REQUIRE_PRIVILEGED",
         );
     }
-    eprintln!(
-        "\n*** SKIPPED {what}: {tool} is missing (apt-get install {package}; HALLRELAY_REQUIRE_PRIVILEGED=1 makes this a failure) ***\n"
+    found
+}
+
+/// Skips the calling test: fails it instead when `strict` (`HALLRELAY_REQUIRE_PRIVILEGED` or
+/// `HALLRELAY_REQUIRE_NETNS`) is `1`, as in CI. Otherwise says so loudly in the test's output
+/// and writes it to the run's skip ledger, which the `skipped` suite prints at the end of
+/// `cargo test` with the command that installs what is missing: a newcomer sees every skip,
+/// not only the ones in output that cargo captured.
+pub fn skip(what: &str, why: &str, strict: &str) {
+    if std::env::var(strict).as_deref() == Ok("1") {
+        panic!("{what} cannot run: {why}; {strict}=1 forbids skipping it");
+    }
+    eprintln!("\n*** SKIPPED {what}: {why} (set {strict}=1 to make this a failure) ***\n");
+    let field = |text: &str| text.replace(['\t', '\n', '\r'], " ");
+    let line = format!(
+        "{}\t{}\t{}\n",
+        env!("CARGO_CRATE_NAME"),
+        field(what),
+        field(why)
     );
-    false
+    let ledger = skip_ledger();
+    let _ = std::fs::create_dir_all(ledger.parent().unwrap_or(Path::new(".")));
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&ledger)
+    {
+        use std::io::Write as _;
+        let _ = file.write_all(line.as_bytes());
+    }
+}
+
+/// The skip ledger of this `cargo test` run: cargo is the parent of every test binary it
+/// runs, so its pid names the run, and a ledger left by an earlier or interrupted run is
+/// never mistaken for this one's.
+pub fn skip_ledger() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("skipped")
+        .join(format!("run-{}.tsv", std::os::unix::process::parent_id()))
 }
 
 /// Writes a secret file (mode 0600, as the box demands) and returns its path as text.
@@ -398,13 +426,10 @@ pub fn netns_or_skip(what: &str) -> Option<NetnsPair> {
     match NetnsPair::create() {
         Ok(pair) => Some(pair),
         Err(why) => {
-            if std::env::var("HALLRELAY_REQUIRE_NETNS").as_deref() == Ok("1") {
-                panic!(
-                    "{what} needs network namespaces ({why}), and HALLRELAY_REQUIRE_NETNS=1 forbids skipping it"
-                );
-            }
-            eprintln!(
-                "\n*** SKIPPED {what}: cannot create network namespaces: {why} (set HALLRELAY_REQUIRE_NETNS=1 to make this a failure) ***\n"
+            skip(
+                what,
+                &format!("cannot create network namespaces: {why}"),
+                "HALLRELAY_REQUIRE_NETNS",
             );
             None
         }
