@@ -429,6 +429,7 @@ async fn list(
             received_at: record.receipt.received_at,
             is_final: record.receipt.is_final,
             delivered: record.delivered_at.is_some(),
+            arrival: record.arrival,
         })
         .collect();
     Ok(json_response(StatusCode::OK, &rows))

@@ -251,6 +251,10 @@ pub struct ListEntry {
     #[serde(rename = "final")]
     pub is_final: bool,
     pub delivered: bool,
+    /// The store's arrival number: its order of arrival among every autosave stored there
+    /// (strictly increasing, unlike `received_at`, which is in milliseconds and may tie).
+    #[serde(default)]
+    pub arrival: u64,
 }
 
 /// Counters and ages for `/v1/status`.
