@@ -41,6 +41,10 @@ pub enum Command {
     Check(CheckArgs),
     /// The box's status, for a person.
     Status(StatusArgs),
+    /// Act on a running box's replay. --retry-parked sends the autosaves the cloud refused
+    /// for good (a 4xx such as 413: parked, kept on the box) to the cloud again, once its
+    /// cause is fixed; a restart of the box does the same.
+    Replay(ReplayArgs),
     /// Pull a signed bundle of everything a running box stored into FILE (for the day the
     /// uplink never returns); it is verified before it is kept.
     Export(ExportArgs),
@@ -139,6 +143,15 @@ pub struct LoadtestArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub access: BoxAccess,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub access: BoxAccess,
+    /// Return every parked autosave to the replay queue (prints how many).
+    #[arg(long, required = true)]
+    pub retry_parked: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,7 +9,7 @@ use clap::Parser;
 use hallrelay::api::Limits;
 use hallrelay::cli::{
     CandidateArgs, CheckArgs, Cli, Command, DemoArgs, DiscoverArgs, ExportArgs, ImportArgs,
-    LoadtestArgs, StatusArgs, TokenArgs, VerifyArgs,
+    LoadtestArgs, ReplayArgs, StatusArgs, TokenArgs, VerifyArgs,
 };
 use hallrelay::cloud::CloudConfig;
 use hallrelay::config::{DEFAULT_DATA_DIR, ServeConfig, VENUE_KEY_FILE};
@@ -74,6 +74,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(&args),
         Command::Check(args) => check(&args),
         Command::Status(args) => ops_status(&args),
+        Command::Replay(args) => ops_replay(&args),
         Command::Export(args) => ops_export(&args),
         Command::Verify(args) => ops_verify(&args),
         Command::Import(args) => ops_import(&args),
@@ -306,6 +307,27 @@ fn ops_status(args: &StatusArgs) -> ExitCode {
         println!("{text}");
         ExitCode::SUCCESS
     })
+}
+
+fn ops_replay(args: &ReplayArgs) -> ExitCode {
+    let access = &args.access;
+    let token = match secret(&access.token_file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    run_ops(
+        ops::retry_parked(&access.box_url, token, &access.pin),
+        |retried| {
+            match retried {
+                0 => println!("nothing was parked: every autosave is delivered or queued"),
+                n => println!(
+                    "{n} parked autosaves are back in the replay queue; the box sends them \
+                     now (hallrelay status shows whether the cloud takes them)"
+                ),
+            }
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 fn ops_export(args: &ExportArgs) -> ExitCode {

@@ -1,5 +1,5 @@
 //! The operator's commands that talk to a box or carry its data: `status` (the box's status
-//! for a person), `export` (a signed bundle of everything stored, pulled from a running box),
+//! for a person), `replay --retry-parked` (parked autosaves go to the cloud again), `export` (a signed bundle of everything stored, pulled from a running box),
 //! `verify` (checks a bundle offline) and `import` (pushes a bundle to the cloud from any
 //! connected computer, idempotent like replay). Tools that talk to a box trust it by its pin.
 
@@ -115,6 +115,21 @@ pub async fn status(box_url: &str, token: Secret, pin: &str) -> Result<String, O
             humantime::format_duration(Duration::from_secs(n(&pending["oldest_age_secs"])))
         ),
     };
+    let parked = &s["parked"];
+    if n(&parked["count"]) > 0 {
+        out += &format!(
+            "REFUSED  {} autosaves ({}) the cloud refused for good, kept here; fix the cause, \
+             then run `hallrelay replay --retry-parked`\n",
+            n(&parked["count"]),
+            human_bytes(n(&parked["bytes"])),
+        );
+    }
+    if let Some(error) = s["uplink"]["last_error"].as_str() {
+        out += &format!(
+            "error    {error} (at {})\n",
+            s["uplink"]["last_error_at"].as_str().unwrap_or("?")
+        );
+    }
     out += &format!(
         "cloud    {} delivered, {} conflicts\ndisk     {} free ({} kept in reserve)",
         n(&s["delivered"]),
@@ -123,6 +138,29 @@ pub async fn status(box_url: &str, token: Secret, pin: &str) -> Result<String, O
         human_bytes(n(&s["disk"]["reserve_bytes"])),
     );
     Ok(out)
+}
+
+/// `hallrelay replay --retry-parked`: asks the box to return every parked autosave to its
+/// replay queue; returns how many went back.
+pub async fn retry_parked(box_url: &str, token: Secret, pin: &str) -> Result<u64, OpsError> {
+    let client = Connection::pinned(box_url, vec![pin.to_owned()], Some(token))?;
+    let reply = client
+        .send(
+            Method::POST,
+            "/v1/replay/retry-parked",
+            HeaderMap::new(),
+            Bytes::new(),
+        )
+        .await?;
+    if reply.status != StatusCode::OK {
+        return Err(refused("the box", &reply));
+    }
+    let answer: serde_json::Value = reply
+        .json()
+        .map_err(|e| OpsError::Unreadable(e.to_string()))?;
+    answer["retried"]
+        .as_u64()
+        .ok_or_else(|| OpsError::Unreadable("no `retried` count in the answer".into()))
 }
 
 /// `hallrelay export`: pulls every autosave page by page into `out` (written beside it,

@@ -6,6 +6,8 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -305,8 +307,8 @@ async fn a_conflict_is_recorded_once_and_the_rest_delivered() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_order_is_finals_then_newest_then_history() {
-    // One PUT at a time, throttled: the cloud's arrival order is the box's replay order.
-    let (hall, b) = Hall::new("replay_concurrency = 1\nreplay_rate_limit = 40000\n");
+    // One PUT at a time: the cloud's arrival order is the box's replay order.
+    let (hall, b) = Hall::new("replay_concurrency = 1\n");
     let size = 2000;
     for c in 0..5usize {
         let candidate = format!("c{c:02}");
@@ -334,7 +336,9 @@ async fn replay_order_is_finals_then_newest_then_history() {
     let cloud = hall.start_cloud(&[]);
     drained(&b, Duration::from_secs(60)).await;
 
-    // Order at the cloud by its receive time (rows are ms apart under the throttle).
+    // Order at the cloud by its arrival number: strictly increasing, unlike its millisecond
+    // receive times, which tie under load (the throttle's one-second burst covers the whole
+    // replay), and ties at a class boundary reorder the result.
     let admin = cloud_admin(&cloud);
     let mut arrivals = Vec::new();
     for c in 0..5usize {
@@ -342,7 +346,9 @@ async fn replay_order_is_finals_then_newest_then_history() {
         let list = list(&admin, EXAM, &candidate).await;
         for row in list {
             arrivals.push((
-                row["received_at"].as_str().unwrap().to_owned(),
+                row["arrival"]
+                    .as_u64()
+                    .expect("the cloud lists arrival numbers"),
                 candidate.clone(),
                 row["seq"].as_u64().unwrap(),
                 row["final"].as_bool().unwrap(),
@@ -440,4 +446,363 @@ async fn a_refused_credential_pauses_replay_and_says_so() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A platform in front of the reference cloud that refuses some candidates: a real HTTP
+/// server on loopback that answers `refused`'s saves 413 (while `refusing`) and `flaky`'s
+/// 500 (until `flaky_until`), and forwards everything else to the real cloud. It counts every
+/// PUT per autosave and notes when each reached the cloud.
+struct TestCloud {
+    refusing: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Sent>>>,
+}
+
+#[derive(Clone, Debug)]
+struct Sent {
+    candidate: String,
+    seq: u64,
+    at: Instant,
+    status: u16,
+}
+
+impl TestCloud {
+    async fn start(port: u16, cloud: String, flaky_for: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let refusing = Arc::new(AtomicBool::new(true));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let upstream = Connection::pinned(&cloud, vec![], Some(Secret::new(CREDENTIAL))).unwrap();
+        let flaky_until = Instant::now() + flaky_for;
+        let (r, l) = (refusing.clone(), log.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (upstream, refusing, log) = (upstream.clone(), r.clone(), l.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let (upstream, refusing, log) =
+                            (upstream.clone(), refusing.clone(), log.clone());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                answer(request, &upstream, &refusing, flaky_until, &log).await,
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { refusing, log }
+    }
+
+    fn sent(&self) -> Vec<Sent> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// How many times each autosave of `candidate` was sent.
+    fn sends_of(&self, candidate: &str) -> BTreeMap<u64, usize> {
+        let mut out = BTreeMap::new();
+        for s in self.sent().iter().filter(|s| s.candidate == candidate) {
+            *out.entry(s.seq).or_default() += 1;
+        }
+        out
+    }
+}
+
+async fn answer(
+    request: http::Request<hyper::body::Incoming>,
+    upstream: &Connection,
+    refusing: &AtomicBool,
+    flaky_until: Instant,
+    log: &Mutex<Vec<Sent>>,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let path = parts.uri.path().to_owned();
+    let path_and_query = parts.uri.path_and_query().unwrap().as_str().to_owned();
+    let segments: Vec<&str> = path.split('/').collect();
+    // /v1/exams/E/candidates/C/autosaves/S
+    let name = (parts.method == http::Method::PUT && segments.len() == 8)
+        .then(|| (segments[5].to_owned(), segments[7].parse::<u64>().unwrap()));
+    let reply = |status: u16, message: &str| {
+        let body = serde_json::json!({"error": "test", "message": message}).to_string();
+        http::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap()
+    };
+    let (status, response) = match &name {
+        Some((c, _)) if c == "refused" && refusing.load(Ordering::SeqCst) => (
+            413,
+            reply(413, "the payload is over this platform's size limit"),
+        ),
+        Some((c, _)) if c == "flaky" && Instant::now() < flaky_until => {
+            (500, reply(500, "this candidate's partition is migrating"))
+        }
+        _ => {
+            let mut headers = http::HeaderMap::new();
+            for h in ["content-digest", "hallrelay-receipt", "content-type"] {
+                if let Some(v) = parts.headers.get(h) {
+                    headers.insert(h, v.clone());
+                }
+            }
+            match upstream
+                .send(parts.method.clone(), &path_and_query, headers, body)
+                .await
+            {
+                Ok(r) => {
+                    let mut response = http::Response::builder().status(r.status);
+                    for (k, v) in &r.headers {
+                        if k != "content-length" && k != "transfer-encoding" {
+                            response = response.header(k, v);
+                        }
+                    }
+                    (
+                        r.status.as_u16(),
+                        response.body(http_body_util::Full::new(r.body)).unwrap(),
+                    )
+                }
+                Err(_) => (502, reply(502, "the reference cloud is not there")),
+            }
+        }
+    };
+    if let Some((candidate, seq)) = name {
+        log.lock().unwrap().push(Sent {
+            candidate,
+            seq,
+            at: Instant::now(),
+            status,
+        });
+    }
+    response
+}
+
+/// Stores `count` autosaves of `candidate` from `first` on; returns them and when each was
+/// acknowledged.
+async fn save(
+    b: &BoxProcess,
+    candidate: &str,
+    first: u64,
+    count: u64,
+) -> (BTreeMap<(String, u64), Vec<u8>>, BTreeMap<u64, Instant>) {
+    let client = b.client(Some(b.candidate_token(EXAM, candidate)));
+    let (mut saved, mut acked) = (BTreeMap::new(), BTreeMap::new());
+    for seq in first..first + count {
+        let body = payload(
+            candidate.len() * 7 + candidate.as_bytes()[0] as usize,
+            seq,
+            1500,
+        );
+        assert_eq!(
+            put(&client, EXAM, candidate, seq, &body).await.status,
+            StatusCode::CREATED
+        );
+        acked.insert(seq, Instant::now());
+        saved.insert((candidate.to_owned(), seq), body);
+    }
+    (saved, acked)
+}
+
+/// The issue's scenario: a platform refuses one candidate for good (413) and fails another
+/// for a while (500). Every other save is delivered at full speed, also the ones that arrive
+/// meanwhile; the refused ones are parked (kept, counted, listed, the last error says why)
+/// and sent again only when an operator asks; the failing ones are re-sent no more often
+/// than their backoff allows; and in the end the cloud holds everything, each once.
+#[tokio::test(flavor = "multi_thread")]
+async fn permanent_refusals_are_parked_and_never_hold_up_the_rest() {
+    const FLAKY_FOR: Duration = Duration::from_secs(8);
+    let (hall, b) = Hall::new("");
+    // Stored during the outage.
+    let mut saved = fill(&b, 3, 4, 1500).await;
+    let (refused, _) = save(&b, "refused", 1, 2).await;
+    let (flaky, _) = save(&b, "flaky", 1, 3).await;
+    saved.extend(refused.clone());
+    saved.extend(flaky.clone());
+
+    // The platform returns: the reference cloud behind the refusing front.
+    let cloud_dir_port = free_port();
+    let cloud = BoxProcess::start_cloud(
+        &hall.dir.path().join("cloud"),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{cloud_dir_port}"),
+            "--appliance-token-file",
+            hall.dir.path().join("appliances").to_str().unwrap(),
+        ],
+    );
+    let started = Instant::now();
+    let front =
+        TestCloud::start(hall.cloud_port, format!("http://{}", cloud.addr), FLAKY_FOR).await;
+
+    // While the flaky candidate keeps failing, a healthy candidate saves 58 more, as in the
+    // issue, one every 50 ms: each must reach the cloud promptly.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut late_acks = BTreeMap::new();
+    let client = b.client(Some(b.candidate_token(EXAM, "late")));
+    for seq in 1..=58u64 {
+        let body = payload(99, seq, 1500);
+        assert_eq!(
+            put(&client, EXAM, "late", seq, &body).await.status,
+            StatusCode::CREATED
+        );
+        late_acks.insert(seq, Instant::now());
+        saved.insert(("late".to_owned(), seq), body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late_stored_by = started.elapsed();
+
+    // Everything but the refused is delivered once the flaky candidate's failures end.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        let status = b.status().await;
+        if status["pending"]["count"] == 0 || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let drained_after = started.elapsed();
+
+    // The figures, before any verdict.
+    let sent = front.sent();
+    let delivered_at = |candidate: &str, seq: u64| {
+        sent.iter()
+            .find(|s| s.candidate == candidate && s.seq == seq && s.status < 300)
+            .map(|s| s.at)
+    };
+    let late_delays: Vec<Duration> = late_acks
+        .iter()
+        .map(|(seq, acked)| {
+            delivered_at("late", *seq)
+                .map_or(Duration::MAX, |at| at.saturating_duration_since(*acked))
+        })
+        .collect();
+    let worst_late = late_delays.iter().max().copied().unwrap();
+    let mut sorted = late_delays.clone();
+    sorted.sort();
+    let median_late = sorted[sorted.len() / 2];
+    let healthy_done = (0..3)
+        .flat_map(|c| (1..=4).map(move |s| (format!("c{c:02}"), s)))
+        .filter_map(|(c, s)| delivered_at(&c, s))
+        .max()
+        .map(|at| at - started);
+    let refused_sends = front.sends_of("refused");
+    let flaky_sends = front.sends_of("flaky");
+    let flaky_failed_sends = sent
+        .iter()
+        .filter(|s| s.candidate == "flaky" && s.status == 500)
+        .count();
+    eprintln!(
+        "FIGURES: healthy backlog delivered by {healthy_done:?}; 58 late saves stored by \
+         {late_stored_by:?}, delay to the cloud median {median_late:?}, worst {worst_late:?}; \
+         refused sends per save {refused_sends:?}; flaky sends per save {flaky_sends:?} \
+         ({flaky_failed_sends} answered 500 within {FLAKY_FOR:?}); drained after \
+         {drained_after:?}; status parked {}",
+        status["parked"]
+    );
+
+    assert_eq!(
+        status["pending"]["count"], 0,
+        "replay did not drain: {status}"
+    );
+    // Healthy saves were never held up: the backlog went at once, each late save promptly.
+    assert!(
+        healthy_done.is_some_and(|d| d < Duration::from_secs(3)),
+        "healthy backlog: {healthy_done:?}"
+    );
+    assert!(
+        worst_late < Duration::from_secs(2),
+        "a healthy save waited {worst_late:?} behind others' failures"
+    );
+    // A permanent refusal is sent once, then parked.
+    assert_eq!(refused_sends, BTreeMap::from([(1, 1), (2, 1)]));
+    assert_eq!(status["parked"]["count"], 2, "{status}");
+    assert_eq!(status["parked"]["bytes"], 3000, "{status}");
+    assert_eq!(status["conflicts"], 0);
+    // The failing candidate was re-sent no more often than its backoff allows: the first
+    // try, then waits of at least 0.5, 1, 2, 4 s… within FLAKY_FOR, and its candidate holds
+    // the others back, so all its saves together stay within a few more.
+    for (seq, n) in &flaky_sends {
+        assert!(*n <= 6, "flaky/{seq} was sent {n} times");
+    }
+    assert!(
+        flaky_failed_sends <= 10,
+        "flaky: {flaky_failed_sends} failed sends in {FLAKY_FOR:?}"
+    );
+    // The last error, of any kind, with its time: here the latest refusal or failure.
+    let last_error = status["uplink"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("413") || last_error.contains("500"),
+        "{status}"
+    );
+    assert!(status["uplink"]["last_error_at"].is_string(), "{status}");
+    assert_eq!(status["uplink"]["state"], "up");
+
+    // The console lists them, with the cloud's reason.
+    let (code, console) = {
+        let r = b
+            .client(Some(b.admin_token()))
+            .get("/console/state")
+            .await
+            .unwrap();
+        (r.status, r.json::<serde_json::Value>().unwrap())
+    };
+    assert_eq!(code, StatusCode::OK);
+    let items = console["parked"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{console}");
+    assert!(items.iter().all(|i| i["candidate"] == "refused"
+        && i["status"] == 413
+        && i["reason"].as_str().unwrap().contains("size limit")));
+    // Parked saves stay readable on the box.
+    let kept = b
+        .client(Some(b.admin_token()))
+        .get(&autosave_path(EXAM, "refused", 2))
+        .await
+        .unwrap();
+    assert!(kept.status == StatusCode::OK && kept.body[..] == refused[&("refused".into(), 2)][..]);
+
+    // Nothing is sent again on its own.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(front.sends_of("refused"), BTreeMap::from([(1, 1), (2, 1)]));
+
+    // The operator retries while the cause is not fixed yet: parked again, nothing lost.
+    let token_file = hall.dir.path().join("admin.token");
+    write_secret(&token_file, &b.admin_token());
+    let retry = || {
+        let out = common::command(None)
+            .args(["replay", "--retry-parked", "--box", &b.url()])
+            .arg("--token-file")
+            .arg(&token_file)
+            .args(["--pin", &b.pin])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let said = retry();
+    assert!(said.starts_with("2 parked autosaves are back"), "{said}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while front.sends_of("refused") != BTreeMap::from([(1, 2), (2, 2)])
+        || b.status().await["parked"]["count"] != 2
+    {
+        assert!(Instant::now() < deadline, "{:?}", front.sends_of("refused"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The platform fixes its limit; the operator retries; everything is there, once.
+    front.refusing.store(false, Ordering::SeqCst);
+    let status = {
+        let said = retry();
+        assert!(said.starts_with("2 parked"), "{said}");
+        drained(&b, Duration::from_secs(30)).await
+    };
+    assert_eq!(status["parked"]["count"], 0, "{status}");
+    assert_eq!(status["delivered"], saved.len() as u64, "{status}");
+    assert_cloud_holds(&cloud, &b, &saved).await;
 }

@@ -19,6 +19,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
+mod parked;
+
 use super::session::{self, Sessions};
 use super::{ApiError, Caller, State};
 use crate::replay::UplinkStatus;
@@ -116,10 +118,13 @@ pub async fn handle(
         }
         "/console/session" if post => sign_in(state, console, request).await,
         "/console/signout" if post => Ok(sign_out(console, &request)),
+        "/console/retry-parked" if post => parked::retry(state, console, &request).await,
         "/" | "/console.css" | "/console.js" | "/console/icon.svg" | "/console/state" => {
             Err(ApiError::MethodNotAllowed("GET"))
         }
-        "/console/session" | "/console/signout" => Err(ApiError::MethodNotAllowed("POST")),
+        "/console/session" | "/console/signout" | "/console/retry-parked" => {
+            Err(ApiError::MethodNotAllowed("POST"))
+        }
         _ => Err(ApiError::NotFound),
     }
 }
@@ -237,6 +242,8 @@ pub struct ConsoleState {
     pub pending: Pending,
     pub delivered: u64,
     pub conflicts: u64,
+    /// Autosaves the cloud refused for good, kept here until someone retries them.
+    pub parked: parked::ParkedView,
     pub disk: DiskGauge,
     /// Whether the store takes new autosaves (full: 507; failing: reopening after an error).
     pub storage: crate::store::StorageState,
@@ -412,6 +419,7 @@ impl ConsoleState {
             },
             delivered: store.delivered,
             conflicts: store.conflicts,
+            parked: parked::ParkedView::gather(state, &store).await?,
             readiness: Readiness::judge(
                 rows.len() as u64,
                 store.stored,

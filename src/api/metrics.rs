@@ -31,6 +31,9 @@ pub struct Queue {
     pub count: u64,
     pub bytes: u64,
     pub oldest_age_secs: Option<u64>,
+    /// Autosaves the cloud refused for good, kept until an operator retries them.
+    pub parked: u64,
+    pub parked_bytes: u64,
 }
 
 impl From<&StoreStatus> for Queue {
@@ -39,6 +42,8 @@ impl From<&StoreStatus> for Queue {
             count: s.pending,
             bytes: s.pending_bytes,
             oldest_age_secs: s.oldest_pending_age_secs,
+            parked: s.parked,
+            parked_bytes: s.parked_bytes,
         }
     }
 }
@@ -64,6 +69,8 @@ pub struct Metrics {
     pending_count: Gauge,
     pending_bytes: Gauge,
     oldest_unreplayed: Gauge,
+    parked_count: Gauge,
+    parked_bytes: Gauge,
     uplink_up: Gauge,
     disk_free: Gauge,
     open_connections: Gauge,
@@ -125,6 +132,17 @@ impl Metrics {
             "oldest_unreplayed_age_seconds",
             "Age of the oldest autosave the cloud has not confirmed (0 when none)",
         );
+        let parked_count = gauge(
+            &mut registry,
+            "replay_parked",
+            "Autosaves the cloud refused for good (a 4xx no retry changes), kept on the box \
+             until an operator retries them",
+        );
+        let parked_bytes = gauge(
+            &mut registry,
+            "replay_parked_bytes",
+            "Payload bytes of the parked autosaves",
+        );
         let uplink_up = gauge(
             &mut registry,
             "uplink_up",
@@ -151,6 +169,8 @@ impl Metrics {
             pending_count,
             pending_bytes,
             oldest_unreplayed,
+            parked_count,
+            parked_bytes,
             uplink_up,
             disk_free,
             open_connections,
@@ -197,6 +217,8 @@ impl Metrics {
         self.pending_bytes.set(clamp(queue.bytes));
         self.oldest_unreplayed
             .set(clamp(queue.oldest_age_secs.unwrap_or(0)));
+        self.parked_count.set(clamp(queue.parked));
+        self.parked_bytes.set(clamp(queue.parked_bytes));
         self.uplink_up.set(i64::from(uplink == UplinkState::Up));
         self.disk_free.set(free_bytes.map_or(-1, clamp));
         let mut out = String::new();
@@ -272,10 +294,13 @@ mod tests {
         });
         uplink.count_delivery();
         uplink.count_failure(ReplayFailure::Unreachable);
+        uplink.count_failure(ReplayFailure::Parked);
         let queue = Queue {
             count: 2,
             bytes: 20,
             oldest_age_secs: Some(5),
+            parked: 3,
+            parked_bytes: 30,
         };
         let text = metrics.render(queue, UplinkState::Up, Some(1000)).unwrap();
         for line in [
@@ -292,6 +317,9 @@ mod tests {
             "hallrelay_open_connections 0",
             "hallrelay_replay_deliveries_total 1",
             "hallrelay_replay_failures_total{reason=\"unreachable\"} 1",
+            "hallrelay_replay_failures_total{reason=\"parked\"} 1",
+            "hallrelay_replay_parked 3",
+            "hallrelay_replay_parked_bytes 30",
             "hallrelay_dropped_total 0",
         ] {
             assert!(

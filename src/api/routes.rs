@@ -17,7 +17,7 @@ use super::error::json_response;
 use super::{ApiError, Caller, State};
 use crate::ids::{AutosaveName, is_valid_id, parse_seq};
 use crate::receipt::{RECEIPT_HEADER, Receipt};
-use crate::store::{ListEntry, PutOutcome, PutRequest, Record};
+use crate::store::{ListEntry, PutOutcome, PutRequest, Record, RetryCause};
 
 /// Bodies larger than this are hashed on the blocking pool rather than on the runtime.
 const HASH_INLINE_MAX: usize = 1024 * 1024;
@@ -56,6 +56,8 @@ pub enum Target {
     Health,
     /// `/v1/status`
     Status,
+    /// `/v1/replay/retry-parked`
+    RetryParked,
     /// `/v1/exams/{exam}/candidates/{candidate}/autosaves`
     List { exam: String, candidate: String },
     /// `/v1/exams/{exam}/candidates/{candidate}/autosaves/latest`
@@ -75,6 +77,7 @@ pub fn parse_path(path: &str) -> Result<Target, ApiError> {
     match segments.as_slice() {
         ["health"] => Ok(Target::Health),
         ["status"] => Ok(Target::Status),
+        ["replay", "retry-parked"] => Ok(Target::RetryParked),
         [
             "exams",
             exam,
@@ -144,6 +147,16 @@ async fn route(
                 return Err(ApiError::Forbidden("status needs an admin token"));
             }
             status(state).await
+        }
+        Target::RetryParked => {
+            only(&request, &Method::POST, "POST")?;
+            let caller = state.auth.authenticate(bearer(&request))?;
+            if caller != Caller::Admin {
+                return Err(ApiError::Forbidden(
+                    "retrying parked autosaves needs an admin token",
+                ));
+            }
+            retry_parked(state).await
         }
         Target::List { exam, candidate } => {
             only(&request, &Method::GET, "GET")?;
@@ -405,6 +418,7 @@ async fn list(
             received_at: record.receipt.received_at,
             is_final: record.receipt.is_final,
             delivered: record.delivered_at.is_some(),
+            arrival: record.arrival,
         })
         .collect();
     Ok(json_response(StatusCode::OK, &rows))
@@ -482,6 +496,7 @@ async fn status(state: &State) -> Result<Response<Full<Bytes>>, ApiError> {
         },
         "delivered": store.delivered,
         "conflicts": store.conflicts,
+        "parked": { "count": store.parked, "bytes": store.parked_bytes },
         "candidates": store.candidates,
         "storage": store.storage,
         "disk": { "free_bytes": free, "reserve_bytes": state.min_free_bytes },
@@ -493,6 +508,19 @@ async fn status(state: &State) -> Result<Response<Full<Bytes>>, ApiError> {
         },
     });
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `POST /v1/replay/retry-parked` (admin): every parked autosave goes back to the outbox.
+pub(crate) async fn retry_parked(state: &State) -> Result<Response<Full<Bytes>>, ApiError> {
+    let retried = state.store.retry_parked(RetryCause::Operator).await?;
+    tracing::info!(
+        retried,
+        "an operator returned parked autosaves to the outbox"
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "retried": retried }),
+    ))
 }
 
 #[cfg(test)]

@@ -12,21 +12,29 @@
 //! | --- | --- |
 //! | 2xx | marks the autosave delivered, durably |
 //! | 409 | records a conflict (audit log, status); never retries it |
+//! | other 4xx but 408 / 425 / 429 | parks it (`Answer::Permanent`): kept, not retried until asked |
 //! | 401 / 403 | pauses replay; status says the credential is refused |
-//! | 429 / 503 | waits for `Retry-After` |
-//! | other 5xx, timeouts, resets | retries with backoff; a transport failure marks the uplink down |
+//! | 429 / 503 | pauses all replay for `Retry-After` (the cloud says "slow down") |
+//! | 408, 425, other 5xx, timeouts, resets | backs off that autosave and its candidate ([`holds`]) |
+//! | no connection | marks the uplink down and probes it with a global backoff |
+//!
+//! No single autosave's failure makes the loop sleep: the others keep going at full speed.
+//! Parked autosaves go back to the outbox when an operator asks and when replay starts.
 //!
 //! Because autosaves are immutable and named, a re-send after a crash is answered 200 by the
 //! cloud: replay is at-least-once on the wire and exactly-once in effect. A second task
 //! purges delivered autosaves older than the retention period.
 
 mod bucket;
+mod holds;
 mod uplink;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -40,7 +48,8 @@ use crate::client::{ClientError, Connection};
 use crate::ids::AutosaveName;
 use crate::keyfile::Secret;
 use crate::receipt::RECEIPT_HEADER;
-use crate::store::{Pending, Store};
+use crate::store::{Pending, RetryCause, Store};
+use holds::{Holds, Who};
 
 /// How the box reaches the cloud.
 #[derive(Clone, Debug)]
@@ -81,47 +90,36 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 enum Outcome {
     Delivered,
     Conflict,
+    /// An answer no retry changes: the autosave is parked.
+    Parked {
+        status: u16,
+        reason: String,
+    },
     Refused(String),
     RetryAfter(Duration),
     Transient(String),
     Unreachable(String),
 }
 
-/// Exponential backoff with jitter, and the run of failures that decides when to use it.
+/// Exponential backoff with jitter for probing a down uplink: the whole link is down, so
+/// this one is global.
 struct Backoff {
-    next: Duration,
+    failures: u32,
     max: Duration,
-    /// Failed PUTs since the last success.
-    failures: usize,
 }
 
 impl Backoff {
     fn new(max: Duration) -> Self {
-        Self {
-            next: BACKOFF_MIN.min(max),
-            max,
-            failures: 0,
-        }
+        Self { failures: 0, max }
     }
 
     fn reset(&mut self) {
-        self.next = BACKOFF_MIN.min(self.max);
         self.failures = 0;
     }
 
-    /// Records a failed PUT. A lone failure is retried at once (the item is still first in
-    /// the outbox); only when as many PUTs in a row have failed as run at once does replay
-    /// back off, so a flaky cloud slows replay down without stalling it.
-    fn failed(&mut self, concurrency: usize) -> Option<Duration> {
-        self.failures += 1;
-        (self.failures >= concurrency).then(|| self.step())
-    }
-
     fn step(&mut self) -> Duration {
-        let ceiling = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // Between half and all of the ceiling: spread, but never a hot loop.
-        ceiling.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+        self.failures = self.failures.saturating_add(1);
+        holds::backoff(BACKOFF_MIN, self.max, self.failures)
     }
 }
 
@@ -145,6 +143,16 @@ pub async fn run(
             return;
         }
     };
+    // A start is a fresh chance for what the cloud refused before (its limits may have
+    // changed, or the box's software): parked autosaves go back to the outbox.
+    match store.retry_parked(RetryCause::Restart).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            retried = n,
+            "parked autosaves are back in the outbox for another try"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not return parked autosaves to the outbox"),
+    }
     let purge = tokio::spawn(retention(store.clone(), config.retention, shutdown.clone()));
     Replayer {
         store,
@@ -170,9 +178,24 @@ struct Replayer {
     uplink: Arc<Uplink>,
 }
 
+/// What the loop keeps between PUTs besides the PUTs themselves.
+struct Pace {
+    /// Per-autosave and per-candidate holds after transient failures.
+    holds: Holds,
+    /// No new PUT before this: the cloud asked for a pause (429/503 with Retry-After).
+    paused_until: Option<Instant>,
+}
+
+/// The shortest wait of the loop when it looks again for due work: not a hot loop.
+const LOOK_AGAIN_MIN: Duration = Duration::from_millis(10);
+
 impl Replayer {
     async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.backoff_max);
+        let mut pace = Pace {
+            holds: Holds::new(BACKOFF_MIN, self.backoff_max),
+            paused_until: None,
+        };
         let mut in_flight: JoinSet<(u64, u64, AutosaveName, Outcome)> = JoinSet::new();
         // Recording the cloud's answers in the store, each yielding its arrival when durable.
         // They run beside the PUTs rather than in their slots, so that a slot is free again
@@ -182,7 +205,7 @@ impl Replayer {
         // recorded as such.
         let mut flying: HashSet<u64> = HashSet::new();
         let mut queue: VecDeque<Pending> = VecDeque::new();
-        let mut last_probe = tokio::time::Instant::now();
+        let mut last_probe = Instant::now();
         // Counts the uplink's returns: a PUT sent before the latest return that failed to
         // connect says nothing about the uplink now.
         let mut epoch = 0u64;
@@ -212,7 +235,7 @@ impl Replayer {
                     if self.probe().await {
                         backoff.reset();
                         epoch += 1;
-                        last_probe = tokio::time::Instant::now();
+                        last_probe = Instant::now();
                     } else if sleep_or_stop(backoff.step(), &shutdown).await {
                         break;
                     }
@@ -220,10 +243,19 @@ impl Replayer {
                 }
             }
 
-            // Keep `concurrency` PUTs in flight, in replay order.
-            while in_flight.len() < self.concurrency {
+            // Keep `concurrency` PUTs in flight, in replay order, of what is due now.
+            let now = Instant::now();
+            let paused = pace.paused_until.is_some_and(|until| until > now);
+            while !paused && in_flight.len() < self.concurrency {
                 if queue.is_empty() {
-                    match self.store.pending(self.concurrency, flying.clone()).await {
+                    let mut skip = flying.clone();
+                    skip.extend(pace.holds.waiting(now));
+                    let held = pace.holds.held(now);
+                    match self
+                        .store
+                        .pending_except(self.concurrency, skip, held)
+                        .await
+                    {
                         Ok(more) => queue.extend(more),
                         Err(e) => {
                             if matches!(e, crate::store::StoreError::Storage(_)) {
@@ -235,9 +267,14 @@ impl Replayer {
                     }
                 }
                 let Some(item) = queue.pop_front() else { break };
-                if !flying.insert(item.record.arrival) {
+                let arrival = item.record.arrival;
+                let who = who(&item.name);
+                // The queue was read before the last answers: what they hold back waits.
+                if flying.contains(&arrival) || !pace.holds.may_send(arrival, &who, now) {
                     continue;
                 }
+                flying.insert(arrival);
+                pace.holds.sent(arrival, &who);
                 let client = self.client.clone();
                 let bucket = self.bucket.clone();
                 in_flight.spawn(async move {
@@ -245,6 +282,16 @@ impl Replayer {
                     (epoch, item.record.arrival, item.name, outcome)
                 });
             }
+
+            // When to look at the outbox again although no PUT answered: new saves, a hold
+            // or a pause that ends.
+            let look_again = [pace.paused_until, pace.holds.next_due(now)]
+                .into_iter()
+                .flatten()
+                .filter(|t| *t > now)
+                .map(|t| t - now)
+                .fold(IDLE_POLL, Duration::min)
+                .max(LOOK_AGAIN_MIN);
 
             if in_flight.is_empty() && !marking.is_empty() {
                 // What is left of the outbox waits for its marks.
@@ -255,23 +302,25 @@ impl Replayer {
                             flying.remove(&arrival);
                         }
                     }
+                    () = tokio::time::sleep(look_again) => {}
                 }
                 continue;
             }
             if in_flight.is_empty() {
-                // Nothing pending: check the outbox again soon, the uplink now and then.
+                // Nothing due: check the outbox again soon, the uplink now and then.
                 if last_probe.elapsed() >= IDLE_PROBE {
-                    last_probe = tokio::time::Instant::now();
+                    last_probe = Instant::now();
                     if !self.probe().await {
                         continue;
                     }
                 }
-                if sleep_or_stop(IDLE_POLL, &shutdown).await {
+                if sleep_or_stop(look_again, &shutdown).await {
                     break;
                 }
                 continue;
             }
 
+            let has_room = !paused && in_flight.len() < self.concurrency;
             let joined = tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(marked) = marking.join_next() => {
@@ -280,6 +329,7 @@ impl Replayer {
                     }
                     continue;
                 }
+                () = tokio::time::sleep(look_again), if has_room => continue,
                 joined = in_flight.join_next() => joined,
             };
             let Some(Ok((sent_in, arrival, name, outcome))) = joined else {
@@ -306,56 +356,68 @@ impl Replayer {
                 }
                 outcome => outcome,
             };
-            self.settle(name, outcome, &mut backoff, &mut queue, &shutdown)
-                .await;
+            self.settle(arrival, name, outcome, &mut pace, &mut queue);
         }
         in_flight.shutdown().await;
         // Answers the cloud already gave are recorded before replay stops.
         while marking.join_next().await.is_some() {}
     }
 
-    /// Acts on one PUT's outcome.
-    async fn settle(
+    /// Acts on one PUT's outcome. Never sleeps: what must wait is held in `pace`.
+    fn settle(
         &self,
+        arrival: u64,
         name: AutosaveName,
         outcome: Outcome,
-        backoff: &mut Backoff,
+        pace: &mut Pace,
         queue: &mut VecDeque<Pending>,
-        shutdown: &CancellationToken,
     ) {
         let span = tracing::debug_span!("replay", exam = %name.exam, candidate = %name.candidate, seq = name.seq);
         let _enter = span.enter();
+        let who = who(&name);
+        let about = |why: &str| format!("{}/{}/{}: {why}", name.exam, name.candidate, name.seq);
         match outcome {
             Outcome::Delivered => {
                 self.uplink.count_delivery();
-                backoff.reset();
+                pace.holds.settled(arrival, &who);
             }
             Outcome::Conflict => {
                 self.uplink.count_failure(ReplayFailure::Conflict);
-                backoff.reset();
+                self.uplink
+                    .note_error(about("the cloud holds other bytes under this name (409)"));
+                pace.holds.settled(arrival, &who);
+            }
+            Outcome::Parked { status, reason } => {
+                self.uplink.count_failure(ReplayFailure::Parked);
+                self.uplink.note_error(about(&reason));
+                tracing::warn!(status, %reason, "the cloud refused this autosave for good; parked");
+                pace.holds.settled(arrival, &who);
             }
             Outcome::Refused(why) => {
                 self.uplink.count_failure(ReplayFailure::Refused);
+                pace.holds.returned(arrival, &who);
                 queue.clear();
                 self.uplink.set(UplinkState::Refused, Some(why));
             }
             Outcome::RetryAfter(wait) => {
                 self.uplink.count_failure(ReplayFailure::RetryAfter);
+                self.uplink
+                    .note_error(format!("the cloud asked replay to wait {wait:?}"));
                 tracing::info!(?wait, "the cloud asked replay to wait");
+                pace.holds.returned(arrival, &who);
                 queue.clear();
-                sleep_or_stop(wait, shutdown).await;
+                let until = Instant::now() + wait;
+                pace.paused_until = Some(pace.paused_until.map_or(until, |u| u.max(until)));
             }
             Outcome::Transient(why) => {
                 self.uplink.count_failure(ReplayFailure::Transient);
-                let wait = backoff.failed(self.concurrency);
-                tracing::debug!(%why, ?wait, "replay will retry");
-                queue.clear();
-                if let Some(wait) = wait {
-                    sleep_or_stop(wait, shutdown).await;
-                }
+                self.uplink.note_error(about(&why));
+                let wait = pace.holds.failed(arrival, &who, Instant::now());
+                tracing::debug!(%why, ?wait, "replay will retry this autosave");
             }
             Outcome::Unreachable(why) => {
                 self.uplink.count_failure(ReplayFailure::Unreachable);
+                pace.holds.returned(arrival, &who);
                 queue.clear();
                 self.uplink.set(UplinkState::Down, Some(why));
             }
@@ -393,11 +455,17 @@ async fn sleep_or_stop(wait: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
+/// The candidate an autosave belongs to.
+fn who(name: &AutosaveName) -> Who {
+    (name.exam.clone(), name.candidate.clone())
+}
+
 /// A final answer of the cloud about one autosave, to be recorded in the store.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Mark {
     Delivered,
     Conflict,
+    Parked { status: u16, reason: String },
 }
 
 impl Mark {
@@ -405,6 +473,10 @@ impl Mark {
         match outcome {
             Outcome::Delivered => Some(Self::Delivered),
             Outcome::Conflict => Some(Self::Conflict),
+            Outcome::Parked { status, reason } => Some(Self::Parked {
+                status: *status,
+                reason: reason.clone(),
+            }),
             _ => None,
         }
     }
@@ -421,6 +493,7 @@ async fn record(store: &Store, name: &AutosaveName, mark: Mark) {
                 "the cloud holds other bytes under this name; recorded as a conflict");
             store.mark_cloud_conflict(name.clone()).await
         }
+        Mark::Parked { status, reason } => store.park(name.clone(), status, reason).await,
     };
     if let Err(e) = marked {
         tracing::warn!(exam = %name.exam, candidate = %name.candidate, seq = name.seq,
@@ -461,22 +534,25 @@ async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pendi
         .send(Method::PUT, &path, headers, Bytes::clone(&item.payload))
         .await;
     match reply {
-        Ok(r) if r.status.is_success() => Outcome::Delivered,
-        Ok(r) if r.status == StatusCode::CONFLICT => Outcome::Conflict,
-        Ok(r) if r.status == StatusCode::UNAUTHORIZED || r.status == StatusCode::FORBIDDEN => {
-            Outcome::Refused(format!("the cloud answered {}", r.status))
-        }
-        Ok(r)
-            if r.status == StatusCode::TOO_MANY_REQUESTS
-                || r.status == StatusCode::SERVICE_UNAVAILABLE =>
-        {
-            let wait = r
-                .header("retry-after")
-                .and_then(retry_after)
-                .unwrap_or(Duration::from_secs(5));
-            Outcome::RetryAfter(wait.min(Duration::from_secs(300)))
-        }
-        Ok(r) => Outcome::Transient(format!("the cloud answered {}", r.status)),
+        Ok(r) => match Answer::of(r.status) {
+            Answer::Delivered => Outcome::Delivered,
+            Answer::Conflict => Outcome::Conflict,
+            Answer::Refused => Outcome::Refused(format!("the cloud answered {}", r.status)),
+            Answer::RetryAfter => {
+                let wait = r
+                    .header("retry-after")
+                    .and_then(retry_after)
+                    .unwrap_or(Duration::from_secs(5));
+                Outcome::RetryAfter(wait.min(Duration::from_secs(300)))
+            }
+            Answer::Permanent => Outcome::Parked {
+                status: r.status.as_u16(),
+                reason: format!("the cloud answered {}{}", r.status, message(&r)),
+            },
+            Answer::Transient => {
+                Outcome::Transient(format!("the cloud answered {}{}", r.status, message(&r)))
+            }
+        },
         Err(ClientError::Timeout(d)) => Outcome::Transient(format!("no answer within {d:?}")),
         Err(e @ ClientError::Request(_)) => {
             // A refused or reset connection: a down uplink looks like this.
@@ -488,6 +564,54 @@ async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pendi
             }
         }
         Err(e) => Outcome::Transient(e.to_string()),
+    }
+}
+
+/// What an HTTP answer of the cloud means for replay. The one place that decides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// 2xx.
+    Delivered,
+    /// 409: other bytes under this name.
+    Conflict,
+    /// 401, 403: the box's credential.
+    Refused,
+    /// 429, 503: the cloud says "slow down" for everyone.
+    RetryAfter,
+    /// Any other 4xx but 408 and 425: the request itself is refused (400, 404, 410, 413,
+    /// 422…) and sending the same immutable bytes again cannot change that.
+    Permanent,
+    /// 408 (the cloud timed the request out), 425 (too early), other 5xx, anything else:
+    /// the same request may well succeed later.
+    Transient,
+}
+
+impl Answer {
+    fn of(status: StatusCode) -> Self {
+        match status.as_u16() {
+            200..=299 => Self::Delivered,
+            409 => Self::Conflict,
+            401 | 403 => Self::Refused,
+            429 | 503 => Self::RetryAfter,
+            408 | 425 => Self::Transient,
+            400..=499 => Self::Permanent,
+            _ => Self::Transient,
+        }
+    }
+}
+
+/// The cloud's own words from a JSON error body (`message`), if any, as ": …", bounded.
+fn message(reply: &crate::client::Reply) -> String {
+    let text = reply
+        .json::<serde_json::Value>()
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    if text.is_empty() {
+        text
+    } else {
+        format!(": {text}")
     }
 }
 
@@ -554,19 +678,36 @@ mod tests {
         assert_eq!(retry_after("soon"), None);
     }
 
+    /// The table in docs/replay.md, answer by answer.
     #[test]
-    fn lone_failures_retry_at_once_and_runs_back_off() {
+    fn answers_are_classified_as_documented() {
+        let of = |code: u16| Answer::of(StatusCode::from_u16(code).unwrap());
+        for code in [200, 201, 204] {
+            assert_eq!(of(code), Answer::Delivered, "{code}");
+        }
+        assert_eq!(of(409), Answer::Conflict);
+        for code in [401, 403] {
+            assert_eq!(of(code), Answer::Refused, "{code}");
+        }
+        for code in [429, 503] {
+            assert_eq!(of(code), Answer::RetryAfter, "{code}");
+        }
+        for code in [400, 402, 404, 405, 410, 411, 413, 414, 415, 422, 451, 499] {
+            assert_eq!(of(code), Answer::Permanent, "{code}");
+        }
+        for code in [408, 425, 500, 502, 504, 507, 599, 301, 302] {
+            assert_eq!(of(code), Answer::Transient, "{code}");
+        }
+    }
+
+    #[test]
+    fn the_uplink_backoff_grows_and_resets() {
         let mut b = Backoff::new(Duration::from_secs(30));
-        assert_eq!(b.failed(4), None);
-        assert_eq!(b.failed(4), None);
-        assert_eq!(b.failed(4), None);
-        let first = b
-            .failed(4)
-            .expect("a run as long as the concurrency backs off");
-        assert!(first <= BACKOFF_MIN);
-        let second = b.failed(4).unwrap();
+        let first = b.step();
+        assert!(first <= BACKOFF_MIN && first >= BACKOFF_MIN / 2);
+        let second = b.step();
         assert!(second <= BACKOFF_MIN * 2 && second >= BACKOFF_MIN);
         b.reset();
-        assert_eq!(b.failed(4), None);
+        assert!(b.step() <= BACKOFF_MIN);
     }
 }

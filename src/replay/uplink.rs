@@ -33,8 +33,11 @@ pub struct UplinkStatus {
     pub since: String,
     /// The cloud's base URL, if configured.
     pub cloud: Option<String>,
-    /// Why the last attempt failed, while down or refused.
+    /// The last error of any kind (a failed probe, a refused credential, an autosave the
+    /// cloud failed, refused or parked), kept after the uplink recovers, and when it was,
+    /// RFC 3339.
     pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
 }
 
 /// Why a replay attempt did not deliver.
@@ -48,6 +51,8 @@ pub enum ReplayFailure {
     RetryAfter,
     /// Any other answer, a reset, a timeout.
     Transient,
+    /// An answer no retry changes (other 4xx): the autosave was parked.
+    Parked,
     /// The cloud could not be reached at all.
     Unreachable,
     /// The box could not read its own outbox back (a damaged disk).
@@ -55,11 +60,12 @@ pub enum ReplayFailure {
 }
 
 impl ReplayFailure {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Conflict,
         Self::Refused,
         Self::RetryAfter,
         Self::Transient,
+        Self::Parked,
         Self::Unreachable,
         Self::OutboxUnreadable,
     ];
@@ -71,6 +77,7 @@ impl ReplayFailure {
             Self::Refused => "refused",
             Self::RetryAfter => "retry_after",
             Self::Transient => "transient",
+            Self::Parked => "parked",
             Self::Unreachable => "unreachable",
             Self::OutboxUnreadable => "outbox_unreadable",
         }
@@ -97,6 +104,7 @@ impl Uplink {
                 since: rfc3339(SystemTime::now()),
                 cloud,
                 last_error: None,
+                last_error_at: None,
             }),
             deliveries: AtomicU64::new(0),
             failures: Default::default(),
@@ -141,12 +149,25 @@ impl Uplink {
         self.snapshot().state
     }
 
-    /// Moves to `state`; logs only when the state changes.
-    pub fn set(&self, state: UplinkState, error: Option<String>) {
-        let mut status = match self.status.lock() {
+    /// Records an error that does not change the uplink's state (one autosave failed or was
+    /// refused), so that the status shows it.
+    pub fn note_error(&self, error: String) {
+        let mut status = self.lock();
+        status.last_error = Some(error);
+        status.last_error_at = Some(rfc3339(SystemTime::now()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, UplinkStatus> {
+        match self.status.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
-        };
+        }
+    }
+
+    /// Moves to `state`, recording `error` if there is one (an earlier error stays shown
+    /// otherwise); logs only when the state changes.
+    pub fn set(&self, state: UplinkState, error: Option<String>) {
+        let mut status = self.lock();
         if status.state != state {
             match state {
                 UplinkState::Up => tracing::info!(cloud = ?status.cloud, "uplink is up"),
@@ -163,6 +184,9 @@ impl Uplink {
             status.state = state;
             status.since = rfc3339(SystemTime::now());
         }
-        status.last_error = error;
+        if let Some(error) = error {
+            status.last_error = Some(error);
+            status.last_error_at = Some(rfc3339(SystemTime::now()));
+        }
     }
 }

@@ -21,6 +21,8 @@ mod verify;
 #[doc(hidden)]
 pub mod schema;
 mod writer;
+// Autosaves the cloud refused for good: parking, listing, retrying.
+mod parked;
 // The operator tools' reads (console, export, check) and the metrics' commit hook.
 mod reads;
 
@@ -46,6 +48,7 @@ pub use writer::{PutOutcome, PutRequest};
 
 use schema::*;
 
+pub use parked::{ParkedAt, ParkedEntry, RetryCause};
 pub use reads::{CandidateActivity, CommitObserver, CommitSample, Probe, probe};
 
 /// The file name of the store inside the data dir.
@@ -196,6 +199,10 @@ pub struct Record {
     /// never retried and, being undelivered, never purged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_conflict_at: Option<String>,
+    /// Set while the cloud's refusal of this autosave is one no retry changes (a 4xx such as
+    /// 413): it is out of the outbox, kept, and never purged ([`parked`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<ParkedAt>,
 }
 
 impl Record {
@@ -244,6 +251,10 @@ pub struct ListEntry {
     #[serde(rename = "final")]
     pub is_final: bool,
     pub delivered: bool,
+    /// The store's arrival number: its order of arrival among every autosave stored there
+    /// (strictly increasing, unlike `received_at`, which is in milliseconds and may tie).
+    #[serde(default)]
+    pub arrival: u64,
 }
 
 /// Counters and ages for `/v1/status`.
@@ -257,6 +268,12 @@ pub struct StoreStatus {
     pub oldest_pending_age_secs: Option<u64>,
     pub delivered: u64,
     pub conflicts: u64,
+    /// Autosaves the cloud refused for good, kept on the box until an operator retries them
+    /// ([`parked`]), and their payload bytes.
+    #[serde(default)]
+    pub parked: u64,
+    #[serde(default)]
+    pub parked_bytes: u64,
     pub candidates: u64,
     /// When the cloud last confirmed an autosave, RFC 3339.
     pub last_delivery_at: Option<String>,
@@ -517,6 +534,18 @@ impl Store {
         limit: usize,
         skip: std::collections::HashSet<u64>,
     ) -> Result<Vec<Pending>, StoreError> {
+        self.pending_except(limit, skip, Default::default()).await
+    }
+
+    /// Like [`Self::pending`], also passing over every autosave of the (exam, candidate)
+    /// pairs in `held` (replay holds back a candidate whose saves the cloud is failing), so
+    /// that what follows them in the outbox is not starved.
+    pub async fn pending_except(
+        &self,
+        limit: usize,
+        skip: std::collections::HashSet<u64>,
+        held: std::collections::HashSet<(String, String)>,
+    ) -> Result<Vec<Pending>, StoreError> {
         self.read(move |db, blob_dir| {
             let read = db.begin_read()?;
             let outbox = read.open_table(OUTBOX)?;
@@ -531,6 +560,9 @@ impl Store {
                     continue;
                 }
                 let key = name.value();
+                if !held.is_empty() && held.contains(&(key.0.to_owned(), key.1.to_owned())) {
+                    continue;
+                }
                 let Some(raw) = autosaves.get(key)? else {
                     continue;
                 };
@@ -652,7 +684,10 @@ impl Store {
                 }
                 None => None,
             };
+            let (parked, parked_bytes) = parked::totals(&read)?;
             Ok(StoreStatus {
+                parked,
+                parked_bytes,
                 stored: stat(&stats, STAT_STORED)?,
                 stored_bytes: stat(&stats, STAT_STORED_BYTES)?,
                 pending: stat(&stats, STAT_PENDING)?,

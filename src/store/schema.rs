@@ -14,6 +14,10 @@
 //! - `latest_pending`: (exam, candidate) → (seq, arrival) of the candidate's newest pending
 //!   autosave, so a newer one can demote it to history.
 //! - `delivered`: (delivered at ms, arrival) → name: what retention may purge, oldest first.
+//! - `parked`: arrival → name of each autosave the cloud refused for good (a 4xx that no
+//!   retry changes): out of the outbox, never purged, back in it on an operator's retry or at
+//!   the box's start. Added after schema version 1 without a bump: redb creates it in the
+//!   first write transaction that opens it, and a file without it has nothing parked.
 //! - `chains`: (exam, candidate) → hash of that candidate's latest receipt.
 //! - `audit`: number → JSON event; append-only.
 //! - `stats`: counter name → u64, maintained in the same transactions as the data.
@@ -30,6 +34,7 @@ pub const LATEST_PENDING: TableDefinition<(&str, &str), (u64, u64)> =
     TableDefinition::new("latest_pending");
 pub const DELIVERED: TableDefinition<(u64, u64), (&str, &str, u64)> =
     TableDefinition::new("delivered");
+pub const PARKED: TableDefinition<u64, (&str, &str, u64)> = TableDefinition::new("parked");
 
 // Replay classes: the first half of an outbox key.
 pub const CLASS_FINAL: u8 = 0;
@@ -138,6 +143,7 @@ pub(crate) fn initialise(db: &redb::Database, appliance: &str) -> Result<(), red
         write.open_table(OUTBOX)?;
         write.open_table(LATEST_PENDING)?;
         write.open_table(DELIVERED)?;
+        write.open_table(PARKED)?;
         write.open_table(CHAINS)?;
         write.open_table(AUDIT)?;
         write.open_table(STATS)?;

@@ -48,6 +48,7 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
     let mut refs: HashMap<[u8; 32], u64> = HashMap::new();
     let mut pending: BTreeMap<u64, (Who, u64, u64)> = BTreeMap::new(); // arrival → who, seq, size
     let mut delivered_arrivals: HashMap<u64, (Who, u64)> = HashMap::new();
+    let mut parked: HashMap<u64, (Who, u64)> = HashMap::new();
     // Per candidate: the newest arrival, and each receipt's hash → (arrival, prev).
     let mut newest: HashMap<Who, u64> = HashMap::new();
     let mut receipts: HashMap<Who, HashMap<String, (u64, String)>> = HashMap::new();
@@ -84,6 +85,8 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
         }
         if record.delivered_at.is_some() {
             delivered_arrivals.insert(record.arrival, (who.clone(), seq));
+        } else if record.parked.is_some() {
+            parked.insert(record.arrival, (who.clone(), seq));
         } else if record.cloud_conflict_at.is_none() {
             pending_bytes += r.size;
             pending.insert(record.arrival, (who.clone(), seq, r.size));
@@ -180,6 +183,27 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
                 "the delivered index names {exam}/{candidate}/{seq}, which is not delivered"
             )),
         }
+    }
+
+    // The parked index names exactly the parked autosaves (a file from before it existed
+    // has neither).
+    if let Ok(table) = read.open_table(PARKED) {
+        for row in table.iter()? {
+            let (arrival, name) = row?;
+            let arrival = arrival.value();
+            let (exam, candidate, seq) = name.value();
+            match parked.remove(&arrival) {
+                Some(((e, c), s)) if (e.as_str(), c.as_str(), s) == (exam, candidate, seq) => {}
+                _ => problems.push(format!(
+                    "the parked index names {exam}/{candidate}/{seq}, which is not parked"
+                )),
+            }
+        }
+    }
+    for ((exam, candidate), seq) in parked.values() {
+        problems.push(format!(
+            "{exam}/{candidate}/{seq} is parked but not in the parked index"
+        ));
     }
 
     // Each candidate's chain ends at their latest receipt: nothing stored follows the head,

@@ -23,7 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::blob_log::BlobLog;
 use super::schema::*;
-use super::{CommitStats, DbSlot, Record, StoreError, StoreOptions, decode_record, encode_record};
+use super::{
+    CommitStats, DbSlot, ParkedAt, Record, RetryCause, StoreError, StoreOptions, decode_record,
+    encode_record,
+};
 use crate::identity::Identity;
 use crate::ids::AutosaveName;
 use crate::receipt::{GENESIS, Receipt};
@@ -58,6 +61,14 @@ enum Request {
     Delivered(AutosaveName),
     /// The cloud holds other bytes under this name; it will never be retried.
     CloudConflict(AutosaveName),
+    /// The cloud refused this autosave with an answer no retry changes: park it.
+    Park {
+        name: AutosaveName,
+        status: u16,
+        reason: String,
+    },
+    /// Return every parked autosave to the outbox.
+    RetryParked(RetryCause),
     /// Drop up to `max` autosaves delivered before `before_ms`.
     Purge {
         before_ms: u64,
@@ -147,6 +158,29 @@ impl Handle {
     pub(crate) async fn cloud_conflict(&self, name: AutosaveName) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.submit(Request::CloudConflict(name), Reply::Done(tx), true)
+            .await?;
+        rx.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    pub(crate) async fn park(
+        &self,
+        name: AutosaveName,
+        status: u16,
+        reason: String,
+    ) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let request = Request::Park {
+            name,
+            status,
+            reason,
+        };
+        self.submit(request, Reply::Done(tx), true).await?;
+        rx.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    pub(crate) async fn retry_parked(&self, cause: RetryCause) -> Result<u64, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Request::RetryParked(cause), Reply::Count(tx), true)
             .await?;
         rx.await.unwrap_or(Err(StoreError::Unavailable))
     }
@@ -362,6 +396,7 @@ impl Context {
             delivered_at: (!self.outbox).then(|| received_at.to_owned()),
             upstream_receipt: request.upstream_receipt.clone(),
             cloud_conflict_at: None,
+            parked: None,
         };
         if self.outbox {
             t.enqueue(&request.name, request.is_final, arrival)?;
@@ -605,6 +640,17 @@ impl Writer {
                         tables.cloud_conflict(name, &received_at)?;
                         Ok(Answer::Done)
                     }
+                    Request::Park {
+                        name,
+                        status,
+                        reason,
+                    } => {
+                        tables.park(name, *status, reason, &received_at)?;
+                        Ok(Answer::Done)
+                    }
+                    Request::RetryParked(cause) => {
+                        Ok(Answer::Count(tables.retry_parked(*cause, &received_at)?))
+                    }
                     Request::Purge { before_ms, max } => Ok(Answer::Count(tables.purge(
                         *before_ms,
                         *max,
@@ -783,6 +829,7 @@ struct Tables<'txn, 'log> {
     outbox: Table<'txn, (u8, u64), Name<'static>>,
     latest_pending: Table<'txn, (&'static str, &'static str), (u64, u64)>,
     delivered: Table<'txn, (u64, u64), Name<'static>>,
+    parked: Table<'txn, u64, Name<'static>>,
     chains: Table<'txn, (&'static str, &'static str), &'static str>,
     audit: Table<'txn, u64, &'static [u8]>,
     stats: Table<'txn, &'static str, u64>,
@@ -841,6 +888,7 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             outbox: txn.open_table(OUTBOX)?,
             latest_pending: txn.open_table(LATEST_PENDING)?,
             delivered: txn.open_table(DELIVERED)?,
+            parked: txn.open_table(PARKED)?,
             chains: txn.open_table(CHAINS)?,
             audit,
             stats,
@@ -971,6 +1019,85 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             "blake3": record.receipt.blake3,
             "at": now,
         }))
+    }
+
+    /// Parks an autosave the cloud refused with an answer no retry changes: it leaves the
+    /// outbox (replay stops sending it), stays on the box and, being undelivered, is never
+    /// purged. It goes back to the outbox only through [`Self::retry_parked`]. Idempotent.
+    fn park(
+        &mut self,
+        name: &AutosaveName,
+        status: u16,
+        reason: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        let Some(mut record) = self.record(name)? else {
+            return Ok(());
+        };
+        if record.delivered_at.is_some()
+            || record.cloud_conflict_at.is_some()
+            || record.parked.is_some()
+        {
+            return Ok(());
+        }
+        self.dequeue(name, &record)?;
+        record.parked = Some(ParkedAt {
+            at: now.to_owned(),
+            status,
+            reason: reason.to_owned(),
+        });
+        self.save_record(name, &record)?;
+        self.parked.insert(
+            record.arrival,
+            (name.exam.as_str(), name.candidate.as_str(), name.seq),
+        )?;
+        self.audit(serde_json::json!({
+            "event": "parked",
+            "exam": name.exam, "candidate": name.candidate, "seq": name.seq,
+            "status": status, "reason": reason,
+            "at": now,
+        }))
+    }
+
+    /// Returns every parked autosave to the outbox under its own arrival number, in the
+    /// replay class it would have now (a newer save of its candidate makes it history).
+    /// Returns how many went back.
+    fn retry_parked(&mut self, cause: RetryCause, now: &str) -> Result<u64, StoreError> {
+        let mut parked = Vec::new();
+        for row in self.parked.iter()? {
+            let (arrival, name) = row?;
+            let (exam, candidate, seq) = name.value();
+            parked.push((
+                arrival.value(),
+                AutosaveName {
+                    exam: exam.to_owned(),
+                    candidate: candidate.to_owned(),
+                    seq,
+                },
+            ));
+        }
+        let mut retried = 0;
+        for (arrival, name) in &parked {
+            self.parked.remove(*arrival)?;
+            let Some(mut record) = self.record(name)? else {
+                continue;
+            };
+            let Some(was) = record.parked.take() else {
+                continue;
+            };
+            self.save_record(name, &record)?;
+            self.enqueue(name, record.receipt.is_final, record.arrival)?;
+            self.counters.pending += 1;
+            self.counters.pending_bytes += record.receipt.size;
+            retried += 1;
+            self.audit(serde_json::json!({
+                "event": "retried",
+                "exam": name.exam, "candidate": name.candidate, "seq": name.seq,
+                "cause": cause.label(), "parked_at": was.at, "status": was.status,
+                "at": now,
+            }))?;
+        }
+        Ok(retried)
     }
 
     /// Drops up to `max` autosaves delivered before `before_ms`, and blobs no autosave names
@@ -1267,6 +1394,7 @@ mod tests {
                 delivered_at: None,
                 upstream_receipt: None,
                 cloud_conflict_at: None,
+                parked: None,
             })
             .collect();
         let answer = sign_beside(&mut records, &identity, || 42).unwrap();

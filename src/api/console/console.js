@@ -95,6 +95,7 @@ function render(s) {
     : "everything here is in the cloud";
   $("delivered").textContent = num(s.delivered);
   $("conflicts").textContent = num(s.conflicts);
+  renderParked(s.parked);
 
   const d = s.disk;
   const tile = $("disk-tile");
@@ -131,6 +132,27 @@ function render(s) {
   $("rows").hidden = s.rows.length === 0;
   $("no-rows").hidden = s.rows.length !== 0;
   $("updated").textContent = clock(s.now);
+}
+
+function renderParked(p) {
+  $("parked-count").textContent = num(p.count);
+  $("parked-detail").textContent = p.count > 0
+    ? `${bytes(p.bytes)} kept here, not sent again until you ask`
+    : "nothing refused";
+  $("parked-tile").className = p.count > 0 ? "tile warn" : "tile";
+  const body = $("parked-body");
+  body.replaceChildren();
+  for (const item of p.items) {
+    const tr = document.createElement("tr");
+    cell(tr, "Candidate", item.candidate);
+    cell(tr, "Exam", item.exam);
+    cell(tr, "Save no.", `${item.seq}${item.final ? " (final)" : ""}`);
+    cell(tr, "Size", bytes(item.size));
+    cell(tr, "Refused at", clock(item.parked_at));
+    cell(tr, "The cloud's answer", item.reason);
+    body.appendChild(tr);
+  }
+  $("parked").hidden = p.count === 0;
 }
 
 function showSignIn(message) {
@@ -176,6 +198,20 @@ $("signin-form").addEventListener("submit", async (ev) => {
       : `Not signed in: ${err.message || res.status}.`;
   }
   showSignIn(why);
+});
+
+$("retry-parked").addEventListener("click", async () => {
+  const res = await fetch("/console/retry-parked", { method: "POST", credentials: "same-origin" }).catch(() => null);
+  let text = "The box could not be reached.";
+  if (res && res.ok) {
+    const r = await res.json().catch(() => ({}));
+    text = `${plural(r.retried ?? 0, "save is", "saves are")} queued for the cloud again.`;
+  } else if (res) {
+    const err = await res.json().catch(() => ({}));
+    text = `Not done: ${err.message || res.status}.`;
+  }
+  $("retry-result").textContent = text;
+  refresh();
 });
 
 $("signout").addEventListener("click", async () => {
