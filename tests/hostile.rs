@@ -872,10 +872,16 @@ async fn past_its_share_or_the_budget_an_upload_gets_503_before_its_body_is_read
         .unwrap();
     assert!(head.starts_with("HTTP/1.1 201"), "{head}");
     wait_for_reserved(&b, len as u64).await;
+    // The budget has room again, but not 127.0.0.4, which still holds its share.
+    let mut more = start_put(&b, "127.0.0.4", "c8", 16 * 1024, 0).await;
+    refused(
+        answer_head(&mut more, Duration::from_secs(3)).await,
+        "an upload past its share while the budget has room",
+    );
     let (status, _) = put_from(&b, "127.0.0.5", 1, 16 * 1024).await;
     assert!(status.starts_with("HTTP/1.1 201"), "{status}");
     let uploads = b.status().await["uploads"].clone();
-    assert_eq!(uploads["refused"], 3, "{uploads}");
+    assert_eq!(uploads["refused"], 4, "{uploads}");
     assert_eq!(uploads["reserved_bytes"], len, "{uploads}");
 }
 
