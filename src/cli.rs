@@ -63,7 +63,8 @@ pub enum Command {
     /// when the box held (no errors, p99 within --p99-target), 1 when it did not or could
     /// not be reached, 64 on bad arguments. Run it against a box that is not in use: every
     /// save is stored. Every simulated candidate shares this computer's address, so for the
-    /// test set the box's client_rate_limit to 0 and max_connections_per_client above N.
+    /// test set the box's client_rate_limit and client_body_budget_bytes to 0 and
+    /// max_connections_per_client above N.
     Loadtest(LoadtestArgs),
     /// Print one setting of a configuration file, checked as `serve` checks it (for the SD
     /// image's boot scripts). Prints nothing when it is unset; exits 64 when it is bad.
@@ -365,6 +366,11 @@ pub struct ServeArgs {
     /// it above the test's connections) [default: 64].
     #[arg(long, value_name = "N")]
     pub max_connections_per_client: Option<usize>,
+    /// Upload bytes one client address may hold in memory at once; 0 turns the per-client
+    /// share off (for a load test from one machine) [default: an eighth of the body budget,
+    /// at least max_body_bytes].
+    #[arg(long, value_name = "BYTES")]
+    pub client_body_budget: Option<u64>,
 }
 
 #[derive(Debug, Args)]

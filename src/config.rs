@@ -161,6 +161,13 @@ pub struct FileConfig {
     pub client_rate_limit: Option<u32>,
     /// Requests one client address may make in a burst above its rate (default 40).
     pub client_rate_burst: Option<u32>,
+    /// Request-body bytes held in memory at once, from reading until written; past it,
+    /// uploads get 503 with Retry-After (default: an eighth of the machine's memory, between
+    /// 64 MiB and 1 GiB).
+    pub body_budget_bytes: Option<u64>,
+    /// The share of `body_budget_bytes` one client address may hold; 0: no per-client share
+    /// (default: an eighth of the budget, at least `max_body_bytes`).
+    pub client_body_budget_bytes: Option<u64>,
     /// The console calls a candidate silent who saved here and has not saved for this long
     /// (default "2m").
     #[serde(default, with = "opt_duration")]
@@ -260,6 +267,11 @@ impl ServeConfig {
                 problem: format!("is {max_body_bytes}; it must be between 1 and 1 GiB"),
             });
         }
+        let (body_budget_bytes, client_body_budget_bytes) = body_budget(
+            file.body_budget_bytes,
+            args.client_body_budget.or(file.client_body_budget_bytes),
+            max_body_bytes,
+        )?;
         let cors_origins = file.cors_origins.unwrap_or_default();
         if let Some(bad) = cors_origins
             .iter()
@@ -354,6 +366,8 @@ impl ServeConfig {
                     Some((rate, burst))
                 }
             },
+            body_budget_bytes,
+            client_body_budget_bytes,
         };
         let replay = replay_config(
             args.cloud.clone().or(file.cloud),
@@ -393,6 +407,41 @@ impl ServeConfig {
             )?,
         })
     }
+}
+
+/// The body budget and its per-client share, checked against the largest body: a budget or
+/// share smaller than that would refuse a legal autosave forever.
+fn body_budget(
+    budget: Option<u64>,
+    client_share: Option<u64>,
+    max_body_bytes: u64,
+) -> Result<(u64, Option<u64>), ConfigError> {
+    use crate::api::budget::{default_budget_here, default_client_share};
+    let budget = budget.unwrap_or_else(|| default_budget_here().max(max_body_bytes));
+    if budget < max_body_bytes {
+        return Err(ConfigError::Invalid {
+            key: "body_budget_bytes",
+            problem: format!(
+                "is {budget}, less than max_body_bytes ({max_body_bytes}): the largest autosave \
+                 could never be taken; raise it or lower max_body_bytes"
+            ),
+        });
+    }
+    let share = match client_share {
+        Some(0) => None,
+        Some(share) if share < max_body_bytes || share > budget => {
+            return Err(ConfigError::Invalid {
+                key: "client_body_budget_bytes",
+                problem: format!(
+                    "is {share}; it must be between max_body_bytes ({max_body_bytes}) and \
+                     body_budget_bytes ({budget}), or 0 for no per-client share"
+                ),
+            });
+        }
+        Some(share) => Some(share),
+        None => Some(default_client_share(budget, max_body_bytes)),
+    };
+    Ok((budget, share))
 }
 
 /// Validates the replay settings; the credential is read from its file here, so a missing
@@ -573,6 +622,51 @@ mod tests {
         assert_eq!(c.venue_key_file, PathBuf::from("hallrelay-data/venue.key"));
         assert!(c.mdns);
         assert_eq!(c.limits.max_body_bytes, 16 * 1024 * 1024);
+        let budget = crate::api::budget::default_budget_here();
+        assert_eq!(c.limits.body_budget_bytes, budget);
+        assert_eq!(
+            c.limits.client_body_budget_bytes,
+            Some(crate::api::budget::default_client_share(budget, 16 << 20))
+        );
+    }
+
+    /// Issue 16: the body budget and its per-client share are configurable, `0` lifts the
+    /// share, and values that would refuse a legal body forever are refused with the key.
+    #[test]
+    fn body_budget() {
+        let parse = |text: &str, flags: &[&str]| {
+            let file = FileConfig::parse(Path::new("t.toml"), text).unwrap();
+            ServeConfig::merge(file, &args(flags))
+        };
+        let c = parse("body_budget_bytes = 134217728\n", &[]).unwrap();
+        assert_eq!(c.limits.body_budget_bytes, 128 << 20);
+        assert_eq!(c.limits.client_body_budget_bytes, Some(16 << 20));
+        let c = parse(
+            "body_budget_bytes = 134217728\nclient_body_budget_bytes = 33554432\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.limits.client_body_budget_bytes, Some(32 << 20));
+        let c = parse(
+            "client_body_budget_bytes = 33554432\n",
+            &["--client-body-budget", "0"],
+        )
+        .unwrap();
+        assert_eq!(c.limits.client_body_budget_bytes, None);
+        for (text, key) in [
+            ("body_budget_bytes = 1000\n", "body_budget_bytes"),
+            (
+                "body_budget_bytes = 134217728\nclient_body_budget_bytes = 1000\n",
+                "client_body_budget_bytes",
+            ),
+            (
+                "body_budget_bytes = 134217728\nclient_body_budget_bytes = 268435456\n",
+                "client_body_budget_bytes",
+            ),
+        ] {
+            let err = parse(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -154,6 +154,7 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
         // In a hall every candidate has an address of its own; here they all share 127.0.0.1.
         client_rate_limit: Some(0),
         max_connections_per_client: None,
+        client_body_budget: Some(0),
     };
     let mut box_config = ServeConfig::from_args(&args)?;
     if let Some(replay) = &mut box_config.replay {

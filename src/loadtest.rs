@@ -68,10 +68,12 @@ pub struct Outcome {
 /// Said when saves were refused with 429 or candidates could not connect: from one machine,
 /// a box's per-client limits are what is measured, not the box.
 pub const PER_CLIENT_LIMITS_HINT: &str = "the box limits each client address \
-(max_connections_per_client, default 64; client_rate_limit, default 20 requests/s), and every \
-simulated candidate shares this machine's address: for the test, set client_rate_limit = 0 and \
-max_connections_per_client above --candidates in the box's hallrelay.toml (or start it with \
-`serve --client-rate-limit 0 --max-connections-per-client N`), then put them back";
+(max_connections_per_client, default 64; client_rate_limit, default 20 requests/s; \
+client_body_budget_bytes, an eighth of its upload memory), and every simulated candidate \
+shares this machine's address: for the test, set client_rate_limit = 0, \
+client_body_budget_bytes = 0 and max_connections_per_client above --candidates in the box's \
+hallrelay.toml (or start it with `serve --client-rate-limit 0 --client-body-budget 0 \
+--max-connections-per-client N`), then put them back";
 
 /// The `--json` output: the plan, every figure and the verdict.
 #[derive(Serialize)]

@@ -68,6 +68,35 @@ fn the_unit_verifies() {
     );
 }
 
+/// Issue 16: `MemoryHigh=` and `MemoryMax=` agree with the body budget's default: high is
+/// twice the budget's share of memory, max twice high (the unit explains why).
+#[test]
+fn the_units_memory_limits_agree_with_the_body_budget() {
+    use hallrelay::api::budget::{DEFAULT_MEMORY_DIVISOR, default_budget};
+    let unit = std::fs::read_to_string(unit_path()).unwrap();
+    let percent = |key: &str| -> u64 {
+        let value = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in the unit"));
+        value
+            .strip_suffix('%')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{key}={value} is not a percentage"))
+    };
+    let (high, max) = (percent("MemoryHigh"), percent("MemoryMax"));
+    assert_eq!(high * DEFAULT_MEMORY_DIVISOR, 2 * 100, "MemoryHigh={high}%");
+    assert_eq!(max, 2 * high, "MemoryMax={max}%");
+    // Within a Pi's range (1–8 GB) the default budget is exactly that share, never above.
+    for gib in 1..=8u64 {
+        let memory = gib << 30;
+        assert!(
+            default_budget(memory) * 100 / memory <= high / 2,
+            "{gib} GiB"
+        );
+    }
+}
+
 #[test]
 fn the_unit_is_hardened() {
     if !tool_or_skip("systemd-analyze", "systemd", "the unit's security score") {

@@ -4,11 +4,14 @@
 //! upload or refuses a good one. Properties:
 //! - any header, on any body, never panics;
 //! - a header built from members, each the body's `sha-256` or `blake3`, another body's, or an
-//!   algorithm the box does not know, with any whitespace around the members, verifies exactly
-//!   when no member is another body's digest, and otherwise reports the first such member's
-//!   algorithm; an empty header is malformed;
-//! - for any header, adding a correct member after it changes nothing, and adding another
-//!   body's digest turns success into a mismatch (and leaves failure as it was).
+//!   algorithm the box does not know, with any whitespace around the members, is refused as
+//!   repeated when it names an algorithm twice (the first name seen again); otherwise it
+//!   verifies exactly when no member is another body's digest, and else reports the first such
+//!   member's algorithm; an empty header is malformed;
+//! - for any header that parses, adding a member for an algorithm it already names is a
+//!   repeat; adding a correct member for another changes nothing, and another body's digest
+//!   turns success into a mismatch (and leaves a mismatch as it was); a header that does not
+//!   parse stays refused the same way whatever follows it.
 #![no_main]
 
 use base64::Engine as _;
@@ -88,6 +91,8 @@ fuzz_target!(|input: Input| match input {
         let b3 = blake3::hash(&body);
         let mut expected = Ok(());
         let mut parts = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        let mut repeated = None;
         for (member, space) in &members {
             let text = match member {
                 Member::Sha256OfBody => sha256(&body),
@@ -108,11 +113,19 @@ fuzz_target!(|input: Input| match input {
                     format!("{}=:{}:", unknown_name(name), STANDARD.encode(value))
                 }
             };
+            let name = text.split_once('=').map_or("", |(n, _)| n).to_owned();
+            if repeated.is_none() && names.contains(&name) {
+                repeated = Some(DigestError::Repeated(name.clone()));
+            }
+            names.push(name);
             parts.push(format!(
                 "{}{text}{}",
                 whitespace(*space),
                 whitespace(space >> 4)
             ));
+        }
+        if let Some(repeat) = repeated {
+            expected = Err(repeat);
         }
         if members.is_empty() {
             expected = Err(DigestError::Malformed);
@@ -123,16 +136,34 @@ fuzz_target!(|input: Input| match input {
     Input::Raw { header, body } => {
         let b3 = blake3::hash(&body);
         let result = verify(&header, &body, &b3);
+        let parses = !matches!(
+            result,
+            Err(DigestError::Malformed | DigestError::Repeated(_))
+        );
+        // Every member of a header that parses is `name=:…:`.
+        let names: Vec<&str> = header
+            .split(',')
+            .filter_map(|m| m.trim().split_once('=').map(|(n, _)| n.trim()))
+            .collect();
         let mut other = body.clone();
         other.push(0);
-        for good in [sha256(&body), blake3(&body)] {
+        for (good, bad, algorithm) in [
+            (sha256(&body), sha256(&other), "sha-256"),
+            (blake3(&body), blake3(&other), "blake3"),
+        ] {
+            let named = parses && names.contains(&algorithm);
+            let (after_good, after_bad) = if named {
+                let repeat = Err(DigestError::Repeated(algorithm.into()));
+                (repeat.clone(), repeat)
+            } else if parses && result.is_ok() {
+                (Ok(()), Err(DigestError::Mismatch(algorithm)))
+            } else {
+                (result.clone(), result.clone())
+            };
             let longer = format!("{header}, {good}");
-            assert_eq!(verify(&longer, &body, &b3), result, "{longer:?}");
-        }
-        for (bad, algorithm) in [(sha256(&other), "sha-256"), (blake3(&other), "blake3")] {
+            assert_eq!(verify(&longer, &body, &b3), after_good, "{longer:?}");
             let longer = format!("{header}, {bad}");
-            let expected = verify(&header, &body, &b3).and(Err(DigestError::Mismatch(algorithm)));
-            assert_eq!(verify(&longer, &body, &b3), expected, "{longer:?}");
+            assert_eq!(verify(&longer, &body, &b3), after_bad, "{longer:?}");
         }
     }
 });

@@ -4,11 +4,16 @@
 //!   with hyper, with timeouts on every stage and a bounded graceful drain on shutdown.
 //! - [`routes`] maps a request to a handler and holds the handlers: validate the ids, check
 //!   the bearer token, bound and hash the body, ask the store, answer.
+//! - [`budget`] bounds the request bodies held in memory, in all and per client address, and
+//!   [`body`] reads an upload's body under that budget, its size and time limits, hashing it
+//!   as it arrives.
 //! - [`error`] is the one place where failures become status codes and JSON error bodies.
 //! - [`cors`] lets browser clients on configured origins call the API.
 //! - [`metrics`] is `/metrics` for Prometheus; [`export`] the export bundle's endpoints.
 //! - [`console`] is the invigilator console at `/`, and [`session`] its sign-in sessions.
 
+pub mod body;
+pub mod budget;
 pub mod console;
 pub mod cors;
 pub mod error;
@@ -125,17 +130,23 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Per client address: (requests per second, burst); `None`: no limit.
     pub client_rate: Option<(u32, u32)>,
+    /// The most request-body bytes held in memory at once, from reading until the payload is
+    /// written ([`budget`]); past it, uploads get 503 with `Retry-After` before being read.
+    pub body_budget_bytes: u64,
+    /// The most of that one client address may hold; `None`: no per-client share.
+    pub client_body_budget_bytes: Option<u64>,
 }
 
 /// The per-client request rate by default: (requests per second, burst).
 pub const DEFAULT_CLIENT_RATE: (u32, u32) = (20, 40);
 
 impl Limits {
-    /// The reference cloud's limits: the box's, without the per-client rate limit (boxes
-    /// replay to it at full speed from one address).
+    /// The reference cloud's limits: the box's, without the per-client rate limit and body
+    /// share (boxes replay to it at full speed from one address).
     pub fn cloud() -> Self {
         Self {
             client_rate: None,
+            client_body_budget_bytes: None,
             ..Self::default()
         }
     }
@@ -143,8 +154,10 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        let max_body_bytes = 16 * 1024 * 1024;
+        let body_budget_bytes = budget::default_budget_here();
         Self {
-            max_body_bytes: 16 * 1024 * 1024,
+            max_body_bytes,
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
@@ -157,6 +170,11 @@ impl Default for Limits {
             // and saves ~10 KiB per open connection against 16 KiB.
             max_header_bytes: 8 * 1024,
             client_rate: Some(DEFAULT_CLIENT_RATE),
+            body_budget_bytes,
+            client_body_budget_bytes: Some(budget::default_client_share(
+                body_budget_bytes,
+                max_body_bytes,
+            )),
         }
     }
 }

@@ -127,7 +127,7 @@ impl Drop for ConnectionSlot {
 }
 
 /// The address a bucket is kept under: IPv4 as is (also when mapped into IPv6), IPv6 by /64.
-fn bucket_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn bucket_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -9,18 +9,18 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Serialize;
 
+use super::body::{self, Upload};
+use super::budget::{BudgetSnapshot, ClientBudget};
 use super::error::json_response;
 use super::{ApiError, Caller, State};
+use crate::digest::{DigestError, Expected};
 use crate::ids::{AutosaveName, is_valid_id, parse_seq};
 use crate::receipt::{RECEIPT_HEADER, Receipt};
 use crate::store::{ListEntry, PutOutcome, PutRequest, Record, RetryCause};
-
-/// Bodies larger than this are hashed on the blocking pool rather than on the runtime.
-const HASH_INLINE_MAX: usize = 1024 * 1024;
 
 /// The entry point hyper calls for every request.
 pub async fn handle(
@@ -146,7 +146,11 @@ async fn route(
             if caller != Caller::Admin {
                 return Err(ApiError::Forbidden("status needs an admin token"));
             }
-            status(state).await
+            let uploads = request
+                .extensions()
+                .get::<ClientBudget>()
+                .map(|b| b.budget.snapshot());
+            status(state, uploads).await
         }
         Target::RetryParked => {
             only(&request, &Method::POST, "POST")?;
@@ -294,40 +298,29 @@ async fn put(
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::TooLarge { limit });
     }
-    let digest_header = match request.headers().get("content-digest") {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::BadRequest("the Content-Digest header is not text".into()))?
-                .to_owned(),
-        ),
-        None => None,
+    let expected = content_digest(&request)?;
+    // The listener gives every request its client's share of the body budget.
+    let budget = request
+        .extensions()
+        .get::<ClientBudget>()
+        .cloned()
+        .ok_or(ApiError::Internal)?;
+    let reservation = body::reserve(&budget, declared)?;
+    let limits = body::BodyLimits {
+        max_bytes: limit,
+        timeout: state.limits.body_read_timeout,
     };
-    let read_limit = state.limits.body_read_timeout;
-    let body = tokio::time::timeout(
-        read_limit,
-        Limited::new(
-            request.into_body(),
-            usize::try_from(limit).unwrap_or(usize::MAX),
-        )
-        .collect(),
+    let Upload {
+        payload: body,
+        blake3,
+    } = body::read(
+        request.into_body(),
+        declared,
+        reservation,
+        expected,
+        &limits,
     )
-    .await
-    .map_err(|_| ApiError::BodyTimeout(read_limit))?
-    .map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>()
-            .is_some()
-        {
-            ApiError::TooLarge { limit }
-        } else {
-            ApiError::BadRequest("the body could not be read".into())
-        }
-    })?
-    .to_bytes();
-    let blake3 = hash(&body).await?;
-    if let Some(header) = digest_header {
-        crate::digest::verify(&header, &body, &blake3)
-            .map_err(|e| ApiError::DigestMismatch(e.to_string()))?;
-    }
+    .await?;
     if let Some(receipt) = &upstream {
         receipt
             .check_bytes(&blake3, body.len() as u64)
@@ -362,14 +355,25 @@ async fn put(
     }
 }
 
-async fn hash(body: &Bytes) -> Result<blake3::Hash, ApiError> {
-    if body.len() <= HASH_INLINE_MAX {
-        return Ok(blake3::hash(body));
+/// The request's `Content-Digest` claims, parsed (all of its lines, as one list) before the
+/// body is read: a malformed header or an algorithm named twice is refused at once.
+fn content_digest<B>(request: &Request<B>) -> Result<Option<Expected>, ApiError> {
+    let mut lines = Vec::new();
+    for value in request.headers().get_all("content-digest") {
+        lines.push(
+            value.to_str().map_err(|_| {
+                ApiError::BadRequest("the Content-Digest header is not text".into())
+            })?,
+        );
     }
-    let body = body.clone();
-    tokio::task::spawn_blocking(move || blake3::hash(&body))
-        .await
-        .map_err(|_| ApiError::Internal)
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    match Expected::parse(&lines.join(",")) {
+        Ok(expected) => Ok(Some(expected)),
+        Err(e @ DigestError::Repeated(_)) => Err(ApiError::BadRequest(e.to_string())),
+        Err(e) => Err(ApiError::DigestMismatch(e.to_string())),
+    }
 }
 
 fn payload_response(found: Option<(Record, Bytes)>) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -479,7 +483,10 @@ fn health(state: &State) -> Response<Full<Bytes>> {
     )
 }
 
-async fn status(state: &State) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn status(
+    state: &State,
+    uploads: Option<BudgetSnapshot>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     let store = state.store.status().await?;
     let free = state.store.free_bytes();
     let body = serde_json::json!({
@@ -500,6 +507,8 @@ async fn status(state: &State) -> Result<Response<Full<Bytes>>, ApiError> {
         "candidates": store.candidates,
         "storage": store.storage,
         "disk": { "free_bytes": free, "reserve_bytes": state.min_free_bytes },
+        // The body budget: upload bytes held in memory now, and requests it refused.
+        "uploads": uploads,
         "commits": {
             "count": store.commits,
             "requests": store.committed_requests,

@@ -7,14 +7,15 @@
 //! client can hold is bounded: the number of connections, in all and per client address
 //! (more are closed at accept), the TLS handshake's time, the request head's time and size
 //! (431 past `max_header_bytes`), a connection's idle time, and each client address's request
-//! rate (429 with `Retry-After`, [`super::ratelimit`]). The body's size and time are bounded
-//! by the handler. On shutdown
+//! rate (429 with `Retry-After`, [`super::ratelimit`]), and the request-body bytes held in
+//! memory, in all and per client address ([`super::budget`]: the listener owns the budget and
+//! hands each request its client's share; the handler reserves from it before reading). The
+//! body's size and time are bounded by the handler. On shutdown
 //! the listener closes first, connections are asked to finish their in-flight requests, and
 //! the drain is cut off after the grace period.
 
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +39,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::Limits;
+use super::budget::{BodyBudget, ClientBudget};
 use super::error::ApiError;
 use super::ratelimit::{ClientConnections, ClientLimiter};
 
@@ -93,6 +95,7 @@ pub async fn serve_counted<H, F, E>(
         .client_rate
         .map(|(rate, burst)| Arc::new(ClientLimiter::new(rate, burst)));
     let per_client = ClientConnections::new(limits.max_connections_per_client);
+    let budget = BodyBudget::new(limits.body_budget_bytes, limits.client_body_budget_bytes);
     let mut refused_at_capacity = 0u64;
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
@@ -133,7 +136,14 @@ pub async fn serve_counted<H, F, E>(
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let builder = builder.clone();
-        let handler = rate_limited(handler.clone(), limiter.clone(), peer.ip());
+        let handler = rate_limited(
+            handler.clone(),
+            limiter.clone(),
+            ClientBudget {
+                client: peer.ip(),
+                budget: budget.clone(),
+            },
+        );
         let watcher = graceful.watcher();
         let limits = limits.clone();
         let open = open.clone().map(OpenConnection::new);
@@ -182,19 +192,21 @@ impl Drop for OpenConnection {
 /// The future a connection's service returns: the handler's, or a ready 429.
 type Answer<E> = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, E>> + Send>>;
 
-/// `handler` behind `client`'s request rate limit: a request over it is answered 429 with
-/// `Retry-After` and never reaches the handler.
+/// `handler` behind the client's request rate limit: a request over it is answered 429 with
+/// `Retry-After` and never reaches the handler. A request that does carries the client's
+/// share of the body budget in its extensions.
 fn rate_limited<H, F, E>(
     handler: H,
     limiter: Option<Arc<ClientLimiter>>,
-    client: IpAddr,
+    budget: ClientBudget,
 ) -> impl Fn(Request<Incoming>) -> Answer<E> + Clone + Send + Sync + 'static
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, E>> + Send + 'static,
     E: Send + 'static,
 {
-    move |request| {
+    move |mut request: Request<Incoming>| {
+        let client = budget.client;
         if let Some(limiter) = &limiter
             && let Err(wait) = limiter.check(client)
         {
@@ -203,6 +215,7 @@ where
             let response = ApiError::TooManyRequests { retry_after_secs }.into_response();
             return Box::pin(std::future::ready(Ok(response)));
         }
+        request.extensions_mut().insert(budget.clone());
         Box::pin(handler(request))
     }
 }
