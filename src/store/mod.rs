@@ -424,12 +424,25 @@ impl DbSlot {
         free_bytes(dir)
     }
 
+    /// The database, or [`StoreError::Unavailable`] while the writer is reopening it. The
+    /// lock is only ever held for a swap, so this waits microseconds at most; readers still
+    /// call it off the runtime ([`Store::read`]).
     fn get(&self) -> Result<Arc<Database>, StoreError> {
         self.db
             .read()
             .map_err(|_| StoreError::Unavailable)?
             .clone()
             .ok_or(StoreError::Unavailable)
+    }
+
+    /// Takes the database out for a reopen: readers answer Unavailable until [`put`](Self::put).
+    fn take(&self) -> Result<Option<Arc<Database>>, StoreError> {
+        Ok(self.db.write().map_err(|_| StoreError::Unavailable)?.take())
+    }
+
+    fn put(&self, db: Arc<Database>) -> Result<(), StoreError> {
+        *self.db.write().map_err(|_| StoreError::Unavailable)? = Some(db);
+        Ok(())
     }
 }
 
@@ -700,17 +713,21 @@ impl Store {
         self.read(verify::check).await
     }
 
-    /// Runs a read on the blocking pool, so the async runtime never waits on the disk.
+    /// Runs a read on the blocking pool, so the async runtime never waits on the disk or on
+    /// the database's lock. While the writer reopens the store after an I/O error the read
+    /// answers [`StoreError::Unavailable`] (503) at once.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Database, &Path) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.slot.get()?;
-        let blob_dir = self.slot.blob_dir.clone();
-        tokio::task::spawn_blocking(move || f(&db, &blob_dir))
-            .await
-            .map_err(|e| StoreError::Storage(format!("a read task failed: {e}")))?
+        let slot = self.slot.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = slot.get()?;
+            f(&db, &slot.blob_dir)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("a read task failed: {e}")))?
     }
 }
 

@@ -653,9 +653,13 @@ impl Writer {
 
     /// Closes and reopens the database file, which clears redb's refusal after an I/O error
     /// and repairs whatever the failed commit left.
+    ///
+    /// The database leaves the slot first, under the slot's lock for no longer than the swap:
+    /// from then on readers find it empty and answer [`StoreError::Unavailable`] (503) at
+    /// once. The lock is never held while the file is rewritten or reopened, which may take
+    /// as long as the disk likes; readers that waited on it used to freeze the runtime.
     fn reopen(&mut self) -> Result<(), StoreError> {
-        let mut guard = self.slot.db.write().map_err(|_| StoreError::Unavailable)?;
-        if let Some(mut db) = guard.take() {
+        if let Some(mut db) = self.slot.take()? {
             // Readers hold clones only for the length of one read.
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
@@ -669,7 +673,7 @@ impl Writer {
                         std::thread::sleep(Duration::from_millis(2));
                     }
                     Err(shared) => {
-                        *guard = Some(shared);
+                        self.slot.put(shared)?;
                         return Err(StoreError::Unavailable);
                     }
                 }
@@ -690,8 +694,7 @@ impl Writer {
         self.log =
             BlobLog::open(disk, &self.slot.blob_dir, end, &live).map_err(super::classify_io)?;
         tracing::warn!(path = %self.slot.path.display(), "store reopened after an I/O error");
-        *guard = Some(Arc::new(db));
-        Ok(())
+        self.slot.put(Arc::new(db))
     }
 }
 
