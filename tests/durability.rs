@@ -633,10 +633,7 @@ fn reads_during_recovery_answer_at_once_and_never_park_the_runtime() {
                 0 => store.status().await.map(|_| ()),
                 1 => store.get(request(1).name).await.map(|_| ()),
                 2 => store.list(EXAM.into(), "c1".into()).await.map(|_| ()),
-                _ => store
-                    .candidate_activity(Duration::from_secs(120))
-                    .await
-                    .map(|_| ()),
+                _ => store.candidate_activity().await.map(|_| ()),
             };
             let _ = tx.send(outcome);
         });

@@ -13,6 +13,8 @@
 //! suite injects I/O errors and emulates power cuts ([`faults`]); [`Store::verify`] checks
 //! that what a crash left adds up.
 
+mod activity;
+mod audit;
 mod blob_log;
 mod disk;
 pub mod faults;
@@ -46,6 +48,7 @@ pub use writer::{PutOutcome, PutRequest};
 
 use schema::*;
 
+pub use audit::{AuditEntry, AuditPage};
 pub use reads::{CandidateActivity, CommitObserver, CommitSample, Probe, probe};
 
 /// The file name of the store inside the data dir.
@@ -298,6 +301,9 @@ pub struct StoreOptions {
     /// Whether new autosaves are queued for replay upstream (the box: yes; the reference
     /// cloud, which is the end of the line: no).
     pub outbox: bool,
+    /// Arrivals of one candidate at most this far apart count as one stretch of saving to
+    /// the box (the console's "time on the box"); the box sets it to `console_silent_after`.
+    pub activity_run_gap: Duration,
 }
 
 impl Default for StoreOptions {
@@ -308,6 +314,7 @@ impl Default for StoreOptions {
             max_batch: 1024,
             max_batch_bytes: 32 * 1024 * 1024,
             outbox: true,
+            activity_run_gap: crate::api::console::DEFAULT_SILENT_AFTER,
         }
     }
 }
@@ -369,6 +376,8 @@ impl StoreFile {
     /// Starts the writer thread, which signs receipts with `identity`.
     pub fn start(self, identity: Arc<Identity>, options: StoreOptions) -> Result<Store, OpenError> {
         let blob_dir = self.path.with_extension("blobs");
+        activity::ensure(&self.db, options.activity_run_gap)
+            .map_err(|e| unreadable(&self.path, e))?;
         let (end, live) = schema::log_state(&self.db).map_err(|e| unreadable(&self.path, e))?;
         let log = blob_log::BlobLog::open(&self.disk, &blob_dir, end, &live).map_err(|e| {
             OpenError::Payloads {
@@ -516,11 +525,19 @@ impl Store {
         self.writer.cloud_conflict(name).await
     }
 
-    /// Drops up to `max` autosaves delivered before `before`; returns how many went.
+    /// Drops up to `max` autosaves delivered before `before`; returns how many went. Then
+    /// purges the audit log entries older than `before` that retention lets go, in batches
+    /// of [`audit::PURGE_BATCH`] until none is left ([`audit`]).
     pub async fn purge_delivered(&self, before: SystemTime, max: usize) -> Result<u64, StoreError> {
-        self.writer
-            .purge(crate::timefmt::unix_millis(before), max)
-            .await
+        let before_ms = crate::timefmt::unix_millis(before);
+        let purged = self.writer.purge(before_ms, max).await?;
+        while self
+            .writer
+            .purge_audit(before_ms, audit::PURGE_BATCH)
+            .await?
+            == audit::PURGE_BATCH as u64
+        {}
+        Ok(purged)
     }
 
     /// Up to `limit` pending autosaves in replay order, skipping the arrivals in `skip`

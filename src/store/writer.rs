@@ -21,6 +21,7 @@ use bytes::Bytes;
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::activity;
 use super::blob_log::BlobLog;
 use super::schema::*;
 use super::{CommitStats, DbSlot, Record, StoreError, StoreOptions, decode_record, encode_record};
@@ -63,6 +64,14 @@ enum Request {
         before_ms: u64,
         max: usize,
     },
+    /// Look at up to `max` audit entries older than `before_ms`, oldest first, and drop
+    /// those retention lets go ([`super::audit`]).
+    PurgeAudit {
+        before_ms: u64,
+        max: usize,
+    },
+    /// Append an event to the audit log (an admin read, an export).
+    Audit(serde_json::Value),
 }
 
 /// What a request produced, inside a transaction that then committed.
@@ -158,6 +167,25 @@ impl Handle {
         rx.await.unwrap_or(Err(StoreError::Unavailable))
     }
 
+    pub(crate) async fn purge_audit(&self, before_ms: u64, max: usize) -> Result<u64, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(
+            Request::PurgeAudit { before_ms, max },
+            Reply::Count(tx),
+            true,
+        )
+        .await?;
+        rx.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// Appends an event to the audit log; returns once it is committed.
+    pub(crate) async fn audit(&self, event: serde_json::Value) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Request::Audit(event), Reply::Done(tx), true)
+            .await?;
+        rx.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
     /// Queues work. Clients' requests never wait for room (`wait` false); the box's own
     /// background work does.
     async fn submit(&self, request: Request, reply: Reply, wait: bool) -> Result<(), StoreError> {
@@ -216,6 +244,7 @@ pub(crate) fn spawn(
             identity,
             appliance,
             outbox: options.outbox,
+            run_gap: options.activity_run_gap,
         },
         stats,
         options,
@@ -265,6 +294,8 @@ struct Context {
     identity: Arc<Identity>,
     appliance: Arc<str>,
     outbox: bool,
+    /// Arrivals at most this far apart are one stretch of saving ([`super::activity`]).
+    run_gap: Duration,
 }
 
 #[derive(Default)]
@@ -283,7 +314,7 @@ impl Context {
         t: &mut Tables<'_, '_>,
         request: &PutRequest,
         space_ok: bool,
-        received_at: &str,
+        (received_at, now_ms): (&str, u64),
     ) -> Result<Result<PutOutcome, StoreError>, StoreError> {
         let AutosaveName {
             exam,
@@ -370,6 +401,15 @@ impl Context {
         }
         t.autosaves.insert(key, encode_record(&record).as_slice())?;
         t.unsigned.push(record);
+        let outbox = self.outbox;
+        activity::update(&mut t.activity, exam, candidate, |a| {
+            a.arrived(*seq, size, request.is_final, now_ms, self.run_gap);
+            if outbox {
+                a.pending += 1;
+            } else {
+                a.delivered += 1;
+            }
+        })?;
         t.audit(serde_json::json!({
             "event": "received",
             "exam": exam, "candidate": candidate, "seq": seq,
@@ -595,7 +635,7 @@ impl Writer {
                 let answer = match request {
                     Request::Put(put) => self
                         .ctx
-                        .put_one(&mut tables, put, space_ok, &received_at)?
+                        .put_one(&mut tables, put, space_ok, (&received_at, now_ms))?
                         .map(Answer::Put),
                     Request::Delivered(name) => {
                         tables.delivered(name, now_ms, &received_at)?;
@@ -610,6 +650,13 @@ impl Writer {
                         *max,
                         &received_at,
                     )?)),
+                    Request::PurgeAudit { before_ms, max } => {
+                        Ok(Answer::Count(tables.purge_audit(*before_ms, *max)?))
+                    }
+                    Request::Audit(event) => {
+                        tables.audit(event.clone())?;
+                        Ok(Answer::Done)
+                    }
                 };
                 answers.push(answer);
             }
@@ -788,7 +835,9 @@ struct Tables<'txn, 'log> {
     delivered: Table<'txn, (u64, u64), Name<'static>>,
     chains: Table<'txn, (&'static str, &'static str), &'static str>,
     audit: Table<'txn, u64, &'static [u8]>,
+    audit_held: Table<'txn, (&'static str, &'static str, u64, u64), ()>,
     stats: Table<'txn, &'static str, u64>,
+    activity: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     counters: Counters,
 }
 
@@ -831,7 +880,10 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             candidates: stat(&stats, STAT_CANDIDATES)?,
             arrivals: stat(&stats, STAT_ARRIVALS)?,
             last_delivery_ms: stat(&stats, STAT_LAST_DELIVERY_MS)?,
-            next_audit: audit.last()?.map_or(0, |(k, _)| k.value() + 1),
+            next_audit: audit
+                .last()?
+                .map_or(0, |(k, _)| k.value() + 1)
+                .max(stat(&stats, STAT_AUDIT_NEXT)?),
         };
         Ok(Self {
             log,
@@ -846,7 +898,9 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             delivered: txn.open_table(DELIVERED)?,
             chains: txn.open_table(CHAINS)?,
             audit,
+            audit_held: txn.open_table(AUDIT_HELD)?,
             stats,
+            activity: txn.open_table(ACTIVITY)?,
             counters,
         })
     }
@@ -896,8 +950,8 @@ impl<'txn, 'log> Tables<'txn, 'log> {
     }
 
     /// Takes an autosave out of the outbox, wherever its class put it, and out of the
-    /// pending counters.
-    fn dequeue(&mut self, name: &AutosaveName, record: &Record) -> Result<(), StoreError> {
+    /// pending counters; returns whether it was there.
+    fn dequeue(&mut self, name: &AutosaveName, record: &Record) -> Result<bool, StoreError> {
         let arrival = record.arrival;
         let mut found = false;
         for class in [CLASS_FINAL, CLASS_LATEST, CLASS_HISTORY] {
@@ -912,7 +966,7 @@ impl<'txn, 'log> Tables<'txn, 'log> {
         if pointed.is_some_and(|(_, a)| a == arrival) {
             self.latest_pending.remove(who)?;
         }
-        Ok(())
+        Ok(found)
     }
 
     fn record(&self, name: &AutosaveName) -> Result<Option<Record>, StoreError> {
@@ -938,7 +992,16 @@ impl<'txn, 'log> Tables<'txn, 'log> {
         if record.delivered_at.is_some() {
             return Ok(());
         }
-        self.dequeue(name, &record)?;
+        let was_pending = self.dequeue(name, &record)?;
+        let was_conflict = record.cloud_conflict_at.is_some();
+        activity::update(&mut self.activity, &name.exam, &name.candidate, |a| {
+            a.delivered += 1;
+            if was_pending {
+                a.pending = a.pending.saturating_sub(1);
+            } else if was_conflict {
+                a.cloud_conflicts = a.cloud_conflicts.saturating_sub(1);
+            }
+        })?;
         record.delivered_at = Some(now.to_owned());
         self.save_record(name, &record)?;
         self.delivered.insert(
@@ -963,7 +1026,13 @@ impl<'txn, 'log> Tables<'txn, 'log> {
         if record.delivered_at.is_some() || record.cloud_conflict_at.is_some() {
             return Ok(());
         }
-        self.dequeue(name, &record)?;
+        let was_pending = self.dequeue(name, &record)?;
+        activity::update(&mut self.activity, &name.exam, &name.candidate, |a| {
+            a.cloud_conflicts += 1;
+            if was_pending {
+                a.pending = a.pending.saturating_sub(1);
+            }
+        })?;
         record.cloud_conflict_at = Some(now.to_owned());
         self.save_record(name, &record)?;
         self.counters.conflicts += 1;
@@ -999,6 +1068,10 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             };
             self.autosaves
                 .remove((name.exam.as_str(), name.candidate.as_str(), name.seq))?;
+            activity::update(&mut self.activity, &name.exam, &name.candidate, |a| {
+                a.removed(&record)
+            })?;
+            self.release_audit(name)?;
             if let Some(hash) = record.blake3() {
                 self.release_blob(*hash.as_bytes())?;
             }
@@ -1011,6 +1084,65 @@ impl<'txn, 'log> Tables<'txn, 'log> {
                 "at": now,
             }))?;
         }
+        Ok(due.len() as u64)
+    }
+
+    /// Drops the audit entries that were held past the retention for this autosave's sake.
+    fn release_audit(&mut self, name: &AutosaveName) -> Result<(), StoreError> {
+        let (exam, candidate, seq) = (name.exam.as_str(), name.candidate.as_str(), name.seq);
+        let mut held = Vec::new();
+        for row in self
+            .audit_held
+            .range((exam, candidate, seq, 0)..=(exam, candidate, seq, u64::MAX))?
+        {
+            held.push(row?.0.value().3);
+        }
+        for n in held {
+            self.audit_held.remove((exam, candidate, seq, n))?;
+            self.audit.remove(n)?;
+        }
+        Ok(())
+    }
+
+    /// Walks up to `max` audit entries from the retention cursor, oldest first, while they
+    /// are older than `before_ms`: drops each, except a conflict, refusal or parked entry
+    /// whose autosave is still stored, which is listed in `audit_held` and stays until the
+    /// autosave goes. Returns how many entries it looked at.
+    fn purge_audit(&mut self, before_ms: u64, max: usize) -> Result<u64, StoreError> {
+        let cursor = self
+            .meta
+            .get(META_AUDIT_CURSOR)?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map_or(0, u64::from_le_bytes);
+        let mut due = Vec::new();
+        for row in self.audit.range(cursor..)?.take(max) {
+            let (n, raw) = row?;
+            let entry = super::audit::Entry::parse(raw.value());
+            if entry.at_ms.is_some_and(|at| at >= before_ms) {
+                break;
+            }
+            due.push((n.value(), entry));
+        }
+        let Some(last) = due.last().map(|(n, _)| *n) else {
+            return Ok(0);
+        };
+        for (n, entry) in &due {
+            let held = match entry.held_for() {
+                Some((exam, candidate, seq)) => {
+                    let stored = self.autosaves.get((exam, candidate, seq))?.is_some();
+                    if stored {
+                        self.audit_held.insert((exam, candidate, seq, *n), ())?;
+                    }
+                    stored
+                }
+                None => false,
+            };
+            if !held {
+                self.audit.remove(*n)?;
+            }
+        }
+        self.meta
+            .insert(META_AUDIT_CURSOR, (last + 1).to_le_bytes().as_slice())?;
         Ok(due.len() as u64)
     }
 
@@ -1049,6 +1181,7 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             (STAT_CANDIDATES, c.candidates),
             (STAT_ARRIVALS, c.arrivals),
             (STAT_LAST_DELIVERY_MS, c.last_delivery_ms),
+            (STAT_AUDIT_NEXT, c.next_audit),
         ] {
             self.stats.insert(name, value)?;
         }
