@@ -45,6 +45,11 @@ pub enum Command {
     /// for good (a 4xx such as 413: parked, kept on the box) to the cloud again, once its
     /// cause is fixed; a restart of the box does the same.
     Replay(ReplayArgs),
+    /// The box's audit log, oldest first, one entry a line: what it did with each autosave
+    /// (received, delivered, conflict, purged, …) and who read or exported candidates' data
+    /// with an admin token (the token's subject). Entries older than the retention are
+    /// purged, except conflicts and refusals whose autosave is still stored.
+    Audit(AuditArgs),
     /// Pull a signed bundle of everything a running box stored into FILE (for the day the
     /// uplink never returns); it is verified before it is kept.
     Export(ExportArgs),
@@ -153,6 +158,35 @@ pub struct ReplayArgs {
     /// Return every parked autosave to the replay queue (prints how many).
     #[arg(long, required = true)]
     pub retry_parked: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub access: BoxAccess,
+    /// Only entries written since then: a time (RFC 3339, e.g. 2026-12-04T09:00:00Z) or a
+    /// duration back from now (e.g. 2h).
+    #[arg(long, value_name = "WHEN", value_parser = since)]
+    pub since: Option<std::time::SystemTime>,
+    /// The most entries to print.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: u64,
+    /// Print each entry as the box's JSON, one a line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--since`: an RFC 3339 time, or a duration back from now.
+fn since(text: &str) -> Result<std::time::SystemTime, String> {
+    if let Some(at) = crate::timefmt::parse_rfc3339(text) {
+        return Ok(at);
+    }
+    let back = humantime::parse_duration(text).map_err(|_| {
+        format!("{text:?} is neither an RFC 3339 time (2026-12-04T09:00:00Z) nor a duration (2h)")
+    })?;
+    std::time::SystemTime::now()
+        .checked_sub(back)
+        .ok_or_else(|| format!("{text} ago is before the clock's start"))
 }
 
 #[derive(Debug, Args)]

@@ -382,6 +382,12 @@ impl ServeConfig {
         if let Some(bytes) = file.min_free_bytes {
             store.min_free_bytes = bytes;
         }
+        let console_silent_after = positive(
+            "console_silent_after",
+            file.console_silent_after,
+            crate::api::console::DEFAULT_SILENT_AFTER,
+        )?;
+        store.activity_run_gap = console_silent_after;
         Ok(Self {
             name,
             data_dir,
@@ -400,11 +406,7 @@ impl ServeConfig {
                 })?),
                 None => None,
             },
-            console_silent_after: positive(
-                "console_silent_after",
-                file.console_silent_after,
-                crate::api::console::DEFAULT_SILENT_AFTER,
-            )?,
+            console_silent_after,
         })
     }
 }

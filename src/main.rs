@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use hallrelay::api::Limits;
 use hallrelay::cli::{
-    CandidateArgs, CheckArgs, Cli, Command, DemoArgs, DiscoverArgs, ExportArgs, ImportArgs,
-    LoadtestArgs, ReplayArgs, StatusArgs, TokenArgs, VerifyArgs,
+    AuditArgs, CandidateArgs, CheckArgs, Cli, Command, DemoArgs, DiscoverArgs, ExportArgs,
+    ImportArgs, LoadtestArgs, ReplayArgs, StatusArgs, TokenArgs, VerifyArgs,
 };
 use hallrelay::cloud::CloudConfig;
 use hallrelay::config::{DEFAULT_DATA_DIR, ServeConfig, VENUE_KEY_FILE};
@@ -75,6 +75,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args),
         Command::Status(args) => ops_status(&args),
         Command::Replay(args) => ops_replay(&args),
+        Command::Audit(args) => ops_audit(&args),
         Command::Export(args) => ops_export(&args),
         Command::Verify(args) => ops_verify(&args),
         Command::Import(args) => ops_import(&args),
@@ -328,6 +329,28 @@ fn ops_replay(args: &ReplayArgs) -> ExitCode {
             ExitCode::SUCCESS
         },
     )
+}
+
+fn ops_audit(args: &AuditArgs) -> ExitCode {
+    let access = &args.access;
+    let token = match secret(&access.token_file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let fetch = ops::audit(&access.box_url, token, &access.pin, args.since, args.limit);
+    run_ops(fetch, |(entries, more)| {
+        for entry in &entries {
+            if args.json {
+                println!("{entry}");
+            } else {
+                println!("{}", ops::audit_line(entry));
+            }
+        }
+        if more {
+            eprintln!("more entries follow: raise --limit, or narrow with --since");
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 fn ops_export(args: &ExportArgs) -> ExitCode {

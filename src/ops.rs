@@ -1,5 +1,6 @@
 //! The operator's commands that talk to a box or carry its data: `status` (the box's status
-//! for a person), `replay --retry-parked` (parked autosaves go to the cloud again), `export` (a signed bundle of everything stored, pulled from a running box),
+//! for a person), `audit` (its audit log), `replay --retry-parked` (parked autosaves go to the
+//! cloud again), `export` (a signed bundle of everything stored, pulled from a running box),
 //! `verify` (checks a bundle offline) and `import` (pushes a bundle to the cloud from any
 //! connected computer, idempotent like replay). Tools that talk to a box trust it by its pin.
 
@@ -161,6 +162,88 @@ pub async fn retry_parked(box_url: &str, token: Secret, pin: &str) -> Result<u64
     answer["retried"]
         .as_u64()
         .ok_or_else(|| OpsError::Unreadable("no `retried` count in the answer".into()))
+}
+
+/// `hallrelay audit`: up to `limit` entries of the box's audit log, oldest first, written
+/// since `since`; pages through `GET /v1/audit`. The second value is whether more follow.
+pub async fn audit(
+    box_url: &str,
+    token: Secret,
+    pin: &str,
+    since: Option<std::time::SystemTime>,
+    limit: u64,
+) -> Result<(Vec<serde_json::Value>, bool), OpsError> {
+    let client = Connection::pinned(box_url, vec![pin.to_owned()], Some(token))?;
+    let since = since.map(crate::timefmt::rfc3339);
+    let mut entries = Vec::new();
+    let mut after: Option<u64> = None;
+    loop {
+        let want = (limit - entries.len() as u64).min(1000);
+        let mut path = format!("/v1/audit?limit={want}");
+        if let Some(after) = after {
+            path += &format!("&after={after}");
+        }
+        if let Some(since) = &since {
+            path += &format!("&since={since}");
+        }
+        let reply = client.get(&path).await?;
+        if reply.status != StatusCode::OK {
+            return Err(refused("the box", &reply));
+        }
+        let page: serde_json::Value = reply
+            .json()
+            .map_err(|e| OpsError::Unreadable(e.to_string()))?;
+        if let Some(list) = page["entries"].as_array() {
+            entries.extend(list.iter().cloned());
+        }
+        match page["next"].as_u64() {
+            Some(next) if (entries.len() as u64) < limit => after = Some(next),
+            Some(_) => return Ok((entries, true)),
+            None => return Ok((entries, false)),
+        }
+    }
+}
+
+/// One audit entry for a person: number, time, event, the autosave or candidate it is
+/// about, who (for an admin's action), then the rest of its fields.
+pub fn audit_line(entry: &serde_json::Value) -> String {
+    let text = |key: &str| entry[key].as_str().unwrap_or("").to_owned();
+    let mut about = match (entry["exam"].as_str(), entry["candidate"].as_str()) {
+        (Some(e), Some(c)) => format!("{e}/{c}"),
+        _ => String::new(),
+    };
+    if let Some(seq) = entry["seq"].as_u64() {
+        about += &format!("/{seq}");
+    }
+    let mut line = format!(
+        "{:>8}  {}  {:<17} {}",
+        entry["n"].as_u64().unwrap_or(0),
+        text("at"),
+        text("event"),
+        about
+    );
+    if let Some(subject) = entry["subject"].as_str() {
+        line += &format!("  by {subject} (token {})", text("token"));
+    }
+    let shown = [
+        "n",
+        "at",
+        "event",
+        "exam",
+        "candidate",
+        "seq",
+        "subject",
+        "token",
+    ];
+    if let Some(map) = entry.as_object() {
+        for (key, value) in map.iter().filter(|(k, _)| !shown.contains(&k.as_str())) {
+            match value {
+                serde_json::Value::String(s) => line += &format!("  {key}={s}"),
+                other => line += &format!("  {key}={other}"),
+            }
+        }
+    }
+    line
 }
 
 /// `hallrelay export`: pulls every autosave page by page into `out` (written beside it,

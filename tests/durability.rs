@@ -545,3 +545,153 @@ async fn the_reserve_keeps_replay_bookkeeping_working_on_a_full_disk() {
     assert!(integrity.is_whole(), "{:#?}", integrity.problems);
     store.close().await;
 }
+
+/// The bug this guards against: recovery after a disk error held the database's write lock
+/// while it reopened (and, after a failed sync, rewrote) the file, and every read took the
+/// read lock on a runtime worker, so a few concurrent reads froze every worker of the box
+/// until the disk came back. Reads during recovery must answer at once (503 upstream) and
+/// leave the runtime free. Here the disk hangs on the reopen (the fault model's gate), and
+/// more reads than there are workers run meanwhile, beside a timer that must keep ticking.
+#[test]
+fn reads_during_recovery_answer_at_once_and_never_park_the_runtime() {
+    use hallrelay::ids::AutosaveName;
+    use hallrelay::store::faults::{Faults, Kind, Persistence};
+    use hallrelay::store::{PutRequest, Store, StoreError, StoreOptions};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let identity =
+        Arc::new(hallrelay::identity::Identity::load_or_create(dir.path(), &[], &[]).unwrap());
+    let options = StoreOptions {
+        min_free_bytes: 0,
+        ..StoreOptions::default()
+    };
+    let faults = Arc::new(Faults::new());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let request = |seq: u64| {
+        let payload = bytes::Bytes::from(format!("save {seq}"));
+        PutRequest {
+            name: AutosaveName {
+                exam: EXAM.into(),
+                candidate: "c1".into(),
+                seq,
+            },
+            blake3: blake3::hash(&payload),
+            payload,
+            is_final: false,
+            upstream_receipt: None,
+        }
+    };
+    let store = runtime.block_on(async {
+        let store = Store::open_with_faults(
+            &dir.path().join("s.redb"),
+            identity,
+            options,
+            faults.clone(),
+        )
+        .unwrap();
+        store.put(request(1)).await.unwrap();
+        store
+    });
+    // The next sync fails, so the commit fails and the writer reopens the store; the disk
+    // then hangs on that reopen.
+    faults.fail(Kind::Sync, faults.counts().syncs + 1, Persistence::Once);
+    faults.hold_opens(true);
+    let failed = runtime.block_on(store.put(request(2)));
+    assert!(matches!(failed, Err(StoreError::Disk(_))), "{failed:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while faults.opens_waiting() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the writer never started to reopen"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // A timer on the runtime, and many more concurrent reads than it has workers.
+    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    runtime.spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    for i in 0..16u64 {
+        let (store, tx) = (store.clone(), tx.clone());
+        runtime.spawn(async move {
+            let outcome = match i % 4 {
+                0 => store.status().await.map(|_| ()),
+                1 => store.get(request(1).name).await.map(|_| ()),
+                2 => store.list(EXAM.into(), "c1".into()).await.map(|_| ()),
+                _ => store.candidate_activity().await.map(|_| ()),
+            };
+            let _ = tx.send(outcome);
+        });
+    }
+    let mut outcomes = Vec::new();
+    for _ in 0..16 {
+        match rx.recv_timeout(Duration::from_secs(3)) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(_) => {
+                // Let the reopen finish so the runtime can shut down, then fail.
+                faults.hold_opens(false);
+                panic!(
+                    "reads waited for the recovery ({} of 16 answered in {:?})",
+                    outcomes.len(),
+                    started.elapsed()
+                );
+            }
+        }
+    }
+    let answered_in = started.elapsed();
+    let ticks_before = ticks.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(200));
+    let ticked = ticks.load(std::sync::atomic::Ordering::Relaxed) - ticks_before;
+    let still_recovering = faults.opens_waiting() > 0;
+    faults.hold_opens(false);
+    assert!(
+        still_recovering,
+        "the recovery was still held while reads ran"
+    );
+    for outcome in &outcomes {
+        assert!(
+            matches!(outcome, Err(StoreError::Unavailable)),
+            "a read during recovery: {outcome:?}"
+        );
+    }
+    assert!(
+        answered_in < Duration::from_secs(1),
+        "16 reads took {answered_in:?}"
+    );
+    assert!(
+        ticked >= 5,
+        "the runtime's timer ticked {ticked} times in 200 ms"
+    );
+
+    // Once the disk answers again, the store recovers and reads and writes work.
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match store.put(request(2)).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("the store did not recover: {e}"),
+            }
+        }
+        assert_eq!(store.list(EXAM.into(), "c1".into()).await.unwrap().len(), 2);
+        store.close().await;
+    });
+}

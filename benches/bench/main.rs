@@ -14,6 +14,7 @@
 //! | 6 | peak RSS of the box holding 1,000 candidates | ≤ 64 MiB |
 //! | 7 | storage amplification, essay autosaves | ≤ 1.1 |
 //! | 8 | restart to serving with 1 million stored autosaves | ≤ 1 s |
+//! | 9 | a console refresh with 1 million stored autosaves (issue 16) | — |
 //!
 //! Every box under test is the real binary (`hallrelay serve`, a fresh data dir, loopback,
 //! no mDNS) in its own process, so that its memory is its own; the load comes from this
@@ -27,6 +28,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
+mod console;
 mod load;
 mod machine;
 mod replay;
@@ -154,6 +156,11 @@ fn main() {
     }
     if wanted(8) {
         let (row, note) = runtime.block_on(restart::with_stored(scratch.path(), scale));
+        rows.push(row);
+        notes.extend(note);
+    }
+    if wanted(9) {
+        let (row, note) = runtime.block_on(console::refresh(scratch.path(), scale));
         rows.push(row);
         notes.extend(note);
     }

@@ -27,6 +27,11 @@ const IN_FLIGHT: usize = 1024;
 /// Fills `data_dir`'s store with `n` autosaves through the library (HTTP would take minutes
 /// per million), as the box itself would have stored them.
 async fn fill(data_dir: &Path, n: u64) -> Duration {
+    fill_shaped(data_dir, n, PER_CANDIDATE, SIZE).await
+}
+
+/// [`fill`] with `per_candidate` autosaves of `size` bytes per candidate.
+pub async fn fill_shaped(data_dir: &Path, n: u64, per_candidate: u64, size: usize) -> Duration {
     let started = Instant::now();
     let ip: IpAddr = "127.0.0.1".parse().expect("ip");
     let identity = Arc::new(
@@ -45,9 +50,9 @@ async fn fill(data_dir: &Path, n: u64) -> Duration {
         }
         let store = store.clone();
         puts.spawn(async move {
-            let candidate = (i / PER_CANDIDATE) as usize;
-            let seq = i % PER_CANDIDATE + 1;
-            let bytes = Bytes::from(payload(candidate, seq, SIZE));
+            let candidate = (i / per_candidate) as usize;
+            let seq = i % per_candidate + 1;
+            let bytes = Bytes::from(payload(candidate, seq, size));
             let request = PutRequest {
                 name: AutosaveName {
                     exam: format!("exam{}", candidate % 20),
@@ -56,7 +61,7 @@ async fn fill(data_dir: &Path, n: u64) -> Duration {
                 },
                 blake3: blake3::hash(&bytes),
                 payload: bytes,
-                is_final: seq == PER_CANDIDATE,
+                is_final: seq == per_candidate,
                 upstream_receipt: None,
             };
             store.put(request).await.expect("stored");

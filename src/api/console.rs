@@ -32,8 +32,8 @@ pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(120);
 /// Disk use (percent) at which the storage gauge warns, and at which it is critical.
 pub const DISK_WARN_PERCENT: u64 = 80;
 pub const DISK_CRITICAL_PERCENT: u64 = 90;
-/// How long one reading of the hall serves every open console: the reading scans every
-/// record, and several invigilators may watch at once.
+/// How long one reading of the hall serves every open console: several invigilators may
+/// watch at once, and each page polls every few seconds.
 const STATE_CACHE: Duration = Duration::from_secs(2);
 /// The largest sign-in body read.
 const SIGN_IN_MAX_BYTES: usize = 4096;
@@ -51,8 +51,8 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 /// The console's settings and its sessions.
 pub struct Console {
     pub sessions: Sessions,
-    /// The last `/console/state` answer and when it was made.
-    cache: std::sync::Mutex<Option<(std::time::Instant, Bytes)>>,
+    /// The last `/console/state` answer, shared by every console for [`STATE_CACHE`].
+    cache: super::cached::Cached<Bytes>,
     /// How long a candidate may go without saving before the console calls them silent.
     pub silent_after: Duration,
     /// The data dir, whose file system the storage gauge measures.
@@ -60,28 +60,23 @@ pub struct Console {
 }
 
 impl Console {
-    /// The state as JSON, at most [`STATE_CACHE`] old.
+    /// The state as JSON, at most [`STATE_CACHE`] old; concurrent refreshes share one
+    /// reading.
     async fn state_json(&self, state: &State) -> Result<Bytes, ApiError> {
-        let cached = |slot: &Option<(std::time::Instant, Bytes)>| {
-            slot.as_ref()
-                .filter(|(at, _)| at.elapsed() < STATE_CACHE)
-                .map(|(_, body)| body.clone())
-        };
-        if let Some(body) = self.cache.lock().ok().and_then(|c| cached(&c)) {
-            return Ok(body);
-        }
-        let view = ConsoleState::gather(state, self).await?;
-        let body = Bytes::from(serde_json::to_vec(&view).map_err(|_| ApiError::Internal)?);
-        if let Ok(mut slot) = self.cache.lock() {
-            *slot = Some((std::time::Instant::now(), body.clone()));
-        }
-        Ok(body)
+        self.cache
+            .get(|| async {
+                let view = ConsoleState::gather(state, self).await?;
+                serde_json::to_vec(&view)
+                    .map(Bytes::from)
+                    .map_err(|_| ApiError::Internal)
+            })
+            .await
     }
 
     pub fn new(data_dir: PathBuf, silent_after: Duration) -> Self {
         Self {
             sessions: Sessions::default(),
-            cache: std::sync::Mutex::new(None),
+            cache: super::cached::Cached::new(STATE_CACHE),
             silent_after,
             data_dir,
         }
@@ -168,8 +163,9 @@ async fn sign_in(
     .to_bytes();
     let SignIn { token } = serde_json::from_slice(&body)
         .map_err(|_| ApiError::BadRequest("send {\"token\": \"…\"}".into()))?;
-    let expires = state.auth.admin_expiry(token.trim())?;
-    let (id, lifetime) = console.sessions.open(expires, SystemTime::now());
+    let admin = state.auth.admin(Some(token.trim()))?;
+    super::audit::record(state, &admin, "console_signed_in", serde_json::json!({})).await?;
+    let (id, lifetime) = console.sessions.open(admin.expires, SystemTime::now());
     tracing::info!(lifetime_secs = lifetime.as_secs(), "console: signed in");
     let mut response = private(Response::new(Full::new(Bytes::new())));
     *response.status_mut() = StatusCode::NO_CONTENT;
@@ -383,7 +379,7 @@ impl ConsoleState {
     /// Reads the store's counters and every candidate's activity, and judges them.
     pub async fn gather(state: &State, console: &Console) -> Result<Self, ApiError> {
         let store = state.store.status().await?;
-        let activity = state.store.candidate_activity(console.silent_after).await?;
+        let activity = state.store.candidate_activity().await?;
         let now = SystemTime::now();
         let mut rows: Vec<Row> = activity
             .into_iter()
@@ -446,7 +442,9 @@ mod tests {
             exam: "math".into(),
             candidate: "c1".into(),
             saves: 3,
+            bytes: 30,
             delivered: 0,
+            pending: 3,
             finals,
             cloud_conflicts: 0,
             last_seq: 3,

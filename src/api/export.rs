@@ -7,6 +7,9 @@
 //! `POST /v1/export/manifest` takes the names the exporter received and answers the bundle's
 //! tail: a manifest the box builds from its own records (so it signs only what it holds), its
 //! certificate, its signature over the manifest and the end frame.
+//!
+//! Each page and each manifest is recorded in the audit log with the admin token's subject
+//! before it is sent ([`super::audit`]).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -17,7 +20,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{ApiError, Caller, State};
+use super::{Admin, ApiError, Caller, State};
 use crate::bundle::{self, FORMAT, Manifest, ManifestEntry};
 use crate::ids::{AutosaveName, is_valid_id, parse_seq};
 
@@ -40,10 +43,11 @@ pub async fn handle(
     if state.auth.authenticate(super::routes::bearer(&request))? != Caller::Admin {
         return Err(ApiError::Forbidden("export needs an admin token"));
     }
+    let admin = state.auth.admin(super::routes::bearer(&request))?;
     let identity = state.identity.as_ref().ok_or(ApiError::NotFound)?;
     match (request.uri().path(), request.method()) {
-        ("/v1/export/autosaves", &Method::GET) => page(state, request.uri().query()).await,
-        ("/v1/export/manifest", &Method::POST) => manifest(state, identity, request).await,
+        ("/v1/export/autosaves", &Method::GET) => page(state, &admin, request.uri().query()).await,
+        ("/v1/export/manifest", &Method::POST) => manifest(state, &admin, identity, request).await,
         ("/v1/export/autosaves", _) => Err(ApiError::MethodNotAllowed("GET")),
         ("/v1/export/manifest", _) => Err(ApiError::MethodNotAllowed("POST")),
         _ => Err(ApiError::NotFound),
@@ -68,7 +72,11 @@ fn format_name(name: &AutosaveName) -> String {
     format!("{}/{}/{}", name.exam, name.candidate, name.seq)
 }
 
-async fn page(state: &State, query: Option<&str>) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn page(
+    state: &State,
+    admin: &Admin,
+    query: Option<&str>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     let after = match query.unwrap_or("") {
         "" => None,
         q => Some(
@@ -81,6 +89,20 @@ async fn page(state: &State, query: Option<&str>) -> Result<Response<Full<Bytes>
         .store
         .export_page(after, PAGE_BYTES, PAGE_ENTRIES)
         .await?;
+    if let (Some(first), Some(last)) = (items.first(), items.last()) {
+        super::audit::record(
+            state,
+            admin,
+            "exported",
+            serde_json::json!({
+                "part": "page",
+                "first": format_name(&first.name),
+                "last": format_name(&last.name),
+                "autosaves": items.len(),
+            }),
+        )
+        .await?;
+    }
     let mut body = Vec::new();
     for item in &items {
         bundle::autosave_frame(&mut body, &item.record.receipt, &item.payload)
@@ -114,6 +136,7 @@ struct ManifestRequest {
 
 async fn manifest(
     state: &State,
+    admin: &Admin,
     identity: &crate::identity::Identity,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -166,6 +189,17 @@ async fn manifest(
         bytes: entries.iter().map(|e| e.size).sum(),
         entries,
     };
+    super::audit::record(
+        state,
+        admin,
+        "exported",
+        serde_json::json!({
+            "part": "manifest",
+            "autosaves": manifest.count,
+            "bytes": manifest.bytes,
+        }),
+    )
+    .await?;
     let manifest_bytes = serde_json::to_vec(&manifest).map_err(|_| ApiError::Internal)?;
     let signature = identity.sign(&manifest_bytes);
     let pem = identity.certificate_pem();

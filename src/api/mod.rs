@@ -9,11 +9,15 @@
 //!   as it arrives.
 //! - [`error`] is the one place where failures become status codes and JSON error bodies.
 //! - [`cors`] lets browser clients on configured origins call the API.
-//! - [`metrics`] is `/metrics` for Prometheus; [`export`] the export bundle's endpoints.
-//! - [`console`] is the invigilator console at `/`, and [`session`] its sign-in sessions.
+//! - [`metrics`] is `/metrics` for Prometheus; [`export`] the export bundle's endpoints;
+//!   [`audit`] the audit log's endpoint and the recording of admin reads.
+//! - [`console`] is the invigilator console at `/`, and [`session`] its sign-in sessions;
+//!   [`cached`] the single-flight cache that serves its reading of the hall.
 
+pub mod audit;
 pub mod body;
 pub mod budget;
+mod cached;
 pub mod console;
 pub mod cors;
 pub mod error;
@@ -82,13 +86,38 @@ impl Auth {
     }
 }
 
+/// Who holds an admin token, as the audit log records them: the token's subject (`sub`, who
+/// it was issued to), its expiry, and a fingerprint that tells two tokens of one subject
+/// apart. Never the token itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admin {
+    pub subject: String,
+    /// Unix seconds.
+    pub expires: u64,
+    /// The first 16 hex digits of the token's blake3.
+    pub fingerprint: String,
+}
+
+impl Admin {
+    fn of(token: &str, subject: String, expires: u64) -> Self {
+        let mut fingerprint = blake3::hash(token.as_bytes()).to_hex().to_string();
+        fingerprint.truncate(16);
+        Self {
+            subject,
+            expires,
+            fingerprint,
+        }
+    }
+}
+
 impl Auth {
-    /// The expiry (Unix seconds) of an admin token; any other token is refused like
+    /// The holder of an admin token (see [`Admin`]). Any other token is refused as
     /// [`authenticate`](Self::authenticate) refuses it, or as forbidden when it is valid but
     /// not an admin's.
-    pub fn admin_expiry(&self, token: &str) -> Result<u64, ApiError> {
+    pub fn admin(&self, bearer: Option<&str>) -> Result<Admin, ApiError> {
+        let token = bearer.ok_or(ApiError::Unauthorized("a bearer token is required"))?;
         match token::verify(&self.venue_key, token, SystemTime::now()) {
-            Ok(Claims::Admin { expires, .. }) => Ok(expires),
+            Ok(Claims::Admin { subject, expires }) => Ok(Admin::of(token, subject, expires)),
             Ok(Claims::Candidate { .. }) => Err(ApiError::Forbidden("this needs an admin token")),
             Err(token::TokenError::Expired) => Err(ApiError::Unauthorized("the token expired")),
             Err(_) => Err(ApiError::Unauthorized(

@@ -129,6 +129,9 @@ async fn route(
     if super::export::owns(request.uri().path()) {
         return super::export::handle(state, request).await;
     }
+    if super::audit::owns(request.uri().path()) {
+        return super::audit::handle(state, request).await;
+    }
     if let Some(metrics) = &state.metrics
         && request.uri().path() == "/metrics"
     {
@@ -165,11 +168,13 @@ async fn route(
         Target::List { exam, candidate } => {
             only(&request, &Method::GET, "GET")?;
             authorize_read(state, &request, &exam, &candidate)?;
+            super::audit::admin_read(state, &request, &exam, &candidate, None).await?;
             list(state, exam, candidate).await
         }
         Target::Latest { exam, candidate } => {
             only(&request, &Method::GET, "GET")?;
             authorize_read(state, &request, &exam, &candidate)?;
+            super::audit::admin_read(state, &request, &exam, &candidate, None).await?;
             let found = state.store.latest(exam, candidate).await?;
             payload_response(found)
         }
@@ -177,6 +182,8 @@ async fn route(
             Method::PUT => put(state, request, name).await,
             Method::GET => {
                 authorize_read(state, &request, &name.exam, &name.candidate)?;
+                let (exam, candidate) = (&name.exam, &name.candidate);
+                super::audit::admin_read(state, &request, exam, candidate, Some(name.seq)).await?;
                 payload_response(state.store.get(name).await?)
             }
             _ => Err(ApiError::MethodNotAllowed("GET, PUT")),

@@ -16,6 +16,9 @@
 //!   and each uncertain file length and directory entry chosen either way: the model of
 //!   SQLite's crash tests and LazyFS, at sector granularity so that writes tear.
 //!
+//! A third control makes the disk hang: [`Faults::hold_opens`] holds every file open until it
+//! is released, which holds a recovery (it starts by reopening the store) in progress.
+//!
 //! The real operation still runs (on the real file) when the injector lets it, so a store under
 //! test behaves exactly as in production until a fault is due.
 
@@ -23,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 /// The unit in which a write that was in flight at a power cut may land or not.
 pub const SECTOR: u64 = 512;
@@ -77,6 +80,10 @@ pub struct ImageStats {
 /// The injector and the model, shared by every file of one store.
 pub struct Faults {
     state: Mutex<State>,
+    /// While set, every file open waits (see [`Faults::hold_opens`]); the number of opens
+    /// waiting.
+    gate: Mutex<(bool, usize)>,
+    gate_moved: Condvar,
 }
 
 impl fmt::Debug for Faults {
@@ -129,7 +136,38 @@ impl Faults {
     pub fn new() -> Self {
         Self {
             state: Mutex::new(State::default()),
+            gate: Mutex::new((false, 0)),
+            gate_moved: Condvar::new(),
         }
+    }
+
+    /// Makes every file open wait until `hold_opens(false)`: a disk that hangs. Recovery after
+    /// an I/O error starts by opening the store file again, so this holds a recovery in
+    /// progress for as long as a test needs to watch what readers see meanwhile.
+    pub fn hold_opens(&self, hold: bool) {
+        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        gate.0 = hold;
+        self.gate_moved.notify_all();
+    }
+
+    /// How many file opens are waiting at the gate of [`hold_opens`](Self::hold_opens).
+    pub fn opens_waiting(&self) -> usize {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    fn wait_at_gate(&self) {
+        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        if !gate.0 {
+            return;
+        }
+        gate.1 += 1;
+        while gate.0 {
+            gate = self
+                .gate_moved
+                .wait(gate)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        gate.1 -= 1;
     }
 
     /// Fails the `nth` operation of `kind` counted from the start (1 is the first), and with
@@ -204,6 +242,7 @@ impl Faults {
     /// A file was opened. `created` says whether the open made a new directory entry; an
     /// existing file the model has not seen yet is taken as durable as it is.
     pub(crate) fn opened(&self, path: &Path, created: bool) -> io::Result<()> {
+        self.wait_at_gate();
         let mut state = self.lock();
         if created {
             Self::admit(&mut state, None, "create")?;

@@ -13,6 +13,8 @@
 //! suite injects I/O errors and emulates power cuts ([`faults`]); [`Store::verify`] checks
 //! that what a crash left adds up.
 
+mod activity;
+mod audit;
 mod blob_log;
 mod disk;
 pub mod faults;
@@ -48,6 +50,7 @@ pub use writer::{PutOutcome, PutRequest};
 
 use schema::*;
 
+pub use audit::{AuditEntry, AuditPage};
 pub use parked::{ParkedAt, ParkedEntry, RetryCause};
 pub use reads::{CandidateActivity, CommitObserver, CommitSample, Probe, probe};
 
@@ -315,6 +318,9 @@ pub struct StoreOptions {
     /// Whether new autosaves are queued for replay upstream (the box: yes; the reference
     /// cloud, which is the end of the line: no).
     pub outbox: bool,
+    /// Arrivals of one candidate at most this far apart count as one stretch of saving to
+    /// the box (the console's "time on the box"); the box sets it to `console_silent_after`.
+    pub activity_run_gap: Duration,
 }
 
 impl Default for StoreOptions {
@@ -325,6 +331,7 @@ impl Default for StoreOptions {
             max_batch: 1024,
             max_batch_bytes: 32 * 1024 * 1024,
             outbox: true,
+            activity_run_gap: crate::api::console::DEFAULT_SILENT_AFTER,
         }
     }
 }
@@ -386,6 +393,8 @@ impl StoreFile {
     /// Starts the writer thread, which signs receipts with `identity`.
     pub fn start(self, identity: Arc<Identity>, options: StoreOptions) -> Result<Store, OpenError> {
         let blob_dir = self.path.with_extension("blobs");
+        activity::ensure(&self.db, options.activity_run_gap)
+            .map_err(|e| unreadable(&self.path, e))?;
         let (end, live) = schema::log_state(&self.db).map_err(|e| unreadable(&self.path, e))?;
         let log = blob_log::BlobLog::open(&self.disk, &blob_dir, end, &live).map_err(|e| {
             OpenError::Payloads {
@@ -441,12 +450,25 @@ impl DbSlot {
         free_bytes(dir)
     }
 
+    /// The database, or [`StoreError::Unavailable`] while the writer is reopening it. The
+    /// lock is only ever held for a swap, so this waits microseconds at most; readers still
+    /// call it off the runtime ([`Store::read`]).
     fn get(&self) -> Result<Arc<Database>, StoreError> {
         self.db
             .read()
             .map_err(|_| StoreError::Unavailable)?
             .clone()
             .ok_or(StoreError::Unavailable)
+    }
+
+    /// Takes the database out for a reopen: readers answer Unavailable until [`put`](Self::put).
+    fn take(&self) -> Result<Option<Arc<Database>>, StoreError> {
+        Ok(self.db.write().map_err(|_| StoreError::Unavailable)?.take())
+    }
+
+    fn put(&self, db: Arc<Database>) -> Result<(), StoreError> {
+        *self.db.write().map_err(|_| StoreError::Unavailable)? = Some(db);
+        Ok(())
     }
 }
 
@@ -520,11 +542,19 @@ impl Store {
         self.writer.cloud_conflict(name).await
     }
 
-    /// Drops up to `max` autosaves delivered before `before`; returns how many went.
+    /// Drops up to `max` autosaves delivered before `before`; returns how many went. Then
+    /// purges the audit log entries older than `before` that retention lets go, in batches
+    /// of [`audit::PURGE_BATCH`] until none is left ([`audit`]).
     pub async fn purge_delivered(&self, before: SystemTime, max: usize) -> Result<u64, StoreError> {
-        self.writer
-            .purge(crate::timefmt::unix_millis(before), max)
-            .await
+        let before_ms = crate::timefmt::unix_millis(before);
+        let purged = self.writer.purge(before_ms, max).await?;
+        while self
+            .writer
+            .purge_audit(before_ms, audit::PURGE_BATCH)
+            .await?
+            == audit::PURGE_BATCH as u64
+        {}
+        Ok(purged)
     }
 
     /// Up to `limit` pending autosaves in replay order, skipping the arrivals in `skip`
@@ -735,17 +765,21 @@ impl Store {
         self.read(verify::check).await
     }
 
-    /// Runs a read on the blocking pool, so the async runtime never waits on the disk.
+    /// Runs a read on the blocking pool, so the async runtime never waits on the disk or on
+    /// the database's lock. While the writer reopens the store after an I/O error the read
+    /// answers [`StoreError::Unavailable`] (503) at once.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Database, &Path) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.slot.get()?;
-        let blob_dir = self.slot.blob_dir.clone();
-        tokio::task::spawn_blocking(move || f(&db, &blob_dir))
-            .await
-            .map_err(|e| StoreError::Storage(format!("a read task failed: {e}")))?
+        let slot = self.slot.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = slot.get()?;
+            f(&db, &slot.blob_dir)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("a read task failed: {e}")))?
     }
 }
 

@@ -10,30 +10,35 @@ use std::time::Duration;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::Serialize;
 
-use super::schema::{self, AUTOSAVES, Found};
-use super::{OpenError, Pending, Store, StoreError, check, decode_record, unreadable};
+use super::activity::Activity;
+use super::schema::{self, ACTIVITY, AUTOSAVES, Found};
+use super::{OpenError, Pending, Store, StoreError, check, unreadable};
 use crate::ids::AutosaveName;
-use crate::timefmt::parse_rfc3339;
+use crate::timefmt::{from_unix_millis, rfc3339};
 
 /// What the store holds for one candidate, for the invigilator console: one row each.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct CandidateActivity {
     pub exam: String,
     pub candidate: String,
-    /// Autosaves stored, and how many of them the cloud has confirmed.
+    /// Autosaves stored, their payload bytes, how many of them the cloud has confirmed,
+    /// and how many it has not yet.
     pub saves: u64,
+    pub bytes: u64,
     pub delivered: u64,
+    pub pending: u64,
     /// Final submissions stored.
     pub finals: u64,
     /// Autosaves the cloud holds other bytes for (never retried).
     pub cloud_conflicts: u64,
-    /// The highest seq stored, and when it arrived (RFC 3339, the box's clock).
+    /// The highest seq stored, and when the candidate's latest save arrived (RFC 3339, the
+    /// box's clock).
     pub last_seq: u64,
     pub last_received_at: String,
-    /// When the candidate's first stored autosave arrived.
+    /// When the candidate's first save arrived.
     pub first_received_at: String,
     /// Seconds covered by runs of this candidate's saves at the box (saves at most the
-    /// run gap apart): how long their saves reached only the box.
+    /// run gap, `console_silent_after`, apart): how long their saves reached only the box.
     pub box_only_secs: u64,
 }
 
@@ -53,56 +58,32 @@ pub type CommitObserver = Box<dyn Fn(&CommitSample) + Send + Sync>;
 
 impl Store {
     /// One row per candidate with stored autosaves, in (exam, candidate) order, for the
-    /// invigilator console. Saves at most `run_gap` apart count as one stretch of time spent
-    /// saving to the box. Reads every record: fine for a hall's few thousand saves every few
-    /// seconds; callers should not poll it faster than that.
-    pub async fn candidate_activity(
-        &self,
-        run_gap: Duration,
-    ) -> Result<Vec<CandidateActivity>, StoreError> {
+    /// invigilator console. Reads the activity table the writer keeps ([`super::activity`]):
+    /// O(candidates), however many records they have stored.
+    pub async fn candidate_activity(&self) -> Result<Vec<CandidateActivity>, StoreError> {
         self.read(move |db, _| {
             let read = db.begin_read()?;
-            let autosaves = read.open_table(AUTOSAVES)?;
-            let mut out: Vec<CandidateActivity> = Vec::new();
-            let mut times: Vec<u64> = Vec::new();
-            for row in autosaves.iter()? {
+            let table = read.open_table(ACTIVITY)?;
+            let mut out = Vec::new();
+            for row in table.iter()? {
                 let (key, value) = row?;
-                let (exam, candidate, seq) = key.value();
-                let record = decode_record(value.value())?;
-                let same = out
-                    .last()
-                    .is_some_and(|a| a.exam == exam && a.candidate == candidate);
-                if !same {
-                    if let Some(done) = out.last_mut() {
-                        finish_activity(done, &mut times, run_gap);
-                    }
-                    out.push(CandidateActivity {
-                        exam: exam.to_owned(),
-                        candidate: candidate.to_owned(),
-                        saves: 0,
-                        delivered: 0,
-                        finals: 0,
-                        cloud_conflicts: 0,
-                        last_seq: seq,
-                        last_received_at: String::new(),
-                        first_received_at: String::new(),
-                        box_only_secs: 0,
-                    });
-                }
-                let Some(a) = out.last_mut() else { continue };
-                a.saves += 1;
-                a.delivered += u64::from(record.delivered_at.is_some());
-                a.finals += u64::from(record.receipt.is_final);
-                a.cloud_conflicts += u64::from(record.cloud_conflict_at.is_some());
-                // Keys come in seq order, so the last one seen is the highest.
-                a.last_seq = seq;
-                if let Some(t) = parse_rfc3339(&record.receipt.received_at) {
-                    times.push(crate::timefmt::unix_millis(t));
-                }
-                a.last_received_at = record.receipt.received_at;
-            }
-            if let Some(done) = out.last_mut() {
-                finish_activity(done, &mut times, run_gap);
+                let (exam, candidate) = key.value();
+                let a = Activity::decode(value.value());
+                let time = |ms| rfc3339(from_unix_millis(ms));
+                out.push(CandidateActivity {
+                    exam: exam.to_owned(),
+                    candidate: candidate.to_owned(),
+                    saves: a.saves,
+                    bytes: a.bytes,
+                    delivered: a.delivered,
+                    pending: a.pending,
+                    finals: a.finals,
+                    cloud_conflicts: a.cloud_conflicts,
+                    last_seq: a.last_seq,
+                    last_received_at: time(a.last_ms),
+                    first_received_at: time(a.first_ms),
+                    box_only_secs: a.box_only_ms / 1000,
+                });
             }
             Ok(out)
         })
@@ -152,24 +133,6 @@ impl Store {
     pub fn observe_commits(&self, observer: CommitObserver) -> bool {
         self.stats.observer.set(observer).is_ok()
     }
-}
-
-/// Fills in what a candidate's arrival times (Unix ms) tell: the first arrival, and the
-/// seconds covered by runs of arrivals at most `gap` apart. Empties `times`.
-fn finish_activity(activity: &mut CandidateActivity, times: &mut Vec<u64>, gap: Duration) {
-    times.sort_unstable();
-    if let Some(first) = times.first() {
-        activity.first_received_at =
-            crate::timefmt::rfc3339(crate::timefmt::from_unix_millis(*first));
-    }
-    let gap = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
-    let covered: u64 = times
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .filter(|d| *d <= gap)
-        .sum();
-    activity.box_only_secs = covered / 1000;
-    times.clear();
 }
 
 /// What [`probe`] found at a store path, without creating or changing anything.

@@ -19,8 +19,12 @@
 //!   the box's start. Added after schema version 1 without a bump: redb creates it in the
 //!   first write transaction that opens it, and a file without it has nothing parked.
 //! - `chains`: (exam, candidate) → hash of that candidate's latest receipt.
-//! - `audit`: number → JSON event; append-only.
+//! - `audit`: number → JSON event; appended to, and purged after the retention in bounded
+//!   batches from the oldest, except conflict, refusal and parked entries whose autosave is
+//!   still stored: those are listed in `audit_held` and go with the autosave.
 //! - `stats`: counter name → u64, maintained in the same transactions as the data.
+//! - `activity`: (exam, candidate) → a small fixed row (counts, first and last arrival, …)
+//!   maintained in the same transactions, for the console ([`super::activity`]).
 //! - `meta`: schema version and the appliance id.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
@@ -43,6 +47,14 @@ pub const CLASS_HISTORY: u8 = 2;
 pub const CHAINS: TableDefinition<(&str, &str), &str> = TableDefinition::new("chains");
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 pub const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
+/// (exam, candidate) → the candidate's activity row ([`super::activity`]). Added after schema
+/// version 1 was fixed: a store without it gets it built at start.
+pub const ACTIVITY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("activity");
+/// (exam, candidate, seq, audit number) of each conflict, refusal or parked entry that
+/// outlived the retention while its autosave is still stored: kept until the autosave goes.
+/// Added after schema version 1, like `activity`; created on the first write.
+pub const AUDIT_HELD: TableDefinition<(&str, &str, u64, u64), ()> =
+    TableDefinition::new("audit_held");
 
 /// The schema this build reads and writes. Bump it with every incompatible change.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -51,6 +63,8 @@ pub(crate) const META_SCHEMA: &str = "schema_version";
 pub(crate) const META_APPLIANCE: &str = "appliance_id";
 /// The payload log's end as of the last commit: segment and offset, 16 bytes little-endian.
 pub(crate) const META_LOG_END: &str = "log_end";
+/// The first audit number the retention walk has not looked at yet, u64 little-endian.
+pub(crate) const META_AUDIT_CURSOR: &str = "audit_cursor";
 
 /// Encodes the payload log's end for [`META_LOG_END`].
 pub fn encode_log_end((segment, offset): (u64, u64)) -> [u8; 16] {
@@ -95,6 +109,8 @@ pub(crate) const STAT_CONFLICTS: &str = "conflicts";
 pub(crate) const STAT_CANDIDATES: &str = "candidates";
 pub(crate) const STAT_ARRIVALS: &str = "arrivals";
 pub(crate) const STAT_LAST_DELIVERY_MS: &str = "last_delivery_ms";
+/// The next audit number: numbers are never reused, even once every entry was purged.
+pub(crate) const STAT_AUDIT_NEXT: &str = "audit_next";
 
 /// What the file says about itself.
 pub(crate) enum Found {
@@ -147,6 +163,8 @@ pub(crate) fn initialise(db: &redb::Database, appliance: &str) -> Result<(), red
         write.open_table(CHAINS)?;
         write.open_table(AUDIT)?;
         write.open_table(STATS)?;
+        write.open_table(ACTIVITY)?;
+        write.open_table(AUDIT_HELD)?;
     }
     write.commit()?;
     Ok(())

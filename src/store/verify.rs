@@ -4,7 +4,8 @@
 //! A crash, a power cut or a failed commit must leave a store that opens *and* is whole: every
 //! record's payload is readable and matches its blake3, references and live-byte counts add
 //! up, the outbox holds exactly the autosaves the cloud has not confirmed, the counters match
-//! a recount, and each candidate's receipt chain ends where the `chains` table says. The
+//! a recount (the per-candidate activity rows too), and each candidate's receipt chain ends
+//! where the `chains` table says. The
 //! torture suite runs this after every crash; it is also what an operator's check can run.
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,6 +13,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
+use super::activity::Activity;
 use super::schema::*;
 use super::{StoreError, decode_record, read_blob};
 
@@ -53,6 +55,8 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
     let mut newest: HashMap<Who, u64> = HashMap::new();
     let mut receipts: HashMap<Who, HashMap<String, (u64, String)>> = HashMap::new();
     let (mut stored, mut stored_bytes, mut pending_bytes) = (0u64, 0u64, 0u64);
+    // Per candidate, what their activity row should count.
+    let mut activity: BTreeMap<Who, Activity> = BTreeMap::new();
     for row in read.open_table(AUTOSAVES)?.iter()? {
         let (key, value) = row?;
         let (exam, candidate, seq) = key.value();
@@ -82,6 +86,18 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
         }
         if let Some(hash) = record.blake3() {
             *refs.entry(*hash.as_bytes()).or_default() += 1;
+        }
+        let counted = activity.entry(who.clone()).or_default();
+        counted.saves += 1;
+        counted.bytes += r.size;
+        counted.finals += u64::from(r.is_final);
+        counted.last_seq = counted.last_seq.max(seq);
+        if record.delivered_at.is_some() {
+            counted.delivered += 1;
+        } else if record.cloud_conflict_at.is_some() {
+            counted.cloud_conflicts += 1;
+        } else {
+            counted.pending += 1;
         }
         if record.delivered_at.is_some() {
             delivered_arrivals.insert(record.arrival, (who.clone(), seq));
@@ -236,6 +252,40 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
         if chains.get((exam.as_str(), candidate.as_str()))?.is_none() {
             problems.push(format!("{exam}/{candidate} has autosaves but no chain"));
         }
+    }
+
+    // Each candidate's activity row counts what is stored of theirs; its highest seq may be
+    // one retention purged since, never lower than a stored one.
+    for row in read.open_table(ACTIVITY)?.iter()? {
+        let (who, value) = row?;
+        let (exam, candidate) = who.value();
+        let row = Activity::decode(value.value());
+        let Some(counted) = activity.remove(&(exam.to_owned(), candidate.to_owned())) else {
+            problems.push(format!(
+                "{exam}/{candidate} has an activity row but no autosaves"
+            ));
+            continue;
+        };
+        let counts = |a: &Activity| {
+            (
+                a.saves,
+                a.bytes,
+                a.delivered,
+                a.pending,
+                a.finals,
+                a.cloud_conflicts,
+            )
+        };
+        if counts(&row) != counts(&counted) || row.last_seq < counted.last_seq {
+            problems.push(format!(
+                "{exam}/{candidate}: the activity row says {row:?}, a recount gives {counted:?}"
+            ));
+        }
+    }
+    for (exam, candidate) in activity.keys() {
+        problems.push(format!(
+            "{exam}/{candidate} has autosaves but no activity row"
+        ));
     }
 
     // The counters match a recount.

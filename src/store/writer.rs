@@ -21,6 +21,7 @@ use bytes::Bytes;
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::activity;
 use super::blob_log::BlobLog;
 use super::schema::*;
 use super::{
@@ -74,6 +75,14 @@ enum Request {
         before_ms: u64,
         max: usize,
     },
+    /// Look at up to `max` audit entries older than `before_ms`, oldest first, and drop
+    /// those retention lets go ([`super::audit`]).
+    PurgeAudit {
+        before_ms: u64,
+        max: usize,
+    },
+    /// Append an event to the audit log (an admin read, an export).
+    Audit(serde_json::Value),
 }
 
 /// What a request produced, inside a transaction that then committed.
@@ -192,6 +201,25 @@ impl Handle {
         rx.await.unwrap_or(Err(StoreError::Unavailable))
     }
 
+    pub(crate) async fn purge_audit(&self, before_ms: u64, max: usize) -> Result<u64, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(
+            Request::PurgeAudit { before_ms, max },
+            Reply::Count(tx),
+            true,
+        )
+        .await?;
+        rx.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// Appends an event to the audit log; returns once it is committed.
+    pub(crate) async fn audit(&self, event: serde_json::Value) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Request::Audit(event), Reply::Done(tx), true)
+            .await?;
+        rx.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
     /// Queues work. Clients' requests never wait for room (`wait` false); the box's own
     /// background work does.
     async fn submit(&self, request: Request, reply: Reply, wait: bool) -> Result<(), StoreError> {
@@ -250,6 +278,7 @@ pub(crate) fn spawn(
             identity,
             appliance,
             outbox: options.outbox,
+            run_gap: options.activity_run_gap,
         },
         stats,
         options,
@@ -299,6 +328,8 @@ struct Context {
     identity: Arc<Identity>,
     appliance: Arc<str>,
     outbox: bool,
+    /// Arrivals at most this far apart are one stretch of saving ([`super::activity`]).
+    run_gap: Duration,
 }
 
 #[derive(Default)]
@@ -317,7 +348,7 @@ impl Context {
         t: &mut Tables<'_, '_>,
         request: &PutRequest,
         space_ok: bool,
-        received_at: &str,
+        (received_at, now_ms): (&str, u64),
     ) -> Result<Result<PutOutcome, StoreError>, StoreError> {
         let AutosaveName {
             exam,
@@ -405,6 +436,15 @@ impl Context {
         }
         t.autosaves.insert(key, encode_record(&record).as_slice())?;
         t.unsigned.push(record);
+        let outbox = self.outbox;
+        activity::update(&mut t.activity, exam, candidate, |a| {
+            a.arrived(*seq, size, request.is_final, now_ms, self.run_gap);
+            if outbox {
+                a.pending += 1;
+            } else {
+                a.delivered += 1;
+            }
+        })?;
         t.audit(serde_json::json!({
             "event": "received",
             "exam": exam, "candidate": candidate, "seq": seq,
@@ -630,7 +670,7 @@ impl Writer {
                 let answer = match request {
                     Request::Put(put) => self
                         .ctx
-                        .put_one(&mut tables, put, space_ok, &received_at)?
+                        .put_one(&mut tables, put, space_ok, (&received_at, now_ms))?
                         .map(Answer::Put),
                     Request::Delivered(name) => {
                         tables.delivered(name, now_ms, &received_at)?;
@@ -656,6 +696,13 @@ impl Writer {
                         *max,
                         &received_at,
                     )?)),
+                    Request::PurgeAudit { before_ms, max } => {
+                        Ok(Answer::Count(tables.purge_audit(*before_ms, *max)?))
+                    }
+                    Request::Audit(event) => {
+                        tables.audit(event.clone())?;
+                        Ok(Answer::Done)
+                    }
                 };
                 answers.push(answer);
             }
@@ -699,9 +746,13 @@ impl Writer {
 
     /// Closes and reopens the database file, which clears redb's refusal after an I/O error
     /// and repairs whatever the failed commit left.
+    ///
+    /// The database leaves the slot first, under the slot's lock for no longer than the swap:
+    /// from then on readers find it empty and answer [`StoreError::Unavailable`] (503) at
+    /// once. The lock is never held while the file is rewritten or reopened, which may take
+    /// as long as the disk likes; readers that waited on it used to freeze the runtime.
     fn reopen(&mut self) -> Result<(), StoreError> {
-        let mut guard = self.slot.db.write().map_err(|_| StoreError::Unavailable)?;
-        if let Some(mut db) = guard.take() {
+        if let Some(mut db) = self.slot.take()? {
             // Readers hold clones only for the length of one read.
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
@@ -715,7 +766,7 @@ impl Writer {
                         std::thread::sleep(Duration::from_millis(2));
                     }
                     Err(shared) => {
-                        *guard = Some(shared);
+                        self.slot.put(shared)?;
                         return Err(StoreError::Unavailable);
                     }
                 }
@@ -736,8 +787,7 @@ impl Writer {
         self.log =
             BlobLog::open(disk, &self.slot.blob_dir, end, &live).map_err(super::classify_io)?;
         tracing::warn!(path = %self.slot.path.display(), "store reopened after an I/O error");
-        *guard = Some(Arc::new(db));
-        Ok(())
+        self.slot.put(Arc::new(db))
     }
 }
 
@@ -832,7 +882,9 @@ struct Tables<'txn, 'log> {
     parked: Table<'txn, u64, Name<'static>>,
     chains: Table<'txn, (&'static str, &'static str), &'static str>,
     audit: Table<'txn, u64, &'static [u8]>,
+    audit_held: Table<'txn, (&'static str, &'static str, u64, u64), ()>,
     stats: Table<'txn, &'static str, u64>,
+    activity: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     counters: Counters,
 }
 
@@ -875,7 +927,10 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             candidates: stat(&stats, STAT_CANDIDATES)?,
             arrivals: stat(&stats, STAT_ARRIVALS)?,
             last_delivery_ms: stat(&stats, STAT_LAST_DELIVERY_MS)?,
-            next_audit: audit.last()?.map_or(0, |(k, _)| k.value() + 1),
+            next_audit: audit
+                .last()?
+                .map_or(0, |(k, _)| k.value() + 1)
+                .max(stat(&stats, STAT_AUDIT_NEXT)?),
         };
         Ok(Self {
             log,
@@ -891,7 +946,9 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             parked: txn.open_table(PARKED)?,
             chains: txn.open_table(CHAINS)?,
             audit,
+            audit_held: txn.open_table(AUDIT_HELD)?,
             stats,
+            activity: txn.open_table(ACTIVITY)?,
             counters,
         })
     }
@@ -941,8 +998,8 @@ impl<'txn, 'log> Tables<'txn, 'log> {
     }
 
     /// Takes an autosave out of the outbox, wherever its class put it, and out of the
-    /// pending counters.
-    fn dequeue(&mut self, name: &AutosaveName, record: &Record) -> Result<(), StoreError> {
+    /// pending counters; returns whether it was there.
+    fn dequeue(&mut self, name: &AutosaveName, record: &Record) -> Result<bool, StoreError> {
         let arrival = record.arrival;
         let mut found = false;
         for class in [CLASS_FINAL, CLASS_LATEST, CLASS_HISTORY] {
@@ -957,7 +1014,7 @@ impl<'txn, 'log> Tables<'txn, 'log> {
         if pointed.is_some_and(|(_, a)| a == arrival) {
             self.latest_pending.remove(who)?;
         }
-        Ok(())
+        Ok(found)
     }
 
     fn record(&self, name: &AutosaveName) -> Result<Option<Record>, StoreError> {
@@ -983,7 +1040,16 @@ impl<'txn, 'log> Tables<'txn, 'log> {
         if record.delivered_at.is_some() {
             return Ok(());
         }
-        self.dequeue(name, &record)?;
+        let was_pending = self.dequeue(name, &record)?;
+        let was_conflict = record.cloud_conflict_at.is_some();
+        activity::update(&mut self.activity, &name.exam, &name.candidate, |a| {
+            a.delivered += 1;
+            if was_pending {
+                a.pending = a.pending.saturating_sub(1);
+            } else if was_conflict {
+                a.cloud_conflicts = a.cloud_conflicts.saturating_sub(1);
+            }
+        })?;
         record.delivered_at = Some(now.to_owned());
         self.save_record(name, &record)?;
         self.delivered.insert(
@@ -1008,7 +1074,13 @@ impl<'txn, 'log> Tables<'txn, 'log> {
         if record.delivered_at.is_some() || record.cloud_conflict_at.is_some() {
             return Ok(());
         }
-        self.dequeue(name, &record)?;
+        let was_pending = self.dequeue(name, &record)?;
+        activity::update(&mut self.activity, &name.exam, &name.candidate, |a| {
+            a.cloud_conflicts += 1;
+            if was_pending {
+                a.pending = a.pending.saturating_sub(1);
+            }
+        })?;
         record.cloud_conflict_at = Some(now.to_owned());
         self.save_record(name, &record)?;
         self.counters.conflicts += 1;
@@ -1123,6 +1195,10 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             };
             self.autosaves
                 .remove((name.exam.as_str(), name.candidate.as_str(), name.seq))?;
+            activity::update(&mut self.activity, &name.exam, &name.candidate, |a| {
+                a.removed(&record)
+            })?;
+            self.release_audit(name)?;
             if let Some(hash) = record.blake3() {
                 self.release_blob(*hash.as_bytes())?;
             }
@@ -1135,6 +1211,65 @@ impl<'txn, 'log> Tables<'txn, 'log> {
                 "at": now,
             }))?;
         }
+        Ok(due.len() as u64)
+    }
+
+    /// Drops the audit entries that were held past the retention for this autosave's sake.
+    fn release_audit(&mut self, name: &AutosaveName) -> Result<(), StoreError> {
+        let (exam, candidate, seq) = (name.exam.as_str(), name.candidate.as_str(), name.seq);
+        let mut held = Vec::new();
+        for row in self
+            .audit_held
+            .range((exam, candidate, seq, 0)..=(exam, candidate, seq, u64::MAX))?
+        {
+            held.push(row?.0.value().3);
+        }
+        for n in held {
+            self.audit_held.remove((exam, candidate, seq, n))?;
+            self.audit.remove(n)?;
+        }
+        Ok(())
+    }
+
+    /// Walks up to `max` audit entries from the retention cursor, oldest first, while they
+    /// are older than `before_ms`: drops each, except a conflict, refusal or parked entry
+    /// whose autosave is still stored, which is listed in `audit_held` and stays until the
+    /// autosave goes. Returns how many entries it looked at.
+    fn purge_audit(&mut self, before_ms: u64, max: usize) -> Result<u64, StoreError> {
+        let cursor = self
+            .meta
+            .get(META_AUDIT_CURSOR)?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map_or(0, u64::from_le_bytes);
+        let mut due = Vec::new();
+        for row in self.audit.range(cursor..)?.take(max) {
+            let (n, raw) = row?;
+            let entry = super::audit::Entry::parse(raw.value());
+            if entry.at_ms.is_some_and(|at| at >= before_ms) {
+                break;
+            }
+            due.push((n.value(), entry));
+        }
+        let Some(last) = due.last().map(|(n, _)| *n) else {
+            return Ok(0);
+        };
+        for (n, entry) in &due {
+            let held = match entry.held_for() {
+                Some((exam, candidate, seq)) => {
+                    let stored = self.autosaves.get((exam, candidate, seq))?.is_some();
+                    if stored {
+                        self.audit_held.insert((exam, candidate, seq, *n), ())?;
+                    }
+                    stored
+                }
+                None => false,
+            };
+            if !held {
+                self.audit.remove(*n)?;
+            }
+        }
+        self.meta
+            .insert(META_AUDIT_CURSOR, (last + 1).to_le_bytes().as_slice())?;
         Ok(due.len() as u64)
     }
 
@@ -1173,6 +1308,7 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             (STAT_CANDIDATES, c.candidates),
             (STAT_ARRIVALS, c.arrivals),
             (STAT_LAST_DELIVERY_MS, c.last_delivery_ms),
+            (STAT_AUDIT_NEXT, c.next_audit),
         ] {
             self.stats.insert(name, value)?;
         }

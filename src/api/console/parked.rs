@@ -60,9 +60,7 @@ pub(super) async fn retry<B>(
         ));
     }
     // The next reading of the console shows the change at once.
-    if let Ok(mut cache) = console.cache.lock() {
-        *cache = None;
-    }
+    console.cache.invalidate().await;
     crate::api::routes::retry_parked(state).await
 }
 
