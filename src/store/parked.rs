@@ -283,4 +283,38 @@ mod tests {
         );
         store.close().await;
     }
+
+    /// A store written before the parked table existed opens, reads as having nothing
+    /// parked, and parks once the writer has created the table on its first write.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_store_from_before_the_parked_table_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let identity = Arc::new(Identity::load_or_create(dir.path(), &[], &[]).unwrap());
+        let options = StoreOptions {
+            min_free_bytes: 0,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&path, identity.clone(), options.clone()).unwrap();
+        store.put(request("a", 1, false)).await.unwrap();
+        store.close().await;
+        drop(store);
+        {
+            // As an older build left it: no parked table.
+            let db = redb::Database::open(&path).unwrap();
+            let write = db.begin_write().unwrap();
+            assert!(write.delete_table(PARKED).unwrap());
+            write.commit().unwrap();
+        }
+        let store = Store::open(&path, identity, options).unwrap();
+        let status = store.status().await.unwrap();
+        assert_eq!((status.pending, status.parked), (1, 0));
+        assert_eq!(store.parked(10).await.unwrap().1, 0);
+        assert!(store.verify().await.unwrap().problems.is_empty());
+        store.park(name("a", 1), 410, "gone".into()).await.unwrap();
+        let status = store.status().await.unwrap();
+        assert_eq!((status.pending, status.parked), (0, 1));
+        assert!(store.verify().await.unwrap().problems.is_empty());
+        store.close().await;
+    }
 }
