@@ -687,11 +687,14 @@ async fn permanent_refusals_are_parked_and_never_hold_up_the_rest() {
     let mut sorted = late_delays.clone();
     sorted.sort();
     let median_late = sorted[sorted.len() / 2];
+    // From the box's first PUT after the outage (when it notices the cloud is back depends
+    // on its probing backoff, which is not what this measures).
+    let first_put = sent.iter().map(|s| s.at).min().unwrap();
     let healthy_done = (0..3)
         .flat_map(|c| (1..=4).map(move |s| (format!("c{c:02}"), s)))
         .filter_map(|(c, s)| delivered_at(&c, s))
         .max()
-        .map(|at| at - started);
+        .map(|at| at - first_put);
     let refused_sends = front.sends_of("refused");
     let flaky_sends = front.sends_of("flaky");
     let flaky_failed_sends = sent
@@ -699,11 +702,13 @@ async fn permanent_refusals_are_parked_and_never_hold_up_the_rest() {
         .filter(|s| s.candidate == "flaky" && s.status == 500)
         .count();
     eprintln!(
-        "FIGURES: healthy backlog delivered by {healthy_done:?}; 58 late saves stored by \
+        "FIGURES: healthy backlog delivered {healthy_done:?} after the first PUT, which came \
+         {:?} after the cloud; 58 late saves stored by \
          {late_stored_by:?}, delay to the cloud median {median_late:?}, worst {worst_late:?}; \
          refused sends per save {refused_sends:?}; flaky sends per save {flaky_sends:?} \
          ({flaky_failed_sends} answered 500 within {FLAKY_FOR:?}); drained after \
          {drained_after:?}; status parked {}",
+        first_put - started,
         status["parked"]
     );
 
