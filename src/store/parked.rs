@@ -13,7 +13,7 @@
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
-use super::schema::{AUTOSAVES, PARKED};
+use super::schema::{AUTOSAVES, PARKED, STAT_PARKED, STAT_PARKED_BYTES, STATS, stat};
 use super::{Store, StoreError, decode_record};
 use crate::ids::AutosaveName;
 
@@ -129,19 +129,8 @@ fn open(read: &ReadTransaction) -> Result<Option<ParkedTable>, StoreError> {
 
 /// How many autosaves are parked and their payload bytes, for the status.
 pub(crate) fn totals(read: &ReadTransaction) -> Result<(u64, u64), StoreError> {
-    let Some(parked) = open(read)? else {
-        return Ok((0, 0));
-    };
-    let autosaves = read.open_table(AUTOSAVES)?;
-    let (mut count, mut bytes) = (0, 0);
-    for row in parked.iter()? {
-        let (_, name) = row?;
-        if let Some(raw) = autosaves.get(name.value())? {
-            count += 1;
-            bytes += decode_record(raw.value())?.receipt.size;
-        }
-    }
-    Ok((count, bytes))
+    let stats = read.open_table(STATS)?;
+    Ok((stat(&stats, STAT_PARKED)?, stat(&stats, STAT_PARKED_BYTES)?))
 }
 
 #[cfg(test)]

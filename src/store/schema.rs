@@ -95,6 +95,9 @@ pub(crate) const STAT_CONFLICTS: &str = "conflicts";
 pub(crate) const STAT_CANDIDATES: &str = "candidates";
 pub(crate) const STAT_ARRIVALS: &str = "arrivals";
 pub(crate) const STAT_LAST_DELIVERY_MS: &str = "last_delivery_ms";
+/// Parked autosaves and their payload bytes, kept by the park and retry transactions.
+pub(crate) const STAT_PARKED: &str = "parked";
+pub(crate) const STAT_PARKED_BYTES: &str = "parked_bytes";
 
 /// What the file says about itself.
 pub(crate) enum Found {
