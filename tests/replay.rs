@@ -790,6 +790,19 @@ async fn permanent_refusals_are_parked_and_never_hold_up_the_rest() {
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stdout).unwrap()
     };
+    // `hallrelay status` says so, and what to do.
+    let out = common::command(None)
+        .args(["status", "--box", &b.url()])
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--pin", &b.pin])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("REFUSED  2 autosaves") && text.contains("replay --retry-parked"),
+        "{text}"
+    );
     let said = retry();
     assert!(said.starts_with("2 parked autosaves are back"), "{said}");
     let deadline = Instant::now() + Duration::from_secs(20);
