@@ -687,11 +687,14 @@ async fn permanent_refusals_are_parked_and_never_hold_up_the_rest() {
     let mut sorted = late_delays.clone();
     sorted.sort();
     let median_late = sorted[sorted.len() / 2];
+    // From the box's first PUT after the outage (when it notices the cloud is back depends
+    // on its probing backoff, which is not what this measures).
+    let first_put = sent.iter().map(|s| s.at).min().unwrap();
     let healthy_done = (0..3)
         .flat_map(|c| (1..=4).map(move |s| (format!("c{c:02}"), s)))
         .filter_map(|(c, s)| delivered_at(&c, s))
         .max()
-        .map(|at| at - started);
+        .map(|at| at - first_put);
     let refused_sends = front.sends_of("refused");
     let flaky_sends = front.sends_of("flaky");
     let flaky_failed_sends = sent
@@ -699,11 +702,13 @@ async fn permanent_refusals_are_parked_and_never_hold_up_the_rest() {
         .filter(|s| s.candidate == "flaky" && s.status == 500)
         .count();
     eprintln!(
-        "FIGURES: healthy backlog delivered by {healthy_done:?}; 58 late saves stored by \
+        "FIGURES: healthy backlog delivered {healthy_done:?} after the first PUT, which came \
+         {:?} after the cloud; 58 late saves stored by \
          {late_stored_by:?}, delay to the cloud median {median_late:?}, worst {worst_late:?}; \
          refused sends per save {refused_sends:?}; flaky sends per save {flaky_sends:?} \
          ({flaky_failed_sends} answered 500 within {FLAKY_FOR:?}); drained after \
          {drained_after:?}; status parked {}",
+        first_put - started,
         status["parked"]
     );
 
@@ -785,6 +790,19 @@ async fn permanent_refusals_are_parked_and_never_hold_up_the_rest() {
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stdout).unwrap()
     };
+    // `hallrelay status` says so, and what to do.
+    let out = common::command(None)
+        .args(["status", "--box", &b.url()])
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--pin", &b.pin])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("REFUSED  2 autosaves") && text.contains("replay --retry-parked"),
+        "{text}"
+    );
     let said = retry();
     assert!(said.starts_with("2 parked autosaves are back"), "{said}");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -804,5 +822,139 @@ async fn permanent_refusals_are_parked_and_never_hold_up_the_rest() {
     };
     assert_eq!(status["parked"]["count"], 0, "{status}");
     assert_eq!(status["delivered"], saved.len() as u64, "{status}");
+    assert_cloud_holds(&cloud, &b, &saved).await;
+}
+
+/// Parked autosaves go back to the queue when the box starts again; retrying needs an admin,
+/// and the console's button refuses a request another site made with the session cookie.
+#[tokio::test(flavor = "multi_thread")]
+async fn parked_autosaves_return_at_restart_and_retries_are_guarded() {
+    let (hall, b) = Hall::new("");
+    let (mut saved, _) = save(&b, "refused", 1, 2).await;
+    saved.extend(save(&b, "fine", 1, 2).await.0);
+    let cloud_port = free_port();
+    let cloud = BoxProcess::start_cloud(
+        &hall.dir.path().join("cloud"),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{cloud_port}"),
+            "--appliance-token-file",
+            hall.dir.path().join("appliances").to_str().unwrap(),
+        ],
+    );
+    let front = TestCloud::start(
+        hall.cloud_port,
+        format!("http://{}", cloud.addr),
+        Duration::ZERO,
+    )
+    .await;
+    let status = drained(&b, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.status().await["parked"]["count"] != 2 {
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Only an admin may retry.
+    let post = |client: Connection, path: &'static str, headers: http::HeaderMap| async move {
+        client
+            .send(http::Method::POST, path, headers, bytes::Bytes::new())
+            .await
+            .unwrap()
+    };
+    let candidate = b.client(Some(b.candidate_token(EXAM, "refused")));
+    let r = post(candidate, "/v1/replay/retry-parked", http::HeaderMap::new()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = post(
+        b.client(None),
+        "/v1/replay/retry-parked",
+        http::HeaderMap::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = b
+        .client(Some(b.admin_token()))
+        .get("/v1/replay/retry-parked")
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // The console's button: a session cookie alone is not enough.
+    let signed_in = b
+        .client(None)
+        .send(
+            http::Method::POST,
+            "/console/session",
+            http::HeaderMap::from_iter([(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            )]),
+            serde_json::json!({ "token": b.admin_token() })
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status, StatusCode::NO_CONTENT);
+    let cookie = signed_in.header("set-cookie").unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let with = |pairs: &[(&'static str, String)]| {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::COOKIE, cookie.parse().unwrap());
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    };
+    for headers in [
+        with(&[("origin", "https://evil.example".into())]),
+        with(&[("sec-fetch-site", "cross-site".into())]),
+        with(&[]),
+    ] {
+        let r = post(b.client(None), "/console/retry-parked", headers).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    }
+    assert_eq!(
+        b.status().await["parked"]["count"],
+        2,
+        "nothing was retried"
+    );
+    assert_eq!(front.sends_of("refused"), BTreeMap::from([(1, 1), (2, 1)]));
+    // From the console's own page it works (and, still refused, they are parked again).
+    let own = with(&[
+        ("sec-fetch-site", "same-origin".into()),
+        ("origin", b.url()),
+    ]);
+    let r = post(b.client(None), "/console/retry-parked", own).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json::<serde_json::Value>().unwrap()["retried"], 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while front.sends_of("refused") != BTreeMap::from([(1, 2), (2, 2)])
+        || b.status().await["parked"]["count"] != 2
+    {
+        assert!(Instant::now() < deadline, "{:?}", front.sends_of("refused"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The platform takes them now; a restart of the box sends them without anyone asking.
+    front.refusing.store(false, Ordering::SeqCst);
+    let mut b = b;
+    b.terminate();
+    drop(b);
+    let b = hall.restart_box();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = b.status().await;
+        if status["delivered"] == 4 {
+            assert_eq!(status["parked"]["count"], 0, "{status}");
+            assert_eq!(status["pending"]["count"], 0, "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not sent after the restart: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_cloud_holds(&cloud, &b, &saved).await;
 }

@@ -12,7 +12,7 @@
 //! | --- | --- |
 //! | 2xx | marks the autosave delivered, durably |
 //! | 409 | records a conflict (audit log, status); never retries it |
-//! | other 4xx but 408 / 425 / 429 | parks it (`Answer::Permanent`): kept, not retried until asked |
+//! | other 4xx (not 401/403/408/425/429) | parks it (`Answer::Permanent`): kept, not retried until asked |
 //! | 401 / 403 | pauses replay; status says the credential is refused |
 //! | 429 / 503 | pauses all replay for `Retry-After` (the cloud says "slow down") |
 //! | 408, 425, other 5xx, timeouts, resets | backs off that autosave and its candidate ([`holds`]) |

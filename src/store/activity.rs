@@ -127,7 +127,7 @@ impl Activity {
             self.delivered = self.delivered.saturating_sub(1);
         } else if record.cloud_conflict_at.is_some() {
             self.cloud_conflicts = self.cloud_conflicts.saturating_sub(1);
-        } else {
+        } else if record.parked.is_none() {
             self.pending = self.pending.saturating_sub(1);
         }
     }
@@ -244,7 +244,8 @@ fn rebuild_row(mut saves: Vec<(u64, u64, Record)>, gap: Duration) -> Activity {
             row.delivered += 1;
         } else if record.cloud_conflict_at.is_some() {
             row.cloud_conflicts += 1;
-        } else {
+        } else if record.parked.is_none() {
+            // Parked autosaves are out of the outbox: neither pending nor delivered.
             row.pending += 1;
         }
     }

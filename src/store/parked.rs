@@ -13,7 +13,7 @@
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
-use super::schema::{AUTOSAVES, PARKED};
+use super::schema::{AUTOSAVES, PARKED, STAT_PARKED, STAT_PARKED_BYTES, STATS, stat};
 use super::{Store, StoreError, decode_record};
 use crate::ids::AutosaveName;
 
@@ -129,19 +129,8 @@ fn open(read: &ReadTransaction) -> Result<Option<ParkedTable>, StoreError> {
 
 /// How many autosaves are parked and their payload bytes, for the status.
 pub(crate) fn totals(read: &ReadTransaction) -> Result<(u64, u64), StoreError> {
-    let Some(parked) = open(read)? else {
-        return Ok((0, 0));
-    };
-    let autosaves = read.open_table(AUTOSAVES)?;
-    let (mut count, mut bytes) = (0, 0);
-    for row in parked.iter()? {
-        let (_, name) = row?;
-        if let Some(raw) = autosaves.get(name.value())? {
-            count += 1;
-            bytes += decode_record(raw.value())?.receipt.size;
-        }
-    }
-    Ok((count, bytes))
+    let stats = read.open_table(STATS)?;
+    Ok((stat(&stats, STAT_PARKED)?, stat(&stats, STAT_PARKED_BYTES)?))
 }
 
 #[cfg(test)]
@@ -281,6 +270,40 @@ mod tests {
                 pair("retried", "b/2"),
             ]
         );
+        store.close().await;
+    }
+
+    /// A store written before the parked table existed opens, reads as having nothing
+    /// parked, and parks once the writer has created the table on its first write.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_store_from_before_the_parked_table_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let identity = Arc::new(Identity::load_or_create(dir.path(), &[], &[]).unwrap());
+        let options = StoreOptions {
+            min_free_bytes: 0,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&path, identity.clone(), options.clone()).unwrap();
+        store.put(request("a", 1, false)).await.unwrap();
+        store.close().await;
+        drop(store);
+        {
+            // As an older build left it: no parked table.
+            let db = redb::Database::open(&path).unwrap();
+            let write = db.begin_write().unwrap();
+            assert!(write.delete_table(PARKED).unwrap());
+            write.commit().unwrap();
+        }
+        let store = Store::open(&path, identity, options).unwrap();
+        let status = store.status().await.unwrap();
+        assert_eq!((status.pending, status.parked), (1, 0));
+        assert_eq!(store.parked(10).await.unwrap().1, 0);
+        assert!(store.verify().await.unwrap().problems.is_empty());
+        store.park(name("a", 1), 410, "gone".into()).await.unwrap();
+        let status = store.status().await.unwrap();
+        assert_eq!((status.pending, status.parked), (0, 1));
+        assert!(store.verify().await.unwrap().problems.is_empty());
         store.close().await;
     }
 }

@@ -111,6 +111,9 @@ pub(crate) const STAT_ARRIVALS: &str = "arrivals";
 pub(crate) const STAT_LAST_DELIVERY_MS: &str = "last_delivery_ms";
 /// The next audit number: numbers are never reused, even once every entry was purged.
 pub(crate) const STAT_AUDIT_NEXT: &str = "audit_next";
+/// Parked autosaves and their payload bytes, kept by the park and retry transactions.
+pub(crate) const STAT_PARKED: &str = "parked";
+pub(crate) const STAT_PARKED_BYTES: &str = "parked_bytes";
 
 /// What the file says about itself.
 pub(crate) enum Found {

@@ -51,6 +51,7 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
     let mut pending: BTreeMap<u64, (Who, u64, u64)> = BTreeMap::new(); // arrival → who, seq, size
     let mut delivered_arrivals: HashMap<u64, (Who, u64)> = HashMap::new();
     let mut parked: HashMap<u64, (Who, u64)> = HashMap::new();
+    let mut parked_bytes = 0u64;
     // Per candidate: the newest arrival, and each receipt's hash → (arrival, prev).
     let mut newest: HashMap<Who, u64> = HashMap::new();
     let mut receipts: HashMap<Who, HashMap<String, (u64, String)>> = HashMap::new();
@@ -96,13 +97,15 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
             counted.delivered += 1;
         } else if record.cloud_conflict_at.is_some() {
             counted.cloud_conflicts += 1;
-        } else {
+        } else if record.parked.is_none() {
+            // Parked autosaves are out of the outbox: neither pending nor delivered.
             counted.pending += 1;
         }
         if record.delivered_at.is_some() {
             delivered_arrivals.insert(record.arrival, (who.clone(), seq));
         } else if record.parked.is_some() {
             parked.insert(record.arrival, (who.clone(), seq));
+            parked_bytes += r.size;
         } else if record.cloud_conflict_at.is_none() {
             pending_bytes += r.size;
             pending.insert(record.arrival, (who.clone(), seq, r.size));
@@ -115,6 +118,7 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
             .insert(r.hash(), (record.arrival, r.prev.clone()));
     }
     out.autosaves = stored;
+    let parked_count = parked.len() as u64;
 
     // Blobs: references and segment live bytes.
     let mut live: BTreeMap<u64, u64> = BTreeMap::new();
@@ -296,6 +300,8 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
         (STAT_PENDING, pending.len() as u64),
         (STAT_PENDING_BYTES, pending_bytes),
         (STAT_CANDIDATES, chain_count),
+        (STAT_PARKED, parked_count),
+        (STAT_PARKED_BYTES, parked_bytes),
     ] {
         let recorded = stat(&stats, name)?;
         if recorded != counted {

@@ -1112,7 +1112,11 @@ impl<'txn, 'log> Tables<'txn, 'log> {
         {
             return Ok(());
         }
-        self.dequeue(name, &record)?;
+        if self.dequeue(name, &record)? {
+            activity::update(&mut self.activity, &name.exam, &name.candidate, |a| {
+                a.pending = a.pending.saturating_sub(1);
+            })?;
+        }
         record.parked = Some(ParkedAt {
             at: now.to_owned(),
             status,
@@ -1123,6 +1127,7 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             record.arrival,
             (name.exam.as_str(), name.candidate.as_str(), name.seq),
         )?;
+        self.add_parked(1, record.receipt.size as i64)?;
         self.audit(serde_json::json!({
             "event": "parked",
             "exam": name.exam, "candidate": name.candidate, "seq": name.seq,
@@ -1161,6 +1166,10 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             self.enqueue(name, record.receipt.is_final, record.arrival)?;
             self.counters.pending += 1;
             self.counters.pending_bytes += record.receipt.size;
+            activity::update(&mut self.activity, &name.exam, &name.candidate, |a| {
+                a.pending += 1;
+            })?;
+            self.add_parked(-1, -(record.receipt.size as i64))?;
             retried += 1;
             self.audit(serde_json::json!({
                 "event": "retried",
@@ -1170,6 +1179,16 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             }))?;
         }
         Ok(retried)
+    }
+
+    /// Moves the parked counters, which live in the `stats` table beside the others but are
+    /// written here, where they change.
+    fn add_parked(&mut self, count: i64, bytes: i64) -> Result<(), StoreError> {
+        for (name, delta) in [(STAT_PARKED, count), (STAT_PARKED_BYTES, bytes)] {
+            let now = stat(&self.stats, name)?;
+            self.stats.insert(name, now.saturating_add_signed(delta))?;
+        }
+        Ok(())
     }
 
     /// Drops up to `max` autosaves delivered before `before_ms`, and blobs no autosave names
