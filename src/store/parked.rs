@@ -236,6 +236,16 @@ mod tests {
         let far = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
         assert_eq!(store.purge_delivered(far, 100).await.unwrap(), 0);
         assert!(store.verify().await.unwrap().problems.is_empty());
+        // The console's activity rows agree with the counters (or the next start rebuilds
+        // them): a parked autosave is no longer pending.
+        let rows_pending: u64 = store
+            .candidate_activity()
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| a.pending)
+            .sum();
+        assert_eq!(rows_pending, store.status().await.unwrap().pending);
 
         // A newer save of a arrives meanwhile: a/2 comes back as history, b/2 as a final.
         store.put(request("a", 3, false)).await.unwrap();
