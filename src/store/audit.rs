@@ -163,10 +163,8 @@ mod tests {
         assert_eq!(Entry::parse(b"not json").at_ms, None);
     }
 
-    use crate::identity::Identity;
     use crate::ids::AutosaveName;
-    use crate::store::{PutOutcome, PutRequest, STORE_FILE, StoreOptions};
-    use std::sync::Arc;
+    use crate::store::{PutOutcome, PutRequest};
     use std::time::{Duration, SystemTime};
 
     fn request(candidate: &str, seq: u64, body: &str) -> PutRequest {
@@ -201,12 +199,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_log_is_purged_with_the_data_but_conflicts_stay_with_their_autosave() {
         let dir = tempfile::tempdir().unwrap();
-        let identity = Arc::new(Identity::load_or_create(dir.path(), &[], &[]).unwrap());
-        let options = StoreOptions {
-            min_free_bytes: 0,
-            ..StoreOptions::default()
-        };
-        let store = Store::open(&dir.path().join(STORE_FILE), identity, options).unwrap();
+        let store = crate::store::open_for_test(dir.path());
         let later = || SystemTime::now() + Duration::from_secs(1);
         // a: a client conflict, then delivered. b: the cloud holds other bytes (never
         // delivered, never purged). c: delivered at once.

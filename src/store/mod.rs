@@ -879,6 +879,24 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// A store in `dir` with no free-space reserve and default options otherwise, with a fresh
+/// identity: what the store's unit tests start from.
+#[cfg(test)]
+pub(crate) fn open_for_test(dir: &Path) -> Store {
+    open_for_test_with(dir, StoreOptions::default())
+}
+
+/// [`open_for_test`] with `options` (its reserve still 0).
+#[cfg(test)]
+pub(crate) fn open_for_test_with(dir: &Path, options: StoreOptions) -> Store {
+    let identity = Arc::new(Identity::load_or_create(dir, &[], &[]).expect("identity"));
+    let options = StoreOptions {
+        min_free_bytes: 0,
+        ..options
+    };
+    Store::open(&dir.join(STORE_FILE), identity, options).expect("store")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

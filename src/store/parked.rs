@@ -187,12 +187,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn parked_autosaves_stay_and_come_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let identity = Arc::new(Identity::load_or_create(dir.path(), &[], &[]).unwrap());
-        let options = StoreOptions {
-            min_free_bytes: 0,
-            ..StoreOptions::default()
-        };
-        let store = Store::open(&dir.path().join("s.redb"), identity, options).unwrap();
+        let store = crate::store::open_for_test(dir.path());
         for (c, seq, fin) in [
             ("a", 1, false),
             ("a", 2, false),

@@ -1364,12 +1364,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn the_outbox_keeps_replay_order() {
         let dir = tempfile::tempdir().unwrap();
-        let identity = Arc::new(Identity::load_or_create(dir.path(), &[], &[]).unwrap());
-        let options = StoreOptions {
-            min_free_bytes: 0,
-            ..StoreOptions::default()
-        };
-        let store = Store::open(&dir.path().join("s.redb"), identity, options).unwrap();
+        let store = crate::store::open_for_test(dir.path());
         let pending = || store.pending(100, Default::default());
         for seq in [1, 2, 3] {
             store.put(request(seq)).await.unwrap();
@@ -1411,13 +1406,13 @@ mod tests {
     #[allow(clippy::await_holding_lock, clippy::readonly_write_lock)]
     async fn a_full_queue_is_refused_and_the_queued_requests_still_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let identity = Arc::new(Identity::load_or_create(dir.path(), &[], &[]).unwrap());
-        let options = StoreOptions {
-            queue_depth: 2,
-            min_free_bytes: 0,
-            ..StoreOptions::default()
-        };
-        let store = Store::open(&dir.path().join("s.redb"), identity, options).unwrap();
+        let store = crate::store::open_for_test_with(
+            dir.path(),
+            StoreOptions {
+                queue_depth: 2,
+                ..StoreOptions::default()
+            },
+        );
         let outcomes = {
             // Hold the database so the writer blocks inside its first batch.
             let guard = store.slot.db.write().unwrap();
