@@ -738,10 +738,12 @@ async fn flood_of_large_uploads(
 /// another address is still acknowledged within 1 s, and every reservation is given back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_of_large_uploads_keeps_memory_bounded_and_others_are_served() {
-    // Peak RSS allowed above the box's RSS at start: one 16 MB body (the flood's share is one
-    // body) plus HTTP/2 and TLS buffers and the writer. Before issue 16: 498 MB for 30
-    // uploads, and past 3 GB (killed) for 300.
-    const MARGIN: u64 = 96 << 20;
+    // Peak RSS allowed above the box's RSS at start: one 16 MB body at a time from the
+    // flooding address (its share), the second address's, HTTP/2 and TLS buffers, and what
+    // glibc's arenas keep of freed 16 MB buffers (measured here: 36 MB over the start for 30
+    // uploads, 61-64 MB for 300; without the per-client share, 179 MB). Before issue 16:
+    // 498 MB for 30 uploads, and past 3 GB (killed) for 300.
+    const MARGIN: u64 = 128 << 20;
     for uploads in [30, 300] {
         let dir = tempfile::tempdir().unwrap();
         // The budget a 1 GB Pi gets by default (an eighth of its memory), so that the bound

@@ -125,7 +125,18 @@ impl BodyBudget {
             None
         };
         if let Some(why) = refused {
-            self.refused.fetch_add(1, Ordering::Relaxed);
+            let count = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            // Seen in the journal without flooding it: the 1st, 2nd, 4th, 8th… refusal.
+            if count.is_power_of_two() {
+                tracing::warn!(
+                    %client,
+                    reason = %why,
+                    budget = self.total,
+                    reserved = held.total,
+                    refused = count,
+                    "upload refused with 503: the body budget is spent"
+                );
+            }
             return Err(why);
         }
         held.total += bytes;

@@ -1,9 +1,11 @@
 //! Routing and the handlers of the v1 API.
 //!
 //! Every autosave route checks, in this order: the ids in the path (400), the bearer token
-//! (401) and whether it grants this exam and candidate (403), then the body's size (413) and
-//! digest (400). Only then does the store see the request, and only the store's answer after
-//! its commit turns into a 2xx.
+//! (401) and whether it grants this exam and candidate (403), then the body's declared size
+//! (413), the `Content-Digest` header's form (400), and whether the body budget can hold the
+//! body (503, [`super::budget`]); all of these before the body is read. Then the body is read
+//! and hashed ([`super::body`]), and its digest checked (400). Only then does the store see
+//! the request, and only the store's answer after its commit turns into a 2xx.
 
 use std::convert::Infallible;
 
