@@ -46,7 +46,8 @@ image-test:
 
 # The benchmark table against this machine's own limits (~15 min; root for the replay row),
 # written to docs/benchmarks.md: ingest at 64/256/1,000 connections, a steady hall, a burst,
-# replay through 10 Mbit/s, memory, storage amplification, restart with a million autosaves.
+# replay through 10 Mbit/s, memory, storage amplification, restart with a million autosaves,
+# a console refresh with a million autosaves.
 # `just bench --quick` is CI's short form (not written); `just bench --only 2,8` some rows.
 bench *ARGS:
     cargo bench --bench bench -- {{ARGS}}

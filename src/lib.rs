@@ -7,7 +7,8 @@
 //!   says it is durable.
 //! - [`store`] owns the redb file and the payload log beside it: the tables, the schema
 //!   version and the single writer thread that groups concurrent requests into one fsynced
-//!   commit ("ack means durable").
+//!   commit ("ack means durable"), the per-candidate activity the console reads, and the
+//!   audit log with its retention.
 //! - [`replay`] forwards what the box stored to the cloud once the uplink works, most
 //!   important first; [`cloud`] is the reference cloud ingest it talks to in tests and demos.
 //! - [`identity`] is the box's TLS key and self-signed certificate, created on first start;
@@ -27,7 +28,7 @@
 //!   through [`notify`] when it is ready, that its store's writer is alive (the watchdog),
 //!   and what it is doing.
 //! - [`bundle`] is the signed export bundle (`export`, `verify`, `import`), [`ops`] those
-//!   commands and `status`.
+//!   commands, `status` and `audit`.
 //! - [`readiness`] answers "can this box take this hall?" on paper (`hallrelay check`: disk
 //!   space, store, identity); [`loadtest`] answers it by experiment (`hallrelay loadtest`: a
 //!   simulated hall of pinned TLS candidates, built on the load generator [`loadgen`] that the
