@@ -316,34 +316,15 @@ mod tests {
         assert_eq!((row.saves, row.bytes), (6, 60));
     }
 
-    use crate::identity::Identity;
-    use crate::ids::AutosaveName;
-    use crate::store::{CandidateActivity, PutRequest, STORE_FILE, Store, StoreOptions};
-    use std::sync::Arc;
+    use crate::store::{CandidateActivity, PutRequest, STORE_FILE, Store};
     use std::time::SystemTime;
 
     fn request(candidate: &str, seq: u64, is_final: bool) -> PutRequest {
-        let payload = bytes::Bytes::from(format!("{candidate} save {seq}"));
-        PutRequest {
-            name: AutosaveName {
-                exam: "e".into(),
-                candidate: candidate.into(),
-                seq,
-            },
-            blake3: blake3::hash(&payload),
-            payload,
-            is_final,
-            upstream_receipt: None,
-        }
+        crate::store::put_for_test(candidate, seq, &format!("{candidate} save {seq}"), is_final)
     }
 
     async fn open(dir: &std::path::Path) -> Store {
-        let identity = Arc::new(Identity::load_or_create(dir, &[], &[]).unwrap());
-        let options = StoreOptions {
-            min_free_bytes: 0,
-            ..StoreOptions::default()
-        };
-        Store::open(&dir.join(STORE_FILE), identity, options).unwrap()
+        crate::store::open_for_test(dir)
     }
 
     async fn rows(store: &Store) -> Vec<CandidateActivity> {

@@ -163,23 +163,11 @@ mod tests {
         assert_eq!(Entry::parse(b"not json").at_ms, None);
     }
 
-    use crate::ids::AutosaveName;
     use crate::store::{PutOutcome, PutRequest};
     use std::time::{Duration, SystemTime};
 
     fn request(candidate: &str, seq: u64, body: &str) -> PutRequest {
-        let payload = bytes::Bytes::from(body.to_owned());
-        PutRequest {
-            name: AutosaveName {
-                exam: "e".into(),
-                candidate: candidate.into(),
-                seq,
-            },
-            blake3: blake3::hash(&payload),
-            payload,
-            is_final: false,
-            upstream_receipt: None,
-        }
+        crate::store::put_for_test(candidate, seq, body, false)
     }
 
     async fn log(store: &Store) -> Vec<(u64, String, String)> {

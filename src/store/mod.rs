@@ -886,6 +886,23 @@ pub(crate) fn open_for_test(dir: &Path) -> Store {
     open_for_test_with(dir, StoreOptions::default())
 }
 
+/// An autosave of exam `e` for the store's unit tests: `body` under (candidate, seq).
+#[cfg(test)]
+pub(crate) fn put_for_test(candidate: &str, seq: u64, body: &str, is_final: bool) -> PutRequest {
+    let payload = Bytes::from(body.to_owned());
+    PutRequest {
+        name: AutosaveName {
+            exam: "e".into(),
+            candidate: candidate.into(),
+            seq,
+        },
+        blake3: blake3::hash(&payload),
+        payload,
+        is_final,
+        upstream_receipt: None,
+    }
+}
+
 /// [`open_for_test`] with `options` (its reserve still 0).
 #[cfg(test)]
 pub(crate) fn open_for_test_with(dir: &Path, options: StoreOptions) -> Store {

@@ -137,22 +137,13 @@ pub(crate) fn totals(read: &ReadTransaction) -> Result<(u64, u64), StoreError> {
 mod tests {
     use std::sync::Arc;
 
-    use bytes::Bytes;
-
     use super::*;
     use crate::identity::Identity;
     use crate::store::schema::AUDIT;
     use crate::store::{PutRequest, StoreOptions};
 
     fn request(candidate: &str, seq: u64, is_final: bool) -> PutRequest {
-        let payload = Bytes::from(format!("{candidate} save {seq}"));
-        PutRequest {
-            name: name(candidate, seq),
-            blake3: blake3::hash(&payload),
-            payload,
-            is_final,
-            upstream_receipt: None,
-        }
+        crate::store::put_for_test(candidate, seq, &format!("{candidate} save {seq}"), is_final)
     }
 
     fn name(candidate: &str, seq: u64) -> AutosaveName {

@@ -1341,18 +1341,7 @@ mod tests {
     use crate::store::{Store, StoreOptions};
 
     fn request(seq: u64) -> PutRequest {
-        let payload = Bytes::from(format!("save {seq}"));
-        PutRequest {
-            name: AutosaveName {
-                exam: "e".into(),
-                candidate: "c".into(),
-                seq,
-            },
-            blake3: blake3::hash(&payload),
-            payload,
-            is_final: false,
-            upstream_receipt: None,
-        }
+        crate::store::put_for_test("c", seq, &format!("save {seq}"), false)
     }
 
     fn order(pending: &[crate::store::Pending]) -> Vec<u64> {
