@@ -16,6 +16,7 @@ test:
 check:
     cargo fmt --all -- --check
     cargo clippy --release --all-targets -- -D warnings
+    cargo clippy --manifest-path fuzz/Cargo.toml --bins -- -D warnings
     cargo test --release
 
 # The Debian package (needs `cargo install cargo-deb`): binary, systemd unit, sysusers entry

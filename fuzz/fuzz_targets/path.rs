@@ -24,6 +24,8 @@ enum Segment {
     Latest,
     Health,
     Status,
+    Replay,
+    RetryParked,
     Empty,
     Seq(u64),
     Text(String),
@@ -50,6 +52,8 @@ impl Input {
                         Segment::Latest => path.push_str("latest"),
                         Segment::Health => path.push_str("health"),
                         Segment::Status => path.push_str("status"),
+                        Segment::Replay => path.push_str("replay"),
+                        Segment::RetryParked => path.push_str("retry-parked"),
                         Segment::Empty => {}
                         Segment::Seq(n) => path.push_str(&n.to_string()),
                         Segment::Text(s) => path.push_str(s),
@@ -77,6 +81,7 @@ fn reference(path: &str) -> Expected {
     match rest {
         "health" => return Expected::Found(Target::Health),
         "status" => return Expected::Found(Target::Status),
+        "replay/retry-parked" => return Expected::Found(Target::RetryParked),
         _ => {}
     }
     let Some((exam, rest)) = rest.strip_prefix("exams/").and_then(|r| r.split_once('/')) else {
@@ -122,6 +127,7 @@ fn canonical(target: &Target) -> String {
     match target {
         Target::Health => "/v1/health".to_owned(),
         Target::Status => "/v1/status".to_owned(),
+        Target::RetryParked => "/v1/replay/retry-parked".to_owned(),
         Target::List { exam, candidate } => autosaves(exam, candidate),
         Target::Latest { exam, candidate } => format!("{}/latest", autosaves(exam, candidate)),
         Target::Autosave(name) => {
