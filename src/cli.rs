@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::logging::LogFormat;
+
 /// hallrelay: keeps exam autosaves safe in the hall while the uplink is down.
 #[derive(Debug, Parser)]
 #[command(name = "hallrelay", version, about, long_about = None)]
@@ -352,6 +354,9 @@ pub struct CloudArgs {
     /// Test switch: drop this share of connections (0 to 1) without an answer.
     #[arg(long, default_value_t = 0.0, value_parser = share)]
     pub reset_rate: f64,
+    /// The shape of the log lines on stderr: `text`, or `json` (one object a line).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 fn share(text: &str) -> Result<f64, String> {
@@ -405,6 +410,10 @@ pub struct ServeArgs {
     /// at least max_body_bytes].
     #[arg(long, value_name = "BYTES")]
     pub client_body_budget: Option<u64>,
+    /// The shape of the log lines on stderr: `text`, or `json` (one object a line, fields at
+    /// the top level) for the journal and a log shipper [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@ use crate::api::Limits;
 use crate::cli::ServeArgs;
 use crate::ids::is_valid_id;
 use crate::keyfile::Secret;
+use crate::logging::LogFormat;
 use crate::replay::ReplayConfig;
 use crate::store::StoreOptions;
 
@@ -175,6 +176,9 @@ pub struct FileConfig {
     /// A file (mode 0600) holding a token that may read `/metrics` and nothing else, for a
     /// Prometheus server (default: none; the admin token always may).
     pub metrics_token_file: Option<PathBuf>,
+    /// The shape of the log lines: "text" (the default) or "json", one object a line with
+    /// the fields at the top level, for the systemd journal and a log shipper.
+    pub log_format: Option<LogFormat>,
     /// Read by the SD image's first boot, not by `serve`: SSH public keys allowed to log in
     /// as `admin`. SSH stays off when this is absent or empty; there is never a password.
     pub ssh_authorized_keys: Option<Vec<String>>,
@@ -199,6 +203,8 @@ pub struct ServeConfig {
     pub console_silent_after: Duration,
     /// The token that may scrape `/metrics` besides admin tokens.
     pub metrics_token: Option<Secret>,
+    /// The shape of the log lines: text (the default) or JSON for a log shipper.
+    pub log_format: LogFormat,
 }
 
 impl FileConfig {
@@ -407,6 +413,7 @@ impl ServeConfig {
                 None => None,
             },
             console_silent_after,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
 }

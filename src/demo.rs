@@ -155,6 +155,7 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
         client_rate_limit: Some(0),
         max_connections_per_client: None,
         client_body_budget: Some(0),
+        log_format: None,
     };
     let mut box_config = ServeConfig::from_args(&args)?;
     if let Some(replay) = &mut box_config.replay {

@@ -49,6 +49,7 @@ pub mod ids;
 pub mod keyfile;
 pub mod loadgen;
 pub mod loadtest;
+pub mod logging;
 pub mod mdns;
 pub mod notify;
 pub mod ops;

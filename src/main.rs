@@ -1,6 +1,5 @@
 //! The binary edge: parse arguments, set up logging, run a command, map errors to exit codes.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -15,6 +14,7 @@ use hallrelay::cloud::CloudConfig;
 use hallrelay::config::{DEFAULT_DATA_DIR, ServeConfig, VENUE_KEY_FILE};
 use hallrelay::keyfile::Secret;
 use hallrelay::keyfile::VenueKey;
+use hallrelay::logging::{self, LogFormat};
 use hallrelay::ops::{self, OpsError};
 use hallrelay::serve::{self, ServeError};
 use hallrelay::timefmt::unix_secs;
@@ -30,27 +30,23 @@ const EXIT_IO: u8 = 74;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Servers log what they do; the interactive commands print to stdout and log only
-    // what went wrong.
-    let default_filter = match cli.command {
-        Command::Serve(_) | Command::Cloud(_) => "info",
-        // The demo tells its own timeline; the servers inside it log only errors.
-        Command::Demo(_) => "error",
-        _ => "warn",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // what went wrong. The demo tells its own timeline; the servers inside it log only
+    // errors.
+    match &cli.command {
+        // `serve` learns its log format from its configuration, so it starts logging once
+        // that is read; a configuration error is printed, not logged.
+        Command::Serve(_) => {}
+        Command::Cloud(args) => logging::init(args.log_format, "info"),
+        Command::Demo(_) => logging::init(LogFormat::Text, "error"),
+        _ => logging::init(LogFormat::Text, "warn"),
+    }
     match cli.command {
         Command::Serve(args) => {
             let config = match ServeConfig::from_args(&args) {
                 Ok(c) => c,
                 Err(e) => return fail(EXIT_USAGE, &e),
             };
+            logging::init(config.log_format, "info");
             run_server(|shutdown| serve::run(config, shutdown, |_| {}))
         }
         Command::Cloud(args) => {

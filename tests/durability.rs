@@ -208,6 +208,7 @@ fn bad_configuration_exits_64_and_names_the_key() {
         ("listen_adress = \"0.0.0.0:1\"\n", "listen_adress"),
         ("idle_timeout = \"soon\"\n", "idle_timeout"),
         ("max_body_bytes = 0\n", "max_body_bytes"),
+        ("log_format = \"xml\"\n", "log_format"),
     ] {
         let config = config_file(dir.path(), text);
         let out = std::process::Command::new(binary())
@@ -222,6 +223,86 @@ fn bad_configuration_exits_64_and_names_the_key() {
             "the message must name {key}: {stderr}"
         );
     }
+}
+
+/// `log_format = "json"` (and `--log-format json`) turn every line on stderr into one JSON
+/// object whose fields a log shipper can index without parsing prose; the default stays text.
+#[test]
+fn json_log_format_gives_one_object_a_line_with_top_level_fields() {
+    use std::io::{BufRead as _, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let json = config_file(dir.path(), "log_format = \"json\"\n");
+    std::fs::create_dir(dir.path().join("text")).unwrap();
+    let text = config_file(&dir.path().join("text"), "log_format = \"text\"\n");
+    let cases: [(&str, Vec<String>); 3] = [
+        ("file", vec!["--config".into(), json.display().to_string()]),
+        ("flag", vec!["--log-format".into(), "json".into()]),
+        (
+            "flag over file",
+            vec![
+                "--config".into(),
+                text.display().to_string(),
+                "--log-format".into(),
+                "json".into(),
+            ],
+        ),
+    ];
+    for (case, extra) in cases {
+        let mut child = std::process::Command::new(binary())
+            .args([
+                "serve",
+                "--no-mdns",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .args(&extra)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Every line up to the exit is read, the shutdown's included, as the journal would.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let mut listening = None;
+        for line in lines.by_ref().map_while(Result::ok) {
+            let object: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("{case}: not one JSON object ({e}): {line}"));
+            seen.push(line);
+            if object["message"] == "listening" {
+                listening = Some(object);
+                break;
+            }
+        }
+        signal(child.id(), "TERM");
+        for line in lines.map_while(Result::ok) {
+            serde_json::from_str::<serde_json::Value>(&line)
+                .unwrap_or_else(|e| panic!("{case}: not one JSON object ({e}): {line}"));
+        }
+        assert!(child.wait().unwrap().success(), "{case}");
+        let listening = listening.unwrap_or_else(|| panic!("{case}: no listening line: {seen:?}"));
+        assert_eq!(listening["level"], "INFO", "{case}: {listening}");
+        assert!(listening["timestamp"].is_string(), "{case}: {listening}");
+        assert!(
+            listening["pin"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("sha256//"),
+            "{case}: the pin is a top-level field: {listening}"
+        );
+        assert!(
+            listening["addr"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("127.0.0.1:"),
+            "{listening}"
+        );
+    }
+    // Without either, the lines stay text: the start line reads `… listening addr=… pin=…`.
+    let b = BoxProcess::start(&dir.path().join("data"), &[]);
+    assert!(b.pin.starts_with("sha256//"), "{}", b.pin);
 }
 
 /// ENOSPC inside a commit: the free-space check passed (with the reserve off it only asks
