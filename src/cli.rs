@@ -18,7 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the appliance: the HTTPS autosave API backed by a durable redb store.
     Serve(ServeArgs),
-    /// Mint a candidate or admin token with the venue key (prints only the token).
+    /// Mint a candidate or admin token with the box's venue key (prints only the token, or
+    /// writes it with mode 0600 to --out FILE). Never creates a key: only serve and cloud do.
     Token(TokenArgs),
     /// Run the reference cloud ingest: the same API, its own store (for tests, demos and
     /// platform integrators).
@@ -336,8 +337,9 @@ pub struct CloudArgs {
     /// Address to listen on; plain HTTP on loopback, TLS anywhere else.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9443")]
     pub listen: SocketAddr,
-    /// The venue key file for candidate tokens [default: <data-dir>/venue.key, created if
-    /// missing].
+    /// The venue key file for candidate tokens, created (with its folder) if missing; on one
+    /// machine with a box, name the box's (hallrelay-data/venue.key) so that both take the
+    /// same tokens [default: <data-dir>/venue.key].
     #[arg(long, value_name = "FILE")]
     pub venue_key_file: Option<PathBuf>,
     /// File of the boxes' bearer credentials, one a line.

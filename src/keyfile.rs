@@ -23,10 +23,15 @@ pub enum KeyFileError {
     #[error("{path} is empty")]
     Empty { path: PathBuf },
     #[error(
-        "no venue key at {path}: run `hallrelay serve` once to create it (it keeps it in its \
-         data dir), or name the box's key with --venue-key-file (or its folder with --data-dir)"
+        "no venue key at {path}{within}: run `hallrelay serve` once to create it (it keeps it \
+         in its data dir), or name the box's key with --venue-key-file (or its folder with \
+         --data-dir)"
     )]
-    NoVenueKey { path: PathBuf },
+    NoVenueKey {
+        path: PathBuf,
+        /// " (in FOLDER)" for a relative path: the wrong folder is the usual cause.
+        within: String,
+    },
     #[error(
         "{path} holds a secret but others may read it (mode {mode:04o}): run `chmod 600 {path}`"
     )]
@@ -119,7 +124,11 @@ impl VenueKey {
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
         let raw = read_secret(path).map_err(|e| match e {
             KeyFileError::Read { path, source } if source.kind() == io::ErrorKind::NotFound => {
-                KeyFileError::NoVenueKey { path }
+                let within = match std::env::current_dir() {
+                    Ok(cwd) if path.is_relative() => format!(" (in {})", cwd.display()),
+                    _ => String::new(),
+                };
+                KeyFileError::NoVenueKey { path, within }
             }
             e => e,
         })?;

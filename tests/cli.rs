@@ -239,7 +239,7 @@ fn token_never_creates_a_venue_key() {
             assert_eq!(code, 64, "{args:?}: {err}");
             assert!(out.is_empty(), "{args:?} printed a token: {out}");
             assert!(
-                err.contains(&format!("no venue key at {path}"))
+                err.contains(&format!("no venue key at {path} (in {})", here.display()))
                     && err.contains("hallrelay serve")
                     && err.contains("--venue-key-file"),
                 "{args:?}: {err}"
