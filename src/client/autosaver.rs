@@ -842,3 +842,29 @@ fn is_untrusted(error: &ClientError) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty save is refused before it is journaled: no seq is spent, nothing is sent.
+    #[tokio::test]
+    async fn an_empty_save_is_refused_before_it_takes_a_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = Options::new(
+            "http://127.0.0.1:9",
+            "math",
+            "c1",
+            Secret::new("hr1.c.x.y"),
+            dir.path().join("journal"),
+        );
+        options.discovery = Discovery::none();
+        let mut autosaver = Autosaver::open(options).unwrap();
+        assert!(matches!(
+            autosaver.save(b"", false).await,
+            Err(SaveError::Empty)
+        ));
+        assert_eq!(autosaver.journal().last_seq(), 0);
+        assert!(autosaver.journal().entries().next().is_none());
+    }
+}
