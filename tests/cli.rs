@@ -372,3 +372,35 @@ fn the_start_log_names_the_real_store_file() {
         "{created}"
     );
 }
+
+/// The README's recipes are the ones the tests above run: the curl walkthrough writes its
+/// payload before sending it, the one-machine cloud shares the box's venue key, and a token
+/// goes to a file through `--out` (never `> FILE`, which `--token-file` refuses).
+#[test]
+fn the_readme_recipes_are_the_tested_ones() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = |title: &str| {
+        let start = readme.find(title).unwrap_or_else(|| panic!("no {title:?}"));
+        let rest = &readme[start + title.len()..];
+        rest[..rest.find("\n##").unwrap_or(rest.len())].to_owned()
+    };
+    let curl = section("## Saving an autosave with curl");
+    let written = curl
+        .find("> answers.json")
+        .expect("answers.json is written");
+    let sent = curl.find("@answers.json").expect("answers.json is sent");
+    assert!(written < sent, "{curl}");
+    let one_machine = section("### The box and the cloud on one machine");
+    assert!(
+        one_machine.contains("--venue-key-file hallrelay-data/venue.key"),
+        "{one_machine}"
+    );
+    assert!(
+        one_machine.contains("token --exam math-2026 --candidate c042 --out c042.token"),
+        "{one_machine}"
+    );
+    for line in readme.lines().filter(|l| l.contains(" token ")) {
+        assert!(!line.contains("token >") && !line.contains(") >"), "{line}");
+    }
+}
