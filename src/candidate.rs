@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::CandidateArgs;
 use crate::client::{
-    Autosaver, AutosaverError, CloudTrust, Discovery, JournalError, Options, Summary,
+    Autosaver, AutosaverError, CloudTrust, Discovery, JournalError, Options, SaveError, Summary,
 };
 use crate::keyfile::{KeyFileError, Secret};
 
@@ -74,6 +74,8 @@ pub enum CandidateError {
     Start(#[from] AutosaverError),
     #[error("cannot write the journal, so the save was not taken: {0}")]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Save(#[from] SaveError),
 }
 
 /// Runs the plan, printing each event with `print`, and returns where the journal stands.

@@ -20,7 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the appliance: the HTTPS autosave API backed by a durable redb store.
     Serve(ServeArgs),
-    /// Mint a candidate or admin token with the venue key (prints only the token).
+    /// Mint a candidate or admin token with the box's venue key (prints only the token, or
+    /// writes it with mode 0600 to --out FILE). Never creates a key: only serve and cloud do.
     Token(TokenArgs),
     /// Run the reference cloud ingest: the same API, its own store (for tests, demos and
     /// platform integrators).
@@ -338,8 +339,9 @@ pub struct CloudArgs {
     /// Address to listen on; plain HTTP on loopback, TLS anywhere else.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9443")]
     pub listen: SocketAddr,
-    /// The venue key file for candidate tokens [default: <data-dir>/venue.key, created if
-    /// missing].
+    /// The venue key file for candidate tokens, created (with its folder) if missing; on one
+    /// machine with a box, name the box's (hallrelay-data/venue.key) so that both take the
+    /// same tokens [default: <data-dir>/venue.key].
     #[arg(long, value_name = "FILE")]
     pub venue_key_file: Option<PathBuf>,
     /// File of the boxes' bearer credentials, one a line.
@@ -417,26 +419,44 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    override_usage = "hallrelay token --exam E --candidate C [--ttl 12h] [--out FILE] [--data-dir D] [--venue-key-file F]\n       \
+                      hallrelay token --admin [--subject NAME] [--ttl 12h] [--out FILE] [--data-dir D] [--venue-key-file F]",
+    group(clap::ArgGroup::new("kind").required(true).args(["exam", "admin"])),
+    after_help = "A candidate token: --exam E --candidate C. An admin (invigilator / IT) token: \
+                  --admin [--subject NAME]. The venue key must exist (`hallrelay serve` creates \
+                  it on its first start); this command never creates one."
+)]
 pub struct TokenArgs {
     /// The data dir whose venue key signs the token [default: ./hallrelay-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// The venue key file [default: <data-dir>/venue.key, created if missing].
+    /// The venue key file [default: <data-dir>/venue.key; it must exist: only `serve` and
+    /// `cloud` create venue keys].
     #[arg(long, value_name = "FILE")]
     pub venue_key_file: Option<PathBuf>,
-    /// The exam the candidate token is for.
-    #[arg(long, requires = "candidate", conflicts_with = "admin")]
+    /// The exam the candidate token is for (with --candidate).
+    #[arg(
+        long,
+        value_name = "E",
+        requires = "candidate",
+        conflicts_with = "admin"
+    )]
     pub exam: Option<String>,
-    /// The candidate the token is for.
-    #[arg(long, requires = "exam", conflicts_with = "admin")]
+    /// The candidate the token is for (with --exam).
+    #[arg(long, value_name = "C", requires = "exam", conflicts_with = "admin")]
     pub candidate: Option<String>,
-    /// Mint an admin (invigilator / IT) token instead.
-    #[arg(long, required_unless_present = "exam")]
+    /// Mint an admin (invigilator / IT) token instead of a candidate token.
+    #[arg(long)]
     pub admin: bool,
     /// Who the admin token is for, recorded in it.
-    #[arg(long, default_value = "admin", requires = "admin")]
+    #[arg(long, value_name = "NAME", default_value = "admin", requires = "admin")]
     pub subject: String,
     /// How long the token is valid, e.g. 8h, 2days.
     #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
+    /// Write the token to FILE with mode 0600 (what --token-file needs) instead of printing
+    /// it. An existing FILE is replaced only if it holds a token.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }

@@ -481,7 +481,7 @@ async fn keep_saving(
     mut autosaver: Autosaver,
     id: String,
     stop: CancellationToken,
-) -> Result<Vec<(u64, Vec<u8>)>, crate::client::JournalError> {
+) -> Result<Vec<(u64, Vec<u8>)>, crate::client::SaveError> {
     let mut saves = Vec::new();
     let mut ticker = tokio::time::interval(SAVE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

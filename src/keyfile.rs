@@ -23,6 +23,16 @@ pub enum KeyFileError {
     #[error("{path} is empty")]
     Empty { path: PathBuf },
     #[error(
+        "no venue key at {path}{within}: run `hallrelay serve` once to create it (it keeps it \
+         in its data dir), or name the box's key with --venue-key-file (or its folder with \
+         --data-dir)"
+    )]
+    NoVenueKey {
+        path: PathBuf,
+        /// " (in FOLDER)" for a relative path: the wrong folder is the usual cause.
+        within: String,
+    },
+    #[error(
         "{path} holds a secret but others may read it (mode {mode:04o}): run `chmod 600 {path}`"
     )]
     LooseMode { path: PathBuf, mode: u32 },
@@ -108,9 +118,20 @@ impl VenueKey {
     }
 
     /// Reads a venue key (mode 0600 or stricter): 64 hex digits (white space around them
-    /// ignored) or 32 raw bytes.
+    /// ignored) or 32 raw bytes. It never creates one: only the box and the cloud do
+    /// ([`load_or_create`](Self::load_or_create)), so a missing file is
+    /// [`KeyFileError::NoVenueKey`], naming the path.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let raw = read_secret(path)?;
+        let raw = read_secret(path).map_err(|e| match e {
+            KeyFileError::Read { path, source } if source.kind() == io::ErrorKind::NotFound => {
+                let within = match std::env::current_dir() {
+                    Ok(cwd) if path.is_relative() => format!(" (in {})", cwd.display()),
+                    _ => String::new(),
+                };
+                KeyFileError::NoVenueKey { path, within }
+            }
+            e => e,
+        })?;
         Self::parse(&raw).ok_or_else(|| KeyFileError::BadVenueKey {
             path: path.to_owned(),
         })
@@ -125,13 +146,26 @@ impl VenueKey {
         <[u8; 32]>::try_from(raw).ok().map(Self)
     }
 
-    /// Loads the key at `path`, creating a fresh random one (mode 0600) if there is none.
+    /// Loads the key at `path`, creating a fresh random one (mode 0600) if there is none,
+    /// and its folder (mode 0700) if that is missing too: the reference cloud started first
+    /// may create the key in the box's data dir, which the box then finds in place.
     pub fn load_or_create(path: &Path) -> Result<Self, KeyFileError> {
         match fs::metadata(path) {
             Ok(_) => Self::load(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let key = Self::generate();
                 let text = format!("{}\n", hex(&key.0));
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    use std::os::unix::fs::DirBuilderExt as _;
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)
+                        .map_err(|source| KeyFileError::Create {
+                            path: parent.to_owned(),
+                            source,
+                        })?;
+                }
                 write_secret_file(path, text.as_bytes())?;
                 tracing::info!(path = %path.display(), "created a new venue key");
                 Ok(key)
@@ -162,16 +196,26 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeyFileErro
 /// it held before: a temporary file `path.tmp` (mode 0600), fsync, rename, fsync the folder.
 pub fn write_durably(path: &Path, contents: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut file = create_private(&tmp)?;
     file.write_all(contents)?;
     file.sync_all()?;
     fs::rename(&tmp, path)?;
     sync_parent(path)
+}
+
+/// Creates (or truncates) `path` for writing, readable and writable by its owner only (mode
+/// 0600), even when a file left there before had a looser mode: for secrets, and for files
+/// too large to hold in memory that are as private (an export bundle holds a hall's answers).
+pub fn create_private(path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// Fsyncs the folder holding `path`, so that a new name in it survives a power cut.

@@ -14,7 +14,9 @@
 //! - [`identity`] is the box's TLS key and self-signed certificate, created on first start;
 //!   its public-key pin is what clients trust, and [`receipt`]s are signed with it.
 //! - [`token`] mints and verifies the candidate and admin tokens (a blake3 keyed MAC under the
-//!   venue key), so the box can authenticate candidates offline.
+//!   venue key), so the box can authenticate candidates offline; [`mint`] is `hallrelay
+//!   token`, which mints them with an existing venue key (only the box and the cloud create
+//!   one).
 //! - [`digest`] checks RFC 9530 `Content-Digest` headers; [`ids`] the names of things.
 //! - [`mdns`] advertises the box as `_hallrelay._tcp.local.` (with a `NAME.local` host record
 //!   and its pin as a TXT hint) and browses for boxes. It finds; it never vouches.
@@ -51,6 +53,7 @@ pub mod loadgen;
 pub mod loadtest;
 pub mod logging;
 pub mod mdns;
+pub mod mint;
 pub mod notify;
 pub mod ops;
 pub mod readiness;

@@ -1,24 +1,20 @@
 //! The binary edge: parse arguments, set up logging, run a command, map errors to exit codes.
 
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Parser;
 use hallrelay::api::Limits;
 use hallrelay::cli::{
     AuditArgs, CandidateArgs, CheckArgs, Cli, Command, DemoArgs, DiscoverArgs, ExportArgs,
-    ImportArgs, LoadtestArgs, ReplayArgs, StatusArgs, TokenArgs, VerifyArgs,
+    ImportArgs, LoadtestArgs, ReplayArgs, StatusArgs, VerifyArgs,
 };
 use hallrelay::cloud::CloudConfig;
-use hallrelay::config::{DEFAULT_DATA_DIR, ServeConfig, VENUE_KEY_FILE};
+use hallrelay::config::{ServeConfig, VENUE_KEY_FILE};
 use hallrelay::keyfile::Secret;
-use hallrelay::keyfile::VenueKey;
 use hallrelay::logging::{self, LogFormat};
 use hallrelay::ops::{self, OpsError};
 use hallrelay::serve::{self, ServeError};
-use hallrelay::timefmt::unix_secs;
-use hallrelay::token::{self, Claims};
 
 /// EX_USAGE: the configuration or the command line is wrong; restarting will not help.
 const EXIT_USAGE: u8 = 64;
@@ -28,7 +24,10 @@ const EXIT_DATA: u8 = 65;
 const EXIT_IO: u8 = 74;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(&e),
+    };
     // Servers log what they do; the interactive commands print to stdout and log only
     // what went wrong. The demo tells its own timeline; the servers inside it log only
     // errors.
@@ -85,13 +84,26 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(EXIT_USAGE, &e),
         },
-        Command::Token(args) => match mint(&args) {
-            Ok(token) => {
+        Command::Token(args) => match hallrelay::mint::run(&args) {
+            Ok(Some(token)) => {
                 println!("{token}");
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(EXIT_USAGE, &*e),
+            Ok(None) => ExitCode::SUCCESS,
+            Err(e) => fail(EXIT_USAGE, &e),
         },
+    }
+}
+
+/// Prints clap's message; `--help` and `--version` exit 0, a bad command line 64 (EX_USAGE,
+/// as the README promises) rather than clap's 2.
+fn usage(e: &clap::Error) -> ExitCode {
+    // Nothing more can be said if the terminal is gone.
+    let _ = e.print();
+    if e.use_stderr() {
+        ExitCode::from(EXIT_USAGE)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -222,43 +234,6 @@ fn demo(args: &DemoArgs) -> ExitCode {
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new()
-}
-
-fn mint(args: &TokenArgs) -> anyhow::Result<String> {
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
-    let key_file = args
-        .venue_key_file
-        .clone()
-        .unwrap_or_else(|| data_dir.join(VENUE_KEY_FILE));
-    if let Some(parent) = key_file.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let key = VenueKey::load_or_create(&key_file)?;
-    let expires = unix_secs(SystemTime::now()) + args.ttl.as_secs();
-    let claims = match (&args.exam, &args.candidate) {
-        (Some(exam), Some(candidate)) => {
-            for (what, id) in [("exam", exam), ("candidate", candidate)] {
-                anyhow::ensure!(
-                    hallrelay::ids::is_valid_id(id),
-                    "the {what} id {id:?} must match [A-Za-z0-9._-]{{1,64}}"
-                );
-            }
-            Claims::Candidate {
-                exam: exam.clone(),
-                candidate: candidate.clone(),
-                expires,
-            }
-        }
-        _ => Claims::Admin {
-            subject: args.subject.clone(),
-            expires,
-        },
-    };
-    Ok(token::mint(&key, &claims))
 }
 
 fn check(args: &CheckArgs) -> ExitCode {

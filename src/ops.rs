@@ -246,8 +246,8 @@ pub fn audit_line(entry: &serde_json::Value) -> String {
     line
 }
 
-/// `hallrelay export`: pulls every autosave page by page into `out` (written beside it,
-/// fsynced, verified, then renamed into place) and returns the verified summary.
+/// `hallrelay export`: pulls every autosave page by page into `out` (written beside it with
+/// mode 0600, fsynced, verified, then renamed into place) and returns the verified summary.
 pub async fn export(
     box_url: &str,
     token: Secret,
@@ -266,7 +266,8 @@ pub async fn export(
         Err(e) => return Err(e.into()),
     };
     let partial = out.with_extension("partial");
-    let file = File::create(&partial).map_err(file_error(&partial))?;
+    // It holds a whole hall's answers: private, like a key.
+    let file = crate::keyfile::create_private(&partial).map_err(file_error(&partial))?;
     let mut writer = BufWriter::new(file);
     writer
         .write_all(bundle::MAGIC)

@@ -744,3 +744,52 @@ async fn cloud_admin_get(cloud: &BoxProcess, path: &str) -> hallrelay::client::R
     .await
     .unwrap()
 }
+
+/// An empty body is not an autosave (it is almost always a missing file, as with curl's
+/// `--data-binary @answers.json` before answers.json exists): 400 `empty_body`, nothing
+/// stored, and the seq stays free for the real save. The cloud, on the same handlers, says
+/// the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_autosave_is_refused_and_its_seq_stays_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(&dir.path().join("box"), &[]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cloud = BoxProcess::start_cloud(&dir.path().join("cloud"), &["--listen", &listen]);
+    let cloud_key = hallrelay::keyfile::VenueKey::load(&cloud.data_dir.join("venue.key")).unwrap();
+    let cloud_token = token::mint(
+        &cloud_key,
+        &Claims::Candidate {
+            exam: "math".into(),
+            candidate: "c1".into(),
+            expires: in_an_hour(),
+        },
+    );
+    let at_cloud = hallrelay::client::Connection::pinned(
+        &format!("http://{listen}"),
+        vec![],
+        Some(hallrelay::keyfile::Secret::new(cloud_token)),
+    )
+    .unwrap();
+    let at_box = b.client(Some(b.candidate_token("math", "c1")));
+    for c in [&at_box, &at_cloud] {
+        for path in [
+            autosave_path("math", "c1", 1),
+            format!("{}?final=true", autosave_path("math", "c1", 1)),
+        ] {
+            let empty = c.put(&path, HeaderMap::new(), Bytes::new()).await.unwrap();
+            assert_eq!(empty.status, StatusCode::BAD_REQUEST, "{path}");
+            assert_eq!(error_code(&empty), "empty_body");
+            let message: serde_json::Value = empty.json().unwrap();
+            assert!(
+                message["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("--data-binary"),
+                "{message}"
+            );
+        }
+        assert!(list(c, "math", "c1").await.is_empty(), "nothing was stored");
+        let real = put(c, "math", "c1", 1, b"{\"q1\": \"42\"}").await;
+        assert_eq!(real.status, StatusCode::CREATED, "seq 1 is still free");
+    }
+}

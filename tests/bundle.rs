@@ -111,6 +111,13 @@ async fn export_verify_import_round_trip() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("403"), "{err}");
+    // A partial file another run left readable to all.
+    let stale = bundle.with_extension("partial");
+    std::fs::write(&stale, b"stale").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
 
     let (code, out, err) = run(&[
         "export",
@@ -128,6 +135,13 @@ async fn export_verify_import_round_trip() {
         out.contains(&format!("exported {expected} autosaves")),
         "{out}"
     );
+    // A whole hall's answers: readable by their owner only, even where an earlier, looser
+    // partial file was left behind.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&bundle).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the bundle's mode is {mode:o}");
+    }
     let (code, out, err) = verify(&bundle);
     assert_eq!(code, 0, "{err}");
     assert!(

@@ -20,6 +20,12 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     DigestMismatch(String),
+    #[error(
+        "the autosave is empty: a saved state is never zero bytes, so nothing was stored and \
+         the seq is still free; send the payload as the body (with curl: --data-binary @FILE \
+         names a file that exists)"
+    )]
+    EmptyBody,
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
@@ -47,9 +53,10 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadId(_) | ApiError::BadRequest(_) | ApiError::DigestMismatch(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::BadId(_)
+            | ApiError::BadRequest(_)
+            | ApiError::DigestMismatch(_)
+            | ApiError::EmptyBody => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -70,6 +77,7 @@ impl ApiError {
             ApiError::BadId(_) => "bad_id",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::DigestMismatch(_) => "digest_mismatch",
+            ApiError::EmptyBody => "empty_body",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",

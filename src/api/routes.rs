@@ -330,6 +330,11 @@ async fn put(
         &limits,
     )
     .await?;
+    // An empty body is almost always a missing file, never a real client's saved state:
+    // storing it would spend the seq and turn the real save into a 409.
+    if body.is_empty() {
+        return Err(ApiError::EmptyBody);
+    }
     if let Some(receipt) = &upstream {
         receipt
             .check_bytes(&blake3, body.len() as u64)

@@ -250,6 +250,11 @@ impl std::fmt::Display for Event {
                 }
             }
             Event::CloudUnreachable { error } => write!(f, "the cloud does not answer ({error})"),
+            // A box given by address rather than found over mDNS is named by its URL.
+            Event::FailedOver { name, url } if name == url => write!(
+                f,
+                "saving to the hall relay at {url}: its key matches the exam's pin"
+            ),
             Event::FailedOver { name, url } => write!(
                 f,
                 "saving to the hall relay {name} at {url}: its key matches the exam's pin"
@@ -305,6 +310,20 @@ pub enum AutosaverError {
     #[error("the cloud connection: {0}")]
     Client(#[from] ClientError),
     #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Why a save was not taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SaveError {
+    /// A saved state is never zero bytes; an empty one is a bug upstream (a missing file, an
+    /// unread editor). Boxes and the cloud refuse it with 400 `empty_body`, so it is refused
+    /// here before it takes a seq.
+    #[error("the save is empty (0 bytes), so it was not taken: pass the saved state's bytes")]
+    Empty,
+    /// The journal could not be written.
+    #[error("cannot write the journal, so the save was not taken: {0}")]
     Journal(#[from] JournalError),
 }
 
@@ -397,8 +416,11 @@ impl Autosaver {
     }
 
     /// Journals `payload` as the next save (fsynced), then sends it where it can go. An error
-    /// means the journal could not be written: the save was not taken.
-    pub async fn save(&mut self, payload: &[u8], is_final: bool) -> Result<Saved, JournalError> {
+    /// means the save was not taken: it was empty, or the journal could not be written.
+    pub async fn save(&mut self, payload: &[u8], is_final: bool) -> Result<Saved, SaveError> {
+        if payload.is_empty() {
+            return Err(SaveError::Empty);
+        }
         if self.journal.last_seq() == 0 && !self.asked_for_latest {
             self.asked_for_latest = true;
             self.seq_floor = self.latest_in_cloud().await;
@@ -504,15 +526,18 @@ impl Autosaver {
                         return Ok(Landed::Journal);
                     }
                     self.fail_over().await?;
-                    // A new relay is sent what only the journal held, this save included.
-                    if let (Some(relay), Some(Held::Box { .. })) =
-                        (&self.relay, self.journal.get(seq).map(|e| &e.held))
-                    {
-                        return Ok(Landed::Box {
-                            name: relay.name.clone(),
-                            url: relay.url.clone(),
-                        });
-                    }
+                    // A new relay was sent what only the journal held, this save included;
+                    // what it did not take waits in the journal (sending it again now would
+                    // only repeat a refusal).
+                    return Ok(
+                        match (&self.relay, self.journal.get(seq).map(|e| &e.held)) {
+                            (Some(relay), Some(Held::Box { .. })) => Landed::Box {
+                                name: relay.name.clone(),
+                                url: relay.url.clone(),
+                            },
+                            _ => Landed::Journal,
+                        },
+                    );
                 }
             }
         }
@@ -773,8 +798,10 @@ impl Autosaver {
         }
     }
 
-    fn rejected(&self, seq: u64, by: &str, status: StatusCode, reason: String) {
-        self.emit(Event::Rejected {
+    /// Tells of a refusal once: a flush sends the refused save again, and the same answer
+    /// is no news.
+    fn rejected(&mut self, seq: u64, by: &str, status: StatusCode, reason: String) {
+        self.emit_once(Event::Rejected {
             seq,
             by: by.to_owned(),
             status: status.as_u16(),
@@ -814,4 +841,30 @@ fn is_untrusted(error: &ClientError) -> bool {
         };
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty save is refused before it is journaled: no seq is spent, nothing is sent.
+    #[tokio::test]
+    async fn an_empty_save_is_refused_before_it_takes_a_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = Options::new(
+            "http://127.0.0.1:9",
+            "math",
+            "c1",
+            Secret::new("hr1.c.x.y"),
+            dir.path().join("journal"),
+        );
+        options.discovery = Discovery::none();
+        let mut autosaver = Autosaver::open(options).unwrap();
+        assert!(matches!(
+            autosaver.save(b"", false).await,
+            Err(SaveError::Empty)
+        ));
+        assert_eq!(autosaver.journal().last_seq(), 0);
+        assert!(autosaver.journal().entries().next().is_none());
+    }
 }

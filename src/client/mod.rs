@@ -69,7 +69,8 @@ mod connection;
 mod journal;
 
 pub use autosaver::{
-    Autosaver, AutosaverError, CloudTrust, Discovery, Event, Landed, Options, Saved, Summary,
+    Autosaver, AutosaverError, CloudTrust, Discovery, Event, Landed, Options, SaveError, Saved,
+    Summary,
 };
 pub use connection::{ClientError, Connection, Reply};
 pub use journal::{Entry, Held, Journal, JournalError};

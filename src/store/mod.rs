@@ -375,7 +375,11 @@ impl StoreFile {
             Found::Store { appliance, .. } => appliance,
             // A valid redb file without tables: not made by a crash (see `create`), but
             // harmless to fill in.
-            _ => initialise(path, &db)?,
+            _ => {
+                let id = initialise(path, &db)?;
+                tracing::info!(path = %path.display(), appliance = %id, "created a new store");
+                id
+            }
         };
         Ok(Self {
             db,
@@ -795,17 +799,20 @@ fn create(path: &Path, disk: &Disk) -> Result<(), OpenError> {
     let db = disk
         .open_database(&staging)
         .map_err(|e| unreadable(&staging, e.into()))?;
-    initialise(&staging, &db)?;
+    let id = initialise(&staging, &db)?;
     drop(db);
     disk.rename(&staging, path)
         .and_then(|()| disk.sync_parent(path))
-        .map_err(|e| unreadable(path, e.into()))
+        .map_err(|e| unreadable(path, e.into()))?;
+    // Named once it is in place: the staging name is no file anyone will find.
+    tracing::info!(path = %path.display(), appliance = %id, "created a new store");
+    Ok(())
 }
 
+/// Writes the tables and a new appliance id into `db` (at `path`, named in errors).
 fn initialise(path: &Path, db: &Database) -> Result<String, OpenError> {
     let id = format!("{:016x}", rand::random::<u64>());
     schema::initialise(db, &id).map_err(|e| unreadable(path, e))?;
-    tracing::info!(path = %path.display(), appliance = %id, "created a new store");
     Ok(id)
 }
 

@@ -80,6 +80,14 @@ impl BoxProcess {
             .unwrap_or_else(|log| panic!("hallrelay {args:?} did not start:\n{log}"))
     }
 
+    /// Starts `hallrelay ARGS --data-dir DIR` in working directory `cwd` (so that relative
+    /// paths resolve as in a README recipe run there) and waits until it is listening.
+    pub fn start_at(cwd: &Path, args: &[&str], data_dir: &Path) -> Self {
+        let rust_log = std::env::var("HALLRELAY_TEST_RUST_LOG").unwrap_or_else(|_| "info".into());
+        Self::launch_with(None, args, data_dir, &rust_log, &[], Some(cwd))
+            .unwrap_or_else(|log| panic!("hallrelay {args:?} did not start:\n{log}"))
+    }
+
     fn launch(args: &[&str], data_dir: &Path) -> Result<Self, String> {
         Self::launch_in(None, args, data_dir)
     }
@@ -94,13 +102,13 @@ impl BoxProcess {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--no-mdns"];
         args.extend_from_slice(extra);
         let rust_log = std::env::var("HALLRELAY_TEST_RUST_LOG").unwrap_or_else(|_| "info".into());
-        Self::launch_with(None, &args, data_dir, &rust_log, env)
+        Self::launch_with(None, &args, data_dir, &rust_log, env, None)
             .unwrap_or_else(|log| panic!("the box did not start:\n{log}"))
     }
 
     fn launch_in(ns: Option<&str>, args: &[&str], data_dir: &Path) -> Result<Self, String> {
         let rust_log = std::env::var("HALLRELAY_TEST_RUST_LOG").unwrap_or_else(|_| "info".into());
-        Self::launch_with(ns, args, data_dir, &rust_log, &[])
+        Self::launch_with(ns, args, data_dir, &rust_log, &[], None)
     }
 
     fn launch_with(
@@ -109,8 +117,13 @@ impl BoxProcess {
         data_dir: &Path,
         rust_log: &str,
         env: &[(&str, &str)],
+        cwd: Option<&Path>,
     ) -> Result<Self, String> {
-        let mut child = command(ns)
+        let mut command = command(ns);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .args(args)
             .arg("--data-dir")
             .arg(data_dir)

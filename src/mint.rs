@@ -1,0 +1,155 @@
+//! `hallrelay token`: mints a candidate or admin token with an existing venue key, and
+//! optionally writes it to a private file.
+//!
+//! Only `serve` and `cloud` create venue keys. A token minted with a key that a typo or the
+//! wrong folder just created would be refused by every box, so this command reads the key and
+//! never makes one: a missing key is an error that names the path it looked for. `--out`
+//! writes the token with mode 0600 (durably, through [`crate::keyfile::write_secret_file`]),
+//! because the commands that read token files refuse ones others may read, and a shell's
+//! `> FILE` makes a 0644 file.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::cli::TokenArgs;
+use crate::config::{DEFAULT_DATA_DIR, VENUE_KEY_FILE};
+use crate::keyfile::{KeyFileError, VenueKey};
+use crate::timefmt::unix_secs;
+use crate::token::{self, Claims};
+
+/// The most bytes of an existing `--out` file read to decide whether it holds a token.
+const MAX_TOKEN_FILE: u64 = 4096;
+
+/// Why no token was minted or written. Every one is a usage error (exit 64).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MintError {
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    #[error("the {what} id {id:?} must match [A-Za-z0-9._-]{{1,64}}")]
+    BadId { what: &'static str, id: String },
+    #[error(
+        "{path} exists and does not hold a hallrelay token, so it was left alone: name another \
+         --out file, or remove this one if it is really meant to be replaced"
+    )]
+    WouldOverwrite { path: PathBuf },
+    #[error("cannot read {path} to check that it holds a token: {source}")]
+    ReadOut {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The venue key file `token` reads: `--venue-key-file`, else `<data-dir>/venue.key`.
+pub fn key_file(args: &TokenArgs) -> PathBuf {
+    args.venue_key_file.clone().unwrap_or_else(|| {
+        args.data_dir
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into())
+            .join(VENUE_KEY_FILE)
+    })
+}
+
+/// Mints the token `args` ask for with the existing venue key; creates nothing.
+pub fn mint(args: &TokenArgs) -> Result<String, MintError> {
+    let claims = claims(args)?;
+    let key = VenueKey::load(&key_file(args))?;
+    Ok(token::mint(&key, &claims))
+}
+
+/// Mints the token and, with `--out`, writes it (mode 0600) and returns `None`; without,
+/// returns it for stdout.
+pub fn run(args: &TokenArgs) -> Result<Option<String>, MintError> {
+    let token = mint(args)?;
+    match &args.out {
+        None => Ok(Some(token)),
+        Some(path) => {
+            write_token(path, &token)?;
+            Ok(None)
+        }
+    }
+}
+
+fn claims(args: &TokenArgs) -> Result<Claims, MintError> {
+    let expires = unix_secs(SystemTime::now()) + args.ttl.as_secs();
+    Ok(match (&args.exam, &args.candidate) {
+        (Some(exam), Some(candidate)) => {
+            for (what, id) in [("exam", exam), ("candidate", candidate)] {
+                if !crate::ids::is_valid_id(id) {
+                    return Err(MintError::BadId {
+                        what,
+                        id: id.clone(),
+                    });
+                }
+            }
+            Claims::Candidate {
+                exam: exam.clone(),
+                candidate: candidate.clone(),
+                expires,
+            }
+        }
+        _ => Claims::Admin {
+            subject: args.subject.clone(),
+            expires,
+        },
+    })
+}
+
+/// Writes `token` to `path` with mode 0600. An existing file is replaced only when it holds
+/// a token already (re-minting an expired one is routine); anything else there (a venue key,
+/// a configuration, a credential named by mistake) is left alone.
+fn write_token(path: &Path, token: &str) -> Result<(), MintError> {
+    if let Some(existing) = existing_text(path)?
+        && !holds_a_token(&existing)
+    {
+        return Err(MintError::WouldOverwrite {
+            path: path.to_owned(),
+        });
+    }
+    crate::keyfile::write_secret_file(path, format!("{token}\n").as_bytes())?;
+    Ok(())
+}
+
+/// The start of the file at `path`, or `None` when there is none.
+fn existing_text(path: &Path) -> Result<Option<Vec<u8>>, MintError> {
+    use std::io::Read as _;
+    let read_err = |source| MintError::ReadOut {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::File::open(path) {
+        Ok(file) => {
+            let mut bytes = Vec::new();
+            file.take(MAX_TOKEN_FILE)
+                .read_to_end(&mut bytes)
+                .map_err(read_err)?;
+            Ok(Some(bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(read_err(e)),
+    }
+}
+
+/// Whether `bytes` are one hallrelay token (what `token` writes), or nothing at all.
+fn holds_a_token(bytes: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    let text = text.trim();
+    text.is_empty() || (text.starts_with("hr1.") && !text.contains(char::is_whitespace))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_token_or_nothing_may_be_replaced() {
+        assert!(holds_a_token(b"hr1.c.eyJ9.abc\n"));
+        assert!(holds_a_token(b""));
+        assert!(!holds_a_token(format!("{}\n", "ab".repeat(32)).as_bytes()));
+        assert!(!holds_a_token(b"cloud = \"http://127.0.0.1:9443\"\n"));
+        assert!(!holds_a_token(b"hr1.c.x.y\nhr1.c.x.z\n"));
+        assert!(!holds_a_token(&[0xff, 0xfe]));
+    }
+}

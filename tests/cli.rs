@@ -1,0 +1,406 @@
+//! A newcomer's first hour: the README's recipes run as written, and the command line says
+//! what went wrong and what to do. Real `hallrelay` processes (box, cloud, `token`,
+//! `candidate`) on loopback, real files, no mDNS.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{BoxProcess, Candidate, free_port, in_an_hour, put, write_secret};
+use hallrelay::keyfile::VenueKey;
+use hallrelay::token::{self, Claims};
+use http::StatusCode;
+
+/// Runs `hallrelay ARGS` in `cwd`; returns (exit code, stdout, stderr).
+fn run_in(cwd: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = common::command(None)
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("run hallrelay");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// README "The box and the cloud on one machine", command for command in one folder: the
+/// cloud (started first) and the box share the venue key in `hallrelay-data/`, so a token from
+/// `hallrelay token` is accepted by both, and the box's credential by the cloud. Before, each
+/// made its own key and the cloud answered such a token 401.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_box_and_the_cloud_on_one_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let here = dir.path();
+    // (umask 077; echo "a-long-random-credential" > box.cred)
+    write_secret(&here.join("box.cred"), "a-long-random-credential");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _cloud = BoxProcess::start_at(
+        here,
+        &[
+            "cloud",
+            "--listen",
+            &listen,
+            "--appliance-token-file",
+            "box.cred",
+            "--venue-key-file",
+            "hallrelay-data/venue.key",
+        ],
+        &here.join("hallrelay-cloud"),
+    );
+    assert_eq!(mode(&here.join("hallrelay-data/venue.key")), 0o600);
+    std::fs::write(
+        here.join("hall.toml"),
+        format!("cloud = \"http://{listen}\"\ncloud_token_file = \"box.cred\"\n"),
+    )
+    .unwrap();
+    let hall = BoxProcess::start_at(
+        here,
+        &[
+            "serve",
+            "--config",
+            "hall.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-mdns",
+        ],
+        &here.join("hallrelay-data"),
+    );
+
+    // A candidate with a token from `hallrelay token` saves to the cloud.
+    let (code, out, err) = run_in(
+        here,
+        &[
+            "token",
+            "--exam",
+            "math-2026",
+            "--candidate",
+            "c042",
+            "--out",
+            "c042.token",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty(), "--out prints no token: {out}");
+    let (code, output) = Candidate::spawn(
+        None,
+        &[
+            "candidate",
+            "--cloud",
+            &format!("http://{listen}"),
+            "--exam",
+            "math-2026",
+            "--candidate",
+            "c042",
+            "--token-file",
+            here.join("c042.token").to_str().unwrap(),
+            "--pin",
+            &hall.pin,
+            "--no-mdns",
+            "--interval",
+            "10ms",
+            "--count",
+            "2",
+            "--journal",
+            here.join("journal").to_str().unwrap(),
+        ],
+    )
+    .finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("save 2 saved to the cloud"), "{output}");
+
+    // A save taken by the box reaches the cloud: the box's credential is accepted there.
+    let client = hall.client(Some(hall.candidate_token("math-2026", "c043")));
+    assert_eq!(
+        put(&client, "math-2026", "c043", 1, b"{\"q1\": \"42\"}")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = hall.status().await;
+        if status["delivered"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not delivered: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `token --out FILE` writes the token with mode 0600, which `candidate --token-file` accepts
+/// (a shell's `> FILE` makes 0644, which it refuses). An existing token file is replaced; any
+/// other file is left alone.
+#[test]
+fn token_out_writes_a_private_file_that_candidate_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let here = dir.path();
+    let hall = BoxProcess::start(&here.join("hallrelay-data"), &[]);
+    let mint = |out: &str| {
+        run_in(
+            here,
+            &["token", "--exam", "math", "--candidate", "c1", "--out", out],
+        )
+    };
+    let (code, out, err) = mint("c1.token");
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    let token_file = here.join("c1.token");
+    assert_eq!(mode(&token_file), 0o600);
+    // A loose token file from `> c1.token` is replaced by a private one.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = mint("c1.token");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(mode(&token_file), 0o600);
+    // Anything that is not a token is kept: here, the venue key itself.
+    let key_file = here.join("hallrelay-data/venue.key");
+    let key = std::fs::read(&key_file).unwrap();
+    let (code, _, err) = mint("hallrelay-data/venue.key");
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("hallrelay-data/venue.key") && err.contains("does not hold a hallrelay token"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&key_file).unwrap(),
+        key,
+        "the key is unchanged"
+    );
+
+    // The candidate takes the file; the cloud is gone, the box given by address takes the
+    // save, and says so once, naming the box by its URL once.
+    let (code, output) = Candidate::spawn(
+        None,
+        &[
+            "candidate",
+            "--cloud",
+            "http://127.0.0.1:9",
+            "--exam",
+            "math",
+            "--candidate",
+            "c1",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--pin",
+            &hall.pin,
+            "--box",
+            &hall.url(),
+            "--no-mdns",
+            "--failover-after",
+            "0s",
+            "--count",
+            "1",
+            "--journal",
+            here.join("journal").to_str().unwrap(),
+        ],
+    )
+    .finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{output}");
+    let url = hall.url();
+    assert!(
+        output.contains(&format!(
+            "saving to the hall relay at {url}: its key matches"
+        )),
+        "{output}"
+    );
+    assert!(!output.contains(&format!("{url} at {url}")), "{output}");
+}
+
+/// Only `serve` and `cloud` create venue keys. `token` with a mistyped key file, or run in the
+/// wrong folder, fails with the path it looked for and what to do, and creates nothing; so
+/// does `loadtest`.
+#[test]
+fn token_never_creates_a_venue_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let here = dir.path();
+    let cases: [(&[&str], &str); 3] = [
+        (&[], "hallrelay-data/venue.key"),
+        (&["--venue-key-file", "venue.kye"], "venue.kye"),
+        (&["--data-dir", "elsewhere"], "elsewhere/venue.key"),
+    ];
+    for (extra, path) in cases {
+        for kind in [
+            &["--exam", "math", "--candidate", "c1"][..],
+            &["--admin", "--subject", "invigilator"][..],
+        ] {
+            let mut args = vec!["token"];
+            args.extend_from_slice(kind);
+            args.extend_from_slice(extra);
+            let (code, out, err) = run_in(here, &args);
+            assert_eq!(code, 64, "{args:?}: {err}");
+            assert!(out.is_empty(), "{args:?} printed a token: {out}");
+            assert!(
+                err.contains(&format!("no venue key at {path} (in {})", here.display()))
+                    && err.contains("hallrelay serve")
+                    && err.contains("--venue-key-file"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    let (code, _, err) = run_in(
+        here,
+        &[
+            "loadtest",
+            "--box",
+            "https://127.0.0.1:9",
+            "--pin",
+            "sha256//x",
+            "--venue-key-file",
+            "venue.kye",
+        ],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("no venue key at venue.kye"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(here).unwrap().collect();
+    assert!(left.is_empty(), "created {left:?}");
+}
+
+/// A bad command line exits 64 (EX_USAGE), as the README says, not clap's 2; asking for help
+/// or the version is no error.
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["--no-such-flag"][..],
+        &["no-such-command"][..],
+        &["serve", "--listen", "not-an-address"][..],
+        &["candidate", "--count", "x"][..],
+        &["token", "--exam", "math"][..],
+    ] {
+        let (code, _, err) = run_in(dir.path(), args);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(err.contains("--help"), "{args:?}: {err}");
+    }
+    for args in [
+        &["--help"][..],
+        &["--version"][..],
+        &["token", "--help"][..],
+        &["help", "serve"][..],
+    ] {
+        let (code, out, err) = run_in(dir.path(), args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!out.is_empty(), "{args:?}");
+    }
+}
+
+/// `token` with no arguments, and its help, show both forms: a candidate token (--exam,
+/// --candidate) and an admin token (--admin, --subject). Before, the error named only --admin.
+#[test]
+fn token_without_arguments_shows_both_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_in(dir.path(), &["token"]);
+    assert_eq!(code, 64, "{err}");
+    let (_, help, _) = run_in(dir.path(), &["token", "--help"]);
+    for text in [&err, &help] {
+        assert!(
+            text.contains("token --exam E --candidate C")
+                && text.contains("token --admin [--subject NAME]"),
+            "{text}"
+        );
+    }
+    assert!(err.contains("--exam") && err.contains("--admin"), "{err}");
+}
+
+/// A candidate whose saves a box refuses (a token of another venue: 401) is told once per
+/// save, not once per attempt; it exits 75 (the save is only in its journal).
+#[test]
+fn a_refused_save_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let hall = BoxProcess::start(&dir.path().join("box"), &[]);
+    let foreign = token::mint(
+        &VenueKey::generate(),
+        &Claims::Candidate {
+            exam: "math".into(),
+            candidate: "c6".into(),
+            expires: in_an_hour(),
+        },
+    );
+    let token_file = write_secret(&dir.path().join("c6.token"), &foreign);
+    let (code, output) = Candidate::spawn(
+        None,
+        &[
+            "candidate",
+            "--cloud",
+            "http://127.0.0.1:9",
+            "--exam",
+            "math",
+            "--candidate",
+            "c6",
+            "--token-file",
+            &token_file,
+            "--pin",
+            &hall.pin,
+            "--box",
+            &hall.url(),
+            "--no-mdns",
+            "--failover-after",
+            "0s",
+            "--count",
+            "1",
+            "--journal",
+            dir.path().join("journal").to_str().unwrap(),
+        ],
+    )
+    .finish(Duration::from_secs(60));
+    assert_eq!(code, Some(75), "{output}");
+    assert_eq!(output.matches("save 1 was refused").count(), 1, "{output}");
+}
+
+/// The box's start log names the store file it uses, not the temporary name it was built
+/// under.
+#[test]
+fn the_start_log_names_the_real_store_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let hall = BoxProcess::start(dir.path(), &[]);
+    let log = hall.log_so_far();
+    let created = log
+        .lines()
+        .find(|l| l.contains("created a new store"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let store = dir.path().join(hallrelay::store::STORE_FILE);
+    assert!(
+        created.contains(&format!("path={}", store.display())) && !created.contains("redb-new"),
+        "{created}"
+    );
+}
+
+/// The README's recipes are the ones the tests above run: the curl walkthrough writes its
+/// payload before sending it, the one-machine cloud shares the box's venue key, and a token
+/// goes to a file through `--out` (never `> FILE`, which `--token-file` refuses).
+#[test]
+fn the_readme_recipes_are_the_tested_ones() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = |title: &str| {
+        let start = readme.find(title).unwrap_or_else(|| panic!("no {title:?}"));
+        let rest = &readme[start + title.len()..];
+        rest[..rest.find("\n##").unwrap_or(rest.len())].to_owned()
+    };
+    let curl = section("## Saving an autosave with curl");
+    let written = curl
+        .find("> answers.json")
+        .expect("answers.json is written");
+    let sent = curl.find("@answers.json").expect("answers.json is sent");
+    assert!(written < sent, "{curl}");
+    let one_machine = section("### The box and the cloud on one machine");
+    assert!(
+        one_machine.contains("--venue-key-file hallrelay-data/venue.key"),
+        "{one_machine}"
+    );
+    assert!(
+        one_machine.contains("token --exam math-2026 --candidate c042 --out c042.token"),
+        "{one_machine}"
+    );
+    for line in readme.lines().filter(|l| l.contains(" token ")) {
+        assert!(!line.contains("token >") && !line.contains(") >"), "{line}");
+    }
+}
