@@ -3,7 +3,9 @@
 //! venue key), runs it with [`crate::loadgen`], and judges the result: the box *held* only if
 //! no save failed, every candidate connected, and the 99th-percentile ack latency is within
 //! the target. The verdict is one plain sentence with the numbers, so that a venue can read it
-//! and a script can rely on the exit code.
+//! and a script can rely on the exit code. Before the run, one request with the first token
+//! checks that the box is the pinned one and takes the tokens: refusals are a wrong venue key
+//! or pin, not a capacity verdict, and are said as such.
 //!
 //! The default targets: in steady mode 250 ms (a save acknowledged within a quarter of a
 //! second is instant to a candidate, and a box whose p99 climbs past it is queueing); in burst
@@ -17,8 +19,7 @@ use serde::Serialize;
 
 use crate::cli::LoadtestArgs;
 use crate::client::{ClientError, Connection};
-use crate::keyfile::Secret;
-use crate::keyfile::{KeyFileError, VenueKey};
+use crate::keyfile::{KeyFileError, Secret, VenueKey};
 use crate::loadgen::{self, LoadError, LoadPlan, LoadReport, Pace, Phase, Progress};
 use crate::readiness::human_bytes;
 use crate::token::{self, Claims};
