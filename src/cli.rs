@@ -68,8 +68,10 @@ pub enum Command {
     /// --interval. Burst mode (--burst K): every candidate sends K saves at once, as when a
     /// whole hall fails over together. Prints saves per second, ack latency (p50, p90, p99,
     /// max), errors by status and a verdict; progress goes to stderr once a second. Exits 0
-    /// when the box held (no errors, p99 within --p99-target), 1 when it did not or could
-    /// not be reached, 64 on bad arguments. Run it against a box that is not in use: every
+    /// when the box held (no errors, p99 within --p99-target), 1 when it did not, could not
+    /// be reached or is not the pinned one, 77 when it refused the load test's tokens
+    /// (checked with one request before the run: the venue key is not the box's), 64 on bad
+    /// arguments. Run it against a box that is not in use: every
     /// save is stored. Every simulated candidate shares this computer's address, so for the
     /// test set the box's client_rate_limit and client_body_budget_bytes to 0 and
     /// max_connections_per_client above N.

@@ -176,7 +176,10 @@ fn self_signed(
         rcgen::DnType::CommonName,
         names.first().map_or("hallrelay", String::as_str),
     );
-    // Clients pin the key, not the validity window: make it outlast the hardware.
+    // Clients pin the key, not the validity window: make it outlast the hardware. Fixed dates,
+    // never the clock's: a Pi without a real-time clock may start years off, and exam browsers
+    // that trust this certificate check its dates (docs/threat-model.md, "What a TLS scanner
+    // reports").
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2099, 12, 31);
     Ok(params.self_signed(&key)?)
@@ -196,6 +199,19 @@ mod tests {
         assert_eq!(first.pin(), again.pin());
         assert_eq!(first.certificate(), again.certificate());
         assert!(first.pin().starts_with("sha256//"));
+    }
+
+    /// The validity window is fixed, 2024 to 2099, whatever the clock says at creation: a
+    /// scanner's "long validity" is deliberate (docs/threat-model.md).
+    #[test]
+    fn the_certificate_is_valid_from_2024_to_2099() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Identity::load_or_create(dir.path(), &[], &[]).unwrap();
+        let der = identity.certificate().as_ref();
+        let has = |time: &[u8]| der.windows(time.len()).any(|w| w == time);
+        // X.509 writes dates before 2050 as UTCTime, later ones as GeneralizedTime.
+        assert!(has(b"240101000000Z"), "not before 2024-01-01");
+        assert!(has(b"20991231000000Z"), "not after 2099-12-31");
     }
 
     #[test]

@@ -202,10 +202,9 @@ pub enum LoadError {
     Tls(#[from] rustls::Error),
     #[error("the token of candidate {0} is not a valid header value")]
     Token(usize),
-    #[error(
-        "the box at {addr} is not the one pinned: its key does not match the pin (check --pin)"
-    )]
-    PinMismatch { addr: SocketAddr },
+    /// The box's key is not the pinned one: nothing was sent to it.
+    #[error(transparent)]
+    NotPinned(crate::tls::NotPinned),
     #[error("cannot connect to the box at {addr}: {message}")]
     Connect { addr: SocketAddr, message: String },
 }
@@ -230,7 +229,7 @@ struct Connector {
 /// Why one connection attempt failed.
 #[derive(Debug)]
 enum ConnectFailure {
-    PinMismatch,
+    NotPinned(crate::tls::NotPinned),
     Other(String),
 }
 
@@ -251,16 +250,9 @@ impl Connector {
                 .tls
                 .connect(self.server_name.clone(), tcp)
                 .await
-                .map_err(|e| {
-                    let pin_refused = e
-                        .get_ref()
-                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                        .is_some_and(|tls| matches!(tls, rustls::Error::InvalidCertificate(_)));
-                    if pin_refused {
-                        ConnectFailure::PinMismatch
-                    } else {
-                        ConnectFailure::Other(format!("TLS: {e}"))
-                    }
+                .map_err(|e| match crate::tls::NotPinned::find(&e) {
+                    Some(refusal) => ConnectFailure::NotPinned(refusal.clone()),
+                    None => ConnectFailure::Other(format!("TLS: {e}")),
                 })?;
             let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
@@ -301,7 +293,8 @@ pub async fn run(
         _ => format!("{host}:{}", plan.addr.port()),
     })
     .map_err(|_| LoadError::ServerName(plan.server_name.clone()))?;
-    let mut tls = crate::tls::pinned_client_config(vec![plan.pin.clone()])?;
+    let url = format!("https://{}", authority.to_str().unwrap_or(host));
+    let mut tls = crate::tls::pinned_client_config(&url, vec![plan.pin.clone()])?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = Arc::new(Connector {
         addr: plan.addr,
@@ -341,7 +334,7 @@ pub async fn run(
     let connect_started = Instant::now();
     let first = match connector.connect().await {
         Ok(sender) => sender,
-        Err(ConnectFailure::PinMismatch) => return Err(LoadError::PinMismatch { addr: plan.addr }),
+        Err(ConnectFailure::NotPinned(refusal)) => return Err(LoadError::NotPinned(refusal)),
         Err(ConnectFailure::Other(message)) => {
             return Err(LoadError::Connect {
                 addr: plan.addr,
@@ -357,7 +350,7 @@ pub async fn run(
     let connected = senders.iter().filter(|s| s.is_ok()).count();
     let first_connect_error = senders.iter().find_map(|s| match s {
         Err(ConnectFailure::Other(message)) => Some(message.clone()),
-        Err(ConnectFailure::PinMismatch) => Some("the key does not match the pin".into()),
+        Err(ConnectFailure::NotPinned(refusal)) => Some(refusal.to_string()),
         Ok(_) => None,
     });
     let mut report = LoadReport {

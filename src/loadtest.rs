@@ -3,7 +3,9 @@
 //! venue key), runs it with [`crate::loadgen`], and judges the result: the box *held* only if
 //! no save failed, every candidate connected, and the 99th-percentile ack latency is within
 //! the target. The verdict is one plain sentence with the numbers, so that a venue can read it
-//! and a script can rely on the exit code.
+//! and a script can rely on the exit code. Before the run, one request with the first token
+//! checks that the box is the pinned one and takes the tokens: refusals are a wrong venue key
+//! or pin, not a capacity verdict, and are said as such.
 //!
 //! The default targets: in steady mode 250 ms (a save acknowledged within a quarter of a
 //! second is instant to a candidate, and a box whose p99 climbs past it is queueing); in burst
@@ -16,7 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::cli::LoadtestArgs;
-use crate::keyfile::{KeyFileError, VenueKey};
+use crate::client::{ClientError, Connection};
+use crate::keyfile::{KeyFileError, Secret, VenueKey};
 use crate::loadgen::{self, LoadError, LoadPlan, LoadReport, Pace, Phase, Progress};
 use crate::readiness::human_bytes;
 use crate::token::{self, Claims};
@@ -39,6 +42,18 @@ pub enum LoadtestError {
     },
     #[error("{path}: {source}")]
     VenueKey { path: PathBuf, source: KeyFileError },
+    /// The box's key is not the pinned one: nothing was sent to it.
+    #[error(transparent)]
+    NotPinned(crate::tls::NotPinned),
+    #[error("cannot reach the box at {url}: {source}")]
+    Unreachable { url: String, source: ClientError },
+    /// The probe's token was refused: every simulated candidate's would be, and a load test
+    /// made of refusals measures nothing.
+    #[error(
+        "the box refused the load test's tokens ({status}: {message}): {}",
+        refusal_advice(*status, message)
+    )]
+    TokensRefused { status: u16, message: String },
     #[error(transparent)]
     Load(#[from] LoadError),
 }
@@ -47,6 +62,17 @@ impl LoadtestError {
     /// Whether the command line (not the box) is at fault.
     pub fn is_usage(&self) -> bool {
         matches!(self, Self::Url(_) | Self::Exam(_) | Self::VenueKey { .. })
+    }
+}
+
+/// What to do about a refused token, by what the box said.
+fn refusal_advice(status: u16, message: &str) -> &'static str {
+    if status == 401 && message.contains("expired") {
+        "the box's clock is ahead of this computer's by more than the tokens' lifetime: check \
+         both clocks"
+    } else {
+        "pass the venue key the box uses (--venue-key-file: venue.key in the box's data \
+         directory, or the file its venue_key_file setting names)"
     }
 }
 
@@ -177,6 +203,9 @@ pub async fn run(
             )
         })
         .collect();
+    if let Some(token) = tokens.first() {
+        probe(&args.box_url, &args.pin, &args.exam, token).await?;
+    }
     tracing::info!(box_url = %args.box_url, %addr, candidates, "load test starting");
 
     let (tx, mut rx) = tokio::sync::watch::channel(Progress::default());
@@ -220,6 +249,39 @@ pub async fn run(
         held,
         verdict,
     })
+}
+
+/// One request before the run, with the first candidate's token: a box that is not the
+/// pinned one, cannot be reached, or refuses the tokens fails here, once and clearly, instead
+/// of as a verdict. It reads seq 0, which no load test writes: the token is checked before the
+/// lookup, so 404 (or 200) means the token is accepted, and nothing is stored.
+async fn probe(box_url: &str, pin: &str, exam: &str, token: &str) -> Result<(), LoadtestError> {
+    let unreachable = |source| LoadtestError::Unreachable {
+        url: box_url.to_owned(),
+        source,
+    };
+    let client = Connection::pinned(box_url, vec![pin.to_owned()], Some(Secret::new(token)))
+        .map_err(unreachable)?
+        .with_timeout(loadgen::CONNECT_TIMEOUT);
+    let path = format!(
+        "/v1/exams/{exam}/candidates/{}/autosaves/0",
+        loadgen::candidate_id(0)
+    );
+    let reply = match client.get(&path).await {
+        Ok(reply) => reply,
+        Err(ClientError::NotPinned(refusal)) => return Err(LoadtestError::NotPinned(refusal)),
+        Err(error) => return Err(unreachable(error)),
+    };
+    match reply.status {
+        http::StatusCode::UNAUTHORIZED | http::StatusCode::FORBIDDEN => {
+            Err(LoadtestError::TokensRefused {
+                status: reply.status.as_u16(),
+                message: reply.message().unwrap_or_else(|| "no reason given".into()),
+            })
+        }
+        // Anything else (found, not found, even a busy box) means the token was taken.
+        _ => Ok(()),
+    }
 }
 
 /// Raises the soft open-files limit towards `wanted` (one descriptor per candidate, plus

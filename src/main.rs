@@ -22,6 +22,9 @@ const EXIT_USAGE: u8 = 64;
 const EXIT_DATA: u8 = 65;
 /// EX_IOERR: the disk failed while opening the store; a restart may succeed.
 const EXIT_IO: u8 = 74;
+/// EX_NOPERM: the box refused this command's credentials (`loadtest`: the venue key is not
+/// the box's).
+const EXIT_NOPERM: u8 = 77;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -406,6 +409,7 @@ fn loadtest(args: &LoadtestArgs) -> ExitCode {
     let outcome = runtime.block_on(hallrelay::loadtest::run(args, |line| eprintln!("{line}")));
     match outcome {
         Err(e) if e.is_usage() => fail(EXIT_USAGE, &e),
+        Err(e @ hallrelay::loadtest::LoadtestError::TokensRefused { .. }) => fail(EXIT_NOPERM, &e),
         Err(e) => fail(1, &e),
         Ok(outcome) => {
             if args.json {

@@ -50,11 +50,7 @@ fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
 }
 
 fn refused(what: &str, reply: &crate::client::Reply) -> OpsError {
-    let message = reply
-        .json::<serde_json::Value>()
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let message = reply.message().unwrap_or_default();
     OpsError::Refused {
         what: what.to_owned(),
         status: reply.status,

@@ -1,6 +1,7 @@
 //! TLS for both ends, with one crypto provider (ring) for the whole tree.
 //!
-//! The server side offers TLS 1.3 and 1.2 only, with ALPN `h2` and `http/1.1`. The client side
+//! The server side offers TLS 1.3 and 1.2 only, with ALPN `h2` and `http/1.1`, and chooses
+//! the cipher suite by its own order, strongest first. The client side
 //! trusts a box by its public-key pin and nothing else: no CA, no host name, because a box in
 //! an exam hall has no name a CA could vouch for, and because mDNS names are for finding,
 //! never for trusting. The handshake signature is still verified, so only the holder of the
@@ -15,9 +16,34 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::identity::{Identity, pin_of_certificate};
 
-/// The crypto provider used everywhere in hallrelay.
+/// The cipher suites, strongest first: AES-256-GCM, then ChaCha20-Poly1305 (also a 256-bit
+/// key), then AES-128-GCM, each with ephemeral key exchange and AEAD only (nothing else is in
+/// rustls). The server chooses by this order, not the client's, so that a client offering the
+/// weakest first still gets the strongest both support: what a TLS scanner checks ("server
+/// order, strongest first"). The box's key is ECDSA; the RSA suites are for clients reaching
+/// a cloud with an RSA certificate.
+const CIPHER_SUITES: &[rustls::SupportedCipherSuite] = {
+    use rustls::crypto::ring::cipher_suite::*;
+    &[
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_CHACHA20_POLY1305_SHA256,
+        TLS13_AES_128_GCM_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    ]
+};
+
+/// The crypto provider used everywhere in hallrelay: ring, with [`CIPHER_SUITES`] in their
+/// order.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(CryptoProvider {
+        cipher_suites: CIPHER_SUITES.to_vec(),
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 const PROTOCOLS: &[&rustls::SupportedProtocolVersion] =
@@ -30,14 +56,21 @@ pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls
         .with_no_client_auth()
         .with_single_cert(vec![identity.certificate().clone()], identity.private_key())?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's order of cipher suites (strongest first), not the client's.
+    config.ignore_client_order = true;
     Ok(config)
 }
 
-/// A client configuration that accepts a server only if its certificate's key matches one of
-/// `pins` (`sha256//<base64>`). ALPN is left empty for the caller (hyper-rustls fills it).
-pub fn pinned_client_config(pins: Vec<String>) -> Result<rustls::ClientConfig, rustls::Error> {
+/// A client configuration that accepts the server at `url` only if its certificate's key
+/// matches one of `pins` (`sha256//<base64>`); `url` is only for the refusal's words
+/// ([`NotPinned`]). ALPN is left empty for the caller (hyper-rustls fills it).
+pub fn pinned_client_config(
+    url: &str,
+    pins: Vec<String>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = provider();
     let verifier = PinVerifier {
+        url: url.to_owned(),
         pins,
         algorithms: provider.signature_verification_algorithms,
     };
@@ -82,19 +115,60 @@ pub fn roots_client_config(
 }
 
 /// The handshake's refusal of a server whose key matches none of the pins: a box that is not
-/// the one the exam configuration names (a rogue one, or this box after its identity was
-/// recreated).
-#[derive(Debug, thiserror::Error)]
+/// the one the exam configuration names (a rogue one, a typo in the pin, or this box after its
+/// identity was recreated). It names both sides, so that a person can tell which.
+#[derive(Clone, Debug, thiserror::Error)]
 #[error(
-    "the server's key is not pinned (its pin is {pin}); it is not the box the exam \
-     configuration names: check the pin, or the box's identity was recreated"
+    "the server at {url} presented key {presented}, but this client trusts only {}: check the \
+     pin given (--pin; --cloud-pin for a cloud) against the `pin` in that server's \
+     GET /v1/health or the pin= in its start log",
+    trusted.join(" or ")
 )]
 pub struct NotPinned {
-    pub pin: String,
+    /// The server as the client was told to reach it.
+    pub url: String,
+    /// The pin of the key the server presented.
+    pub presented: String,
+    /// The pins this client trusts.
+    pub trusted: Vec<String>,
+}
+
+impl NotPinned {
+    /// The pin refusal among `error` and its causes, if that is why it failed.
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a NotPinned> {
+        match certificate_error(error)? {
+            rustls::CertificateError::Other(other) => other.0.downcast_ref::<NotPinned>(),
+            _ => None,
+        }
+    }
+}
+
+/// The certificate refusal among `error` and its causes, if a handshake failed on the
+/// server's certificate (a key that is not pinned, a bad handshake signature). rustls carries
+/// a verifier's error inside its own, and hyper-rustls and tokio-rustls wrap that in
+/// `io::Error`s, whose `source()` skips a level: this looks through all of them.
+pub fn certificate_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::CertificateError> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(rustls::Error::InvalidCertificate(refusal)) = e.downcast_ref::<rustls::Error>()
+        {
+            return Some(refusal);
+        }
+        next = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
 }
 
 #[derive(Debug)]
 struct PinVerifier {
+    url: String,
     pins: Vec<String>,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -114,9 +188,15 @@ impl ServerCertVerifier for PinVerifier {
         if self.pins.iter().any(|p| p == &pin) {
             Ok(ServerCertVerified::assertion())
         } else {
-            tracing::warn!(%pin, "refused a server whose key is not pinned");
+            // Every caller reports the refusal with both pins; a log line here would only say
+            // it twice.
+            tracing::debug!(url = %self.url, presented = %pin, "refused a server whose key is not pinned");
             Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotPinned { pin }))),
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotPinned {
+                    url: self.url.clone(),
+                    presented: pin,
+                    trusted: self.pins.clone(),
+                }))),
             ))
         }
     }

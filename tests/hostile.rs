@@ -20,7 +20,7 @@ use tokio_rustls::client::TlsStream;
 /// A TLS connection to the box, trusting it by pin, speaking HTTP/1.1, from `local` if given
 /// (any 127.0.0.0/8 address works on loopback, so tests can play several clients).
 async fn tls(b: &BoxProcess, local: Option<IpAddr>) -> TlsStream<TcpStream> {
-    let mut config = hallrelay::tls::pinned_client_config(vec![b.pin.clone()]).unwrap();
+    let mut config = hallrelay::tls::pinned_client_config(&b.url(), vec![b.pin.clone()]).unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let addr: SocketAddr = b.addr.parse().unwrap();
     let socket = TcpSocket::new_v4().unwrap();

@@ -1,5 +1,6 @@
 //! Connection limits and protocol negotiation: slow or silent clients are cut off on time,
-//! and the listener speaks HTTP/2 and HTTP/1.1 by ALPN over TLS 1.3 and 1.2 only.
+//! and the listener speaks HTTP/2 and HTTP/1.1 by ALPN over TLS 1.3 and 1.2 only, choosing
+//! the cipher suite by its own order, strongest first.
 
 mod common;
 
@@ -56,7 +57,17 @@ async fn connect(
     versions: &[&'static rustls::SupportedProtocolVersion],
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let mut config = rustls::ClientConfig::builder_with_provider(hallrelay::tls::provider())
+    connect_with(addr, hallrelay::tls::provider(), versions, alpn).await
+}
+
+/// Like [`connect`], with the client's own provider (its cipher suites, in its order).
+async fn connect_with(
+    addr: &str,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
@@ -170,4 +181,63 @@ async fn alpn_offers_h2_and_http1_over_tls_13_and_12() {
         !buf.starts_with(b"HTTP/1.1 200"),
         "plaintext must not be served"
     );
+}
+
+/// What a TLS scanner checks: the box chooses the cipher suite by its own order (strongest
+/// first), not the client's. A client offering the weakest first still gets AES-256-GCM; one
+/// that offers only ChaCha20 and AES-128 gets ChaCha20; over TLS 1.3 and over 1.2.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_box_chooses_the_strongest_cipher_suite_whatever_the_client_prefers() {
+    use rustls::crypto::ring::cipher_suite::*;
+    let dir = tempfile::tempdir().unwrap();
+    let b = BoxProcess::start(dir.path(), &[]);
+    let cases = [
+        (
+            &rustls::version::TLS13,
+            vec![
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_CHACHA20_POLY1305_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+            ],
+            TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            &rustls::version::TLS13,
+            vec![TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256],
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            &rustls::version::TLS12,
+            vec![
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ],
+            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            &rustls::version::TLS12,
+            vec![
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ],
+            TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ];
+    for (version, offered, strongest) in cases {
+        let weakest_first = Arc::new(rustls::crypto::CryptoProvider {
+            cipher_suites: offered.clone(),
+            ..rustls::crypto::ring::default_provider()
+        });
+        let tls = connect_with(&b.addr, weakest_first, &[version], &[b"http/1.1"])
+            .await
+            .unwrap();
+        let chosen = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+        assert_eq!(
+            chosen,
+            strongest.suite(),
+            "offered {:?}",
+            offered.iter().map(|s| s.suite()).collect::<Vec<_>>()
+        );
+    }
 }

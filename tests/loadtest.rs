@@ -166,7 +166,46 @@ fn a_box_that_is_not_the_pinned_one_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty(), "no report for a box never reached");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("does not match the pin"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "presented key {}, but this client trusts only {wrong}",
+            b.pin
+        )),
+        "{stderr}"
+    );
+}
+
+/// A venue key that is not the box's: every token is refused. That is no capacity verdict:
+/// the probe before the run says so, with the box's reason and what to pass, and exits 77.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_the_box_refuses_fail_before_the_run_with_the_reason() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let b = BoxProcess::start(&data_dir(root.path(), "box"), &[]);
+    let other_key = root.path().join("other.key");
+    hallrelay::keyfile::VenueKey::load_or_create(&other_key).expect("another venue key");
+    let out = common::command(None)
+        .args(["loadtest", "--box", &b.url(), "--pin", &b.pin])
+        .arg("--venue-key-file")
+        .arg(&other_key)
+        .args(["--candidates", "20", "--burst", "1", "--json"])
+        .output()
+        .expect("run hallrelay loadtest");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "no verdict: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains(
+            "the box refused the load test's tokens (401: the token is not valid for this \
+             venue): pass the venue key the box uses (--venue-key-file"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("did NOT hold"), "{stderr}");
+    assert_eq!(stored(&b.status().await), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

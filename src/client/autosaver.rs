@@ -722,7 +722,13 @@ impl Autosaver {
         match conn.get("/v1/health").await {
             Ok(reply) if reply.status.is_success() => Ok(conn),
             Ok(reply) => Err(format!("it answered {}", reply.status)),
-            Err(error) if is_untrusted(&error) => Err("its key is not the exam's pin".into()),
+            Err(ClientError::NotPinned(refusal)) => {
+                Err(format!("its key is not the exam's pin: {refusal}"))
+            }
+            // The pinned certificate, but the handshake's signature is not its key's: a copy.
+            Err(error) if crate::tls::certificate_error(&error).is_some() => Err(format!(
+                "it presents the pinned certificate without holding its key ({error})"
+            )),
             Err(error) => Err(format!("it does not answer ({error})")),
         }
     }
@@ -823,26 +829,6 @@ impl Autosaver {
         }
     }
 }
-
-/// Whether a request failed because the server's certificate was refused. The cause sits
-/// under layers of `io::Error`, whose `source()` skips the error it wraps, so those are
-/// unwrapped with `get_ref()`.
-fn is_untrusted(error: &ClientError) -> bool {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = next {
-        if let Some(rustls::Error::InvalidCertificate(_)) = e.downcast_ref::<rustls::Error>() {
-            return true;
-        }
-        next = match e.downcast_ref::<std::io::Error>() {
-            Some(io) => io
-                .get_ref()
-                .map(|inner| inner as &(dyn std::error::Error + 'static)),
-            None => e.source(),
-        };
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

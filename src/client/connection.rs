@@ -20,8 +20,11 @@ pub enum ClientError {
     Url(String),
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// The server's key is none of the pins: nothing was sent to it.
+    #[error(transparent)]
+    NotPinned(crate::tls::NotPinned),
     #[error("request failed: {}", with_causes(.0))]
-    Request(#[from] hyper_util::client::legacy::Error),
+    Request(hyper_util::client::legacy::Error),
     #[error("reading the answer failed: {0}")]
     Body(#[from] hyper::Error),
     #[error("no answer within {0:?}")]
@@ -37,30 +40,10 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     let mut source = error.source();
     while let Some(cause) = source {
         text.push_str(": ");
-        text.push_str(&plain_words(cause));
+        text.push_str(&cause.to_string());
         source = cause.source();
     }
     text
-}
-
-/// A cause in words. rustls shows a certificate verifier's own error with `Debug`
-/// (`invalid peer certificate: Other(OtherError(NotPinned { .. }))`); the verifier's message,
-/// such as [`crate::tls::NotPinned`]'s, is what an operator can act on.
-fn plain_words(cause: &(dyn std::error::Error + 'static)) -> String {
-    // hyper-rustls wraps tokio-rustls's io::Error in another io::Error.
-    let mut inner: &(dyn std::error::Error + 'static) = cause;
-    while let Some(wrapped) = inner
-        .downcast_ref::<std::io::Error>()
-        .and_then(|io| io.get_ref())
-    {
-        inner = wrapped;
-    }
-    match inner.downcast_ref::<rustls::Error>() {
-        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
-            format!("invalid peer certificate: {other}")
-        }
-        _ => cause.to_string(),
-    }
 }
 
 /// An answer, read whole.
@@ -75,6 +58,13 @@ impl Reply {
     /// The body as JSON.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.body)
+    }
+
+    /// The `message` of a JSON error answer (what the server says went wrong), if it has one.
+    pub fn message(&self) -> Option<String> {
+        self.json::<serde_json::Value>()
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
     }
 
     /// A header as text, if present and printable.
@@ -99,7 +89,7 @@ impl Connection {
         pins: Vec<String>,
         token: Option<Secret>,
     ) -> Result<Self, ClientError> {
-        Self::build(base, crate::tls::pinned_client_config(pins)?, token)
+        Self::build(base, crate::tls::pinned_client_config(base, pins)?, token)
     }
 
     /// A client that trusts the server at `base` through the system's CA roots plus, if
@@ -201,7 +191,13 @@ impl Connection {
             request.headers_mut().insert(header::AUTHORIZATION, value);
         }
         let exchange = async {
-            let response = self.http.request(request).await?;
+            let response =
+                self.http.request(request).await.map_err(
+                    |error| match crate::tls::NotPinned::find(&error) {
+                        Some(refusal) => ClientError::NotPinned(refusal.clone()),
+                        None => ClientError::Request(error),
+                    },
+                )?;
             let (parts, body) = response.into_parts();
             let body = body.collect().await?.to_bytes();
             Ok::<_, ClientError>(Reply {

@@ -554,6 +554,8 @@ async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pendi
             }
         },
         Err(ClientError::Timeout(d)) => Outcome::Transient(format!("no answer within {d:?}")),
+        // A cloud whose key is not the pinned one is, for replay, a cloud not reached.
+        Err(e @ ClientError::NotPinned(_)) => Outcome::Unreachable(e.to_string()),
         Err(e @ ClientError::Request(_)) => {
             // A refused or reset connection: a down uplink looks like this.
             let text = e.to_string();
