@@ -40,8 +40,9 @@ pub enum LoadtestError {
         host: String,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
-    VenueKey { path: PathBuf, source: KeyFileError },
+    /// The venue key cannot be read; the error names the file.
+    #[error(transparent)]
+    VenueKey(KeyFileError),
     /// The box's key is not the pinned one: nothing was sent to it.
     #[error(transparent)]
     NotPinned(crate::tls::NotPinned),
@@ -61,7 +62,7 @@ pub enum LoadtestError {
 impl LoadtestError {
     /// Whether the command line (not the box) is at fault.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Url(_) | Self::Exam(_) | Self::VenueKey { .. })
+        matches!(self, Self::Url(_) | Self::Exam(_) | Self::VenueKey(_))
     }
 }
 
@@ -145,10 +146,7 @@ pub async fn run(
         return Err(LoadtestError::Exam(args.exam.clone()));
     }
     let (host, port) = parse_box_url(&args.box_url)?;
-    let key = VenueKey::load(&args.venue_key_file).map_err(|source| LoadtestError::VenueKey {
-        path: args.venue_key_file.clone(),
-        source,
-    })?;
+    let key = VenueKey::load(&args.venue_key_file).map_err(LoadtestError::VenueKey)?;
     let addr = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
         .await
         .and_then(|mut found| {
@@ -414,6 +412,18 @@ fn judge(plan: &LoadPlan, report: &LoadReport, target: Duration) -> (bool, Strin
             human_ms(target_ms)
         ));
     }
+    // A refused token says nothing about capacity: name it, so that the verdict is not read
+    // as the box's limit.
+    let refused: u64 = ["401", "403"]
+        .iter()
+        .filter_map(|code| report.errors.get(*code))
+        .sum();
+    if refused > 0 {
+        problems.push(format!(
+            "{refused} saves were refused their token (401/403), which is not a capacity \
+             limit: check the box's log, its venue key and both clocks, then run again"
+        ));
+    }
     let errors = errors_text(report);
     let verdict = if held {
         format!("this box held {what}: {figures}, {errors}")
@@ -568,6 +578,12 @@ mod tests {
         assert!(!held);
         assert!(
             line.contains("did NOT hold") && line.contains("429: 3"),
+            "{line}"
+        );
+        let (held, line) = judge(&steady, &report(&[3, 4], &[("401", 2)]), STEADY_P99_TARGET);
+        assert!(!held);
+        assert!(
+            line.contains("2 saves were refused their token") && line.contains("not a capacity"),
             "{line}"
         );
         let (held, line) = judge(&steady, &report(&[3, 400], &[]), STEADY_P99_TARGET);

@@ -271,6 +271,14 @@ fn bad_arguments_exit_64() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(64));
+    // The message names the file it looked for, once, and what to do.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches(missing.to_str().unwrap()).count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("run `hallrelay serve` once"), "{stderr}");
     let out = common::command(None)
         .args([
             "loadtest",
