@@ -97,22 +97,30 @@ impl Drop for RequestBody {
 /// and [`DRAIN_MAX_TIME`]; a body already read, or declaring more than the bound, is dropped
 /// at once.
 pub fn discard(body: Incoming) {
-    if body.is_end_stream() {
-        return;
-    }
-    let declared = body.size_hint().exact();
-    if declared.is_some_and(|left| left > DRAIN_MAX_BYTES) {
-        tracing::debug!(
-            left = declared,
-            limit = DRAIN_MAX_BYTES,
-            "not reading the rest of a refused body: too large"
-        );
+    if !worth_draining(&body) {
         return;
     }
     // Outside a runtime (never, in the server) the body is simply dropped.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(drain(body));
     }
+}
+
+/// Whether any of `body` is left to read, and no more than [`DRAIN_MAX_BYTES`] is declared.
+fn worth_draining<B: Body>(body: &B) -> bool {
+    if body.is_end_stream() {
+        return false;
+    }
+    let left = body.size_hint().exact();
+    if left.is_some_and(|left| left > DRAIN_MAX_BYTES) {
+        tracing::debug!(
+            left,
+            limit = DRAIN_MAX_BYTES,
+            "not reading the rest of a refused body: it declares too much"
+        );
+        return false;
+    }
+    true
 }
 
 /// How a drain ended.
@@ -194,6 +202,18 @@ mod tests {
             size,
             stall,
         }
+    }
+
+    #[test]
+    fn only_an_unread_rest_within_the_bound_is_drained() {
+        use http_body_util::{Empty, Full};
+        let declaring = |len: usize| Full::new(Bytes::from(vec![0u8; len]));
+        assert!(worth_draining(&declaring(100_000)));
+        assert!(worth_draining(&declaring(DRAIN_MAX_BYTES as usize)));
+        assert!(!worth_draining(&declaring(DRAIN_MAX_BYTES as usize + 1)));
+        assert!(!worth_draining(&Empty::<Bytes>::new()), "nothing left");
+        // Without a declared length (chunked, or HTTP/2 without one): drained, up to the bound.
+        assert!(worth_draining(&chunks(3, 10, false)));
     }
 
     #[tokio::test]
