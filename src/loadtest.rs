@@ -12,7 +12,6 @@
 //! mode one autosave interval (the hall's backlog must be stored before the next saves are
 //! due, or the box falls behind).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;

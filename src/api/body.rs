@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::ApiError;
 use super::budget::{ClientBudget, Refused, Reservation};
+use super::drain::RequestBody;
 use crate::digest::{BodyHasher, Expected};
 
 /// A buffer without a declared length starts at this size (or the limit, if smaller).
@@ -45,7 +45,7 @@ pub fn reserve(budget: &ClientBudget, declared: Option<u64>) -> Result<Reservati
 /// Reads `body` under `limits` into a buffer paid for by `reservation`, checking the
 /// client's claimed digests (`expected`) on the way.
 pub async fn read(
-    body: Incoming,
+    body: RequestBody,
     declared: Option<u64>,
     reservation: Reservation,
     expected: Option<Expected>,
@@ -60,7 +60,7 @@ pub async fn read(
 }
 
 async fn read_all(
-    mut body: Incoming,
+    mut body: RequestBody,
     declared: Option<u64>,
     mut reservation: Reservation,
     expected: Option<Expected>,

@@ -16,11 +16,11 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 mod parked;
 
+use super::drain::RequestBody;
 use super::session::{self, Sessions};
 use super::{ApiError, Caller, State};
 use crate::replay::UplinkStatus;
@@ -92,7 +92,7 @@ pub fn owns(path: &str) -> bool {
 pub async fn handle(
     state: &State,
     console: &Console,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let get = matches!(*request.method(), Method::GET | Method::HEAD);
     let post = request.method() == Method::POST;
@@ -150,7 +150,7 @@ struct SignIn {
 async fn sign_in(
     state: &State,
     console: &Console,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let read_limit = state.limits.body_read_timeout;
     let body = tokio::time::timeout(

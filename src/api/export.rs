@@ -17,9 +17,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
+use super::drain::RequestBody;
 use super::{Admin, ApiError, Caller, State};
 use crate::bundle::{self, FORMAT, Manifest, ManifestEntry};
 use crate::ids::{AutosaveName, is_valid_id, parse_seq};
@@ -38,7 +38,7 @@ pub fn owns(path: &str) -> bool {
 
 pub async fn handle(
     state: &State,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     if state.auth.authenticate(super::routes::bearer(&request))? != Caller::Admin {
         return Err(ApiError::Forbidden("export needs an admin token"));
@@ -138,7 +138,7 @@ async fn manifest(
     state: &State,
     admin: &Admin,
     identity: &crate::identity::Identity,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let body = Limited::new(request.into_body(), MANIFEST_REQUEST_MAX)
         .collect()

@@ -6,7 +6,8 @@
 //!   the bearer token, bound and hash the body, ask the store, answer.
 //! - [`budget`] bounds the request bodies held in memory, in all and per client address, and
 //!   [`body`] reads an upload's body under that budget, its size and time limits, hashing it
-//!   as it arrives.
+//!   as it arrives; [`drain`] reads and discards what a refused request's client is still
+//!   sending, so that the client sees the answer.
 //! - [`error`] is the one place where failures become status codes and JSON error bodies.
 //! - [`cors`] lets browser clients on configured origins call the API.
 //! - [`metrics`] is `/metrics` for Prometheus; [`export`] the export bundle's endpoints;
@@ -20,6 +21,7 @@ pub mod budget;
 mod cached;
 pub mod console;
 pub mod cors;
+pub mod drain;
 pub mod error;
 pub mod export;
 pub mod metrics;

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::body::{self, Upload};
 use super::budget::{BudgetSnapshot, ClientBudget};
+use super::drain::RequestBody;
 use super::error::json_response;
 use super::{ApiError, Caller, State};
 use crate::digest::{DigestError, Expected};
@@ -34,6 +35,8 @@ pub async fn handle(
     let ingest = (request.method() == Method::PUT
         && request.uri().path().starts_with("/v1/exams/"))
     .then(std::time::Instant::now);
+    // What a handler leaves of the body unread is drained once it is dropped (see drain.rs).
+    let request = request.map(RequestBody::new);
     let mut response = if request.method() == Method::OPTIONS {
         state.cors.preflight(origin.as_ref())
     } else {
@@ -121,7 +124,7 @@ pub fn parse_path(path: &str) -> Result<Target, ApiError> {
 
 async fn route(
     state: &State,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     if let Some(console) = &state.console
         && super::console::owns(request.uri().path())
@@ -193,7 +196,11 @@ async fn route(
     }
 }
 
-fn only(request: &Request<Incoming>, method: &Method, allow: &'static str) -> Result<(), ApiError> {
+fn only(
+    request: &Request<RequestBody>,
+    method: &Method,
+    allow: &'static str,
+) -> Result<(), ApiError> {
     if request.method() == method || (method == Method::GET && request.method() == Method::HEAD) {
         Ok(())
     } else {
@@ -288,7 +295,7 @@ fn parse_final(query: Option<&str>) -> Result<bool, ApiError> {
 
 async fn put(
     state: &State,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     name: AutosaveName,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let is_final = parse_final(request.uri().query())?;

@@ -213,6 +213,7 @@ where
             let retry_after_secs = wait.as_secs() + 1;
             tracing::debug!(%client, retry_after_secs, "request rate limit");
             let response = ApiError::TooManyRequests { retry_after_secs }.into_response();
+            super::drain::discard(request.into_body());
             return Box::pin(std::future::ready(Ok(response)));
         }
         request.extensions_mut().insert(budget.clone());
