@@ -7,6 +7,8 @@
 //! is one object whose fields sit at the top level next to `timestamp`, `level`, `target` and
 //! `message`, so that a shipper indexes `pin`, `addr` or `error` without parsing prose.
 //! `RUST_LOG` still overrides the level filter in both formats.
+//! A line that cannot be written (stderr's reader is gone) is dropped: logging never stops
+//! the box, nor its shutdown.
 
 use std::io::IsTerminal as _;
 use std::str::FromStr;
@@ -47,9 +49,14 @@ impl FromStr for LogFormat {
 pub fn init(format: LogFormat, default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // A line that cannot be written (the log pipe is gone: `hallrelay serve 2>&1 | tee`
+    // stopped by the same Ctrl-C) is dropped. With internal errors on, tracing-subscriber
+    // reports the failure with `eprintln!`, which panics on the same dead stderr and kills
+    // whatever thread logged: the signal task before it cancelled shutdown, or the writer.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder

@@ -427,6 +427,8 @@ fn loadtest(args: &LoadtestArgs) -> ExitCode {
 }
 
 fn fail(code: u8, error: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("hallrelay: {error}");
+    use std::io::Write as _;
+    // Not `eprintln!`: on a dead stderr it panics, and the exit code would be 101.
+    let _ = writeln!(std::io::stderr(), "hallrelay: {error}");
     ExitCode::from(code)
 }

@@ -268,7 +268,9 @@ pub fn default_name(appliance: &str) -> String {
     format!("hallrelay-{}", appliance.get(..4).unwrap_or(appliance))
 }
 
-/// A token that is cancelled on SIGTERM or SIGINT.
+/// A token that is cancelled on SIGTERM or SIGINT. The signal cancels it before anything
+/// else happens (before the log line that says so), so that nothing can come between a
+/// signal and the shutdown.
 pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
@@ -280,8 +282,8 @@ pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        tracing::info!(signal = which, "shutting down");
         cancel.cancel();
+        tracing::info!(signal = which, "shutting down");
     });
     Ok(token)
 }

@@ -165,6 +165,162 @@ async fn sigterm_drains_in_flight_requests() {
     assert_all_readable(&b, EXAM, &acked).await;
 }
 
+/// The bug this guards against: a server whose stderr reader has gone (`hallrelay serve 2>&1
+/// | tee log`, and Ctrl-C stops tee too) never exiting on SIGTERM or SIGINT. Logging
+/// "shutting down" to the dead pipe panicked the signal task before it cancelled the
+/// shutdown, and the process ran on for ever, deaf to further signals. Each round reads
+/// stderr up to the last start-up line, so the next line written is the one about the
+/// signal, then closes it: without the fix every round hangs.
+#[test]
+fn a_signal_stops_the_server_after_its_stderr_reader_is_gone() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let servers: [(&[&str], &str); 2] = [
+        (
+            &["serve", "--no-mdns", "--listen", "127.0.0.1:0"],
+            "no cloud configured",
+        ),
+        (
+            &["cloud", "--listen", "127.0.0.1:0"],
+            "reference cloud ready",
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (args, last_start_line) in servers {
+        for (round, signal_name) in ["TERM", "INT", "TERM"].into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut child = command(None)
+                .args(args)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn hallrelay");
+            let stderr = child.stderr.take().expect("stderr");
+            let started = BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .any(|line| line.contains(last_start_line));
+            // The reader (and with it the pipe's only read end) is gone here.
+            assert!(started, "{args:?} did not start");
+            signal(child.id(), signal_name);
+            let bound = Duration::from_secs(8);
+            let deadline = std::time::Instant::now() + bound;
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    break Some(status);
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            match status {
+                None => failed.push(format!(
+                    "{args:?} round {round}: still running {bound:?} after SIG{signal_name}"
+                )),
+                Some(status) if !status.success() => failed.push(format!(
+                    "{args:?} round {round}: a SIG{signal_name} stop exits 0, got {status}"
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 6 stops failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+/// A known gap, kept as its reproducer: stderr is a pipe nobody reads any more (a log
+/// shipper that stalled). Once it is full every log line blocks in write(2), the runtime's
+/// workers with it, and SIGTERM is not even acted on (tokio delivers signals through its
+/// driver, which a blocked worker no longer runs). Fixing it needs logging that never blocks
+/// (a bounded, lossy queue to a writer thread); until then the box stays up.
+#[ignore = "known gap: a stalled (full, unread) stderr pipe blocks the box and its stop"]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_stderr_pipe_does_not_block_the_stop() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hallrelay.toml");
+    std::fs::write(&config, "shutdown_grace = \"1s\"\n").unwrap();
+    let mut child = command(None)
+        .args(["serve", "--no-mdns", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hallrelay");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut listening = String::new();
+    while !listening.contains(" listening ") {
+        listening.clear();
+        assert!(
+            stderr.read_line(&mut listening).unwrap() > 0,
+            "no listening line"
+        );
+    }
+    let field = |name: &str| {
+        listening
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .map(str::to_owned)
+            .expect("field in the listening line")
+    };
+    let client = hallrelay::client::Connection::pinned(
+        &format!("https://{}", field("addr=")),
+        vec![field("pin=")],
+        None,
+    )
+    .unwrap()
+    .with_timeout(Duration::from_secs(1));
+    // Each request logs tens of KiB at trace: a few fill the 64 KiB pipe, and then the box
+    // stops answering.
+    let mut answered = 0;
+    for _ in 0..20 {
+        if client.get("/v1/health").await.is_ok() {
+            answered += 1;
+        }
+    }
+    assert!(
+        answered < 20,
+        "the box still answers: its stderr never filled"
+    );
+    signal(child.id(), "TERM");
+    let bound = Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + bound;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(stderr);
+    let status = status.unwrap_or_else(|| panic!("still running {bound:?} after SIGTERM"));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a stop cut short exits 1, got {status}"
+    );
+}
+
 #[test]
 fn a_newer_schema_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
