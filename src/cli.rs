@@ -101,7 +101,7 @@ pub struct BoxAccess {
     #[arg(long, value_name = "F")]
     pub token_file: PathBuf,
     /// The box's pin: the only way the box is trusted.
-    #[arg(long, value_name = "PIN")]
+    #[arg(long, value_name = "PIN", value_parser = pin)]
     pub pin: String,
 }
 
@@ -111,7 +111,7 @@ pub struct LoadtestArgs {
     #[arg(long = "box", value_name = "URL")]
     pub box_url: String,
     /// The box's pin: the only way the box is trusted.
-    #[arg(long, value_name = "PIN")]
+    #[arg(long, value_name = "PIN", value_parser = pin)]
     pub pin: String,
     /// The venue key file that the box verifies tokens with (on the box:
     /// <data-dir>/venue.key); each simulated candidate's token is minted with it.
@@ -218,7 +218,7 @@ pub struct ImportArgs {
     #[arg(long, value_name = "F")]
     pub cloud_token_file: PathBuf,
     /// Trust a self-hosted cloud by this pin instead of CA roots.
-    #[arg(long, value_name = "PIN", conflicts_with = "cloud_ca_file")]
+    #[arg(long, value_name = "PIN", value_parser = pin, conflicts_with = "cloud_ca_file")]
     pub cloud_pin: Option<String>,
     /// Extra CA certificates (PEM) to trust for the cloud.
     #[arg(long, value_name = "FILE")]
@@ -264,7 +264,7 @@ pub struct CandidateArgs {
     #[arg(long, value_name = "F")]
     pub token_file: PathBuf,
     /// Pin of a box this candidate may save to (repeatable); without one, no failover.
-    #[arg(long = "pin", value_name = "PIN")]
+    #[arg(long = "pin", value_name = "PIN", value_parser = pin)]
     pub pins: Vec<String>,
     /// Time between saves.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
@@ -302,6 +302,7 @@ pub struct CandidateArgs {
     #[arg(
         long = "cloud-pin",
         value_name = "PIN",
+        value_parser = pin,
         conflicts_with = "cloud_ca_file"
     )]
     pub cloud_pins: Vec<String>,
@@ -361,6 +362,10 @@ pub struct CloudArgs {
     /// The shape of the log lines on stderr: `text`, or `json` (one object a line).
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+fn pin(text: &str) -> Result<String, String> {
+    crate::identity::check_pin(text).map_err(|e| e.to_string())
 }
 
 fn share(text: &str) -> Result<f64, String> {

@@ -495,13 +495,11 @@ fn replay_config(
             problem: "must be more than 0 bytes per second (leave it out for no cap)".into(),
         });
     }
-    if let Some(pin) = &pin
-        && !pin.starts_with("sha256//")
-    {
-        return Err(ConfigError::Invalid {
+    if let Some(pin) = &pin {
+        crate::identity::check_pin(pin).map_err(|e| ConfigError::Invalid {
             key: "cloud_pin",
-            problem: format!("{pin:?} must look like sha256//<base64>"),
-        });
+            problem: e.to_string(),
+        })?;
     }
     Ok(Some(ReplayConfig {
         cloud,

@@ -253,7 +253,7 @@ fn token_never_creates_a_venue_key() {
             "--box",
             "https://127.0.0.1:9",
             "--pin",
-            "sha256//x",
+            "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
             "--venue-key-file",
             "venue.kye",
         ],
@@ -290,6 +290,71 @@ fn usage_errors_exit_64_and_help_exits_0() {
         assert_eq!(code, 0, "{args:?}: {err}");
         assert!(!out.is_empty(), "{args:?}");
     }
+}
+
+/// A pin that cannot be one is refused as a usage error that says what is wrong with it,
+/// before any connection: the usual slip is a copy that lost the final `=`, which used to
+/// read as "the box presented key X, but this client trusts only X".
+#[test]
+fn a_malformed_pin_is_a_usage_error_that_says_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = "sha256//7fByOR2Rz0uT8avVGiHQIsjvvrsczkp6PzWVgOmonkI=";
+    for (pin, says) in [
+        (whole.trim_end_matches('='), "lacks the final `=`"),
+        (
+            "7fByOR2Rz0uT8avVGiHQIsjvvrsczkp6PzWVgOmonkI=",
+            "starts with sha256//",
+        ),
+        ("sha256//AAAA", "44 base64 characters"),
+    ] {
+        for args in [
+            &[
+                "status",
+                "--box",
+                "https://127.0.0.1:9",
+                "--token-file",
+                "t",
+                "--pin",
+                pin,
+            ][..],
+            &[
+                "candidate",
+                "--cloud",
+                "http://127.0.0.1:9",
+                "--exam",
+                "e",
+                "--candidate",
+                "c",
+            ],
+        ] {
+            let mut args = args.to_vec();
+            if args[0] == "candidate" {
+                args.extend(["--token-file", "t", "--cloud-pin", pin]);
+            }
+            let (code, _, err) = run_in(dir.path(), &args);
+            assert_eq!(code, 64, "{args:?}: {err}");
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+    }
+    common::write_secret(&dir.path().join("t"), "a-credential");
+    let config = dir.path().join("hall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cloud = \"https://cloud.example\"\ncloud_token_file = \"t\"\ncloud_pin = \"{}\"\n",
+            whole.trim_end_matches('=')
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run_in(
+        dir.path(),
+        &["serve", "--no-mdns", "--config", config.to_str().unwrap()],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("cloud_pin") && err.contains("lacks the final `=`"),
+        "{err}"
+    );
 }
 
 /// `token` with no arguments, and its help, show both forms: a candidate token (--exam,

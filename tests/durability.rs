@@ -208,18 +208,7 @@ fn a_signal_stops_the_server_after_its_stderr_reader_is_gone() {
             assert!(started, "{args:?} did not start");
             signal(child.id(), signal_name);
             let bound = Duration::from_secs(8);
-            let deadline = std::time::Instant::now() + bound;
-            let status = loop {
-                if let Some(status) = child.try_wait().expect("wait") {
-                    break Some(status);
-                }
-                if std::time::Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
+            let status = exit_within(&mut child, bound);
             match status {
                 None => failed.push(format!(
                     "{args:?} round {round}: still running {bound:?} after SIG{signal_name}"
@@ -300,18 +289,7 @@ async fn a_stalled_stderr_pipe_does_not_block_the_stop() {
     );
     signal(child.id(), "TERM");
     let bound = Duration::from_secs(20);
-    let deadline = std::time::Instant::now() + bound;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = exit_within(&mut child, bound);
     drop(stderr);
     let status = status.unwrap_or_else(|| panic!("still running {bound:?} after SIGTERM"));
     assert_eq!(

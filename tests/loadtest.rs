@@ -264,7 +264,7 @@ fn bad_arguments_exit_64() {
             "--box",
             "https://127.0.0.1:9",
             "--pin",
-            "sha256//x",
+            "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
         ])
         .arg("--venue-key-file")
         .arg(&missing)
@@ -285,7 +285,7 @@ fn bad_arguments_exit_64() {
             "--box",
             "http://127.0.0.1:9",
             "--pin",
-            "sha256//x",
+            "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
         ])
         .arg("--venue-key-file")
         .arg(&missing)

@@ -65,7 +65,7 @@ async fn every_command_names_the_pin_the_box_presented_and_the_one_it_expected()
     assert!(!dir.path().join("x.partial").exists());
 
     // candidate: the save stays in its journal, exit 75; a second pin is listed too.
-    let other = "sha256//BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=";
+    let other = "sha256//BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA=";
     let journal = dir.path().join("journal");
     let out = run(&[
         "candidate",

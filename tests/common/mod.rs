@@ -626,19 +626,11 @@ impl Candidate {
 
     /// Waits for the exit (at most `within`) and returns its code and the whole output.
     pub fn finish(mut self, within: Duration) -> (Option<i32>, String) {
-        let deadline = std::time::Instant::now() + within;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "the command did not finish within {within:?}:\n{}",
-                    self.output().join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let Some(status) = exit_within(&mut self.child, within) else {
+            panic!(
+                "the command did not finish within {within:?}:\n{}",
+                self.output().join("\n")
+            );
         };
         // Let the reader thread take the last lines.
         std::thread::sleep(Duration::from_millis(100));
@@ -770,5 +762,22 @@ impl Drop for Tmpfs {
             .arg("-l")
             .arg(&self.0)
             .status();
+    }
+}
+
+/// How `child` exited, if it did within `bound`; otherwise it is killed (and reaped) and the
+/// answer is `None`.
+pub fn exit_within(child: &mut Child, bound: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
