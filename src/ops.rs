@@ -98,10 +98,11 @@ pub async fn status(box_url: &str, token: Secret, pin: &str) -> Result<String, O
         s["appliance"].as_str().unwrap_or("?"),
         s["version"].as_str().unwrap_or("?"),
     );
+    let (stored, candidates) = (n(&s["stored"]["count"]), n(&s["candidates"]));
     out += &format!(
-        "stored   {} autosaves of {} candidates, {}\n",
-        n(&s["stored"]["count"]),
-        n(&s["candidates"]),
+        "stored   {stored} autosave{} of {candidates} candidate{}, {}\n",
+        if stored == 1 { "" } else { "s" },
+        if candidates == 1 { "" } else { "s" },
         human_bytes(n(&s["stored"]["bytes"]))
     );
     out += &match n(&pending["count"]) {
