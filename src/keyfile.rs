@@ -156,15 +156,10 @@ impl VenueKey {
                 let key = Self::generate();
                 let text = format!("{}\n", hex(&key.0));
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    use std::os::unix::fs::DirBuilderExt as _;
-                    fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o700)
-                        .create(parent)
-                        .map_err(|source| KeyFileError::Create {
-                            path: parent.to_owned(),
-                            source,
-                        })?;
+                    create_private_dir(parent).map_err(|source| KeyFileError::Create {
+                        path: parent.to_owned(),
+                        source,
+                    })?;
                 }
                 write_secret_file(path, text.as_bytes())?;
                 tracing::info!(path = %path.display(), "created a new venue key");
@@ -216,6 +211,16 @@ pub fn create_private(path: &Path) -> io::Result<fs::File> {
         .open(path)?;
     file.set_permissions(fs::Permissions::from_mode(0o600))?;
     Ok(file)
+}
+
+/// Creates the folder `path` and any missing parents, readable by their owner only (mode
+/// 0700): a data dir, a key's folder, a candidate's journal.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
 }
 
 /// Fsyncs the folder holding `path`, so that a new name in it survives a power cut.

@@ -6,7 +6,6 @@
 //! the writer commit what is queued, close the store.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -184,14 +183,10 @@ impl Parts {
         listen: SocketAddr,
         options: StoreOptions,
     ) -> Result<Self, ServeError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)
-            .map_err(|source| ServeError::DataDir {
-                path: data_dir.to_owned(),
-                source,
-            })?;
+        crate::keyfile::create_private_dir(data_dir).map_err(|source| ServeError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
         let venue_key = VenueKey::load_or_create(venue_key_file)?;
         let file = StoreFile::open(&data_dir.join(STORE_FILE))?;
         let name = name.unwrap_or_else(|| default_name(file.appliance()));

@@ -19,7 +19,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// Where a save is known to be held, besides the journal.
@@ -65,11 +64,7 @@ impl Journal {
             path: dir.clone(),
             source,
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(err)?;
+        crate::keyfile::create_private_dir(&dir).map_err(err)?;
         let mut payloads = BTreeMap::new();
         let mut marks = Vec::new();
         for item in fs::read_dir(&dir).map_err(err)? {

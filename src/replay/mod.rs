@@ -604,11 +604,7 @@ impl Answer {
 
 /// The cloud's own words from a JSON error body (`message`), if any, as ": …", bounded.
 fn message(reply: &crate::client::Reply) -> String {
-    let text = reply
-        .json::<serde_json::Value>()
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let text = reply.message().unwrap_or_default();
     let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
     if text.is_empty() {
         text
