@@ -709,18 +709,12 @@ async fn the_reserve_keeps_replay_bookkeeping_working_on_a_full_disk() {
     let store = Store::open(&tmpfs.0.join("s.redb"), identity, options).unwrap();
     let mut stored = 0u64;
     for seq in 1..=1000u64 {
-        let payload = bytes::Bytes::from(payload(4, seq, 32 * 1024));
-        let request = PutRequest {
-            name: AutosaveName {
-                exam: EXAM.into(),
-                candidate: "c1".into(),
-                seq,
-            },
-            blake3: blake3::hash(&payload),
-            payload,
-            is_final: false,
-            upstream_receipt: None,
+        let name = AutosaveName {
+            exam: EXAM.into(),
+            candidate: "c1".into(),
+            seq,
         };
+        let request = PutRequest::new(name, bytes::Bytes::from(payload(4, seq, 32 * 1024)), false);
         match store.put(request).await {
             Ok(_) => stored += 1,
             Err(StoreError::Full) => break,
@@ -789,18 +783,12 @@ fn reads_during_recovery_answer_at_once_and_never_park_the_runtime() {
         .build()
         .unwrap();
     let request = |seq: u64| {
-        let payload = bytes::Bytes::from(format!("save {seq}"));
-        PutRequest {
-            name: AutosaveName {
-                exam: EXAM.into(),
-                candidate: "c1".into(),
-                seq,
-            },
-            blake3: blake3::hash(&payload),
-            payload,
-            is_final: false,
-            upstream_receipt: None,
-        }
+        let name = AutosaveName {
+            exam: EXAM.into(),
+            candidate: "c1".into(),
+            seq,
+        };
+        PutRequest::new(name, bytes::Bytes::from(format!("save {seq}")), false)
     };
     let store = runtime.block_on(async {
         let store = Store::open_with_faults(

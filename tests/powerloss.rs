@@ -140,13 +140,7 @@ async fn run_step(store: &Store, step: &Step, ledger: &Mutex<Ledger>) -> bool {
                 .unwrap()
                 .sent
                 .insert(name.clone(), payload.clone());
-            let request = PutRequest {
-                name: name.clone(),
-                blake3: blake3::hash(payload),
-                payload: payload.clone(),
-                is_final: *is_final,
-                upstream_receipt: None,
-            };
+            let request = PutRequest::new(name.clone(), payload.clone(), *is_final);
             match store.put(request).await {
                 Ok(PutOutcome::Stored(_) | PutOutcome::Duplicate(_)) => {
                     ledger.lock().unwrap().acked.insert(name.clone());

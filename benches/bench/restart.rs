@@ -53,17 +53,12 @@ pub async fn fill_shaped(data_dir: &Path, n: u64, per_candidate: u64, size: usiz
             let candidate = (i / per_candidate) as usize;
             let seq = i % per_candidate + 1;
             let bytes = Bytes::from(payload(candidate, seq, size));
-            let request = PutRequest {
-                name: AutosaveName {
-                    exam: format!("exam{}", candidate % 20),
-                    candidate: format!("c{candidate}"),
-                    seq,
-                },
-                blake3: blake3::hash(&bytes),
-                payload: bytes,
-                is_final: seq == per_candidate,
-                upstream_receipt: None,
+            let name = AutosaveName {
+                exam: format!("exam{}", candidate % 20),
+                candidate: format!("c{candidate}"),
+                seq,
             };
+            let request = PutRequest::new(name, bytes, seq == per_candidate);
             store.put(request).await.expect("stored");
         });
         if i % 100_000 == 0 && i > 0 {

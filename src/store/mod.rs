@@ -896,18 +896,12 @@ pub(crate) fn open_for_test(dir: &Path) -> Store {
 /// An autosave of exam `e` for the store's unit tests: `body` under (candidate, seq).
 #[cfg(test)]
 pub(crate) fn put_for_test(candidate: &str, seq: u64, body: &str, is_final: bool) -> PutRequest {
-    let payload = Bytes::from(body.to_owned());
-    PutRequest {
-        name: AutosaveName {
-            exam: "e".into(),
-            candidate: candidate.into(),
-            seq,
-        },
-        blake3: blake3::hash(&payload),
-        payload,
-        is_final,
-        upstream_receipt: None,
-    }
+    let name = AutosaveName {
+        exam: "e".into(),
+        candidate: candidate.into(),
+        seq,
+    };
+    PutRequest::new(name, Bytes::from(body.to_owned()), is_final)
 }
 
 /// [`open_for_test`] with `options` (its reserve still 0).

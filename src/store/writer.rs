@@ -44,6 +44,21 @@ pub struct PutRequest {
     pub upstream_receipt: Option<Receipt>,
 }
 
+impl PutRequest {
+    /// `payload` under `name`, hashed here, with no forwarded receipt: what a caller that holds
+    /// the whole payload (a test, a benchmark) stores. The API hashes while it reads the body
+    /// and builds its request itself.
+    pub fn new(name: AutosaveName, payload: Bytes, is_final: bool) -> Self {
+        Self {
+            name,
+            blake3: blake3::hash(&payload),
+            payload,
+            is_final,
+            upstream_receipt: None,
+        }
+    }
+}
+
 /// What became of a [`PutRequest`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PutOutcome {
