@@ -178,32 +178,7 @@ fn token_out_writes_a_private_file_that_candidate_accepts() {
 
     // The candidate takes the file; the cloud is gone, the box given by address takes the
     // save, and says so once, naming the box by its URL once.
-    let (code, output) = Candidate::spawn(
-        None,
-        &[
-            "candidate",
-            "--cloud",
-            "http://127.0.0.1:9",
-            "--exam",
-            "math",
-            "--candidate",
-            "c1",
-            "--token-file",
-            token_file.to_str().unwrap(),
-            "--pin",
-            &hall.pin,
-            "--box",
-            &hall.url(),
-            "--no-mdns",
-            "--failover-after",
-            "0s",
-            "--count",
-            "1",
-            "--journal",
-            here.join("journal").to_str().unwrap(),
-        ],
-    )
-    .finish(Duration::from_secs(60));
+    let (code, output) = one_save_to_the_box(&hall, "c1", &token_file, &here.join("journal"));
     assert_eq!(code, Some(0), "{output}");
     let url = hall.url();
     assert!(
@@ -377,6 +352,42 @@ fn token_without_arguments_shows_both_forms() {
 
 /// A candidate whose saves a box refuses (a token of another venue: 401) is told once per
 /// save, not once per attempt; it exits 75 (the save is only in its journal).
+/// Runs `candidate` for one save of `candidate` in exam `math`, with the cloud gone and
+/// `hall` given by address, so the save goes to the box at once; its exit code and output.
+fn one_save_to_the_box(
+    hall: &BoxProcess,
+    candidate: &str,
+    token_file: &Path,
+    journal: &Path,
+) -> (Option<i32>, String) {
+    Candidate::spawn(
+        None,
+        &[
+            "candidate",
+            "--cloud",
+            "http://127.0.0.1:9",
+            "--exam",
+            "math",
+            "--candidate",
+            candidate,
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--pin",
+            &hall.pin,
+            "--box",
+            &hall.url(),
+            "--no-mdns",
+            "--failover-after",
+            "0s",
+            "--count",
+            "1",
+            "--journal",
+            journal.to_str().unwrap(),
+        ],
+    )
+    .finish(Duration::from_secs(60))
+}
+
 #[test]
 fn a_refused_save_is_reported_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -390,32 +401,12 @@ fn a_refused_save_is_reported_once() {
         },
     );
     let token_file = write_secret(&dir.path().join("c6.token"), &foreign);
-    let (code, output) = Candidate::spawn(
-        None,
-        &[
-            "candidate",
-            "--cloud",
-            "http://127.0.0.1:9",
-            "--exam",
-            "math",
-            "--candidate",
-            "c6",
-            "--token-file",
-            &token_file,
-            "--pin",
-            &hall.pin,
-            "--box",
-            &hall.url(),
-            "--no-mdns",
-            "--failover-after",
-            "0s",
-            "--count",
-            "1",
-            "--journal",
-            dir.path().join("journal").to_str().unwrap(),
-        ],
-    )
-    .finish(Duration::from_secs(60));
+    let (code, output) = one_save_to_the_box(
+        &hall,
+        "c6",
+        Path::new(&token_file),
+        &dir.path().join("journal"),
+    );
     assert_eq!(code, Some(75), "{output}");
     assert_eq!(output.matches("save 1 was refused").count(), 1, "{output}");
 }

@@ -182,6 +182,13 @@ mod tests {
             .collect()
     }
 
+    /// The (event, candidate) of each entry of `log`.
+    fn events_of(log: &[(u64, String, String)]) -> Vec<(&str, &str)> {
+        log.iter()
+            .map(|(_, e, c)| (e.as_str(), c.as_str()))
+            .collect()
+    }
+
     /// Retention purges the audit log with the delivered data, but a conflict stays as long
     /// as the autosave it is about, and goes with it; numbers are never reused.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,10 +217,7 @@ mod tests {
         // c goes, and with it everything about it; a is still stored, so its conflict stays.
         assert_eq!(store.purge_delivered(later(), 100).await.unwrap(), 1);
         let kept = log(&store).await;
-        let events: Vec<(&str, &str)> = kept
-            .iter()
-            .map(|(_, e, c)| (e.as_str(), c.as_str()))
-            .collect();
+        let events = events_of(&kept);
         assert_eq!(events, [("conflict", "a"), ("conflict", "b")], "{kept:?}");
 
         // Once a is delivered and purged, its conflict goes too; b's stays.
@@ -223,10 +227,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.purge_delivered(later(), 100).await.unwrap(), 1);
         let kept = log(&store).await;
-        let events: Vec<(&str, &str)> = kept
-            .iter()
-            .map(|(_, e, c)| (e.as_str(), c.as_str()))
-            .collect();
+        let events = events_of(&kept);
         assert_eq!(events, [("conflict", "b")], "{kept:?}");
         let integrity = store.verify().await.unwrap();
         assert!(integrity.is_whole(), "{:#?}", integrity.problems);
