@@ -10,10 +10,10 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::CandidateArgs;
-use crate::client::{
+use hallrelay_client::{
     Autosaver, AutosaverError, CloudTrust, Discovery, JournalError, Options, SaveError, Summary,
 };
-use crate::keyfile::{KeyFileError, Secret};
+use hallrelay_protocol::keys::{KeyFileError, Secret};
 
 /// What a simulated candidate does.
 pub struct Plan {
@@ -140,7 +140,7 @@ pub fn simulated_answer(candidate: &str, seq: u64, size: usize) -> Vec<u8> {
     ];
     let mut text = format!(
         "candidate {candidate}, save {seq}, written {}\n",
-        crate::timefmt::rfc3339(SystemTime::now())
+        hallrelay_protocol::timefmt::rfc3339(SystemTime::now())
     );
     let mut x = blake3::hash(format!("{candidate}/{seq}").as_bytes())
         .as_bytes()

@@ -1,12 +1,15 @@
-//! The command line: clap types only. Validation and defaults live in [`crate::config`].
+//! The command line: clap types only. Validation and defaults live in [`hallrelay_server::config`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::logging::LogFormat;
+use hallrelay_server::capacity::Plan;
+use hallrelay_server::config::{Overrides, Setting};
+use hallrelay_server::logging::LogFormat;
 
 /// hallrelay: keeps exam autosaves safe in the hall while the uplink is down.
 #[derive(Debug, Parser)]
@@ -87,8 +90,9 @@ pub struct SettingArgs {
     #[arg(long, value_name = "F")]
     pub config: PathBuf,
     /// Which setting.
-    #[arg(value_enum)]
-    pub setting: crate::config::Setting,
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(Setting::NAMES)
+        .try_map(|name| name.parse::<Setting>()))]
+    pub setting: Setting,
 }
 
 /// How an operator command reaches a running box.
@@ -183,7 +187,7 @@ pub struct AuditArgs {
 
 /// `--since`: an RFC 3339 time, or a duration back from now.
 fn since(text: &str) -> Result<std::time::SystemTime, String> {
-    if let Some(at) = crate::timefmt::parse_rfc3339(text) {
+    if let Some(at) = hallrelay_protocol::timefmt::parse_rfc3339(text) {
         return Ok(at);
     }
     let back = humantime::parse_duration(text).map_err(|_| {
@@ -236,7 +240,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "H")]
     pub hours: f64,
     /// Size of one autosave, bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = crate::readiness::DEFAULT_SIZE)]
+    #[arg(long, value_name = "BYTES", default_value_t = hallrelay_server::capacity::DEFAULT_SIZE)]
     pub size: u64,
     /// Time between one candidate's autosaves.
     #[arg(long, value_name = "DUR", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -247,6 +251,18 @@ pub struct CheckArgs {
     /// The box's data dir [default: the config's, else hallrelay-data].
     #[arg(long, value_name = "D")]
     pub data_dir: Option<PathBuf>,
+}
+
+impl CheckArgs {
+    /// The hall these arguments describe.
+    pub fn plan(&self) -> Plan {
+        Plan {
+            candidates: self.candidates,
+            hours: self.hours,
+            size: self.size,
+            interval: self.interval,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -365,7 +381,7 @@ pub struct CloudArgs {
 }
 
 fn pin(text: &str) -> Result<String, String> {
-    crate::identity::check_pin(text).map_err(|e| e.to_string())
+    hallrelay_protocol::pin::check_pin(text).map_err(|e| e.to_string())
 }
 
 fn share(text: &str) -> Result<f64, String> {
@@ -423,6 +439,27 @@ pub struct ServeArgs {
     /// the top level) for the journal and a log shipper [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    /// What these flags set over the configuration file.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            listen: self.listen,
+            name: self.name.clone(),
+            venue_key_file: self.venue_key_file.clone(),
+            cloud: self.cloud.clone(),
+            cloud_token_file: self.cloud_token_file.clone(),
+            no_mdns: self.no_mdns,
+            mdns_interfaces: self.mdns_interfaces.clone(),
+            client_rate_limit: self.client_rate_limit,
+            max_connections_per_client: self.max_connections_per_client,
+            client_body_budget: self.client_body_budget,
+            log_format: self.log_format,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

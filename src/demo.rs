@@ -18,14 +18,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Limits;
-use crate::cli::ServeArgs;
-use crate::client::{Autosaver, CloudTrust, Connection, Discovery, Event, Landed, Options};
-use crate::cloud::CloudConfig;
-use crate::config::ServeConfig;
-use crate::keyfile::{Secret, VenueKey};
-use crate::serve::{Ready, ServeError};
-use crate::token::{self, Claims};
+use hallrelay_client::{Autosaver, CloudTrust, Connection, Discovery, Event, Landed, Options};
+use hallrelay_protocol::keys::{Secret, VenueKey};
+use hallrelay_protocol::token::{self, Claims};
+use hallrelay_server::api::Limits;
+use hallrelay_server::cloud::CloudConfig;
+use hallrelay_server::config::{Overrides, ServeConfig};
+use hallrelay_server::serve::{Ready, ServeError};
 
 const EXAM: &str = "demo-exam";
 const BOX_NAME: &str = "hallrelay-demo";
@@ -55,15 +54,15 @@ pub enum DemoError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Key(#[from] crate::keyfile::KeyFileError),
+    Key(#[from] hallrelay_protocol::keys::KeyFileError),
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] hallrelay_server::config::ConfigError),
     #[error("a server failed: {0}")]
     Server(#[from] ServeError),
     #[error("a server stopped before it was ready")]
     NotReady,
     #[error(transparent)]
-    Client(#[from] crate::client::ClientError),
+    Client(#[from] hallrelay_client::ClientError),
     #[error(transparent)]
     Candidate(#[from] crate::candidate::CandidateError),
 }
@@ -124,8 +123,8 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
     let venue_key_file = plan.dir.join("venue.key");
     let venue_key = VenueKey::load_or_create(&venue_key_file)?;
     let credential_file = plan.dir.join("appliance.token");
-    let credential = Secret::new(crate::keyfile::hex(&rand::random::<[u8; 32]>()));
-    crate::keyfile::write_secret_file(&credential_file, credential.expose().as_bytes())?;
+    let credential = Secret::new(hallrelay_protocol::hex::hex(&rand::random::<[u8; 32]>()));
+    hallrelay_protocol::keys::write_secret_file(&credential_file, credential.expose().as_bytes())?;
 
     let cloud_config = CloudConfig {
         data_dir: plan.dir.join("cloud"),
@@ -141,8 +140,7 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
     let cloud_url = format!("http://{}", cloud.addr);
     line("cloud", &format!("listening on {cloud_url}"));
 
-    let args = ServeArgs {
-        config: None,
+    let overrides = Overrides {
         data_dir: Some(plan.dir.join("box")),
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         name: Some(BOX_NAME.into()),
@@ -153,11 +151,10 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
         mdns_interfaces: vec!["lo".into()],
         // In a hall every candidate has an address of its own; here they all share 127.0.0.1.
         client_rate_limit: Some(0),
-        max_connections_per_client: None,
         client_body_budget: Some(0),
-        log_format: None,
+        ..Overrides::default()
     };
-    let mut box_config = ServeConfig::from_args(&args)?;
+    let mut box_config = ServeConfig::from_overrides(&overrides)?;
     if let Some(replay) = &mut box_config.replay {
         // Probe the returning uplink every 2 s at most, so the demo need not wait 30 s.
         replay.backoff_max = Duration::from_secs(2);
@@ -176,7 +173,7 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
         &venue_key,
         &Claims::Admin {
             subject: "demo".into(),
-            expires: crate::timefmt::unix_secs(SystemTime::now()) + 3600,
+            expires: hallrelay_protocol::timefmt::unix_secs(SystemTime::now()) + 3600,
         },
     ));
     let box_client = Connection::pinned(
@@ -194,7 +191,7 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
         let claims = Claims::Candidate {
             exam: EXAM.into(),
             candidate: id.clone(),
-            expires: crate::timefmt::unix_secs(SystemTime::now()) + 3600,
+            expires: hallrelay_protocol::timefmt::unix_secs(SystemTime::now()) + 3600,
         };
         let token = Secret::new(token::mint(&venue_key, &claims));
         let mut options = Options::new(
@@ -481,7 +478,7 @@ async fn keep_saving(
     mut autosaver: Autosaver,
     id: String,
     stop: CancellationToken,
-) -> Result<Vec<(u64, Vec<u8>)>, crate::client::SaveError> {
+) -> Result<Vec<(u64, Vec<u8>)>, hallrelay_client::SaveError> {
     let mut saves = Vec::new();
     let mut ticker = tokio::time::interval(SAVE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -520,11 +517,11 @@ where
 }
 
 async fn start_cloud(config: CloudConfig) -> Result<Running, DemoError> {
-    start(|stop, on_ready| crate::cloud::run(config, stop, on_ready)).await
+    start(|stop, on_ready| hallrelay_server::cloud::run(config, stop, on_ready)).await
 }
 
 async fn start_box(config: ServeConfig) -> Result<Running, DemoError> {
-    start(|stop, on_ready| crate::serve::run(config, stop, on_ready)).await
+    start(|stop, on_ready| hallrelay_server::serve::run(config, stop, on_ready)).await
 }
 
 async fn ready(

@@ -204,7 +204,7 @@ pub enum LoadError {
     Token(usize),
     /// The box's key is not the pinned one: nothing was sent to it.
     #[error(transparent)]
-    NotPinned(crate::tls::NotPinned),
+    NotPinned(hallrelay_client::tls::NotPinned),
     #[error("cannot connect to the box at {addr}: {message}")]
     Connect { addr: SocketAddr, message: String },
 }
@@ -229,7 +229,7 @@ struct Connector {
 /// Why one connection attempt failed.
 #[derive(Debug)]
 enum ConnectFailure {
-    NotPinned(crate::tls::NotPinned),
+    NotPinned(hallrelay_client::tls::NotPinned),
     Other(String),
 }
 
@@ -250,7 +250,7 @@ impl Connector {
                 .tls
                 .connect(self.server_name.clone(), tcp)
                 .await
-                .map_err(|e| match crate::tls::NotPinned::find(&e) {
+                .map_err(|e| match hallrelay_client::tls::NotPinned::find(&e) {
                     Some(refusal) => ConnectFailure::NotPinned(refusal.clone()),
                     None => ConnectFailure::Other(format!("TLS: {e}")),
                 })?;
@@ -294,7 +294,7 @@ pub async fn run(
     })
     .map_err(|_| LoadError::ServerName(plan.server_name.clone()))?;
     let url = format!("https://{}", authority.to_str().unwrap_or(host));
-    let mut tls = crate::tls::pinned_client_config(&url, vec![plan.pin.clone()])?;
+    let mut tls = hallrelay_client::tls::pinned_client_config(&url, vec![plan.pin.clone()])?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = Arc::new(Connector {
         addr: plan.addr,

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::cli::LoadtestArgs;
-use crate::client::{ClientError, Connection};
-use crate::keyfile::{KeyFileError, Secret, VenueKey};
 use crate::loadgen::{self, LoadError, LoadPlan, LoadReport, Pace, Phase, Progress};
-use crate::readiness::human_bytes;
-use crate::token::{self, Claims};
+use hallrelay_client::{ClientError, Connection};
+use hallrelay_protocol::keys::{KeyFileError, Secret, VenueKey};
+use hallrelay_protocol::token::{self, Claims};
+use hallrelay_server::units::human_bytes;
 
 /// The default p99 target in steady mode.
 pub const STEADY_P99_TARGET: Duration = Duration::from_millis(250);
@@ -44,7 +44,7 @@ pub enum LoadtestError {
     VenueKey(KeyFileError),
     /// The box's key is not the pinned one: nothing was sent to it.
     #[error(transparent)]
-    NotPinned(crate::tls::NotPinned),
+    NotPinned(hallrelay_client::tls::NotPinned),
     #[error("cannot reach the box at {url}: {source}")]
     Unreachable { url: String, source: ClientError },
     /// The probe's token was refused: every simulated candidate's would be, and a load test
@@ -141,7 +141,7 @@ pub async fn run(
     args: &LoadtestArgs,
     mut on_progress: impl FnMut(String),
 ) -> Result<Outcome, LoadtestError> {
-    if !crate::ids::is_valid_id(&args.exam) {
+    if !hallrelay_protocol::ids::is_valid_id(&args.exam) {
         return Err(LoadtestError::Exam(args.exam.clone()));
     }
     let (host, port) = parse_box_url(&args.box_url)?;
@@ -184,7 +184,7 @@ pub async fn run(
         pace,
     };
     // Tokens outlive the run, with an hour to spare for a slow box.
-    let expires = crate::timefmt::unix_secs(SystemTime::now())
+    let expires = hallrelay_protocol::timefmt::unix_secs(SystemTime::now())
         + args.duration.as_secs()
         + args.interval.as_secs()
         + 3600;
@@ -295,7 +295,7 @@ fn raise_open_files(wanted: u64) {
              (raise it with `ulimit -Hn` as root, or run fewer candidates)"
         );
     }
-    crate::serve::raise_open_files_limit(wanted.min(hard));
+    hallrelay_server::rlimit::raise_open_files(wanted.min(hard));
 }
 
 /// The host (as written, brackets kept for IPv6) and port of an `https://` box URL; the

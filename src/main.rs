@@ -4,17 +4,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use hallrelay::api::Limits;
 use hallrelay::cli::{
     AuditArgs, CandidateArgs, CheckArgs, Cli, Command, DemoArgs, DiscoverArgs, ExportArgs,
     ImportArgs, LoadtestArgs, ReplayArgs, StatusArgs, VerifyArgs,
 };
-use hallrelay::cloud::CloudConfig;
-use hallrelay::config::{ServeConfig, VENUE_KEY_FILE};
-use hallrelay::keyfile::Secret;
-use hallrelay::logging::{self, LogFormat};
 use hallrelay::ops::{self, OpsError};
-use hallrelay::serve::{self, ServeError};
+use hallrelay_protocol::keys::Secret;
+use hallrelay_server::api::Limits;
+use hallrelay_server::cloud::CloudConfig;
+use hallrelay_server::config::{ServeConfig, VENUE_KEY_FILE};
+use hallrelay_server::logging::{self, LogFormat};
+use hallrelay_server::serve::{self, ServeError};
 
 /// EX_USAGE: the configuration or the command line is wrong; restarting will not help.
 const EXIT_USAGE: u8 = 64;
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Serve(args) => {
-            let config = match ServeConfig::from_args(&args) {
+            let config = match ServeConfig::from_overrides(&args.overrides()) {
                 Ok(c) => c,
                 Err(e) => return fail(EXIT_USAGE, &e),
             };
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
                 reset_rate: args.reset_rate,
                 limits: Limits::cloud(),
             };
-            run_server(|shutdown| hallrelay::cloud::run(config, shutdown, |_| {}))
+            run_server(|shutdown| hallrelay_server::cloud::run(config, shutdown, |_| {}))
         }
         Command::Candidate(args) => candidate(&args),
         Command::Discover(args) => discover(&args),
@@ -78,15 +78,17 @@ fn main() -> ExitCode {
         Command::Verify(args) => ops_verify(&args),
         Command::Import(args) => ops_import(&args),
         Command::Loadtest(args) => loadtest(&args),
-        Command::Setting(args) => match hallrelay::config::setting(&args.config, args.setting) {
-            Ok(values) => {
-                for value in values {
-                    println!("{value}");
+        Command::Setting(args) => {
+            match hallrelay_server::config::setting(&args.config, args.setting) {
+                Ok(values) => {
+                    for value in values {
+                        println!("{value}");
+                    }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
+                Err(e) => fail(EXIT_USAGE, &e),
             }
-            Err(e) => fail(EXIT_USAGE, &e),
-        },
+        }
         Command::Token(args) => match hallrelay::mint::run(&args) {
             Ok(Some(token)) => {
                 println!("{token}");
@@ -132,7 +134,7 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ServeError>() {
             // A secret file others may read is a setup mistake, not data to protect.
-            Some(ServeError::Identity(hallrelay::identity::IdentityError::KeyFile(_))) => {
+            Some(ServeError::Identity(hallrelay_server::identity::IdentityError::KeyFile(_))) => {
                 fail(EXIT_USAGE, &e)
             }
             Some(ServeError::Store(store)) if store.is_disk_failure() => fail(EXIT_IO, &e),
@@ -182,7 +184,7 @@ fn candidate(args: &CandidateArgs) -> ExitCode {
 
 fn discover(args: &DiscoverArgs) -> ExitCode {
     let found = runtime().and_then(|rt| {
-        rt.block_on(hallrelay::mdns::discover(
+        rt.block_on(hallrelay_client::discovery::discover(
             &args.mdns_interfaces,
             args.timeout,
         ))
@@ -240,7 +242,11 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn check(args: &CheckArgs) -> ExitCode {
-    let report = match hallrelay::readiness::check_args(args) {
+    let report = match hallrelay_server::readiness::check_plan(
+        args.plan(),
+        args.config.as_deref(),
+        args.data_dir.as_deref(),
+    ) {
         Ok(r) => r,
         Err(e) => return fail(EXIT_USAGE, &e),
     };
@@ -375,9 +381,9 @@ fn ops_import(args: &ImportArgs) -> ExitCode {
     };
     let cloud = match &args.cloud_pin {
         Some(pin) => {
-            hallrelay::client::Connection::pinned(&args.cloud, vec![pin.clone()], Some(credential))
+            hallrelay_client::Connection::pinned(&args.cloud, vec![pin.clone()], Some(credential))
         }
-        None => hallrelay::client::Connection::with_roots(
+        None => hallrelay_client::Connection::with_roots(
             &args.cloud,
             args.cloud_ca_file.as_deref(),
             Some(credential),

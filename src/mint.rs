@@ -4,7 +4,7 @@
 //! Only `serve` and `cloud` create venue keys. A token minted with a key that a typo or the
 //! wrong folder just created would be refused by every box, so this command reads the key and
 //! never makes one: a missing key is an error that names the path it looked for. `--out`
-//! writes the token with mode 0600 (durably, through [`crate::keyfile::write_secret_file`]),
+//! writes the token with mode 0600 (durably, through [`hallrelay_protocol::keys::write_secret_file`]),
 //! because the commands that read token files refuse ones others may read, and a shell's
 //! `> FILE` makes a 0644 file.
 
@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::cli::TokenArgs;
-use crate::config::{DEFAULT_DATA_DIR, VENUE_KEY_FILE};
-use crate::keyfile::{KeyFileError, VenueKey};
-use crate::timefmt::unix_secs;
-use crate::token::{self, Claims};
+use hallrelay_protocol::keys::{KeyFileError, VenueKey};
+use hallrelay_protocol::timefmt::unix_secs;
+use hallrelay_protocol::token::{self, Claims};
+use hallrelay_server::config::{DEFAULT_DATA_DIR, VENUE_KEY_FILE};
 
 /// The most bytes of an existing `--out` file read to decide whether it holds a token.
 const MAX_TOKEN_FILE: u64 = 4096;
@@ -75,7 +75,7 @@ fn claims(args: &TokenArgs) -> Result<Claims, MintError> {
     Ok(match (&args.exam, &args.candidate) {
         (Some(exam), Some(candidate)) => {
             for (what, id) in [("exam", exam), ("candidate", candidate)] {
-                if !crate::ids::is_valid_id(id) {
+                if !hallrelay_protocol::ids::is_valid_id(id) {
                     return Err(MintError::BadId {
                         what,
                         id: id.clone(),
@@ -106,7 +106,7 @@ fn write_token(path: &Path, token: &str) -> Result<(), MintError> {
             path: path.to_owned(),
         });
     }
-    crate::keyfile::write_secret_file(path, format!("{token}\n").as_bytes())?;
+    hallrelay_protocol::keys::write_secret_file(path, format!("{token}\n").as_bytes())?;
     Ok(())
 }
 

@@ -13,11 +13,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::bundle::{self, BundleError, Header, Summary};
-use crate::client::{ClientError, Connection};
-use crate::keyfile::Secret;
-use crate::readiness::human_bytes;
-use crate::receipt::RECEIPT_HEADER;
+use hallrelay_client::{ClientError, Connection};
+use hallrelay_protocol::keys::Secret;
+use hallrelay_protocol::receipt::RECEIPT_HEADER;
+use hallrelay_server::bundle::{self, BundleError, Header, Summary};
+use hallrelay_server::units::human_bytes;
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
     }
 }
 
-fn refused(what: &str, reply: &crate::client::Reply) -> OpsError {
+fn refused(what: &str, reply: &hallrelay_client::Reply) -> OpsError {
     let message = reply.message().unwrap_or_default();
     OpsError::Refused {
         what: what.to_owned(),
@@ -171,7 +171,7 @@ pub async fn audit(
     limit: u64,
 ) -> Result<(Vec<serde_json::Value>, bool), OpsError> {
     let client = Connection::pinned(box_url, vec![pin.to_owned()], Some(token))?;
-    let since = since.map(crate::timefmt::rfc3339);
+    let since = since.map(hallrelay_protocol::timefmt::rfc3339);
     let mut entries = Vec::new();
     let mut after: Option<u64> = None;
     loop {
@@ -264,7 +264,7 @@ pub async fn export(
     };
     let partial = out.with_extension("partial");
     // It holds a whole hall's answers: private, like a key.
-    let file = crate::keyfile::create_private(&partial).map_err(file_error(&partial))?;
+    let file = hallrelay_durable::create_private(&partial).map_err(file_error(&partial))?;
     let mut writer = BufWriter::new(file);
     writer
         .write_all(bundle::MAGIC)
@@ -334,7 +334,7 @@ pub async fn export(
     drop(file);
     let summary = verify(&partial)?;
     std::fs::rename(&partial, out).map_err(file_error(out))?;
-    crate::keyfile::sync_parent(out).map_err(file_error(out))?;
+    hallrelay_durable::sync_parent(out).map_err(file_error(out))?;
     Ok(summary)
 }
 

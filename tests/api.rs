@@ -1,16 +1,17 @@
 //! Every row and status code of the v1 API table, driven through the real binary over TLS.
 
-mod common;
+use hallrelay_testkit as common;
 
 use bytes::Bytes;
 use common::*;
-use hallrelay::receipt::{Receipt, verify_chain};
-use hallrelay::token::{self, Claims};
+use hallrelay_protocol::receipt::{Receipt, verify_chain};
+use hallrelay_protocol::signing::VerifyingKey;
+use hallrelay_protocol::token::{self, Claims};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-fn error_code(reply: &hallrelay::client::Reply) -> String {
+fn error_code(reply: &hallrelay_client::Reply) -> String {
     let v: serde_json::Value = reply.json().expect("JSON error body");
     assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     v["error"].as_str().expect("error code").to_owned()
@@ -25,7 +26,7 @@ async fn health_is_open_and_shows_the_pin() {
     let health: serde_json::Value = reply.json().unwrap();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["pin"], b.pin.as_str());
-    assert_eq!(health["version"], hallrelay::VERSION);
+    assert_eq!(health["version"], hallrelay_server::VERSION);
     assert!(health["appliance"].as_str().is_some_and(|a| !a.is_empty()));
 }
 
@@ -34,8 +35,7 @@ async fn a_box_with_another_key_is_refused_by_the_pin() {
     let dir = tempfile::tempdir().unwrap();
     let b = BoxProcess::start(dir.path(), &[]);
     let wrong = "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string();
-    let client =
-        hallrelay::client::Connection::pinned(&b.url(), vec![wrong.clone()], None).unwrap();
+    let client = hallrelay_client::Connection::pinned(&b.url(), vec![wrong.clone()], None).unwrap();
     let refused = client
         .get("/v1/health")
         .await
@@ -67,12 +67,12 @@ async fn a_server_with_the_real_certificate_but_another_key_fails_the_handshake(
     let b = BoxProcess::start(dir.path(), &[]);
     let copied = CertificateDer::from_pem_file(dir.path().join("identity.crt")).unwrap();
     assert_eq!(
-        hallrelay::identity::pin_of_certificate(&copied).unwrap(),
+        hallrelay_protocol::pin::pin_of_certificate(&copied).unwrap(),
         b.pin,
         "the copy is the pinned certificate"
     );
     let other_key = rcgen::KeyPair::generate().unwrap();
-    let provider = hallrelay::tls::provider();
+    let provider = hallrelay_client::tls::provider();
     let signing = provider
         .key_provider
         .load_private_key(rustls::pki_types::PrivateKeyDer::Pkcs8(
@@ -94,12 +94,9 @@ async fn a_server_with_the_real_certificate_but_another_key_fails_the_handshake(
         acceptor.accept(tcp).await.map(|_| ())
     });
 
-    let client = hallrelay::client::Connection::pinned(
-        &format!("https://{addr}"),
-        vec![b.pin.clone()],
-        None,
-    )
-    .unwrap();
+    let client =
+        hallrelay_client::Connection::pinned(&format!("https://{addr}"), vec![b.pin.clone()], None)
+            .unwrap();
     let refused = client
         .get("/v1/health")
         .await
@@ -197,7 +194,7 @@ async fn put_answers_201_then_200_then_409_and_reads_back() {
     assert_eq!(latest.header("hallrelay-final"), Some("true"));
     assert_eq!(
         latest.header("content-digest").unwrap(),
-        hallrelay::digest::header_value(&blake3::hash(b"final answer"))
+        hallrelay_protocol::digest::header_value(&blake3::hash(b"final answer"))
     );
 
     let list = c
@@ -313,7 +310,7 @@ async fn content_digest_is_verified() {
         .await
         .unwrap();
     assert_eq!(good.status, StatusCode::CREATED);
-    let b3 = hallrelay::digest::header_value(&blake3::hash(&body));
+    let b3 = hallrelay_protocol::digest::header_value(&blake3::hash(&body));
     let good = c
         .put(&autosave_path("math", "c1", 1), with(b3), body.clone())
         .await
@@ -361,7 +358,7 @@ async fn tokens_answer_401_and_403() {
     assert_eq!(none.status, StatusCode::UNAUTHORIZED);
     assert_eq!(none.header("www-authenticate"), Some("Bearer"));
 
-    let forged_key = hallrelay::keyfile::VenueKey::from_bytes([7; 32]);
+    let forged_key = hallrelay_protocol::keys::VenueKey::from_bytes([7; 32]);
     let forged = token::mint(
         &forged_key,
         &Claims::Candidate {
@@ -514,23 +511,24 @@ async fn receipts_verify_against_the_certificate_and_chain_per_candidate() {
         receipts.push(reply.json::<Receipt>().unwrap());
     }
     let cert = CertificateDer::from_pem_file(dir.path().join("identity.crt")).unwrap();
+    let key = VerifyingKey::from_certificate(&cert).unwrap();
     assert_eq!(
-        hallrelay::identity::pin_of_certificate(&cert).unwrap(),
+        hallrelay_protocol::pin::pin_of_certificate(&cert).unwrap(),
         b.pin
     );
-    assert_eq!(receipts[0].prev, hallrelay::receipt::GENESIS);
-    verify_chain(&receipts, &cert).expect("the chain verifies");
+    assert_eq!(receipts[0].prev, hallrelay_protocol::receipt::GENESIS);
+    verify_chain(&receipts, &key).expect("the chain verifies");
 
     let mut tampered = receipts[3].clone();
     tampered.received_at = "2026-01-01T00:00:00.000Z".into();
     assert!(
-        tampered.verify(&cert).is_err(),
+        tampered.verify(&key).is_err(),
         "a back-dated receipt must not verify"
     );
     let mut swapped = receipts.clone();
     swapped.swap(1, 2);
     assert!(
-        verify_chain(&swapped, &cert).is_err(),
+        verify_chain(&swapped, &key).is_err(),
         "reordering breaks the chain"
     );
 }
@@ -540,7 +538,7 @@ async fn receipts_verify_against_the_certificate_and_chain_per_candidate() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cors_allows_only_configured_origins() {
     let allowed = "https://exam.example.org";
-    let preflight = |client: hallrelay::client::Connection, origin: &'static str| async move {
+    let preflight = |client: hallrelay_client::Connection, origin: &'static str| async move {
         let mut headers = HeaderMap::new();
         headers.insert("origin", HeaderValue::from_static(origin));
         headers.insert(
@@ -633,10 +631,10 @@ async fn the_cloud_refuses_forwarded_receipts_that_describe_another_upload() {
             credentials.to_str().unwrap(),
         ],
     );
-    let forwarder = hallrelay::client::Connection::with_roots(
+    let forwarder = hallrelay_client::Connection::with_roots(
         &format!("http://{}", cloud.addr),
         None,
-        Some(hallrelay::keyfile::Secret::new("box-credential")),
+        Some(hallrelay_protocol::keys::Secret::new("box-credential")),
     )
     .unwrap();
     let forward = |header: String, path: String, bytes: &'static [u8]| {
@@ -727,8 +725,8 @@ async fn the_cloud_refuses_forwarded_receipts_that_describe_another_upload() {
 }
 
 /// `GET path` at the plain-HTTP loopback cloud with an admin token of its venue.
-async fn cloud_admin_get(cloud: &BoxProcess, path: &str) -> hallrelay::client::Reply {
-    let key = hallrelay::keyfile::VenueKey::load(&cloud.data_dir.join("venue.key")).unwrap();
+async fn cloud_admin_get(cloud: &BoxProcess, path: &str) -> hallrelay_client::Reply {
+    let key = hallrelay_protocol::keys::VenueKey::load(&cloud.data_dir.join("venue.key")).unwrap();
     let admin = token::mint(
         &key,
         &Claims::Admin {
@@ -736,10 +734,10 @@ async fn cloud_admin_get(cloud: &BoxProcess, path: &str) -> hallrelay::client::R
             expires: in_an_hour(),
         },
     );
-    hallrelay::client::Connection::pinned(
+    hallrelay_client::Connection::pinned(
         &format!("http://{}", cloud.addr),
         vec![],
-        Some(hallrelay::keyfile::Secret::new(admin)),
+        Some(hallrelay_protocol::keys::Secret::new(admin)),
     )
     .unwrap()
     .get(path)
@@ -757,7 +755,8 @@ async fn an_empty_autosave_is_refused_and_its_seq_stays_free() {
     let b = BoxProcess::start(&dir.path().join("box"), &[]);
     let listen = format!("127.0.0.1:{}", free_port());
     let cloud = BoxProcess::start_cloud(&dir.path().join("cloud"), &["--listen", &listen]);
-    let cloud_key = hallrelay::keyfile::VenueKey::load(&cloud.data_dir.join("venue.key")).unwrap();
+    let cloud_key =
+        hallrelay_protocol::keys::VenueKey::load(&cloud.data_dir.join("venue.key")).unwrap();
     let cloud_token = token::mint(
         &cloud_key,
         &Claims::Candidate {
@@ -766,10 +765,10 @@ async fn an_empty_autosave_is_refused_and_its_seq_stays_free() {
             expires: in_an_hour(),
         },
     );
-    let at_cloud = hallrelay::client::Connection::pinned(
+    let at_cloud = hallrelay_client::Connection::pinned(
         &format!("http://{listen}"),
         vec![],
-        Some(hallrelay::keyfile::Secret::new(cloud_token)),
+        Some(hallrelay_protocol::keys::Secret::new(cloud_token)),
     )
     .unwrap();
     let at_box = b.client(Some(b.candidate_token("math", "c1")));

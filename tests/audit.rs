@@ -4,12 +4,12 @@
 //! reads are not recorded; only admins may read the log; bad queries are refused and change
 //! nothing; the log pages.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::process::Command;
 
 use common::{BoxProcess, binary, put, write_secret};
-use hallrelay::token::{self, Claims};
+use hallrelay_protocol::token::{self, Claims};
 use http::StatusCode;
 
 const EXAM: &str = "history-2026";

@@ -2,16 +2,16 @@
 //! checks it offline and refuses it after any single flipped byte, `import` pushes it to the
 //! reference cloud, and importing it twice doubles nothing. Real binary, TLS, redb.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::path::Path;
 use std::process::Command;
 
 use bytes::Bytes;
 use common::{BoxProcess, autosave_path, binary, free_port, list, put, write_secret};
-use hallrelay::client::Connection;
-use hallrelay::keyfile::{Secret, VenueKey};
-use hallrelay::token::{self, Claims};
+use hallrelay_client::Connection;
+use hallrelay_protocol::keys::{Secret, VenueKey};
+use hallrelay_protocol::token::{self, Claims};
 use http::{HeaderMap, Method, StatusCode};
 
 const CREDENTIAL: &str = "box-credential-for-the-bundle-test";
@@ -179,7 +179,7 @@ async fn export_verify_import_round_trip() {
         let mut bytes = original.clone();
         bytes[at] ^= 0x01;
         assert!(
-            hallrelay::bundle::verify(std::io::Cursor::new(bytes), |_| {}).is_err(),
+            hallrelay_server::bundle::verify(std::io::Cursor::new(bytes), |_| {}).is_err(),
             "a flipped byte at {at} was accepted"
         );
     }

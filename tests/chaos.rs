@@ -11,7 +11,7 @@
 //! `HALLRELAY_CHAOS_SECS` sets how long the chaos lasts: 20 s by default, 120 in CI, 600 in
 //! `just torture`.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -85,7 +85,7 @@ fn replay_survives_a_lossy_flapping_uplink_and_delivers_exactly_once() {
     let box_dir = dir.path().join("box");
     std::fs::create_dir(&box_dir).unwrap();
     let venue_key = box_dir.join("venue.key");
-    let key = hallrelay::keyfile::VenueKey::load_or_create(&venue_key).unwrap();
+    let key = hallrelay_protocol::keys::VenueKey::load_or_create(&venue_key).unwrap();
     let credential = write_secret(&dir.path().join("cloud.token"), "chaos-credential");
 
     // The cloud, in its own namespace, resetting 5 % of connections.
@@ -170,9 +170,9 @@ fn replay_survives_a_lossy_flapping_uplink_and_delivers_exactly_once() {
     let count = (secs * 1000 / interval_ms).to_string();
     let mut running = Vec::new();
     for c in &candidates {
-        let token = hallrelay::token::mint(
+        let token = hallrelay_protocol::token::mint(
             &key,
-            &hallrelay::token::Claims::Candidate {
+            &hallrelay_protocol::token::Claims::Candidate {
                 exam: EXAM.into(),
                 candidate: c.clone(),
                 expires: in_an_hour(),
@@ -215,9 +215,9 @@ fn replay_survives_a_lossy_flapping_uplink_and_delivers_exactly_once() {
         assert_eq!(code, Some(0), "{output}");
     }
     let flaps = flapper.join().unwrap();
-    let admin = hallrelay::token::mint(
+    let admin = hallrelay_protocol::token::mint(
         &key,
-        &hallrelay::token::Claims::Admin {
+        &hallrelay_protocol::token::Claims::Admin {
             subject: "chaos".into(),
             expires: in_an_hour(),
         },

@@ -2,15 +2,15 @@
 //! what went wrong and what to do. Real `hallrelay` processes (box, cloud, `token`,
 //! `candidate`) on loopback, real files, no mDNS.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
 use common::{BoxProcess, Candidate, free_port, in_an_hour, put, write_secret};
-use hallrelay::keyfile::VenueKey;
-use hallrelay::token::{self, Claims};
+use hallrelay_protocol::keys::VenueKey;
+use hallrelay_protocol::token::{self, Claims};
 use http::StatusCode;
 
 /// Runs `hallrelay ARGS` in `cwd`; returns (exit code, stdout, stderr).
@@ -422,7 +422,7 @@ fn the_start_log_names_the_real_store_file() {
         .lines()
         .find(|l| l.contains("created a new store"))
         .unwrap_or_else(|| panic!("{log}"));
-    let store = dir.path().join(hallrelay::store::STORE_FILE);
+    let store = dir.path().join(hallrelay_store::STORE_FILE);
     assert!(
         created.contains(&format!("path={}", store.display())) && !created.contains("redb-new"),
         "{created}"

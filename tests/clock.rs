@@ -3,12 +3,13 @@
 //! evidence only; ordering uses arrival numbers and hashes. So receipt chains still verify,
 //! nothing is lost, and replay still sends finals first and everything exactly once.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
-use hallrelay::receipt::{Receipt, verify_chain};
+use hallrelay_protocol::receipt::{Receipt, verify_chain};
+use hallrelay_protocol::signing::VerifyingKey;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
@@ -57,9 +58,9 @@ async fn wall_clock_jumps_break_neither_chains_nor_replay_order() {
     );
     // Tokens that outlive the forward jump: the box checks expiry against its own clock.
     let token = |candidate: &str| {
-        hallrelay::token::mint(
+        hallrelay_protocol::token::mint(
             &b.venue_key(),
-            &hallrelay::token::Claims::Candidate {
+            &hallrelay_protocol::token::Claims::Candidate {
                 exam: EXAM.into(),
                 candidate: candidate.into(),
                 expires: in_an_hour() + 3 * 86_400,
@@ -96,15 +97,16 @@ async fn wall_clock_jumps_break_neither_chains_nor_replay_order() {
     save(1, 4, false).await;
 
     // The jumps happened: c1's saves 4 and 5 were received "before" 3.
-    let at = |r: &Receipt| hallrelay::timefmt::parse_rfc3339(&r.received_at).unwrap();
+    let at = |r: &Receipt| hallrelay_protocol::timefmt::parse_rfc3339(&r.received_at).unwrap();
     assert!(
         at(&chains[0][3]) < at(&chains[0][2]),
         "the clock did not jump back"
     );
     assert!(at(&chains[0][5]) > at(&chains[0][4]) + Duration::from_secs(86_400));
     let cert = CertificateDer::from_pem_file(data.join("identity.crt")).unwrap();
+    let key = VerifyingKey::from_certificate(&cert).unwrap();
     for chain in &chains {
-        verify_chain(chain, &cert).expect("the chain verifies across clock jumps");
+        verify_chain(chain, &key).expect("the chain verifies across clock jumps");
     }
 
     // Replay, one at a time, to a cloud on the real clock: finals first, everything once.
@@ -119,9 +121,9 @@ async fn wall_clock_jumps_break_neither_chains_nor_replay_order() {
             dir.path().join("cloud.token").to_str().unwrap(),
         ],
     );
-    let admin = b.client(Some(hallrelay::token::mint(
+    let admin = b.client(Some(hallrelay_protocol::token::mint(
         &b.venue_key(),
-        &hallrelay::token::Claims::Admin {
+        &hallrelay_protocol::token::Claims::Admin {
             subject: "clock".into(),
             expires: in_an_hour() + 3 * 86_400,
         },
@@ -135,16 +137,18 @@ async fn wall_clock_jumps_break_neither_chains_nor_replay_order() {
         assert!(Instant::now() < deadline, "replay did not drain: {status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cloud_client = hallrelay::client::Connection::with_roots(
+    let cloud_client = hallrelay_client::Connection::with_roots(
         &format!("http://{}", cloud.addr),
         None,
-        Some(hallrelay::keyfile::Secret::new(hallrelay::token::mint(
-            &b.venue_key(),
-            &hallrelay::token::Claims::Admin {
-                subject: "clock".into(),
-                expires: in_an_hour(),
-            },
-        ))),
+        Some(hallrelay_protocol::keys::Secret::new(
+            hallrelay_protocol::token::mint(
+                &b.venue_key(),
+                &hallrelay_protocol::token::Claims::Admin {
+                    subject: "clock".into(),
+                    expires: in_an_hour(),
+                },
+            ),
+        )),
     )
     .unwrap();
     let mut received = Vec::new();
@@ -154,7 +158,8 @@ async fn wall_clock_jumps_break_neither_chains_nor_replay_order() {
         assert_eq!(seqs, (1..=count).collect::<Vec<u64>>(), "{name}");
         for (row, receipt) in rows.iter().zip(&chains[who]) {
             assert_eq!(row["blake3"], receipt.blake3.as_str());
-            let at = hallrelay::timefmt::parse_rfc3339(row["received_at"].as_str().unwrap());
+            let at =
+                hallrelay_protocol::timefmt::parse_rfc3339(row["received_at"].as_str().unwrap());
             received.push((at.unwrap(), name, row["seq"].as_u64().unwrap()));
         }
     }

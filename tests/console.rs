@@ -7,7 +7,7 @@
 //! Needs `chromium`, `node` and `npm ci` in tests/browser; skips loudly without them, and
 //! fails instead when `HALLRELAY_REQUIRE_PRIVILEGED=1` (CI installs them).
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

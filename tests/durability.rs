@@ -1,7 +1,7 @@
 //! Ack means durable: every acknowledged autosave survives SIGKILL, restarts and a full disk,
 //! concurrent writers share commits, and the box refuses a store it does not understand.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -138,8 +138,9 @@ async fn identity_pin_and_data_survive_a_restart() {
         "the original receipt survives the restart"
     );
     // The chain continues across the restart.
-    let next: hallrelay::receipt::Receipt = put(&c, EXAM, "c1", 2, b"next").await.json().unwrap();
-    let first: hallrelay::receipt::Receipt = receipt.json().unwrap();
+    let next: hallrelay_protocol::receipt::Receipt =
+        put(&c, EXAM, "c1", 2, b"next").await.json().unwrap();
+    let first: hallrelay_protocol::receipt::Receipt = receipt.json().unwrap();
     assert_eq!(next.prev, first.hash());
 }
 
@@ -268,7 +269,7 @@ async fn a_stalled_stderr_pipe_does_not_block_the_stop() {
             .map(str::to_owned)
             .expect("field in the listening line")
     };
-    let client = hallrelay::client::Connection::pinned(
+    let client = hallrelay_client::Connection::pinned(
         &format!("https://{}", field("addr=")),
         vec![field("pin=")],
         None,
@@ -464,7 +465,7 @@ async fn enospc_inside_a_commit_answers_507_and_the_store_reopens() {
         acked.insert(seq, body);
     }
     // Leave exactly the payload's room: the check passes, the log fills the disk.
-    let free = hallrelay::store::free_bytes(&tmpfs.0).unwrap();
+    let free = hallrelay_store::free_bytes(&tmpfs.0).unwrap();
     let ballast = tmpfs.0.join("ballast");
     std::fs::write(&ballast, vec![1u8; (free - 32 * 1024) as usize]).unwrap();
     let body = payload(2, 21, 32 * 1024);
@@ -636,7 +637,7 @@ async fn a_box_on_a_full_disk_says_so_and_restarts() {
         }
     }
     let refused_at = refused_at.expect("the reserve must be reached");
-    let free = hallrelay::store::free_bytes(&tmpfs.0).unwrap();
+    let free = hallrelay_store::free_bytes(&tmpfs.0).unwrap();
     assert!(
         free > 1024 * 1024,
         "507 came with {free} bytes still free: the reserve held"
@@ -692,16 +693,14 @@ async fn a_box_on_a_full_disk_says_so_and_restarts() {
 /// store stays whole; nothing undelivered is ever evicted to make room.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reserve_keeps_replay_bookkeeping_working_on_a_full_disk() {
-    use hallrelay::ids::AutosaveName;
-    use hallrelay::store::{PutRequest, Store, StoreError, StoreOptions};
+    use hallrelay_protocol::ids::AutosaveName;
+    use hallrelay_store::{PutRequest, Store, StoreError, StoreOptions};
     if !privileged_or_skip("the_reserve_keeps_replay_bookkeeping_working_on_a_full_disk") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let tmpfs = Tmpfs::mount(dir.path(), "6m");
-    let identity = std::sync::Arc::new(
-        hallrelay::identity::Identity::load_or_create(dir.path(), &[], &[]).unwrap(),
-    );
+    let identity = std::sync::Arc::new(hallrelay_protocol::signing::SigningKey::generate());
     let options = StoreOptions {
         min_free_bytes: 1024 * 1024,
         ..StoreOptions::default()
@@ -725,7 +724,7 @@ async fn the_reserve_keeps_replay_bookkeeping_working_on_a_full_disk() {
         stored > 10 && stored < 1000,
         "stored {stored} before the reserve"
     );
-    assert_eq!(store.storage_state(), hallrelay::store::StorageState::Full);
+    assert_eq!(store.storage_state(), hallrelay_store::StorageState::Full);
     // Replay's side: mark everything delivered, then purge it.
     let mut marked = 0;
     loop {
@@ -763,15 +762,14 @@ async fn the_reserve_keeps_replay_bookkeeping_working_on_a_full_disk() {
 /// more reads than there are workers run meanwhile, beside a timer that must keep ticking.
 #[test]
 fn reads_during_recovery_answer_at_once_and_never_park_the_runtime() {
-    use hallrelay::ids::AutosaveName;
-    use hallrelay::store::faults::{Faults, Kind, Persistence};
-    use hallrelay::store::{PutRequest, Store, StoreError, StoreOptions};
+    use hallrelay_protocol::ids::AutosaveName;
+    use hallrelay_store::faults::{Faults, Kind, Persistence};
+    use hallrelay_store::{PutRequest, Store, StoreError, StoreOptions};
     use std::sync::Arc;
     use std::time::Instant;
 
     let dir = tempfile::tempdir().unwrap();
-    let identity =
-        Arc::new(hallrelay::identity::Identity::load_or_create(dir.path(), &[], &[]).unwrap());
+    let identity = Arc::new(hallrelay_protocol::signing::SigningKey::generate());
     let options = StoreOptions {
         min_free_bytes: 0,
         ..StoreOptions::default()

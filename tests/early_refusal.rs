@@ -10,7 +10,7 @@
 //! box now reads and discards a bounded remainder of a refused body after answering
 //! (`src/api/drain.rs`).
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::path::Path;
 use std::process::Command;
@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use hallrelay::client::Connection;
-use hallrelay::keyfile::Secret;
+use hallrelay_client::Connection;
+use hallrelay_protocol::keys::Secret;
 use http::{HeaderMap, StatusCode};
 
 /// Attempts per refusal and protocol: enough that the old behaviour fails every run.

@@ -2,14 +2,14 @@
 //! and a laptop in two network namespaces joined by a veth pair, a rogue box, a client killed
 //! with SIGKILL, and the one-command demo.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::path::Path;
 use std::time::Duration;
 
 use common::{BoxProcess, Candidate, HALL_IF, HALL_IP, LAPTOP_IF, blake3_by_seq, write_secret};
-use hallrelay::keyfile::VenueKey;
-use hallrelay::token::{self, Claims};
+use hallrelay_protocol::keys::VenueKey;
+use hallrelay_protocol::token::{self, Claims};
 
 const EXAM: &str = "physics-2";
 
@@ -443,10 +443,10 @@ fn a_killed_client_resends_its_journal_on_restart() {
     assert_eq!(code, Some(0), "{output}");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = hallrelay::client::Connection::with_roots(
+    let client = hallrelay_client::Connection::with_roots(
         &cloud_url,
         None,
-        Some(hallrelay::keyfile::Secret::new(token)),
+        Some(hallrelay_protocol::keys::Secret::new(token)),
     )
     .unwrap();
     let rows = rt.block_on(common::list(&client, EXAM, "c7"));

@@ -3,7 +3,7 @@
 //! bodies, old TLS and plaintext, traversal-like ids, secret files others can read, and a
 //! scan of the logs for secrets. After each attack the box must still serve everyone else.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,7 +20,8 @@ use tokio_rustls::client::TlsStream;
 /// A TLS connection to the box, trusting it by pin, speaking HTTP/1.1, from `local` if given
 /// (any 127.0.0.0/8 address works on loopback, so tests can play several clients).
 async fn tls(b: &BoxProcess, local: Option<IpAddr>) -> TlsStream<TcpStream> {
-    let mut config = hallrelay::tls::pinned_client_config(&b.url(), vec![b.pin.clone()]).unwrap();
+    let mut config =
+        hallrelay_client::tls::pinned_client_config(&b.url(), vec![b.pin.clone()]).unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let addr: SocketAddr = b.addr.parse().unwrap();
     let socket = TcpSocket::new_v4().unwrap();
@@ -199,7 +200,7 @@ async fn request_heads_are_held_to_eight_kilobytes_by_default() {
 /// 50 addresses: a real client is still served within 3 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crowded_box_still_serves() {
-    hallrelay::serve::raise_open_files_limit(4096);
+    hallrelay_server::rlimit::raise_open_files(4096);
     let dir = tempfile::tempdir().unwrap();
     let b = BoxProcess::start(dir.path(), &[]);
     let addr: SocketAddr = b.addr.parse().unwrap();
@@ -922,7 +923,7 @@ async fn a_repeated_digest_is_refused_and_health_stays_fast_beside_digested_uplo
     );
     let both = format!(
         "{sha}, {}",
-        hallrelay::digest::header_value(&blake3::hash(&body))
+        hallrelay_protocol::digest::header_value(&blake3::hash(&body))
     );
     let client = b.client(Some(b.candidate_token("math", "c1")));
 

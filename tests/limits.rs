@@ -2,7 +2,7 @@
 //! and the listener speaks HTTP/2 and HTTP/1.1 by ALPN over TLS 1.3 and 1.2 only, choosing
 //! the cipher suite by its own order, strongest first.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ impl ServerCertVerifier for AcceptAny {
         Ok(HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        hallrelay::tls::provider()
+        hallrelay_client::tls::provider()
             .signature_verification_algorithms
             .supported_schemes()
     }
@@ -57,7 +57,7 @@ async fn connect(
     versions: &[&'static rustls::SupportedProtocolVersion],
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    connect_with(addr, hallrelay::tls::provider(), versions, alpn).await
+    connect_with(addr, hallrelay_client::tls::provider(), versions, alpn).await
 }
 
 /// Like [`connect`], with the client's own provider (its cipher suites, in its order).

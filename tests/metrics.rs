@@ -2,7 +2,7 @@
 //! traffic: saves (201, 200, 409), commits, the replay queue while the cloud is away, the
 //! deliveries once it is back, the open connections; `dropped_total` stays 0 throughout.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! key the box presented and which one(s) it trusts, and how to check, and exits with its
 //! documented code. What the box stores is unchanged: nothing was sent to it.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::process::Output;
 

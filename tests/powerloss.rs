@@ -3,7 +3,7 @@
 //!
 //! Power loss: a workload of concurrent writers, a replayer marking deliveries and a purger
 //! runs with every file operation passing through the fault model
-//! (`hallrelay::store::faults`). At a seeded operation the power is cut; the model then draws
+//! (`hallrelay_store::faults`). At a seeded operation the power is cut; the model then draws
 //! crash images (everything synced, plus any subset of the unsynced sectors, files whose
 //! directory was not synced there or not) and each is opened as the box would open it after
 //! the cut. Invariants: the store opens, its integrity check finds nothing, every
@@ -23,7 +23,7 @@
 //! Seeds: `HALLRELAY_TORTURE_SEED` fixes the base seed (printed at start) and
 //! `HALLRELAY_POWERLOSS_FROM` the first trial, to replay a failure (docs/reliability.md).
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -32,10 +32,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use common::env_u64;
-use hallrelay::identity::Identity;
-use hallrelay::ids::AutosaveName;
-use hallrelay::store::faults::{Faults, Kind, Persistence, SplitMix};
-use hallrelay::store::{PutOutcome, PutRequest, Store, StoreError, StoreOptions};
+use hallrelay_protocol::ids::AutosaveName;
+use hallrelay_protocol::signing::SigningKey;
+use hallrelay_server::identity::Identity;
+use hallrelay_store::faults::{Faults, Kind, Persistence, SplitMix};
+use hallrelay_store::{PutOutcome, PutRequest, Store, StoreError, StoreOptions};
 
 const EXAM: &str = "powerloss";
 
@@ -188,8 +189,11 @@ async fn run_step(store: &Store, step: &Step, ledger: &Mutex<Ledger>) -> bool {
     }
 }
 
-fn identity(dir: &Path) -> Arc<Identity> {
-    Arc::new(Identity::load_or_create(dir, &[], &[]).unwrap())
+/// The box's signing key, kept in `dir` as the box keeps it, so every run signs alike.
+fn identity(dir: &Path) -> Arc<SigningKey> {
+    Identity::load_or_create(dir, &[], &[])
+        .unwrap()
+        .signing_key()
 }
 
 fn options() -> StoreOptions {
@@ -268,7 +272,7 @@ async fn a_power_cut_at_any_point_loses_no_acknowledged_commit() {
     let trials = env_u64("HALLRELAY_POWERLOSS_TRIALS").unwrap_or(20);
     let images_per_trial = 3;
     let seed = env_u64("HALLRELAY_TORTURE_SEED").unwrap_or_else(|| {
-        hallrelay::timefmt::unix_millis(SystemTime::now()) ^ u64::from(std::process::id())
+        hallrelay_protocol::timefmt::unix_millis(SystemTime::now()) ^ u64::from(std::process::id())
     });
     let first = env_u64("HALLRELAY_POWERLOSS_FROM").unwrap_or(0);
     eprintln!("powerloss: seed {seed}, trials {first}..{trials}");
@@ -387,7 +391,7 @@ struct SweepRun {
 }
 
 async fn sweep_run(
-    identity: &Arc<Identity>,
+    identity: &Arc<SigningKey>,
     keys: &Path,
     fault: Option<(Kind, u64, Persistence)>,
 ) -> (SweepRun, Arc<Faults>) {

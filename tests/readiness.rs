@@ -2,7 +2,7 @@
 //! dirs: the verdict, the hours it prints and the exit code; a missing identity and another
 //! program's file are refused.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::process::Command;
 
@@ -61,7 +61,7 @@ fn the_verdict_is_right_for_a_small_file_system() {
     let mut hall = BoxProcess::start(&data, &["--config", config]);
     hall.terminate();
 
-    let free = hallrelay::store::free_bytes(&data).unwrap();
+    let free = hallrelay_store::free_bytes(&data).unwrap();
     // 2 candidates × 240 saves an hour × (4096 + 2048) bytes × 1.5.
     let per_hour = 2.0 * 240.0 * 6144.0 * 1.5;
     let expected = (free - 1_048_576) as f64 / per_hour;

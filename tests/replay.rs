@@ -2,7 +2,7 @@
 //! acknowledged reaches the cloud exactly once, most important first, through outages, crashes,
 //! a flaky cloud and a conflicting one; and retention purges only what was delivered.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use hallrelay::client::Connection;
-use hallrelay::keyfile::{Secret, VenueKey};
-use hallrelay::receipt::Receipt;
-use hallrelay::token::{self, Claims};
+use hallrelay_client::Connection;
+use hallrelay_protocol::keys::{Secret, VenueKey};
+use hallrelay_protocol::receipt::Receipt;
+use hallrelay_protocol::signing::VerifyingKey;
+use hallrelay_protocol::token::{self, Claims};
 use http::StatusCode;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -148,6 +149,7 @@ async fn assert_cloud_holds(
 ) {
     let admin = cloud_admin(cloud);
     let box_cert = CertificateDer::from_pem_file(b.data_dir.join("identity.crt")).unwrap();
+    let box_key = VerifyingKey::from_certificate(&box_cert).unwrap();
     let mut per_candidate: HashMap<&str, usize> = HashMap::new();
     for ((candidate, seq), body) in expected {
         *per_candidate.entry(candidate).or_default() += 1;
@@ -172,7 +174,7 @@ async fn assert_cloud_holds(
             Receipt::from_header(reply.header("hallrelay-receipt").expect("box receipt kept"))
                 .unwrap();
         upstream
-            .verify(&box_cert)
+            .verify(&box_key)
             .expect("the box's receipt verifies");
     }
     for (candidate, count) in per_candidate {

@@ -9,7 +9,7 @@
 //! (`HALLRELAY_REQUIRE_PRIVILEGED=1`, `HALLRELAY_REQUIRE_NETNS=1`), so there this prints
 //! "nothing was skipped". It has no test harness: its output is never captured.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::time::{Duration, SystemTime};
 

@@ -7,7 +7,7 @@
 //! PID 1 on a build machine or in CI is often not systemd, so the unit is checked offline
 //! (`--offline=true`), which needs no running manager.
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -72,7 +72,7 @@ fn the_unit_verifies() {
 /// twice the budget's share of memory, max twice high (the unit explains why).
 #[test]
 fn the_units_memory_limits_agree_with_the_body_budget() {
-    use hallrelay::api::budget::{DEFAULT_MEMORY_DIVISOR, default_budget};
+    use hallrelay_server::api::budget::{DEFAULT_MEMORY_DIVISOR, default_budget};
     let unit = std::fs::read_to_string(unit_path()).unwrap();
     let percent = |key: &str| -> u64 {
         let value = unit

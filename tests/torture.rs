@@ -9,15 +9,15 @@
 //! printed, and `HALLRELAY_TORTURE_SEED=S HALLRELAY_TORTURE_FROM=T` replays a run from trial
 //! T (see docs/reliability.md).
 
-mod common;
+use hallrelay_testkit as common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use common::*;
-use hallrelay::client::Connection;
-use hallrelay::keyfile::Secret;
-use hallrelay::store::faults::SplitMix as Rng;
+use hallrelay_client::Connection;
+use hallrelay_protocol::keys::Secret;
+use hallrelay_store::faults::SplitMix as Rng;
 
 const EXAM: &str = "torture";
 const CREDENTIAL: &str = "torture-box-credential";
@@ -41,7 +41,7 @@ async fn holdings(client: &Connection, writers: usize) -> BTreeMap<(String, u64)
 async fn sigkill_during_ingest_and_replay_loses_and_doubles_nothing() {
     let trials = env_u64("HALLRELAY_TORTURE_KILLS").unwrap_or(10);
     let seed = env_u64("HALLRELAY_TORTURE_SEED").unwrap_or_else(|| {
-        hallrelay::timefmt::unix_millis(std::time::SystemTime::now())
+        hallrelay_protocol::timefmt::unix_millis(std::time::SystemTime::now())
             ^ u64::from(std::process::id())
     });
     let first = env_u64("HALLRELAY_TORTURE_FROM").unwrap_or(0);
@@ -52,7 +52,7 @@ async fn sigkill_during_ingest_and_replay_loses_and_doubles_nothing() {
     std::fs::create_dir(&box_dir).unwrap();
     // The venue key the box finds in its data dir, shared with the cloud.
     let venue_key = box_dir.join("venue.key");
-    hallrelay::keyfile::VenueKey::load_or_create(&venue_key).unwrap();
+    hallrelay_protocol::keys::VenueKey::load_or_create(&venue_key).unwrap();
     write_secret(&dir.path().join("cloud.token"), CREDENTIAL);
     write_secret(&dir.path().join("appliances"), CREDENTIAL);
     let port = free_port();

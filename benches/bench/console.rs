@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hallrelay::identity::Identity;
-use hallrelay::store::{STORE_FILE, Store, StoreOptions};
+use hallrelay_server::identity::Identity;
+use hallrelay_store::{STORE_FILE, Store, StoreOptions};
 
 use crate::common::BoxProcess;
 use crate::{Row, Scale, secs};
@@ -48,7 +48,7 @@ pub async fn refresh(scratch: &Path, scale: Scale) -> (Row, Vec<String>) {
     let identity = Arc::new(Identity::load_or_create(data_dir.path(), &[], &[]).expect("identity"));
     let store = Store::open(
         &data_dir.path().join(STORE_FILE),
-        identity,
+        identity.signing_key(),
         StoreOptions::default(),
     )
     .expect("store");

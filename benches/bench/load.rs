@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hallrelay::loadgen::{self, LoadPlan, LoadReport, Pace};
-use hallrelay::token::{self, Claims};
+use hallrelay_protocol::token::{self, Claims};
 
 use crate::common::{BoxProcess, in_an_hour};
 use crate::machine::{BODY, CONCURRENCY, Limits};

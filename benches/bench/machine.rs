@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hallrelay::api::server;
-use hallrelay::identity::Identity;
 use hallrelay::loadgen::{self, LoadReport};
+use hallrelay_server::api::server;
+use hallrelay_server::identity::Identity;
 use http_body_util::{BodyExt, Full};
 use tokio_util::sync::CancellationToken;
 
@@ -196,7 +196,7 @@ async fn no_store_puts(scratch: &Path, connections: usize, duration: Duration) -
     let id_dir = tempfile::tempdir_in(scratch).expect("identity dir");
     let identity =
         Identity::load_or_create(id_dir.path(), &["bench.local".into()], &[]).expect("identity");
-    let tls = Arc::new(hallrelay::tls::server_config(&identity).expect("tls"));
+    let tls = Arc::new(hallrelay_server::tls::server_config(&identity).expect("tls"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -211,7 +211,7 @@ async fn no_store_puts(scratch: &Path, connections: usize, duration: Duration) -
     };
     // The box under test runs with the per-client limits off too: every simulated client
     // shares 127.0.0.1.
-    let limits = hallrelay::api::Limits {
+    let limits = hallrelay_server::api::Limits {
         client_rate: None,
         max_connections_per_client: usize::MAX,
         ..Default::default()

@@ -25,8 +25,7 @@
 //! runs some rows. Scratch files go to `HALLRELAY_BENCH_DIR` (default: the current dir, so
 //! the disk measured is the repo's).
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use hallrelay_testkit as common;
 
 mod console;
 mod load;
@@ -123,7 +122,7 @@ fn main() {
     let wanted = |item: u8| only.as_ref().is_none_or(|o| o.contains(&item));
     let scale = Scale::new(quick);
     // A thousand candidates' connections, and as many on the no-storage server's side.
-    hallrelay::serve::raise_open_files_limit(16_384);
+    hallrelay_server::rlimit::raise_open_files(16_384);
     let scratch_root =
         PathBuf::from(std::env::var("HALLRELAY_BENCH_DIR").unwrap_or_else(|_| ".".into()));
     let scratch = tempfile::tempdir_in(&scratch_root).expect("scratch dir");

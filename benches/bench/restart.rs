@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hallrelay::identity::Identity;
-use hallrelay::ids::AutosaveName;
-use hallrelay::store::{PutRequest, STORE_FILE, Store, StoreOptions};
+use hallrelay_protocol::ids::AutosaveName;
+use hallrelay_server::identity::Identity;
+use hallrelay_store::{PutRequest, STORE_FILE, Store, StoreOptions};
 use tokio::task::JoinSet;
 
 use crate::common::{BoxProcess, payload};
@@ -39,7 +39,7 @@ pub async fn fill_shaped(data_dir: &Path, n: u64, per_candidate: u64, size: usiz
     );
     let store = Store::open(
         &data_dir.join(STORE_FILE),
-        identity,
+        identity.signing_key(),
         StoreOptions::default(),
     )
     .expect("store");

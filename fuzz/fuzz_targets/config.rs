@@ -1,4 +1,4 @@
-//! Fuzzes configuration parsing and validation (`hallrelay::config`).
+//! Fuzzes configuration parsing and validation (`hallrelay_server::config`).
 //!
 //! A venue writes the TOML file by hand, and a configuration error must be an error message
 //! and exit code 64, never a crash at start. Properties, for any text:
@@ -6,7 +6,7 @@
 //! - a file it accepts still refuses an unknown key added to it (`deny_unknown_fields`: a
 //!   typo is an error, not a silently ignored setting);
 //! - `check_cloud_url` never panics, on the text itself or on a file's `cloud` value;
-//! - a file it accepts goes through `ServeConfig::from_args`, the merge with the flags and the
+//! - a file it accepts goes through `ServeConfig::from_overrides`, the merge with the flags and the
 //!   validation of every value, without panicking (files naming a credential or CA file are
 //!   left out there, so the fuzzer does not make the loader read arbitrary paths).
 #![no_main]
@@ -14,28 +14,23 @@
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
-use hallrelay::cli::{Cli, Command, ServeArgs};
-use hallrelay::config::{ConfigError, FileConfig, ServeConfig, check_cloud_url};
+use hallrelay_client::check_cloud_url;
+use hallrelay_server::config::{ConfigError, FileConfig, Overrides, ServeConfig};
 use libfuzzer_sys::fuzz_target;
 
 /// A scratch file the accepted texts are written to, and `serve --config` naming it.
 struct Scratch {
     _dir: tempfile::TempDir,
     file: PathBuf,
-    args: ServeArgs,
+    args: Overrides,
 }
 
 static SCRATCH: LazyLock<Scratch> = LazyLock::new(|| {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let file = dir.path().join("hallrelay.toml");
-    let argv = [
-        "hallrelay",
-        "serve",
-        "--config",
-        file.to_str().expect("utf-8"),
-    ];
-    let Command::Serve(args) = <Cli as clap::Parser>::parse_from(argv).command else {
-        unreachable!("`serve` parses to Command::Serve")
+    let args = Overrides {
+        config: Some(file.clone()),
+        ..Overrides::default()
     };
     Scratch {
         _dir: dir,
@@ -72,6 +67,6 @@ fuzz_target!(|data: &[u8]| {
     if file.cloud_token_file.is_none() && file.cloud_ca_file.is_none() {
         let scratch = &*SCRATCH;
         std::fs::write(&scratch.file, text).expect("the scratch file is writable");
-        let _ = ServeConfig::from_args(&scratch.args);
+        let _ = ServeConfig::from_overrides(&scratch.args);
     }
 });

@@ -1,4 +1,4 @@
-//! Fuzzes `Content-Digest` checking (`hallrelay::digest::verify`).
+//! Fuzzes `Content-Digest` checking (`hallrelay_protocol::digest::verify`).
 //!
 //! The header comes straight from the client, and a wrong answer either stores a corrupted
 //! upload or refuses a good one. Properties:
@@ -16,7 +16,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use hallrelay::digest::{DigestError, verify};
+use hallrelay_protocol::digest::{DigestError, verify};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 

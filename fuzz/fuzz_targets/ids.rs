@@ -1,4 +1,4 @@
-//! Fuzzes the names of things (`hallrelay::ids`) against reference checks written by hand.
+//! Fuzzes the names of things (`hallrelay_protocol::ids`) against reference checks written by hand.
 //!
 //! Every request is refused or admitted on these two functions before anything else sees it,
 //! so they must mean exactly what the API promises: an id is `[A-Za-z0-9._-]{1,64}` but not
@@ -13,7 +13,7 @@
 //!   zero or a sign are refused.
 #![no_main]
 
-use hallrelay::ids::{MAX_ID_LEN, is_valid_id, parse_seq};
+use hallrelay_protocol::ids::{MAX_ID_LEN, is_valid_id, parse_seq};
 use libfuzzer_sys::fuzz_target;
 
 /// `[A-Za-z0-9._-]{1,64}`, counted in characters as a regex engine would, and not dots alone

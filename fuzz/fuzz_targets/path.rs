@@ -1,4 +1,4 @@
-//! Fuzzes the API's path parsing (`hallrelay::api::routes::parse_path`).
+//! Fuzzes the API's path parsing (`hallrelay_server::api::routes::parse_path`).
 //!
 //! The path is the first thing of a request the box interprets, and whatever it names is what
 //! the store is asked for. Properties, for any string (raw, or built from the routes' own
@@ -10,9 +10,9 @@
 //!   of what it names: no autosave can be reached under two paths.
 #![no_main]
 
-use hallrelay::api::ApiError;
-use hallrelay::api::routes::{Target, parse_path};
-use hallrelay::ids::{AutosaveName, is_valid_id, parse_seq};
+use hallrelay_server::api::ApiError;
+use hallrelay_server::api::routes::{Target, parse_path};
+use hallrelay_protocol::ids::{AutosaveName, is_valid_id, parse_seq};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 

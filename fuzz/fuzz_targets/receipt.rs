@@ -1,8 +1,8 @@
-//! Fuzzes receipt parsing and verification (`hallrelay::receipt`).
+//! Fuzzes receipt parsing and verification (`hallrelay_protocol::receipt`).
 //!
 //! A receipt is a candidate's evidence of what the box received and when; the cloud reads
 //! them from the `Hallrelay-Receipt` header of replayed autosaves. One receipt is signed at
-//! start with a fresh box identity. Properties:
+//! start with a fresh box key. Properties:
 //! - `Receipt::from_header` never panics on any text, and what it parses re-encodes and parses
 //!   back to itself;
 //! - a receipt parsed from any header, from an edited copy of the signed receipt's JSON, or
@@ -16,25 +16,23 @@
 
 use std::sync::LazyLock;
 
-use hallrelay::identity::Identity;
-use hallrelay::receipt::{GENESIS, Receipt, verify_chain};
+use hallrelay_protocol::signing::{SigningKey, VerifyingKey};
+use hallrelay_protocol::receipt::{GENESIS, Receipt, verify_chain};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
-/// A box identity and two receipts it signed, the second linked to the first.
+/// A box's key and two receipts it signed, the second linked to the first.
 struct Signed {
-    _dir: tempfile::TempDir,
-    identity: Identity,
+    key: VerifyingKey,
     first: Receipt,
     second: Receipt,
 }
 
 static SIGNED: LazyLock<Signed> = LazyLock::new(|| {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let identity = Identity::load_or_create(dir.path(), &[], &[]).expect("an identity");
+    let signer = SigningKey::generate();
     let sign = |seq: u64, payload: &[u8], prev: &str| {
         Receipt::sign(
-            &identity,
+            &signer,
             "box-3f9a",
             "math-2026",
             "c042",
@@ -49,8 +47,7 @@ static SIGNED: LazyLock<Signed> = LazyLock::new(|| {
     let first = sign(7, b"the answer so far", GENESIS);
     let second = sign(8, b"the final answer", &first.hash());
     Signed {
-        _dir: dir,
-        identity,
+        key: signer.verifying_key(),
         first,
         second,
     }
@@ -151,7 +148,7 @@ fn check(r: &Receipt) {
     let signed = &*SIGNED;
     // What the header form parses to is what was encoded.
     assert_eq!(Receipt::from_header(&r.to_header()).as_ref(), Some(r));
-    if r.verify(signed.identity.certificate()).is_ok() {
+    if r.verify(&signed.key).is_ok() {
         assert!(
             same_signed_fields(r, &signed.first) || same_signed_fields(r, &signed.second),
             "a changed receipt verified: {r:?}"
@@ -178,7 +175,7 @@ fuzz_target!(|input: Input| {
         Input::Chain(edits) => {
             let second = edit_fields(&signed.second, &edits);
             let chain = [signed.first.clone(), second];
-            if verify_chain(&chain, signed.identity.certificate()).is_ok() {
+            if verify_chain(&chain, &signed.key).is_ok() {
                 assert!(
                     same_signed_fields(&chain[1], &signed.second),
                     "a changed chain verified: {:?}",

@@ -1,4 +1,4 @@
-//! Fuzzes the storage encodings: the redb key and value types of `hallrelay::store::schema`,
+//! Fuzzes the storage encodings: the redb key and value types of `hallrelay_store::schema`,
 //! and the payload log's end as recorded in the `meta` table.
 //!
 //! The store finds a candidate's autosaves, the replay order and what retention may purge by
@@ -18,7 +18,7 @@
 
 use std::cmp::Ordering;
 
-use hallrelay::store::schema::{
+use hallrelay_store::schema::{
     self, CLASS_FINAL, CLASS_HISTORY, CLASS_LATEST, decode_log_end, encode_log_end,
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};

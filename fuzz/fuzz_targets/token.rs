@@ -1,4 +1,4 @@
-//! Fuzzes token minting and verification (`hallrelay::token`).
+//! Fuzzes token minting and verification (`hallrelay_protocol::token`).
 //!
 //! Tokens are the box's only authentication of candidates and invigilators, verified offline
 //! under the venue key. Properties:
@@ -13,8 +13,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hallrelay::keyfile::VenueKey;
-use hallrelay::token::{Claims, TokenError, mint, verify};
+use hallrelay_protocol::keys::VenueKey;
+use hallrelay_protocol::token::{Claims, TokenError, mint, verify};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
@@ -143,7 +143,7 @@ fn at(secs: u64) -> SystemTime {
 }
 
 fn ids_valid(claims: &Claims) -> bool {
-    use hallrelay::ids::is_valid_id;
+    use hallrelay_protocol::ids::is_valid_id;
     match claims {
         Claims::Candidate {
             exam, candidate, ..

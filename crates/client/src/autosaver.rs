@@ -1,0 +1,857 @@
+//! The candidate side of the story: cloud first, a pinned box when the cloud is gone, and a
+//! journal that holds every save until the cloud has it.
+//!
+//! [`Autosaver::save`] writes the save to the [`Journal`] (fsynced) before any network call,
+//! then sends it to the cloud. Once the cloud has been failing for `failover_after`, the
+//! autosaver looks for boxes ([`Discovery`]: mDNS, or addresses known in advance), skips any
+//! whose announced pin is not one it holds, and connects only to one whose TLS key matches a
+//! pin it holds; saves then go there. While on a box it asks the cloud every `probe_every`
+//! whether it answers again; when it does, it returns to the cloud and re-sends everything the
+//! cloud lacks (the API's idempotency makes re-sending safe). With no trusted box, saves stay
+//! in the journal and the caller is told. Every change worth showing a candidate is an
+//! [`Event`].
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+use super::connection::{ClientError, Connection};
+use super::journal::{Held, Journal, JournalError};
+use crate::discovery::{Browser, Found, MdnsError};
+use hallrelay_protocol::keys::Secret;
+
+/// How long a box found over mDNS gets to answer its first request.
+const BOX_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a save may take on either side before it counts as failed.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the first failover waits for mDNS answers.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(3);
+
+/// How the client trusts the cloud.
+#[derive(Clone, Debug)]
+pub enum CloudTrust {
+    /// The system's CA roots, plus the CAs in this PEM file if given (the usual case).
+    Roots { ca_file: Option<PathBuf> },
+    /// A self-hosted cloud trusted by the pin of its key.
+    Pins(Vec<String>),
+}
+
+/// How the client finds boxes once the cloud is gone. Cheap to clone: clones share one mDNS
+/// browse, so many clients in one process (the demo) do not each run a daemon.
+#[derive(Clone)]
+pub struct Discovery {
+    mdns: Option<Arc<LazyBrowser>>,
+    urls: Vec<String>,
+}
+
+struct LazyBrowser {
+    interfaces: Vec<String>,
+    browser: Mutex<Option<Browser>>,
+}
+
+impl Discovery {
+    /// Browse over mDNS on `interfaces` (by name; empty: every interface), starting only at
+    /// the first failover.
+    pub fn mdns(interfaces: Vec<String>) -> Self {
+        Self {
+            mdns: Some(Arc::new(LazyBrowser {
+                interfaces,
+                browser: Mutex::new(None),
+            })),
+            urls: Vec::new(),
+        }
+    }
+
+    /// No discovery: only the box addresses given with [`Discovery::with_urls`], if any.
+    pub fn none() -> Self {
+        Self {
+            mdns: None,
+            urls: Vec::new(),
+        }
+    }
+
+    /// Also try these box base URLs (`https://ADDR:PORT`), known in advance. They get no more
+    /// trust than a box found over mDNS: the pin decides.
+    pub fn with_urls(mut self, urls: Vec<String>) -> Self {
+        self.urls = urls;
+        self
+    }
+
+    /// Starts browsing now, if mDNS is on and it has not started, so that answers are in by
+    /// the time they are needed.
+    fn warm_up(&self) -> Result<Option<Browser>, MdnsError> {
+        let Some(lazy) = &self.mdns else {
+            return Ok(None);
+        };
+        let mut slot = lazy.browser.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(Browser::start(&lazy.interfaces)?);
+        }
+        Ok(slot.clone())
+    }
+
+    /// Boxes worth trying: every box found over mDNS (waiting up to `wait` for one that
+    /// announces a pin in `pins`, and putting those first), then the known addresses.
+    async fn find(&self, pins: &[String], wait: Duration) -> Result<Vec<Prospect>, MdnsError> {
+        let mut found: Vec<Found> = Vec::new();
+        if let Some(browser) = self.warm_up()? {
+            let trusted_hint = |f: &Found| f.pin_hint.as_ref().is_none_or(|p| pins.contains(p));
+            browser.wait_for(wait, trusted_hint).await;
+            // Every box found, the untrusted ones too: the caller says why it skips them.
+            found = browser.found();
+            // Prefer a box that announces a pin we hold; keep the others so that the caller
+            // can say why they were skipped.
+            found.sort_by_key(|f| !f.pin_hint.as_ref().is_some_and(|p| pins.contains(p)));
+        }
+        let announced = found.into_iter().map(|f| Prospect {
+            urls: f.urls(),
+            name: f.name,
+            pin_hint: f.pin_hint,
+        });
+        let known = self.urls.iter().map(|url| Prospect {
+            name: url.clone(),
+            urls: vec![url.clone()],
+            pin_hint: None,
+        });
+        Ok(announced.chain(known).collect())
+    }
+}
+
+/// A box that might take saves: how to reach it, and the pin it claims, if it said.
+struct Prospect {
+    /// Its mDNS instance name, or its URL when it was configured rather than found.
+    name: String,
+    urls: Vec<String>,
+    pin_hint: Option<String>,
+}
+
+/// Everything an [`Autosaver`] needs.
+#[derive(Clone)]
+pub struct Options {
+    /// The cloud platform's base URL (`https://`, or `http://` to loopback).
+    pub cloud: String,
+    pub cloud_trust: CloudTrust,
+    pub exam: String,
+    pub candidate: String,
+    /// The candidate's token, good at the cloud and at the venue's boxes.
+    pub token: Secret,
+    /// Pins of the boxes this client may trust (from the exam configuration).
+    pub box_pins: Vec<String>,
+    /// How long the cloud must have been failing before the client looks for a box.
+    pub failover_after: Duration,
+    /// While the cloud is gone: how often the client asks it again (when on a box), and how
+    /// often it looks for boxes again (when none was found).
+    pub probe_every: Duration,
+    pub discovery: Discovery,
+    /// The folder holding the journals.
+    pub journal: PathBuf,
+}
+
+impl Options {
+    /// Options with the defaults: failover after 60 s, probe the cloud every 5 s, mDNS on
+    /// every interface, trust the cloud through the system's CA roots, and no box pins (so no
+    /// failover until some are added).
+    pub fn new(cloud: &str, exam: &str, candidate: &str, token: Secret, journal: PathBuf) -> Self {
+        Self {
+            cloud: cloud.to_owned(),
+            cloud_trust: CloudTrust::Roots { ca_file: None },
+            exam: exam.to_owned(),
+            candidate: candidate.to_owned(),
+            token,
+            box_pins: Vec::new(),
+            failover_after: Duration::from_secs(60),
+            probe_every: Duration::from_secs(5),
+            discovery: Discovery::mdns(Vec::new()),
+            journal,
+        }
+    }
+}
+
+/// Where a save landed when [`Autosaver::save`] returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Landed {
+    Cloud,
+    /// A box trusted by its pin; `name` as it announced itself, or its URL.
+    Box {
+        name: String,
+        url: String,
+    },
+    /// Only in the journal on this laptop.
+    Journal,
+}
+
+/// One save, done.
+#[derive(Clone, Debug)]
+pub struct Saved {
+    pub seq: u64,
+    pub landed: Landed,
+    pub at: SystemTime,
+}
+
+/// Something a candidate-facing UI may show. `Display` gives plain text for a candidate.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    Saved(Saved),
+    /// The cloud stopped answering.
+    CloudUnreachable {
+        error: String,
+    },
+    /// Saves go to this box from now on.
+    FailedOver {
+        name: String,
+        url: String,
+    },
+    /// This box was not used: its key is not one of the exam's pins, or it did not answer.
+    BoxRefused {
+        url: String,
+        reason: String,
+    },
+    /// No box this client trusts could be reached: saves stay on the laptop.
+    NoTrustedBox,
+    /// The box in use stopped answering.
+    BoxLost {
+        name: String,
+        error: String,
+    },
+    /// The cloud answers again; `resent` saves it lacked were sent to it.
+    BackToCloud {
+        resent: usize,
+    },
+    /// A save was refused for good by the cloud or a box (a bad or expired token, or a
+    /// different save under the same seq). It stays in the journal.
+    Rejected {
+        seq: u64,
+        by: String,
+        status: u16,
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Saved(saved) => {
+                let time = clock(saved.at);
+                match &saved.landed {
+                    Landed::Cloud => write!(f, "save {} saved to the cloud at {time}", saved.seq),
+                    Landed::Box { name, .. } => write!(
+                        f,
+                        "save {} saved to the hall relay {name} at {time}",
+                        saved.seq
+                    ),
+                    Landed::Journal => {
+                        write!(f, "save {} saved only on this laptop at {time}", saved.seq)
+                    }
+                }
+            }
+            Event::CloudUnreachable { error } => write!(f, "the cloud does not answer ({error})"),
+            // A box given by address rather than found over mDNS is named by its URL.
+            Event::FailedOver { name, url } if name == url => write!(
+                f,
+                "saving to the hall relay at {url}: its key matches the exam's pin"
+            ),
+            Event::FailedOver { name, url } => write!(
+                f,
+                "saving to the hall relay {name} at {url}: its key matches the exam's pin"
+            ),
+            Event::BoxRefused { url, reason } => write!(f, "not using {url}: {reason}"),
+            Event::NoTrustedBox => write!(
+                f,
+                "no trusted hall relay found: saves stay only on this laptop for now"
+            ),
+            Event::BoxLost { name, error } => {
+                write!(f, "the hall relay {name} stopped answering ({error})")
+            }
+            Event::BackToCloud { resent } => write!(
+                f,
+                "the cloud answers again: saving there, and re-sent {resent} saves it lacked"
+            ),
+            Event::Rejected {
+                seq,
+                by,
+                status,
+                reason,
+            } => write!(
+                f,
+                "save {seq} was refused by {by} ({status}: {reason}); it stays on this laptop"
+            ),
+        }
+    }
+}
+
+/// `HH:MM:SS UTC`.
+fn clock(t: SystemTime) -> String {
+    let text = hallrelay_protocol::timefmt::rfc3339(t);
+    format!("{} UTC", text.get(11..19).unwrap_or(&text))
+}
+
+/// Where the journal stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Saves held nowhere but the journal.
+    pub only_here: usize,
+    /// Saves a box holds that the cloud has not acknowledged to this client.
+    pub on_box: usize,
+}
+
+/// Why an autosaver could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AutosaverError {
+    #[error("the {what} id {id:?} must match [A-Za-z0-9._-]{{1,64}}")]
+    Id { what: &'static str, id: String },
+    #[error("the cloud URL: {0}")]
+    CloudUrl(#[from] crate::connection::BadCloudUrl),
+    #[error("the cloud connection: {0}")]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Why a save was not taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SaveError {
+    /// A saved state is never zero bytes; an empty one is a bug upstream (a missing file, an
+    /// unread editor). Boxes and the cloud refuse it with 400 `empty_body`, so it is refused
+    /// here before it takes a seq.
+    #[error("the save is empty (0 bytes), so it was not taken: pass the saved state's bytes")]
+    Empty,
+    /// The journal could not be written.
+    #[error("cannot write the journal, so the save was not taken: {0}")]
+    Journal(#[from] JournalError),
+}
+
+/// What one PUT came to.
+enum Put {
+    Stored {
+        receipt: String,
+    },
+    /// Refused for good: sending it again will not help.
+    Refused {
+        status: StatusCode,
+        reason: String,
+    },
+    /// Taken by nobody but the server is there and asks for time (429, 503): try again
+    /// later, at the same place.
+    Busy(String),
+    /// No answer, or an error: try again, or elsewhere.
+    Failed(String),
+}
+
+/// The box saves go to while the cloud is gone.
+struct Relay {
+    name: String,
+    url: String,
+    conn: Connection,
+}
+
+type Listener = Box<dyn Fn(&Event) + Send + Sync>;
+
+/// One candidate's autosave client. See the module docs; an example is in
+/// [`crate`].
+pub struct Autosaver {
+    options: Options,
+    journal: Journal,
+    cloud: Connection,
+    relay: Option<Relay>,
+    cloud_down_since: Option<Instant>,
+    last_probe: Instant,
+    /// When boxes were last looked for: at most once every `probe_every`.
+    last_search: Option<Instant>,
+    /// What has been said about boxes since the last change, so it is said once.
+    told: HashSet<String>,
+    /// Whether a fresh journal asked the cloud for the candidate's newest seq, and the answer.
+    asked_for_latest: bool,
+    seq_floor: u64,
+    listener: Option<Listener>,
+}
+
+impl Autosaver {
+    /// Opens the candidate's journal. Saves a previous run left unacknowledged are sent with
+    /// the next [`save`](Self::save) or [`flush`](Self::flush).
+    pub fn open(options: Options) -> Result<Self, AutosaverError> {
+        for (what, id) in [("exam", &options.exam), ("candidate", &options.candidate)] {
+            if !hallrelay_protocol::ids::is_valid_id(id) {
+                return Err(AutosaverError::Id {
+                    what,
+                    id: id.clone(),
+                });
+            }
+        }
+        crate::connection::check_cloud_url(&options.cloud)?;
+        let token = Some(options.token.clone());
+        let cloud = match &options.cloud_trust {
+            CloudTrust::Roots { ca_file } => {
+                Connection::with_roots(&options.cloud, ca_file.as_deref(), token)?
+            }
+            CloudTrust::Pins(pins) => Connection::pinned(&options.cloud, pins.clone(), token)?,
+        }
+        .with_timeout(SAVE_TIMEOUT);
+        let journal = Journal::open(&options.journal, &options.exam, &options.candidate)?;
+        Ok(Self {
+            options,
+            journal,
+            cloud,
+            relay: None,
+            cloud_down_since: None,
+            last_probe: Instant::now(),
+            last_search: None,
+            told: HashSet::new(),
+            asked_for_latest: false,
+            seq_floor: 0,
+            listener: None,
+        })
+    }
+
+    /// Calls `listener` with every [`Event`] from now on.
+    pub fn on_event(mut self, listener: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.listener = Some(Box::new(listener));
+        self
+    }
+
+    /// Journals `payload` as the next save (fsynced), then sends it where it can go. An error
+    /// means the save was not taken: it was empty, or the journal could not be written.
+    pub async fn save(&mut self, payload: &[u8], is_final: bool) -> Result<Saved, SaveError> {
+        if payload.is_empty() {
+            return Err(SaveError::Empty);
+        }
+        if self.journal.last_seq() == 0 && !self.asked_for_latest {
+            self.asked_for_latest = true;
+            self.seq_floor = self.latest_in_cloud().await;
+        }
+        let seq = self
+            .journal
+            .append_after(self.seq_floor, payload, is_final)?;
+        let landed = self
+            .deliver(seq, Bytes::copy_from_slice(payload), is_final)
+            .await?;
+        let saved = Saved {
+            seq,
+            landed,
+            at: SystemTime::now(),
+        };
+        self.emit(Event::Saved(saved.clone()));
+        Ok(saved)
+    }
+
+    /// The newest seq the cloud holds for this candidate (0 for none, or if it cannot be
+    /// asked): a fresh journal on a spare laptop continues after it instead of reusing seqs
+    /// the candidate's first laptop already gave out.
+    async fn latest_in_cloud(&self) -> u64 {
+        let path = format!(
+            "/v1/exams/{}/candidates/{}/autosaves/latest",
+            self.options.exam, self.options.candidate
+        );
+        match self.cloud.with_timeout(BOX_PROBE_TIMEOUT).get(&path).await {
+            Ok(reply) if reply.status.is_success() => reply
+                .header("hallrelay-seq")
+                .and_then(hallrelay_protocol::ids::parse_seq)
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Sends what is still owed: to the cloud everything it lacks, if it answers; otherwise to
+    /// a trusted box what only the journal holds. Call it now and then when no save is due,
+    /// and before exiting.
+    pub async fn flush(&mut self) -> Result<Summary, JournalError> {
+        self.probe_cloud().await?;
+        if self.relay.is_none() && !self.journal.not_in_cloud().is_empty() {
+            if self.resend_to_cloud().await? {
+                self.cloud_is_back(false);
+            } else if self.failover_due() {
+                self.fail_over().await?;
+            }
+        }
+        if self.relay.is_some() {
+            self.send_held_here_to_relay().await?;
+        }
+        Ok(self.summary())
+    }
+
+    /// Where the journal stands now.
+    pub fn summary(&self) -> Summary {
+        let mut summary = Summary::default();
+        for entry in self.journal.entries() {
+            match entry.held {
+                Held::Journal => summary.only_here += 1,
+                Held::Box { .. } => summary.on_box += 1,
+                Held::Cloud => {}
+            }
+        }
+        summary
+    }
+
+    /// The box in use, if the cloud is gone and one was found: (name, URL).
+    pub fn relay(&self) -> Option<(&str, &str)> {
+        self.relay
+            .as_ref()
+            .map(|r| (r.name.as_str(), r.url.as_str()))
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    async fn deliver(
+        &mut self,
+        seq: u64,
+        payload: Bytes,
+        is_final: bool,
+    ) -> Result<Landed, JournalError> {
+        self.probe_cloud().await?;
+        if self.relay.is_none() {
+            match self.put(&self.cloud, seq, payload.clone(), is_final).await {
+                Put::Stored { .. } => {
+                    self.journal.mark_cloud(seq)?;
+                    if self.cloud_down_since.is_some() {
+                        self.cloud_is_back(true);
+                        self.resend_to_cloud().await?;
+                    }
+                    return Ok(Landed::Cloud);
+                }
+                Put::Refused { status, reason } => {
+                    self.rejected(seq, "the cloud", status, reason);
+                    return Ok(Landed::Journal);
+                }
+                Put::Busy(error) | Put::Failed(error) => {
+                    self.cloud_failed(error);
+                    if !self.failover_due() {
+                        return Ok(Landed::Journal);
+                    }
+                    self.fail_over().await?;
+                    // A new relay was sent what only the journal held, this save included;
+                    // what it did not take waits in the journal (sending it again now would
+                    // only repeat a refusal).
+                    return Ok(
+                        match (&self.relay, self.journal.get(seq).map(|e| &e.held)) {
+                            (Some(relay), Some(Held::Box { .. })) => Landed::Box {
+                                name: relay.name.clone(),
+                                url: relay.url.clone(),
+                            },
+                            _ => Landed::Journal,
+                        },
+                    );
+                }
+            }
+        }
+        let Some(relay) = &self.relay else {
+            return Ok(Landed::Journal);
+        };
+        match self.put(&relay.conn, seq, payload, is_final).await {
+            Put::Stored { receipt } => {
+                self.journal.mark_box(seq, &receipt)?;
+                Ok(Landed::Box {
+                    name: relay.name.clone(),
+                    url: relay.url.clone(),
+                })
+            }
+            Put::Refused { status, reason } => {
+                let by = format!("the hall relay {}", relay.name);
+                self.rejected(seq, &by, status, reason);
+                Ok(Landed::Journal)
+            }
+            // The box is there but busy: the save waits in the journal for the next send.
+            Put::Busy(why) => {
+                tracing::debug!(box_name = %relay.name, %why, "the box asked for time");
+                Ok(Landed::Journal)
+            }
+            Put::Failed(error) => {
+                let name = relay.name.clone();
+                self.relay = None;
+                self.last_search = None;
+                self.emit(Event::BoxLost { name, error });
+                Ok(Landed::Journal)
+            }
+        }
+    }
+
+    /// While on a box, asks the cloud (at most every `probe_every`) whether it answers again,
+    /// and if so returns to it.
+    async fn probe_cloud(&mut self) -> Result<(), JournalError> {
+        if self.relay.is_none() || self.last_probe.elapsed() < self.options.probe_every {
+            return Ok(());
+        }
+        self.last_probe = Instant::now();
+        let probe = self.cloud.with_timeout(BOX_PROBE_TIMEOUT);
+        if probe
+            .get("/v1/health")
+            .await
+            .is_ok_and(|r| r.status.is_success())
+        {
+            // Leave the box only once the cloud has taken what it lacks: a cloud that answers
+            // a probe and then fails again would otherwise strand saves in the journal for
+            // another `failover_after`.
+            let resent = self.journal.not_in_cloud().len();
+            if self.resend_to_cloud().await? {
+                self.relay = None;
+                self.cloud_is_back(false);
+                self.emit(Event::BackToCloud { resent });
+            }
+        }
+        Ok(())
+    }
+
+    fn cloud_is_back(&mut self, announce: bool) {
+        self.cloud_down_since = None;
+        self.told.clear();
+        self.last_search = None;
+        if announce {
+            self.emit(Event::BackToCloud {
+                resent: self.journal.not_in_cloud().len(),
+            });
+        }
+    }
+
+    fn cloud_failed(&mut self, error: String) {
+        if self.cloud_down_since.is_none() {
+            self.cloud_down_since = Some(Instant::now());
+            self.emit(Event::CloudUnreachable { error });
+            // Listen for boxes from the first failure on, so that answers are in by the time
+            // failing over is due; nothing is sent to any box before then.
+            if !self.options.box_pins.is_empty()
+                && let Err(error) = self.options.discovery.warm_up()
+            {
+                tracing::warn!(%error, "cannot look for boxes");
+            }
+        }
+    }
+
+    fn failover_due(&self) -> bool {
+        self.cloud_down_since
+            .is_some_and(|since| since.elapsed() >= self.options.failover_after)
+    }
+
+    /// Sends the cloud every save it lacks, oldest first. False if the cloud stopped
+    /// answering on the way.
+    async fn resend_to_cloud(&mut self) -> Result<bool, JournalError> {
+        for seq in self.journal.not_in_cloud() {
+            let Some(is_final) = self.is_final(seq) else {
+                continue;
+            };
+            let payload = Bytes::from(self.journal.payload(seq)?);
+            match self.put(&self.cloud, seq, payload, is_final).await {
+                Put::Stored { .. } => self.journal.mark_cloud(seq)?,
+                Put::Refused { status, reason } => self.rejected(seq, "the cloud", status, reason),
+                Put::Busy(error) | Put::Failed(error) => {
+                    self.cloud_failed(error);
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Looks for a box this client trusts and, if one answers, makes it the relay and sends it
+    /// what only the journal holds.
+    async fn fail_over(&mut self) -> Result<(), JournalError> {
+        if self
+            .last_search
+            .is_some_and(|at| at.elapsed() < self.options.probe_every)
+        {
+            return Ok(());
+        }
+        self.last_search = Some(Instant::now());
+        let pins = self.options.box_pins.clone();
+        let found = if pins.is_empty() {
+            Vec::new()
+        } else {
+            match self.options.discovery.find(&pins, DISCOVERY_WAIT).await {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot look for boxes");
+                    Vec::new()
+                }
+            }
+        };
+        for found in found {
+            if let Some(hint) = &found.pin_hint
+                && !pins.contains(hint)
+            {
+                for url in found.urls {
+                    self.emit_once(Event::BoxRefused {
+                        url,
+                        reason: format!(
+                            "{} announces a key that is not the exam's pin",
+                            found.name
+                        ),
+                    });
+                }
+                continue;
+            }
+            for url in found.urls {
+                match self.try_box(&url).await {
+                    Ok(conn) => {
+                        self.relay = Some(Relay {
+                            name: found.name.clone(),
+                            url: url.clone(),
+                            conn: conn.with_timeout(SAVE_TIMEOUT),
+                        });
+                        self.told.clear();
+                        self.last_probe = Instant::now();
+                        self.emit(Event::FailedOver {
+                            name: found.name.clone(),
+                            url,
+                        });
+                        return self.send_held_here_to_relay().await;
+                    }
+                    Err(reason) => self.emit_once(Event::BoxRefused { url, reason }),
+                }
+            }
+        }
+        self.emit_once(Event::NoTrustedBox);
+        Ok(())
+    }
+
+    /// Connects to `url` trusting only the pinned keys, and asks for its health: no payload
+    /// goes to a box before its key has proved itself in a TLS handshake.
+    async fn try_box(&self, url: &str) -> Result<Connection, String> {
+        let conn = Connection::pinned(
+            url,
+            self.options.box_pins.clone(),
+            Some(self.options.token.clone()),
+        )
+        .map_err(|e| e.to_string())?
+        .with_timeout(BOX_PROBE_TIMEOUT);
+        match conn.get("/v1/health").await {
+            Ok(reply) if reply.status.is_success() => Ok(conn),
+            Ok(reply) => Err(format!("it answered {}", reply.status)),
+            Err(ClientError::NotPinned(refusal)) => {
+                Err(format!("its key is not the exam's pin: {refusal}"))
+            }
+            // The pinned certificate, but the handshake's signature is not its key's: a copy.
+            Err(error) if crate::tls::certificate_error(&error).is_some() => Err(format!(
+                "it presents the pinned certificate without holding its key ({error})"
+            )),
+            Err(error) => Err(format!("it does not answer ({error})")),
+        }
+    }
+
+    /// Sends the relay every save only the journal holds.
+    async fn send_held_here_to_relay(&mut self) -> Result<(), JournalError> {
+        for seq in self.journal.only_here() {
+            let (Some(relay), Some(is_final)) = (&self.relay, self.is_final(seq)) else {
+                return Ok(());
+            };
+            let payload = Bytes::from(self.journal.payload(seq)?);
+            match self.put(&relay.conn, seq, payload, is_final).await {
+                Put::Stored { receipt } => self.journal.mark_box(seq, &receipt)?,
+                Put::Refused { status, reason } => {
+                    let by = format!("the hall relay {}", relay.name);
+                    self.rejected(seq, &by, status, reason);
+                }
+                Put::Busy(_) => return Ok(()),
+                Put::Failed(error) => {
+                    let name = relay.name.clone();
+                    self.relay = None;
+                    self.last_search = None;
+                    self.emit(Event::BoxLost { name, error });
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn is_final(&self, seq: u64) -> Option<bool> {
+        self.journal.get(seq).map(|e| e.is_final)
+    }
+
+    async fn put(&self, conn: &Connection, seq: u64, payload: Bytes, is_final: bool) -> Put {
+        let mut path = format!(
+            "/v1/exams/{}/candidates/{}/autosaves/{seq}",
+            self.options.exam, self.options.candidate
+        );
+        if is_final {
+            path.push_str("?final=true");
+        }
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = hallrelay_protocol::digest::header_value(&blake3::hash(&payload)).parse()
+        {
+            headers.insert("content-digest", value);
+        }
+        match conn.put(&path, headers, payload).await {
+            Ok(reply) if reply.status.is_success() => Put::Stored {
+                receipt: String::from_utf8_lossy(&reply.body).into_owned(),
+            },
+            Ok(reply)
+                if reply.status.is_client_error()
+                    && reply.status != StatusCode::REQUEST_TIMEOUT
+                    && reply.status != StatusCode::TOO_MANY_REQUESTS =>
+            {
+                let reason = serde_json::from_slice::<serde_json::Value>(&reply.body)
+                    .ok()
+                    .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).into_owned());
+                Put::Refused {
+                    status: reply.status,
+                    reason,
+                }
+            }
+            Ok(reply)
+                if reply.status == StatusCode::TOO_MANY_REQUESTS
+                    || reply.status == StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                Put::Busy(format!("it answered {}", reply.status))
+            }
+            Ok(reply) => Put::Failed(format!("it answered {}", reply.status)),
+            Err(error) => Put::Failed(error.to_string()),
+        }
+    }
+
+    /// Tells of a refusal once: a flush sends the refused save again, and the same answer
+    /// is no news.
+    fn rejected(&mut self, seq: u64, by: &str, status: StatusCode, reason: String) {
+        self.emit_once(Event::Rejected {
+            seq,
+            by: by.to_owned(),
+            status: status.as_u16(),
+            reason,
+        });
+    }
+
+    /// Emits `event` unless the same was said since the last change of relay or cloud.
+    fn emit_once(&mut self, event: Event) {
+        if self.told.insert(event.to_string()) {
+            self.emit(event);
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        tracing::debug!(candidate = %self.options.candidate, %event, "autosave event");
+        if let Some(listener) = &self.listener {
+            listener(&event);
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty save is refused before it is journaled: no seq is spent, nothing is sent.
+    #[tokio::test]
+    async fn an_empty_save_is_refused_before_it_takes_a_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = Options::new(
+            "http://127.0.0.1:9",
+            "math",
+            "c1",
+            Secret::new("hr1.c.x.y"),
+            dir.path().join("journal"),
+        );
+        options.discovery = Discovery::none();
+        let mut autosaver = Autosaver::open(options).unwrap();
+        assert!(matches!(
+            autosaver.save(b"", false).await,
+            Err(SaveError::Empty)
+        ));
+        assert_eq!(autosaver.journal().last_seq(), 0);
+        assert!(autosaver.journal().entries().next().is_none());
+    }
+}

@@ -1,0 +1,317 @@
+//! The client's local journal: every save is on the laptop's disk, fsynced, before any
+//! network call, and stays there until the cloud has it.
+//!
+//! One folder per (exam, candidate), one file per save, so that a crash can only ever leave a
+//! whole save or none:
+//!
+//! | file | holds | written |
+//! | --- | --- | --- |
+//! | `SEQ.save`, `SEQ.final` | the payload (`.final`: a final submission) | temporary file, fsync, rename, fsync the folder |
+//! | `SEQ.box` | the receipt of the box that acknowledged it | after the box's 2xx |
+//! | `SEQ.cloud` | nothing: the cloud acknowledged it | after the cloud's 2xx |
+//!
+//! `SEQ` is zero-padded to 20 digits so names sort by seq. Once the cloud has a save, its
+//! files are deleted, except the newest save's: it stays (with its `.cloud` mark) so that the
+//! journal always knows the last seq it gave out and never gives it out again. The marks are
+//! not fsynced: a mark lost in a crash only means the save is sent again, which the API's
+//! idempotency makes a no-op.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Where a save is known to be held, besides the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// Only on this laptop.
+    Journal,
+    /// Acknowledged by a box; the receipt it sent.
+    Box { receipt: String },
+    /// Acknowledged by the cloud.
+    Cloud,
+}
+
+/// One save in the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub is_final: bool,
+    pub held: Held,
+}
+
+/// The journal could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("journal {path}: {source}")]
+pub struct JournalError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+/// One candidate's journal.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    entries: BTreeMap<u64, Entry>,
+}
+
+impl Journal {
+    /// Opens (creating, mode 0700) the journal of `exam`/`candidate` under `root`, and reads
+    /// what a previous run left: whole saves only (an interrupted write is discarded).
+    pub fn open(root: &Path, exam: &str, candidate: &str) -> Result<Self, JournalError> {
+        let dir = root.join(exam).join(candidate);
+        let err = |source| JournalError {
+            path: dir.clone(),
+            source,
+        };
+        hallrelay_durable::create_private_dir(&dir).map_err(err)?;
+        let mut payloads = BTreeMap::new();
+        let mut marks = Vec::new();
+        for item in fs::read_dir(&dir).map_err(err)? {
+            let path = item.map_err(err)?.path();
+            let (Some(stem), Some(ext)) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|s| s.to_str()),
+            ) else {
+                continue;
+            };
+            let seq = stem.parse::<u64>().ok();
+            match (seq, ext) {
+                (Some(seq), "save" | "final") => {
+                    payloads.insert(seq, ext == "final");
+                }
+                (Some(seq), "box" | "cloud") => marks.push((seq, ext == "cloud", path)),
+                (_, "tmp") => fs::remove_file(&path).map_err(err)?,
+                _ => {}
+            }
+        }
+        let mut entries: BTreeMap<u64, Entry> = payloads
+            .into_iter()
+            .map(|(seq, is_final)| {
+                let held = Held::Journal;
+                (
+                    seq,
+                    Entry {
+                        seq,
+                        is_final,
+                        held,
+                    },
+                )
+            })
+            .collect();
+        marks.sort_by_key(|(_, cloud, _)| *cloud);
+        for (seq, cloud, path) in marks {
+            match entries.get_mut(&seq) {
+                Some(entry) if cloud => entry.held = Held::Cloud,
+                Some(entry) if entry.held == Held::Journal => {
+                    let receipt = fs::read_to_string(&path).map_err(err)?;
+                    entry.held = Held::Box { receipt };
+                }
+                Some(_) => {}
+                // A mark whose payload is gone: left by a crash while forgetting it.
+                None => fs::remove_file(&path).map_err(err)?,
+            }
+        }
+        Ok(Self { dir, entries })
+    }
+
+    /// The last seq given out (0 before the first save).
+    pub fn last_seq(&self) -> u64 {
+        self.entries.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// Writes `payload` as the next save and returns its seq once it is on disk.
+    pub fn append(&mut self, payload: &[u8], is_final: bool) -> Result<u64, JournalError> {
+        self.append_after(0, payload, is_final)
+    }
+
+    /// Like [`append`](Self::append), with a seq above `floor` too: seqs used elsewhere (the
+    /// candidate's previous laptop) are not given out again.
+    pub fn append_after(
+        &mut self,
+        floor: u64,
+        payload: &[u8],
+        is_final: bool,
+    ) -> Result<u64, JournalError> {
+        let seq = self.last_seq().max(floor) + 1;
+        let path = self.file(seq, if is_final { "final" } else { "save" });
+        hallrelay_durable::write_durably(&path, payload).map_err(|source| JournalError {
+            path: path.clone(),
+            source,
+        })?;
+        // The previous newest save, kept only to remember the last seq, can go now.
+        if let Some(previous) = self.entries.values().next_back()
+            && previous.held == Held::Cloud
+        {
+            let previous = previous.clone();
+            self.forget(&previous)?;
+        }
+        self.entries.insert(
+            seq,
+            Entry {
+                seq,
+                is_final,
+                held: Held::Journal,
+            },
+        );
+        Ok(seq)
+    }
+
+    /// The payload of save `seq`.
+    pub fn payload(&self, seq: u64) -> Result<Vec<u8>, JournalError> {
+        let entry = self.entries.get(&seq).ok_or_else(|| JournalError {
+            path: self.file(seq, "save"),
+            source: io::ErrorKind::NotFound.into(),
+        })?;
+        let path = self.payload_file(entry);
+        fs::read(&path).map_err(|source| JournalError { path, source })
+    }
+
+    /// Records that a box acknowledged save `seq` with `receipt`.
+    pub fn mark_box(&mut self, seq: u64, receipt: &str) -> Result<(), JournalError> {
+        let Some(entry) = self.entries.get_mut(&seq) else {
+            return Ok(());
+        };
+        if entry.held != Held::Journal {
+            return Ok(());
+        }
+        let path = self.dir.join(format!("{seq:020}.box"));
+        fs::write(&path, receipt).map_err(|source| JournalError { path, source })?;
+        entry.held = Held::Box {
+            receipt: receipt.to_owned(),
+        };
+        Ok(())
+    }
+
+    /// Records that the cloud acknowledged save `seq`, and deletes what is no longer needed.
+    pub fn mark_cloud(&mut self, seq: u64) -> Result<(), JournalError> {
+        let newest = self.last_seq();
+        let Some(entry) = self.entries.get_mut(&seq) else {
+            return Ok(());
+        };
+        entry.held = Held::Cloud;
+        let entry = entry.clone();
+        if seq == newest {
+            let path = self.file(seq, "cloud");
+            fs::write(&path, b"").map_err(|source| JournalError { path, source })
+        } else {
+            self.forget(&entry)
+        }
+    }
+
+    /// Save `seq`, if the journal still holds it.
+    pub fn get(&self, seq: u64) -> Option<&Entry> {
+        self.entries.get(&seq)
+    }
+
+    /// Every save the journal still holds, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    /// The saves the cloud does not have yet, oldest first.
+    pub fn not_in_cloud(&self) -> Vec<u64> {
+        self.entries()
+            .filter(|e| e.held != Held::Cloud)
+            .map(|e| e.seq)
+            .collect()
+    }
+
+    /// The saves that nothing but this journal holds, oldest first.
+    pub fn only_here(&self) -> Vec<u64> {
+        self.entries()
+            .filter(|e| e.held == Held::Journal)
+            .map(|e| e.seq)
+            .collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Deletes a save the cloud has: marks first, then the payload, so that a crash in
+    /// between leaves either a whole save (sent again) or an orphan mark (removed on open).
+    fn forget(&mut self, entry: &Entry) -> Result<(), JournalError> {
+        for path in [
+            self.file(entry.seq, "box"),
+            self.file(entry.seq, "cloud"),
+            self.payload_file(entry),
+        ] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(JournalError { path, source }),
+            }
+        }
+        self.entries.remove(&entry.seq);
+        Ok(())
+    }
+
+    fn payload_file(&self, entry: &Entry) -> PathBuf {
+        self.file(entry.seq, if entry.is_final { "final" } else { "save" })
+    }
+
+    fn file(&self, seq: u64, ext: &str) -> PathBuf {
+        self.dir.join(format!("{seq:020}.{ext}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_survive_reopening_and_seqs_are_never_reused() {
+        let root = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(root.path(), "e", "c").unwrap();
+        assert_eq!(j.append(b"one", false).unwrap(), 1);
+        assert_eq!(j.append(b"two", false).unwrap(), 2);
+        assert_eq!(j.append(b"three", true).unwrap(), 3);
+        j.mark_box(2, "receipt-2").unwrap();
+        j.mark_cloud(1).unwrap();
+        j.mark_cloud(3).unwrap();
+
+        let mut j = Journal::open(root.path(), "e", "c").unwrap();
+        assert_eq!(j.not_in_cloud(), vec![2]);
+        assert_eq!(j.only_here(), Vec::<u64>::new());
+        assert_eq!(j.payload(2).unwrap(), b"two");
+        let held: Vec<_> = j.entries().map(|e| (e.seq, e.held.clone())).collect();
+        assert_eq!(
+            held,
+            vec![
+                (
+                    2,
+                    Held::Box {
+                        receipt: "receipt-2".into()
+                    }
+                ),
+                (3, Held::Cloud)
+            ]
+        );
+        // The newest save was kept only for its seq: the next one is 4, and 3 goes.
+        assert_eq!(j.append(b"four", false).unwrap(), 4);
+        j.mark_cloud(2).unwrap();
+        j.mark_cloud(4).unwrap();
+        let j = Journal::open(root.path(), "e", "c").unwrap();
+        assert_eq!(j.last_seq(), 4);
+        assert_eq!(j.entries().count(), 1);
+        assert_eq!(
+            fs::read_dir(j.dir()).unwrap().count(),
+            2,
+            "4.save and 4.cloud"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_write_and_an_orphan_mark_are_discarded() {
+        let root = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(root.path(), "e", "c").unwrap();
+        j.append(b"one", false).unwrap();
+        fs::write(j.dir().join(format!("{:020}.tmp", 2)), b"half").unwrap();
+        fs::write(j.dir().join(format!("{:020}.box", 7)), b"r").unwrap();
+        let j = Journal::open(root.path(), "e", "c").unwrap();
+        assert_eq!(j.last_seq(), 1);
+        assert_eq!(j.only_here(), vec![1]);
+        assert_eq!(fs::read_dir(j.dir()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,222 @@
+//! Secrets that live in files: the venue key, credentials, the identity key.
+//!
+//! Secrets never travel in flags or logs. This module creates secret files with mode 0600
+//! (written to a temporary name, fsynced and renamed, so a crash never leaves half a key), and
+//! wraps what it reads in types whose `Debug` prints `MASKED`.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use hallrelay_durable::{create_private_dir, write_durably};
+
+use crate::hex::{hex, parse_hex32};
+
+/// Why a secret file could not be read or created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot create {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("{path} does not hold a venue key (expected 64 hex digits or 32 raw bytes)")]
+    BadVenueKey { path: PathBuf },
+    #[error("{path} is empty")]
+    Empty { path: PathBuf },
+    #[error(
+        "no venue key at {path}{within}: run `hallrelay serve` once to create it (it keeps it \
+         in its data dir), or name the box's key with --venue-key-file (or its folder with \
+         --data-dir)"
+    )]
+    NoVenueKey {
+        path: PathBuf,
+        /// " (in FOLDER)" for a relative path: the wrong folder is the usual cause.
+        within: String,
+    },
+    #[error(
+        "{path} holds a secret but others may read it (mode {mode:04o}): run `chmod 600 {path}`"
+    )]
+    LooseMode { path: PathBuf, mode: u32 },
+}
+
+/// Reads a secret file, refusing one that anyone but its owner may read or write: a key or
+/// credential that others could read is no longer a secret, and one they could write is not
+/// ours. Mode bits are checked on the open file, so a swap between check and read changes
+/// nothing.
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, KeyFileError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let read_err = |source| KeyFileError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs::File::open(path).map_err(read_err)?;
+    let mode = file.metadata().map_err(read_err)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::LooseMode {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(read_err)?;
+    Ok(bytes)
+}
+
+/// A secret string (a bearer credential) whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself, for the one place that has to send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Reads a one-line secret from a file (mode 0600 or stricter), trimming surrounding
+    /// white space.
+    pub fn from_file(path: &Path) -> Result<Self, KeyFileError> {
+        let bytes = read_secret(path)?;
+        let text = String::from_utf8(bytes).map_err(|_| KeyFileError::Read {
+            path: path.to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"),
+        })?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(KeyFileError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+/// The 32-byte key shared by the platform and the venue's boxes; it authenticates tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VenueKey([u8; 32]);
+
+impl VenueKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn generate() -> Self {
+        Self(rand::random())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Reads a venue key (mode 0600 or stricter): 64 hex digits (white space around them
+    /// ignored) or 32 raw bytes. It never creates one: only the box and the cloud do
+    /// ([`load_or_create`](Self::load_or_create)), so a missing file is
+    /// [`KeyFileError::NoVenueKey`], naming the path.
+    pub fn load(path: &Path) -> Result<Self, KeyFileError> {
+        let raw = read_secret(path).map_err(|e| match e {
+            KeyFileError::Read { path, source } if source.kind() == io::ErrorKind::NotFound => {
+                let within = match std::env::current_dir() {
+                    Ok(cwd) if path.is_relative() => format!(" (in {})", cwd.display()),
+                    _ => String::new(),
+                };
+                KeyFileError::NoVenueKey { path, within }
+            }
+            e => e,
+        })?;
+        Self::parse(&raw).ok_or_else(|| KeyFileError::BadVenueKey {
+            path: path.to_owned(),
+        })
+    }
+
+    fn parse(raw: &[u8]) -> Option<Self> {
+        if let Ok(text) = std::str::from_utf8(raw)
+            && let Some(key) = parse_hex32(text.trim())
+        {
+            return Some(Self(key));
+        }
+        <[u8; 32]>::try_from(raw).ok().map(Self)
+    }
+
+    /// Loads the key at `path`, creating a fresh random one (mode 0600) if there is none,
+    /// and its folder (mode 0700) if that is missing too: the reference cloud started first
+    /// may create the key in the box's data dir, which the box then finds in place.
+    pub fn load_or_create(path: &Path) -> Result<Self, KeyFileError> {
+        match fs::metadata(path) {
+            Ok(_) => Self::load(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let key = Self::generate();
+                let text = format!("{}\n", hex(&key.0));
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    create_private_dir(parent).map_err(|source| KeyFileError::Create {
+                        path: parent.to_owned(),
+                        source,
+                    })?;
+                }
+                write_secret_file(path, text.as_bytes())?;
+                tracing::info!(path = %path.display(), "created a new venue key");
+                Ok(key)
+            }
+            Err(source) => Err(KeyFileError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for VenueKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VenueKey(MASKED)")
+    }
+}
+
+/// Writes `contents` to `path` with mode 0600: temporary file, fsync, rename, fsync the folder.
+pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), KeyFileError> {
+    write_durably(path, contents).map_err(|source| KeyFileError::Create {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn venue_key_is_created_private_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("venue.key");
+        let created = VenueKey::load_or_create(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(VenueKey::load_or_create(&path).unwrap(), created);
+    }
+
+    #[test]
+    fn venue_key_formats() {
+        let hex_text = format!("  {}\n", "ab".repeat(32));
+        assert_eq!(VenueKey::parse(hex_text.as_bytes()).unwrap().0, [0xab; 32]);
+        assert_eq!(VenueKey::parse(&[7u8; 32]).unwrap().0, [7; 32]);
+        assert!(VenueKey::parse(b"short").is_none());
+        assert!(VenueKey::parse("zz".repeat(32).as_bytes()).is_none());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "MASKED");
+        assert_eq!(format!("{:?}", VenueKey::generate()), "VenueKey(MASKED)");
+    }
+}

@@ -1,0 +1,28 @@
+//! The hallrelay v1 wire protocol: everything a candidate client, a box and a cloud must agree
+//! on to speak to one another, and nothing else.
+//!
+//! - [`ids`]: the names of things (exams, candidates, autosaves) and their limits;
+//! - [`digest`]: RFC 9530 `Content-Digest` headers (blake3);
+//! - [`receipt`]: the box's signed, chained receipts, their text form and their checks, with
+//!   [`signing`] the signature scheme;
+//! - [`token`]: candidate and admin tokens (a blake3 keyed MAC under the venue key), with
+//!   [`keys`] the key and credential files they come from;
+//! - [`pin`]: key pins, how a client names the one box it trusts;
+//! - [`timefmt`]: the RFC 3339 times receipts and answers carry;
+//! - [`hex`]: the spelling of keys in files;
+//! - [`v1`]: the API's paths and headers, and how mDNS finds a box.
+//!
+//! It does no networking and holds no server: a platform vendor's client and the reference
+//! cloud depend on it without pulling in the box.
+#![forbid(unsafe_code)]
+
+pub mod digest;
+pub mod hex;
+pub mod ids;
+pub mod keys;
+pub mod pin;
+pub mod receipt;
+pub mod signing;
+pub mod timefmt;
+pub mod token;
+pub mod v1;

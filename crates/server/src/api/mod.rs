@@ -1,0 +1,246 @@
+//! The v1 HTTP API: the same on the box and on the reference cloud.
+//!
+//! - [`server`] accepts TCP connections, does the TLS handshake and serves HTTP/1.1 and HTTP/2
+//!   with hyper, with timeouts on every stage and a bounded graceful drain on shutdown.
+//! - [`routes`] maps a request to a handler and holds the handlers: validate the ids, check
+//!   the bearer token, bound and hash the body, ask the store, answer.
+//! - [`budget`] bounds the request bodies held in memory, in all and per client address, and
+//!   [`body`] reads an upload's body under that budget, its size and time limits, hashing it
+//!   as it arrives; [`drain`] reads and discards what a refused request's client is still
+//!   sending, so that the client sees the answer.
+//! - [`error`] is the one place where failures become status codes and JSON error bodies.
+//! - [`cors`] lets browser clients on configured origins call the API.
+//! - [`metrics`] is `/metrics` for Prometheus; [`export`] the export bundle's endpoints;
+//!   [`audit`] the audit log's endpoint and the recording of admin reads.
+//! - [`console`] is the invigilator console at `/`, and [`session`] its sign-in sessions;
+//!   [`cached`] the single-flight cache that serves its reading of the hall.
+
+pub mod audit;
+pub mod body;
+pub mod budget;
+mod cached;
+pub mod console;
+pub mod cors;
+pub mod drain;
+pub mod error;
+pub mod export;
+pub mod metrics;
+pub mod ratelimit;
+pub mod routes;
+pub mod server;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hallrelay_protocol::keys::{Secret, VenueKey};
+use hallrelay_protocol::token::{self, Claims};
+use hallrelay_store::Store;
+
+pub use error::ApiError;
+
+/// Who is calling, as established from the `Authorization: Bearer` header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A candidate token for one exam and candidate.
+    Candidate { exam: String, candidate: String },
+    /// An admin (invigilator / IT) token.
+    Admin,
+    /// A box forwarding what it stored (the reference cloud's appliance credentials).
+    Appliance,
+}
+
+/// How callers are authenticated: candidate and admin tokens under the venue key, plus (on
+/// the cloud) a list of appliance credentials.
+pub struct Auth {
+    venue_key: VenueKey,
+    appliance_credentials: Vec<Secret>,
+}
+
+impl Auth {
+    pub fn new(venue_key: VenueKey, appliance_credentials: Vec<Secret>) -> Self {
+        Self {
+            venue_key,
+            appliance_credentials,
+        }
+    }
+
+    /// Establishes the caller from a bearer token.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Caller, ApiError> {
+        let token = bearer.ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+        if self
+            .appliance_credentials
+            .iter()
+            .any(|c| constant_time_eq(c.expose().as_bytes(), token.as_bytes()))
+        {
+            return Ok(Caller::Appliance);
+        }
+        match token::verify(&self.venue_key, token, SystemTime::now()) {
+            Ok(Claims::Candidate {
+                exam, candidate, ..
+            }) => Ok(Caller::Candidate { exam, candidate }),
+            Ok(Claims::Admin { .. }) => Ok(Caller::Admin),
+            Err(token::TokenError::Expired) => Err(ApiError::Unauthorized("the token expired")),
+            Err(_) => Err(ApiError::Unauthorized(
+                "the token is not valid for this venue",
+            )),
+        }
+    }
+}
+
+/// Who holds an admin token, as the audit log records them: the token's subject (`sub`, who
+/// it was issued to), its expiry, and a fingerprint that tells two tokens of one subject
+/// apart. Never the token itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admin {
+    pub subject: String,
+    /// Unix seconds.
+    pub expires: u64,
+    /// The first 16 hex digits of the token's blake3.
+    pub fingerprint: String,
+}
+
+impl Admin {
+    fn of(token: &str, subject: String, expires: u64) -> Self {
+        let mut fingerprint = blake3::hash(token.as_bytes()).to_hex().to_string();
+        fingerprint.truncate(16);
+        Self {
+            subject,
+            expires,
+            fingerprint,
+        }
+    }
+}
+
+impl Auth {
+    /// The holder of an admin token (see [`Admin`]). Any other token is refused as
+    /// [`authenticate`](Self::authenticate) refuses it, or as forbidden when it is valid but
+    /// not an admin's.
+    pub fn admin(&self, bearer: Option<&str>) -> Result<Admin, ApiError> {
+        let token = bearer.ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+        match token::verify(&self.venue_key, token, SystemTime::now()) {
+            Ok(Claims::Admin { subject, expires }) => Ok(Admin::of(token, subject, expires)),
+            Ok(Claims::Candidate { .. }) => Err(ApiError::Forbidden("this needs an admin token")),
+            Err(token::TokenError::Expired) => Err(ApiError::Unauthorized("the token expired")),
+            Err(_) => Err(ApiError::Unauthorized(
+                "the token is not valid for this venue",
+            )),
+        }
+    }
+}
+
+/// Compares secrets without leaking where they differ: blake3 hashes compare in constant
+/// time, and hashing first hides the lengths too.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    blake3::hash(a) == blake3::hash(b)
+}
+
+/// Limits on what one request may ask of the box.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The largest autosave body accepted (413 above it).
+    pub max_body_bytes: u64,
+    /// How long a client may take to send its request headers. hyper starts this clock when
+    /// an HTTP/1.1 connection begins waiting for its next request, so it also closes idle
+    /// keep-alive connections: it must outlast the autosave interval (15 s), or every save
+    /// pays a new TLS handshake.
+    pub header_read_timeout: Duration,
+    /// How long a connection may sit with no traffic before it is closed.
+    pub idle_timeout: Duration,
+    /// How long a client may take to finish the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long a shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// How long a client may take to send a request body (408 after it).
+    pub body_read_timeout: Duration,
+    /// The most connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// The most connections one client address may hold open.
+    pub max_connections_per_client: usize,
+    /// The largest request head (HTTP/1.1 request line and headers, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Per client address: (requests per second, burst); `None`: no limit.
+    pub client_rate: Option<(u32, u32)>,
+    /// The most request-body bytes held in memory at once, from reading until the payload is
+    /// written ([`budget`]); past it, uploads get 503 with `Retry-After` before being read.
+    pub body_budget_bytes: u64,
+    /// The most of that one client address may hold; `None`: no per-client share.
+    pub client_body_budget_bytes: Option<u64>,
+}
+
+/// The per-client request rate by default: (requests per second, burst).
+pub const DEFAULT_CLIENT_RATE: (u32, u32) = (20, 40);
+
+impl Limits {
+    /// The reference cloud's limits: the box's, without the per-client rate limit and body
+    /// share (boxes replay to it at full speed from one address).
+    pub fn cloud() -> Self {
+        Self {
+            client_rate: None,
+            client_body_budget_bytes: None,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let max_body_bytes = 16 * 1024 * 1024;
+        let body_budget_bytes = budget::default_budget_here();
+        Self {
+            max_body_bytes,
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_connections_per_client: 64,
+            // hyper sizes each connection's read buffer to this limit and keeps it while the
+            // connection idles: 8 KiB holds any real request head (a candidate's is under 1 KiB)
+            // and saves ~10 KiB per open connection against 16 KiB.
+            max_header_bytes: 8 * 1024,
+            client_rate: Some(DEFAULT_CLIENT_RATE),
+            body_budget_bytes,
+            client_body_budget_bytes: Some(budget::default_client_share(
+                body_budget_bytes,
+                max_body_bytes,
+            )),
+        }
+    }
+}
+
+/// Everything a handler needs; shared by all connections.
+pub struct AppState {
+    pub store: Store,
+    pub auth: Auth,
+    pub limits: Limits,
+    pub cors: cors::Cors,
+    /// The pin clients check, shown by `/v1/health`.
+    pub pin: String,
+    /// The box's human name (its mDNS instance name).
+    pub name: String,
+    /// Free space the store keeps in reserve, shown by `/v1/status`.
+    pub min_free_bytes: u64,
+    /// The uplink as replay sees it.
+    pub uplink: Arc<crate::replay::Uplink>,
+    /// The invigilator console, on the box only (`None` on the reference cloud).
+    pub console: Option<console::Console>,
+    /// `/metrics`, on the box only.
+    pub metrics: Option<Arc<metrics::Metrics>>,
+    /// The box's identity, which signs export bundles (the box only).
+    pub identity: Option<Arc<crate::identity::Identity>>,
+}
+
+pub type State = Arc<AppState>;
+
+/// The bearer token of `request`'s `Authorization` header, if it has one.
+pub(crate) fn bearer<B>(request: &http::Request<B>) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}

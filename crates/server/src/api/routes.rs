@@ -1,0 +1,594 @@
+//! Routing and the handlers of the v1 API.
+//!
+//! Every autosave route checks, in this order: the ids in the path (400), the bearer token
+//! (401) and whether it grants this exam and candidate (403), then the body's declared size
+//! (413), the `Content-Digest` header's form (400), and whether the body budget can hold the
+//! body (503, [`super::budget`]); all of these before the body is read. Then the body is read
+//! and hashed ([`super::body`]), and its digest checked (400). Only then does the store see
+//! the request, and only the store's answer after its commit turns into a 2xx.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use super::body::{self, Upload};
+use super::budget::{BudgetSnapshot, ClientBudget};
+use super::drain::RequestBody;
+use super::error::json_response;
+use super::{ApiError, Caller, State};
+use hallrelay_protocol::digest::{DigestError, Expected};
+use hallrelay_protocol::ids::{AutosaveName, is_valid_id, parse_seq};
+use hallrelay_protocol::receipt::{RECEIPT_HEADER, Receipt};
+use hallrelay_store::{ListEntry, PutOutcome, PutRequest, Record};
+
+/// The entry point hyper calls for every request.
+pub async fn handle(
+    state: State,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    // Autosave PUTs are counted and timed for /metrics.
+    let ingest = (request.method() == Method::PUT
+        && request.uri().path().starts_with("/v1/exams/"))
+    .then(std::time::Instant::now);
+    // What a handler leaves of the body unread is drained once it is dropped (see drain.rs).
+    let request = request.map(RequestBody::new);
+    let mut response = if request.method() == Method::OPTIONS {
+        state.cors.preflight(origin.as_ref())
+    } else {
+        route(&state, request)
+            .await
+            .unwrap_or_else(ApiError::into_response)
+    };
+    if let (Some(started), Some(metrics)) = (ingest, &state.metrics) {
+        metrics.observe_ingest(response.status().as_u16(), started.elapsed());
+    }
+    state.cors.decorate(origin.as_ref(), &mut response);
+    Ok(response)
+}
+
+/// What a request path names, as far as the path alone can tell.
+///
+/// [`parse_path`] produces it; every id and seq in it has already been checked, so a handler
+/// never sees a name that could not be stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `/v1/health`
+    Health,
+    /// `/v1/status`
+    Status,
+    /// `/v1/replay/retry-parked`
+    RetryParked,
+    /// `/v1/exams/{exam}/candidates/{candidate}/autosaves`
+    List { exam: String, candidate: String },
+    /// `/v1/exams/{exam}/candidates/{candidate}/autosaves/latest`
+    Latest { exam: String, candidate: String },
+    /// `/v1/exams/{exam}/candidates/{candidate}/autosaves/{seq}`
+    Autosave(AutosaveName),
+}
+
+/// Maps a request path to what it names: [`ApiError::BadId`] for a malformed exam id,
+/// candidate id or seq (checked in that order, before anything else about an autosave route),
+/// [`ApiError::NotFound`] for any other path.
+pub fn parse_path(path: &str) -> Result<Target, ApiError> {
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return Err(ApiError::NotFound);
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        ["health"] => Ok(Target::Health),
+        ["status"] => Ok(Target::Status),
+        ["replay", "retry-parked"] => Ok(Target::RetryParked),
+        [
+            "exams",
+            exam,
+            "candidates",
+            candidate,
+            "autosaves",
+            tail @ ..,
+        ] => {
+            if !is_valid_id(exam) {
+                return Err(ApiError::BadId(
+                    "the exam id must match [A-Za-z0-9._-]{1,64}",
+                ));
+            }
+            if !is_valid_id(candidate) {
+                return Err(ApiError::BadId(
+                    "the candidate id must match [A-Za-z0-9._-]{1,64}",
+                ));
+            }
+            let (exam, candidate) = (exam.to_string(), candidate.to_string());
+            match tail {
+                [] => Ok(Target::List { exam, candidate }),
+                ["latest"] => Ok(Target::Latest { exam, candidate }),
+                [seq] => {
+                    let seq = parse_seq(seq).ok_or(ApiError::BadId(
+                        "the seq must be a decimal u64 without leading zeros",
+                    ))?;
+                    Ok(Target::Autosave(AutosaveName {
+                        exam,
+                        candidate,
+                        seq,
+                    }))
+                }
+                _ => Err(ApiError::NotFound),
+            }
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+async fn route(
+    state: &State,
+    request: Request<RequestBody>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if let Some(console) = &state.console
+        && super::console::owns(request.uri().path())
+    {
+        return super::console::handle(state, console, request).await;
+    }
+    if super::export::owns(request.uri().path()) {
+        return super::export::handle(state, request).await;
+    }
+    if super::audit::owns(request.uri().path()) {
+        return super::audit::handle(state, request).await;
+    }
+    if let Some(metrics) = &state.metrics
+        && request.uri().path() == "/metrics"
+    {
+        only(&request, &Method::GET, "GET")?;
+        return scrape(state, metrics, &request).await;
+    }
+    match parse_path(request.uri().path())? {
+        Target::Health => {
+            only(&request, &Method::GET, "GET")?;
+            Ok(health(state))
+        }
+        Target::Status => {
+            only(&request, &Method::GET, "GET")?;
+            let caller = state.auth.authenticate(super::bearer(&request))?;
+            if caller != Caller::Admin {
+                return Err(ApiError::Forbidden("status needs an admin token"));
+            }
+            let uploads = request
+                .extensions()
+                .get::<ClientBudget>()
+                .map(|b| b.budget.snapshot());
+            status(state, uploads).await
+        }
+        Target::RetryParked => {
+            only(&request, &Method::POST, "POST")?;
+            let caller = state.auth.authenticate(super::bearer(&request))?;
+            if caller != Caller::Admin {
+                return Err(ApiError::Forbidden(
+                    "retrying parked autosaves needs an admin token",
+                ));
+            }
+            super::console::retry_parked(state).await
+        }
+        Target::List { exam, candidate } => {
+            only(&request, &Method::GET, "GET")?;
+            authorize_read(state, &request, &exam, &candidate)?;
+            super::audit::admin_read(state, &request, &exam, &candidate, None).await?;
+            list(state, exam, candidate).await
+        }
+        Target::Latest { exam, candidate } => {
+            only(&request, &Method::GET, "GET")?;
+            authorize_read(state, &request, &exam, &candidate)?;
+            super::audit::admin_read(state, &request, &exam, &candidate, None).await?;
+            let found = state.store.latest(exam, candidate).await?;
+            payload_response(found)
+        }
+        Target::Autosave(name) => match *request.method() {
+            Method::PUT => put(state, request, name).await,
+            Method::GET => {
+                authorize_read(state, &request, &name.exam, &name.candidate)?;
+                let (exam, candidate) = (&name.exam, &name.candidate);
+                super::audit::admin_read(state, &request, exam, candidate, Some(name.seq)).await?;
+                payload_response(state.store.get(name).await?)
+            }
+            _ => Err(ApiError::MethodNotAllowed("GET, PUT")),
+        },
+    }
+}
+
+fn only(
+    request: &Request<RequestBody>,
+    method: &Method,
+    allow: &'static str,
+) -> Result<(), ApiError> {
+    if request.method() == method || (method == Method::GET && request.method() == Method::HEAD) {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed(allow))
+    }
+}
+
+fn authorize_read<B>(
+    state: &State,
+    request: &Request<B>,
+    exam: &str,
+    candidate: &str,
+) -> Result<(), ApiError> {
+    match state.auth.authenticate(super::bearer(request))? {
+        Caller::Admin | Caller::Appliance => Ok(()),
+        Caller::Candidate {
+            exam: e,
+            candidate: c,
+        } if e == exam && c == candidate => Ok(()),
+        Caller::Candidate { .. } => Err(ApiError::Forbidden(
+            "the token is for another exam or candidate",
+        )),
+    }
+}
+
+fn authorize_write<B>(
+    state: &State,
+    request: &Request<B>,
+    exam: &str,
+    candidate: &str,
+) -> Result<Caller, ApiError> {
+    match state.auth.authenticate(super::bearer(request))? {
+        Caller::Appliance => Ok(Caller::Appliance),
+        Caller::Candidate {
+            exam: e,
+            candidate: c,
+        } if e == exam && c == candidate => Ok(Caller::Candidate {
+            exam: e,
+            candidate: c,
+        }),
+        Caller::Candidate { .. } => Err(ApiError::Forbidden(
+            "the token is for another exam or candidate",
+        )),
+        Caller::Admin => Err(ApiError::Forbidden("admin tokens cannot save autosaves")),
+    }
+}
+
+/// The receipt a box sends with an autosave it replays: it must describe this very autosave
+/// ([`Receipt::from_forwarded`]); its bytes are checked once the body is read.
+fn upstream_receipt<B>(
+    request: &Request<B>,
+    name: &AutosaveName,
+    is_final: bool,
+) -> Result<Option<Receipt>, ApiError> {
+    let Some(value) = request.headers().get(RECEIPT_HEADER) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("the Hallrelay-Receipt header is not text".into()))?;
+    Receipt::from_forwarded(value, name, is_final)
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// Reads `final=true|false` from the query; anything else there is refused.
+fn parse_final(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut is_final = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair {
+            "final=true" | "final=1" => is_final = true,
+            "final=false" | "final=0" => is_final = false,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {pair:?}; only final=true is understood"
+                )));
+            }
+        }
+    }
+    Ok(is_final)
+}
+
+async fn put(
+    state: &State,
+    request: Request<RequestBody>,
+    name: AutosaveName,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let is_final = parse_final(request.uri().query())?;
+    let caller = authorize_write(state, &request, &name.exam, &name.candidate)?;
+    // Only a forwarding box's evidence is kept; a candidate cannot supply its own.
+    let upstream = match caller {
+        Caller::Appliance => upstream_receipt(&request, &name, is_final)?,
+        _ => None,
+    };
+    let limit = state.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let expected = content_digest(&request)?;
+    // The listener gives every request its client's share of the body budget.
+    let budget = request
+        .extensions()
+        .get::<ClientBudget>()
+        .cloned()
+        .ok_or(ApiError::Internal)?;
+    let reservation = body::reserve(&budget, declared)?;
+    let limits = body::BodyLimits {
+        max_bytes: limit,
+        timeout: state.limits.body_read_timeout,
+    };
+    let Upload {
+        payload: body,
+        blake3,
+    } = body::read(
+        request.into_body(),
+        declared,
+        reservation,
+        expected,
+        &limits,
+    )
+    .await?;
+    // An empty body is almost always a missing file, never a real client's saved state:
+    // storing it would spend the seq and turn the real save into a 409.
+    if body.is_empty() {
+        return Err(ApiError::EmptyBody);
+    }
+    if let Some(receipt) = &upstream {
+        receipt
+            .check_bytes(&blake3, body.len() as u64)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    let request = PutRequest {
+        name: name.clone(),
+        payload: body,
+        blake3,
+        is_final,
+        upstream_receipt: upstream,
+    };
+    match state.store.put(request).await? {
+        PutOutcome::Stored(receipt) => {
+            tracing::debug!(exam = %name.exam, candidate = %name.candidate, seq = name.seq, "stored");
+            let mut response = json_response(StatusCode::CREATED, &receipt);
+            if let Ok(location) = HeaderValue::from_str(&format!(
+                "/v1/exams/{}/candidates/{}/autosaves/{}",
+                name.exam, name.candidate, name.seq
+            )) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            Ok(response)
+        }
+        PutOutcome::Duplicate(receipt) => Ok(json_response(StatusCode::OK, &receipt)),
+        PutOutcome::Conflict { existing_blake3 } => {
+            tracing::info!(exam = %name.exam, candidate = %name.candidate, seq = name.seq, "refused different bytes under a stored name");
+            Err(ApiError::Conflict {
+                existing: existing_blake3,
+            })
+        }
+    }
+}
+
+/// The request's `Content-Digest` claims, parsed (all of its lines, as one list) before the
+/// body is read: a malformed header or an algorithm named twice is refused at once.
+fn content_digest<B>(request: &Request<B>) -> Result<Option<Expected>, ApiError> {
+    let mut lines = Vec::new();
+    for value in request.headers().get_all("content-digest") {
+        lines.push(
+            value.to_str().map_err(|_| {
+                ApiError::BadRequest("the Content-Digest header is not text".into())
+            })?,
+        );
+    }
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    match Expected::parse(&lines.join(",")) {
+        Ok(expected) => Ok(Some(expected)),
+        Err(e @ DigestError::Repeated(_)) => Err(ApiError::BadRequest(e.to_string())),
+        Err(e) => Err(ApiError::DigestMismatch(e.to_string())),
+    }
+}
+
+fn payload_response(found: Option<(Record, Bytes)>) -> Result<Response<Full<Bytes>>, ApiError> {
+    let (record, payload) = found.ok_or(ApiError::NotFound)?;
+    let blake3 = record.blake3().ok_or(ApiError::Internal)?;
+    let receipt = &record.receipt;
+    let mut response = Response::new(Full::new(payload));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    let text = |s: String| HeaderValue::from_str(&s).map_err(|_| ApiError::Internal);
+    h.insert(
+        "content-digest",
+        text(hallrelay_protocol::digest::header_value(&blake3))?,
+    );
+    h.insert("hallrelay-seq", HeaderValue::from(receipt.seq));
+    h.insert("hallrelay-blake3", text(receipt.blake3.clone())?);
+    h.insert(
+        "hallrelay-final",
+        HeaderValue::from_static(if receipt.is_final { "true" } else { "false" }),
+    );
+    h.insert("hallrelay-received-at", text(receipt.received_at.clone())?);
+    // On the cloud: the forwarding box's receipt, the evidence of hall time.
+    if let Some(upstream) = &record.upstream_receipt {
+        h.insert(RECEIPT_HEADER, text(upstream.to_header())?);
+    }
+    Ok(response)
+}
+
+async fn list(
+    state: &State,
+    exam: String,
+    candidate: String,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let rows: Vec<ListEntry> = state
+        .store
+        .list(exam, candidate)
+        .await?
+        .into_iter()
+        .map(|(seq, record)| ListEntry {
+            seq,
+            blake3: record.receipt.blake3,
+            size: record.receipt.size,
+            received_at: record.receipt.received_at,
+            is_final: record.receipt.is_final,
+            delivered: record.delivered_at.is_some(),
+            arrival: record.arrival,
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &rows))
+}
+
+/// `GET /metrics`: the scrape token or an admin token.
+async fn scrape<B>(
+    state: &State,
+    metrics: &super::metrics::Metrics,
+    request: &Request<B>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let token = super::bearer(request);
+    if !token.is_some_and(|t| metrics.is_scrape_token(t)) {
+        match state.auth.authenticate(token)? {
+            Caller::Admin => {}
+            _ => {
+                return Err(ApiError::Forbidden(
+                    "metrics need the scrape token or an admin token",
+                ));
+            }
+        }
+    }
+    let store = state.store.status().await?;
+    let text = metrics
+        .render(
+            (&store).into(),
+            state.uplink.state(),
+            state.store.free_bytes(),
+        )
+        .map_err(|_| ApiError::Internal)?;
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'static str,
+    appliance: &'a str,
+    name: &'a str,
+    version: &'static str,
+    pin: &'a str,
+}
+
+fn health(state: &State) -> Response<Full<Bytes>> {
+    json_response(
+        StatusCode::OK,
+        &Health {
+            status: "ok",
+            appliance: state.store.appliance(),
+            name: &state.name,
+            version: crate::VERSION,
+            pin: &state.pin,
+        },
+    )
+}
+
+async fn status(
+    state: &State,
+    uploads: Option<BudgetSnapshot>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let store = state.store.status().await?;
+    let free = state.store.free_bytes();
+    let body = serde_json::json!({
+        "appliance": state.store.appliance(),
+        "name": state.name,
+        "version": crate::VERSION,
+        "uplink": state.uplink.snapshot(),
+        "last_delivery_at": store.last_delivery_at,
+        "stored": { "count": store.stored, "bytes": store.stored_bytes },
+        "pending": {
+            "count": store.pending,
+            "bytes": store.pending_bytes,
+            "oldest_age_secs": store.oldest_pending_age_secs,
+        },
+        "delivered": store.delivered,
+        "conflicts": store.conflicts,
+        "parked": { "count": store.parked, "bytes": store.parked_bytes },
+        "candidates": store.candidates,
+        "storage": store.storage,
+        "disk": { "free_bytes": free, "reserve_bytes": state.min_free_bytes },
+        // The body budget: upload bytes held in memory now, and requests it refused.
+        "uploads": uploads,
+        "commits": {
+            "count": store.commits,
+            "requests": store.committed_requests,
+            "apply_micros": store.apply_micros,
+            "commit_micros": store.commit_micros,
+        },
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let autosaves = "/v1/exams/math-2026/candidates/c042/autosaves";
+        let (exam, candidate) = ("math-2026".to_owned(), "c042".to_owned());
+        assert_eq!(parse_path("/v1/health").ok(), Some(Target::Health));
+        assert_eq!(parse_path("/v1/status").ok(), Some(Target::Status));
+        assert_eq!(
+            parse_path(autosaves).ok(),
+            Some(Target::List {
+                exam: exam.clone(),
+                candidate: candidate.clone()
+            })
+        );
+        assert_eq!(
+            parse_path(&format!("{autosaves}/latest")).ok(),
+            Some(Target::Latest {
+                exam: exam.clone(),
+                candidate: candidate.clone()
+            })
+        );
+        assert_eq!(
+            parse_path(&format!("{autosaves}/42")).ok(),
+            Some(Target::Autosave(AutosaveName {
+                exam,
+                candidate,
+                seq: 42
+            }))
+        );
+        for bad_id in [
+            "/v1/exams/a%2Fb/candidates/c/autosaves",
+            "/v1/exams/e/candidates//autosaves/1",
+            "/v1/exams/e/candidates/c/autosaves/007",
+            "/v1/exams/e/candidates/c/autosaves/",
+            // The ids are checked before what follows them.
+            "/v1/exams/e/candidates/c c/autosaves/1/extra",
+        ] {
+            assert!(
+                matches!(parse_path(bad_id), Err(ApiError::BadId(_))),
+                "{bad_id}"
+            );
+        }
+        for unknown in [
+            "",
+            "/",
+            "/v1",
+            "/v1/",
+            "/v2/health",
+            "/v1/health/",
+            "/v1/exams/e/candidates/c",
+            "/v1/exams/e/candidates/c/autosaves/1/extra",
+        ] {
+            assert!(
+                matches!(parse_path(unknown), Err(ApiError::NotFound)),
+                "{unknown}"
+            );
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `hallrelay cloud`: the reference cloud ingest, the contract platform vendors can read.
+//!
+//! It speaks the box's own API (the same routes and handlers) over its own redb store, with no
+//! outbox: it is the end of the line. It accepts candidate tokens under the venue key, so a
+//! client can save to it directly, and the boxes' bearer credentials listed in
+//! `--appliance-token-file`; for an autosave that comes through a box it keeps the box's
+//! receipt beside the payload, as evidence of hall time. Identical re-sends answer 200,
+//! different bytes 409, and a 2xx only after a durable commit, as on the box.
+//!
+//! It speaks plain HTTP only on a loopback address; anywhere else it serves TLS with its own
+//! identity. For tests, `--fault-rate` answers that share of requests with 500 and
+//! `--reset-rate` drops that share of connections without an answer.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::error::json_response;
+use crate::api::{self, AppState, Auth, Limits};
+use crate::replay::Uplink;
+use crate::serve::{Parts, Ready, ServeError};
+use hallrelay_protocol::keys::{KeyFileError, Secret};
+use hallrelay_store::StoreOptions;
+
+/// How the reference cloud runs.
+#[derive(Clone, Debug)]
+pub struct CloudConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub venue_key_file: PathBuf,
+    pub appliance_token_file: Option<PathBuf>,
+    /// Serve TLS even on loopback.
+    pub tls: bool,
+    /// Share of requests answered 500 (fault injection for tests), 0..=1.
+    pub fault_rate: f64,
+    /// Share of requests whose connection is dropped without an answer, 0..=1.
+    pub reset_rate: f64,
+    pub limits: Limits,
+}
+
+/// Reads the appliance credentials: one a line; blank lines and `#` comments are skipped.
+pub fn load_appliance_tokens(path: &Path) -> Result<Vec<Secret>, KeyFileError> {
+    let bytes = hallrelay_protocol::keys::read_secret(path)?;
+    let text = String::from_utf8_lossy(&bytes);
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(Secret::new)
+        .collect())
+}
+
+/// An injected fault: the connection is closed without an answer.
+#[derive(Debug, thiserror::Error)]
+#[error("injected connection reset")]
+pub struct InjectedReset;
+
+/// Runs the reference cloud until `shutdown`.
+pub async fn run(
+    config: CloudConfig,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), ServeError> {
+    let options = StoreOptions {
+        outbox: false,
+        ..StoreOptions::default()
+    };
+    crate::rlimit::raise_open_files(config.limits.max_connections as u64 + 256);
+    let parts = Parts::assemble(
+        &config.data_dir,
+        &config.venue_key_file,
+        Some("hallrelay-cloud".into()),
+        config.listen,
+        options.clone(),
+    )?;
+    let credentials = match &config.appliance_token_file {
+        Some(path) => load_appliance_tokens(path)?,
+        None => Vec::new(),
+    };
+    let tls = if config.tls || !config.listen.ip().is_loopback() {
+        Some(Arc::new(crate::tls::server_config(&parts.identity)?))
+    } else {
+        None
+    };
+    let (listener, ready) = parts.bind(config.listen).await?;
+    tracing::info!(
+        scheme = if tls.is_some() { "https" } else { "http" },
+        appliances = credentials.len(),
+        "reference cloud ready"
+    );
+    on_ready(&ready);
+    let store = parts.store.clone();
+    let state = Arc::new(AppState {
+        store: parts.store,
+        auth: Auth::new(parts.venue_key, credentials),
+        limits: config.limits.clone(),
+        cors: api::cors::Cors::new(vec!["*".into()]),
+        pin: ready.pin.clone(),
+        name: ready.name.clone(),
+        min_free_bytes: options.min_free_bytes,
+        uplink: Arc::new(Uplink::new(None)),
+        console: None,
+        metrics: None,
+        identity: None,
+    });
+    let (fault_rate, reset_rate) = (config.fault_rate, config.reset_rate);
+    let handler = move |request: Request<Incoming>| {
+        let state = state.clone();
+        async move {
+            let roll: f64 = rand::random();
+            if roll < reset_rate {
+                return Err(InjectedReset);
+            }
+            if roll < reset_rate + fault_rate {
+                let body = serde_json::json!({"error": "injected", "message": "injected fault"});
+                return Ok(json_response(StatusCode::INTERNAL_SERVER_ERROR, &body));
+            }
+            let response: Response<Full<Bytes>> = match api::routes::handle(state, request).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            Ok(response)
+        }
+    };
+    api::server::serve(listener, tls, handler, config.limits.clone(), shutdown).await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

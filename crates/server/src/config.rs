@@ -1,0 +1,770 @@
+//! The appliance's configuration: the TOML file, the flags that override it, the embedded
+//! defaults, and the validation that turns them into one [`ServeConfig`].
+//!
+//! Unknown keys are refused (`deny_unknown_fields`) so a typo is an error, not a silently
+//! ignored setting. Every error names the file and the key; `main` turns them into exit code
+//! 64 (EX_USAGE), which the systemd unit does not restart on.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::api::Limits;
+use crate::logging::LogFormat;
+use crate::replay::ReplayConfig;
+use hallrelay_client::check_cloud_url;
+use hallrelay_protocol::ids::is_valid_id;
+use hallrelay_protocol::keys::Secret;
+use hallrelay_store::StoreOptions;
+
+/// Where the data dir is when nothing says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "hallrelay-data";
+/// The listen address when nothing says otherwise.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+/// The venue key's file name inside the data dir.
+pub const VENUE_KEY_FILE: &str = "venue.key";
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad configuration in {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("bad configuration: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+/// The box's name becomes a DNS label (and, on the SD image, the hostname): letters, digits
+/// and inner hyphens.
+fn check_name(name: &str) -> Result<(), ConfigError> {
+    let label_ok = (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !label_ok || !is_valid_id(name) {
+        return Err(ConfigError::Invalid {
+            key: "name",
+            problem: format!("{name:?} must be 1-63 letters, digits or inner hyphens"),
+        });
+    }
+    Ok(())
+}
+
+/// A setting the SD image's boot scripts read with `hallrelay setting`, so that they parse
+/// the venue's file exactly as the box does (byte-order mark, CRLF, validation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// The box's name (the hostname); nothing when unset.
+    Name,
+    /// The SSH public keys, one a line; nothing when unset (SSH stays off).
+    SshAuthorizedKeys,
+}
+
+impl Setting {
+    /// Every setting, by the name `hallrelay setting` takes.
+    pub const NAMES: [&str; 2] = ["name", "ssh-authorized-keys"];
+}
+
+impl std::str::FromStr for Setting {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "name" => Ok(Self::Name),
+            "ssh-authorized-keys" => Ok(Self::SshAuthorizedKeys),
+            other => Err(format!(
+                "{other:?} is not a setting; choose from {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// The values of `setting` in the file at `path`, checked.
+pub fn setting(path: &Path, setting: Setting) -> Result<Vec<String>, ConfigError> {
+    let file = FileConfig::load(path)?;
+    match setting {
+        Setting::Name => {
+            let name: Vec<String> = file.name.into_iter().collect();
+            name.iter().try_for_each(|n| check_name(n))?;
+            Ok(name)
+        }
+        Setting::SshAuthorizedKeys => {
+            let keys = file.ssh_authorized_keys.unwrap_or_default();
+            for key in &keys {
+                let kind = key.split_whitespace().next().unwrap_or("");
+                let known = kind.starts_with("ssh-")
+                    || kind.starts_with("ecdsa-")
+                    || kind.starts_with("sk-");
+                if !known || key.contains(['\n', '\r']) || key.split_whitespace().count() < 2 {
+                    return Err(ConfigError::Invalid {
+                        key: "ssh_authorized_keys",
+                        problem: format!(
+                            "{key:?} is not one SSH public key line (\"ssh-ed25519 AAAA… comment\")"
+                        ),
+                    });
+                }
+            }
+            Ok(keys)
+        }
+    }
+}
+
+/// The TOML file as written by a venue. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The box's name: mDNS instance name and `NAME.local`.
+    pub name: Option<String>,
+    /// Where the store, identity and venue key live.
+    pub data_dir: Option<PathBuf>,
+    /// HTTPS listen address.
+    pub listen: Option<SocketAddr>,
+    /// The venue key file (default `<data_dir>/venue.key`).
+    pub venue_key_file: Option<PathBuf>,
+    /// Advertise over mDNS (default true).
+    pub mdns: Option<bool>,
+    /// Interfaces to advertise on (default: all).
+    pub mdns_interfaces: Option<Vec<String>>,
+    /// The cloud platform's base URL; without it the box only queues.
+    pub cloud: Option<String>,
+    /// The file holding the box's bearer credential at the cloud (required with `cloud`).
+    pub cloud_token_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for the cloud, besides the system's.
+    pub cloud_ca_file: Option<PathBuf>,
+    /// Trust the cloud by this public-key pin (`sha256//…`) instead of CAs: for a
+    /// self-hosted reference cloud.
+    pub cloud_pin: Option<String>,
+    /// Replay PUTs in flight at once (default 4).
+    pub replay_concurrency: Option<usize>,
+    /// Replay bandwidth cap in bytes per second (default: none).
+    pub replay_rate_limit: Option<u64>,
+    /// How long delivered autosaves are kept (default "14days").
+    #[serde(default, with = "opt_duration")]
+    pub retention: Option<Duration>,
+    /// Browser origins allowed to call the API (CORS); `"*"` allows any.
+    pub cors_origins: Option<Vec<String>>,
+    /// The largest autosave accepted, in bytes (default 16 MiB).
+    pub max_body_bytes: Option<u64>,
+    /// Free disk space kept in reserve; writes that would use it answer 507 (default 64 MiB).
+    pub min_free_bytes: Option<u64>,
+    /// How long a client may take to send request headers (default "10s").
+    #[serde(default, with = "opt_duration")]
+    pub header_read_timeout: Option<Duration>,
+    /// How long a client may take to complete the TLS handshake (default "10s").
+    #[serde(default, with = "opt_duration")]
+    pub tls_handshake_timeout: Option<Duration>,
+    /// How long an idle connection is kept (default "60s").
+    #[serde(default, with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// How long shutdown waits for in-flight requests (default "10s").
+    #[serde(default, with = "opt_duration")]
+    pub shutdown_grace: Option<Duration>,
+    /// How long a client may take to send a request body (default "60s").
+    #[serde(default, with = "opt_duration")]
+    pub body_read_timeout: Option<Duration>,
+    /// The most connections open at once; more are closed at accept (default 4096).
+    pub max_connections: Option<usize>,
+    /// The most connections one client address may hold open (default 64).
+    pub max_connections_per_client: Option<usize>,
+    /// The largest request head (request line and headers), in bytes (default 8192, at
+    /// least 8192).
+    pub max_header_bytes: Option<usize>,
+    /// Requests per second one client address may make on average; 0 turns the limit off
+    /// (default 20).
+    pub client_rate_limit: Option<u32>,
+    /// Requests one client address may make in a burst above its rate (default 40).
+    pub client_rate_burst: Option<u32>,
+    /// Request-body bytes held in memory at once, from reading until written; past it,
+    /// uploads get 503 with Retry-After (default: an eighth of the machine's memory, between
+    /// 64 MiB and 1 GiB).
+    pub body_budget_bytes: Option<u64>,
+    /// The share of `body_budget_bytes` one client address may hold; 0: no per-client share
+    /// (default: an eighth of the budget, at least `max_body_bytes`).
+    pub client_body_budget_bytes: Option<u64>,
+    /// The console calls a candidate silent who saved here and has not saved for this long
+    /// (default "2m").
+    #[serde(default, with = "opt_duration")]
+    pub console_silent_after: Option<Duration>,
+    /// A file (mode 0600) holding a token that may read `/metrics` and nothing else, for a
+    /// Prometheus server (default: none; the admin token always may).
+    pub metrics_token_file: Option<PathBuf>,
+    /// The shape of the log lines: "text" (the default) or "json", one object a line with
+    /// the fields at the top level, for the systemd journal and a log shipper.
+    pub log_format: Option<LogFormat>,
+    /// Read by the SD image's first boot, not by `serve`: SSH public keys allowed to log in
+    /// as `admin`. SSH stays off when this is absent or empty; there is never a password.
+    pub ssh_authorized_keys: Option<Vec<String>>,
+}
+
+/// The validated configuration `serve` runs with.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// `None` until the store is open: the default name derives from the appliance id.
+    pub name: Option<String>,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub venue_key_file: PathBuf,
+    pub mdns: bool,
+    pub mdns_interfaces: Vec<String>,
+    pub cors_origins: Vec<String>,
+    pub limits: Limits,
+    pub store: StoreOptions,
+    /// How to replay to the cloud; `None` when no cloud is configured.
+    pub replay: Option<ReplayConfig>,
+    /// When the console calls a candidate silent.
+    pub console_silent_after: Duration,
+    /// The token that may scrape `/metrics` besides admin tokens.
+    pub metrics_token: Option<Secret>,
+    /// The shape of the log lines: text (the default) or JSON for a log shipper.
+    pub log_format: LogFormat,
+}
+
+impl FileConfig {
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses a configuration's text. A file saved by Windows Notepad (a UTF-8 byte-order mark,
+    /// CRLF line ends) on the SD card's boot partition reads the same as one written on Linux.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let text = text.replace("\r\n", "\n");
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// What the command line (`hallrelay serve`'s flags) sets over the file: every field unset
+/// leaves the file's value, or the default.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// The TOML file to read first.
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub name: Option<String>,
+    pub venue_key_file: Option<PathBuf>,
+    pub cloud: Option<String>,
+    pub cloud_token_file: Option<PathBuf>,
+    pub no_mdns: bool,
+    pub mdns_interfaces: Vec<String>,
+    pub client_rate_limit: Option<u32>,
+    pub max_connections_per_client: Option<usize>,
+    pub client_body_budget: Option<u64>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl ServeConfig {
+    /// Merges the file (if any) under the command line's overrides and fills the embedded
+    /// defaults.
+    pub fn from_overrides(args: &Overrides) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(file, args)
+    }
+
+    fn merge(file: FileConfig, args: &Overrides) -> Result<Self, ConfigError> {
+        let defaults = Limits::default();
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let venue_key_file = args
+            .venue_key_file
+            .clone()
+            .or(file.venue_key_file)
+            .unwrap_or_else(|| data_dir.join(VENUE_KEY_FILE));
+        let listen = match args.listen.or(file.listen) {
+            Some(addr) => addr,
+            None => DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid {
+                key: "listen",
+                problem: "has a bad built-in default".into(),
+            })?,
+        };
+        let name = args.name.clone().or(file.name);
+        if let Some(name) = &name {
+            check_name(name)?;
+        }
+        let mut mdns_interfaces = file.mdns_interfaces.unwrap_or_default();
+        if !args.mdns_interfaces.is_empty() {
+            mdns_interfaces = args.mdns_interfaces.clone();
+        }
+        let max_body_bytes = file.max_body_bytes.unwrap_or(defaults.max_body_bytes);
+        if max_body_bytes == 0 || max_body_bytes > 1024 * 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "max_body_bytes",
+                problem: format!("is {max_body_bytes}; it must be between 1 and 1 GiB"),
+            });
+        }
+        let (body_budget_bytes, client_body_budget_bytes) = body_budget(
+            file.body_budget_bytes,
+            args.client_body_budget.or(file.client_body_budget_bytes),
+            max_body_bytes,
+        )?;
+        let cors_origins = file.cors_origins.unwrap_or_default();
+        if let Some(bad) = cors_origins
+            .iter()
+            .find(|o| *o != "*" && !(o.starts_with("https://") || o.starts_with("http://")))
+        {
+            return Err(ConfigError::Invalid {
+                key: "cors_origins",
+                problem: format!(
+                    "has {bad:?}; origins look like https://exam.example.org or \"*\""
+                ),
+            });
+        }
+        let positive = |key: &'static str, value: Option<Duration>, default: Duration| match value {
+            Some(d) if d.is_zero() => Err(ConfigError::Invalid {
+                key,
+                problem: "must be longer than zero".into(),
+            }),
+            Some(d) => Ok(d),
+            None => Ok(default),
+        };
+        let limits = Limits {
+            max_body_bytes,
+            header_read_timeout: positive(
+                "header_read_timeout",
+                file.header_read_timeout,
+                defaults.header_read_timeout,
+            )?,
+            idle_timeout: positive("idle_timeout", file.idle_timeout, defaults.idle_timeout)?,
+            handshake_timeout: positive(
+                "tls_handshake_timeout",
+                file.tls_handshake_timeout,
+                defaults.handshake_timeout,
+            )?,
+            shutdown_grace: positive(
+                "shutdown_grace",
+                file.shutdown_grace,
+                defaults.shutdown_grace,
+            )?,
+            body_read_timeout: positive(
+                "body_read_timeout",
+                file.body_read_timeout,
+                defaults.body_read_timeout,
+            )?,
+            max_connections: match file.max_connections {
+                Some(n) if !(16..=1_000_000).contains(&n) => {
+                    return Err(ConfigError::Invalid {
+                        key: "max_connections",
+                        problem: format!("is {n}; it must be between 16 and 1000000"),
+                    });
+                }
+                Some(n) => n,
+                None => defaults.max_connections,
+            },
+            max_connections_per_client: match args
+                .max_connections_per_client
+                .or(file.max_connections_per_client)
+            {
+                Some(0) => {
+                    return Err(ConfigError::Invalid {
+                        key: "max_connections_per_client",
+                        problem: "must be at least 1".into(),
+                    });
+                }
+                Some(n) => n,
+                None => defaults.max_connections_per_client,
+            },
+            max_header_bytes: match file.max_header_bytes {
+                Some(n) if !(8192..=1024 * 1024).contains(&n) => {
+                    return Err(ConfigError::Invalid {
+                        key: "max_header_bytes",
+                        problem: format!("is {n}; it must be between 8192 and 1048576"),
+                    });
+                }
+                Some(n) => n,
+                None => defaults.max_header_bytes,
+            },
+            client_rate: match (
+                args.client_rate_limit.or(file.client_rate_limit),
+                file.client_rate_burst,
+            ) {
+                (Some(0), _) => None,
+                (rate, burst) => {
+                    let (default_rate, default_burst) = crate::api::DEFAULT_CLIENT_RATE;
+                    let rate = rate.unwrap_or(default_rate);
+                    let burst = burst.unwrap_or(default_burst.max(rate));
+                    if burst < 1 {
+                        return Err(ConfigError::Invalid {
+                            key: "client_rate_burst",
+                            problem: "must be at least 1".into(),
+                        });
+                    }
+                    Some((rate, burst))
+                }
+            },
+            body_budget_bytes,
+            client_body_budget_bytes,
+        };
+        let replay = replay_config(
+            args.cloud.clone().or(file.cloud),
+            args.cloud_token_file.clone().or(file.cloud_token_file),
+            file.cloud_ca_file,
+            file.cloud_pin,
+            file.replay_concurrency,
+            file.replay_rate_limit,
+            file.retention,
+        )?;
+        let mut store = StoreOptions::default();
+        if let Some(bytes) = file.min_free_bytes {
+            store.min_free_bytes = bytes;
+        }
+        let console_silent_after = positive(
+            "console_silent_after",
+            file.console_silent_after,
+            crate::api::console::DEFAULT_SILENT_AFTER,
+        )?;
+        store.activity_run_gap = console_silent_after;
+        Ok(Self {
+            name,
+            data_dir,
+            listen,
+            venue_key_file,
+            mdns: !args.no_mdns && file.mdns.unwrap_or(true),
+            mdns_interfaces,
+            cors_origins,
+            limits,
+            store,
+            replay,
+            metrics_token: match file.metrics_token_file {
+                Some(path) => Some(Secret::from_file(&path).map_err(|e| ConfigError::Invalid {
+                    key: "metrics_token_file",
+                    problem: e.to_string(),
+                })?),
+                None => None,
+            },
+            console_silent_after,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+/// The body budget and its per-client share, checked against the largest body: a budget or
+/// share smaller than that would refuse a legal autosave forever.
+fn body_budget(
+    budget: Option<u64>,
+    client_share: Option<u64>,
+    max_body_bytes: u64,
+) -> Result<(u64, Option<u64>), ConfigError> {
+    use crate::api::budget::{default_budget_here, default_client_share};
+    let budget = budget.unwrap_or_else(|| default_budget_here().max(max_body_bytes));
+    if budget < max_body_bytes {
+        return Err(ConfigError::Invalid {
+            key: "body_budget_bytes",
+            problem: format!(
+                "is {budget}, less than max_body_bytes ({max_body_bytes}): the largest autosave \
+                 could never be taken; raise it or lower max_body_bytes"
+            ),
+        });
+    }
+    let share = match client_share {
+        Some(0) => None,
+        Some(share) if share < max_body_bytes || share > budget => {
+            return Err(ConfigError::Invalid {
+                key: "client_body_budget_bytes",
+                problem: format!(
+                    "is {share}; it must be between max_body_bytes ({max_body_bytes}) and \
+                     body_budget_bytes ({budget}), or 0 for no per-client share"
+                ),
+            });
+        }
+        Some(share) => Some(share),
+        None => Some(default_client_share(budget, max_body_bytes)),
+    };
+    Ok((budget, share))
+}
+
+/// Validates the replay settings; the credential is read from its file here, so a missing
+/// or empty file is a configuration error at start, not a failure in the middle of an exam.
+fn replay_config(
+    cloud: Option<String>,
+    token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    pin: Option<String>,
+    concurrency: Option<usize>,
+    rate_limit: Option<u64>,
+    retention: Option<Duration>,
+) -> Result<Option<ReplayConfig>, ConfigError> {
+    let Some(cloud) = cloud else {
+        if token_file.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "cloud_token_file",
+                problem: "is set but `cloud` is not".into(),
+            });
+        }
+        return Ok(None);
+    };
+    check_cloud_url(&cloud).map_err(|e| ConfigError::Invalid {
+        key: "cloud",
+        problem: e.to_string(),
+    })?;
+    let token_file = token_file.ok_or(ConfigError::Invalid {
+        key: "cloud_token_file",
+        problem: "is required when `cloud` is set".into(),
+    })?;
+    let credential = Secret::from_file(&token_file).map_err(|e| ConfigError::Invalid {
+        key: "cloud_token_file",
+        problem: e.to_string(),
+    })?;
+    let concurrency = concurrency.unwrap_or(4);
+    if !(1..=64).contains(&concurrency) {
+        return Err(ConfigError::Invalid {
+            key: "replay_concurrency",
+            problem: format!("is {concurrency}; it must be between 1 and 64"),
+        });
+    }
+    if rate_limit == Some(0) {
+        return Err(ConfigError::Invalid {
+            key: "replay_rate_limit",
+            problem: "must be more than 0 bytes per second (leave it out for no cap)".into(),
+        });
+    }
+    if let Some(pin) = &pin {
+        hallrelay_protocol::pin::check_pin(pin).map_err(|e| ConfigError::Invalid {
+            key: "cloud_pin",
+            problem: e.to_string(),
+        })?;
+    }
+    Ok(Some(ReplayConfig {
+        cloud,
+        credential,
+        ca_file,
+        pin,
+        concurrency,
+        rate_limit,
+        retention: retention.unwrap_or(Duration::from_secs(14 * 24 * 3600)),
+        request_timeout: Duration::from_secs(30),
+        probe_timeout: Duration::from_secs(3),
+        backoff_max: Duration::from_secs(30),
+    }))
+}
+
+/// Durations in the file are written as humans write them: "10s", "2min", "1h 30m".
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}); write e.g. \"10s\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_overrides() -> Overrides {
+        Overrides::default()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = ServeConfig::merge(FileConfig::default(), &no_overrides()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("hallrelay-data"));
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.venue_key_file, PathBuf::from("hallrelay-data/venue.key"));
+        assert!(c.mdns);
+        assert_eq!(c.limits.max_body_bytes, 16 * 1024 * 1024);
+        let budget = crate::api::budget::default_budget_here();
+        assert_eq!(c.limits.body_budget_bytes, budget);
+        assert_eq!(
+            c.limits.client_body_budget_bytes,
+            Some(crate::api::budget::default_client_share(budget, 16 << 20))
+        );
+    }
+
+    /// Issue 16: the body budget and its per-client share are configurable, `0` lifts the
+    /// share, and values that would refuse a legal body forever are refused with the key.
+    #[test]
+    fn body_budget() {
+        let parse = |text: &str, client_body_budget: Option<u64>| {
+            let file = FileConfig::parse(Path::new("t.toml"), text).unwrap();
+            let overrides = Overrides {
+                client_body_budget,
+                ..no_overrides()
+            };
+            ServeConfig::merge(file, &overrides)
+        };
+        let c = parse("body_budget_bytes = 134217728\n", None).unwrap();
+        assert_eq!(c.limits.body_budget_bytes, 128 << 20);
+        assert_eq!(c.limits.client_body_budget_bytes, Some(16 << 20));
+        let c = parse(
+            "body_budget_bytes = 134217728\nclient_body_budget_bytes = 33554432\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.limits.client_body_budget_bytes, Some(32 << 20));
+        let c = parse("client_body_budget_bytes = 33554432\n", Some(0)).unwrap();
+        assert_eq!(c.limits.client_body_budget_bytes, None);
+        for (text, key) in [
+            ("body_budget_bytes = 1000\n", "body_budget_bytes"),
+            (
+                "body_budget_bytes = 134217728\nclient_body_budget_bytes = 1000\n",
+                "client_body_budget_bytes",
+            ),
+            (
+                "body_budget_bytes = 134217728\nclient_body_budget_bytes = 268435456\n",
+                "client_body_budget_bytes",
+            ),
+        ] {
+            let err = parse(text, None).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = FileConfig::parse(
+            Path::new("t.toml"),
+            "listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/a\"\nidle_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        let c = ServeConfig::merge(
+            file,
+            &Overrides {
+                listen: Some("127.0.0.1:9100".parse().unwrap()),
+                no_mdns: true,
+                ..no_overrides()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.data_dir, PathBuf::from("/srv/a"));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(5));
+        assert!(!c.mdns);
+    }
+
+    /// What Windows Notepad writes (a byte-order mark, CRLF line ends, a CRLF inside a
+    /// multi-line array) parses like the same file written on Linux.
+    #[test]
+    fn bom_and_crlf() {
+        let unix = "name = \"hall-b\"\nlisten = \"0.0.0.0:8443\"\ncors_origins = [\n  \"*\",\n]\n";
+        let windows = format!("\u{feff}{}", unix.replace('\n', "\r\n"));
+        for text in [
+            unix,
+            windows.as_str(),
+            &unix.replace('\n', "\r\n"),
+            &format!("\u{feff}{unix}"),
+        ] {
+            let file = FileConfig::parse(Path::new("t.toml"), text)
+                .unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(file.name.as_deref(), Some("hall-b"), "{text:?}");
+            assert_eq!(file.listen.map(|l| l.port()), Some(8443));
+            assert_eq!(file.cors_origins, Some(vec!["*".to_owned()]));
+        }
+        // A byte-order mark anywhere else is still an error, not silently dropped.
+        assert!(
+            FileConfig::parse(
+                Path::new("t.toml"),
+                "name = \"a\"\n\u{feff}listen = \"0.0.0.0:1\"\n"
+            )
+            .is_err()
+        );
+    }
+
+    /// A CRLF file read from disk through `load`, as the box does at start.
+    #[test]
+    fn bom_and_crlf_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hallrelay.toml");
+        std::fs::write(&path, b"\xef\xbb\xbfname = \"hall-c\"\r\nmdns = false\r\n").unwrap();
+        let file = FileConfig::load(&path).unwrap();
+        assert_eq!(file.name.as_deref(), Some("hall-c"));
+        assert_eq!(file.mdns, Some(false));
+    }
+
+    /// The commented default the .deb installs parses as it is, and with every setting
+    /// uncommented too: it documents only keys that exist.
+    #[test]
+    fn packaged_default_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/hallrelay.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let file = FileConfig::parse(&path, &text).unwrap();
+        ServeConfig::merge(file, &no_overrides()).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file = FileConfig::parse(&path, &uncommented).unwrap();
+        assert_eq!(file.name.as_deref(), Some("hall-b"));
+        assert_eq!(file.client_rate_burst, Some(40));
+        assert!(file.cloud.is_some() && file.cloud_pin.is_some());
+    }
+
+    #[test]
+    fn settings_for_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hallrelay.toml");
+        std::fs::write(
+            &path,
+            "\u{feff}name = \"hall-b\"\r\nssh_authorized_keys = [\r\n  \"ssh-ed25519 AAAAC3Nz it@venue\",\r\n]\r\n",
+        )
+        .unwrap();
+        assert_eq!(setting(&path, Setting::Name).unwrap(), ["hall-b"]);
+        assert_eq!(
+            setting(&path, Setting::SshAuthorizedKeys).unwrap(),
+            ["ssh-ed25519 AAAAC3Nz it@venue"]
+        );
+        std::fs::write(&path, "ssh_authorized_keys = [\"hunter2\"]\n").unwrap();
+        assert!(setting(&path, Setting::Name).unwrap().is_empty());
+        assert!(setting(&path, Setting::SshAuthorizedKeys).is_err());
+        std::fs::write(&path, "name = \"bad name; reboot\"\n").unwrap();
+        assert!(setting(&path, Setting::Name).is_err());
+    }
+
+    /// Every example under docs/examples/ parses; the ones named bad-* are refused and the
+    /// message names the offending key.
+    #[test]
+    fn example_configs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if !name.ends_with(".toml") {
+                continue;
+            }
+            seen += 1;
+            let result =
+                FileConfig::load(&path).and_then(|f| ServeConfig::merge(f, &no_overrides()));
+            if let Some(rest) = name.strip_prefix("bad-") {
+                let key = rest.trim_end_matches(".toml");
+                let err = result.expect_err(&name).to_string();
+                assert!(err.contains(key), "{name}: {err}");
+            } else {
+                result.unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
+        assert!(seen >= 3, "expected example configs in {}", dir.display());
+    }
+}

@@ -1,0 +1,40 @@
+//! The hallrelay appliance: everything that runs on the box, plus the reference cloud it
+//! replays to.
+//!
+//! The data's path through it:
+//! - [`api`] serves the v1 autosave API over HTTPS (hyper on tokio-rustls). Handlers validate,
+//!   authenticate and hash a request, then hand it to the store (the `hallrelay-store` crate)
+//!   and answer only once the store says it is durable.
+//! - [`replay`] forwards what the box stored to the cloud once the uplink works, most
+//!   important first, through the client crate's connection; [`cloud`] is the reference cloud
+//!   ingest it talks to in tests and demos.
+//! - [`identity`] is the box's TLS key and self-signed certificate, created on first start;
+//!   its pin is what clients trust, and its key signs receipts. [`tls`] is its listener.
+//! - [`mdns`] advertises the box as `_hallrelay._tcp.local.`: it finds, it never vouches.
+//! - [`config`] turns the TOML file and the command line's overrides into one validated
+//!   [`config::ServeConfig`]; [`serve`] assembles the appliance from it and runs it until
+//!   shutdown, telling systemd through [`notify`] when it is ready and that the store's writer
+//!   is alive; [`logging`] is its log output.
+//! - [`bundle`] is the signed export bundle (`export`, `verify`, `import`); [`readiness`]
+//!   answers "can this box take this hall?" on paper (`hallrelay check`),.
+//! - [`units`] and [`rlimit`] are the small pieces the commands share with the box.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod bundle;
+pub mod capacity;
+pub mod cloud;
+pub mod config;
+pub mod identity;
+pub mod logging;
+pub mod mdns;
+pub mod notify;
+pub mod readiness;
+pub mod replay;
+pub mod rlimit;
+pub mod serve;
+pub mod tls;
+pub mod units;
+
+/// The version string reported by `/v1/health` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

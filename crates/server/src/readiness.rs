@@ -1,0 +1,141 @@
+//! Readiness: can this box take this hall? `hallrelay check` asks it before an exam.
+//!
+//! Space is [`capacity`](crate::capacity)'s arithmetic against the data dir's free space and
+//! the configured reserve. Besides space: the store must be one this build opens, and the
+//! identity (key and certificate, hence the pin clients were given) must be in place.
+
+use std::fmt;
+use std::path::Path;
+
+
+use crate::capacity::{MARGIN, Plan, Space};
+use crate::config::{ConfigError, DEFAULT_DATA_DIR, FileConfig};
+use crate::identity::Identity;
+use crate::units::human_bytes;
+use hallrelay_store::{Probe, STORE_FILE};
+
+/// The whole verdict of `hallrelay check`.
+#[derive(Debug)]
+pub struct Report {
+    pub plan: Plan,
+    /// `None` when the free space could not be read.
+    pub space: Option<Space>,
+    pub store: Result<Probe, String>,
+    /// The pin, or why the identity is not in place.
+    pub identity: Result<String, String>,
+}
+
+impl Report {
+    /// Whether the box is ready for the plan.
+    pub fn ready(&self) -> bool {
+        self.space.as_ref().is_some_and(|s| s.enough) && self.store.is_ok() && self.identity.is_ok()
+    }
+}
+
+/// Checks the data dir `data_dir` (read-only: nothing is created) against `plan`.
+pub fn check(data_dir: &Path, plan: Plan, reserve_bytes: u64) -> Report {
+    // Before the first start the data dir may not exist: its file system is the nearest
+    // existing folder's.
+    let measured = data_dir
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("."));
+    let space = hallrelay_store::free_bytes(measured).map(|free| plan.space(free, reserve_bytes));
+    let store = hallrelay_store::probe(&data_dir.join(STORE_FILE)).map_err(|e| e.to_string());
+    let key = data_dir.join("identity.key");
+    let cert = data_dir.join("identity.crt");
+    let identity = if key.exists() && cert.exists() {
+        // Both files exist, so this loads and checks them and creates nothing.
+        Identity::load_or_create(data_dir, &[], &[])
+            .map(|id| id.pin().to_owned())
+            .map_err(|e| e.to_string())
+    } else {
+        Err(format!(
+            "no identity in {} yet: start the box once to create it, then give clients its pin",
+            data_dir.display()
+        ))
+    };
+    Report {
+        plan,
+        space,
+        store,
+        identity,
+    }
+}
+
+/// `hallrelay check`: the hall `plan` against the box's data dir (`data_dir`, else the
+/// configuration file's, else the default) and the file's `min_free_bytes`, checked.
+pub fn check_plan(
+    plan: Plan,
+    config: Option<&Path>,
+    data_dir: Option<&Path>,
+) -> Result<Report, ConfigError> {
+    let file = match config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let positive = |key: &'static str, ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                key,
+                problem: "must be more than zero".into(),
+            })
+        }
+    };
+    positive("candidates", plan.candidates > 0)?;
+    positive("hours", plan.hours > 0.0 && plan.hours.is_finite())?;
+    positive("interval", !plan.interval.is_zero())?;
+    let data_dir = data_dir
+        .map(Path::to_owned)
+        .or(file.data_dir)
+        .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+    let reserve = file
+        .min_free_bytes
+        .unwrap_or(hallrelay_store::StoreOptions::default().min_free_bytes);
+    Ok(check(&data_dir, plan, reserve))
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.plan;
+        let mark = |ok: bool| if ok { "ok " } else { "NO " };
+        match &self.space {
+            Some(s) => writeln!(
+                f,
+                "{}space: {} candidates saving {} every {} for {} h need {} (margin {MARGIN}x and \
+                 the reserve included); {} free holds {:.1} h",
+                mark(s.enough),
+                p.candidates,
+                human_bytes(p.size),
+                humantime::format_duration(p.interval),
+                p.hours,
+                human_bytes(s.need_bytes),
+                human_bytes(s.free_bytes),
+                s.hours_held,
+            )?,
+            None => writeln!(
+                f,
+                "NO space: the free space of the data disk cannot be read"
+            )?,
+        }
+        match &self.store {
+            Ok(Probe::Ready { appliance }) => {
+                writeln!(f, "ok store: opens (appliance {appliance})")?
+            }
+            Ok(Probe::InUse) => writeln!(f, "ok store: held open by the running box")?,
+            Ok(Probe::Missing) => writeln!(f, "ok store: none yet; created at the first start")?,
+            Err(e) => writeln!(f, "NO store: {e}")?,
+        }
+        match &self.identity {
+            Ok(pin) => writeln!(f, "ok identity: in place, pin {pin}")?,
+            Err(e) => writeln!(f, "NO identity: {e}")?,
+        }
+        if self.ready() {
+            write!(f, "ready: this box can take this hall")
+        } else {
+            write!(f, "NOT READY: fix the lines marked NO")
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! `hallrelay serve`: assembles the appliance from its configuration and runs it.
+//!
+//! Start-up order matters: the data dir, the venue key, the store (which knows the appliance
+//! id and so the default name), the identity, then the listener. Only once the listener is
+//! bound is the box ready. Shutdown runs the other way: stop accepting, drain requests, let
+//! the writer commit what is queued, close the store.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState, Auth};
+use crate::config::ServeConfig;
+use crate::identity::{Identity, IdentityError};
+use crate::replay::Uplink;
+use hallrelay_protocol::keys::{KeyFileError, VenueKey};
+use hallrelay_store::{OpenError, STORE_FILE, Store, StoreFile, StoreOptions};
+
+/// Why the box could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error("cannot create the data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Mdns(#[from] hallrelay_client::discovery::MdnsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound, ready box: its address and pin, and the future that runs it.
+pub struct Ready {
+    pub addr: SocketAddr,
+    pub pin: String,
+    pub name: String,
+    pub appliance: String,
+}
+
+/// Starts the appliance and runs it until `shutdown` is cancelled. `on_ready` is called once
+/// the listener is bound.
+pub async fn run(
+    config: ServeConfig,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), ServeError> {
+    crate::rlimit::raise_open_files(config.limits.max_connections as u64 + 256);
+    let parts = Parts::assemble(
+        &config.data_dir,
+        &config.venue_key_file,
+        config.name.clone(),
+        config.listen,
+        config.store.clone(),
+    )?;
+    let tls = Arc::new(crate::tls::server_config(&parts.identity)?);
+    let (listener, ready) = parts.bind(config.listen).await?;
+    let advertiser = if config.mdns {
+        let advert = crate::mdns::Advert {
+            name: ready.name.clone(),
+            appliance: ready.appliance.clone(),
+            pin: ready.pin.clone(),
+            listen: ready.addr,
+        };
+        let advertiser = crate::mdns::Advertiser::start(&advert, &config.mdns_interfaces)?;
+        // Goodbye as soon as shutdown starts, so that clients stop choosing this box while
+        // it drains.
+        let stopping = shutdown.clone();
+        Some(tokio::spawn(async move {
+            stopping.cancelled().await;
+            advertiser.stop().await;
+        }))
+    } else {
+        tracing::info!("mDNS is off: give clients the box's URL and pin");
+        None
+    };
+    on_ready(&ready);
+
+    let uplink = Arc::new(Uplink::new(config.replay.as_ref().map(|r| r.cloud.clone())));
+    let replay = config.replay.clone().map(|replay| {
+        tokio::spawn(crate::replay::run(
+            parts.store.clone(),
+            replay,
+            uplink.clone(),
+            shutdown.clone(),
+        ))
+    });
+    if replay.is_none() {
+        tracing::info!("no cloud configured: autosaves are kept and queued, not replayed");
+    }
+    let store = parts.store.clone();
+    let metrics = Arc::new(api::metrics::Metrics::new(
+        uplink.clone(),
+        config.metrics_token.clone(),
+    ));
+    let observer = metrics.clone();
+    store.observe_commits(Box::new(move |sample| observer.observe_commit(sample)));
+    let open_connections = metrics.open_connections();
+    // READY=1 goes out from here, after the first round trip through the store's writer:
+    // the store is open and the listener bound (connections wait in its backlog).
+    let notifier = match crate::notify::Notifier::from_env() {
+        Ok(n) => n.map(Arc::new),
+        Err(error) => {
+            tracing::warn!(%error, "not notifying systemd");
+            None
+        }
+    };
+    let supervisor = tokio::spawn(crate::notify::supervise(
+        notifier,
+        store.clone(),
+        uplink.clone(),
+        shutdown.clone(),
+    ));
+    let state = Arc::new(AppState {
+        store: parts.store,
+        auth: Auth::new(parts.venue_key, Vec::new()),
+        limits: config.limits.clone(),
+        cors: api::cors::Cors::new(config.cors_origins.clone()),
+        pin: ready.pin.clone(),
+        name: ready.name.clone(),
+        min_free_bytes: config.store.min_free_bytes,
+        uplink,
+        console: Some(api::console::Console::new(
+            config.data_dir.clone(),
+            config.console_silent_after,
+        )),
+        metrics: Some(metrics),
+        identity: Some(parts.identity.clone()),
+    });
+    let handler = move |request| api::routes::handle(state.clone(), request);
+    api::server::serve_counted(
+        listener,
+        Some(tls),
+        handler,
+        config.limits.clone(),
+        shutdown,
+        Some(open_connections),
+    )
+    .await;
+    let _ = supervisor.await;
+    if let Some(advertiser) = advertiser {
+        let _ = advertiser.await;
+    }
+    if let Some(replay) = replay {
+        let _ = replay.await;
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// What every server in this crate (the box and the reference cloud) starts from: the data
+/// dir, the venue key, the store, and the identity.
+pub(crate) struct Parts {
+    pub venue_key: VenueKey,
+    pub store: Store,
+    pub identity: Arc<Identity>,
+    pub name: String,
+}
+
+impl Parts {
+    /// Creates the data dir (0700) if needed, then opens or creates the venue key, the store
+    /// (which knows the appliance id, and so the default name) and the identity.
+    pub fn assemble(
+        data_dir: &Path,
+        venue_key_file: &Path,
+        name: Option<String>,
+        listen: SocketAddr,
+        options: StoreOptions,
+    ) -> Result<Self, ServeError> {
+        hallrelay_durable::create_private_dir(data_dir).map_err(|source| ServeError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let venue_key = VenueKey::load_or_create(venue_key_file)?;
+        let file = StoreFile::open(&data_dir.join(STORE_FILE))?;
+        let name = name.unwrap_or_else(|| default_name(file.appliance()));
+        let ips: Vec<IpAddr> = Some(listen.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .into_iter()
+            .collect();
+        let identity = Arc::new(Identity::load_or_create(
+            data_dir,
+            &[format!("{name}.local")],
+            &ips,
+        )?);
+        let store = file.start(identity.signing_key(), options)?;
+        Ok(Self {
+            venue_key,
+            store,
+            identity,
+            name,
+        })
+    }
+
+    /// Binds the listener and logs the line that says the server is ready.
+    pub async fn bind(&self, listen: SocketAddr) -> Result<(TcpListener, Ready), ServeError> {
+        let bind_err = |source| ServeError::Bind {
+            addr: listen,
+            source,
+        };
+        let listener = TcpListener::bind(listen).await.map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        let ready = Ready {
+            addr,
+            pin: self.identity.pin().to_owned(),
+            name: self.name.clone(),
+            appliance: self.store.appliance().to_owned(),
+        };
+        tracing::info!(%addr, pin = %ready.pin, name = %ready.name, appliance = %ready.appliance, "listening");
+        Ok((listener, ready))
+    }
+}
+
+/// The name a box has when none is configured: `hallrelay-` and four hex digits of its id.
+pub fn default_name(appliance: &str) -> String {
+    format!("hallrelay-{}", appliance.get(..4).unwrap_or(appliance))
+}
+
+/// A token that is cancelled on SIGTERM or SIGINT. The signal cancels it before anything
+/// else happens (before the log line that says so), so that nothing can come between a
+/// signal and the shutdown.
+pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        cancel.cancel();
+        tracing::info!(signal = which, "shutting down");
+    });
+    Ok(token)
+}
