@@ -9,43 +9,9 @@
 //!
 //! # Example
 //!
-//! A candidate saving to the platform's cloud, with a box pin configured for the day the
-//! cloud is gone (`tests/failover.rs` runs this story against a real cloud and box):
-//!
-//! ```no_run
-//! use hallrelay_client::{Autosaver, CloudTrust, Discovery, Landed, Options};
-//! use hallrelay_protocol::keys::{Secret, VenueKey};
-//! use hallrelay_protocol::token::{self, Claims};
-//!
-//! # #[tokio::main]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let dir = tempfile::tempdir()?;
-//! let cloud_url = "https://exam.example.org";
-//! // The platform mints the candidate's token with the venue key (or hands one out).
-//! let venue_key = VenueKey::load_or_create(&dir.path().join("venue.key"))?;
-//! let claims = Claims::Candidate {
-//!     exam: "math-101".into(),
-//!     candidate: "c-0042".into(),
-//!     expires: hallrelay_protocol::timefmt::unix_secs(std::time::SystemTime::now()) + 3600,
-//! };
-//! let token = Secret::new(token::mint(&venue_key, &claims));
-//!
-//! let mut options = Options::new(&cloud_url, "math-101", "c-0042", token,
-//!                                dir.path().join("journal"));
-//! // From the exam configuration: the only boxes this client will ever save to.
-//! options.box_pins = vec!["sha256//4lpQqYX5rH0cNqwHgCvKY0ZpSqjEezpbNl+eEB3ZX0Y=".into()];
-//! // Find boxes over mDNS on the hall network's interface only.
-//! options.discovery = Discovery::mdns(vec!["lo".into()]);
-//! options.cloud_trust = CloudTrust::Roots { ca_file: None };
-//!
-//! let mut autosaver = Autosaver::open(options)?
-//!     .on_event(|event| println!("{event}")); // "save 1 saved to the cloud at 10:32:15 UTC"
-//! let saved = autosaver.save(b"<essay>first draft</essay>", false).await?;
-//! assert_eq!(saved.landed, Landed::Cloud);
-//! assert_eq!(autosaver.summary().only_here, 0);
-//! # Ok(())
-//! # }
-//! ```
+//! `examples/autosave.rs` is a candidate saving to the platform's cloud, with a box pin
+//! configured for the day the cloud is gone; `cargo test` builds it, and `tests/failover.rs`
+//! in the workspace runs this story against a real cloud and box.
 
 mod autosaver;
 mod connection;

@@ -4,8 +4,9 @@
 //! Suites that need root, network namespaces or tools a bare machine lacks skip with a loud
 //! message, but cargo shows a passing test's output only when asked (`--nocapture`), so the
 //! messages alone are invisible. Each skip also goes into this run's ledger
-//! (`common::skip`); this suite, which cargo runs after the others (its target is named to sort
-//! last), prints the ledger where a newcomer sees it. CI makes every skip a failure instead
+//! (`common::skip`); this suite, which cargo runs after the others (the test kit is the
+//! workspace member cargo tests last, and no doc tests follow), prints the ledger where a
+//! newcomer sees it. CI makes every skip a failure instead
 //! (`HALLRELAY_REQUIRE_PRIVILEGED=1`, `HALLRELAY_REQUIRE_NETNS=1`), so there this prints
 //! "nothing was skipped". It has no test harness: its output is never captured.
 
