@@ -37,6 +37,12 @@ dpkg-deb --fsys-tarfile "$deb" | tar -xO ./etc/hallrelay/hallrelay.toml >"$work/
 if grep -Ev '^\s*(#|$)' "$work/hallrelay.toml" | grep -q .; then
     fail "the default configuration sets something"
 fi
+# The store's fault injector (the `faults` feature, for the torture suites) never ships: the
+# binary must come from `cargo build --release`, not from a test build.
+dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/bin/hallrelay >"$work/hallrelay"
+if grep -aq "injected an I/O error" "$work/hallrelay"; then
+    fail "the binary carries the store's fault injector: build it with cargo build --release, not cargo test"
+fi
 size=$(stat -c %s "$deb")
 echo "check-deb: $deb ok ($size bytes)"
 dpkg-deb -c "$deb" | awk '{print "  " $6}'
