@@ -14,7 +14,7 @@
 //!
 //! Kept rather than the `sd-notify` crate (issue 18 weighed it): its `notify` reads the
 //! environment and opens a fresh, blocking socket on every call, while this one resolves the
-//! address once (a bad one is an error at start) and never blocks the runtime on a full
+//! address once (a bad one is logged once, at start) and never blocks the runtime on a full
 //! manager queue (non-blocking: a lost `STATUS=` is harmless, a lost `WATCHDOG=1` is
 //! followed by the next); and it takes the socket path as an argument, so its tests need no
 //! process-wide `set_var`.
