@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,11 @@ const PRUNE_ABOVE: usize = 4096;
 pub struct ClientLimiter<C: Clock = DefaultClock> {
     buckets: RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<C::Instant>>,
     clock: C,
+    /// The table size at which refilled buckets are next dropped: [`PRUNE_ABOVE`], or twice
+    /// what the last pruning kept. governor's pruning walks the whole table, so with more
+    /// live clients than the bound it must not run on every request; doubling keeps its cost
+    /// per request constant and the table within twice its live clients.
+    prune_at: AtomicUsize,
 }
 
 impl ClientLimiter {
@@ -55,13 +61,17 @@ impl<C: Clock + Clone> ClientLimiter<C> {
         Self {
             buckets: RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone()),
             clock,
+            prune_at: AtomicUsize::new(PRUNE_ABOVE),
         }
     }
 
     /// Takes one request from `client`'s bucket, or says how long until one is allowed.
     pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
-        if self.buckets.len() >= PRUNE_ABOVE {
+        if self.buckets.len() >= self.prune_at.load(Ordering::Relaxed) {
             self.buckets.retain_recent();
+            let kept = self.buckets.len();
+            self.prune_at
+                .store(PRUNE_ABOVE.max(kept.saturating_mul(2)), Ordering::Relaxed);
         }
         self.buckets
             .check_key(&bucket_key(client))
@@ -215,5 +225,19 @@ mod tests {
             "{}",
             limiter.clients()
         );
+    }
+
+    /// More live clients than the bound: pruning keeps them all, and then waits for the table
+    /// to double instead of walking it again on every request.
+    #[test]
+    fn live_clients_above_the_bound_are_not_pruned_on_every_request() {
+        let (limiter, _clock) = limiter_on_a_hand_clock(1, 1);
+        let live = PRUNE_ABOVE as u32 + 1000;
+        for i in 0..live {
+            let _ = limiter.check(IpAddr::V4((0x0a00_0000 + i).into()));
+        }
+        assert_eq!(limiter.clients(), live as usize, "none had refilled");
+        let next = limiter.prune_at.load(Ordering::Relaxed);
+        assert!(next > limiter.clients(), "next pruning at {next}");
     }
 }
