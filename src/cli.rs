@@ -7,8 +7,9 @@ use std::time::Duration;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
+use hallrelay_server::api::{DEFAULT_CLIENT_RATE, DEFAULT_MAX_CONNECTIONS_PER_CLIENT};
 use hallrelay_server::capacity::Plan;
-use hallrelay_server::config::{Overrides, Setting};
+use hallrelay_server::config::{DEFAULT_DATA_DIR, DEFAULT_LISTEN, Overrides, Setting};
 use hallrelay_server::logging::LogFormat;
 
 /// hallrelay: keeps exam autosaves safe in the hall while the uplink is down.
@@ -248,8 +249,9 @@ pub struct CheckArgs {
     /// The box's configuration file (for `data_dir` and `min_free_bytes`).
     #[arg(long, value_name = "F")]
     pub config: Option<PathBuf>,
-    /// The box's data dir [default: the config's, else hallrelay-data].
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", help = format!(
+        "The box's data dir [default: the config's, else {DEFAULT_DATA_DIR}]"
+    ))]
     pub data_dir: Option<PathBuf>,
 }
 
@@ -396,11 +398,13 @@ pub struct ServeArgs {
     /// TOML configuration file; flags override its values.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Where the store, identity and venue key live [default: ./hallrelay-data].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help = format!(
+        "Where the store, identity and venue key live [default: ./{DEFAULT_DATA_DIR}]"
+    ))]
     pub data_dir: Option<PathBuf>,
-    /// Address to listen on for HTTPS [default: 0.0.0.0:8443].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", help = format!(
+        "Address to listen on for HTTPS [default: {DEFAULT_LISTEN}]"
+    ))]
     pub listen: Option<SocketAddr>,
     /// The box's name (its mDNS instance name and NAME.local) [default: hallrelay-XXXX from
     /// the appliance id].
@@ -422,13 +426,16 @@ pub struct ServeArgs {
     /// Advertise over mDNS only on this interface (repeatable) [default: every interface].
     #[arg(long = "mdns-interface", value_name = "IF")]
     pub mdns_interfaces: Vec<String>,
-    /// Requests per second one client address may make; 0 turns the limit off (for a load
-    /// test from one machine) [default: 20].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = format!(
+        "Requests per second one client address may make; 0 turns the limit off (for a load \
+         test from one machine) [default: {}]",
+        DEFAULT_CLIENT_RATE.0
+    ))]
     pub client_rate_limit: Option<u32>,
-    /// Connections one client address may hold open (for a load test from one machine, set
-    /// it above the test's connections) [default: 64].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = format!(
+        "Connections one client address may hold open (for a load test from one machine, set \
+         it above the test's connections) [default: {DEFAULT_MAX_CONNECTIONS_PER_CLIENT}]"
+    ))]
     pub max_connections_per_client: Option<usize>,
     /// Upload bytes one client address may hold in memory at once; 0 turns the per-client
     /// share off (for a load test from one machine) [default: an eighth of the body budget,
@@ -472,8 +479,9 @@ impl ServeArgs {
                   it on its first start); this command never creates one."
 )]
 pub struct TokenArgs {
-    /// The data dir whose venue key signs the token [default: ./hallrelay-data].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help = format!(
+        "The data dir whose venue key signs the token [default: ./{DEFAULT_DATA_DIR}]"
+    ))]
     pub data_dir: Option<PathBuf>,
     /// The venue key file [default: <data-dir>/venue.key; it must exist: only `serve` and
     /// `cloud` create venue keys].

@@ -15,7 +15,7 @@ use crate::cli::TokenArgs;
 use hallrelay_protocol::keys::{KeyFileError, VenueKey};
 use hallrelay_protocol::timefmt::unix_secs;
 use hallrelay_protocol::token::{self, Claims};
-use hallrelay_server::config::{DEFAULT_DATA_DIR, VENUE_KEY_FILE};
+use hallrelay_server::config::{data_dir_or_default, venue_key_file_or_default};
 
 /// The most bytes of an existing `--out` file read to decide whether it holds a token.
 const MAX_TOKEN_FILE: u64 = 4096;
@@ -42,12 +42,10 @@ pub enum MintError {
 
 /// The venue key file `token` reads: `--venue-key-file`, else `<data-dir>/venue.key`.
 pub fn key_file(args: &TokenArgs) -> PathBuf {
-    args.venue_key_file.clone().unwrap_or_else(|| {
-        args.data_dir
-            .clone()
-            .unwrap_or_else(|| DEFAULT_DATA_DIR.into())
-            .join(VENUE_KEY_FILE)
-    })
+    venue_key_file_or_default(
+        args.venue_key_file.clone(),
+        &data_dir_or_default(args.data_dir.clone()),
+    )
 }
 
 /// Mints the token `args` ask for with the existing venue key; creates nothing.

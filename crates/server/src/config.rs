@@ -5,7 +5,7 @@
 //! ignored setting. Every error names the file and the key; `main` turns them into exit code
 //! 64 (EX_USAGE), which the systemd unit does not restart on.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,12 +19,44 @@ use hallrelay_protocol::ids::is_valid_id;
 use hallrelay_protocol::keys::Secret;
 use hallrelay_store::StoreOptions;
 
+// The embedded defaults that no other type owns. The rest live with what they configure:
+// the request limits in `Limits::default` (and `api::DEFAULT_CLIENT_RATE`,
+// `api::DEFAULT_MAX_CONNECTIONS_PER_CLIENT`), the disk reserve in `StoreOptions::default`, the
+// console's silence in `hallrelay_store::DEFAULT_SILENT_AFTER`. The help texts and the shipped
+// configuration files quote them; `tests::shipped_configs_state_the_code_defaults` holds the
+// files to them.
+
 /// Where the data dir is when nothing says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "hallrelay-data";
-/// The listen address when nothing says otherwise.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+/// The listen address when nothing says otherwise: every IPv4 interface, port 8443.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8443));
 /// The venue key's file name inside the data dir.
-pub const VENUE_KEY_FILE: &str = "venue.key";
+const VENUE_KEY_FILE: &str = "venue.key";
+/// Whether the box advertises itself over mDNS when nothing says otherwise.
+pub const DEFAULT_MDNS: bool = true;
+/// Replay PUTs in flight at once.
+pub const DEFAULT_REPLAY_CONCURRENCY: usize = 4;
+/// How long autosaves the cloud confirmed are kept.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
+/// How long one replay PUT may take before it counts as failed (not configurable).
+pub const REPLAY_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one uplink probe may take (not configurable).
+pub const REPLAY_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest wait between replay attempts (not configurable).
+pub const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The data dir: `explicit` when given, else [`DEFAULT_DATA_DIR`] (relative to the working
+/// directory).
+pub fn data_dir_or_default(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+/// The venue key file: `explicit` when given, else `venue.key` in `data_dir`. `serve`,
+/// `cloud` and `token` all find the key this way.
+pub fn venue_key_file_or_default(explicit: Option<PathBuf>, data_dir: &Path) -> PathBuf {
+    explicit.unwrap_or_else(|| data_dir.join(VENUE_KEY_FILE))
+}
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -123,13 +155,13 @@ pub fn setting(path: &Path, setting: Setting) -> Result<Vec<String>, ConfigError
 pub struct FileConfig {
     /// The box's name: mDNS instance name and `NAME.local`.
     pub name: Option<String>,
-    /// Where the store, identity and venue key live.
+    /// Where the store, identity and venue key live (default [`DEFAULT_DATA_DIR`]).
     pub data_dir: Option<PathBuf>,
-    /// HTTPS listen address.
+    /// HTTPS listen address (default [`DEFAULT_LISTEN`]).
     pub listen: Option<SocketAddr>,
     /// The venue key file (default `<data_dir>/venue.key`).
     pub venue_key_file: Option<PathBuf>,
-    /// Advertise over mDNS (default true).
+    /// Advertise over mDNS (default [`DEFAULT_MDNS`]).
     pub mdns: Option<bool>,
     /// Interfaces to advertise on (default: all).
     pub mdns_interfaces: Option<Vec<String>>,
@@ -142,45 +174,50 @@ pub struct FileConfig {
     /// Trust the cloud by this public-key pin (`sha256//…`) instead of CAs: for a
     /// self-hosted reference cloud.
     pub cloud_pin: Option<String>,
-    /// Replay PUTs in flight at once (default 4).
+    /// Replay PUTs in flight at once (default [`DEFAULT_REPLAY_CONCURRENCY`]).
     pub replay_concurrency: Option<usize>,
     /// Replay bandwidth cap in bytes per second (default: none).
     pub replay_rate_limit: Option<u64>,
-    /// How long delivered autosaves are kept (default "14days").
+    /// How long delivered autosaves are kept (default [`DEFAULT_RETENTION`]).
     #[serde(default, with = "opt_duration")]
     pub retention: Option<Duration>,
     /// Browser origins allowed to call the API (CORS); `"*"` allows any.
     pub cors_origins: Option<Vec<String>>,
-    /// The largest autosave accepted, in bytes (default 16 MiB).
+    /// The largest autosave accepted, in bytes (default: [`Limits::default`]).
     pub max_body_bytes: Option<u64>,
-    /// Free disk space kept in reserve; writes that would use it answer 507 (default 64 MiB).
+    /// Free disk space kept in reserve; writes that would use it answer 507 (default:
+    /// [`StoreOptions::default`]).
     pub min_free_bytes: Option<u64>,
-    /// How long a client may take to send request headers (default "10s").
+    /// How long a client may take to send request headers; also how long an idle keep-alive
+    /// connection stays open (default: [`Limits::default`]).
     #[serde(default, with = "opt_duration")]
     pub header_read_timeout: Option<Duration>,
-    /// How long a client may take to complete the TLS handshake (default "10s").
+    /// How long a client may take to complete the TLS handshake (default: [`Limits::default`]).
     #[serde(default, with = "opt_duration")]
     pub tls_handshake_timeout: Option<Duration>,
-    /// How long an idle connection is kept (default "60s").
+    /// How long an idle connection is kept (default: [`Limits::default`]).
     #[serde(default, with = "opt_duration")]
     pub idle_timeout: Option<Duration>,
-    /// How long shutdown waits for in-flight requests (default "10s").
+    /// How long shutdown waits for in-flight requests (default: [`Limits::default`]).
     #[serde(default, with = "opt_duration")]
     pub shutdown_grace: Option<Duration>,
-    /// How long a client may take to send a request body (default "60s").
+    /// How long a client may take to send a request body (default: [`Limits::default`]).
     #[serde(default, with = "opt_duration")]
     pub body_read_timeout: Option<Duration>,
-    /// The most connections open at once; more are closed at accept (default 4096).
+    /// The most connections open at once; more are closed at accept (default:
+    /// [`Limits::default`]).
     pub max_connections: Option<usize>,
-    /// The most connections one client address may hold open (default 64).
+    /// The most connections one client address may hold open (default
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_CLIENT`](crate::api::DEFAULT_MAX_CONNECTIONS_PER_CLIENT)).
     pub max_connections_per_client: Option<usize>,
-    /// The largest request head (request line and headers), in bytes (default 8192, at
-    /// least 8192).
+    /// The largest request head (request line and headers), in bytes, at least 8192 (default:
+    /// [`Limits::default`]).
     pub max_header_bytes: Option<usize>,
     /// Requests per second one client address may make on average; 0 turns the limit off
-    /// (default 20).
+    /// (default: [`DEFAULT_CLIENT_RATE`](crate::api::DEFAULT_CLIENT_RATE)).
     pub client_rate_limit: Option<u32>,
-    /// Requests one client address may make in a burst above its rate (default 40).
+    /// Requests one client address may make in a burst above its rate (default:
+    /// [`DEFAULT_CLIENT_RATE`](crate::api::DEFAULT_CLIENT_RATE), at least the rate).
     pub client_rate_burst: Option<u32>,
     /// Request-body bytes held in memory at once, from reading until written; past it,
     /// uploads get 503 with Retry-After (default: an eighth of the machine's memory, between
@@ -190,7 +227,7 @@ pub struct FileConfig {
     /// (default: an eighth of the budget, at least `max_body_bytes`).
     pub client_body_budget_bytes: Option<u64>,
     /// The console calls a candidate silent who saved here and has not saved for this long
-    /// (default "2m").
+    /// (default [`DEFAULT_SILENT_AFTER`](hallrelay_store::DEFAULT_SILENT_AFTER)).
     #[serde(default, with = "opt_duration")]
     pub console_silent_after: Option<Duration>,
     /// A file (mode 0600) holding a token that may read `/metrics` and nothing else, for a
@@ -280,183 +317,213 @@ impl ServeConfig {
         Self::merge(file, args)
     }
 
+    /// The file under the flags, section by section: where things are, the request limits,
+    /// the store, the replay to the cloud.
     fn merge(file: FileConfig, args: &Overrides) -> Result<Self, ConfigError> {
-        let defaults = Limits::default();
-        let data_dir = args
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let venue_key_file = args
-            .venue_key_file
-            .clone()
-            .or(file.venue_key_file)
-            .unwrap_or_else(|| data_dir.join(VENUE_KEY_FILE));
-        let listen = match args.listen.or(file.listen) {
-            Some(addr) => addr,
-            None => DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid {
-                key: "listen",
-                problem: "has a bad built-in default".into(),
-            })?,
-        };
-        let name = args.name.clone().or(file.name);
+        let data_dir = data_dir_or_default(args.data_dir.clone().or(file.data_dir.clone()));
+        let venue_key_file = venue_key_file_or_default(
+            args.venue_key_file.clone().or(file.venue_key_file.clone()),
+            &data_dir,
+        );
+        let name = args.name.clone().or(file.name.clone());
         if let Some(name) = &name {
             check_name(name)?;
         }
-        let mut mdns_interfaces = file.mdns_interfaces.unwrap_or_default();
-        if !args.mdns_interfaces.is_empty() {
-            mdns_interfaces = args.mdns_interfaces.clone();
-        }
-        let max_body_bytes = file.max_body_bytes.unwrap_or(defaults.max_body_bytes);
-        if max_body_bytes == 0 || max_body_bytes > 1024 * 1024 * 1024 {
-            return Err(ConfigError::Invalid {
-                key: "max_body_bytes",
-                problem: format!("is {max_body_bytes}; it must be between 1 and 1 GiB"),
-            });
-        }
-        let (body_budget_bytes, client_body_budget_bytes) = body_budget(
-            file.body_budget_bytes,
-            args.client_body_budget.or(file.client_body_budget_bytes),
-            max_body_bytes,
-        )?;
-        let cors_origins = file.cors_origins.unwrap_or_default();
-        if let Some(bad) = cors_origins
-            .iter()
-            .find(|o| *o != "*" && !(o.starts_with("https://") || o.starts_with("http://")))
-        {
-            return Err(ConfigError::Invalid {
-                key: "cors_origins",
-                problem: format!(
-                    "has {bad:?}; origins look like https://exam.example.org or \"*\""
-                ),
-            });
-        }
-        let positive = |key: &'static str, value: Option<Duration>, default: Duration| match value {
-            Some(d) if d.is_zero() => Err(ConfigError::Invalid {
-                key,
-                problem: "must be longer than zero".into(),
-            }),
-            Some(d) => Ok(d),
-            None => Ok(default),
+        let mdns_interfaces = if args.mdns_interfaces.is_empty() {
+            file.mdns_interfaces.clone().unwrap_or_default()
+        } else {
+            args.mdns_interfaces.clone()
         };
-        let limits = Limits {
-            max_body_bytes,
-            header_read_timeout: positive(
-                "header_read_timeout",
-                file.header_read_timeout,
-                defaults.header_read_timeout,
-            )?,
-            idle_timeout: positive("idle_timeout", file.idle_timeout, defaults.idle_timeout)?,
-            handshake_timeout: positive(
-                "tls_handshake_timeout",
-                file.tls_handshake_timeout,
-                defaults.handshake_timeout,
-            )?,
-            shutdown_grace: positive(
-                "shutdown_grace",
-                file.shutdown_grace,
-                defaults.shutdown_grace,
-            )?,
-            body_read_timeout: positive(
-                "body_read_timeout",
-                file.body_read_timeout,
-                defaults.body_read_timeout,
-            )?,
-            max_connections: match file.max_connections {
-                Some(n) if !(16..=1_000_000).contains(&n) => {
-                    return Err(ConfigError::Invalid {
-                        key: "max_connections",
-                        problem: format!("is {n}; it must be between 16 and 1000000"),
-                    });
-                }
-                Some(n) => n,
-                None => defaults.max_connections,
-            },
-            max_connections_per_client: match args
-                .max_connections_per_client
-                .or(file.max_connections_per_client)
-            {
-                Some(0) => {
-                    return Err(ConfigError::Invalid {
-                        key: "max_connections_per_client",
-                        problem: "must be at least 1".into(),
-                    });
-                }
-                Some(n) => n,
-                None => defaults.max_connections_per_client,
-            },
-            max_header_bytes: match file.max_header_bytes {
-                Some(n) if !(8192..=1024 * 1024).contains(&n) => {
-                    return Err(ConfigError::Invalid {
-                        key: "max_header_bytes",
-                        problem: format!("is {n}; it must be between 8192 and 1048576"),
-                    });
-                }
-                Some(n) => n,
-                None => defaults.max_header_bytes,
-            },
-            client_rate: match (
-                args.client_rate_limit.or(file.client_rate_limit),
-                file.client_rate_burst,
-            ) {
-                (Some(0), _) => None,
-                (rate, burst) => {
-                    let (default_rate, default_burst) = crate::api::DEFAULT_CLIENT_RATE;
-                    let rate = rate.unwrap_or(default_rate);
-                    let burst = burst.unwrap_or(default_burst.max(rate));
-                    if burst < 1 {
-                        return Err(ConfigError::Invalid {
-                            key: "client_rate_burst",
-                            problem: "must be at least 1".into(),
-                        });
-                    }
-                    Some((rate, burst))
-                }
-            },
-            body_budget_bytes,
-            client_body_budget_bytes,
-        };
-        let replay = replay_config(
-            args.cloud.clone().or(file.cloud),
-            args.cloud_token_file.clone().or(file.cloud_token_file),
-            file.cloud_ca_file,
-            file.cloud_pin,
-            file.replay_concurrency,
-            file.replay_rate_limit,
-            file.retention,
-        )?;
-        let mut store = StoreOptions::default();
-        if let Some(bytes) = file.min_free_bytes {
-            store.min_free_bytes = bytes;
-        }
+        // Checked in this order, so that of several mistakes the same one is named first.
+        let limits = limits(&file, args)?;
+        let cors_origins = cors_origins(file.cors_origins.clone())?;
         let console_silent_after = positive(
             "console_silent_after",
             file.console_silent_after,
-            crate::api::console::DEFAULT_SILENT_AFTER,
+            hallrelay_store::DEFAULT_SILENT_AFTER,
         )?;
-        store.activity_run_gap = console_silent_after;
+        let store = StoreOptions {
+            min_free_bytes: file
+                .min_free_bytes
+                .unwrap_or(StoreOptions::default().min_free_bytes),
+            activity_run_gap: console_silent_after,
+            ..StoreOptions::default()
+        };
+        let metrics_token_file = file.metrics_token_file.clone();
+        let replay = replay_config(ReplaySettings {
+            cloud: args.cloud.clone().or(file.cloud),
+            token_file: args.cloud_token_file.clone().or(file.cloud_token_file),
+            ca_file: file.cloud_ca_file,
+            pin: file.cloud_pin,
+            concurrency: file.replay_concurrency,
+            rate_limit: file.replay_rate_limit,
+            retention: file.retention,
+        })?;
+        let metrics_token = match &metrics_token_file {
+            Some(path) => Some(Secret::from_file(path).map_err(|e| ConfigError::Invalid {
+                key: "metrics_token_file",
+                problem: e.to_string(),
+            })?),
+            None => None,
+        };
         Ok(Self {
             name,
             data_dir,
-            listen,
+            listen: args.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN),
             venue_key_file,
-            mdns: !args.no_mdns && file.mdns.unwrap_or(true),
+            mdns: !args.no_mdns && file.mdns.unwrap_or(DEFAULT_MDNS),
             mdns_interfaces,
             cors_origins,
             limits,
             store,
             replay,
-            metrics_token: match file.metrics_token_file {
-                Some(path) => Some(Secret::from_file(&path).map_err(|e| ConfigError::Invalid {
-                    key: "metrics_token_file",
-                    problem: e.to_string(),
-                })?),
-                None => None,
-            },
+            metrics_token,
             console_silent_after,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
+}
+
+/// A duration setting that must be longer than zero, or its default when unset.
+fn positive(
+    key: &'static str,
+    value: Option<Duration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        Some(d) if d.is_zero() => Err(ConfigError::Invalid {
+            key,
+            problem: "must be longer than zero".into(),
+        }),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    }
+}
+
+/// A count setting within `range`, or its default when unset.
+fn within(
+    key: &'static str,
+    value: Option<usize>,
+    range: std::ops::RangeInclusive<usize>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match value {
+        Some(n) if !range.contains(&n) => Err(ConfigError::Invalid {
+            key,
+            problem: format!(
+                "is {n}; it must be between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        }),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
+/// The browser origins allowed to call the API: full origins, or `"*"`.
+fn cors_origins(origins: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let origins = origins.unwrap_or_default();
+    if let Some(bad) = origins
+        .iter()
+        .find(|o| *o != "*" && !(o.starts_with("https://") || o.starts_with("http://")))
+    {
+        return Err(ConfigError::Invalid {
+            key: "cors_origins",
+            problem: format!("has {bad:?}; origins look like https://exam.example.org or \"*\""),
+        });
+    }
+    Ok(origins)
+}
+
+/// What one request and one client may ask of the box: sizes, timeouts, connections, rate.
+fn limits(file: &FileConfig, args: &Overrides) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    let max_body_bytes = file.max_body_bytes.unwrap_or(defaults.max_body_bytes);
+    if max_body_bytes == 0 || max_body_bytes > 1024 * 1024 * 1024 {
+        return Err(ConfigError::Invalid {
+            key: "max_body_bytes",
+            problem: format!("is {max_body_bytes}; it must be between 1 and 1 GiB"),
+        });
+    }
+    let (body_budget_bytes, client_body_budget_bytes) = body_budget(
+        file.body_budget_bytes,
+        args.client_body_budget.or(file.client_body_budget_bytes),
+        max_body_bytes,
+    )?;
+    Ok(Limits {
+        max_body_bytes,
+        header_read_timeout: positive(
+            "header_read_timeout",
+            file.header_read_timeout,
+            defaults.header_read_timeout,
+        )?,
+        idle_timeout: positive("idle_timeout", file.idle_timeout, defaults.idle_timeout)?,
+        handshake_timeout: positive(
+            "tls_handshake_timeout",
+            file.tls_handshake_timeout,
+            defaults.handshake_timeout,
+        )?,
+        shutdown_grace: positive(
+            "shutdown_grace",
+            file.shutdown_grace,
+            defaults.shutdown_grace,
+        )?,
+        body_read_timeout: positive(
+            "body_read_timeout",
+            file.body_read_timeout,
+            defaults.body_read_timeout,
+        )?,
+        max_connections: within(
+            "max_connections",
+            file.max_connections,
+            16..=1_000_000,
+            defaults.max_connections,
+        )?,
+        max_connections_per_client: match args
+            .max_connections_per_client
+            .or(file.max_connections_per_client)
+        {
+            Some(0) => {
+                return Err(ConfigError::Invalid {
+                    key: "max_connections_per_client",
+                    problem: "must be at least 1".into(),
+                });
+            }
+            Some(n) => n,
+            None => defaults.max_connections_per_client,
+        },
+        max_header_bytes: within(
+            "max_header_bytes",
+            file.max_header_bytes,
+            8192..=1024 * 1024,
+            defaults.max_header_bytes,
+        )?,
+        client_rate: client_rate(
+            args.client_rate_limit.or(file.client_rate_limit),
+            file.client_rate_burst,
+        )?,
+        body_budget_bytes,
+        client_body_budget_bytes,
+    })
+}
+
+/// The per-client request rate and burst; a rate of 0 turns the limit off. The burst is at
+/// least the rate unless set.
+fn client_rate(rate: Option<u32>, burst: Option<u32>) -> Result<Option<(u32, u32)>, ConfigError> {
+    if rate == Some(0) {
+        return Ok(None);
+    }
+    let (default_rate, default_burst) = crate::api::DEFAULT_CLIENT_RATE;
+    let rate = rate.unwrap_or(default_rate);
+    let burst = burst.unwrap_or(default_burst.max(rate));
+    if burst < 1 {
+        return Err(ConfigError::Invalid {
+            key: "client_rate_burst",
+            problem: "must be at least 1".into(),
+        });
+    }
+    Ok(Some((rate, burst)))
 }
 
 /// The body budget and its per-client share, checked against the largest body: a budget or
@@ -494,9 +561,8 @@ fn body_budget(
     Ok((budget, share))
 }
 
-/// Validates the replay settings; the credential is read from its file here, so a missing
-/// or empty file is a configuration error at start, not a failure in the middle of an exam.
-fn replay_config(
+/// The replay settings as the file and flags give them, before validation.
+struct ReplaySettings {
     cloud: Option<String>,
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
@@ -504,7 +570,20 @@ fn replay_config(
     concurrency: Option<usize>,
     rate_limit: Option<u64>,
     retention: Option<Duration>,
-) -> Result<Option<ReplayConfig>, ConfigError> {
+}
+
+/// Validates the replay settings; the credential is read from its file here, so a missing
+/// or empty file is a configuration error at start, not a failure in the middle of an exam.
+fn replay_config(settings: ReplaySettings) -> Result<Option<ReplayConfig>, ConfigError> {
+    let ReplaySettings {
+        cloud,
+        token_file,
+        ca_file,
+        pin,
+        concurrency,
+        rate_limit,
+        retention,
+    } = settings;
     let Some(cloud) = cloud else {
         if token_file.is_some() {
             return Err(ConfigError::Invalid {
@@ -526,7 +605,7 @@ fn replay_config(
         key: "cloud_token_file",
         problem: e.to_string(),
     })?;
-    let concurrency = concurrency.unwrap_or(4);
+    let concurrency = concurrency.unwrap_or(DEFAULT_REPLAY_CONCURRENCY);
     if !(1..=64).contains(&concurrency) {
         return Err(ConfigError::Invalid {
             key: "replay_concurrency",
@@ -552,10 +631,10 @@ fn replay_config(
         pin,
         concurrency,
         rate_limit,
-        retention: retention.unwrap_or(Duration::from_secs(14 * 24 * 3600)),
-        request_timeout: Duration::from_secs(30),
-        probe_timeout: Duration::from_secs(3),
-        backoff_max: Duration::from_secs(30),
+        retention: retention.unwrap_or(DEFAULT_RETENTION),
+        request_timeout: REPLAY_REQUEST_TIMEOUT,
+        probe_timeout: REPLAY_PROBE_TIMEOUT,
+        backoff_max: REPLAY_BACKOFF_MAX,
     }))
 }
 
@@ -697,6 +776,143 @@ mod tests {
         let file = FileConfig::load(&path).unwrap();
         assert_eq!(file.name.as_deref(), Some("hall-c"));
         assert_eq!(file.mdns, Some(false));
+    }
+
+    /// The settings whose shown value is an example, not a default: they have none, or one
+    /// that depends on the machine (the body budget) or on the box (its name).
+    const NO_FIXED_DEFAULT: [&str; 12] = [
+        "name",
+        "mdns_interfaces",
+        "cloud",
+        "cloud_token_file",
+        "cloud_ca_file",
+        "cloud_pin",
+        "replay_rate_limit",
+        "cors_origins",
+        "body_budget_bytes",
+        "client_body_budget_bytes",
+        "metrics_token_file",
+        "ssh_authorized_keys",
+    ];
+
+    /// Every key `FileConfig` takes, as serde lists them when it refuses an unknown one.
+    fn every_key() -> Vec<String> {
+        let err = FileConfig::parse(Path::new("t.toml"), "no_such_key = 1\n")
+            .expect_err("an unknown key is refused")
+            .to_string();
+        let listed = err
+            .split_once("expected one of")
+            .unwrap_or_else(|| panic!("serde's message changed: {err}"))
+            .1;
+        let keys: Vec<String> = listed
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        assert!(keys.len() >= 30, "{keys:?} from {err}");
+        keys
+    }
+
+    /// The `key = value` settings a shipped file states: its commented-out ones (`#key =
+    /// value`, no space after the `#`: a `# ` line is prose), and, where the file says it
+    /// lists defaults in the open, its uncommented ones too.
+    fn stated_settings(text: &str, uncommented_too: bool) -> Vec<String> {
+        text.lines()
+            .filter_map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => Some(rest),
+                Some(_) => None,
+                None if uncommented_too => Some(line),
+                None => None,
+            })
+            .filter(|line| line.contains(" = "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A file's settings merged over a base that sets a cloud (so that the replay settings
+    /// are read), as the box would run with them.
+    fn merged_over_cloud(token: &Path, text: &str) -> Result<String, ConfigError> {
+        let base = format!(
+            "cloud = \"https://ingest.example.org\"\ncloud_token_file = {:?}\n{text}",
+            token.display().to_string()
+        );
+        let file = FileConfig::parse(Path::new("t.toml"), &base)?;
+        Ok(format!("{:?}", ServeConfig::merge(file, &no_overrides())?))
+    }
+
+    /// Issue 18: the defaults live once, in the code. Every configuration file that ships
+    /// (the .deb's, the SD image's, the documented examples) parses and runs, and each setting
+    /// it states with its default (`#key = value`) is the code's default: uncommenting it
+    /// changes nothing in the configuration the box runs with. A default changed in the code
+    /// but not in a file, or in a file but not in the code, fails here. The documented
+    /// example of every key (docs/examples/everything.toml) names every key there is.
+    #[test]
+    fn shipped_configs_state_the_code_defaults() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("cloud.token");
+        std::fs::write(&token, "a-credential-for-the-test\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let baseline = merged_over_cloud(&token, "").unwrap();
+        let keys = every_key();
+        // The examples that list defaults uncommented; the other examples are a venue's
+        // choices (hall-b.toml) or deliberately bad (bad-*.toml, checked by example_configs).
+        let mut files = vec![
+            (root.join("packaging/hallrelay.toml"), false),
+            (root.join("image/hallrelay.toml"), false),
+        ];
+        for entry in std::fs::read_dir(root.join("docs/examples")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.ends_with(".toml") && !name.starts_with("bad-") {
+                files.push((path, name == "everything.toml"));
+            }
+        }
+        assert!(files.len() >= 5, "{files:?}");
+        let mut checked = 0;
+        for (path, uncommented_too) in files {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let shown = path.display();
+            let file = FileConfig::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+            ServeConfig::merge(file, &no_overrides()).unwrap_or_else(|e| panic!("{shown}: {e}"));
+            let stated = stated_settings(&text, uncommented_too);
+            for line in &stated {
+                let key = line.split(" = ").next().unwrap_or_default().trim();
+                assert!(
+                    keys.iter().any(|k| k == key),
+                    "{shown}: `{line}`: no such key"
+                );
+                // Every stated line is a setting the box takes, default or not.
+                FileConfig::parse(&path, line).unwrap_or_else(|e| panic!("`{line}`: {e}"));
+                if NO_FIXED_DEFAULT.contains(&key) {
+                    continue;
+                }
+                let with_line = merged_over_cloud(&token, line)
+                    .unwrap_or_else(|e| panic!("{shown}: `{line}`: {e}"));
+                assert_eq!(
+                    with_line, baseline,
+                    "{shown} states `{line}` as the default, but the code's default differs: \
+                     change one of them"
+                );
+                checked += 1;
+            }
+            if path.ends_with("everything.toml") {
+                for key in &keys {
+                    assert!(
+                        stated
+                            .iter()
+                            .any(|l| l.split(" = ").next() == Some(key.as_str())),
+                        "{shown} lists every key, but not `{key}`"
+                    );
+                }
+            }
+        }
+        assert!(checked >= 40, "only {checked} defaults checked");
     }
 
     /// The commented default the .deb installs parses as it is, and with every setting

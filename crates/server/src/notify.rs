@@ -11,6 +11,13 @@
 //! The protocol is a few text datagrams to the `AF_UNIX` socket named by `$NOTIFY_SOCKET`; a
 //! std `UnixDatagram` does it, no crate needed. Without `$NOTIFY_SOCKET` (a developer's
 //! shell, the tests) everything here is a no-op.
+//!
+//! Kept rather than the `sd-notify` crate (issue 18 weighed it): its `notify` reads the
+//! environment and opens a fresh, blocking socket on every call, while this one resolves the
+//! address once (a bad one is logged once, at start) and never blocks the runtime on a full
+//! manager queue (non-blocking: a lost `STATUS=` is harmless, a lost `WATCHDOG=1` is
+//! followed by the next); and it takes the socket path as an argument, so its tests need no
+//! process-wide `set_var`.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::Arc;

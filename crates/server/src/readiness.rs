@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::capacity::{MARGIN, Plan, Space};
-use crate::config::{ConfigError, DEFAULT_DATA_DIR, FileConfig};
+use crate::config::{ConfigError, FileConfig, data_dir_or_default};
 use crate::identity::Identity;
 use crate::units::human_bytes;
 use hallrelay_store::{Probe, STORE_FILE};
@@ -86,10 +86,7 @@ pub fn check_plan(
     positive("candidates", plan.candidates > 0)?;
     positive("hours", plan.hours > 0.0 && plan.hours.is_finite())?;
     positive("interval", !plan.interval.is_zero())?;
-    let data_dir = data_dir
-        .map(Path::to_owned)
-        .or(file.data_dir)
-        .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+    let data_dir = data_dir_or_default(data_dir.map(Path::to_owned).or(file.data_dir));
     let reserve = file
         .min_free_bytes
         .unwrap_or(hallrelay_store::StoreOptions::default().min_free_bytes);

@@ -170,6 +170,8 @@ pub struct Limits {
 
 /// The per-client request rate by default: (requests per second, burst).
 pub const DEFAULT_CLIENT_RATE: (u32, u32) = (20, 40);
+/// The most connections one client address may hold open by default.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 
 impl Limits {
     /// The reference cloud's limits: the box's, without the per-client rate limit and body
@@ -195,7 +197,7 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
             max_connections: 4096,
-            max_connections_per_client: 64,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             // hyper sizes each connection's read buffer to this limit and keeps it while the
             // connection idles: 8 KiB holds any real request head (a candidate's is under 1 KiB)
             // and saves ~10 KiB per open connection against 16 KiB.

@@ -14,67 +14,73 @@
 //! An IPv6 client is counted by its /64 (one device can use a whole /64, and would otherwise
 //! get a fresh bucket per address). The table is pruned of buckets that have refilled, so a
 //! client spraying addresses costs a bounded amount of memory.
+//!
+//! The buckets are `governor`'s keyed GCRA limiter (issue 18 replaced a hand-written one);
+//! this module owns only what it does not: the client key (/64, mapped IPv4), the pruning
+//! bound, and the wait turned into a `Retry-After`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 
 /// Past this many buckets, refilled ones are dropped before a new one is added.
 const PRUNE_ABOVE: usize = 4096;
 
 /// Request buckets by client address.
-pub struct ClientLimiter {
-    rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
-}
-
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+pub struct ClientLimiter<C: Clock = DefaultClock> {
+    buckets: RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<C::Instant>>,
+    clock: C,
+    /// The table size at which refilled buckets are next dropped: [`PRUNE_ABOVE`], or twice
+    /// what the last pruning kept. governor's pruning walks the whole table, so with more
+    /// live clients than the bound it must not run on every request; doubling keeps its cost
+    /// per request constant and the table within twice its live clients.
+    prune_at: AtomicUsize,
 }
 
 impl ClientLimiter {
     /// `rate` requests per second per client, bursts of up to `burst`.
     pub fn new(rate: u32, burst: u32) -> Self {
+        Self::with_clock(rate, burst, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> ClientLimiter<C> {
+    /// The limiter on `clock` (the tests' clock is one they move by hand).
+    fn with_clock(rate: u32, burst: u32, clock: C) -> Self {
+        let per_second = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_second(per_second).allow_burst(burst);
         Self {
-            rate: f64::from(rate.max(1)),
-            burst: f64::from(burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone()),
+            clock,
+            prune_at: AtomicUsize::new(PRUNE_ABOVE),
         }
     }
 
     /// Takes one request from `client`'s bucket, or says how long until one is allowed.
     pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
-        self.check_at(client, Instant::now())
-    }
-
-    fn check_at(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
-        let key = bucket_key(client);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= PRUNE_ABOVE && !buckets.contains_key(&key) {
-            let full_after = Duration::from_secs_f64(self.burst / self.rate);
-            buckets.retain(|_, b| now.saturating_duration_since(b.last) < full_after);
+        if self.buckets.len() >= self.prune_at.load(Ordering::Relaxed) {
+            self.buckets.retain_recent();
+            let kept = self.buckets.len();
+            self.prune_at
+                .store(PRUNE_ABOVE.max(kept.saturating_mul(2)), Ordering::Relaxed);
         }
-        let bucket = buckets.entry(key).or_insert(Bucket {
-            tokens: self.burst,
-            last: now,
-        });
-        let refill = now.saturating_duration_since(bucket.last).as_secs_f64() * self.rate;
-        bucket.tokens = (bucket.tokens + refill).min(self.burst);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
-        }
+        self.buckets
+            .check_key(&bucket_key(client))
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
     /// How many client buckets are held (for tests and status).
     pub fn clients(&self) -> usize {
-        self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.buckets.len()
     }
 }
 
@@ -144,26 +150,35 @@ pub(crate) fn bucket_key(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
 
+    use governor::clock::FakeRelativeClock;
+
+    fn limiter_on_a_hand_clock(
+        rate: u32,
+        burst: u32,
+    ) -> (ClientLimiter<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (ClientLimiter::with_clock(rate, burst, clock.clone()), clock)
+    }
+
     #[test]
     fn a_burst_then_the_rate() {
-        let limiter = ClientLimiter::new(10, 5);
+        let (limiter, clock) = limiter_on_a_hand_clock(10, 5);
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
         let other: IpAddr = "10.0.0.8".parse().unwrap();
-        let t0 = Instant::now();
         for _ in 0..5 {
-            assert!(limiter.check_at(ip, t0).is_ok());
+            assert!(limiter.check(ip).is_ok());
         }
-        let wait = limiter.check_at(ip, t0).unwrap_err();
+        let wait = limiter.check(ip).unwrap_err();
         assert!(
             wait <= Duration::from_millis(100) && wait > Duration::ZERO,
             "{wait:?}"
         );
         // Another client is not affected.
-        assert!(limiter.check_at(other, t0).is_ok());
+        assert!(limiter.check(other).is_ok());
         // After 100 ms, one more.
-        let later = t0 + Duration::from_millis(100);
-        assert!(limiter.check_at(ip, later).is_ok());
-        assert!(limiter.check_at(ip, later).is_err());
+        clock.advance(Duration::from_millis(100));
+        assert!(limiter.check(ip).is_ok());
+        assert!(limiter.check(ip).is_err());
     }
 
     #[test]
@@ -187,26 +202,42 @@ mod tests {
 
     #[test]
     fn one_ipv6_device_is_one_client_and_the_table_stays_bounded() {
-        let limiter = ClientLimiter::new(1, 1);
-        let t0 = Instant::now();
+        let (limiter, clock) = limiter_on_a_hand_clock(1, 1);
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        assert!(limiter.check_at(a, t0).is_ok());
-        assert!(limiter.check_at(b, t0).is_err(), "same /64, same bucket");
+        assert!(limiter.check(a).is_ok());
+        assert!(limiter.check(b).is_err(), "same /64, same bucket");
         let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
         let plain: IpAddr = "10.1.2.3".parse().unwrap();
-        assert!(limiter.check_at(mapped, t0).is_ok());
-        assert!(limiter.check_at(plain, t0).is_err(), "mapped IPv4 is IPv4");
+        assert!(limiter.check(mapped).is_ok());
+        assert!(limiter.check(plain).is_err(), "mapped IPv4 is IPv4");
 
         // Spraying addresses: buckets that refilled are dropped.
         for i in 0..(PRUNE_ABOVE as u32 * 3) {
+            if i % 1000 == 0 {
+                clock.advance(Duration::from_secs(2));
+            }
             let ip = IpAddr::V4((0x0a00_0000 + i).into());
-            let _ = limiter.check_at(ip, t0 + Duration::from_secs(u64::from(i / 1000) * 2));
+            let _ = limiter.check(ip);
         }
         assert!(
             limiter.clients() <= PRUNE_ABOVE + 1,
             "{}",
             limiter.clients()
         );
+    }
+
+    /// More live clients than the bound: pruning keeps them all, and then waits for the table
+    /// to double instead of walking it again on every request.
+    #[test]
+    fn live_clients_above_the_bound_are_not_pruned_on_every_request() {
+        let (limiter, _clock) = limiter_on_a_hand_clock(1, 1);
+        let live = PRUNE_ABOVE as u32 + 1000;
+        for i in 0..live {
+            let _ = limiter.check(IpAddr::V4((0x0a00_0000 + i).into()));
+        }
+        assert_eq!(limiter.clients(), live as usize, "none had refilled");
+        let next = limiter.prune_at.load(Ordering::Relaxed);
+        assert!(next > limiter.clients(), "next pruning at {next}");
     }
 }

@@ -1,5 +1,11 @@
 //! A token bucket that caps replay's bandwidth, so a returning uplink is not flooded and a
 //! venue's other exams keep their share of it.
+//!
+//! Kept by hand rather than `governor` (which now does the per-client request rate): its
+//! tokens are bytes and one take may exceed the burst (a 16 MiB autosave under a 1 MB/s cap
+//! runs the bucket into debt), which governor refuses (`InsufficientCapacity` when n > burst)
+//! and would need splitting into burst-sized takes; and it sleeps on tokio's clock, so its
+//! test runs in paused time instead of four real seconds.
 
 use std::time::Duration;
 
