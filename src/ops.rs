@@ -364,6 +364,31 @@ pub struct Imported {
 /// How many times `import` sends one autosave before it gives up on a cloud that fails.
 const IMPORT_ATTEMPTS: u32 = 5;
 
+/// What `import` does with one answer of the cloud.
+enum ImportStep {
+    /// A final answer: count it.
+    Count(fn(&mut Imported)),
+    /// Send the same autosave again, after a pause.
+    Again,
+    /// The cloud refuses it (or kept failing): the import stops.
+    Stop,
+}
+
+/// The cloud's `answer` to `attempt` (from 1), as `import` acts on it.
+fn import_step(answer: Answer, attempt: u32) -> ImportStep {
+    match answer {
+        Answer::Stored => ImportStep::Count(|done| done.new += 1),
+        Answer::AlreadyStored => ImportStep::Count(|done| done.already += 1),
+        Answer::Conflict => ImportStep::Count(|done| done.conflicts += 1),
+        Answer::RetryLater { .. } | Answer::Failed if attempt < IMPORT_ATTEMPTS => {
+            ImportStep::Again
+        }
+        Answer::RetryLater { .. } | Answer::Failed | Answer::Unauthorized | Answer::Refused => {
+            ImportStep::Stop
+        }
+    }
+}
+
 /// `hallrelay import`: verifies the bundle, then sends every autosave to the cloud with its
 /// digest and the box's receipt, the way replay does. Sending the same bundle again changes
 /// nothing. A cloud that asks for time or fails (429, 503, 5xx, 408, no answer) gets the same
@@ -416,15 +441,13 @@ pub async fn import(cloud: Connection, path: &Path) -> Result<Imported, OpsError
                 )
                 .await;
             match result {
-                Ok(r) => match Answer::of(r.status, &r.headers) {
-                    Answer::Stored => done.new += 1,
-                    Answer::AlreadyStored => done.already += 1,
-                    Answer::Conflict => done.conflicts += 1,
-                    Answer::RetryLater { .. } | Answer::Failed if attempt < IMPORT_ATTEMPTS => {
+                Ok(r) => match import_step(Answer::of(r.status, &r.headers), attempt) {
+                    ImportStep::Count(count) => count(&mut done),
+                    ImportStep::Again => {
                         tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                         continue;
                     }
-                    _ => return Err(refused("the cloud", &r)),
+                    ImportStep::Stop => return Err(refused("the cloud", &r)),
                 },
                 Err(_) if attempt < IMPORT_ATTEMPTS => {
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
@@ -438,4 +461,60 @@ pub async fn import(cloud: Connection, path: &Path) -> Result<Imported, OpsError
     }
     progress.finish_and_clear();
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(code: u16, attempt: u32) -> ImportStep {
+        let status = StatusCode::from_u16(code).unwrap();
+        import_step(Answer::of(status, &HeaderMap::new()), attempt)
+    }
+
+    fn counted(code: u16) -> Imported {
+        let mut done = Imported::default();
+        match step(code, 1) {
+            ImportStep::Count(count) => count(&mut done),
+            _ => panic!("{code} must be counted"),
+        }
+        done
+    }
+
+    /// How import acts on each answer, read by the protocol's one rule. Before that rule,
+    /// import counted only 201, 200 and 409, retried only 5xx and 429, and stopped at once on
+    /// anything else: a 204 stopped the import, and so did 408 and 425.
+    #[test]
+    fn import_counts_final_answers_retries_passing_ones_and_stops_on_refusals() {
+        let new = Imported {
+            new: 1,
+            ..Imported::default()
+        };
+        assert_eq!(counted(201), new);
+        assert_eq!(counted(204), new);
+        assert_eq!(
+            counted(200),
+            Imported {
+                already: 1,
+                ..Imported::default()
+            }
+        );
+        assert_eq!(
+            counted(409),
+            Imported {
+                conflicts: 1,
+                ..Imported::default()
+            }
+        );
+        for code in [408, 425, 429, 500, 503, 507] {
+            assert!(matches!(step(code, 1), ImportStep::Again), "{code}");
+            assert!(
+                matches!(step(code, IMPORT_ATTEMPTS), ImportStep::Stop),
+                "{code}: the last attempt"
+            );
+        }
+        for code in [400, 401, 403, 404, 413] {
+            assert!(matches!(step(code, 1), ImportStep::Stop), "{code}");
+        }
+    }
 }
