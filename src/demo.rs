@@ -87,6 +87,18 @@ impl DemoReport {
     pub fn ok(&self) -> bool {
         self.problems.is_empty() && self.verified == self.saves && self.saves > 0
     }
+
+    /// The timeline's last line, for `saves` saves made.
+    fn verdict(&self, saves: usize) -> String {
+        if self.ok() {
+            format!(
+                "{}/{saves} saves are in the cloud, byte for byte, none extra",
+                self.verified
+            )
+        } else {
+            format!("FAILED: {}/{saves} verified", self.verified)
+        }
+    }
 }
 
 /// A server running as a task, with the token that stops it.
@@ -153,80 +165,88 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
         ),
     );
 
-    // The narrator: turns the candidates' events into timeline lines and tallies.
-    let report = Arc::new(Mutex::new(DemoReport::default()));
-    let (lines_tx, mut lines) = mpsc::unbounded_channel::<(&'static str, String)>();
-    let tally = tokio::spawn(tally(
-        events_rx,
-        lines_tx.clone(),
-        report.clone(),
-        plan.candidates,
-    ));
-    let stop_watching = CancellationToken::new();
-    let watcher = tokio::spawn(watch_box(
-        box_client.clone(),
-        lines_tx,
-        stop_watching.clone(),
-    ));
+    let mut narrator = Narrator::start(events_rx, box_client.clone(), plan.candidates);
     let narrate = |(who, text): (&str, String)| line(who, &text);
 
     // The story: saving, the uplink cut, the outage, the uplink back.
-    sleep_narrating(BEFORE_CUT, &mut lines, &narrate).await;
+    sleep_narrating(BEFORE_CUT, &mut narrator.lines, &narrate).await;
     let cloud_addr = cloud.addr;
     cloud.stop().await?;
     line("uplink", "CUT: the cloud's listener is stopped");
-    sleep_narrating(plan.outage, &mut lines, &narrate).await;
+    sleep_narrating(plan.outage, &mut narrator.lines, &narrate).await;
     let cloud = start_cloud(CloudConfig {
         listen: cloud_addr,
         ..cloud_config
     })
     .await?;
     line("uplink", "RESTORED: the cloud listens again");
-    sleep_narrating(AFTER_RESTORE, &mut lines, &narrate).await;
+    sleep_narrating(AFTER_RESTORE, &mut narrator.lines, &narrate).await;
 
     // The end of the exam: every candidate stops and flushes; the box hands everything over.
     stop_saving.cancel();
     let saved_by = collect_saves(candidates).await?;
-    let _ = tally.await;
-    stop_watching.cancel();
-    let _ = watcher.await;
-    while let Ok(text) = lines.try_recv() {
-        narrate(text);
-    }
+    let mut report = narrator.finish(&narrate).await;
     let saves: usize = saved_by.values().map(|(_, s)| s.len()).sum();
     line(
         "candidates",
         &format!("stopped after {saves} saves; every journal flushed"),
     );
     let (delivered, replay_problem) = wait_for_replay(&box_client, &line).await?;
+    report.box_delivered = delivered;
+    report.problems.extend(replay_problem);
     hall_box.stop().await?;
 
     // The proof: every save, fetched back from the cloud.
-    let (verified, problems) =
-        verify_in_cloud(&format!("http://{}", cloud.addr), &saved_by).await?;
+    verify_in_cloud(&format!("http://{}", cloud.addr), &saved_by, &mut report).await?;
     cloud.stop().await?;
-    let mut report = std::mem::take(&mut *report.lock().unwrap_or_else(|p| p.into_inner()));
-    report.box_delivered = delivered;
-    report.verified = verified;
-    report.problems.extend(replay_problem);
-    report.problems.extend(problems);
-    if report.saves != saves {
-        report
-            .problems
-            .push(format!("{} save events for {saves} saves", report.saves));
-    }
-    line(
-        "verify",
-        &if report.ok() {
-            format!("{verified}/{saves} saves are in the cloud, byte for byte, none extra")
-        } else {
-            format!("FAILED: {verified}/{saves} verified")
-        },
-    );
+    line("verify", &report.verdict(saves));
     if !plan.keep {
         let _ = std::fs::remove_dir_all(&plan.dir);
     }
     Ok(report)
+}
+
+/// Turns the candidates' events and the box's status into timeline lines, and tallies the
+/// events into the report.
+struct Narrator {
+    report: Arc<Mutex<DemoReport>>,
+    /// The lines to print, as (who, what).
+    lines: mpsc::UnboundedReceiver<(&'static str, String)>,
+    tally: JoinHandle<()>,
+    watcher: JoinHandle<()>,
+    stop_watching: CancellationToken,
+}
+
+impl Narrator {
+    fn start(
+        events: mpsc::UnboundedReceiver<(usize, Event)>,
+        box_client: Connection,
+        candidates: usize,
+    ) -> Self {
+        let report = Arc::new(Mutex::new(DemoReport::default()));
+        let (lines_tx, lines) = mpsc::unbounded_channel();
+        let tally = tokio::spawn(tally(events, lines_tx.clone(), report.clone(), candidates));
+        let stop_watching = CancellationToken::new();
+        let watcher = tokio::spawn(watch_box(box_client, lines_tx, stop_watching.clone()));
+        Self {
+            report,
+            lines,
+            tally,
+            watcher,
+            stop_watching,
+        }
+    }
+
+    /// Once every candidate has stopped: tells what is left to tell, and hands the tally over.
+    async fn finish(mut self, narrate: &impl Fn((&'static str, String))) -> DemoReport {
+        let _ = self.tally.await;
+        self.stop_watching.cancel();
+        let _ = self.watcher.await;
+        while let Ok(text) = self.lines.try_recv() {
+            narrate(text);
+        }
+        std::mem::take(&mut *self.report.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// The demo's venue key and the box's credential at the cloud, in files in the demo's folder.
@@ -408,11 +428,12 @@ async fn wait_for_replay(
 }
 
 /// Fetches every save back from the cloud with its candidate's token and compares it byte for
-/// byte; returns how many matched, and what did not.
+/// byte; records in `report` how many matched, and what did not.
 async fn verify_in_cloud(
     cloud_url: &str,
     saved_by: &Saves,
-) -> Result<(usize, Vec<String>), DemoError> {
+    report: &mut DemoReport,
+) -> Result<(), DemoError> {
     let mut problems = Vec::new();
     let mut verified = 0;
     for (id, (token, saves)) in saved_by {
@@ -438,7 +459,15 @@ async fn verify_in_cloud(
             }
         }
     }
-    Ok((verified, problems))
+    let saves: usize = saved_by.values().map(|(_, s)| s.len()).sum();
+    report.verified = verified;
+    report.problems.extend(problems);
+    if report.saves != saves {
+        report
+            .problems
+            .push(format!("{} save events for {saves} saves", report.saves));
+    }
+    Ok(())
 }
 
 /// Sleeps for `how_long`, printing narrator lines as they come.
