@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, StatusCode, header};
+use hallrelay_protocol::ids::AutosaveName;
+use hallrelay_protocol::v1::{Answer, AutosavePut};
+use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -282,6 +284,51 @@ pub async fn run(
     token_for: impl Fn(usize) -> String,
     progress: Option<tokio::sync::watch::Sender<Progress>>,
 ) -> Result<LoadReport, LoadError> {
+    let (connector, authority) = connector(plan)?;
+    let authorizations = (0..plan.candidates)
+        .map(|i| {
+            HeaderValue::from_str(&format!("Bearer {}", token_for(i)))
+                .map_err(|_| LoadError::Token(i))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let live = Arc::new(Live::default());
+    let started = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let mut reporter = AbortOnDrop(progress.map(|tx| report_progress(tx, &live, &started)));
+
+    let (senders, mut report) = connect_hall(&connector, plan, &live).await?;
+
+    let start = Instant::now();
+    let _ = started.set(start);
+    let window = Window::of(plan, start);
+    let mut tasks = tokio::task::JoinSet::new();
+    let hall = Hall::new(plan, &connector, &authority, &live);
+    for (i, (sender, authorization)) in senders.into_iter().zip(authorizations).enumerate() {
+        let Ok(sender) = sender else { continue };
+        let candidate = hall.candidate(i, sender, authorization);
+        let seed: u64 = rand::rng().random();
+        tasks.spawn(candidate.run(plan.pace.clone(), window, seed));
+    }
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(part) => report.merge(part),
+            Err(error) => tracing::warn!(%error, "a simulated candidate failed"),
+        }
+    }
+    report.latencies_us.sort_unstable();
+    report.elapsed = match plan.pace {
+        // From the burst to its last answer.
+        Pace::Burst { .. } => start.elapsed(),
+        _ => plan.duration,
+    };
+    live.done.store(true, Ordering::Release);
+    if let Some(task) = reporter.0.as_mut() {
+        let _ = task.await;
+    }
+    Ok(report)
+}
+
+/// The pinned TLS connector to the box, and the `Host` its requests carry.
+fn connector(plan: &LoadPlan) -> Result<(Arc<Connector>, HeaderValue), LoadError> {
     let host = plan
         .server_name
         .trim_start_matches('[')
@@ -301,36 +348,43 @@ pub async fn run(
         server_name,
         tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
     });
-    let mut authorizations = Vec::with_capacity(plan.candidates);
-    for i in 0..plan.candidates {
-        let value = HeaderValue::from_str(&format!("Bearer {}", token_for(i)))
-            .map_err(|_| LoadError::Token(i))?;
-        authorizations.push(value);
-    }
+    Ok((connector, authority))
+}
 
-    let live = Arc::new(Live::default());
-    let started = Arc::new(std::sync::OnceLock::<Instant>::new());
-    let mut reporter = AbortOnDrop(progress.map(|tx| {
-        let live = live.clone();
-        let started = started.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                tick.tick().await;
-                let done = live.done.load(Ordering::Acquire);
-                let mut snapshot = snapshot(&live, started.get());
-                if done {
-                    snapshot.phase = Phase::Done;
-                }
-                if tx.send(snapshot).is_err() || done {
-                    break;
-                }
+/// Publishes a [`Progress`] snapshot every 200 ms, and a last one when the run is done.
+fn report_progress(
+    tx: tokio::sync::watch::Sender<Progress>,
+    live: &Arc<Live>,
+    started: &Arc<std::sync::OnceLock<Instant>>,
+) -> tokio::task::JoinHandle<()> {
+    let (live, started) = (live.clone(), started.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let done = live.done.load(Ordering::Acquire);
+            let mut snapshot = snapshot(&live, started.get());
+            if done {
+                snapshot.phase = Phase::Done;
             }
-        })
-    }));
+            if tx.send(snapshot).is_err() || done {
+                break;
+            }
+        }
+    })
+}
 
-    // Connect every candidate before the clock starts: the first alone, so that a wrong pin
-    // or address fails once and clearly rather than a thousand times.
+/// One connection attempt per candidate.
+type Connected = Result<SendRequest<Full<Bytes>>, ConnectFailure>;
+
+/// Connects every candidate before the clock starts: the first alone, so that a wrong pin or
+/// address fails once and clearly rather than a thousand times. The report starts with how
+/// that went.
+async fn connect_hall(
+    connector: &Arc<Connector>,
+    plan: &LoadPlan,
+    live: &Arc<Live>,
+) -> Result<(Vec<Connected>, LoadReport), LoadError> {
     let connect_started = Instant::now();
     let first = match connector.connect().await {
         Ok(sender) => sender,
@@ -344,9 +398,8 @@ pub async fn run(
     };
     live.connected.fetch_add(1, Ordering::Relaxed);
     let mut senders = vec![Ok(first)];
-    senders.extend(connect_all(&connector, plan.candidates.saturating_sub(1), &live).await);
+    senders.extend(connect_all(connector, plan.candidates.saturating_sub(1), live).await);
     senders.truncate(plan.candidates);
-    let connect_time = connect_started.elapsed();
     let connected = senders.iter().filter(|s| s.is_ok()).count();
     let first_connect_error = senders.iter().find_map(|s| match s {
         Err(ConnectFailure::Other(message)) => Some(message.clone()),
@@ -355,7 +408,7 @@ pub async fn run(
     });
     let mut report = LoadReport {
         candidates_connected: connected,
-        connect_time,
+        connect_time: connect_started.elapsed(),
         first_connect_error,
         ..LoadReport::default()
     };
@@ -364,72 +417,69 @@ pub async fn run(
         report.errors.insert("connect".into(), failed);
         live.errors.fetch_add(failed, Ordering::Relaxed);
     }
+    Ok((senders, report))
+}
 
-    let start = Instant::now();
-    let _ = started.set(start);
-    let window = Window {
-        start,
-        measure_from: match plan.pace {
-            Pace::Burst { .. } => start,
-            _ => start + plan.warmup,
-        },
-        stop_at: match plan.pace {
-            Pace::Burst { .. } => start + plan.duration,
-            _ => start + plan.warmup + plan.duration,
-        },
-    };
-    // Seqs start from the clock (microseconds) so that repeated runs never collide: no
-    // candidate saves more than once per microsecond.
-    let first_seq =
-        u64::try_from(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_micros())).unwrap_or(0);
-    let run_nonce: u64 = rand::rng().random();
-    let template = Bytes::from(
-        (0..plan.body_size)
-            .map(|i| (i % 251) as u8)
-            .collect::<Vec<u8>>(),
-    );
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, (sender, authorization)) in senders.into_iter().zip(authorizations).enumerate() {
-        let Ok(sender) = sender else { continue };
-        let candidate = Candidate {
-            index: i,
+/// What every simulated candidate of one run shares.
+struct Hall {
+    exam: String,
+    connector: Arc<Connector>,
+    authority: HeaderValue,
+    live: Arc<Live>,
+    /// The first seq of every candidate: from the clock (microseconds), so that repeated
+    /// runs never collide (no candidate saves more than once per microsecond).
+    first_seq: u64,
+    nonce: u64,
+    template: Bytes,
+}
+
+impl Hall {
+    fn new(
+        plan: &LoadPlan,
+        connector: &Arc<Connector>,
+        authority: &HeaderValue,
+        live: &Arc<Live>,
+    ) -> Self {
+        Self {
+            exam: plan.exam.clone(),
             connector: connector.clone(),
-            sender: Some(sender),
-            authorization,
             authority: authority.clone(),
-            path_base: format!(
-                "/v1/exams/{}/candidates/{}/autosaves/",
-                plan.exam,
-                candidate_id(i)
-            ),
-            seq: first_seq,
-            nonce: run_nonce,
-            template: template.clone(),
             live: live.clone(),
-            part: Part::default(),
-            connect_failed: false,
-        };
-        let pace = plan.pace.clone();
-        let seed: u64 = rand::rng().random();
-        tasks.spawn(candidate.run(pace, window, seed));
-    }
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(part) => report.merge(part),
-            Err(error) => tracing::warn!(%error, "a simulated candidate failed"),
+            first_seq: u64::try_from(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_micros()))
+                .unwrap_or(0),
+            nonce: rand::rng().random(),
+            template: Bytes::from(
+                (0..plan.body_size)
+                    .map(|i| (i % 251) as u8)
+                    .collect::<Vec<u8>>(),
+            ),
         }
     }
-    report.latencies_us.sort_unstable();
-    report.elapsed = match plan.pace {
-        // From the burst to its last answer.
-        Pace::Burst { .. } => start.elapsed(),
-        _ => plan.duration,
-    };
-    live.done.store(true, Ordering::Release);
-    if let Some(task) = reporter.0.as_mut() {
-        let _ = task.await;
+
+    fn candidate(
+        &self,
+        index: usize,
+        sender: SendRequest<Full<Bytes>>,
+        authorization: HeaderValue,
+    ) -> Candidate {
+        Candidate {
+            index,
+            connector: self.connector.clone(),
+            sender: Some(sender),
+            authorization,
+            authority: self.authority.clone(),
+            name: AutosaveName {
+                exam: self.exam.clone(),
+                candidate: candidate_id(index),
+                seq: self.first_seq,
+            },
+            nonce: self.nonce,
+            template: self.template.clone(),
+            live: self.live.clone(),
+            part: Part::default(),
+            connect_failed: false,
+        }
     }
-    Ok(report)
 }
 
 fn snapshot(live: &Live, started: Option<&Instant>) -> Progress {
@@ -499,6 +549,24 @@ struct Window {
     stop_at: Instant,
 }
 
+impl Window {
+    /// The plan's window, starting now at `start`.
+    fn of(plan: &LoadPlan, start: Instant) -> Self {
+        match plan.pace {
+            Pace::Burst { .. } => Self {
+                start,
+                measure_from: start,
+                stop_at: start + plan.duration,
+            },
+            _ => Self {
+                start,
+                measure_from: start + plan.warmup,
+                stop_at: start + plan.warmup + plan.duration,
+            },
+        }
+    }
+}
+
 /// What one candidate saw.
 #[derive(Default)]
 struct Part {
@@ -516,8 +584,8 @@ struct Candidate {
     sender: Option<SendRequest<Full<Bytes>>>,
     authorization: HeaderValue,
     authority: HeaderValue,
-    path_base: String,
-    seq: u64,
+    /// The autosave the last save named; each save takes the next seq.
+    name: AutosaveName,
     nonce: u64,
     template: Bytes,
     live: Arc<Live>,
@@ -584,15 +652,15 @@ impl Candidate {
     /// Sends one save, due at `due`; records it if `measured`. Gives up on the answer at
     /// `deadline` (or after [`REQUEST_TIMEOUT`], whichever is sooner).
     async fn save(&mut self, due: Instant, measured: bool, deadline: Instant) {
-        self.seq += 1;
+        self.name.seq += 1;
         let outcome = self.exchange(deadline).await;
         let part = &mut self.part;
         match outcome {
-            Ok(status) if status == StatusCode::CREATED || status == StatusCode::OK => {
+            Ok((_, answer)) if answer.is_stored() => {
                 self.live.ok.fetch_add(1, Ordering::Relaxed);
                 if measured {
                     part.ok += 1;
-                    if status == StatusCode::OK {
+                    if answer == Answer::AlreadyStored {
                         part.already_stored += 1;
                     }
                     part.latencies_us
@@ -603,18 +671,18 @@ impl Candidate {
                 self.live.errors.fetch_add(1, Ordering::Relaxed);
                 if measured {
                     let kind = match other {
-                        Ok(status) => status.as_u16().to_string(),
+                        Ok((status, _)) => status.as_u16().to_string(),
                         Err(kind) => kind.to_owned(),
                     };
-                    tracing::debug!(candidate = self.index, seq = self.seq, %kind, "a save failed");
+                    tracing::debug!(candidate = self.index, seq = self.name.seq, %kind, "a save failed");
                     *part.errors.entry(kind).or_default() += 1;
                 }
             }
         }
     }
 
-    /// One PUT and its answer's status, or the kind of failure.
-    async fn exchange(&mut self, deadline: Instant) -> Result<StatusCode, &'static str> {
+    /// One PUT and its answer's status and meaning, or the kind of failure.
+    async fn exchange(&mut self, deadline: Instant) -> Result<(StatusCode, Answer), &'static str> {
         let deadline = deadline.min(Instant::now() + REQUEST_TIMEOUT);
         self.connect_failed = false;
         let mut sender = match self.sender.take() {
@@ -633,24 +701,27 @@ impl Candidate {
             self.part.reconnects += 1;
             sender = self.reconnect().await?;
         }
-        let path = format!("{}{}", self.path_base, self.seq);
-        let request = Request::put(path)
-            .header(header::HOST, self.authority.clone())
-            .header(header::AUTHORIZATION, self.authorization.clone())
-            .body(Full::new(self.payload()))
+        // No Content-Digest: the load measures the box, not this machine's hashing (the
+        // box hashes every body either way).
+        let mut request = AutosavePut::new(&self.name, false)
+            .into_request(Full::new(self.payload()))
             .map_err(|_| "request")?;
+        let headers = request.headers_mut();
+        headers.insert(header::HOST, self.authority.clone());
+        headers.insert(header::AUTHORIZATION, self.authorization.clone());
         let exchange = async {
             let response = sender
                 .send_request(request)
                 .await
                 .map_err(|_| "transport")?;
             let status = response.status();
+            let answer = Answer::of(status, response.headers());
             response
                 .into_body()
                 .collect()
                 .await
                 .map_err(|_| "transport")?;
-            Ok(status)
+            Ok((status, answer))
         };
         let status = tokio::time::timeout_at(deadline.into(), exchange)
             .await
@@ -672,7 +743,7 @@ impl Candidate {
         let mut payload = self.template.to_vec();
         let mut stamp = [0u8; 24];
         stamp[..8].copy_from_slice(&(self.index as u64).to_le_bytes());
-        stamp[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        stamp[8..16].copy_from_slice(&self.name.seq.to_le_bytes());
         stamp[16..].copy_from_slice(&self.nonce.to_le_bytes());
         let n = stamp.len().min(payload.len());
         payload[..n].copy_from_slice(&stamp[..n]);

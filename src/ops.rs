@@ -10,12 +10,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use hallrelay_client::{ClientError, Connection};
+use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::keys::Secret;
-use hallrelay_protocol::receipt::RECEIPT_HEADER;
+use hallrelay_protocol::v1::{
+    AUDIT, Answer, AutosavePut, EXPORT_AUTOSAVES, EXPORT_MANIFEST, RETRY_PARKED, STATUS, headers,
+};
 use hallrelay_server::bundle::{self, BundleError, Header, Summary};
 use hallrelay_server::units::human_bytes;
 
@@ -72,7 +75,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 /// `hallrelay status`: `/v1/status` in sentences.
 pub async fn status(box_url: &str, token: Secret, pin: &str) -> Result<String, OpsError> {
     let client = Connection::pinned(box_url, vec![pin.to_owned()], Some(token))?;
-    let reply = client.get("/v1/status").await?;
+    let reply = client.get(STATUS).await?;
     if reply.status != StatusCode::OK {
         return Err(refused("the box", &reply));
     }
@@ -143,12 +146,7 @@ pub async fn status(box_url: &str, token: Secret, pin: &str) -> Result<String, O
 pub async fn retry_parked(box_url: &str, token: Secret, pin: &str) -> Result<u64, OpsError> {
     let client = Connection::pinned(box_url, vec![pin.to_owned()], Some(token))?;
     let reply = client
-        .send(
-            Method::POST,
-            "/v1/replay/retry-parked",
-            HeaderMap::new(),
-            Bytes::new(),
-        )
+        .send(Method::POST, RETRY_PARKED, HeaderMap::new(), Bytes::new())
         .await?;
     if reply.status != StatusCode::OK {
         return Err(refused("the box", &reply));
@@ -176,7 +174,7 @@ pub async fn audit(
     let mut after: Option<u64> = None;
     loop {
         let want = (limit - entries.len() as u64).min(1000);
-        let mut path = format!("/v1/audit?limit={want}");
+        let mut path = format!("{AUDIT}?limit={want}");
         if let Some(after) = after {
             path += &format!("&after={after}");
         }
@@ -253,7 +251,7 @@ pub async fn export(
 ) -> Result<Summary, OpsError> {
     let client = Connection::pinned(box_url, vec![pin.to_owned()], Some(token))?
         .with_timeout(Duration::from_secs(300));
-    let total = match client.get("/v1/status").await {
+    let total = match client.get(STATUS).await {
         Ok(r) if r.status == StatusCode::OK => r
             .json::<serde_json::Value>()
             .ok()
@@ -274,8 +272,8 @@ pub async fn export(
     let mut after: Option<String> = None;
     loop {
         let path = match &after {
-            Some(a) => format!("/v1/export/autosaves?after={a}"),
-            None => "/v1/export/autosaves".to_owned(),
+            Some(a) => format!("{EXPORT_AUTOSAVES}?after={a}"),
+            None => EXPORT_AUTOSAVES.to_owned(),
         };
         let reply = client.get(&path).await?;
         if reply.status != StatusCode::OK {
@@ -305,8 +303,8 @@ pub async fn export(
         writer
             .write_all(&reply.body)
             .map_err(file_error(&partial))?;
-        let more = reply.header("hallrelay-export-more") == Some("true");
-        after = reply.header("hallrelay-export-last").map(str::to_owned);
+        let more = reply.header(headers::EXPORT_MORE) == Some("true");
+        after = reply.header(headers::EXPORT_LAST).map(str::to_owned);
         if !more || after.is_none() {
             break;
         }
@@ -316,7 +314,7 @@ pub async fn export(
     let reply = client
         .send(
             Method::POST,
-            "/v1/export/manifest",
+            EXPORT_MANIFEST,
             HeaderMap::new(),
             Bytes::from(request),
         )
@@ -363,8 +361,38 @@ pub struct Imported {
     pub conflicts: u64,
 }
 
-/// `hallrelay import`: verifies the bundle, then sends every autosave to the cloud with the
-/// box's receipt, the way replay would. Sending the same bundle again changes nothing.
+/// How many times `import` sends one autosave before it gives up on a cloud that fails.
+const IMPORT_ATTEMPTS: u32 = 5;
+
+/// What `import` does with one answer of the cloud.
+enum ImportStep {
+    /// A final answer: count it.
+    Count(fn(&mut Imported)),
+    /// Send the same autosave again, after a pause.
+    Again,
+    /// The cloud refuses it (or kept failing): the import stops.
+    Stop,
+}
+
+/// The cloud's `answer` to `attempt` (from 1), as `import` acts on it.
+fn import_step(answer: Answer, attempt: u32) -> ImportStep {
+    match answer {
+        Answer::Stored => ImportStep::Count(|done| done.new += 1),
+        Answer::AlreadyStored => ImportStep::Count(|done| done.already += 1),
+        Answer::Conflict => ImportStep::Count(|done| done.conflicts += 1),
+        Answer::RetryLater { .. } | Answer::Failed if attempt < IMPORT_ATTEMPTS => {
+            ImportStep::Again
+        }
+        Answer::RetryLater { .. } | Answer::Failed | Answer::Unauthorized | Answer::Refused => {
+            ImportStep::Stop
+        }
+    }
+}
+
+/// `hallrelay import`: verifies the bundle, then sends every autosave to the cloud with its
+/// digest and the box's receipt, the way replay does. Sending the same bundle again changes
+/// nothing. A cloud that asks for time or fails (429, 503, 5xx, 408, no answer) gets the same
+/// autosave again, [`IMPORT_ATTEMPTS`] times in all; any other refusal stops the import.
 pub async fn import(cloud: Connection, path: &Path) -> Result<Imported, OpsError> {
     let summary = verify(path)?;
     let file = File::open(path).map_err(file_error(path))?;
@@ -385,37 +413,43 @@ pub async fn import(cloud: Connection, path: &Path) -> Result<Imported, OpsError
             continue;
         };
         // The file was verified a moment ago; a payload changed since is still caught here.
-        if blake3::hash(&payload).to_hex().as_str() != blake3 {
+        let hash = blake3::hash(&payload);
+        if hash.to_hex().as_str() != blake3 {
             return Err(BundleError::PayloadAltered {
                 name: format!("{exam}/{candidate}/{seq}"),
             }
             .into());
         }
-        let mut path = format!("/v1/exams/{exam}/candidates/{candidate}/autosaves/{seq}");
-        if is_final {
-            path.push_str("?final=true");
-        }
-        let mut headers = HeaderMap::new();
-        let value = HeaderValue::from_str(&receipt.to_header())
-            .map_err(|e| OpsError::Unreadable(e.to_string()))?;
-        headers.insert(RECEIPT_HEADER, value);
+        let name = AutosaveName {
+            exam,
+            candidate,
+            seq,
+        };
+        let put = AutosavePut::new(&name, is_final)
+            .digest(&hash)
+            .receipt(&receipt);
         let payload = Bytes::from(payload);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let result = cloud
-                .send(Method::PUT, &path, headers.clone(), payload.clone())
+                .send(
+                    AutosavePut::METHOD,
+                    &put.path,
+                    put.headers.clone(),
+                    payload.clone(),
+                )
                 .await;
             match result {
-                Ok(r) if r.status == StatusCode::CREATED => done.new += 1,
-                Ok(r) if r.status == StatusCode::OK => done.already += 1,
-                Ok(r) if r.status == StatusCode::CONFLICT => done.conflicts += 1,
-                Ok(r) if attempt < 5 && (r.status.is_server_error() || r.status == 429) => {
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                    continue;
-                }
-                Ok(r) => return Err(refused("the cloud", &r)),
-                Err(_) if attempt < 5 => {
+                Ok(r) => match import_step(Answer::of(r.status, &r.headers), attempt) {
+                    ImportStep::Count(count) => count(&mut done),
+                    ImportStep::Again => {
+                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                        continue;
+                    }
+                    ImportStep::Stop => return Err(refused("the cloud", &r)),
+                },
+                Err(_) if attempt < IMPORT_ATTEMPTS => {
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                     continue;
                 }
@@ -427,4 +461,60 @@ pub async fn import(cloud: Connection, path: &Path) -> Result<Imported, OpsError
     }
     progress.finish_and_clear();
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(code: u16, attempt: u32) -> ImportStep {
+        let status = StatusCode::from_u16(code).unwrap();
+        import_step(Answer::of(status, &HeaderMap::new()), attempt)
+    }
+
+    fn counted(code: u16) -> Imported {
+        let mut done = Imported::default();
+        match step(code, 1) {
+            ImportStep::Count(count) => count(&mut done),
+            _ => panic!("{code} must be counted"),
+        }
+        done
+    }
+
+    /// How import acts on each answer, read by the protocol's one rule. Before that rule,
+    /// import counted only 201, 200 and 409, retried only 5xx and 429, and stopped at once on
+    /// anything else: a 204 stopped the import, and so did 408 and 425.
+    #[test]
+    fn import_counts_final_answers_retries_passing_ones_and_stops_on_refusals() {
+        let new = Imported {
+            new: 1,
+            ..Imported::default()
+        };
+        assert_eq!(counted(201), new);
+        assert_eq!(counted(204), new);
+        assert_eq!(
+            counted(200),
+            Imported {
+                already: 1,
+                ..Imported::default()
+            }
+        );
+        assert_eq!(
+            counted(409),
+            Imported {
+                conflicts: 1,
+                ..Imported::default()
+            }
+        );
+        for code in [408, 425, 429, 500, 503, 507] {
+            assert!(matches!(step(code, 1), ImportStep::Again), "{code}");
+            assert!(
+                matches!(step(code, IMPORT_ATTEMPTS), ImportStep::Stop),
+                "{code}: the last attempt"
+            );
+        }
+        for code in [400, 401, 403, 404, 413] {
+            assert!(matches!(step(code, 1), ImportStep::Stop), "{code}");
+        }
+    }
 }

@@ -17,12 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 
-use super::connection::{ClientError, Connection};
+use super::connection::{ClientError, Connection, Reply};
 use super::journal::{Held, Journal, JournalError};
 use crate::discovery::{Browser, Found, MdnsError};
+use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::keys::Secret;
+use hallrelay_protocol::v1::{Answer, AutosavePut, HEALTH, headers, latest_path};
 
 /// How long a box found over mDNS gets to answer its first request.
 const BOX_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -344,6 +346,29 @@ enum Put {
     Failed(String),
 }
 
+impl Put {
+    /// What an answer means for the client, read with the protocol's [`Answer`].
+    fn of(reply: &Reply) -> Self {
+        match Answer::of(reply.status, &reply.headers) {
+            Answer::Stored | Answer::AlreadyStored => Put::Stored {
+                receipt: String::from_utf8_lossy(&reply.body).into_owned(),
+            },
+            Answer::Conflict | Answer::Unauthorized | Answer::Refused => {
+                let reason = serde_json::from_slice::<serde_json::Value>(&reply.body)
+                    .ok()
+                    .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).into_owned());
+                Put::Refused {
+                    status: reply.status,
+                    reason,
+                }
+            }
+            Answer::RetryLater { .. } => Put::Busy(format!("it answered {}", reply.status)),
+            Answer::Failed => Put::Failed(format!("it answered {}", reply.status)),
+        }
+    }
+}
+
 /// The box saves go to while the cloud is gone.
 struct Relay {
     name: String,
@@ -444,13 +469,10 @@ impl Autosaver {
     /// asked): a fresh journal on a spare laptop continues after it instead of reusing seqs
     /// the candidate's first laptop already gave out.
     async fn latest_in_cloud(&self) -> u64 {
-        let path = format!(
-            "/v1/exams/{}/candidates/{}/autosaves/latest",
-            self.options.exam, self.options.candidate
-        );
+        let path = latest_path(&self.options.exam, &self.options.candidate);
         match self.cloud.with_timeout(BOX_PROBE_TIMEOUT).get(&path).await {
             Ok(reply) if reply.status.is_success() => reply
-                .header("hallrelay-seq")
+                .header(headers::SEQ)
                 .and_then(hallrelay_protocol::ids::parse_seq)
                 .unwrap_or(0),
             _ => 0,
@@ -580,11 +602,7 @@ impl Autosaver {
         }
         self.last_probe = Instant::now();
         let probe = self.cloud.with_timeout(BOX_PROBE_TIMEOUT);
-        if probe
-            .get("/v1/health")
-            .await
-            .is_ok_and(|r| r.status.is_success())
-        {
+        if probe.get(HEALTH).await.is_ok_and(|r| r.status.is_success()) {
             // Leave the box only once the cloud has taken what it lacks: a cloud that answers
             // a probe and then fails again would otherwise strand saves in the journal for
             // another `failover_after`.
@@ -719,7 +737,7 @@ impl Autosaver {
         )
         .map_err(|e| e.to_string())?
         .with_timeout(BOX_PROBE_TIMEOUT);
-        match conn.get("/v1/health").await {
+        match conn.get(HEALTH).await {
             Ok(reply) if reply.status.is_success() => Ok(conn),
             Ok(reply) => Err(format!("it answered {}", reply.status)),
             Err(ClientError::NotPinned(refusal)) => {
@@ -764,43 +782,14 @@ impl Autosaver {
     }
 
     async fn put(&self, conn: &Connection, seq: u64, payload: Bytes, is_final: bool) -> Put {
-        let mut path = format!(
-            "/v1/exams/{}/candidates/{}/autosaves/{seq}",
-            self.options.exam, self.options.candidate
-        );
-        if is_final {
-            path.push_str("?final=true");
-        }
-        let mut headers = HeaderMap::new();
-        if let Ok(value) = hallrelay_protocol::digest::header_value(&blake3::hash(&payload)).parse()
-        {
-            headers.insert("content-digest", value);
-        }
-        match conn.put(&path, headers, payload).await {
-            Ok(reply) if reply.status.is_success() => Put::Stored {
-                receipt: String::from_utf8_lossy(&reply.body).into_owned(),
-            },
-            Ok(reply)
-                if reply.status.is_client_error()
-                    && reply.status != StatusCode::REQUEST_TIMEOUT
-                    && reply.status != StatusCode::TOO_MANY_REQUESTS =>
-            {
-                let reason = serde_json::from_slice::<serde_json::Value>(&reply.body)
-                    .ok()
-                    .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                    .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).into_owned());
-                Put::Refused {
-                    status: reply.status,
-                    reason,
-                }
-            }
-            Ok(reply)
-                if reply.status == StatusCode::TOO_MANY_REQUESTS
-                    || reply.status == StatusCode::SERVICE_UNAVAILABLE =>
-            {
-                Put::Busy(format!("it answered {}", reply.status))
-            }
-            Ok(reply) => Put::Failed(format!("it answered {}", reply.status)),
+        let name = AutosaveName {
+            exam: self.options.exam.clone(),
+            candidate: self.options.candidate.clone(),
+            seq,
+        };
+        let put = AutosavePut::new(&name, is_final).digest(&blake3::hash(&payload));
+        match conn.put(&put.path, put.headers, payload).await {
+            Ok(reply) => Put::of(&reply),
             Err(error) => Put::Failed(error.to_string()),
         }
     }
@@ -853,5 +842,38 @@ mod tests {
         ));
         assert_eq!(autosaver.journal().last_seq(), 0);
         assert!(autosaver.journal().entries().next().is_none());
+    }
+
+    fn answer(code: u16, body: &'static [u8]) -> Put {
+        Put::of(&Reply {
+            status: StatusCode::from_u16(code).unwrap(),
+            headers: http::HeaderMap::new(),
+            body: Bytes::from_static(body),
+        })
+    }
+
+    /// What each answer means for a save, by the protocol's one reading. 425 (Too Early) is a
+    /// failed attempt, as replay reads it: before the protocol crate read every answer, the
+    /// client took it (like any 4xx but 408 and 429) for a refusal for good.
+    #[test]
+    fn answers_are_read_the_protocol_s_way() {
+        for code in [200, 201] {
+            assert!(matches!(answer(code, b"{}"), Put::Stored { .. }), "{code}");
+        }
+        for code in [400, 401, 403, 404, 409, 413] {
+            match answer(code, br#"{"error":"conflict","message":"words"}"#) {
+                Put::Refused { status, reason } => {
+                    assert_eq!(status.as_u16(), code);
+                    assert_eq!(reason, "conflict");
+                }
+                _ => panic!("{code} must be a refusal"),
+            }
+        }
+        for code in [429, 503] {
+            assert!(matches!(answer(code, b""), Put::Busy(_)), "{code}");
+        }
+        for code in [408, 425, 500, 502, 507] {
+            assert!(matches!(answer(code, b""), Put::Failed(_)), "{code}");
+        }
     }
 }

@@ -68,7 +68,7 @@ impl Reply {
     }
 
     /// A header as text, if present and printable.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: impl http::header::AsHeaderName) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }

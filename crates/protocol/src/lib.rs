@@ -10,7 +10,8 @@
 //! - [`pin`]: key pins, how a client names the one box it trusts;
 //! - [`timefmt`]: the RFC 3339 times receipts and answers carry;
 //! - [`hex`]: the spelling of keys in files;
-//! - [`v1`]: the API's paths and headers, and how mDNS finds a box.
+//! - [`v1`]: the API's paths and headers, an autosave request's parts and what its answer
+//!   means, and how mDNS finds a box.
 //!
 //! It does no networking and holds no server: a platform vendor's client and the reference
 //! cloud depend on it without pulling in the box.

@@ -41,10 +41,7 @@ pub struct Receipt {
     pub signature: String,
 }
 
-/// The header in which a box forwards its receipt with an autosave it replays to the cloud.
-pub const RECEIPT_HEADER: &str = "hallrelay-receipt";
-
-/// The longest [`RECEIPT_HEADER`] value the cloud reads. The longest receipt a box issues (ids
+/// The longest [`RECEIPT`](crate::v1::headers::RECEIPT) header value the cloud reads. The longest receipt a box issues (ids
 /// of 64 characters, a 20-digit seq and size, a DER signature) encodes to under 1 KiB.
 pub const MAX_RECEIPT_HEADER_BYTES: usize = 2048;
 

@@ -230,7 +230,7 @@ impl BoxProcess {
     pub async fn status(&self) -> serde_json::Value {
         let reply = self
             .client(Some(self.admin_token()))
-            .get("/v1/status")
+            .get(hallrelay_protocol::v1::STATUS)
             .await
             .expect("status");
         assert_eq!(reply.status, http::StatusCode::OK);
@@ -328,9 +328,8 @@ pub fn in_an_hour() -> u64 {
     hallrelay_protocol::timefmt::unix_secs(SystemTime::now()) + 3600
 }
 
-pub fn autosave_path(exam: &str, candidate: &str, seq: u64) -> String {
-    format!("/v1/exams/{exam}/candidates/{candidate}/autosaves/{seq}")
-}
+/// The protocol's own builder: tests name autosaves the way every client does.
+pub use hallrelay_protocol::v1::autosave_path;
 
 /// PUTs `body` as autosave `seq`, optionally as a final submission.
 pub async fn put(client: &Connection, exam: &str, candidate: &str, seq: u64, body: &[u8]) -> Reply {
@@ -455,9 +454,7 @@ pub fn free_port() -> u16 {
 /// `GET …/autosaves` of one candidate, as JSON rows.
 pub async fn list(client: &Connection, exam: &str, candidate: &str) -> Vec<serde_json::Value> {
     let reply = client
-        .get(&format!(
-            "/v1/exams/{exam}/candidates/{candidate}/autosaves"
-        ))
+        .get(&hallrelay_protocol::v1::autosaves_path(exam, candidate))
         .await
         .expect("list answered");
     assert_eq!(reply.status, http::StatusCode::OK);

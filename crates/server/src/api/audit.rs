@@ -24,7 +24,7 @@ const MAX_LIMIT: usize = 1000;
 
 /// Whether `path` is the audit endpoint.
 pub fn owns(path: &str) -> bool {
-    path == "/v1/audit"
+    path == hallrelay_protocol::v1::AUDIT
 }
 
 pub async fn handle<B>(

@@ -69,3 +69,38 @@ impl Cors {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hallrelay_protocol::v1::headers;
+
+    fn listed(list: &str, name: &http::HeaderName) -> bool {
+        list.split(',').any(|n| n.trim() == name.as_str())
+    }
+
+    /// A browser reads every header the protocol answers a payload or a save with, and may
+    /// send the one it declares a body's digest in.
+    #[test]
+    fn cors_lists_the_protocol_s_headers() {
+        for name in [
+            headers::CONTENT_DIGEST,
+            headers::RECEIPT,
+            headers::SEQ,
+            headers::BLAKE3,
+            headers::FINAL,
+            headers::RECEIVED_AT,
+            header::LOCATION,
+            header::RETRY_AFTER,
+        ] {
+            assert!(listed(EXPOSE_HEADERS, &name), "{name} is not exposed");
+        }
+        for name in [
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            headers::CONTENT_DIGEST,
+        ] {
+            assert!(listed(ALLOW_HEADERS, &name), "{name} is not allowed");
+        }
+    }
+}

@@ -23,6 +23,7 @@ use super::drain::RequestBody;
 use super::{Admin, ApiError, Caller, State};
 use crate::bundle::{self, FORMAT, Manifest, ManifestEntry};
 use hallrelay_protocol::ids::{AutosaveName, is_valid_id, parse_seq};
+use hallrelay_protocol::v1::{EXPORT_AUTOSAVES, EXPORT_MANIFEST, headers};
 
 /// Payload bytes per page.
 const PAGE_BYTES: u64 = 8 * 1024 * 1024;
@@ -46,10 +47,10 @@ pub async fn handle(
     let admin = state.auth.admin(super::bearer(&request))?;
     let identity = state.identity.as_ref().ok_or(ApiError::NotFound)?;
     match (request.uri().path(), request.method()) {
-        ("/v1/export/autosaves", &Method::GET) => page(state, &admin, request.uri().query()).await,
-        ("/v1/export/manifest", &Method::POST) => manifest(state, &admin, identity, request).await,
-        ("/v1/export/autosaves", _) => Err(ApiError::MethodNotAllowed("GET")),
-        ("/v1/export/manifest", _) => Err(ApiError::MethodNotAllowed("POST")),
+        (EXPORT_AUTOSAVES, &Method::GET) => page(state, &admin, request.uri().query()).await,
+        (EXPORT_MANIFEST, &Method::POST) => manifest(state, &admin, identity, request).await,
+        (EXPORT_AUTOSAVES, _) => Err(ApiError::MethodNotAllowed("GET")),
+        (EXPORT_MANIFEST, _) => Err(ApiError::MethodNotAllowed("POST")),
         _ => Err(ApiError::NotFound),
     }
 }
@@ -115,13 +116,13 @@ async fn page(
         HeaderValue::from_static("application/octet-stream"),
     );
     h.insert(
-        "hallrelay-export-more",
+        headers::EXPORT_MORE,
         HeaderValue::from_static(if more { "true" } else { "false" }),
     );
     if let Some(last) = items.last() {
         let last =
             HeaderValue::from_str(&format_name(&last.name)).map_err(|_| ApiError::Internal)?;
-        h.insert("hallrelay-export-last", last);
+        h.insert(headers::EXPORT_LAST, last);
     }
     tracing::debug!(autosaves = items.len(), more, "export page");
     Ok(response)

@@ -21,8 +21,9 @@ use super::drain::RequestBody;
 use super::error::json_response;
 use super::{ApiError, Caller, State};
 use hallrelay_protocol::digest::{DigestError, Expected};
-use hallrelay_protocol::ids::{AutosaveName, is_valid_id, parse_seq};
-use hallrelay_protocol::receipt::{RECEIPT_HEADER, Receipt};
+use hallrelay_protocol::ids::AutosaveName;
+use hallrelay_protocol::receipt::Receipt;
+use hallrelay_protocol::v1::{PathError, autosave_path, headers};
 use hallrelay_store::{ListEntry, PutOutcome, PutRequest, Record};
 
 /// The entry point hyper calls for every request.
@@ -51,75 +52,20 @@ pub async fn handle(
     Ok(response)
 }
 
-/// What a request path names, as far as the path alone can tell.
-///
-/// [`parse_path`] produces it; every id and seq in it has already been checked, so a handler
-/// never sees a name that could not be stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// `/v1/health`
-    Health,
-    /// `/v1/status`
-    Status,
-    /// `/v1/replay/retry-parked`
-    RetryParked,
-    /// `/v1/exams/{exam}/candidates/{candidate}/autosaves`
-    List { exam: String, candidate: String },
-    /// `/v1/exams/{exam}/candidates/{candidate}/autosaves/latest`
-    Latest { exam: String, candidate: String },
-    /// `/v1/exams/{exam}/candidates/{candidate}/autosaves/{seq}`
-    Autosave(AutosaveName),
-}
+/// What a request path names: the protocol's [`Route`](hallrelay_protocol::v1::Route), under
+/// the name the router and the fuzz target know it by.
+pub use hallrelay_protocol::v1::Route as Target;
 
-/// Maps a request path to what it names: [`ApiError::BadId`] for a malformed exam id,
-/// candidate id or seq (checked in that order, before anything else about an autosave route),
-/// [`ApiError::NotFound`] for any other path.
+/// Maps a request path to what it names ([`Route::parse`](hallrelay_protocol::v1::Route::parse)):
+/// [`ApiError::BadId`] for a malformed exam id, candidate id or seq (checked in that order,
+/// before anything else about an autosave route), [`ApiError::NotFound`] for any other path.
 pub fn parse_path(path: &str) -> Result<Target, ApiError> {
-    let Some(rest) = path.strip_prefix("/v1/") else {
-        return Err(ApiError::NotFound);
-    };
-    let segments: Vec<&str> = rest.split('/').collect();
-    match segments.as_slice() {
-        ["health"] => Ok(Target::Health),
-        ["status"] => Ok(Target::Status),
-        ["replay", "retry-parked"] => Ok(Target::RetryParked),
-        [
-            "exams",
-            exam,
-            "candidates",
-            candidate,
-            "autosaves",
-            tail @ ..,
-        ] => {
-            if !is_valid_id(exam) {
-                return Err(ApiError::BadId(
-                    "the exam id must match [A-Za-z0-9._-]{1,64}",
-                ));
-            }
-            if !is_valid_id(candidate) {
-                return Err(ApiError::BadId(
-                    "the candidate id must match [A-Za-z0-9._-]{1,64}",
-                ));
-            }
-            let (exam, candidate) = (exam.to_string(), candidate.to_string());
-            match tail {
-                [] => Ok(Target::List { exam, candidate }),
-                ["latest"] => Ok(Target::Latest { exam, candidate }),
-                [seq] => {
-                    let seq = parse_seq(seq).ok_or(ApiError::BadId(
-                        "the seq must be a decimal u64 without leading zeros",
-                    ))?;
-                    Ok(Target::Autosave(AutosaveName {
-                        exam,
-                        candidate,
-                        seq,
-                    }))
-                }
-                _ => Err(ApiError::NotFound),
-            }
+    Target::parse(path).map_err(|e| match e {
+        PathError::BadExam | PathError::BadCandidate | PathError::BadSeq => {
+            ApiError::BadId(e.reason())
         }
-        _ => Err(ApiError::NotFound),
-    }
+        _ => ApiError::NotFound,
+    })
 }
 
 async fn route(
@@ -255,7 +201,7 @@ fn upstream_receipt<B>(
     name: &AutosaveName,
     is_final: bool,
 ) -> Result<Option<Receipt>, ApiError> {
-    let Some(value) = request.headers().get(RECEIPT_HEADER) else {
+    let Some(value) = request.headers().get(headers::RECEIPT) else {
         return Ok(None);
     };
     let value = value
@@ -348,10 +294,9 @@ async fn put(
         PutOutcome::Stored(receipt) => {
             tracing::debug!(exam = %name.exam, candidate = %name.candidate, seq = name.seq, "stored");
             let mut response = json_response(StatusCode::CREATED, &receipt);
-            if let Ok(location) = HeaderValue::from_str(&format!(
-                "/v1/exams/{}/candidates/{}/autosaves/{}",
-                name.exam, name.candidate, name.seq
-            )) {
+            if let Ok(location) =
+                HeaderValue::from_str(&autosave_path(&name.exam, &name.candidate, name.seq))
+            {
                 response.headers_mut().insert(header::LOCATION, location);
             }
             Ok(response)
@@ -370,7 +315,7 @@ async fn put(
 /// body is read: a malformed header or an algorithm named twice is refused at once.
 fn content_digest<B>(request: &Request<B>) -> Result<Option<Expected>, ApiError> {
     let mut lines = Vec::new();
-    for value in request.headers().get_all("content-digest") {
+    for value in request.headers().get_all(headers::CONTENT_DIGEST) {
         lines.push(
             value.to_str().map_err(|_| {
                 ApiError::BadRequest("the Content-Digest header is not text".into())
@@ -399,19 +344,19 @@ fn payload_response(found: Option<(Record, Bytes)>) -> Result<Response<Full<Byte
     );
     let text = |s: String| HeaderValue::from_str(&s).map_err(|_| ApiError::Internal);
     h.insert(
-        "content-digest",
+        headers::CONTENT_DIGEST,
         text(hallrelay_protocol::digest::header_value(&blake3))?,
     );
-    h.insert("hallrelay-seq", HeaderValue::from(receipt.seq));
-    h.insert("hallrelay-blake3", text(receipt.blake3.clone())?);
+    h.insert(headers::SEQ, HeaderValue::from(receipt.seq));
+    h.insert(headers::BLAKE3, text(receipt.blake3.clone())?);
     h.insert(
-        "hallrelay-final",
+        headers::FINAL,
         HeaderValue::from_static(if receipt.is_final { "true" } else { "false" }),
     );
-    h.insert("hallrelay-received-at", text(receipt.received_at.clone())?);
+    h.insert(headers::RECEIVED_AT, text(receipt.received_at.clone())?);
     // On the cloud: the forwarding box's receipt, the evidence of hall time.
     if let Some(upstream) = &record.upstream_receipt {
-        h.insert(RECEIPT_HEADER, text(upstream.to_header())?);
+        h.insert(headers::RECEIPT, text(upstream.to_header())?);
     }
     Ok(response)
 }

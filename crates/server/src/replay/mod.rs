@@ -37,17 +37,16 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use bucket::TokenBucket;
 pub use uplink::{ReplayFailure, Uplink, UplinkState, UplinkStatus};
 
-use hallrelay_client::{ClientError, Connection};
+use hallrelay_client::{ClientError, Connection, Reply};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::keys::Secret;
-use hallrelay_protocol::receipt::RECEIPT_HEADER;
+use hallrelay_protocol::v1::{Answer, AutosavePut, HEALTH};
 use hallrelay_store::{Pending, RetryCause, Store};
 use holds::{Holds, Who};
 
@@ -178,7 +177,7 @@ struct Replayer {
     uplink: Arc<Uplink>,
 }
 
-/// What the loop keeps between PUTs besides the PUTs themselves.
+/// When PUTs may go: what the cloud's answers hold back.
 struct Pace {
     /// Per-autosave and per-candidate holds after transient failures.
     holds: Holds,
@@ -186,192 +185,306 @@ struct Pace {
     paused_until: Option<Instant>,
 }
 
+impl Pace {
+    fn is_paused(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|until| until > now)
+    }
+
+    /// Pauses every PUT for `wait` (a longer pause already asked for stays).
+    fn pause(&mut self, wait: Duration) {
+        let until = Instant::now() + wait;
+        self.paused_until = Some(self.paused_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// How long until the outbox is worth a look although no PUT answered: new saves, or a
+    /// hold or a pause that ends.
+    fn look_again(&self, now: Instant) -> Duration {
+        [self.paused_until, self.holds.next_due(now)]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .map(|t| t - now)
+            .fold(IDLE_POLL, Duration::min)
+            .max(LOOK_AGAIN_MIN)
+    }
+}
+
 /// The shortest wait of the loop when it looks again for due work: not a hot loop.
 const LOOK_AGAIN_MIN: Duration = Duration::from_millis(10);
 
-impl Replayer {
-    async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(self.backoff_max);
-        let mut pace = Pace {
-            holds: Holds::new(BACKOFF_MIN, self.backoff_max),
-            paused_until: None,
-        };
-        let mut in_flight: JoinSet<(u64, u64, AutosaveName, Outcome)> = JoinSet::new();
-        // Recording the cloud's answers in the store, each yielding its arrival when durable.
-        // They run beside the PUTs rather than in their slots, so that a slot is free again
-        // as soon as the cloud answered, and marks that arrive together share one commit.
-        let mut marking: JoinSet<u64> = JoinSet::new();
-        // Arrivals the outbox must not hand out again: in flight, or answered and not yet
-        // recorded as such.
-        let mut flying: HashSet<u64> = HashSet::new();
-        let mut queue: VecDeque<Pending> = VecDeque::new();
-        let mut last_probe = Instant::now();
-        // Counts the uplink's returns: a PUT sent before the latest return that failed to
-        // connect says nothing about the uplink now.
-        let mut epoch = 0u64;
-        loop {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            while let Some(marked) = marking.try_join_next() {
-                if let Ok(arrival) = marked {
-                    flying.remove(&arrival);
-                }
-            }
-            match self.uplink.state() {
-                UplinkState::Up => {}
-                UplinkState::Refused => {
-                    // Let in-flight PUTs finish, wait, then try again.
-                    while in_flight.join_next().await.is_some() {}
-                    while marking.join_next().await.is_some() {}
-                    flying.clear();
-                    if sleep_or_stop(REFUSED_PAUSE, &shutdown).await {
-                        break;
-                    }
-                    self.probe().await;
-                    continue;
-                }
-                _ => {
-                    if self.probe().await {
-                        backoff.reset();
-                        epoch += 1;
-                        last_probe = Instant::now();
-                    } else if sleep_or_stop(backoff.step(), &shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            }
+/// One PUT, answered.
+struct Sent {
+    /// The uplink's [`Flight::epoch`] when it was sent.
+    epoch: u64,
+    arrival: u64,
+    name: AutosaveName,
+    outcome: Outcome,
+}
 
-            // Keep `concurrency` PUTs in flight, in replay order, of what is due now.
-            let now = Instant::now();
-            let paused = pace.paused_until.is_some_and(|until| until > now);
-            while !paused && in_flight.len() < self.concurrency {
-                if queue.is_empty() {
-                    let mut skip = flying.clone();
-                    skip.extend(pace.holds.waiting(now));
-                    let held = pace.holds.held(now);
-                    match self
-                        .store
-                        .pending_except(self.concurrency, skip, held)
-                        .await
-                    {
-                        Ok(more) => queue.extend(more),
-                        Err(e) => {
-                            if matches!(e, hallrelay_store::StoreError::Storage(_)) {
-                                self.uplink.count_failure(ReplayFailure::OutboxUnreadable);
-                            }
-                            tracing::warn!(error = %e, "reading the outbox failed");
-                            break;
-                        }
-                    }
-                }
-                let Some(item) = queue.pop_front() else { break };
-                let arrival = item.record.arrival;
-                let who = who(&item.name);
-                // The queue was read before the last answers: what they hold back waits.
-                if flying.contains(&arrival) || !pace.holds.may_send(arrival, &who, now) {
-                    continue;
-                }
-                flying.insert(arrival);
-                pace.holds.sent(arrival, &who);
-                let client = self.client.clone();
-                let bucket = self.bucket.clone();
-                in_flight.spawn(async move {
-                    let outcome = forward(&client, bucket.as_deref(), &item).await;
-                    (epoch, item.record.arrival, item.name, outcome)
-                });
-            }
+/// What the loop keeps from one turn to the next.
+struct Flight {
+    /// Probing a down uplink.
+    backoff: Backoff,
+    pace: Pace,
+    /// The PUTs on the wire.
+    in_flight: JoinSet<Sent>,
+    /// Recording the cloud's answers in the store, each yielding its arrival when durable.
+    /// They run beside the PUTs rather than in their slots, so that a slot is free again as
+    /// soon as the cloud answered, and marks that arrive together share one commit.
+    marking: JoinSet<u64>,
+    /// Arrivals the outbox must not hand out again: in flight, or answered and not yet
+    /// recorded as such.
+    flying: HashSet<u64>,
+    /// Read from the outbox, not yet sent.
+    queue: VecDeque<Pending>,
+    /// When the uplink was last probed while replay had nothing to send.
+    last_probe: Instant,
+    /// Counts the uplink's returns: a PUT sent before the latest return that failed to
+    /// connect says nothing about the uplink now.
+    epoch: u64,
+}
 
-            // When to look at the outbox again although no PUT answered: new saves, a hold
-            // or a pause that ends.
-            let look_again = [pace.paused_until, pace.holds.next_due(now)]
-                .into_iter()
-                .flatten()
-                .filter(|t| *t > now)
-                .map(|t| t - now)
-                .fold(IDLE_POLL, Duration::min)
-                .max(LOOK_AGAIN_MIN);
-
-            if in_flight.is_empty() && !marking.is_empty() {
-                // What is left of the outbox waits for its marks.
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    Some(marked) = marking.join_next() => {
-                        if let Ok(arrival) = marked {
-                            flying.remove(&arrival);
-                        }
-                    }
-                    () = tokio::time::sleep(look_again) => {}
-                }
-                continue;
-            }
-            if in_flight.is_empty() {
-                // Nothing due: check the outbox again soon, the uplink now and then.
-                if last_probe.elapsed() >= IDLE_PROBE {
-                    last_probe = Instant::now();
-                    if !self.probe().await {
-                        continue;
-                    }
-                }
-                if sleep_or_stop(look_again, &shutdown).await {
-                    break;
-                }
-                continue;
-            }
-
-            let has_room = !paused && in_flight.len() < self.concurrency;
-            let joined = tokio::select! {
-                () = shutdown.cancelled() => break,
-                Some(marked) = marking.join_next() => {
-                    if let Ok(arrival) = marked {
-                        flying.remove(&arrival);
-                    }
-                    continue;
-                }
-                () = tokio::time::sleep(look_again), if has_room => continue,
-                joined = in_flight.join_next() => joined,
-            };
-            let Some(Ok((sent_in, arrival, name, outcome))) = joined else {
-                continue;
-            };
-            match Mark::of(&outcome) {
-                Some(mark) => {
-                    // The arrival stays in `flying` until its mark is durable.
-                    let store = self.store.clone();
-                    let name = name.clone();
-                    marking.spawn(async move {
-                        record(&store, &name, mark).await;
-                        arrival
-                    });
-                }
-                None => {
-                    flying.remove(&arrival);
-                }
-            }
-            let outcome = match outcome {
-                Outcome::Unreachable(why) if sent_in != epoch => {
-                    tracing::debug!(%why, "a PUT sent before the uplink returned failed; retrying");
-                    Outcome::Transient(why)
-                }
-                outcome => outcome,
-            };
-            self.settle(arrival, name, outcome, &mut pace, &mut queue);
+impl Flight {
+    fn new(backoff_max: Duration) -> Self {
+        Self {
+            backoff: Backoff::new(backoff_max),
+            pace: Pace {
+                holds: Holds::new(BACKOFF_MIN, backoff_max),
+                paused_until: None,
+            },
+            in_flight: JoinSet::new(),
+            marking: JoinSet::new(),
+            flying: HashSet::new(),
+            queue: VecDeque::new(),
+            last_probe: Instant::now(),
+            epoch: 0,
         }
-        in_flight.shutdown().await;
-        // Answers the cloud already gave are recorded before replay stops.
-        while marking.join_next().await.is_some() {}
     }
 
-    /// Acts on one PUT's outcome. Never sleeps: what must wait is held in `pace`.
-    fn settle(
+    /// One answer is durably recorded: its arrival may be handed out again (if it is still
+    /// pending, the mark failed and it is re-sent).
+    fn marked(&mut self, marked: Result<u64, tokio::task::JoinError>) {
+        if let Ok(arrival) = marked {
+            self.flying.remove(&arrival);
+        }
+    }
+
+    /// Takes in the marks already recorded, without waiting.
+    fn collect_marks(&mut self) {
+        while let Some(marked) = self.marking.try_join_next() {
+            self.marked(marked);
+        }
+    }
+
+    /// Waits for every PUT in flight and every mark.
+    async fn settle_everything(&mut self) {
+        while self.in_flight.join_next().await.is_some() {}
+        while self.marking.join_next().await.is_some() {}
+        self.flying.clear();
+    }
+
+    fn uplink_returned(&mut self) {
+        self.backoff.reset();
+        self.epoch += 1;
+        self.last_probe = Instant::now();
+    }
+}
+
+/// Whether the loop goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl Next {
+    fn unless_stopped(stopped: bool) -> Self {
+        if stopped { Self::Stop } else { Self::Continue }
+    }
+}
+
+impl Replayer {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut flight = Flight::new(self.backoff_max);
+        while !shutdown.is_cancelled() {
+            flight.collect_marks();
+            let next = match self.uplink.state() {
+                UplinkState::Up => self.replay_some(&mut flight, &shutdown).await,
+                UplinkState::Refused => self.wait_out_refusal(&mut flight, &shutdown).await,
+                _ => self.wait_for_uplink(&mut flight, &shutdown).await,
+            };
+            if next == Next::Stop {
+                break;
+            }
+        }
+        flight.in_flight.shutdown().await;
+        // Answers the cloud already gave are recorded before replay stops.
+        while flight.marking.join_next().await.is_some() {}
+    }
+
+    /// The cloud refused the credential: lets the PUTs in flight finish, waits, then asks
+    /// again.
+    async fn wait_out_refusal(&self, flight: &mut Flight, shutdown: &CancellationToken) -> Next {
+        flight.settle_everything().await;
+        if sleep_or_stop(REFUSED_PAUSE, shutdown).await {
+            return Next::Stop;
+        }
+        self.probe().await;
+        Next::Continue
+    }
+
+    /// The uplink is down: probes it, backing off while it stays down.
+    async fn wait_for_uplink(&self, flight: &mut Flight, shutdown: &CancellationToken) -> Next {
+        if self.probe().await {
+            flight.uplink_returned();
+            return Next::Continue;
+        }
+        Next::unless_stopped(sleep_or_stop(flight.backoff.step(), shutdown).await)
+    }
+
+    /// The uplink is up: sends what is due, then waits for the first of an answer, a
+    /// recorded mark, or the time to look at the outbox again.
+    async fn replay_some(&self, flight: &mut Flight, shutdown: &CancellationToken) -> Next {
+        let now = Instant::now();
+        let paused = flight.pace.is_paused(now);
+        if !paused {
+            self.fill(flight, now).await;
+        }
+        let look_again = flight.pace.look_again(now);
+        if flight.in_flight.is_empty() {
+            return self.idle(flight, look_again, shutdown).await;
+        }
+        let has_room = !paused && flight.in_flight.len() < self.concurrency;
+        let joined = tokio::select! {
+            () = shutdown.cancelled() => return Next::Stop,
+            Some(marked) = flight.marking.join_next() => {
+                flight.marked(marked);
+                return Next::Continue;
+            }
+            () = tokio::time::sleep(look_again), if has_room => return Next::Continue,
+            joined = flight.in_flight.join_next() => joined,
+        };
+        if let Some(Ok(sent)) = joined {
+            self.answered(flight, sent);
+        }
+        Next::Continue
+    }
+
+    /// Nothing in flight: waits for the marks still being recorded (what is left of the
+    /// outbox may be behind them), or for `look_again`, probing the uplink now and then.
+    async fn idle(
         &self,
-        arrival: u64,
-        name: AutosaveName,
-        outcome: Outcome,
-        pace: &mut Pace,
-        queue: &mut VecDeque<Pending>,
-    ) {
+        flight: &mut Flight,
+        look_again: Duration,
+        shutdown: &CancellationToken,
+    ) -> Next {
+        if !flight.marking.is_empty() {
+            tokio::select! {
+                () = shutdown.cancelled() => return Next::Stop,
+                Some(marked) = flight.marking.join_next() => flight.marked(marked),
+                () = tokio::time::sleep(look_again) => {}
+            }
+            return Next::Continue;
+        }
+        if flight.last_probe.elapsed() >= IDLE_PROBE {
+            flight.last_probe = Instant::now();
+            if !self.probe().await {
+                return Next::Continue;
+            }
+        }
+        Next::unless_stopped(sleep_or_stop(look_again, shutdown).await)
+    }
+
+    /// Keeps `concurrency` PUTs in flight, in replay order, of what is due at `now`.
+    async fn fill(&self, flight: &mut Flight, now: Instant) {
+        while flight.in_flight.len() < self.concurrency {
+            if flight.queue.is_empty() && !self.read_outbox(flight, now).await {
+                break;
+            }
+            let Some(item) = flight.queue.pop_front() else {
+                break;
+            };
+            let arrival = item.record.arrival;
+            let who = who(&item.name);
+            // The queue was read before the last answers: what they hold back waits.
+            if flight.flying.contains(&arrival) || !flight.pace.holds.may_send(arrival, &who, now) {
+                continue;
+            }
+            flight.flying.insert(arrival);
+            flight.pace.holds.sent(arrival, &who);
+            let (client, bucket, epoch) = (self.client.clone(), self.bucket.clone(), flight.epoch);
+            flight.in_flight.spawn(async move {
+                let outcome = forward(&client, bucket.as_deref(), &item).await;
+                Sent {
+                    epoch,
+                    arrival,
+                    name: item.name,
+                    outcome,
+                }
+            });
+        }
+    }
+
+    /// Reads the next autosaves due from the outbox into the queue; false if it could not.
+    async fn read_outbox(&self, flight: &mut Flight, now: Instant) -> bool {
+        let mut skip = flight.flying.clone();
+        skip.extend(flight.pace.holds.waiting(now));
+        let held = flight.pace.holds.held(now);
+        match self
+            .store
+            .pending_except(self.concurrency, skip, held)
+            .await
+        {
+            Ok(more) => {
+                flight.queue.extend(more);
+                true
+            }
+            Err(e) => {
+                if matches!(e, hallrelay_store::StoreError::Storage(_)) {
+                    self.uplink.count_failure(ReplayFailure::OutboxUnreadable);
+                }
+                tracing::warn!(error = %e, "reading the outbox failed");
+                false
+            }
+        }
+    }
+
+    /// Takes in one PUT's answer: records a final one in the store (beside the PUTs), and
+    /// acts on it.
+    fn answered(&self, flight: &mut Flight, sent: Sent) {
+        let Sent {
+            epoch,
+            arrival,
+            name,
+            outcome,
+        } = sent;
+        match Mark::of(&outcome) {
+            Some(mark) => {
+                // The arrival stays in `flying` until its mark is durable.
+                let store = self.store.clone();
+                let name = name.clone();
+                flight.marking.spawn(async move {
+                    record(&store, &name, mark).await;
+                    arrival
+                });
+            }
+            None => {
+                flight.flying.remove(&arrival);
+            }
+        }
+        let outcome = match outcome {
+            Outcome::Unreachable(why) if epoch != flight.epoch => {
+                tracing::debug!(%why, "a PUT sent before the uplink returned failed; retrying");
+                Outcome::Transient(why)
+            }
+            outcome => outcome,
+        };
+        self.settle(arrival, name, outcome, flight);
+    }
+
+    /// Acts on one PUT's outcome. Never sleeps: what must wait is held in the flight's pace.
+    fn settle(&self, arrival: u64, name: AutosaveName, outcome: Outcome, flight: &mut Flight) {
+        let (pace, queue) = (&mut flight.pace, &mut flight.queue);
         let span = tracing::debug_span!("replay", exam = %name.exam, candidate = %name.candidate, seq = name.seq);
         let _enter = span.enter();
         let who = who(&name);
@@ -406,8 +519,7 @@ impl Replayer {
                 tracing::info!(?wait, "the cloud asked replay to wait");
                 pace.holds.returned(arrival, &who);
                 queue.clear();
-                let until = Instant::now() + wait;
-                pace.paused_until = Some(pace.paused_until.map_or(until, |u| u.max(until)));
+                pace.pause(wait);
             }
             Outcome::Transient(why) => {
                 self.uplink.count_failure(ReplayFailure::Transient);
@@ -427,7 +539,7 @@ impl Replayer {
     /// Probes the cloud's health and records the answer; returns whether it is up.
     async fn probe(&self) -> bool {
         let probe = self.client.with_timeout(self.probe_timeout);
-        match probe.get("/v1/health").await {
+        match probe.get(HEALTH).await {
             Ok(reply) if reply.status.is_success() => {
                 self.uplink.set(UplinkState::Up, None);
                 true
@@ -501,58 +613,33 @@ async fn record(store: &Store, name: &AutosaveName, mark: Mark) {
     }
 }
 
+/// How long replay pauses after a 429 or 503 that gave no `Retry-After`.
+const RETRY_AFTER_DEFAULT: Duration = Duration::from_secs(5);
+/// The longest pause replay takes for a `Retry-After`, however long the cloud asks for.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
+
 /// PUTs one autosave to the cloud with its digest and the box's receipt.
 async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pending) -> Outcome {
     let receipt = &item.record.receipt;
-    let mut path = format!(
-        "/v1/exams/{}/candidates/{}/autosaves/{}",
-        item.name.exam, item.name.candidate, item.name.seq
-    );
-    if receipt.is_final {
-        path.push_str("?final=true");
+    let mut put = AutosavePut::new(&item.name, receipt.is_final).receipt(receipt);
+    // The store checked the record; a blake3 that is not hex leaves the digest out, and the
+    // cloud then refuses the receipt that does not match the bytes.
+    if let Ok(blake3) = blake3::Hash::from_hex(&receipt.blake3) {
+        put = put.digest(&blake3);
     }
-    let mut headers = HeaderMap::new();
-    let digest = blake3::Hash::from_hex(&receipt.blake3)
-        .map(|h| hallrelay_protocol::digest::header_value(&h))
-        .unwrap_or_default();
-    for (name, value) in [
-        ("content-digest", digest),
-        (RECEIPT_HEADER, receipt.to_header()),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    }
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
     if let Some(bucket) = bucket {
         bucket.take(item.payload.len()).await;
     }
     let reply = client
-        .send(Method::PUT, &path, headers, Bytes::clone(&item.payload))
+        .send(
+            AutosavePut::METHOD,
+            &put.path,
+            put.headers,
+            Bytes::clone(&item.payload),
+        )
         .await;
     match reply {
-        Ok(r) => match Answer::of(r.status) {
-            Answer::Delivered => Outcome::Delivered,
-            Answer::Conflict => Outcome::Conflict,
-            Answer::Refused => Outcome::Refused(format!("the cloud answered {}", r.status)),
-            Answer::RetryAfter => {
-                let wait = r
-                    .header("retry-after")
-                    .and_then(retry_after)
-                    .unwrap_or(Duration::from_secs(5));
-                Outcome::RetryAfter(wait.min(Duration::from_secs(300)))
-            }
-            Answer::Permanent => Outcome::Parked {
-                status: r.status.as_u16(),
-                reason: format!("the cloud answered {}{}", r.status, message(&r)),
-            },
-            Answer::Transient => {
-                Outcome::Transient(format!("the cloud answered {}{}", r.status, message(&r)))
-            }
-        },
+        Ok(reply) => outcome(&reply),
         Err(ClientError::Timeout(d)) => Outcome::Transient(format!("no answer within {d:?}")),
         // A cloud whose key is not the pinned one is, for replay, a cloud not reached.
         Err(e @ ClientError::NotPinned(_)) => Outcome::Unreachable(e.to_string()),
@@ -569,36 +656,22 @@ async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pendi
     }
 }
 
-/// What an HTTP answer of the cloud means for replay. The one place that decides it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Answer {
-    /// 2xx.
-    Delivered,
-    /// 409: other bytes under this name.
-    Conflict,
-    /// 401, 403: the box's credential.
-    Refused,
-    /// 429, 503: the cloud says "slow down" for everyone.
-    RetryAfter,
-    /// Any other 4xx but 408 and 425: the request itself is refused (400, 404, 410, 413,
-    /// 422…) and sending the same immutable bytes again cannot change that.
-    Permanent,
-    /// 408 (the cloud timed the request out), 425 (too early), other 5xx, anything else:
-    /// the same request may well succeed later.
-    Transient,
-}
-
-impl Answer {
-    fn of(status: StatusCode) -> Self {
-        match status.as_u16() {
-            200..=299 => Self::Delivered,
-            409 => Self::Conflict,
-            401 | 403 => Self::Refused,
-            429 | 503 => Self::RetryAfter,
-            408 | 425 => Self::Transient,
-            400..=499 => Self::Permanent,
-            _ => Self::Transient,
+/// What the cloud's answer ([`Answer`], the protocol's reading) means for replay: the table in
+/// this module's docs.
+fn outcome(reply: &Reply) -> Outcome {
+    let said = || format!("the cloud answered {}{}", reply.status, message(reply));
+    match Answer::of(reply.status, &reply.headers) {
+        Answer::Stored | Answer::AlreadyStored => Outcome::Delivered,
+        Answer::Conflict => Outcome::Conflict,
+        Answer::Unauthorized => Outcome::Refused(format!("the cloud answered {}", reply.status)),
+        Answer::RetryLater { after } => {
+            Outcome::RetryAfter(after.unwrap_or(RETRY_AFTER_DEFAULT).min(RETRY_AFTER_MAX))
         }
+        Answer::Refused => Outcome::Parked {
+            status: reply.status.as_u16(),
+            reason: said(),
+        },
+        Answer::Failed => Outcome::Transient(said()),
     }
 }
 
@@ -611,19 +684,6 @@ fn message(reply: &hallrelay_client::Reply) -> String {
     } else {
         format!(": {text}")
     }
-}
-
-/// `Retry-After` as seconds or as an HTTP date (RFC 9110 section 10.2.3).
-fn retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(
-        when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
 }
 
 fn is_connect_error(e: &ClientError) -> bool {
@@ -659,42 +719,51 @@ async fn retention(store: Store, retention: Duration, shutdown: CancellationToke
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{HeaderMap, HeaderValue, StatusCode};
 
-    #[test]
-    fn retry_after_takes_seconds_and_dates() {
-        assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
-        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
-        let wait = retry_after(&soon).unwrap();
-        assert!(
-            wait > Duration::from_secs(27) && wait <= Duration::from_secs(30),
-            "{wait:?}"
-        );
-        assert_eq!(
-            retry_after("Thu, 01 Jan 1970 00:00:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(retry_after("soon"), None);
+    fn reply(code: u16, headers: &[(&'static str, &'static str)]) -> Reply {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        Reply {
+            status: StatusCode::from_u16(code).unwrap(),
+            headers: map,
+            body: Bytes::from_static(br#"{"error":"x","message":"the reason"}"#),
+        }
     }
 
-    /// The table in docs/replay.md, answer by answer.
+    /// The table in this module's docs (and docs/replay.md), answer by answer.
     #[test]
-    fn answers_are_classified_as_documented() {
-        let of = |code: u16| Answer::of(StatusCode::from_u16(code).unwrap());
+    fn answers_are_acted_on_as_documented() {
+        let of = |code: u16| outcome(&reply(code, &[]));
         for code in [200, 201, 204] {
-            assert_eq!(of(code), Answer::Delivered, "{code}");
+            assert!(matches!(of(code), Outcome::Delivered), "{code}");
         }
-        assert_eq!(of(409), Answer::Conflict);
+        assert!(matches!(of(409), Outcome::Conflict));
         for code in [401, 403] {
-            assert_eq!(of(code), Answer::Refused, "{code}");
+            assert!(matches!(of(code), Outcome::Refused(_)), "{code}");
         }
         for code in [429, 503] {
-            assert_eq!(of(code), Answer::RetryAfter, "{code}");
+            assert!(
+                matches!(of(code), Outcome::RetryAfter(w) if w == RETRY_AFTER_DEFAULT),
+                "{code}"
+            );
         }
+        let asked = |value| outcome(&reply(503, &[("retry-after", value)]));
+        assert!(matches!(asked("7"), Outcome::RetryAfter(w) if w == Duration::from_secs(7)));
+        assert!(matches!(asked("86400"), Outcome::RetryAfter(w) if w == RETRY_AFTER_MAX));
         for code in [400, 402, 404, 405, 410, 411, 413, 414, 415, 422, 451, 499] {
-            assert_eq!(of(code), Answer::Permanent, "{code}");
+            match of(code) {
+                Outcome::Parked { status, reason } => {
+                    assert_eq!(status, code);
+                    assert!(reason.ends_with(": the reason"), "{reason}");
+                }
+                other => panic!("{code}: {other:?}"),
+            }
         }
         for code in [408, 425, 500, 502, 504, 507, 599, 301, 302] {
-            assert_eq!(of(code), Answer::Transient, "{code}");
+            assert!(matches!(of(code), Outcome::Transient(_)), "{code}");
         }
     }
 

@@ -1,0 +1,23 @@
+//! The header names of the v1 API, one constant each. HTTP header names are
+//! case-insensitive; these are the lower-case forms HTTP/2 sends.
+
+use http::HeaderName;
+
+/// RFC 9530 digest of the body: optional on a PUT (`sha-256` and `blake3` are verified),
+/// always on a payload the box serves or forwards.
+pub const CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest");
+/// A box's receipt, forwarded with an autosave it replays (or an import sends); on the
+/// cloud's GET of a payload, the forwarding box's receipt.
+pub const RECEIPT: HeaderName = HeaderName::from_static("hallrelay-receipt");
+/// The seq of a payload a GET answers (`…/autosaves/latest` names no seq in its path).
+pub const SEQ: HeaderName = HeaderName::from_static("hallrelay-seq");
+/// The blake3 (hex) of a payload a GET answers.
+pub const BLAKE3: HeaderName = HeaderName::from_static("hallrelay-blake3");
+/// Whether a payload a GET answers is the candidate's final submission (`true`/`false`).
+pub const FINAL: HeaderName = HeaderName::from_static("hallrelay-final");
+/// When the server received a payload a GET answers (RFC 3339).
+pub const RECEIVED_AT: HeaderName = HeaderName::from_static("hallrelay-received-at");
+/// On an export page: whether more pages follow (`true`/`false`).
+pub const EXPORT_MORE: HeaderName = HeaderName::from_static("hallrelay-export-more");
+/// On an export page: the name of its last autosave, the next page's `after`.
+pub const EXPORT_LAST: HeaderName = HeaderName::from_static("hallrelay-export-last");
