@@ -7,7 +7,6 @@
 use std::fmt;
 use std::path::Path;
 
-
 use crate::capacity::{MARGIN, Plan, Space};
 use crate::config::{ConfigError, DEFAULT_DATA_DIR, FileConfig};
 use crate::identity::Identity;
