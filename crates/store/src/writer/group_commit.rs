@@ -14,16 +14,17 @@ use std::time::{Duration, Instant, SystemTime};
 use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
 
-use super::put::{Context, Now, PutStep};
+use super::put::{Context, PutStep};
 use super::signing::sign_answers;
 use super::tables::Tables;
-use super::{Answer, Handle, Op, Reply, Request};
+use super::{Answer, Handle, Now, Op, Reply, Request};
 use crate::blob_log::BlobLog;
 use crate::schema::*;
 use crate::{CommitStats, DbSlot, StoreError, StoreOptions};
 use hallrelay_protocol::signing::SigningKey;
 use hallrelay_protocol::timefmt::{rfc3339, unix_millis};
 
+/// Starts the writer thread over the opened store; returns the handlers' side of it.
 pub(crate) fn spawn(
     slot: Arc<DbSlot>,
     log: BlobLog,

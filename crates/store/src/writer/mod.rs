@@ -121,6 +121,12 @@ enum Answer {
     Count(u64),
 }
 
+/// When a batch is applied, for everything it records: the receipts' time, and the same instant in Unix milliseconds.
+pub(super) struct Now<'a> {
+    pub(super) rfc3339: &'a str,
+    pub(super) ms: u64,
+}
+
 /// Where the answer goes.
 enum Reply {
     Put(oneshot::Sender<Result<PutOutcome, StoreError>>),

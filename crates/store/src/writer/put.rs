@@ -9,7 +9,7 @@ use std::time::Duration;
 use redb::ReadableTable;
 
 use super::tables::Tables;
-use super::{PutOutcome, PutRequest};
+use super::{Now, PutOutcome, PutRequest};
 use crate::{Record, StoreError, activity};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::receipt::{GENESIS, Receipt, ReceiptFields};
@@ -34,12 +34,6 @@ pub(super) enum PutStep {
     /// A new autosave, refused because the disk has no room above the reserve (507). Nothing
     /// was changed, and the rest of the batch goes on.
     NoRoom,
-}
-
-/// When the batch is applied: the receipts' time, and the same instant in Unix milliseconds.
-pub(super) struct Now<'a> {
-    pub(super) rfc3339: &'a str,
-    pub(super) ms: u64,
 }
 
 impl Context {
