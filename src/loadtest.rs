@@ -12,6 +12,7 @@
 //! mode one autosave interval (the hall's backlog must be stored before the next saves are
 //! due, or the box falls behind).
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -139,24 +140,14 @@ struct JsonLatency {
 /// Runs `hallrelay loadtest`; `on_progress` gets a line about once a second.
 pub async fn run(
     args: &LoadtestArgs,
-    mut on_progress: impl FnMut(String),
+    on_progress: impl FnMut(String),
 ) -> Result<Outcome, LoadtestError> {
     if !hallrelay_protocol::ids::is_valid_id(&args.exam) {
         return Err(LoadtestError::Exam(args.exam.clone()));
     }
     let (host, port) = parse_box_url(&args.box_url)?;
     let key = VenueKey::load(&args.venue_key_file).map_err(LoadtestError::VenueKey)?;
-    let addr = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
-        .await
-        .and_then(|mut found| {
-            found
-                .next()
-                .ok_or_else(|| std::io::Error::other("no address"))
-        })
-        .map_err(|source| LoadtestError::Resolve {
-            host: host.clone(),
-            source,
-        })?;
+    let addr = resolve(&host, port).await?;
     let candidates = args.candidates as usize;
     raise_open_files(candidates as u64 + 256);
     let pace = match args.burst {
@@ -183,62 +174,15 @@ pub async fn run(
         exam: args.exam.clone(),
         pace,
     };
-    // Tokens outlive the run, with an hour to spare for a slow box.
-    let expires = hallrelay_protocol::timefmt::unix_secs(SystemTime::now())
-        + args.duration.as_secs()
-        + args.interval.as_secs()
-        + 3600;
-    let tokens: Vec<String> = (0..candidates)
-        .map(|i| {
-            token::mint(
-                &key,
-                &Claims::Candidate {
-                    exam: args.exam.clone(),
-                    candidate: loadgen::candidate_id(i),
-                    expires,
-                },
-            )
-        })
-        .collect();
+    let tokens = mint_tokens(&key, args);
     if let Some(token) = tokens.first() {
         probe(&args.box_url, &args.pin, &args.exam, token).await?;
     }
     tracing::info!(box_url = %args.box_url, %addr, candidates, "load test starting");
-
-    let (tx, mut rx) = tokio::sync::watch::channel(Progress::default());
-    let report = {
-        let load = loadgen::run(
-            &plan,
-            |i| tokens.get(i).cloned().unwrap_or_default(),
-            Some(tx),
-        );
-        tokio::pin!(load);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.tick().await;
-        let mut last = (Instant::now(), 0u64);
-        loop {
-            tokio::select! {
-                report = &mut load => break report?,
-                _ = tick.tick() => {
-                    let now = *rx.borrow_and_update();
-                    let rate = (now.ok.saturating_sub(last.1)) as f64
-                        / last.0.elapsed().as_secs_f64().max(1e-3);
-                    last = (Instant::now(), now.ok);
-                    on_progress(progress_line(&now, candidates, rate));
-                }
-            }
-        }
-    };
+    let report = drive(&plan, &tokens, on_progress).await?;
     let (held, verdict) = judge(&plan, &report, p99_target);
-    let out_of_files = report
-        .first_connect_error
-        .as_deref()
-        .is_some_and(|e| e.starts_with(loadgen::LOCAL_FILES_LIMIT));
-    let limited = report.errors.contains_key("429")
-        || (report.errors.contains_key("connect") && !out_of_files);
-    let hint = limited.then(|| PER_CLIENT_LIMITS_HINT.to_owned());
     Ok(Outcome {
-        hint,
+        hint: limits_hint(&report),
         box_url: args.box_url.clone(),
         plan,
         report,
@@ -246,6 +190,84 @@ pub async fn run(
         held,
         verdict,
     })
+}
+
+/// The box's address: the URL's host (brackets of an IPv6 literal taken off) and port.
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, LoadtestError> {
+    tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
+        .await
+        .and_then(|mut found| {
+            found
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))
+        })
+        .map_err(|source| LoadtestError::Resolve {
+            host: host.to_owned(),
+            source,
+        })
+}
+
+/// One candidate token per simulated candidate, signed with the venue key. Tokens outlive
+/// the run, with an hour to spare for a slow box.
+fn mint_tokens(key: &VenueKey, args: &LoadtestArgs) -> Vec<String> {
+    let expires = hallrelay_protocol::timefmt::unix_secs(SystemTime::now())
+        + args.duration.as_secs()
+        + args.interval.as_secs()
+        + 3600;
+    (0..args.candidates as usize)
+        .map(|i| {
+            token::mint(
+                key,
+                &Claims::Candidate {
+                    exam: args.exam.clone(),
+                    candidate: loadgen::candidate_id(i),
+                    expires,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Runs the plan, giving `on_progress` a line about once a second.
+async fn drive(
+    plan: &LoadPlan,
+    tokens: &[String],
+    mut on_progress: impl FnMut(String),
+) -> Result<LoadReport, LoadtestError> {
+    let (tx, mut rx) = tokio::sync::watch::channel(Progress::default());
+    let load = loadgen::run(
+        plan,
+        |i| tokens.get(i).cloned().unwrap_or_default(),
+        Some(tx),
+    );
+    tokio::pin!(load);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::select! {
+            report = &mut load => return Ok(report?),
+            _ = tick.tick() => {
+                let now = *rx.borrow_and_update();
+                let rate = (now.ok.saturating_sub(last.1)) as f64
+                    / last.0.elapsed().as_secs_f64().max(1e-3);
+                last = (Instant::now(), now.ok);
+                on_progress(progress_line(&now, plan.candidates, rate));
+            }
+        }
+    }
+}
+
+/// The hint about the box's per-client limits, when refusals (429, or connections closed
+/// while this machine still had file descriptors) suggest the run hit them.
+fn limits_hint(report: &LoadReport) -> Option<String> {
+    let out_of_files = report
+        .first_connect_error
+        .as_deref()
+        .is_some_and(|e| e.starts_with(loadgen::LOCAL_FILES_LIMIT));
+    let limited = report.errors.contains_key("429")
+        || (report.errors.contains_key("connect") && !out_of_files);
+    limited.then(|| PER_CLIENT_LIMITS_HINT.to_owned())
 }
 
 /// One request before the run, with the first candidate's token: a box that is not the

@@ -17,7 +17,7 @@
 use std::sync::LazyLock;
 
 use hallrelay_protocol::signing::{SigningKey, VerifyingKey};
-use hallrelay_protocol::receipt::{GENESIS, Receipt, verify_chain};
+use hallrelay_protocol::receipt::{GENESIS, Receipt, ReceiptFields, verify_chain};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
@@ -33,15 +33,17 @@ static SIGNED: LazyLock<Signed> = LazyLock::new(|| {
     let sign = |seq: u64, payload: &[u8], prev: &str| {
         Receipt::sign(
             &signer,
-            "box-3f9a",
-            "math-2026",
-            "c042",
-            seq,
-            &blake3::hash(payload),
-            payload.len() as u64,
-            seq == 8,
-            format!("2026-11-23T09:15:2{seq}.123Z"),
-            prev,
+            ReceiptFields {
+                appliance: "box-3f9a".into(),
+                exam: "math-2026".into(),
+                candidate: "c042".into(),
+                seq,
+                blake3: blake3::hash(payload),
+                size: payload.len() as u64,
+                is_final: seq == 8,
+                received_at: format!("2026-11-23T09:15:2{seq}.123Z"),
+                prev: prev.to_owned(),
+            },
         )
     };
     let first = sign(7, b"the answer so far", GENESIS);

@@ -76,22 +76,39 @@ pub enum ReceiptError {
     MixedChain { seq: u64 },
 }
 
+/// Everything a receipt says but its signature: what [`Receipt::sign`] signs, and what
+/// [`Receipt::unsigned`] builds a receipt from. Named fields, so a caller cannot swap the exam
+/// and the candidate, or the size and the seq, without it showing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptFields {
+    /// The id of the box that received the autosave.
+    pub appliance: String,
+    pub exam: String,
+    pub candidate: String,
+    pub seq: u64,
+    /// The payload's blake3.
+    pub blake3: blake3::Hash,
+    pub size: u64,
+    pub is_final: bool,
+    /// The box's clock when the autosave was received, RFC 3339 UTC.
+    pub received_at: String,
+    /// [`Receipt::hash`] of the same candidate's previous receipt, or [`GENESIS`].
+    pub prev: String,
+}
+
 impl Receipt {
-    /// Builds and signs a receipt. `prev` is the hash of the candidate's previous receipt.
-    #[allow(clippy::too_many_arguments)]
-    pub fn sign(
-        key: &SigningKey,
-        appliance: &str,
-        exam: &str,
-        candidate: &str,
-        seq: u64,
-        blake3: &blake3::Hash,
-        size: u64,
-        is_final: bool,
-        received_at: String,
-        prev: &str,
-    ) -> Self {
-        let mut receipt = Self::unsigned(
+    /// Builds and signs a receipt.
+    pub fn sign(key: &SigningKey, fields: ReceiptFields) -> Self {
+        let mut receipt = Self::unsigned(fields);
+        receipt.sign_with(key);
+        receipt
+    }
+
+    /// Builds a receipt without its signature, for [`sign_with`](Self::sign_with) later: its
+    /// [`hash`](Self::hash), which the chain uses, does not cover the signature. The store's
+    /// writer signs the receipts of a batch while the payloads are synced.
+    pub fn unsigned(fields: ReceiptFields) -> Self {
+        let ReceiptFields {
             appliance,
             exam,
             candidate,
@@ -101,36 +118,17 @@ impl Receipt {
             is_final,
             received_at,
             prev,
-        );
-        receipt.sign_with(key);
-        receipt
-    }
-
-    /// Builds a receipt without its signature, for [`sign_with`](Self::sign_with) later: its
-    /// [`hash`](Self::hash), which the chain uses, does not cover the signature. The store's
-    /// writer signs the receipts of a batch while the payloads are synced.
-    #[allow(clippy::too_many_arguments)]
-    pub fn unsigned(
-        appliance: &str,
-        exam: &str,
-        candidate: &str,
-        seq: u64,
-        blake3: &blake3::Hash,
-        size: u64,
-        is_final: bool,
-        received_at: String,
-        prev: &str,
-    ) -> Self {
+        } = fields;
         Self {
-            exam: exam.to_owned(),
-            candidate: candidate.to_owned(),
+            exam,
+            candidate,
             seq,
             blake3: blake3.to_hex().to_string(),
             size,
             is_final,
             received_at,
-            appliance: appliance.to_owned(),
-            prev: prev.to_owned(),
+            appliance,
+            prev,
             signature: String::new(),
         }
     }
@@ -290,15 +288,17 @@ mod tests {
             .map(|seq| {
                 let r = Receipt::sign(
                     key,
-                    "box-1",
-                    "exam",
-                    "cand",
-                    seq,
-                    &blake3::hash(&seq.to_le_bytes()),
-                    8,
-                    false,
-                    "2026-11-23T09:00:00.000Z".into(),
-                    &prev,
+                    ReceiptFields {
+                        appliance: "box-1".into(),
+                        exam: "exam".into(),
+                        candidate: "cand".into(),
+                        seq,
+                        blake3: blake3::hash(&seq.to_le_bytes()),
+                        size: 8,
+                        is_final: false,
+                        received_at: "2026-11-23T09:00:00.000Z".into(),
+                        prev: prev.clone(),
+                    },
                 );
                 prev = r.hash();
                 r

@@ -308,37 +308,14 @@ pub fn verify(
                 if manifest.is_some() {
                     return Err(reader.malformed("an autosave after the manifest"));
                 }
-                let name = format!("{exam}/{candidate}/{seq}");
-                if blake3::hash(&body).to_hex().as_str() != blake3 {
-                    return Err(BundleError::PayloadAltered { name });
-                }
-                let entry = ManifestEntry::of(&receipt);
-                let header_says = (&exam, &candidate, seq, body.len() as u64, &blake3, is_final);
-                let receipt_says = (
-                    &entry.exam,
-                    &entry.candidate,
-                    entry.seq,
-                    entry.size,
-                    &entry.blake3,
-                    entry.is_final,
-                );
-                if header_says != receipt_says {
-                    return Err(BundleError::ManifestMismatch(format!(
-                        "{name}: the header and its receipt disagree"
-                    )));
-                }
-                let autosave = Autosave {
-                    name: AutosaveName {
-                        exam,
-                        candidate,
-                        seq,
-                    },
-                    is_final,
-                    receipt: (*receipt).clone(),
-                    payload: body,
+                let name = AutosaveName {
+                    exam,
+                    candidate,
+                    seq,
                 };
+                let (autosave, entry) = check_autosave(name, &blake3, is_final, *receipt, body)?;
                 each(&autosave);
-                receipts.push((name, *receipt));
+                receipts.push((autosave.name.to_string(), autosave.receipt));
                 entries.push(entry);
             }
             Header::Manifest { .. } if manifest.is_none() => manifest = Some(body),
@@ -351,29 +328,8 @@ pub fn verify(
     else {
         return Err(reader.malformed("the manifest, certificate or signature is missing"));
     };
-    let certificate =
-        CertificateDer::from_pem_slice(&pem).map_err(|_| BundleError::BadCertificate)?;
-    if certificate_pem(certificate.as_ref()).as_bytes() != pem.as_slice() {
-        return Err(BundleError::BadCertificate);
-    }
-    let key =
-        VerifyingKey::from_certificate(&certificate).map_err(|_| BundleError::BadCertificate)?;
-    let signature = STANDARD
-        .decode(&signature)
-        .map_err(|_| BundleError::BadSignature)?;
-    if !key.verifies(&manifest_bytes, &signature) {
-        return Err(BundleError::BadSignature);
-    }
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| BundleError::ManifestMismatch(format!("unreadable manifest: {e}")))?;
-    let pin = hallrelay_protocol::pin::pin_of_certificate(&certificate)
-        .map_err(|_| BundleError::BadCertificate)?;
-    if manifest.pin != pin
-        || manifest.format != FORMAT
-        || manifest.certificate_blake3 != blake3::hash(certificate.as_ref()).to_hex().as_str()
-    {
-        return Err(BundleError::BadCertificate);
-    }
+    let (certificate, key) = read_certificate(&pem)?;
+    let (manifest, pin) = read_manifest(&manifest_bytes, &signature, &certificate, &key)?;
     if manifest.entries != entries
         || manifest.count != entries.len() as u64
         || manifest.bytes != entries.iter().map(|e| e.size).sum::<u64>()
@@ -388,4 +344,89 @@ pub fn verify(
             .map_err(|_| BundleError::BadReceipt { name: name.clone() })?;
     }
     Ok(Summary { manifest, pin })
+}
+
+/// Checks an autosave frame on its own: its payload matches its blake3, and its header says
+/// what its receipt says. Returns the autosave and its manifest entry.
+fn check_autosave(
+    name: AutosaveName,
+    blake3: &str,
+    is_final: bool,
+    receipt: Receipt,
+    payload: Vec<u8>,
+) -> Result<(Autosave, ManifestEntry), BundleError> {
+    if blake3::hash(&payload).to_hex().as_str() != blake3 {
+        return Err(BundleError::PayloadAltered {
+            name: name.to_string(),
+        });
+    }
+    let entry = ManifestEntry::of(&receipt);
+    let header_says = (
+        &name.exam,
+        &name.candidate,
+        name.seq,
+        payload.len() as u64,
+        blake3,
+        is_final,
+    );
+    let receipt_says = (
+        &entry.exam,
+        &entry.candidate,
+        entry.seq,
+        entry.size,
+        entry.blake3.as_str(),
+        entry.is_final,
+    );
+    if header_says != receipt_says {
+        return Err(BundleError::ManifestMismatch(format!(
+            "{name}: the header and its receipt disagree"
+        )));
+    }
+    let autosave = Autosave {
+        name,
+        is_final,
+        receipt,
+        payload,
+    };
+    Ok((autosave, entry))
+}
+
+/// The box's certificate from its frame, which must be exactly the PEM the box writes, and
+/// the key it holds.
+fn read_certificate(pem: &[u8]) -> Result<(CertificateDer<'static>, VerifyingKey), BundleError> {
+    let certificate =
+        CertificateDer::from_pem_slice(pem).map_err(|_| BundleError::BadCertificate)?;
+    if certificate_pem(certificate.as_ref()).as_bytes() != pem {
+        return Err(BundleError::BadCertificate);
+    }
+    let key =
+        VerifyingKey::from_certificate(&certificate).map_err(|_| BundleError::BadCertificate)?;
+    Ok((certificate, key))
+}
+
+/// The manifest, once the box's signature over its exact bytes verifies and it names this
+/// certificate (by pin and blake3) and this format. Returns it with the certificate's pin.
+fn read_manifest(
+    bytes: &[u8],
+    signature: &[u8],
+    certificate: &CertificateDer<'_>,
+    key: &VerifyingKey,
+) -> Result<(Manifest, String), BundleError> {
+    let signature = STANDARD
+        .decode(signature)
+        .map_err(|_| BundleError::BadSignature)?;
+    if !key.verifies(bytes, &signature) {
+        return Err(BundleError::BadSignature);
+    }
+    let manifest: Manifest = serde_json::from_slice(bytes)
+        .map_err(|e| BundleError::ManifestMismatch(format!("unreadable manifest: {e}")))?;
+    let pin = hallrelay_protocol::pin::pin_of_certificate(certificate)
+        .map_err(|_| BundleError::BadCertificate)?;
+    if manifest.pin != pin
+        || manifest.format != FORMAT
+        || manifest.certificate_blake3 != blake3::hash(certificate.as_ref()).to_hex().as_str()
+    {
+        return Err(BundleError::BadCertificate);
+    }
+    Ok((manifest, pin))
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Auth};
@@ -70,39 +71,11 @@ pub async fn run(
     )?;
     let tls = Arc::new(crate::tls::server_config(&parts.identity)?);
     let (listener, ready) = parts.bind(config.listen).await?;
-    let advertiser = if config.mdns {
-        let advert = crate::mdns::Advert {
-            name: ready.name.clone(),
-            appliance: ready.appliance.clone(),
-            pin: ready.pin.clone(),
-            listen: ready.addr,
-        };
-        let advertiser = crate::mdns::Advertiser::start(&advert, &config.mdns_interfaces)?;
-        // Goodbye as soon as shutdown starts, so that clients stop choosing this box while
-        // it drains.
-        let stopping = shutdown.clone();
-        Some(tokio::spawn(async move {
-            stopping.cancelled().await;
-            advertiser.stop().await;
-        }))
-    } else {
-        tracing::info!("mDNS is off: give clients the box's URL and pin");
-        None
-    };
+    let advertiser = advertise(&config, &ready, &shutdown)?;
     on_ready(&ready);
 
     let uplink = Arc::new(Uplink::new(config.replay.as_ref().map(|r| r.cloud.clone())));
-    let replay = config.replay.clone().map(|replay| {
-        tokio::spawn(crate::replay::run(
-            parts.store.clone(),
-            replay,
-            uplink.clone(),
-            shutdown.clone(),
-        ))
-    });
-    if replay.is_none() {
-        tracing::info!("no cloud configured: autosaves are kept and queued, not replayed");
-    }
+    let replay = start_replay(&config, &parts.store, &uplink, &shutdown);
     let store = parts.store.clone();
     let metrics = Arc::new(api::metrics::Metrics::new(
         uplink.clone(),
@@ -111,37 +84,8 @@ pub async fn run(
     let observer = metrics.clone();
     store.observe_commits(Box::new(move |sample| observer.observe_commit(sample)));
     let open_connections = metrics.open_connections();
-    // READY=1 goes out from here, after the first round trip through the store's writer:
-    // the store is open and the listener bound (connections wait in its backlog).
-    let notifier = match crate::notify::Notifier::from_env() {
-        Ok(n) => n.map(Arc::new),
-        Err(error) => {
-            tracing::warn!(%error, "not notifying systemd");
-            None
-        }
-    };
-    let supervisor = tokio::spawn(crate::notify::supervise(
-        notifier,
-        store.clone(),
-        uplink.clone(),
-        shutdown.clone(),
-    ));
-    let state = Arc::new(AppState {
-        store: parts.store,
-        auth: Auth::new(parts.venue_key, Vec::new()),
-        limits: config.limits.clone(),
-        cors: api::cors::Cors::new(config.cors_origins.clone()),
-        pin: ready.pin.clone(),
-        name: ready.name.clone(),
-        min_free_bytes: config.store.min_free_bytes,
-        uplink,
-        console: Some(api::console::Console::new(
-            config.data_dir.clone(),
-            config.console_silent_after,
-        )),
-        metrics: Some(metrics),
-        identity: Some(parts.identity.clone()),
-    });
+    let supervisor = supervise(&store, &uplink, &shutdown);
+    let state = app_state(&config, parts, &ready, uplink, metrics);
     let handler = move |request| api::routes::handle(state.clone(), request);
     api::server::serve_counted(
         listener,
@@ -162,6 +106,95 @@ pub async fn run(
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Advertises the box over mDNS when the configuration asks for it, until shutdown starts:
+/// the goodbye goes out then, so that clients stop choosing this box while it drains.
+fn advertise(
+    config: &ServeConfig,
+    ready: &Ready,
+    shutdown: &CancellationToken,
+) -> Result<Option<JoinHandle<()>>, ServeError> {
+    if !config.mdns {
+        tracing::info!("mDNS is off: give clients the box's URL and pin");
+        return Ok(None);
+    }
+    let advert = crate::mdns::Advert {
+        name: ready.name.clone(),
+        appliance: ready.appliance.clone(),
+        pin: ready.pin.clone(),
+        listen: ready.addr,
+    };
+    let advertiser = crate::mdns::Advertiser::start(&advert, &config.mdns_interfaces)?;
+    let stopping = shutdown.clone();
+    Ok(Some(tokio::spawn(async move {
+        stopping.cancelled().await;
+        advertiser.stop().await;
+    })))
+}
+
+/// Starts replaying to the cloud, when one is configured.
+fn start_replay(
+    config: &ServeConfig,
+    store: &Store,
+    uplink: &Arc<Uplink>,
+    shutdown: &CancellationToken,
+) -> Option<JoinHandle<()>> {
+    let Some(replay) = config.replay.clone() else {
+        tracing::info!("no cloud configured: autosaves are kept and queued, not replayed");
+        return None;
+    };
+    Some(tokio::spawn(crate::replay::run(
+        store.clone(),
+        replay,
+        uplink.clone(),
+        shutdown.clone(),
+    )))
+}
+
+/// Starts telling systemd how the box is doing. READY=1 goes out from there, after the first
+/// round trip through the store's writer: the store is open and the listener bound
+/// (connections wait in its backlog).
+fn supervise(store: &Store, uplink: &Arc<Uplink>, shutdown: &CancellationToken) -> JoinHandle<()> {
+    let notifier = match crate::notify::Notifier::from_env() {
+        Ok(n) => n.map(Arc::new),
+        Err(error) => {
+            tracing::warn!(%error, "not notifying systemd");
+            None
+        }
+    };
+    tokio::spawn(crate::notify::supervise(
+        notifier,
+        store.clone(),
+        uplink.clone(),
+        shutdown.clone(),
+    ))
+}
+
+/// What every request handler of the box shares.
+fn app_state(
+    config: &ServeConfig,
+    parts: Parts,
+    ready: &Ready,
+    uplink: Arc<Uplink>,
+    metrics: Arc<api::metrics::Metrics>,
+) -> Arc<AppState> {
+    Arc::new(AppState {
+        store: parts.store,
+        auth: Auth::new(parts.venue_key, Vec::new()),
+        limits: config.limits.clone(),
+        cors: api::cors::Cors::new(config.cors_origins.clone()),
+        pin: ready.pin.clone(),
+        name: ready.name.clone(),
+        min_free_bytes: config.store.min_free_bytes,
+        uplink,
+        console: Some(api::console::Console::new(
+            config.data_dir.clone(),
+            config.console_silent_after,
+        )),
+        metrics: Some(metrics),
+        identity: Some(parts.identity.clone()),
+    })
 }
 
 /// What every server in this crate (the box and the reference cloud) starts from: the data

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::activity::Activity;
 use super::schema::*;
@@ -34,30 +34,74 @@ impl Integrity {
 
 type Who = (String, String);
 
+/// What the autosaves table says the other tables must hold, counted in one walk of it.
+#[derive(Default)]
+struct Census {
+    stored: u64,
+    stored_bytes: u64,
+    /// Bytes of the payloads that were read back whole.
+    payload_bytes: u64,
+    /// How many autosaves name each payload.
+    refs: HashMap<[u8; 32], u64>,
+    /// Arrival → who, seq, size of every autosave waiting for the cloud.
+    pending: BTreeMap<u64, (Who, u64, u64)>,
+    pending_bytes: u64,
+    /// Arrival → who, seq of every delivered autosave.
+    delivered: HashMap<u64, (Who, u64)>,
+    /// Arrival → who, seq of every parked autosave.
+    parked: HashMap<u64, (Who, u64)>,
+    parked_bytes: u64,
+    /// Per candidate: the newest arrival.
+    newest: HashMap<Who, u64>,
+    /// Per candidate: each receipt's hash → (arrival, prev).
+    receipts: HashMap<Who, HashMap<String, (u64, String)>>,
+    /// Per candidate, what their activity row should count.
+    activity: BTreeMap<Who, Activity>,
+}
+
 pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreError> {
     let read = db.begin_read()?;
-    let mut out = Integrity::default();
     let mut problems = Vec::new();
+    let mut census = count_records(&read, blob_dir, &mut problems)?;
+    check_blobs(&read, &mut census.refs, &mut problems)?;
+    check_outbox(&read, &census, &mut problems)?;
+    let parked_count = census.parked.len() as u64;
+    check_parked(&read, std::mem::take(&mut census.parked), &mut problems)?;
+    let chain_count = check_chains(&read, &census, &mut problems)?;
+    check_activity(&read, std::mem::take(&mut census.activity), &mut problems)?;
+    // The counters match a recount.
+    let stats = read.open_table(STATS)?;
+    for (name, counted) in [
+        (STAT_STORED, census.stored),
+        (STAT_STORED_BYTES, census.stored_bytes),
+        (STAT_PENDING, census.pending.len() as u64),
+        (STAT_PENDING_BYTES, census.pending_bytes),
+        (STAT_CANDIDATES, chain_count),
+        (STAT_PARKED, parked_count),
+        (STAT_PARKED_BYTES, census.parked_bytes),
+    ] {
+        let recorded = stat(&stats, name)?;
+        if recorded != counted {
+            problems.push(format!(
+                "counter {name} says {recorded}, a recount gives {counted}"
+            ));
+        }
+    }
+    Ok(Integrity {
+        autosaves: census.stored,
+        payload_bytes: census.payload_bytes,
+        problems,
+    })
+}
 
-    let end = read
-        .open_table(META)?
-        .get(META_LOG_END)?
-        .and_then(|v| decode_log_end(v.value()))
-        .unwrap_or((0, 0));
-
-    // Records, their payloads, and what they imply for the other tables.
-    let blobs = read.open_table(BLOBS)?;
-    let mut refs: HashMap<[u8; 32], u64> = HashMap::new();
-    let mut pending: BTreeMap<u64, (Who, u64, u64)> = BTreeMap::new(); // arrival → who, seq, size
-    let mut delivered_arrivals: HashMap<u64, (Who, u64)> = HashMap::new();
-    let mut parked: HashMap<u64, (Who, u64)> = HashMap::new();
-    let mut parked_bytes = 0u64;
-    // Per candidate: the newest arrival, and each receipt's hash → (arrival, prev).
-    let mut newest: HashMap<Who, u64> = HashMap::new();
-    let mut receipts: HashMap<Who, HashMap<String, (u64, String)>> = HashMap::new();
-    let (mut stored, mut stored_bytes, mut pending_bytes) = (0u64, 0u64, 0u64);
-    // Per candidate, what their activity row should count.
-    let mut activity: BTreeMap<Who, Activity> = BTreeMap::new();
+/// Walks the records: each one's receipt names it and its payload reads back at its size;
+/// what each implies for the other tables goes into the census.
+fn count_records(
+    read: &ReadTransaction,
+    blob_dir: &Path,
+    problems: &mut Vec<String>,
+) -> Result<Census, StoreError> {
+    let mut c = Census::default();
     for row in read.open_table(AUTOSAVES)?.iter()? {
         let (key, value) = row?;
         let (exam, candidate, seq) = key.value();
@@ -70,14 +114,14 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
                 continue;
             }
         };
-        stored += 1;
-        stored_bytes += record.receipt.size;
+        c.stored += 1;
+        c.stored_bytes += record.receipt.size;
         let r = &record.receipt;
         if (r.exam.as_str(), r.candidate.as_str(), r.seq) != (exam, candidate, seq) {
             problems.push(format!("{name}: the receipt names another autosave"));
         }
-        match read_blob(&read, blob_dir, &record) {
-            Ok(bytes) if bytes.len() as u64 == r.size => out.payload_bytes += r.size,
+        match read_blob(read, blob_dir, &record) {
+            Ok(bytes) if bytes.len() as u64 == r.size => c.payload_bytes += r.size,
             Ok(bytes) => problems.push(format!(
                 "{name}: the payload is {} bytes, the receipt says {}",
                 bytes.len(),
@@ -86,9 +130,9 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
             Err(e) => problems.push(format!("{name}: {e}")),
         }
         if let Some(hash) = record.blake3() {
-            *refs.entry(*hash.as_bytes()).or_default() += 1;
+            *c.refs.entry(*hash.as_bytes()).or_default() += 1;
         }
-        let counted = activity.entry(who.clone()).or_default();
+        let counted = c.activity.entry(who.clone()).or_default();
         counted.saves += 1;
         counted.bytes += r.size;
         counted.finals += u64::from(r.is_final);
@@ -102,27 +146,39 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
             counted.pending += 1;
         }
         if record.delivered_at.is_some() {
-            delivered_arrivals.insert(record.arrival, (who.clone(), seq));
+            c.delivered.insert(record.arrival, (who.clone(), seq));
         } else if record.parked.is_some() {
-            parked.insert(record.arrival, (who.clone(), seq));
-            parked_bytes += r.size;
+            c.parked.insert(record.arrival, (who.clone(), seq));
+            c.parked_bytes += r.size;
         } else if record.cloud_conflict_at.is_none() {
-            pending_bytes += r.size;
-            pending.insert(record.arrival, (who.clone(), seq, r.size));
+            c.pending_bytes += r.size;
+            c.pending.insert(record.arrival, (who.clone(), seq, r.size));
         }
-        let entry = newest.entry(who.clone()).or_default();
+        let entry = c.newest.entry(who.clone()).or_default();
         *entry = (*entry).max(record.arrival);
-        receipts
+        c.receipts
             .entry(who)
             .or_default()
             .insert(r.hash(), (record.arrival, r.prev.clone()));
     }
-    out.autosaves = stored;
-    let parked_count = parked.len() as u64;
+    Ok(c)
+}
 
-    // Blobs: references and segment live bytes.
+/// Blobs: each one's reference count is the number of autosaves naming it, it lies within the
+/// payload log's committed end, and each segment's live bytes are those of its blobs.
+/// Takes the references the records counted.
+fn check_blobs(
+    read: &ReadTransaction,
+    refs: &mut HashMap<[u8; 32], u64>,
+    problems: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let end = read
+        .open_table(META)?
+        .get(META_LOG_END)?
+        .and_then(|v| decode_log_end(v.value()))
+        .unwrap_or((0, 0));
     let mut live: BTreeMap<u64, u64> = BTreeMap::new();
-    for row in blobs.iter()? {
+    for row in read.open_table(BLOBS)?.iter()? {
         let (key, value) = row?;
         let hash = key.value();
         let (segment, offset, len, count) = value.value();
@@ -141,7 +197,7 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
         }
         *live.entry(segment).or_default() += len;
     }
-    for (hash, n) in refs {
+    for (hash, n) in refs.drain() {
         problems.push(format!(
             "{n} autosaves name blob {}, which is not recorded",
             blake3::Hash::from_bytes(hash).to_hex()
@@ -159,8 +215,17 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
             "segment live bytes {recorded_live:?} do not match the blobs in them {live:?}"
         ));
     }
+    Ok(())
+}
 
-    // The outbox holds exactly the pending autosaves, each once, under its own arrival.
+/// The outbox holds exactly the pending autosaves, each once, under its own arrival; each
+/// candidate's newest pending one is in the newest class; the delivered index names only
+/// delivered autosaves.
+fn check_outbox(
+    read: &ReadTransaction,
+    census: &Census,
+    problems: &mut Vec<String>,
+) -> Result<(), StoreError> {
     let mut in_outbox: HashMap<u64, u8> = HashMap::new();
     for row in read.open_table(OUTBOX)?.iter()? {
         let (key, name) = row?;
@@ -169,14 +234,14 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
         if in_outbox.insert(arrival, class).is_some() {
             problems.push(format!("arrival {arrival} is in the outbox twice"));
         }
-        match pending.get(&arrival) {
+        match census.pending.get(&arrival) {
             Some(((e, c), s, _)) if (e.as_str(), c.as_str(), *s) == (exam, candidate, seq) => {}
             _ => problems.push(format!(
                 "the outbox holds {exam}/{candidate}/{seq} (arrival {arrival}), which is not pending"
             )),
         }
     }
-    for (arrival, ((exam, candidate), seq, _)) in &pending {
+    for (arrival, ((exam, candidate), seq, _)) in &census.pending {
         if !in_outbox.contains_key(arrival) {
             problems.push(format!(
                 "{exam}/{candidate}/{seq} is pending but not in the outbox"
@@ -197,16 +262,23 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
         let (key, name) = row?;
         let (_, arrival) = key.value();
         let (exam, candidate, seq) = name.value();
-        match delivered_arrivals.get(&arrival) {
+        match census.delivered.get(&arrival) {
             Some(((e, c), s)) if (e.as_str(), c.as_str(), *s) == (exam, candidate, seq) => {}
             _ => problems.push(format!(
                 "the delivered index names {exam}/{candidate}/{seq}, which is not delivered"
             )),
         }
     }
+    Ok(())
+}
 
-    // The parked index names exactly the parked autosaves (a file from before it existed
-    // has neither).
+/// The parked index names exactly the parked autosaves (a file from before it existed has
+/// neither).
+fn check_parked(
+    read: &ReadTransaction,
+    mut parked: HashMap<u64, (Who, u64)>,
+    problems: &mut Vec<String>,
+) -> Result<(), StoreError> {
     if let Ok(table) = read.open_table(PARKED) {
         for row in table.iter()? {
             let (arrival, name) = row?;
@@ -225,9 +297,17 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
             "{exam}/{candidate}/{seq} is parked but not in the parked index"
         ));
     }
+    Ok(())
+}
 
-    // Each candidate's chain ends at their latest receipt: nothing stored follows the head,
-    // and the head, unless retention purged it, is the newest arrival.
+/// Each candidate's chain ends at their latest receipt: nothing stored follows the head,
+/// and the head, unless retention purged it, is the newest arrival. Returns how many chains
+/// there are.
+fn check_chains(
+    read: &ReadTransaction,
+    census: &Census,
+    problems: &mut Vec<String>,
+) -> Result<u64, StoreError> {
     let chains = read.open_table(CHAINS)?;
     let mut chain_count = 0u64;
     for row in chains.iter()? {
@@ -236,7 +316,7 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
         let (exam, candidate) = who.value();
         let who = (exam.to_owned(), candidate.to_owned());
         let head = head.value();
-        let Some(theirs) = receipts.get(&who) else {
+        let Some(theirs) = census.receipts.get(&who) else {
             continue;
         };
         if theirs.values().any(|(_, prev)| prev == head) {
@@ -245,21 +325,28 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
             ));
         }
         if let Some((arrival, _)) = theirs.get(head)
-            && Some(arrival) != newest.get(&who)
+            && Some(arrival) != census.newest.get(&who)
         {
             problems.push(format!(
                 "{exam}/{candidate}: the chain ends at arrival {arrival}, not at the newest"
             ));
         }
     }
-    for (exam, candidate) in newest.keys() {
+    for (exam, candidate) in census.newest.keys() {
         if chains.get((exam.as_str(), candidate.as_str()))?.is_none() {
             problems.push(format!("{exam}/{candidate} has autosaves but no chain"));
         }
     }
+    Ok(chain_count)
+}
 
-    // Each candidate's activity row counts what is stored of theirs; its highest seq may be
-    // one retention purged since, never lower than a stored one.
+/// Each candidate's activity row counts what is stored of theirs; its highest seq may be one
+/// retention purged since, never lower than a stored one.
+fn check_activity(
+    read: &ReadTransaction,
+    mut activity: BTreeMap<Who, Activity>,
+    problems: &mut Vec<String>,
+) -> Result<(), StoreError> {
     for row in read.open_table(ACTIVITY)?.iter()? {
         let (who, value) = row?;
         let (exam, candidate) = who.value();
@@ -291,25 +378,89 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
             "{exam}/{candidate} has autosaves but no activity row"
         ));
     }
+    Ok(())
+}
 
-    // The counters match a recount.
-    let stats = read.open_table(STATS)?;
-    for (name, counted) in [
-        (STAT_STORED, stored),
-        (STAT_STORED_BYTES, stored_bytes),
-        (STAT_PENDING, pending.len() as u64),
-        (STAT_PENDING_BYTES, pending_bytes),
-        (STAT_CANDIDATES, chain_count),
-        (STAT_PARKED, parked_count),
-        (STAT_PARKED_BYTES, parked_bytes),
-    ] {
-        let recorded = stat(&stats, name)?;
-        if recorded != counted {
-            problems.push(format!(
-                "counter {name} says {recorded}, a recount gives {counted}"
-            ));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{STORE_FILE, put_for_test};
+
+    /// Every step of the check runs: a store whose tables were each edited behind the writer's
+    /// back gets one problem named for each edited table, the blobs, the outbox, the parked
+    /// index, the chains, the activity rows and the counters.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_disagreement_in_any_table_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::open_for_test(dir.path());
+        for (candidate, seq) in [("c1", 1), ("c1", 2), ("c2", 1), ("c3", 1)] {
+            store
+                .put(put_for_test(
+                    candidate,
+                    seq,
+                    &format!("{candidate} {seq}"),
+                    false,
+                ))
+                .await
+                .unwrap();
+        }
+        let parked = put_for_test("c3", 1, "", false).name;
+        store.park(parked, 422, "refused".into()).await.unwrap();
+        store.close().await;
+        drop(store);
+
+        let path = dir.path().join(STORE_FILE);
+        let blob_dir = path.with_extension("blobs");
+        let db = Database::open(&path).unwrap();
+        assert_eq!(
+            check(&db, &blob_dir).unwrap().problems,
+            Vec::<String>::new()
+        );
+        let txn = db.begin_write().unwrap();
+        {
+            let mut blobs = txn.open_table(BLOBS).unwrap();
+            let hash = *blake3::hash(b"c2 1").as_bytes();
+            let (segment, offset, len, refs) = blobs.get(hash).unwrap().unwrap().value();
+            blobs
+                .insert(hash, (segment, offset, len, refs + 1))
+                .unwrap();
+            let mut outbox = txn.open_table(OUTBOX).unwrap();
+            let (_, history) = outbox.pop_last().unwrap().unwrap();
+            assert_eq!(
+                history.value(),
+                ("e", "c1", 1),
+                "the oldest save of c1 is history, last"
+            );
+            txn.open_table(PARKED)
+                .unwrap()
+                .pop_first()
+                .unwrap()
+                .unwrap();
+            txn.open_table(CHAINS).unwrap().remove(("e", "c2")).unwrap();
+            txn.open_table(ACTIVITY)
+                .unwrap()
+                .remove(("e", "c1"))
+                .unwrap();
+            txn.open_table(STATS)
+                .unwrap()
+                .insert(STAT_STORED, 99)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+
+        let problems = check(&db, &blob_dir).unwrap().problems;
+        for expected in [
+            "2 references recorded, 1 autosaves name it",
+            "e/c1/1 is pending but not in the outbox",
+            "e/c3/1 is parked but not in the parked index",
+            "e/c2 has autosaves but no chain",
+            "e/c1 has autosaves but no activity row",
+            "counter stored says 99, a recount gives 4",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{expected:?} is not among {problems:#?}"
+            );
         }
     }
-    out.problems = problems;
-    Ok(out)
 }

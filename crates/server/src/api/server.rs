@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +33,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use super::Limits;
 use super::budget::{BodyBudget, ClientBudget};
 use super::error::ApiError;
-use super::ratelimit::{ClientConnections, ClientLimiter};
+use super::ratelimit::{ClientConnections, ClientLimiter, ConnectionSlot};
 
 /// Serves `handler` on `listener` (over TLS when `tls` is given) until `shutdown` is
 /// cancelled, then drains. A handler that returns an error has its connection closed at once
@@ -75,6 +76,52 @@ pub async fn serve_counted<H, F, E>(
     E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     let acceptor = tls.map(TlsAcceptor::from);
+    let builder = Arc::new(http_builder(&limits));
+    let mut gate = Gate::new(&limits);
+    let limiter = limits
+        .client_rate
+        .map(|(rate, burst)| Arc::new(ClientLimiter::new(rate, burst)));
+    let budget = BodyBudget::new(limits.body_budget_bytes, limits.client_body_budget_bytes);
+    let graceful = GracefulShutdown::new();
+    let epoch = Instant::now();
+
+    while let Some((stream, peer)) = accept(&listener, &shutdown).await {
+        let Some(slots) = gate.admit(peer) else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = rate_limited(
+            handler.clone(),
+            limiter.clone(),
+            ClientBudget {
+                client: peer.ip(),
+                budget: budget.clone(),
+            },
+        );
+        let connection = Connection {
+            acceptor: acceptor.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            limits: limits.clone(),
+            epoch,
+            slots,
+            open: open.clone().map(OpenConnection::new),
+        };
+        tokio::spawn(connection.serve(stream, peer, handler));
+    }
+    drop(listener);
+    tracing::info!(connections = graceful.count(), "draining connections");
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the grace period; closing them");
+    }
+}
+
+/// HTTP/1.1 and HTTP/2 (chosen by ALPN) with the limits' header size and time bounds.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -90,86 +137,114 @@ pub async fn serve_counted<H, F, E>(
         .keep_alive_timeout(Duration::from_secs(20))
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(64);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let limiter = limits
-        .client_rate
-        .map(|(rate, burst)| Arc::new(ClientLimiter::new(rate, burst)));
-    let per_client = ClientConnections::new(limits.max_connections_per_client);
-    let budget = BodyBudget::new(limits.body_budget_bytes, limits.client_body_budget_bytes);
-    let mut refused_at_capacity = 0u64;
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    let epoch = Instant::now();
+    builder
+}
 
+/// The next connection, or `None` once `shutdown` is cancelled. A failed accept (out of
+/// file descriptors and the like) backs off instead of spinning.
+async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => return Some(pair),
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
             },
-        };
-        let Some(client_slot) = per_client.try_open(peer.ip()) else {
+        }
+    }
+}
+
+/// The connection caps, in all and per client address.
+struct Gate {
+    slots: Arc<Semaphore>,
+    per_client: Arc<ClientConnections>,
+    max_connections: usize,
+    refused_at_capacity: u64,
+}
+
+/// The caps a connection holds until it closes.
+type Slots = (OwnedSemaphorePermit, ConnectionSlot);
+
+impl Gate {
+    fn new(limits: &Limits) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            per_client: ClientConnections::new(limits.max_connections_per_client),
+            max_connections: limits.max_connections,
+            refused_at_capacity: 0,
+        }
+    }
+
+    /// Takes a place for a connection from `peer`, or `None` when the client or the box is
+    /// at its cap: the connection is then closed at once, which costs an attacker a
+    /// connection and the box nothing.
+    fn admit(&mut self, peer: SocketAddr) -> Option<Slots> {
+        let Some(client_slot) = self.per_client.try_open(peer.ip()) else {
             tracing::debug!(%peer, "this client holds its share of connections: closing");
-            drop(stream);
-            continue;
+            return None;
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Full: closing at once costs the attacker a connection and us nothing.
-            refused_at_capacity += 1;
-            if refused_at_capacity.is_power_of_two() {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            self.refused_at_capacity += 1;
+            if self.refused_at_capacity.is_power_of_two() {
                 tracing::warn!(
                     %peer,
-                    limit = limits.max_connections,
-                    refused = refused_at_capacity,
+                    limit = self.max_connections,
+                    refused = self.refused_at_capacity,
                     "connection limit reached: closing new connections"
                 );
             }
-            drop(stream);
-            continue;
+            return None;
         };
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let handler = rate_limited(
-            handler.clone(),
-            limiter.clone(),
-            ClientBudget {
-                client: peer.ip(),
-                budget: budget.clone(),
-            },
-        );
-        let watcher = graceful.watcher();
-        let limits = limits.clone();
-        let open = open.clone().map(OpenConnection::new);
-        tokio::spawn(async move {
-            let _slots = (slot, client_slot, open);
-            let Some(acceptor) = acceptor else {
-                let idle_limit = limits.idle_timeout;
-                return serve_io(stream, peer, &builder, handler, watcher, epoch, idle_limit).await;
-            };
-            match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    let idle_limit = limits.idle_timeout;
-                    serve_io(tls, peer, &builder, handler, watcher, epoch, idle_limit).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
+        Some((slot, client_slot))
     }
-    drop(listener);
-    tracing::info!(connections = graceful.count(), "draining connections");
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
+}
+
+/// An admitted connection: what serving it needs, and the places it holds until it ends.
+struct Connection {
+    acceptor: Option<TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: Limits,
+    epoch: Instant,
+    slots: Slots,
+    open: Option<OpenConnection>,
+}
+
+impl Connection {
+    /// Completes the TLS handshake (within the handshake timeout) when the server has TLS,
+    /// then serves the connection until it ends.
+    async fn serve<H, F, E>(self, stream: TcpStream, peer: SocketAddr, handler: H)
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Result<Response<Full<Bytes>>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the grace period; closing them");
+        let Self {
+            acceptor,
+            builder,
+            watcher,
+            limits,
+            epoch,
+            slots: _slots,
+            open: _open,
+        } = self;
+        let idle_limit = limits.idle_timeout;
+        let Some(acceptor) = acceptor else {
+            return serve_io(stream, peer, &builder, handler, watcher, epoch, idle_limit).await;
+        };
+        match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                serve_io(tls, peer, &builder, handler, watcher, epoch, idle_limit).await;
+            }
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
     }
 }
 
@@ -224,7 +299,7 @@ where
 /// Serves one connection until it ends, is idle for `idle_limit`, or the drain closes it.
 async fn serve_io<IO, H, F, E>(
     io: IO,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
     builder: &auto::Builder<TokioExecutor>,
     handler: H,
     watcher: hyper_util::server::graceful::Watcher,

@@ -1,0 +1,438 @@
+//! The writer's loop: takes requests off the queue in batches, applies each batch in one
+//! write transaction, commits it with one fsync and answers every request of it; after a
+//! failed commit it reopens the store, and refuses requests until that worked.
+//!
+//! What a request does to the tables is not here: see [`super::tables`] and the modules
+//! beside it. This module decides when a transaction starts and ends, and what each request
+//! is told.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use redb::Durability;
+use tokio::sync::{mpsc, oneshot};
+
+use super::put::{Context, PutStep};
+use super::signing::sign_answers;
+use super::tables::Tables;
+use super::{Answer, Handle, Now, Op, Reply, Request};
+use crate::blob_log::BlobLog;
+use crate::schema::*;
+use crate::{CommitStats, DbSlot, StoreError, StoreOptions};
+use hallrelay_protocol::signing::SigningKey;
+use hallrelay_protocol::timefmt::{rfc3339, unix_millis};
+
+/// Starts the writer thread over the opened store; returns the handlers' side of it.
+pub(crate) fn spawn(
+    slot: Arc<DbSlot>,
+    log: BlobLog,
+    signer: Arc<SigningKey>,
+    appliance: Arc<str>,
+    stats: Arc<CommitStats>,
+    options: StoreOptions,
+) -> std::io::Result<Handle> {
+    let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
+    let writer = Writer {
+        slot,
+        log,
+        ctx: Context {
+            signer,
+            appliance,
+            outbox: options.outbox,
+            run_gap: options.activity_run_gap,
+        },
+        stats,
+        options,
+        broken: None,
+        failed_reopens: 0,
+        last_attempt: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer.run(rx))?;
+    Ok(Handle {
+        tx,
+        closing: Arc::new(AtomicBool::new(false)),
+        thread: Arc::new(Mutex::new(Some(thread))),
+    })
+}
+
+struct Writer {
+    slot: Arc<DbSlot>,
+    /// The payload log; only this thread appends to it.
+    log: BlobLog,
+    ctx: Context,
+    stats: Arc<CommitStats>,
+    options: StoreOptions,
+    /// Set by a failed commit, until the store was reopened: why it is broken.
+    broken: Option<StoreError>,
+    /// Reopen attempts that failed since it broke, and when the last one was.
+    failed_reopens: u32,
+    last_attempt: Option<Instant>,
+}
+
+/// Free space above the reserve at which a full store says it has room again.
+const ROOM_AGAIN: usize = 1024 * 1024;
+
+/// How often a broken store tries to reopen; requests in between are refused at once.
+const RECOVERY_RETRY: Duration = Duration::from_millis(200);
+/// How often a broken writer looks for requests while it waits to try again.
+const IDLE_POLL: Duration = Duration::from_millis(10);
+
+#[derive(Default)]
+struct Batch {
+    requests: Vec<Request>,
+    replies: Vec<Reply>,
+    /// Payload bytes of the new autosaves in the batch.
+    bytes: usize,
+    /// Watchdog pings, answered after the batch.
+    pings: Vec<oneshot::Sender<()>>,
+}
+
+impl Batch {
+    /// Adds an op; returns whether it asks the writer to stop.
+    fn push(&mut self, op: Op) -> bool {
+        match op {
+            Op::Work(request, reply) => {
+                if let Request::Put(put) = &request {
+                    self.bytes += put.payload.len();
+                }
+                self.requests.push(request);
+                self.replies.push(reply);
+                false
+            }
+            Op::Ping(tx) => {
+                self.pings.push(tx);
+                false
+            }
+            Op::Close => true,
+        }
+    }
+
+    fn fail(self, e: &StoreError) {
+        for reply in self.replies {
+            reply.send(Err(e.clone()));
+        }
+    }
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        // A box that starts on a full disk says so at once.
+        self.note_space(!self.space_for(0));
+        let mut closing = false;
+        while !closing {
+            let first = if self.broken.is_some() {
+                // Keep trying to recover while idle too: until the store is reopened, reads
+                // fail as well, and replay or a console may be all that is asking.
+                self.recover();
+                match rx.try_recv() {
+                    Ok(op) => op,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if self.broken.is_some() {
+                            std::thread::sleep(IDLE_POLL);
+                        }
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                let Some(op) = rx.blocking_recv() else {
+                    break;
+                };
+                op
+            };
+            let mut batch = Batch::default();
+            closing |= batch.push(first);
+            while batch.requests.len() < self.options.max_batch
+                && batch.bytes < self.options.max_batch_bytes
+            {
+                match rx.try_recv() {
+                    Ok(op) => closing |= batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit_and_answer_pings(batch);
+        }
+        // Whatever slipped in before the queue closed is still answered.
+        rx.close();
+        let mut rest = Batch::default();
+        while let Ok(op) = rx.try_recv() {
+            rest.push(op);
+        }
+        self.commit_and_answer_pings(rest);
+        tracing::debug!("store writer stopped");
+    }
+
+    fn commit_and_answer_pings(&mut self, mut batch: Batch) {
+        let pings = std::mem::take(&mut batch.pings);
+        self.commit(batch);
+        for ping in pings {
+            let _ = ping.send(());
+        }
+    }
+
+    fn commit(&mut self, batch: Batch) {
+        if batch.requests.is_empty() {
+            return;
+        }
+        self.recover();
+        if let Some(e) = self.broken.clone() {
+            if matches!(e, StoreError::Full) {
+                self.note_space(true);
+            }
+            return batch.fail(&e);
+        }
+        let space_ok = self.space_for(batch.bytes);
+        self.note_space(batch.bytes > 0 && !space_ok);
+        match self.apply(&batch.requests, space_ok) {
+            Ok(answers) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .requests
+                    .fetch_add(batch.requests.len() as u64, Ordering::Relaxed);
+                // Let go of the payloads before answering, so that the handlers, which hold
+                // the other reference, free them on the runtime's threads, not this one.
+                drop(batch.requests);
+                for (reply, answer) in batch.replies.into_iter().zip(answers) {
+                    reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = batch.requests.len(), "a commit failed; reopening the store");
+                batch.fail(&e);
+                if matches!(e, StoreError::Full) {
+                    self.note_space(true);
+                } else {
+                    self.stats.failing.store(true, Ordering::Relaxed);
+                }
+                self.broken = Some(e);
+                self.last_attempt = None;
+                self.recover();
+            }
+        }
+    }
+
+    /// Reopens the store after a failed commit, if it needs that; on failure it stays broken
+    /// and the next call tries again.
+    fn recover(&mut self) {
+        let Some(cause) = self.broken.clone() else {
+            return;
+        };
+        if self
+            .last_attempt
+            .is_some_and(|at| at.elapsed() < RECOVERY_RETRY)
+        {
+            return;
+        }
+        self.last_attempt = Some(Instant::now());
+        match self.reopen() {
+            Ok(()) => {
+                if self.failed_reopens > 0 {
+                    tracing::warn!(attempts = self.failed_reopens + 1, "the store recovered");
+                }
+                self.broken = None;
+                self.failed_reopens = 0;
+                self.stats.failing.store(false, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if self.failed_reopens == 0 {
+                    tracing::error!(error = %e, cause = %cause, "the store could not be reopened; retrying");
+                } else {
+                    tracing::debug!(error = %e, attempt = self.failed_reopens + 1, "the store could not be reopened");
+                }
+                self.failed_reopens += 1;
+                // Requests are answered with what keeps it broken now (507 when it is a full
+                // disk, 503 otherwise).
+                self.broken = Some(e);
+            }
+        }
+    }
+
+    /// Records whether autosaves are being refused for want of space, and says so in the log
+    /// when that changes. The full state ends only once there is clear room again, so that it
+    /// does not flap with every small write.
+    fn note_space(&self, refused: bool) {
+        let full = self.stats.full.load(Ordering::Relaxed);
+        let free_bytes = self.slot.free_bytes();
+        if full && !refused && self.space_for(ROOM_AGAIN) {
+            self.stats.full.store(false, Ordering::Relaxed);
+            tracing::warn!(free_bytes, "storage has room again: taking autosaves");
+        } else if !full && refused {
+            self.stats.full.store(true, Ordering::Relaxed);
+            tracing::error!(
+                free_bytes,
+                reserve_bytes = self.options.min_free_bytes,
+                "storage is full: new autosaves are refused with 507 until space is freed; \
+                 replay, reads and delivery marks go on"
+            );
+        }
+    }
+
+    /// Whether the data disk has room for `bytes` more payload above the configured reserve
+    /// (the reserve also covers redb's small records and its file growth).
+    fn space_for(&self, bytes: usize) -> bool {
+        match self.slot.free_bytes() {
+            Some(free) => free >= self.options.min_free_bytes.saturating_add(bytes as u64),
+            // If the free space cannot be read, let the write try: ENOSPC still answers 507.
+            None => true,
+        }
+    }
+
+    /// Applies a batch in one transaction and commits it. An error fails the whole batch
+    /// (nothing was committed); otherwise every request has its answer, in order.
+    fn apply(&mut self, requests: &[Request], space_ok: bool) -> Result<Vec<Answer>, StoreError> {
+        let started = Instant::now();
+        let db = self.slot.get()?;
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        let synced_from: Instant;
+        let (answers, dead_segments) = {
+            let mut tables = Tables::open(&txn, &mut self.log)?;
+            let at = SystemTime::now();
+            let now = Now {
+                rfc3339: &rfc3339(at),
+                ms: unix_millis(at),
+            };
+            let mut answers = Vec::with_capacity(requests.len());
+            for request in requests {
+                answers.push(answer(&self.ctx, &mut tables, request, space_ok, &now)?);
+            }
+            tables.flush_counters()?;
+            // The payloads this commit names are on disk before the commit is; the receipts
+            // are signed meanwhile ([`super::signing`]).
+            synced_from = Instant::now();
+            tables.sign_while_syncing(&self.ctx.signer)?;
+            sign_answers(&mut answers, &tables.unsigned);
+            let end = encode_log_end(tables.log.end());
+            tables.meta.insert(META_LOG_END, end.as_slice())?;
+            (answers, std::mem::take(&mut tables.dead_segments))
+        };
+        txn.commit()?;
+        let committed = Instant::now();
+        for segment in dead_segments {
+            if let Err(e) = self.log.remove_segment(segment) {
+                tracing::warn!(segment, error = %e, "could not delete an emptied payload segment");
+            }
+        }
+        self.record_timings(
+            requests.len(),
+            synced_from - started,
+            committed - synced_from,
+        );
+        Ok(answers)
+    }
+
+    /// Adds a commit's timings to the statistics. Building: the transaction's inserts.
+    /// Committing: writing and syncing the payloads (with the signing beside it), and redb's
+    /// commit.
+    fn record_timings(&self, requests: usize, build: Duration, commit: Duration) {
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.stats
+            .apply_micros
+            .fetch_add(micros(build), Ordering::Relaxed);
+        self.stats
+            .commit_micros
+            .fetch_add(micros(commit), Ordering::Relaxed);
+        if let Some(observe) = self.stats.observer.get() {
+            observe(&crate::CommitSample {
+                requests,
+                build,
+                commit,
+            });
+        }
+    }
+
+    /// Closes and reopens the database file, which clears redb's refusal after an I/O error
+    /// and repairs whatever the failed commit left.
+    ///
+    /// The database leaves the slot first, under the slot's lock for no longer than the swap:
+    /// from then on readers find it empty and answer [`StoreError::Unavailable`] (503) at
+    /// once. The lock is never held while the file is rewritten or reopened, which may take
+    /// as long as the disk likes; readers that waited on it used to freeze the runtime.
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        if let Some(mut db) = self.slot.take()? {
+            // Readers hold clones only for the length of one read.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(shared) if Instant::now() < deadline => {
+                        db = shared;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(shared) => {
+                        self.slot.put(shared)?;
+                        return Err(StoreError::Unavailable);
+                    }
+                }
+            }
+        }
+        let disk = &self.slot.disk;
+        if disk.database_sync_failed() {
+            // The kernel may have dropped pages that reads still return: make them durable
+            // before redb builds on them.
+            disk.rewrite_in_place(&self.slot.path)
+                .map_err(crate::classify_io)?;
+        }
+        let db = disk
+            .open_database(&self.slot.path)
+            .map_err(|e| crate::classify(e.into()))?;
+        // Cut the payload log back to what the last successful commit recorded.
+        let (end, live) = log_state(&db).map_err(crate::classify)?;
+        self.log =
+            BlobLog::open(disk, &self.slot.blob_dir, end, &live).map_err(crate::classify_io)?;
+        tracing::warn!(path = %self.slot.path.display(), "store reopened after an I/O error");
+        self.slot.put(Arc::new(db))
+    }
+}
+
+/// Applies one request to the batch's transaction. An error fails the whole batch; a request
+/// refused on its own is an answer like any other.
+fn answer(
+    ctx: &Context,
+    tables: &mut Tables<'_, '_>,
+    request: &Request,
+    space_ok: bool,
+    now: &Now<'_>,
+) -> Result<Answer, StoreError> {
+    Ok(match request {
+        Request::Put(put) => match ctx.put_one(tables, put, space_ok, now)? {
+            PutStep::Answered(outcome) => Answer::Put(outcome),
+            PutStep::NoRoom => Answer::NoRoom,
+        },
+        Request::Delivered(name) => {
+            tables.delivered(name, now.ms, now.rfc3339)?;
+            Answer::Done
+        }
+        Request::CloudConflict(name) => {
+            tables.cloud_conflict(name, now.rfc3339)?;
+            Answer::Done
+        }
+        Request::Park {
+            name,
+            status,
+            reason,
+        } => {
+            tables.park(name, *status, reason, now.rfc3339)?;
+            Answer::Done
+        }
+        Request::RetryParked(cause) => Answer::Count(tables.retry_parked(*cause, now.rfc3339)?),
+        Request::Purge { before_ms, max } => {
+            Answer::Count(tables.purge(*before_ms, *max, now.rfc3339)?)
+        }
+        Request::PurgeAudit { before_ms, max } => {
+            Answer::Count(tables.purge_audit(*before_ms, *max)?)
+        }
+        Request::Audit(event) => {
+            tables.audit(event.clone())?;
+            Answer::Done
+        }
+    })
+}

@@ -1,0 +1,183 @@
+//! Storing a new autosave inside a batch's transaction: a duplicate or a conflict is
+//! answered from the stored record; otherwise the payload goes to the payload log (or gains a
+//! reference, when the same bytes are already there), the receipt joins the candidate's
+//! chain, the record goes to the outbox, and the activity, audit and counters follow.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::ReadableTable;
+
+use super::tables::Tables;
+use super::{Now, PutOutcome, PutRequest};
+use crate::{Record, StoreError, activity};
+use hallrelay_protocol::ids::AutosaveName;
+use hallrelay_protocol::receipt::{GENESIS, Receipt, ReceiptFields};
+use hallrelay_protocol::signing::SigningKey;
+
+/// What storing an autosave needs besides the tables: who signs receipts, and whether new
+/// autosaves go to the outbox.
+pub(super) struct Context {
+    pub(super) signer: Arc<SigningKey>,
+    pub(super) appliance: Arc<str>,
+    pub(super) outbox: bool,
+    /// Arrivals at most this far apart are one stretch of saving ([`crate::activity`]).
+    pub(super) run_gap: Duration,
+}
+
+/// What became of one autosave inside a batch's transaction that goes on. A failure of the
+/// transaction itself is the `Err` beside it, and fails the whole batch.
+#[derive(Debug)]
+pub(super) enum PutStep {
+    /// The request is answered with this outcome.
+    Answered(PutOutcome),
+    /// A new autosave, refused because the disk has no room above the reserve (507). Nothing
+    /// was changed, and the rest of the batch goes on.
+    NoRoom,
+}
+
+impl Context {
+    /// Stores `request` unless its name is taken. `space_ok` says whether the disk has room
+    /// for the batch's new payloads.
+    pub(super) fn put_one(
+        &self,
+        t: &mut Tables<'_, '_>,
+        request: &PutRequest,
+        space_ok: bool,
+        now: &Now<'_>,
+    ) -> Result<PutStep, StoreError> {
+        if let Some(outcome) = answer_from_stored(t, request, now)? {
+            return Ok(PutStep::Answered(outcome));
+        }
+        if !space_ok {
+            return Ok(PutStep::NoRoom);
+        }
+        let AutosaveName {
+            exam,
+            candidate,
+            seq,
+        } = &request.name;
+        let size = request.payload.len() as u64;
+        place_payload(t, request)?;
+        let prev = previous_receipt(t, exam, candidate)?;
+        t.counters.arrivals += 1;
+        let arrival = t.counters.arrivals;
+        // Signed later, while the batch's payloads are synced ([`super::signing`]).
+        let receipt = Receipt::unsigned(ReceiptFields {
+            appliance: self.appliance.to_string(),
+            exam: exam.clone(),
+            candidate: candidate.clone(),
+            seq: *seq,
+            blake3: request.blake3,
+            size,
+            is_final: request.is_final,
+            received_at: now.rfc3339.to_owned(),
+            prev,
+        });
+        t.chains
+            .insert((exam.as_str(), candidate.as_str()), receipt.hash().as_str())?;
+        let record = Record {
+            receipt: receipt.clone(),
+            arrival,
+            // Without an outbox (the cloud) an autosave is at the end of the line on arrival.
+            delivered_at: (!self.outbox).then(|| now.rfc3339.to_owned()),
+            upstream_receipt: request.upstream_receipt.clone(),
+            cloud_conflict_at: None,
+            parked: None,
+        };
+        if self.outbox {
+            t.enqueue(&request.name, request.is_final, arrival)?;
+            t.counters.pending += 1;
+            t.counters.pending_bytes += size;
+        }
+        t.save_record(&request.name, &record)?;
+        t.unsigned.push(record);
+        let outbox = self.outbox;
+        activity::update(&mut t.activity, exam, candidate, |a| {
+            a.arrived(*seq, size, request.is_final, now.ms, self.run_gap);
+            if outbox {
+                a.pending += 1;
+            } else {
+                a.delivered += 1;
+            }
+        })?;
+        t.audit(serde_json::json!({
+            "event": "received",
+            "exam": exam, "candidate": candidate, "seq": seq,
+            "blake3": request.blake3.to_hex().as_str(), "size": size, "final": request.is_final,
+            "at": now.rfc3339,
+        }))?;
+        t.counters.stored += 1;
+        t.counters.stored_bytes += size;
+        Ok(PutStep::Answered(PutOutcome::Stored(receipt)))
+    }
+}
+
+/// The answer when the name is taken: the stored receipt when the bytes are the same, a
+/// conflict (audited) when they differ. `None` when the name is free.
+fn answer_from_stored(
+    t: &mut Tables<'_, '_>,
+    request: &PutRequest,
+    now: &Now<'_>,
+) -> Result<Option<PutOutcome>, StoreError> {
+    let Some(existing) = t.record(&request.name)? else {
+        return Ok(None);
+    };
+    let offered = request.blake3.to_hex();
+    if existing.receipt.blake3 == offered.as_str() {
+        return Ok(Some(PutOutcome::Duplicate(existing.receipt)));
+    }
+    let AutosaveName {
+        exam,
+        candidate,
+        seq,
+    } = &request.name;
+    t.audit(serde_json::json!({
+        "event": "conflict",
+        "source": "client",
+        "exam": exam, "candidate": candidate, "seq": seq,
+        "stored_blake3": existing.receipt.blake3,
+        "offered_blake3": offered.as_str(),
+        "at": now.rfc3339,
+    }))?;
+    Ok(Some(PutOutcome::Conflict {
+        existing_blake3: existing.receipt.blake3,
+    }))
+}
+
+/// Puts the payload in the payload log, or adds a reference to the same bytes already there.
+fn place_payload(t: &mut Tables<'_, '_>, request: &PutRequest) -> Result<(), StoreError> {
+    let blob = *request.blake3.as_bytes();
+    let known = t.blobs.get(blob)?.map(|v| v.value());
+    match known {
+        Some((segment, offset, len, refs)) => {
+            t.blobs.insert(blob, (segment, offset, len, refs + 1))?;
+        }
+        None => {
+            let (segment, offset, len) = t
+                .log
+                .place(request.payload.clone())
+                .map_err(crate::classify_io)?;
+            t.blobs.insert(blob, (segment, offset, len, 1))?;
+            let live = t.segments.get(segment)?.map_or(0, |v| v.value());
+            t.segments.insert(segment, live + len)?;
+        }
+    }
+    Ok(())
+}
+
+/// The hash of the candidate's last receipt, which the new one links to; [`GENESIS`] for a
+/// candidate's first autosave, which also counts a new candidate.
+fn previous_receipt(
+    t: &mut Tables<'_, '_>,
+    exam: &str,
+    candidate: &str,
+) -> Result<String, StoreError> {
+    match t.chains.get((exam, candidate))? {
+        Some(h) => Ok(h.value().to_owned()),
+        None => {
+            t.counters.candidates += 1;
+            Ok(GENESIS.to_owned())
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Receipts signed while the batch's payloads sync. An ECDSA signature costs about as much
+//! CPU as the rest of storing an autosave, and the sync is the writer's longest wait: the
+//! receipts of a batch are stored unsigned (their hash, which the chain uses, does not cover
+//! the signature), signed on two threads while the payload log syncs, and written back signed
+//! before the commit.
+
+use std::sync::Mutex;
+
+use super::tables::Tables;
+use super::{Answer, PutOutcome};
+use crate::{Record, StoreError, encode_record};
+use hallrelay_protocol::signing::SigningKey;
+
+/// Receipts a signing thread takes at a time: small enough that two threads finish together,
+/// large enough that the lock is not what they wait on (a signature takes ~26 µs).
+const SIGNING_CHUNK: usize = 8;
+
+impl Tables<'_, '_> {
+    /// Writes and syncs the batch's new payloads on a second thread while this one signs the
+    /// receipts of the records stored in this transaction; the second thread joins in the
+    /// signing once the payloads are durable. Then writes the signed records back.
+    pub(super) fn sign_while_syncing(&mut self, signer: &SigningKey) -> Result<(), StoreError> {
+        let flush = self.log.flush();
+        let synced = if self.unsigned.is_empty() {
+            flush.run()
+        } else {
+            sign_beside(&mut self.unsigned, signer, || flush.run()).unwrap_or_else(|_| {
+                Err(std::io::Error::other(
+                    "the payload log's flushing thread panicked",
+                ))
+            })
+        };
+        synced.map_err(crate::classify_io)?;
+        for record in &self.unsigned {
+            let r = &record.receipt;
+            self.autosaves.insert(
+                (r.exam.as_str(), r.candidate.as_str(), r.seq),
+                encode_record(record).as_slice(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Puts the signed receipts into the batch's answers: each new autosave's (`signed` holds
+/// them in the order they were stored), and that of a repeat within the same batch, which
+/// was answered as a duplicate of the unsigned record.
+pub(super) fn sign_answers(answers: &mut [Answer], signed: &[Record]) {
+    let mut stored = signed.iter();
+    for answer in answers.iter_mut() {
+        match answer {
+            Answer::Put(PutOutcome::Stored(receipt)) => {
+                if let Some(record) = stored.next() {
+                    receipt.signature.clone_from(&record.receipt.signature);
+                }
+            }
+            Answer::Put(PutOutcome::Duplicate(receipt)) if !receipt.is_signed() => {
+                if let Some(record) = signed.iter().find(|s| {
+                    s.receipt.seq == receipt.seq
+                        && s.receipt.candidate == receipt.candidate
+                        && s.receipt.exam == receipt.exam
+                }) {
+                    receipt.signature.clone_from(&record.receipt.signature);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Signs every record's receipt: on this thread from the start, and on a second one, which
+/// first runs `first`, as soon as that has returned. Both take [`SIGNING_CHUNK`] receipts at
+/// a time, so they finish together. Returns what `first` returned, or the second thread's
+/// panic.
+fn sign_beside<R: Send>(
+    records: &mut [Record],
+    signer: &SigningKey,
+    first: impl FnOnce() -> R + Send,
+) -> std::thread::Result<R> {
+    let work = Mutex::new(records.chunks_mut(SIGNING_CHUNK));
+    let sign_all = || {
+        loop {
+            // A panic while holding the lock leaves the chunks as they were: going on with
+            // them is safe, and the panic reaches the caller through `join`.
+            let next = work.lock().unwrap_or_else(|p| p.into_inner()).next();
+            let Some(chunk) = next else { break };
+            for record in chunk {
+                record.receipt.sign_with(signer);
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(|| {
+            let out = first();
+            sign_all();
+            out
+        });
+        sign_all();
+        helper.join()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::writer::test_put as request;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{Store, StoreOptions};
+    use hallrelay_protocol::receipt::{GENESIS, Receipt, ReceiptFields};
+
+    /// Receipts are signed while the batch's payloads sync: every answer of a batch, a repeat
+    /// of a name within the same batch included, carries a valid signature, and so does what
+    /// was stored; the chain holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // Holding the database's write lock across awaits is the point: it stalls the writer.
+    #[allow(clippy::await_holding_lock, clippy::readonly_write_lock)]
+    async fn every_receipt_of_a_batch_is_signed_and_stored_signed() {
+        const LAST: u64 = 16 * SIGNING_CHUNK as u64 + 3;
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Arc::new(SigningKey::generate());
+        let options = StoreOptions {
+            min_free_bytes: 0,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&dir.path().join("s.redb"), signer.clone(), options).unwrap();
+        let outcomes = {
+            // Hold the database so that seq 1 blocks the writer and the rest queue up behind
+            // it, to be applied as one batch.
+            let guard = store.slot.db.write().unwrap();
+            let put = |seq| {
+                let store = store.clone();
+                tokio::spawn(async move { store.put(request(seq)).await.unwrap() })
+            };
+            let first = put(1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut queued = Vec::new();
+            // A batch of many signing chunks: every receipt in it must come back signed.
+            for seq in [2, 2].into_iter().chain(3..=LAST) {
+                queued.push(put(seq));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            drop(guard);
+            let mut outcomes = vec![first.await.unwrap()];
+            for q in queued {
+                outcomes.push(q.await.unwrap());
+            }
+            outcomes
+        };
+        let receipt = |o: &PutOutcome| match o {
+            PutOutcome::Stored(r) | PutOutcome::Duplicate(r) => r.clone(),
+            other => panic!("{other:?}"),
+        };
+        // The two puts of seq 2 are separate tasks: either may reach the writer first.
+        let duplicates = outcomes[1..=2]
+            .iter()
+            .filter(|o| matches!(o, PutOutcome::Duplicate(_)))
+            .count();
+        assert_eq!(duplicates, 1, "{:?}", &outcomes[1..=2]);
+        assert_eq!(receipt(&outcomes[1]), receipt(&outcomes[2]));
+        for outcome in &outcomes {
+            receipt(outcome).verify(&signer.verifying_key()).unwrap();
+        }
+        let mut stored = Vec::new();
+        for seq in 1..=LAST {
+            let name = request(seq).name;
+            let (record, _) = store.get(name).await.unwrap().unwrap();
+            record.receipt.verify(&signer.verifying_key()).unwrap();
+            stored.push(record);
+        }
+        // The chain runs in arrival order, which on a busy machine need not be seq order:
+        // the queued puts are separate tasks.
+        stored.sort_by_key(|record| record.arrival);
+        let chain: Vec<Receipt> = stored.into_iter().map(|r| r.receipt).collect();
+        hallrelay_protocol::receipt::verify_chain(&chain, &signer.verifying_key()).unwrap();
+        assert!(
+            store.stats.commits.load(Ordering::Relaxed) <= 3,
+            "seqs 2 to {LAST} shared a commit"
+        );
+    }
+
+    #[test]
+    fn sign_beside_signs_every_receipt_on_both_threads() {
+        let signer = SigningKey::generate();
+        let hash = blake3::hash(b"x");
+        // Enough work that the second thread is sure to take some of it.
+        let mut records: Vec<Record> = (0..1000)
+            .map(|seq| Record {
+                receipt: Receipt::unsigned(ReceiptFields {
+                    appliance: "box".into(),
+                    exam: "e".into(),
+                    candidate: "c".into(),
+                    seq,
+                    blake3: hash,
+                    size: 1,
+                    is_final: false,
+                    received_at: "t".into(),
+                    prev: GENESIS.into(),
+                }),
+                arrival: seq,
+                delivered_at: None,
+                upstream_receipt: None,
+                cloud_conflict_at: None,
+                parked: None,
+            })
+            .collect();
+        let answer = sign_beside(&mut records, &signer, || 42).unwrap();
+        assert_eq!(answer, 42, "what `first` returned comes back");
+        for record in &records {
+            record.receipt.verify(&signer.verifying_key()).unwrap();
+        }
+    }
+}
