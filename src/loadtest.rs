@@ -282,10 +282,7 @@ async fn probe(box_url: &str, pin: &str, exam: &str, token: &str) -> Result<(), 
     let client = Connection::pinned(box_url, vec![pin.to_owned()], Some(Secret::new(token)))
         .map_err(unreachable)?
         .with_timeout(loadgen::CONNECT_TIMEOUT);
-    let path = format!(
-        "/v1/exams/{exam}/candidates/{}/autosaves/0",
-        loadgen::candidate_id(0)
-    );
+    let path = hallrelay_protocol::v1::autosave_path(exam, &loadgen::candidate_id(0), 0);
     let reply = match client.get(&path).await {
         Ok(reply) => reply,
         Err(ClientError::NotPinned(refusal)) => return Err(LoadtestError::NotPinned(refusal)),

@@ -88,7 +88,8 @@ async fn time_start(data_dir: &Path) -> (Duration, Duration) {
     let listening = started.elapsed();
     let client = the_box.client(None);
     let healthy = loop {
-        if matches!(client.get("/v1/health").await, Ok(r) if r.status.is_success()) {
+        if matches!(client.get(hallrelay_protocol::v1::HEALTH).await, Ok(r) if r.status.is_success())
+        {
             break started.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -17,10 +17,14 @@ pub const AUDIT: &str = "/v1/audit";
 pub const EXPORT_AUTOSAVES: &str = "/v1/export/autosaves";
 /// `POST` (admin): the signed manifest of an export.
 pub const EXPORT_MANIFEST: &str = "/v1/export/manifest";
+/// What every exam's path starts with (the autosave routes).
+pub const EXAMS_PREFIX: &str = "/v1/exams/";
+/// What every export route's path starts with.
+pub const EXPORT_PREFIX: &str = "/v1/export/";
 
 /// `/v1/exams/{exam}/candidates/{candidate}/autosaves`: one candidate's list (GET).
 pub fn autosaves_path(exam: &str, candidate: &str) -> String {
-    format!("/v1/exams/{exam}/candidates/{candidate}/autosaves")
+    format!("{EXAMS_PREFIX}{exam}/candidates/{candidate}/autosaves")
 }
 
 /// `…/autosaves/latest`: one candidate's newest payload (GET).

@@ -34,7 +34,7 @@ const MANIFEST_REQUEST_MAX: usize = 64 * 1024 * 1024;
 
 /// Whether `path` is an export endpoint.
 pub fn owns(path: &str) -> bool {
-    path.starts_with("/v1/export/")
+    path.starts_with(hallrelay_protocol::v1::EXPORT_PREFIX)
 }
 
 pub async fn handle(

@@ -34,7 +34,10 @@ pub async fn handle(
     let origin = request.headers().get(header::ORIGIN).cloned();
     // Autosave PUTs are counted and timed for /metrics.
     let ingest = (request.method() == Method::PUT
-        && request.uri().path().starts_with("/v1/exams/"))
+        && request
+            .uri()
+            .path()
+            .starts_with(hallrelay_protocol::v1::EXAMS_PREFIX))
     .then(std::time::Instant::now);
     // What a handler leaves of the body unread is drained once it is dropped (see drain.rs).
     let request = request.map(RequestBody::new);
