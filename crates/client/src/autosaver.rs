@@ -354,9 +354,9 @@ impl Put {
                 receipt: String::from_utf8_lossy(&reply.body).into_owned(),
             },
             Answer::Conflict | Answer::Unauthorized | Answer::Refused => {
-                let reason = serde_json::from_slice::<serde_json::Value>(&reply.body)
-                    .ok()
-                    .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                // The server's own words, as replay and the operator commands read them.
+                let reason = reply
+                    .message()
                     .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).into_owned());
                 Put::Refused {
                     status: reply.status,
@@ -864,7 +864,7 @@ mod tests {
             match answer(code, br#"{"error":"conflict","message":"words"}"#) {
                 Put::Refused { status, reason } => {
                     assert_eq!(status.as_u16(), code);
-                    assert_eq!(reason, "conflict");
+                    assert_eq!(reason, "words", "the message, not the code");
                 }
                 _ => panic!("{code} must be a refusal"),
             }
