@@ -482,61 +482,22 @@ async fn status(
 mod tests {
     use super::*;
 
+    /// The protocol's `Route::parse` is tested with every path in the protocol crate; here,
+    /// only what the server makes of its answers: a route, a 400 naming the bad id, a 404.
     #[test]
-    fn paths() {
-        let autosaves = "/v1/exams/math-2026/candidates/c042/autosaves";
-        let (exam, candidate) = ("math-2026".to_owned(), "c042".to_owned());
-        assert_eq!(parse_path("/v1/health").ok(), Some(Target::Health));
-        assert_eq!(parse_path("/v1/status").ok(), Some(Target::Status));
+    fn paths_map_to_the_api_s_answers() {
         assert_eq!(
-            parse_path(autosaves).ok(),
-            Some(Target::List {
-                exam: exam.clone(),
-                candidate: candidate.clone()
-            })
-        );
-        assert_eq!(
-            parse_path(&format!("{autosaves}/latest")).ok(),
-            Some(Target::Latest {
-                exam: exam.clone(),
-                candidate: candidate.clone()
-            })
-        );
-        assert_eq!(
-            parse_path(&format!("{autosaves}/42")).ok(),
+            parse_path("/v1/exams/math-2026/candidates/c042/autosaves/42").ok(),
             Some(Target::Autosave(AutosaveName {
-                exam,
-                candidate,
+                exam: "math-2026".into(),
+                candidate: "c042".into(),
                 seq: 42
             }))
         );
-        for bad_id in [
-            "/v1/exams/a%2Fb/candidates/c/autosaves",
-            "/v1/exams/e/candidates//autosaves/1",
-            "/v1/exams/e/candidates/c/autosaves/007",
-            "/v1/exams/e/candidates/c/autosaves/",
-            // The ids are checked before what follows them.
-            "/v1/exams/e/candidates/c c/autosaves/1/extra",
-        ] {
-            assert!(
-                matches!(parse_path(bad_id), Err(ApiError::BadId(_))),
-                "{bad_id}"
-            );
-        }
-        for unknown in [
-            "",
-            "/",
-            "/v1",
-            "/v1/",
-            "/v2/health",
-            "/v1/health/",
-            "/v1/exams/e/candidates/c",
-            "/v1/exams/e/candidates/c/autosaves/1/extra",
-        ] {
-            assert!(
-                matches!(parse_path(unknown), Err(ApiError::NotFound)),
-                "{unknown}"
-            );
-        }
+        assert!(matches!(
+            parse_path("/v1/exams/e/candidates/c/autosaves/007"),
+            Err(ApiError::BadId(_))
+        ));
+        assert!(matches!(parse_path("/v1/health/"), Err(ApiError::NotFound)));
     }
 }
