@@ -433,12 +433,7 @@ pub async fn import(cloud: Connection, path: &Path) -> Result<Imported, OpsError
         loop {
             attempt += 1;
             let result = cloud
-                .send(
-                    AutosavePut::METHOD,
-                    &put.path,
-                    put.headers.clone(),
-                    payload.clone(),
-                )
+                .put(&put.path, put.headers.clone(), payload.clone())
                 .await;
             match result {
                 Ok(r) => match import_step(Answer::of(r.status, &r.headers), attempt) {

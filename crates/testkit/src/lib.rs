@@ -26,13 +26,20 @@ pub fn binary() -> &'static str {
         if let Ok(bin) = std::env::var("HALLRELAY_BIN") {
             return bin;
         }
-        let exe = std::env::current_exe().expect("the test executable's path");
-        let profile = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("the test executable lives in target/<profile>/deps");
-        profile.join("hallrelay").to_string_lossy().into_owned()
+        profile_dir()
+            .join("hallrelay")
+            .to_string_lossy()
+            .into_owned()
     })
+}
+
+/// `target/<profile>`: cargo puts test executables in its `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test executable lives in target/<profile>/deps")
+        .to_owned()
 }
 
 /// The running test suite's name: the test executable's, without cargo's hash.
@@ -48,10 +55,9 @@ fn suite_name() -> String {
 /// Cargo's scratch folder for tests (`target/tmp`, what `CARGO_TARGET_TMPDIR` names), found
 /// from the test executable's place.
 pub fn target_tmpdir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    exe.ancestors()
-        .nth(3)
-        .expect("the test executable lives in target/<profile>/deps")
+    profile_dir()
+        .parent()
+        .expect("the profile folder lives in target/")
         .join("tmp")
 }
 
@@ -331,7 +337,7 @@ pub fn in_an_hour() -> u64 {
 /// The protocol's own builder: tests name autosaves the way every client does.
 pub use hallrelay_protocol::v1::autosave_path;
 
-/// PUTs `body` as autosave `seq`, optionally as a final submission.
+/// PUTs `body` as autosave `seq`: not a final submission, and without a `Content-Digest`.
 pub async fn put(client: &Connection, exam: &str, candidate: &str, seq: u64, body: &[u8]) -> Reply {
     client
         .put(

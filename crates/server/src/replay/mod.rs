@@ -631,12 +631,7 @@ async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pendi
         bucket.take(item.payload.len()).await;
     }
     let reply = client
-        .send(
-            AutosavePut::METHOD,
-            &put.path,
-            put.headers,
-            Bytes::clone(&item.payload),
-        )
+        .put(&put.path, put.headers, Bytes::clone(&item.payload))
         .await;
     match reply {
         Ok(reply) => outcome(&reply),
