@@ -829,8 +829,9 @@ mod tests {
 
     /// The settings whose shown value is an example, not a default: they have none, or one
     /// that depends on the machine (the body budget) or on the box (its name).
-    const NO_FIXED_DEFAULT: [&str; 12] = [
+    const NO_FIXED_DEFAULT: [&str; 13] = [
         "name",
+        "platform_keys_file",
         "mdns_interfaces",
         "cloud",
         "cloud_token_file",

@@ -164,7 +164,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ring = KeyRing::open(&dir.path().join(PLATFORM_KEY_FILE)).unwrap();
         let first = PublicKey::of(&ring.signer().unwrap());
-        assert_eq!(ring.published().unwrap().keys(), std::slice::from_ref(&first));
+        assert_eq!(
+            ring.published().unwrap().keys(),
+            std::slice::from_ref(&first)
+        );
         assert!(matches!(
             ring.rotate(true),
             Err(KeyRingError::NothingToPromote { .. })
