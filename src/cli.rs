@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
+use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::token::DEFAULT_VENUE;
 use hallrelay_server::api::{DEFAULT_CLIENT_RATE, DEFAULT_MAX_CONNECTIONS_PER_CLIENT};
 use hallrelay_server::capacity::Plan;
@@ -429,6 +430,11 @@ pub struct ServeArgs {
     /// File holding the box's bearer credential at the cloud.
     #[arg(long, value_name = "FILE")]
     pub cloud_token_file: Option<PathBuf>,
+    /// The HTTP proxy every connection to the cloud goes through, http://HOST:PORT (https
+    /// clouds through a CONNECT tunnel). A proxy that wants a user and password takes them in
+    /// the configuration file's cloud_proxy, never in a flag [default: none: direct].
+    #[arg(long, value_name = "URL")]
+    pub cloud_proxy: Option<String>,
     /// Do not advertise the box over mDNS.
     #[arg(long)]
     pub no_mdns: bool,
@@ -469,6 +475,7 @@ impl ServeArgs {
             platform_keys_file: self.platform_keys_file.clone(),
             cloud: self.cloud.clone(),
             cloud_token_file: self.cloud_token_file.clone(),
+            cloud_proxy: self.cloud_proxy.clone().map(Secret::new),
             no_mdns: self.no_mdns,
             mdns_interfaces: self.mdns_interfaces.clone(),
             client_rate_limit: self.client_rate_limit,
