@@ -32,6 +32,11 @@ impl Tinyproxy {
     /// Starts tinyproxy, asking for `PROXY_USER`/`PROXY_PASSWORD` when `basic_auth`; `None`
     /// (after saying so loudly) when tinyproxy is not installed.
     fn start(dir: &Path, basic_auth: bool) -> Option<Self> {
+        Self::start_with(dir, basic_auth, "")
+    }
+
+    /// Like [`start`](Self::start), with `extra` lines of tinyproxy configuration.
+    fn start_with(dir: &Path, basic_auth: bool, extra: &str) -> Option<Self> {
         if !tool_or_skip("tinyproxy", "tinyproxy", "replay through a campus proxy") {
             return None;
         }
@@ -42,13 +47,13 @@ impl Tinyproxy {
         } else {
             String::new()
         };
-        // No ConnectPort line: CONNECT to any port (the cloud's is random).
+        // No ConnectPort line (unless in `extra`): CONNECT to any port (the cloud's is random).
         let config = dir.join("tinyproxy.conf");
         std::fs::write(
             &config,
             format!(
                 "Port {port}\nListen 127.0.0.1\nTimeout 30\nLogFile \"{}\"\nLogLevel Info\n\
-                 MaxClients 50\nAllow 127.0.0.1\n{auth}",
+                 MaxClients 50\nAllow 127.0.0.1\n{auth}{extra}",
                 log.display()
             ),
         )
@@ -282,6 +287,66 @@ async fn a_refusing_or_absent_proxy_is_named_in_the_uplink_state() {
         "{error}"
     );
     assert_eq!(status["pending"]["count"], 1);
+}
+
+/// A proxy that forbids the cloud (403), and one that cannot reach it (tinyproxy says 500):
+/// each named with its answer and what to check.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxys_refusal_says_what_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let strict_dir = dir.path().join("strict");
+    std::fs::create_dir_all(&strict_dir).unwrap();
+    // Only CONNECT to port 443: the cloud's port is forbidden.
+    let Some(strict) = Tinyproxy::start_with(&strict_dir, false, "ConnectPort 443\n") else {
+        return;
+    };
+    let Some(open) = Tinyproxy::start(dir.path(), false) else {
+        return;
+    };
+    let cloud = start_cloud(dir.path(), true);
+    let forbidden = start_box(
+        dir.path(),
+        "forbidden",
+        &format!(
+            "cloud = \"{}\"\ncloud_pin = \"{}\"\ncloud_proxy = \"http://127.0.0.1:{}\"",
+            cloud.url(),
+            cloud.pin,
+            strict.port
+        ),
+    );
+    let gone = free_port();
+    let cloud_gone = start_box(
+        dir.path(),
+        "cloud-gone",
+        &format!(
+            "cloud = \"https://127.0.0.1:{gone}\"\ncloud_pin = \"{}\"\n\
+             cloud_proxy = \"http://127.0.0.1:{}\"",
+            cloud.pin, open.port
+        ),
+    );
+    let has_error = |s: &serde_json::Value| s["uplink"]["last_error"].is_string();
+    for (b, proxy, says) in [
+        (
+            &forbidden,
+            strict.port,
+            "403 Access violation: the proxy does not let this box reach the cloud",
+        ),
+        (
+            &cloud_gone,
+            open.port,
+            "500 Unable to connect: the proxy could not reach the cloud",
+        ),
+    ] {
+        let status = status_until(b, Duration::from_secs(20), has_error).await;
+        let error = status["uplink"]["last_error"].as_str().unwrap();
+        assert_eq!(status["uplink"]["state"], "down", "{status}");
+        assert!(
+            error.contains(&format!(
+                "the proxy at http://127.0.0.1:{proxy} refused: {says}"
+            )),
+            "{error}"
+        );
+    }
 }
 
 /// Bad `cloud_proxy` settings stop the box at start with a message naming the key and never

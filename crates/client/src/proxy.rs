@@ -217,7 +217,8 @@ fn advice(status: u16) -> &'static str {
         403 => {
             "the proxy does not let this box reach the cloud; ask the network's administrators to allow it (CONNECT to the cloud's host and port)"
         }
-        502..=504 => {
+        // tinyproxy says 500 ("Unable to connect") where others say 502.
+        500 | 502..=504 => {
             "the proxy could not reach the cloud; check the cloud URL, and that the proxy has a working uplink"
         }
         _ => "check cloud_proxy, and the proxy's log",
