@@ -1,0 +1,126 @@
+//! The cloud's relay list on the candidate's side, with the real binary and real boxes on
+//! loopback: a list kept in the journal (`relays.json`) outlives a restart of the laptop, its
+//! pins are trusted with no `--pin` typed, its addresses are tried directly, and a box at a
+//! listed address whose key is not a listed pin gets nothing.
+
+use hallrelay_testkit as common;
+
+use std::time::Duration;
+
+use common::{BoxProcess, Candidate};
+use hallrelay_client::relays::{ListedRelay, RelayList};
+use hallrelay_protocol::keys::VenueKey;
+use hallrelay_protocol::token::{self, Claims};
+
+const EXAM: &str = "physics-2";
+
+fn candidate_token(venue_key: &std::path::Path) -> String {
+    token::mint(
+        &VenueKey::load_or_create(venue_key).unwrap(),
+        &Claims::Candidate {
+            exam: EXAM.into(),
+            candidate: "c1".into(),
+            expires: common::in_an_hour(),
+        },
+    )
+}
+
+/// A laptop restarted during the outage: the cloud cannot be asked, but the list an earlier
+/// run kept in the journal names the hall box. The candidate runs without `--pin` and without
+/// mDNS, fails over to the listed box, and refuses the rogue one at the other listed address.
+#[test]
+fn a_kept_list_is_used_for_failover_after_a_restart_and_a_rogue_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let venue_key = dir.path().join("venue.key");
+    let key = venue_key.to_str().unwrap();
+    let real = BoxProcess::start(&dir.path().join("real"), &["--venue-key-file", key]);
+    // Same venue key (so it would take the token), its own identity.
+    let rogue = BoxProcess::start(&dir.path().join("rogue"), &["--venue-key-file", key]);
+    assert_ne!(rogue.pin, real.pin);
+    let token_file =
+        common::write_secret(&dir.path().join("c1.token"), &candidate_token(&venue_key));
+
+    // What a previous run learnt from the cloud, kept in the candidate's journal folder. The
+    // rogue's address comes first, so it is tried first.
+    let journal = dir.path().join("journal");
+    let folder = journal.join(EXAM).join("c1");
+    std::fs::create_dir_all(&folder).unwrap();
+    RelayList {
+        venue: "hall-7".into(),
+        relays: vec![ListedRelay {
+            name: "hall-a".into(),
+            pin: real.pin.clone(),
+            addresses: vec![rogue.addr.clone(), real.addr.clone()],
+        }],
+        fetched_at: Some("2026-12-05T08:00:00Z".into()),
+    }
+    .store(&folder)
+    .unwrap();
+
+    let candidate = Candidate::spawn(
+        None,
+        &[
+            "candidate",
+            // Nothing listens on the discard port: the cloud is gone.
+            "--cloud",
+            "http://127.0.0.1:9",
+            "--exam",
+            EXAM,
+            "--candidate",
+            "c1",
+            "--token-file",
+            &token_file,
+            "--no-mdns",
+            "--interval",
+            "100ms",
+            "--count",
+            "5",
+            "--failover-after",
+            "0s",
+            "--probe-every",
+            "300ms",
+            "--journal",
+            journal.to_str().unwrap(),
+        ],
+    );
+    let (code, output) = candidate.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains("the journal holds the cloud's list of 1 hall relays for venue hall-7"),
+        "{output}"
+    );
+    assert!(
+        output.contains(&format!(
+            "not using https://{}: its key is not the exam's pin",
+            rogue.addr
+        )),
+        "the rogue was not refused:\n{output}"
+    );
+    assert!(
+        output.contains(&format!(
+            "saving to the hall relay hall-a at https://{}",
+            real.addr
+        )),
+        "{output}"
+    );
+    assert_eq!(
+        output.matches("saved to the hall relay hall-a").count(),
+        5,
+        "{output}"
+    );
+
+    // Every save on the listed box, none on the rogue.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let on = |b: &BoxProcess| {
+        rt.block_on(common::list(
+            &b.client(Some(candidate_token(&venue_key))),
+            EXAM,
+            "c1",
+        ))
+        .len()
+    };
+    assert_eq!(on(&real), 5);
+    assert_eq!(on(&rogue), 0);
+    // The list is still there for the next run.
+    assert!(RelayList::load(&folder).is_some());
+}
