@@ -124,3 +124,46 @@ fn a_kept_list_is_used_for_failover_after_a_restart_and_a_rogue_is_refused() {
     // The list is still there for the next run.
     assert!(RelayList::load(&folder).is_some());
 }
+
+/// A cloud without a platform behind it (today's reference cloud has no relay list: 404) is
+/// no error for saving: the client says nothing to the candidate about relays, keeps no
+/// list, and saves to the cloud as ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cloud_without_a_relay_list_costs_nothing() {
+    use hallrelay_client::{Autosaver, Discovery, Event, Landed, Options};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let cloud = BoxProcess::start_cloud(&dir.path().join("cloud"), &["--listen", &listen]);
+    let token = candidate_token(&cloud.data_dir.join("venue.key"));
+    let journal = dir.path().join("journal");
+    let mut options = Options::new(
+        &format!("http://{listen}"),
+        EXAM,
+        "c1",
+        hallrelay_protocol::keys::Secret::new(token),
+        journal.clone(),
+    );
+    options.discovery = Discovery::none();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let mut autosaver = Autosaver::open(options)
+        .unwrap()
+        .on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    assert_eq!(autosaver.learn_relays().await, None);
+    for _ in 0..3 {
+        let saved = autosaver.save(b"an answer", false).await.unwrap();
+        assert_eq!(saved.landed, Landed::Cloud);
+    }
+    assert!(autosaver.relays().is_none());
+    assert!(!journal.join(EXAM).join("c1").join("relays.json").exists());
+    let events = events.lock().unwrap();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::RelaysLearnt { .. })),
+        "{events:?}"
+    );
+    assert_eq!(events.len(), 3, "only the three saves: {events:?}");
+}
