@@ -13,11 +13,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState, Auth};
+use crate::api::{self, AppState, Auth, Trust};
 use crate::config::ServeConfig;
 use crate::identity::{Identity, IdentityError};
 use crate::replay::Uplink;
-use hallrelay_protocol::keys::{KeyFileError, VenueKey};
+use hallrelay_protocol::keys::{KeyFileError, TokenKey};
 use hallrelay_store::{OpenError, STORE_FILE, Store, StoreFile, StoreOptions};
 
 /// Why the box could not start.
@@ -31,6 +31,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     KeyFile(#[from] KeyFileError),
+    #[error(transparent)]
+    KeyRing(#[from] crate::keyring::KeyRingError),
     #[error(transparent)]
     Store(#[from] OpenError),
     #[error(transparent)]
@@ -181,7 +183,15 @@ fn app_state(
 ) -> Arc<AppState> {
     Arc::new(AppState {
         store: parts.store,
-        auth: Auth::new(parts.venue_key, Vec::new()),
+        auth: Auth::for_box(
+            &parts.token_key,
+            &ready.pin,
+            Trust {
+                venue: Some(config.venue.clone()),
+                platform: config.platform_keys.clone(),
+            },
+        ),
+        keeps_tokens: true,
         limits: config.limits.clone(),
         cors: api::cors::Cors::new(config.cors_origins.clone()),
         pin: ready.pin.clone(),
@@ -200,7 +210,7 @@ fn app_state(
 /// What every server in this crate (the box and the reference cloud) starts from: the data
 /// dir, the venue key, the store, and the identity.
 pub(crate) struct Parts {
-    pub venue_key: VenueKey,
+    pub token_key: TokenKey,
     pub store: Store,
     pub identity: Arc<Identity>,
     pub name: String,
@@ -220,7 +230,7 @@ impl Parts {
             path: data_dir.to_owned(),
             source,
         })?;
-        let venue_key = VenueKey::load_or_create(venue_key_file)?;
+        let token_key = TokenKey::load_or_create(venue_key_file)?;
         let file = StoreFile::open(&data_dir.join(STORE_FILE))?;
         let name = name.unwrap_or_else(|| default_name(file.appliance()));
         let ips: Vec<IpAddr> = Some(listen.ip())
@@ -234,7 +244,7 @@ impl Parts {
         )?);
         let store = file.start(identity.signing_key(), options)?;
         Ok(Self {
-            venue_key,
+            token_key,
             store,
             identity,
             name,
