@@ -7,8 +7,9 @@ use hallrelay_testkit as common;
 
 use std::time::Duration;
 
-use common::{BoxProcess, Candidate};
+use common::{BoxProcess, Candidate, HALL_IF, HALL_IP, LAPTOP_IF, blake3_by_seq};
 use hallrelay_client::relays::{ListedRelay, RelayList};
+use hallrelay_protocol::token::DEFAULT_VENUE;
 
 const EXAM: &str = "physics-2";
 
@@ -159,4 +160,220 @@ async fn a_cloud_without_a_relay_list_costs_nothing() {
         "{events:?}"
     );
     assert_eq!(events.len(), 3, "only the three saves: {events:?}");
+}
+
+/// The story between two network namespaces: the cloud plays the platform, the hall
+/// box enrolls with a one-time code, and the laptop, given no pin at all, learns the box from
+/// the cloud's relay list. A rogue box in the hall takes the real box's name over mDNS and
+/// answers at an address the laptop is pointed at; when the cloud dies, the laptop fails over
+/// to the enrolled box at the address the list gave, and sends the rogue nothing.
+#[test]
+#[ignore = "needs the enrollment merge (branch i19-e) in main: then drop this line"]
+fn pins_learnt_from_the_cloud_reach_the_enrolled_box_and_never_the_rogue() {
+    let Some(net) = common::netns_or_skip("failover with pins learnt from the cloud") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cloud_listen = format!("{HALL_IP}:9443");
+    let cloud_url = format!("https://{cloud_listen}");
+    let cloud_dir = dir.path().join("cloud");
+    let mut cloud = BoxProcess::start_in(
+        Some(&net.hall),
+        &cloud_dir,
+        &["cloud", "--listen", &cloud_listen],
+    );
+
+    // IT staff: a code for the venue, given to the box.
+    let admin_file = common::write_secret(&dir.path().join("admin.token"), &platform_admin(&cloud));
+    let out = common::command(Some(&net.hall))
+        .args([
+            "cloud",
+            "enroll",
+            "--cloud",
+            &cloud_url,
+            "--cloud-pin",
+            &cloud.pin,
+        ])
+        .args(["--token-file", &admin_file, "--no-qr"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("enrollment code"))
+        .unwrap_or_else(|| panic!("no code in {printed}"))
+        .trim()
+        .to_owned();
+    let config = common::config_file(
+        dir.path(),
+        &format!(
+            "cloud = \"{cloud_url}\"\ncloud_pin = \"{}\"\nenrollment_code = \"{code}\"\n",
+            cloud.pin
+        ),
+    );
+    let box_listen = format!("{HALL_IP}:8443");
+    // The enrolled box does not announce itself: the laptop can only know it from the list.
+    let hall_box = BoxProcess::start_in(
+        Some(&net.hall),
+        &dir.path().join("box"),
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            &box_listen,
+            "--name",
+            "hall-a",
+            "--no-mdns",
+        ],
+    );
+    // The rogue: the real box's name over mDNS on the hall network, its own key.
+    let rogue_listen = format!("{HALL_IP}:8444");
+    let rogue = BoxProcess::start_in(
+        Some(&net.hall),
+        &dir.path().join("rogue"),
+        &[
+            "serve",
+            "--listen",
+            &rogue_listen,
+            "--name",
+            "hall-a",
+            "--mdns-interface",
+            HALL_IF,
+        ],
+    );
+    assert_ne!(rogue.pin, hall_box.pin);
+
+    // The box is on the list once it has enrolled and reported its address.
+    let token = platform_candidate(&cloud);
+    let relays_url = format!("{cloud_url}/v1/exams/{EXAM}/relays");
+    let listed = |body: &str| {
+        serde_json::from_str::<RelayList>(body).is_ok_and(|l| {
+            l.relays
+                .iter()
+                .any(|r| r.pin == hall_box.pin && r.addresses.contains(&box_listen))
+        })
+    };
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = net.curl(&net.hall, &cloud.pin, &token, &relays_url);
+        if listed(&body) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        listed(&body),
+        "the box never reached the relay list: {body}"
+    );
+
+    let token_file = common::write_secret(&dir.path().join("c1.token"), &token);
+    let journal = dir.path().join("journal");
+    let candidate = Candidate::spawn(
+        Some(&net.laptop),
+        &[
+            "candidate",
+            "--cloud",
+            &cloud_url,
+            "--cloud-pin",
+            &cloud.pin,
+            "--exam",
+            EXAM,
+            "--candidate",
+            "c1",
+            "--token-file",
+            &token_file,
+            // No --pin anywhere. mDNS on the veth finds the rogue; --box points at it too.
+            "--mdns-interface",
+            LAPTOP_IF,
+            "--box",
+            &format!("https://{rogue_listen}"),
+            "--interval",
+            "200ms",
+            "--count",
+            "30",
+            "--failover-after",
+            "1s",
+            "--probe-every",
+            "500ms",
+            "--journal",
+            journal.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        candidate.wait_for("saved to the cloud", 3, Duration::from_secs(20)),
+        "{:?}",
+        candidate.output()
+    );
+    assert_eq!(
+        candidate.count("the cloud lists 1 hall relays for venue"),
+        1,
+        "{:?}",
+        candidate.output()
+    );
+    cloud.kill9();
+    let (code, output) = candidate.finish(Duration::from_secs(90));
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains(&format!(
+            "saving to the hall relay hall-a at https://{box_listen}"
+        )),
+        "no failover to the enrolled box:\n{output}"
+    );
+    assert!(
+        output.contains("saved to the hall relay hall-a"),
+        "{output}"
+    );
+    // mDNS finds the rogue too, but perhaps only after the listed box was chosen: its hint
+    // is checked when it is seen (failover.rs tests that check); the handshake always is.
+    assert!(
+        output.contains(&format!(
+            "not using https://{rogue_listen}: its key is not the exam's pin"
+        )),
+        "the rogue's key was not checked:\n{output}"
+    );
+    assert!(
+        !output.contains(&format!("at https://{rogue_listen}: its key matches")),
+        "{output}"
+    );
+
+    // The rogue holds nothing; the enrolled box holds what the laptop sent it.
+    let count = |b: &BoxProcess, url: &str| {
+        net.curl(
+            &net.hall,
+            &b.pin,
+            &token,
+            &format!("{url}/v1/exams/{EXAM}/candidates/c1/autosaves"),
+        )
+    };
+    let rogue_status: serde_json::Value = serde_json::from_str(&net.curl(
+        &net.hall,
+        &rogue.pin,
+        &rogue.admin_token(),
+        &format!("https://{rogue_listen}/v1/status"),
+    ))
+    .unwrap();
+    assert_eq!(
+        rogue_status["stored"]["count"], 0,
+        "the rogue got saves: {rogue_status}"
+    );
+    let on_box = blake3_by_seq(&count(&hall_box, &format!("https://{box_listen}")));
+    assert!(!on_box.is_empty());
+    // The list is in the journal for a restart.
+    assert!(RelayList::load(&journal.join(EXAM).join("c1")).is_some());
+}
+
+/// A platform admin token for the default venue, as the cloud's operator holds it.
+fn platform_admin(cloud: &BoxProcess) -> String {
+    cloud.platform().admin_token(DEFAULT_VENUE)
+}
+
+/// A platform-signed candidate token for c1 in the default venue.
+fn platform_candidate(cloud: &BoxProcess) -> String {
+    cloud.platform().candidate_token(DEFAULT_VENUE, EXAM, "c1")
 }
