@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Auth};
 use crate::config::ServeConfig;
+use crate::enrollment;
 use crate::identity::{Identity, IdentityError};
 use crate::replay::Uplink;
-use hallrelay_protocol::keys::{KeyFileError, VenueKey};
+use hallrelay_protocol::keys::{KeyFileError, Secret, VenueKey};
 use hallrelay_store::{OpenError, STORE_FILE, Store, StoreFile, StoreOptions};
 
 /// Why the box could not start.
@@ -39,6 +40,10 @@ pub enum ServeError {
     Tls(#[from] rustls::Error),
     #[error(transparent)]
     Mdns(#[from] hallrelay_client::discovery::MdnsError),
+    #[error(transparent)]
+    Enrollment(#[from] crate::enrollment::StateFileError),
+    #[error(transparent)]
+    Registry(#[from] crate::platform::RegistryError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -75,7 +80,19 @@ pub async fn run(
     on_ready(&ready);
 
     let uplink = Arc::new(Uplink::new(config.replay.as_ref().map(|r| r.cloud.clone())));
-    let replay = start_replay(&config, &parts.store, &uplink, &shutdown);
+    let enrollment = match &config.replay {
+        None => enrollment::Start {
+            progress: Arc::new(enrollment::Progress::no_cloud()),
+            saved: None,
+        },
+        Some(replay) if replay.credential.is_some() => enrollment::Start {
+            progress: Arc::new(enrollment::Progress::static_credential()),
+            saved: None,
+        },
+        Some(_) => enrollment::start(&config.data_dir, config.enrollment_code.is_some())?,
+    };
+    let progress = enrollment.progress.clone();
+    let replay = start_replay(&config, &parts, &ready, enrollment, &uplink, &shutdown);
     let store = parts.store.clone();
     let metrics = Arc::new(api::metrics::Metrics::new(
         uplink.clone(),
@@ -85,7 +102,7 @@ pub async fn run(
     store.observe_commits(Box::new(move |sample| observer.observe_commit(sample)));
     let open_connections = metrics.open_connections();
     let supervisor = supervise(&store, &uplink, &shutdown);
-    let state = app_state(&config, parts, &ready, uplink, metrics);
+    let state = app_state(&config, parts, &ready, uplink, metrics, progress);
     let handler = move |request| api::routes::handle(state.clone(), request);
     api::server::serve_counted(
         listener,
@@ -133,23 +150,54 @@ fn advertise(
     })))
 }
 
-/// Starts replaying to the cloud, when one is configured.
+/// Starts replaying to the cloud, when one is configured. A box that enrolls first enrolls
+/// (or takes its saved enrollment), then replays with the credential it got, and keeps its
+/// enrollment fresh beside replay.
 fn start_replay(
     config: &ServeConfig,
-    store: &Store,
+    parts: &Parts,
+    ready: &Ready,
+    enrollment: enrollment::Start,
     uplink: &Arc<Uplink>,
     shutdown: &CancellationToken,
 ) -> Option<JoinHandle<()>> {
-    let Some(replay) = config.replay.clone() else {
+    let Some(mut replay) = config.replay.clone() else {
         tracing::info!("no cloud configured: autosaves are kept and queued, not replayed");
         return None;
     };
-    Some(tokio::spawn(crate::replay::run(
-        store.clone(),
-        replay,
-        uplink.clone(),
-        shutdown.clone(),
-    )))
+    let store = parts.store.clone();
+    let (uplink, shutdown) = (uplink.clone(), shutdown.clone());
+    if replay.credential.is_some() {
+        return Some(tokio::spawn(crate::replay::run(
+            store, replay, uplink, shutdown,
+        )));
+    }
+    let agent = enrollment::Agent {
+        replay: replay.clone(),
+        data_dir: config.data_dir.clone(),
+        identity: parts.identity.clone(),
+        name: ready.name.clone(),
+        listen: ready.addr,
+        code: config.enrollment_code.clone(),
+        progress: enrollment.progress,
+    };
+    let saved = enrollment.saved;
+    Some(tokio::spawn(async move {
+        let saved = match saved {
+            Some(saved) => saved,
+            None => match agent.enroll(&shutdown).await {
+                Some(saved) => saved,
+                None => return,
+            },
+        };
+        replay.credential = Some(Secret::new(saved.credential.clone()));
+        let fresh = tokio::spawn({
+            let (uplink, shutdown) = (uplink.clone(), shutdown.clone());
+            async move { agent.keep_fresh(saved, uplink, shutdown).await }
+        });
+        crate::replay::run(store, replay, uplink, shutdown).await;
+        let _ = fresh.await;
+    }))
 }
 
 /// Starts telling systemd how the box is doing. READY=1 goes out from there, after the first
@@ -178,6 +226,7 @@ fn app_state(
     ready: &Ready,
     uplink: Arc<Uplink>,
     metrics: Arc<api::metrics::Metrics>,
+    enrollment: Arc<enrollment::Progress>,
 ) -> Arc<AppState> {
     Arc::new(AppState {
         store: parts.store,
@@ -194,6 +243,8 @@ fn app_state(
         )),
         metrics: Some(metrics),
         identity: Some(parts.identity.clone()),
+        platform: None,
+        enrollment: Some(enrollment),
     })
 }
 

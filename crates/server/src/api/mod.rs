@@ -55,6 +55,8 @@ pub enum Caller {
 pub struct Auth {
     venue_key: VenueKey,
     appliance_credentials: Vec<Secret>,
+    /// On the cloud: the platform's registry, which resolves enrolled boxes' credentials.
+    boxes: Option<crate::platform::Registry>,
 }
 
 impl Auth {
@@ -62,7 +64,14 @@ impl Auth {
         Self {
             venue_key,
             appliance_credentials,
+            boxes: None,
         }
+    }
+
+    /// Also accepts the credentials of the boxes enrolled in `registry` (the cloud).
+    pub fn with_registry(mut self, registry: crate::platform::Registry) -> Self {
+        self.boxes = Some(registry);
+        self
     }
 
     /// Establishes the caller from a bearer token.
@@ -74,6 +83,19 @@ impl Auth {
             .any(|c| constant_time_eq(c.expose().as_bytes(), token.as_bytes()))
         {
             return Ok(Caller::Appliance);
+        }
+        if let Some(boxes) = &self.boxes
+            && crate::platform::registry::is_box_credential(token)
+        {
+            return match boxes.credential_holder(token) {
+                Some((_, false)) => Ok(Caller::Appliance),
+                Some((_, true)) => Err(ApiError::Unauthorized(
+                    "this box was revoked at the platform: its credential no longer works",
+                )),
+                None => Err(ApiError::Unauthorized(
+                    "this box credential is not known to the platform: enroll the box again",
+                )),
+            };
         }
         match token::verify(&self.venue_key, token, SystemTime::now()) {
             Ok(Claims::Candidate {
@@ -232,6 +254,10 @@ pub struct AppState {
     pub metrics: Option<Arc<metrics::Metrics>>,
     /// The box's identity, which signs export bundles (the box only).
     pub identity: Option<Arc<crate::identity::Identity>>,
+    /// The platform's endpoints (the reference cloud only).
+    pub platform: Option<Arc<crate::platform::Platform>>,
+    /// How far the box's enrollment has got (the box only), for `/v1/status`.
+    pub enrollment: Option<Arc<crate::enrollment::Progress>>,
 }
 
 pub type State = Arc<AppState>;

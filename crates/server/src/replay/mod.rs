@@ -55,8 +55,9 @@ use holds::{Holds, Who};
 pub struct ReplayConfig {
     /// The cloud's base URL (`https://…`; `http://` only to loopback).
     pub cloud: String,
-    /// The box's bearer credential at the cloud.
-    pub credential: Secret,
+    /// The box's bearer credential at the cloud: from `cloud_token_file`, or `None` until
+    /// enrollment gives one ([`crate::enrollment`]; replay starts only once it has).
+    pub credential: Option<Secret>,
     /// Extra CA certificates (PEM) to trust besides the system's.
     pub ca_file: Option<PathBuf>,
     /// Trust the cloud by this pin instead of CAs.
@@ -73,6 +74,17 @@ pub struct ReplayConfig {
     pub probe_timeout: Duration,
     /// The longest wait between probes of a down uplink (30 s; the demo uses less).
     pub backoff_max: Duration,
+}
+
+impl ReplayConfig {
+    /// A connection to the cloud as the box makes it (by pin or CA roots), with `credential`:
+    /// replay's and enrollment's.
+    pub fn connection(&self, credential: Option<Secret>) -> Result<Connection, ClientError> {
+        match &self.pin {
+            Some(pin) => Connection::pinned(&self.cloud, vec![pin.clone()], credential),
+            None => Connection::with_roots(&self.cloud, self.ca_file.as_deref(), credential),
+        }
+    }
 }
 
 /// The shortest backoff while the uplink is down or failing; the longest is configured.
@@ -129,12 +141,7 @@ pub async fn run(
     uplink: Arc<Uplink>,
     shutdown: CancellationToken,
 ) {
-    let credential = Some(config.credential.clone());
-    let client = match &config.pin {
-        Some(pin) => Connection::pinned(&config.cloud, vec![pin.clone()], credential),
-        None => Connection::with_roots(&config.cloud, config.ca_file.as_deref(), credential),
-    };
-    let client = match client {
+    let client = match config.connection(config.credential.clone()) {
         Ok(c) => c.with_timeout(config.request_timeout),
         Err(e) => {
             uplink.set(UplinkState::Down, Some(e.to_string()));
