@@ -193,6 +193,33 @@ fn wait_for_enrollment(b: &BoxProcess, want: &str, within: Duration) -> serde_js
     }
 }
 
+/// Runs `hallrelay ARGS`: (success, stdout and stderr).
+fn hallrelay(args: &[&str]) -> (bool, String) {
+    let out = command(None).args(args).output().expect("run hallrelay");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `hallrelay status` of a running box, as a person reads it.
+fn box_status(b: &BoxProcess) -> String {
+    let token = write_secret(&b.data_dir.with_file_name("admin.token"), &b.admin_token());
+    let (ok, text) = hallrelay(&[
+        "status",
+        "--box",
+        &b.url(),
+        "--token-file",
+        &token,
+        "--pin",
+        &b.pin,
+    ]);
+    assert!(ok, "{text}");
+    text
+}
+
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -212,6 +239,20 @@ fn a_box_enrolls_with_a_code_from_cloud_enroll_then_replays_and_is_listed() {
     assert!(enrollment["keys_age_secs"].is_u64(), "{enrollment}");
     let state = hall.data_dir.join("enrollment.json");
     assert_eq!(mode(&state), 0o600, "the credential is private");
+    let (ok, check) = hallrelay(&[
+        "check",
+        "--candidates",
+        "10",
+        "--hours",
+        "1",
+        "--data-dir",
+        hall.data_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && check.contains("ok enrollment: enrolled in venue default"),
+        "{check}"
+    );
+    assert!(box_status(&hall).contains("platform enrolled in venue default"));
 
     // Replay uses the credential enrollment gave.
     let reply = block(put(
@@ -437,6 +478,31 @@ fn an_enrolled_box_restarted_without_its_cloud_keeps_its_enrollment() {
         serde_json::from_slice(&std::fs::read(hall.data_dir.join("enrollment.json")).unwrap())
             .unwrap();
     assert!(saved["platform_keys"]["keys"].is_array(), "{saved}");
+}
+
+/// `hallrelay check` says NOT READY for a box that has a cloud and a code but has not
+/// enrolled yet, and says what to do.
+#[test]
+fn check_is_not_ready_before_enrollment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        "cloud = \"http://127.0.0.1:9\"\nenrollment_code = \"7K3M-Q9XA-2F8R-WD4N-HC6P\"\n",
+    );
+    let data = dir.path().join("data");
+    let (ok, text) = hallrelay(&[
+        "check",
+        "--candidates",
+        "1",
+        "--hours",
+        "1",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("NO enrollment: not enrolled yet"), "{text}");
 }
 
 /// A box with a cloud and a mistyped code does not start: the error names the setting.
