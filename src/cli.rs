@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
+use hallrelay_protocol::token::DEFAULT_VENUE;
 use hallrelay_server::api::{DEFAULT_CLIENT_RATE, DEFAULT_MAX_CONNECTIONS_PER_CLIENT};
 use hallrelay_server::capacity::Plan;
 use hallrelay_server::config::{DEFAULT_DATA_DIR, DEFAULT_LISTEN, Overrides, Setting};
@@ -366,11 +367,11 @@ pub struct CloudArgs {
     /// Address to listen on; plain HTTP on loopback, TLS anywhere else.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9443")]
     pub listen: SocketAddr,
-    /// The venue key file for candidate tokens, created (with its folder) if missing; on one
-    /// machine with a box, name the box's (hallrelay-data/venue.key) so that both take the
-    /// same tokens [default: <data-dir>/venue.key].
-    #[arg(long, value_name = "FILE")]
-    pub venue_key_file: Option<PathBuf>,
+    /// The platform's signing key for tokens, created (with its folder) if missing; the
+    /// cloud publishes its public half at /v1/platform/keys [default: <data-dir>/platform.key].
+    /// Never a box's file: a box's keys must not mint what the cloud accepts.
+    #[arg(long, value_name = "FILE", alias = "venue-key-file")]
+    pub platform_key_file: Option<PathBuf>,
     /// File of the boxes' bearer credentials, one a line.
     #[arg(long, value_name = "FILE")]
     pub appliance_token_file: Option<PathBuf>,
@@ -479,9 +480,14 @@ pub struct ServeArgs {
     /// the appliance id].
     #[arg(long)]
     pub name: Option<String>,
-    /// The venue key file [default: <data-dir>/venue.key, created on first start].
+    /// The box's local token key [default: <data-dir>/venue.key, created on first start]:
+    /// tokens it signs are valid on this box alone.
     #[arg(long, value_name = "FILE")]
     pub venue_key_file: Option<PathBuf>,
+    /// The platform's public token keys (the JSON its /v1/platform/keys serves), for a box
+    /// that does not enroll [default: none; an enrolled box fetches them].
+    #[arg(long, value_name = "FILE")]
+    pub platform_keys_file: Option<PathBuf>,
     /// The cloud platform's base URL to replay to (https://, or http:// to loopback)
     /// [default: none: the box only queues].
     #[arg(long, value_name = "URL")]
@@ -532,6 +538,7 @@ impl ServeArgs {
             listen: self.listen,
             name: self.name.clone(),
             venue_key_file: self.venue_key_file.clone(),
+            platform_keys_file: self.platform_keys_file.clone(),
             cloud: self.cloud.clone(),
             cloud_token_file: self.cloud_token_file.clone(),
             enrollment_code_file: self.enrollment_code_file.clone(),
@@ -547,20 +554,31 @@ impl ServeArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    override_usage = "hallrelay token --exam E --candidate C [--ttl 12h] [--out FILE] [--data-dir D] [--venue-key-file F]\n       \
-                      hallrelay token --admin [--subject NAME] [--ttl 12h] [--out FILE] [--data-dir D] [--venue-key-file F]",
+    override_usage = "hallrelay token --platform-key-file F --exam E --candidate C [--venue V] [--ttl 12h] [--out FILE]\n       \
+                      hallrelay token --platform-key-file F --admin [--venue V] [--box PIN] [--subject NAME] [--ttl 12h] [--out FILE]\n       \
+                      hallrelay token [--data-dir D | --venue-key-file F --box PIN] (--exam E --candidate C | --admin)",
     group(clap::ArgGroup::new("kind").required(true).args(["exam", "admin"])),
-    after_help = "A candidate token: --exam E --candidate C. An admin (invigilator / IT) token: \
-                  --admin [--subject NAME]. The venue key must exist (`hallrelay serve` creates \
-                  it on its first start); this command never creates one."
+    after_help = "With --platform-key-file the platform signs: the token is good on every box of \
+                  its venue and at the cloud. Without it, a box's local key signs (--data-dir's \
+                  venue.key, or --venue-key-file with --box): the token is good on that box \
+                  alone. Keys must exist: this command never creates one."
 )]
 pub struct TokenArgs {
+    /// The platform's signing key (the reference cloud keeps it as <its data-dir>/platform.key).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["data_dir", "venue_key_file"])]
+    pub platform_key_file: Option<PathBuf>,
+    /// The venue the token is for.
+    #[arg(long, value_name = "V", default_value = DEFAULT_VENUE)]
+    pub venue: String,
+    /// The only box (by pin) the token is good on; a local token always names its box
+    /// [default for a local token: the pin of --data-dir's certificate].
+    #[arg(long = "box", value_name = "PIN", value_parser = pin)]
+    pub box_pin: Option<String>,
     #[arg(long, value_name = "DIR", help = format!(
-        "The data dir whose venue key signs the token [default: ./{DEFAULT_DATA_DIR}]"
+        "The box's data dir, whose local key signs the token [default: ./{DEFAULT_DATA_DIR}]"
     ))]
     pub data_dir: Option<PathBuf>,
-    /// The venue key file [default: <data-dir>/venue.key; it must exist: only `serve` and
-    /// `cloud` create venue keys].
+    /// A box's local key file [default: <data-dir>/venue.key].
     #[arg(long, value_name = "FILE")]
     pub venue_key_file: Option<PathBuf>,
     /// The exam the candidate token is for (with --candidate).

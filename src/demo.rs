@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use hallrelay_client::{Autosaver, CloudTrust, Connection, Discovery, Event, Landed, Options};
-use hallrelay_protocol::keys::{Secret, VenueKey};
-use hallrelay_protocol::token::{self, Claims};
+use hallrelay_protocol::keys::{Secret, TokenKey};
+use hallrelay_protocol::token::{self, Claims, DEFAULT_VENUE, KeySet, PublicKey};
 use hallrelay_protocol::v1::{STATUS, autosave_path, autosaves_path};
 use hallrelay_server::api::Limits;
 use hallrelay_server::cloud::CloudConfig;
@@ -143,12 +143,12 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
             hall_box.addr, hall_box.pin
         ),
     );
-    let box_client = invigilator(&secrets.venue_key, &hall_box)?;
+    let box_client = invigilator(&secrets.platform_key, &hall_box)?;
     let stop_saving = CancellationToken::new();
     let (events_tx, events_rx) = mpsc::unbounded_channel::<(usize, Event)>();
     let candidates = start_candidates(
         &plan,
-        &secrets.venue_key,
+        &secrets.platform_key,
         &cloud_url,
         &hall_box.pin,
         &events_tx,
@@ -249,10 +249,12 @@ impl Narrator {
     }
 }
 
-/// The demo's venue key and the box's credential at the cloud, in files in the demo's folder.
+/// The platform's signing key (the cloud plays the platform), the public keys the box trusts,
+/// and the box's credential at the cloud, in files in the demo's folder.
 struct Secrets {
-    venue_key_file: PathBuf,
-    venue_key: VenueKey,
+    platform_key_file: PathBuf,
+    platform_key: TokenKey,
+    platform_keys_file: PathBuf,
     credential_file: PathBuf,
 }
 
@@ -262,14 +264,25 @@ impl Secrets {
             path: dir.to_owned(),
             source,
         })?;
-        let venue_key_file = dir.join("venue.key");
-        let venue_key = VenueKey::load_or_create(&venue_key_file)?;
+        let platform_key_file = dir.join("platform.key");
+        let platform_key = TokenKey::load_or_create(&platform_key_file)?;
+        let platform_keys_file = dir.join("platform-keys.json");
+        let keys = KeySet::new(vec![PublicKey::of(&platform_key)]);
+        std::fs::write(
+            &platform_keys_file,
+            serde_json::to_vec(&keys).unwrap_or_default(),
+        )
+        .map_err(|source| DemoError::Setup {
+            path: platform_keys_file.clone(),
+            source,
+        })?;
         let credential_file = dir.join("appliance.token");
         let credential = hallrelay_protocol::hex::hex(&rand::random::<[u8; 32]>());
         hallrelay_protocol::keys::write_secret_file(&credential_file, credential.as_bytes())?;
         Ok(Self {
-            venue_key_file,
-            venue_key,
+            platform_key_file,
+            platform_key,
+            platform_keys_file,
             credential_file,
         })
     }
@@ -280,7 +293,7 @@ fn cloud_config(plan: &DemoPlan, secrets: &Secrets) -> Result<CloudConfig, DemoE
     Ok(CloudConfig {
         data_dir: plan.dir.join("cloud"),
         listen: "127.0.0.1:0".parse().map_err(|_| DemoError::NotReady)?,
-        venue_key_file: secrets.venue_key_file.clone(),
+        venue_key_file: secrets.platform_key_file.clone(),
         appliance_token_file: Some(secrets.credential_file.clone()),
         tls: false,
         fault_rate: 0.0,
@@ -299,7 +312,7 @@ fn box_config(
         data_dir: Some(plan.dir.join("box")),
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         name: Some(BOX_NAME.into()),
-        venue_key_file: Some(secrets.venue_key_file.clone()),
+        platform_keys_file: Some(secrets.platform_keys_file.clone()),
         cloud: Some(cloud_url.to_owned()),
         cloud_token_file: Some(secrets.credential_file.clone()),
         no_mdns: false,
@@ -318,13 +331,11 @@ fn box_config(
 }
 
 /// The box, as an invigilator sees it: pinned, with an admin token.
-fn invigilator(venue_key: &VenueKey, hall_box: &Running) -> Result<Connection, DemoError> {
+fn invigilator(platform_key: &TokenKey, hall_box: &Running) -> Result<Connection, DemoError> {
+    let now = hallrelay_protocol::timefmt::unix_secs(SystemTime::now());
     let admin = Secret::new(token::mint(
-        venue_key,
-        &Claims::Admin {
-            subject: "demo".into(),
-            expires: hallrelay_protocol::timefmt::unix_secs(SystemTime::now()) + 3600,
-        },
+        platform_key,
+        &Claims::admin(DEFAULT_VENUE, "demo", now, 3600),
     ));
     Ok(Connection::pinned(
         &format!("https://{}", hall_box.addr),
@@ -344,7 +355,7 @@ type SavingCandidate = (
 /// it over mDNS on `lo`; each sends its events to `events` and saves until `stop`.
 fn start_candidates(
     plan: &DemoPlan,
-    venue_key: &VenueKey,
+    platform_key: &TokenKey,
     cloud_url: &str,
     box_pin: &str,
     events: &mpsc::UnboundedSender<(usize, Event)>,
@@ -354,12 +365,9 @@ fn start_candidates(
     let mut candidates = Vec::new();
     for i in 0..plan.candidates {
         let id = format!("c{i:03}");
-        let claims = Claims::Candidate {
-            exam: EXAM.into(),
-            candidate: id.clone(),
-            expires: hallrelay_protocol::timefmt::unix_secs(SystemTime::now()) + 3600,
-        };
-        let token = Secret::new(token::mint(venue_key, &claims));
+        let now = hallrelay_protocol::timefmt::unix_secs(SystemTime::now());
+        let claims = Claims::candidate(DEFAULT_VENUE, EXAM, &id, now, 3600);
+        let token = Secret::new(token::mint(platform_key, &claims));
         let mut options = Options::new(
             cloud_url,
             EXAM,

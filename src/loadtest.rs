@@ -20,8 +20,8 @@ use serde::Serialize;
 use crate::cli::LoadtestArgs;
 use crate::loadgen::{self, LoadError, LoadPlan, LoadReport, Pace, Phase, Progress};
 use hallrelay_client::{ClientError, Connection};
-use hallrelay_protocol::keys::{KeyFileError, Secret, VenueKey};
-use hallrelay_protocol::token::{self, Claims};
+use hallrelay_protocol::keys::{KeyFileError, Secret, TokenKey};
+use hallrelay_protocol::token::{self, Claims, DEFAULT_VENUE};
 use hallrelay_server::units::human_bytes;
 
 /// The default p99 target in steady mode.
@@ -42,7 +42,7 @@ pub enum LoadtestError {
     },
     /// The venue key cannot be read; the error names the file.
     #[error(transparent)]
-    VenueKey(KeyFileError),
+    TokenKey(KeyFileError),
     /// The box's key is not the pinned one: nothing was sent to it.
     #[error(transparent)]
     NotPinned(hallrelay_client::tls::NotPinned),
@@ -62,7 +62,7 @@ pub enum LoadtestError {
 impl LoadtestError {
     /// Whether the command line (not the box) is at fault.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Url(_) | Self::Exam(_) | Self::VenueKey(_))
+        matches!(self, Self::Url(_) | Self::Exam(_) | Self::TokenKey(_))
     }
 }
 
@@ -146,7 +146,7 @@ pub async fn run(
         return Err(LoadtestError::Exam(args.exam.clone()));
     }
     let (host, port) = parse_box_url(&args.box_url)?;
-    let key = VenueKey::load(&args.venue_key_file).map_err(LoadtestError::VenueKey)?;
+    let key = TokenKey::load(&args.venue_key_file).map_err(LoadtestError::TokenKey)?;
     let addr = resolve(&host, port).await?;
     let candidates = args.candidates as usize;
     raise_open_files(candidates as u64 + 256);
@@ -207,23 +207,23 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, LoadtestError> {
         })
 }
 
-/// One candidate token per simulated candidate, signed with the venue key. Tokens outlive
-/// the run, with an hour to spare for a slow box.
-fn mint_tokens(key: &VenueKey, args: &LoadtestArgs) -> Vec<String> {
-    let expires = hallrelay_protocol::timefmt::unix_secs(SystemTime::now())
-        + args.duration.as_secs()
-        + args.interval.as_secs()
-        + 3600;
+/// One candidate token per simulated candidate, signed with the box's local key and naming
+/// its pin: good on that box alone, so a load test never needs the platform's private key.
+/// Tokens outlive the run, with an hour to spare for a slow box.
+fn mint_tokens(key: &TokenKey, args: &LoadtestArgs) -> Vec<String> {
+    let now = hallrelay_protocol::timefmt::unix_secs(SystemTime::now());
+    let ttl = args.duration.as_secs() + args.interval.as_secs() + 3600;
     (0..args.candidates as usize)
         .map(|i| {
-            token::mint(
-                key,
-                &Claims::Candidate {
-                    exam: args.exam.clone(),
-                    candidate: loadgen::candidate_id(i),
-                    expires,
-                },
+            let claims = Claims::candidate(
+                DEFAULT_VENUE,
+                &args.exam,
+                &loadgen::candidate_id(i),
+                now,
+                ttl,
             )
+            .on_box(&args.pin);
+            token::mint(key, &claims)
         })
         .collect()
 }

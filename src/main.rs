@@ -12,7 +12,8 @@ use hallrelay::ops::{self, OpsError};
 use hallrelay_protocol::keys::Secret;
 use hallrelay_server::api::Limits;
 use hallrelay_server::cloud::CloudConfig;
-use hallrelay_server::config::{ServeConfig, venue_key_file_or_default};
+use hallrelay_server::config::ServeConfig;
+use hallrelay_server::keyring::PLATFORM_KEY_FILE;
 use hallrelay_server::logging::{self, LogFormat};
 use hallrelay_server::serve::{self, ServeError};
 
@@ -57,10 +58,10 @@ fn main() -> ExitCode {
         }) => cloud_action(&action),
         Command::Cloud(args) => {
             let config = CloudConfig {
-                venue_key_file: venue_key_file_or_default(
-                    args.venue_key_file.clone(),
-                    &args.data_dir,
-                ),
+                venue_key_file: args
+                    .platform_key_file
+                    .clone()
+                    .unwrap_or_else(|| args.data_dir.join(PLATFORM_KEY_FILE)),
                 data_dir: args.data_dir,
                 listen: args.listen,
                 appliance_token_file: args.appliance_token_file,

@@ -1,18 +1,24 @@
-//! `hallrelay token`: mints a candidate or admin token with an existing venue key, and
-//! optionally writes it to a private file.
+//! `hallrelay token`: mints a candidate or admin token with an existing key (the platform's, or
+//! a box's local one), and optionally writes it to a private file.
 //!
-//! Only `serve` and `cloud` create venue keys. A token minted with a key that a typo or the
-//! wrong folder just created would be refused by every box, so this command reads the key and
-//! never makes one: a missing key is an error that names the path it looked for. `--out`
-//! writes the token with mode 0600 (durably, through [`hallrelay_protocol::keys::write_secret_file`]),
-//! because the commands that read token files refuse ones others may read, and a shell's
-//! `> FILE` makes a 0644 file.
+//! With `--platform-key-file` the token is the platform's: good at the cloud and on every box of
+//! its venue. Without it, a box's local key signs and the token names that box's pin, so it is
+//! good on that box alone. Only `serve` and `cloud` create keys. A token minted with a key that
+//! a typo or the wrong folder just created would be refused everywhere, so this command reads
+//! the key and never makes one: a missing key is an error that names the path it looked for.
+//! `--out` writes the token with mode 0600 (durably, through
+//! [`hallrelay_protocol::keys::write_secret_file`]), because the commands that read token files
+//! refuse ones others may read, and a shell's `> FILE` makes a 0644 file.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
+
 use crate::cli::TokenArgs;
-use hallrelay_protocol::keys::{KeyFileError, VenueKey};
+use hallrelay_protocol::ids::is_valid_id;
+use hallrelay_protocol::keys::{KeyFileError, TokenKey};
 use hallrelay_protocol::timefmt::unix_secs;
 use hallrelay_protocol::token::{self, Claims};
 use hallrelay_server::config::{data_dir_or_default, venue_key_file_or_default};
@@ -29,6 +35,11 @@ pub enum MintError {
     #[error("the {what} id {id:?} must match [A-Za-z0-9._-]{{1,64}}")]
     BadId { what: &'static str, id: String },
     #[error(
+        "a local token names its box, and there is no certificate at {path} to read the pin \
+         from: name the box with --box PIN, or its data dir with --data-dir ({why})"
+    )]
+    NoBox { path: PathBuf, why: String },
+    #[error(
         "{path} exists and does not hold a hallrelay token, so it was left alone: name another \
          --out file, or remove this one if it is really meant to be replaced"
     )]
@@ -40,19 +51,37 @@ pub enum MintError {
     },
 }
 
-/// The venue key file `token` reads: `--venue-key-file`, else `<data-dir>/venue.key`.
+/// The key file `token` reads: `--platform-key-file`, else `--venue-key-file`, else
+/// `<data-dir>/venue.key`.
 pub fn key_file(args: &TokenArgs) -> PathBuf {
-    venue_key_file_or_default(
-        args.venue_key_file.clone(),
-        &data_dir_or_default(args.data_dir.clone()),
-    )
+    args.platform_key_file.clone().unwrap_or_else(|| {
+        venue_key_file_or_default(
+            args.venue_key_file.clone(),
+            &data_dir_or_default(args.data_dir.clone()),
+        )
+    })
 }
 
-/// Mints the token `args` ask for with the existing venue key; creates nothing.
+/// Mints the token `args` ask for with the existing key; creates nothing.
 pub fn mint(args: &TokenArgs) -> Result<String, MintError> {
-    let claims = claims(args)?;
-    let key = VenueKey::load(&key_file(args))?;
+    let mut claims = claims(args)?;
+    let key = TokenKey::load(&key_file(args))?;
+    if args.platform_key_file.is_none() && claims.box_pin.is_none() {
+        claims = claims.on_box(&local_box_pin(args)?);
+    }
     Ok(token::mint(&key, &claims))
+}
+
+/// The pin of the box whose data dir holds the local key: a local token is good there alone.
+fn local_box_pin(args: &TokenArgs) -> Result<String, MintError> {
+    let path = data_dir_or_default(args.data_dir.clone()).join("identity.crt");
+    let no_box = |why: String| MintError::NoBox {
+        path: path.clone(),
+        why,
+    };
+    let pem = std::fs::read(&path).map_err(|e| no_box(e.to_string()))?;
+    let der = CertificateDer::from_pem_slice(&pem).map_err(|e| no_box(e.to_string()))?;
+    hallrelay_protocol::pin::pin_of_certificate(&der).map_err(|e| no_box(e.to_string()))
 }
 
 /// Mints the token and, with `--out`, writes it (mode 0600) and returns `None`; without,
@@ -69,27 +98,31 @@ pub fn run(args: &TokenArgs) -> Result<Option<String>, MintError> {
 }
 
 fn claims(args: &TokenArgs) -> Result<Claims, MintError> {
-    let expires = unix_secs(SystemTime::now()) + args.ttl.as_secs();
-    Ok(match (&args.exam, &args.candidate) {
+    let now = unix_secs(SystemTime::now());
+    let ttl = args.ttl.as_secs();
+    if !is_valid_id(&args.venue) {
+        return Err(MintError::BadId {
+            what: "venue",
+            id: args.venue.clone(),
+        });
+    }
+    let claims = match (&args.exam, &args.candidate) {
         (Some(exam), Some(candidate)) => {
             for (what, id) in [("exam", exam), ("candidate", candidate)] {
-                if !hallrelay_protocol::ids::is_valid_id(id) {
+                if !is_valid_id(id) {
                     return Err(MintError::BadId {
                         what,
                         id: id.clone(),
                     });
                 }
             }
-            Claims::Candidate {
-                exam: exam.clone(),
-                candidate: candidate.clone(),
-                expires,
-            }
+            Claims::candidate(&args.venue, exam, candidate, now, ttl)
         }
-        _ => Claims::Admin {
-            subject: args.subject.clone(),
-            expires,
-        },
+        _ => Claims::admin(&args.venue, &args.subject, now, ttl),
+    };
+    Ok(match &args.box_pin {
+        Some(pin) => claims.on_box(pin),
+        None => claims,
     })
 }
 
@@ -134,7 +167,7 @@ fn holds_a_token(bytes: &[u8]) -> bool {
         return false;
     };
     let text = text.trim();
-    text.is_empty() || (text.starts_with("hr1.") && !text.contains(char::is_whitespace))
+    text.is_empty() || (text.starts_with("hr2.") && !text.contains(char::is_whitespace))
 }
 
 #[cfg(test)]
@@ -143,11 +176,11 @@ mod tests {
 
     #[test]
     fn only_a_token_or_nothing_may_be_replaced() {
-        assert!(holds_a_token(b"hr1.c.eyJ9.abc\n"));
+        assert!(holds_a_token(b"hr2.eyJ9.abc\n"));
         assert!(holds_a_token(b""));
         assert!(!holds_a_token(format!("{}\n", "ab".repeat(32)).as_bytes()));
         assert!(!holds_a_token(b"cloud = \"http://127.0.0.1:9443\"\n"));
-        assert!(!holds_a_token(b"hr1.c.x.y\nhr1.c.x.z\n"));
+        assert!(!holds_a_token(b"hr2.x.y\nhr2.x.z\n"));
         assert!(!holds_a_token(&[0xff, 0xfe]));
     }
 }

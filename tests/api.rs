@@ -6,7 +6,7 @@ use bytes::Bytes;
 use common::*;
 use hallrelay_protocol::receipt::{Receipt, verify_chain};
 use hallrelay_protocol::signing::VerifyingKey;
-use hallrelay_protocol::token::{self, Claims};
+use hallrelay_protocol::token::{self, Claims, DEFAULT_VENUE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -358,14 +358,10 @@ async fn tokens_answer_401_and_403() {
     assert_eq!(none.status, StatusCode::UNAUTHORIZED);
     assert_eq!(none.header("www-authenticate"), Some("Bearer"));
 
-    let forged_key = hallrelay_protocol::keys::VenueKey::from_bytes([7; 32]);
+    let forged_key = hallrelay_protocol::keys::TokenKey::from_bytes([7; 32]);
     let forged = token::mint(
         &forged_key,
-        &Claims::Candidate {
-            exam: "math".into(),
-            candidate: "c1".into(),
-            expires: in_an_hour(),
-        },
+        &Claims::candidate(DEFAULT_VENUE, "math", "c1", common::now(), 3600).on_box(&b.pin),
     );
     let reply = b
         .client(Some(forged))
@@ -375,12 +371,8 @@ async fn tokens_answer_401_and_403() {
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
 
     let expired = token::mint(
-        &b.venue_key(),
-        &Claims::Candidate {
-            exam: "math".into(),
-            candidate: "c1".into(),
-            expires: 1_000,
-        },
+        &b.local_key(),
+        &Claims::candidate(DEFAULT_VENUE, "math", "c1", 100, 900).on_box(&b.pin),
     );
     let reply = b
         .client(Some(expired))
@@ -726,14 +718,7 @@ async fn the_cloud_refuses_forwarded_receipts_that_describe_another_upload() {
 
 /// `GET path` at the plain-HTTP loopback cloud with an admin token of its venue.
 async fn cloud_admin_get(cloud: &BoxProcess, path: &str) -> hallrelay_client::Reply {
-    let key = hallrelay_protocol::keys::VenueKey::load(&cloud.data_dir.join("venue.key")).unwrap();
-    let admin = token::mint(
-        &key,
-        &Claims::Admin {
-            subject: "test".into(),
-            expires: in_an_hour(),
-        },
-    );
+    let admin = cloud.platform().admin_token(DEFAULT_VENUE);
     hallrelay_client::Connection::pinned(
         &format!("http://{}", cloud.addr),
         vec![],
@@ -755,16 +740,9 @@ async fn an_empty_autosave_is_refused_and_its_seq_stays_free() {
     let b = BoxProcess::start(&dir.path().join("box"), &[]);
     let listen = format!("127.0.0.1:{}", free_port());
     let cloud = BoxProcess::start_cloud(&dir.path().join("cloud"), &["--listen", &listen]);
-    let cloud_key =
-        hallrelay_protocol::keys::VenueKey::load(&cloud.data_dir.join("venue.key")).unwrap();
-    let cloud_token = token::mint(
-        &cloud_key,
-        &Claims::Candidate {
-            exam: "math".into(),
-            candidate: "c1".into(),
-            expires: in_an_hour(),
-        },
-    );
+    let cloud_token = cloud
+        .platform()
+        .candidate_token(DEFAULT_VENUE, "math", "c1");
     let at_cloud = hallrelay_client::Connection::pinned(
         &format!("http://{listen}"),
         vec![],

@@ -9,7 +9,7 @@ use hallrelay_testkit as common;
 use std::process::Command;
 
 use common::{BoxProcess, binary, put, write_secret};
-use hallrelay_protocol::token::{self, Claims};
+use hallrelay_protocol::token::{self, Claims, DEFAULT_VENUE};
 use http::StatusCode;
 
 const EXAM: &str = "history-2026";
@@ -48,11 +48,8 @@ async fn admin_reads_and_exports_are_recorded_with_the_subject_and_the_log_pages
     let dir = tempfile::tempdir().unwrap();
     let hall = BoxProcess::start(&dir.path().join("box"), &[]);
     let invigilator = token::mint(
-        &hall.venue_key(),
-        &Claims::Admin {
-            subject: "invigilator-hall-b".into(),
-            expires: common::in_an_hour(),
-        },
+        &hall.local_key(),
+        &Claims::admin(DEFAULT_VENUE, "invigilator-hall-b", common::now(), 3600).on_box(&hall.pin),
     );
     let candidate = hall.candidate_token(EXAM, "c7");
     let c7 = hall.client(Some(candidate.clone()));

@@ -10,8 +10,8 @@ use std::process::Command;
 use bytes::Bytes;
 use common::{BoxProcess, autosave_path, binary, free_port, list, put, write_secret};
 use hallrelay_client::Connection;
-use hallrelay_protocol::keys::{Secret, VenueKey};
-use hallrelay_protocol::token::{self, Claims};
+use hallrelay_protocol::keys::Secret;
+use hallrelay_protocol::token::DEFAULT_VENUE;
 use http::{HeaderMap, Method, StatusCode};
 
 const CREDENTIAL: &str = "box-credential-for-the-bundle-test";
@@ -232,14 +232,7 @@ async fn export_verify_import_round_trip() {
     );
 
     // The cloud holds each autosave once, byte for byte, with the box's receipt.
-    let key = VenueKey::load(&cloud.data_dir.join("venue.key")).unwrap();
-    let cloud_admin = token::mint(
-        &key,
-        &Claims::Admin {
-            subject: "test".into(),
-            expires: common::in_an_hour(),
-        },
-    );
+    let cloud_admin = cloud.platform().admin_token(DEFAULT_VENUE);
     let cloud_client =
         Connection::with_roots(&cloud_url, None, Some(Secret::new(cloud_admin))).unwrap();
     let box_admin = hall.client(Some(hall.admin_token()));

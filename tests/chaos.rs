@@ -84,8 +84,9 @@ fn replay_survives_a_lossy_flapping_uplink_and_delivers_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let box_dir = dir.path().join("box");
     std::fs::create_dir(&box_dir).unwrap();
-    let venue_key = box_dir.join("venue.key");
-    let key = hallrelay_protocol::keys::VenueKey::load_or_create(&venue_key).unwrap();
+    // The cloud plays the platform; the box trusts its public key.
+    let platform = Platform::create(&dir.path().join("platform.key"));
+    let keys_file = platform.write_keys_file(&dir.path().join("platform-keys.json"));
     let credential = write_secret(&dir.path().join("cloud.token"), "chaos-credential");
 
     // The cloud, in its own namespace, resetting 5 % of connections.
@@ -97,8 +98,8 @@ fn replay_survives_a_lossy_flapping_uplink_and_delivers_exactly_once() {
             "cloud",
             "--listen",
             &cloud_listen,
-            "--venue-key-file",
-            venue_key.to_str().unwrap(),
+            "--platform-key-file",
+            platform.key_file.to_str().unwrap(),
             "--appliance-token-file",
             &credential,
             "--reset-rate",
@@ -111,7 +112,7 @@ fn replay_survives_a_lossy_flapping_uplink_and_delivers_exactly_once() {
     let config = config_file(
         dir.path(),
         &format!(
-            "cloud = \"https://{relay_listen}\"\ncloud_pin = \"{}\"\ncloud_token_file = \"{credential}\"\n",
+            "cloud = \"https://{relay_listen}\"\ncloud_pin = \"{}\"\ncloud_token_file = \"{credential}\"\nplatform_keys_file = \"{keys_file}\"\n",
             cloud.pin
         ),
     );
@@ -170,14 +171,7 @@ fn replay_survives_a_lossy_flapping_uplink_and_delivers_exactly_once() {
     let count = (secs * 1000 / interval_ms).to_string();
     let mut running = Vec::new();
     for c in &candidates {
-        let token = hallrelay_protocol::token::mint(
-            &key,
-            &hallrelay_protocol::token::Claims::Candidate {
-                exam: EXAM.into(),
-                candidate: c.clone(),
-                expires: in_an_hour(),
-            },
-        );
+        let token = platform.candidate_token(DEFAULT_VENUE, EXAM, c);
         let token_file = write_secret(&dir.path().join(format!("{c}.token")), &token);
         running.push(Candidate::spawn(
             Some(&net.hall),
@@ -215,13 +209,7 @@ fn replay_survives_a_lossy_flapping_uplink_and_delivers_exactly_once() {
         assert_eq!(code, Some(0), "{output}");
     }
     let flaps = flapper.join().unwrap();
-    let admin = hallrelay_protocol::token::mint(
-        &key,
-        &hallrelay_protocol::token::Claims::Admin {
-            subject: "chaos".into(),
-            expires: in_an_hour(),
-        },
-    );
+    let admin = platform.admin_token(DEFAULT_VENUE);
     let box_url = "https://127.0.0.1:8443";
     let during: serde_json::Value = serde_json::from_str(&net.curl(
         &net.hall,

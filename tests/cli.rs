@@ -8,9 +8,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{BoxProcess, Candidate, free_port, in_an_hour, put, write_secret};
-use hallrelay_protocol::keys::VenueKey;
-use hallrelay_protocol::token::{self, Claims};
+use common::{BoxProcess, Candidate, free_port, put, write_secret};
+use hallrelay_protocol::keys::TokenKey;
+use hallrelay_protocol::token::{self, Claims, DEFAULT_VENUE};
 use http::StatusCode;
 
 /// Runs `hallrelay ARGS` in `cwd`; returns (exit code, stdout, stderr).
@@ -32,9 +32,9 @@ fn mode(path: &Path) -> u32 {
 }
 
 /// README "The box and the cloud on one machine", command for command in one folder: the
-/// cloud (started first) and the box share the venue key in `hallrelay-data/`, so a token from
-/// `hallrelay token` is accepted by both, and the box's credential by the cloud. Before, each
-/// made its own key and the cloud answered such a token 401.
+/// cloud (started first) plays the platform and keeps its signing key in `hallrelay-cloud/`;
+/// the box trusts its public keys, so a token from `hallrelay token --platform-key-file` is
+/// accepted by both, and the box's credential by the cloud.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_box_and_the_cloud_on_one_machine() {
     let dir = tempfile::tempdir().unwrap();
@@ -50,15 +50,18 @@ async fn the_box_and_the_cloud_on_one_machine() {
             &listen,
             "--appliance-token-file",
             "box.cred",
-            "--venue-key-file",
-            "hallrelay-data/venue.key",
         ],
         &here.join("hallrelay-cloud"),
     );
-    assert_eq!(mode(&here.join("hallrelay-data/venue.key")), 0o600);
+    assert_eq!(mode(&here.join("hallrelay-cloud/platform.key")), 0o600);
+    // (curl http://127.0.0.1:9443/v1/platform/keys > platform-keys.json)
+    common::Platform::of_cloud(&here.join("hallrelay-cloud"))
+        .write_keys_file(&here.join("platform-keys.json"));
     std::fs::write(
         here.join("hall.toml"),
-        format!("cloud = \"http://{listen}\"\ncloud_token_file = \"box.cred\"\n"),
+        format!(
+            "cloud = \"http://{listen}\"\ncloud_token_file = \"box.cred\"\nplatform_keys_file = \"platform-keys.json\"\n"
+        ),
     )
     .unwrap();
     let hall = BoxProcess::start_at(
@@ -79,6 +82,8 @@ async fn the_box_and_the_cloud_on_one_machine() {
         here,
         &[
             "token",
+            "--platform-key-file",
+            "hallrelay-cloud/platform.key",
             "--exam",
             "math-2026",
             "--candidate",
@@ -197,10 +202,11 @@ fn token_out_writes_a_private_file_that_candidate_accepts() {
 fn token_never_creates_a_venue_key() {
     let dir = tempfile::tempdir().unwrap();
     let here = dir.path();
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
         (&[], "hallrelay-data/venue.key"),
         (&["--venue-key-file", "venue.kye"], "venue.kye"),
         (&["--data-dir", "elsewhere"], "elsewhere/venue.key"),
+        (&["--platform-key-file", "platform.kye"], "platform.kye"),
     ];
     for (extra, path) in cases {
         for kind in [
@@ -214,9 +220,9 @@ fn token_never_creates_a_venue_key() {
             assert_eq!(code, 64, "{args:?}: {err}");
             assert!(out.is_empty(), "{args:?} printed a token: {out}");
             assert!(
-                err.contains(&format!("no venue key at {path} (in {})", here.display()))
-                    && err.contains("hallrelay serve")
-                    && err.contains("--venue-key-file"),
+                err.contains(&format!("no token key at {path} (in {})", here.display()))
+                    && err.contains("platform.key")
+                    && err.contains("--platform-key-file"),
                 "{args:?}: {err}"
             );
         }
@@ -234,7 +240,7 @@ fn token_never_creates_a_venue_key() {
         ],
     );
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("no venue key at venue.kye"), "{err}");
+    assert!(err.contains("no token key at venue.kye"), "{err}");
     let left: Vec<_> = std::fs::read_dir(here).unwrap().collect();
     assert!(left.is_empty(), "created {left:?}");
 }
@@ -342,8 +348,8 @@ fn token_without_arguments_shows_both_forms() {
     let (_, help, _) = run_in(dir.path(), &["token", "--help"]);
     for text in [&err, &help] {
         assert!(
-            text.contains("token --exam E --candidate C")
-                && text.contains("token --admin [--subject NAME]"),
+            text.contains("token --platform-key-file F --exam E --candidate C")
+                && text.contains("token --platform-key-file F --admin [--venue V]"),
             "{text}"
         );
     }
@@ -393,12 +399,8 @@ fn a_refused_save_is_reported_once() {
     let dir = tempfile::tempdir().unwrap();
     let hall = BoxProcess::start(&dir.path().join("box"), &[]);
     let foreign = token::mint(
-        &VenueKey::generate(),
-        &Claims::Candidate {
-            exam: "math".into(),
-            candidate: "c6".into(),
-            expires: in_an_hour(),
-        },
+        &TokenKey::generate(),
+        &Claims::candidate(DEFAULT_VENUE, "math", "c6", common::now(), 3600),
     );
     let token_file = write_secret(&dir.path().join("c6.token"), &foreign);
     let (code, output) = one_save_to_the_box(

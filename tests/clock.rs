@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use hallrelay_protocol::receipt::{Receipt, verify_chain};
 use hallrelay_protocol::signing::VerifyingKey;
+use hallrelay_protocol::token::DEFAULT_VENUE;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
@@ -58,14 +59,14 @@ async fn wall_clock_jumps_break_neither_chains_nor_replay_order() {
     );
     // Tokens that outlive the forward jump: the box checks expiry against its own clock.
     let token = |candidate: &str| {
-        hallrelay_protocol::token::mint(
-            &b.venue_key(),
-            &hallrelay_protocol::token::Claims::Candidate {
-                exam: EXAM.into(),
-                candidate: candidate.into(),
-                expires: in_an_hour() + 3 * 86_400,
-            },
-        )
+        let claims = hallrelay_protocol::token::Claims::candidate(
+            DEFAULT_VENUE,
+            EXAM,
+            candidate,
+            common::now(),
+            3600 + 3 * 86_400,
+        );
+        hallrelay_protocol::token::mint(&b.local_key(), &claims.on_box(&b.pin))
     };
     let c1 = b.client(Some(token("c1")));
     let c2 = b.client(Some(token("c2")));
@@ -115,18 +116,19 @@ async fn wall_clock_jumps_break_neither_chains_nor_replay_order() {
         &[
             "--listen",
             &format!("127.0.0.1:{port}"),
-            "--venue-key-file",
-            data.join("venue.key").to_str().unwrap(),
             "--appliance-token-file",
             dir.path().join("cloud.token").to_str().unwrap(),
         ],
     );
+    let admin_claims = hallrelay_protocol::token::Claims::admin(
+        DEFAULT_VENUE,
+        "clock",
+        common::now(),
+        3600 + 3 * 86_400,
+    );
     let admin = b.client(Some(hallrelay_protocol::token::mint(
-        &b.venue_key(),
-        &hallrelay_protocol::token::Claims::Admin {
-            subject: "clock".into(),
-            expires: in_an_hour() + 3 * 86_400,
-        },
+        &b.local_key(),
+        &admin_claims.on_box(&b.pin),
     )));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -141,13 +143,7 @@ async fn wall_clock_jumps_break_neither_chains_nor_replay_order() {
         &format!("http://{}", cloud.addr),
         None,
         Some(hallrelay_protocol::keys::Secret::new(
-            hallrelay_protocol::token::mint(
-                &b.venue_key(),
-                &hallrelay_protocol::token::Claims::Admin {
-                    subject: "clock".into(),
-                    expires: in_an_hour(),
-                },
-            ),
+            cloud.platform().admin_token(DEFAULT_VENUE),
         )),
     )
     .unwrap();

@@ -7,33 +7,24 @@ use hallrelay_testkit as common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{BoxProcess, Candidate, HALL_IF, HALL_IP, LAPTOP_IF, blake3_by_seq, write_secret};
-use hallrelay_protocol::keys::VenueKey;
-use hallrelay_protocol::token::{self, Claims};
+use common::{
+    BoxProcess, Candidate, DEFAULT_VENUE, HALL_IF, HALL_IP, LAPTOP_IF, Platform, blake3_by_seq,
+    write_secret,
+};
 
 const EXAM: &str = "physics-2";
 
-fn candidate_token(venue_key: &Path, candidate: &str) -> String {
-    let key = VenueKey::load_or_create(venue_key).unwrap();
-    token::mint(
-        &key,
-        &Claims::Candidate {
-            exam: EXAM.into(),
-            candidate: candidate.into(),
-            expires: common::in_an_hour(),
-        },
-    )
+fn candidate_token(platform_key: &Path, candidate: &str) -> String {
+    Platform::create(platform_key).candidate_token(DEFAULT_VENUE, EXAM, candidate)
 }
 
-fn admin_token(venue_key: &Path) -> String {
-    let key = VenueKey::load_or_create(venue_key).unwrap();
-    token::mint(
-        &key,
-        &Claims::Admin {
-            subject: "test".into(),
-            expires: common::in_an_hour(),
-        },
-    )
+fn admin_token(platform_key: &Path) -> String {
+    Platform::create(platform_key).admin_token(DEFAULT_VENUE)
+}
+
+/// The platform's public keys beside its key, for a box's `platform_keys_file`.
+fn keys_file(platform_key: &Path) -> String {
+    Platform::create(platform_key).write_keys_file(&platform_key.with_extension("json"))
 }
 
 /// mDNS on loopback, which the demo relies on. It runs inside a namespace all the same:
@@ -102,15 +93,15 @@ fn a_laptop_fails_over_to_the_hall_box_and_returns_to_the_cloud() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let venue_key = dir.path().join("venue.key");
+    let platform_key = dir.path().join("platform.key");
     let credential = write_secret(&dir.path().join("appliance.token"), "box-credential-1");
     let cloud_listen = format!("{HALL_IP}:9443");
     let cloud_args = [
         "cloud",
         "--listen",
         cloud_listen.as_str(),
-        "--venue-key-file",
-        venue_key.to_str().unwrap(),
+        "--platform-key-file",
+        platform_key.to_str().unwrap(),
         "--appliance-token-file",
         credential.as_str(),
     ];
@@ -120,9 +111,9 @@ fn a_laptop_fails_over_to_the_hall_box_and_returns_to_the_cloud() {
     let config = common::config_file(
         dir.path(),
         &format!(
-            "cloud = \"{cloud_url}\"\ncloud_pin = \"{}\"\ncloud_token_file = \"{credential}\"\nvenue_key_file = \"{}\"\n",
+            "cloud = \"{cloud_url}\"\ncloud_pin = \"{}\"\ncloud_token_file = \"{credential}\"\nplatform_keys_file = \"{}\"\n",
             cloud.pin,
-            venue_key.display()
+            keys_file(&platform_key)
         ),
     );
     let box_listen = format!("{HALL_IP}:8443");
@@ -141,7 +132,7 @@ fn a_laptop_fails_over_to_the_hall_box_and_returns_to_the_cloud() {
             HALL_IF,
         ],
     );
-    let token = candidate_token(&venue_key, "c1");
+    let token = candidate_token(&platform_key, "c1");
     let token_file = write_secret(&dir.path().join("c1.token"), &token);
     let journal = dir.path().join("journal");
     let count = 50;
@@ -204,7 +195,7 @@ fn a_laptop_fails_over_to_the_hall_box_and_returns_to_the_cloud() {
     );
 
     // The box replays what it holds; then the cloud holds all of it, each save once.
-    let admin = admin_token(&venue_key);
+    let admin = admin_token(&platform_key);
     let box_base = format!("https://{box_listen}");
     let mut box_status = serde_json::Value::Null;
     for _ in 0..100 {
@@ -266,7 +257,7 @@ fn a_laptop_fails_over_to_the_hall_box_and_returns_to_the_cloud() {
     assert_eq!(left, 2, "the newest save and its cloud mark");
 }
 
-/// A rogue device on the hall network, holding the venue key, takes the real box's name and
+/// A rogue device on the hall network, trusting the platform, takes the real box's name and
 /// address with its own identity. The laptop finds it over mDNS and is also pointed at it
 /// directly; it refuses it both ways, sends it nothing, and keeps its saves in the journal.
 #[test]
@@ -275,8 +266,8 @@ fn a_rogue_box_with_the_same_name_and_address_is_refused() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let venue_key = dir.path().join("venue.key");
-    let key = venue_key.to_str().unwrap();
+    let platform_key = dir.path().join("platform.key");
+    let keys = keys_file(&platform_key);
     let box_listen = format!("{HALL_IP}:8443");
     // The real box, run once for its identity, then gone.
     let mut real = BoxProcess::start_in(
@@ -287,8 +278,8 @@ fn a_rogue_box_with_the_same_name_and_address_is_refused() {
             "--listen",
             &box_listen,
             "--no-mdns",
-            "--venue-key-file",
-            key,
+            "--platform-keys-file",
+            &keys,
         ],
     );
     let real_pin = real.pin.clone();
@@ -304,14 +295,14 @@ fn a_rogue_box_with_the_same_name_and_address_is_refused() {
             "hall-a",
             "--mdns-interface",
             HALL_IF,
-            "--venue-key-file",
-            key,
+            "--platform-keys-file",
+            &keys,
         ],
     );
     assert_ne!(rogue.pin, real_pin);
     let token_file = write_secret(
         &dir.path().join("c1.token"),
-        &candidate_token(&venue_key, "c1"),
+        &candidate_token(&platform_key, "c1"),
     );
     let journal = dir.path().join("journal");
     let candidate = Candidate::spawn(
@@ -366,7 +357,7 @@ fn a_rogue_box_with_the_same_name_and_address_is_refused() {
     let status: serde_json::Value = serde_json::from_str(&net.curl(
         &net.hall,
         &rogue.pin,
-        &admin_token(&venue_key),
+        &admin_token(&platform_key),
         &format!("https://{box_listen}/v1/status"),
     ))
     .unwrap();
@@ -385,11 +376,11 @@ fn a_rogue_box_with_the_same_name_and_address_is_refused() {
 #[test]
 fn a_killed_client_resends_its_journal_on_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let venue_key = dir.path().join("venue.key");
+    let platform_key = dir.path().join("platform.key");
     let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let cloud_url = format!("http://{listen}");
-    let token = candidate_token(&venue_key, "c7");
+    let token = candidate_token(&platform_key, "c7");
     let token_file = write_secret(&dir.path().join("c7.token"), &token);
     let journal = dir.path().join("journal");
     let run = |count: &str| {
@@ -432,8 +423,8 @@ fn a_killed_client_resends_its_journal_on_restart() {
         &[
             "--listen",
             &listen,
-            "--venue-key-file",
-            venue_key.to_str().unwrap(),
+            "--platform-key-file",
+            platform_key.to_str().unwrap(),
         ],
     );
     let (code, output) = run("0").finish(Duration::from_secs(60));
@@ -594,8 +585,8 @@ fn the_advertisement_is_resolvable_follows_address_changes_and_says_goodbye() {
 #[test]
 fn the_candidate_refuses_bad_arguments_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let venue_key = dir.path().join("venue.key");
-    let token_file = write_secret(&dir.path().join("t"), &candidate_token(&venue_key, "c1"));
+    let platform_key = dir.path().join("platform.key");
+    let token_file = write_secret(&dir.path().join("t"), &candidate_token(&platform_key, "c1"));
     let journal = dir.path().join("journal");
     let cases: [(&[&str], &str); 3] = [
         (
@@ -645,7 +636,7 @@ fn the_candidate_refuses_bad_arguments_and_creates_nothing() {
 #[test]
 fn a_spare_laptop_continues_the_candidates_seqs() {
     let dir = tempfile::tempdir().unwrap();
-    let venue_key = dir.path().join("venue.key");
+    let platform_key = dir.path().join("platform.key");
     let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let _cloud = BoxProcess::start_cloud(
@@ -653,11 +644,11 @@ fn a_spare_laptop_continues_the_candidates_seqs() {
         &[
             "--listen",
             &listen,
-            "--venue-key-file",
-            venue_key.to_str().unwrap(),
+            "--platform-key-file",
+            platform_key.to_str().unwrap(),
         ],
     );
-    let token = candidate_token(&venue_key, "c9");
+    let token = candidate_token(&platform_key, "c9");
     let token_file = write_secret(&dir.path().join("c9.token"), &token);
     let laptop = |journal: &str, count: &str| {
         let journal = dir.path().join(journal);

@@ -182,7 +182,7 @@ async fn tokens_the_box_refuses_fail_before_the_run_with_the_reason() {
     let root = tempfile::tempdir().expect("tempdir");
     let b = BoxProcess::start(&data_dir(root.path(), "box"), &[]);
     let other_key = root.path().join("other.key");
-    hallrelay_protocol::keys::VenueKey::load_or_create(&other_key).expect("another venue key");
+    hallrelay_protocol::keys::TokenKey::load_or_create(&other_key).expect("another venue key");
     let out = common::command(None)
         .args(["loadtest", "--box", &b.url(), "--pin", &b.pin])
         .arg("--venue-key-file")

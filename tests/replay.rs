@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hallrelay_client::Connection;
-use hallrelay_protocol::keys::{Secret, VenueKey};
+use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::receipt::Receipt;
 use hallrelay_protocol::signing::VerifyingKey;
-use hallrelay_protocol::token::{self, Claims};
+use hallrelay_protocol::token::DEFAULT_VENUE;
 use http::StatusCode;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -79,14 +79,7 @@ impl Hall {
 
 /// An admin client for the (plain HTTP, loopback) cloud.
 fn cloud_admin(cloud: &BoxProcess) -> Connection {
-    let key = VenueKey::load(&cloud.data_dir.join("venue.key")).unwrap();
-    let admin = token::mint(
-        &key,
-        &Claims::Admin {
-            subject: "test".into(),
-            expires: in_an_hour(),
-        },
-    );
+    let admin = cloud.platform().admin_token(DEFAULT_VENUE);
     Connection::pinned(
         &format!("http://{}", cloud.addr),
         vec![],
@@ -268,16 +261,8 @@ async fn a_conflict_is_recorded_once_and_the_rest_delivered() {
     let mut saved = fill(&b, 4, 5, 1000).await;
     let cloud = hall.start_cloud(&[]);
     // Before the box reaches it, the cloud already holds other bytes under c01/3.
-    // (The cloud learns candidates' tokens from its own venue key.)
-    let key = VenueKey::load(&cloud.data_dir.join("venue.key")).unwrap();
-    let candidate = token::mint(
-        &key,
-        &Claims::Candidate {
-            exam: EXAM.into(),
-            candidate: "c01".into(),
-            expires: in_an_hour(),
-        },
-    );
+    // (The candidate's token is the platform's, as a real platform would issue.)
+    let candidate = cloud.platform().candidate_token(DEFAULT_VENUE, EXAM, "c01");
     let direct = Connection::pinned(
         &format!("http://{}", cloud.addr),
         vec![],

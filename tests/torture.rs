@@ -52,7 +52,7 @@ async fn sigkill_during_ingest_and_replay_loses_and_doubles_nothing() {
     std::fs::create_dir(&box_dir).unwrap();
     // The venue key the box finds in its data dir, shared with the cloud.
     let venue_key = box_dir.join("venue.key");
-    hallrelay_protocol::keys::VenueKey::load_or_create(&venue_key).unwrap();
+    hallrelay_protocol::keys::TokenKey::load_or_create(&venue_key).unwrap();
     write_secret(&dir.path().join("cloud.token"), CREDENTIAL);
     write_secret(&dir.path().join("appliances"), CREDENTIAL);
     let port = free_port();

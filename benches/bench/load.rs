@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use hallrelay::loadgen::{self, LoadPlan, LoadReport, Pace};
-use hallrelay_protocol::token::{self, Claims};
+use hallrelay_protocol::token::{self, Claims, DEFAULT_VENUE};
 
-use crate::common::{BoxProcess, in_an_hour};
+use crate::common::{BoxProcess, now};
 use crate::machine::{BODY, CONCURRENCY, Limits};
 use crate::{Row, Scale, ms};
 
@@ -54,18 +54,15 @@ async fn against_box(
     let data_dir = tempfile::tempdir_in(scratch).expect("data dir").keep();
     let the_box = BoxProcess::start(&data_dir, &["--name", "bench"]);
     let addr: SocketAddr = the_box.addr.parse().expect("box address");
-    let key = the_box.venue_key();
-    let expires = in_an_hour();
+    let key = the_box.local_key();
+    let pin = the_box.pin.clone();
     let report = loadgen::run(
         &plan(addr, &the_box.pin, candidates, BODY, pace, duration),
         |i| {
             token::mint(
                 &key,
-                &Claims::Candidate {
-                    exam: EXAM.into(),
-                    candidate: loadgen::candidate_id(i),
-                    expires,
-                },
+                &Claims::candidate(DEFAULT_VENUE, EXAM, &loadgen::candidate_id(i), now(), 3600)
+                    .on_box(&pin),
             )
         },
         None,

@@ -1,29 +1,29 @@
 //! Fuzzes token minting and verification (`hallrelay_protocol::token`).
 //!
 //! Tokens are the box's only authentication of candidates and invigilators, verified offline
-//! under the venue key. Properties:
-//! - round trip: for any claims, key and time, `verify(key, mint(key, claims), now)` is exactly
-//!   what the rules say: the claims, or `Expired` at or after their expiry, or `Malformed` for a
-//!   candidate token with an invalid id or a token over the length limit; under any other key
-//!   it is `BadSignature` (or `Malformed` when over the limit);
+//! against the platform's public keys. Properties:
+//! - round trip: for any claims, key and time, verifying `mint(key, claims)` against the key's
+//!   public half is exactly what the rules say: the claims, or `Expired` at or after their
+//!   expiry, or `Malformed` for an invalid id or a token over the length limit; against any
+//!   other key it is `UnknownKey` (or `Malformed` when over the limit), and against another key
+//!   published under the signer's id, `BadSignature`;
 //! - tampering: any edit of a minted token that changes it makes it fail to verify;
-//! - arbitrary text never panics, and verifies only if it is exactly the token `mint` makes of
-//!   the claims it verifies to (no second spelling of a token is accepted).
+//! - arbitrary text never panics, and what verifies verifies the same way again.
 #![no_main]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hallrelay_protocol::keys::VenueKey;
-use hallrelay_protocol::token::{Claims, TokenError, mint, verify};
+use hallrelay_protocol::keys::TokenKey;
+use hallrelay_protocol::token::{Claims, KeySet, Kind, PublicKey, TokenError, mint, verify};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
 /// The longest token `verify` looks at (`MAX_TOKEN_LEN` in src/token.rs).
-const MAX_TOKEN_LEN: usize = 1024;
+const MAX_TOKEN_LEN: usize = 2048;
 
 /// The key of the test vector in docs/tokens.md.
-fn documented_key() -> VenueKey {
-    VenueKey::from_bytes(std::array::from_fn(|i| i as u8))
+fn documented_key() -> TokenKey {
+    TokenKey::from_bytes(std::array::from_fn(|i| i as u8))
 }
 
 /// An id: mostly a valid one (so the fuzzer reaches success), sometimes any text.
@@ -52,36 +52,44 @@ impl Id {
 }
 
 #[derive(Arbitrary, Debug)]
-enum ArbClaims {
-    Candidate {
-        exam: Id,
-        candidate: Id,
-        expires: u64,
-    },
-    Admin {
-        subject: String,
-        expires: u64,
-    },
+enum ArbKind {
+    Candidate { exam: Id, candidate: Id },
+    Admin { subject: String },
+}
+
+#[derive(Arbitrary, Debug)]
+struct ArbClaims {
+    kind: ArbKind,
+    venue: Id,
+    box_pin: Option<String>,
+    issued: u64,
+    expires: u64,
 }
 
 impl ArbClaims {
     fn claims(&self) -> Claims {
-        match self {
-            ArbClaims::Candidate {
-                exam,
-                candidate,
-                expires,
-            } => Claims::Candidate {
+        let kind = match &self.kind {
+            ArbKind::Candidate { exam, candidate } => Kind::Candidate {
                 exam: exam.text(),
                 candidate: candidate.text(),
-                expires: *expires,
             },
-            ArbClaims::Admin { subject, expires } => Claims::Admin {
+            ArbKind::Admin { subject } => Kind::Admin {
                 subject: subject.clone(),
-                expires: *expires,
             },
+        };
+        Claims {
+            kind,
+            venue: self.venue.text(),
+            box_pin: self.box_pin.clone(),
+            issued: self.issued,
+            expires: self.expires,
         }
     }
+}
+
+/// The key set that holds `key`'s public half.
+fn trusting(key: &TokenKey) -> KeySet {
+    KeySet::new(vec![PublicKey::of(key)])
 }
 
 /// One edit of a token's text, at a position taken modulo its length.
@@ -144,12 +152,11 @@ fn at(secs: u64) -> SystemTime {
 
 fn ids_valid(claims: &Claims) -> bool {
     use hallrelay_protocol::ids::is_valid_id;
-    match claims {
-        Claims::Candidate {
-            exam, candidate, ..
-        } => is_valid_id(exam) && is_valid_id(candidate),
-        Claims::Admin { .. } => true,
-    }
+    let kind_valid = match &claims.kind {
+        Kind::Candidate { exam, candidate } => is_valid_id(exam) && is_valid_id(candidate),
+        Kind::Admin { .. } => true,
+    };
+    kind_valid && is_valid_id(&claims.venue)
 }
 
 fuzz_target!(|input: Input| match input {
@@ -160,35 +167,41 @@ fuzz_target!(|input: Input| match input {
         now_secs,
     } => {
         let claims = claims.claims();
-        let key = VenueKey::from_bytes(key);
+        let key = TokenKey::from_bytes(key);
         let token = mint(&key, &claims);
         let now = at(now_secs);
         let expected = if token.len() > MAX_TOKEN_LEN || !ids_valid(&claims) {
             Err(TokenError::Malformed)
-        } else if now_secs.min(i64::MAX as u64 / 2) >= claims.expires() {
+        } else if now_secs.min(i64::MAX as u64 / 2) >= claims.expires {
             Err(TokenError::Expired)
         } else {
             Ok(claims.clone())
         };
-        assert_eq!(verify(&key, &token, now), expected, "{token:?}");
+        assert_eq!(verify(&trusting(&key), &token, now), expected, "{token:?}");
         if other_key != *key.as_bytes() {
-            let expected = if token.len() > MAX_TOKEN_LEN {
-                TokenError::Malformed
+            let other = TokenKey::from_bytes(other_key);
+            let kid = PublicKey::of(&key).kid;
+            let (unknown, impostor) = if token.len() > MAX_TOKEN_LEN {
+                (TokenError::Malformed, TokenError::Malformed)
             } else {
-                TokenError::BadSignature
+                (TokenError::UnknownKey { kid: kid.clone() }, TokenError::BadSignature)
             };
-            let other = VenueKey::from_bytes(other_key);
-            assert_eq!(verify(&other, &token, now), Err(expected), "{token:?}");
+            assert_eq!(verify(&trusting(&other), &token, now), Err(unknown), "{token:?}");
+            let under_its_id = KeySet::new(vec![PublicKey {
+                kid,
+                key: other.public_bytes(),
+            }]);
+            assert_eq!(verify(&under_its_id, &token, now), Err(impostor), "{token:?}");
         }
     }
     Input::Tamper { key, claims, edits } => {
         let claims = claims.claims();
-        let key = VenueKey::from_bytes(key);
+        let key = TokenKey::from_bytes(key);
         let token = mint(&key, &claims);
         let tampered = apply(&token, &edits);
         if tampered != token {
             // At the epoch every token with a future expiry is in date: only the text decides.
-            let result = verify(&key, &tampered, UNIX_EPOCH);
+            let result = verify(&trusting(&key), &tampered, UNIX_EPOCH);
             assert!(
                 result.is_err(),
                 "{tampered:?} (from {token:?}) verified: {result:?}"
@@ -196,9 +209,9 @@ fuzz_target!(|input: Input| match input {
         }
     }
     Input::Raw { token, now_secs } => {
-        let key = documented_key();
-        if let Ok(claims) = verify(&key, &token, at(now_secs)) {
-            assert_eq!(mint(&key, &claims), token, "a second spelling verified");
+        let keys = trusting(&documented_key());
+        if let Ok(claims) = verify(&keys, &token, at(now_secs)) {
+            assert_eq!(verify(&keys, &token, at(now_secs)), Ok(claims));
         }
     }
 });

@@ -1,4 +1,5 @@
-//! Secrets that live in files: the venue key, credentials, the identity key.
+//! Secrets that live in files: token keys (the platform's and a box's local one), credentials,
+//! the identity key.
 //!
 //! Secrets never travel in flags or logs. This module creates secret files with mode 0600
 //! (written to a temporary name, fsynced and renamed, so a crash never leaves half a key), and
@@ -10,6 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use hallrelay_durable::{create_private_dir, write_durably};
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
 
 use crate::hex::{hex, parse_hex32};
 
@@ -21,16 +23,16 @@ pub enum KeyFileError {
     Read { path: PathBuf, source: io::Error },
     #[error("cannot create {path}: {source}")]
     Create { path: PathBuf, source: io::Error },
-    #[error("{path} does not hold a venue key (expected 64 hex digits or 32 raw bytes)")]
-    BadVenueKey { path: PathBuf },
+    #[error("{path} does not hold a token key (expected 64 hex digits or 32 raw bytes)")]
+    BadTokenKey { path: PathBuf },
     #[error("{path} is empty")]
     Empty { path: PathBuf },
     #[error(
-        "no venue key at {path}{within}: run `hallrelay serve` once to create it (it keeps it \
-         in its data dir), or name the box's key with --venue-key-file (or its folder with \
-         --data-dir)"
+        "no token key at {path}{within}: a box creates its local key on its first start and \
+         the reference cloud its platform key (`platform.key` in its data dir); name the file \
+         with --platform-key-file or --venue-key-file, or the box's folder with --data-dir"
     )]
-    NoVenueKey {
+    NoTokenKey {
         path: PathBuf,
         /// " (in FOLDER)" for a relative path: the wrong folder is the usual cause.
         within: String,
@@ -103,27 +105,62 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The 32-byte key shared by the platform and the venue's boxes; it authenticates tokens.
-#[derive(Clone, PartialEq, Eq)]
-pub struct VenueKey([u8; 32]);
+/// A key that signs tokens: the 32-byte seed of an Ed25519 key pair. The platform signs with
+/// one (its `platform.key`); a box keeps one as its local key (`venue.key`, for tokens valid on
+/// that box alone). Only the public half ([`crate::token::PublicKey`]) ever leaves the file.
+#[derive(Clone)]
+pub struct TokenKey {
+    seed: [u8; 32],
+    pair: std::sync::Arc<Ed25519KeyPair>,
+}
 
-impl VenueKey {
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
+impl PartialEq for TokenKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.seed == other.seed
+    }
+}
+
+impl Eq for TokenKey {}
+
+impl TokenKey {
+    pub fn from_bytes(seed: [u8; 32]) -> Self {
+        // Every 32-byte string is a valid Ed25519 seed; ring only checks the length.
+        match Ed25519KeyPair::from_seed_unchecked(&seed) {
+            Ok(pair) => Self {
+                seed,
+                pair: std::sync::Arc::new(pair),
+            },
+            Err(e) => panic!("ring refused a 32-byte Ed25519 seed: {e}"),
+        }
     }
 
     pub fn generate() -> Self {
-        Self(rand::random())
+        Self::from_bytes(rand::random())
     }
 
+    /// The seed, for the one place that writes it to its file.
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        &self.seed
     }
 
-    /// Reads a venue key (mode 0600 or stricter): 64 hex digits (white space around them
+    /// Signs `message` (Ed25519: deterministic, 64 bytes).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(self.pair.sign(message).as_ref());
+        signature
+    }
+
+    /// The raw 32-byte public key.
+    pub fn public_bytes(&self) -> [u8; 32] {
+        let mut public = [0u8; 32];
+        public.copy_from_slice(self.pair.public_key().as_ref());
+        public
+    }
+
+    /// Reads a token key (mode 0600 or stricter): 64 hex digits (white space around them
     /// ignored) or 32 raw bytes. It never creates one: only the box and the cloud do
     /// ([`load_or_create`](Self::load_or_create)), so a missing file is
-    /// [`KeyFileError::NoVenueKey`], naming the path.
+    /// [`KeyFileError::NoTokenKey`], naming the path.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
         let raw = read_secret(path).map_err(|e| match e {
             KeyFileError::Read { path, source } if source.kind() == io::ErrorKind::NotFound => {
@@ -131,11 +168,11 @@ impl VenueKey {
                     Ok(cwd) if path.is_relative() => format!(" (in {})", cwd.display()),
                     _ => String::new(),
                 };
-                KeyFileError::NoVenueKey { path, within }
+                KeyFileError::NoTokenKey { path, within }
             }
             e => e,
         })?;
-        Self::parse(&raw).ok_or_else(|| KeyFileError::BadVenueKey {
+        Self::parse(&raw).ok_or_else(|| KeyFileError::BadTokenKey {
             path: path.to_owned(),
         })
     }
@@ -144,9 +181,9 @@ impl VenueKey {
         if let Ok(text) = std::str::from_utf8(raw)
             && let Some(key) = parse_hex32(text.trim())
         {
-            return Some(Self(key));
+            return Some(Self::from_bytes(key));
         }
-        <[u8; 32]>::try_from(raw).ok().map(Self)
+        <[u8; 32]>::try_from(raw).ok().map(Self::from_bytes)
     }
 
     /// Loads the key at `path`, creating a fresh random one (mode 0600) if there is none,
@@ -157,7 +194,7 @@ impl VenueKey {
             Ok(_) => Self::load(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let key = Self::generate();
-                let text = format!("{}\n", hex(&key.0));
+                let text = format!("{}\n", hex(key.as_bytes()));
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     create_private_dir(parent).map_err(|source| KeyFileError::Create {
                         path: parent.to_owned(),
@@ -165,7 +202,7 @@ impl VenueKey {
                     })?;
                 }
                 write_secret_file(path, text.as_bytes())?;
-                tracing::info!(path = %path.display(), "created a new venue key");
+                tracing::info!(path = %path.display(), "created a new token key");
                 Ok(key)
             }
             Err(source) => Err(KeyFileError::Read {
@@ -176,9 +213,9 @@ impl VenueKey {
     }
 }
 
-impl fmt::Debug for VenueKey {
+impl fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("VenueKey(MASKED)")
+        f.write_str("TokenKey(MASKED)")
     }
 }
 
@@ -196,27 +233,30 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn venue_key_is_created_private_and_reloaded() {
+    fn token_key_is_created_private_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("venue.key");
-        let created = VenueKey::load_or_create(&path).unwrap();
+        let created = TokenKey::load_or_create(&path).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(VenueKey::load_or_create(&path).unwrap(), created);
+        assert_eq!(TokenKey::load_or_create(&path).unwrap(), created);
     }
 
     #[test]
-    fn venue_key_formats() {
+    fn token_key_formats() {
         let hex_text = format!("  {}\n", "ab".repeat(32));
-        assert_eq!(VenueKey::parse(hex_text.as_bytes()).unwrap().0, [0xab; 32]);
-        assert_eq!(VenueKey::parse(&[7u8; 32]).unwrap().0, [7; 32]);
-        assert!(VenueKey::parse(b"short").is_none());
-        assert!(VenueKey::parse("zz".repeat(32).as_bytes()).is_none());
+        assert_eq!(
+            *TokenKey::parse(hex_text.as_bytes()).unwrap().as_bytes(),
+            [0xab; 32]
+        );
+        assert_eq!(*TokenKey::parse(&[7u8; 32]).unwrap().as_bytes(), [7; 32]);
+        assert!(TokenKey::parse(b"short").is_none());
+        assert!(TokenKey::parse("zz".repeat(32).as_bytes()).is_none());
     }
 
     #[test]
     fn secrets_do_not_print() {
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "MASKED");
-        assert_eq!(format!("{:?}", VenueKey::generate()), "VenueKey(MASKED)");
+        assert_eq!(format!("{:?}", TokenKey::generate()), "TokenKey(MASKED)");
     }
 }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::error::json_response;
 use crate::api::{self, AppState, Auth, Limits};
+use crate::keyring::KeyRing;
 use crate::replay::Uplink;
 use crate::serve::{Parts, Ready, ServeError};
 use hallrelay_protocol::keys::{KeyFileError, Secret};
@@ -58,6 +59,35 @@ pub fn load_appliance_tokens(path: &Path) -> Result<Vec<Secret>, KeyFileError> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(Secret::new)
         .collect())
+}
+
+/// How often the running cloud re-reads its key ring, so that `cloud rotate-key` takes effect
+/// without a restart.
+const KEY_RING_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Publishes what the key ring holds as it changes.
+async fn follow_key_ring(ring: KeyRing, state: Arc<AppState>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(KEY_RING_POLL) => {}
+        }
+        let mut trust = state.auth.trust();
+        match ring.published() {
+            Ok(keys) if keys != trust.platform => {
+                tracing::info!(
+                    keys = keys.keys().len(),
+                    "the platform's published keys changed"
+                );
+                trust.platform = keys;
+                state.auth.set_trust(trust);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the platform's keys; keeping the last ones")
+            }
+        }
+    }
 }
 
 /// An injected fault: the connection is closed without an answer.
@@ -101,9 +131,12 @@ pub async fn run(
     );
     on_ready(&ready);
     let store = parts.store.clone();
+    let ring = KeyRing::open(&config.venue_key_file)?;
     let state = Arc::new(AppState {
         store: parts.store,
-        auth: Auth::new(parts.venue_key, credentials).with_registry(platform.registry.clone()),
+        auth: Auth::for_cloud(ring.published()?, credentials)
+            .with_boxes(Arc::new(platform.registry.clone())),
+        keeps_tokens: false,
         limits: config.limits.clone(),
         cors: api::cors::Cors::new(vec!["*".into()]),
         pin: ready.pin.clone(),
@@ -116,6 +149,7 @@ pub async fn run(
         platform: Some(platform),
         enrollment: None,
     });
+    tokio::spawn(follow_key_ring(ring, state.clone(), shutdown.clone()));
     let (fault_rate, reset_rate) = (config.fault_rate, config.reset_rate);
     let handler = move |request: Request<Incoming>| {
         let state = state.clone();

@@ -17,6 +17,7 @@ use crate::replay::ReplayConfig;
 use hallrelay_client::check_cloud_url;
 use hallrelay_protocol::ids::is_valid_id;
 use hallrelay_protocol::keys::Secret;
+use hallrelay_protocol::token::{DEFAULT_VENUE, KeySet};
 use hallrelay_store::StoreOptions;
 
 // The embedded defaults that no other type owns. The rest live with what they configure:
@@ -159,8 +160,15 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// HTTPS listen address (default [`DEFAULT_LISTEN`]).
     pub listen: Option<SocketAddr>,
-    /// The venue key file (default `<data_dir>/venue.key`).
+    /// The box's local token key (default `<data_dir>/venue.key`): tokens it signs are valid
+    /// on this box alone.
     pub venue_key_file: Option<PathBuf>,
+    /// The venue this box serves: tokens for other venues are refused (default
+    /// [`DEFAULT_VENUE`]; an enrolled box serves the venue it enrolled into).
+    pub venue: Option<String>,
+    /// The platform's public token keys (the JSON its `/v1/platform/keys` publishes), for a
+    /// box that does not enroll; an enrolled box fetches and refreshes them itself.
+    pub platform_keys_file: Option<PathBuf>,
     /// Advertise over mDNS (default [`DEFAULT_MDNS`]).
     pub mdns: Option<bool>,
     /// Interfaces to advertise on (default: all).
@@ -254,6 +262,10 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub venue_key_file: PathBuf,
+    /// The venue the box serves until enrollment says otherwise.
+    pub venue: String,
+    /// The platform's public keys from `platform_keys_file` (empty without it).
+    pub platform_keys: KeySet,
     pub mdns: bool,
     pub mdns_interfaces: Vec<String>,
     pub cors_origins: Vec<String>,
@@ -303,6 +315,7 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub name: Option<String>,
     pub venue_key_file: Option<PathBuf>,
+    pub platform_keys_file: Option<PathBuf>,
     pub cloud: Option<String>,
     pub cloud_token_file: Option<PathBuf>,
     /// A file holding the enrollment code (`serve --enrollment-code-file`).
@@ -334,6 +347,24 @@ impl ServeConfig {
             args.venue_key_file.clone().or(file.venue_key_file.clone()),
             &data_dir,
         );
+        let venue = file
+            .venue
+            .clone()
+            .unwrap_or_else(|| DEFAULT_VENUE.to_owned());
+        if !is_valid_id(&venue) {
+            return Err(ConfigError::Invalid {
+                key: "venue",
+                problem: format!("{venue:?} must match [A-Za-z0-9._-]{{1,64}}"),
+            });
+        }
+        let platform_keys = match args
+            .platform_keys_file
+            .clone()
+            .or(file.platform_keys_file.clone())
+        {
+            Some(path) => load_platform_keys(&path)?,
+            None => KeySet::default(),
+        };
         let name = args.name.clone().or(file.name.clone());
         if let Some(name) = &name {
             check_name(name)?;
@@ -391,6 +422,8 @@ impl ServeConfig {
             data_dir,
             listen: args.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN),
             venue_key_file,
+            venue,
+            platform_keys,
             mdns: !args.no_mdns && file.mdns.unwrap_or(DEFAULT_MDNS),
             mdns_interfaces,
             cors_origins,
@@ -403,6 +436,22 @@ impl ServeConfig {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
+}
+
+/// Reads the platform's public keys from a file in the JSON its `/v1/platform/keys` serves.
+pub fn load_platform_keys(path: &Path) -> Result<KeySet, ConfigError> {
+    let invalid = |problem: String| ConfigError::Invalid {
+        key: "platform_keys_file",
+        problem,
+    };
+    let bytes =
+        std::fs::read(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        invalid(format!(
+            "{} is not the platform's key set ({{\"keys\":[{{\"kid\",\"alg\":\"Ed25519\",\"public\"}}]}}): {e}",
+            path.display()
+        ))
+    })
 }
 
 /// A duration setting that must be longer than zero, or its default when unset.

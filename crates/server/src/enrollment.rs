@@ -28,11 +28,13 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{AppState, Trust};
 use crate::identity::Identity;
 use crate::replay::{ReplayConfig, Uplink, UplinkState};
 use hallrelay_client::Connection;
 use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::timefmt::{rfc3339, unix_secs};
+use hallrelay_protocol::token::KeySet;
 use hallrelay_protocol::v1::platform::{
     Addresses, BOX_ADDRESSES, BoxView, ENROLLMENT, EnrollRequest, Enrolled, proof_message,
 };
@@ -99,6 +101,27 @@ pub enum StateFileError {
 }
 
 impl Saved {
+    /// What the box trusts once enrolled: tokens for its venue, signed by the platform's keys
+    /// it was given (and any configured in `platform_keys_file`).
+    pub fn trust(&self, configured: &KeySet) -> Trust {
+        let mut platform = configured.clone();
+        match serde_json::from_value::<KeySet>(self.platform_keys.clone()) {
+            Ok(keys) => {
+                for key in keys.keys() {
+                    platform.insert(key.clone());
+                }
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "the platform keys in enrollment.json cannot be read: only configured keys are trusted"
+            ),
+        }
+        Trust {
+            venue: Some(self.venue.clone()),
+            platform,
+        }
+    }
+
     /// The saved enrollment in `data_dir`, if the box has one.
     pub fn load(data_dir: &Path) -> Result<Option<Self>, StateFileError> {
         let path = data_dir.join(STATE_FILE);
@@ -276,6 +299,10 @@ pub struct Agent {
     pub listen: SocketAddr,
     pub code: Option<Secret>,
     pub progress: Arc<Progress>,
+    /// The running box, whose trust enrollment and each refresh replace.
+    pub state: Arc<AppState>,
+    /// The keys of `platform_keys_file`, kept trusted beside the platform's.
+    pub configured_keys: KeySet,
 }
 
 /// Why one enrollment attempt failed.
@@ -380,6 +407,9 @@ impl Agent {
             Failure::Unreachable(e.to_string())
         })?;
         tracing::info!(venue = %saved.venue, pin = %saved.pin, "enrolled with the platform");
+        self.state
+            .auth
+            .set_trust(saved.trust(&self.configured_keys));
         self.progress.enrolled(&saved);
         Ok(saved)
     }
@@ -453,6 +483,9 @@ impl Agent {
         saved.platform_keys = view.platform_keys;
         saved.keys_fetched_at = unix_secs(SystemTime::now());
         saved.store(&self.data_dir).map_err(|e| e.to_string())?;
+        self.state
+            .auth
+            .set_trust(saved.trust(&self.configured_keys));
         self.progress.enrolled(saved);
         tracing::info!(venue = %saved.venue, "platform keys refreshed, addresses reported");
         Ok(())

@@ -11,6 +11,8 @@
 //! - [`identity`] is the box's TLS key and self-signed certificate, created on first start;
 //!   its pin is what clients trust, and its key signs receipts. [`tls`] is its listener.
 //! - [`mdns`] advertises the box as `_hallrelay._tcp.local.`: it finds, it never vouches.
+//! - [`keyring`] is the reference cloud's platform token keys (sign, publish, rotate); the
+//!   API's `Auth` verifies tokens against the public halves a box learnt.
 //! - [`config`] turns the TOML file and the command line's overrides into one validated
 //!   [`config::ServeConfig`]; [`serve`] assembles the appliance from it and runs it until
 //!   shutdown, telling systemd through [`notify`] when it is ready and that the store's writer
@@ -30,6 +32,7 @@ pub mod cloud;
 pub mod config;
 pub mod enrollment;
 pub mod identity;
+pub mod keyring;
 pub mod logging;
 pub mod mdns;
 pub mod notify;

@@ -13,12 +13,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState, Auth};
+use crate::api::{self, AppState, Auth, Trust};
 use crate::config::ServeConfig;
 use crate::enrollment;
 use crate::identity::{Identity, IdentityError};
 use crate::replay::Uplink;
-use hallrelay_protocol::keys::{KeyFileError, Secret, VenueKey};
+use hallrelay_protocol::keys::{KeyFileError, Secret, TokenKey};
 use hallrelay_store::{OpenError, STORE_FILE, Store, StoreFile, StoreOptions};
 
 /// Why the box could not start.
@@ -32,6 +32,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     KeyFile(#[from] KeyFileError),
+    #[error(transparent)]
+    KeyRing(#[from] crate::keyring::KeyRingError),
     #[error(transparent)]
     Store(#[from] OpenError),
     #[error(transparent)]
@@ -92,8 +94,16 @@ pub async fn run(
         Some(_) => enrollment::start(&config.data_dir, config.enrollment_code.is_some())?,
     };
     let progress = enrollment.progress.clone();
-    let replay = start_replay(&config, &parts, &ready, enrollment, &uplink, &shutdown);
+    // An enrolled box serves the venue it enrolled into, with the platform's keys it keeps.
+    let mut trust = Trust {
+        venue: Some(config.venue.clone()),
+        platform: config.platform_keys.clone(),
+    };
+    if let Some(saved) = &enrollment.saved {
+        trust = saved.trust(&config.platform_keys);
+    }
     let store = parts.store.clone();
+    let identity = parts.identity.clone();
     let metrics = Arc::new(api::metrics::Metrics::new(
         uplink.clone(),
         config.metrics_token.clone(),
@@ -102,7 +112,16 @@ pub async fn run(
     store.observe_commits(Box::new(move |sample| observer.observe_commit(sample)));
     let open_connections = metrics.open_connections();
     let supervisor = supervise(&store, &uplink, &shutdown);
-    let state = app_state(&config, parts, &ready, uplink, metrics, progress);
+    let state = app_state(
+        &config,
+        parts,
+        &ready,
+        uplink.clone(),
+        metrics,
+        progress,
+        trust,
+    );
+    let replay = start_replay(&config, &identity, &ready, enrollment, &state, &shutdown);
     let handler = move |request| api::routes::handle(state.clone(), request);
     api::server::serve_counted(
         listener,
@@ -155,18 +174,18 @@ fn advertise(
 /// enrollment fresh beside replay.
 fn start_replay(
     config: &ServeConfig,
-    parts: &Parts,
+    identity: &Arc<Identity>,
     ready: &Ready,
     enrollment: enrollment::Start,
-    uplink: &Arc<Uplink>,
+    state: &Arc<AppState>,
     shutdown: &CancellationToken,
 ) -> Option<JoinHandle<()>> {
     let Some(mut replay) = config.replay.clone() else {
         tracing::info!("no cloud configured: autosaves are kept and queued, not replayed");
         return None;
     };
-    let store = parts.store.clone();
-    let (uplink, shutdown) = (uplink.clone(), shutdown.clone());
+    let store = state.store.clone();
+    let (uplink, shutdown) = (state.uplink.clone(), shutdown.clone());
     if replay.credential.is_some() {
         return Some(tokio::spawn(crate::replay::run(
             store, replay, uplink, shutdown,
@@ -175,11 +194,13 @@ fn start_replay(
     let agent = enrollment::Agent {
         replay: replay.clone(),
         data_dir: config.data_dir.clone(),
-        identity: parts.identity.clone(),
+        identity: identity.clone(),
         name: ready.name.clone(),
         listen: ready.addr,
         code: config.enrollment_code.clone(),
         progress: enrollment.progress,
+        state: state.clone(),
+        configured_keys: config.platform_keys.clone(),
     };
     let saved = enrollment.saved;
     Some(tokio::spawn(async move {
@@ -227,10 +248,12 @@ fn app_state(
     uplink: Arc<Uplink>,
     metrics: Arc<api::metrics::Metrics>,
     enrollment: Arc<enrollment::Progress>,
+    trust: Trust,
 ) -> Arc<AppState> {
     Arc::new(AppState {
         store: parts.store,
-        auth: Auth::new(parts.venue_key, Vec::new()),
+        auth: Auth::for_box(&parts.token_key, &ready.pin, trust),
+        keeps_tokens: true,
         limits: config.limits.clone(),
         cors: api::cors::Cors::new(config.cors_origins.clone()),
         pin: ready.pin.clone(),
@@ -251,7 +274,7 @@ fn app_state(
 /// What every server in this crate (the box and the reference cloud) starts from: the data
 /// dir, the venue key, the store, and the identity.
 pub(crate) struct Parts {
-    pub venue_key: VenueKey,
+    pub token_key: TokenKey,
     pub store: Store,
     pub identity: Arc<Identity>,
     pub name: String,
@@ -271,7 +294,7 @@ impl Parts {
             path: data_dir.to_owned(),
             source,
         })?;
-        let venue_key = VenueKey::load_or_create(venue_key_file)?;
+        let token_key = TokenKey::load_or_create(venue_key_file)?;
         let file = StoreFile::open(&data_dir.join(STORE_FILE))?;
         let name = name.unwrap_or_else(|| default_name(file.appliance()));
         let ips: Vec<IpAddr> = Some(listen.ip())
@@ -285,7 +308,7 @@ impl Parts {
         )?);
         let store = file.start(identity.signing_key(), options)?;
         Ok(Self {
-            venue_key,
+            token_key,
             store,
             identity,
             name,

@@ -198,6 +198,14 @@ pub struct Record {
     /// On the cloud: the receipt of the box that forwarded it (evidence of hall time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_receipt: Option<Receipt>,
+    /// On the cloud: why the forwarded receipt was not accepted as evidence (its signature is
+    /// not the forwarding box's, say). The autosave itself is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_rejected: Option<String>,
+    /// On the box: the token the candidate saved with, forwarded on replay as the candidate's
+    /// authority for the save.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_token: Option<String>,
     /// When the cloud answered that it holds other bytes under this name. Such an autosave is
     /// never retried and, being undelivered, never purged.
     #[serde(default, skip_serializing_if = "Option::is_none")]

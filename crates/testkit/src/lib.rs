@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hallrelay_client::{Connection, Reply};
-use hallrelay_protocol::keys::{Secret, VenueKey};
-use hallrelay_protocol::token::{self, Claims};
+use hallrelay_protocol::keys::{Secret, TokenKey};
+use hallrelay_protocol::token::{self, Claims, KeySet, PublicKey};
 use http::HeaderMap;
 
 /// The binary under test: `HALLRELAY_BIN`, or `hallrelay` in the profile folder above the
@@ -249,29 +249,27 @@ impl BoxProcess {
             .expect("client")
     }
 
-    pub fn venue_key(&self) -> VenueKey {
-        VenueKey::load(&self.data_dir.join("venue.key")).expect("venue key")
+    /// The box's local token key (`venue.key` in its data dir).
+    pub fn local_key(&self) -> TokenKey {
+        TokenKey::load(&self.data_dir.join("venue.key")).expect("local key")
     }
 
+    /// A candidate token signed with the box's local key: valid on this box alone.
     pub fn candidate_token(&self, exam: &str, candidate: &str) -> String {
-        token::mint(
-            &self.venue_key(),
-            &Claims::Candidate {
-                exam: exam.into(),
-                candidate: candidate.into(),
-                expires: in_an_hour(),
-            },
-        )
+        let claims =
+            Claims::candidate(DEFAULT_VENUE, exam, candidate, now(), 3600).on_box(&self.pin);
+        token::mint(&self.local_key(), &claims)
     }
 
+    /// An admin token signed with the box's local key: valid on this box alone.
     pub fn admin_token(&self) -> String {
-        token::mint(
-            &self.venue_key(),
-            &Claims::Admin {
-                subject: "test".into(),
-                expires: in_an_hour(),
-            },
-        )
+        let claims = Claims::admin(DEFAULT_VENUE, "test", now(), 3600).on_box(&self.pin);
+        token::mint(&self.local_key(), &claims)
+    }
+
+    /// The platform's key ring, when this process is a reference cloud.
+    pub fn platform(&self) -> Platform {
+        Platform::of_cloud(&self.data_dir)
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -331,8 +329,67 @@ pub fn signal(pid: u32, name: &str) {
 }
 
 pub fn in_an_hour() -> u64 {
-    hallrelay_protocol::timefmt::unix_secs(SystemTime::now()) + 3600
+    now() + 3600
 }
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    hallrelay_protocol::timefmt::unix_secs(SystemTime::now())
+}
+
+/// The platform as the reference cloud plays it: its signing key in the cloud's data dir.
+/// Tests mint platform tokens with it as a platform would, and hand boxes its public keys.
+#[derive(Clone, Debug)]
+pub struct Platform {
+    pub key_file: PathBuf,
+}
+
+impl Platform {
+    /// The platform of the reference cloud whose data dir is `data_dir` (started, so that its
+    /// key exists).
+    pub fn of_cloud(data_dir: &Path) -> Self {
+        Self {
+            key_file: data_dir.join("platform.key"),
+        }
+    }
+
+    /// A platform whose key is `key_file`, created if missing: for tests that start the cloud
+    /// with `--platform-key-file` and need the key (and the boxes its public half) first.
+    pub fn create(key_file: &Path) -> Self {
+        TokenKey::load_or_create(key_file).expect("the platform's key");
+        Self {
+            key_file: key_file.to_owned(),
+        }
+    }
+
+    pub fn key(&self) -> TokenKey {
+        TokenKey::load(&self.key_file).expect("the platform's key")
+    }
+
+    /// A platform candidate token for `venue`, good for an hour.
+    pub fn candidate_token(&self, venue: &str, exam: &str, candidate: &str) -> String {
+        token::mint(
+            &self.key(),
+            &Claims::candidate(venue, exam, candidate, now(), 3600),
+        )
+    }
+
+    /// A platform admin token for `venue`, good for an hour.
+    pub fn admin_token(&self, venue: &str) -> String {
+        token::mint(&self.key(), &Claims::admin(venue, "test", now(), 3600))
+    }
+
+    /// Writes the platform's public key set (what `/v1/platform/keys` serves) to `path`, for a
+    /// box's `platform_keys_file`, and returns the path as text for a flag.
+    pub fn write_keys_file(&self, path: &Path) -> String {
+        let set = KeySet::new(vec![PublicKey::of(&self.key())]);
+        std::fs::write(path, serde_json::to_vec(&set).expect("JSON")).expect("write keys");
+        path.display().to_string()
+    }
+}
+
+/// The venue of a single-venue set-up, which tests use unless they test venues.
+pub use hallrelay_protocol::token::DEFAULT_VENUE;
 
 /// The protocol's own builder: tests name autosaves the way every client does.
 pub use hallrelay_protocol::v1::autosave_path;

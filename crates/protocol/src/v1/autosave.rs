@@ -76,6 +76,15 @@ impl AutosavePut {
         self
     }
 
+    /// Forwards the token the candidate saved with (`Hallrelay-Candidate-Token`): the cloud
+    /// lets an enrolled box write only what a candidate authorized.
+    pub fn candidate_token(mut self, token: &str) -> Self {
+        if let Ok(value) = HeaderValue::from_str(token) {
+            self.headers.insert(headers::CANDIDATE_TOKEN, value);
+        }
+        self
+    }
+
     /// The request as an [`http::Request`] with `body`, for callers that drive hyper
     /// themselves. Fails only if the path is not a URI, which valid ids never make.
     pub fn into_request<B>(self, body: B) -> Result<Request<B>, http::Error> {

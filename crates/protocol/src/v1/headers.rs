@@ -9,6 +9,9 @@ pub const CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest")
 /// A box's receipt, forwarded with an autosave it replays (or an import sends); on the
 /// cloud's GET of a payload, the forwarding box's receipt.
 pub const RECEIPT: HeaderName = HeaderName::from_static("hallrelay-receipt");
+/// The candidate's own token, forwarded by a box with an autosave it replays: the candidate's
+/// authority for the save, without which the cloud refuses an enrolled box's write.
+pub const CANDIDATE_TOKEN: HeaderName = HeaderName::from_static("hallrelay-candidate-token");
 /// The seq of a payload a GET answers (`…/autosaves/latest` names no seq in its path).
 pub const SEQ: HeaderName = HeaderName::from_static("hallrelay-seq");
 /// The blake3 (hex) of a payload a GET answers.

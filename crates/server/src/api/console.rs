@@ -138,7 +138,7 @@ fn signed_in<B>(state: &State, console: &Console, request: &Request<B>) -> Resul
             _ => Err(ApiError::Forbidden("the console needs an admin token")),
         };
     }
-    Err(ApiError::Unauthorized("sign in with an admin token"))
+    Err(ApiError::Unauthorized("sign in with an admin token".into()))
 }
 
 #[derive(Deserialize)]

@@ -27,7 +27,7 @@ pub enum ApiError {
     )]
     EmptyBody,
     #[error("{0}")]
-    Unauthorized(&'static str),
+    Unauthorized(std::borrow::Cow<'static, str>),
     #[error("{0}")]
     Forbidden(&'static str),
     #[error("no such resource")]

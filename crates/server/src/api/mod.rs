@@ -30,11 +30,11 @@ pub mod routes;
 pub mod server;
 pub mod session;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use hallrelay_protocol::keys::{Secret, VenueKey};
-use hallrelay_protocol::token::{self, Claims};
+use hallrelay_protocol::keys::{Secret, TokenKey};
+use hallrelay_protocol::token::{self, Claims, KeySet, Kind, PublicKey, TokenError};
 use hallrelay_store::Store;
 
 pub use error::ApiError;
@@ -42,77 +42,213 @@ pub use error::ApiError;
 /// Who is calling, as established from the `Authorization: Bearer` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
-    /// A candidate token for one exam and candidate.
-    Candidate { exam: String, candidate: String },
+    /// A candidate token for one exam and candidate. The token itself is kept: the box
+    /// forwards it when it replays, as the candidate's authority for the save.
+    Candidate {
+        exam: String,
+        candidate: String,
+        venue: String,
+        token: String,
+    },
     /// An admin (invigilator / IT) token.
     Admin,
-    /// A box forwarding what it stored (the reference cloud's appliance credentials).
-    Appliance,
+    /// A box forwarding what it stored (on the reference cloud).
+    Appliance(Appliance),
 }
 
-/// How callers are authenticated: candidate and admin tokens under the venue key, plus (on
-/// the cloud) a list of appliance credentials.
+/// A box's credential at the cloud, as the cloud knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Appliance {
+    /// A credential the platform issued its own way (`--appliance-token-file`): trusted as
+    /// the platform's own.
+    Listed,
+    /// The credential an enrolled box received: it writes only with the candidate's authority,
+    /// and its receipts are checked against its certificate.
+    Enrolled(EnrolledBox),
+}
+
+/// An enrolled box as the cloud's registry resolves its credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrolledBox {
+    pub pin: String,
+    pub venue: String,
+    /// The box's certificate (DER), which checks its receipts.
+    pub certificate: Vec<u8>,
+}
+
+/// Resolves the bearer credentials of enrolled boxes (the cloud's registry).
+pub trait BoxCredentials: Send + Sync {
+    /// The box holding `credential`: `Ok(None)` for no box, or a revoked one.
+    fn resolve(&self, credential: &str) -> Result<Option<EnrolledBox>, ApiError>;
+}
+
+/// What a verifier trusts beyond its own key: the platform's public keys and, on a box, the
+/// venue it serves (`None` on the cloud, which serves every venue). Enrollment replaces it
+/// while the box runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trust {
+    pub venue: Option<String>,
+    pub platform: KeySet,
+}
+
+/// The box's own key, for tokens valid on this box alone.
+struct LocalKey {
+    keys: KeySet,
+    pin: String,
+}
+
+/// How callers are authenticated: tokens signed by the platform (or, on a box, by its local
+/// key for itself), plus on the cloud the boxes' credentials.
 pub struct Auth {
-    venue_key: VenueKey,
+    trust: RwLock<Trust>,
+    local: Option<LocalKey>,
     appliance_credentials: Vec<Secret>,
-    /// On the cloud: the platform's registry, which resolves enrolled boxes' credentials.
-    boxes: Option<crate::platform::Registry>,
+    boxes: Option<Arc<dyn BoxCredentials>>,
 }
 
 impl Auth {
-    pub fn new(venue_key: VenueKey, appliance_credentials: Vec<Secret>) -> Self {
+    /// A box's: its local key answers for tokens naming its `pin`; `trust` for the rest.
+    pub fn for_box(local: &TokenKey, pin: &str, trust: Trust) -> Self {
         Self {
-            venue_key,
+            trust: RwLock::new(trust),
+            local: Some(LocalKey {
+                keys: KeySet::new(vec![PublicKey::of(local)]),
+                pin: pin.to_owned(),
+            }),
+            appliance_credentials: Vec::new(),
+            boxes: None,
+        }
+    }
+
+    /// The cloud's: the platform's published keys, any venue, and the listed credentials.
+    pub fn for_cloud(platform: KeySet, appliance_credentials: Vec<Secret>) -> Self {
+        Self {
+            trust: RwLock::new(Trust {
+                venue: None,
+                platform,
+            }),
+            local: None,
             appliance_credentials,
             boxes: None,
         }
     }
 
-    /// Also accepts the credentials of the boxes enrolled in `registry` (the cloud).
-    pub fn with_registry(mut self, registry: crate::platform::Registry) -> Self {
-        self.boxes = Some(registry);
+    /// Resolves enrolled boxes' credentials through `boxes`.
+    pub fn with_boxes(mut self, boxes: Arc<dyn BoxCredentials>) -> Self {
+        self.boxes = Some(boxes);
         self
+    }
+
+    /// What is trusted now.
+    pub fn trust(&self) -> Trust {
+        match self.trust.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces what is trusted (a box enrolled, or refreshed the platform's keys).
+    pub fn set_trust(&self, trust: Trust) {
+        match self.trust.write() {
+            Ok(mut t) => *t = trust,
+            Err(poisoned) => *poisoned.into_inner() = trust,
+        }
     }
 
     /// Establishes the caller from a bearer token.
     pub fn authenticate(&self, bearer: Option<&str>) -> Result<Caller, ApiError> {
-        let token = bearer.ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+        let token = bearer.ok_or(ApiError::Unauthorized("a bearer token is required".into()))?;
         if self
             .appliance_credentials
             .iter()
             .any(|c| constant_time_eq(c.expose().as_bytes(), token.as_bytes()))
         {
-            return Ok(Caller::Appliance);
+            return Ok(Caller::Appliance(Appliance::Listed));
         }
         if let Some(boxes) = &self.boxes
-            && crate::platform::registry::is_box_credential(token)
+            && !token.starts_with("hr2.")
         {
-            return match boxes.credential_holder(token) {
-                Some((_, false)) => Ok(Caller::Appliance),
-                Some((_, true)) => Err(ApiError::Unauthorized(
-                    "this box was revoked at the platform: its credential no longer works",
-                )),
+            return match boxes.resolve(token)? {
+                Some(enrolled) => Ok(Caller::Appliance(Appliance::Enrolled(enrolled))),
                 None => Err(ApiError::Unauthorized(
-                    "this box credential is not known to the platform: enroll the box again",
+                    "this credential is not (or no longer) a box's: if the box was revoked, \
+                     enroll it again with a new code"
+                        .into(),
                 )),
             };
         }
-        match token::verify(&self.venue_key, token, SystemTime::now()) {
-            Ok(Claims::Candidate {
-                exam, candidate, ..
-            }) => Ok(Caller::Candidate { exam, candidate }),
-            Ok(Claims::Admin { .. }) => Ok(Caller::Admin),
-            Err(token::TokenError::Expired) => Err(ApiError::Unauthorized("the token expired")),
-            Err(_) => Err(ApiError::Unauthorized(
-                "the token is not valid for this venue",
-            )),
+        let claims = self.verify(token)?;
+        Ok(match claims.kind {
+            Kind::Candidate { exam, candidate } => Caller::Candidate {
+                exam,
+                candidate,
+                venue: claims.venue,
+                token: token.to_owned(),
+            },
+            Kind::Admin { .. } => Caller::Admin,
+        })
+    }
+
+    /// Verifies a token's signature, expiry, venue and box, with a message that says which
+    /// failed and what to do.
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        self.verify_at(token, SystemTime::now())
+    }
+
+    /// [`verify`](Self::verify) as of `now`: a token that had not expired by then passes.
+    pub fn verify_at(&self, token: &str, now: SystemTime) -> Result<Claims, ApiError> {
+        let refused = |e: TokenError| {
+            ApiError::Unauthorized(match e {
+                TokenError::Expired => "the token expired: ask the platform for a new one".into(),
+                TokenError::UnknownKey { kid } => format!(
+                    "the token was signed with key {kid}, which this server does not trust: it \
+                     is not the platform's, or the platform published it after this server \
+                     last fetched its keys"
+                )
+                .into(),
+                TokenError::BadSignature => "the token's signature is not valid".into(),
+                _ => "the token is malformed".into(),
+            })
+        };
+        if let Some(local) = &self.local
+            && token::key_id(token).is_some_and(|kid| local.keys.get(&kid).is_some())
+        {
+            let claims = token::verify(&local.keys, token, now).map_err(refused)?;
+            if claims.box_pin.as_deref() != Some(local.pin.as_str()) {
+                return Err(ApiError::Unauthorized(
+                    "a token signed with this box's local key must name this box's pin".into(),
+                ));
+            }
+            return Ok(claims);
         }
+        let trust = self.trust();
+        let claims = token::verify(&trust.platform, token, now).map_err(refused)?;
+        if let Some(venue) = &trust.venue
+            && claims.venue != *venue
+        {
+            return Err(ApiError::Unauthorized(
+                format!(
+                    "the token is for venue {:?}; this box serves venue {venue:?}",
+                    claims.venue
+                )
+                .into(),
+            ));
+        }
+        if let Some(pin) = &claims.box_pin {
+            let mine = self.local.as_ref().map(|l| l.pin.as_str());
+            if mine != Some(pin.as_str()) {
+                return Err(ApiError::Unauthorized(
+                    "the token is for another box only".into(),
+                ));
+            }
+        }
+        Ok(claims)
     }
 }
 
 /// Who holds an admin token, as the audit log records them: the token's subject (`sub`, who
 /// it was issued to), its expiry, and a fingerprint that tells two tokens of one subject
-/// apart. Never the token itself.
+/// apart. Never the token itself. `venue` and `box_pin` say what the token opens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admin {
     pub subject: String,
@@ -120,18 +256,9 @@ pub struct Admin {
     pub expires: u64,
     /// The first 16 hex digits of the token's blake3.
     pub fingerprint: String,
-}
-
-impl Admin {
-    fn of(token: &str, subject: String, expires: u64) -> Self {
-        let mut fingerprint = blake3::hash(token.as_bytes()).to_hex().to_string();
-        fingerprint.truncate(16);
-        Self {
-            subject,
-            expires,
-            fingerprint,
-        }
-    }
+    pub venue: String,
+    /// Set when the token opens one box only.
+    pub box_pin: Option<String>,
 }
 
 impl Auth {
@@ -139,15 +266,20 @@ impl Auth {
     /// [`authenticate`](Self::authenticate) refuses it, or as forbidden when it is valid but
     /// not an admin's.
     pub fn admin(&self, bearer: Option<&str>) -> Result<Admin, ApiError> {
-        let token = bearer.ok_or(ApiError::Unauthorized("a bearer token is required"))?;
-        match token::verify(&self.venue_key, token, SystemTime::now()) {
-            Ok(Claims::Admin { subject, expires }) => Ok(Admin::of(token, subject, expires)),
-            Ok(Claims::Candidate { .. }) => Err(ApiError::Forbidden("this needs an admin token")),
-            Err(token::TokenError::Expired) => Err(ApiError::Unauthorized("the token expired")),
-            Err(_) => Err(ApiError::Unauthorized(
-                "the token is not valid for this venue",
-            )),
-        }
+        let token = bearer.ok_or(ApiError::Unauthorized("a bearer token is required".into()))?;
+        let claims = self.verify(token)?;
+        let Kind::Admin { subject } = claims.kind else {
+            return Err(ApiError::Forbidden("this needs an admin token"));
+        };
+        let mut fingerprint = blake3::hash(token.as_bytes()).to_hex().to_string();
+        fingerprint.truncate(16);
+        Ok(Admin {
+            subject,
+            expires: claims.expires,
+            fingerprint,
+            venue: claims.venue,
+            box_pin: claims.box_pin,
+        })
     }
 }
 
@@ -252,6 +384,9 @@ pub struct AppState {
     pub console: Option<console::Console>,
     /// `/metrics`, on the box only.
     pub metrics: Option<Arc<metrics::Metrics>>,
+    /// Whether autosaves keep the candidate's token, to forward on replay (the box: yes; the
+    /// reference cloud, the end of the line: no).
+    pub keeps_tokens: bool,
     /// The box's identity, which signs export bundles (the box only).
     pub identity: Option<Arc<crate::identity::Identity>>,
     /// The platform's endpoints (the reference cloud only).

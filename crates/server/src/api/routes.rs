@@ -19,10 +19,12 @@ use super::body::{self, Upload};
 use super::budget::{BudgetSnapshot, ClientBudget};
 use super::drain::RequestBody;
 use super::error::json_response;
-use super::{ApiError, Caller, State};
+use super::{ApiError, Appliance, Caller, EnrolledBox, State};
 use hallrelay_protocol::digest::{DigestError, Expected};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::receipt::Receipt;
+use hallrelay_protocol::signing::VerifyingKey;
+use hallrelay_protocol::token::Kind;
 use hallrelay_protocol::v1::{PathError, autosave_path, headers};
 use hallrelay_store::{ListEntry, PutOutcome, PutRequest, Record};
 
@@ -170,12 +172,14 @@ fn authorize_read<B>(
     candidate: &str,
 ) -> Result<(), ApiError> {
     match state.auth.authenticate(super::bearer(request))? {
-        Caller::Admin => Ok(()),
-        // Replay only writes: a stolen box's credential reads nobody's answers.
-        Caller::Appliance => Err(ApiError::Forbidden("a box credential may only write")),
+        Caller::Admin | Caller::Appliance(Appliance::Listed) => Ok(()),
+        Caller::Appliance(Appliance::Enrolled(_)) => Err(ApiError::Forbidden(
+            "a box's credential may only write autosaves, never read them",
+        )),
         Caller::Candidate {
             exam: e,
             candidate: c,
+            ..
         } if e == exam && c == candidate => Ok(()),
         Caller::Candidate { .. } => Err(ApiError::Forbidden(
             "the token is for another exam or candidate",
@@ -190,19 +194,82 @@ fn authorize_write<B>(
     candidate: &str,
 ) -> Result<Caller, ApiError> {
     match state.auth.authenticate(super::bearer(request))? {
-        Caller::Appliance => Ok(Caller::Appliance),
-        Caller::Candidate {
-            exam: e,
-            candidate: c,
-        } if e == exam && c == candidate => Ok(Caller::Candidate {
-            exam: e,
-            candidate: c,
-        }),
+        Caller::Appliance(appliance) => Ok(Caller::Appliance(appliance)),
+        caller @ Caller::Candidate { .. } if is_for(&caller, exam, candidate) => Ok(caller),
         Caller::Candidate { .. } => Err(ApiError::Forbidden(
             "the token is for another exam or candidate",
         )),
         Caller::Admin => Err(ApiError::Forbidden("admin tokens cannot save autosaves")),
     }
+}
+
+fn is_for(caller: &Caller, exam: &str, candidate: &str) -> bool {
+    matches!(caller, Caller::Candidate { exam: e, candidate: c, .. } if e == exam && c == candidate)
+}
+
+/// How long after its expiry a candidate's token still authorizes the replay of a save it
+/// made: a box may be offline for days after the exam.
+const REPLAY_GRACE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// An enrolled box writes only what a candidate authorized: the candidate's own token, which
+/// the box forwards, must be the platform's, for this exam and candidate and for the box's
+/// venue, and not expired longer than [`REPLAY_GRACE`] ago. A stolen box's credential so
+/// writes nothing for candidates who never saved on that box.
+fn authorize_forwarded<B>(
+    state: &State,
+    request: &Request<B>,
+    enrolled: &EnrolledBox,
+    name: &AutosaveName,
+) -> Result<(), ApiError> {
+    let token = request
+        .headers()
+        .get(headers::CANDIDATE_TOKEN)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Forbidden(
+            "a box forwards an autosave with the candidate's token (Hallrelay-Candidate-Token); \
+             this one came without it",
+        ))?;
+    let at = std::time::SystemTime::now() - REPLAY_GRACE;
+    let claims = state
+        .auth
+        .verify_at(token, at)
+        .map_err(|_| ApiError::Forbidden("the candidate's forwarded token is not valid"))?;
+    match claims.kind {
+        Kind::Candidate { exam, candidate }
+            if exam == name.exam
+                && candidate == name.candidate
+                && claims.venue == enrolled.venue =>
+        {
+            Ok(())
+        }
+        _ => Err(ApiError::Forbidden(
+            "the candidate's forwarded token is for another exam, candidate or venue",
+        )),
+    }
+}
+
+/// Checks a receipt an enrolled box forwarded against the box's certificate: `Err` says why
+/// it is not evidence. The autosave is stored either way.
+fn check_forwarded<B>(
+    request: &Request<B>,
+    name: &AutosaveName,
+    is_final: bool,
+    enrolled: &EnrolledBox,
+) -> (Option<Receipt>, Option<String>) {
+    let receipt = match upstream_receipt(request, name, is_final) {
+        Ok(Some(receipt)) => receipt,
+        Ok(None) => return (None, None),
+        Err(e) => return (None, Some(e.to_string())),
+    };
+    let certificate = rustls_pki_types::CertificateDer::from(enrolled.certificate.as_slice());
+    let verdict = match VerifyingKey::from_certificate(&certificate) {
+        Ok(key) => receipt
+            .verify(&key)
+            .err()
+            .map(|e| format!("not signed by box {}: {e}", enrolled.pin)),
+        Err(e) => Some(e.to_string()),
+    };
+    (Some(receipt), verdict)
 }
 
 /// The receipt a box sends with an autosave it replays: it must describe this very autosave
@@ -247,10 +314,20 @@ async fn put(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let is_final = parse_final(request.uri().query())?;
     let caller = authorize_write(state, &request, &name.exam, &name.candidate)?;
-    // Only a forwarding box's evidence is kept; a candidate cannot supply its own.
-    let upstream = match caller {
-        Caller::Appliance => upstream_receipt(&request, &name, is_final)?,
-        _ => None,
+    // Only a forwarding box's evidence is kept; a candidate cannot supply its own. A box keeps
+    // the candidate's token to forward it.
+    let is_enrolled = matches!(caller, Caller::Appliance(Appliance::Enrolled(_)));
+    let (upstream, mut upstream_rejected, candidate_token) = match caller {
+        Caller::Appliance(Appliance::Listed) => {
+            (upstream_receipt(&request, &name, is_final)?, None, None)
+        }
+        Caller::Appliance(Appliance::Enrolled(enrolled)) => {
+            authorize_forwarded(state, &request, &enrolled, &name)?;
+            let (receipt, rejected) = check_forwarded(&request, &name, is_final, &enrolled);
+            (receipt, rejected, None)
+        }
+        Caller::Candidate { token, .. } => (None, None, state.keeps_tokens.then_some(token)),
+        Caller::Admin => return Err(ApiError::Forbidden("admin tokens cannot save autosaves")),
     };
     let limit = state.limits.max_body_bytes;
     let declared = request
@@ -289,10 +366,19 @@ async fn put(
     if body.is_empty() {
         return Err(ApiError::EmptyBody);
     }
-    if let Some(receipt) = &upstream {
-        receipt
-            .check_bytes(&blake3, body.len() as u64)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if let Some(receipt) = &upstream
+        && let Err(e) = receipt.check_bytes(&blake3, body.len() as u64)
+    {
+        // An enrolled box's receipt that does not describe these bytes is not evidence, but
+        // never costs the save; a listed credential's is refused as before.
+        if upstream_rejected.is_none() && !is_enrolled {
+            return Err(ApiError::BadRequest(e.to_string()));
+        }
+        upstream_rejected.get_or_insert_with(|| e.to_string());
+    }
+    if let Some(why) = &upstream_rejected {
+        tracing::warn!(exam = %name.exam, candidate = %name.candidate, seq = name.seq,
+            reason = %why, "a forwarded receipt was rejected; the autosave is kept");
     }
     let request = PutRequest {
         name: name.clone(),
@@ -300,6 +386,8 @@ async fn put(
         blake3,
         is_final,
         upstream_receipt: upstream,
+        upstream_rejected,
+        candidate_token,
     };
     match state.store.put(request).await? {
         PutOutcome::Stored(receipt) => {

@@ -10,9 +10,9 @@
 //! | `GET /v1/platform/keys` | anyone (public keys are public) |
 //! | `GET /v1/exams/{exam}/relays` | a candidate token for that exam |
 //!
-//! Who a token speaks for (its venue, whether it is scoped to one box) is asked of
-//! [`admin_scope`] and [`candidate_venue`] only, so that the token format can change under
-//! them. Registry work that commits runs on the blocking pool.
+//! Who a token speaks for (its venue, whether it is scoped to one box) comes from its
+//! platform-signed claims ([`crate::api::Auth`]). Registry work that commits runs on the
+//! blocking pool.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -46,9 +46,6 @@ pub const MAX_CODE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The most addresses a box may report.
 const MAX_ADDRESSES: usize = 16;
 
-/// The venue every token speaks for until tokens carry one (issue 19's hr2 tokens).
-pub const DEFAULT_VENUE: &str = "default";
-
 /// What an admin token opens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminScope {
@@ -59,10 +56,10 @@ pub struct AdminScope {
 
 /// The scope of the request's admin token.
 fn admin_scope(state: &State, request: &Request<RequestBody>) -> Result<AdminScope, ApiError> {
-    state.auth.admin(bearer(request))?;
+    let admin = state.auth.admin(bearer(request))?;
     Ok(AdminScope {
-        venue: DEFAULT_VENUE.to_owned(),
-        box_pin: None,
+        venue: admin.venue,
+        box_pin: admin.box_pin,
     })
 }
 
@@ -85,7 +82,7 @@ fn candidate_venue(
     exam: &str,
 ) -> Result<String, ApiError> {
     match state.auth.authenticate(bearer(request))? {
-        Caller::Candidate { exam: e, .. } if e == exam => Ok(DEFAULT_VENUE.to_owned()),
+        Caller::Candidate { exam: e, venue, .. } if e == exam => Ok(venue),
         Caller::Candidate { .. } => Err(ApiError::Forbidden("the token is for another exam")),
         _ => Err(ApiError::Forbidden(
             "the relays of an exam are listed to its candidates: send a candidate token",
@@ -95,16 +92,20 @@ fn candidate_venue(
 
 /// The box whose credential the request carries: 401 for an unknown or revoked one.
 fn calling_box(platform: &Platform, request: &Request<RequestBody>) -> Result<String, ApiError> {
-    let token = bearer(request).ok_or(ApiError::Unauthorized("a box credential is required"))?;
+    let token = bearer(request).ok_or(ApiError::Unauthorized(
+        "a box credential is required".into(),
+    ))?;
     match platform.registry.credential_holder(token) {
         Some((_, true)) => Err(ApiError::Unauthorized(
             "this box was revoked at the platform; it must be enrolled again with a new code \
-             if that was a mistake",
+             if that was a mistake"
+                .into(),
         )),
         Some((pin, false)) => Ok(pin),
         None => Err(ApiError::Unauthorized(
             "this is not a box credential the platform knows; enroll the box with a code from \
-             `hallrelay cloud enroll`",
+             `hallrelay cloud enroll`"
+                .into(),
         )),
     }
 }
@@ -123,7 +124,7 @@ pub async fn handle(
         }
         PlatformRoute::Enrollment => {
             only(&request, Method::POST)?;
-            enroll(platform, request).await
+            enroll(state, platform, request).await
         }
         PlatformRoute::Box => {
             only(&request, Method::GET)?;
@@ -132,7 +133,7 @@ pub async fn handle(
                 p.registry.contact(&pin, None, SystemTime::now())
             })
             .await?;
-            Ok(json_response(StatusCode::OK, &view(platform, &record)))
+            Ok(json_response(StatusCode::OK, &view(state, &record)))
         }
         PlatformRoute::BoxAddresses => {
             only(&request, Method::PUT)?;
@@ -143,7 +144,7 @@ pub async fn handle(
                 p.registry.contact(&pin, Some(addresses), SystemTime::now())
             })
             .await?;
-            Ok(json_response(StatusCode::OK, &view(platform, &record)))
+            Ok(json_response(StatusCode::OK, &view(state, &record)))
         }
         PlatformRoute::Boxes => {
             only(&request, Method::GET)?;
@@ -171,7 +172,7 @@ pub async fn handle(
         }
         PlatformRoute::PlatformKeys => {
             only(&request, Method::GET)?;
-            Ok(json_response(StatusCode::OK, &platform.public_keys()))
+            Ok(json_response(StatusCode::OK, &state.auth.trust().platform))
         }
         PlatformRoute::Relays(exam) => {
             only(&request, Method::GET)?;
@@ -255,6 +256,7 @@ async fn issue_code(
 
 /// `POST /v1/enrollment`.
 async fn enroll(
+    state: &State,
     platform: &Arc<Platform>,
     request: Request<RequestBody>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -341,7 +343,7 @@ async fn enroll(
                     credential: issued.credential,
                     venue: record.venue,
                     pin: record.pin,
-                    platform_keys: platform.public_keys(),
+                    platform_keys: public_keys(state),
                     enrolled_at: at(record.enrolled_at),
                 },
             ))
@@ -433,12 +435,17 @@ fn at(unix_secs: u64) -> String {
     rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(unix_secs))
 }
 
-fn view(platform: &Platform, record: &BoxRecord) -> BoxView {
+/// The platform's published token keys, in the `KeySet` JSON form boxes store.
+fn public_keys(state: &State) -> serde_json::Value {
+    serde_json::to_value(state.auth.trust().platform).unwrap_or_default()
+}
+
+fn view(state: &State, record: &BoxRecord) -> BoxView {
     BoxView {
         pin: record.pin.clone(),
         venue: record.venue.clone(),
         name: record.name.clone(),
-        platform_keys: platform.public_keys(),
+        platform_keys: public_keys(state),
         revoked: record.revoked(),
     }
 }

@@ -14,7 +14,7 @@ pub mod api;
 pub mod codes;
 pub mod registry;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::api::ratelimit::ClientLimiter;
 pub use registry::{BoxRecord, Registry, RegistryError};
@@ -23,11 +23,38 @@ pub use registry::{BoxRecord, Registry, RegistryError};
 /// code is hopeless anyway; the limit keeps a scanner from filling the attempt log.
 pub const ENROLLMENT_RATE: (u32, u32) = (1, 10);
 
+/// The registry answers the API's question "which box holds this credential?": a revoked
+/// box holds none.
+impl crate::api::BoxCredentials for Registry {
+    fn resolve(
+        &self,
+        credential: &str,
+    ) -> Result<Option<crate::api::EnrolledBox>, crate::api::ApiError> {
+        if !registry::is_box_credential(credential) {
+            return Ok(None);
+        }
+        match self.credential_holder(credential) {
+            None | Some((_, true)) => return Ok(None),
+            Some((_, false)) => {}
+        }
+        match self.resolve_credential(credential) {
+            Ok(Some(record)) if !record.revoked() => Ok(Some(crate::api::EnrolledBox {
+                pin: record.pin,
+                venue: record.venue,
+                certificate: record.certificate,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) => {
+                tracing::error!(error = %e, "the platform registry failed");
+                Err(crate::api::ApiError::Internal)
+            }
+        }
+    }
+}
+
 /// What the cloud needs to play the platform.
 pub struct Platform {
     pub registry: Registry,
-    /// Where the platform's published keys are (`platform-keys.json`).
-    data_dir: PathBuf,
     pub(crate) enrollment_limiter: ClientLimiter,
 }
 
@@ -36,16 +63,7 @@ impl Platform {
     pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
         Ok(Self {
             registry: Registry::open(data_dir)?,
-            data_dir: data_dir.to_owned(),
             enrollment_limiter: ClientLimiter::new(ENROLLMENT_RATE.0, ENROLLMENT_RATE.1),
         })
-    }
-
-    /// The platform's public token keys, in the `KeySet` JSON form boxes store.
-    pub fn public_keys(&self) -> serde_json::Value {
-        std::fs::read(self.data_dir.join("platform-keys.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_else(|| serde_json::json!({ "keys": [] }))
     }
 }

@@ -625,10 +625,14 @@ const RETRY_AFTER_DEFAULT: Duration = Duration::from_secs(5);
 /// The longest pause replay takes for a `Retry-After`, however long the cloud asks for.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 
-/// PUTs one autosave to the cloud with its digest and the box's receipt.
+/// PUTs one autosave to the cloud with its digest, the box's receipt and the candidate's token
+/// (the candidate's authority for the save, without which the cloud refuses an enrolled box).
 async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pending) -> Outcome {
     let receipt = &item.record.receipt;
     let mut put = AutosavePut::new(&item.name, receipt.is_final).receipt(receipt);
+    if let Some(token) = &item.record.candidate_token {
+        put = put.candidate_token(token);
+    }
     // The store checked the record; a blake3 that is not hex leaves the digest out, and the
     // cloud then refuses the receipt that does not match the bytes.
     if let Ok(blake3) = blake3::Hash::from_hex(&receipt.blake3) {

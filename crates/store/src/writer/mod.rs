@@ -53,6 +53,10 @@ pub struct PutRequest {
     pub is_final: bool,
     /// On the cloud: the receipt of the box that forwarded it, kept as evidence of hall time.
     pub upstream_receipt: Option<Receipt>,
+    /// On the cloud: why `upstream_receipt` is not accepted as evidence.
+    pub upstream_rejected: Option<String>,
+    /// On the box: the candidate's token, kept to forward on replay.
+    pub candidate_token: Option<String>,
 }
 
 impl PutRequest {
@@ -66,6 +70,8 @@ impl PutRequest {
             payload,
             is_final,
             upstream_receipt: None,
+            upstream_rejected: None,
+            candidate_token: None,
         }
     }
 }

@@ -202,6 +202,8 @@ mod tests {
                 arrival: seq,
                 delivered_at: None,
                 upstream_receipt: None,
+                upstream_rejected: None,
+                candidate_token: None,
                 cloud_conflict_at: None,
                 parked: None,
             })
