@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
+use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::token::DEFAULT_VENUE;
 use hallrelay_server::api::{DEFAULT_CLIENT_RATE, DEFAULT_MAX_CONNECTIONS_PER_CLIENT};
 use hallrelay_server::capacity::Plan;
@@ -25,8 +26,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the appliance: the HTTPS autosave API backed by a durable redb store.
     Serve(ServeArgs),
-    /// Mint a candidate or admin token with the box's venue key (prints only the token, or
-    /// writes it with mode 0600 to --out FILE). Never creates a key: only serve and cloud do.
+    /// Mint a candidate or admin token with the platform's key (--platform-key-file: good on
+    /// every box of the venue and at the cloud) or a box's local key (good on that box alone);
+    /// prints only the token, or writes it with mode 0600 to --out FILE. Never creates a key:
+    /// only serve and cloud do.
     Token(TokenArgs),
     /// Run the reference cloud ingest: the same API, its own store (for tests, demos and
     /// platform integrators); it also plays the platform that enrolls boxes. With a
@@ -70,14 +73,15 @@ pub enum Command {
     /// changes nothing.
     Import(ImportArgs),
     /// A simulated hall against a running box: "can this box take my hall?". Each candidate
-    /// has its own token (minted with the venue key) and its own TLS connection, and trusts
+    /// has its own token (minted with the box's local key, good on that box alone: no
+    /// platform key is needed) and its own TLS connection, and trusts
     /// the box by its pin. Steady mode (the default): every candidate saves once per
     /// --interval. Burst mode (--burst K): every candidate sends K saves at once, as when a
     /// whole hall fails over together. Prints saves per second, ack latency (p50, p90, p99,
     /// max), errors by status and a verdict; progress goes to stderr once a second. Exits 0
     /// when the box held (no errors, p99 within --p99-target), 1 when it did not, could not
     /// be reached or is not the pinned one, 77 when it refused the load test's tokens
-    /// (checked with one request before the run: the venue key is not the box's), 64 on bad
+    /// (checked with one request before the run: the key is not the box's own), 64 on bad
     /// arguments. Run it against a box that is not in use: every
     /// save is stored. Every simulated candidate shares this computer's address, so for the
     /// test set the box's client_rate_limit and client_body_budget_bytes to 0 and
@@ -121,8 +125,8 @@ pub struct LoadtestArgs {
     /// The box's pin: the only way the box is trusted.
     #[arg(long, value_name = "PIN", value_parser = pin)]
     pub pin: String,
-    /// The venue key file that the box verifies tokens with (on the box:
-    /// <data-dir>/venue.key); each simulated candidate's token is minted with it.
+    /// The box's local key file (on the box: <data-dir>/venue.key); each simulated
+    /// candidate's token is minted with it and names the box's --pin.
     #[arg(long, value_name = "F")]
     pub venue_key_file: PathBuf,
     /// Simulated candidates, one connection each.
@@ -469,7 +473,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[arg(long, value_name = "DIR", help = format!(
-        "Where the store, identity and venue key live [default: ./{DEFAULT_DATA_DIR}]"
+        "Where the store, identity and local token key live [default: ./{DEFAULT_DATA_DIR}]"
     ))]
     pub data_dir: Option<PathBuf>,
     #[arg(long, value_name = "ADDR", help = format!(
@@ -501,6 +505,11 @@ pub struct ServeArgs {
     /// its credential in <data-dir>/enrollment.json; afterwards the code is ignored.
     #[arg(long, value_name = "FILE")]
     pub enrollment_code_file: Option<PathBuf>,
+    /// The HTTP proxy every connection to the cloud goes through, http://HOST:PORT (https
+    /// clouds through a CONNECT tunnel). A proxy that wants a user and password takes them in
+    /// the configuration file's cloud_proxy, never in a flag [default: none: direct].
+    #[arg(long, value_name = "URL")]
+    pub cloud_proxy: Option<String>,
     /// Do not advertise the box over mDNS.
     #[arg(long)]
     pub no_mdns: bool,
@@ -542,6 +551,7 @@ impl ServeArgs {
             cloud: self.cloud.clone(),
             cloud_token_file: self.cloud_token_file.clone(),
             enrollment_code_file: self.enrollment_code_file.clone(),
+            cloud_proxy: self.cloud_proxy.clone().map(Secret::new),
             no_mdns: self.no_mdns,
             mdns_interfaces: self.mdns_interfaces.clone(),
             client_rate_limit: self.client_rate_limit,

@@ -1,10 +1,11 @@
 //! `hallrelay loadtest`: "can this box take my hall?". It turns the command line into a
 //! [`LoadPlan`] (resolving the box's URL, minting one token per simulated candidate with the
-//! venue key), runs it with [`crate::loadgen`], and judges the result: the box *held* only if
+//! box's local key, good on that box alone: a load test never needs the platform's private
+//! key), runs it with [`crate::loadgen`], and judges the result: the box *held* only if
 //! no save failed, every candidate connected, and the 99th-percentile ack latency is within
 //! the target. The verdict is one plain sentence with the numbers, so that a venue can read it
 //! and a script can rely on the exit code. Before the run, one request with the first token
-//! checks that the box is the pinned one and takes the tokens: refusals are a wrong venue key
+//! checks that the box is the pinned one and takes the tokens: refusals are a wrong local key
 //! or pin, not a capacity verdict, and are said as such.
 //!
 //! The default targets: in steady mode 250 ms (a save acknowledged within a quarter of a
@@ -40,7 +41,7 @@ pub enum LoadtestError {
         host: String,
         source: std::io::Error,
     },
-    /// The venue key cannot be read; the error names the file.
+    /// The box's local key cannot be read; the error names the file.
     #[error(transparent)]
     TokenKey(KeyFileError),
     /// The box's key is not the pinned one: nothing was sent to it.
@@ -72,7 +73,7 @@ fn refusal_advice(status: u16, message: &str) -> &'static str {
         "the box's clock is ahead of this computer's by more than the tokens' lifetime: check \
          both clocks"
     } else {
-        "pass the venue key the box uses (--venue-key-file: venue.key in the box's data \
+        "pass the box's own local key (--venue-key-file: venue.key in the box's data \
          directory, or the file its venue_key_file setting names)"
     }
 }
@@ -439,7 +440,7 @@ fn judge(plan: &LoadPlan, report: &LoadReport, target: Duration) -> (bool, Strin
     if refused > 0 {
         problems.push(format!(
             "{refused} saves were refused their token (401/403), which is not a capacity \
-             limit: check the box's log, its venue key and both clocks, then run again"
+             limit: check the box's log, its local key and both clocks, then run again"
         ));
     }
     let errors = errors_text(report);

@@ -50,17 +50,12 @@ async fn sigkill_during_ingest_and_replay_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let box_dir = dir.path().join("box");
     std::fs::create_dir(&box_dir).unwrap();
-    // The venue key the box finds in its data dir, shared with the cloud.
-    let venue_key = box_dir.join("venue.key");
-    hallrelay_protocol::keys::TokenKey::load_or_create(&venue_key).unwrap();
     write_secret(&dir.path().join("cloud.token"), CREDENTIAL);
     write_secret(&dir.path().join("appliances"), CREDENTIAL);
     let port = free_port();
     let cloud_args = [
         "--listen".to_string(),
         format!("127.0.0.1:{port}"),
-        "--venue-key-file".into(),
-        venue_key.display().to_string(),
         "--appliance-token-file".into(),
         dir.path().join("appliances").display().to_string(),
     ];
@@ -152,7 +147,7 @@ async fn sigkill_during_ingest_and_replay_loses_and_doubles_nothing() {
     let cloud_client = Connection::with_roots(
         &format!("http://{}", cloud.addr),
         None,
-        Some(Secret::new(admin)),
+        Some(Secret::new(cloud.platform().admin_token(DEFAULT_VENUE))),
     )
     .unwrap();
     let in_cloud = holdings(&cloud_client, writers).await;

@@ -411,13 +411,8 @@ impl Autosaver {
         }
         crate::connection::check_cloud_url(&options.cloud)?;
         let token = Some(options.token.clone());
-        let cloud = match &options.cloud_trust {
-            CloudTrust::Roots { ca_file } => {
-                Connection::with_roots(&options.cloud, ca_file.as_deref(), token)?
-            }
-            CloudTrust::Pins(pins) => Connection::pinned(&options.cloud, pins.clone(), token)?,
-        }
-        .with_timeout(SAVE_TIMEOUT);
+        let cloud = Connection::to_cloud(&options.cloud, &options.cloud_trust, None, token)?
+            .with_timeout(SAVE_TIMEOUT);
         let journal = Journal::open(&options.journal, &options.exam, &options.candidate)?;
         Ok(Self {
             options,

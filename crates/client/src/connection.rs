@@ -1,4 +1,5 @@
-//! A keep-alive HTTPS client for one base URL, authenticated with an optional bearer token.
+//! A keep-alive HTTPS client for one base URL, authenticated with an optional bearer token,
+//! directly or through an HTTP proxy ([`crate::proxy`]).
 
 use std::time::Duration;
 
@@ -11,6 +12,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use hallrelay_protocol::keys::Secret;
+
+use crate::CloudTrust;
+use crate::proxy::{Proxy, ProxyConnector};
 
 /// Why a request did not get an answer.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +82,10 @@ impl Reply {
 pub struct Connection {
     base: String,
     token: Option<Secret>,
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: Client<HttpsConnector<ProxyConnector>, Full<Bytes>>,
+    /// The proxy's `Proxy-Authorization`, sent with each request when `base` is plain http
+    /// (an https cloud gets it once, in the tunnel's `CONNECT`).
+    proxy_authorization: Option<Secret>,
     timeout: Duration,
 }
 
@@ -89,7 +96,12 @@ impl Connection {
         pins: Vec<String>,
         token: Option<Secret>,
     ) -> Result<Self, ClientError> {
-        Self::build(base, crate::tls::pinned_client_config(base, pins)?, token)
+        Self::build(
+            base,
+            crate::tls::pinned_client_config(base, pins)?,
+            token,
+            None,
+        )
     }
 
     /// A client that trusts the server at `base` through the system's CA roots plus, if
@@ -102,18 +114,47 @@ impl Connection {
         token: Option<Secret>,
     ) -> Result<Self, ClientError> {
         check_cloud_url(base).map_err(|e| ClientError::Url(e.to_string()))?;
-        Self::build(base, crate::tls::roots_client_config(ca_file)?, token)
+        Self::build(base, crate::tls::roots_client_config(ca_file)?, token, None)
+    }
+
+    /// A client for a cloud at `base` (which must pass [`check_cloud_url`]), trusted as
+    /// `trust` says, through `proxy` when one is given: the one way to build a connection to
+    /// the cloud that honours a campus proxy. TLS to the cloud runs inside the proxy's tunnel,
+    /// so pins and CA checks are those of a direct connection. A plain-http cloud (loopback
+    /// only) goes only through a proxy on loopback too, so neither its credential nor the
+    /// proxy's crosses a network in the clear.
+    pub fn to_cloud(
+        base: &str,
+        trust: &CloudTrust,
+        proxy: Option<&Proxy>,
+        token: Option<Secret>,
+    ) -> Result<Self, ClientError> {
+        check_cloud_url(base).map_err(|e| ClientError::Url(e.to_string()))?;
+        if let Some(proxy) = proxy {
+            check_proxy_for(base, proxy).map_err(|e| ClientError::Url(e.to_string()))?;
+        }
+        let tls = match trust {
+            CloudTrust::Roots { ca_file } => crate::tls::roots_client_config(ca_file.as_deref())?,
+            CloudTrust::Pins(pins) => crate::tls::pinned_client_config(base, pins.clone())?,
+        };
+        Self::build(base, tls, token, proxy.cloned())
     }
 
     fn build(
         base: &str,
         tls: rustls::ClientConfig,
         token: Option<Secret>,
+        proxy: Option<Proxy>,
     ) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_owned();
         if !base.starts_with("https://") && !base.starts_with("http://") {
             return Err(ClientError::Url(base));
         }
+        let proxy_authorization = if base.starts_with("http://") {
+            proxy.as_ref().and_then(|p| p.authorization().cloned())
+        } else {
+            None
+        };
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
@@ -123,7 +164,7 @@ impl Connection {
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(tcp);
+            .wrap_connector(ProxyConnector::new(tcp, proxy));
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -131,6 +172,7 @@ impl Connection {
             base,
             token,
             http,
+            proxy_authorization,
             timeout: Duration::from_secs(30),
         })
     }
@@ -190,6 +232,14 @@ impl Connection {
                 .map_err(|_| ClientError::Url("the token is not a valid header value".into()))?;
             request.headers_mut().insert(header::AUTHORIZATION, value);
         }
+        if let Some(authorization) = &self.proxy_authorization {
+            let value = authorization.expose().parse().map_err(|_| {
+                ClientError::Url("the proxy's credential is not a valid header value".into())
+            })?;
+            request
+                .headers_mut()
+                .insert(header::PROXY_AUTHORIZATION, value);
+        }
         let exchange = async {
             let response =
                 self.http.request(request).await.map_err(
@@ -210,6 +260,19 @@ impl Connection {
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))?
     }
+}
+
+/// Whether `proxy` may carry requests to the cloud at `base`: a plain-http cloud only
+/// through a proxy on loopback, since the request (and its credentials) travel to the proxy
+/// in the clear.
+pub fn check_proxy_for(base: &str, proxy: &Proxy) -> Result<(), BadCloudUrl> {
+    if base.starts_with("http://") && !proxy.is_loopback() {
+        return Err(BadCloudUrl(format!(
+            "the cloud {base:?} is plain http, so its requests would reach the proxy at \
+             {proxy} in the clear; use an https cloud, or a proxy on loopback"
+        )));
+    }
+    Ok(())
 }
 
 /// A cloud URL that is not one, or that would send a credential or answers across a network

@@ -5,7 +5,8 @@
 //! [`Journal`], failover to a box found over mDNS and trusted only by its pin, and a return
 //! to the cloud when it answers again, re-sending what it lacks. [`Connection`] is the one
 //! HTTP client underneath (and the one the CLI tools, tests and benchmarks use): HTTP/1.1 or
-//! HTTP/2 by ALPN, keep-alive, and a server trusted by pin or by CA roots.
+//! HTTP/2 by ALPN, keep-alive, a server trusted by pin or by CA roots, and, to the cloud, an HTTP proxy if the
+//! network requires one ([`Proxy`]).
 //!
 //! # Example
 //!
@@ -17,11 +18,15 @@ mod autosaver;
 mod connection;
 pub mod discovery;
 mod journal;
+pub mod proxy;
 pub mod tls;
 
 pub use autosaver::{
     Autosaver, AutosaverError, CloudTrust, Discovery, Event, Landed, Options, SaveError, Saved,
     Summary,
 };
-pub use connection::{BadCloudUrl, ClientError, Connection, Reply, check_cloud_url};
+pub use connection::{
+    BadCloudUrl, ClientError, Connection, Reply, check_cloud_url, check_proxy_for,
+};
 pub use journal::{Entry, Held, Journal, JournalError};
+pub use proxy::{BadProxyUrl, Proxy, ProxyError};

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::api::Limits;
 use crate::logging::LogFormat;
 use crate::replay::ReplayConfig;
-use hallrelay_client::check_cloud_url;
+use hallrelay_client::{Proxy, check_cloud_url, check_proxy_for};
 use hallrelay_protocol::ids::is_valid_id;
 use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::token::{DEFAULT_VENUE, KeySet};
@@ -187,6 +187,12 @@ pub struct FileConfig {
     /// Trust the cloud by this public-key pin (`sha256//…`) instead of CAs: for a
     /// self-hosted reference cloud.
     pub cloud_pin: Option<String>,
+    /// The HTTP proxy the box's connections to the cloud go through,
+    /// `http://[USER:PASSWORD@]HOST:PORT` (default: none, direct). Read as a [`Secret`] (it
+    /// may hold the proxy's password) and parsed in [`ServeConfig::from_overrides`], so that
+    /// no error message repeats it.
+    #[serde(default, with = "opt_secret")]
+    pub cloud_proxy: Option<Secret>,
     /// Replay PUTs in flight at once (default [`DEFAULT_REPLAY_CONCURRENCY`]).
     pub replay_concurrency: Option<usize>,
     /// Replay bandwidth cap in bytes per second (default: none).
@@ -320,6 +326,9 @@ pub struct Overrides {
     pub cloud_token_file: Option<PathBuf>,
     /// A file holding the enrollment code (`serve --enrollment-code-file`).
     pub enrollment_code_file: Option<PathBuf>,
+    /// `serve --cloud-proxy`: over `cloud_proxy` in the file. Refused if it carries a
+    /// password, which every user of the machine would see in `ps`.
+    pub cloud_proxy: Option<Secret>,
     pub no_mdns: bool,
     pub mdns_interfaces: Vec<String>,
     pub client_rate_limit: Option<u32>,
@@ -406,6 +415,7 @@ impl ServeConfig {
             token_file: args.cloud_token_file.clone().or(file.cloud_token_file),
             ca_file: file.cloud_ca_file,
             pin: file.cloud_pin,
+            proxy: cloud_proxy(args.cloud_proxy.as_ref(), file.cloud_proxy.as_ref())?,
             concurrency: file.replay_concurrency,
             rate_limit: file.replay_rate_limit,
             retention: file.retention,
@@ -662,6 +672,7 @@ struct ReplaySettings {
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
     pin: Option<String>,
+    proxy: Option<Proxy>,
     concurrency: Option<usize>,
     rate_limit: Option<u64>,
     retention: Option<Duration>,
@@ -676,16 +687,22 @@ fn replay_config(settings: ReplaySettings) -> Result<Option<ReplayConfig>, Confi
         token_file,
         ca_file,
         pin,
+        proxy,
         concurrency,
         rate_limit,
         retention,
     } = settings;
     let Some(cloud) = cloud else {
-        if token_file.is_some() {
-            return Err(ConfigError::Invalid {
-                key: "cloud_token_file",
-                problem: "is set but `cloud` is not".into(),
-            });
+        for (key, set) in [
+            ("cloud_token_file", token_file.is_some()),
+            ("cloud_proxy", proxy.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: "is set but `cloud` is not".into(),
+                });
+            }
         }
         return Ok(None);
     };
@@ -693,6 +710,12 @@ fn replay_config(settings: ReplaySettings) -> Result<Option<ReplayConfig>, Confi
         key: "cloud",
         problem: e.to_string(),
     })?;
+    if let Some(proxy) = &proxy {
+        check_proxy_for(&cloud, proxy).map_err(|e| ConfigError::Invalid {
+            key: "cloud_proxy",
+            problem: e.to_string(),
+        })?;
+    }
     let credential = match token_file {
         Some(token_file) => {
             Some(
@@ -736,6 +759,7 @@ fn replay_config(settings: ReplaySettings) -> Result<Option<ReplayConfig>, Confi
         credential,
         ca_file,
         pin,
+        proxy,
         concurrency,
         rate_limit,
         retention: retention.unwrap_or(DEFAULT_RETENTION),
@@ -743,6 +767,41 @@ fn replay_config(settings: ReplaySettings) -> Result<Option<ReplayConfig>, Confi
         probe_timeout: REPLAY_PROBE_TIMEOUT,
         backoff_max: REPLAY_BACKOFF_MAX,
     }))
+}
+
+/// The proxy the flag or else the file gives, parsed. A password in the flag is refused.
+fn cloud_proxy(flag: Option<&Secret>, file: Option<&Secret>) -> Result<Option<Proxy>, ConfigError> {
+    let invalid = |problem: String| ConfigError::Invalid {
+        key: "cloud_proxy",
+        problem,
+    };
+    let Some(url) = flag.or(file) else {
+        return Ok(None);
+    };
+    let proxy: Proxy = url
+        .expose()
+        .parse()
+        .map_err(|e: hallrelay_client::BadProxyUrl| invalid(e.to_string()))?;
+    if flag.is_some() && proxy.has_credential() {
+        return Err(invalid(
+            "given with --cloud-proxy carries a password, which every user of the machine sees \
+             in `ps`; put cloud_proxy = \"http://USER:PASSWORD@HOST:PORT\" in the configuration \
+             file instead"
+                .into(),
+        ));
+    }
+    Ok(Some(proxy))
+}
+
+/// A setting that may hold a password, read into a [`Secret`] so that `Debug` masks it.
+mod opt_secret {
+    use serde::{Deserialize, Deserializer};
+
+    use hallrelay_protocol::keys::Secret;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+        String::deserialize(d).map(|text| Some(Secret::new(text)))
+    }
 }
 
 /// Durations in the file are written as humans write them: "10s", "2min", "1h 30m".
@@ -887,14 +946,16 @@ mod tests {
 
     /// The settings whose shown value is an example, not a default: they have none, or one
     /// that depends on the machine (the body budget) or on the box (its name).
-    const NO_FIXED_DEFAULT: [&str; 13] = [
+    const NO_FIXED_DEFAULT: [&str; 15] = [
         "name",
+        "platform_keys_file",
         "mdns_interfaces",
         "cloud",
         "enrollment_code",
         "cloud_token_file",
         "cloud_ca_file",
         "cloud_pin",
+        "cloud_proxy",
         "replay_rate_limit",
         "cors_origins",
         "body_budget_bytes",

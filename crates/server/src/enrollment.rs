@@ -360,9 +360,7 @@ impl Agent {
     }
 
     async fn attempt(&self, code: &Secret) -> Result<Saved, Failure> {
-        let connection = self
-            .replay
-            .connection(None)
+        let connection = crate::replay::cloud_connection(&self.replay, None)
             .map_err(|e| Failure::Unreachable(e.to_string()))?;
         let request = EnrollRequest {
             code: code.expose().to_owned(),
@@ -456,10 +454,11 @@ impl Agent {
     }
 
     async fn refresh(&self, saved: &mut Saved) -> Result<(), String> {
-        let connection = self
-            .replay
-            .connection(Some(Secret::new(saved.credential.clone())))
-            .map_err(|e| e.to_string())?;
+        let connection = crate::replay::cloud_connection(
+            &self.replay,
+            Some(Secret::new(saved.credential.clone())),
+        )
+        .map_err(|e| e.to_string())?;
         let body = Addresses {
             addresses: self.addresses(),
         };

@@ -198,10 +198,10 @@ pub struct Record {
     /// On the cloud: the receipt of the box that forwarded it (evidence of hall time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_receipt: Option<Receipt>,
-    /// On the cloud: why the forwarded receipt was not accepted as evidence (its signature is
-    /// not the forwarding box's, say). The autosave itself is kept.
+    /// On the cloud: what the forwarded receipt is worth as evidence (checked against the
+    /// forwarding box's certificate, or not checkable). A rejected one never costs the save.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_rejected: Option<String>,
+    pub upstream_verdict: Option<ReceiptVerdict>,
     /// On the box: the token the candidate saved with, forwarded on replay as the candidate's
     /// authority for the save.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,6 +252,19 @@ impl Pending {
     }
 }
 
+/// What the cloud made of a receipt a box forwarded.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ReceiptVerdict {
+    /// Signed by the enrolled box that forwarded it, and describing these bytes.
+    Verified,
+    /// Forwarded under a credential the platform issued its own way, with no certificate to
+    /// check it against: kept as sent.
+    Unchecked,
+    /// Not evidence, and why (not the box's signature, not these bytes, not readable).
+    Rejected { reason: String },
+}
+
 /// One row of a candidate's list, as `GET …/autosaves` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ListEntry {
@@ -266,6 +279,9 @@ pub struct ListEntry {
     /// (strictly increasing, unlike `received_at`, which is in milliseconds and may tie).
     #[serde(default)]
     pub arrival: u64,
+    /// On the cloud: what the forwarding box's receipt is worth; absent when none came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hall_receipt: Option<ReceiptVerdict>,
 }
 
 /// Counters and ages for `/v1/status`.

@@ -26,7 +26,7 @@ use hallrelay_protocol::receipt::Receipt;
 use hallrelay_protocol::signing::VerifyingKey;
 use hallrelay_protocol::token::Kind;
 use hallrelay_protocol::v1::{PathError, autosave_path, headers};
-use hallrelay_store::{ListEntry, PutOutcome, PutRequest, Record};
+use hallrelay_store::{ListEntry, PutOutcome, PutRequest, ReceiptVerdict, Record};
 
 /// The entry point hyper calls for every request.
 pub async fn handle(
@@ -317,7 +317,7 @@ async fn put(
     // Only a forwarding box's evidence is kept; a candidate cannot supply its own. A box keeps
     // the candidate's token to forward it.
     let is_enrolled = matches!(caller, Caller::Appliance(Appliance::Enrolled(_)));
-    let (upstream, mut upstream_rejected, candidate_token) = match caller {
+    let (upstream, mut rejected, candidate_token) = match caller {
         Caller::Appliance(Appliance::Listed) => {
             (upstream_receipt(&request, &name, is_final)?, None, None)
         }
@@ -371,22 +371,28 @@ async fn put(
     {
         // An enrolled box's receipt that does not describe these bytes is not evidence, but
         // never costs the save; a listed credential's is refused as before.
-        if upstream_rejected.is_none() && !is_enrolled {
+        if !is_enrolled {
             return Err(ApiError::BadRequest(e.to_string()));
         }
-        upstream_rejected.get_or_insert_with(|| e.to_string());
+        rejected.get_or_insert_with(|| e.to_string());
     }
-    if let Some(why) = &upstream_rejected {
-        tracing::warn!(exam = %name.exam, candidate = %name.candidate, seq = name.seq,
-            reason = %why, "a forwarded receipt was rejected; the autosave is kept");
-    }
+    let upstream_verdict = match (&upstream, rejected) {
+        (_, Some(reason)) => {
+            tracing::warn!(exam = %name.exam, candidate = %name.candidate, seq = name.seq,
+                %reason, "a forwarded receipt was rejected; the autosave is kept");
+            Some(ReceiptVerdict::Rejected { reason })
+        }
+        (Some(_), None) if is_enrolled => Some(ReceiptVerdict::Verified),
+        (Some(_), None) => Some(ReceiptVerdict::Unchecked),
+        (None, None) => None,
+    };
     let request = PutRequest {
         name: name.clone(),
         payload: body,
         blake3,
         is_final,
         upstream_receipt: upstream,
-        upstream_rejected,
+        upstream_verdict,
         candidate_token,
     };
     match state.store.put(request).await? {
@@ -478,6 +484,7 @@ async fn list(
             is_final: record.receipt.is_final,
             delivered: record.delivered_at.is_some(),
             arrival: record.arrival,
+            hall_receipt: record.upstream_verdict,
         })
         .collect();
     Ok(json_response(StatusCode::OK, &rows))

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 pub use bucket::TokenBucket;
 pub use uplink::{ReplayFailure, Uplink, UplinkState, UplinkStatus};
 
-use hallrelay_client::{ClientError, Connection, Reply};
+use hallrelay_client::{ClientError, CloudTrust, Connection, Proxy, Reply};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::v1::{Answer, AutosavePut, HEALTH};
@@ -62,6 +62,8 @@ pub struct ReplayConfig {
     pub ca_file: Option<PathBuf>,
     /// Trust the cloud by this pin instead of CAs.
     pub pin: Option<String>,
+    /// The HTTP proxy every connection to the cloud goes through (`cloud_proxy`).
+    pub proxy: Option<Proxy>,
     /// PUTs in flight at once.
     pub concurrency: usize,
     /// Bandwidth cap for payloads, bytes per second.
@@ -74,17 +76,6 @@ pub struct ReplayConfig {
     pub probe_timeout: Duration,
     /// The longest wait between probes of a down uplink (30 s; the demo uses less).
     pub backoff_max: Duration,
-}
-
-impl ReplayConfig {
-    /// A connection to the cloud as the box makes it (by pin or CA roots), with `credential`:
-    /// replay's and enrollment's.
-    pub fn connection(&self, credential: Option<Secret>) -> Result<Connection, ClientError> {
-        match &self.pin {
-            Some(pin) => Connection::pinned(&self.cloud, vec![pin.clone()], credential),
-            None => Connection::with_roots(&self.cloud, self.ca_file.as_deref(), credential),
-        }
-    }
 }
 
 /// The shortest backoff while the uplink is down or failing; the longest is configured.
@@ -134,6 +125,23 @@ impl Backoff {
     }
 }
 
+/// The box's connection to its cloud, as `config` says: its URL, its trust (pin or CAs), the
+/// campus proxy if any, and the box's credential. Everything the box sends to its cloud
+/// (replay, enrollment, refreshes) goes through a connection built here, so that each honours
+/// the proxy and the trust alike.
+pub fn cloud_connection(
+    config: &ReplayConfig,
+    credential: Option<Secret>,
+) -> Result<Connection, ClientError> {
+    let trust = match &config.pin {
+        Some(pin) => CloudTrust::Pins(vec![pin.clone()]),
+        None => CloudTrust::Roots {
+            ca_file: config.ca_file.clone(),
+        },
+    };
+    Connection::to_cloud(&config.cloud, &trust, config.proxy.as_ref(), credential)
+}
+
 /// Runs replay and retention until `shutdown`.
 pub async fn run(
     store: Store,
@@ -141,7 +149,7 @@ pub async fn run(
     uplink: Arc<Uplink>,
     shutdown: CancellationToken,
 ) {
-    let client = match config.connection(config.credential.clone()) {
+    let client = match cloud_connection(&config, config.credential.clone()) {
         Ok(c) => c.with_timeout(config.request_timeout),
         Err(e) => {
             uplink.set(UplinkState::Down, Some(e.to_string()));

@@ -53,8 +53,8 @@ pub struct PutRequest {
     pub is_final: bool,
     /// On the cloud: the receipt of the box that forwarded it, kept as evidence of hall time.
     pub upstream_receipt: Option<Receipt>,
-    /// On the cloud: why `upstream_receipt` is not accepted as evidence.
-    pub upstream_rejected: Option<String>,
+    /// On the cloud: what `upstream_receipt` is worth as evidence.
+    pub upstream_verdict: Option<crate::ReceiptVerdict>,
     /// On the box: the candidate's token, kept to forward on replay.
     pub candidate_token: Option<String>,
 }
@@ -70,7 +70,7 @@ impl PutRequest {
             payload,
             is_final,
             upstream_receipt: None,
-            upstream_rejected: None,
+            upstream_verdict: None,
             candidate_token: None,
         }
     }

@@ -82,7 +82,7 @@ impl Context {
             // Without an outbox (the cloud) an autosave is at the end of the line on arrival.
             delivered_at: (!self.outbox).then(|| now.rfc3339.to_owned()),
             upstream_receipt: request.upstream_receipt.clone(),
-            upstream_rejected: request.upstream_rejected.clone(),
+            upstream_verdict: request.upstream_verdict.clone(),
             candidate_token: request.candidate_token.clone(),
             cloud_conflict_at: None,
             parked: None,

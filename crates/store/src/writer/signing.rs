@@ -202,7 +202,7 @@ mod tests {
                 arrival: seq,
                 delivered_at: None,
                 upstream_receipt: None,
-                upstream_rejected: None,
+                upstream_verdict: None,
                 candidate_token: None,
                 cloud_conflict_at: None,
                 parked: None,
