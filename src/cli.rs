@@ -32,7 +32,9 @@ pub enum Command {
     /// only serve and cloud do.
     Token(TokenArgs),
     /// Run the reference cloud ingest: the same API, its own store (for tests, demos and
-    /// platform integrators).
+    /// platform integrators); it also plays the platform that enrolls boxes. With a
+    /// subcommand, manage a running cloud's boxes: `enroll` (a one-time enrollment code),
+    /// `boxes`, `revoke`, `confirm`.
     Cloud(CloudArgs),
     /// Run a simulated candidate on the client library: cloud first, a pinned box when the
     /// cloud is gone. At the start it asks the cloud for the exam's relay list (the venue's
@@ -362,7 +364,11 @@ pub struct DemoArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct CloudArgs {
+    /// Without a subcommand, `cloud` runs the reference cloud.
+    #[command(subcommand)]
+    pub action: Option<CloudAction>,
     /// Where the cloud's store and identity live.
     #[arg(long, value_name = "DIR", default_value = "hallrelay-cloud")]
     pub data_dir: PathBuf,
@@ -389,6 +395,69 @@ pub struct CloudArgs {
     /// The shape of the log lines on stderr: `text`, or `json` (one object a line).
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// What the platform's operator asks of a running cloud.
+#[derive(Debug, Subcommand)]
+pub enum CloudAction {
+    /// Ask the cloud for a one-time enrollment code for a venue: printed in five groups of
+    /// four (to read over the phone) and as a QR code. Put it in the box's hallrelay.toml as
+    /// enrollment_code (or pass serve --enrollment-code-file); the box enrolls on first
+    /// contact with the cloud. The code works once, for one box, until it expires.
+    Enroll(EnrollArgs),
+    /// List the venue's enrolled boxes: name, pin, addresses, when enrolled and last seen,
+    /// confirmed or waiting, revoked.
+    Boxes(PlatformAccess),
+    /// Revoke a box (a stolen or retired one): its credential stops working at once and it
+    /// leaves every exam's relay list.
+    Revoke(PinArgs),
+    /// Confirm a new box's pin (for venues whose codes require confirmation): only then is
+    /// it listed to candidates.
+    Confirm(PinArgs),
+}
+
+/// How the operator's commands reach the cloud.
+#[derive(Debug, Args)]
+pub struct PlatformAccess {
+    /// The cloud's base URL (https://, or http:// to loopback).
+    #[arg(long, value_name = "URL")]
+    pub cloud: String,
+    /// File holding a platform admin token for the venue (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// Trust a self-hosted cloud by this pin instead of CA roots.
+    #[arg(long, value_name = "PIN", value_parser = pin, conflicts_with = "cloud_ca_file")]
+    pub cloud_pin: Option<String>,
+    /// Extra CA certificates (PEM) to trust for the cloud.
+    #[arg(long, value_name = "FILE")]
+    pub cloud_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    #[command(flatten)]
+    pub access: PlatformAccess,
+    /// The venue the box will belong to.
+    #[arg(long, value_name = "VENUE", default_value = "default")]
+    pub venue: String,
+    /// How long the code stays valid (at most 30 days).
+    #[arg(long, value_name = "DUR", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// The box is listed to candidates only once IT confirms its pin (`cloud confirm`).
+    #[arg(long)]
+    pub require_confirmation: bool,
+    /// Do not print the QR code.
+    #[arg(long)]
+    pub no_qr: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    #[command(flatten)]
+    pub access: PlatformAccess,
+    /// The box's pin (sha256//…, from `cloud boxes` or the box's console).
+    #[arg(long, value_name = "PIN", value_parser = pin)]
+    pub pin: String,
 }
 
 fn pin(text: &str) -> Result<String, String> {
@@ -431,9 +500,15 @@ pub struct ServeArgs {
     /// [default: none: the box only queues].
     #[arg(long, value_name = "URL")]
     pub cloud: Option<String>,
-    /// File holding the box's bearer credential at the cloud.
+    /// File holding the box's bearer credential at the cloud, for platforms that issue
+    /// credentials their own way (boxes that enroll need none).
     #[arg(long, value_name = "FILE")]
     pub cloud_token_file: Option<PathBuf>,
+    /// File holding a one-time enrollment code (from `hallrelay cloud enroll`), instead of
+    /// enrollment_code in the config: the box enrolls with --cloud on first contact and keeps
+    /// its credential in <data-dir>/enrollment.json; afterwards the code is ignored.
+    #[arg(long, value_name = "FILE")]
+    pub enrollment_code_file: Option<PathBuf>,
     /// The HTTP proxy every connection to the cloud goes through, http://HOST:PORT (https
     /// clouds through a CONNECT tunnel). A proxy that wants a user and password takes them in
     /// the configuration file's cloud_proxy, never in a flag [default: none: direct].
@@ -479,6 +554,7 @@ impl ServeArgs {
             platform_keys_file: self.platform_keys_file.clone(),
             cloud: self.cloud.clone(),
             cloud_token_file: self.cloud_token_file.clone(),
+            enrollment_code_file: self.enrollment_code_file.clone(),
             cloud_proxy: self.cloud_proxy.clone().map(Secret::new),
             no_mdns: self.no_mdns,
             mdns_interfaces: self.mdns_interfaces.clone(),

@@ -12,7 +12,8 @@
 //! - `hallrelay-server`: the appliance (API, replay, config, identity, discovery, systemd)
 //!   and the reference cloud;
 //! - this package: [`cli`] (the clap types, and only here), and the commands: [`ops`]
-//!   (`status`, `audit`, `export`, `verify`, `import`), [`mint`] (`token`), [`candidate`] (a
+//!   (`status`, `audit`, `export`, `verify`, `import`), [`platform`] (`cloud enroll`, `boxes`,
+//!   `revoke`, `confirm`), [`mint`] (`token`), [`candidate`] (a
 //!   simulated candidate), [`demo`] (the whole story on loopback), [`loadtest`] (can this box
 //!   take this hall, by experiment) and [`loadgen`], the load generator it and the benchmarks
 //!   share.
@@ -25,3 +26,4 @@ pub mod loadgen;
 pub mod loadtest;
 pub mod mint;
 pub mod ops;
+pub mod platform;

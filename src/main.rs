@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use hallrelay::cli::{
-    AuditArgs, CandidateArgs, CheckArgs, Cli, Command, DemoArgs, DiscoverArgs, ExportArgs,
-    ImportArgs, LoadtestArgs, ReplayArgs, StatusArgs, VerifyArgs,
+    AuditArgs, CandidateArgs, CheckArgs, Cli, CloudAction, CloudArgs, Command, DemoArgs,
+    DiscoverArgs, ExportArgs, ImportArgs, LoadtestArgs, ReplayArgs, StatusArgs, VerifyArgs,
 };
 use hallrelay::ops::{self, OpsError};
 use hallrelay_protocol::keys::Secret;
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         // `serve` learns its log format from its configuration, so it starts logging once
         // that is read; a configuration error is printed, not logged.
         Command::Serve(_) => {}
-        Command::Cloud(args) => logging::init(args.log_format, "info"),
+        Command::Cloud(args) if args.action.is_none() => logging::init(args.log_format, "info"),
         Command::Demo(_) => logging::init(LogFormat::Text, "error"),
         _ => logging::init(LogFormat::Text, "warn"),
     }
@@ -52,6 +52,10 @@ fn main() -> ExitCode {
             logging::init(config.log_format, "info");
             run_server(|shutdown| serve::run(config, shutdown, |_| {}))
         }
+        Command::Cloud(CloudArgs {
+            action: Some(action),
+            ..
+        }) => cloud_action(&action),
         Command::Cloud(args) => {
             let config = CloudConfig {
                 venue_key_file: args
@@ -141,6 +145,9 @@ where
             Some(ServeError::Store(store)) if store.is_disk_failure() => fail(EXIT_IO, &e),
             Some(ServeError::Store(_) | ServeError::Identity(_)) => fail(EXIT_DATA, &e),
             Some(ServeError::KeyFile(_)) => fail(EXIT_USAGE, &e),
+            // An enrollment file or platform registry this build cannot read: not a restart's
+            // business.
+            Some(ServeError::Enrollment(_) | ServeError::Registry(_)) => fail(EXIT_DATA, &e),
             _ => fail(1, &format!("{e:#}")),
         },
     }
@@ -277,6 +284,49 @@ fn run_ops<T>(
 
 fn secret(path: &std::path::Path) -> Result<Secret, ExitCode> {
     Secret::from_file(path).map_err(|e| fail(EXIT_USAGE, &e))
+}
+
+/// `cloud enroll|boxes|revoke|confirm`.
+fn cloud_action(action: &CloudAction) -> ExitCode {
+    use hallrelay::platform;
+    let access = match action {
+        CloudAction::Enroll(a) => &a.access,
+        CloudAction::Boxes(a) => a,
+        CloudAction::Revoke(a) | CloudAction::Confirm(a) => &a.access,
+    };
+    let token = match secret(&access.token_file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let cloud = match platform::connect(access, token) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
+    let print = |text: String| {
+        println!("{text}");
+        ExitCode::SUCCESS
+    };
+    match action {
+        CloudAction::Enroll(a) => run_ops(
+            platform::enroll(&cloud, &a.venue, a.ttl, a.require_confirmation),
+            |issued| print(platform::show_code(&issued, !a.no_qr)),
+        ),
+        CloudAction::Boxes(_) => run_ops(platform::boxes(&cloud), |rows| {
+            print(platform::show_boxes(&rows))
+        }),
+        CloudAction::Revoke(a) => run_ops(platform::change(&cloud, &a.pin, false), |row| {
+            print(format!(
+                "revoked {} ({}): its credential no longer works and it is listed to no candidate",
+                row.name, row.pin
+            ))
+        }),
+        CloudAction::Confirm(a) => run_ops(platform::change(&cloud, &a.pin, true), |row| {
+            print(format!(
+                "confirmed {} ({}): it is listed to the venue's candidates",
+                row.name, row.pin
+            ))
+        }),
+    }
 }
 
 fn ops_status(args: &StatusArgs) -> ExitCode {

@@ -101,6 +101,22 @@ pub async fn status(box_url: &str, token: Secret, pin: &str) -> Result<String, O
         s["appliance"].as_str().unwrap_or("?"),
         s["version"].as_str().unwrap_or("?"),
     );
+    let e = &s["enrollment"];
+    out += &match e["state"].as_str() {
+        Some("enrolled") => format!(
+            "platform enrolled in venue {} since {}, keys {} old\n",
+            e["venue"].as_str().unwrap_or("?"),
+            e["since"].as_str().unwrap_or("?"),
+            humantime::format_duration(Duration::from_secs(n(&e["keys_age_secs"]) / 60 * 60)),
+        ),
+        Some("static") => "platform credential from cloud_token_file\n".to_owned(),
+        Some(state) => format!(
+            "platform NOT ENROLLED ({state}): {}; next: {}\n",
+            e["reason"].as_str().unwrap_or("not yet"),
+            e["next_step"].as_str().unwrap_or("?"),
+        ),
+        None => String::new(),
+    };
     let (stored, candidates) = (n(&s["stored"]["count"]), n(&s["candidates"]));
     out += &format!(
         "stored   {stored} autosave{} of {candidates} candidate{}, {}\n",

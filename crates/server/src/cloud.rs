@@ -7,6 +7,10 @@
 //! receipt beside the payload, as evidence of hall time. Identical re-sends answer 200,
 //! different bytes 409, and a 2xx only after a durable commit, as on the box.
 //!
+//! It also plays the exam platform ([`crate::platform`]): it issues enrollment codes, enrolls
+//! boxes into `platform.redb`, accepts their credentials for replay (and for nothing that
+//! reads), and lists each exam's relays to its candidates.
+//!
 //! It speaks plain HTTP only on a loopback address; anywhere else it serves TLS with its own
 //! identity. For tests, `--fault-rate` answers that share of requests with 500 and
 //! `--reset-rate` drops that share of connections without an answer.
@@ -113,6 +117,7 @@ pub async fn run(
         Some(path) => load_appliance_tokens(path)?,
         None => Vec::new(),
     };
+    let platform = Arc::new(crate::platform::Platform::open(&config.data_dir)?);
     let tls = if config.tls || !config.listen.ip().is_loopback() {
         Some(Arc::new(crate::tls::server_config(&parts.identity)?))
     } else {
@@ -129,7 +134,8 @@ pub async fn run(
     let ring = KeyRing::open(&config.venue_key_file)?;
     let state = Arc::new(AppState {
         store: parts.store,
-        auth: Auth::for_cloud(ring.published()?, credentials),
+        auth: Auth::for_cloud(ring.published()?, credentials)
+            .with_boxes(Arc::new(platform.registry.clone())),
         keeps_tokens: false,
         limits: config.limits.clone(),
         cors: api::cors::Cors::new(vec!["*".into()]),
@@ -140,6 +146,8 @@ pub async fn run(
         console: None,
         metrics: None,
         identity: None,
+        platform: Some(platform),
+        enrollment: None,
     });
     tokio::spawn(follow_key_ring(ring, state.clone(), shutdown.clone()));
     let (fault_rate, reset_rate) = (config.fault_rate, config.reset_rate);

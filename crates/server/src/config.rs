@@ -175,8 +175,13 @@ pub struct FileConfig {
     pub mdns_interfaces: Option<Vec<String>>,
     /// The cloud platform's base URL; without it the box only queues.
     pub cloud: Option<String>,
-    /// The file holding the box's bearer credential at the cloud (required with `cloud`).
+    /// The file holding the box's bearer credential at the cloud, for platforms that issue
+    /// credentials their own way (with `cloud`, this or `enrollment_code`).
     pub cloud_token_file: Option<PathBuf>,
+    /// A one-time enrollment code from `hallrelay cloud enroll`: on first contact with
+    /// `cloud` the box enrolls with it and keeps its credential, venue and the platform's
+    /// keys in `<data_dir>/enrollment.json`; afterwards the code is ignored.
+    pub enrollment_code: Option<String>,
     /// Extra CA certificates (PEM) to trust for the cloud, besides the system's.
     pub cloud_ca_file: Option<PathBuf>,
     /// Trust the cloud by this public-key pin (`sha256//…`) instead of CAs: for a
@@ -274,6 +279,8 @@ pub struct ServeConfig {
     pub store: StoreOptions,
     /// How to replay to the cloud; `None` when no cloud is configured.
     pub replay: Option<ReplayConfig>,
+    /// The enrollment code (normalised), when the box is to enroll with its cloud.
+    pub enrollment_code: Option<Secret>,
     /// When the console calls a candidate silent.
     pub console_silent_after: Duration,
     /// The token that may scrape `/metrics` besides admin tokens.
@@ -317,6 +324,8 @@ pub struct Overrides {
     pub platform_keys_file: Option<PathBuf>,
     pub cloud: Option<String>,
     pub cloud_token_file: Option<PathBuf>,
+    /// A file holding the enrollment code (`serve --enrollment-code-file`).
+    pub enrollment_code_file: Option<PathBuf>,
     /// `serve --cloud-proxy`: over `cloud_proxy` in the file. Refused if it carries a
     /// password, which every user of the machine would see in `ps`.
     pub cloud_proxy: Option<Secret>,
@@ -390,8 +399,19 @@ impl ServeConfig {
             ..StoreOptions::default()
         };
         let metrics_token_file = file.metrics_token_file.clone();
+        let enrollment_code = enrollment_code(args, file.enrollment_code.as_deref())?;
+        let cloud = args.cloud.clone().or(file.cloud);
+        if enrollment_code.is_some() && cloud.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "enrollment_code",
+                problem: "is set but `cloud` is not: name the platform the box enrolls with".into(),
+            });
+        }
+        let enrolls =
+            enrollment_code.is_some() || data_dir.join(crate::enrollment::STATE_FILE).exists();
         let replay = replay_config(ReplaySettings {
-            cloud: args.cloud.clone().or(file.cloud),
+            cloud,
+            enrolls,
             token_file: args.cloud_token_file.clone().or(file.cloud_token_file),
             ca_file: file.cloud_ca_file,
             pin: file.cloud_pin,
@@ -420,6 +440,7 @@ impl ServeConfig {
             limits,
             store,
             replay,
+            enrollment_code,
             metrics_token,
             console_silent_after,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
@@ -620,9 +641,34 @@ fn body_budget(
     Ok((budget, share))
 }
 
+/// The enrollment code from `--enrollment-code-file` (first) or the file's
+/// `enrollment_code`, checked for form: a mistyped code is named at start, not at the cloud.
+fn enrollment_code(args: &Overrides, in_file: Option<&str>) -> Result<Option<Secret>, ConfigError> {
+    let (key, text) = match (&args.enrollment_code_file, in_file) {
+        (Some(path), _) => {
+            let secret = Secret::from_file(path).map_err(|e| ConfigError::Invalid {
+                key: "enrollment_code_file",
+                problem: e.to_string(),
+            })?;
+            ("enrollment_code_file", secret.expose().to_owned())
+        }
+        (None, Some(text)) => ("enrollment_code", text.to_owned()),
+        (None, None) => return Ok(None),
+    };
+    let normalised =
+        crate::platform::codes::normalise(&text).map_err(|e| ConfigError::Invalid {
+            key,
+            problem: e.to_string(),
+        })?;
+    Ok(Some(Secret::new(normalised)))
+}
+
 /// The replay settings as the file and flags give them, before validation.
 struct ReplaySettings {
     cloud: Option<String>,
+    /// The box enrolls (a code is configured) or has enrolled: the credential comes from
+    /// enrollment when no token file is named.
+    enrolls: bool,
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
     pin: Option<String>,
@@ -637,6 +683,7 @@ struct ReplaySettings {
 fn replay_config(settings: ReplaySettings) -> Result<Option<ReplayConfig>, ConfigError> {
     let ReplaySettings {
         cloud,
+        enrolls,
         token_file,
         ca_file,
         pin,
@@ -669,14 +716,25 @@ fn replay_config(settings: ReplaySettings) -> Result<Option<ReplayConfig>, Confi
             problem: e.to_string(),
         })?;
     }
-    let token_file = token_file.ok_or(ConfigError::Invalid {
-        key: "cloud_token_file",
-        problem: "is required when `cloud` is set".into(),
-    })?;
-    let credential = Secret::from_file(&token_file).map_err(|e| ConfigError::Invalid {
-        key: "cloud_token_file",
-        problem: e.to_string(),
-    })?;
+    let credential = match token_file {
+        Some(token_file) => {
+            Some(
+                Secret::from_file(&token_file).map_err(|e| ConfigError::Invalid {
+                    key: "cloud_token_file",
+                    problem: e.to_string(),
+                })?,
+            )
+        }
+        None if enrolls => None,
+        None => {
+            return Err(ConfigError::Invalid {
+                key: "cloud_token_file",
+                problem: "is required when `cloud` is set and the box does not enroll (set \
+                          `enrollment_code` to a code from `hallrelay cloud enroll` instead)"
+                    .into(),
+            });
+        }
+    };
     let concurrency = concurrency.unwrap_or(DEFAULT_REPLAY_CONCURRENCY);
     if !(1..=64).contains(&concurrency) {
         return Err(ConfigError::Invalid {
@@ -888,11 +946,12 @@ mod tests {
 
     /// The settings whose shown value is an example, not a default: they have none, or one
     /// that depends on the machine (the body budget) or on the box (its name).
-    const NO_FIXED_DEFAULT: [&str; 14] = [
+    const NO_FIXED_DEFAULT: [&str; 15] = [
         "name",
         "platform_keys_file",
         "mdns_interfaces",
         "cloud",
+        "enrollment_code",
         "cloud_token_file",
         "cloud_ca_file",
         "cloud_pin",

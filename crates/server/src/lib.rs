@@ -19,6 +19,9 @@
 //!   is alive; [`logging`] is its log output.
 //! - [`bundle`] is the signed export bundle (`export`, `verify`, `import`); [`readiness`]
 //!   answers "can this box take this hall?" on paper (`hallrelay check`),.
+//! - [`platform`] is the reference cloud playing the exam platform: enrollment codes, the
+//!   registry of enrolled boxes, the relays of an exam; [`enrollment`] is the box's side (it
+//!   enrolls on first contact and keeps its credential, venue and the platform's keys).
 //! - [`units`] and [`rlimit`] are the small pieces the commands share with the box.
 #![forbid(unsafe_code)]
 
@@ -27,11 +30,13 @@ pub mod bundle;
 pub mod capacity;
 pub mod cloud;
 pub mod config;
+pub mod enrollment;
 pub mod identity;
 pub mod keyring;
 pub mod logging;
 pub mod mdns;
 pub mod notify;
+pub mod platform;
 pub mod readiness;
 pub mod replay;
 pub mod rlimit;

@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Auth, Trust};
 use crate::config::ServeConfig;
+use crate::enrollment;
 use crate::identity::{Identity, IdentityError};
 use crate::replay::Uplink;
-use hallrelay_protocol::keys::{KeyFileError, TokenKey};
+use hallrelay_protocol::keys::{KeyFileError, Secret, TokenKey};
 use hallrelay_store::{OpenError, STORE_FILE, Store, StoreFile, StoreOptions};
 
 /// Why the box could not start.
@@ -41,6 +42,10 @@ pub enum ServeError {
     Tls(#[from] rustls::Error),
     #[error(transparent)]
     Mdns(#[from] hallrelay_client::discovery::MdnsError),
+    #[error(transparent)]
+    Enrollment(#[from] crate::enrollment::StateFileError),
+    #[error(transparent)]
+    Registry(#[from] crate::platform::RegistryError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -77,8 +82,28 @@ pub async fn run(
     on_ready(&ready);
 
     let uplink = Arc::new(Uplink::new(config.replay.as_ref().map(|r| r.cloud.clone())));
-    let replay = start_replay(&config, &parts.store, &uplink, &shutdown);
+    let enrollment = match &config.replay {
+        None => enrollment::Start {
+            progress: Arc::new(enrollment::Progress::no_cloud()),
+            saved: None,
+        },
+        Some(replay) if replay.credential.is_some() => enrollment::Start {
+            progress: Arc::new(enrollment::Progress::static_credential()),
+            saved: None,
+        },
+        Some(_) => enrollment::start(&config.data_dir, config.enrollment_code.is_some())?,
+    };
+    let progress = enrollment.progress.clone();
+    // An enrolled box serves the venue it enrolled into, with the platform's keys it keeps.
+    let mut trust = Trust {
+        venue: Some(config.venue.clone()),
+        platform: config.platform_keys.clone(),
+    };
+    if let Some(saved) = &enrollment.saved {
+        trust = saved.trust(&config.platform_keys);
+    }
     let store = parts.store.clone();
+    let identity = parts.identity.clone();
     let metrics = Arc::new(api::metrics::Metrics::new(
         uplink.clone(),
         config.metrics_token.clone(),
@@ -87,7 +112,16 @@ pub async fn run(
     store.observe_commits(Box::new(move |sample| observer.observe_commit(sample)));
     let open_connections = metrics.open_connections();
     let supervisor = supervise(&store, &uplink, &shutdown);
-    let state = app_state(&config, parts, &ready, uplink, metrics);
+    let state = app_state(
+        &config,
+        parts,
+        &ready,
+        uplink.clone(),
+        metrics,
+        progress,
+        trust,
+    );
+    let replay = start_replay(&config, &identity, &ready, enrollment, &state, &shutdown);
     let handler = move |request| api::routes::handle(state.clone(), request);
     api::server::serve_counted(
         listener,
@@ -135,23 +169,56 @@ fn advertise(
     })))
 }
 
-/// Starts replaying to the cloud, when one is configured.
+/// Starts replaying to the cloud, when one is configured. A box that enrolls first enrolls
+/// (or takes its saved enrollment), then replays with the credential it got, and keeps its
+/// enrollment fresh beside replay.
 fn start_replay(
     config: &ServeConfig,
-    store: &Store,
-    uplink: &Arc<Uplink>,
+    identity: &Arc<Identity>,
+    ready: &Ready,
+    enrollment: enrollment::Start,
+    state: &Arc<AppState>,
     shutdown: &CancellationToken,
 ) -> Option<JoinHandle<()>> {
-    let Some(replay) = config.replay.clone() else {
+    let Some(mut replay) = config.replay.clone() else {
         tracing::info!("no cloud configured: autosaves are kept and queued, not replayed");
         return None;
     };
-    Some(tokio::spawn(crate::replay::run(
-        store.clone(),
-        replay,
-        uplink.clone(),
-        shutdown.clone(),
-    )))
+    let store = state.store.clone();
+    let (uplink, shutdown) = (state.uplink.clone(), shutdown.clone());
+    if replay.credential.is_some() {
+        return Some(tokio::spawn(crate::replay::run(
+            store, replay, uplink, shutdown,
+        )));
+    }
+    let agent = enrollment::Agent {
+        replay: replay.clone(),
+        data_dir: config.data_dir.clone(),
+        identity: identity.clone(),
+        name: ready.name.clone(),
+        listen: ready.addr,
+        code: config.enrollment_code.clone(),
+        progress: enrollment.progress,
+        state: state.clone(),
+        configured_keys: config.platform_keys.clone(),
+    };
+    let saved = enrollment.saved;
+    Some(tokio::spawn(async move {
+        let saved = match saved {
+            Some(saved) => saved,
+            None => match agent.enroll(&shutdown).await {
+                Some(saved) => saved,
+                None => return,
+            },
+        };
+        replay.credential = Some(Secret::new(saved.credential.clone()));
+        let fresh = tokio::spawn({
+            let (uplink, shutdown) = (uplink.clone(), shutdown.clone());
+            async move { agent.keep_fresh(saved, uplink, shutdown).await }
+        });
+        crate::replay::run(store, replay, uplink, shutdown).await;
+        let _ = fresh.await;
+    }))
 }
 
 /// Starts telling systemd how the box is doing. READY=1 goes out from there, after the first
@@ -180,17 +247,12 @@ fn app_state(
     ready: &Ready,
     uplink: Arc<Uplink>,
     metrics: Arc<api::metrics::Metrics>,
+    enrollment: Arc<enrollment::Progress>,
+    trust: Trust,
 ) -> Arc<AppState> {
     Arc::new(AppState {
         store: parts.store,
-        auth: Auth::for_box(
-            &parts.token_key,
-            &ready.pin,
-            Trust {
-                venue: Some(config.venue.clone()),
-                platform: config.platform_keys.clone(),
-            },
-        ),
+        auth: Auth::for_box(&parts.token_key, &ready.pin, trust),
         keeps_tokens: true,
         limits: config.limits.clone(),
         cors: api::cors::Cors::new(config.cors_origins.clone()),
@@ -204,6 +266,8 @@ fn app_state(
         )),
         metrics: Some(metrics),
         identity: Some(parts.identity.clone()),
+        platform: None,
+        enrollment: Some(enrollment),
     })
 }
 

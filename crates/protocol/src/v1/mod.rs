@@ -11,6 +11,7 @@
 mod autosave;
 pub mod headers;
 mod paths;
+pub mod platform;
 
 pub use autosave::{Answer, AutosavePut, DEFAULT_CONTENT_TYPE, retry_after};
 pub use paths::{

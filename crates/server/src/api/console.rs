@@ -235,6 +235,8 @@ pub struct ConsoleState {
     /// The box's clock, RFC 3339.
     pub now: String,
     pub uplink: UplinkStatus,
+    /// How far the box's enrollment with its platform has got.
+    pub enrollment: Option<crate::enrollment::ProgressView>,
     pub stored: u64,
     pub pending: Pending,
     pub delivered: u64,
@@ -408,6 +410,7 @@ impl ConsoleState {
             version: crate::VERSION,
             now: rfc3339(now),
             uplink: state.uplink.snapshot(),
+            enrollment: state.enrollment.as_ref().map(|e| e.snapshot()),
             stored: store.stored,
             pending: Pending {
                 count: store.pending,

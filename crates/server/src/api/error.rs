@@ -48,6 +48,13 @@ pub enum ApiError {
     Unavailable(&'static str),
     #[error("internal error")]
     Internal,
+    /// A refusal with its own status and error code (the platform's enrollment answers).
+    #[error("{message}")]
+    Refused {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -68,6 +75,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Refused { status, .. } => *status,
         }
     }
 
@@ -89,6 +97,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal => "internal",
+            ApiError::Refused { code, .. } => code,
         }
     }
 

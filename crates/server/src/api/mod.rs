@@ -389,6 +389,10 @@ pub struct AppState {
     pub keeps_tokens: bool,
     /// The box's identity, which signs export bundles (the box only).
     pub identity: Option<Arc<crate::identity::Identity>>,
+    /// The platform's endpoints (the reference cloud only).
+    pub platform: Option<Arc<crate::platform::Platform>>,
+    /// How far the box's enrollment has got (the box only), for `/v1/status`.
+    pub enrollment: Option<Arc<crate::enrollment::Progress>>,
 }
 
 pub type State = Arc<AppState>;

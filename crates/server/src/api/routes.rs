@@ -82,6 +82,12 @@ async fn route(
     {
         return super::console::handle(state, console, request).await;
     }
+    if let Some(platform) = &state.platform
+        && let Some(route) =
+            hallrelay_protocol::v1::platform::PlatformRoute::parse(request.uri().path())
+    {
+        return crate::platform::api::handle(state, platform, route, request).await;
+    }
     if super::export::owns(request.uri().path()) {
         return super::export::handle(state, request).await;
     }
@@ -565,6 +571,8 @@ async fn status(
         "disk": { "free_bytes": free, "reserve_bytes": state.min_free_bytes },
         // The body budget: upload bytes held in memory now, and requests it refused.
         "uploads": uploads,
+        // How far the box's enrollment with its platform has got (the box only).
+        "enrollment": state.enrollment.as_ref().map(|e| e.snapshot()),
         "commits": {
             "count": store.commits,
             "requests": store.committed_requests,

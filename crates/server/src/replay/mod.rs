@@ -55,8 +55,9 @@ use holds::{Holds, Who};
 pub struct ReplayConfig {
     /// The cloud's base URL (`https://…`; `http://` only to loopback).
     pub cloud: String,
-    /// The box's bearer credential at the cloud.
-    pub credential: Secret,
+    /// The box's bearer credential at the cloud: from `cloud_token_file`, or `None` until
+    /// enrollment gives one ([`crate::enrollment`]; replay starts only once it has).
+    pub credential: Option<Secret>,
     /// Extra CA certificates (PEM) to trust besides the system's.
     pub ca_file: Option<PathBuf>,
     /// Trust the cloud by this pin instead of CAs.
@@ -128,19 +129,17 @@ impl Backoff {
 /// campus proxy if any, and the box's credential. Everything the box sends to its cloud
 /// (replay, enrollment, refreshes) goes through a connection built here, so that each honours
 /// the proxy and the trust alike.
-pub fn cloud_connection(config: &ReplayConfig) -> Result<Connection, ClientError> {
+pub fn cloud_connection(
+    config: &ReplayConfig,
+    credential: Option<Secret>,
+) -> Result<Connection, ClientError> {
     let trust = match &config.pin {
         Some(pin) => CloudTrust::Pins(vec![pin.clone()]),
         None => CloudTrust::Roots {
             ca_file: config.ca_file.clone(),
         },
     };
-    Connection::to_cloud(
-        &config.cloud,
-        &trust,
-        config.proxy.as_ref(),
-        Some(config.credential.clone()),
-    )
+    Connection::to_cloud(&config.cloud, &trust, config.proxy.as_ref(), credential)
 }
 
 /// Runs replay and retention until `shutdown`.
@@ -150,7 +149,7 @@ pub async fn run(
     uplink: Arc<Uplink>,
     shutdown: CancellationToken,
 ) {
-    let client = match cloud_connection(&config) {
+    let client = match cloud_connection(&config, config.credential.clone()) {
         Ok(c) => c.with_timeout(config.request_timeout),
         Err(e) => {
             uplink.set(UplinkState::Down, Some(e.to_string()));

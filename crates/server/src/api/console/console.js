@@ -44,6 +44,20 @@ function uplinkText(u) {
   }
 }
 
+// How far the box's enrollment with its platform has got: a line under the pin, and an
+// alert with the next step while it is not enrolled.
+function enrollmentText(e) {
+  if (!e) return "";
+  switch (e.state) {
+    case "enrolled": {
+      const age = e.keys_age_secs == null ? "" : `; platform keys ${Math.round(e.keys_age_secs / 3600)} h old`;
+      return `Enrolled in venue ${e.venue} since ${e.since}${age}.`;
+    }
+    case "static": return "Uses a credential issued by the platform (no enrollment).";
+    default: return "Not enrolled with the platform.";
+  }
+}
+
 function summaryText(s) {
   const parts = [`${plural(s.active, "candidate", "candidates")} saving to this box`];
   parts.push(s.stored > 0 ? "all saves safe here" : "no saves here yet");
@@ -68,6 +82,7 @@ function render(s) {
   up.textContent = uplinkText(s.uplink);
   up.className = `banner ${s.uplink.state}`;
   $("summary").textContent = summaryText(s);
+  $("enrollment").textContent = enrollmentText(s.enrollment);
 
   const alerts = $("alerts");
   alerts.replaceChildren();
@@ -75,6 +90,13 @@ function render(s) {
     full: "Storage is full: this box refuses new saves. Everything already here is safe. Call IT now.",
     failing: "This box's disk reported an error and the box is recovering. If this stays, call IT.",
   }[s.storage];
+  const e = s.enrollment;
+  if (e && (e.state === "code_refused" || (e.state === "not_enrolled" && s.uplink.state !== "not_configured"))) {
+    const p = document.createElement("p");
+    p.className = "alert";
+    p.textContent = `This box is not enrolled with the platform: ${e.reason || "not yet"}. Next: ${e.next_step}. Saves are kept safe on this box meanwhile.`;
+    alerts.appendChild(p);
+  }
   if (storage) {
     const p = document.createElement("p");
     p.className = "alert";

@@ -1,0 +1,250 @@
+//! The platform's side of the v1 API: enrollment, box management, the platform's public keys
+//! and the relays of an exam. Paths and bodies are written once here, for the reference cloud
+//! that serves them, the box that enrolls, and the operator's `cloud enroll|boxes|revoke|confirm`
+//! commands. docs/enrollment.md describes the protocol.
+//!
+//! A box's pin (`sha256//…`) holds `/`, `+` and `=`: where it is a path segment it is
+//! percent-encoded ([`encode_segment`]), and decoded by [`PlatformRoute::parse`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::is_valid_id;
+
+/// `POST` (platform admin token): a one-time enrollment code.
+pub const ENROLLMENT_CODES: &str = "/v1/enrollment/codes";
+/// `POST` (no bearer, rate limited per source address): a box enrolls with a code.
+pub const ENROLLMENT: &str = "/v1/enrollment";
+/// `GET` (box credential): the box's own record and the platform's current keys.
+pub const BOX: &str = "/v1/box";
+/// `PUT` (box credential): the addresses the box is reachable at in its hall.
+pub const BOX_ADDRESSES: &str = "/v1/box/addresses";
+/// `GET` (venue admin token): the venue's boxes.
+pub const BOXES: &str = "/v1/boxes";
+/// `GET` (no auth): the platform's public token keys.
+pub const PLATFORM_KEYS: &str = "/v1/platform/keys";
+/// What the proof of an enrollment signs, before the normalised code.
+pub const PROOF_CONTEXT: &str = "hallrelay-enroll-v1\n";
+
+/// `/v1/boxes/{pin}/revoke` (POST, venue admin).
+pub fn revoke_path(pin: &str) -> String {
+    format!("{BOXES}/{}/revoke", encode_segment(pin))
+}
+
+/// `/v1/boxes/{pin}/confirm` (POST, venue admin).
+pub fn confirm_path(pin: &str) -> String {
+    format!("{BOXES}/{}/confirm", encode_segment(pin))
+}
+
+/// `/v1/exams/{exam}/relays` (GET, candidate token for that exam).
+pub fn relays_path(exam: &str) -> String {
+    format!("{}{exam}/relays", super::EXAMS_PREFIX)
+}
+
+/// The message a box signs to prove it holds its certificate's key when it enrolls.
+pub fn proof_message(normalised_code: &str) -> Vec<u8> {
+    format!("{PROOF_CONTEXT}{normalised_code}").into_bytes()
+}
+
+/// A route of the platform's API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlatformRoute {
+    EnrollmentCodes,
+    Enrollment,
+    Box,
+    BoxAddresses,
+    Boxes,
+    Revoke(String),
+    Confirm(String),
+    PlatformKeys,
+    Relays(String),
+}
+
+impl PlatformRoute {
+    /// The platform route `path` names, or `None` when it is not one (the autosave API's
+    /// router then has its say).
+    pub fn parse(path: &str) -> Option<Self> {
+        match path {
+            ENROLLMENT_CODES => return Some(Self::EnrollmentCodes),
+            ENROLLMENT => return Some(Self::Enrollment),
+            BOX => return Some(Self::Box),
+            BOX_ADDRESSES => return Some(Self::BoxAddresses),
+            BOXES => return Some(Self::Boxes),
+            PLATFORM_KEYS => return Some(Self::PlatformKeys),
+            _ => {}
+        }
+        if let Some(rest) = path.strip_prefix(super::EXAMS_PREFIX) {
+            let exam = rest.strip_suffix("/relays")?;
+            return is_valid_id(exam).then(|| Self::Relays(exam.to_owned()));
+        }
+        let rest = path.strip_prefix(BOXES)?.strip_prefix('/')?;
+        let (pin, action) = rest.split_once('/')?;
+        let pin = decode_segment(pin)?;
+        match action {
+            "revoke" => Some(Self::Revoke(pin)),
+            "confirm" => Some(Self::Confirm(pin)),
+            _ => None,
+        }
+    }
+}
+
+/// Percent-encodes everything but `[A-Za-z0-9._-]`.
+pub fn encode_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The inverse of [`encode_segment`]; `None` for a malformed escape or non-UTF-8.
+pub fn decode_segment(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `POST /v1/enrollment/codes`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeRequest {
+    pub venue: String,
+    pub ttl_secs: u64,
+    #[serde(default)]
+    pub require_confirmation: bool,
+}
+
+/// Its answer (201).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CodeIssued {
+    /// Grouped for reading aloud: `XXXX-XXXX-XXXX-XXXX-XXXX`.
+    pub code: String,
+    pub venue: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
+/// `POST /v1/enrollment`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub code: String,
+    /// The box's certificate, DER, standard base64.
+    pub certificate: String,
+    pub name: String,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// The identity key's signature of [`proof_message`], standard base64.
+    pub proof: String,
+}
+
+/// Its answer (201).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Enrolled {
+    pub credential: String,
+    pub venue: String,
+    pub pin: String,
+    /// The platform's public token keys (the `KeySet` JSON form).
+    pub platform_keys: serde_json::Value,
+    /// RFC 3339.
+    pub enrolled_at: String,
+}
+
+/// `GET /v1/box`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BoxView {
+    pub pin: String,
+    pub venue: String,
+    pub name: String,
+    pub platform_keys: serde_json::Value,
+    pub revoked: bool,
+}
+
+/// `PUT /v1/box/addresses`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Addresses {
+    pub addresses: Vec<String>,
+}
+
+/// One row of `GET /v1/boxes`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BoxRow {
+    pub pin: String,
+    pub venue: String,
+    pub name: String,
+    pub addresses: Vec<String>,
+    /// RFC 3339.
+    pub enrolled_at: String,
+    pub confirmed: bool,
+    pub require_confirmation: bool,
+    /// RFC 3339, when revoked.
+    pub revoked_at: Option<String>,
+    /// RFC 3339: the box's last call with its credential.
+    pub last_contact: Option<String>,
+}
+
+/// `GET /v1/exams/{exam}/relays`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Relays {
+    pub venue: String,
+    pub relays: Vec<Relay>,
+}
+
+/// One box a candidate may fail over to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Relay {
+    pub name: String,
+    pub pin: String,
+    pub addresses: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIN: &str = "sha256//q+Zx/0aB9mHh3nqP1tLr7vW2yS5kJdF8cE4gU6iO0Ao=";
+
+    #[test]
+    fn routes_parse_back() {
+        assert_eq!(
+            PlatformRoute::parse(&revoke_path(PIN)),
+            Some(PlatformRoute::Revoke(PIN.into()))
+        );
+        assert_eq!(
+            PlatformRoute::parse(&confirm_path(PIN)),
+            Some(PlatformRoute::Confirm(PIN.into()))
+        );
+        assert_eq!(
+            PlatformRoute::parse(&relays_path("math-2026")),
+            Some(PlatformRoute::Relays("math-2026".into()))
+        );
+        assert_eq!(
+            PlatformRoute::parse(ENROLLMENT),
+            Some(PlatformRoute::Enrollment)
+        );
+        for other in [
+            "/v1/exams/e/candidates/c/autosaves",
+            "/v1/exams/a b/relays",
+            "/v1/boxes/x/delete",
+            "/v1/boxes/%zz/revoke",
+            "/v1/health",
+        ] {
+            assert_eq!(PlatformRoute::parse(other), None, "{other}");
+        }
+    }
+}

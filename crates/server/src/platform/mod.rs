@@ -1,0 +1,69 @@
+//! The reference cloud as the platform: what a real exam platform does for its boxes, so that
+//! the whole trust chain can be run and tested in this repository.
+//!
+//! - [`codes`]: one-time enrollment codes, ~100 bits, grouped for reading aloud.
+//! - [`registry`]: `platform.redb`, the codes, the enrolled boxes and the log of enrollment
+//!   attempts; it resolves a box's bearer credential to its record (pin, venue, certificate,
+//!   revoked).
+//! - [`api`]: the platform's HTTP endpoints (enrollment, box management, the platform's
+//!   public keys, the relays of an exam), served by the cloud beside the autosave API.
+//!
+//! The box's side of enrollment is [`crate::enrollment`]; docs/enrollment.md tells both.
+
+pub mod api;
+pub mod codes;
+pub mod registry;
+
+use std::path::Path;
+
+use crate::api::ratelimit::ClientLimiter;
+pub use registry::{BoxRecord, Registry, RegistryError};
+
+/// Enrollment attempts one source address may make: (per second, burst). Guessing a 100-bit
+/// code is hopeless anyway; the limit keeps a scanner from filling the attempt log.
+pub const ENROLLMENT_RATE: (u32, u32) = (1, 10);
+
+/// The registry answers the API's question "which box holds this credential?": a revoked
+/// box holds none.
+impl crate::api::BoxCredentials for Registry {
+    fn resolve(
+        &self,
+        credential: &str,
+    ) -> Result<Option<crate::api::EnrolledBox>, crate::api::ApiError> {
+        if !registry::is_box_credential(credential) {
+            return Ok(None);
+        }
+        match self.credential_holder(credential) {
+            None | Some((_, true)) => return Ok(None),
+            Some((_, false)) => {}
+        }
+        match self.resolve_credential(credential) {
+            Ok(Some(record)) if !record.revoked() => Ok(Some(crate::api::EnrolledBox {
+                pin: record.pin,
+                venue: record.venue,
+                certificate: record.certificate,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) => {
+                tracing::error!(error = %e, "the platform registry failed");
+                Err(crate::api::ApiError::Internal)
+            }
+        }
+    }
+}
+
+/// What the cloud needs to play the platform.
+pub struct Platform {
+    pub registry: Registry,
+    pub(crate) enrollment_limiter: ClientLimiter,
+}
+
+impl Platform {
+    /// Opens the registry in the cloud's data dir.
+    pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
+        Ok(Self {
+            registry: Registry::open(data_dir)?,
+            enrollment_limiter: ClientLimiter::new(ENROLLMENT_RATE.0, ENROLLMENT_RATE.1),
+        })
+    }
+}

@@ -1,0 +1,586 @@
+//! Enrollment end to end, with real processes on loopback: the reference cloud playing the
+//! platform, `hallrelay cloud enroll|boxes|revoke|confirm` as an operator runs them, and real
+//! boxes that enroll on first contact. Codes that are expired, spent by another box, guessed
+//! or mistyped are refused with messages that say so; a box credential only writes; a revoked
+//! box leaves the relay list and its credential stops working; an enrolled box keeps its
+//! venue and keys across a restart with no cloud.
+
+use hallrelay_testkit as common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use common::*;
+use hallrelay_client::{Connection, Reply};
+use hallrelay_protocol::keys::Secret;
+use hallrelay_protocol::signing::SigningKey;
+use hallrelay_protocol::token::{self, Claims};
+use hallrelay_protocol::v1::platform::{
+    BOX, ENROLLMENT, EnrollRequest, Relays, proof_message, relays_path,
+};
+use http::{HeaderMap, Method, StatusCode};
+
+const EXAM: &str = "law-2026";
+
+/// A cloud with an operator's admin token on disk.
+struct Platform {
+    dir: tempfile::TempDir,
+    cloud: BoxProcess,
+}
+
+impl Platform {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cloud =
+            BoxProcess::start_cloud(&dir.path().join("cloud"), &["--listen", "127.0.0.1:0"]);
+        let platform = Self { dir, cloud };
+        write_secret(&platform.token_file(), &platform.admin_token());
+        platform
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.cloud.addr)
+    }
+
+    /// A platform admin token for the default venue.
+    fn admin_token(&self) -> String {
+        self.cloud.platform().admin_token(DEFAULT_VENUE)
+    }
+
+    /// A platform-signed candidate token, as the exam platform gives its candidates.
+    fn candidate_token(&self, candidate: &str) -> String {
+        self.cloud
+            .platform()
+            .candidate_token(DEFAULT_VENUE, EXAM, candidate)
+    }
+
+    fn token_file(&self) -> PathBuf {
+        self.dir.path().join("admin.token")
+    }
+
+    /// Runs `hallrelay cloud ACTION --cloud URL --token-file F EXTRA…`: (exit code, stdout,
+    /// stderr).
+    fn operator(&self, action: &str, extra: &[&str]) -> (i32, String, String) {
+        let out = command(None)
+            .args(["cloud", action, "--cloud", &self.url(), "--token-file"])
+            .arg(self.token_file())
+            .args(extra)
+            .output()
+            .expect("run hallrelay cloud");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A new code from `hallrelay cloud enroll`, as it prints it.
+    fn code(&self, extra: &[&str]) -> String {
+        let mut args = vec!["--venue", "default"];
+        args.extend_from_slice(extra);
+        let (code, out, err) = self.operator("enroll", &args);
+        assert_eq!(code, 0, "cloud enroll failed: {err}");
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix("enrollment code"))
+            .unwrap_or_else(|| panic!("no code in {out}"));
+        line.trim().to_owned()
+    }
+
+    /// A plain client of the cloud with `token`.
+    fn client(&self, token: Option<String>) -> Connection {
+        Connection::with_roots(&self.url(), None, token.map(Secret::new)).unwrap()
+    }
+
+    /// A box that enrolls with `code` (written to a 0600 file in the box's folder).
+    fn start_box(&self, name: &str, code: &str) -> BoxProcess {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let code_file = write_secret(&dir.join("enrollment.code"), code);
+        BoxProcess::start(
+            &dir.join("data"),
+            &[
+                "--name",
+                name,
+                "--cloud",
+                &self.url(),
+                "--enrollment-code-file",
+                &code_file,
+            ],
+        )
+    }
+
+    fn relays(&self) -> Relays {
+        let token = self.candidate_token("c1");
+        let reply = block(self.client(Some(token)).get(&relays_path(EXAM))).unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.message());
+        reply.json().unwrap()
+    }
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A box identity made here (a certificate and its key), for talking to the platform directly.
+struct FakeBox {
+    certificate: Vec<u8>,
+    key: SigningKey,
+}
+
+impl FakeBox {
+    fn new() -> Self {
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["box.local".into()])
+            .unwrap()
+            .self_signed(&pair)
+            .unwrap();
+        Self {
+            certificate: cert.der().to_vec(),
+            key: SigningKey::from_pkcs8(&pair.serialize_der()).unwrap(),
+        }
+    }
+
+    fn pin(&self) -> String {
+        hallrelay_protocol::pin::pin_of_certificate(&self.certificate.clone().into()).unwrap()
+    }
+
+    /// `POST /v1/enrollment` with `code` (signed as typed, normalised as the box does).
+    fn enroll(&self, platform: &Platform, code: &str) -> Reply {
+        let normalised: String = code.chars().filter(|c| *c != '-').collect();
+        let body = EnrollRequest {
+            code: code.to_owned(),
+            certificate: STANDARD.encode(&self.certificate),
+            name: "fake".into(),
+            addresses: vec!["127.0.0.1:9".into()],
+            proof: STANDARD.encode(self.key.sign(&proof_message(&normalised))),
+        };
+        send_json(&platform.client(None), Method::POST, ENROLLMENT, &body)
+    }
+}
+
+fn send_json<T: serde::Serialize>(
+    client: &Connection,
+    method: Method,
+    path: &str,
+    body: &T,
+) -> Reply {
+    block(client.send(
+        method,
+        path,
+        HeaderMap::new(),
+        Bytes::from(serde_json::to_vec(body).unwrap()),
+    ))
+    .unwrap()
+}
+
+fn error_code(reply: &Reply) -> String {
+    reply.json::<serde_json::Value>().unwrap()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Polls the box's status until `enrollment.state` is `want`.
+fn wait_for_enrollment(b: &BoxProcess, want: &str, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = block(b.status());
+        if status["enrollment"]["state"] == want {
+            return status["enrollment"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "enrollment never became {want}: {}\n{}",
+            status["enrollment"],
+            b.log_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs `hallrelay ARGS`: (success, stdout and stderr).
+fn hallrelay(args: &[&str]) -> (bool, String) {
+    let out = command(None).args(args).output().expect("run hallrelay");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `hallrelay status` of a running box, as a person reads it.
+fn box_status(b: &BoxProcess) -> String {
+    let token = write_secret(&b.data_dir.with_file_name("admin.token"), &b.admin_token());
+    let (ok, text) = hallrelay(&[
+        "status",
+        "--box",
+        &b.url(),
+        "--token-file",
+        &token,
+        "--pin",
+        &b.pin,
+    ]);
+    assert!(ok, "{text}");
+    text
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The happy path, as IT staff live it: a code from `cloud enroll`, a box that enrolls on
+/// first contact, replays with its own credential, is listed by `cloud boxes` and to the
+/// exam's candidates with the address it reported.
+#[test]
+fn a_box_enrolls_with_a_code_from_cloud_enroll_then_replays_and_is_listed() {
+    let platform = Platform::start();
+    let code = platform.code(&[]);
+    assert_eq!(code.len(), 24, "five groups of four: {code}");
+    let hall = platform.start_box("hall-a", &code);
+    let enrollment = wait_for_enrollment(&hall, "enrolled", Duration::from_secs(20));
+    assert_eq!(enrollment["venue"], "default");
+    assert!(enrollment["keys_age_secs"].is_u64(), "{enrollment}");
+    let state = hall.data_dir.join("enrollment.json");
+    assert_eq!(mode(&state), 0o600, "the credential is private");
+    let (ok, check) = hallrelay(&[
+        "check",
+        "--candidates",
+        "10",
+        "--hours",
+        "1",
+        "--data-dir",
+        hall.data_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && check.contains("ok enrollment: enrolled in venue default"),
+        "{check}"
+    );
+    assert!(box_status(&hall).contains("platform enrolled in venue default"));
+
+    // The enrolled box takes the platform's tokens, and replay uses the credential
+    // enrollment gave (forwarding the candidate's token).
+    let reply = block(put(
+        &hall.client(Some(platform.candidate_token("c1"))),
+        EXAM,
+        "c1",
+        1,
+        b"answer one",
+    ));
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let cloud_admin = platform.client(Some(platform.admin_token()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while block(list(&cloud_admin, EXAM, "c1")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "never replayed:\n{}",
+            hall.log_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let (code, out, err) = platform.operator("boxes", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("hall-a") && out.contains(&hall.pin), "{out}");
+    // A token scoped to one box manages nothing at the platform.
+    let scoped = token::mint(
+        &platform.cloud.platform().key(),
+        &Claims::admin(DEFAULT_VENUE, "it", now(), 600).on_box(&hall.pin),
+    );
+    write_secret(&platform.token_file(), &scoped);
+    let (code, _, err) = platform.operator("enroll", &["--venue", DEFAULT_VENUE]);
+    assert_ne!(code, 0);
+    // (The cloud serves no box, so its Auth refuses the token before the route does.)
+    assert!(
+        err.contains("another box only") || err.contains("one box only"),
+        "{err}"
+    );
+    write_secret(&platform.token_file(), &platform.admin_token());
+    let relays = platform.relays();
+    assert_eq!(relays.venue, "default");
+    assert_eq!(relays.relays.len(), 1, "{relays:?}");
+    assert_eq!(relays.relays[0].pin, hall.pin);
+    assert_eq!(relays.relays[0].addresses, vec![hall.addr.clone()]);
+}
+
+/// Expired, spent (by another box) and guessed codes are refused with messages that say so;
+/// the cloud records which pin spent a code, and a second box shows the refusal in its status.
+#[test]
+fn expired_spent_and_guessed_codes_are_refused_with_messages_that_say_so() {
+    let platform = Platform::start();
+
+    // Guessed: a well-formed code the platform never issued.
+    let guessed = FakeBox::new().enroll(&platform, "7K3M-Q9XA-2F8R-WD4N-HC6P");
+    assert_eq!(guessed.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&guessed), "enrollment_code_unknown");
+    assert!(
+        guessed.message().unwrap().contains("not known"),
+        "{:?}",
+        guessed.message()
+    );
+    // Mistyped: not even a code.
+    let typo = FakeBox::new().enroll(&platform, "7K3M-Q9XA");
+    assert_eq!(typo.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        typo.message().unwrap().contains("20 characters"),
+        "{:?}",
+        typo.message()
+    );
+
+    // Expired.
+    let short = platform.code(&["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let expired = FakeBox::new().enroll(&platform, &short);
+    assert_eq!(expired.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&expired), "enrollment_code_expired");
+    assert!(expired.message().unwrap().contains("expired"));
+
+    // Spent: the first box enrolls, a second box with another pin is refused, loudly.
+    let code = platform.code(&[]);
+    let first = FakeBox::new();
+    let enrolled = first.enroll(&platform, &code);
+    assert_eq!(
+        enrolled.status,
+        StatusCode::CREATED,
+        "{:?}",
+        enrolled.message()
+    );
+    let second = platform.start_box("hall-b", &code);
+    let refused = wait_for_enrollment(&second, "code_refused", Duration::from_secs(20));
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&first.pin()) && reason.contains("already used"),
+        "{reason}"
+    );
+    assert!(
+        refused["next_step"]
+            .as_str()
+            .unwrap()
+            .contains("cloud enroll")
+    );
+    assert!(
+        second
+            .wait_for_log("refused the enrollment code", Duration::from_secs(5))
+            .is_some(),
+        "the box logs the refusal"
+    );
+    let warned = platform
+        .cloud
+        .wait_for_log(
+            "a second box presented a spent enrollment code",
+            Duration::from_secs(5),
+        )
+        .expect("the cloud warns");
+    assert!(
+        warned.contains(&first.pin()) && warned.contains(&second.pin),
+        "{warned}"
+    );
+    // The same first box re-presenting its own code (a lost answer) gets a fresh credential.
+    assert_eq!(first.enroll(&platform, &code).status, StatusCode::CREATED);
+    // A proof made with another key than the certificate's is refused.
+    let thief = FakeBox {
+        certificate: first.certificate.clone(),
+        key: SigningKey::generate(),
+    };
+    assert_eq!(
+        thief.enroll(&platform, &code).status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// Guessing at scale is throttled per source address: 429 with Retry-After.
+#[test]
+fn enrollment_attempts_are_rate_limited_per_address() {
+    let platform = Platform::start();
+    let fake = FakeBox::new();
+    let mut limited = None;
+    for _ in 0..30 {
+        let reply = fake.enroll(&platform, "7K3M-Q9XA-2F8R-WD4N-HC6P");
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(reply);
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    let limited = limited.expect("30 guesses in a row are never throttled");
+    assert!(limited.header(http::header::RETRY_AFTER).is_some());
+}
+
+/// A box credential writes autosaves and nothing else: reading answers is 403.
+#[test]
+fn a_box_credential_cannot_read_payloads() {
+    let platform = Platform::start();
+    let code = platform.code(&[]);
+    let reply = FakeBox::new().enroll(&platform, &code);
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let credential = reply.json::<serde_json::Value>().unwrap()["credential"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let as_box = platform.client(Some(credential));
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        hallrelay_protocol::v1::headers::CANDIDATE_TOKEN,
+        platform.candidate_token("c1").parse().unwrap(),
+    );
+    let stored = block(as_box.put(
+        &autosave_path(EXAM, "c1", 1),
+        headers,
+        Bytes::from_static(b"written by replay"),
+    ))
+    .unwrap();
+    assert_eq!(stored.status, StatusCode::CREATED, "{:?}", stored.message());
+    for path in [
+        hallrelay_protocol::v1::autosaves_path(EXAM, "c1"),
+        hallrelay_protocol::v1::latest_path(EXAM, "c1"),
+        autosave_path(EXAM, "c1", 1),
+    ] {
+        let read = block(as_box.get(&path)).unwrap();
+        assert_eq!(read.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(
+            read.message().unwrap().contains("may only write"),
+            "{:?}",
+            read.message()
+        );
+    }
+    assert_eq!(block(as_box.get(BOX)).unwrap().status, StatusCode::OK);
+}
+
+/// Revocation: the box leaves the exam's relays, and its credential no longer works for
+/// anything, replay included. A venue that requires confirmation lists a box only once IT
+/// confirmed its pin.
+#[test]
+fn a_revoked_box_leaves_the_relays_and_its_credential_is_refused() {
+    let platform = Platform::start();
+    let code = platform.code(&["--require-confirmation"]);
+    let fake = FakeBox::new();
+    let reply = fake.enroll(&platform, &code);
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let credential = reply.json::<serde_json::Value>().unwrap()["credential"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(platform.relays().relays.is_empty(), "not confirmed yet");
+    let (code, out, err) = platform.operator("confirm", &["--pin", &fake.pin()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("confirmed"), "{out}");
+    assert_eq!(platform.relays().relays.len(), 1);
+
+    let (code, out, err) = platform.operator("revoke", &["--pin", &fake.pin()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revoked"), "{out}");
+    assert!(
+        platform.relays().relays.is_empty(),
+        "a revoked box is listed to no one"
+    );
+    let as_box = platform.client(Some(credential));
+    let put = block(put(&as_box, EXAM, "c1", 1, b"after revocation"));
+    assert_eq!(put.status, StatusCode::UNAUTHORIZED, "replay is refused");
+    assert!(put.message().unwrap().contains("revoked"));
+    assert_eq!(
+        block(as_box.get(BOX)).unwrap().status,
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, out, _) = platform.operator("boxes", &[]);
+    assert!(out.contains("REVOKED"), "{out}");
+    // An unknown pin is a clear error, not a silent success.
+    let (code, _, err) = platform.operator("revoke", &["--pin", &FakeBox::new().pin()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no box with pin"), "{err}");
+}
+
+/// A box enrolled earlier that starts with no cloud reachable still knows its venue and has
+/// the platform's keys: everything it needs on exam day.
+#[test]
+fn an_enrolled_box_restarted_without_its_cloud_keeps_its_enrollment() {
+    let mut platform = Platform::start();
+    let code = platform.code(&[]);
+    let mut hall = platform.start_box("hall-a", &code);
+    wait_for_enrollment(&hall, "enrolled", Duration::from_secs(20));
+    hall.terminate();
+    platform.cloud.terminate();
+    drop(hall);
+    let hall = platform.start_box("hall-a", &code);
+    let enrollment = wait_for_enrollment(&hall, "enrolled", Duration::from_secs(5));
+    assert_eq!(enrollment["venue"], "default");
+    assert!(enrollment["keys_age_secs"].is_u64());
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(hall.data_dir.join("enrollment.json")).unwrap())
+            .unwrap();
+    assert!(saved["platform_keys"]["keys"].is_array(), "{saved}");
+    let platform_token = platform.candidate_token("c7");
+    let stored = block(put(
+        &hall.client(Some(platform_token)),
+        EXAM,
+        "c7",
+        1,
+        b"offline",
+    ));
+    assert_eq!(stored.status, StatusCode::CREATED, "{:?}", stored.message());
+    let other_venue = platform
+        .cloud
+        .platform()
+        .candidate_token("another-venue", EXAM, "c7");
+    let refused = block(put(&hall.client(Some(other_venue)), EXAM, "c7", 2, b"x"));
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+}
+
+/// `hallrelay check` says NOT READY for a box that has a cloud and a code but has not
+/// enrolled yet, and says what to do.
+#[test]
+fn check_is_not_ready_before_enrollment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        "cloud = \"http://127.0.0.1:9\"\nenrollment_code = \"7K3M-Q9XA-2F8R-WD4N-HC6P\"\n",
+    );
+    let data = dir.path().join("data");
+    let (ok, text) = hallrelay(&[
+        "check",
+        "--candidates",
+        "1",
+        "--hours",
+        "1",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("NO enrollment: not enrolled yet"), "{text}");
+}
+
+/// A box with a cloud and a mistyped code does not start: the error names the setting.
+#[test]
+fn a_mistyped_code_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let code_file = write_secret(&dir.path().join("code"), "7K3M-Q9XA-2F8R");
+    let out = command(None)
+        .args([
+            "serve",
+            "--no-mdns",
+            "--listen",
+            "127.0.0.1:0",
+            "--cloud",
+            "http://127.0.0.1:9",
+        ])
+        .args(["--enrollment-code-file", &code_file, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("enrollment_code_file") && err.contains("20 characters"),
+        "{err}"
+    );
+}
