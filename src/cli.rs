@@ -414,6 +414,25 @@ pub enum CloudAction {
     /// Confirm a new box's pin (for venues whose codes require confirmation): only then is
     /// it listed to candidates.
     Confirm(PinArgs),
+    /// Rotate the platform's token key, in two steps run on the cloud's machine: first publish
+    /// the next key (boxes fetch it on their next contact; nothing is signed with it yet),
+    /// then, once every box has had it (we suggest 14 days), --promote it to sign. The old
+    /// public key stays published for the tokens it signed. A running cloud picks up each
+    /// step within a second.
+    RotateKey(RotateKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    /// The cloud's data dir, which holds platform.key.
+    #[arg(long, value_name = "DIR", default_value = "hallrelay-cloud")]
+    pub data_dir: PathBuf,
+    /// The platform's signing key, if not <data-dir>/platform.key.
+    #[arg(long, value_name = "FILE", alias = "venue-key-file")]
+    pub platform_key_file: Option<PathBuf>,
+    /// Make the published next key the signer (the second step).
+    #[arg(long)]
+    pub promote: bool,
 }
 
 /// How the operator's commands reach the cloud.

@@ -6,7 +6,8 @@ use std::time::Duration;
 use clap::Parser;
 use hallrelay::cli::{
     AuditArgs, CandidateArgs, CheckArgs, Cli, CloudAction, CloudArgs, Command, DemoArgs,
-    DiscoverArgs, ExportArgs, ImportArgs, LoadtestArgs, ReplayArgs, StatusArgs, VerifyArgs,
+    DiscoverArgs, ExportArgs, ImportArgs, LoadtestArgs, ReplayArgs, RotateKeyArgs, StatusArgs,
+    VerifyArgs,
 };
 use hallrelay::ops::{self, OpsError};
 use hallrelay_protocol::keys::Secret;
@@ -286,10 +287,39 @@ fn secret(path: &std::path::Path) -> Result<Secret, ExitCode> {
     Secret::from_file(path).map_err(|e| fail(EXIT_USAGE, &e))
 }
 
+/// `cloud rotate-key`: one step of the platform's key rotation, on the cloud's own files.
+fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
+    use hallrelay_server::keyring::{KeyRing, Rotated};
+    let file = args
+        .platform_key_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join(PLATFORM_KEY_FILE));
+    let done = KeyRing::existing(&file).and_then(|ring| ring.rotate(args.promote));
+    match done {
+        Ok(Rotated::Published(kid)) => {
+            println!(
+                "published the next key {kid}: it signs nothing yet. Once every box has fetched \
+                 it (on its next contact with the cloud), run `hallrelay cloud rotate-key \
+                 --promote`"
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Rotated::Promoted { signer, retired }) => {
+            println!(
+                "key {signer} signs tokens now; {retired} stays published for the tokens it \
+                 signed"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_USAGE, &e),
+    }
+}
+
 /// `cloud enroll|boxes|revoke|confirm`.
 fn cloud_action(action: &CloudAction) -> ExitCode {
     use hallrelay::platform;
     let access = match action {
+        CloudAction::RotateKey(a) => return rotate_key(a),
         CloudAction::Enroll(a) => &a.access,
         CloudAction::Boxes(a) => a,
         CloudAction::Revoke(a) | CloudAction::Confirm(a) => &a.access,
@@ -326,6 +356,8 @@ fn cloud_action(action: &CloudAction) -> ExitCode {
                 row.name, row.pin
             ))
         }),
+        // Answered above, on the cloud's own files: it needs no connection.
+        CloudAction::RotateKey(a) => rotate_key(a),
     }
 }
 

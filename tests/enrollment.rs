@@ -33,9 +33,13 @@ struct Platform {
 
 impl Platform {
     fn start() -> Self {
+        Self::start_on("127.0.0.1:0")
+    }
+
+    /// A cloud on `listen` (a fixed port, for a test that restarts it).
+    fn start_on(listen: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let cloud =
-            BoxProcess::start_cloud(&dir.path().join("cloud"), &["--listen", "127.0.0.1:0"]);
+        let cloud = BoxProcess::start_cloud(&dir.path().join("cloud"), &["--listen", listen]);
         let platform = Self { dir, cloud };
         write_secret(&platform.token_file(), &platform.admin_token());
         platform
@@ -583,4 +587,259 @@ fn a_mistyped_code_is_a_configuration_error() {
         err.contains("enrollment_code_file") && err.contains("20 characters"),
         "{err}"
     );
+}
+
+/// Enrolls a box with a fresh code and waits until it says so.
+fn enrolled_box(platform: &Platform, name: &str) -> BoxProcess {
+    let code = platform.code(&[]);
+    let b = platform.start_box(name, &code);
+    wait_for_enrollment(&b, "enrolled", Duration::from_secs(30));
+    b
+}
+
+/// Every 32-byte key that the files of `dir` hold (as 64 hex digits or 32 raw bytes), as a
+/// thief with the card would try them.
+fn keys_in(dir: &Path) -> Vec<(PathBuf, hallrelay_protocol::keys::TokenKey)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            let hex = hallrelay_protocol::hex::parse_hex32(text.trim());
+            let raw = <[u8; 32]>::try_from(bytes.as_slice()).ok();
+            if let Some(seed) = hex.or(raw) {
+                found.push((path, hallrelay_protocol::keys::TokenKey::from_bytes(seed)));
+            }
+        }
+    }
+    found
+}
+
+/// The rule of the trust chain: no file on an enrolled box mints a token that the cloud or
+/// another box accepts. Every key-shaped file in the box's data dir signs candidate and admin
+/// tokens, naming the box and not; the cloud and a second box of the same venue refuse all of
+/// them, while the platform's own token passes both (so the refusals are not for another
+/// reason). The box's credential mints nothing: it is a bearer secret, not a key.
+#[test]
+fn no_file_of_an_enrolled_box_mints_what_the_cloud_or_another_box_accepts() {
+    let platform = Platform::start();
+    let first = enrolled_box(&platform, "hall-a");
+    let second = enrolled_box(&platform, "hall-b");
+    let keys = keys_in(&first.data_dir);
+    assert!(
+        keys.iter().any(|(p, _)| p.ends_with("venue.key")),
+        "the box's local key is among the files tried: {:?}",
+        keys.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    let now = common::now();
+    let at_cloud = |t: &str| platform.client(Some(t.to_owned()));
+    let mut seq = 0;
+    for (path, key) in &keys {
+        let claims = [
+            Claims::candidate(DEFAULT_VENUE, EXAM, "c1", now, 600),
+            Claims::candidate(DEFAULT_VENUE, EXAM, "c1", now, 600).on_box(&first.pin),
+            Claims::candidate(DEFAULT_VENUE, EXAM, "c1", now, 600).on_box(&second.pin),
+        ];
+        for claims in claims {
+            seq += 1;
+            let forged = token::mint(key, &claims);
+            let reply = block(put(&at_cloud(&forged), EXAM, "c1", seq, b"stolen"));
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{path:?} at the cloud"
+            );
+            let reply = block(put(&second.client(Some(forged)), EXAM, "c1", seq, b"x"));
+            assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{path:?} on hall-b");
+        }
+        let admin = token::mint(key, &Claims::admin(DEFAULT_VENUE, "thief", now, 600));
+        let reply = block(second.client(Some(admin.clone())).get("/v1/status")).unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{path:?} admin on hall-b"
+        );
+        let reply = block(platform.client(Some(admin)).get("/v1/boxes")).unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{path:?} admin at the cloud"
+        );
+    }
+    let genuine = platform.candidate_token("c1");
+    seq += 1;
+    let reply = block(put(
+        &second.client(Some(genuine.clone())),
+        EXAM,
+        "c1",
+        seq,
+        b"ok",
+    ));
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let reply = block(put(&at_cloud(&genuine), EXAM, "c1", seq, b"ok"));
+    assert_eq!(reply.status, StatusCode::CREATED);
+}
+
+/// What an enrolled box forwards is checked at the cloud: without the candidate's token, or
+/// with another candidate's, the write is refused (a stolen credential writes nothing for
+/// candidates who never used that box); a receipt that is altered, or signed by another key,
+/// is kept as rejected with its reason and never costs the save; the box's own replayed
+/// receipts are verified.
+#[test]
+fn forwarded_writes_need_the_candidates_authority_and_bad_receipts_cost_nothing() {
+    use hallrelay_protocol::receipt::Receipt;
+    use hallrelay_protocol::v1::AutosavePut;
+    let platform = Platform::start();
+    let hall = enrolled_box(&platform, "hall-a");
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(hall.data_dir.join("enrollment.json")).unwrap(),
+    )
+    .unwrap();
+    let credential = saved["credential"].as_str().unwrap().to_owned();
+    let as_box = platform.client(Some(credential));
+    let token = platform.candidate_token("c1");
+
+    // A real save on the box, replayed by it: its receipt verifies at the cloud.
+    let reply = block(put(
+        &hall.client(Some(token.clone())),
+        EXAM,
+        "c1",
+        1,
+        b"first",
+    ));
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let receipt: Receipt = reply.json().unwrap();
+    let admin = platform.client(Some(platform.admin_token()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let rows = block(list(&admin, EXAM, "c1"));
+        if !rows.is_empty() {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "the box never replayed");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(listed[0]["hall_receipt"]["state"], "verified", "{listed:?}");
+
+    let forward = |seq: u64, body: &[u8], receipt: Option<&Receipt>, candidate: Option<&str>| {
+        let name = hallrelay_protocol::ids::AutosaveName {
+            exam: EXAM.into(),
+            candidate: "c1".into(),
+            seq,
+        };
+        let mut put = AutosavePut::new(&name, false);
+        if let Some(r) = receipt {
+            put = put.receipt(r);
+        }
+        if let Some(t) = candidate {
+            put = put.candidate_token(t);
+        }
+        block(as_box.put(&put.path, put.headers, Bytes::copy_from_slice(body))).unwrap()
+    };
+    // No candidate's authority, or another candidate's: refused, nothing stored.
+    assert_eq!(forward(2, b"x", None, None).status, StatusCode::FORBIDDEN);
+    let other = platform.candidate_token("c2");
+    assert_eq!(
+        forward(2, b"x", None, Some(&other)).status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(block(list(&admin, EXAM, "c1")).len(), 1);
+
+    // An altered receipt (another time) and one signed by a stranger: saves kept, receipts
+    // rejected with the reason.
+    let mut altered = receipt.clone();
+    altered.seq = 3;
+    altered.received_at = "2020-01-01T00:00:00Z".into();
+    altered.blake3 = blake3::hash(b"third").to_hex().to_string();
+    altered.size = 5;
+    let reply = forward(3, b"third", Some(&altered), Some(&token));
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.message());
+    let mut stranger = altered.clone();
+    stranger.seq = 4;
+    stranger.blake3 = blake3::hash(b"fourth").to_hex().to_string();
+    stranger.size = 6;
+    stranger.sign_with(&SigningKey::generate());
+    let reply = forward(4, b"fourth", Some(&stranger), Some(&token));
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.message());
+    let rows = block(list(&admin, EXAM, "c1"));
+    for seq in [3, 4] {
+        let row = rows.iter().find(|r| r["seq"] == seq).unwrap();
+        assert_eq!(row["hall_receipt"]["state"], "rejected", "{row}");
+        assert!(
+            row["hall_receipt"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("not signed by box"),
+            "{row}"
+        );
+    }
+}
+
+/// The platform's key rotation: a running box picks up the published next key on its next
+/// contact with the cloud; offline through the switch, it still accepts tokens the promoted
+/// key signs, and those of the retired key.
+#[test]
+fn a_key_rotation_reaches_a_running_box_that_then_goes_offline() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut platform = Platform::start_on(&listen);
+    let hall = enrolled_box(&platform, "hall-a");
+    let cloud_dir = platform.cloud.data_dir.clone();
+    let old = platform.candidate_token("c1");
+
+    // Step 1, on the cloud's machine: publish the next key.
+    let (ok, out) = hallrelay(&[
+        "cloud",
+        "rotate-key",
+        "--data-dir",
+        cloud_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let next = token_signed_by(&cloud_dir.join("platform.next.key"));
+    let reply = block(put(&hall.client(Some(next.clone())), EXAM, "c1", 1, b"a"));
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "not fetched yet");
+
+    // The box's next contact: the uplink goes down and comes back.
+    platform.cloud.kill9();
+    platform.cloud = BoxProcess::start_cloud(&cloud_dir, &["--listen", &listen]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while block(put(&hall.client(Some(next.clone())), EXAM, "c1", 1, b"a")).status
+        != StatusCode::CREATED
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the box never fetched the next key"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Step 2 while the box is offline: the promoted key signs; the box takes its tokens and
+    // still the old key's.
+    platform.cloud.kill9();
+    let (ok, out) = hallrelay(&[
+        "cloud",
+        "rotate-key",
+        "--data-dir",
+        cloud_dir.to_str().unwrap(),
+        "--promote",
+    ]);
+    assert!(ok, "{out}");
+    let promoted = token_signed_by(&cloud_dir.join("platform.key"));
+    let reply = block(put(&hall.client(Some(promoted)), EXAM, "c1", 2, b"b"));
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.message());
+    let reply = block(put(&hall.client(Some(old)), EXAM, "c1", 3, b"c"));
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.message());
+}
+
+/// A candidate token for c1 signed with the key in `key_file`, as the platform mints them.
+fn token_signed_by(key_file: &Path) -> String {
+    common::Platform {
+        key_file: key_file.to_owned(),
+    }
+    .candidate_token(DEFAULT_VENUE, EXAM, "c1")
 }

@@ -59,6 +59,15 @@ impl KeyRing {
         })
     }
 
+    /// The ring around the existing signing key at `signer`: for the operator's commands,
+    /// which must never make a platform key in a mistyped folder.
+    pub fn existing(signer: &Path) -> Result<Self, KeyRingError> {
+        TokenKey::load(signer)?;
+        Ok(Self {
+            signer: signer.to_owned(),
+        })
+    }
+
     fn sibling(&self, name: &str) -> PathBuf {
         self.signer.with_file_name(name)
     }
