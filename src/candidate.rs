@@ -1,7 +1,9 @@
 //! `hallrelay candidate`: a simulated candidate, built on the client library exactly as a
 //! vendor's exam client would be, printing where each save landed.
 //!
-//! It first sends whatever a previous run left unacknowledged in its journal, then saves every
+//! It first asks the cloud for the exam's relay list (the boxes it may fail over to, with
+//! their pins: no `--pin` needed where the cloud has a platform behind it), sends whatever a
+//! previous run left unacknowledged in its journal, then saves every
 //! `interval` (`count` times, or until stopped), then flushes once more. Its result says how
 //! many saves are held only in the journal: the exit code of the command is 0 only if none is.
 
@@ -88,6 +90,16 @@ pub async fn run(
     let print = std::sync::Arc::new(print);
     let events = print.clone();
     let mut autosaver = Autosaver::open(plan.options)?.on_event(move |e| events(e.to_string()));
+    if let Some(list) = autosaver.relays() {
+        print(format!(
+            "the journal holds the cloud's list of {} hall relays for venue {}",
+            list.relays.len(),
+            list.venue
+        ));
+    }
+    // The start of the exam: learn the hall relays while the cloud answers (an event says
+    // how many). When it does not, the journal's list and the --pin flags are what there is.
+    autosaver.learn_relays().await;
     let owed = autosaver.journal().not_in_cloud().len();
     if owed > 0 {
         print(format!(

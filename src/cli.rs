@@ -37,7 +37,9 @@ pub enum Command {
     /// `boxes`, `revoke`, `confirm`.
     Cloud(CloudArgs),
     /// Run a simulated candidate on the client library: cloud first, a pinned box when the
-    /// cloud is gone. Exits 0 when every save is acknowledged by the cloud or a pinned box,
+    /// cloud is gone. At the start it asks the cloud for the exam's relay list (the venue's
+    /// enrolled boxes, their pins and addresses) and keeps it in the journal: their pins are
+    /// trusted like --pin, their addresses tried like --box. Exits 0 when every save is acknowledged by the cloud or a pinned box,
     /// 75 when some are held only in its journal (run it again to send them), 64 on bad
     /// arguments.
     Candidate(CandidateArgs),
@@ -288,7 +290,8 @@ pub struct CandidateArgs {
     /// File holding the candidate's token.
     #[arg(long, value_name = "F")]
     pub token_file: PathBuf,
-    /// Pin of a box this candidate may save to (repeatable); without one, no failover.
+    /// Pin of a box this candidate may save to (repeatable), besides the boxes of the cloud's
+    /// relay list; for boxes without a platform. With neither, no failover.
     #[arg(long = "pin", value_name = "PIN", value_parser = pin)]
     pub pins: Vec<String>,
     /// Time between saves.
@@ -320,7 +323,8 @@ pub struct CandidateArgs {
     /// Do not look for boxes over mDNS (only --box addresses).
     #[arg(long)]
     pub no_mdns: bool,
-    /// A box's base URL to try besides mDNS (repeatable); trusted only by --pin.
+    /// A box's base URL to try besides mDNS and the relay list's addresses (repeatable);
+    /// trusted only by a pin (--pin or the relay list's).
     #[arg(long = "box", value_name = "URL")]
     pub boxes: Vec<String>,
     /// Trust a self-hosted cloud by this pin instead of CA roots (repeatable).

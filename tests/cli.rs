@@ -432,7 +432,8 @@ fn the_start_log_names_the_real_store_file() {
 }
 
 /// The README's recipes are the ones the tests above run: the curl walkthrough writes its
-/// payload before sending it, the one-machine cloud shares the box's venue key, and a token
+/// payload before sending it, the one-machine box trusts the cloud's published platform keys
+/// and the candidate's token is the platform's, and a token
 /// goes to a file through `--out` (never `> FILE`, which `--token-file` refuses).
 #[test]
 fn the_readme_recipes_are_the_tested_ones() {
@@ -450,14 +451,13 @@ fn the_readme_recipes_are_the_tested_ones() {
     let sent = curl.find("@answers.json").expect("answers.json is sent");
     assert!(written < sent, "{curl}");
     let one_machine = section("### The box and the cloud on one machine");
-    assert!(
-        one_machine.contains("--venue-key-file hallrelay-data/venue.key"),
-        "{one_machine}"
-    );
-    assert!(
-        one_machine.contains("token --exam math-2026 --candidate c042 --out c042.token"),
-        "{one_machine}"
-    );
+    for step in [
+        "/v1/platform/keys > platform-keys.json",
+        "platform_keys_file = \"platform-keys.json\"",
+        "token --platform-key-file hallrelay-cloud/platform.key \\\n    --exam math-2026 --candidate c042 --out c042.token",
+    ] {
+        assert!(one_machine.contains(step), "{step}: {one_machine}");
+    }
     for line in readme.lines().filter(|l| l.contains(" token ")) {
         assert!(!line.contains("token >") && !line.contains(") >"), "{line}");
     }

@@ -1,5 +1,6 @@
 //! A candidate's exam client saving through the reference client: to the platform's cloud
-//! first, to a box in the hall (trusted only by its pin) when the cloud is gone, and back.
+//! first, to a box in the hall (trusted only by its pin: the cloud's relay list gives the
+//! venue's, BOX_PIN adds boxes without a platform) when the cloud is gone, and back.
 //!
 //! ```text
 //! cargo run -p hallrelay-client --example autosave -- \
@@ -27,7 +28,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The candidate's token, from a file only its user may read (mode 0600).
     let token = Secret::from_file(&PathBuf::from(token_file))?;
     let mut options = Options::new(cloud, exam, candidate, token, PathBuf::from(journal));
-    // From the exam configuration: the only boxes this client will ever save to.
+    // From the exam configuration, for boxes without a platform; the cloud's relay list
+    // (below) adds the venue's enrolled boxes. No other box is ever saved to.
     options.box_pins = pins.to_vec();
     options.discovery = Discovery::mdns(vec!["lo".into()]);
     options.cloud_trust = CloudTrust::Roots { ca_file: None };
@@ -36,6 +38,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::io::stdin().read_to_end(&mut answers)?;
     // Every step is an event a client can show: "save 1 saved to the cloud at 10:32:15 UTC".
     let mut autosaver = Autosaver::open(options)?.on_event(|event| println!("{event}"));
+    // The start of the exam: learn the venue's boxes while the cloud answers (kept in the
+    // journal for the day it does not).
+    autosaver.learn_relays().await;
     let saved = autosaver.save(&answers, false).await?;
     println!("landed: {:?}", saved.landed);
     Ok(())

@@ -3,9 +3,11 @@
 //!
 //! [`Autosaver::save`] writes the save to the [`Journal`] (fsynced) before any network call,
 //! then sends it to the cloud. Once the cloud has been failing for `failover_after`, the
-//! autosaver looks for boxes ([`Discovery`]: mDNS, or addresses known in advance), skips any
-//! whose announced pin is not one it holds, and connects only to one whose TLS key matches a
-//! pin it holds; saves then go there. While on a box it asks the cloud every `probe_every`
+//! autosaver looks for boxes ([`Discovery`]: mDNS, or addresses known in advance, and the
+//! addresses of the cloud's relay list), skips any whose announced pin is not one it holds, and
+//! connects only to one whose TLS key matches a pin it holds; saves then go there. The pins it
+//! holds are the configured ones and those of the [`RelayList`] the cloud gave at the start of
+//! the exam (kept in the journal folder, so a restart during the outage keeps them). While on a box it asks the cloud every `probe_every`
 //! whether it answers again; when it does, it returns to the cloud and re-sends everything the
 //! cloud lacks (the API's idempotency makes re-sending safe). With no trusted box, saves stay
 //! in the journal and the caller is told. Every change worth showing a candidate is an
@@ -22,6 +24,7 @@ use http::StatusCode;
 use super::connection::{ClientError, Connection, Reply};
 use super::journal::{Held, Journal, JournalError};
 use crate::discovery::{Browser, Found, MdnsError};
+use crate::relays::{self, Fetched, RelayList};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::v1::{Answer, AutosavePut, HEALTH, headers, latest_path};
@@ -141,7 +144,8 @@ pub struct Options {
     pub candidate: String,
     /// The candidate's token, good at the cloud and at the venue's boxes.
     pub token: Secret,
-    /// Pins of the boxes this client may trust (from the exam configuration).
+    /// Pins of the boxes this client may trust (from the exam configuration), besides those
+    /// of the relay list the cloud gives ([`Autosaver::learn_relays`]).
     pub box_pins: Vec<String>,
     /// How long the cloud must have been failing before the client looks for a box.
     pub failover_after: Duration,
@@ -155,8 +159,8 @@ pub struct Options {
 
 impl Options {
     /// Options with the defaults: failover after 60 s, probe the cloud every 5 s, mDNS on
-    /// every interface, trust the cloud through the system's CA roots, and no box pins (so no
-    /// failover until some are added).
+    /// every interface, trust the cloud through the system's CA roots, and no configured box
+    /// pins (so failover only to the boxes of the cloud's relay list).
     pub fn new(cloud: &str, exam: &str, candidate: &str, token: Secret, journal: PathBuf) -> Self {
         Self {
             cloud: cloud.to_owned(),
@@ -202,6 +206,11 @@ pub enum Event {
     /// The cloud stopped answering.
     CloudUnreachable {
         error: String,
+    },
+    /// The cloud listed `count` hall relays of `venue` that this client may fail over to.
+    RelaysLearnt {
+        venue: String,
+        count: usize,
     },
     /// Saves go to this box from now on.
     FailedOver {
@@ -252,6 +261,11 @@ impl std::fmt::Display for Event {
                 }
             }
             Event::CloudUnreachable { error } => write!(f, "the cloud does not answer ({error})"),
+            Event::RelaysLearnt { venue, count } => write!(
+                f,
+                "the cloud lists {count} hall relays for venue {venue}: saves can go to them if \
+                 the cloud stops answering"
+            ),
             // A box given by address rather than found over mDNS is named by its URL.
             Event::FailedOver { name, url } if name == url => write!(
                 f,
@@ -394,6 +408,13 @@ pub struct Autosaver {
     /// Whether a fresh journal asked the cloud for the candidate's newest seq, and the answer.
     asked_for_latest: bool,
     seq_floor: u64,
+    /// The cloud's relay list: read from the journal folder at open, replaced by each answer.
+    learnt: Option<RelayList>,
+    /// Whether the relay list is to be asked for, and when it last was.
+    relays_due: bool,
+    last_relays_ask: Option<Instant>,
+    /// Whether a cloud that offers no relay list was logged (once is enough).
+    said_no_relays: bool,
     listener: Option<Listener>,
 }
 
@@ -414,6 +435,16 @@ impl Autosaver {
         let cloud = Connection::to_cloud(&options.cloud, &options.cloud_trust, None, token)?
             .with_timeout(SAVE_TIMEOUT);
         let journal = Journal::open(&options.journal, &options.exam, &options.candidate)?;
+        let learnt = RelayList::load(journal.dir());
+        if let Some(list) = &learnt {
+            tracing::info!(
+                candidate = %options.candidate,
+                venue = %list.venue,
+                relays = list.relays.len(),
+                fetched_at = list.fetched_at.as_deref().unwrap_or("unknown"),
+                "hall relays known from the journal"
+            );
+        }
         Ok(Self {
             options,
             journal,
@@ -425,6 +456,10 @@ impl Autosaver {
             told: HashSet::new(),
             asked_for_latest: false,
             seq_floor: 0,
+            learnt,
+            relays_due: true,
+            last_relays_ask: None,
+            said_no_relays: false,
             listener: None,
         })
     }
@@ -451,6 +486,15 @@ impl Autosaver {
         let landed = self
             .deliver(seq, Bytes::copy_from_slice(payload), is_final)
             .await?;
+        // The cloud answers: the moment to learn (or refresh) the exam's relays.
+        if landed == Landed::Cloud
+            && self.relays_due
+            && self
+                .last_relays_ask
+                .is_none_or(|at| at.elapsed() >= self.options.probe_every)
+        {
+            self.learn_relays().await;
+        }
         let saved = Saved {
             seq,
             landed,
@@ -458,6 +502,65 @@ impl Autosaver {
         };
         self.emit(Event::Saved(saved.clone()));
         Ok(saved)
+    }
+
+    /// Asks the cloud for the exam's relay list and keeps it (in memory and in the journal
+    /// folder), returning how many relays it lists. A candidate's client calls it at the start
+    /// of the exam; [`save`](Self::save) also asks after the first save the cloud takes, and
+    /// again once the cloud answers after an outage. `None` when there is no list: the cloud
+    /// does not answer (the list the journal holds is kept, and asked for again later), or it
+    /// offers none (404, 401, 403: a cloud without a platform; logged once, and saving goes on
+    /// with the configured pins).
+    pub async fn learn_relays(&mut self) -> Option<usize> {
+        self.last_relays_ask = Some(Instant::now());
+        let cloud = self.cloud.with_timeout(BOX_PROBE_TIMEOUT);
+        match relays::fetch(&cloud, &self.options.exam).await {
+            Fetched::List(list) => {
+                self.relays_due = false;
+                if let Err(error) = list.store(self.journal.dir()) {
+                    // Still used in this run; only a restart during the outage loses it.
+                    tracing::warn!(%error, "the relay list is kept in memory only");
+                }
+                let (venue, count) = (list.venue.clone(), list.relays.len());
+                tracing::info!(candidate = %self.options.candidate, %venue, relays = count, "learnt the exam's hall relays from the cloud");
+                self.learnt = Some(list);
+                self.emit(Event::RelaysLearnt { venue, count });
+                Some(count)
+            }
+            Fetched::NotOffered { status, message } => {
+                self.relays_due = false;
+                if !self.said_no_relays {
+                    self.said_no_relays = true;
+                    tracing::info!(
+                        candidate = %self.options.candidate,
+                        status = status.as_u16(),
+                        %message,
+                        "the cloud offers no relay list (a cloud without a platform): failover uses the configured pins"
+                    );
+                }
+                None
+            }
+            Fetched::Failed(error) => {
+                tracing::debug!(candidate = %self.options.candidate, %error, "cannot get the relay list now; asking again later");
+                None
+            }
+        }
+    }
+
+    /// The relay list in use: the cloud's last answer, or what the journal held.
+    pub fn relays(&self) -> Option<&RelayList> {
+        self.learnt.as_ref()
+    }
+
+    /// The pins a box may be trusted by: the configured ones and the relay list's.
+    fn trusted_pins(&self) -> Vec<String> {
+        let mut pins = self.options.box_pins.clone();
+        for pin in self.learnt.iter().flat_map(RelayList::pins) {
+            if !pins.iter().any(|p| p == pin) {
+                pins.push(pin.to_owned());
+            }
+        }
+        pins
     }
 
     /// The newest seq the cloud holds for this candidate (0 for none, or if it cannot be
@@ -615,6 +718,8 @@ impl Autosaver {
         self.cloud_down_since = None;
         self.told.clear();
         self.last_search = None;
+        // Boxes may have been enrolled or revoked meanwhile.
+        self.relays_due = true;
         if announce {
             self.emit(Event::BackToCloud {
                 resent: self.journal.not_in_cloud().len(),
@@ -628,7 +733,7 @@ impl Autosaver {
             self.emit(Event::CloudUnreachable { error });
             // Listen for boxes from the first failure on, so that answers are in by the time
             // failing over is due; nothing is sent to any box before then.
-            if !self.options.box_pins.is_empty()
+            if !self.trusted_pins().is_empty()
                 && let Err(error) = self.options.discovery.warm_up()
             {
                 tracing::warn!(%error, "cannot look for boxes");
@@ -671,8 +776,8 @@ impl Autosaver {
             return Ok(());
         }
         self.last_search = Some(Instant::now());
-        let pins = self.options.box_pins.clone();
-        let found = if pins.is_empty() {
+        let pins = self.trusted_pins();
+        let mut found = if pins.is_empty() {
             Vec::new()
         } else {
             match self.options.discovery.find(&pins, DISCOVERY_WAIT).await {
@@ -683,6 +788,23 @@ impl Autosaver {
                 }
             }
         };
+        // The relay list's addresses, tried directly after what mDNS found (an address
+        // already there is not tried twice). The pin decides, as for any box.
+        for relay in self.learnt.iter().flat_map(|list| &list.relays) {
+            let urls: Vec<String> = relay
+                .addresses
+                .iter()
+                .map(|addr| format!("https://{addr}"))
+                .filter(|url| !found.iter().any(|f| f.urls.contains(url)))
+                .collect();
+            if !urls.is_empty() {
+                found.push(Prospect {
+                    name: relay.name.clone(),
+                    urls,
+                    pin_hint: None,
+                });
+            }
+        }
         for found in found {
             if let Some(hint) = &found.pin_hint
                 && !pins.contains(hint)
@@ -699,7 +821,7 @@ impl Autosaver {
                 continue;
             }
             for url in found.urls {
-                match self.try_box(&url).await {
+                match self.try_box(&url, &pins).await {
                     Ok(conn) => {
                         self.relay = Some(Relay {
                             name: found.name.clone(),
@@ -724,14 +846,10 @@ impl Autosaver {
 
     /// Connects to `url` trusting only the pinned keys, and asks for its health: no payload
     /// goes to a box before its key has proved itself in a TLS handshake.
-    async fn try_box(&self, url: &str) -> Result<Connection, String> {
-        let conn = Connection::pinned(
-            url,
-            self.options.box_pins.clone(),
-            Some(self.options.token.clone()),
-        )
-        .map_err(|e| e.to_string())?
-        .with_timeout(BOX_PROBE_TIMEOUT);
+    async fn try_box(&self, url: &str, pins: &[String]) -> Result<Connection, String> {
+        let conn = Connection::pinned(url, pins.to_vec(), Some(self.options.token.clone()))
+            .map_err(|e| e.to_string())?
+            .with_timeout(BOX_PROBE_TIMEOUT);
         match conn.get(HEALTH).await {
             Ok(reply) if reply.status.is_success() => Ok(conn),
             Ok(reply) => Err(format!("it answered {}", reply.status)),

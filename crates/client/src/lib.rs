@@ -2,7 +2,8 @@
 //! HTTPS connection every hallrelay tool, test and benchmark uses.
 //!
 //! [`Autosaver`] is what a candidate's exam client embeds: cloud first, a local fsynced
-//! [`Journal`], failover to a box found over mDNS and trusted only by its pin, and a return
+//! [`Journal`], failover to a box found over mDNS or named by the cloud's relay list
+//! ([`relays`]) and trusted only by its pin, and a return
 //! to the cloud when it answers again, re-sending what it lacks. [`Connection`] is the one
 //! HTTP client underneath (and the one the CLI tools, tests and benchmarks use): HTTP/1.1 or
 //! HTTP/2 by ALPN, keep-alive, a server trusted by pin or by CA roots, and, to the cloud, an HTTP proxy if the
@@ -19,6 +20,7 @@ mod connection;
 pub mod discovery;
 mod journal;
 pub mod proxy;
+pub mod relays;
 pub mod tls;
 
 pub use autosaver::{
