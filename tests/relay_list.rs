@@ -168,7 +168,6 @@ async fn a_cloud_without_a_relay_list_costs_nothing() {
 /// answers at an address the laptop is pointed at; when the cloud dies, the laptop fails over
 /// to the enrolled box at the address the list gave, and sends the rogue nothing.
 #[test]
-#[ignore = "needs the enrollment merge (branch i19-e) in main: then drop this line"]
 fn pins_learnt_from_the_cloud_reach_the_enrolled_box_and_never_the_rogue() {
     let Some(net) = common::netns_or_skip("failover with pins learnt from the cloud") else {
         return;
