@@ -92,7 +92,7 @@ impl std::str::FromStr for Proxy {
             Some(userinfo) => {
                 let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
                 let decoded = |part: &str, what: &str| {
-                    percent_decode(part).ok_or_else(|| {
+                    hallrelay_protocol::v1::platform::decode_segment(part).ok_or_else(|| {
                         BadProxyUrl(format!(
                             "the proxy's {what} in cloud_proxy has a bad %-escape; write a \
                              character that is not a letter or digit as %XX"
@@ -114,24 +114,6 @@ impl std::str::FromStr for Proxy {
             authorization,
         })
     }
-}
-
-/// `%XX` escapes decoded; `None` if one is malformed or the result is not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 impl Proxy {

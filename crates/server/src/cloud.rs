@@ -146,7 +146,7 @@ pub async fn run(
         console: None,
         metrics: None,
         identity: None,
-        platform: Some(platform),
+        platform: Some(Arc::new(platform)),
         enrollment: None,
     });
     tokio::spawn(follow_key_ring(ring, state.clone(), shutdown.clone()));

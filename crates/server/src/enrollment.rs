@@ -173,6 +173,12 @@ pub struct ProgressView {
     pub next_step: String,
 }
 
+impl crate::api::Report for Progress {
+    fn report(&self) -> serde_json::Value {
+        serde_json::to_value(self.snapshot()).unwrap_or_default()
+    }
+}
+
 /// The shared, changing view of enrollment.
 pub struct Progress {
     view: Mutex<ProgressView>,

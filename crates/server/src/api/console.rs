@@ -236,7 +236,7 @@ pub struct ConsoleState {
     pub now: String,
     pub uplink: UplinkStatus,
     /// How far the box's enrollment with its platform has got.
-    pub enrollment: Option<crate::enrollment::ProgressView>,
+    pub enrollment: Option<serde_json::Value>,
     pub stored: u64,
     pub pending: Pending,
     pub delivered: u64,
@@ -410,7 +410,7 @@ impl ConsoleState {
             version: crate::VERSION,
             now: rfc3339(now),
             uplink: state.uplink.snapshot(),
-            enrollment: state.enrollment.as_ref().map(|e| e.snapshot()),
+            enrollment: state.enrollment.as_ref().map(|e| e.report()),
             stored: store.stored,
             pending: Pending {
                 count: store.pending,

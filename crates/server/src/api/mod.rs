@@ -33,9 +33,12 @@ pub mod session;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use hallrelay_protocol::keys::{Secret, TokenKey};
 use hallrelay_protocol::token::{self, Claims, KeySet, Kind, PublicKey, TokenError};
 use hallrelay_store::Store;
+use http::{Request, Response};
+use http_body_util::Full;
 
 pub use error::ApiError;
 
@@ -390,9 +393,33 @@ pub struct AppState {
     /// The box's identity, which signs export bundles (the box only).
     pub identity: Option<Arc<crate::identity::Identity>>,
     /// The platform's endpoints (the reference cloud only).
-    pub platform: Option<Arc<crate::platform::Platform>>,
+    pub platform: Option<Arc<dyn ExtraRoutes>>,
     /// How far the box's enrollment has got (the box only), for `/v1/status`.
-    pub enrollment: Option<Arc<crate::enrollment::Progress>>,
+    pub enrollment: Option<Arc<dyn Report>>,
+}
+
+/// An answer on its way, as routes built on this API give it.
+pub type Answering<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<Full<Bytes>>, ApiError>> + Send + 'a>,
+>;
+
+/// Routes a server adds in front of the API's own (the reference cloud's platform endpoints).
+/// The API knows them only through this, so that they may build on it.
+pub trait ExtraRoutes: Send + Sync {
+    /// Whether `path` is one of these routes.
+    fn owns(&self, path: &str) -> bool;
+    /// Answers a request whose path [`owns`](Self::owns) said yes to.
+    fn handle<'a>(
+        &'a self,
+        state: &'a State,
+        request: Request<drain::RequestBody>,
+    ) -> Answering<'a>;
+}
+
+/// What the API shows of a part built on it (the box's enrollment), as JSON for
+/// `/v1/status` and the console.
+pub trait Report: Send + Sync {
+    fn report(&self) -> serde_json::Value;
 }
 
 pub type State = Arc<AppState>;

@@ -83,10 +83,9 @@ async fn route(
         return super::console::handle(state, console, request).await;
     }
     if let Some(platform) = &state.platform
-        && let Some(route) =
-            hallrelay_protocol::v1::platform::PlatformRoute::parse(request.uri().path())
+        && platform.owns(request.uri().path())
     {
-        return crate::platform::api::handle(state, platform, route, request).await;
+        return platform.handle(state, request).await;
     }
     if super::export::owns(request.uri().path()) {
         return super::export::handle(state, request).await;
@@ -572,7 +571,7 @@ async fn status(
         // The body budget: upload bytes held in memory now, and requests it refused.
         "uploads": uploads,
         // How far the box's enrollment with its platform has got (the box only).
-        "enrollment": state.enrollment.as_ref().map(|e| e.snapshot()),
+        "enrollment": state.enrollment.as_ref().map(|e| e.report()),
         "commits": {
             "count": store.commits,
             "requests": store.committed_requests,

@@ -111,6 +111,23 @@ fn calling_box(platform: &Platform, request: &Request<RequestBody>) -> Result<St
 }
 
 /// Serves one platform route.
+impl crate::api::ExtraRoutes for Arc<Platform> {
+    fn owns(&self, path: &str) -> bool {
+        PlatformRoute::parse(path).is_some()
+    }
+
+    fn handle<'a>(
+        &'a self,
+        state: &'a State,
+        request: Request<RequestBody>,
+    ) -> crate::api::Answering<'a> {
+        Box::pin(async move {
+            let route = PlatformRoute::parse(request.uri().path()).ok_or(ApiError::NotFound)?;
+            handle(state, self, route, request).await
+        })
+    }
+}
+
 pub async fn handle(
     state: &State,
     platform: &Arc<Platform>,
