@@ -20,11 +20,12 @@ use tokio_util::sync::CancellationToken;
 
 use hallrelay_client::{Autosaver, CloudTrust, Connection, Discovery, Event, Landed, Options};
 use hallrelay_protocol::keys::{Secret, TokenKey};
-use hallrelay_protocol::token::{self, Claims, DEFAULT_VENUE, KeySet, PublicKey};
+use hallrelay_protocol::token::{self, Claims, DEFAULT_VENUE};
 use hallrelay_protocol::v1::{STATUS, autosave_path, autosaves_path};
 use hallrelay_server::api::Limits;
 use hallrelay_server::cloud::CloudConfig;
 use hallrelay_server::config::{Overrides, ServeConfig};
+use hallrelay_server::keyring::{KeyRing, KeyRingError};
 use hallrelay_server::serve::{Ready, ServeError};
 
 const EXAM: &str = "demo-exam";
@@ -56,6 +57,8 @@ pub enum DemoError {
     },
     #[error(transparent)]
     Key(#[from] hallrelay_protocol::keys::KeyFileError),
+    #[error(transparent)]
+    KeyRing(#[from] KeyRingError),
     #[error(transparent)]
     Config(#[from] hallrelay_server::config::ConfigError),
     #[error("a server failed: {0}")]
@@ -265,9 +268,11 @@ impl Secrets {
             source,
         })?;
         let platform_key_file = dir.join("platform.key");
-        let platform_key = TokenKey::load_or_create(&platform_key_file)?;
+        // The keys the cloud will publish, read from its key ring as the cloud reads them.
+        let ring = KeyRing::open(&platform_key_file)?;
+        let platform_key = ring.signer()?;
         let platform_keys_file = dir.join("platform-keys.json");
-        let keys = KeySet::new(vec![PublicKey::of(&platform_key)]);
+        let keys = ring.published()?;
         std::fs::write(
             &platform_keys_file,
             serde_json::to_vec(&keys).unwrap_or_default(),

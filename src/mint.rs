@@ -13,15 +13,13 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject as _;
-
 use crate::cli::TokenArgs;
 use hallrelay_protocol::ids::is_valid_id;
 use hallrelay_protocol::keys::{KeyFileError, TokenKey};
 use hallrelay_protocol::timefmt::unix_secs;
 use hallrelay_protocol::token::{self, Claims};
 use hallrelay_server::config::{data_dir_or_default, venue_key_file_or_default};
+use hallrelay_server::identity::Identity;
 
 /// The most bytes of an existing `--out` file read to decide whether it holds a token.
 const MAX_TOKEN_FILE: u64 = 4096;
@@ -35,10 +33,10 @@ pub enum MintError {
     #[error("the {what} id {id:?} must match [A-Za-z0-9._-]{{1,64}}")]
     BadId { what: &'static str, id: String },
     #[error(
-        "a local token names its box, and there is no certificate at {path} to read the pin \
-         from: name the box with --box PIN, or its data dir with --data-dir ({why})"
+        "a local token names its box, and the pin of the box in {dir} cannot be read: name \
+         the box with --box PIN, or its data dir with --data-dir ({why})"
     )]
-    NoBox { path: PathBuf, why: String },
+    NoBox { dir: PathBuf, why: String },
     #[error(
         "{path} exists and does not hold a hallrelay token, so it was left alone: name another \
          --out file, or remove this one if it is really meant to be replaced"
@@ -74,14 +72,13 @@ pub fn mint(args: &TokenArgs) -> Result<String, MintError> {
 
 /// The pin of the box whose data dir holds the local key: a local token is good there alone.
 fn local_box_pin(args: &TokenArgs) -> Result<String, MintError> {
-    let path = data_dir_or_default(args.data_dir.clone()).join("identity.crt");
-    let no_box = |why: String| MintError::NoBox {
-        path: path.clone(),
-        why,
-    };
-    let pem = std::fs::read(&path).map_err(|e| no_box(e.to_string()))?;
-    let der = CertificateDer::from_pem_slice(&pem).map_err(|e| no_box(e.to_string()))?;
-    hallrelay_protocol::pin::pin_of_certificate(&der).map_err(|e| no_box(e.to_string()))
+    let dir = data_dir_or_default(args.data_dir.clone());
+    Identity::existing(&dir)
+        .map(|identity| identity.pin().to_owned())
+        .map_err(|e| MintError::NoBox {
+            dir,
+            why: e.to_string(),
+        })
 }
 
 /// Mints the token and, with `--out`, writes it (mode 0600) and returns `None`; without,

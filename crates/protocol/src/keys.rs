@@ -157,6 +157,11 @@ impl TokenKey {
         public
     }
 
+    /// Writes the key to `path` as the files hold it (64 hex digits, mode 0600, durably).
+    pub fn write(&self, path: &Path) -> Result<(), KeyFileError> {
+        write_secret_file(path, format!("{}\n", hex(&self.seed)).as_bytes())
+    }
+
     /// Reads a token key (mode 0600 or stricter): 64 hex digits (white space around them
     /// ignored) or 32 raw bytes. It never creates one: only the box and the cloud do
     /// ([`load_or_create`](Self::load_or_create)), so a missing file is
@@ -194,14 +199,13 @@ impl TokenKey {
             Ok(_) => Self::load(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let key = Self::generate();
-                let text = format!("{}\n", hex(key.as_bytes()));
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     create_private_dir(parent).map_err(|source| KeyFileError::Create {
                         path: parent.to_owned(),
                         source,
                     })?;
                 }
-                write_secret_file(path, text.as_bytes())?;
+                key.write(path)?;
                 tracing::info!(path = %path.display(), "created a new token key");
                 Ok(key)
             }

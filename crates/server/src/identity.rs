@@ -40,6 +40,8 @@ pub enum IdentityError {
     Generate(#[from] rcgen::Error),
     #[error("the certificate cannot be parsed: {0}")]
     Certificate(webpki::Error),
+    #[error("no identity in {dir} yet: start the box once to create it, then give clients its pin")]
+    Missing { dir: PathBuf },
 }
 
 /// The box's key, certificate and pin.
@@ -53,6 +55,18 @@ pub struct Identity {
 impl Identity {
     /// Loads the identity from `dir`, or creates it there on first start. `names` and `ips`
     /// become the certificate's SANs when it is created (`localhost` is always added).
+    /// The identity already in `dir`, loaded and checked; nothing is created. For the commands
+    /// that read a box's data dir (`check`, `token`), where a missing identity means the box
+    /// never started there.
+    pub fn existing(dir: &Path) -> Result<Self, IdentityError> {
+        if !(dir.join(KEY_FILE).exists() && dir.join(CERT_FILE).exists()) {
+            return Err(IdentityError::Missing {
+                dir: dir.to_owned(),
+            });
+        }
+        Self::load_or_create(dir, &[], &[])
+    }
+
     pub fn load_or_create(
         dir: &Path,
         names: &[String],

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hallrelay_protocol::keys::{KeyFileError, TokenKey, write_secret_file};
+use hallrelay_protocol::keys::{KeyFileError, TokenKey};
 use hallrelay_protocol::token::{KeySet, PublicKey};
 
 /// The signing key's file name in the cloud's data dir.
@@ -125,7 +125,7 @@ impl KeyRing {
                 Some(next) => next,
                 None => {
                     let next = TokenKey::generate();
-                    write_key(&self.next_file(), &next)?;
+                    next.write(&self.next_file())?;
                     next
                 }
             };
@@ -146,7 +146,7 @@ impl KeyRing {
                 source,
             }
         })?;
-        write_key(&self.signer, &next)?;
+        next.write(&self.signer)?;
         std::fs::remove_file(self.next_file()).map_err(|source| KeyRingError::Replace {
             path: self.next_file(),
             source,
@@ -156,12 +156,6 @@ impl KeyRing {
             retired: PublicKey::of(&old).kid,
         })
     }
-}
-
-fn write_key(path: &Path, key: &TokenKey) -> Result<(), KeyRingError> {
-    let text = format!("{}\n", hallrelay_protocol::hex::hex(key.as_bytes()));
-    write_secret_file(path, text.as_bytes())?;
-    Ok(())
 }
 
 #[cfg(test)]

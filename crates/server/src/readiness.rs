@@ -89,19 +89,9 @@ fn check_with(data_dir: &Path, plan: Plan, reserve_bytes: u64, file: &FileConfig
         .unwrap_or(Path::new("."));
     let space = hallrelay_store::free_bytes(measured).map(|free| plan.space(free, reserve_bytes));
     let store = hallrelay_store::probe(&data_dir.join(STORE_FILE)).map_err(|e| e.to_string());
-    let key = data_dir.join("identity.key");
-    let cert = data_dir.join("identity.crt");
-    let identity = if key.exists() && cert.exists() {
-        // Both files exist, so this loads and checks them and creates nothing.
-        Identity::load_or_create(data_dir, &[], &[])
-            .map(|id| id.pin().to_owned())
-            .map_err(|e| e.to_string())
-    } else {
-        Err(format!(
-            "no identity in {} yet: start the box once to create it, then give clients its pin",
-            data_dir.display()
-        ))
-    };
+    let identity = Identity::existing(data_dir)
+        .map(|id| id.pin().to_owned())
+        .map_err(|e| e.to_string());
     Report {
         plan,
         space,
