@@ -4,9 +4,9 @@
 //! - [`ids`]: the names of things (exams, candidates, autosaves) and their limits;
 //! - [`digest`]: RFC 9530 `Content-Digest` headers (blake3);
 //! - [`receipt`]: the box's signed, chained receipts, their text form and their checks, with
-//!   [`signing`] the signature scheme;
-//! - [`token`]: candidate and admin tokens (a blake3 keyed MAC under the venue key), with
-//!   [`keys`] the key and credential files they come from;
+//!   [`signing`] the signature scheme and [`clock`] what a receipt says about its time;
+//! - [`token`]: candidate and admin tokens (Ed25519, signed by the platform or a box's local
+//!   key), with [`keys`] the key and credential files they come from;
 //! - [`pin`]: key pins, how a client names the one box it trusts;
 //! - [`timefmt`]: the RFC 3339 times receipts and answers carry;
 //! - [`hex`]: the spelling of keys in files;
@@ -17,6 +17,7 @@
 //! cloud depend on it without pulling in the box.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod digest;
 pub mod hex;
 pub mod ids;

@@ -2,7 +2,9 @@
 //!
 //! A receipt names the autosave, its blake3 and size, whether it was a final submission, the
 //! box's clock at receipt and the box's id, and it links to the previous receipt of the same
-//! candidate, so each candidate's receipts form a hash chain: a box cannot later drop or
+//! candidate. Version 2 adds the pin of the key that signs it and the box's clock object
+//! ([`crate::clock`]: how good that time is); a version-1 receipt (no clock) still verifies.
+//! Each candidate's receipts chain: so each candidate's receipts form a hash chain: a box cannot later drop or
 //! reorder a receipt without breaking the chain. The box signs it with its identity key
 //! (ECDSA P-256, SHA-256, ASN.1 DER signature, base64).
 //!
@@ -14,6 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Clock;
 use crate::signing::{SigningKey, VerifyingKey};
 
 /// The `prev` of a candidate's first receipt.
@@ -35,23 +38,38 @@ pub struct Receipt {
     pub received_at: String,
     /// The id of the box that received it.
     pub appliance: String,
+    /// Version 2: the pin of the box's certificate, whose key signs the receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
     /// [`Receipt::hash`] of the same candidate's previous receipt, or [`GENESIS`].
     pub prev: String,
+    /// Version 2: how good `received_at` is ([`Clock`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<Clock>,
     /// Base64 of the ECDSA P-256 / SHA-256 signature (ASN.1 DER) over the signing input.
     pub signature: String,
 }
 
-/// The longest [`RECEIPT`](crate::v1::headers::RECEIPT) header value the cloud reads. The longest receipt a box issues (ids
-/// of 64 characters, a 20-digit seq and size, a DER signature) encodes to under 1 KiB.
+/// The longest receipt in a [`RECEIPT`](crate::v1::headers::RECEIPT) header the cloud reads.
+/// The longest receipt a box issues (ids of 64 characters, a 20-digit seq and size, a pin, a
+/// clock object, a DER signature) encodes to under 1.3 KiB.
 pub const MAX_RECEIPT_HEADER_BYTES: usize = 2048;
+
+/// The most receipts one request may forward: a save held by two boxes carries two, and a
+/// request carrying more than this is refused (400).
+pub const MAX_FORWARDED_RECEIPTS: usize = 4;
 
 /// Why a receipt forwarded with an autosave is refused (400 at the cloud): the cloud keeps a
 /// forwarded receipt as evidence only if it could be the box's receipt for this very upload.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ForwardedReceiptError {
-    #[error("the Hallrelay-Receipt header is longer than {MAX_RECEIPT_HEADER_BYTES} bytes")]
+    #[error(
+        "a receipt in the Hallrelay-Receipt header is longer than {MAX_RECEIPT_HEADER_BYTES} bytes"
+    )]
     TooLong,
+    #[error("the request forwards more than {MAX_FORWARDED_RECEIPTS} receipts")]
+    TooMany,
     #[error("the Hallrelay-Receipt header is malformed: {0}")]
     Malformed(&'static str),
     #[error("the Hallrelay-Receipt names another autosave")]
@@ -94,6 +112,10 @@ pub struct ReceiptFields {
     pub received_at: String,
     /// [`Receipt::hash`] of the same candidate's previous receipt, or [`GENESIS`].
     pub prev: String,
+    /// Version 2: the pin of the signing box's certificate and its clock when it received
+    /// the autosave. `None` makes a version-1 receipt (the reference cloud's, which is the
+    /// end of the line and vouches for no hall).
+    pub hall: Option<(String, Clock)>,
 }
 
 impl Receipt {
@@ -118,7 +140,9 @@ impl Receipt {
             is_final,
             received_at,
             prev,
+            hall,
         } = fields;
+        let (pin, clock) = hall.unzip();
         Self {
             exam,
             candidate,
@@ -128,7 +152,9 @@ impl Receipt {
             is_final,
             received_at,
             appliance,
+            pin,
             prev,
+            clock,
             signature: String::new(),
         }
     }
@@ -143,12 +169,19 @@ impl Receipt {
         !self.signature.is_empty()
     }
 
+    /// The receipt's version: 2 when it carries a clock, else 1.
+    pub fn version(&self) -> u8 {
+        if self.clock.is_some() { 2 } else { 1 }
+    }
+
     /// The exact text that is signed: one `key=value` line per field after a version line,
-    /// each line ending in `\n`.
+    /// each line ending in `\n`. Version 2 adds `pin=` after `appliance=` and the clock's
+    /// lines ([`Clock::signing_lines`]) after `prev=`.
     pub fn signing_input(&self) -> String {
-        format!(
-            "hallrelay-receipt-v1\nexam={}\ncandidate={}\nseq={}\nblake3={}\nsize={}\nfinal={}\n\
-             received_at={}\nappliance={}\nprev={}\n",
+        let head = format!(
+            "hallrelay-receipt-v{}\nexam={}\ncandidate={}\nseq={}\nblake3={}\nsize={}\n\
+             final={}\nreceived_at={}\nappliance={}\n",
+            self.version(),
             self.exam,
             self.candidate,
             self.seq,
@@ -157,8 +190,16 @@ impl Receipt {
             self.is_final,
             self.received_at,
             self.appliance,
-            self.prev
-        )
+        );
+        match &self.clock {
+            None => format!("{head}prev={}\n", self.prev),
+            Some(clock) => format!(
+                "{head}pin={}\nprev={}\n{}",
+                self.pin.as_deref().unwrap_or(""),
+                self.prev,
+                clock.signing_lines()
+            ),
+        }
     }
 
     /// The receipt's hash, which the next receipt of the candidate carries as `prev`:
@@ -207,6 +248,15 @@ impl Receipt {
         if !crate::ids::is_valid_id(&receipt.appliance) {
             return Err(Malformed("the appliance id is not a valid id"));
         }
+        match (&receipt.pin, &receipt.clock) {
+            (None, None) => {}
+            (Some(pin), Some(_)) if crate::pin::check_pin(pin).is_ok() => {}
+            _ => {
+                return Err(Malformed(
+                    "a version-2 receipt needs both a valid pin and a clock",
+                ));
+            }
+        }
         if STANDARD
             .decode(&receipt.signature)
             .map_or(true, |s| s.is_empty())
@@ -228,6 +278,27 @@ impl Receipt {
             });
         }
         Ok(receipt)
+    }
+
+    /// Every receipt a request forwards: the `Hallrelay-Receipt` header may be repeated, and
+    /// each value may list receipts separated by commas (base64url has none). Each must
+    /// describe the upload ([`from_forwarded`](Self::from_forwarded)), and there may be at most
+    /// [`MAX_FORWARDED_RECEIPTS`].
+    pub fn all_forwarded<'a>(
+        values: impl IntoIterator<Item = &'a str>,
+        name: &crate::ids::AutosaveName,
+        is_final: bool,
+    ) -> Result<Vec<Self>, ForwardedReceiptError> {
+        let mut receipts = Vec::new();
+        for value in values {
+            for one in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                if receipts.len() == MAX_FORWARDED_RECEIPTS {
+                    return Err(ForwardedReceiptError::TooMany);
+                }
+                receipts.push(Self::from_forwarded(one, name, is_final)?);
+            }
+        }
+        Ok(receipts)
     }
 
     /// Checks that the receipt names the bytes that came with it.
@@ -298,6 +369,7 @@ mod tests {
                         is_final: false,
                         received_at: "2026-11-23T09:00:00.000Z".into(),
                         prev: prev.clone(),
+                        hall: None,
                     },
                 );
                 prev = r.hash();
@@ -333,5 +405,81 @@ mod tests {
         // Another box's certificate does not verify this box's receipts.
         let other = SigningKey::generate().verifying_key();
         assert!(receipts[0].verify(&other).is_err());
+    }
+
+    #[test]
+    fn a_version_2_receipt_signs_its_pin_and_clock() {
+        use crate::clock::{ClockSource, ClockState};
+        let key = SigningKey::generate();
+        let public = key.verifying_key();
+        let pin = format!("sha256//{}", STANDARD.encode([7u8; 32]));
+        let clock = Clock {
+            state: ClockState::Synced,
+            source: ClockSource::Cloud,
+            uncertainty_ms: Some(12),
+            since_sync_ms: Some(3400),
+            stepped_back_ms: None,
+        };
+        let v1 = chain(&key, 1).remove(0);
+        let v2 = Receipt::sign(
+            &key,
+            ReceiptFields {
+                appliance: "box-1".into(),
+                exam: "exam".into(),
+                candidate: "cand".into(),
+                seq: 1,
+                blake3: blake3::hash(b"x"),
+                size: 1,
+                is_final: false,
+                received_at: "2026-11-23T09:00:01.000Z".into(),
+                prev: v1.hash(),
+                hall: Some((pin.clone(), clock.clone())),
+            },
+        );
+        assert_eq!((v1.version(), v2.version()), (1, 2));
+        assert!(v2.signing_input().starts_with("hallrelay-receipt-v2\n"));
+        assert!(v2.signing_input().ends_with(&format!(
+            "appliance=box-1\npin={pin}\nprev={}\n{}",
+            v1.hash(),
+            clock.signing_lines()
+        )));
+        // A chain may change version midway (a box upgraded), and still verifies.
+        verify_chain(&[v1, v2.clone()], &public).unwrap();
+
+        // The clock is signed: a better state, a smaller bound or another pin is a forgery.
+        let mut better = v2.clone();
+        better.clock.as_mut().unwrap().state = ClockState::Holding;
+        assert!(better.verify(&public).is_err());
+        let mut tighter = v2.clone();
+        tighter.clock.as_mut().unwrap().uncertainty_ms = Some(1);
+        assert!(tighter.verify(&public).is_err());
+        let mut stripped = v2.clone();
+        stripped.clock = None;
+        stripped.pin = None;
+        assert!(stripped.verify(&public).is_err());
+
+        // It travels in a header, alone or listed with another box's.
+        let name = crate::ids::AutosaveName {
+            exam: "exam".into(),
+            candidate: "cand".into(),
+            seq: 1,
+        };
+        let header = v2.to_header();
+        assert!(header.len() < MAX_RECEIPT_HEADER_BYTES);
+        let both = format!("{header}, {header}");
+        let parsed = Receipt::all_forwarded([both.as_str()], &name, false).unwrap();
+        assert_eq!(parsed, vec![v2.clone(), v2.clone()]);
+        let five = [header.as_str(); 5];
+        assert_eq!(
+            Receipt::all_forwarded(five, &name, false),
+            Err(ForwardedReceiptError::TooMany)
+        );
+        // A pin without a clock (or the reverse) is no receipt a box issues.
+        let mut half = v2.clone();
+        half.clock = None;
+        assert!(matches!(
+            Receipt::from_forwarded(&half.to_header(), &name, false),
+            Err(ForwardedReceiptError::Malformed(_))
+        ));
     }
 }

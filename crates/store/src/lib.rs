@@ -345,6 +345,30 @@ pub struct StoreOptions {
     /// Arrivals of one candidate at most this far apart count as one stretch of saving to
     /// the box (the console's "time on the box"); the box sets it to `console_silent_after`.
     pub activity_run_gap: Duration,
+    /// On a box: its pin and its hall clock, which receipts (version 2) carry. `None` (the
+    /// reference cloud) stamps the system's time in version-1 receipts.
+    pub hall: Option<Hall>,
+}
+
+/// Where a box's receipts get their time, and what the box knows of that time
+/// ([`Clock`](hallrelay_protocol::clock::Clock)). The box's hall clock implements it.
+pub trait HallTime: Send + Sync {
+    /// The time of a batch being committed now: never earlier than an earlier stamp, unless
+    /// the clock says it stepped back.
+    fn stamp(&self) -> (SystemTime, hallrelay_protocol::clock::Clock);
+}
+
+/// A box's pin, which its receipts name, and its hall clock.
+#[derive(Clone)]
+pub struct Hall {
+    pub pin: String,
+    pub time: Arc<dyn HallTime>,
+}
+
+impl std::fmt::Debug for Hall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hall").field("pin", &self.pin).finish()
+    }
 }
 
 /// A candidate who saved here and has not saved for longer than this is shown as silent, and
@@ -360,6 +384,7 @@ impl Default for StoreOptions {
             max_batch_bytes: 32 * 1024 * 1024,
             outbox: true,
             activity_run_gap: DEFAULT_SILENT_AFTER,
+            hall: None,
         }
     }
 }
@@ -420,6 +445,18 @@ impl StoreFile {
     /// The appliance id recorded in the store at creation.
     pub fn appliance(&self) -> &str {
         &self.appliance
+    }
+
+    /// The latest `received_at` recorded, Unix milliseconds (0 for none): where a box's hall
+    /// clock resumes, so that no receipt is stamped earlier than one issued before a restart.
+    pub fn last_received_ms(&self) -> Result<u64, OpenError> {
+        let read = |e: redb::Error| unreadable(&self.path, e);
+        let txn = self.db.begin_read().map_err(|e| read(e.into()))?;
+        match txn.open_table(STATS) {
+            Ok(stats) => stat(&stats, STAT_LAST_RECEIVED_MS).map_err(|e| read(e.into())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(read(e.into())),
+        }
     }
 
     /// Starts the writer thread, which signs receipts with `signer`.

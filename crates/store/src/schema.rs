@@ -109,6 +109,9 @@ pub(crate) const STAT_CONFLICTS: &str = "conflicts";
 pub(crate) const STAT_CANDIDATES: &str = "candidates";
 pub(crate) const STAT_ARRIVALS: &str = "arrivals";
 pub(crate) const STAT_LAST_DELIVERY_MS: &str = "last_delivery_ms";
+/// The latest `received_at` the store has recorded, Unix milliseconds: a box's hall clock
+/// never stamps earlier after a restart ([`crate::HallTime`]).
+pub(crate) const STAT_LAST_RECEIVED_MS: &str = "last_received_ms";
 /// The next audit number: numbers are never reused, even once every entry was purged.
 pub(crate) const STAT_AUDIT_NEXT: &str = "audit_next";
 /// Parked autosaves and their payload bytes, kept by the park and retry transactions.

@@ -292,10 +292,22 @@ impl Writer {
         let synced_from: Instant;
         let (answers, dead_segments) = {
             let mut tables = Tables::open(&txn, &mut self.log)?;
-            let at = SystemTime::now();
+            let (at, clock) = match &self.options.hall {
+                Some(hall) => {
+                    let (at, clock) = hall.time.stamp();
+                    (at, Some(clock))
+                }
+                None => (SystemTime::now(), None),
+            };
             let now = Now {
                 rfc3339: &rfc3339(at),
                 ms: unix_millis(at),
+                hall: self
+                    .options
+                    .hall
+                    .as_ref()
+                    .zip(clock.as_ref())
+                    .map(|(hall, clock)| (hall.pin.as_str(), clock)),
             };
             let mut answers = Vec::with_capacity(requests.len());
             for request in requests {

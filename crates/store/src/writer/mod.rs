@@ -127,10 +127,12 @@ enum Answer {
     Count(u64),
 }
 
-/// When a batch is applied, for everything it records: the receipts' time, and the same instant in Unix milliseconds.
+/// When a batch is applied, for everything it records: the receipts' time, and the same
+/// instant in Unix milliseconds; on a box, its pin and what its clock knows of that time.
 pub(super) struct Now<'a> {
     pub(super) rfc3339: &'a str,
     pub(super) ms: u64,
+    pub(super) hall: Option<(&'a str, &'a hallrelay_protocol::clock::Clock)>,
 }
 
 /// Where the answer goes.

@@ -73,7 +73,9 @@ impl Context {
             is_final: request.is_final,
             received_at: now.rfc3339.to_owned(),
             prev,
+            hall: now.hall.map(|(pin, clock)| (pin.to_owned(), clock.clone())),
         });
+        t.counters.last_received_ms = t.counters.last_received_ms.max(now.ms);
         t.chains
             .insert((exam.as_str(), candidate.as_str()), receipt.hash().as_str())?;
         let record = Record {

@@ -198,6 +198,7 @@ mod tests {
                     is_final: false,
                     received_at: "t".into(),
                     prev: GENESIS.into(),
+                    hall: None,
                 }),
                 arrival: seq,
                 delivered_at: None,

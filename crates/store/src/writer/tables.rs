@@ -21,6 +21,7 @@ pub(super) struct Counters {
     pub(super) candidates: u64,
     pub(super) arrivals: u64,
     pub(super) last_delivery_ms: u64,
+    pub(super) last_received_ms: u64,
     pub(super) next_audit: u64,
 }
 
@@ -66,6 +67,7 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             candidates: stat(&stats, STAT_CANDIDATES)?,
             arrivals: stat(&stats, STAT_ARRIVALS)?,
             last_delivery_ms: stat(&stats, STAT_LAST_DELIVERY_MS)?,
+            last_received_ms: stat(&stats, STAT_LAST_RECEIVED_MS)?,
             next_audit: audit
                 .last()?
                 .map_or(0, |(k, _)| k.value() + 1)
@@ -141,6 +143,7 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             (STAT_CANDIDATES, c.candidates),
             (STAT_ARRIVALS, c.arrivals),
             (STAT_LAST_DELIVERY_MS, c.last_delivery_ms),
+            (STAT_LAST_RECEIVED_MS, c.last_received_ms),
             (STAT_AUDIT_NEXT, c.next_audit),
         ] {
             self.stats.insert(name, value)?;
