@@ -119,6 +119,8 @@ enum Request {
 
 /// What a request produced, inside a transaction that then committed.
 #[derive(Debug)]
+// Built and moved once per request; boxing the receipt would cost an allocation each time.
+#[allow(clippy::large_enum_variant)]
 enum Answer {
     Put(PutOutcome),
     /// A new autosave refused for want of space: 507 ([`StoreError::Full`]).

@@ -28,6 +28,8 @@ pub(super) struct Context {
 /// What became of one autosave inside a batch's transaction that goes on. A failure of the
 /// transaction itself is the `Err` beside it, and fails the whole batch.
 #[derive(Debug)]
+// Built and moved once per request; boxing the receipt would cost an allocation each time.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum PutStep {
     /// The request is answered with this outcome.
     Answered(PutOutcome),
