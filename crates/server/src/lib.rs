@@ -10,6 +10,8 @@
 //!   ingest it talks to in tests and demos.
 //! - [`identity`] is the box's TLS key and self-signed certificate, created on first start;
 //!   its pin is what clients trust, and its key signs receipts. [`tls`] is its listener.
+//! - [`clock`] is the box's hall clock: the time receipts carry and tokens are checked
+//!   against, synced from the cloud or a configured NTP server, and what it knows of it.
 //! - [`mdns`] advertises the box as `_hallrelay._tcp.local.`: it finds, it never vouches.
 //! - [`keyring`] is the reference cloud's platform token keys (sign, publish, rotate); the
 //!   API's `Auth` verifies tokens against the public halves a box learnt.
@@ -18,7 +20,7 @@
 //!   shutdown, telling systemd through [`notify`] when it is ready and that the store's writer
 //!   is alive; [`logging`] is its log output.
 //! - [`bundle`] is the signed export bundle (`export`, `verify`, `import`); [`readiness`]
-//!   answers "can this box take this hall?" on paper (`hallrelay check`),.
+//!   answers "can this box take this hall?" (`hallrelay check`).
 //! - [`platform`] is the reference cloud playing the exam platform: enrollment codes, the
 //!   registry of enrolled boxes, the relays of an exam; [`enrollment`] is the box's side (it
 //!   enrolls on first contact and keeps its credential, venue and the platform's keys).
@@ -28,6 +30,7 @@
 pub mod api;
 pub mod bundle;
 pub mod capacity;
+pub mod clock;
 pub mod cloud;
 pub mod config;
 pub mod enrollment;

@@ -24,3 +24,6 @@ pub const RECEIVED_AT: HeaderName = HeaderName::from_static("hallrelay-received-
 pub const EXPORT_MORE: HeaderName = HeaderName::from_static("hallrelay-export-more");
 /// On an export page: the name of its last autosave, the next page's `after`.
 pub const EXPORT_LAST: HeaderName = HeaderName::from_static("hallrelay-export-last");
+/// On the cloud's answers: its clock, Unix milliseconds. A box syncs its hall clock from it
+/// over the pinned connection (the `Date` header does too, to the second).
+pub const TIME: HeaderName = HeaderName::from_static("hallrelay-time");
