@@ -99,8 +99,9 @@ pub enum TokenError {
     UnknownKey { kid: String },
     #[error("the token's signature does not match its key")]
     BadSignature,
+    /// It expired at `at`, Unix seconds.
     #[error("the token expired")]
-    Expired,
+    Expired { at: u64 },
 }
 
 /// A public key that verifies tokens, with the id tokens name it by.
@@ -332,7 +333,7 @@ pub fn verify(keys: &KeySet, token: &str, now: SystemTime) -> Result<Claims, Tok
         return Err(TokenError::Malformed);
     }
     if unix_secs(now) >= payload.exp {
-        return Err(TokenError::Expired);
+        return Err(TokenError::Expired { at: payload.exp });
     }
     Ok(Claims {
         kind,
@@ -387,7 +388,12 @@ mod tests {
         let token = mint(&key(), &candidate());
         assert_eq!(verify(&keys(), &token, now), Ok(candidate()));
         let late = from_unix_millis(1_800_000_000_000);
-        assert_eq!(verify(&keys(), &token, late), Err(TokenError::Expired));
+        assert_eq!(
+            verify(&keys(), &token, late),
+            Err(TokenError::Expired {
+                at: candidate().expires
+            })
+        );
         let admin = Claims::admin("hall-north", "invigilator", 1_795_000_000, 3600).on_box("PIN");
         assert_eq!(verify(&keys(), &mint(&key(), &admin), now), Ok(admin));
     }

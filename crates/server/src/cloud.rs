@@ -112,6 +112,7 @@ pub async fn run(
         Some("hallrelay-cloud".into()),
         config.listen,
         options.clone(),
+        None,
     )?;
     let credentials = match &config.appliance_token_file {
         Some(path) => load_appliance_tokens(path)?,
@@ -148,6 +149,7 @@ pub async fn run(
         identity: None,
         platform: Some(Arc::new(platform)),
         enrollment: None,
+        clock: None,
     });
     tokio::spawn(follow_key_ring(ring, state.clone(), shutdown.clone()));
     let (fault_rate, reset_rate) = (config.fault_rate, config.reset_rate);

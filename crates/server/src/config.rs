@@ -287,6 +287,8 @@ pub struct ServeConfig {
     pub metrics_token: Option<Secret>,
     /// The shape of the log lines: text (the default) or JSON for a log shipper.
     pub log_format: LogFormat,
+    /// How the hall clock judges its time.
+    pub clock: crate::clock::ClockSettings,
 }
 
 impl FileConfig {
@@ -444,6 +446,7 @@ impl ServeConfig {
             metrics_token,
             console_silent_after,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            clock: crate::clock::ClockSettings::default(),
         })
     }
 }

@@ -4,15 +4,20 @@
 //! the configured reserve. Besides space: the store must be one this build opens, and the
 //! identity (key and certificate, hence the pin clients were given) must be in place, and a
 //! box with a cloud must be enrolled (or hold a credential file): a box that is not cannot
-//! accept the platform's tokens on exam day.
+//! accept the platform's tokens on exam day. When the box is running, `check` also asks it
+//! (`GET /v1/health` on its configured address, pinned) for its hall clock: an unsynced clock
+//! is not ready, since every receipt it signs would say its time proves nothing.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use crate::capacity::{MARGIN, Plan, Space};
-use crate::config::{ConfigError, FileConfig, data_dir_or_default};
+use crate::config::{ConfigError, DEFAULT_LISTEN, FileConfig, data_dir_or_default};
 use crate::identity::Identity;
 use crate::units::human_bytes;
+use hallrelay_protocol::clock::{Clock, ClockState};
+use hallrelay_protocol::v1::HEALTH;
 use hallrelay_store::{Probe, STORE_FILE};
 
 /// The whole verdict of `hallrelay check`.
@@ -26,6 +31,9 @@ pub struct Report {
     pub identity: Result<String, String>,
     /// How the box stands with its platform, or what is missing.
     pub enrollment: Result<String, String>,
+    /// The running box's hall clock, or why it was not checked (`Ok`), or that it is
+    /// unsynced and what to do (`Err`).
+    pub clock: Result<String, String>,
 }
 
 impl Report {
@@ -35,6 +43,7 @@ impl Report {
             && self.store.is_ok()
             && self.identity.is_ok()
             && self.enrollment.is_ok()
+            && self.clock.is_ok()
     }
 }
 
@@ -92,12 +101,66 @@ fn check_with(data_dir: &Path, plan: Plan, reserve_bytes: u64, file: &FileConfig
     let identity = Identity::existing(data_dir)
         .map(|id| id.pin().to_owned())
         .map_err(|e| e.to_string());
+    let clock = match (&store, &identity) {
+        (Ok(Probe::InUse), Ok(pin)) => running_clock(file.listen.unwrap_or(DEFAULT_LISTEN), pin),
+        _ => Ok("not checked: the box is not running (start it, then check again)".into()),
+    };
     Report {
         plan,
         space,
         store,
         identity,
         enrollment: enrollment(data_dir, file),
+        clock,
+    }
+}
+
+/// Asks the box running on `listen` (pinned to `pin`) for its hall clock.
+fn running_clock(listen: SocketAddr, pin: &str) -> Result<String, String> {
+    let ip = match listen.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => IpAddr::from([127, 0, 0, 1]),
+        ip if ip.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let url = format!("https://{}", SocketAddr::new(ip, listen.port()));
+    let asked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let box_ = hallrelay_client::Connection::pinned(&url, vec![pin.to_owned()], None)
+                    .map_err(|e| e.to_string())?
+                    .with_timeout(std::time::Duration::from_secs(5));
+                let reply = box_.get(HEALTH).await.map_err(|e| e.to_string())?;
+                reply.json::<serde_json::Value>().map_err(|e| e.to_string())
+            })
+        });
+    let health = match asked {
+        Ok(h) => h,
+        Err(e) => {
+            return Ok(format!(
+                "not checked: the running box did not answer at {url} ({e}); is it listening \
+                 elsewhere than the configuration's listen?"
+            ));
+        }
+    };
+    let report = health["clock"].clone();
+    let clock: Clock = serde_json::from_value(serde_json::json!({
+        "state": report["state"],
+        "source": report["source"],
+        "uncertainty_ms": report["uncertainty_ms"],
+        "since_sync_ms": report["since_sync_ms"],
+    }))
+    .map_err(|e| format!("the running box's health shows no clock ({e}): is it this version?"))?;
+    let time = report["time"].as_str().unwrap_or("?");
+    match clock.state {
+        ClockState::Unsynced => Err(format!(
+            "{} at {time}: {}",
+            clock.describe(),
+            crate::clock::advice(&clock).unwrap_or_default()
+        )),
+        _ => Ok(format!("{} at {time}", clock.describe())),
     }
 }
 
@@ -170,6 +233,10 @@ impl fmt::Display for Report {
         match &self.enrollment {
             Ok(how) => writeln!(f, "ok enrollment: {how}")?,
             Err(e) => writeln!(f, "NO enrollment: {e}")?,
+        }
+        match &self.clock {
+            Ok(how) => writeln!(f, "ok clock: {how}")?,
+            Err(e) => writeln!(f, "NO clock: {e}")?,
         }
         if self.ready() {
             write!(f, "ready: this box can take this hall")

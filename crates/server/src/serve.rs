@@ -14,12 +14,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Auth, Trust};
+use crate::clock::{ClockFileError, ClockSettings, HallClock};
 use crate::config::ServeConfig;
 use crate::enrollment;
 use crate::identity::{Identity, IdentityError};
 use crate::replay::Uplink;
 use hallrelay_protocol::keys::{KeyFileError, Secret, TokenKey};
-use hallrelay_store::{OpenError, STORE_FILE, Store, StoreFile, StoreOptions};
+use hallrelay_store::{Hall, OpenError, STORE_FILE, Store, StoreFile, StoreOptions};
 
 /// Why the box could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,8 @@ pub enum ServeError {
     KeyRing(#[from] crate::keyring::KeyRingError),
     #[error(transparent)]
     Store(#[from] OpenError),
+    #[error(transparent)]
+    Clock(#[from] ClockFileError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error("TLS setup failed: {0}")]
@@ -75,6 +78,7 @@ pub async fn run(
         config.name.clone(),
         config.listen,
         config.store.clone(),
+        Some(config.clock.clone()),
     )?;
     let tls = Arc::new(crate::tls::server_config(&parts.identity)?);
     let (listener, ready) = parts.bind(config.listen).await?;
@@ -106,6 +110,7 @@ pub async fn run(
     let identity = parts.identity.clone();
     let metrics = Arc::new(api::metrics::Metrics::new(
         uplink.clone(),
+        parts.clock.clone(),
         config.metrics_token.clone(),
     ));
     let observer = metrics.clone();
@@ -122,6 +127,7 @@ pub async fn run(
         trust,
     );
     let replay = start_replay(&config, &identity, &ready, enrollment, &state, &shutdown);
+    sync_clock(&config, &state, &shutdown);
     let handler = move |request| api::routes::handle(state.clone(), request);
     api::server::serve_counted(
         listener,
@@ -221,6 +227,31 @@ fn start_replay(
     }))
 }
 
+/// Keeps the hall clock synced from the cloud, when one is configured: the cloud's time over
+/// the same authenticated connection replay uses (no credential needed for its health). A
+/// cloud reached over plain HTTP authenticates nothing, so its time does not count.
+fn sync_clock(config: &ServeConfig, state: &Arc<AppState>, shutdown: &CancellationToken) {
+    let (Some(clock), Some(replay)) = (&state.clock, &config.replay) else {
+        return;
+    };
+    if !replay.cloud.starts_with("https://") {
+        tracing::warn!(cloud = %replay.cloud,
+            "the cloud is reached over plain HTTP: its time is not authenticated, so the hall clock does not sync from it");
+        return;
+    }
+    match crate::replay::cloud_connection(replay, None) {
+        Ok(cloud) => {
+            let cloud = cloud.with_timeout(replay.probe_timeout);
+            tokio::spawn(crate::clock::sync_from_cloud(
+                clock.clone(),
+                cloud,
+                shutdown.clone(),
+            ));
+        }
+        Err(e) => tracing::warn!(error = %e, "the hall clock cannot sync from the cloud"),
+    }
+}
+
 /// Starts telling systemd how the box is doing. READY=1 goes out from there, after the first
 /// round trip through the store's writer: the store is open and the listener bound
 /// (connections wait in its backlog).
@@ -250,9 +281,14 @@ fn app_state(
     enrollment: Arc<enrollment::Progress>,
     trust: Trust,
 ) -> Arc<AppState> {
+    let mut auth = Auth::for_box(&parts.token_key, &ready.pin, trust);
+    if let Some(clock) = &parts.clock {
+        auth = auth.with_clock(clock.clone());
+    }
     Arc::new(AppState {
+        clock: parts.clock,
         store: parts.store,
-        auth: Auth::for_box(&parts.token_key, &ready.pin, trust),
+        auth,
         keeps_tokens: true,
         limits: config.limits.clone(),
         cors: api::cors::Cors::new(config.cors_origins.clone()),
@@ -278,17 +314,22 @@ pub(crate) struct Parts {
     pub store: Store,
     pub identity: Arc<Identity>,
     pub name: String,
+    /// The box's hall clock, which stamps its receipts (`None` on the reference cloud).
+    pub clock: Option<Arc<HallClock>>,
 }
 
 impl Parts {
     /// Creates the data dir (0700) if needed, then opens or creates the venue key, the store
-    /// (which knows the appliance id, and so the default name) and the identity.
+    /// (which knows the appliance id, and so the default name) and the identity. With `clock`
+    /// (a box), the hall clock resumes after the store's latest receipt and stamps its
+    /// receipts.
     pub fn assemble(
         data_dir: &Path,
         venue_key_file: &Path,
         name: Option<String>,
         listen: SocketAddr,
-        options: StoreOptions,
+        mut options: StoreOptions,
+        clock: Option<ClockSettings>,
     ) -> Result<Self, ServeError> {
         hallrelay_durable::create_private_dir(data_dir).map_err(|source| ServeError::DataDir {
             path: data_dir.to_owned(),
@@ -306,12 +347,27 @@ impl Parts {
             &[format!("{name}.local")],
             &ips,
         )?);
+        let clock = match clock {
+            Some(settings) => Some(Arc::new(HallClock::open(
+                data_dir,
+                file.last_received_ms()?,
+                settings,
+            )?)),
+            None => None,
+        };
+        if let Some(clock) = &clock {
+            options.hall = Some(Hall {
+                pin: identity.pin().to_owned(),
+                time: clock.clone(),
+            });
+        }
         let store = file.start(identity.signing_key(), options)?;
         Ok(Self {
             token_key,
             store,
             identity,
             name,
+            clock,
         })
     }
 

@@ -234,6 +234,8 @@ pub struct ConsoleState {
     pub version: &'static str,
     /// The box's clock, RFC 3339.
     pub now: String,
+    /// The hall clock: synced, holding or unsynced (a warning), and what to do about it.
+    pub clock: Option<crate::clock::ClockReport>,
     pub uplink: UplinkStatus,
     /// How far the box's enrollment with its platform has got.
     pub enrollment: Option<serde_json::Value>,
@@ -383,7 +385,11 @@ impl ConsoleState {
     pub async fn gather(state: &State, console: &Console) -> Result<Self, ApiError> {
         let store = state.store.status().await?;
         let activity = state.store.candidate_activity().await?;
-        let now = SystemTime::now();
+        // Arrivals are stamped in hall time: ages are judged in it too.
+        let now = state
+            .clock
+            .as_ref()
+            .map_or_else(SystemTime::now, |c| c.reading().at);
         let mut rows: Vec<Row> = activity
             .into_iter()
             .map(|a| Row::judge(a, now, console.silent_after))
@@ -409,6 +415,7 @@ impl ConsoleState {
             appliance: state.store.appliance().to_owned(),
             version: crate::VERSION,
             now: rfc3339(now),
+            clock: state.clock.as_ref().map(|c| c.report()),
             uplink: state.uplink.snapshot(),
             enrollment: state.enrollment.as_ref().map(|e| e.report()),
             stored: store.stored,

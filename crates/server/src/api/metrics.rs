@@ -21,7 +21,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::clock::HallClock;
 use crate::replay::{ReplayFailure, Uplink, UplinkState};
+use hallrelay_protocol::clock::ClockState;
 use hallrelay_protocol::keys::Secret;
 use hallrelay_store::{CommitSample, StoreStatus};
 
@@ -54,6 +56,11 @@ struct StatusLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
@@ -79,7 +86,11 @@ pub struct Metrics {
 
 impl Metrics {
     /// Registers every metric; replay's counters are read from `uplink` when scraped.
-    pub fn new(uplink: Arc<Uplink>, scrape_token: Option<Secret>) -> Self {
+    pub fn new(
+        uplink: Arc<Uplink>,
+        clock: Option<Arc<HallClock>>,
+        scrape_token: Option<Secret>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("hallrelay");
         let ingest = Family::<StatusLabel, Counter>::default();
         registry.register(
@@ -159,6 +170,9 @@ impl Metrics {
             "Client connections open now",
         );
         registry.register_collector(Box::new(ReplayCounters(uplink)));
+        if let Some(clock) = clock {
+            registry.register_collector(Box::new(ClockGauges(clock)));
+        }
         Self {
             registry,
             ingest,
@@ -277,6 +291,61 @@ impl Collector for ReplayCounters {
     }
 }
 
+/// The hall clock, read at each scrape: its state (one series per state, 1 for the current
+/// one), its uncertainty and the age of its last sync (-1 when there is none).
+struct ClockGauges(Arc<HallClock>);
+
+impl fmt::Debug for ClockGauges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClockGauges")
+    }
+}
+
+impl Collector for ClockGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let clock = self.0.reading().clock;
+        {
+            let mut family = encoder.encode_descriptor(
+                "clock_state",
+                "The hall clock's state: 1 for the current one (unsynced: receipts carry only \
+                 the system clock's time)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for state in [
+                ClockState::Synced,
+                ClockState::Holding,
+                ClockState::Unsynced,
+            ] {
+                let labels = StateLabel {
+                    state: state.as_str().to_owned(),
+                };
+                ConstGauge::new(i64::from(clock.state == state))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let seconds = |ms: Option<u64>| ms.map_or(-1.0, |ms| ms as f64 / 1000.0);
+        for (name, help, value) in [
+            (
+                "clock_uncertainty_seconds",
+                "The bound on the hall clock's error (-1: none, the clock is unsynced)",
+                seconds(clock.uncertainty_ms),
+            ),
+            (
+                "clock_since_sync_seconds",
+                "Time since the hall clock's last authenticated sync (-1: none since start)",
+                seconds(clock.since_sync_ms),
+            ),
+        ] {
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,7 +353,8 @@ mod tests {
     #[test]
     fn renders_the_text_format_with_every_family() {
         let uplink = Arc::new(Uplink::new(None));
-        let metrics = Metrics::new(uplink.clone(), Some(Secret::new("scrape")));
+        let clock = Arc::new(HallClock::ephemeral(Default::default()));
+        let metrics = Metrics::new(uplink.clone(), Some(clock), Some(Secret::new("scrape")));
         metrics.observe_ingest(201, Duration::from_millis(3));
         metrics.observe_ingest(409, Duration::from_millis(1));
         metrics.observe_commit(&CommitSample {
@@ -321,6 +391,10 @@ mod tests {
             "hallrelay_replay_parked 3",
             "hallrelay_replay_parked_bytes 30",
             "hallrelay_dropped_total 0",
+            "hallrelay_clock_state{state=\"unsynced\"} 1",
+            "hallrelay_clock_state{state=\"synced\"} 0",
+            "hallrelay_clock_uncertainty_seconds -1.0",
+            "hallrelay_clock_since_sync_seconds -1.0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

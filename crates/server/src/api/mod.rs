@@ -33,8 +33,11 @@ pub mod session;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::clock::{HallClock, Reading};
 use bytes::Bytes;
+use hallrelay_protocol::clock::ClockState;
 use hallrelay_protocol::keys::{Secret, TokenKey};
+use hallrelay_protocol::timefmt::rfc3339;
 use hallrelay_protocol::token::{self, Claims, KeySet, Kind, PublicKey, TokenError};
 use hallrelay_store::Store;
 use http::{Request, Response};
@@ -107,6 +110,9 @@ pub struct Auth {
     local: Option<LocalKey>,
     appliance_credentials: Vec<Secret>,
     boxes: Option<Arc<dyn BoxCredentials>>,
+    /// A box's hall clock: tokens are checked against hall time, with its uncertainty and a
+    /// leeway, and a refusal that may be the clock's fault says so.
+    clock: Option<Arc<HallClock>>,
 }
 
 impl Auth {
@@ -120,6 +126,7 @@ impl Auth {
             }),
             appliance_credentials: Vec::new(),
             boxes: None,
+            clock: None,
         }
     }
 
@@ -133,7 +140,14 @@ impl Auth {
             local: None,
             appliance_credentials,
             boxes: None,
+            clock: None,
         }
+    }
+
+    /// Checks tokens against the box's hall clock rather than the system's.
+    pub fn with_clock(mut self, clock: Arc<HallClock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Resolves enrolled boxes' credentials through `boxes`.
@@ -193,16 +207,59 @@ impl Auth {
     }
 
     /// Verifies a token's signature, expiry, venue and box, with a message that says which
-    /// failed and what to do.
+    /// failed and what to do. On a box, expiry is checked against hall time, allowing the
+    /// clock's uncertainty and [`ClockSettings::token_leeway`](crate::clock::ClockSettings);
+    /// when the clock is not synced, an expiry refusal says the clock may be wrong, and a
+    /// platform-signed token accepted raises the clock's floor to its issue time.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        self.verify_at(token, SystemTime::now())
+        let Some(clock) = &self.clock else {
+            return self.verify_at(token, SystemTime::now());
+        };
+        let reading = clock.reading();
+        let slack = clock.settings().token_leeway
+            + Duration::from_millis(reading.clock.uncertainty_ms.unwrap_or(0));
+        let at = reading.at.checked_sub(slack).unwrap_or(reading.at);
+        let (claims, platform) = self.check(token, at, Some(&reading))?;
+        if platform {
+            clock.token_issued(claims.issued);
+        }
+        Ok(claims)
     }
 
     /// [`verify`](Self::verify) as of `now`: a token that had not expired by then passes.
     pub fn verify_at(&self, token: &str, now: SystemTime) -> Result<Claims, ApiError> {
+        self.check(token, now, None).map(|(claims, _)| claims)
+    }
+
+    /// Verifies `token` as of `now`; says whether the platform signed it (rather than the
+    /// box's local key). With the hall clock's `reading`, an expiry refused while the clock
+    /// is not synced says that the clock may be the one that is wrong.
+    fn check(
+        &self,
+        token: &str,
+        now: SystemTime,
+        reading: Option<&Reading>,
+    ) -> Result<(Claims, bool), ApiError> {
         let refused = |e: TokenError| {
             ApiError::Unauthorized(match e {
-                TokenError::Expired => "the token expired: ask the platform for a new one".into(),
+                TokenError::Expired { at } => match reading {
+                    Some(r) if r.clock.state != ClockState::Synced => {
+                        tracing::warn!(clock = %r.clock.describe(), expired_at = at,
+                            hall_time = %rfc3339(r.at),
+                            "refused an expired token while the hall clock is not synced: the clock may be wrong");
+                        format!(
+                            "the token expired at {} by this box's clock, which is {}: if the \
+                             token is new, the box's clock may be the one that is wrong. {}",
+                            rfc3339(hallrelay_protocol::timefmt::from_unix_millis(
+                                at.saturating_mul(1000)
+                            )),
+                            r.clock.describe(),
+                            crate::clock::advice(&r.clock).unwrap_or_default()
+                        )
+                        .into()
+                    }
+                    _ => "the token expired: ask the platform for a new one".into(),
+                },
                 TokenError::UnknownKey { kid } => format!(
                     "the token was signed with key {kid}, which this server does not trust: it \
                      is not the platform's, or the platform published it after this server \
@@ -222,7 +279,7 @@ impl Auth {
                     "a token signed with this box's local key must name this box's pin".into(),
                 ));
             }
-            return Ok(claims);
+            return Ok((claims, false));
         }
         let trust = self.trust();
         let claims = token::verify(&trust.platform, token, now).map_err(refused)?;
@@ -245,7 +302,7 @@ impl Auth {
                 ));
             }
         }
-        Ok(claims)
+        Ok((claims, true))
     }
 }
 
@@ -396,6 +453,9 @@ pub struct AppState {
     pub platform: Option<Arc<dyn ExtraRoutes>>,
     /// How far the box's enrollment has got (the box only), for `/v1/status`.
     pub enrollment: Option<Arc<dyn Report>>,
+    /// The box's hall clock (the box only): shown wherever the box reports time. The
+    /// reference cloud sends its own time instead (`Hallrelay-Time`), for boxes to sync from.
+    pub clock: Option<Arc<crate::clock::HallClock>>,
 }
 
 /// An answer on its way, as routes built on this API give it.

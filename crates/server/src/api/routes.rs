@@ -54,6 +54,14 @@ pub async fn handle(
         metrics.observe_ingest(response.status().as_u16(), started.elapsed());
     }
     state.cors.decorate(origin.as_ref(), &mut response);
+    // The reference cloud tells every caller its time, to the millisecond: a box syncs its
+    // hall clock from it over the pinned connection ([`crate::clock`]).
+    if state.clock.is_none() {
+        let now = hallrelay_protocol::timefmt::unix_millis(std::time::SystemTime::now());
+        response
+            .headers_mut()
+            .insert(headers::TIME, HeaderValue::from(now));
+    }
     Ok(response)
 }
 
@@ -529,6 +537,9 @@ struct Health<'a> {
     name: &'a str,
     version: &'static str,
     pin: &'a str,
+    /// The box's hall clock: its state and time ([`crate::clock::ClockReport`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock: Option<crate::clock::ClockReport>,
 }
 
 fn health(state: &State) -> Response<Full<Bytes>> {
@@ -540,6 +551,7 @@ fn health(state: &State) -> Response<Full<Bytes>> {
             name: &state.name,
             version: crate::VERSION,
             pin: &state.pin,
+            clock: state.clock.as_ref().map(|c| c.report()),
         },
     )
 }
@@ -555,6 +567,8 @@ async fn status(
         "name": state.name,
         "version": crate::VERSION,
         "uplink": state.uplink.snapshot(),
+        // The hall clock: synced, holding or unsynced, and what to do about it.
+        "clock": state.clock.as_ref().map(|c| c.report()),
         "last_delivery_at": store.last_delivery_at,
         "stored": { "count": store.stored, "bytes": store.stored_bytes },
         "pending": {

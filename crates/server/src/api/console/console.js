@@ -74,6 +74,16 @@ function cell(row, label, text, cls) {
   return td;
 }
 
+function clockText(c) {
+  if (!c) return "";
+  const bound = c.uncertainty_ms === null ? "" : ` ±${c.uncertainty_ms < 1000 ? `${c.uncertainty_ms} ms` : duration(Math.ceil(c.uncertainty_ms / 1000))}`;
+  switch (c.state) {
+    case "synced": return `Clock synced from the ${c.source === "ntp" ? "venue's NTP server" : c.source}${bound}.`;
+    case "holding": return `Clock holding since its last sync${bound}: ${c.advice}`;
+    default: return "Clock not synchronised.";
+  }
+}
+
 function render(s) {
   $("box-name").textContent = s.name;
   $("box-pin").textContent = s.pin;
@@ -83,6 +93,7 @@ function render(s) {
   up.className = `banner ${s.uplink.state}`;
   $("summary").textContent = summaryText(s);
   $("enrollment").textContent = enrollmentText(s.enrollment);
+  $("clock").textContent = clockText(s.clock);
 
   const alerts = $("alerts");
   alerts.replaceChildren();
@@ -95,6 +106,13 @@ function render(s) {
     const p = document.createElement("p");
     p.className = "alert";
     p.textContent = `This box is not enrolled with the platform: ${e.reason || "not yet"}. Next: ${e.next_step}. Saves are kept safe on this box meanwhile.`;
+    alerts.appendChild(p);
+  }
+  if (s.clock && s.clock.state === "unsynced") {
+    const p = document.createElement("p");
+    p.className = "alert";
+    p.textContent = "This box's clock is NOT synchronised: the times it records are only as good " +
+      "as its system clock, and its receipts say so. Saves are still kept safe. " + s.clock.advice;
     alerts.appendChild(p);
   }
   if (storage) {
