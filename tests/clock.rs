@@ -444,3 +444,61 @@ async fn a_clock_days_ahead_blames_itself_and_syncing_fixes_it() {
         reply.message()
     );
 }
+
+/// `hallrelay check` asks the running box for its clock: NOT READY while it is unsynced,
+/// saying what to do; ready once it synced from the cloud.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_is_not_ready_while_the_running_box_is_unsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Cloud::first_start(dir.path());
+    cloud.stop();
+    let port = free_port();
+    let config = cloud.box_config(dir.path(), &format!("listen = \"127.0.0.1:{port}\"\n"));
+    let data = dir.path().join("box");
+    let check = || {
+        let out = std::process::Command::new(binary())
+            .args([
+                "check",
+                "--candidates",
+                "1",
+                "--hours",
+                "0.01",
+                "--size",
+                "1024",
+            ])
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check();
+    assert!(
+        out.contains("ok clock: not checked: the box is not running"),
+        "{out}"
+    );
+    assert_eq!(code, Some(1), "no identity yet: {out}");
+
+    let b = BoxProcess::start_in(
+        None,
+        &data,
+        &["serve", "--config", config.to_str().unwrap(), "--no-mdns"],
+    );
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("NO clock: unsynced") && out.contains("ntp_servers"),
+        "{out}"
+    );
+    assert!(out.contains("NOT READY"), "{out}");
+    cloud.start();
+    until_clock(&b, "synced", Duration::from_secs(15)).await;
+    let (code, out) = check();
+    assert!(out.contains("ok clock: synced (cloud"), "{out}");
+    assert_eq!(code, Some(0), "{out}");
+}
