@@ -339,6 +339,28 @@ pub fn default_name(appliance: &str) -> String {
     format!("hallrelay-{}", appliance.get(..4).unwrap_or(appliance))
 }
 
+/// Starts the hall clock's sources that the venue configured: the RTC, read once at start
+/// (the clock then holds within the chip's drift), and the NTP servers in `ntp_servers`,
+/// polled until shutdown. The cloud's time is synced beside them.
+pub fn start_venue_clock(
+    config: &ServeConfig,
+    clock: &Arc<crate::clock::HallClock>,
+    shutdown: &CancellationToken,
+) {
+    if let Some(rtc) = &config.rtc {
+        crate::clock::set_from_rtc(clock.clone(), rtc.clone());
+    }
+    if !config.ntp_servers.is_empty() {
+        let servers: Vec<String> = config.ntp_servers.iter().map(|s| s.to_string()).collect();
+        tracing::info!(servers = %servers.join(" "), "syncing the hall clock from the configured NTP servers");
+        tokio::spawn(crate::clock::sync_from_ntp(
+            clock.clone(),
+            config.ntp_servers.clone(),
+            shutdown.clone(),
+        ));
+    }
+}
+
 /// A token that is cancelled on SIGTERM or SIGINT. The signal cancels it before anything
 /// else happens (before the log line that says so), so that nothing can come between a
 /// signal and the shutdown.
