@@ -233,3 +233,60 @@ async fn a_spoofed_answer_is_refused() {
         .expect_err("a kiss-of-death gives no sample");
     assert!(e.to_string().contains("DENY"), "{e}");
 }
+
+/// End to end: a box whose `ntp_servers` names the chronyd says in `/v1/health` that its
+/// clock is synced from `ntp`, and its receipts say so too. The box shows its clock in
+/// `/v1/health` once the hall clock is wired into `serve` (issue 20's lead part); before
+/// that, this test skips, saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_box_with_ntp_servers_is_synced_from_ntp() {
+    let what = "the box synced from its configured NTP server";
+    let Some(chrony) = chrony_or_skip(what) else {
+        return;
+    };
+    first_sample(&server(chrony.port)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config_file(
+        dir.path(),
+        &format!("ntp_servers = [\"127.0.0.1:{}\"]\n", chrony.port),
+    );
+    let b = common::BoxProcess::start(
+        &dir.path().join("box"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let health = || async {
+        let reply = b
+            .client(None)
+            .get(hallrelay_protocol::v1::HEALTH)
+            .await
+            .expect("health");
+        reply.json::<serde_json::Value>().expect("health JSON")
+    };
+    if health().await.get("clock").is_none() {
+        common::skip(
+            what,
+            "this box does not show its clock in /v1/health yet (the hall clock's wiring into serve)",
+            "HALLRELAY_REQUIRE_PRIVILEGED",
+        );
+        return;
+    }
+    let started = Instant::now();
+    let clock = loop {
+        let clock = health().await["clock"].clone();
+        if clock["state"] == "synced" {
+            break clock;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the box did not sync from chronyd: {clock}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(clock["source"], "ntp", "{clock}");
+    let client = b.client(Some(b.candidate_token("ntp", "c1")));
+    let reply = common::put(&client, "ntp", "c1", 1, b"an answer").await;
+    assert_eq!(reply.status, http::StatusCode::CREATED);
+    let receipt: serde_json::Value = reply.json().expect("receipt");
+    assert_eq!(receipt["clock"]["state"], "synced", "{receipt}");
+    assert_eq!(receipt["clock"]["source"], "ntp", "{receipt}");
+}
