@@ -88,6 +88,18 @@ async fn a_real_box_s_receipts_verify_with_an_independent_script() {
     assert!(ok, "the box's receipts do not verify independently:\n{out}");
     assert!(out.contains("all 4 receipts verify"), "{out}");
     let v2 = receipts[0].get("clock").is_some();
+    // A box that shows its hall clock signs version-2 receipts with it.
+    let health = b
+        .client(None)
+        .get(hallrelay_protocol::v1::HEALTH)
+        .await
+        .expect("health")
+        .json::<Value>()
+        .expect("health JSON");
+    assert!(
+        v2 || health.get("clock").is_none(),
+        "the box shows a clock but signs version-1 receipts"
+    );
     if v2 {
         assert_eq!(receipts[0]["pin"], b.pin.as_str());
     } else {
