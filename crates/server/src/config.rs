@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::api::Limits;
+use crate::clock::{NtpServer, RtcSettings};
 use crate::logging::LogFormat;
 use crate::replay::ReplayConfig;
 use hallrelay_client::{Proxy, check_cloud_url, check_proxy_for};
@@ -98,11 +99,13 @@ pub enum Setting {
     Name,
     /// The SSH public keys, one a line; nothing when unset (SSH stays off).
     SshAuthorizedKeys,
+    /// The RTC chip, for the kernel's `i2c-rtc` overlay; nothing when unset.
+    Rtc,
 }
 
 impl Setting {
     /// Every setting, by the name `hallrelay setting` takes.
-    pub const NAMES: [&str; 2] = ["name", "ssh-authorized-keys"];
+    pub const NAMES: [&str; 3] = ["name", "ssh-authorized-keys", "rtc"];
 }
 
 impl std::str::FromStr for Setting {
@@ -112,6 +115,7 @@ impl std::str::FromStr for Setting {
         match text {
             "name" => Ok(Self::Name),
             "ssh-authorized-keys" => Ok(Self::SshAuthorizedKeys),
+            "rtc" => Ok(Self::Rtc),
             other => Err(format!(
                 "{other:?} is not a setting; choose from {}",
                 Self::NAMES.join(", ")
@@ -147,6 +151,7 @@ pub fn setting(path: &Path, setting: Setting) -> Result<Vec<String>, ConfigError
             }
             Ok(keys)
         }
+        Setting::Rtc => Ok(rtc(&file)?.map(|r| r.chip).into_iter().collect()),
     }
 }
 
@@ -255,6 +260,19 @@ pub struct FileConfig {
     /// The shape of the log lines: "text" (the default) or "json", one object a line with
     /// the fields at the top level, for the systemd journal and a log shipper.
     pub log_format: Option<LogFormat>,
+    /// NTP servers the venue trusts, `host` or `host:port` (default: none): typically the
+    /// hall router. Their time makes the box's clock synced, as the cloud's does; the hall
+    /// network's DHCP-announced NTP never does.
+    pub ntp_servers: Option<Vec<String>>,
+    /// The hardware RTC module fitted to the box, by chip (e.g. "ds3231"; the chips the
+    /// image knows are listed in `clock::rtc`; default: none). The SD image
+    /// enables its kernel overlay; at start the box sets its clock from it (holding).
+    pub rtc: Option<String>,
+    /// The kernel's name for the RTC under /sys/class/rtc (default "rtc0").
+    pub rtc_device: Option<String>,
+    /// The RTC's drift bound in ppm (default: the chip's datasheet bound, e.g. 2 for a
+    /// DS3231, 50 for a chip on an uncompensated crystal).
+    pub rtc_drift_ppm: Option<u64>,
     /// Read by the SD image's first boot, not by `serve`: SSH public keys allowed to log in
     /// as `admin`. SSH stays off when this is absent or empty; there is never a password.
     pub ssh_authorized_keys: Option<Vec<String>>,
@@ -289,6 +307,10 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// How the hall clock judges its time.
     pub clock: crate::clock::ClockSettings,
+    /// The NTP servers the venue trusts (`ntp_servers`).
+    pub ntp_servers: Vec<NtpServer>,
+    /// The box's RTC, when one is fitted (`rtc`).
+    pub rtc: Option<RtcSettings>,
 }
 
 impl FileConfig {
@@ -401,6 +423,8 @@ impl ServeConfig {
             ..StoreOptions::default()
         };
         let metrics_token_file = file.metrics_token_file.clone();
+        let ntp_servers = ntp_servers(file.ntp_servers.as_deref())?;
+        let rtc = rtc(&file)?;
         let enrollment_code = enrollment_code(args, file.enrollment_code.as_deref())?;
         let cloud = args.cloud.clone().or(file.cloud);
         if enrollment_code.is_some() && cloud.is_none() {
@@ -447,6 +471,8 @@ impl ServeConfig {
             console_silent_after,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             clock: crate::clock::ClockSettings::default(),
+            ntp_servers,
+            rtc,
         })
     }
 }
@@ -465,6 +491,53 @@ pub fn load_platform_keys(path: &Path) -> Result<KeySet, ConfigError> {
             path.display()
         ))
     })
+}
+
+/// The most NTP servers the box asks (each round asks every one).
+const MAX_NTP_SERVERS: usize = 8;
+
+/// The `ntp_servers` setting, parsed.
+fn ntp_servers(servers: Option<&[String]>) -> Result<Vec<NtpServer>, ConfigError> {
+    let invalid = |problem: String| ConfigError::Invalid {
+        key: "ntp_servers",
+        problem,
+    };
+    let servers = servers.unwrap_or_default();
+    if servers.len() > MAX_NTP_SERVERS {
+        return Err(invalid(format!(
+            "lists {} servers; name at most {MAX_NTP_SERVERS}",
+            servers.len()
+        )));
+    }
+    servers
+        .iter()
+        .map(|s| s.parse::<NtpServer>().map_err(invalid))
+        .collect()
+}
+
+/// The `rtc`, `rtc_device` and `rtc_drift_ppm` settings, checked; the last two need the first.
+fn rtc(file: &FileConfig) -> Result<Option<RtcSettings>, ConfigError> {
+    let Some(chip) = &file.rtc else {
+        for (key, set) in [
+            ("rtc_device", file.rtc_device.is_some()),
+            ("rtc_drift_ppm", file.rtc_drift_ppm.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: "is set but `rtc` is not: name the RTC chip (e.g. rtc = \"ds3231\")"
+                        .into(),
+                });
+            }
+        }
+        return Ok(None);
+    };
+    RtcSettings::new(chip, file.rtc_device.as_deref(), file.rtc_drift_ppm)
+        .map(Some)
+        .map_err(|problem| ConfigError::Invalid {
+            key: "rtc",
+            problem,
+        })
 }
 
 /// A duration setting that must be longer than zero, or its default when unset.
@@ -949,7 +1022,7 @@ mod tests {
 
     /// The settings whose shown value is an example, not a default: they have none, or one
     /// that depends on the machine (the body budget) or on the box (its name).
-    const NO_FIXED_DEFAULT: [&str; 15] = [
+    const NO_FIXED_DEFAULT: [&str; 19] = [
         "name",
         "platform_keys_file",
         "mdns_interfaces",
@@ -965,6 +1038,10 @@ mod tests {
         "client_body_budget_bytes",
         "metrics_token_file",
         "ssh_authorized_keys",
+        "ntp_servers",
+        "rtc",
+        "rtc_device",
+        "rtc_drift_ppm",
     ];
 
     /// Every key `FileConfig` takes, as serde lists them when it refuses an unknown one.
@@ -1085,6 +1162,53 @@ mod tests {
             }
         }
         assert!(checked >= 40, "only {checked} defaults checked");
+    }
+
+    /// Issue 20: `ntp_servers` and the RTC settings parse into what the clock uses; bad
+    /// values are refused naming the key and what is accepted.
+    #[test]
+    fn hall_time_settings() {
+        let parse = |text: &str| {
+            FileConfig::parse(Path::new("t.toml"), text)
+                .and_then(|f| ServeConfig::merge(f, &no_overrides()))
+        };
+        let c = parse(
+            "ntp_servers = [\"192.168.1.1\", \"ntp.hall.example:1123\"]\nrtc = \"pcf8523\"\n",
+        )
+        .unwrap();
+        let shown: Vec<String> = c.ntp_servers.iter().map(|s| s.to_string()).collect();
+        assert_eq!(shown, ["192.168.1.1:123", "ntp.hall.example:1123"]);
+        let rtc = c.rtc.unwrap();
+        assert_eq!(
+            (rtc.chip.as_str(), rtc.device.as_str(), rtc.drift_ppm),
+            ("pcf8523", "rtc0", 50)
+        );
+        let c = parse("").unwrap();
+        assert!(c.ntp_servers.is_empty() && c.rtc.is_none());
+        for (text, needle) in [
+            ("ntp_servers = [\"https://ntp.example\"]\n", "`ntp_servers`"),
+            (
+                "ntp_servers = [\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]\n",
+                "at most 8",
+            ),
+            ("rtc = \"ds9999\"\n", "choose from ds3231"),
+            ("rtc_device = \"rtc1\"\n", "`rtc` is not"),
+            (
+                "rtc = \"ds3231\"\nrtc_drift_ppm = 0\n",
+                "between 1 and 1000",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hallrelay.toml");
+        std::fs::write(&path, "rtc = \"ds3231\"\r\n").unwrap();
+        assert_eq!(setting(&path, Setting::Rtc).unwrap(), ["ds3231"]);
+        std::fs::write(&path, "name = \"x\"\n").unwrap();
+        assert!(setting(&path, Setting::Rtc).unwrap().is_empty());
+        std::fs::write(&path, "rtc = \"ds3231; reboot\"\n").unwrap();
+        assert!(setting(&path, Setting::Rtc).is_err());
     }
 
     /// The commented default the .deb installs parses as it is, and with every setting

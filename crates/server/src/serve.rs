@@ -227,11 +227,16 @@ fn start_replay(
     }))
 }
 
-/// Keeps the hall clock synced from the cloud, when one is configured: the cloud's time over
+/// Keeps the hall clock synced: from the venue's sources ([`start_venue_clock`]), and from
+/// the cloud, when one is configured: the cloud's time over
 /// the same authenticated connection replay uses (no credential needed for its health). A
 /// cloud reached over plain HTTP authenticates nothing, so its time does not count.
 fn sync_clock(config: &ServeConfig, state: &Arc<AppState>, shutdown: &CancellationToken) {
-    let (Some(clock), Some(replay)) = (&state.clock, &config.replay) else {
+    let Some(clock) = &state.clock else {
+        return;
+    };
+    start_venue_clock(config, clock, shutdown);
+    let Some(replay) = &config.replay else {
         return;
     };
     if !replay.cloud.starts_with("https://") {
@@ -393,6 +398,28 @@ impl Parts {
 /// The name a box has when none is configured: `hallrelay-` and four hex digits of its id.
 pub fn default_name(appliance: &str) -> String {
     format!("hallrelay-{}", appliance.get(..4).unwrap_or(appliance))
+}
+
+/// Starts the hall clock's sources that the venue configured: the RTC, read once at start
+/// (the clock then holds within the chip's drift), and the NTP servers in `ntp_servers`,
+/// polled until shutdown. The cloud's time is synced beside them.
+fn start_venue_clock(
+    config: &ServeConfig,
+    clock: &Arc<crate::clock::HallClock>,
+    shutdown: &CancellationToken,
+) {
+    if let Some(rtc) = &config.rtc {
+        crate::clock::set_from_rtc(clock.clone(), rtc.clone());
+    }
+    if !config.ntp_servers.is_empty() {
+        let servers: Vec<String> = config.ntp_servers.iter().map(|s| s.to_string()).collect();
+        tracing::info!(servers = %servers.join(" "), "syncing the hall clock from the configured NTP servers");
+        tokio::spawn(crate::clock::sync_from_ntp(
+            clock.clone(),
+            config.ntp_servers.clone(),
+            shutdown.clone(),
+        ));
+    }
 }
 
 /// A token that is cancelled on SIGTERM or SIGINT. The signal cancels it before anything

@@ -23,8 +23,12 @@
 //! (the store remembers its latest `received_at`), except when an authenticated sync steps
 //! the clock back: the next stamp then says by how much (`stepped_back_ms`).
 
+mod ntp;
+mod rtc;
 mod sync;
 
+pub use ntp::{NtpError, NtpServer, query as ntp_query, sync_from_ntp};
+pub use rtc::{RtcError, RtcSettings, start as set_from_rtc};
 pub use sync::{cloud_sample, sync_from_cloud};
 
 use std::path::{Path, PathBuf};
