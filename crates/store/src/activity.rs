@@ -645,4 +645,51 @@ mod tests {
         assert_eq!(rows(&store).await[1].saves, 4);
         store.close().await;
     }
+
+    /// A clock that always says it was synced from the cloud, ±25 ms.
+    struct Synced;
+
+    impl crate::HallTime for Synced {
+        fn stamp(&self) -> (SystemTime, Clock) {
+            let clock = clock(ClockState::Synced, ClockSource::Cloud, Some(25));
+            (SystemTime::now(), clock)
+        }
+    }
+
+    /// Rows an older build wrote (before the clocks and the final were kept: 10 fields) are
+    /// built again from the records at start, so the record shows the final and the clocks
+    /// the receipts state instead of "none" and "unknown".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_of_an_older_shape_are_built_again_with_finals_and_clocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || crate::StoreOptions {
+            hall: Some(crate::Hall {
+                pin: "sha256//test".into(),
+                time: std::sync::Arc::new(Synced),
+            }),
+            ..crate::StoreOptions::default()
+        };
+        let store = crate::open_for_test_with(dir.path(), options());
+        store.put(request("a", 1, false)).await.unwrap();
+        store.put(request("a", 2, true)).await.unwrap();
+        let before = rows(&store).await;
+        assert_eq!(before[0].final_seq, Some(2));
+        assert_eq!(before[0].first_clock.state, "synced");
+        assert_eq!(before[0].worst_clock.uncertainty_ms, Some(25));
+        store.close().await;
+        drop(store);
+        {
+            let db = redb::Database::open(dir.path().join(STORE_FILE)).unwrap();
+            let write = db.begin_write().unwrap();
+            {
+                let mut table = write.open_table(ACTIVITY).unwrap();
+                let old = table.get(("e", "a")).unwrap().unwrap().value()[..80].to_vec();
+                table.insert(("e", "a"), old.as_slice()).unwrap();
+            }
+            write.commit().unwrap();
+        }
+        let store = crate::open_for_test_with(dir.path(), options());
+        assert_eq!(rows(&store).await, before);
+        store.close().await;
+    }
 }
