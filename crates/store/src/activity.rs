@@ -646,12 +646,18 @@ mod tests {
         store.close().await;
     }
 
-    /// A clock that always says it was synced from the cloud, ±25 ms.
-    struct Synced;
+    /// A hall clock whose first stamp is unsynced and whose later ones are synced from the
+    /// cloud, ±25 ms: as when the uplink returns after a cold boot.
+    #[derive(Default)]
+    struct SyncsAfterTheFirst(std::sync::atomic::AtomicBool);
 
-    impl crate::HallTime for Synced {
+    impl crate::HallTime for SyncsAfterTheFirst {
         fn stamp(&self) -> (SystemTime, Clock) {
-            let clock = clock(ClockState::Synced, ClockSource::Cloud, Some(25));
+            let clock = if self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                clock(ClockState::Synced, ClockSource::Cloud, Some(25))
+            } else {
+                Clock::unsynced(ClockSource::System)
+            };
             (SystemTime::now(), clock)
         }
     }
@@ -665,17 +671,29 @@ mod tests {
         let options = || crate::StoreOptions {
             hall: Some(crate::Hall {
                 pin: "sha256//test".into(),
-                time: std::sync::Arc::new(Synced),
+                time: std::sync::Arc::new(SyncsAfterTheFirst::default()),
             }),
             ..crate::StoreOptions::default()
         };
         let store = crate::open_for_test_with(dir.path(), options());
         store.put(request("a", 1, false)).await.unwrap();
         store.put(request("a", 2, true)).await.unwrap();
+        store.put(request("a", 3, false)).await.unwrap();
         let before = rows(&store).await;
-        assert_eq!(before[0].final_seq, Some(2));
-        assert_eq!(before[0].first_clock.state, "synced");
-        assert_eq!(before[0].worst_clock.uncertainty_ms, Some(25));
+        let a = &before[0];
+        assert_eq!(
+            (a.first_clock.state, a.first_clock.source),
+            ("unsynced", Some("system"))
+        );
+        assert_eq!(a.first_clock.uncertainty_ms, None);
+        assert_eq!(
+            (a.last_clock.state, a.last_clock.uncertainty_ms),
+            ("synced", Some(25))
+        );
+        assert_eq!(a.final_seq, Some(2));
+        assert!(a.final_received_at.is_some());
+        assert_eq!(a.final_clock.as_ref().map(|c| c.state), Some("synced"));
+        assert_eq!(a.worst_clock.state, "unsynced");
         store.close().await;
         drop(store);
         {
