@@ -66,11 +66,19 @@ pub enum Command {
     /// purged, except conflicts and refusals whose autosave is still stored.
     Audit(AuditArgs),
     /// Pull a signed bundle of everything a running box stored into FILE (for the day the
-    /// uplink never returns); it is verified before it is kept.
+    /// uplink never returns); it is verified before it is kept. It carries the offline-time
+    /// record too (see `report`).
     Export(ExportArgs),
-    /// Check a bundle offline: every payload against its blake3, the manifest against the
-    /// box's signature and certificate. Exits 0 when intact, 65 when not.
+    /// Check a bundle offline: every payload against its blake3, the manifest and the
+    /// offline-time record against the box's signature and certificate. Exits 0 when intact,
+    /// 65 when not. --record-out FILE writes the bundle's offline-time record (CSV) once the
+    /// bundle is intact.
     Verify(VerifyArgs),
+    /// The box's offline-time record, for the exam board deciding extra time: one CSV row
+    /// per candidate who saved to the box (first and last save on the box, time spent saving
+    /// only to the box, the final submission's time, and the box's clock state at each of
+    /// them; columns in docs/receipts.md). Writes to --out FILE, or to stdout.
+    Report(ReportArgs),
     /// Push a verified bundle to the cloud from any connected computer; importing it again
     /// changes nothing.
     Import(ImportArgs),
@@ -221,6 +229,18 @@ pub struct ExportArgs {
 pub struct VerifyArgs {
     /// The bundle.
     pub file: PathBuf,
+    /// Once the bundle is intact, write the offline-time record it carries (CSV) here.
+    #[arg(long, value_name = "FILE.csv")]
+    pub record_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub access: BoxAccess,
+    /// Where the CSV goes (written whole, then renamed into place); stdout without it.
+    #[arg(long, value_name = "FILE.csv")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Parser;
 use hallrelay::cli::{
     AuditArgs, CandidateArgs, CheckArgs, Cli, CloudAction, CloudArgs, Command, DemoArgs,
-    DiscoverArgs, ExportArgs, ImportArgs, LoadtestArgs, ReplayArgs, RotateKeyArgs, StatusArgs,
-    VerifyArgs,
+    DiscoverArgs, ExportArgs, ImportArgs, LoadtestArgs, ReplayArgs, ReportArgs, RotateKeyArgs,
+    StatusArgs, VerifyArgs,
 };
 use hallrelay::ops::{self, OpsError};
 use hallrelay_protocol::keys::Secret;
@@ -82,6 +82,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => ops_audit(&args),
         Command::Export(args) => ops_export(&args),
         Command::Verify(args) => ops_verify(&args),
+        Command::Report(args) => ops_report(&args),
         Command::Import(args) => ops_import(&args),
         Command::Loadtest(args) => loadtest(&args),
         Command::Setting(args) => {
@@ -438,9 +439,50 @@ fn ops_export(args: &ExportArgs) -> ExitCode {
     )
 }
 
+fn ops_report(args: &ReportArgs) -> ExitCode {
+    let access = &args.access;
+    let token = match secret(&access.token_file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    run_ops(ops::report(&access.box_url, token, &access.pin), |csv| {
+        use std::io::Write as _;
+        match &args.out {
+            Some(path) => match ops::write_file(path, &csv) {
+                Ok(()) => {
+                    let rows = csv.split(|b| *b == b'\n').count().saturating_sub(2);
+                    eprintln!(
+                        "wrote the offline-time record of {rows} candidates to {}",
+                        path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, &e),
+            },
+            None => match std::io::stdout().write_all(&csv) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, &e),
+            },
+        }
+    })
+}
+
 fn ops_verify(args: &VerifyArgs) -> ExitCode {
     match ops::verify(&args.file) {
         Ok(summary) => {
+            if let Some(path) = &args.record_out {
+                let Some(record) = &summary.record else {
+                    return fail(
+                        EXIT_DATA,
+                        &"the bundle is intact but carries no offline-time record (it was \
+                          exported by an older hallrelay); ask the box itself with \
+                          `hallrelay report`",
+                    );
+                };
+                if let Err(e) = ops::write_file(path, record) {
+                    return fail(1, &e);
+                }
+            }
             println!(
                 "intact: {} autosaves ({} bytes) from {} ({}), exported {}, signed by pin {}",
                 summary.manifest.count,
@@ -450,6 +492,15 @@ fn ops_verify(args: &VerifyArgs) -> ExitCode {
                 summary.manifest.exported_at,
                 summary.pin
             );
+            if let Some(record) = &summary.record {
+                let rows = record.split(|b| *b == b'\n').count().saturating_sub(2);
+                let written = args
+                    .record_out
+                    .as_ref()
+                    .map(|p| format!(", written to {}", p.display()))
+                    .unwrap_or_default();
+                println!("offline-time record: {rows} candidates, signed with the bundle{written}");
+            }
             ExitCode::SUCCESS
         }
         Err(e @ OpsError::Bundle(_)) => fail(EXIT_DATA, &e),

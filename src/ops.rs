@@ -1,8 +1,8 @@
 //! The operator's commands that talk to a box or carry its data: `status` (the box's status
 //! for a person), `audit` (its audit log), `replay --retry-parked` (parked autosaves go to the
 //! cloud again), `export` (a signed bundle of everything stored, pulled from a running box),
-//! `verify` (checks a bundle offline) and `import` (pushes a bundle to the cloud from any
-//! connected computer, idempotent like replay). Tools that talk to a box trust it by its pin.
+//! `verify` (checks a bundle offline), `import` (pushes a bundle to the cloud from any
+//! connected computer, idempotent like replay) and `report` (the offline-time record, CSV). Tools that talk to a box trust it by its pin.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -17,7 +17,8 @@ use hallrelay_client::{ClientError, Connection};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::v1::{
-    AUDIT, Answer, AutosavePut, EXPORT_AUTOSAVES, EXPORT_MANIFEST, RETRY_PARKED, STATUS, headers,
+    AUDIT, Answer, AutosavePut, EXPORT_AUTOSAVES, EXPORT_MANIFEST, REPORT, RETRY_PARKED, STATUS,
+    headers,
 };
 use hallrelay_server::bundle::{self, BundleError, Header, Summary};
 use hallrelay_server::units::human_bytes;
@@ -155,6 +156,22 @@ pub async fn status(box_url: &str, token: Secret, pin: &str) -> Result<String, O
         human_bytes(n(&s["disk"]["reserve_bytes"])),
     );
     Ok(out)
+}
+
+/// `hallrelay report`: the box's offline-time record as CSV (`GET /v1/report?format=csv`).
+pub async fn report(box_url: &str, token: Secret, pin: &str) -> Result<Bytes, OpsError> {
+    let client = Connection::pinned(box_url, vec![pin.to_owned()], Some(token))?;
+    let reply = client.get(&format!("{REPORT}?format=csv")).await?;
+    if reply.status != StatusCode::OK {
+        return Err(refused("the box", &reply));
+    }
+    Ok(reply.body)
+}
+
+/// Writes `contents` to `path` whole: beside it first, synced, then renamed into place, so
+/// that a failure never leaves half a file under its name.
+pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), OpsError> {
+    hallrelay_durable::write_durably(path, contents).map_err(file_error(path))
 }
 
 /// `hallrelay replay --retry-parked`: asks the box to return every parked autosave to its

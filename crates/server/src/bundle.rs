@@ -3,12 +3,13 @@
 //!
 //! A bundle is a sequence of frames. Each frame is one line of JSON (its `kind` and the
 //! length `len` of what follows), then `len` raw bytes, then a newline: autosave frames (the
-//! payload, with its name, blake3 and the box's signed receipt), then one manifest (every
-//! entry's name, size, blake3 and receipt hash, as JSON), the box's certificate (PEM), the
-//! box's signature over the manifest's exact bytes, and an end frame. [`verify`] rejects any
-//! altered byte: a payload no longer matches its blake3, a header no longer matches the
-//! manifest, the manifest no longer matches its signature, and the certificate is the one
-//! whose pin the manifest names.
+//! payload, with its name, blake3 and the box's signed receipt), then the offline-time
+//! record (CSV, [`crate::report`]; bundles from before it have none), one manifest (every
+//! entry's name, size, blake3 and receipt hash, and the record's blake3, as JSON), the box's
+//! certificate (PEM), the box's signature over the manifest's exact bytes, and an end frame.
+//! [`verify`] rejects any altered byte: a payload no longer matches its blake3, a header or
+//! the record no longer matches the manifest, the manifest no longer matches its signature,
+//! and the certificate is the one whose pin the manifest names.
 
 use std::io::{self, BufRead, Read, Write};
 
@@ -67,6 +68,10 @@ pub enum Header {
         is_final: bool,
         receipt: Box<Receipt>,
     },
+    /// The offline-time record, CSV.
+    Record {
+        len: u64,
+    },
     Manifest {
         len: u64,
     },
@@ -85,6 +90,7 @@ impl Header {
     fn len(&self) -> u64 {
         match self {
             Header::Autosave { len, .. }
+            | Header::Record { len }
             | Header::Manifest { len }
             | Header::Certificate { len }
             | Header::Signature { len }
@@ -138,6 +144,10 @@ pub struct Manifest {
     pub count: u64,
     pub bytes: u64,
     pub entries: Vec<ManifestEntry>,
+    /// blake3 of the offline-time record's frame body; absent in bundles made before the
+    /// record existed (which carry none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_blake3: Option<String>,
 }
 
 /// A certificate in the one PEM form bundles use (64-column base64, `\n` line ends), so that
@@ -177,14 +187,17 @@ pub fn autosave_frame(out: &mut impl Write, receipt: &Receipt, payload: &[u8]) -
     write_frame(out, &header, payload)
 }
 
-/// The bundle's tail: manifest, certificate (PEM), signature, end.
+/// The bundle's tail: the offline-time record (CSV; the manifest names its blake3),
+/// manifest, certificate (PEM), signature, end.
 pub fn tail_frames(
     out: &mut impl Write,
+    record: &[u8],
     manifest: &[u8],
     certificate_pem: &[u8],
     signature: &[u8],
 ) -> io::Result<()> {
     let len = |b: &[u8]| b.len() as u64;
+    write_frame(out, &Header::Record { len: len(record) }, record)?;
     write_frame(out, &Header::Manifest { len: len(manifest) }, manifest)?;
     write_frame(
         out,
@@ -281,6 +294,9 @@ pub struct Autosave {
 pub struct Summary {
     pub manifest: Manifest,
     pub pin: String,
+    /// The offline-time record (CSV), checked against the manifest; `None` in a bundle made
+    /// before the record existed.
+    pub record: Option<Vec<u8>>,
 }
 
 /// Reads a whole bundle, checks every byte of it, and calls `each` with every autosave in
@@ -294,6 +310,7 @@ pub fn verify(
     let mut entries = Vec::new();
     let mut receipts = Vec::new();
     let (mut manifest, mut certificate, mut signature) = (None, None, None);
+    let mut record = None;
     while let Some((header, body)) = reader.next_frame()? {
         match header {
             Header::Autosave {
@@ -318,6 +335,9 @@ pub fn verify(
                 receipts.push((autosave.name.to_string(), autosave.receipt));
                 entries.push(entry);
             }
+            Header::Record { .. } if record.is_none() && manifest.is_none() => {
+                record = Some(body);
+            }
             Header::Manifest { .. } if manifest.is_none() => manifest = Some(body),
             Header::Certificate { .. } if certificate.is_none() => certificate = Some(body),
             Header::Signature { .. } if signature.is_none() => signature = Some(body),
@@ -338,12 +358,24 @@ pub fn verify(
             "entries, count or bytes differ".into(),
         ));
     }
+    let record_blake3 = record
+        .as_deref()
+        .map(|r| blake3::hash(r).to_hex().to_string());
+    if manifest.record_blake3 != record_blake3 {
+        return Err(BundleError::ManifestMismatch(
+            "the offline-time record differs from the one the manifest names".into(),
+        ));
+    }
     for (name, receipt) in &receipts {
         receipt
             .verify(&key)
             .map_err(|_| BundleError::BadReceipt { name: name.clone() })?;
     }
-    Ok(Summary { manifest, pin })
+    Ok(Summary {
+        manifest,
+        pin,
+        record,
+    })
 }
 
 /// Checks an autosave frame on its own: its payload matches its blake3, and its header says
@@ -429,4 +461,98 @@ fn read_manifest(
         return Err(BundleError::BadCertificate);
     }
     Ok((manifest, pin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    /// A bundle of no autosaves, signed by a fresh identity, with the offline-time record
+    /// `record` (`None`: a bundle as builds before the record wrote them) and the manifest
+    /// naming `names` as the record's blake3.
+    fn bundle(record: Option<&[u8]>, names: Option<String>) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Identity::load_or_create(dir.path(), &[], &[]).unwrap();
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            appliance: "app1".into(),
+            name: "hall-b".into(),
+            pin: identity.pin().to_owned(),
+            certificate_blake3: blake3::hash(identity.certificate().as_ref())
+                .to_hex()
+                .to_string(),
+            exported_at: "2026-12-05T10:00:00.000Z".into(),
+            count: 0,
+            bytes: 0,
+            entries: Vec::new(),
+            record_blake3: names,
+        };
+        let manifest = serde_json::to_vec(&manifest).unwrap();
+        let signature = identity.sign(&manifest);
+        let pem = certificate_pem(identity.certificate());
+        let mut out = MAGIC.to_vec();
+        match record {
+            Some(record) => {
+                tail_frames(&mut out, record, &manifest, pem.as_bytes(), &signature).unwrap()
+            }
+            None => {
+                let len = |b: &[u8]| b.len() as u64;
+                write_frame(
+                    &mut out,
+                    &Header::Manifest {
+                        len: len(&manifest),
+                    },
+                    &manifest,
+                )
+                .unwrap();
+                write_frame(
+                    &mut out,
+                    &Header::Certificate {
+                        len: len(pem.as_bytes()),
+                    },
+                    pem.as_bytes(),
+                )
+                .unwrap();
+                let signature = STANDARD.encode(signature);
+                write_frame(
+                    &mut out,
+                    &Header::Signature {
+                        len: len(signature.as_bytes()),
+                    },
+                    signature.as_bytes(),
+                )
+                .unwrap();
+                write_frame(&mut out, &Header::End { len: 0 }, b"").unwrap();
+            }
+        }
+        out
+    }
+
+    fn check(bytes: Vec<u8>) -> Result<Summary, BundleError> {
+        verify(io::Cursor::new(bytes), |_| {})
+    }
+
+    #[test]
+    fn the_record_is_carried_signed_and_old_bundles_without_it_still_verify() {
+        let record = b"exam,candidate\r\nmath,c1\r\n";
+        let hash = blake3::hash(record).to_hex().to_string();
+        let summary = check(bundle(Some(record), Some(hash.clone()))).unwrap();
+        assert_eq!(summary.record.as_deref(), Some(&record[..]));
+
+        // A bundle made before the record: no frame, no blake3 in the manifest.
+        let old = bundle(None, None);
+        assert!(!String::from_utf8_lossy(&old).contains("record"));
+        assert_eq!(check(old).unwrap().record, None);
+
+        // A record the manifest does not name, or another one than it names, or none where
+        // it names one, is refused.
+        let refused = |bytes| matches!(check(bytes), Err(BundleError::ManifestMismatch(_)));
+        assert!(refused(bundle(Some(record), None)));
+        assert!(refused(bundle(
+            Some(b"exam,candidate\r\nmath,c2\r\n"),
+            Some(hash.clone())
+        )));
+        assert!(refused(bundle(None, Some(hash))));
+    }
 }

@@ -19,7 +19,8 @@
 //!   [`config::ServeConfig`]; [`serve`] assembles the appliance from it and runs it until
 //!   shutdown, telling systemd through [`notify`] when it is ready and that the store's writer
 //!   is alive; [`logging`] is its log output.
-//! - [`bundle`] is the signed export bundle (`export`, `verify`, `import`); [`readiness`]
+//! - [`bundle`] is the signed export bundle (`export`, `verify`, `import`); [`report`] the
+//!   offline-time record an exam board reads (`hallrelay report`); [`readiness`]
 //!   answers "can this box take this hall?" (`hallrelay check`).
 //! - [`platform`] is the reference cloud playing the exam platform: enrollment codes, the
 //!   registry of enrolled boxes, the relays of an exam; [`enrollment`] is the box's side (it
@@ -42,6 +43,7 @@ pub mod notify;
 pub mod platform;
 pub mod readiness;
 pub mod replay;
+pub mod report;
 pub mod rlimit;
 pub mod serve;
 pub mod tls;

@@ -7,16 +7,21 @@
 //! The counts (saves, bytes, delivered, pending, finals, cloud conflicts) are what is stored
 //! now: they go down when retention purges delivered autosaves, and [`verify`](super::verify)
 //! checks them against a recount. The times (first and last arrival, time spent saving to the
-//! box) and the highest seq are the candidate's history on this box and stay when their
-//! records are purged; a row goes when the last of its autosaves does.
+//! box, the first final submission), the clock each of them was stamped with (from the
+//! receipt: see [`ClockWord`]) and the highest seq are the candidate's history on this box
+//! and stay when their records are purged; a row goes when the last of its autosaves does.
+//! They are the offline-time record an exam board reads (`GET /v1/report`).
 //!
-//! A store written before this table existed, or one an older build has written to since
-//! (its sums no longer match the counters), gets the table built from its records once, at
+//! A store written before this table existed, one an older build has written to since (its
+//! sums no longer match the counters), or one whose rows are shorter than this build's (kept
+//! before the clocks and the final were), gets the table built from its records once, at
 //! start ([`ensure`]), in one transaction.
 
 use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable, Table, TableHandle};
+
+use hallrelay_protocol::clock::{Clock, ClockSource, ClockState};
 
 use super::schema::{ACTIVITY, AUTOSAVES, STAT_DELIVERED, STAT_PENDING, STAT_STORED, STATS, stat};
 use super::{Record, decode_record};
@@ -36,12 +41,102 @@ pub struct Activity {
     pub last_seq: u64,
     /// Milliseconds covered by runs of arrivals at most the run gap apart.
     pub box_only_ms: u64,
+    /// The clocks the first and the latest arrival were stamped with.
+    pub first_clock: ClockWord,
+    pub last_clock: ClockWord,
+    /// The first final submission to arrive: Unix ms (0: none), its seq and its clock.
+    pub final_ms: u64,
+    pub final_seq: u64,
+    pub final_clock: ClockWord,
+    /// The worst clock any of the candidate's arrivals was stamped with.
+    pub worst_clock: ClockWord,
 }
 
 /// Fields in the encoding, 8 bytes each, little-endian, in declaration order. A row shorter
 /// than this (written by a build with fewer fields) reads its missing fields as 0; extra
 /// fields (a newer build's) are ignored.
-const FIELDS: usize = 10;
+const FIELDS: usize = 16;
+
+/// A receipt's clock in one activity field: the state's rank ([`Clock::rank`]) in the low
+/// byte, the source's number in the next, and the uncertainty plus one above them (0: no
+/// bound). 0 is a save stamped without a clock (a version-1 receipt): "unknown".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockWord(pub u64);
+
+const SOURCES: [ClockSource; 5] = [
+    ClockSource::Cloud,
+    ClockSource::Ntp,
+    ClockSource::Rtc,
+    ClockSource::HallNtp,
+    ClockSource::System,
+];
+/// The largest uncertainty kept (about 8,900 years); larger ones are kept as this.
+const MAX_UNCERTAINTY: u64 = (1 << 48) - 2;
+
+impl ClockWord {
+    pub fn of(clock: Option<&Clock>) -> Self {
+        let Some(clock) = clock else {
+            return Self(0);
+        };
+        let source = SOURCES
+            .iter()
+            .position(|s| *s == clock.source)
+            .map_or(0, |i| i as u64 + 1);
+        let bound = clock
+            .uncertainty_ms
+            .map_or(0, |u| u.min(MAX_UNCERTAINTY) + 1);
+        Self(u64::from(clock.rank()) | source << 8 | bound << 16)
+    }
+
+    /// Higher is better; 0 is unknown.
+    pub fn rank(self) -> u8 {
+        (self.0 & 0xff) as u8
+    }
+
+    /// The state, `None` when unknown.
+    pub fn state(self) -> Option<ClockState> {
+        match self.rank() {
+            3 => Some(ClockState::Synced),
+            2 => Some(ClockState::Holding),
+            1 => Some(ClockState::Unsynced),
+            _ => None,
+        }
+    }
+
+    pub fn source(self) -> Option<ClockSource> {
+        let n = (self.0 >> 8) & 0xff;
+        n.checked_sub(1)
+            .and_then(|i| SOURCES.get(usize::try_from(i).ok()?))
+            .copied()
+    }
+
+    pub fn uncertainty_ms(self) -> Option<u64> {
+        (self.0 >> 16).checked_sub(1)
+    }
+
+    /// The worse of two: the lower state, and between equal states the larger (or no)
+    /// bound.
+    fn worse(self, other: Self) -> Self {
+        let key = |w: Self| {
+            (
+                w.rank(),
+                std::cmp::Reverse(w.uncertainty_ms().unwrap_or(u64::MAX)),
+            )
+        };
+        if key(other) < key(self) { other } else { self }
+    }
+}
+
+/// One new autosave, as its candidate's row takes it.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival<'a> {
+    pub seq: u64,
+    pub size: u64,
+    pub is_final: bool,
+    /// Its `received_at`, Unix ms, and the clock its receipt states.
+    pub at_ms: u64,
+    pub clock: Option<&'a Clock>,
+}
 
 impl Activity {
     pub fn encode(&self) -> [u8; FIELDS * 8] {
@@ -70,6 +165,12 @@ impl Activity {
             last_ms,
             last_seq,
             box_only_ms,
+            first_clock,
+            last_clock,
+            final_ms,
+            final_seq,
+            final_clock,
+            worst_clock,
         ] = values;
         Self {
             saves,
@@ -82,6 +183,12 @@ impl Activity {
             last_ms,
             last_seq,
             box_only_ms,
+            first_clock: ClockWord(first_clock),
+            last_clock: ClockWord(last_clock),
+            final_ms,
+            final_seq,
+            final_clock: ClockWord(final_clock),
+            worst_clock: ClockWord(worst_clock),
         }
     }
 
@@ -97,23 +204,44 @@ impl Activity {
             self.last_ms,
             self.last_seq,
             self.box_only_ms,
+            self.first_clock.0,
+            self.last_clock.0,
+            self.final_ms,
+            self.final_seq,
+            self.final_clock.0,
+            self.worst_clock.0,
         ]
     }
 
-    /// A new autosave arrived at `at_ms`.
-    pub fn arrived(&mut self, seq: u64, size: u64, is_final: bool, at_ms: u64, gap: Duration) {
+    /// A new autosave arrived. Arrivals at most `gap` apart are one run of saving to the box;
+    /// the time from the first to the last arrival of each run counts as time on the box.
+    pub fn arrived(&mut self, new: Arrival<'_>, gap: Duration) {
         let gap = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
+        let clock = ClockWord::of(new.clock);
+        let at_ms = new.at_ms;
         if self.saves == 0 && self.first_ms == 0 {
             self.first_ms = at_ms;
+            self.first_clock = clock;
+            self.worst_clock = clock;
         } else if at_ms >= self.last_ms && at_ms - self.last_ms <= gap {
             self.box_only_ms += at_ms - self.last_ms;
         }
-        self.first_ms = self.first_ms.min(at_ms);
+        if at_ms < self.first_ms {
+            self.first_ms = at_ms;
+            self.first_clock = clock;
+        }
+        self.worst_clock = self.worst_clock.worse(clock);
         self.last_ms = at_ms;
-        self.last_seq = self.last_seq.max(seq);
+        self.last_clock = clock;
+        self.last_seq = self.last_seq.max(new.seq);
+        if new.is_final && self.final_ms == 0 {
+            self.final_ms = at_ms;
+            self.final_seq = new.seq;
+            self.final_clock = clock;
+        }
         self.saves += 1;
-        self.bytes += size;
-        self.finals += u64::from(is_final);
+        self.bytes += new.size;
+        self.finals += u64::from(new.is_final);
     }
 
     /// A stored autosave left (retention purged it).
@@ -239,7 +367,14 @@ fn rebuild_row(mut saves: Vec<(u64, u64, Record)>, gap: Duration) -> Activity {
     saves.sort_by_key(|(at, _, record)| (*at, record.arrival));
     let mut row = Activity::default();
     for (at, seq, record) in &saves {
-        row.arrived(*seq, record.receipt.size, record.receipt.is_final, *at, gap);
+        let arrival = Arrival {
+            seq: *seq,
+            size: record.receipt.size,
+            is_final: record.receipt.is_final,
+            at_ms: *at,
+            clock: record.receipt.clock.as_ref(),
+        };
+        row.arrived(arrival, gap);
         if record.delivered_at.is_some() {
             row.delivered += 1;
         } else if record.cloud_conflict_at.is_some() {
@@ -252,7 +387,8 @@ fn rebuild_row(mut saves: Vec<(u64, u64, Record)>, gap: Duration) -> Activity {
     row
 }
 
-/// Whether the table exists and its sums match the counters kept with the data.
+/// Whether the table exists, its rows have every field this build keeps, and its sums match
+/// the counters kept with the data.
 fn is_current(db: &redb::Database) -> Result<bool, redb::Error> {
     let read = db.begin_read()?;
     if !read.list_tables()?.any(|t| t.name() == ACTIVITY.name()) {
@@ -261,7 +397,11 @@ fn is_current(db: &redb::Database) -> Result<bool, redb::Error> {
     let stats = read.open_table(STATS)?;
     let (mut saves, mut delivered, mut pending) = (0u64, 0u64, 0u64);
     for row in read.open_table(ACTIVITY)?.iter()? {
-        let a = Activity::decode(row?.1.value());
+        let row = row?;
+        if row.1.value().len() < FIELDS * 8 {
+            return Ok(false);
+        }
+        let a = Activity::decode(row.1.value());
         saves += a.saves;
         delivered += a.delivered;
         pending += a.pending;
@@ -288,6 +428,12 @@ mod tests {
             last_ms: 8,
             last_seq: 9,
             box_only_ms: 10,
+            first_clock: ClockWord(11),
+            last_clock: ClockWord(12),
+            final_ms: 13,
+            final_seq: 14,
+            final_clock: ClockWord(15),
+            worst_clock: ClockWord(16),
         };
         assert_eq!(Activity::decode(&row.encode()), row);
         let short = Activity::decode(&row.encode()[..16]);
@@ -297,23 +443,111 @@ mod tests {
         assert_eq!(Activity::decode(&long), row);
     }
 
+    fn at(seq: u64, at_ms: u64) -> Arrival<'static> {
+        Arrival {
+            seq,
+            size: 10,
+            is_final: false,
+            at_ms,
+            clock: None,
+        }
+    }
+
     #[test]
     fn runs_of_arrivals_within_the_gap_count_as_time_at_the_box() {
         let gap = Duration::from_secs(120);
         let mut row = Activity::default();
-        for at in [1_000_000, 1_015_000, 1_030_000] {
-            row.arrived(1, 10, false, at, gap);
+        for ms in [1_000_000, 1_015_000, 1_030_000] {
+            row.arrived(at(1, ms), gap);
         }
         // A long pause does not count; the clock going back adds nothing.
-        row.arrived(4, 10, false, 2_000_000, gap);
-        row.arrived(5, 10, false, 2_010_000, gap);
-        row.arrived(6, 10, false, 1_990_000, gap);
+        row.arrived(at(4, 2_000_000), gap);
+        row.arrived(at(5, 2_010_000), gap);
+        row.arrived(at(6, 1_990_000), gap);
         assert_eq!(row.box_only_ms, 40_000);
         assert_eq!(
             (row.first_ms, row.last_ms, row.last_seq),
             (1_000_000, 1_990_000, 6)
         );
         assert_eq!((row.saves, row.bytes), (6, 60));
+    }
+
+    fn clock(state: ClockState, source: ClockSource, uncertainty_ms: Option<u64>) -> Clock {
+        Clock {
+            state,
+            source,
+            uncertainty_ms,
+            since_sync_ms: None,
+            stepped_back_ms: None,
+        }
+    }
+
+    #[test]
+    fn clock_words_keep_state_source_and_bound() {
+        let synced = clock(ClockState::Synced, ClockSource::Cloud, Some(12));
+        let word = ClockWord::of(Some(&synced));
+        assert_eq!(
+            (word.state(), word.source(), word.uncertainty_ms()),
+            (Some(ClockState::Synced), Some(ClockSource::Cloud), Some(12))
+        );
+        let unsynced = ClockWord::of(Some(&Clock::unsynced(ClockSource::HallNtp)));
+        assert_eq!(
+            (
+                unsynced.state(),
+                unsynced.source(),
+                unsynced.uncertainty_ms()
+            ),
+            (Some(ClockState::Unsynced), Some(ClockSource::HallNtp), None)
+        );
+        let zero = clock(ClockState::Holding, ClockSource::Rtc, Some(0));
+        assert_eq!(ClockWord::of(Some(&zero)).uncertainty_ms(), Some(0));
+        let unknown = ClockWord::of(None);
+        assert_eq!((unknown.state(), unknown.source()), (None, None));
+        // Worse: a lower state, or the same state with a larger (or no) bound.
+        let wide = ClockWord::of(Some(&clock(
+            ClockState::Synced,
+            ClockSource::Ntp,
+            Some(900),
+        )));
+        assert_eq!(word.worse(wide), wide);
+        assert_eq!(wide.worse(word), wide);
+        assert_eq!(word.worse(unsynced), unsynced);
+        assert_eq!(unsynced.worse(unknown), unknown);
+    }
+
+    /// The first and latest arrival keep the clock they were stamped with, the first final
+    /// keeps its time, seq and clock (a later final does not move it), and the worst clock
+    /// of any arrival is kept.
+    #[test]
+    fn times_keep_their_clocks_and_the_first_final() {
+        let gap = Duration::from_secs(120);
+        let unsynced = Clock::unsynced(ClockSource::System);
+        let synced = clock(ClockState::Synced, ClockSource::Cloud, Some(40));
+        let holding = clock(ClockState::Holding, ClockSource::Cloud, Some(300));
+        let mut row = Activity::default();
+        let with = |seq, at_ms, is_final, clock| Arrival {
+            seq,
+            size: 1,
+            is_final,
+            at_ms,
+            clock,
+        };
+        row.arrived(with(1, 1_000, false, Some(&synced)), gap);
+        row.arrived(with(2, 16_000, false, Some(&unsynced)), gap);
+        row.arrived(with(3, 31_000, true, Some(&holding)), gap);
+        row.arrived(with(4, 46_000, true, Some(&synced)), gap);
+        assert_eq!(row.first_clock, ClockWord::of(Some(&synced)));
+        assert_eq!(row.last_clock, ClockWord::of(Some(&synced)));
+        assert_eq!(
+            (row.final_ms, row.final_seq, row.final_clock),
+            (31_000, 3, ClockWord::of(Some(&holding)))
+        );
+        assert_eq!(row.worst_clock, ClockWord::of(Some(&unsynced)));
+        assert_eq!(row.box_only_ms, 45_000);
+        // An arrival stamped earlier than the first becomes the first, with its clock.
+        row.arrived(with(5, 500, false, None), gap);
+        assert_eq!((row.first_ms, row.first_clock), (500, ClockWord(0)));
+        assert_eq!(row.worst_clock, ClockWord(0));
     }
 
     use crate::{CandidateActivity, PutRequest, STORE_FILE, Store};
@@ -409,6 +643,71 @@ mod tests {
         }
         let store = open(dir.path()).await;
         assert_eq!(rows(&store).await[1].saves, 4);
+        store.close().await;
+    }
+
+    /// A hall clock whose first stamp is unsynced and whose later ones are synced from the
+    /// cloud, ±25 ms: as when the uplink returns after a cold boot.
+    #[derive(Default)]
+    struct SyncsAfterTheFirst(std::sync::atomic::AtomicBool);
+
+    impl crate::HallTime for SyncsAfterTheFirst {
+        fn stamp(&self) -> (SystemTime, Clock) {
+            let clock = if self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                clock(ClockState::Synced, ClockSource::Cloud, Some(25))
+            } else {
+                Clock::unsynced(ClockSource::System)
+            };
+            (SystemTime::now(), clock)
+        }
+    }
+
+    /// Rows an older build wrote (before the clocks and the final were kept: 10 fields) are
+    /// built again from the records at start, so the record shows the final and the clocks
+    /// the receipts state instead of "none" and "unknown".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_of_an_older_shape_are_built_again_with_finals_and_clocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || crate::StoreOptions {
+            hall: Some(crate::Hall {
+                pin: "sha256//test".into(),
+                time: std::sync::Arc::new(SyncsAfterTheFirst::default()),
+            }),
+            ..crate::StoreOptions::default()
+        };
+        let store = crate::open_for_test_with(dir.path(), options());
+        store.put(request("a", 1, false)).await.unwrap();
+        store.put(request("a", 2, true)).await.unwrap();
+        store.put(request("a", 3, false)).await.unwrap();
+        let before = rows(&store).await;
+        let a = &before[0];
+        assert_eq!(
+            (a.first_clock.state, a.first_clock.source),
+            ("unsynced", Some("system"))
+        );
+        assert_eq!(a.first_clock.uncertainty_ms, None);
+        assert_eq!(
+            (a.last_clock.state, a.last_clock.uncertainty_ms),
+            ("synced", Some(25))
+        );
+        assert_eq!(a.final_seq, Some(2));
+        assert!(a.final_received_at.is_some());
+        assert_eq!(a.final_clock.as_ref().map(|c| c.state), Some("synced"));
+        assert_eq!(a.worst_clock.state, "unsynced");
+        store.close().await;
+        drop(store);
+        {
+            let db = redb::Database::open(dir.path().join(STORE_FILE)).unwrap();
+            let write = db.begin_write().unwrap();
+            {
+                let mut table = write.open_table(ACTIVITY).unwrap();
+                let old = table.get(("e", "a")).unwrap().unwrap().value()[..80].to_vec();
+                table.insert(("e", "a"), old.as_slice()).unwrap();
+            }
+            write.commit().unwrap();
+        }
+        let store = crate::open_for_test_with(dir.path(), options());
+        assert_eq!(rows(&store).await, before);
         store.close().await;
     }
 }

@@ -53,7 +53,7 @@ use schema::*;
 
 pub use audit::{AuditEntry, AuditPage};
 pub use parked::{ParkedAt, ParkedEntry, RetryCause};
-pub use reads::{CandidateActivity, CommitObserver, CommitSample, Probe, probe};
+pub use reads::{CandidateActivity, ClockNote, CommitObserver, CommitSample, Probe, probe};
 
 /// The file name of the store inside the data dir.
 pub const STORE_FILE: &str = "hallrelay.redb";

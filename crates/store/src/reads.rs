@@ -1,5 +1,5 @@
 //! Reads and hooks the operator tools need, kept apart from the store's core: one row per
-//! candidate for the invigilator console, pages of autosaves for the export bundle, a
+//! candidate for the invigilator console and the offline-time record, pages of autosaves for the export bundle, a
 //! read-only probe for `hallrelay check`, and the commit observer behind the metrics'
 //! histograms. All of them only read (or, for the observer, are told); none changes what
 //! the writer does.
@@ -10,7 +10,7 @@ use std::time::Duration;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::Serialize;
 
-use super::activity::Activity;
+use super::activity::{Activity, ClockWord};
 use super::schema::{self, ACTIVITY, AUTOSAVES, Found};
 use super::{OpenError, Pending, Store, StoreError, check, unreadable};
 use hallrelay_protocol::ids::AutosaveName;
@@ -40,6 +40,38 @@ pub struct CandidateActivity {
     /// Seconds covered by runs of this candidate's saves at the box (saves at most the
     /// run gap, `console_silent_after`, apart): how long their saves reached only the box.
     pub box_only_secs: u64,
+    /// The clocks the first and the latest save were stamped with (their receipts').
+    pub first_clock: ClockNote,
+    pub last_clock: ClockNote,
+    /// The first final submission that arrived here: when (RFC 3339, the box's clock), its
+    /// seq and its clock; `None` when none did.
+    pub final_received_at: Option<String>,
+    pub final_seq: Option<u64>,
+    pub final_clock: Option<ClockNote>,
+    /// The worst clock any of the candidate's saves here was stamped with: how far every
+    /// time and duration in this row may be trusted.
+    pub worst_clock: ClockNote,
+}
+
+/// The clock a time was stamped with, as its receipt stated it: `state` is `synced`,
+/// `holding`, `unsynced`, or `unknown` (a version-1 receipt, which carries no clock);
+/// `uncertainty_ms` is absent when the time has no bound.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ClockNote {
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'static str>,
+    pub uncertainty_ms: Option<u64>,
+}
+
+impl From<ClockWord> for ClockNote {
+    fn from(word: ClockWord) -> Self {
+        Self {
+            state: word.state().map_or("unknown", |s| s.as_str()),
+            source: word.source().map(|s| s.as_str()),
+            uncertainty_ms: word.uncertainty_ms(),
+        }
+    }
 }
 
 /// One commit as the writer measured it, for [`Store::observe_commits`].
@@ -58,7 +90,7 @@ pub type CommitObserver = Box<dyn Fn(&CommitSample) + Send + Sync>;
 
 impl Store {
     /// One row per candidate with stored autosaves, in (exam, candidate) order, for the
-    /// invigilator console. Reads the activity table the writer keeps ([`super::activity`]):
+    /// invigilator console and the offline-time record. Reads the activity table the writer keeps ([`super::activity`]):
     /// O(candidates), however many records they have stored.
     pub async fn candidate_activity(&self) -> Result<Vec<CandidateActivity>, StoreError> {
         self.read(move |db, _| {
@@ -83,6 +115,12 @@ impl Store {
                     last_received_at: time(a.last_ms),
                     first_received_at: time(a.first_ms),
                     box_only_secs: a.box_only_ms / 1000,
+                    first_clock: a.first_clock.into(),
+                    last_clock: a.last_clock.into(),
+                    final_received_at: (a.final_ms > 0).then(|| time(a.final_ms)),
+                    final_seq: (a.final_ms > 0).then_some(a.final_seq),
+                    final_clock: (a.final_ms > 0).then(|| a.final_clock.into()),
+                    worst_clock: a.worst_clock.into(),
                 });
             }
             Ok(out)

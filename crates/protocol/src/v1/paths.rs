@@ -13,6 +13,8 @@ pub const STATUS: &str = "/v1/status";
 pub const RETRY_PARKED: &str = "/v1/replay/retry-parked";
 /// `GET` (admin): a page of the audit log (`?after=N&limit=M&since=RFC3339`).
 pub const AUDIT: &str = "/v1/audit";
+/// `GET` (admin): the offline-time record, one row per candidate (`?format=csv` for CSV).
+pub const REPORT: &str = "/v1/report";
 /// `GET` (admin): a page of export frames (`?after=EXAM/CANDIDATE/SEQ`).
 pub const EXPORT_AUTOSAVES: &str = "/v1/export/autosaves";
 /// `POST` (admin): the signed manifest of an export.

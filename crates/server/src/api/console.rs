@@ -5,7 +5,8 @@
 //! The people in the hall need to see at a glance who is safe, who is not and what is still
 //! queued, on a laptop or a phone. The page asks for the admin token once and trades it for a
 //! session cookie ([`super::session`]); everything it shows comes from `/console/state`, which
-//! takes that cookie or an admin bearer token. The judgements (is a candidate silent, is the
+//! takes that cookie or an admin bearer token; so does `/console/report.csv`, the download of
+//! the offline-time record ([`super::report`]). The judgements (is a candidate silent, is the
 //! disk nearly full) are made here, so they are tested in Rust and the script only renders.
 //! Pages are sent with a strict Content-Security-Policy: scripts and styles only from the box
 //! itself, no framing.
@@ -112,12 +113,19 @@ pub async fn handle(
             );
             Ok(private(response))
         }
+        "/console/report.csv" if get => {
+            signed_in(state, console, &request)?;
+            super::report::csv(state).await.map(private)
+        }
         "/console/session" if post => sign_in(state, console, request).await,
         "/console/signout" if post => Ok(sign_out(console, &request)),
         "/console/retry-parked" if post => parked::retry(state, console, &request).await,
-        "/" | "/console.css" | "/console.js" | "/console/icon.svg" | "/console/state" => {
-            Err(ApiError::MethodNotAllowed("GET"))
-        }
+        "/"
+        | "/console.css"
+        | "/console.js"
+        | "/console/icon.svg"
+        | "/console/state"
+        | "/console/report.csv" => Err(ApiError::MethodNotAllowed("GET")),
         "/console/session" | "/console/signout" | "/console/retry-parked" => {
             Err(ApiError::MethodNotAllowed("POST"))
         }
@@ -462,6 +470,20 @@ mod tests {
             last_received_at: rfc3339(last),
             first_received_at: rfc3339(last),
             box_only_secs: 0,
+            first_clock: unknown(),
+            last_clock: unknown(),
+            final_received_at: None,
+            final_seq: None,
+            final_clock: None,
+            worst_clock: unknown(),
+        }
+    }
+
+    fn unknown() -> hallrelay_store::ClockNote {
+        hallrelay_store::ClockNote {
+            state: "unknown",
+            source: None,
+            uncertainty_ms: None,
         }
     }
 

@@ -5,8 +5,9 @@
 //! name order (a few MiB at a time, so the box never holds a hall in memory) and says in
 //! `Hallrelay-Export-Last` / `Hallrelay-Export-More` where the next page starts.
 //! `POST /v1/export/manifest` takes the names the exporter received and answers the bundle's
-//! tail: a manifest the box builds from its own records (so it signs only what it holds), its
-//! certificate, its signature over the manifest and the end frame.
+//! tail: the offline-time record (CSV, [`crate::report`]), a manifest the box builds from its
+//! own records (so it signs only what it holds) naming the record's blake3, its certificate,
+//! its signature over the manifest and the end frame.
 //!
 //! Each page and each manifest is recorded in the audit log with the admin token's subject
 //! before it is sent ([`super::audit`]).
@@ -177,6 +178,7 @@ async fn manifest(
             })?;
         entries.push(entry.clone());
     }
+    let record = super::report::report_csv(state).await?;
     let manifest = Manifest {
         format: FORMAT.into(),
         appliance: state.store.appliance().to_owned(),
@@ -189,6 +191,7 @@ async fn manifest(
         count: entries.len() as u64,
         bytes: entries.iter().map(|e| e.size).sum(),
         entries,
+        record_blake3: Some(blake3::hash(record.as_bytes()).to_hex().to_string()),
     };
     super::audit::record(
         state,
@@ -205,8 +208,14 @@ async fn manifest(
     let signature = identity.sign(&manifest_bytes);
     let pem = bundle::certificate_pem(identity.certificate());
     let mut tail = Vec::new();
-    bundle::tail_frames(&mut tail, &manifest_bytes, pem.as_bytes(), &signature)
-        .map_err(|_| ApiError::Internal)?;
+    bundle::tail_frames(
+        &mut tail,
+        record.as_bytes(),
+        &manifest_bytes,
+        pem.as_bytes(),
+        &signature,
+    )
+    .map_err(|_| ApiError::Internal)?;
     tracing::info!(
         autosaves = manifest.count,
         bytes = manifest.bytes,

@@ -11,7 +11,8 @@
 //! - [`error`] is the one place where failures become status codes and JSON error bodies.
 //! - [`cors`] lets browser clients on configured origins call the API.
 //! - [`metrics`] is `/metrics` for Prometheus; [`export`] the export bundle's endpoints;
-//!   [`audit`] the audit log's endpoint and the recording of admin reads.
+//!   [`audit`] the audit log's endpoint and the recording of admin reads; [`report`] the
+//!   offline-time record (`/v1/report`).
 //! - [`console`] is the invigilator console at `/`, and [`session`] its sign-in sessions;
 //!   [`cached`] the single-flight cache that serves its reading of the hall.
 
@@ -26,6 +27,7 @@ pub mod error;
 pub mod export;
 pub mod metrics;
 pub mod ratelimit;
+pub mod report;
 pub mod routes;
 pub mod server;
 pub mod session;

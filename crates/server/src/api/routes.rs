@@ -101,6 +101,9 @@ async fn route(
     if super::audit::owns(request.uri().path()) {
         return super::audit::handle(state, request).await;
     }
+    if super::report::owns(request.uri().path()) {
+        return super::report::handle(state, request).await;
+    }
     if let Some(metrics) = &state.metrics
         && request.uri().path() == "/metrics"
     {

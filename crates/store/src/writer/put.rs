@@ -100,7 +100,14 @@ impl Context {
         t.unsigned.push(record);
         let outbox = self.outbox;
         activity::update(&mut t.activity, exam, candidate, |a| {
-            a.arrived(*seq, size, request.is_final, now.ms, self.run_gap);
+            let arrival = activity::Arrival {
+                seq: *seq,
+                size,
+                is_final: request.is_final,
+                at_ms: now.ms,
+                clock: now.hall.map(|(_, clock)| clock),
+            };
+            a.arrived(arrival, self.run_gap);
             if outbox {
                 a.pending += 1;
             } else {
