@@ -1132,6 +1132,12 @@ fn candidates_back_before_the_box_replays_bring_its_receipts() {
                 "unchecked"
             };
             assert_eq!(row["hall_receipt"]["state"], want, "{row}");
+            // A receipt that names its box gives the hall time at once.
+            assert_eq!(
+                row["hall_received_at"].is_string(),
+                want == "verified",
+                "{row}"
+            );
         }
     }
     println!(
