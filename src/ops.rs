@@ -460,7 +460,7 @@ pub async fn import(cloud: Connection, path: &Path) -> Result<Imported, OpsError
         };
         let put = AutosavePut::new(&name, is_final)
             .digest(&hash)
-            .receipt(&receipt);
+            .receipts(std::slice::from_ref(&receipt));
         let payload = Bytes::from(payload);
         let mut attempt = 0;
         loop {

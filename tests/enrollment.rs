@@ -735,7 +735,7 @@ fn forwarded_writes_need_the_candidates_authority_and_bad_receipts_cost_nothing(
         };
         let mut put = AutosavePut::new(&name, false);
         if let Some(r) = receipt {
-            put = put.receipt(r);
+            put = put.receipts(std::slice::from_ref(r));
         }
         if let Some(t) = candidate {
             put = put.candidate_token(t);
@@ -842,4 +842,330 @@ fn token_signed_by(key_file: &Path) -> String {
         key_file: key_file.to_owned(),
     }
     .candidate_token(DEFAULT_VENUE, EXAM, "c1")
+}
+
+/// A box receipt a candidate forwards: signed by the key of the enrolled box `fake`, naming it
+/// by its pin (version 2), with a clock `state` (`None`: a version-1 receipt, no pin).
+fn hall_receipt(
+    fake: &FakeBox,
+    seq: u64,
+    body: &[u8],
+    received_at: &str,
+    state: Option<hallrelay_protocol::clock::ClockState>,
+) -> hallrelay_protocol::receipt::Receipt {
+    use hallrelay_protocol::clock::{Clock, ClockSource};
+    use hallrelay_protocol::receipt::{GENESIS, Receipt, ReceiptFields};
+    let clock = |state| Clock {
+        state,
+        source: ClockSource::Cloud,
+        uncertainty_ms: Some(40),
+        since_sync_ms: Some(2_000),
+        stepped_back_ms: None,
+    };
+    Receipt::sign(
+        &fake.key,
+        ReceiptFields {
+            appliance: "hall-box".into(),
+            exam: EXAM.into(),
+            candidate: "c1".into(),
+            seq,
+            blake3: blake3::hash(body),
+            size: body.len() as u64,
+            is_final: false,
+            received_at: received_at.into(),
+            prev: GENESIS.into(),
+            hall: state.map(|s| (fake.pin(), clock(s))),
+        },
+    )
+}
+
+/// Receipts reach the platform with a candidate's own save (back from a box, before the box
+/// replays), judged by the box their pin names: two enrolled boxes' receipts are both kept and
+/// verified, and the hall time is the synced box's although the holding box's is earlier; the
+/// duplicate path adds a receipt the record lacks (200, as before) and a conflict adds none;
+/// a forged receipt, one of other bytes and one of a revoked box are rejected without costing
+/// the save; a pin no box enrolled with, and a version-1 receipt, are kept as unchecked and
+/// say why. Before, the cloud ignored a candidate's receipts and its duplicate path dropped
+/// them.
+#[test]
+fn a_candidate_s_receipts_are_judged_by_the_box_their_pin_names() {
+    use hallrelay_protocol::clock::ClockState::{Holding, Synced};
+    use hallrelay_protocol::receipt::Receipt;
+    use hallrelay_protocol::v1::{AutosavePut, autosave_path, headers};
+    let platform = Platform::start();
+    let (a, b) = (FakeBox::new(), FakeBox::new());
+    for fake in [&a, &b] {
+        let code = platform.code(&[]);
+        assert_eq!(fake.enroll(&platform, &code).status, StatusCode::CREATED);
+    }
+    let cloud = platform.client(Some(platform.candidate_token("c1")));
+    let admin = platform.client(Some(platform.admin_token()));
+    let send = |seq: u64, body: &[u8], receipts: &[Receipt]| {
+        let name = hallrelay_protocol::ids::AutosaveName {
+            exam: EXAM.into(),
+            candidate: "c1".into(),
+            seq,
+        };
+        let put = AutosavePut::new(&name, false).receipts(receipts);
+        let reply = block(cloud.put(&put.path, put.headers, Bytes::copy_from_slice(body))).unwrap();
+        reply.status
+    };
+    let row = |seq: u64| {
+        block(list(&admin, EXAM, "c1"))
+            .into_iter()
+            .find(|r| r["seq"] == seq)
+            .unwrap_or_else(|| panic!("seq {seq} is not at the cloud"))
+    };
+    let states = |row: &serde_json::Value| -> Vec<String> {
+        row["hall_receipts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["state"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Two boxes held seq 1: the holding one received it earlier, the synced one wins.
+    let synced = hall_receipt(&a, 1, b"one", "2026-12-05T09:00:05.000Z", Some(Synced));
+    let holding = hall_receipt(&b, 1, b"one", "2026-12-05T09:00:01.000Z", Some(Holding));
+    assert_eq!(
+        send(1, b"one", &[holding.clone(), synced.clone()]),
+        StatusCode::CREATED
+    );
+    let one = row(1);
+    assert_eq!(states(&one), ["verified", "verified"], "{one}");
+    assert_eq!(
+        one["hall_received_at"],
+        synced.received_at.as_str(),
+        "{one}"
+    );
+    assert_eq!(one["hall_clock"]["state"], "synced", "{one}");
+    assert_eq!(one["hall_receipt"]["state"], "verified", "{one}");
+    assert_eq!(one["hall_receipts"][0]["pin"], b.pin().as_str(), "{one}");
+    let got = block(admin.get(&autosave_path(EXAM, "c1", 1))).unwrap();
+    let header = got.header(headers::RECEIPT).unwrap_or_default().to_owned();
+    let name = hallrelay_protocol::ids::AutosaveName {
+        exam: EXAM.into(),
+        candidate: "c1".into(),
+        seq: 1,
+    };
+    assert_eq!(
+        Receipt::all_forwarded([header.as_str()], &name, false).unwrap(),
+        [holding, synced],
+        "GET serves every receipt kept"
+    );
+
+    // The duplicate path: saved straight to the cloud, then re-sent with the box's receipt.
+    assert_eq!(send(2, b"two", &[]), StatusCode::CREATED);
+    assert!(row(2)["hall_received_at"].is_null());
+    let late = hall_receipt(&a, 2, b"two", "2026-12-05T09:01:00.000Z", Some(Holding));
+    assert_eq!(send(2, b"two", std::slice::from_ref(&late)), StatusCode::OK);
+    let two = row(2);
+    assert_eq!(states(&two), ["verified"], "{two}");
+    assert_eq!(two["hall_received_at"], late.received_at.as_str());
+    assert_eq!(two["hall_clock"]["state"], "holding");
+    let other = hall_receipt(&b, 2, b"other", "2026-12-05T09:01:00.000Z", Some(Synced));
+    assert_eq!(send(2, b"other", &[other]), StatusCode::CONFLICT);
+    assert_eq!(states(&row(2)), ["verified"], "a conflict adds nothing");
+
+    // Forged (hall-a's pin, another key), other bytes: rejected, the saves kept.
+    let stranger = FakeBox::new();
+    let mut forged = hall_receipt(
+        &stranger,
+        3,
+        b"three",
+        "2026-12-05T09:02:00.000Z",
+        Some(Synced),
+    );
+    forged.pin = Some(a.pin());
+    forged.sign_with(&stranger.key);
+    assert_eq!(send(3, b"three", &[forged]), StatusCode::CREATED);
+    let elsewhere = hall_receipt(&a, 4, b"not four", "2026-12-05T09:02:00.000Z", Some(Synced));
+    assert_eq!(send(4, b"four", &[elsewhere]), StatusCode::CREATED);
+    for (seq, why) in [(3, "not signed by box"), (4, "does not match the body")] {
+        let r = row(seq);
+        assert_eq!(states(&r), ["rejected"], "{r}");
+        let reason = r["hall_receipts"][0]["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{reason}");
+        assert!(r["hall_received_at"].is_null());
+        let got = block(admin.get(&autosave_path(EXAM, "c1", seq))).unwrap();
+        assert_eq!(got.status, StatusCode::OK, "the save is kept");
+    }
+
+    // No box enrolled with that pin, or a version-1 receipt: kept as unchecked, saying why.
+    let unenrolled = hall_receipt(
+        &stranger,
+        5,
+        b"five",
+        "2026-12-05T09:03:00.000Z",
+        Some(Synced),
+    );
+    assert_eq!(send(5, b"five", &[unenrolled]), StatusCode::CREATED);
+    let v1 = hall_receipt(&a, 6, b"six", "2026-12-05T09:03:00.000Z", None);
+    assert_eq!(send(6, b"six", &[v1]), StatusCode::CREATED);
+    for (seq, why) in [
+        (5, format!("no box with pin {} is enrolled", stranger.pin())),
+        (6, "version-1 receipt names no box pin".to_owned()),
+    ] {
+        let r = row(seq);
+        assert_eq!(states(&r), ["unchecked"], "{r}");
+        let reason = r["hall_receipts"][0]["reason"].as_str().unwrap();
+        assert!(reason.contains(&why), "{reason}");
+        assert!(
+            r["hall_received_at"].is_null(),
+            "unchecked gives no hall time"
+        );
+    }
+
+    // A revoked box's receipts are no longer evidence.
+    let (code, _, err) = platform.operator("revoke", &["--pin", &b.pin()]);
+    assert_eq!(code, 0, "{err}");
+    let revoked = hall_receipt(&b, 7, b"seven", "2026-12-05T09:04:00.000Z", Some(Synced));
+    assert_eq!(send(7, b"seven", &[revoked]), StatusCode::CREATED);
+    let r = row(7);
+    assert_eq!(states(&r), ["rejected"], "{r}");
+    assert!(
+        r["hall_receipts"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{r}"
+    );
+}
+
+/// The story: an enrolled box, candidates (the real client library) that fail over to
+/// it while the cloud is down, and the box still down when the cloud returns, so that the
+/// candidates reach the cloud before the box replays. Every save the box held arrives with
+/// the box's receipt (as verified when it names its box by pin, as unchecked when it is a
+/// version-1 receipt); then the box replays, every receipt is verified, each save has its hall
+/// time, and nothing doubles. Before, 0 of the box-held saves carried a box receipt.
+#[test]
+fn candidates_back_before_the_box_replays_bring_its_receipts() {
+    use hallrelay_client::{Autosaver, CloudTrust, Discovery, Landed, Options};
+    const CANDIDATES: usize = 10;
+    const SAVES: usize = 7;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut platform = Platform::start_on(&listen);
+    let cloud_dir = platform.cloud.data_dir.clone();
+    let code = platform.code(&[]);
+    let mut hall = platform.start_box("hall-a", &code);
+    wait_for_enrollment(&hall, "enrolled", Duration::from_secs(30));
+    let box_args: Vec<String> = ["--name", "hall-a", "--cloud", &platform.url()]
+        .map(str::to_owned)
+        .to_vec();
+    let appliance = block(hall.client(None).get("/v1/health"))
+        .unwrap()
+        .json::<serde_json::Value>()
+        .unwrap()["appliance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let journals = platform.dir.path().join("journals");
+    let mut clients: Vec<Autosaver> = (0..CANDIDATES)
+        .map(|i| {
+            let candidate = format!("c{i}");
+            let mut options = Options::new(
+                &platform.url(),
+                EXAM,
+                &candidate,
+                Secret::new(platform.candidate_token(&candidate)),
+                journals.clone(),
+            );
+            options.cloud_trust = CloudTrust::Roots { ca_file: None };
+            options.box_pins = vec![hall.pin.clone()];
+            options.discovery = Discovery::none().with_urls(vec![hall.url()]);
+            options.failover_after = Duration::ZERO;
+            options.probe_every = Duration::from_millis(100);
+            Autosaver::open(options).unwrap()
+        })
+        .collect();
+    for client in &mut clients {
+        let saved = rt
+            .block_on(client.save(b"before the outage", false))
+            .unwrap();
+        assert_eq!(saved.landed, Landed::Cloud);
+    }
+
+    // The outage: every save goes to the box.
+    platform.cloud.kill9();
+    for (i, client) in clients.iter_mut().enumerate() {
+        for n in 0..SAVES {
+            let body = format!("c{i} save {n} during the outage");
+            let saved = rt.block_on(client.save(body.as_bytes(), false)).unwrap();
+            assert!(
+                matches!(saved.landed, Landed::Box { .. }),
+                "{:?}",
+                saved.landed
+            );
+        }
+    }
+    // The box goes down before the cloud returns: it cannot replay.
+    hall.terminate();
+    platform.cloud = BoxProcess::start_cloud(&cloud_dir, &["--listen", &listen]);
+    std::thread::sleep(Duration::from_millis(200));
+    for client in &mut clients {
+        let summary = rt.block_on(client.flush()).unwrap();
+        assert_eq!((summary.on_box, summary.only_here), (0, 0), "{summary:?}");
+    }
+    let admin = platform.client(Some(platform.admin_token()));
+    let box_held = |rows: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        rows.iter()
+            .filter(|r| r["seq"].as_u64() > Some(1))
+            .cloned()
+            .collect()
+    };
+    let mut carried = 0;
+    let mut held = 0;
+    for i in 0..CANDIDATES {
+        let rows = block(list(&admin, EXAM, &format!("c{i}")));
+        assert_eq!(rows.len(), 1 + SAVES);
+        for row in box_held(&rows) {
+            held += 1;
+            let kept = row["hall_receipts"].as_array().cloned().unwrap_or_default();
+            if kept.iter().any(|k| k["appliance"] == appliance.as_str()) {
+                carried += 1;
+            }
+            let want = if kept.first().is_some_and(|k| k["pin"].is_string()) {
+                "verified"
+            } else {
+                "unchecked"
+            };
+            assert_eq!(row["hall_receipt"]["state"], want, "{row}");
+            // A receipt that names its box gives the hall time at once.
+            assert_eq!(
+                row["hall_received_at"].is_string(),
+                want == "verified",
+                "{row}"
+            );
+        }
+    }
+    println!(
+        "box-held saves carrying a box receipt at the cloud before the box replayed: {carried} of {held}"
+    );
+    assert_eq!((carried, held), (CANDIDATES * SAVES, CANDIDATES * SAVES));
+
+    // The box returns and replays: every receipt verified, once; nothing doubled.
+    let args: Vec<&str> = box_args.iter().map(String::as_str).collect();
+    let hall = BoxProcess::start(&hall.data_dir, &args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while block(hall.status())["pending"]["count"] != 0 {
+        assert!(Instant::now() < deadline, "the box never replayed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let on_box = hall.client(Some(hall.admin_token()));
+    for i in 0..CANDIDATES {
+        let candidate = format!("c{i}");
+        let rows = block(list(&admin, EXAM, &candidate));
+        assert_eq!(rows.len(), 1 + SAVES, "nothing doubled");
+        let at_box = block(list(&on_box, EXAM, &candidate));
+        for row in box_held(&rows) {
+            let kept = row["hall_receipts"].as_array().unwrap();
+            assert_eq!(kept.len(), 1, "the same receipt is kept once: {row}");
+            assert_eq!(kept[0]["state"], "verified", "{row}");
+            let stored = at_box.iter().find(|r| r["seq"] == row["seq"]).unwrap();
+            assert_eq!(row["hall_received_at"], stored["received_at"], "{row}");
+            assert_eq!(row["blake3"], stored["blake3"]);
+        }
+    }
 }

@@ -27,6 +27,7 @@ use crate::discovery::{Browser, Found, MdnsError};
 use crate::relays::{self, Fetched, RelayList};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::keys::Secret;
+use hallrelay_protocol::receipt::Receipt;
 use hallrelay_protocol::v1::{Answer, AutosavePut, HEALTH, headers, latest_path};
 
 /// How long a box found over mDNS gets to answer its first request.
@@ -627,7 +628,11 @@ impl Autosaver {
     ) -> Result<Landed, JournalError> {
         self.probe_cloud().await?;
         if self.relay.is_none() {
-            match self.put(&self.cloud, seq, payload.clone(), is_final).await {
+            let receipts = self.box_receipts(seq);
+            match self
+                .put(&self.cloud, seq, payload.clone(), is_final, &receipts)
+                .await
+            {
                 Put::Stored { .. } => {
                     self.journal.mark_cloud(seq)?;
                     if self.cloud_down_since.is_some() {
@@ -664,7 +669,7 @@ impl Autosaver {
         let Some(relay) = &self.relay else {
             return Ok(Landed::Journal);
         };
-        match self.put(&relay.conn, seq, payload, is_final).await {
+        match self.put(&relay.conn, seq, payload, is_final, &[]).await {
             Put::Stored { receipt } => {
                 self.journal.mark_box(seq, &receipt)?;
                 Ok(Landed::Box {
@@ -754,7 +759,11 @@ impl Autosaver {
                 continue;
             };
             let payload = Bytes::from(self.journal.payload(seq)?);
-            match self.put(&self.cloud, seq, payload, is_final).await {
+            let receipts = self.box_receipts(seq);
+            match self
+                .put(&self.cloud, seq, payload, is_final, &receipts)
+                .await
+            {
                 Put::Stored { .. } => self.journal.mark_cloud(seq)?,
                 Put::Refused { status, reason } => self.rejected(seq, "the cloud", status, reason),
                 Put::Busy(error) | Put::Failed(error) => {
@@ -871,7 +880,7 @@ impl Autosaver {
                 return Ok(());
             };
             let payload = Bytes::from(self.journal.payload(seq)?);
-            match self.put(&relay.conn, seq, payload, is_final).await {
+            match self.put(&relay.conn, seq, payload, is_final, &[]).await {
                 Put::Stored { receipt } => self.journal.mark_box(seq, &receipt)?,
                 Put::Refused { status, reason } => {
                     let by = format!("the hall relay {}", relay.name);
@@ -890,20 +899,58 @@ impl Autosaver {
         Ok(())
     }
 
+    /// The receipts of the boxes that acknowledged save `seq`: they go to the cloud with it,
+    /// the evidence of when the hall had it (the cloud may well hear from this client before
+    /// it hears from the box).
+    fn box_receipts(&self, seq: u64) -> Vec<Receipt> {
+        self.journal
+            .get(seq)
+            .map(super::journal::Entry::box_receipts)
+            .unwrap_or_default()
+    }
+
     fn is_final(&self, seq: u64) -> Option<bool> {
         self.journal.get(seq).map(|e| e.is_final)
     }
 
-    async fn put(&self, conn: &Connection, seq: u64, payload: Bytes, is_final: bool) -> Put {
+    /// PUTs save `seq` to `conn`, with `receipts` (the boxes' receipts, when it goes to the
+    /// cloud: [`Self::box_receipts`]).
+    async fn put(
+        &self,
+        conn: &Connection,
+        seq: u64,
+        payload: Bytes,
+        is_final: bool,
+        receipts: &[Receipt],
+    ) -> Put {
         let name = AutosaveName {
             exam: self.options.exam.clone(),
             candidate: self.options.candidate.clone(),
             seq,
         };
-        let put = AutosavePut::new(&name, is_final).digest(&blake3::hash(&payload));
-        match conn.put(&put.path, put.headers, payload).await {
+        let digest = blake3::hash(&payload);
+        let put = AutosavePut::new(&name, is_final)
+            .digest(&digest)
+            .receipts(receipts);
+        let answer = match conn.put(&put.path, put.headers, payload.clone()).await {
             Ok(reply) => Put::of(&reply),
             Err(error) => Put::Failed(error.to_string()),
+        };
+        match answer {
+            // Evidence never costs the save: a receiver that refuses what came with it (a
+            // cloud that reads receipts differently) gets the save alone.
+            Put::Refused { status, reason }
+                if status == StatusCode::BAD_REQUEST && !receipts.is_empty() =>
+            {
+                tracing::warn!(candidate = %self.options.candidate, seq, %reason,
+                    "the save was refused with its box receipts; sending it without them");
+                let put = AutosavePut::new(&name, is_final).digest(&digest);
+                match conn.put(&put.path, put.headers, payload).await {
+                    Ok(reply) => Put::of(&reply),
+                    Err(error) => Put::Failed(error.to_string()),
+                }
+            }
+            answer => answer,
         }
     }
 

@@ -7,27 +7,37 @@
 //! | file | holds | written |
 //! | --- | --- | --- |
 //! | `SEQ.save`, `SEQ.final` | the payload (`.final`: a final submission) | temporary file, fsync, rename, fsync the folder |
-//! | `SEQ.box` | the receipt of the box that acknowledged it | after the box's 2xx |
+//! | `SEQ.box` | the receipts of the boxes that acknowledged it, one JSON body a line (one per box) | after each box's 2xx |
 //! | `SEQ.cloud` | nothing: the cloud acknowledged it | after the cloud's 2xx |
 //!
 //! `SEQ` is zero-padded to 20 digits so names sort by seq. Once the cloud has a save, its
 //! files are deleted, except the newest save's: it stays (with its `.cloud` mark) so that the
 //! journal always knows the last seq it gave out and never gives it out again. The marks are
 //! not fsynced: a mark lost in a crash only means the save is sent again, which the API's
-//! idempotency makes a no-op.
+//! idempotency makes a no-op (and a box receipt lost so still reaches the cloud with the
+//! box's replay).
+//!
+//! The box receipts go to the cloud with the save when the client sends it there
+//! ([`Entry::box_receipts`]): a candidate back from a box often reaches the cloud before the
+//! box replays, and the receipt is the evidence of when the hall had the save. Journals
+//! written before a save could hold several receipts have one receipt body in `SEQ.box`,
+//! which reads as a list of one.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use hallrelay_protocol::receipt::Receipt;
+
 /// Where a save is known to be held, besides the journal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Held {
     /// Only on this laptop.
     Journal,
-    /// Acknowledged by a box; the receipt it sent.
-    Box { receipt: String },
+    /// Acknowledged by one box or more; the receipt each sent (its JSON body), in the order
+    /// they came, one per box.
+    Box { receipts: Vec<String> },
     /// Acknowledged by the cloud.
     Cloud,
 }
@@ -38,6 +48,48 @@ pub struct Entry {
     pub seq: u64,
     pub is_final: bool,
     pub held: Held,
+}
+
+impl Entry {
+    /// The box receipts held for this save, parsed; a body that is no receipt (never one a
+    /// box of this protocol sends) is left out.
+    pub fn box_receipts(&self) -> Vec<Receipt> {
+        match &self.held {
+            Held::Box { receipts } => receipts
+                .iter()
+                .filter_map(|body| serde_json::from_str(body).ok())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Which box issued a receipt body: its pin (version 2) or its appliance id; the body itself
+/// if it is no receipt.
+fn issuer(body: &str) -> String {
+    match serde_json::from_str::<Receipt>(body) {
+        Ok(receipt) => receipt.pin.unwrap_or(receipt.appliance),
+        Err(_) => body.to_owned(),
+    }
+}
+
+/// The receipt bodies a `SEQ.box` file holds: one JSON value after another (one a line, as
+/// [`Journal::mark_box`] writes them, or a single body of any layout, as older versions did).
+fn read_receipts(text: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    let mut values = serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>();
+    let mut start = 0;
+    while let Some(value) = values.next() {
+        if value.is_err() {
+            // Not JSON: kept as it is (it goes nowhere, but the save counts as on a box).
+            return vec![text.trim().to_owned()];
+        }
+        let end = values.byte_offset();
+        // Byte for byte as the box sent it.
+        bodies.push(text[start..end].trim().to_owned());
+        start = end;
+    }
+    bodies
 }
 
 /// The journal could not be read or written.
@@ -104,8 +156,10 @@ impl Journal {
             match entries.get_mut(&seq) {
                 Some(entry) if cloud => entry.held = Held::Cloud,
                 Some(entry) if entry.held == Held::Journal => {
-                    let receipt = fs::read_to_string(&path).map_err(err)?;
-                    entry.held = Held::Box { receipt };
+                    let text = fs::read_to_string(&path).map_err(err)?;
+                    entry.held = Held::Box {
+                        receipts: read_receipts(&text),
+                    };
                 }
                 Some(_) => {}
                 // A mark whose payload is gone: left by a crash while forgetting it.
@@ -167,19 +221,45 @@ impl Journal {
         fs::read(&path).map_err(|source| JournalError { path, source })
     }
 
-    /// Records that a box acknowledged save `seq` with `receipt`.
+    /// Records that a box acknowledged save `seq` with `receipt` (the body of its answer).
+    /// A save acknowledged by several boxes keeps one receipt of each; the same box again
+    /// (a duplicate's 200 repeats the original receipt) adds nothing.
     pub fn mark_box(&mut self, seq: u64, receipt: &str) -> Result<(), JournalError> {
+        let path = self.dir.join(format!("{seq:020}.box"));
         let Some(entry) = self.entries.get_mut(&seq) else {
             return Ok(());
         };
-        if entry.held != Held::Journal {
-            return Ok(());
+        let body = receipt.trim();
+        match &entry.held {
+            Held::Cloud => return Ok(()),
+            Held::Box { receipts } => {
+                let box_of = issuer(body);
+                if receipts.iter().any(|r| issuer(r) == box_of) {
+                    return Ok(());
+                }
+            }
+            Held::Journal => {}
         }
-        let path = self.dir.join(format!("{seq:020}.box"));
-        fs::write(&path, receipt).map_err(|source| JournalError { path, source })?;
-        entry.held = Held::Box {
-            receipt: receipt.to_owned(),
-        };
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| JournalError {
+                path: path.clone(),
+                source,
+            })?;
+        // A line of its own, even after a body written without a newline.
+        let line = format!("\n{body}\n");
+        io::Write::write_all(&mut file, line.as_bytes())
+            .map_err(|source| JournalError { path, source })?;
+        match &mut entry.held {
+            Held::Box { receipts } => receipts.push(body.to_owned()),
+            held => {
+                *held = Held::Box {
+                    receipts: vec![body.to_owned()],
+                }
+            }
+        }
         Ok(())
     }
 
@@ -282,7 +362,7 @@ mod tests {
                 (
                     2,
                     Held::Box {
-                        receipt: "receipt-2".into()
+                        receipts: vec!["receipt-2".into()]
                     }
                 ),
                 (3, Held::Cloud)
@@ -313,5 +393,80 @@ mod tests {
         assert_eq!(j.last_seq(), 1);
         assert_eq!(j.only_here(), vec![1]);
         assert_eq!(fs::read_dir(j.dir()).unwrap().count(), 1);
+    }
+
+    fn receipt_body(appliance: &str, pin: Option<&str>) -> String {
+        use hallrelay_protocol::clock::{Clock, ClockSource};
+        use hallrelay_protocol::receipt::{GENESIS, ReceiptFields};
+        let receipt = Receipt::sign(
+            &hallrelay_protocol::signing::SigningKey::generate(),
+            ReceiptFields {
+                appliance: appliance.into(),
+                exam: "e".into(),
+                candidate: "c".into(),
+                seq: 1,
+                blake3: blake3::hash(b"one"),
+                size: 3,
+                is_final: false,
+                received_at: "2026-12-05T09:00:00.000Z".into(),
+                prev: GENESIS.into(),
+                hall: pin.map(|p| (p.to_owned(), Clock::unsynced(ClockSource::System))),
+            },
+        );
+        serde_json::to_string(&receipt).unwrap()
+    }
+
+    /// A save acknowledged by two boxes keeps both receipts across a reopening, one per box
+    /// (the same box's answer again adds nothing), and hands them out parsed, to go to the
+    /// cloud with the save. Before, the journal kept the first box's receipt only.
+    #[test]
+    fn every_box_s_receipt_is_kept_once() {
+        let root = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(root.path(), "e", "c").unwrap();
+        j.append(b"one", false).unwrap();
+        let a = receipt_body("box-a", Some("sha256//a"));
+        let b = receipt_body("box-b", Some("sha256//b"));
+        let a_again = receipt_body("box-a", Some("sha256//a"));
+        j.mark_box(1, &a).unwrap();
+        j.mark_box(1, &b).unwrap();
+        j.mark_box(1, &a_again).unwrap();
+        let j = Journal::open(root.path(), "e", "c").unwrap();
+        let entry = j.get(1).unwrap();
+        assert_eq!(
+            entry.held,
+            Held::Box {
+                receipts: vec![a.clone(), b.clone()]
+            }
+        );
+        let parsed = entry.box_receipts();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[1].appliance, "box-b");
+    }
+
+    /// A journal written by the previous version (one receipt body in `SEQ.box`, with no
+    /// newline, in any JSON layout) still reads, and takes a second box's receipt after it.
+    #[test]
+    fn an_old_journal_s_single_receipt_still_reads() {
+        let root = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(root.path(), "e", "c").unwrap();
+        j.append(b"one", false).unwrap();
+        let old = receipt_body("box-a", None);
+        let pretty =
+            serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&old).unwrap())
+                .unwrap();
+        fs::write(j.dir().join(format!("{:020}.box", 1)), &pretty).unwrap();
+        let mut j = Journal::open(root.path(), "e", "c").unwrap();
+        assert_eq!(j.get(1).unwrap().box_receipts().len(), 1);
+        j.mark_box(1, &receipt_body("box-b", Some("sha256//b")))
+            .unwrap();
+        let j = Journal::open(root.path(), "e", "c").unwrap();
+        let appliances: Vec<String> = j
+            .get(1)
+            .unwrap()
+            .box_receipts()
+            .into_iter()
+            .map(|r| r.appliance)
+            .collect();
+        assert_eq!(appliances, ["box-a", "box-b"]);
     }
 }

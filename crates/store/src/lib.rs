@@ -17,6 +17,7 @@ mod activity;
 mod audit;
 mod blob_log;
 mod disk;
+mod evidence;
 #[cfg(feature = "faults")]
 pub mod faults;
 mod verify;
@@ -52,6 +53,9 @@ pub use writer::{PutOutcome, PutRequest};
 use schema::*;
 
 pub use audit::{AuditEntry, AuditPage};
+pub use evidence::{
+    HallReceipt, HallReceiptSummary, MAX_HALL_RECEIPTS, ReceiptVerdict, add_hall_receipts,
+};
 pub use parked::{ParkedAt, ParkedEntry, RetryCause};
 pub use reads::{CandidateActivity, ClockNote, CommitObserver, CommitSample, Probe, probe};
 
@@ -185,9 +189,10 @@ fn is_disk_full(e: &std::io::Error) -> bool {
         || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
 }
 
-/// What the store keeps about one autosave besides its payload.
+/// What the store keeps about one autosave besides its payload. Stored as JSON; records
+/// written before the cloud kept several box receipts are read through [`RecordWire`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "RecordWire")]
 pub struct Record {
     /// The receipt the box issued when it stored the autosave.
     pub receipt: Receipt,
@@ -195,13 +200,11 @@ pub struct Record {
     pub arrival: u64,
     /// When the cloud confirmed it, RFC 3339; `None` while pending.
     pub delivered_at: Option<String>,
-    /// On the cloud: the receipt of the box that forwarded it (evidence of hall time).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_receipt: Option<Receipt>,
-    /// On the cloud: what the forwarded receipt is worth as evidence (checked against the
-    /// forwarding box's certificate, or not checkable). A rejected one never costs the save.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_verdict: Option<ReceiptVerdict>,
+    /// On the cloud: every box receipt that came with the autosave, on any path (a box's
+    /// replay, a candidate's re-send, an import), each with what it is worth as evidence
+    /// ([`evidence`]). A rejected one never costs the save.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hall_receipts: Vec<HallReceipt>,
     /// On the box: the token the candidate saved with, forwarded on replay as the candidate's
     /// authority for the save.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,6 +217,56 @@ pub struct Record {
     /// 413): it is out of the outbox, kept, and never purged ([`parked`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parked: Option<ParkedAt>,
+}
+
+/// A [`Record`] as stored, in every form a release wrote: before the list of hall receipts,
+/// the cloud kept one forwarded receipt (`upstream_receipt`) and its verdict
+/// (`upstream_verdict`, possibly without a receipt when the header was unreadable).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordWire {
+    receipt: Receipt,
+    arrival: u64,
+    delivered_at: Option<String>,
+    #[serde(default)]
+    hall_receipts: Vec<HallReceipt>,
+    #[serde(default)]
+    upstream_receipt: Option<Receipt>,
+    #[serde(default)]
+    upstream_verdict: Option<ReceiptVerdict>,
+    #[serde(default)]
+    candidate_token: Option<String>,
+    #[serde(default)]
+    cloud_conflict_at: Option<String>,
+    #[serde(default)]
+    parked: Option<ParkedAt>,
+}
+
+impl From<RecordWire> for Record {
+    fn from(wire: RecordWire) -> Self {
+        let mut hall_receipts = wire.hall_receipts;
+        let verdict = match (&wire.upstream_receipt, wire.upstream_verdict) {
+            (_, Some(verdict)) => Some(verdict),
+            (Some(_), None) => Some(ReceiptVerdict::Unchecked { reason: None }),
+            (None, None) => None,
+        };
+        if let Some(verdict) = verdict {
+            let old = HallReceipt {
+                receipt: wire.upstream_receipt,
+                verdict,
+            };
+            add_hall_receipts(&mut hall_receipts, std::slice::from_ref(&old));
+        }
+        Self {
+            receipt: wire.receipt,
+            arrival: wire.arrival,
+            delivered_at: wire.delivered_at,
+            hall_receipts,
+            candidate_token: wire.candidate_token,
+            cloud_conflict_at: wire.cloud_conflict_at,
+            parked: wire.parked,
+        }
+    }
 }
 
 impl Record {
@@ -252,19 +305,6 @@ impl Pending {
     }
 }
 
-/// What the cloud made of a receipt a box forwarded.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum ReceiptVerdict {
-    /// Signed by the enrolled box that forwarded it, and describing these bytes.
-    Verified,
-    /// Forwarded under a credential the platform issued its own way, with no certificate to
-    /// check it against: kept as sent.
-    Unchecked,
-    /// Not evidence, and why (not the box's signature, not these bytes, not readable).
-    Rejected { reason: String },
-}
-
 /// One row of a candidate's list, as `GET …/autosaves` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ListEntry {
@@ -279,9 +319,50 @@ pub struct ListEntry {
     /// (strictly increasing, unlike `received_at`, which is in milliseconds and may tie).
     #[serde(default)]
     pub arrival: u64,
-    /// On the cloud: what the forwarding box's receipt is worth; absent when none came.
+    /// On the cloud: what the chosen box receipt is worth (the one giving `hall_received_at`,
+    /// else the first kept); absent when none came. Kept for clients of the single-receipt
+    /// list; `hall_receipts` has them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hall_receipt: Option<ReceiptVerdict>,
+    /// On the cloud: when the hall received it, by the verified box receipts: the earliest
+    /// time among those with the best clock state, RFC 3339; `null` when none is verified.
+    #[serde(default)]
+    pub hall_received_at: Option<String>,
+    /// The clock object of the receipt that gave `hall_received_at` (`null` for none, or for a
+    /// version-1 receipt, which has no clock).
+    #[serde(default)]
+    pub hall_clock: Option<hallrelay_protocol::clock::Clock>,
+    /// On the cloud: every box receipt kept, summarised.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hall_receipts: Vec<HallReceiptSummary>,
+}
+
+impl ListEntry {
+    /// The row of the autosave `seq` whose record is `record`.
+    pub fn of(seq: u64, record: Record) -> Self {
+        let chosen = evidence::chosen(&record.hall_receipts);
+        let hall_receipt = chosen
+            .map(|(k, _)| &k.verdict)
+            .or_else(|| record.hall_receipts.first().map(|k| &k.verdict))
+            .cloned();
+        let chosen = chosen.and_then(|(k, _)| k.receipt.as_ref());
+        let hall_received_at = chosen.map(|r| r.received_at.clone());
+        let hall_clock = chosen.and_then(|r| r.clock.clone());
+        let hall_receipts = record.hall_receipts.iter().map(Into::into).collect();
+        Self {
+            seq,
+            blake3: record.receipt.blake3,
+            size: record.receipt.size,
+            received_at: record.receipt.received_at,
+            is_final: record.receipt.is_final,
+            delivered: record.delivered_at.is_some(),
+            arrival: record.arrival,
+            hall_receipt,
+            hall_received_at,
+            hall_clock,
+            hall_receipts,
+        }
+    }
 }
 
 /// Counters and ages for `/v1/status`.
@@ -1000,5 +1081,57 @@ mod tests {
             supported: 1,
         };
         assert!(!newer.is_disk_failure());
+    }
+
+    /// A record written before the list of hall receipts (one `upstream_receipt` and its
+    /// `upstream_verdict`, or a verdict alone for an unreadable header) still reads, its
+    /// receipt now the list's first; an unknown field is still refused.
+    #[test]
+    fn records_with_one_upstream_receipt_still_read() {
+        let receipt = Receipt::sign(
+            &SigningKey::generate(),
+            hallrelay_protocol::receipt::ReceiptFields {
+                appliance: "box".into(),
+                exam: "e".into(),
+                candidate: "c".into(),
+                seq: 1,
+                blake3: blake3::hash(b"x"),
+                size: 1,
+                is_final: false,
+                received_at: "2026-12-05T09:00:00.000Z".into(),
+                prev: hallrelay_protocol::receipt::GENESIS.into(),
+                hall: None,
+            },
+        );
+        let old = serde_json::json!({
+            "receipt": receipt, "arrival": 3, "delivered_at": "2026-12-05T09:00:01.000Z",
+            "upstream_receipt": receipt, "upstream_verdict": {"state": "verified"},
+        });
+        let record = decode_record(old.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            record.hall_receipts,
+            vec![HallReceipt {
+                receipt: Some(receipt.clone()),
+                verdict: ReceiptVerdict::Verified
+            }]
+        );
+        let unreadable = serde_json::json!({
+            "receipt": receipt, "arrival": 3, "delivered_at": null,
+            "upstream_verdict": {"state": "rejected", "reason": "malformed"},
+        });
+        let record = decode_record(unreadable.to_string().as_bytes()).unwrap();
+        assert_eq!(record.hall_receipts[0].receipt, None);
+        // Written back, it is in the new form and reads the same.
+        let again = decode_record(&encode_record(&record)).unwrap();
+        assert_eq!(again.hall_receipts, record.hall_receipts);
+        assert!(
+            !String::from_utf8(encode_record(&record))
+                .unwrap()
+                .contains("upstream")
+        );
+        let unknown = serde_json::json!({
+            "receipt": receipt, "arrival": 3, "delivered_at": null, "surprise": 1,
+        });
+        assert!(decode_record(unknown.to_string().as_bytes()).is_err());
     }
 }

@@ -66,11 +66,23 @@ impl AutosavePut {
         self
     }
 
-    /// Forwards the box's receipt for this autosave (`Hallrelay-Receipt`): the cloud keeps it
-    /// as evidence of when the hall received it.
-    pub fn receipt(mut self, receipt: &Receipt) -> Self {
-        // URL-safe base64: always header text.
-        if let Ok(value) = HeaderValue::from_str(&receipt.to_header()) {
+    /// Forwards box receipts for this autosave (`Hallrelay-Receipt`, comma-separated): the
+    /// cloud keeps each as evidence of when the hall received it. A box replaying forwards its
+    /// own; a candidate's client forwards every receipt its journal holds for the save (one
+    /// per box that acknowledged it); `import` the bundle's. At most
+    /// [`MAX_FORWARDED_RECEIPTS`](crate::receipt::MAX_FORWARDED_RECEIPTS) are sent (the cloud
+    /// refuses more); none leaves the header out.
+    pub fn receipts(mut self, receipts: &[Receipt]) -> Self {
+        let value = receipts
+            .iter()
+            .take(crate::receipt::MAX_FORWARDED_RECEIPTS)
+            .map(Receipt::to_header)
+            .collect::<Vec<_>>()
+            .join(",");
+        // URL-safe base64 and commas: always header text.
+        if !value.is_empty()
+            && let Ok(value) = HeaderValue::from_str(&value)
+        {
             self.headers.insert(headers::RECEIPT, value);
         }
         self
@@ -214,6 +226,46 @@ mod tests {
         );
         assert_eq!(request.uri().query(), Some("final=true"));
         assert_eq!(request.headers(), &put.headers);
+    }
+
+    /// Several receipts travel in one header that the receiver's parser reads back whole;
+    /// past the most a request may forward, the rest stay home; none sends no header.
+    #[test]
+    fn receipts_are_forwarded_together_up_to_the_limit() {
+        use crate::receipt::{GENESIS, MAX_FORWARDED_RECEIPTS, ReceiptFields};
+        let receipt = |appliance: &str| {
+            Receipt::sign(
+                &crate::signing::SigningKey::generate(),
+                ReceiptFields {
+                    appliance: appliance.into(),
+                    exam: "math-2026".into(),
+                    candidate: "c042".into(),
+                    seq: 7,
+                    blake3: blake3::hash(b"x"),
+                    size: 1,
+                    is_final: false,
+                    received_at: "2026-12-05T09:00:00.000Z".into(),
+                    prev: GENESIS.into(),
+                    hall: None,
+                },
+            )
+        };
+        let many: Vec<Receipt> = (0..6).map(|i| receipt(&format!("box-{i}"))).collect();
+        let put = AutosavePut::new(&name(), false).receipts(&many[..2]);
+        let values = put.headers.get_all(headers::RECEIPT);
+        let values: Vec<&str> = values.iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(
+            Receipt::all_forwarded(values, &name(), false).unwrap(),
+            many[..2]
+        );
+        let put = AutosavePut::new(&name(), false).receipts(&many);
+        let value = put.headers.get(headers::RECEIPT).unwrap().to_str().unwrap();
+        assert_eq!(
+            Receipt::all_forwarded([value], &name(), false).unwrap(),
+            many[..MAX_FORWARDED_RECEIPTS]
+        );
+        let put = AutosavePut::new(&name(), false).receipts(&[]);
+        assert!(put.headers.get(headers::RECEIPT).is_none());
     }
 
     /// Every status the API table names, and the neighbours that decide the edges.

@@ -8,6 +8,8 @@
 //!   [`body`] reads an upload's body under that budget, its size and time limits, hashing it
 //!   as it arrives; [`drain`] reads and discards what a refused request's client is still
 //!   sending, so that the client sees the answer.
+//! - [`evidence`] judges the box receipts a PUT forwards at the cloud (replay, a candidate
+//!   back from a box, `import`) against the enrolled boxes' certificates.
 //! - [`error`] is the one place where failures become status codes and JSON error bodies.
 //! - [`cors`] lets browser clients on configured origins call the API.
 //! - [`metrics`] is `/metrics` for Prometheus; [`export`] the export bundle's endpoints;
@@ -24,6 +26,7 @@ pub mod console;
 pub mod cors;
 pub mod drain;
 pub mod error;
+mod evidence;
 pub mod export;
 pub mod metrics;
 pub mod ratelimit;
@@ -84,10 +87,21 @@ pub struct EnrolledBox {
     pub certificate: Vec<u8>,
 }
 
-/// Resolves the bearer credentials of enrolled boxes (the cloud's registry).
+/// A box the cloud's registry knows by its pin, and whether it was revoked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegisteredBox {
+    pub enrolled: EnrolledBox,
+    pub revoked: bool,
+}
+
+/// The enrolled boxes as the API needs them (the cloud's registry): whose credential a bearer
+/// is, and which box a receipt's pin names.
 pub trait BoxCredentials: Send + Sync {
     /// The box holding `credential`: `Ok(None)` for no box, or a revoked one.
     fn resolve(&self, credential: &str) -> Result<Option<EnrolledBox>, ApiError>;
+    /// The box enrolled with `pin`, revoked or not: `Ok(None)` when no box of that pin ever
+    /// enrolled. A version-2 receipt names its box so, and is checked against its certificate.
+    fn by_pin(&self, pin: &str) -> Result<Option<RegisteredBox>, ApiError>;
 }
 
 /// What a verifier trusts beyond its own key: the platform's public keys and, on a box, the
@@ -156,6 +170,15 @@ impl Auth {
     pub fn with_boxes(mut self, boxes: Arc<dyn BoxCredentials>) -> Self {
         self.boxes = Some(boxes);
         self
+    }
+
+    /// The enrolled box of `pin` ([`BoxCredentials::by_pin`]); `None` where no boxes enroll
+    /// (on a box).
+    pub fn box_by_pin(&self, pin: &str) -> Result<Option<RegisteredBox>, ApiError> {
+        match &self.boxes {
+            Some(boxes) => boxes.by_pin(pin),
+            None => Ok(None),
+        }
     }
 
     /// What is trusted now.

@@ -19,11 +19,11 @@ use super::body::{self, Upload};
 use super::budget::{BudgetSnapshot, ClientBudget};
 use super::drain::RequestBody;
 use super::error::json_response;
+use super::evidence::{self, Forwarder, Offered};
 use super::{ApiError, Appliance, Caller, EnrolledBox, State};
 use hallrelay_protocol::digest::{DigestError, Expected};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::receipt::Receipt;
-use hallrelay_protocol::signing::VerifyingKey;
 use hallrelay_protocol::token::Kind;
 use hallrelay_protocol::v1::{PathError, autosave_path, headers};
 use hallrelay_store::{ListEntry, PutOutcome, PutRequest, ReceiptVerdict, Record};
@@ -258,48 +258,6 @@ fn authorize_forwarded<B>(
     }
 }
 
-/// Checks a receipt an enrolled box forwarded against the box's certificate: `Err` says why
-/// it is not evidence. The autosave is stored either way.
-fn check_forwarded<B>(
-    request: &Request<B>,
-    name: &AutosaveName,
-    is_final: bool,
-    enrolled: &EnrolledBox,
-) -> (Option<Receipt>, Option<String>) {
-    let receipt = match upstream_receipt(request, name, is_final) {
-        Ok(Some(receipt)) => receipt,
-        Ok(None) => return (None, None),
-        Err(e) => return (None, Some(e.to_string())),
-    };
-    let certificate = rustls_pki_types::CertificateDer::from(enrolled.certificate.as_slice());
-    let verdict = match VerifyingKey::from_certificate(&certificate) {
-        Ok(key) => receipt
-            .verify(&key)
-            .err()
-            .map(|e| format!("not signed by box {}: {e}", enrolled.pin)),
-        Err(e) => Some(e.to_string()),
-    };
-    (Some(receipt), verdict)
-}
-
-/// The receipt a box sends with an autosave it replays: it must describe this very autosave
-/// ([`Receipt::from_forwarded`]); its bytes are checked once the body is read.
-fn upstream_receipt<B>(
-    request: &Request<B>,
-    name: &AutosaveName,
-    is_final: bool,
-) -> Result<Option<Receipt>, ApiError> {
-    let Some(value) = request.headers().get(headers::RECEIPT) else {
-        return Ok(None);
-    };
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::BadRequest("the Hallrelay-Receipt header is not text".into()))?;
-    Receipt::from_forwarded(value, name, is_final)
-        .map(Some)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))
-}
-
 /// Reads `final=true|false` from the query; anything else there is refused.
 fn parse_final(query: Option<&str>) -> Result<bool, ApiError> {
     let mut is_final = false;
@@ -324,20 +282,22 @@ async fn put(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let is_final = parse_final(request.uri().query())?;
     let caller = authorize_write(state, &request, &name.exam, &name.candidate)?;
-    // Only a forwarding box's evidence is kept; a candidate cannot supply its own. A box keeps
-    // the candidate's token to forward it.
-    let is_enrolled = matches!(caller, Caller::Appliance(Appliance::Enrolled(_)));
-    let (upstream, mut rejected, candidate_token) = match caller {
-        Caller::Appliance(Appliance::Listed) => {
-            (upstream_receipt(&request, &name, is_final)?, None, None)
-        }
+    // A box keeps the candidate's token to forward it. The cloud, the end of the line, keeps
+    // the box receipts that come with a save, whoever forwards them ([`super::evidence`]); a
+    // box ignores what a candidate forwards (it issues its own).
+    let (forwarder, candidate_token) = match &caller {
+        Caller::Appliance(Appliance::Listed) => (Some(Forwarder::Listed), None),
         Caller::Appliance(Appliance::Enrolled(enrolled)) => {
-            authorize_forwarded(state, &request, &enrolled, &name)?;
-            let (receipt, rejected) = check_forwarded(&request, &name, is_final, &enrolled);
-            (receipt, rejected, None)
+            authorize_forwarded(state, &request, enrolled, &name)?;
+            (Some(Forwarder::Enrolled(enrolled)), None)
         }
-        Caller::Candidate { token, .. } => (None, None, state.keeps_tokens.then_some(token)),
+        Caller::Candidate { token, .. } if state.keeps_tokens => (None, Some(token.clone())),
+        Caller::Candidate { venue, .. } => (Some(Forwarder::Candidate { venue }), None),
         Caller::Admin => return Err(ApiError::Forbidden("admin tokens cannot save autosaves")),
+    };
+    let offered = match forwarder {
+        Some(forwarder) => Offered::read(&request, &name, is_final, forwarder)?,
+        None => Offered::default(),
     };
     let limit = state.limits.max_body_bytes;
     let declared = request
@@ -376,33 +336,24 @@ async fn put(
     if body.is_empty() {
         return Err(ApiError::EmptyBody);
     }
-    if let Some(receipt) = &upstream
-        && let Err(e) = receipt.check_bytes(&blake3, body.len() as u64)
-    {
-        // An enrolled box's receipt that does not describe these bytes is not evidence, but
-        // never costs the save; a listed credential's is refused as before.
-        if !is_enrolled {
-            return Err(ApiError::BadRequest(e.to_string()));
+    let hall_receipts = match forwarder {
+        Some(forwarder) if !offered.is_empty() => {
+            evidence::judge(&state.auth, offered, forwarder, &blake3, body.len() as u64)?
         }
-        rejected.get_or_insert_with(|| e.to_string());
-    }
-    let upstream_verdict = match (&upstream, rejected) {
-        (_, Some(reason)) => {
+        _ => Vec::new(),
+    };
+    for kept in &hall_receipts {
+        if let ReceiptVerdict::Rejected { reason } = &kept.verdict {
             tracing::warn!(exam = %name.exam, candidate = %name.candidate, seq = name.seq,
                 %reason, "a forwarded receipt was rejected; the autosave is kept");
-            Some(ReceiptVerdict::Rejected { reason })
         }
-        (Some(_), None) if is_enrolled => Some(ReceiptVerdict::Verified),
-        (Some(_), None) => Some(ReceiptVerdict::Unchecked),
-        (None, None) => None,
-    };
+    }
     let request = PutRequest {
         name: name.clone(),
         payload: body,
         blake3,
         is_final,
-        upstream_receipt: upstream,
-        upstream_verdict,
+        hall_receipts,
         candidate_token,
     };
     match state.store.put(request).await? {
@@ -469,9 +420,14 @@ fn payload_response(found: Option<(Record, Bytes)>) -> Result<Response<Full<Byte
         HeaderValue::from_static(if receipt.is_final { "true" } else { "false" }),
     );
     h.insert(headers::RECEIVED_AT, text(receipt.received_at.clone())?);
-    // On the cloud: the forwarding box's receipt, the evidence of hall time.
-    if let Some(upstream) = &record.upstream_receipt {
-        h.insert(headers::RECEIPT, text(upstream.to_header())?);
+    // On the cloud: every box receipt kept, the evidence of hall time.
+    let kept: Vec<String> = record
+        .hall_receipts
+        .iter()
+        .filter_map(|k| k.receipt.as_ref().map(Receipt::to_header))
+        .collect();
+    if !kept.is_empty() {
+        h.insert(headers::RECEIPT, text(kept.join(","))?);
     }
     Ok(response)
 }
@@ -486,16 +442,7 @@ async fn list(
         .list(exam, candidate)
         .await?
         .into_iter()
-        .map(|(seq, record)| ListEntry {
-            seq,
-            blake3: record.receipt.blake3,
-            size: record.receipt.size,
-            received_at: record.receipt.received_at,
-            is_final: record.receipt.is_final,
-            delivered: record.delivered_at.is_some(),
-            arrival: record.arrival,
-            hall_receipt: record.upstream_verdict,
-        })
+        .map(|(seq, record)| ListEntry::of(seq, record))
         .collect();
     Ok(json_response(StatusCode::OK, &rows))
 }

@@ -23,8 +23,8 @@ pub use registry::{BoxRecord, Registry, RegistryError};
 /// code is hopeless anyway; the limit keeps a scanner from filling the attempt log.
 pub const ENROLLMENT_RATE: (u32, u32) = (1, 10);
 
-/// The registry answers the API's question "which box holds this credential?": a revoked
-/// box holds none.
+/// The registry answers the API's questions "which box holds this credential?" (a revoked
+/// box holds none) and "which box has this pin?" (revoked or not: the caller decides).
 impl crate::api::BoxCredentials for Registry {
     fn resolve(
         &self,
@@ -44,6 +44,23 @@ impl crate::api::BoxCredentials for Registry {
                 certificate: record.certificate,
             })),
             Ok(_) => Ok(None),
+            Err(e) => {
+                tracing::error!(error = %e, "the platform registry failed");
+                Err(crate::api::ApiError::Internal)
+            }
+        }
+    }
+
+    fn by_pin(&self, pin: &str) -> Result<Option<crate::api::RegisteredBox>, crate::api::ApiError> {
+        match self.get_box(pin) {
+            Ok(record) => Ok(record.map(|record| crate::api::RegisteredBox {
+                revoked: record.revoked(),
+                enrolled: crate::api::EnrolledBox {
+                    pin: record.pin,
+                    venue: record.venue,
+                    certificate: record.certificate,
+                },
+            })),
             Err(e) => {
                 tracing::error!(error = %e, "the platform registry failed");
                 Err(crate::api::ApiError::Internal)

@@ -637,7 +637,8 @@ const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 /// (the candidate's authority for the save, without which the cloud refuses an enrolled box).
 async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pending) -> Outcome {
     let receipt = &item.record.receipt;
-    let mut put = AutosavePut::new(&item.name, receipt.is_final).receipt(receipt);
+    let mut put =
+        AutosavePut::new(&item.name, receipt.is_final).receipts(std::slice::from_ref(receipt));
     if let Some(token) = &item.record.candidate_token {
         put = put.candidate_token(token);
     }

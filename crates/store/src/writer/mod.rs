@@ -51,10 +51,9 @@ pub struct PutRequest {
     pub payload: Bytes,
     pub blake3: blake3::Hash,
     pub is_final: bool,
-    /// On the cloud: the receipt of the box that forwarded it, kept as evidence of hall time.
-    pub upstream_receipt: Option<Receipt>,
-    /// On the cloud: what `upstream_receipt` is worth as evidence.
-    pub upstream_verdict: Option<crate::ReceiptVerdict>,
+    /// On the cloud: the box receipts that came with it, each judged, kept as evidence of hall
+    /// time. A duplicate adds those its record lacks ([`crate::add_hall_receipts`]).
+    pub hall_receipts: Vec<crate::HallReceipt>,
     /// On the box: the candidate's token, kept to forward on replay.
     pub candidate_token: Option<String>,
 }
@@ -69,8 +68,7 @@ impl PutRequest {
             blake3: blake3::hash(&payload),
             payload,
             is_final,
-            upstream_receipt: None,
-            upstream_verdict: None,
+            hall_receipts: Vec::new(),
             candidate_token: None,
         }
     }

@@ -85,8 +85,11 @@ impl Context {
             arrival,
             // Without an outbox (the cloud) an autosave is at the end of the line on arrival.
             delivered_at: (!self.outbox).then(|| now.rfc3339.to_owned()),
-            upstream_receipt: request.upstream_receipt.clone(),
-            upstream_verdict: request.upstream_verdict.clone(),
+            hall_receipts: {
+                let mut kept = Vec::new();
+                crate::add_hall_receipts(&mut kept, &request.hall_receipts);
+                kept
+            },
             candidate_token: request.candidate_token.clone(),
             cloud_conflict_at: None,
             parked: None,
@@ -138,7 +141,11 @@ fn answer_from_stored(
     };
     let offered = request.blake3.to_hex();
     if existing.receipt.blake3 == offered.as_str() {
-        return Ok(Some(PutOutcome::Duplicate(existing.receipt)));
+        let mut record = existing;
+        if crate::add_hall_receipts(&mut record.hall_receipts, &request.hall_receipts) {
+            add_evidence(t, &request.name, &record, now)?;
+        }
+        return Ok(Some(PutOutcome::Duplicate(record.receipt)));
     }
     let AutosaveName {
         exam,
@@ -155,6 +162,34 @@ fn answer_from_stored(
     }))?;
     Ok(Some(PutOutcome::Conflict {
         existing_blake3: existing.receipt.blake3,
+    }))
+}
+
+/// Saves a duplicate's record that gained box receipts (the cloud's duplicate path: a
+/// candidate re-sends what a box replayed, or the reverse), and audits it. A record stored
+/// earlier in this very batch is still unsigned and is written again, signed, at the batch's
+/// end: it gains the receipts there too.
+fn add_evidence(
+    t: &mut Tables<'_, '_>,
+    name: &AutosaveName,
+    record: &Record,
+    now: &Now<'_>,
+) -> Result<(), StoreError> {
+    t.save_record(name, record)?;
+    if let Some(unsigned) = t.unsigned.iter_mut().find(|u| {
+        (
+            u.receipt.exam.as_str(),
+            u.receipt.candidate.as_str(),
+            u.receipt.seq,
+        ) == (name.exam.as_str(), name.candidate.as_str(), name.seq)
+    }) {
+        unsigned.hall_receipts.clone_from(&record.hall_receipts);
+    }
+    t.audit(serde_json::json!({
+        "event": "hall_receipts",
+        "exam": name.exam, "candidate": name.candidate, "seq": name.seq,
+        "kept": record.hall_receipts.len(),
+        "at": now.rfc3339,
     }))
 }
 
