@@ -136,9 +136,13 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
     // The hall: a cloud, a box, the candidates.
     let cloud_config = cloud_config(&plan, &secrets)?;
     let cloud = start_cloud(cloud_config.clone()).await?;
-    let cloud_url = format!("http://{}", cloud.addr);
-    line("cloud", &format!("listening on {cloud_url}"));
-    let hall_box = start_box(box_config(&plan, &secrets, &cloud_url)?).await?;
+    let cloud_url = format!("https://{}", cloud.addr);
+    let cloud_pin = cloud.pin.clone();
+    line(
+        "cloud",
+        &format!("listening on {cloud_url}, pin {cloud_pin}"),
+    );
+    let hall_box = start_box(box_config(&plan, &secrets, &cloud_url, &cloud_pin)?).await?;
     line(
         "box",
         &format!(
@@ -152,7 +156,7 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
     let candidates = start_candidates(
         &plan,
         &secrets.platform_key,
-        &cloud_url,
+        (&cloud_url, &cloud_pin),
         &hall_box.pin,
         &events_tx,
         &stop_saving,
@@ -197,10 +201,11 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
     let (delivered, replay_problem) = wait_for_replay(&box_client, &line).await?;
     report.box_delivered = delivered;
     report.problems.extend(replay_problem);
+    report_clock(&box_client, &line).await;
     hall_box.stop().await?;
 
     // The proof: every save, fetched back from the cloud.
-    verify_in_cloud(&format!("http://{}", cloud.addr), &saved_by, &mut report).await?;
+    verify_in_cloud((&cloud_url, &cloud_pin), &saved_by, &mut report).await?;
     cloud.stop().await?;
     line("verify", &report.verdict(saves));
     if !plan.keep {
@@ -300,7 +305,8 @@ fn cloud_config(plan: &DemoPlan, secrets: &Secrets) -> Result<CloudConfig, DemoE
         listen: "127.0.0.1:0".parse().map_err(|_| DemoError::NotReady)?,
         venue_key_file: secrets.platform_key_file.clone(),
         appliance_token_file: Some(secrets.credential_file.clone()),
-        tls: false,
+        // Over TLS, pinned, as a real platform: the box syncs its hall clock from it.
+        tls: true,
         fault_rate: 0.0,
         reset_rate: 0.0,
         limits: Limits::cloud(),
@@ -312,6 +318,7 @@ fn box_config(
     plan: &DemoPlan,
     secrets: &Secrets,
     cloud_url: &str,
+    cloud_pin: &str,
 ) -> Result<ServeConfig, DemoError> {
     let overrides = Overrides {
         data_dir: Some(plan.dir.join("box")),
@@ -331,6 +338,7 @@ fn box_config(
     if let Some(replay) = &mut config.replay {
         // Probe the returning uplink every 2 s at most, so the demo need not wait 30 s.
         replay.backoff_max = Duration::from_secs(2);
+        replay.pin = Some(cloud_pin.to_owned());
     }
     Ok(config)
 }
@@ -361,7 +369,7 @@ type SavingCandidate = (
 fn start_candidates(
     plan: &DemoPlan,
     platform_key: &TokenKey,
-    cloud_url: &str,
+    (cloud_url, cloud_pin): (&str, &str),
     box_pin: &str,
     events: &mpsc::UnboundedSender<(usize, Event)>,
     stop: &CancellationToken,
@@ -380,7 +388,7 @@ fn start_candidates(
             token.clone(),
             plan.dir.join("journals"),
         );
-        options.cloud_trust = CloudTrust::Roots { ca_file: None };
+        options.cloud_trust = CloudTrust::Pins(vec![cloud_pin.to_owned()]);
         options.box_pins = vec![box_pin.to_owned()];
         options.failover_after = FAILOVER_AFTER;
         options.probe_every = SAVE_EVERY;
@@ -440,17 +448,38 @@ async fn wait_for_replay(
     }
 }
 
+/// Says how good the box's time was at the end: its hall clock, synced from the cloud once
+/// the uplink came back.
+async fn report_clock(box_client: &Connection, line: &impl Fn(&str, &str)) {
+    let Ok(status) = box_client.get(STATUS).await else {
+        return;
+    };
+    let status: serde_json::Value = status.json().unwrap_or_default();
+    let clock = &status["clock"];
+    if let Some(state) = clock["state"].as_str() {
+        let bound = clock["uncertainty_ms"]
+            .as_u64()
+            .map_or_else(|| "no bound".to_owned(), |ms| format!("±{ms} ms"));
+        let source = clock["source"].as_str().unwrap_or("?");
+        line(
+            "box",
+            &format!("hall clock {state} (source {source}, {bound}): its receipts say so"),
+        );
+    }
+}
+
 /// Fetches every save back from the cloud with its candidate's token and compares it byte for
 /// byte; records in `report` how many matched, and what did not.
 async fn verify_in_cloud(
-    cloud_url: &str,
+    (cloud_url, cloud_pin): (&str, &str),
     saved_by: &Saves,
     report: &mut DemoReport,
 ) -> Result<(), DemoError> {
     let mut problems = Vec::new();
     let mut verified = 0;
     for (id, (token, saves)) in saved_by {
-        let client = Connection::with_roots(cloud_url, None, Some(token.clone()))?;
+        let client =
+            Connection::pinned(cloud_url, vec![cloud_pin.to_owned()], Some(token.clone()))?;
         let listed = client.get(&autosaves_path(EXAM, id)).await?;
         let listed: Vec<serde_json::Value> = listed.json().unwrap_or_default();
         if listed.len() != saves.len() {
