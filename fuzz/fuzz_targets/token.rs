@@ -173,7 +173,7 @@ fuzz_target!(|input: Input| match input {
         let expected = if token.len() > MAX_TOKEN_LEN || !ids_valid(&claims) {
             Err(TokenError::Malformed)
         } else if now_secs.min(i64::MAX as u64 / 2) >= claims.expires {
-            Err(TokenError::Expired)
+            Err(TokenError::Expired { at: claims.expires })
         } else {
             Ok(claims.clone())
         };
