@@ -2,7 +2,8 @@
 //!
 //! A receipt is a candidate's evidence of what the box received and when; the cloud reads
 //! them from the `Hallrelay-Receipt` header of replayed autosaves. One receipt is signed at
-//! start with a fresh box key. Properties:
+//! start with a fresh box key: the first in version 1, the second in version 2 (with the box's
+//! pin and clock), as a box upgraded between them signs. Properties:
 //! - `Receipt::from_header` never panics on any text, and what it parses re-encodes and parses
 //!   back to itself;
 //! - a receipt parsed from any header, from an edited copy of the signed receipt's JSON, or
@@ -30,6 +31,14 @@ struct Signed {
 
 static SIGNED: LazyLock<Signed> = LazyLock::new(|| {
     let signer = SigningKey::generate();
+    let clock = hallrelay_protocol::clock::Clock {
+        state: hallrelay_protocol::clock::ClockState::Holding,
+        source: hallrelay_protocol::clock::ClockSource::Cloud,
+        uncertainty_ms: Some(420),
+        since_sync_ms: Some(3_600_000),
+        stepped_back_ms: None,
+    };
+    let pin = "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned();
     let sign = |seq: u64, payload: &[u8], prev: &str| {
         Receipt::sign(
             &signer,
@@ -43,6 +52,7 @@ static SIGNED: LazyLock<Signed> = LazyLock::new(|| {
                 is_final: seq == 8,
                 received_at: format!("2026-11-23T09:15:2{seq}.123Z"),
                 prev: prev.to_owned(),
+                hall: (seq == 8).then(|| (pin.clone(), clock.clone())),
             },
         )
     };
@@ -68,6 +78,12 @@ enum FieldEdit {
     Appliance(String),
     Prev(String),
     Signature(String),
+    Pin(Option<String>),
+    ClockState(u8),
+    Uncertainty(Option<u64>),
+    SteppedBack(Option<u64>),
+    /// Drop the clock (a version-2 receipt passed off as version 1), or add one.
+    ToggleClock,
     /// Flip one bit of the decoded signature, and encode it again.
     SignatureBit(u16),
 }
@@ -104,6 +120,32 @@ fn edit_fields(receipt: &Receipt, edits: &[FieldEdit]) -> Receipt {
             FieldEdit::Appliance(s) => r.appliance = s.clone(),
             FieldEdit::Prev(s) => r.prev = s.clone(),
             FieldEdit::Signature(s) => r.signature = s.clone(),
+            FieldEdit::Pin(p) => r.pin = p.clone(),
+            FieldEdit::ClockState(n) => {
+                use hallrelay_protocol::clock::ClockState::*;
+                if let Some(c) = &mut r.clock {
+                    c.state = [Synced, Holding, Unsynced][usize::from(*n) % 3];
+                }
+            }
+            FieldEdit::Uncertainty(u) => {
+                if let Some(c) = &mut r.clock {
+                    c.uncertainty_ms = *u;
+                }
+            }
+            FieldEdit::SteppedBack(s) => {
+                if let Some(c) = &mut r.clock {
+                    // A receipt never holds Some(0) (see `Clock::stepped_back_ms`).
+                    c.stepped_back_ms = s.filter(|&ms| ms > 0);
+                }
+            }
+            FieldEdit::ToggleClock => {
+                r.clock = match r.clock.take() {
+                    Some(_) => None,
+                    None => Some(hallrelay_protocol::clock::Clock::unsynced(
+                        hallrelay_protocol::clock::ClockSource::System,
+                    )),
+                };
+            }
             FieldEdit::SignatureBit(bit) => {
                 if let Ok(mut der) = STANDARD.decode(&r.signature)
                     && !der.is_empty()

@@ -100,9 +100,20 @@ pub struct Clock {
     /// since it started.
     pub since_sync_ms: Option<u64>,
     /// Set on the first receipt after an authenticated sync stepped the box's time back:
-    /// by how many milliseconds. The reason is the sync: `source` names it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// by how many milliseconds. The reason is the sync: `source` names it. Never `Some(0)`:
+    /// the signed text spells no step as 0, so a 0 read from JSON is no step, and a receipt
+    /// has one JSON form.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "a_step"
+    )]
     pub stepped_back_ms: Option<u64>,
+}
+
+/// Reads `stepped_back_ms`: 0 is no step.
+fn a_step<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.filter(|&ms| ms > 0))
 }
 
 impl Clock {
@@ -207,6 +218,18 @@ mod tests {
             Some((100, Some(&unsynced)))
         );
         assert_eq!(best_hall_time([]), None);
+    }
+
+    #[test]
+    fn a_zero_step_reads_as_no_step() {
+        let json = r#"{"state":"synced","source":"cloud","uncertainty_ms":5,"since_sync_ms":1,"stepped_back_ms":0}"#;
+        let clock: Clock = serde_json::from_str(json).unwrap();
+        assert_eq!(clock.stepped_back_ms, None);
+        assert!(
+            !serde_json::to_string(&clock)
+                .unwrap()
+                .contains("stepped_back")
+        );
     }
 
     #[test]

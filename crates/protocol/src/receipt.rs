@@ -92,6 +92,8 @@ pub enum ReceiptError {
     BrokenChain { seq: u64 },
     #[error("receipt {seq} belongs to another candidate than the chain")]
     MixedChain { seq: u64 },
+    #[error("receipt {seq} has a pin without a clock or a clock without a pin: no box signs that")]
+    HalfVersion2 { seq: u64 },
 }
 
 /// Everything a receipt says but its signature: what [`Receipt::sign`] signs, and what
@@ -317,6 +319,10 @@ impl Receipt {
     /// Checks the signature with the box's key (its certificate's:
     /// [`VerifyingKey::from_certificate`]).
     pub fn verify(&self, key: &VerifyingKey) -> Result<(), ReceiptError> {
+        // Version 1 signs neither field: one without the other would be unsigned data.
+        if self.pin.is_some() != self.clock.is_some() {
+            return Err(ReceiptError::HalfVersion2 { seq: self.seq });
+        }
         let signature = STANDARD
             .decode(&self.signature)
             .map_err(|_| ReceiptError::BadEncoding)?;
@@ -457,6 +463,14 @@ mod tests {
         stripped.clock = None;
         stripped.pin = None;
         assert!(stripped.verify(&public).is_err());
+        // A pin attached to a version-1 receipt is not signed, so the receipt is refused.
+        let mut pinned = chain(&key, 1).remove(0);
+        assert!(pinned.verify(&public).is_ok());
+        pinned.pin = Some(pin.clone());
+        assert_eq!(
+            pinned.verify(&public),
+            Err(ReceiptError::HalfVersion2 { seq: 0 })
+        );
 
         // It travels in a header, alone or listed with another box's.
         let name = crate::ids::AutosaveName {
