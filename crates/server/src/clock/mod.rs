@@ -458,6 +458,30 @@ impl HallClock {
     }
 }
 
+/// What every sync loop does after a poll: persists the floor off the async runtime, then
+/// waits `synced` while the clock is synced, `unsynced` otherwise. True when `shutdown` came
+/// first.
+pub(crate) async fn after_poll(
+    clock: &std::sync::Arc<HallClock>,
+    (synced, unsynced): (Duration, Duration),
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let persist = clock.clone();
+    match tokio::task::spawn_blocking(move || persist.persist_if_due()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist the hall clock's floor"),
+        Err(e) => tracing::warn!(error = %e, "the clock's persist task failed"),
+    }
+    let every = match clock.reading().clock.state {
+        ClockState::Synced => synced,
+        _ => unsynced,
+    };
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(every) => false,
+    }
+}
+
 /// `/v1/health`'s and `/v1/status`'s `clock`.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClockReport {

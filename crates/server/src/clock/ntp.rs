@@ -18,7 +18,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::{HallClock, Sample};
-use hallrelay_protocol::clock::{ClockSource, ClockState};
+use hallrelay_protocol::clock::ClockSource;
 
 /// The NTP port, when a server is named without one.
 pub const DEFAULT_PORT: u16 = 123;
@@ -335,19 +335,8 @@ pub async fn sync_from_ntp(
                 }
             }
         }
-        let persist = clock.clone();
-        match tokio::task::spawn_blocking(move || persist.persist_if_due()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist the hall clock's floor"),
-            Err(e) => tracing::warn!(error = %e, "the clock's persist task failed"),
-        }
-        let every = match clock.reading().clock.state {
-            ClockState::Synced => SYNCED_EVERY,
-            _ => UNSYNCED_EVERY,
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+        if super::after_poll(&clock, (SYNCED_EVERY, UNSYNCED_EVERY), &shutdown).await {
+            return;
         }
     }
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{HallClock, Sample};
 use hallrelay_client::Connection;
-use hallrelay_protocol::clock::{ClockSource, ClockState};
+use hallrelay_protocol::clock::ClockSource;
 use hallrelay_protocol::timefmt::unix_millis;
 use hallrelay_protocol::v1::{HEALTH, headers};
 
@@ -51,23 +51,10 @@ pub async fn sync_from_cloud(
             let arrived = Instant::now();
             if let Some(sample) = cloud_sample(&reply.headers, arrived - sent, arrived) {
                 clock.observe(sample);
-                let persist = clock.clone();
-                match tokio::task::spawn_blocking(move || persist.persist_if_due()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "cannot persist the hall clock's floor")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "the clock's persist task failed"),
-                }
             }
         }
-        let every = match clock.reading().clock.state {
-            ClockState::Synced => SYNCED_EVERY,
-            _ => UNSYNCED_EVERY,
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+        if super::after_poll(&clock, (SYNCED_EVERY, UNSYNCED_EVERY), &shutdown).await {
+            return;
         }
     }
 }
