@@ -98,6 +98,11 @@ try {
   check(shownPin === pin, `the box's name (${name}) and pin are shown`);
   const banner = await page.textContent("#uplink");
   check(/No cloud is configured/.test(banner), `the uplink banner: "${banner}"`);
+  // No cloud, no NTP server, no RTC: the hall clock is unsynced, and the page warns.
+  const clockLine = await page.textContent("#clock");
+  check(clockLine === "Clock not synchronised.", `the clock line: "${clockLine}"`);
+  const clockAlert = await page.textContent("#alerts");
+  check(/clock is NOT synchronised.*ntp_servers/.test(clockAlert), `the clock alert: "${clockAlert}"`);
   const summary = await page.textContent("#summary");
   check(/candidates? saving to this box; all saves safe here; .* waiting for the internet\./.test(summary),
     `the summary in plain words: "${summary}"`);

@@ -503,13 +503,13 @@ pub fn advice(clock: &Clock) -> Option<&'static str> {
     match clock.state {
         ClockState::Synced => None,
         ClockState::Holding => Some(
-            "the box's time is held from an earlier sync and grows less certain: reconnect the \
-             uplink, or give the box an NTP server (ntp_servers in hallrelay.toml)",
+            "The box's time is held from an earlier sync and grows less certain: reconnect the \
+             uplink, or give the box an NTP server (ntp_servers in hallrelay.toml).",
         ),
         ClockState::Unsynced => Some(
-            "the box's time is not synchronised: its receipts say so, and their times are only \
-             the system clock's. Connect the uplink so the box syncs from the cloud, set \
-             ntp_servers in hallrelay.toml to the hall router's NTP server, or fit an RTC module",
+            "Its receipts carry only the system clock's time, with no bound. Connect the uplink \
+             so the box syncs from the cloud, set ntp_servers in hallrelay.toml to the hall \
+             router's NTP server, or fit an RTC module.",
         ),
     }
 }

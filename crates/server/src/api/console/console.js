@@ -79,7 +79,7 @@ function clockText(c) {
   const bound = c.uncertainty_ms === null ? "" : ` ±${c.uncertainty_ms < 1000 ? `${c.uncertainty_ms} ms` : duration(Math.ceil(c.uncertainty_ms / 1000))}`;
   switch (c.state) {
     case "synced": return `Clock synced from the ${c.source === "ntp" ? "venue's NTP server" : c.source}${bound}.`;
-    case "holding": return `Clock holding since its last sync${bound}: ${c.advice}`;
+    case "holding": return `Clock holding since its last sync${bound}. ${c.advice}`;
     default: return "Clock not synchronised.";
   }
 }
@@ -111,8 +111,7 @@ function render(s) {
   if (s.clock && s.clock.state === "unsynced") {
     const p = document.createElement("p");
     p.className = "alert";
-    p.textContent = "This box's clock is NOT synchronised: the times it records are only as good " +
-      "as its system clock, and its receipts say so. Saves are still kept safe. " + s.clock.advice;
+    p.textContent = `This box's clock is NOT synchronised. Saves are still kept safe. ${s.clock.advice}`;
     alerts.appendChild(p);
   }
   if (storage) {
