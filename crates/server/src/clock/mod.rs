@@ -179,7 +179,33 @@ pub struct HallClock {
     /// `clock.json`, or `None` for a clock that persists nothing (tests, tools).
     file: Option<PathBuf>,
     /// Where timesyncd flags its syncs (`None`: never look).
-    timesyncd_flag: Option<PathBuf>,
+    timesyncd: Option<Timesyncd>,
+}
+
+/// timesyncd's flag file, and what it last said. Every reading of an unsynced clock names its
+/// source, and readings come with every token check and every commit: the file system is
+/// asked at most every [`Timesyncd::RECHECK`], not on each of them.
+#[derive(Debug)]
+struct Timesyncd {
+    flag: PathBuf,
+    seen: Mutex<Option<(Instant, bool)>>,
+}
+
+impl Timesyncd {
+    const RECHECK: Duration = Duration::from_secs(10);
+
+    /// Whether the flag file exists, as of at most [`Self::RECHECK`] ago.
+    fn synchronized(&self) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match *seen {
+            Some((at, flagged)) if at.elapsed() < Self::RECHECK => flagged,
+            _ => {
+                let flagged = std::fs::metadata(&self.flag).is_ok();
+                *seen = Some((Instant::now(), flagged));
+                flagged
+            }
+        }
+    }
 }
 
 impl HallClock {
@@ -239,7 +265,10 @@ impl HallClock {
                 stepped_back: false,
             }),
             settings,
-            timesyncd_flag: file.as_ref().map(|_| PathBuf::from(TIMESYNCD_FLAG)),
+            timesyncd: file.as_ref().map(|_| Timesyncd {
+                flag: PathBuf::from(TIMESYNCD_FLAG),
+                seen: Mutex::new(None),
+            }),
             file,
         }
     }
@@ -302,9 +331,7 @@ impl HallClock {
 
     /// Whether timesyncd says it synchronised the system clock (since the box started).
     fn hall_ntp(&self) -> bool {
-        self.timesyncd_flag
-            .as_ref()
-            .is_some_and(|flag| std::fs::metadata(flag).is_ok())
+        self.timesyncd.as_ref().is_some_and(Timesyncd::synchronized)
     }
 
     /// The time for receipts committed now: never earlier than the last stamp, unless an
@@ -421,10 +448,12 @@ impl HallClock {
         };
         let (floor_ms, uncertainty_ms, source) = {
             let inner = self.lock();
-            if inner.floor_ms < inner.persisted_ms + 60_000 && inner.persisted_ms != 0 {
-                return Ok(());
-            }
-            if inner.floor_ms == inner.persisted_ms {
+            // The first synced floor at once; after that, when it rose by a minute or more.
+            let due = match inner.persisted_ms {
+                0 => inner.floor_ms > 0,
+                persisted => inner.floor_ms >= persisted + 60_000,
+            };
+            if !due {
                 return Ok(());
             }
             (
