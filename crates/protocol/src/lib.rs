@@ -1,8 +1,10 @@
 //! The hallrelay v1 wire protocol: everything a candidate client, a box and a cloud must agree
 //! on to speak to one another, and nothing else.
 //!
+//! - [`crockford`]: the base32 spelling of codes people type (enrollment, restore);
 //! - [`ids`]: the names of things (exams, candidates, autosaves) and their limits;
 //! - [`digest`]: RFC 9530 `Content-Digest` headers (blake3);
+//! - [`envelope`]: the encrypted answer envelope's format, read without keys (the box's view);
 //! - [`receipt`]: the box's signed, chained receipts, their text form and their checks, with
 //!   [`signing`] the signature scheme and [`clock`] what a receipt says about its time;
 //! - [`token`]: candidate and admin tokens (Ed25519, signed by the platform or a box's local
@@ -18,7 +20,9 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod crockford;
 pub mod digest;
+pub mod envelope;
 pub mod hex;
 pub mod ids;
 pub mod keys;

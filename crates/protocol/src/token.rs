@@ -123,7 +123,8 @@ impl PublicKey {
         }
     }
 
-    fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+    /// Whether `signature` is this key's Ed25519 signature of `message`.
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         UnparsedPublicKey::new(&ED25519, self.key)
             .verify(message, signature)
             .is_ok()

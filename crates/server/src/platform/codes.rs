@@ -6,8 +6,8 @@
 
 use rand::RngCore as _;
 
-/// Crockford's base32 alphabet (no I, L, O, U).
-const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+use hallrelay_protocol::crockford::{self, BadChars};
+
 /// Characters in a code: 20 × 5 bits = 100 bits.
 pub const CODE_CHARS: usize = 20;
 
@@ -15,25 +15,16 @@ pub const CODE_CHARS: usize = 20;
 pub fn generate() -> String {
     let mut bytes = [0u8; 13];
     rand::rng().fill_bytes(&mut bytes);
-    let mut bits: u128 = 0;
-    for b in bytes {
-        bits = (bits << 8) | u128::from(b);
-    }
-    // 104 random bits; keep the low 100.
-    let chars: String = (0..CODE_CHARS)
-        .map(|i| ALPHABET[((bits >> (5 * (CODE_CHARS - 1 - i))) & 0x1f) as usize] as char)
-        .collect();
-    group(&chars)
+    let bits = bytes
+        .iter()
+        .fold(0u128, |bits, &b| (bits << 8) | u128::from(b));
+    // 104 random bits; the low 100 are spelled.
+    group(&crockford::encode(bits, CODE_CHARS))
 }
 
 /// `XXXXXXXXXXXXXXXXXXXX` → `XXXX-XXXX-XXXX-XXXX-XXXX`.
 pub fn group(normalised: &str) -> String {
-    normalised
-        .as_bytes()
-        .chunks(4)
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect::<Vec<_>>()
-        .join("-")
+    crockford::group(normalised)
 }
 
 /// Why a typed code cannot be one of ours.
@@ -54,23 +45,10 @@ pub enum BadCode {
 /// The one spelling of a code: upper case, `I`/`L` read as `1`, `O` as `0`, no dashes or
 /// spaces.
 pub fn normalise(input: &str) -> Result<String, BadCode> {
-    let mut out = String::with_capacity(CODE_CHARS);
-    for c in input.chars() {
-        let c = match c.to_ascii_uppercase() {
-            '-' | ' ' | '\t' => continue,
-            'I' | 'L' => '1',
-            'O' => '0',
-            c => c,
-        };
-        if !c.is_ascii() || !ALPHABET.contains(&(c as u8)) {
-            return Err(BadCode::Character(c));
-        }
-        out.push(c);
-    }
-    if out.len() != CODE_CHARS {
-        return Err(BadCode::Length(out.len()));
-    }
-    Ok(out)
+    crockford::normalise(input, CODE_CHARS).map_err(|e| match e {
+        BadChars::Length(n) => BadCode::Length(n),
+        BadChars::Character(c) => BadCode::Character(c),
+    })
 }
 
 /// The key a code is stored under: the blake3 of its normalised form.
