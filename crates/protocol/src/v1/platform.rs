@@ -40,6 +40,12 @@ pub fn relays_path(exam: &str) -> String {
     format!("{}{exam}/relays", super::EXAMS_PREFIX)
 }
 
+/// `/v1/exams/{exam}/keys` (GET, candidate token for that exam): the platform-signed exam keys
+/// document (`hallrelay_envelope::ExamKeys`) the candidate's saves are sealed to.
+pub fn exam_keys_path(exam: &str) -> String {
+    format!("{}{exam}/keys", super::EXAMS_PREFIX)
+}
+
 /// The message a box signs to prove it holds its certificate's key when it enrolls.
 pub fn proof_message(normalised_code: &str) -> Vec<u8> {
     format!("{PROOF_CONTEXT}{normalised_code}").into_bytes()
