@@ -12,10 +12,15 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::CandidateArgs;
+use hallrelay_client::relays::RelayList;
+use hallrelay_client::restore::{self, RestoreError, Restored};
 use hallrelay_client::{
-    Autosaver, AutosaverError, CloudTrust, Discovery, JournalError, Options, SaveError, Summary,
+    Autosaver, AutosaverError, CloudTrust, Connection, Discovery, JournalError, Options, Privacy,
+    SaveError, Summary,
 };
+use hallrelay_envelope::{BadRestoreCode, RestoreSecret};
 use hallrelay_protocol::keys::{KeyFileError, Secret};
+use hallrelay_protocol::token::KeySet;
 
 /// What a simulated candidate does.
 pub struct Plan {
@@ -56,6 +61,15 @@ impl Plan {
             Discovery::mdns(args.mdns_interfaces.clone())
         };
         options.discovery = discovery.with_urls(args.boxes.clone());
+        options.privacy = if args.plaintext {
+            Privacy::Plaintext
+        } else {
+            let platform_keys = match &args.platform_keys_file {
+                Some(path) => Some(read_key_set(path)?),
+                None => None,
+            };
+            Privacy::Encrypt { platform_keys }
+        };
         Ok(Self {
             options,
             interval: args.interval,
@@ -78,6 +92,25 @@ pub enum CandidateError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Save(#[from] SaveError),
+    #[error("cannot read the platform keys {path}: {error}")]
+    PlatformKeys { path: String, error: String },
+    #[error("cannot read the restore code file {path}: {error}")]
+    RestoreCodeFile { path: String, error: String },
+    #[error("the restore code in {path}: {error}")]
+    RestoreCode { path: String, error: BadRestoreCode },
+    #[error("nothing restored: {0}")]
+    Restore(String),
+    #[error("cannot write the restored answers to {path}: {error}")]
+    RestoreOut { path: String, error: std::io::Error },
+}
+
+fn read_key_set(path: &std::path::Path) -> Result<KeySet, CandidateError> {
+    let bad = |error: String| CandidateError::PlatformKeys {
+        path: path.display().to_string(),
+        error,
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
 }
 
 /// Runs the plan, printing each event with `print`, and returns where the journal stands.
@@ -97,8 +130,12 @@ pub async fn run(
             list.venue
         ));
     }
-    // The start of the exam: learn the hall relays while the cloud answers (an event says
-    // how many). When it does not, the journal's list and the --pin flags are what there is.
+    // The start of the exam: learn the exam's keys and the hall relays while the cloud answers
+    // (events say so). When it does not, the journal's keys, its list and the --pin flags are
+    // what there is.
+    if let Err(error) = autosaver.learn_keys().await {
+        print(format!("cannot get the exam's keys now: {error}"));
+    }
     autosaver.learn_relays().await;
     let owed = autosaver.journal().not_in_cloud().len();
     if owed > 0 {
@@ -169,4 +206,90 @@ pub fn simulated_answer(candidate: &str, seq: u64, size: usize) -> Vec<u8> {
     let mut bytes = text.into_bytes();
     bytes.truncate(size.max(1));
     bytes
+}
+
+/// `candidate --restore`: the candidate's newest save, from the cloud if it answers, else
+/// from each trusted box in turn (`--box` URLs and the relay list the journal holds, trusted
+/// only by a pin). `print` tells where it came from; the answers go to `--restore-out` or
+/// standard output.
+pub async fn restore_latest(
+    args: &CandidateArgs,
+    print: impl Fn(String),
+) -> Result<Restored, CandidateError> {
+    let plan = Plan::from_args(args)?;
+    let options = plan.options;
+    let secret = match &args.restore_code_file {
+        Some(path) => {
+            let shown = path.display().to_string();
+            let text =
+                std::fs::read_to_string(path).map_err(|e| CandidateError::RestoreCodeFile {
+                    path: shown.clone(),
+                    error: e.to_string(),
+                })?;
+            Some(
+                RestoreSecret::parse(text.trim())
+                    .map_err(|error| CandidateError::RestoreCode { path: shown, error })?,
+            )
+        }
+        None => None,
+    };
+    let (exam, candidate) = (&options.exam, &options.candidate);
+    let token = Some(options.token.clone());
+    let timeout = std::time::Duration::from_secs(5);
+    let mut tried = Vec::new();
+    let cloud = Connection::to_cloud(&options.cloud, &options.cloud_trust, None, token.clone())
+        .map_err(AutosaverError::from)?
+        .with_timeout(timeout);
+    let mut places = vec![(format!("the cloud at {}", options.cloud), Some(cloud))];
+    let journal_dir = options.journal.join(exam).join(candidate);
+    let mut pins = options.box_pins.clone();
+    let mut urls = args.boxes.clone();
+    if let Some(list) = RelayList::load(&journal_dir) {
+        pins.extend(list.pins().map(str::to_owned));
+        for relay in &list.relays {
+            urls.extend(relay.addresses.iter().map(|a| format!("https://{a}")));
+        }
+    }
+    for url in urls {
+        let conn = Connection::pinned(&url, pins.clone(), token.clone())
+            .ok()
+            .map(|c| c.with_timeout(timeout));
+        places.push((format!("the hall relay at {url}"), conn));
+    }
+    for (name, conn) in places {
+        let Some(conn) = conn else { continue };
+        match restore::latest(&conn, &name, exam, candidate, secret.as_ref()).await {
+            Ok(restored) => {
+                print(format!(
+                    "restored save {} ({}{} bytes) from {name}{}",
+                    restored.seq,
+                    if restored.is_final {
+                        "the final submission, "
+                    } else {
+                        ""
+                    },
+                    restored.payload.len(),
+                    if restored.encrypted {
+                        ", opened with the restore code"
+                    } else {
+                        ", saved unencrypted"
+                    }
+                ));
+                return Ok(restored);
+            }
+            // The code is wrong or missing: another place holds the same envelope.
+            Err(e @ (RestoreError::WrongCode(_) | RestoreError::NeedCode)) => {
+                return Err(CandidateError::Restore(e.to_string()));
+            }
+            Err(e) => {
+                print(format!("not restored from {name}: {e}"));
+                tried.push(e.to_string());
+            }
+        }
+    }
+    Err(CandidateError::Restore(if tried.is_empty() {
+        "no cloud or box to ask".into()
+    } else {
+        tried.join("; ")
+    }))
 }

@@ -39,9 +39,12 @@ pub enum Command {
     /// Run a simulated candidate on the client library: cloud first, a pinned box when the
     /// cloud is gone. At the start it asks the cloud for the exam's relay list (the venue's
     /// enrolled boxes, their pins and addresses) and keeps it in the journal: their pins are
-    /// trusted like --pin, their addresses tried like --box. Exits 0 when every save is acknowledged by the cloud or a pinned box,
-    /// 75 when some are held only in its journal (run it again to send them), 64 on bad
-    /// arguments.
+    /// trusted like --pin, their addresses tried like --box. Each save is encrypted on the
+    /// laptop for the platform and the candidate's restore code (--plaintext: not). Exits 0
+    /// when every save is acknowledged by the cloud or a pinned box, 75 when some are held
+    /// only in its journal (run it again to send them), 64 on bad arguments. With --restore
+    /// it restores the candidate's newest save instead (exit 0, or 1 when nothing could be
+    /// restored).
     Candidate(CandidateArgs),
     /// List the boxes found over mDNS, one line each: name, https://ADDR:PORT, pin. Exits 1
     /// when none is found.
@@ -358,6 +361,28 @@ pub struct CandidateArgs {
     /// Extra CA certificates (PEM) to trust for the cloud.
     #[arg(long, value_name = "FILE")]
     pub cloud_ca_file: Option<PathBuf>,
+    /// Send saves unencrypted. By default each save is sealed on this laptop to the exam's
+    /// key (the platform opens it) and the candidate's restore code (their exam card opens
+    /// it): a box stores and replays it but cannot read it. For integrators who want to see
+    /// the bytes, and platforms that do not encrypt.
+    #[arg(long)]
+    pub plaintext: bool,
+    /// The platform's token keys (its `/v1/platform/keys` JSON) that the exam's keys must be
+    /// signed by [default: the ones the cloud publishes, over the trusted connection].
+    #[arg(long, value_name = "FILE", conflicts_with = "plaintext")]
+    pub platform_keys_file: Option<PathBuf>,
+    /// Restore instead of saving: fetch the candidate's newest save from the cloud or, when
+    /// it cannot be reached, from a trusted box (--box with --pin, or the relay list in the
+    /// journal), open it with the restore code, and write the answers to --restore-out.
+    #[arg(long, conflicts_with_all = ["count", "submit", "plaintext"])]
+    pub restore: bool,
+    /// File holding the restore code printed on the candidate's exam card (28 characters,
+    /// `XXXX-XXXX-…`; `hallrelay cloud card` prints them).
+    #[arg(long, value_name = "FILE", requires = "restore")]
+    pub restore_code_file: Option<PathBuf>,
+    /// Where --restore writes the restored answers [default: standard output].
+    #[arg(long, value_name = "FILE", requires = "restore")]
+    pub restore_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -381,6 +406,10 @@ pub struct DemoArgs {
     /// Keep the demo's data folder instead of deleting it.
     #[arg(long)]
     pub keep: bool,
+    /// Candidates send their saves unencrypted (by default each save is sealed on the laptop
+    /// for the platform and the candidate's restore code, and the box holds only ciphertext).
+    #[arg(long)]
+    pub plaintext: bool,
 }
 
 #[derive(Debug, Args)]

@@ -4,8 +4,9 @@
 //! candidates built on the client library, saving every second. It then cuts the uplink by
 //! stopping the cloud's listener; the candidates fail over to the box, which they find over
 //! mDNS and check by its pin. When the cloud listens again, the candidates return to it and
-//! the box replays what it holds. Finally every save each candidate made is fetched back from
-//! the cloud and compared byte for byte. Everything runs in this one process, on real
+//! the box replays what it holds. Finally every save each candidate made is checked byte for
+//! byte: its plaintext as the platform decrypts it, and its ciphertext as the box and the cloud
+//! hold it (the candidates seal every save on the laptop; `--plaintext` turns that off). Everything runs in this one process, on real
 //! sockets, real TLS and real redb files in a temporary folder.
 
 use std::collections::BTreeMap;
@@ -18,10 +19,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use hallrelay_client::{Autosaver, CloudTrust, Connection, Discovery, Event, Landed, Options};
+use hallrelay_client::{
+    Autosaver, CloudTrust, Connection, Discovery, Event, Landed, Options, Privacy,
+};
 use hallrelay_protocol::keys::{Secret, TokenKey};
 use hallrelay_protocol::token::{self, Claims, DEFAULT_VENUE};
-use hallrelay_protocol::v1::{STATUS, autosave_path, autosaves_path};
+use hallrelay_protocol::v1::platform::answer_path;
+use hallrelay_protocol::v1::{STATUS, autosave_path, autosaves_path, headers};
 use hallrelay_server::api::Limits;
 use hallrelay_server::cloud::CloudConfig;
 use hallrelay_server::config::{Overrides, ServeConfig};
@@ -44,6 +48,8 @@ pub struct DemoPlan {
     /// The folder for the cloud's and the box's data; deleted at the end unless `keep`.
     pub dir: PathBuf,
     pub keep: bool,
+    /// Candidates send saves unencrypted.
+    pub plaintext: bool,
 }
 
 /// Why the demo could not run.
@@ -82,20 +88,37 @@ pub struct DemoReport {
     pub returned: usize,
     pub resent_by_candidates: usize,
     pub box_delivered: u64,
+    /// Saves whose plaintext the platform read back, byte for byte, and whose ciphertext the
+    /// cloud holds byte for byte as the candidate sealed it.
     pub verified: usize,
+    /// Of the saves the box held, how many it held byte for byte as sealed, and how many it
+    /// held.
+    pub box_verified: usize,
+    pub box_held: usize,
+    /// Whether the candidates sealed their saves.
+    pub encrypted: bool,
     pub problems: Vec<String>,
 }
 
 impl DemoReport {
     pub fn ok(&self) -> bool {
-        self.problems.is_empty() && self.verified == self.saves && self.saves > 0
+        self.problems.is_empty()
+            && self.verified == self.saves
+            && self.box_verified == self.box_held
+            && self.saves > 0
     }
 
     /// The timeline's last line, for `saves` saves made.
     fn verdict(&self, saves: usize) -> String {
-        if self.ok() {
+        if self.ok() && self.encrypted {
             format!(
-                "{}/{saves} saves are in the cloud, byte for byte, none extra",
+                "{}/{saves} saves decrypted at the platform byte for byte, none extra; the box \
+                 held {} only as ciphertext, byte for byte as sealed",
+                self.verified, self.box_held
+            )
+        } else if self.ok() {
+            format!(
+                "{}/{saves} saves are in the cloud, byte for byte, none extra (unencrypted)",
                 self.verified
             )
         } else {
@@ -202,10 +225,13 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
     report.box_delivered = delivered;
     report.problems.extend(replay_problem);
     report_clock(&box_client, &line).await;
+    report.encrypted = !plan.plaintext;
+    verify_on_box(&box_client, &saved_by, &mut report).await?;
     hall_box.stop().await?;
 
-    // The proof: every save, fetched back from the cloud.
-    verify_in_cloud((&cloud_url, &cloud_pin), &saved_by, &mut report).await?;
+    // The proof: every save, read back at the platform.
+    let platform = platform_user(&secrets.platform_key, (&cloud_url, &cloud_pin))?;
+    verify_in_cloud((&cloud_url, &cloud_pin), &platform, &saved_by, &mut report).await?;
     cloud.stop().await?;
     line("verify", &report.verdict(saves));
     if !plan.keep {
@@ -361,7 +387,7 @@ fn invigilator(platform_key: &TokenKey, hall_box: &Running) -> Result<Connection
 type SavingCandidate = (
     String,
     Secret,
-    JoinHandle<Result<Vec<(u64, Vec<u8>)>, hallrelay_client::SaveError>>,
+    JoinHandle<Result<Vec<Made>, crate::candidate::CandidateError>>,
 );
 
 /// Starts `plan.candidates` autosavers, cloud first, trusting the box by its pin and finding
@@ -393,6 +419,9 @@ fn start_candidates(
         options.failover_after = FAILOVER_AFTER;
         options.probe_every = SAVE_EVERY;
         options.discovery = discovery.clone();
+        if plan.plaintext {
+            options.privacy = Privacy::Plaintext;
+        }
         let events = events.clone();
         let autosaver = Autosaver::open(options)
             .map_err(crate::candidate::CandidateError::from)?
@@ -405,16 +434,21 @@ fn start_candidates(
     Ok(candidates)
 }
 
-/// Each candidate's token and saves (seq, bytes), once it has stopped and flushed.
-type Saves = BTreeMap<String, (Secret, Vec<(u64, Vec<u8>)>)>;
+/// One save as the candidate made it: seq, what they wrote, and the bytes that left the laptop
+/// (the envelope; the same bytes when unencrypted).
+struct Made {
+    seq: u64,
+    plaintext: Vec<u8>,
+    sent: Vec<u8>,
+}
+
+/// Each candidate's token and saves, once it has stopped and flushed.
+type Saves = BTreeMap<String, (Secret, Vec<Made>)>;
 
 async fn collect_saves(candidates: Vec<SavingCandidate>) -> Result<Saves, DemoError> {
     let mut saved_by = BTreeMap::new();
     for (id, token, task) in candidates {
-        let saves = task
-            .await
-            .map_err(|_| DemoError::NotReady)?
-            .map_err(crate::candidate::CandidateError::from)?;
+        let saves = task.await.map_err(|_| DemoError::NotReady)??;
         saved_by.insert(id, (token, saves));
     }
     Ok(saved_by)
@@ -468,10 +502,58 @@ async fn report_clock(box_client: &Connection, line: &impl Fn(&str, &str)) {
     }
 }
 
-/// Fetches every save back from the cloud with its candidate's token and compares it byte for
-/// byte; records in `report` how many matched, and what did not.
+/// A platform-side user: the platform's admin token at the cloud, which opens saves.
+fn platform_user(
+    platform_key: &TokenKey,
+    (cloud_url, cloud_pin): (&str, &str),
+) -> Result<Connection, DemoError> {
+    let now = hallrelay_protocol::timefmt::unix_secs(SystemTime::now());
+    let claims = Claims::admin(DEFAULT_VENUE, "demo-platform", now, 3600);
+    let token = Secret::new(token::mint(platform_key, &claims));
+    Ok(Connection::pinned(
+        cloud_url,
+        vec![cloud_pin.to_owned()],
+        Some(token),
+    )?)
+}
+
+/// Reads back every save the box holds, with the invigilator's token, and compares it byte for
+/// byte with the bytes that left the candidate's laptop: the box holds what was sealed, and
+/// nothing it could read.
+async fn verify_on_box(
+    box_client: &Connection,
+    saved_by: &Saves,
+    report: &mut DemoReport,
+) -> Result<(), DemoError> {
+    for (id, (_, saves)) in saved_by {
+        let listed = box_client.get(&autosaves_path(EXAM, id)).await?;
+        let listed: Vec<serde_json::Value> = listed.json().unwrap_or_default();
+        for seq in listed.iter().filter_map(|row| row["seq"].as_u64()) {
+            report.box_held += 1;
+            let reply = box_client.get(&autosave_path(EXAM, id, seq)).await?;
+            match saves.iter().find(|m| m.seq == seq) {
+                Some(made) if reply.status.is_success() && reply.body.as_ref() == made.sent => {
+                    report.box_verified += 1;
+                }
+                Some(_) => report.problems.push(format!(
+                    "{id} save {seq}: the box holds other bytes than the laptop sent ({})",
+                    reply.status
+                )),
+                None => report
+                    .problems
+                    .push(format!("{id} save {seq}: the box holds a save nobody made")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fetches every save back from the cloud: the stored bytes with the candidate's token
+/// (byte for byte what left the laptop), and the answer as the platform decrypts it (byte for
+/// byte what the candidate wrote); records in `report` how many matched, and what did not.
 async fn verify_in_cloud(
     (cloud_url, cloud_pin): (&str, &str),
+    platform: &Connection,
     saved_by: &Saves,
     report: &mut DemoReport,
 ) -> Result<(), DemoError> {
@@ -489,15 +571,33 @@ async fn verify_in_cloud(
                 saves.len()
             ));
         }
-        for (seq, bytes) in saves {
-            let reply = client.get(&autosave_path(EXAM, id, *seq)).await?;
-            if reply.status.is_success() && reply.body.as_ref() == bytes.as_slice() {
-                verified += 1;
-            } else {
+        for made in saves {
+            let seq = made.seq;
+            let stored = client.get(&autosave_path(EXAM, id, seq)).await?;
+            if !stored.status.is_success() || stored.body.as_ref() != made.sent {
                 problems.push(format!(
-                    "{id} save {seq}: the cloud answered {}",
-                    reply.status
+                    "{id} save {seq}: the cloud holds other bytes than the laptop sent ({})",
+                    stored.status
                 ));
+                continue;
+            }
+            let answer = platform.get(&answer_path(EXAM, id, seq)).await?;
+            let encrypted = answer.header(headers::ENCRYPTED) == Some("yes");
+            if !answer.status.is_success() || answer.body.as_ref() != made.plaintext {
+                problems.push(format!(
+                    "{id} save {seq}: the platform read other answers than the candidate wrote \
+                     ({}: {})",
+                    answer.status,
+                    answer.message().unwrap_or_default()
+                ));
+            } else if encrypted != report.encrypted {
+                problems.push(format!(
+                    "{id} save {seq}: the platform says encrypted={encrypted}, the candidate \
+                     sealed={}",
+                    report.encrypted
+                ));
+            } else {
+                verified += 1;
             }
         }
     }
@@ -628,7 +728,7 @@ async fn keep_saving(
     mut autosaver: Autosaver,
     id: String,
     stop: CancellationToken,
-) -> Result<Vec<(u64, Vec<u8>)>, hallrelay_client::SaveError> {
+) -> Result<Vec<Made>, crate::candidate::CandidateError> {
     let mut saves = Vec::new();
     let mut ticker = tokio::time::interval(SAVE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -638,9 +738,15 @@ async fn keep_saving(
             _ = ticker.tick() => {}
         }
         let seq = autosaver.journal().last_seq() + 1;
-        let payload = crate::candidate::simulated_answer(&id, seq, SAVE_SIZE);
-        let saved = autosaver.save(&payload, false).await?;
-        saves.push((saved.seq, payload));
+        let plaintext = crate::candidate::simulated_answer(&id, seq, SAVE_SIZE);
+        let saved = autosaver.save(&plaintext, false).await?;
+        // The newest save stays in the journal, the cloud's acknowledgement or not.
+        let sent = autosaver.journal().payload(saved.seq)?;
+        saves.push(Made {
+            seq: saved.seq,
+            plaintext,
+            sent,
+        });
     }
     autosaver.flush().await?;
     Ok(saves)
@@ -726,8 +832,16 @@ pub fn summary_table(r: &DemoReport) -> String {
             r.box_delivered.to_string(),
         ),
         (
-            "in the cloud, byte for byte",
+            if r.encrypted {
+                "decrypted at the platform, byte for byte"
+            } else {
+                "in the cloud, byte for byte (unencrypted)"
+            },
             format!("{}/{}", r.verified, r.saves),
+        ),
+        (
+            "held by the box as sealed, byte for byte",
+            format!("{}/{}", r.box_verified, r.box_held),
         ),
         ("result", if r.ok() { "PASS" } else { "FAIL" }.to_owned()),
     ];

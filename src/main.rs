@@ -160,6 +160,9 @@ const EXIT_ONLY_IN_JOURNAL: u8 = 75;
 
 fn candidate(args: &CandidateArgs) -> ExitCode {
     use hallrelay::candidate::{self, CandidateError};
+    if args.restore {
+        return restore(args);
+    }
     let plan = match candidate::Plan::from_args(args) {
         Ok(plan) => plan,
         Err(e) => return fail(EXIT_USAGE, &e),
@@ -189,6 +192,43 @@ fn candidate(args: &CandidateArgs) -> ExitCode {
             );
             ExitCode::from(EXIT_ONLY_IN_JOURNAL)
         }
+    }
+}
+
+/// `candidate --restore`.
+fn restore(args: &CandidateArgs) -> ExitCode {
+    use hallrelay::candidate::{self, CandidateError};
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async { Ok(candidate::restore_latest(args, |line| eprintln!("{line}")).await) })
+    });
+    let restored = match result {
+        Err(e) => return fail(1, &e),
+        Ok(Err(e @ (CandidateError::Start(_) | CandidateError::RestoreCode { .. }))) => {
+            return fail(EXIT_USAGE, &e);
+        }
+        Ok(Err(e)) => return fail(1, &e),
+        Ok(Ok(restored)) => restored,
+    };
+    let written = match &args.restore_out {
+        Some(path) => hallrelay_durable::write_durably(path, &restored.payload).map_err(|error| {
+            CandidateError::RestoreOut {
+                path: path.display().to_string(),
+                error,
+            }
+        }),
+        None => {
+            use std::io::Write as _;
+            std::io::stdout()
+                .write_all(&restored.payload)
+                .map_err(|error| CandidateError::RestoreOut {
+                    path: "standard output".into(),
+                    error,
+                })
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &e),
     }
 }
 
@@ -226,6 +266,7 @@ fn demo(args: &DemoArgs) -> ExitCode {
         outage: args.outage,
         dir: std::env::temp_dir().join(format!("hallrelay-demo-{}", std::process::id())),
         keep: args.keep,
+        plaintext: args.plaintext,
     };
     let report = runtime().and_then(|rt| {
         rt.block_on(hallrelay::demo::run(plan, |line| println!("{line}")))

@@ -1,8 +1,10 @@
 //! The candidate side of the story: cloud first, a pinned box when the cloud is gone, and a
 //! journal that holds every save until the cloud has it.
 //!
-//! [`Autosaver::save`] writes the save to the [`Journal`] (fsynced) before any network call,
-//! then sends it to the cloud. Once the cloud has been failing for `failover_after`, the
+//! [`Autosaver::save`] seals the save to the exam's keys ([`Privacy`]: the platform and the
+//! candidate's restore code can open it, no box can) and writes the envelope to the
+//! [`Journal`] (fsynced) before any network call, then sends it to the cloud; every later send
+//! of the save, to the cloud or a box, is those same bytes. Once the cloud has been failing for `failover_after`, the
 //! autosaver looks for boxes ([`Discovery`]: mDNS, or addresses known in advance, and the
 //! addresses of the cloud's relay list), skips any whose announced pin is not one it holds, and
 //! connects only to one whose TLS key matches a pin it holds; saves then go there. The pins it
@@ -24,7 +26,9 @@ use http::StatusCode;
 use super::connection::{ClientError, Connection, Reply};
 use super::journal::{Held, Journal, JournalError};
 use crate::discovery::{Browser, Found, MdnsError};
+use crate::encryption::{self, Privacy};
 use crate::relays::{self, Fetched, RelayList};
+use hallrelay_envelope::{Save, Sealer};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::receipt::Receipt;
@@ -156,12 +160,15 @@ pub struct Options {
     pub discovery: Discovery,
     /// The folder holding the journals.
     pub journal: PathBuf,
+    /// Whether saves are sealed before they are journaled (the default) or sent as they are.
+    pub privacy: Privacy,
 }
 
 impl Options {
     /// Options with the defaults: failover after 60 s, probe the cloud every 5 s, mDNS on
-    /// every interface, trust the cloud through the system's CA roots, and no configured box
-    /// pins (so failover only to the boxes of the cloud's relay list).
+    /// every interface, trust the cloud through the system's CA roots, no configured box
+    /// pins (so failover only to the boxes of the cloud's relay list), and every save sealed
+    /// to the exam's keys, checked against the platform keys the cloud publishes.
     pub fn new(cloud: &str, exam: &str, candidate: &str, token: Secret, journal: PathBuf) -> Self {
         Self {
             cloud: cloud.to_owned(),
@@ -174,6 +181,7 @@ impl Options {
             probe_every: Duration::from_secs(5),
             discovery: Discovery::mdns(Vec::new()),
             journal,
+            privacy: Privacy::default(),
         }
     }
 }
@@ -212,6 +220,11 @@ pub enum Event {
     RelaysLearnt {
         venue: String,
         count: usize,
+    },
+    /// Saves are sealed before they leave the laptop: to the exam's key, and to the
+    /// candidate's restore code when `restore`.
+    Encrypting {
+        restore: bool,
     },
     /// Saves go to this box from now on.
     FailedOver {
@@ -266,6 +279,16 @@ impl std::fmt::Display for Event {
                 f,
                 "the cloud lists {count} hall relays for venue {venue}: saves can go to them if \
                  the cloud stops answering"
+            ),
+            Event::Encrypting { restore: true } => write!(
+                f,
+                "saves are encrypted on this laptop for the exam's platform and for the restore \
+                 code on your exam card: a hall relay stores them but cannot read them"
+            ),
+            Event::Encrypting { restore: false } => write!(
+                f,
+                "saves are encrypted on this laptop for the exam's platform: a hall relay stores \
+                 them but cannot read them"
             ),
             // A box given by address rather than found over mDNS is named by its URL.
             Event::FailedOver { name, url } if name == url => write!(
@@ -342,6 +365,13 @@ pub enum SaveError {
     /// The journal could not be written.
     #[error("cannot write the journal, so the save was not taken: {0}")]
     Journal(#[from] JournalError),
+    /// The save is to be sealed, and the exam's keys are not on this laptop yet.
+    #[error(
+        "the exam's encryption keys are not on this laptop yet, so the save was not taken \
+         ({0}); the exam client gets them from the cloud, so it must reach the cloud once, \
+         at the start of the exam"
+    )]
+    NoExamKeys(String),
 }
 
 /// What one PUT came to.
@@ -416,6 +446,10 @@ pub struct Autosaver {
     last_relays_ask: Option<Instant>,
     /// Whether a cloud that offers no relay list was logged (once is enough).
     said_no_relays: bool,
+    /// What saves are sealed to ([`Privacy::Encrypt`]), once the exam's keys are known.
+    sealer: Option<Sealer>,
+    /// When the exam's keys were last asked for, and why that failed.
+    last_keys_ask: Option<(Instant, String)>,
     listener: Option<Listener>,
 }
 
@@ -446,6 +480,15 @@ impl Autosaver {
                 "hall relays known from the journal"
             );
         }
+        let sealer = match &options.privacy {
+            Privacy::Encrypt { platform_keys } => encryption::load(
+                journal.dir(),
+                &options.exam,
+                &options.candidate,
+                platform_keys.as_ref(),
+            ),
+            Privacy::Plaintext => None,
+        };
         Ok(Self {
             options,
             journal,
@@ -461,6 +504,8 @@ impl Autosaver {
             relays_due: true,
             last_relays_ask: None,
             said_no_relays: false,
+            sealer,
+            last_keys_ask: None,
             listener: None,
         })
     }
@@ -477,16 +522,30 @@ impl Autosaver {
         if payload.is_empty() {
             return Err(SaveError::Empty);
         }
+        let sealer = match self.options.privacy {
+            Privacy::Plaintext => None,
+            Privacy::Encrypt { .. } => Some(self.sealer().await?),
+        };
         if self.journal.last_seq() == 0 && !self.asked_for_latest {
             self.asked_for_latest = true;
             self.seq_floor = self.latest_in_cloud().await;
         }
-        let seq = self
-            .journal
-            .append_after(self.seq_floor, payload, is_final)?;
-        let landed = self
-            .deliver(seq, Bytes::copy_from_slice(payload), is_final)
-            .await?;
+        let (exam, candidate) = (&self.options.exam, &self.options.candidate);
+        let (seq, bytes) =
+            self.journal
+                .append_with(self.seq_floor, is_final, |seq| match &sealer {
+                    Some(sealer) => sealer.seal(
+                        &Save {
+                            exam,
+                            candidate,
+                            seq,
+                            is_final,
+                        },
+                        payload,
+                    ),
+                    None => payload.to_vec(),
+                })?;
+        let landed = self.deliver(seq, Bytes::from(bytes), is_final).await?;
         // The cloud answers: the moment to learn (or refresh) the exam's relays.
         if landed == Landed::Cloud
             && self.relays_due
@@ -503,6 +562,63 @@ impl Autosaver {
         };
         self.emit(Event::Saved(saved.clone()));
         Ok(saved)
+    }
+
+    /// Asks the cloud for the exam's keys (the platform-signed document), checks them and keeps
+    /// them in the journal folder. A candidate's client calls it at the start of the exam,
+    /// beside [`learn_relays`](Self::learn_relays); [`save`](Self::save) asks too while the keys
+    /// are unknown (at most every `probe_every`). Nothing to do for [`Privacy::Plaintext`].
+    pub async fn learn_keys(&mut self) -> Result<(), encryption::KeysError> {
+        let Privacy::Encrypt { platform_keys } = &self.options.privacy else {
+            return Ok(());
+        };
+        let cloud = self.cloud.with_timeout(BOX_PROBE_TIMEOUT);
+        let fetched = encryption::fetch(
+            &cloud,
+            self.journal.dir(),
+            &self.options.exam,
+            &self.options.candidate,
+            platform_keys.as_ref(),
+        )
+        .await;
+        match fetched {
+            Ok(sealer) => {
+                let restore = sealer.seals_for_restore();
+                let first = self.sealer.is_none();
+                self.sealer = Some(sealer);
+                self.last_keys_ask = None;
+                if first {
+                    tracing::info!(candidate = %self.options.candidate, restore, "saves are sealed to the exam's keys");
+                    self.emit(Event::Encrypting { restore });
+                }
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(candidate = %self.options.candidate, %error, "cannot get the exam's keys");
+                self.last_keys_ask = Some((Instant::now(), error.to_string()));
+                Err(error)
+            }
+        }
+    }
+
+    /// The sealer, asking the cloud for the keys if they are unknown and were not asked for
+    /// within `probe_every`.
+    async fn sealer(&mut self) -> Result<Sealer, SaveError> {
+        if let Some(sealer) = &self.sealer {
+            return Ok(sealer.clone());
+        }
+        if let Some((at, error)) = &self.last_keys_ask
+            && at.elapsed() < self.options.probe_every
+        {
+            return Err(SaveError::NoExamKeys(error.clone()));
+        }
+        match self.learn_keys().await {
+            Ok(()) => self
+                .sealer
+                .clone()
+                .ok_or_else(|| SaveError::NoExamKeys("no keys".into())),
+            Err(error) => Err(SaveError::NoExamKeys(error.to_string())),
+        }
     }
 
     /// Asks the cloud for the exam's relay list and keeps it (in memory and in the journal

@@ -6,7 +6,7 @@
 //!
 //! | file | holds | written |
 //! | --- | --- | --- |
-//! | `SEQ.save`, `SEQ.final` | the payload (`.final`: a final submission) | temporary file, fsync, rename, fsync the folder |
+//! | `SEQ.save`, `SEQ.final` | the payload as it is sent: the sealed envelope, or the plaintext for a client told not to encrypt (`.final`: a final submission) | temporary file, fsync, rename, fsync the folder |
 //! | `SEQ.box` | the receipts of the boxes that acknowledged it, one JSON body a line (one per box) | after each box's 2xx |
 //! | `SEQ.cloud` | nothing: the cloud acknowledged it | after the cloud's 2xx |
 //!
@@ -187,9 +187,24 @@ impl Journal {
         payload: &[u8],
         is_final: bool,
     ) -> Result<u64, JournalError> {
+        self.append_with(floor, is_final, |_| payload.to_vec())
+            .map(|(seq, _)| seq)
+    }
+
+    /// Writes the next save (a seq above `floor` and above every seq given out) with the bytes
+    /// `bytes_for(seq)` makes, and returns its seq and those bytes once they are on disk. The
+    /// autosaver seals here: an envelope names its seq, and it is made once, so every send of
+    /// the save is the same bytes.
+    pub fn append_with(
+        &mut self,
+        floor: u64,
+        is_final: bool,
+        bytes_for: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<(u64, Vec<u8>), JournalError> {
         let seq = self.last_seq().max(floor) + 1;
+        let bytes = bytes_for(seq);
         let path = self.file(seq, if is_final { "final" } else { "save" });
-        hallrelay_durable::write_durably(&path, payload).map_err(|source| JournalError {
+        hallrelay_durable::write_durably(&path, &bytes).map_err(|source| JournalError {
             path: path.clone(),
             source,
         })?;
@@ -208,7 +223,7 @@ impl Journal {
                 held: Held::Journal,
             },
         );
-        Ok(seq)
+        Ok((seq, bytes))
     }
 
     /// The payload of save `seq`.

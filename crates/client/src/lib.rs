@@ -18,9 +18,11 @@
 mod autosaver;
 mod connection;
 pub mod discovery;
+pub mod encryption;
 mod journal;
 pub mod proxy;
 pub mod relays;
+pub mod restore;
 pub mod tls;
 
 pub use autosaver::{
@@ -30,5 +32,6 @@ pub use autosaver::{
 pub use connection::{
     BadCloudUrl, ClientError, Connection, Reply, check_cloud_url, check_proxy_for,
 };
+pub use encryption::{KeysError, Privacy};
 pub use journal::{Entry, Held, Journal, JournalError};
 pub use proxy::{BadProxyUrl, Proxy, ProxyError};

@@ -52,6 +52,11 @@ impl Sealer {
         Self { exam, restore }
     }
 
+    /// Whether envelopes get a restore recipient (the candidate has a restore secret).
+    pub fn seals_for_restore(&self) -> bool {
+        self.restore.is_some()
+    }
+
     /// The envelope of `payload` for `save`.
     pub fn seal(&self, save: &Save<'_>, payload: &[u8]) -> Vec<u8> {
         let rng = SystemRandom::new();

@@ -27,3 +27,6 @@ pub const EXPORT_LAST: HeaderName = HeaderName::from_static("hallrelay-export-la
 /// On the cloud's answers: its clock, Unix milliseconds. A box syncs its hall clock from it
 /// over the pinned connection (the `Date` header does too, to the second).
 pub const TIME: HeaderName = HeaderName::from_static("hallrelay-time");
+/// On the platform's answer route: `yes` when the save was an envelope the platform opened,
+/// `no` when it was saved unencrypted.
+pub const ENCRYPTED: HeaderName = HeaderName::from_static("hallrelay-encrypted");

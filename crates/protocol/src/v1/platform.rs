@@ -46,6 +46,12 @@ pub fn exam_keys_path(exam: &str) -> String {
     format!("{}{exam}/keys", super::EXAMS_PREFIX)
 }
 
+/// `/v1/exams/{exam}/candidates/{candidate}/autosaves/{seq}/answer` (GET, platform admin
+/// token): the save as the platform reads it, decrypted.
+pub fn answer_path(exam: &str, candidate: &str, seq: u64) -> String {
+    format!("{}/answer", super::autosave_path(exam, candidate, seq))
+}
+
 /// The message a box signs to prove it holds its certificate's key when it enrolls.
 pub fn proof_message(normalised_code: &str) -> Vec<u8> {
     format!("{PROOF_CONTEXT}{normalised_code}").into_bytes()
