@@ -23,3 +23,56 @@ pub use exam_keys::{ExamKeys, ExamKeysError};
 pub use keys::{PrivateKey, PublicKey};
 pub use restore::{BadRestoreCode, RestoreSecret};
 pub use seal::{OpenError, Save, Sealer, open};
+
+/// The test vector of docs/envelope.md opens with this crate, so the document stays true.
+#[cfg(test)]
+mod vector {
+    use super::*;
+    use hallrelay_protocol::envelope::Role;
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_vector_opens() {
+        let doc = include_str!("../../../docs/envelope.md");
+        let start = doc.find("```json vector\n").expect("the vector block") + 15;
+        let end = start + doc[start..].find("```").expect("its end");
+        let v: serde_json::Value = serde_json::from_str(&doc[start..end]).expect("JSON");
+        let text = |k: &str| v[k].as_str().expect(k).to_owned();
+        let exam = PrivateKey::derive(&hex(&text("exam_ikm")));
+        let secret = RestoreSecret::parse(&text("restore_code")).expect("the code");
+        let restore = secret.key(&text("exam"), &text("candidate"));
+        assert_eq!(exam.public().to_bytes().to_vec(), hex(&text("exam_public")));
+        assert_eq!(
+            restore.public().to_bytes().to_vec(),
+            hex(&text("restore_public"))
+        );
+        let (exam_id, candidate) = (text("exam"), text("candidate"));
+        let save = Save {
+            exam: &exam_id,
+            candidate: &candidate,
+            seq: v["seq"].as_u64().expect("seq"),
+            is_final: v["final"].as_bool().expect("final"),
+        };
+        let envelope = hex(&text("envelope"));
+        let plaintext = text("plaintext").into_bytes();
+        assert_eq!(
+            open(&envelope, &exam, Role::Exam, &save),
+            Ok(plaintext.clone())
+        );
+        assert_eq!(
+            open(&envelope, &restore, Role::Restore, &save),
+            Ok(plaintext)
+        );
+        let later = Save {
+            seq: save.seq + 1,
+            ..save
+        };
+        assert!(open(&envelope, &exam, Role::Exam, &later).is_err());
+    }
+}
