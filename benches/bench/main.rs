@@ -15,6 +15,7 @@
 //! | 7 | storage amplification, essay autosaves | ≤ 1.1 |
 //! | 8 | restart to serving with 1 million stored autosaves | ≤ 1 s |
 //! | 9 | a console refresh with 1 million stored autosaves (issue 16) | — |
+//! | 10 | the client's cost of sealing a 16 KiB and a 1 MiB save (issue 21) | — |
 //!
 //! Every box under test is the real binary (`hallrelay serve`, a fresh data dir, loopback,
 //! no mDNS) in its own process, so that its memory is its own; the load comes from this
@@ -32,6 +33,7 @@ mod load;
 mod machine;
 mod replay;
 mod restart;
+mod sealing;
 mod storage;
 
 use std::fmt::Write as _;
@@ -160,6 +162,11 @@ fn main() {
     }
     if wanted(9) {
         let (row, note) = runtime.block_on(console::refresh(scratch.path(), scale));
+        rows.push(row);
+        notes.extend(note);
+    }
+    if wanted(10) {
+        let (row, note) = sealing::cost(scratch.path(), scale);
         rows.push(row);
         notes.extend(note);
     }
