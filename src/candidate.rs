@@ -162,8 +162,12 @@ pub async fn run(
     Ok(summary)
 }
 
-/// Text that looks like an essay being written: a header naming the candidate, save and time,
-/// then filler to `size` bytes that differs from save to save.
+/// The word every simulated answer starts with: a test that searches a box, a bundle or a
+/// log for it finds any answer stored or written there in plain text.
+pub const ANSWER_MARKER: &str = "photosynthesis";
+
+/// Text that looks like an essay being written: a header naming the topic ([`ANSWER_MARKER`]),
+/// the candidate, save and time, then filler to `size` bytes that differs from save to save.
 pub fn simulated_answer(candidate: &str, seq: u64, size: usize) -> Vec<u8> {
     const WORDS: &[&str] = &[
         "the",
@@ -188,7 +192,7 @@ pub fn simulated_answer(candidate: &str, seq: u64, size: usize) -> Vec<u8> {
         "proof",
     ];
     let mut text = format!(
-        "candidate {candidate}, save {seq}, written {}\n",
+        "{ANSWER_MARKER}: candidate {candidate}, save {seq}, written {}\n",
         hallrelay_protocol::timefmt::rfc3339(SystemTime::now())
     );
     let mut x = blake3::hash(format!("{candidate}/{seq}").as_bytes())

@@ -406,6 +406,10 @@ pub struct DemoArgs {
     /// Keep the demo's data folder instead of deleting it.
     #[arg(long)]
     pub keep: bool,
+    /// The demo's data folder (the cloud's, the box's, the journals and the export bundle);
+    /// kept at the end [default: a new folder in the system's temporary folder].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
     /// Candidates send their saves unencrypted (by default each save is sealed on the laptop
     /// for the platform and the candidate's restore code, and the box holds only ciphertext).
     #[arg(long)]

@@ -75,6 +75,8 @@ pub enum DemoError {
     Client(#[from] hallrelay_client::ClientError),
     #[error(transparent)]
     Candidate(#[from] crate::candidate::CandidateError),
+    #[error("the export bundle: {0}")]
+    Export(#[from] crate::ops::OpsError),
 }
 
 /// What the demo found.
@@ -227,6 +229,27 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
     report_clock(&box_client, &line).await;
     report.encrypted = !plan.plaintext;
     verify_on_box(&box_client, &saved_by, &mut report).await?;
+    // The USB fallback, had the uplink never come back: the invigilator's export bundle.
+    let bundle = plan.dir.join("hall.bundle");
+    let exported = crate::ops::export(
+        &format!("https://{}", hall_box.addr),
+        admin_token(&secrets.platform_key),
+        &hall_box.pin,
+        &bundle,
+    )
+    .await?;
+    line(
+        "box",
+        &format!(
+            "exported {} autosaves to hall.bundle (the USB fallback){}",
+            exported.manifest.entries.len(),
+            if plan.plaintext {
+                ""
+            } else {
+                ": sealed envelopes and receipts, no answer the box could read"
+            }
+        ),
+    );
     hall_box.stop().await?;
 
     // The proof: every save, read back at the platform.
@@ -371,16 +394,20 @@ fn box_config(
 
 /// The box, as an invigilator sees it: pinned, with an admin token.
 fn invigilator(platform_key: &TokenKey, hall_box: &Running) -> Result<Connection, DemoError> {
-    let now = hallrelay_protocol::timefmt::unix_secs(SystemTime::now());
-    let admin = Secret::new(token::mint(
-        platform_key,
-        &Claims::admin(DEFAULT_VENUE, "demo", now, 3600),
-    ));
     Ok(Connection::pinned(
         &format!("https://{}", hall_box.addr),
         vec![hall_box.pin.clone()],
-        Some(admin),
+        Some(admin_token(platform_key)),
     )?)
+}
+
+/// An admin token for the venue, good for an hour.
+fn admin_token(platform_key: &TokenKey) -> Secret {
+    let now = hallrelay_protocol::timefmt::unix_secs(SystemTime::now());
+    Secret::new(token::mint(
+        platform_key,
+        &Claims::admin(DEFAULT_VENUE, "demo", now, 3600),
+    ))
 }
 
 /// A candidate saving in the background: its id, its token, and its saves once it stops.
@@ -507,13 +534,10 @@ fn platform_user(
     platform_key: &TokenKey,
     (cloud_url, cloud_pin): (&str, &str),
 ) -> Result<Connection, DemoError> {
-    let now = hallrelay_protocol::timefmt::unix_secs(SystemTime::now());
-    let claims = Claims::admin(DEFAULT_VENUE, "demo-platform", now, 3600);
-    let token = Secret::new(token::mint(platform_key, &claims));
     Ok(Connection::pinned(
         cloud_url,
         vec![cloud_pin.to_owned()],
-        Some(token),
+        Some(admin_token(platform_key)),
     )?)
 }
 

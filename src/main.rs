@@ -264,8 +264,10 @@ fn demo(args: &DemoArgs) -> ExitCode {
     let plan = hallrelay::demo::DemoPlan {
         candidates: args.candidates,
         outage: args.outage,
-        dir: std::env::temp_dir().join(format!("hallrelay-demo-{}", std::process::id())),
-        keep: args.keep,
+        dir: args.dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("hallrelay-demo-{}", std::process::id()))
+        }),
+        keep: args.keep || args.dir.is_some(),
         plaintext: args.plaintext,
     };
     let report = runtime().and_then(|rt| {
