@@ -1,6 +1,6 @@
 //! Discovery, trust and failover, end to end with the real binary: mDNS on loopback, a hall
 //! and a laptop in two network namespaces joined by a veth pair, a rogue box, a client killed
-//! with SIGKILL, and the one-command demo.
+//! with SIGKILL. (The one-command demo is run by `tests/privacy.rs`.)
 
 use hallrelay_testkit as common;
 
@@ -451,28 +451,6 @@ fn a_killed_client_resends_its_journal_on_restart() {
         "printed {printed} journal-only saves, the cloud ends at {last}"
     );
     assert_eq!(seqs, (1..=last).collect::<Vec<u64>>(), "a gap or a repeat");
-}
-
-/// The README's first command: the whole story on loopback, verified byte for byte (in a
-/// namespace of its own, for the reason given above).
-#[test]
-fn the_demo_passes() {
-    let Some(net) = common::netns_or_skip("the demo") else {
-        return;
-    };
-    let out = common::command(Some(&net.hall))
-        .args(["demo", "--candidates", "5", "--outage", "6s"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("5/5 failed over to hallrelay-demo"), "{text}");
-    assert!(text.contains("5/5 back on the cloud"), "{text}");
-    assert!(text.contains("PASS"), "{text}");
 }
 
 /// The box as another mDNS implementation sees it, on a real veth: python-zeroconf resolves
