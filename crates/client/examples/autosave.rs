@@ -1,6 +1,7 @@
 //! A candidate's exam client saving through the reference client: to the platform's cloud
 //! first, to a box in the hall (trusted only by its pin: the cloud's relay list gives the
-//! venue's, BOX_PIN adds boxes without a platform) when the cloud is gone, and back.
+//! venue's, BOX_PIN adds boxes without a platform) when the cloud is gone, and back. Each save
+//! is sealed on the laptop to the exam's keys before it is journaled.
 //!
 //! ```text
 //! cargo run -p hallrelay-client --example autosave -- \
@@ -38,8 +39,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::io::stdin().read_to_end(&mut answers)?;
     // Every step is an event a client can show: "save 1 saved to the cloud at 10:32:15 UTC".
     let mut autosaver = Autosaver::open(options)?.on_event(|event| println!("{event}"));
-    // The start of the exam: learn the venue's boxes while the cloud answers (kept in the
-    // journal for the day it does not).
+    // The start of the exam, while the cloud answers: the exam's keys (every save is sealed
+    // to them on this laptop: the platform and the candidate's restore code open it, no box
+    // can) and the venue's boxes, both kept in the journal for the day the cloud is gone.
+    autosaver.learn_keys().await?;
     autosaver.learn_relays().await;
     let saved = autosaver.save(&answers, false).await?;
     println!("landed: {:?}", saved.landed);
