@@ -153,3 +153,51 @@ fn store(dir: &Path, file: &str, value: &impl serde::Serialize) -> Result<(), Ke
     hallrelay_durable::write_durably(&path, &bytes)
         .map_err(|source| KeysError::Store { path, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hallrelay_envelope::PrivateKey;
+    use hallrelay_protocol::keys::TokenKey;
+    use hallrelay_protocol::token::PublicKey;
+
+    /// The journal's document is checked whenever it is read: one whose exam key was swapped
+    /// on the laptop's disk (to make the client seal to someone else) is not used.
+    #[test]
+    fn a_swapped_key_in_the_journal_is_not_sealed_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let platform = TokenKey::from_bytes([5; 32]);
+        let keys = KeySet::new(vec![PublicKey::of(&platform)]);
+        let exam = PrivateKey::derive(&[1; 32]).public();
+        let doc = ExamKeys::sign(
+            &platform,
+            "e",
+            "c",
+            &exam,
+            None,
+            std::time::SystemTime::now(),
+        );
+        store(dir.path(), EXAM_KEYS_FILE, &doc).unwrap();
+        store(dir.path(), PLATFORM_KEYS_FILE, &keys).unwrap();
+        assert!(load(dir.path(), "e", "c", None).is_some());
+        assert!(load(dir.path(), "e", "c", Some(&keys)).is_some());
+        assert!(load(dir.path(), "e", "other", None).is_none());
+
+        let mut swapped = doc.clone();
+        swapped.exam_key = PrivateKey::derive(&[6; 32]).public().to_text();
+        store(dir.path(), EXAM_KEYS_FILE, &swapped).unwrap();
+        assert!(load(dir.path(), "e", "c", None).is_none());
+        // Nor does replacing the platform's keys beside it help, when the client was
+        // configured with the platform's keys.
+        let forger = TokenKey::from_bytes([7; 32]);
+        let forged = ExamKeys::sign(&forger, "e", "c", &exam, None, std::time::SystemTime::now());
+        store(dir.path(), EXAM_KEYS_FILE, &forged).unwrap();
+        store(
+            dir.path(),
+            PLATFORM_KEYS_FILE,
+            &KeySet::new(vec![PublicKey::of(&forger)]),
+        )
+        .unwrap();
+        assert!(load(dir.path(), "e", "c", Some(&keys)).is_none());
+    }
+}
