@@ -267,6 +267,24 @@ async fn a_platform_admin_reads_the_plaintext_of_a_stored_save() {
     let reply = cloud.answer(&cloud.client(None), "c1", 1).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
 
+    // Each plaintext read is in the cloud's audit log, with who read it.
+    let reply = cloud.admin().get("/v1/audit").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let log: serde_json::Value = reply.json().unwrap();
+    let reads: Vec<&serde_json::Value> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "answer_read")
+        .collect();
+    let seqs: Vec<u64> = reads.iter().filter_map(|e| e["read"].as_u64()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5], "{log}");
+    assert!(
+        reads
+            .iter()
+            .all(|e| e["subject"] == "test" && e["candidate"] == "c1")
+    );
+
     // `hallrelay cloud answer`, as the platform's staff run it.
     let token_file = write_secret(
         &cloud.dir.path().join("admin.token"),

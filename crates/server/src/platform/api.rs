@@ -239,14 +239,12 @@ pub async fn handle(
                      admin token",
                 ));
             }
-            crate::api::audit::admin_read(
-                state,
-                &request,
-                &name.exam,
-                &name.candidate,
-                Some(name.seq),
-            )
-            .await?;
+            // Who read a candidate's plaintext is recorded before anything is sent.
+            let admin = state.auth.admin(bearer(&request))?;
+            let fields = serde_json::json!({
+                "exam": name.exam, "candidate": name.candidate, "read": name.seq,
+            });
+            crate::api::audit::record(state, &admin, "answer_read", fields).await?;
             super::answers::answer(state, platform, name).await
         }
     }
