@@ -473,6 +473,51 @@ pub enum CloudAction {
     /// public key stays published for the tokens it signed. A running cloud picks up each
     /// step within a second.
     RotateKey(RotateKeyArgs),
+    /// Print candidates' exam-card restore codes, offline, from the answer keys in the cloud's
+    /// data dir: for each candidate, the code (seven groups of four) and a QR code of it. With
+    /// the code, the candidate restores their own latest answers onto a spare laptop from the
+    /// hall's box while the uplink is down. Whoever holds a code can open that candidate's
+    /// answers for that exam: print it on the candidate's own card only, and hand it to no
+    /// one else.
+    Card(CardArgs),
+    /// Fetch the plaintext of one stored save from a running cloud with a platform admin
+    /// token: the cloud opens it with the exam's key. Written to stdout, or to --out (mode
+    /// 0600); stderr says whether the save was stored encrypted or as plaintext.
+    Answer(AnswerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CardArgs {
+    /// The cloud's data dir, which holds answer-keys.key (created at the cloud's first start).
+    #[arg(long, value_name = "DIR", default_value = "hallrelay-cloud")]
+    pub data_dir: PathBuf,
+    /// The exam id.
+    #[arg(long, value_name = "E", value_parser = id)]
+    pub exam: String,
+    /// A candidate id; repeat for several cards.
+    #[arg(long = "candidate", value_name = "C", value_parser = id, required = true)]
+    pub candidates: Vec<String>,
+    /// Do not print the QR codes.
+    #[arg(long)]
+    pub no_qr: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AnswerArgs {
+    #[command(flatten)]
+    pub access: PlatformAccess,
+    /// The exam id.
+    #[arg(long, value_name = "E", value_parser = id)]
+    pub exam: String,
+    /// The candidate id.
+    #[arg(long, value_name = "C", value_parser = id)]
+    pub candidate: String,
+    /// The save's seq.
+    #[arg(long, value_name = "N")]
+    pub seq: u64,
+    /// Write the plaintext to FILE (mode 0600) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -530,6 +575,16 @@ pub struct PinArgs {
     /// The box's pin (sha256//…, from `cloud boxes` or the box's console).
     #[arg(long, value_name = "PIN", value_parser = pin)]
     pub pin: String,
+}
+
+fn id(text: &str) -> Result<String, String> {
+    if hallrelay_protocol::ids::is_valid_id(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an id: ids match [A-Za-z0-9._-]{{1,64}}"
+        ))
+    }
 }
 
 fn pin(text: &str) -> Result<String, String> {

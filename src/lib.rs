@@ -13,12 +13,13 @@
 //!   and the reference cloud;
 //! - this package: [`cli`] (the clap types, and only here), and the commands: [`ops`]
 //!   (`status`, `audit`, `export`, `verify`, `import`), [`platform`] (`cloud enroll`, `boxes`,
-//!   `revoke`, `confirm`), [`mint`] (`token`), [`candidate`] (a
+//!   `revoke`, `confirm`), [`answers`] (`cloud card`, `cloud answer`), [`mint`] (`token`), [`candidate`] (a
 //!   simulated candidate), [`demo`] (the whole story on loopback), [`loadtest`] (can this box
 //!   take this hall, by experiment) and [`loadgen`], the load generator it and the benchmarks
 //!   share.
 #![forbid(unsafe_code)]
 
+pub mod answers;
 pub mod candidate;
 pub mod cli;
 pub mod demo;

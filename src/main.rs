@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use hallrelay::cli::{
-    AuditArgs, CandidateArgs, CheckArgs, Cli, CloudAction, CloudArgs, Command, DemoArgs,
+    AuditArgs, CandidateArgs, CardArgs, CheckArgs, Cli, CloudAction, CloudArgs, Command, DemoArgs,
     DiscoverArgs, ExportArgs, ImportArgs, LoadtestArgs, ReplayArgs, ReportArgs, RotateKeyArgs,
     StatusArgs, VerifyArgs,
 };
@@ -147,6 +147,10 @@ where
             Some(ServeError::Store(store)) if store.is_disk_failure() => fail(EXIT_IO, &e),
             Some(ServeError::Store(_) | ServeError::Identity(_)) => fail(EXIT_DATA, &e),
             Some(ServeError::KeyFile(_)) => fail(EXIT_USAGE, &e),
+            Some(ServeError::AnswerKeys(hallrelay_server::platform::AnswerKeysError::Key(_))) => {
+                fail(EXIT_USAGE, &e)
+            }
+            Some(ServeError::AnswerKeys(_)) => fail(EXIT_DATA, &e),
             // An enrollment file or platform registry this build cannot read: not a restart's
             // business.
             Some(ServeError::Enrollment(_) | ServeError::Registry(_)) => fail(EXIT_DATA, &e),
@@ -359,11 +363,13 @@ fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
     }
 }
 
-/// `cloud enroll|boxes|revoke|confirm`.
+/// `cloud enroll|boxes|revoke|confirm|answer|card|rotate-key`.
 fn cloud_action(action: &CloudAction) -> ExitCode {
     use hallrelay::platform;
     let access = match action {
         CloudAction::RotateKey(a) => return rotate_key(a),
+        CloudAction::Card(a) => return card(a),
+        CloudAction::Answer(a) => &a.access,
         CloudAction::Enroll(a) => &a.access,
         CloudAction::Boxes(a) => a,
         CloudAction::Revoke(a) | CloudAction::Confirm(a) => &a.access,
@@ -400,8 +406,36 @@ fn cloud_action(action: &CloudAction) -> ExitCode {
                 row.name, row.pin
             ))
         }),
-        // Answered above, on the cloud's own files: it needs no connection.
+        CloudAction::Answer(a) => run_ops(
+            hallrelay::answers::answer(&cloud, &a.exam, &a.candidate, a.seq),
+            |answer| {
+                use std::io::Write as _;
+                let said = hallrelay::answers::describe(&answer, &a.exam, &a.candidate, a.seq);
+                let _ = writeln!(std::io::stderr(), "{said}");
+                match hallrelay::answers::deliver(&answer, a.out.as_deref()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(1, &e),
+                }
+            },
+        ),
+        // Answered above, on the cloud's own files: they need no connection.
         CloudAction::RotateKey(a) => rotate_key(a),
+        CloudAction::Card(a) => card(a),
+    }
+}
+
+/// `cloud card`: exam-card restore codes, from the cloud's answer keys.
+fn card(args: &CardArgs) -> ExitCode {
+    use hallrelay_server::platform::AnswerKeysError;
+    match hallrelay::answers::cards(&args.data_dir, &args.exam, &args.candidates, !args.no_qr) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ (AnswerKeysError::BadLength { .. } | AnswerKeysError::Random)) => {
+            fail(EXIT_DATA, &e)
+        }
+        Err(e) => fail(EXIT_USAGE, &e),
     }
 }
 

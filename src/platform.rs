@@ -111,21 +111,23 @@ pub fn show_code(issued: &CodeIssued, qr: bool) -> String {
         issued.code, issued.venue, issued.expires_at, issued.code
     );
     if qr {
-        match qrcode::QrCode::new(issued.code.as_bytes()) {
-            Ok(code) => {
-                out.push('\n');
-                out.push_str(
-                    &code
-                        .render::<qrcode::render::unicode::Dense1x2>()
-                        .quiet_zone(true)
-                        .build(),
-                );
-                out.push('\n');
-            }
-            Err(e) => out.push_str(&format!("(no QR code: {e})\n")),
-        }
+        out.push_str(&qr_code(&issued.code));
     }
     out
+}
+
+/// `text` as a QR code drawn with Unicode blocks for a terminal (or a note why there is none),
+/// after a blank line: for codes a person scans rather than types.
+pub fn qr_code(text: &str) -> String {
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => format!(
+            "\n{}\n",
+            code.render::<qrcode::render::unicode::Dense1x2>()
+                .quiet_zone(true)
+                .build()
+        ),
+        Err(e) => format!("(no QR code: {e})\n"),
+    }
 }
 
 /// One line a box, then its pin and addresses.

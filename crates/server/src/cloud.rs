@@ -9,7 +9,9 @@
 //!
 //! It also plays the exam platform ([`crate::platform`]): it issues enrollment codes, enrolls
 //! boxes into `platform.redb`, accepts their credentials for replay (and for nothing that
-//! reads), and lists each exam's relays to its candidates.
+//! reads), and lists each exam's relays to its candidates. It holds the exams' answer keys
+//! (`answer-keys.key`): it gives each candidate the signed keys their saves are sealed to, and
+//! opens a stored save for a platform admin; the box it plays against never can.
 //!
 //! It speaks plain HTTP only on a loopback address; anywhere else it serves TLS with its own
 //! identity. For tests, `--fault-rate` answers that share of requests with 500 and
@@ -118,7 +120,13 @@ pub async fn run(
         Some(path) => load_appliance_tokens(path)?,
         None => Vec::new(),
     };
-    let platform = Arc::new(crate::platform::Platform::open(&config.data_dir)?);
+    let ring = KeyRing::open(&config.venue_key_file)?;
+    let answer_keys = crate::platform::AnswerKeys::open_or_create(&config.data_dir)?;
+    let platform = Arc::new(crate::platform::Platform::open(
+        &config.data_dir,
+        ring.clone(),
+        answer_keys,
+    )?);
     let tls = if config.tls || !config.listen.ip().is_loopback() {
         Some(Arc::new(crate::tls::server_config(&parts.identity)?))
     } else {
@@ -132,7 +140,6 @@ pub async fn run(
     );
     on_ready(&ready);
     let store = parts.store.clone();
-    let ring = KeyRing::open(&config.venue_key_file)?;
     let state = Arc::new(AppState {
         store: parts.store,
         auth: Auth::for_cloud(ring.published()?, credentials)

@@ -49,6 +49,8 @@ pub enum ServeError {
     Enrollment(#[from] crate::enrollment::StateFileError),
     #[error(transparent)]
     Registry(#[from] crate::platform::RegistryError),
+    #[error(transparent)]
+    AnswerKeys(#[from] crate::platform::AnswerKeysError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,

@@ -18,6 +18,10 @@ pub const SEQ: HeaderName = HeaderName::from_static("hallrelay-seq");
 pub const BLAKE3: HeaderName = HeaderName::from_static("hallrelay-blake3");
 /// Whether a payload a GET answers is the candidate's final submission (`true`/`false`).
 pub const FINAL: HeaderName = HeaderName::from_static("hallrelay-final");
+/// On the reference cloud's plaintext of a save (`…/autosaves/{seq}/answer`): `yes` when the
+/// stored save was an envelope, opened with the exam's key; `no` when it was stored as
+/// plaintext (a client that does not encrypt) and is returned as is.
+pub const ENCRYPTED: HeaderName = HeaderName::from_static("hallrelay-encrypted");
 /// When the server received a payload a GET answers (RFC 3339).
 pub const RECEIVED_AT: HeaderName = HeaderName::from_static("hallrelay-received-at");
 /// On an export page: whether more pages follow (`true`/`false`).
@@ -27,6 +31,3 @@ pub const EXPORT_LAST: HeaderName = HeaderName::from_static("hallrelay-export-la
 /// On the cloud's answers: its clock, Unix milliseconds. A box syncs its hall clock from it
 /// over the pinned connection (the `Date` header does too, to the second).
 pub const TIME: HeaderName = HeaderName::from_static("hallrelay-time");
-/// On the platform's answer route: `yes` when the save was an envelope the platform opened,
-/// `no` when it was saved unencrypted.
-pub const ENCRYPTED: HeaderName = HeaderName::from_static("hallrelay-encrypted");

@@ -1,5 +1,5 @@
-//! The platform's side of the v1 API: enrollment, box management, the platform's public keys
-//! and the relays of an exam. Paths and bodies are written once here, for the reference cloud
+//! The platform's side of the v1 API: enrollment, box management, the platform's public keys,
+//! the relays of an exam, an exam's keys and a save's plaintext. Paths and bodies are written once here, for the reference cloud
 //! that serves them, the box that enrolls, and the operator's `cloud enroll|boxes|revoke|confirm`
 //! commands. docs/enrollment.md describes the protocol.
 //!
@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::is_valid_id;
+use crate::ids::{AutosaveName, is_valid_id};
 
 /// `POST` (platform admin token): a one-time enrollment code.
 pub const ENROLLMENT_CODES: &str = "/v1/enrollment/codes";
@@ -46,10 +46,16 @@ pub fn exam_keys_path(exam: &str) -> String {
     format!("{}{exam}/keys", super::EXAMS_PREFIX)
 }
 
+/// What [`answer_path`] adds to a save's path.
+const ANSWER_SUFFIX: &str = "/answer";
+
 /// `/v1/exams/{exam}/candidates/{candidate}/autosaves/{seq}/answer` (GET, platform admin
-/// token): the save as the platform reads it, decrypted.
+/// token, on the reference cloud only): the save's plaintext, opened with the exam's key.
 pub fn answer_path(exam: &str, candidate: &str, seq: u64) -> String {
-    format!("{}/answer", super::autosave_path(exam, candidate, seq))
+    format!(
+        "{}{ANSWER_SUFFIX}",
+        super::autosave_path(exam, candidate, seq)
+    )
 }
 
 /// The message a box signs to prove it holds its certificate's key when it enrolls.
@@ -69,6 +75,10 @@ pub enum PlatformRoute {
     Confirm(String),
     PlatformKeys,
     Relays(String),
+    /// `GET /v1/exams/{exam}/keys`.
+    ExamKeys(String),
+    /// `GET …/autosaves/{seq}/answer`.
+    Answer(AutosaveName),
 }
 
 impl PlatformRoute {
@@ -84,9 +94,18 @@ impl PlatformRoute {
             PLATFORM_KEYS => return Some(Self::PlatformKeys),
             _ => {}
         }
+        if let Some(save) = path.strip_suffix(ANSWER_SUFFIX) {
+            return match super::Route::parse(save) {
+                Ok(super::Route::Autosave(name)) => Some(Self::Answer(name)),
+                _ => None,
+            };
+        }
         if let Some(rest) = path.strip_prefix(super::EXAMS_PREFIX) {
-            let exam = rest.strip_suffix("/relays")?;
-            return is_valid_id(exam).then(|| Self::Relays(exam.to_owned()));
+            if let Some(exam) = rest.strip_suffix("/relays") {
+                return is_valid_id(exam).then(|| Self::Relays(exam.to_owned()));
+            }
+            let exam = rest.strip_suffix("/keys")?;
+            return is_valid_id(exam).then(|| Self::ExamKeys(exam.to_owned()));
         }
         let rest = path.strip_prefix(BOXES)?.strip_prefix('/')?;
         let (pin, action) = rest.split_once('/')?;
@@ -246,11 +265,33 @@ mod tests {
             Some(PlatformRoute::Relays("math-2026".into()))
         );
         assert_eq!(
+            PlatformRoute::parse(&exam_keys_path("math-2026")),
+            Some(PlatformRoute::ExamKeys("math-2026".into()))
+        );
+        assert_eq!(
+            PlatformRoute::parse(&answer_path("math-2026", "c042", 7)),
+            Some(PlatformRoute::Answer(AutosaveName {
+                exam: "math-2026".into(),
+                candidate: "c042".into(),
+                seq: 7
+            }))
+        );
+        assert_eq!(
+            answer_path("math-2026", "c042", 7),
+            "/v1/exams/math-2026/candidates/c042/autosaves/7/answer"
+        );
+        assert_eq!(
             PlatformRoute::parse(ENROLLMENT),
             Some(PlatformRoute::Enrollment)
         );
         for other in [
             "/v1/exams/e/candidates/c/autosaves",
+            "/v1/exams/e/candidates/c/autosaves/7",
+            "/v1/exams/e/candidates/c/autosaves/latest/answer",
+            "/v1/exams/e/candidates/c/autosaves/07/answer",
+            "/v1/exams/e/candidates/c/answer",
+            "/v1/exams/a b/keys",
+            "/v1/exams/e/keys/x",
             "/v1/exams/a b/relays",
             "/v1/boxes/x/delete",
             "/v1/boxes/%zz/revoke",

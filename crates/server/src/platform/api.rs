@@ -9,6 +9,8 @@
 //! | `GET /v1/boxes`, `POST /v1/boxes/{pin}/revoke`, `…/confirm` | a venue admin token |
 //! | `GET /v1/platform/keys` | anyone (public keys are public) |
 //! | `GET /v1/exams/{exam}/relays` | a candidate token for that exam |
+//! | `GET /v1/exams/{exam}/keys` | a candidate token for that exam |
+//! | `GET /v1/exams/{exam}/candidates/{c}/autosaves/{seq}/answer` | a platform admin token |
 //!
 //! Who a token speaks for (its venue, whether it is scoped to one box) comes from its
 //! platform-signed claims ([`crate::api::Auth`]). Registry work that commits runs on the
@@ -75,18 +77,23 @@ fn venue_admin(state: &State, request: &Request<RequestBody>) -> Result<String, 
     Ok(scope.venue)
 }
 
-/// The venue of the request's candidate token, which must be for `exam`.
-fn candidate_venue(
+/// The venue and candidate of the request's candidate token, which must be for `exam`;
+/// `only_candidates` is the refusal of any other token.
+fn exam_candidate(
     state: &State,
     request: &Request<RequestBody>,
     exam: &str,
-) -> Result<String, ApiError> {
+    only_candidates: &'static str,
+) -> Result<(String, String), ApiError> {
     match state.auth.authenticate(bearer(request))? {
-        Caller::Candidate { exam: e, venue, .. } if e == exam => Ok(venue),
+        Caller::Candidate {
+            exam: e,
+            venue,
+            candidate,
+            ..
+        } if e == exam => Ok((venue, candidate)),
         Caller::Candidate { .. } => Err(ApiError::Forbidden("the token is for another exam")),
-        _ => Err(ApiError::Forbidden(
-            "the relays of an exam are listed to its candidates: send a candidate token",
-        )),
+        _ => Err(ApiError::Forbidden(only_candidates)),
     }
 }
 
@@ -193,7 +200,12 @@ pub async fn handle(
         }
         PlatformRoute::Relays(exam) => {
             only(&request, Method::GET)?;
-            let venue = candidate_venue(state, &request, &exam)?;
+            let (venue, _) = exam_candidate(
+                state,
+                &request,
+                &exam,
+                "the relays of an exam are listed to its candidates: send a candidate token",
+            )?;
             let listed = {
                 let venue = venue.clone();
                 blocking(platform, move |p| p.registry.relays(&venue)).await?
@@ -207,6 +219,33 @@ pub async fn handle(
                 })
                 .collect();
             Ok(json_response(StatusCode::OK, &Relays { venue, relays }))
+        }
+        PlatformRoute::ExamKeys(exam) => {
+            only(&request, Method::GET)?;
+            let (_, candidate) = exam_candidate(
+                state,
+                &request,
+                &exam,
+                "an exam's keys are given to its candidates, each their own: send a candidate \
+                 token",
+            )?;
+            super::answers::exam_keys(platform, exam, candidate).await
+        }
+        PlatformRoute::Answer(name) => {
+            only(&request, Method::GET)?;
+            if state.auth.authenticate(bearer(&request))? != Caller::Admin {
+                return Err(ApiError::Forbidden(
+                    "a save's plaintext is read by the platform's staff only: send a platform \
+                     admin token",
+                ));
+            }
+            // Who read a candidate's plaintext is recorded before anything is sent.
+            let admin = state.auth.admin(bearer(&request))?;
+            let fields = serde_json::json!({
+                "exam": name.exam, "candidate": name.candidate, "read": name.seq,
+            });
+            crate::api::audit::record(state, &admin, "answer_read", fields).await?;
+            super::answers::answer(state, platform, name).await
         }
     }
 }

@@ -5,11 +5,17 @@
 //! - [`registry`]: `platform.redb`, the codes, the enrolled boxes and the log of enrollment
 //!   attempts; it resolves a box's bearer credential to its record (pin, venue, certificate,
 //!   revoked).
+//! - [`answer_keys`]: `answer-keys.key`, the master secret the exams' private keys and the
+//!   candidates' restore secrets derive from: the cloud holds the keys answers are sealed to.
+//! - [`answers`]: an exam's signed keys for a candidate, and a stored save's plaintext.
 //! - [`api`]: the platform's HTTP endpoints (enrollment, box management, the platform's
-//!   public keys, the relays of an exam), served by the cloud beside the autosave API.
+//!   public keys, the relays of an exam, an exam's keys, a save's plaintext), served by the
+//!   cloud beside the autosave API.
 //!
 //! The box's side of enrollment is [`crate::enrollment`]; docs/enrollment.md tells both.
 
+pub mod answer_keys;
+pub mod answers;
 pub mod api;
 pub mod codes;
 pub mod registry;
@@ -17,6 +23,8 @@ pub mod registry;
 use std::path::Path;
 
 use crate::api::ratelimit::ClientLimiter;
+use crate::keyring::KeyRing;
+pub use answer_keys::{AnswerKeys, AnswerKeysError};
 pub use registry::{BoxRecord, Registry, RegistryError};
 
 /// Enrollment attempts one source address may make: (per second, burst). Guessing a 100-bit
@@ -73,14 +81,24 @@ impl crate::api::BoxCredentials for Registry {
 pub struct Platform {
     pub registry: Registry,
     pub(crate) enrollment_limiter: ClientLimiter,
+    /// The token keys: the current signer signs each exam keys document when it is asked for,
+    /// so a promoted key signs from the moment it signs tokens.
+    pub(crate) ring: KeyRing,
+    pub(crate) answer_keys: AnswerKeys,
 }
 
 impl Platform {
-    /// Opens the registry in the cloud's data dir.
-    pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
+    /// Opens the registry in the cloud's data dir, beside the token keys and answer keys.
+    pub fn open(
+        data_dir: &Path,
+        ring: KeyRing,
+        answer_keys: AnswerKeys,
+    ) -> Result<Self, RegistryError> {
         Ok(Self {
             registry: Registry::open(data_dir)?,
             enrollment_limiter: ClientLimiter::new(ENROLLMENT_RATE.0, ENROLLMENT_RATE.1),
+            ring,
+            answer_keys,
         })
     }
 }
