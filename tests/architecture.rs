@@ -251,3 +251,123 @@ fn the_client_builds_without_the_server() {
     );
     assert!(crates.contains("hyper"), "the tree was read: {tree}");
 }
+
+/// The files under `dir` whose code (outside comments) names any of `names`, as paths
+/// relative to `dir`.
+fn files_naming(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = rust_files(dir)
+        .into_iter()
+        .filter(|file| {
+            let code = code_of(file);
+            names
+                .iter()
+                .any(|name| !names_after(&code, name).is_empty())
+        })
+        .map(|file| file.strip_prefix(dir).expect("under dir").to_owned())
+        .collect();
+    found.sort();
+    found
+}
+
+/// Issue 21: the box never decrypts an answer. Only the reference cloud, which plays the
+/// platform, links the envelope crate's opening: in the server crate, only `platform/` and
+/// `cloud.rs` may name `hallrelay_envelope`; the API the box serves names neither of them
+/// (so no re-export brings `open` into it), and the store never names the crate.
+#[test]
+fn the_box_has_no_path_to_decryption() {
+    let problems = decryption_paths(
+        &root().join("crates/server/src"),
+        &root().join("crates/store"),
+    );
+    assert!(
+        problems.is_empty(),
+        "the box must never decrypt answers (the platform does):\n{}",
+        problems.join("\n")
+    );
+}
+
+/// What [`the_box_has_no_path_to_decryption`] finds wrong in a server crate's `src` and a
+/// store crate's folder.
+fn decryption_paths(server_src: &Path, store: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    for file in files_naming(server_src, &["hallrelay_envelope"]) {
+        if !(file.starts_with("platform") || file == Path::new("cloud.rs")) {
+            problems.push(format!(
+                "crates/server/src/{} names hallrelay_envelope: only platform/ and cloud.rs may",
+                file.display()
+            ));
+        }
+    }
+    for file in files_naming(
+        &server_src.join("api"),
+        &["crate::platform", "crate::cloud"],
+    ) {
+        problems.push(format!(
+            "crates/server/src/api/{} reaches the platform's code, which may decrypt",
+            file.display()
+        ));
+    }
+    for file in files_naming(&store.join("src"), &["hallrelay_envelope"]) {
+        problems.push(format!(
+            "crates/store/src/{} names hallrelay_envelope",
+            file.display()
+        ));
+    }
+    let manifest = std::fs::read_to_string(store.join("Cargo.toml")).expect("the store's manifest");
+    if manifest.contains("hallrelay-envelope") {
+        problems.push("crates/store/Cargo.toml depends on hallrelay-envelope".into());
+    }
+    problems
+}
+
+/// The check sees a box API that opens an envelope, one that reaches the platform's code,
+/// and a store that names the crate, and lets the platform's code and comments be.
+#[test]
+fn the_decryption_check_sees_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, store) = (dir.path().join("server"), dir.path().join("store"));
+    for folder in [
+        server.join("api"),
+        server.join("platform"),
+        store.join("src"),
+    ] {
+        std::fs::create_dir_all(folder).unwrap();
+    }
+    let write = |path: PathBuf, text: &str| std::fs::write(path, text).unwrap();
+    write(store.join("Cargo.toml"), "[dependencies]\nredb = \"4\"\n");
+    write(store.join("src/lib.rs"), "//! never hallrelay_envelope\n");
+    write(server.join("cloud.rs"), "use hallrelay_envelope::open;\n");
+    write(
+        server.join("platform/answers.rs"),
+        "fn f() { hallrelay_envelope::open(); }\n",
+    );
+    write(
+        server.join("api/routes.rs"),
+        "// hallrelay_envelope::open in a comment\n",
+    );
+    assert_eq!(decryption_paths(&server, &store), Vec::<String>::new());
+
+    write(
+        server.join("api/routes.rs"),
+        "fn put() { let _ = hallrelay_envelope::open(b, k, r, s); }\n",
+    );
+    write(
+        server.join("api/console.rs"),
+        "use crate::platform::answers;\n",
+    );
+    write(store.join("src/lib.rs"), "use hallrelay_envelope as e;\n");
+    write(
+        store.join("Cargo.toml"),
+        "[dependencies]\nhallrelay-envelope.workspace = true\n",
+    );
+    let problems = decryption_paths(&server, &store);
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    assert!(
+        problems[0].contains("api/routes.rs names hallrelay_envelope"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].contains("api/console.rs reaches the platform"),
+        "{problems:#?}"
+    );
+}

@@ -1,7 +1,7 @@
 //! The invigilator console in a real browser: Debian's headless Chromium, driven by
 //! playwright-core (tests/browser/console.mjs), against the real box over real TLS, trusted
-//! by its pin. Real saves go in first; the browser signs in, reads the rows, waits for the
-//! silent alert, signs out by keyboard, and leaves screenshots in
+//! by its pin. Real saves go in first (one candidate's encrypted); the browser signs in, reads
+//! the rows (and whose answers are encrypted), waits for the silent alert, signs out by keyboard, and leaves screenshots in
 //! `target/test-artifacts/console.png` (and `console-phone.png`).
 //!
 //! Needs `chromium`, `node` and `npm ci` in tests/browser; skips loudly without them, and
@@ -112,9 +112,21 @@ async fn the_console_signs_in_shows_the_hall_and_raises_the_silent_alert() {
             2
         );
     }
+    // c002's client encrypts its answers (answer envelopes); c001's and c003's do not.
     let c2 = hall.client(Some(hall.candidate_token(exam, "c002")));
+    let exam_key = hallrelay_envelope::PrivateKey::derive(b"the exam's key").public();
+    let sealer = hallrelay_envelope::Sealer::new(exam_key, None);
+    let sealed = |seq, is_final, text: &str| {
+        let save = hallrelay_envelope::Save {
+            exam,
+            candidate: "c002",
+            seq,
+            is_final,
+        };
+        sealer.seal(&save, text.as_bytes())
+    };
     for seq in 1..=2 {
-        put(&c2, exam, "c002", seq, format!("c002 {seq}").as_bytes()).await;
+        put(&c2, exam, "c002", seq, &sealed(seq, false, "c002 answers")).await;
     }
     let final_path = format!("{}?final=true", autosave_path(exam, "c002", 3));
     let reply = c2
@@ -122,7 +134,7 @@ async fn the_console_signs_in_shows_the_hall_and_raises_the_silent_alert() {
             Method::PUT,
             &final_path,
             HeaderMap::new(),
-            Bytes::from_static(b"c002 final"),
+            Bytes::from(sealed(3, true, "c002 final")),
         )
         .await
         .unwrap();
@@ -148,6 +160,8 @@ async fn the_console_signs_in_shows_the_hall_and_raises_the_silent_alert() {
     );
     assert_eq!(row(&state, "c001")["last_seq"], 3);
     assert_eq!(row(&state, "c002")["finals"], 1);
+    assert_eq!(row(&state, "c002")["encryption"], "encrypted", "{state}");
+    assert_eq!(row(&state, "c001")["encryption"], "plain", "{state}");
     assert!(state["pending"]["count"].as_u64().unwrap() >= 6, "{state}");
 
     if browser_or_skip() {
@@ -155,9 +169,10 @@ async fn the_console_signs_in_shows_the_hall_and_raises_the_silent_alert() {
         std::fs::create_dir_all(&shots).unwrap();
         let expect = serde_json::json!({
             "rows": {
-                "c001": {"seq": 3, "final": false},
-                "c002": {"seq": 3, "final": true},
+                "c001": {"seq": 3, "final": false, "answers": "plain (readable)"},
+                "c002": {"seq": 3, "final": true, "answers": "encrypted"},
             },
+            "encryption_alert": "2 candidates save without encryption.",
             "silent": "c001",
             "wait_secs": SILENT_AFTER_SECS + 15,
         });

@@ -1,10 +1,12 @@
 // Drives Debian's headless Chromium (through playwright-core) against a real box's console:
-// sign in, check the rows, wait for the silent alert, use the keyboard, sign out. Run by
-// tests/console.rs, which starts the box and makes the saves. Input from the environment:
+// sign in, check the rows (and whose answers are encrypted), wait for the silent alert, use
+// the keyboard, sign out. Run by tests/console.rs, which starts the box and makes the saves.
+// Input from the environment:
 //   HALLRELAY_URL          https://127.0.0.1:PORT
 //   HALLRELAY_PIN          sha256//BASE64 (Chromium trusts exactly this key, nothing else)
 //   HALLRELAY_ADMIN_TOKEN  an admin token;  HALLRELAY_CANDIDATE_TOKEN  a candidate token
-//   HALLRELAY_EXPECT       JSON: {rows: {candidate: {seq, final}}, silent: candidate, wait_secs}
+//   HALLRELAY_EXPECT       JSON: {rows: {candidate: {seq, final, answers}}, encryption_alert,
+//                          silent: candidate, wait_secs}
 //   HALLRELAY_SCREENSHOTS  folder for console.png (desktop) and console-phone.png
 //   CHROMIUM               the browser binary (default /usr/bin/chromium)
 // Prints one line per step; exits 1 with the reason at the first failure.
@@ -92,7 +94,12 @@ try {
     const cells = await row.locator("td").allTextContents();
     check(cells[3] === String(want.seq), `${candidate}: last save no. ${cells[3]} is ${want.seq}`);
     check((cells[5] === "submitted") === want.final, `${candidate}: final "${cells[5]}"`);
+    const answers = await row.locator('td[data-label="Answers"]').textContent();
+    check(answers === want.answers, `${candidate}: answers "${answers}" are ${want.answers}`);
   }
+  const plainAlert = await page.textContent("#encryption-alert");
+  check(plainAlert.startsWith(expect.encryption_alert) && /require_encrypted = true/.test(plainAlert),
+    `the alert about plain answers: "${plainAlert}"`);
   const name = await page.textContent("#box-name");
   const shownPin = await page.textContent("#box-pin");
   check(shownPin === pin, `the box's name (${name}) and pin are shown`);

@@ -250,6 +250,10 @@ pub struct FileConfig {
     /// The share of `body_budget_bytes` one client address may hold; 0: no per-client share
     /// (default: an eighth of the budget, at least `max_body_bytes`).
     pub client_body_budget_bytes: Option<u64>,
+    /// Refuse autosaves that are not encrypted answer envelopes, with 400 and a code naming
+    /// why (default: false, plain payloads are stored as they come; the console shows per
+    /// candidate whether their saves are encrypted).
+    pub require_encrypted: Option<bool>,
     /// The console calls a candidate silent who saved here and has not saved for this long
     /// (default [`DEFAULT_SILENT_AFTER`](hallrelay_store::DEFAULT_SILENT_AFTER)).
     #[serde(default, with = "opt_duration")]
@@ -592,7 +596,8 @@ fn cors_origins(origins: Option<Vec<String>>) -> Result<Vec<String>, ConfigError
     Ok(origins)
 }
 
-/// What one request and one client may ask of the box: sizes, timeouts, connections, rate.
+/// What one request and one client may ask of the box: sizes, timeouts, connections, rate,
+/// and whether an autosave must be encrypted.
 fn limits(file: &FileConfig, args: &Overrides) -> Result<Limits, ConfigError> {
     let defaults = Limits::default();
     let max_body_bytes = file.max_body_bytes.unwrap_or(defaults.max_body_bytes);
@@ -661,6 +666,7 @@ fn limits(file: &FileConfig, args: &Overrides) -> Result<Limits, ConfigError> {
         )?,
         body_budget_bytes,
         client_body_budget_bytes,
+        require_encrypted: file.require_encrypted.unwrap_or(defaults.require_encrypted),
     })
 }
 

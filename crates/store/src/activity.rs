@@ -12,18 +12,31 @@
 //! and stay when their records are purged; a row goes when the last of its autosaves does.
 //! They are the offline-time record an exam board reads (`GET /v1/report`).
 //!
+//! Whether the candidate's saves are encrypted is history too: each arrival is counted as
+//! sealed (a well-formed answer envelope, [`hallrelay_protocol::envelope`], judged from its
+//! header alone) or plain, and the console shows `encrypted`, `plain` or `mixed`
+//! ([`Encryption`]). The box never reads further into a payload.
+//!
 //! A store written before this table existed, one an older build has written to since (its
-//! sums no longer match the counters), or one whose rows are shorter than this build's (kept
+//! sums no longer match the counters), or one whose rows are shorter than 16 fields (kept
 //! before the clocks and the final were), gets the table built from its records once, at
-//! start ([`ensure`]), in one transaction.
+//! start ([`ensure`]), in one transaction; the rebuild judges each stored payload by its
+//! first bytes. A row of 16 fields (written before the encryption counts were kept) is not
+//! built again, since a rebuild forgets the history of purged saves: its counts read 0, and
+//! the candidate shows `unknown` until their next save arrives.
 
+use std::path::Path;
 use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable, Table, TableHandle};
 
 use hallrelay_protocol::clock::{Clock, ClockSource, ClockState};
+use hallrelay_protocol::envelope::{self, Envelope};
 
-use super::schema::{ACTIVITY, AUTOSAVES, STAT_DELIVERED, STAT_PENDING, STAT_STORED, STATS, stat};
+use super::blob_log::BlobLog;
+use super::schema::{
+    ACTIVITY, AUTOSAVES, BLOBS, STAT_DELIVERED, STAT_PENDING, STAT_STORED, STATS, stat,
+};
 use super::{Record, decode_record};
 
 /// One candidate's row.
@@ -50,12 +63,45 @@ pub struct Activity {
     pub final_clock: ClockWord,
     /// The worst clock any of the candidate's arrivals was stamped with.
     pub worst_clock: ClockWord,
+    /// Arrivals that were well-formed answer envelopes, and arrivals that were not.
+    pub sealed_saves: u64,
+    pub plain_saves: u64,
 }
 
 /// Fields in the encoding, 8 bytes each, little-endian, in declaration order. A row shorter
 /// than this (written by a build with fewer fields) reads its missing fields as 0; extra
 /// fields (a newer build's) are ignored.
-const FIELDS: usize = 16;
+const FIELDS: usize = 18;
+/// Rows with fewer fields than this are built again at start; the two encryption counts
+/// after them are not worth a rebuild (see the module's documentation).
+const CURRENT_FIELDS: usize = 16;
+
+/// The longest an envelope's header (with the most recipients) and the smallest body run:
+/// [`Envelope::parse`] judges a payload's first this many bytes as it judges the whole.
+pub const SEALED_PREFIX: usize = envelope::PREAMBLE_LEN
+    + envelope::MAX_RECIPIENTS * envelope::RECIPIENT_LEN
+    + 1
+    + envelope::TAG_LEN;
+
+/// Whether a payload (or its first [`SEALED_PREFIX`] bytes) is a well-formed answer
+/// envelope: a header parse, no key and no decryption.
+pub fn is_sealed(payload: &[u8]) -> bool {
+    Envelope::parse(payload).is_ok()
+}
+
+/// Whether a candidate's saves here were encrypted, for the console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// Every save was an answer envelope.
+    Encrypted,
+    /// None was.
+    Plain,
+    /// Some were, some were not.
+    Mixed,
+    /// No save was judged (every one arrived before this build kept the counts).
+    Unknown,
+}
 
 /// A receipt's clock in one activity field: the state's rank ([`Clock::rank`]) in the low
 /// byte, the source's number in the next, and the uncertainty plus one above them (0: no
@@ -136,6 +182,8 @@ pub struct Arrival<'a> {
     /// Its `received_at`, Unix ms, and the clock its receipt states.
     pub at_ms: u64,
     pub clock: Option<&'a Clock>,
+    /// Whether it is an answer envelope ([`is_sealed`]); `None` when that is not known.
+    pub sealed: Option<bool>,
 }
 
 impl Activity {
@@ -171,6 +219,8 @@ impl Activity {
             final_seq,
             final_clock,
             worst_clock,
+            sealed_saves,
+            plain_saves,
         ] = values;
         Self {
             saves,
@@ -189,6 +239,8 @@ impl Activity {
             final_seq,
             final_clock: ClockWord(final_clock),
             worst_clock: ClockWord(worst_clock),
+            sealed_saves,
+            plain_saves,
         }
     }
 
@@ -210,7 +262,19 @@ impl Activity {
             self.final_seq,
             self.final_clock.0,
             self.worst_clock.0,
+            self.sealed_saves,
+            self.plain_saves,
         ]
+    }
+
+    /// Whether the candidate's saves here were encrypted.
+    pub fn encryption(&self) -> Encryption {
+        match (self.sealed_saves > 0, self.plain_saves > 0) {
+            (true, false) => Encryption::Encrypted,
+            (false, true) => Encryption::Plain,
+            (true, true) => Encryption::Mixed,
+            (false, false) => Encryption::Unknown,
+        }
     }
 
     /// A new autosave arrived. Arrivals at most `gap` apart are one run of saving to the box;
@@ -242,6 +306,11 @@ impl Activity {
         self.saves += 1;
         self.bytes += new.size;
         self.finals += u64::from(new.is_final);
+        match new.sealed {
+            Some(true) => self.sealed_saves += 1,
+            Some(false) => self.plain_saves += 1,
+            None => {}
+        }
     }
 
     /// A stored autosave left (retention purged it).
@@ -301,8 +370,10 @@ pub fn update(
 }
 
 /// Builds the table from the stored records if it is missing or does not add up to the
-/// counters (an older build wrote to the store since). Returns whether it was built.
-pub fn ensure(db: &redb::Database, gap: Duration) -> Result<bool, redb::Error> {
+/// counters (an older build wrote to the store since). Each payload's first bytes are read
+/// from the payload log in `blob_dir` to judge whether it is sealed. Returns whether it was
+/// built.
+pub fn ensure(db: &redb::Database, blob_dir: &Path, gap: Duration) -> Result<bool, redb::Error> {
     if is_current(db)? {
         return Ok(false);
     }
@@ -312,6 +383,7 @@ pub fn ensure(db: &redb::Database, gap: Duration) -> Result<bool, redb::Error> {
         write.delete_table(ACTIVITY)?;
         let mut table = write.open_table(ACTIVITY)?;
         let autosaves = write.open_table(AUTOSAVES)?;
+        let blobs = write.open_table(BLOBS)?;
         let mut current: Option<Saves> = None;
         let (mut candidates, mut records) = (0u64, 0u64);
         for row in autosaves.iter()? {
@@ -329,8 +401,9 @@ pub fn ensure(db: &redb::Database, gap: Duration) -> Result<bool, redb::Error> {
             }
             let at = hallrelay_protocol::timefmt::parse_rfc3339(&record.receipt.received_at)
                 .map_or(0, hallrelay_protocol::timefmt::unix_millis);
+            let sealed = sealed_on_disk(&blobs, blob_dir, &record)?;
             if let Some((_, saves)) = current.as_mut() {
-                saves.push((at, seq, record));
+                saves.push((at, seq, record, sealed));
             }
         }
         candidates += finish(&mut table, current.take(), gap)?;
@@ -346,8 +419,34 @@ pub fn ensure(db: &redb::Database, gap: Duration) -> Result<bool, redb::Error> {
     Ok(true)
 }
 
-/// One candidate's records while the table is rebuilt: (arrival ms, seq, record).
-type Saves = ((String, String), Vec<(u64, u64, Record)>);
+/// One candidate's records while the table is rebuilt: (arrival ms, seq, record, sealed).
+type Saves = ((String, String), Vec<(u64, u64, Record, Option<bool>)>);
+
+/// Whether a stored record's payload is sealed, judged by its first bytes in the payload
+/// log; `None` (logged) when they cannot be read, so that a damaged payload log does not
+/// stop the box from starting (reading that payload names the damage).
+fn sealed_on_disk(
+    blobs: &impl ReadableTable<[u8; 32], (u64, u64, u64, u64)>,
+    blob_dir: &Path,
+    record: &Record,
+) -> Result<Option<bool>, redb::Error> {
+    let Some(hash) = record.blake3() else {
+        return Ok(None);
+    };
+    let Some(location) = blobs.get(hash.as_bytes())? else {
+        return Ok(None);
+    };
+    let (segment, offset, len, _) = location.value();
+    let prefix = len.min(SEALED_PREFIX as u64);
+    match BlobLog::read(blob_dir, (segment, offset, prefix)) {
+        Ok(bytes) => Ok(Some(is_sealed(&bytes))),
+        Err(e) => {
+            tracing::warn!(error = %e, blake3 = %record.receipt.blake3,
+                "cannot read a payload's first bytes; its candidate's encryption shows as unknown");
+            Ok(None)
+        }
+    }
+}
 
 /// Writes the row of a candidate whose records were all read; returns 1 if there was one.
 fn finish(
@@ -363,16 +462,17 @@ fn finish(
 }
 
 /// A candidate's row from their records, in arrival order as the writer would have built it.
-fn rebuild_row(mut saves: Vec<(u64, u64, Record)>, gap: Duration) -> Activity {
-    saves.sort_by_key(|(at, _, record)| (*at, record.arrival));
+fn rebuild_row(mut saves: Vec<(u64, u64, Record, Option<bool>)>, gap: Duration) -> Activity {
+    saves.sort_by_key(|(at, _, record, _)| (*at, record.arrival));
     let mut row = Activity::default();
-    for (at, seq, record) in &saves {
+    for (at, seq, record, sealed) in &saves {
         let arrival = Arrival {
             seq: *seq,
             size: record.receipt.size,
             is_final: record.receipt.is_final,
             at_ms: *at,
             clock: record.receipt.clock.as_ref(),
+            sealed: *sealed,
         };
         row.arrived(arrival, gap);
         if record.delivered_at.is_some() {
@@ -398,7 +498,7 @@ fn is_current(db: &redb::Database) -> Result<bool, redb::Error> {
     let (mut saves, mut delivered, mut pending) = (0u64, 0u64, 0u64);
     for row in read.open_table(ACTIVITY)?.iter()? {
         let row = row?;
-        if row.1.value().len() < FIELDS * 8 {
+        if row.1.value().len() < CURRENT_FIELDS * 8 {
             return Ok(false);
         }
         let a = Activity::decode(row.1.value());
@@ -434,6 +534,8 @@ mod tests {
             final_seq: 14,
             final_clock: ClockWord(15),
             worst_clock: ClockWord(16),
+            sealed_saves: 17,
+            plain_saves: 18,
         };
         assert_eq!(Activity::decode(&row.encode()), row);
         let short = Activity::decode(&row.encode()[..16]);
@@ -450,6 +552,7 @@ mod tests {
             is_final: false,
             at_ms,
             clock: None,
+            sealed: None,
         }
     }
 
@@ -531,6 +634,7 @@ mod tests {
             is_final,
             at_ms,
             clock,
+            sealed: Some(false),
         };
         row.arrived(with(1, 1_000, false, Some(&synced)), gap);
         row.arrived(with(2, 16_000, false, Some(&unsynced)), gap);
@@ -550,7 +654,7 @@ mod tests {
         assert_eq!(row.worst_clock, ClockWord(0));
     }
 
-    use crate::{CandidateActivity, PutRequest, STORE_FILE, Store};
+    use crate::{CandidateActivity, Encryption, PutRequest, STORE_FILE, Store};
     use std::time::SystemTime;
 
     fn request(candidate: &str, seq: u64, is_final: bool) -> PutRequest {
@@ -643,6 +747,115 @@ mod tests {
         }
         let store = open(dir.path()).await;
         assert_eq!(rows(&store).await[1].saves, 4);
+        store.close().await;
+    }
+
+    /// The shape of an envelope with two recipients (exam and restore) and a `body_len`-byte
+    /// body: what the store judges, without a key.
+    fn envelope_shaped(body_len: usize) -> Vec<u8> {
+        use hallrelay_protocol::envelope::{Recipient, Role, encode_header};
+        let recipient = |role| Recipient {
+            role,
+            key_id: [7; 8],
+            enc: [1; 32],
+            wrapped: [2; 32],
+        };
+        let mut bytes = encode_header(&[recipient(Role::Exam), recipient(Role::Restore)]);
+        bytes.resize(bytes.len() + body_len, 0xa5);
+        bytes
+    }
+
+    fn sealed_put(candidate: &str, seq: u64, body_len: usize) -> PutRequest {
+        let name = request(candidate, seq, false).name;
+        PutRequest::new(name, bytes::Bytes::from(envelope_shaped(body_len)), false)
+    }
+
+    #[test]
+    fn a_payload_prefix_is_judged_as_the_whole_payload() {
+        assert!(is_sealed(&envelope_shaped(17)));
+        assert!(
+            !is_sealed(&envelope_shaped(16)),
+            "a body shorter than a tag"
+        );
+        let big = envelope_shaped(1 << 20);
+        assert!(is_sealed(&big[..SEALED_PREFIX]));
+        assert!(!is_sealed(b"plain answers"));
+        let mut wrong = envelope_shaped(1000);
+        wrong[4] = 2;
+        assert!(!is_sealed(&wrong[..SEALED_PREFIX]));
+        // The prefix covers the largest header (4 recipients) and the smallest body.
+        let mut four = envelope_shaped(0);
+        four[11] = 4;
+        four.resize(SEALED_PREFIX, 0);
+        assert!(is_sealed(&four));
+        assert!(!is_sealed(&four[..SEALED_PREFIX - 1]));
+    }
+
+    /// Each arrival is judged sealed or plain, and the row says encrypted, plain or mixed. A
+    /// row written before the counts were kept (16 fields) is not built again (a rebuild
+    /// forgets purged history) and reads `unknown`, until the next save; a table built from
+    /// the records judges each payload by its first bytes in the payload log, as the writer
+    /// did.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn encryption_is_judged_per_arrival_and_survives_an_older_row_and_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        for seq in 1..=2 {
+            store.put(sealed_put("sealed", seq, 4096)).await.unwrap();
+        }
+        // A large one: the rebuild reads only its first bytes.
+        store.put(sealed_put("sealed", 3, 2 << 20)).await.unwrap();
+        store.put(request("plain", 1, false)).await.unwrap();
+        store.put(request("mixed", 1, false)).await.unwrap();
+        store.put(sealed_put("mixed", 2, 64)).await.unwrap();
+        let judged = |rows: &[CandidateActivity]| {
+            rows.iter()
+                .map(|r| (r.candidate.clone(), r.encryption))
+                .collect::<Vec<_>>()
+        };
+        let want = vec![
+            ("mixed".to_owned(), Encryption::Mixed),
+            ("plain".to_owned(), Encryption::Plain),
+            ("sealed".to_owned(), Encryption::Encrypted),
+        ];
+        assert_eq!(judged(&rows(&store).await), want);
+        store.close().await;
+        drop(store);
+
+        // The previous build's rows: 16 fields.
+        {
+            let db = redb::Database::open(dir.path().join(STORE_FILE)).unwrap();
+            let write = db.begin_write().unwrap();
+            {
+                let mut table = write.open_table(ACTIVITY).unwrap();
+                for who in ["mixed", "plain", "sealed"] {
+                    let old = table.get(("e", who)).unwrap().unwrap().value()[..128].to_vec();
+                    table.insert(("e", who), old.as_slice()).unwrap();
+                }
+            }
+            write.commit().unwrap();
+        }
+        let store = open(dir.path()).await;
+        let before = rows(&store).await;
+        assert!(
+            before.iter().all(|r| r.encryption == Encryption::Unknown),
+            "{before:#?}"
+        );
+        assert_eq!(before[2].saves, 3, "the rest of the row is kept as it was");
+        store.put(sealed_put("sealed", 4, 64)).await.unwrap();
+        assert_eq!(rows(&store).await[2].encryption, Encryption::Encrypted);
+        store.close().await;
+        drop(store);
+
+        // No table at all: built from the records and the payloads' first bytes.
+        {
+            let db = redb::Database::open(dir.path().join(STORE_FILE)).unwrap();
+            let write = db.begin_write().unwrap();
+            assert!(write.delete_table(ACTIVITY).unwrap());
+            write.commit().unwrap();
+        }
+        let store = open(dir.path()).await;
+        assert_eq!(judged(&rows(&store).await), want);
         store.close().await;
     }
 

@@ -52,6 +52,7 @@ pub use writer::{PutOutcome, PutRequest};
 
 use schema::*;
 
+pub use activity::Encryption;
 pub use audit::{AuditEntry, AuditPage};
 pub use evidence::{
     HallReceipt, HallReceiptSummary, MAX_HALL_RECEIPTS, ReceiptVerdict, add_hall_receipts,
@@ -543,7 +544,7 @@ impl StoreFile {
     /// Starts the writer thread, which signs receipts with `signer`.
     pub fn start(self, signer: Arc<SigningKey>, options: StoreOptions) -> Result<Store, OpenError> {
         let blob_dir = self.path.with_extension("blobs");
-        activity::ensure(&self.db, options.activity_run_gap)
+        activity::ensure(&self.db, &blob_dir, options.activity_run_gap)
             .map_err(|e| unreadable(&self.path, e))?;
         let (end, live) = schema::log_state(&self.db).map_err(|e| unreadable(&self.path, e))?;
         let log = blob_log::BlobLog::open(&self.disk, &blob_dir, end, &live).map_err(|e| {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::Serialize;
 
-use super::activity::{Activity, ClockWord};
+use super::activity::{Activity, ClockWord, Encryption};
 use super::schema::{self, ACTIVITY, AUTOSAVES, Found};
 use super::{OpenError, Pending, Store, StoreError, check, unreadable};
 use hallrelay_protocol::ids::AutosaveName;
@@ -51,6 +51,10 @@ pub struct CandidateActivity {
     /// The worst clock any of the candidate's saves here was stamped with: how far every
     /// time and duration in this row may be trusted.
     pub worst_clock: ClockNote,
+    /// Whether the candidate's saves here were answer envelopes: `encrypted` (all),
+    /// `plain` (none), `mixed`, or `unknown` (every save arrived before this was kept).
+    /// Judged from each payload's header as it arrived; the box never decrypts.
+    pub encryption: Encryption,
 }
 
 /// The clock a time was stamped with, as its receipt stated it: `state` is `synced`,
@@ -121,6 +125,7 @@ impl Store {
                     final_seq: (a.final_ms > 0).then_some(a.final_seq),
                     final_clock: (a.final_ms > 0).then(|| a.final_clock.into()),
                     worst_clock: a.worst_clock.into(),
+                    encryption: a.encryption(),
                 });
             }
             Ok(out)

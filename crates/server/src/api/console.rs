@@ -28,7 +28,7 @@ use super::session::{self, Sessions};
 use super::{ApiError, Caller, State};
 use crate::replay::UplinkStatus;
 use hallrelay_protocol::timefmt::{parse_rfc3339, rfc3339};
-use hallrelay_store::CandidateActivity;
+use hallrelay_store::{CandidateActivity, Encryption};
 
 pub use hallrelay_store::DEFAULT_SILENT_AFTER;
 /// Disk use (percent) at which the storage gauge warns, and at which it is critical.
@@ -262,8 +262,59 @@ pub struct ConsoleState {
     /// Candidates who saved here within `silent_after`, and those who went silent.
     pub active: usize,
     pub silent: usize,
+    /// How many candidates' saves are encrypted, and the advice when some are not.
+    pub encryption: EncryptionView,
     /// Silent candidates first, then by exam and candidate.
     pub rows: Vec<Row>,
+}
+
+/// Whether the hall's answers are stored encrypted: candidates by the state of their saves
+/// here (each row's `encryption`), and a sentence when any saved without encryption.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct EncryptionView {
+    /// The box refuses saves that are not answer envelopes (`require_encrypted`).
+    pub required: bool,
+    pub encrypted: usize,
+    pub plain: usize,
+    pub mixed: usize,
+    pub unknown: usize,
+    /// What the plain and mixed candidates mean, and what to do; `None` when there are none.
+    pub advice: Option<String>,
+}
+
+impl EncryptionView {
+    fn judge(rows: &[Row], required: bool) -> Self {
+        let count = |state: Encryption| {
+            rows.iter()
+                .filter(|r| r.activity.encryption == state)
+                .count()
+        };
+        let (plain, mixed) = (count(Encryption::Plain), count(Encryption::Mixed));
+        let unencrypted = plain + mixed;
+        let advice = (unencrypted > 0).then(|| {
+            let who = if unencrypted == 1 {
+                "1 candidate saves".to_owned()
+            } else {
+                format!("{unencrypted} candidates save")
+            };
+            let next = if required {
+                "Those saves arrived before require_encrypted was turned on; new plain saves are refused."
+            } else {
+                "Their answers are readable by anyone holding this box's storage card. Ask the exam \
+                 platform to turn on encrypted autosaves, or set require_encrypted = true in \
+                 hallrelay.toml to refuse unencrypted saves."
+            };
+            format!("{who} without encryption. {next}")
+        });
+        Self {
+            required,
+            encrypted: count(Encryption::Encrypted),
+            plain,
+            mixed,
+            unknown: count(Encryption::Unknown),
+            advice,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -447,6 +498,7 @@ impl ConsoleState {
             silent_after_secs: console.silent_after.as_secs(),
             active,
             silent,
+            encryption: EncryptionView::judge(&rows, state.limits.require_encrypted),
             rows,
         })
     }
@@ -476,6 +528,7 @@ mod tests {
             final_seq: None,
             final_clock: None,
             worst_clock: unknown(),
+            encryption: Encryption::Plain,
         }
     }
 
@@ -498,6 +551,42 @@ mod tests {
         assert_eq!(quiet.last_age_secs, Some(121));
         let submitted = Row::judge(activity(now - Duration::from_secs(600), 1), now, after);
         assert!(!submitted.silent);
+    }
+
+    #[test]
+    fn unencrypted_candidates_are_counted_and_explained() {
+        let now = SystemTime::now();
+        let after = Duration::from_secs(120);
+        let row = |encryption| {
+            let mut a = activity(now, 0);
+            a.encryption = encryption;
+            Row::judge(a, now, after)
+        };
+        let rows = [
+            row(Encryption::Encrypted),
+            row(Encryption::Plain),
+            row(Encryption::Mixed),
+            row(Encryption::Plain),
+            row(Encryption::Unknown),
+        ];
+        let view = EncryptionView::judge(&rows, false);
+        assert_eq!(
+            (view.encrypted, view.plain, view.mixed, view.unknown),
+            (1, 2, 1, 1)
+        );
+        let advice = view.advice.unwrap();
+        assert!(
+            advice.starts_with("3 candidates save without encryption."),
+            "{advice}"
+        );
+        assert!(advice.contains("require_encrypted = true"), "{advice}");
+        assert!(
+            EncryptionView::judge(&rows[..1], false).advice.is_none(),
+            "all encrypted: nothing to say"
+        );
+        let one = EncryptionView::judge(&rows[1..2], true).advice.unwrap();
+        assert!(one.starts_with("1 candidate saves without"), "{one}");
+        assert!(one.contains("new plain saves are refused"), "{one}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
+use hallrelay_protocol::envelope::EnvelopeError;
 use hallrelay_store::StoreError;
 
 /// Seconds a client is asked to wait after a 503.
@@ -26,6 +27,15 @@ pub enum ApiError {
          names a file that exists)"
     )]
     EmptyBody,
+    /// The box requires encrypted autosaves (`require_encrypted`) and this body is not a
+    /// well-formed answer envelope; the code names why ([`EnvelopeError::code`]).
+    #[error(
+        "this box requires encrypted saves (require_encrypted = true) and this one is not a \
+         well-formed answer envelope: {0}. Nothing was stored and the seq is still free; send \
+         the autosave sealed to the exam's key by an up-to-date exam client, or, if the exam \
+         platform does not encrypt, ask the box's IT staff to set require_encrypted = false"
+    )]
+    NotSealed(EnvelopeError),
     #[error("{0}")]
     Unauthorized(std::borrow::Cow<'static, str>),
     #[error("{0}")]
@@ -63,7 +73,8 @@ impl ApiError {
             ApiError::BadId(_)
             | ApiError::BadRequest(_)
             | ApiError::DigestMismatch(_)
-            | ApiError::EmptyBody => StatusCode::BAD_REQUEST,
+            | ApiError::EmptyBody
+            | ApiError::NotSealed(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -86,6 +97,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::DigestMismatch(_) => "digest_mismatch",
             ApiError::EmptyBody => "empty_body",
+            ApiError::NotSealed(e) => e.code(),
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",

@@ -405,6 +405,10 @@ pub struct Limits {
     pub body_budget_bytes: u64,
     /// The most of that one client address may hold; `None`: no per-client share.
     pub client_body_budget_bytes: Option<u64>,
+    /// Refuse an autosave whose body is not a well-formed answer envelope
+    /// ([`hallrelay_protocol::envelope`]) with 400 and the envelope's error code
+    /// (`require_encrypted`; the box only, never the reference cloud).
+    pub require_encrypted: bool,
 }
 
 /// The per-client request rate by default: (requests per second, burst).
@@ -447,6 +451,7 @@ impl Default for Limits {
                 body_budget_bytes,
                 max_body_bytes,
             )),
+            require_encrypted: false,
         }
     }
 }

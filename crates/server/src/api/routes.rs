@@ -4,8 +4,10 @@
 //! (401) and whether it grants this exam and candidate (403), then the body's declared size
 //! (413), the `Content-Digest` header's form (400), and whether the body budget can hold the
 //! body (503, [`super::budget`]); all of these before the body is read. Then the body is read
-//! and hashed ([`super::body`]), and its digest checked (400). Only then does the store see
-//! the request, and only the store's answer after its commit turns into a 2xx.
+//! and hashed ([`super::body`]), and its digest checked (400); an empty body, or on a box
+//! with `require_encrypted` one that is not a well-formed answer envelope, is refused (400).
+//! Only then does the store see the request, and only the store's answer after its commit
+//! turns into a 2xx.
 
 use std::convert::Infallible;
 
@@ -22,6 +24,7 @@ use super::error::json_response;
 use super::evidence::{self, Forwarder, Offered};
 use super::{ApiError, Appliance, Caller, EnrolledBox, State};
 use hallrelay_protocol::digest::{DigestError, Expected};
+use hallrelay_protocol::envelope::Envelope;
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::receipt::Receipt;
 use hallrelay_protocol::token::Kind;
@@ -335,6 +338,11 @@ async fn put(
     // storing it would spend the seq and turn the real save into a 409.
     if body.is_empty() {
         return Err(ApiError::EmptyBody);
+    }
+    // A box that requires encrypted saves reads the envelope's header, never its body: the
+    // box holds no key and never decrypts.
+    if state.limits.require_encrypted {
+        Envelope::parse(&body).map_err(ApiError::NotSealed)?;
     }
     let hall_receipts = match forwarder {
         Some(forwarder) if !offered.is_empty() => {

@@ -109,6 +109,7 @@ impl Context {
                 is_final: request.is_final,
                 at_ms: now.ms,
                 clock: now.hall.map(|(_, clock)| clock),
+                sealed: Some(activity::is_sealed(&request.payload)),
             };
             a.arrived(arrival, self.run_gap);
             if outbox {

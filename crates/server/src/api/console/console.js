@@ -84,6 +84,14 @@ function clockText(c) {
   }
 }
 
+// How each candidate's saves reached the box: encrypted for the platform or readable.
+const ANSWERS = {
+  encrypted: "encrypted",
+  plain: "plain (readable)",
+  mixed: "mixed: some plain",
+  unknown: "unknown (saved before this was recorded)",
+};
+
 function render(s) {
   $("box-name").textContent = s.name;
   $("box-pin").textContent = s.pin;
@@ -118,6 +126,13 @@ function render(s) {
     const p = document.createElement("p");
     p.className = "alert";
     p.textContent = storage;
+    alerts.appendChild(p);
+  }
+  if (s.encryption.advice) {
+    const p = document.createElement("p");
+    p.className = "alert";
+    p.id = "encryption-alert";
+    p.textContent = s.encryption.advice;
     alerts.appendChild(p);
   }
   for (const r of s.rows.filter((r) => r.silent)) {
@@ -163,6 +178,7 @@ function render(s) {
     cell(tr, "In the cloud", r.delivered === r.saves ? `all ${num(r.saves)}` : `${num(r.delivered)} of ${num(r.saves)}`);
     cell(tr, "Final", r.finals > 0 ? "submitted" : "not yet");
     cell(tr, "Saving only to this box for", duration(r.box_only_secs));
+    cell(tr, "Answers", ANSWERS[r.encryption] || r.encryption, `answers-${r.encryption}`);
     if (r.silent) cell(tr, "State", "SILENT", "state-silent");
     else if (r.finals > 0) cell(tr, "State", "done", "state-done");
     else cell(tr, "State", "saving", "state-ok");
