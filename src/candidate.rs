@@ -137,7 +137,9 @@ pub async fn run(
         print(format!("cannot get the exam's keys now: {error}"));
     }
     autosaver.learn_relays().await;
-    let owed = autosaver.journal().not_in_cloud().len();
+    // Saves that waited for the exam's keys are sealed and sent by the flush too.
+    let owed =
+        autosaver.journal().not_in_cloud().len() + autosaver.journal().awaiting_keys().len();
     if owed > 0 {
         print(format!(
             "the journal holds {owed} saves the cloud has not acknowledged: sending them"

@@ -370,6 +370,9 @@ fn one_save_to_the_box(
         None,
         &[
             "candidate",
+            // Sent as they are: with no cloud this laptop has no exam keys, and the box must take
+            // the save.
+            "--plaintext",
             "--cloud",
             "http://127.0.0.1:9",
             "--exam",

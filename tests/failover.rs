@@ -251,10 +251,15 @@ fn a_laptop_fails_over_to_the_hall_box_and_returns_to_the_cloud() {
         assert_eq!(in_cloud.get(seq), Some(digest), "save {seq} differs");
     }
     // The journal keeps only the newest save, for its seq (and the cloud's relay list, if
-    // the cloud gave one).
+    // the cloud gave one, and the exam's keys).
+    let kept = [
+        hallrelay_client::relays::FILE,
+        hallrelay_client::encryption::EXAM_KEYS_FILE,
+        hallrelay_client::encryption::PLATFORM_KEYS_FILE,
+    ];
     let left = std::fs::read_dir(journal.join(EXAM).join("c1"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name() != hallrelay_client::relays::FILE)
+        .filter(|e| !kept.iter().any(|k| e.as_ref().unwrap().file_name() == *k))
         .count();
     assert_eq!(left, 2, "the newest save and its cloud mark");
 }
@@ -311,6 +316,9 @@ fn a_rogue_box_with_the_same_name_and_address_is_refused() {
         Some(&net.laptop),
         &[
             "candidate",
+            // Sent as they are: with no cloud, this laptop has no exam keys and would send no box
+            // anything; what matters here is what it sends a rogue.
+            "--plaintext",
             // Nothing listens there: the cloud is gone from the start.
             "--cloud",
             &format!("https://{HALL_IP}:9443"),
@@ -451,6 +459,17 @@ fn a_killed_client_resends_its_journal_on_restart() {
         "printed {printed} journal-only saves, the cloud ends at {last}"
     );
     assert_eq!(seqs, (1..=last).collect::<Vec<u64>>(), "a gap or a repeat");
+    // The saves made before the exam's keys were known waited on the laptop and were sealed
+    // before they left it, like every other.
+    for seq in seqs {
+        let held = rt
+            .block_on(client.get(&common::autosave_path(EXAM, "c7", seq)))
+            .unwrap();
+        assert!(
+            hallrelay_protocol::envelope::Envelope::parse(&held.body).is_ok(),
+            "save {seq} reached the cloud unsealed"
+        );
+    }
 }
 
 /// The box as another mDNS implementation sees it, on a real veth: python-zeroconf resolves

@@ -43,6 +43,32 @@ fn a_kept_list_is_used_for_failover_after_a_restart_and_a_rogue_is_refused() {
     }
     .store(&folder)
     .unwrap();
+    // And the exam's keys, signed by the platform, which it kept beside the list: the restarted
+    // laptop seals with them.
+    let platform = hallrelay_protocol::keys::TokenKey::from_bytes([3; 32]);
+    let exam_key = hallrelay_envelope::PrivateKey::derive(&[4; 32]);
+    let keys = hallrelay_envelope::ExamKeys::sign(
+        &platform,
+        EXAM,
+        "c1",
+        &exam_key.public(),
+        None,
+        std::time::SystemTime::now(),
+    );
+    let platform_keys =
+        hallrelay_protocol::token::KeySet::new(vec![hallrelay_protocol::token::PublicKey::of(
+            &platform,
+        )]);
+    std::fs::write(
+        folder.join(hallrelay_client::encryption::EXAM_KEYS_FILE),
+        serde_json::to_vec(&keys).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        folder.join(hallrelay_client::encryption::PLATFORM_KEYS_FILE),
+        serde_json::to_vec(&platform_keys).unwrap(),
+    )
+    .unwrap();
 
     let candidate = Candidate::spawn(
         None,
@@ -108,6 +134,26 @@ fn a_kept_list_is_used_for_failover_after_a_restart_and_a_rogue_is_refused() {
     };
     assert_eq!(on(&real), 5);
     assert_eq!(on(&rogue), 0);
+    // Sealed with the kept keys: the box holds envelopes only the exam's key opens.
+    let reader = real.client(Some(real.admin_token()));
+    for seq in 1..=5 {
+        let held = rt
+            .block_on(reader.get(&common::autosave_path(EXAM, "c1", seq)))
+            .unwrap();
+        let save = hallrelay_envelope::Save {
+            exam: EXAM,
+            candidate: "c1",
+            seq,
+            is_final: false,
+        };
+        let opened = hallrelay_envelope::open(
+            &held.body,
+            &exam_key,
+            hallrelay_protocol::envelope::Role::Exam,
+            &save,
+        );
+        assert!(opened.is_ok(), "save {seq}: {opened:?}");
+    }
     // The list is still there for the next run.
     assert!(RelayList::load(&folder).is_some());
 }
@@ -140,6 +186,8 @@ async fn a_cloud_without_a_relay_list_costs_nothing() {
     );
     options.cloud_trust = CloudTrust::Pins(vec![bare.pin.clone()]);
     options.discovery = Discovery::none();
+    // Such a cloud has no exam keys either: a client for it sends saves as they are.
+    options.privacy = hallrelay_client::Privacy::Plaintext;
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
     let mut autosaver = Autosaver::open(options)

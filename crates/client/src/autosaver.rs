@@ -226,6 +226,11 @@ pub enum Event {
     Encrypting {
         restore: bool,
     },
+    /// Saves are to be sealed and the exam's keys are not on this laptop yet: they are kept
+    /// on it (in plain text, sent nowhere) and sealed and sent once the cloud gives the keys.
+    AwaitingKeys {
+        error: String,
+    },
     /// Saves go to this box from now on.
     FailedOver {
         name: String,
@@ -289,6 +294,11 @@ impl std::fmt::Display for Event {
                 f,
                 "saves are encrypted on this laptop for the exam's platform: a hall relay stores \
                  them but cannot read them"
+            ),
+            Event::AwaitingKeys { error } => write!(
+                f,
+                "the exam's encryption keys are not on this laptop yet ({error}): saves are kept \
+                 only on this laptop, and encrypted and sent once the cloud answers"
             ),
             // A box given by address rather than found over mDNS is named by its URL.
             Event::FailedOver { name, url } if name == url => write!(
@@ -365,13 +375,6 @@ pub enum SaveError {
     /// The journal could not be written.
     #[error("cannot write the journal, so the save was not taken: {0}")]
     Journal(#[from] JournalError),
-    /// The save is to be sealed, and the exam's keys are not on this laptop yet.
-    #[error(
-        "the exam's encryption keys are not on this laptop yet, so the save was not taken \
-         ({0}); the exam client gets them from the cloud, so it must reach the cloud once, \
-         at the start of the exam"
-    )]
-    NoExamKeys(String),
 }
 
 /// What one PUT came to.
@@ -450,6 +453,8 @@ pub struct Autosaver {
     sealer: Option<Sealer>,
     /// When the exam's keys were last asked for, and why that failed.
     last_keys_ask: Option<(Instant, String)>,
+    /// Whether the candidate was told that saves wait for the exam's keys.
+    said_awaiting_keys: bool,
     listener: Option<Listener>,
 }
 
@@ -506,6 +511,7 @@ impl Autosaver {
             said_no_relays: false,
             sealer,
             last_keys_ask: None,
+            said_awaiting_keys: false,
             listener: None,
         })
     }
@@ -522,14 +528,17 @@ impl Autosaver {
         if payload.is_empty() {
             return Err(SaveError::Empty);
         }
-        let sealer = match self.options.privacy {
-            Privacy::Plaintext => None,
-            Privacy::Encrypt { .. } => Some(self.sealer().await?),
+        let (sealer, sealed_now) = match self.options.privacy {
+            Privacy::Plaintext => (None, 0),
+            Privacy::Encrypt { .. } => match self.sealer().await {
+                Ok(sealer) => {
+                    let sealed_now = self.seal_waiting(&sealer)?;
+                    (Some(sealer), sealed_now)
+                }
+                Err(error) => return self.keep_until_keys(payload, is_final, error).await,
+            },
         };
-        if self.journal.last_seq() == 0 && !self.asked_for_latest {
-            self.asked_for_latest = true;
-            self.seq_floor = self.latest_in_cloud().await;
-        }
+        self.ask_latest_once().await;
         let (exam, candidate) = (&self.options.exam, &self.options.candidate);
         let (seq, bytes) =
             self.journal
@@ -546,6 +555,16 @@ impl Autosaver {
                     None => payload.to_vec(),
                 })?;
         let landed = self.deliver(seq, Bytes::from(bytes), is_final).await?;
+        // Saves that waited for the keys go where this one went.
+        if sealed_now > 0 {
+            match landed {
+                Landed::Cloud => {
+                    self.resend_to_cloud().await?;
+                }
+                Landed::Box { .. } => self.send_held_here_to_relay().await?,
+                Landed::Journal => {}
+            }
+        }
         // The cloud answers: the moment to learn (or refresh) the exam's relays.
         if landed == Landed::Cloud
             && self.relays_due
@@ -602,23 +621,79 @@ impl Autosaver {
     }
 
     /// The sealer, asking the cloud for the keys if they are unknown and were not asked for
-    /// within `probe_every`.
-    async fn sealer(&mut self) -> Result<Sealer, SaveError> {
+    /// within `probe_every`; why not, if there is none.
+    async fn sealer(&mut self) -> Result<Sealer, String> {
         if let Some(sealer) = &self.sealer {
             return Ok(sealer.clone());
         }
         if let Some((at, error)) = &self.last_keys_ask
             && at.elapsed() < self.options.probe_every
         {
-            return Err(SaveError::NoExamKeys(error.clone()));
+            return Err(error.clone());
         }
         match self.learn_keys().await {
-            Ok(()) => self
-                .sealer
-                .clone()
-                .ok_or_else(|| SaveError::NoExamKeys("no keys".into())),
-            Err(error) => Err(SaveError::NoExamKeys(error.to_string())),
+            Ok(()) => self.sealer.clone().ok_or_else(|| "no keys".to_owned()),
+            Err(error) => Err(error.to_string()),
         }
+    }
+
+    /// A fresh journal continues after the newest seq the cloud holds (asked once).
+    async fn ask_latest_once(&mut self) {
+        if self.journal.last_seq() == 0 && !self.asked_for_latest {
+            self.asked_for_latest = true;
+            self.seq_floor = self.latest_in_cloud().await;
+        }
+    }
+
+    /// A save to be sealed, before the exam's keys are known: journaled in plain text on this
+    /// laptop, where the candidate's answers are anyway, and sent nowhere until the keys come
+    /// and [`seal_waiting`](Self::seal_waiting) seals it. No box ever sees it unsealed.
+    async fn keep_until_keys(
+        &mut self,
+        payload: &[u8],
+        is_final: bool,
+        error: String,
+    ) -> Result<Saved, SaveError> {
+        self.ask_latest_once().await;
+        let seq = self
+            .journal
+            .append_awaiting_keys(self.seq_floor, payload, is_final)?;
+        if !self.said_awaiting_keys {
+            self.said_awaiting_keys = true;
+            self.emit(Event::AwaitingKeys { error });
+        }
+        let saved = Saved {
+            seq,
+            landed: Landed::Journal,
+            at: SystemTime::now(),
+        };
+        self.emit(Event::Saved(saved.clone()));
+        Ok(saved)
+    }
+
+    /// Seals every save that waited for the exam's keys, oldest first; they are then sent like
+    /// any other. Returns how many.
+    fn seal_waiting(&mut self, sealer: &Sealer) -> Result<usize, JournalError> {
+        let waiting = self.journal.awaiting_keys();
+        for &seq in &waiting {
+            let Some(is_final) = self.is_final(seq) else {
+                continue;
+            };
+            let payload = self.journal.payload(seq)?;
+            let save = Save {
+                exam: &self.options.exam,
+                candidate: &self.options.candidate,
+                seq,
+                is_final,
+            };
+            let envelope = sealer.seal(&save, &payload);
+            self.journal.seal(seq, &envelope)?;
+        }
+        if !waiting.is_empty() {
+            tracing::info!(candidate = %self.options.candidate, saves = waiting.len(), "sealed the saves that waited for the exam's keys");
+        }
+        self.said_awaiting_keys = false;
+        Ok(waiting.len())
     }
 
     /// Asks the cloud for the exam's relay list and keeps it (in memory and in the journal
@@ -698,6 +773,12 @@ impl Autosaver {
     /// a trusted box what only the journal holds. Call it now and then when no save is due,
     /// and before exiting.
     pub async fn flush(&mut self) -> Result<Summary, JournalError> {
+        if matches!(self.options.privacy, Privacy::Encrypt { .. })
+            && !self.journal.awaiting_keys().is_empty()
+            && let Ok(sealer) = self.sealer().await
+        {
+            self.seal_waiting(&sealer)?;
+        }
         self.probe_cloud().await?;
         if self.relay.is_none() && !self.journal.not_in_cloud().is_empty() {
             if self.resend_to_cloud().await? {

@@ -7,6 +7,7 @@
 //! | file | holds | written |
 //! | --- | --- | --- |
 //! | `SEQ.save`, `SEQ.final` | the payload as it is sent: the sealed envelope, or the plaintext for a client told not to encrypt (`.final`: a final submission) | temporary file, fsync, rename, fsync the folder |
+//! | `SEQ.plain`, `SEQ.plainfinal` | a save to be sealed that came before the exam's keys: its plaintext, sent nowhere until [`Journal::seal`] replaces it with the envelope | as above; the envelope is written before the plaintext is deleted, and a folder holding both keeps the envelope |
 //! | `SEQ.box` | the receipts of the boxes that acknowledged it, one JSON body a line (one per box) | after each box's 2xx |
 //! | `SEQ.cloud` | nothing: the cloud acknowledged it | after the cloud's 2xx |
 //!
@@ -48,6 +49,9 @@ pub struct Entry {
     pub seq: u64,
     pub is_final: bool,
     pub held: Held,
+    /// The save waits for the exam's keys: the journal holds its plaintext, which is sent
+    /// nowhere.
+    pub awaits_keys: bool,
 }
 
 impl Entry {
@@ -117,7 +121,8 @@ impl Journal {
             source,
         };
         hallrelay_durable::create_private_dir(&dir).map_err(err)?;
-        let mut payloads = BTreeMap::new();
+        let mut payloads: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
+        let mut plain = Vec::new();
         let mut marks = Vec::new();
         for item in fs::read_dir(&dir).map_err(err)? {
             let path = item.map_err(err)?.path();
@@ -130,16 +135,25 @@ impl Journal {
             let seq = stem.parse::<u64>().ok();
             match (seq, ext) {
                 (Some(seq), "save" | "final") => {
-                    payloads.insert(seq, ext == "final");
+                    payloads.insert(seq, (ext == "final", false));
                 }
+                (Some(seq), "plain" | "plainfinal") => plain.push((seq, ext == "plainfinal", path)),
                 (Some(seq), "box" | "cloud") => marks.push((seq, ext == "cloud", path)),
                 (_, "tmp") => fs::remove_file(&path).map_err(err)?,
                 _ => {}
             }
         }
+        for (seq, is_final, path) in plain {
+            if payloads.contains_key(&seq) {
+                // Sealed, then interrupted before the plaintext was deleted.
+                fs::remove_file(&path).map_err(err)?;
+            } else {
+                payloads.insert(seq, (is_final, true));
+            }
+        }
         let mut entries: BTreeMap<u64, Entry> = payloads
             .into_iter()
-            .map(|(seq, is_final)| {
+            .map(|(seq, (is_final, awaits_keys))| {
                 let held = Held::Journal;
                 (
                     seq,
@@ -147,6 +161,7 @@ impl Journal {
                         seq,
                         is_final,
                         held,
+                        awaits_keys,
                     },
                 )
             })
@@ -201,9 +216,68 @@ impl Journal {
         is_final: bool,
         bytes_for: impl FnOnce(u64) -> Vec<u8>,
     ) -> Result<(u64, Vec<u8>), JournalError> {
+        self.write_next(floor, is_final, false, bytes_for)
+    }
+
+    /// Writes the next save's plaintext to wait for the exam's keys: it is sent nowhere until
+    /// [`seal`](Self::seal) replaces it with its envelope.
+    pub fn append_awaiting_keys(
+        &mut self,
+        floor: u64,
+        payload: &[u8],
+        is_final: bool,
+    ) -> Result<u64, JournalError> {
+        self.write_next(floor, is_final, true, |_| payload.to_vec())
+            .map(|(seq, _)| seq)
+    }
+
+    /// Replaces the plaintext of save `seq`, which waited for the exam's keys, with its
+    /// envelope: the envelope is on disk before the plaintext is deleted.
+    pub fn seal(&mut self, seq: u64, envelope: &[u8]) -> Result<(), JournalError> {
+        let Some(entry) = self.entries.get(&seq).filter(|e| e.awaits_keys).cloned() else {
+            return Ok(());
+        };
+        let sealed = Entry {
+            awaits_keys: false,
+            ..entry.clone()
+        };
+        let path = self.payload_file(&sealed);
+        hallrelay_durable::write_durably(&path, envelope).map_err(|source| JournalError {
+            path: path.clone(),
+            source,
+        })?;
+        let plain = self.payload_file(&entry);
+        fs::remove_file(&plain).map_err(|source| JournalError {
+            path: plain,
+            source,
+        })?;
+        self.entries.insert(seq, sealed);
+        Ok(())
+    }
+
+    /// The saves waiting for the exam's keys, oldest first.
+    pub fn awaiting_keys(&self) -> Vec<u64> {
+        self.entries()
+            .filter(|e| e.awaits_keys)
+            .map(|e| e.seq)
+            .collect()
+    }
+
+    fn write_next(
+        &mut self,
+        floor: u64,
+        is_final: bool,
+        awaits_keys: bool,
+        bytes_for: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<(u64, Vec<u8>), JournalError> {
         let seq = self.last_seq().max(floor) + 1;
         let bytes = bytes_for(seq);
-        let path = self.file(seq, if is_final { "final" } else { "save" });
+        let path = self.payload_file(&Entry {
+            seq,
+            is_final,
+            held: Held::Journal,
+            awaits_keys,
+        });
         hallrelay_durable::write_durably(&path, &bytes).map_err(|source| JournalError {
             path: path.clone(),
             source,
@@ -221,6 +295,7 @@ impl Journal {
                 seq,
                 is_final,
                 held: Held::Journal,
+                awaits_keys,
             },
         );
         Ok((seq, bytes))
@@ -304,18 +379,20 @@ impl Journal {
         self.entries.values()
     }
 
-    /// The saves the cloud does not have yet, oldest first.
+    /// The saves to send to the cloud, which does not have them yet, oldest first (those
+    /// waiting for the exam's keys are not sent).
     pub fn not_in_cloud(&self) -> Vec<u64> {
         self.entries()
-            .filter(|e| e.held != Held::Cloud)
+            .filter(|e| e.held != Held::Cloud && !e.awaits_keys)
             .map(|e| e.seq)
             .collect()
     }
 
-    /// The saves that nothing but this journal holds, oldest first.
+    /// The saves to send to a box, which nothing but this journal holds, oldest first (those
+    /// waiting for the exam's keys are not sent).
     pub fn only_here(&self) -> Vec<u64> {
         self.entries()
-            .filter(|e| e.held == Held::Journal)
+            .filter(|e| e.held == Held::Journal && !e.awaits_keys)
             .map(|e| e.seq)
             .collect()
     }
@@ -343,7 +420,13 @@ impl Journal {
     }
 
     fn payload_file(&self, entry: &Entry) -> PathBuf {
-        self.file(entry.seq, if entry.is_final { "final" } else { "save" })
+        let ext = match (entry.awaits_keys, entry.is_final) {
+            (false, false) => "save",
+            (false, true) => "final",
+            (true, false) => "plain",
+            (true, true) => "plainfinal",
+        };
+        self.file(entry.seq, ext)
     }
 
     fn file(&self, seq: u64, ext: &str) -> PathBuf {
@@ -354,6 +437,40 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A save kept until the exam's keys come is sent nowhere; sealing replaces it for good,
+    /// and a crash between writing the envelope and deleting the plaintext keeps the envelope.
+    #[test]
+    fn a_save_waiting_for_keys_is_sent_nowhere_until_sealed() {
+        let root = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(root.path(), "e", "c").unwrap();
+        let seq = journal
+            .append_awaiting_keys(0, b"plain answer", true)
+            .unwrap();
+        assert_eq!(
+            (journal.not_in_cloud(), journal.only_here()),
+            (vec![], vec![])
+        );
+        assert_eq!(journal.awaiting_keys(), vec![seq]);
+        let journal = Journal::open(root.path(), "e", "c").unwrap();
+        assert_eq!(journal.awaiting_keys(), vec![seq]);
+        assert_eq!(journal.payload(seq).unwrap(), b"plain answer");
+        assert!(journal.get(seq).unwrap().is_final);
+
+        // Interrupted sealing: the envelope was written, the plaintext not yet deleted.
+        hallrelay_durable::write_durably(&journal.file(seq, "final"), b"envelope").unwrap();
+        let mut journal = Journal::open(root.path(), "e", "c").unwrap();
+        assert!(journal.awaiting_keys().is_empty());
+        assert_eq!(journal.payload(seq).unwrap(), b"envelope");
+        assert!(!journal.file(seq, "plainfinal").exists());
+
+        let next = journal.append_awaiting_keys(0, b"second", false).unwrap();
+        journal.seal(next, b"second envelope").unwrap();
+        assert_eq!(journal.not_in_cloud(), vec![seq, next]);
+        let journal = Journal::open(root.path(), "e", "c").unwrap();
+        assert_eq!(journal.payload(next).unwrap(), b"second envelope");
+        assert!(!journal.file(next, "plain").exists());
+    }
 
     #[test]
     fn saves_survive_reopening_and_seqs_are_never_reused() {
