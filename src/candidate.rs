@@ -138,8 +138,7 @@ pub async fn run(
     }
     autosaver.learn_relays().await;
     // Saves that waited for the exam's keys are sealed and sent by the flush too.
-    let owed =
-        autosaver.journal().not_in_cloud().len() + autosaver.journal().awaiting_keys().len();
+    let owed = autosaver.journal().not_in_cloud().len() + autosaver.journal().awaiting_keys().len();
     if owed > 0 {
         print(format!(
             "the journal holds {owed} saves the cloud has not acknowledged: sending them"

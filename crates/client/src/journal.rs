@@ -144,11 +144,14 @@ impl Journal {
             }
         }
         for (seq, is_final, path) in plain {
-            if payloads.contains_key(&seq) {
+            match payloads.entry(seq) {
                 // Sealed, then interrupted before the plaintext was deleted.
-                fs::remove_file(&path).map_err(err)?;
-            } else {
-                payloads.insert(seq, (is_final, true));
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    fs::remove_file(&path).map_err(err)?;
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert((is_final, true));
+                }
             }
         }
         let mut entries: BTreeMap<u64, Entry> = payloads
