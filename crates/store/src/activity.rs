@@ -515,6 +515,14 @@ fn is_current(db: &redb::Database) -> Result<bool, redb::Error> {
 mod tests {
     use super::*;
 
+    /// What a store written before the activity table existed looks like.
+    fn drop_activity_table(dir: &std::path::Path) {
+        let db = redb::Database::open(dir.join(STORE_FILE)).unwrap();
+        let write = db.begin_write().unwrap();
+        assert!(write.delete_table(ACTIVITY).unwrap());
+        write.commit().unwrap();
+    }
+
     #[test]
     fn rows_round_trip_and_tolerate_other_lengths() {
         let row = Activity {
@@ -709,12 +717,7 @@ mod tests {
         drop(store);
 
         // The old shape: no activity table.
-        {
-            let db = redb::Database::open(dir.path().join(STORE_FILE)).unwrap();
-            let write = db.begin_write().unwrap();
-            assert!(write.delete_table(ACTIVITY).unwrap());
-            write.commit().unwrap();
-        }
+        drop_activity_table(dir.path());
         let store = open(dir.path()).await;
         let rebuilt = rows(&store).await;
         // What the rebuild cannot know: the history of purged saves.
@@ -848,12 +851,7 @@ mod tests {
         drop(store);
 
         // No table at all: built from the records and the payloads' first bytes.
-        {
-            let db = redb::Database::open(dir.path().join(STORE_FILE)).unwrap();
-            let write = db.begin_write().unwrap();
-            assert!(write.delete_table(ACTIVITY).unwrap());
-            write.commit().unwrap();
-        }
+        drop_activity_table(dir.path());
         let store = open(dir.path()).await;
         assert_eq!(judged(&rows(&store).await), want);
         store.close().await;
