@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use hallrelay_client::{Autosaver, CloudTrust, Discovery, Landed, Options};
+use hallrelay_client::{Autosaver, CloudTrust, Connection, Discovery, Landed, Options};
 use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::v1::latest_path;
 
@@ -328,4 +328,60 @@ fn a_spare_laptop_restores_from_the_box_with_the_cloud_down() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(restored.as_deref(), Some(answer("c1", 4).as_slice()));
     assert!(err.contains("from the cloud"), "{err}");
+}
+
+/// The uplink fails before the exam starts: a laptop that never got the exam's keys keeps
+/// its saves, in plain text, on the laptop only. The box it would fail over to gets nothing
+/// (never plaintext in place of an envelope). When the cloud answers, the saves are sealed
+/// and sent, and the platform reads them.
+#[test]
+fn a_laptop_without_the_exam_keys_sends_a_box_nothing() {
+    let mut hall = Hall::start();
+    hall.cloud.kill9();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut client = hall.client("c0");
+    for n in 1..=3 {
+        let saved = rt.block_on(client.save(&answer("c0", n), false)).unwrap();
+        assert_eq!(saved.landed, Landed::Journal, "{saved:?}");
+    }
+    let summary = rt.block_on(client.flush()).unwrap();
+    assert_eq!(summary.only_here, 3);
+    let on_box = hall.hall_box.client(Some(hall.hall_box.admin_token()));
+    assert!(rt.block_on(list(&on_box, EXAM, "c0")).is_empty());
+
+    // The client asks for the keys at most every `probe_every`, at each flush.
+    hall.cloud = Hall::cloud_on(hall.dir.path(), &hall.cloud_listen);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let summary = rt.block_on(client.flush()).unwrap();
+        if (summary.only_here, summary.on_box) == (0, 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never sent: {summary:?}");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let platform = Connection::with_roots(
+        &hall.cloud_url(),
+        None,
+        Some(Secret::new(
+            hall.cloud.platform().admin_token(DEFAULT_VENUE),
+        )),
+    )
+    .unwrap();
+    for n in 1..=3u64 {
+        let stored = rt
+            .block_on(platform.get(&autosave_path(EXAM, "c0", n)))
+            .unwrap();
+        assert!(
+            hallrelay_protocol::envelope::looks_like(&stored.body),
+            "save {n}"
+        );
+        let read = rt
+            .block_on(platform.get(&hallrelay_protocol::v1::platform::answer_path(
+                EXAM, "c0", n,
+            )))
+            .unwrap();
+        assert_eq!(read.body.as_ref(), answer("c0", n as usize).as_slice());
+    }
+    assert!(rt.block_on(list(&on_box, EXAM, "c0")).is_empty());
 }
