@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{BoxProcess, autosave_path, config_file, put, skip};
+use common::{BoxProcess, autosave_path, config_file, console_row, put, skip};
 use http::{HeaderMap, Method, StatusCode};
 
 /// How long a candidate may go without saving before the console calls them silent, here.
@@ -72,15 +72,6 @@ async fn console_state(
         .expect("console state");
     let json = reply.json().unwrap_or(serde_json::Value::Null);
     (reply.status, json)
-}
-
-fn row<'a>(state: &'a serde_json::Value, candidate: &str) -> &'a serde_json::Value {
-    state["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .find(|r| r["candidate"] == candidate)
-        .unwrap_or_else(|| panic!("no row for {candidate} in {state}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,14 +145,22 @@ async fn the_console_signs_in_shows_the_hall_and_raises_the_silent_alert() {
     let (status, state) = console_state(&hall, Some(admin.clone())).await;
     assert_eq!(status, StatusCode::OK, "{state}");
     assert_eq!(
-        row(&state, "c001")["silent"],
+        console_row(&state, "c001")["silent"],
         false,
         "not silent yet: {state}"
     );
-    assert_eq!(row(&state, "c001")["last_seq"], 3);
-    assert_eq!(row(&state, "c002")["finals"], 1);
-    assert_eq!(row(&state, "c002")["encryption"], "encrypted", "{state}");
-    assert_eq!(row(&state, "c001")["encryption"], "plain", "{state}");
+    assert_eq!(console_row(&state, "c001")["last_seq"], 3);
+    assert_eq!(console_row(&state, "c002")["finals"], 1);
+    assert_eq!(
+        console_row(&state, "c002")["encryption"],
+        "encrypted",
+        "{state}"
+    );
+    assert_eq!(
+        console_row(&state, "c001")["encryption"],
+        "plain",
+        "{state}"
+    );
     assert!(state["pending"]["count"].as_u64().unwrap() >= 6, "{state}");
 
     if browser_or_skip() {
@@ -208,15 +207,18 @@ async fn the_console_signs_in_shows_the_hall_and_raises_the_silent_alert() {
 
     // The box itself says the same: c001 silent, c002 done, c003 still saving.
     let (_, state) = console_state(&hall, Some(admin)).await;
-    assert_eq!(row(&state, "c001")["silent"], true, "{state}");
+    assert_eq!(console_row(&state, "c001")["silent"], true, "{state}");
     assert_eq!(
-        row(&state, "c002")["silent"],
+        console_row(&state, "c002")["silent"],
         false,
         "a final is never silent"
     );
-    assert_eq!(row(&state, "c003")["silent"], false, "{state}");
+    assert_eq!(console_row(&state, "c003")["silent"], false, "{state}");
     assert!(
-        row(&state, "c003")["box_only_secs"].as_u64().unwrap() >= 2,
+        console_row(&state, "c003")["box_only_secs"]
+            .as_u64()
+            .unwrap()
+            >= 2,
         "{state}"
     );
     assert_eq!(state["silent"], 1);

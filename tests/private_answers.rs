@@ -6,7 +6,7 @@
 
 use hallrelay_testkit as common;
 
-use common::{BoxProcess, autosave_path, config_file, put};
+use common::{BoxProcess, autosave_path, config_file, console_row, put};
 use hallrelay_client::{Connection, Reply};
 use hallrelay_envelope::{PrivateKey, Save, Sealer};
 use hallrelay_protocol::envelope::{PREAMBLE_LEN, VERSION};
@@ -59,15 +59,6 @@ async fn console_state(hall: &BoxProcess) -> serde_json::Value {
         .expect("console state");
     assert_eq!(reply.status, StatusCode::OK);
     reply.json().expect("console JSON")
-}
-
-fn row<'a>(state: &'a serde_json::Value, candidate: &str) -> &'a serde_json::Value {
-    state["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .find(|r| r["candidate"] == candidate)
-        .unwrap_or_else(|| panic!("no row for {candidate} in {state}"))
 }
 
 /// Bodies that are not well-formed envelopes, each with the code the box must name.
@@ -171,7 +162,7 @@ async fn box_with_require_encrypted_refuses_what_is_not_an_envelope_and_stores_n
     );
 
     let state = console_state(&hall).await;
-    let c = row(&state, candidate);
+    let c = console_row(&state, candidate);
     assert_eq!(
         (c["saves"].as_u64(), c["last_seq"].as_u64()),
         (Some(2), Some(2))
@@ -224,7 +215,11 @@ async fn box_by_default_takes_plain_saves_and_the_console_shows_who_encrypts() {
         ("plain", "plain"),
         ("mixed", "mixed"),
     ] {
-        assert_eq!(row(&state, candidate)["encryption"], shown, "{state}");
+        assert_eq!(
+            console_row(&state, candidate)["encryption"],
+            shown,
+            "{state}"
+        );
     }
     let view = &state["encryption"];
     assert_eq!(

@@ -872,3 +872,13 @@ pub fn exit_within(child: &mut Child, bound: Duration) -> Option<std::process::E
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// One candidate's row of the console's state (`/console/state`), or a panic naming the state.
+pub fn console_row<'a>(state: &'a serde_json::Value, candidate: &str) -> &'a serde_json::Value {
+    state["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["candidate"] == candidate)
+        .unwrap_or_else(|| panic!("no row for {candidate} in {state}"))
+}
