@@ -62,10 +62,7 @@ fn run(python: &str, mode: &str, vector: &Value, dir: &Path) -> (bool, String, S
 }
 
 fn hex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
-        .collect()
+    hallrelay_protocol::hex::parse_hex(text).expect("hex")
 }
 
 #[test]
@@ -88,11 +85,7 @@ fn python_opens_the_documented_vector_and_rejects_a_changed_one() {
     let mut bytes = hex(vector["envelope"].as_str().unwrap());
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
-    flipped["envelope"] = bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()
-        .into();
+    flipped["envelope"] = hallrelay_protocol::hex::hex(&bytes).into();
     assert!(
         !run(python, "open", &flipped, dir.path()).0,
         "a flipped byte opened"

@@ -31,10 +31,7 @@ mod vector {
     use hallrelay_protocol::envelope::Role;
 
     fn hex(text: &str) -> Vec<u8> {
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
-            .collect()
+        hallrelay_protocol::hex::parse_hex(text).expect("hex")
     }
 
     #[test]

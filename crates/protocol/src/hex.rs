@@ -13,16 +13,21 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Parses exactly 64 hex digits into 32 bytes.
-pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
+/// Parses hex, two characters a byte, each pair read by `u8::from_str_radix(pair, 16)` (as
+/// `parse_hex32` always has); `None` for an odd count or a pair that reads as no byte.
+pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Parses exactly 64 hex digits into 32 bytes.
+pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    parse_hex(text)?.try_into().ok()
 }
 
 #[cfg(test)]
@@ -35,5 +40,8 @@ mod tests {
         assert_eq!(parse_hex32(&hex(&bytes)), Some(bytes));
         assert_eq!(parse_hex32(&hex(&bytes)[1..]), None);
         assert_eq!(parse_hex32(&"g".repeat(64)), None);
+        assert_eq!(parse_hex32(&hex(&[7; 33])), None);
+        assert_eq!(parse_hex("0aFF"), Some(vec![0x0a, 0xff]));
+        assert_eq!(parse_hex("0aF"), None);
     }
 }
