@@ -334,6 +334,17 @@ impl std::fmt::Display for Event {
     }
 }
 
+/// The envelope of save `seq` of this client's candidate: made once, when it is journaled.
+fn seal(sealer: &Sealer, options: &Options, seq: u64, is_final: bool, payload: &[u8]) -> Vec<u8> {
+    let save = Save {
+        exam: &options.exam,
+        candidate: &options.candidate,
+        seq,
+        is_final,
+    };
+    sealer.seal(&save, payload)
+}
+
 /// `HH:MM:SS UTC`.
 fn clock(t: SystemTime) -> String {
     let text = hallrelay_protocol::timefmt::rfc3339(t);
@@ -539,19 +550,11 @@ impl Autosaver {
             },
         };
         self.ask_latest_once().await;
-        let (exam, candidate) = (&self.options.exam, &self.options.candidate);
+        let options = &self.options;
         let (seq, bytes) =
             self.journal
                 .append_with(self.seq_floor, is_final, |seq| match &sealer {
-                    Some(sealer) => sealer.seal(
-                        &Save {
-                            exam,
-                            candidate,
-                            seq,
-                            is_final,
-                        },
-                        payload,
-                    ),
+                    Some(sealer) => seal(sealer, options, seq, is_final, payload),
                     None => payload.to_vec(),
                 })?;
         let landed = self.deliver(seq, Bytes::from(bytes), is_final).await?;
@@ -680,13 +683,7 @@ impl Autosaver {
                 continue;
             };
             let payload = self.journal.payload(seq)?;
-            let save = Save {
-                exam: &self.options.exam,
-                candidate: &self.options.candidate,
-                seq,
-                is_final,
-            };
-            let envelope = sealer.seal(&save, &payload);
+            let envelope = seal(sealer, &self.options, seq, is_final, &payload);
             self.journal.seal(seq, &envelope)?;
         }
         if !waiting.is_empty() {
