@@ -146,12 +146,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 
 fn store(dir: &Path, file: &str, value: &impl serde::Serialize) -> Result<(), KeysError> {
     let path = dir.join(file);
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| KeysError::Store {
-        path: path.clone(),
-        source: io::Error::other(e),
-    })?;
-    hallrelay_durable::write_durably(&path, &bytes)
-        .map_err(|source| KeysError::Store { path, source })
+    crate::journal::keep_json(&path, value).map_err(|source| KeysError::Store { path, source })
 }
 
 #[cfg(test)]

@@ -96,6 +96,14 @@ fn read_receipts(text: &str) -> Vec<String> {
     bodies
 }
 
+/// Writes `value` as JSON to `path`, a file the journal folder keeps beside the saves (the relay
+/// list, the exam's keys), as durably as a save: after a crash the file is the old one or
+/// the new one.
+pub(crate) fn keep_json(path: &Path, value: &impl serde::Serialize) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    hallrelay_durable::write_durably(path, &bytes)
+}
+
 /// The journal could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[error("journal {path}: {source}")]

@@ -104,12 +104,7 @@ impl RelayList {
     /// rename, fsync the folder): after a crash the file holds the old list or the new one.
     pub fn store(&self, journal_dir: &Path) -> Result<(), RelaysError> {
         let path = journal_dir.join(FILE);
-        let text = serde_json::to_vec_pretty(self).map_err(|e| RelaysError::Store {
-            path: path.clone(),
-            source: io::Error::other(e),
-        })?;
-        hallrelay_durable::write_durably(&path, &text)
-            .map_err(|source| RelaysError::Store { path, source })
+        crate::journal::keep_json(&path, self).map_err(|source| RelaysError::Store { path, source })
     }
 }
 
