@@ -101,27 +101,3 @@ pub fn describe(answer: &Answer, exam: &str, candidate: &str, seq: u64) -> Strin
         )
     }
 }
-
-/// Writes the plaintext to `out` (durably, mode 0600: these are a candidate's answers), or to
-/// stdout.
-pub fn deliver(answer: &Answer, out: Option<&Path>) -> Result<(), OpsError> {
-    use std::io::Write as _;
-    match out {
-        Some(path) => hallrelay_durable::write_durably(path, &answer.plaintext).map_err(|source| {
-            OpsError::File {
-                path: path.to_owned(),
-                source,
-            }
-        }),
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            stdout
-                .write_all(&answer.plaintext)
-                .and_then(|()| stdout.flush())
-                .map_err(|source| OpsError::File {
-                    path: "<stdout>".into(),
-                    source,
-                })
-        }
-    }
-}

@@ -100,8 +100,8 @@ pub enum CandidateError {
     RestoreCode { path: String, error: BadRestoreCode },
     #[error("nothing restored: {0}")]
     Restore(String),
-    #[error("cannot write the restored answers to {path}: {error}")]
-    RestoreOut { path: String, error: std::io::Error },
+    #[error("cannot write the restored answers: {0}")]
+    RestoreOut(crate::ops::OpsError),
 }
 
 fn read_key_set(path: &std::path::Path) -> Result<KeySet, CandidateError> {

@@ -213,26 +213,9 @@ fn restore(args: &CandidateArgs) -> ExitCode {
         Ok(Err(e)) => return fail(1, &e),
         Ok(Ok(restored)) => restored,
     };
-    let written = match &args.restore_out {
-        Some(path) => hallrelay_durable::write_durably(path, &restored.payload).map_err(|error| {
-            CandidateError::RestoreOut {
-                path: path.display().to_string(),
-                error,
-            }
-        }),
-        None => {
-            use std::io::Write as _;
-            std::io::stdout()
-                .write_all(&restored.payload)
-                .map_err(|error| CandidateError::RestoreOut {
-                    path: "standard output".into(),
-                    error,
-                })
-        }
-    };
-    match written {
+    match ops::write_out(args.restore_out.as_deref(), &restored.payload) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(1, &e),
+        Err(e) => fail(1, &CandidateError::RestoreOut(e)),
     }
 }
 
@@ -412,7 +395,7 @@ fn cloud_action(action: &CloudAction) -> ExitCode {
                 use std::io::Write as _;
                 let said = hallrelay::answers::describe(&answer, &a.exam, &a.candidate, a.seq);
                 let _ = writeln!(std::io::stderr(), "{said}");
-                match hallrelay::answers::deliver(&answer, a.out.as_deref()) {
+                match ops::write_out(a.out.as_deref(), &answer.plaintext) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(1, &e),
                 }
@@ -523,24 +506,17 @@ fn ops_report(args: &ReportArgs) -> ExitCode {
         Err(code) => return code,
     };
     run_ops(ops::report(&access.box_url, token, &access.pin), |csv| {
-        use std::io::Write as _;
-        match &args.out {
-            Some(path) => match ops::write_file(path, &csv) {
-                Ok(()) => {
-                    let rows = csv.split(|b| *b == b'\n').count().saturating_sub(2);
-                    eprintln!(
-                        "wrote the offline-time record of {rows} candidates to {}",
-                        path.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(1, &e),
-            },
-            None => match std::io::stdout().write_all(&csv) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(1, &e),
-            },
+        if let Err(e) = ops::write_out(args.out.as_deref(), &csv) {
+            return fail(1, &e);
         }
+        if let Some(path) = &args.out {
+            let rows = csv.split(|b| *b == b'\n').count().saturating_sub(2);
+            eprintln!(
+                "wrote the offline-time record of {rows} candidates to {}",
+                path.display()
+            );
+        }
+        ExitCode::SUCCESS
     })
 }
 

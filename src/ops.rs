@@ -174,6 +174,22 @@ pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), OpsError> {
     hallrelay_durable::write_durably(path, contents).map_err(file_error(path))
 }
 
+/// Writes `contents` to `out` whole ([`write_file`]), or to standard output when there is no
+/// `out`: what a command's `--out FILE` means.
+pub fn write_out(out: Option<&Path>, contents: &[u8]) -> Result<(), OpsError> {
+    use std::io::Write as _;
+    match out {
+        Some(path) => write_file(path, contents),
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(contents)
+                .and_then(|()| stdout.flush())
+                .map_err(file_error(Path::new("<stdout>")))
+        }
+    }
+}
+
 /// `hallrelay replay --retry-parked`: asks the box to return every parked autosave to its
 /// replay queue; returns how many went back.
 pub async fn retry_parked(box_url: &str, token: Secret, pin: &str) -> Result<u64, OpsError> {
