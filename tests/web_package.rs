@@ -1,0 +1,240 @@
+//! The browser client package (`clients/web`, `@hallrelay/web-client`) from `cargo test`: it
+//! builds with `npm run build` (tsc), its own node tests pass (`npm test`: the docs/envelope.md
+//! vector, the exam keys' signature, the IndexedDB journal's rules), and it agrees with the Rust
+//! crates byte for byte: what the package seals, `hallrelay_envelope::open` opens for both
+//! recipients; what Rust seals, the package opens; an exam keys document the Rust platform
+//! signs, the package verifies, and refuses once a field is changed.
+//!
+//! Needs `node`, `npm` and `npm ci` in clients/web; skips loudly without them, and fails
+//! instead when `HALLRELAY_REQUIRE_PRIVILEGED=1` (CI installs them: `.ci/install-deps`).
+
+use hallrelay_testkit as common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use common::skip;
+use hallrelay_envelope::{ExamKeys, PrivateKey, Save, Sealer, open};
+use hallrelay_protocol::envelope::Role;
+use hallrelay_protocol::keys::TokenKey;
+use hallrelay_protocol::token::{KeySet, PublicKey as TokenPublicKey};
+
+fn package_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/web")
+}
+
+/// Whether node, npm and the package's node_modules are here; says so loudly when not.
+fn node_or_skip(what: &str) -> bool {
+    let mut missing = Vec::new();
+    for (tool, hint) in [
+        ("node", "node (apt-get install nodejs)"),
+        ("npm", "npm (apt-get install npm)"),
+    ] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            missing.push(hint);
+        }
+    }
+    if !package_dir()
+        .join("node_modules/typescript/package.json")
+        .exists()
+    {
+        missing.push("the package's node_modules (cd clients/web && npm ci)");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    skip(
+        what,
+        &format!("missing {}", missing.join(", ")),
+        "HALLRELAY_REQUIRE_PRIVILEGED",
+    );
+    false
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .current_dir(package_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} {args:?}: {e}"))
+}
+
+fn assert_ok(what: &str, output: &Output) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Builds the package once for this test binary (the tests run in parallel, and both need
+/// `dist/`).
+fn build() {
+    static BUILT: Mutex<bool> = Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !*built {
+        let started = Instant::now();
+        assert_ok("npm run build", &run("npm", &["run", "build"]));
+        eprintln!(
+            "web_package: npm run build took {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        *built = true;
+    }
+}
+
+#[test]
+fn the_package_builds_and_its_own_tests_pass() {
+    if !node_or_skip("the web client package's tests") {
+        return;
+    }
+    build();
+    let started = Instant::now();
+    let output = run("npm", &["test"]);
+    assert_ok("npm test", &output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!(
+        "web_package: npm test took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // node's TAP summary: every test ran, none failed or was skipped.
+    assert!(stdout.contains("# fail 0"), "{stdout}");
+    assert!(stdout.contains("# skipped 0"), "{stdout}");
+    assert!(!stdout.contains("# pass 0"), "no test ran at all: {stdout}");
+    for file in ["index.js", "index.d.ts", "envelope.js", "journal.js"] {
+        assert!(
+            package_dir().join("dist").join(file).exists(),
+            "the build leaves dist/{file}"
+        );
+    }
+}
+
+/// Run by node with the built package: seals the save it is given, opens what Rust sealed,
+/// and checks the exam keys documents; answers in JSON on stdout.
+const CROSS: &str = r#"
+const [distUrl, inputJson] = process.argv.slice(1);
+const pkg = await import(distUrl);
+const input = JSON.parse(inputJson);
+const hex = (t) => Uint8Array.from(Buffer.from(t, "hex"));
+const toHex = (b) => Buffer.from(b).toString("hex");
+const exam = await pkg.deriveKeyPair(hex(input.exam_ikm));
+const restore = await pkg.deriveKeyPair(hex(input.restore_ikm));
+const sealed = await pkg.seal({ exam: exam.publicKey, restore: restore.publicKey }, input.save, hex(input.payload));
+const fromRust = hex(input.rust_envelope);
+const opened_exam = toHex(await pkg.open(fromRust, exam.privateKey, pkg.ROLE_EXAM, input.save));
+const opened_restore = toHex(await pkg.open(fromRust, restore.privateKey, pkg.ROLE_RESTORE, input.save));
+let other_seq = "opened";
+try { await pkg.open(fromRust, exam.privateKey, pkg.ROLE_EXAM, { ...input.save, seq: input.save.seq + 1 }); }
+catch (e) { other_seq = e.message; }
+const platform = pkg.keySetFromJson(input.key_set);
+const keys = await pkg.verifyExamKeys(input.exam_keys, platform, input.save.exam, input.save.candidate);
+let tampered = "verified";
+try { await pkg.verifyExamKeys(input.tampered_exam_keys, platform, input.save.exam, input.save.candidate); }
+catch (e) { tampered = e.message; }
+console.log(JSON.stringify({
+  sealed: toHex(sealed), opened_exam, opened_restore, other_seq,
+  exam_public: toHex(exam.publicKey), restore_public: toHex(restore.publicKey),
+  verified_exam_key: toHex(keys.exam), verified_restore_key: toHex(keys.restore), tampered,
+}));
+"#;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn rust_and_the_package_open_each_other_s_envelopes_and_agree_on_exam_keys() {
+    if !node_or_skip("the Rust/TypeScript envelope cross-check") {
+        return;
+    }
+    build();
+    let (exam_ikm, restore_ikm) = ([0x11u8; 32], [0x22u8; 32]);
+    let exam = PrivateKey::derive(&exam_ikm);
+    let restore = PrivateKey::derive(&restore_ikm);
+    let save = Save {
+        exam: "bio-2026",
+        candidate: "c042",
+        seq: 9_007_199_254,
+        is_final: true,
+    };
+    let payload = "Mitochondria: Kraftwerk der Zelle — 線粒體\n".repeat(50);
+    let rust_envelope =
+        Sealer::new(exam.public(), Some(restore.public())).seal(&save, payload.as_bytes());
+    let platform = TokenKey::from_bytes([9; 32]);
+    let key_set = KeySet::new(vec![TokenPublicKey::of(&platform)]);
+    let exam_keys = ExamKeys::sign(
+        &platform,
+        save.exam,
+        save.candidate,
+        &exam.public(),
+        Some(&restore.public()),
+        SystemTime::now(),
+    );
+    let mut tampered = exam_keys.clone();
+    tampered.restore_key = Some(PrivateKey::derive(&[0x33; 32]).public().to_text());
+
+    let input = serde_json::json!({
+        "exam_ikm": hex(&exam_ikm),
+        "restore_ikm": hex(&restore_ikm),
+        "save": {"exam": save.exam, "candidate": save.candidate, "seq": save.seq, "final": save.is_final},
+        "payload": hex(payload.as_bytes()),
+        "rust_envelope": hex(&rust_envelope),
+        "key_set": key_set,
+        "exam_keys": exam_keys,
+        "tampered_exam_keys": tampered,
+    });
+    let dist = format!("file://{}", package_dir().join("dist/index.js").display());
+    let output = Command::new("node")
+        .args([
+            "--input-type=module",
+            "-e",
+            CROSS,
+            &dist,
+            &input.to_string(),
+        ])
+        .output()
+        .expect("run node");
+    assert_ok("the node side of the cross-check", &output);
+    let answer: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("node answers JSON");
+    let text = |k: &str| answer[k].as_str().unwrap_or_default().to_owned();
+
+    // The same keys from the same RFC 9180 DeriveKeyPair input.
+    assert_eq!(text("exam_public"), hex(&exam.public().to_bytes()));
+    assert_eq!(text("restore_public"), hex(&restore.public().to_bytes()));
+    // The package opens Rust's envelope, for both recipients, and only as its own save.
+    assert_eq!(text("opened_exam"), hex(payload.as_bytes()));
+    assert_eq!(text("opened_restore"), hex(payload.as_bytes()));
+    assert!(text("other_seq").contains("does not open"), "{answer}");
+    // Rust opens the package's envelope, for both recipients, and only as its own save.
+    let sealed = hallrelay_protocol::hex::parse_hex(&text("sealed")).expect("hex");
+    assert_eq!(
+        sealed.len(),
+        payload.len() + hallrelay_protocol::envelope::OVERHEAD_TWO_RECIPIENTS
+    );
+    for (key, role) in [(&exam, Role::Exam), (&restore, Role::Restore)] {
+        match open(&sealed, key, role, &save) {
+            Ok(plain) => assert!(plain == payload.as_bytes(), "{role:?} opened other bytes"),
+            Err(error) => panic!("Rust cannot open the package's envelope as {role:?}: {error}"),
+        }
+    }
+    let not_final = Save {
+        is_final: false,
+        ..save
+    };
+    assert!(open(&sealed, &exam, Role::Exam, &not_final).is_err());
+    // The platform's signed exam keys verify in the package, and a swapped key does not.
+    assert_eq!(text("verified_exam_key"), hex(&exam.public().to_bytes()));
+    assert_eq!(
+        text("verified_restore_key"),
+        hex(&restore.public().to_bytes())
+    );
+    assert!(
+        text("tampered").contains("signature does not verify"),
+        "{answer}"
+    );
+}
