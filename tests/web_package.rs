@@ -238,3 +238,244 @@ fn rust_and_the_package_open_each_other_s_envelopes_and_agree_on_exam_keys() {
         "{answer}"
     );
 }
+
+/// The package's `Autosaver`, driven from node (`clients/web/scripts/node-driver.mjs`, on an
+/// in-memory IndexedDB) by JSON lines.
+struct Driver {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    events: Vec<serde_json::Value>,
+}
+
+impl Driver {
+    fn spawn() -> Self {
+        let dist = format!("file://{}", package_dir().join("dist/index.js").display());
+        let mut child = Command::new("node")
+            .arg(package_dir().join("scripts/node-driver.mjs"))
+            .arg(dist)
+            .current_dir(package_dir())
+            // node's fetch is no exam browser: it cannot be told to trust a box by its
+            // certificate's key, as Chromium's --ignore-certificate-errors-spki-list does (the
+            // browser tests check trust). Here it trusts what it is pointed at.
+            .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
+            .env("NODE_NO_WARNINGS", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run node");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+            events: Vec::new(),
+        }
+    }
+
+    /// Sends one command and returns its answer (events that come first are kept).
+    fn send(&mut self, command: serde_json::Value) -> serde_json::Value {
+        use std::io::Write as _;
+        writeln!(self.stdin, "{command}").expect("write to node");
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    panic!("node did not answer {command}; events: {:?}", self.events)
+                });
+            let value: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|_| panic!("node wrote a line that is not JSON: {line}"));
+            if value.get("event").is_some() {
+                self.events.push(value["event"].clone());
+                continue;
+            }
+            assert!(value.get("error").is_none(), "{command} failed: {value}");
+            return value;
+        }
+    }
+
+    fn save(&mut self, text: &str) -> serde_json::Value {
+        self.send(serde_json::json!({"save": text}))["result"].clone()
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The package's rules end to end with the real cloud and box (in node, not a browser): saves
+/// go to the cloud sealed with the exam's keys it serves; with the cloud gone they wait on the
+/// laptop until `failoverAfterMs`, then go to the configured box, which hands back receipts;
+/// a reopened page (same IndexedDB) goes on with the next seq and the keys it kept, while the
+/// cloud is still gone; once the cloud is back the probe returns to it and re-sends what it
+/// lacks with the box receipts. The cloud then holds every seq once, opens every envelope
+/// with the exam's key, and keeps the box receipts of the saves the box took.
+#[test]
+fn the_package_fails_over_to_the_box_and_returns_against_the_real_cloud_and_box() {
+    if !node_or_skip("the web client package against the real cloud and box") {
+        return;
+    }
+    build();
+    const EXAM: &str = "bio-2026";
+    let dir = tempfile::tempdir().unwrap();
+    let cloud_dir = dir.path().join("cloud");
+    let cloud_listen = format!("127.0.0.1:{}", common::free_port());
+    // `--tls`: a loopback cloud serves plain HTTP otherwise; a browser page reaches it over https.
+    let cloud_args = ["--listen", cloud_listen.as_str(), "--tls"];
+    let mut cloud = common::BoxProcess::start_cloud(&cloud_dir, &cloud_args);
+    let platform = common::Platform::of_cloud(&cloud_dir);
+    let keys_file = platform.write_keys_file(&dir.path().join("platform-keys.json"));
+    let config = common::config_file(
+        dir.path(),
+        &format!("platform_keys_file = \"{keys_file}\"\n"),
+    );
+    let hall = common::BoxProcess::start(
+        &dir.path().join("box"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let token = platform.candidate_token(common::DEFAULT_VENUE, EXAM, "c1");
+    let open = serde_json::json!({"open": {
+        "cloud": cloud.url(), "exam": EXAM, "candidate": "c1", "token": token,
+        "relays": [{"name": "hall-a", "urls": [hall.url()]}],
+        "failoverAfterMs": 400, "probeEveryMs": 300, "requestTimeoutMs": 3000,
+        "background": false, "database": "web-package-test",
+    }});
+    let mut node = Driver::spawn();
+    node.send(open.clone());
+    let mut landed = std::collections::BTreeMap::new();
+    let mut record = |r: &serde_json::Value| {
+        landed.insert(
+            r["seq"].as_u64().expect("seq"),
+            r["landed"].as_str().unwrap_or_default().to_owned(),
+        );
+    };
+    for i in 1..=3 {
+        let r = node.save(&format!("answer {i} before the outage"));
+        assert_eq!(r["landed"], "cloud", "{r}; events {:?}", node.events);
+        record(&r);
+    }
+    assert!(
+        node.kinds().contains(&"encrypting".to_owned()),
+        "{:?}",
+        node.events
+    );
+
+    cloud.kill9();
+    let r = node.save("answer 4, the cloud just went");
+    assert_eq!(r["landed"], "laptop", "not yet failed over: {r}");
+    record(&r);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut receipts = 0;
+    for i in 5..=6 {
+        let r = node.save(&format!("answer {i} on the box"));
+        assert_eq!(r["landed"], "box", "{r}; events {:?}", node.events);
+        assert_eq!(r["box"], "hall-a");
+        receipts += usize::from(r["receipt"].as_str().is_some_and(|t| t.contains("\"seq\"")));
+        record(&r);
+    }
+    assert_eq!(receipts, 2, "each box save comes back with its receipt");
+
+    // The page is reloaded mid-outage: a new Autosaver on the same IndexedDB.
+    node.send(serde_json::json!({"close": true}));
+    node.send(open);
+    let r = node.save("answer 7 after the reload");
+    assert_eq!(r["seq"], 7, "the next seq, none reused: {r}");
+    // Sealed with the keys the journal kept, and sent to the box of the kept configuration.
+    assert_eq!(r["landed"], "box", "{r}; events {:?}", node.events);
+    record(&r);
+    let pending: Vec<u64> =
+        serde_json::from_value(node.send(serde_json::json!({"pending": true}))["pending"].clone())
+            .unwrap();
+    assert_eq!(pending, vec![4, 5, 6, 7], "what the cloud lacks");
+
+    cloud = common::BoxProcess::start_cloud(&cloud_dir, &cloud_args);
+    let mut back = false;
+    for i in 8..=40 {
+        std::thread::sleep(std::time::Duration::from_millis(350));
+        let r = node.save(&format!("answer {i}"));
+        record(&r);
+        if r["landed"] == "cloud" {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "never returned to the cloud: {:?}", node.events);
+    let pending = node.send(serde_json::json!({"pending": true}));
+    assert_eq!(
+        pending["pending"],
+        serde_json::json!([]),
+        "{:?}",
+        node.events
+    );
+    let kinds = node.kinds();
+    for kind in ["cloud-unreachable", "failed-over", "back-to-cloud", "saved"] {
+        assert!(
+            kinds.contains(&kind.to_owned()),
+            "no {kind} event: {kinds:?}"
+        );
+    }
+    let newest = *landed.keys().last().expect("saves");
+    for event in &node.events {
+        eprintln!(
+            "web_package event: {}",
+            event["message"].as_str().unwrap_or_default()
+        );
+    }
+
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = cloud.client(Some(token.clone()));
+        let rows = common::list(&client, EXAM, "c1").await;
+        let seqs: Vec<u64> = rows.iter().filter_map(|r| r["seq"].as_u64()).collect();
+        assert_eq!(seqs, (1..=newest).collect::<Vec<_>>(), "every save once");
+        let admin = cloud.client(Some(platform.admin_token(common::DEFAULT_VENUE)));
+        for seq in 1..=newest {
+            let path = common::autosave_path(EXAM, "c1", seq);
+            let answer = admin.get(&format!("{path}/answer")).await.expect("answer");
+            assert_eq!(
+                answer.status,
+                http::StatusCode::OK,
+                "save {seq}: {:?}",
+                answer.body
+            );
+            assert_eq!(
+                answer.header("hallrelay-encrypted"),
+                Some("yes"),
+                "save {seq} was sealed by the package and opened by the cloud"
+            );
+            let text = String::from_utf8_lossy(&answer.body).into_owned();
+            assert!(text.starts_with("answer "), "save {seq}: {text}");
+            if landed.get(&seq).map(String::as_str) == Some("box") {
+                let stored = client.get(&path).await.expect("get");
+                assert!(
+                    stored.header("hallrelay-receipt").is_some(),
+                    "save {seq} reached the cloud without the box's receipt"
+                );
+            }
+        }
+    });
+    drop(hall);
+}

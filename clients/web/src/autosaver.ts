@@ -165,6 +165,9 @@ export class Autosaver {
     const autosaver = new Autosaver(config, journal, platformKeys);
     autosaver.persisted = await askPersistence();
     autosaver.learnt = (await journal.getMeta<RelayList>("relays")) ?? null;
+    // A page reloaded mid-outage fails over as soon as it is due, not `failoverAfterMs` later.
+    const downSince = await journal.getMeta<number>("cloudDownSince");
+    if (typeof downSince === "number" && downSince <= Date.now()) autosaver.cloudDownSince = downSince;
     if (autosaver.encrypt) autosaver.sealKeys = await autosaver.loadKeys();
     return autosaver;
   }
@@ -477,6 +480,7 @@ export class Autosaver {
   }
 
   private cloudIsBack(): void {
+    if (this.cloudDownSince !== null) void this.journal.putMeta("cloudDownSince", null).catch(() => undefined);
     this.cloudDownSince = null;
     this.told.clear();
     this.lastSearch = null;
@@ -487,6 +491,7 @@ export class Autosaver {
   private cloudFailed(error: string): void {
     if (this.cloudDownSince === null) {
       this.cloudDownSince = Date.now();
+      void this.journal.putMeta("cloudDownSince", this.cloudDownSince).catch(() => undefined);
       this.emit(events.cloudUnreachable(error));
     }
   }
