@@ -71,9 +71,9 @@ fn assert_ok(what: &str, output: &Output) {
     );
 }
 
-/// Builds the package once for this test binary (the tests run in parallel, and both need
-/// `dist/`).
-fn build() {
+/// Builds the package once for this test binary, and hands out `dist/` to one test at a time:
+/// `npm test` rebuilds it (its `pretest`), which must not happen under a node that reads it.
+fn build() -> std::sync::MutexGuard<'static, bool> {
     static BUILT: Mutex<bool> = Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if !*built {
@@ -85,6 +85,7 @@ fn build() {
         );
         *built = true;
     }
+    built
 }
 
 #[test]
@@ -92,7 +93,7 @@ fn the_package_builds_and_its_own_tests_pass() {
     if !node_or_skip("the web client package's tests") {
         return;
     }
-    build();
+    let _dist = build();
     let started = Instant::now();
     let output = run("npm", &["test"]);
     assert_ok("npm test", &output);
@@ -151,7 +152,7 @@ fn rust_and_the_package_open_each_other_s_envelopes_and_agree_on_exam_keys() {
     if !node_or_skip("the Rust/TypeScript envelope cross-check") {
         return;
     }
-    build();
+    let _dist = build();
     let (exam_ikm, restore_ikm) = ([0x11u8; 32], [0x22u8; 32]);
     let exam = PrivateKey::derive(&exam_ikm);
     let restore = PrivateKey::derive(&restore_ikm);
@@ -339,7 +340,7 @@ fn the_package_fails_over_to_the_box_and_returns_against_the_real_cloud_and_box(
     if !node_or_skip("the web client package against the real cloud and box") {
         return;
     }
-    build();
+    let _dist = build();
     const EXAM: &str = "bio-2026";
     let dir = tempfile::tempdir().unwrap();
     let cloud_dir = dir.path().join("cloud");
