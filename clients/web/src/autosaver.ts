@@ -202,7 +202,10 @@ export class Autosaver {
     const bytes = typeof payload === "string" ? utf8(payload) : payload;
     if (bytes.length === 0) throw new SaveError("the save is empty (0 bytes), so it was not taken: pass the saved state's bytes");
     const final = options.final === true;
-    if (!this.askedForLatest && (await this.journal.lastSeq()) === 0) await this.run(() => this.askLatestOnce());
+    if (!this.askedForLatest) {
+      if ((await this.journal.lastSeq()) === 0) await this.run(() => this.askLatestOnce());
+      else this.askedForLatest = true;
+    }
     const keys = this.encrypt ? this.sealKeys : null;
     let entry: Entry;
     try {
