@@ -98,8 +98,11 @@ export function readPut(reply: Reply): Put {
 
 /**
  * The address space a box URL is in, as the fetch option names it: `"loopback"` for the
- * machine itself, `"local"` for a private or link-local address or a name (`NAME.local`, a
- * hall DNS name), nothing for a public address (no declaration is then right).
+ * machine itself, `"local"` for a private, link-local or unique-local address and for an mDNS
+ * name (`NAME.local`); nothing where the URL does not say (another name, a public address).
+ * A wrong declaration fails the request (measured in Chromium 156: `"local"` to 127.0.0.1 fails
+ * even with Local Network Access granted), and none is needed for an https box: the option
+ * only spares the browser a guess, and the permission is what lets the request through.
  */
 export function addressSpaceOf(url: string): "local" | "loopback" | undefined {
   let host: string;
@@ -112,13 +115,13 @@ export function addressSpaceOf(url: string): "local" | "loopback" | undefined {
   const v4 = host.match(/^(\d+)\.(\d+)\.(\d+)\.(\d+)$/);
   if (v4) {
     const [a, b] = [Number(v4[1]), Number(v4[2])];
-    const local = a === 10 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168) || (a === 169 && b === 254) || (a === 100 && b >= 64 && b <= 127);
+    const local = a === 10 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168) || (a === 169 && b === 254);
     return local ? "local" : undefined;
   }
   if (host.includes(":")) {
     return /^(fc|fd|fe[89ab])/.test(host) ? "local" : undefined;
   }
-  return "local";
+  return host.endsWith(".local") ? "local" : undefined;
 }
 
 /**

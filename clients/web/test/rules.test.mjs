@@ -32,6 +32,8 @@ test("a box URL is declared in its address space", () => {
     "https://[fe80::1]:8443": "local",
     "https://[fd00::2]:8443": "local",
     "https://hall-a.local:8443": "local",
+    "https://box.hall.example": undefined,
+    "https://100.64.0.1": undefined,
     "https://8.8.8.8": undefined,
     "https://172.32.0.1": undefined,
     "https://[2001:db8::1]": undefined,
