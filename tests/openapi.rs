@@ -118,6 +118,61 @@ fn cloud_url(cloud: &BoxProcess) -> String {
     format!("http://{}", cloud.addr)
 }
 
+/// A box enrolled with `cloud` by a code issued with the platform admin token `admin`, and the
+/// credential the platform gave it (read from its enrollment state, as the box keeps it).
+async fn an_enrolled_box(cloud: &BoxProcess, dir: &Path, admin: &str) -> (BoxProcess, String) {
+    let platform = hallrelay_client::Connection::with_roots(
+        &cloud_url(cloud),
+        None,
+        Some(hallrelay_protocol::keys::Secret::new(admin.to_owned())),
+    )
+    .expect("a client of the cloud");
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    let body = serde_json::json!({ "venue": DEFAULT_VENUE, "ttl_secs": 600 }).to_string();
+    let reply = platform
+        .send(
+            Method::POST,
+            hallrelay_protocol::v1::platform::ENROLLMENT_CODES,
+            headers,
+            Bytes::from(body),
+        )
+        .await
+        .expect("POST an enrollment code");
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.message());
+    let code: serde_json::Value = reply.json().expect("the code's JSON");
+    let code_file = write_secret(
+        &dir.join("enrollment.code"),
+        code["code"].as_str().expect("a code"),
+    );
+    let data = dir.join("enrolled");
+    let hall = BoxProcess::start(
+        &data,
+        &[
+            "--cloud",
+            &cloud_url(cloud),
+            "--enrollment-code-file",
+            &code_file,
+        ],
+    );
+    let state = data.join("enrollment.json");
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let saved = std::fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if let Some(credential) = saved.and_then(|v| v["credential"].as_str().map(str::to_owned)) {
+            return (hall, credential);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the box did not enroll within 30 s:\n{}",
+            hall.log_so_far()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// The box and the cloud serve the document this build embedded, without a token, as YAML.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_box_and_the_cloud_serve_the_document() {
@@ -238,8 +293,9 @@ async fn generated_requests_conform_on_the_box() {
 }
 
 /// Generated requests against the real reference cloud: with a platform admin token (every
-/// operation the cloud serves), a platform candidate token (autosaves, relays, exam keys)
-/// and a listed appliance credential (the box's replay of autosaves).
+/// operation the cloud serves), a platform candidate token (autosaves, relays, exam keys), a
+/// listed appliance credential (the box's replay of autosaves) and an enrolled box's
+/// credential (its record, its addresses, its replay).
 #[tokio::test(flavor = "multi_thread")]
 async fn generated_requests_conform_on_the_cloud() {
     if tool_or_skip("schemathesis", "the generated-request run on the cloud").is_none() {
@@ -251,6 +307,9 @@ async fn generated_requests_conform_on_the_cloud() {
     let platform = cloud.platform();
     let admin = platform.admin_token(DEFAULT_VENUE);
     let candidate = platform.candidate_token(DEFAULT_VENUE, EXAM, CANDIDATE);
+    // Enrolled first: the runs below try enrollments of their own, which the cloud then limits
+    // for this address.
+    let (_enrolled, credential) = an_enrolled_box(&cloud, dir.path(), &admin).await;
     conform(
         "cloud, admin token",
         &url,
@@ -268,6 +327,15 @@ async fn generated_requests_conform_on_the_cloud() {
     conform("cloud, candidate token", &url, &candidate_ops, &candidate);
     let replay = ["--include-tag", "autosaves"];
     conform("cloud, appliance credential", &url, &replay, APPLIANCE);
+    let own = [
+        "--include-tag",
+        "autosaves",
+        "--include-operation-id",
+        "getBox",
+        "--include-operation-id",
+        "putBoxAddresses",
+    ];
+    conform("cloud, enrolled box's credential", &url, &own, &credential);
 }
 
 /// A browser's preflight from the allowed exam page, asking to reach the hall network in
