@@ -203,7 +203,8 @@ async fn the_box_and_the_cloud_serve_the_document() {
     }
 }
 
-/// A real OpenAPI 3.1 validator accepts the document.
+/// A real OpenAPI 3.1 validator accepts the document, and every operation names the servers
+/// that serve it (tests/openapi/served_by.py).
 #[test]
 fn the_document_is_valid_openapi() {
     let Some(validator) = tool_or_skip("openapi-spec-validator", "the OpenAPI validation") else {
@@ -220,6 +221,69 @@ fn the_document_is_valid_openapi() {
         "docs/openapi.yaml is not valid:\n{text}"
     );
     assert!(text.contains("OK"), "{text}");
+    // What no validator knows: each operation says which server serves it, in its tags too.
+    let out = Command::new(tools().join("python"))
+        .arg(helper_dir().join("served_by.py"))
+        .arg(document_path())
+        .output()
+        .expect("run tests/openapi/served_by.py");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "docs/openapi.yaml: {text}");
+}
+
+/// Every path the routers serve is in the document: the protocol's constants and builders,
+/// the console's and the metrics' paths. A route added without its description fails here.
+#[test]
+fn every_route_is_described() {
+    use hallrelay_protocol::v1::{self, platform};
+    let document = std::fs::read_to_string(document_path()).expect("docs/openapi.yaml");
+    let described: Vec<&str> = document
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.strip_suffix(':'))
+        .filter(|l| l.starts_with('/'))
+        .collect();
+    let (e, c, s, pin) = ("{exam}", "{candidate}", "{seq}", "{pin}");
+    let routes = [
+        v1::HEALTH.to_owned(),
+        v1::STATUS.to_owned(),
+        v1::RETRY_PARKED.to_owned(),
+        v1::AUDIT.to_owned(),
+        v1::REPORT.to_owned(),
+        v1::EXPORT_AUTOSAVES.to_owned(),
+        v1::EXPORT_MANIFEST.to_owned(),
+        v1::OPENAPI.to_owned(),
+        v1::autosaves_path(e, c),
+        v1::latest_path(e, c),
+        v1::autosave_path(e, c, 0).replace("/0", &format!("/{s}")),
+        platform::ENROLLMENT_CODES.to_owned(),
+        platform::ENROLLMENT.to_owned(),
+        platform::BOX.to_owned(),
+        platform::BOX_ADDRESSES.to_owned(),
+        platform::BOXES.to_owned(),
+        platform::PLATFORM_KEYS.to_owned(),
+        format!("{}/{pin}/revoke", platform::BOXES),
+        format!("{}/{pin}/confirm", platform::BOXES),
+        platform::relays_path(e),
+        platform::exam_keys_path(e),
+        platform::answer_path(e, c, 0).replace("/0/", &format!("/{s}/")),
+        "/metrics".to_owned(),
+        "/".to_owned(),
+        "/console.css".to_owned(),
+        "/console.js".to_owned(),
+        "/console/icon.svg".to_owned(),
+        "/console/state".to_owned(),
+        "/console/report.csv".to_owned(),
+        "/console/session".to_owned(),
+        "/console/signout".to_owned(),
+        "/console/retry-parked".to_owned(),
+    ];
+    let missing: Vec<&String> = routes
+        .iter()
+        .filter(|r| !described.contains(&r.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "not in docs/openapi.yaml: {missing:?}");
+    assert_eq!(described.len(), routes.len(), "{described:?}");
 }
 
 /// One generated run: schemathesis sends requests built from the document to `url`, with
