@@ -1,0 +1,750 @@
+/**
+ * The candidate's autosave client for a browser exam page: the Rust `Autosaver`'s rules
+ * (crates/client/src/autosaver.rs), on IndexedDB, fetch and WebCrypto.
+ *
+ * - Journal first: a save is sealed (to the exam's keys) and written to the IndexedDB journal,
+ *   its transaction completed, before any network call.
+ * - Cloud first: saves go to the cloud while it answers.
+ * - Failover: once the cloud has been failing for `failoverAfterMs`, the boxes of the exam
+ *   configuration and of the cloud's relay list are tried (their health first: no payload goes
+ *   to a box the browser has not connected to); saves then go to the first that answers.
+ * - Probe and return: while on a box the cloud is asked every `probeEveryMs`; when it answers
+ *   it is sent everything it lacks, with the boxes' receipts, and saves go there again.
+ * - Every change worth showing a candidate is a [`HallEvent`] with a plain sentence.
+ *
+ * Operations run one at a time (as the Rust client's `&mut self`), except journaling: a save is
+ * journaled at once even while an earlier one waits on the network.
+ */
+
+import { toBase64, toBase64Url, utf8 } from "./bytes.js";
+import { seal, type SealKeys } from "./envelope.js";
+import { events, type HallEvent } from "./events.js";
+import { keySetFromJson, parsePlatformKeys, verifyExamKeys, type ExamKeysDocument, type PlatformKey } from "./examKeys.js";
+import { addressSpaceOf, join, localNetworkPermission, readPut, request, type Put, type Reply } from "./http.js";
+import { Journal, type Entry } from "./journal.js";
+import { checkRelayList, urlsOf, type RelayConfig, type RelayList } from "./relays.js";
+
+/** How long a box's health probe, and the cloud's probes and key and list requests, may take. */
+const PROBE_TIMEOUT_MS = 3000;
+/** The most box receipts the cloud takes with one save. */
+const MAX_FORWARDED_RECEIPTS = 4;
+const ID = /^[A-Za-z0-9._-]{1,64}$/;
+
+export interface AutosaverConfig {
+  /** The platform's base URL, `https://…`. */
+  cloud: string;
+  exam: string;
+  candidate: string;
+  /** The candidate's token (sent as `Authorization: Bearer`). */
+  token: string;
+  /** Boxes from the exam configuration, tried before those of the cloud's relay list. */
+  relays?: RelayConfig[];
+  /**
+   * The platform's Ed25519 token keys the exam keys must be signed by: lines `KID PUBLIC` or
+   * `PUBLIC` (base64url), or a key set JSON. Absent: the ones the cloud publishes at
+   * `/v1/platform/keys`.
+   */
+  platformKeys?: string[];
+  /** `"encrypt"` (the default): every save is sealed to the exam's keys before it is journaled. */
+  privacy?: "encrypt" | "plaintext";
+  /** How long the cloud must have been failing before boxes are tried (default 60000). */
+  failoverAfterMs?: number;
+  /** How often the cloud is asked again while on a box, and boxes looked for again (default 5000). */
+  probeEveryMs?: number;
+  /** How long one save request may take (default 10000). */
+  requestTimeoutMs?: number;
+  /** The IndexedDB database name (default `"hallrelay"`). */
+  database?: string;
+  /** Called with every event. */
+  onEvent?: (event: HallEvent) => void;
+  /** The IndexedDB to use (default `globalThis.indexedDB`; tests pass another). */
+  indexedDB?: IDBFactory;
+  /** Whether `start()` also flushes in the background every `probeEveryMs` (default true). */
+  background?: boolean;
+}
+
+/** Where a save landed when `save` returned. */
+export interface SaveResult {
+  seq: number;
+  landed: "cloud" | "box" | "laptop";
+  /** The box's name, when it landed on one. */
+  box?: string;
+  /** The box's URL, when it landed on one. */
+  url?: string;
+  /** The box's receipt (its JSON body), when it landed on one. */
+  receipt?: string;
+}
+
+/** Bad configuration: nothing was opened. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+/** A save that was not taken (empty, or the journal cannot be written). */
+export class SaveError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "SaveError";
+  }
+}
+
+interface Relay {
+  name: string;
+  url: string;
+}
+
+/** One candidate's autosave client. */
+export class Autosaver {
+  private readonly failoverAfterMs: number;
+  private readonly probeEveryMs: number;
+  private readonly requestTimeoutMs: number;
+  private readonly encrypt: boolean;
+  private relay: Relay | null = null;
+  private cloudDownSince: number | null = null;
+  private lastProbe = Date.now();
+  private lastSearch: number | null = null;
+  private told = new Set<string>();
+  private askedForLatest = false;
+  private seqFloor = 0;
+  private learnt: RelayList | null = null;
+  private relaysDue = true;
+  private lastRelaysAsk: number | null = null;
+  private sealKeys: SealKeys | null = null;
+  private lastKeysAsk: { at: number; error: string } | null = null;
+  private saidAwaitingKeys = false;
+  private chain: Promise<unknown> = Promise.resolve();
+  private timer: ReturnType<typeof setInterval> | null = null;
+  private closed = false;
+  private sent = 0;
+  private readonly onOnline = () => void this.flush().catch(() => undefined);
+
+  /** Whether the browser granted persistent storage (`navigator.storage.persist()`); undefined where it cannot be asked. */
+  persisted: boolean | undefined;
+
+  private constructor(
+    private readonly config: AutosaverConfig,
+    private readonly journal: Journal,
+    private readonly platformKeys: PlatformKey[] | null,
+  ) {
+    this.failoverAfterMs = config.failoverAfterMs ?? 60_000;
+    this.probeEveryMs = config.probeEveryMs ?? 5_000;
+    this.requestTimeoutMs = config.requestTimeoutMs ?? 10_000;
+    this.encrypt = (config.privacy ?? "encrypt") === "encrypt";
+  }
+
+  /** Checks the configuration, opens the IndexedDB journal and asks for persistent storage. */
+  static async open(config: AutosaverConfig): Promise<Autosaver> {
+    for (const [what, id] of [["exam", config.exam], ["candidate", config.candidate]] as const) {
+      if (typeof id !== "string" || !ID.test(id)) throw new ConfigError(`the ${what} id ${JSON.stringify(id)} must match [A-Za-z0-9._-]{1,64}`);
+    }
+    checkCloudUrl(config.cloud);
+    if (!config.token) throw new ConfigError("the candidate's token is missing: pass the token the platform gave this candidate");
+    if (config.privacy && config.privacy !== "encrypt" && config.privacy !== "plaintext") {
+      throw new ConfigError(`privacy is "encrypt" or "plaintext", not ${JSON.stringify(config.privacy)}`);
+    }
+    for (const relay of config.relays ?? []) {
+      for (const url of relay.urls) {
+        if (!/^https:\/\/[^/]+\/?$/.test(url)) throw new ConfigError(`the relay URL ${JSON.stringify(url)} must be https://HOST[:PORT]`);
+      }
+    }
+    let platformKeys: PlatformKey[] | null = null;
+    if (config.platformKeys) {
+      try {
+        platformKeys = await parsePlatformKeys(config.platformKeys);
+      } catch (error) {
+        throw new ConfigError(`the platform keys: ${(error as Error).message}`);
+      }
+      if (platformKeys.length === 0) throw new ConfigError("platformKeys is empty: give the platform's keys, or leave it out to use the cloud's");
+    }
+    const factory = config.indexedDB ?? globalThis.indexedDB;
+    if (!factory) throw new ConfigError("this browser has no IndexedDB (a private window may not): the journal needs it");
+    const journal = await Journal.open(factory, config.database ?? "hallrelay", config.exam, config.candidate);
+    const autosaver = new Autosaver(config, journal, platformKeys);
+    autosaver.persisted = await askPersistence();
+    autosaver.learnt = (await journal.getMeta<RelayList>("relays")) ?? null;
+    // A page reloaded mid-outage fails over as soon as it is due, not `failoverAfterMs` later.
+    const downSince = await journal.getMeta<number>("cloudDownSince");
+    if (typeof downSince === "number" && downSince <= Date.now()) autosaver.cloudDownSince = downSince;
+    if (autosaver.encrypt) autosaver.sealKeys = await autosaver.loadKeys();
+    return autosaver;
+  }
+
+  /**
+   * While the cloud answers: learns the exam's keys and relays (kept in the journal) and the
+   * newest seq of a fresh journal, then sends what earlier runs left undelivered. Starts the
+   * background flush (every `probeEveryMs`, and when the browser comes back online).
+   */
+  async start(): Promise<void> {
+    await this.run(async () => {
+      await this.askLatestOnce();
+      if (this.encrypt && !this.sealKeys) await this.learnKeys().catch(() => undefined);
+      await this.learnRelays();
+    });
+    await this.flush();
+    if (this.config.background !== false && !this.timer && !this.closed) {
+      this.timer = setInterval(() => {
+        void this.journal.notInCloud().then((p) => (p.length > 0 ? this.flush() : 0)).catch(() => undefined);
+      }, this.probeEveryMs);
+      globalThis.addEventListener?.("online", this.onOnline);
+    }
+  }
+
+  /**
+   * Journals `payload` as the next save (sealed first, unless the keys are not known yet),
+   * then sends it where it can go. Rejects only if the save was not taken: empty, or the
+   * journal could not be written.
+   */
+  async save(payload: Uint8Array | string, options: { final?: boolean } = {}): Promise<SaveResult> {
+    if (this.closed) throw new SaveError("the autosaver is closed, so the save was not taken");
+    const bytes = typeof payload === "string" ? utf8(payload) : payload;
+    if (bytes.length === 0) throw new SaveError("the save is empty (0 bytes), so it was not taken: pass the saved state's bytes");
+    const final = options.final === true;
+    if (!this.askedForLatest) {
+      if ((await this.journal.lastSeq()) === 0) await this.run(() => this.askLatestOnce());
+      else this.askedForLatest = true;
+    }
+    const keys = this.encrypt ? this.sealKeys : null;
+    let entry: Entry;
+    try {
+      entry = await this.journal.append(this.seqFloor, final, async (seq) =>
+        !this.encrypt
+          ? { bytes, awaitsKeys: false }
+          : keys
+            ? { bytes: await seal(keys, this.saveOf(seq, final), bytes), awaitsKeys: false }
+            : { bytes, awaitsKeys: true },
+      );
+    } catch (error) {
+      throw new SaveError(`the save was not taken: ${(error as Error).message}`);
+    }
+    return this.run(async () => {
+      const result = await this.deliverJournaled(entry);
+      this.emit(events.saved(result.seq, result.landed, new Date(), result.box ? { name: result.box, url: result.url ?? "" } : undefined));
+      return result;
+    });
+  }
+
+  /** Tries now to send what the cloud lacks (or, while it is gone, what no box holds). Returns how many saves were taken. */
+  async flush(): Promise<number> {
+    return this.run(async () => {
+      const before = this.sent;
+      await this.sealWaiting();
+      await this.probeCloud();
+      if (!this.relay && (await this.sendable()).length > 0) {
+        const wasDown = this.cloudDownSince !== null;
+        const pending = (await this.sendable()).length;
+        if (await this.resendToCloud()) {
+          this.cloudIsBack();
+          if (wasDown) this.emit(events.backToCloud(pending));
+        } else if (this.failoverDue()) {
+          await this.failOver();
+        }
+      }
+      if (this.relay) await this.sendHeldHereToRelay();
+      return this.sent - before;
+    });
+  }
+
+  /** Seqs journaled and not yet acknowledged by the cloud, oldest first. */
+  async pending(): Promise<number[]> {
+    return this.journal.notInCloud();
+  }
+
+  /** The box saves go to now, if the cloud is gone and one answered. */
+  currentRelay(): { name: string; url: string } | null {
+    return this.relay ? { ...this.relay } : null;
+  }
+
+  /** Stops the background flush and closes the journal once running work is done. */
+  close(): void {
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    globalThis.removeEventListener?.("online", this.onOnline);
+    void this.chain.finally(() => this.journal.close());
+  }
+
+  // ---- one operation at a time ----
+
+  private run<T>(operation: () => Promise<T>): Promise<T> {
+    const result = this.chain.then(operation);
+    this.chain = result.catch(() => undefined);
+    return result;
+  }
+
+  private saveOf(seq: number, final: boolean) {
+    return { exam: this.config.exam, candidate: this.config.candidate, seq, final };
+  }
+
+  // ---- keys ----
+
+  private async loadKeys(): Promise<SealKeys | null> {
+    const doc = await this.journal.getMeta<ExamKeysDocument>("examKeys");
+    if (!doc) return null;
+    let platform = this.platformKeys;
+    if (!platform) {
+      const stored = await this.journal.getMeta<unknown>("platformKeys");
+      if (!stored) return null;
+      try {
+        platform = keySetFromJson(stored);
+      } catch {
+        return null;
+      }
+    }
+    try {
+      return await verifyExamKeys(doc, platform, this.config.exam, this.config.candidate);
+    } catch {
+      // Changed on this computer, or the configured keys changed: asked again from the cloud.
+      return null;
+    }
+  }
+
+  /** Asks the cloud for the exam's keys, checks them and keeps them in the journal. */
+  private async learnKeys(): Promise<void> {
+    try {
+      let platform = this.platformKeys;
+      if (!platform) {
+        const set = await this.getJson("/v1/platform/keys", "platform keys");
+        platform = keySetFromJson(set);
+        await this.journal.putMeta("platformKeys", set);
+      }
+      const doc = (await this.getJson(`/v1/exams/${this.config.exam}/keys`, "exam keys")) as ExamKeysDocument;
+      const keys = await verifyExamKeys(doc, platform, this.config.exam, this.config.candidate);
+      await this.journal.putMeta("examKeys", doc);
+      const first = this.sealKeys === null;
+      this.sealKeys = keys;
+      this.lastKeysAsk = null;
+      if (first) this.emit(events.encrypting(keys.restore !== undefined));
+    } catch (error) {
+      this.lastKeysAsk = { at: Date.now(), error: (error as Error).message };
+      throw error;
+    }
+  }
+
+  private async getJson(path: string, what: string): Promise<unknown> {
+    let reply: Reply;
+    try {
+      reply = await request(join(this.config.cloud, path), { token: this.config.token, timeoutMs: PROBE_TIMEOUT_MS });
+    } catch (error) {
+      throw new Error(`the cloud cannot be asked for the ${what} now (${(error as Error).message})`);
+    }
+    if (reply.status < 200 || reply.status > 299) {
+      throw new Error(
+        reply.status >= 500 ? `the cloud cannot be asked for the ${what} now (it answered ${reply.status})` : `the cloud refused to give the ${what} (${reply.status})`,
+      );
+    }
+    try {
+      return JSON.parse(new TextDecoder().decode(reply.body));
+    } catch (error) {
+      throw new Error(`the cloud's ${what} are not valid JSON: ${(error as Error).message}`);
+    }
+  }
+
+  /** Seals the saves that waited for the keys, asking the cloud for them at most every `probeEveryMs`. Returns how many. */
+  private async sealWaiting(): Promise<number> {
+    if (!this.encrypt) return 0;
+    const waiting = await this.journal.awaitingKeys();
+    if (waiting.length === 0) return 0;
+    if (!this.sealKeys) {
+      if (this.lastKeysAsk && Date.now() - this.lastKeysAsk.at < this.probeEveryMs) return 0;
+      try {
+        await this.learnKeys();
+      } catch {
+        return 0;
+      }
+    }
+    const keys = this.sealKeys;
+    if (!keys) return 0;
+    for (const seq of waiting) {
+      const entry = await this.journal.get(seq);
+      if (!entry?.awaitsKeys) continue;
+      await this.journal.seal(seq, await seal(keys, this.saveOf(seq, entry.final), entry.bytes));
+    }
+    this.saidAwaitingKeys = false;
+    return waiting.length;
+  }
+
+  // ---- delivery ----
+
+  private async deliverJournaled(journaled: Entry): Promise<SaveResult> {
+    const sealedNow = await this.sealWaiting();
+    const seq = journaled.seq;
+    const entry = await this.journal.get(seq);
+    let result: SaveResult;
+    if (!entry) {
+      // Pruned: the cloud has it (a flush sent it meanwhile).
+      result = { seq, landed: "cloud" };
+    } else if (entry.held !== "laptop") {
+      result = this.resultOf(entry);
+    } else if (entry.awaitsKeys) {
+      if (!this.saidAwaitingKeys) {
+        this.saidAwaitingKeys = true;
+        this.emit(events.awaitingKeys(this.lastKeysAsk?.error ?? "the cloud has not given them yet"));
+      }
+      result = { seq, landed: "laptop" };
+    } else {
+      result = await this.deliver(entry);
+    }
+    if (sealedNow > 0) {
+      if (result.landed === "cloud") await this.resendToCloud();
+      else if (result.landed === "box") await this.sendHeldHereToRelay();
+    }
+    if (result.landed === "cloud" && this.relaysDue && (this.lastRelaysAsk === null || Date.now() - this.lastRelaysAsk >= this.probeEveryMs)) {
+      await this.learnRelays();
+    }
+    return result;
+  }
+
+  private resultOf(entry: Entry): SaveResult {
+    if (entry.held === "cloud") return { seq: entry.seq, landed: "cloud" };
+    if (entry.held === "box") {
+      const receipt = entry.receipts[entry.receipts.length - 1];
+      const r: SaveResult = { seq: entry.seq, landed: "box" };
+      if (this.relay) {
+        r.box = this.relay.name;
+        r.url = this.relay.url;
+      }
+      if (receipt) r.receipt = receipt;
+      return r;
+    }
+    return { seq: entry.seq, landed: "laptop" };
+  }
+
+  private async deliver(entry: Entry): Promise<SaveResult> {
+    const seq = entry.seq;
+    await this.probeCloud();
+    if (!this.relay) {
+      const put = await this.put(this.config.cloud, entry, false);
+      switch (put.kind) {
+        case "stored":
+          await this.journal.markCloud(seq);
+          if (this.cloudDownSince !== null) {
+            const resent = (await this.sendable()).length;
+            this.cloudIsBack();
+            this.emit(events.backToCloud(resent));
+            await this.resendToCloud();
+          }
+          return { seq, landed: "cloud" };
+        case "refused":
+          this.rejected(seq, "the cloud", put.status, put.reason);
+          return { seq, landed: "laptop" };
+        default:
+          this.cloudFailed(put.error);
+          if (!this.failoverDue()) return { seq, landed: "laptop" };
+          await this.failOver();
+          // A new relay was sent what only the journal held, this save included.
+          const now = await this.journal.get(seq);
+          return now && now.held === "box" && this.relay ? this.resultOf(now) : { seq, landed: "laptop" };
+      }
+    }
+    const relay = this.relay;
+    const put = await this.put(relay.url, entry, true);
+    switch (put.kind) {
+      case "stored":
+        await this.journal.markBox(seq, put.receipt);
+        return { seq, landed: "box", box: relay.name, url: relay.url, receipt: put.receipt };
+      case "refused":
+        this.rejected(seq, `the hall relay ${relay.name}`, put.status, put.reason);
+        return { seq, landed: "laptop" };
+      case "busy":
+        return { seq, landed: "laptop" };
+      case "failed":
+        await this.lostBox(put.error);
+        return { seq, landed: "laptop" };
+    }
+  }
+
+  /** Saves that can be sent (not waiting for keys) and the cloud lacks, oldest first. */
+  private async sendable(): Promise<number[]> {
+    return (await this.journal.entries()).filter((e) => e.held !== "cloud" && !e.awaitsKeys).map((e) => e.seq);
+  }
+
+  /** While on a box, asks the cloud (at most every `probeEveryMs`) whether it answers again, and if so returns to it. */
+  private async probeCloud(): Promise<void> {
+    if (!this.relay || Date.now() - this.lastProbe < this.probeEveryMs) return;
+    this.lastProbe = Date.now();
+    let healthy = false;
+    try {
+      const reply = await request(join(this.config.cloud, "/v1/health"), { timeoutMs: PROBE_TIMEOUT_MS });
+      healthy = reply.status >= 200 && reply.status <= 299;
+    } catch {
+      healthy = false;
+    }
+    if (!healthy) return;
+    // Leave the box only once the cloud has taken what it lacks.
+    const resent = (await this.sendable()).length;
+    if (await this.resendToCloud()) {
+      this.relay = null;
+      this.cloudIsBack();
+      this.emit(events.backToCloud(resent));
+    }
+  }
+
+  private cloudIsBack(): void {
+    if (this.cloudDownSince !== null) void this.journal.putMeta("cloudDownSince", null).catch(() => undefined);
+    this.cloudDownSince = null;
+    this.told.clear();
+    this.lastSearch = null;
+    // Boxes may have been enrolled or revoked meanwhile.
+    this.relaysDue = true;
+  }
+
+  private cloudFailed(error: string): void {
+    if (this.cloudDownSince === null) {
+      this.cloudDownSince = Date.now();
+      void this.journal.putMeta("cloudDownSince", this.cloudDownSince).catch(() => undefined);
+      this.emit(events.cloudUnreachable(error));
+    }
+  }
+
+  private failoverDue(): boolean {
+    return this.cloudDownSince !== null && Date.now() - this.cloudDownSince >= this.failoverAfterMs;
+  }
+
+  /** Sends the cloud every save it lacks, oldest first, with the boxes' receipts. False if the cloud stopped answering on the way. */
+  private async resendToCloud(): Promise<boolean> {
+    for (const seq of await this.sendable()) {
+      const entry = await this.journal.get(seq);
+      if (!entry || entry.held === "cloud" || entry.awaitsKeys) continue;
+      const put = await this.put(this.config.cloud, entry, false);
+      if (put.kind === "stored") await this.journal.markCloud(seq);
+      else if (put.kind === "refused") this.rejected(seq, "the cloud", put.status, put.reason);
+      else {
+        this.cloudFailed(put.error);
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /** The boxes to try, in order: the configured ones, then the cloud's list (each URL once). */
+  private prospects(): Relay[] {
+    const out: Relay[] = [];
+    const seen = new Set<string>();
+    const add = (name: string, url: string) => {
+      const u = url.replace(/\/+$/, "");
+      if (!seen.has(u)) {
+        seen.add(u);
+        out.push({ name, url: u });
+      }
+    };
+    for (const relay of this.config.relays ?? []) for (const url of relay.urls) add(relay.name, url);
+    for (const relay of this.learnt?.relays ?? []) for (const url of urlsOf(relay)) add(relay.name, url);
+    return out;
+  }
+
+  /** Looks for a box that answers and, if one does, makes it the relay and sends it what only the journal holds. */
+  private async failOver(): Promise<void> {
+    if (this.lastSearch !== null && Date.now() - this.lastSearch < this.probeEveryMs) return;
+    this.lastSearch = Date.now();
+    for (const prospect of this.prospects()) {
+      const why = await this.tryBox(prospect);
+      if (why === null) {
+        this.relay = prospect;
+        this.told.clear();
+        this.lastProbe = Date.now();
+        this.emit(events.failedOver(prospect.name, prospect.url));
+        await this.sendHeldHereToRelay();
+        return;
+      }
+      if (why !== "blocked") this.emitOnce(events.boxRefused(prospect.url, why));
+    }
+    this.emitOnce(events.noTrustedBox());
+  }
+
+  /**
+   * Asks a box for its health: no payload goes to a box before the browser has connected to
+   * it, which it does only if it trusts the box's certificate. Null if it answers; "blocked"
+   * if Local Network Access stopped it (said as its own event); otherwise why not.
+   */
+  private async tryBox(box: Relay): Promise<string | null> {
+    const space = addressSpaceOf(box.url);
+    try {
+      const reply = await request(join(box.url, "/v1/health"), { timeoutMs: PROBE_TIMEOUT_MS, ...(space ? { targetAddressSpace: space } : {}) });
+      if (reply.status >= 200 && reply.status <= 299) return null;
+      return `it answered ${reply.status}`;
+    } catch (error) {
+      if (await this.blockedByBrowser(box)) return "blocked";
+      return `it does not answer, or this exam browser does not trust its certificate (${(error as Error).message})`;
+    }
+  }
+
+  /** Whether a failed request to `box` is the browser's Local Network Access refusal (then said once). */
+  private async blockedByBrowser(box: Relay): Promise<boolean> {
+    const space = addressSpaceOf(box.url);
+    if (!space) return false;
+    const state = await localNetworkPermission(space);
+    if (state === undefined || state === "granted") return false;
+    this.emitOnce(events.localNetworkBlocked(box.name, box.url, state === "prompt" ? "not granted" : state));
+    return true;
+  }
+
+  private async lostBox(error: string): Promise<void> {
+    const relay = this.relay;
+    if (!relay) return;
+    this.relay = null;
+    this.lastSearch = null;
+    if (!(await this.blockedByBrowser(relay))) this.emit(events.boxLost(relay.name, error));
+  }
+
+  /** Sends the relay every save only the journal holds. */
+  private async sendHeldHereToRelay(): Promise<void> {
+    for (const seq of await this.journal.onlyHere()) {
+      const relay = this.relay;
+      const entry = await this.journal.get(seq);
+      if (!relay) return;
+      if (!entry || entry.held !== "laptop" || entry.awaitsKeys) continue;
+      const put = await this.put(relay.url, entry, true);
+      if (put.kind === "stored") await this.journal.markBox(seq, put.receipt);
+      else if (put.kind === "refused") this.rejected(seq, `the hall relay ${relay.name}`, put.status, put.reason);
+      else if (put.kind === "busy") return;
+      else {
+        await this.lostBox(put.error);
+        return;
+      }
+    }
+  }
+
+  /**
+   * PUTs `entry` to `base`: to the cloud with the boxes' receipts (`Hallrelay-Receipt`), to a box
+   * with its address space declared. A save the cloud refuses (400) with receipts goes again
+   * without them: evidence never costs the save.
+   */
+  private async put(base: string, entry: Entry, toBox: boolean): Promise<Put> {
+    const path = `/v1/exams/${entry.exam}/candidates/${entry.candidate}/autosaves/${entry.seq}${entry.final ? "?final=true" : ""}`;
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", entry.bytes as Uint8Array<ArrayBuffer>));
+    const headers: Record<string, string> = {
+      "content-type": "application/octet-stream",
+      "content-digest": `sha-256=:${toBase64(digest)}:`,
+    };
+    const receipts = toBox ? "" : receiptsHeader(entry.receipts);
+    const space = toBox ? addressSpaceOf(base) : undefined;
+    const send = async (withReceipts: boolean): Promise<Put> => {
+      const h = { ...headers };
+      if (withReceipts && receipts) h["hallrelay-receipt"] = receipts;
+      try {
+        const reply = await request(join(base, path), {
+          method: "PUT",
+          headers: h,
+          body: entry.bytes,
+          token: this.config.token,
+          timeoutMs: this.requestTimeoutMs,
+          ...(space ? { targetAddressSpace: space } : {}),
+        });
+        return readPut(reply);
+      } catch (error) {
+        return { kind: "failed", error: (error as Error).message };
+      }
+    };
+    const answer = await send(true);
+    if (answer.kind === "stored") this.sent += 1;
+    if (answer.kind === "refused" && answer.status === 400 && receipts) {
+      const again = await send(false);
+      if (again.kind === "stored") this.sent += 1;
+      return again;
+    }
+    return answer;
+  }
+
+  // ---- the relay list and the newest seq ----
+
+  /** Asks the cloud for the exam's relay list and keeps it; returns how many relays it lists, or null. */
+  private async learnRelays(): Promise<number | null> {
+    this.lastRelaysAsk = Date.now();
+    let reply: Reply;
+    try {
+      reply = await request(join(this.config.cloud, `/v1/exams/${this.config.exam}/relays`), { token: this.config.token, timeoutMs: PROBE_TIMEOUT_MS });
+    } catch {
+      return null;
+    }
+    if (reply.status === 404 || reply.status === 401 || reply.status === 403) {
+      // A cloud without a platform: failover uses the configured relays.
+      this.relaysDue = false;
+      return null;
+    }
+    if (reply.status < 200 || reply.status > 299) return null;
+    let list: RelayList;
+    try {
+      list = checkRelayList(JSON.parse(new TextDecoder().decode(reply.body)));
+    } catch {
+      return null;
+    }
+    list.fetched_at = new Date().toISOString();
+    this.relaysDue = false;
+    this.learnt = list;
+    await this.journal.putMeta("relays", list).catch(() => undefined);
+    this.emit(events.relaysLearnt(list.venue, list.relays.length));
+    return list.relays.length;
+  }
+
+  /** A fresh journal continues after the newest seq the cloud holds (asked once). */
+  private async askLatestOnce(): Promise<void> {
+    if (this.askedForLatest || (await this.journal.lastSeq()) !== 0) return;
+    this.askedForLatest = true;
+    try {
+      const reply = await request(join(this.config.cloud, `/v1/exams/${this.config.exam}/candidates/${this.config.candidate}/autosaves/latest`), {
+        token: this.config.token,
+        timeoutMs: PROBE_TIMEOUT_MS,
+      });
+      const seq = Number(reply.headers.get("hallrelay-seq"));
+      if (reply.status >= 200 && reply.status <= 299 && Number.isSafeInteger(seq) && seq > 0) this.seqFloor = seq;
+    } catch {
+      // Not known: the journal starts at 1.
+    }
+  }
+
+  // ---- events ----
+
+  private rejected(seq: number, by: string, status: number, reason: string): void {
+    this.emitOnce(events.rejected(seq, by, status, reason));
+  }
+
+  private emitOnce(event: HallEvent): void {
+    if (this.told.has(event.message)) return;
+    this.told.add(event.message);
+    this.emit(event);
+  }
+
+  private emit(event: HallEvent): void {
+    try {
+      this.config.onEvent?.(event);
+    } catch {
+      // A listener's error is the page's, not the save's.
+    }
+  }
+}
+
+/** The `Hallrelay-Receipt` value: each box's receipt as base64url of its JSON, comma-separated, at most four. */
+export function receiptsHeader(receipts: string[]): string {
+  return receipts
+    .slice(0, MAX_FORWARDED_RECEIPTS)
+    .map((body) => toBase64Url(utf8(body.trim())))
+    .join(",");
+}
+
+function checkCloudUrl(url: string): void {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new ConfigError(`the cloud URL ${JSON.stringify(url)} is not a URL: give https://HOST[:PORT]`);
+  }
+  const loopback = ["localhost", "127.0.0.1", "[::1]"].includes(parsed.hostname);
+  if (parsed.protocol !== "https:" && !(parsed.protocol === "http:" && loopback)) {
+    throw new ConfigError(`the cloud URL ${JSON.stringify(url)} must be https:// (http:// only to this machine)`);
+  }
+  if (parsed.username || parsed.password) throw new ConfigError("the cloud URL must not carry a user or password: the token goes in `token`");
+}
+
+async function askPersistence(): Promise<boolean | undefined> {
+  const storage = (globalThis as { navigator?: { storage?: StorageManager } }).navigator?.storage;
+  if (!storage?.persist) return undefined;
+  try {
+    return (await storage.persisted?.()) || (await storage.persist());
+  } catch {
+    return undefined;
+  }
+}
+

@@ -1,0 +1,102 @@
+/**
+ * The events an exam page may show a candidate, each with its plain-language sentence. They
+ * mirror the Rust client's `Event` (crates/client/src/autosaver.rs) kind for kind and in its
+ * wording, plus `local-network-blocked`, which only a browser has.
+ */
+
+/** An event: `kind` for code, `message` for the candidate, and the kind's own fields. */
+export type HallEvent = { kind: string; message: string; [field: string]: unknown };
+
+/** `HH:MM:SS UTC`. */
+function clock(at: Date): string {
+  return `${at.toISOString().slice(11, 19)} UTC`;
+}
+
+export const events = {
+  saved(seq: number, landed: "cloud" | "box" | "laptop", at: Date, box?: { name: string; url: string }): HallEvent {
+    const time = clock(at);
+    const message =
+      landed === "cloud"
+        ? `save ${seq} saved to the cloud at ${time}`
+        : landed === "box"
+          ? `save ${seq} saved to the hall relay ${box?.name ?? "?"} at ${time}`
+          : `save ${seq} saved only on this computer at ${time}`;
+    return { kind: "saved", message, seq, landed, at: at.toISOString(), ...(box ? { box: box.name, url: box.url } : {}) };
+  },
+  cloudUnreachable(error: string): HallEvent {
+    return { kind: "cloud-unreachable", message: `the cloud does not answer (${error})`, error };
+  },
+  relaysLearnt(venue: string, count: number): HallEvent {
+    return {
+      kind: "relays-learnt",
+      message: `the cloud lists ${count} hall relays for venue ${venue}: saves can go to them if the cloud stops answering`,
+      venue,
+      count,
+    };
+  },
+  encrypting(restore: boolean): HallEvent {
+    return {
+      kind: "encrypting",
+      message: restore
+        ? "saves are encrypted on this computer for the exam's platform and for the restore code on your exam card: a hall relay stores them but cannot read them"
+        : "saves are encrypted on this computer for the exam's platform: a hall relay stores them but cannot read them",
+      restore,
+    };
+  },
+  awaitingKeys(error: string): HallEvent {
+    return {
+      kind: "awaiting-keys",
+      message: `the exam's encryption keys are not on this computer yet (${error}): saves are kept only on this computer, and encrypted and sent once the cloud answers`,
+      error,
+    };
+  },
+  failedOver(name: string, url: string): HallEvent {
+    return {
+      kind: "failed-over",
+      message:
+        name === url
+          ? `saving to the hall relay at ${url}: this exam browser trusts its certificate`
+          : `saving to the hall relay ${name} at ${url}: this exam browser trusts its certificate`,
+      name,
+      url,
+    };
+  },
+  boxRefused(url: string, reason: string): HallEvent {
+    return { kind: "box-refused", message: `not using ${url}: ${reason}`, url, reason };
+  },
+  noTrustedBox(): HallEvent {
+    return { kind: "no-trusted-box", message: "no trusted hall relay found: saves stay only on this computer for now" };
+  },
+  boxLost(name: string, error: string): HallEvent {
+    return { kind: "box-lost", message: `the hall relay ${name} stopped answering (${error})`, name, error };
+  },
+  backToCloud(resent: number): HallEvent {
+    return {
+      kind: "back-to-cloud",
+      message: `the cloud answers again: saving there, and re-sent ${resent} saves it lacked`,
+      resent,
+    };
+  },
+  rejected(seq: number, by: string, status: number, reason: string): HallEvent {
+    return {
+      kind: "rejected",
+      message: `save ${seq} was refused by ${by} (${status}: ${reason}); it stays on this computer`,
+      seq,
+      by,
+      status,
+      reason,
+    };
+  },
+  localNetworkBlocked(name: string, url: string, permission: string): HallEvent {
+    return {
+      kind: "local-network-blocked",
+      message:
+        `the hall relay ${name === url ? `at ${url}` : `${name} at ${url}`} is unreachable: this browser does not let the exam page ` +
+        `reach the hall network (Local Network Access is ${permission}). Saves stay on this computer for now. ` +
+        `IT must pre-grant Local Network Access to the exam's site in the exam browser's configuration`,
+      name,
+      url,
+      permission,
+    };
+  },
+};
