@@ -19,6 +19,13 @@ check:
     cargo clippy --manifest-path fuzz/Cargo.toml --bins -- -D warnings
     cargo test --release
 
+# The OpenAPI document's long form: validated, then 200 generated requests per operation
+# against a real box and a real cloud with every kind of token (.ci/install-deps installs
+# the tools; `cargo test` runs 10 per operation).
+openapi:
+    /opt/hallrelay-openapi/bin/openapi-spec-validator docs/openapi.yaml
+    HALLRELAY_OPENAPI_EXAMPLES=200 cargo test --release --test openapi -- --nocapture
+
 # The Debian package (needs `cargo install cargo-deb`): binary, systemd unit, sysusers entry
 # and a commented /etc/hallrelay/hallrelay.toml; checked with dpkg-deb afterwards.
 deb:

@@ -15,8 +15,8 @@ pub mod platform;
 
 pub use autosave::{Answer, AutosavePut, DEFAULT_CONTENT_TYPE, retry_after};
 pub use paths::{
-    AUDIT, EXAMS_PREFIX, EXPORT_AUTOSAVES, EXPORT_MANIFEST, EXPORT_PREFIX, HEALTH, PathError,
-    REPORT, RETRY_PARKED, Route, STATUS, autosave_path, autosaves_path, latest_path,
+    AUDIT, EXAMS_PREFIX, EXPORT_AUTOSAVES, EXPORT_MANIFEST, EXPORT_PREFIX, HEALTH, OPENAPI,
+    PathError, REPORT, RETRY_PARKED, Route, STATUS, autosave_path, autosaves_path, latest_path,
 };
 
 /// The DNS-SD service type a box advertises and clients browse for.

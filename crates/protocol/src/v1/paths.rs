@@ -11,6 +11,8 @@ pub const HEALTH: &str = "/v1/health";
 pub const STATUS: &str = "/v1/status";
 /// `POST` (admin): parked autosaves go back to the outbox.
 pub const RETRY_PARKED: &str = "/v1/replay/retry-parked";
+/// `GET`: the OpenAPI document of the whole API (`docs/openapi.yaml`, as built in); no token.
+pub const OPENAPI: &str = "/v1/openapi.yaml";
 /// `GET` (admin): a page of the audit log (`?after=N&limit=M&since=RFC3339`).
 pub const AUDIT: &str = "/v1/audit";
 /// `GET` (admin): the offline-time record, one row per candidate (`?format=csv` for CSV).

@@ -118,6 +118,25 @@ impl PlatformRoute {
     }
 }
 
+/// Why `path`, which [`PlatformRoute::parse`] does not take, is still the platform's to
+/// refuse: an exam's relays or keys, or a save's answer, named with a malformed exam id,
+/// candidate id or seq. The API answers that 400, as on every route with ids, rather than
+/// the 404 of a path it does not know.
+pub fn malformed(path: &str) -> Option<super::PathError> {
+    use super::PathError;
+    if let Some(save) = path.strip_suffix(ANSWER_SUFFIX) {
+        return match super::Route::parse(save) {
+            Err(e @ (PathError::BadExam | PathError::BadCandidate | PathError::BadSeq)) => Some(e),
+            _ => None,
+        };
+    }
+    let rest = path.strip_prefix(super::EXAMS_PREFIX)?;
+    let exam = rest
+        .strip_suffix("/relays")
+        .or_else(|| rest.strip_suffix("/keys"))?;
+    (!exam.contains('/') && !is_valid_id(exam)).then_some(PathError::BadExam)
+}
+
 /// Percent-encodes everything but `[A-Za-z0-9._-]`.
 pub fn encode_segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 2);
@@ -154,9 +173,27 @@ pub fn decode_segment(text: &str) -> Option<String> {
 #[serde(deny_unknown_fields)]
 pub struct CodeRequest {
     pub venue: String,
+    /// A whole number of seconds; JSON writes it `3600` or, as some encoders do, `3600.0`.
+    #[serde(deserialize_with = "whole_number")]
     pub ttl_secs: u64,
     #[serde(default)]
     pub require_confirmation: bool,
+}
+
+/// A JSON number that is a whole number and fits a u64, however it is written (`7`, `7.0`,
+/// `7e0`): JSON has one number type, and JSON Schema's `integer` is any such number.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let number = serde_json::Number::deserialize(d)?;
+    if let Some(n) = number.as_u64() {
+        return Ok(n);
+    }
+    number
+        .as_f64()
+        .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+        .map(|f| f as u64)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("{number} is not a whole number of seconds"))
+        })
 }
 
 /// Its answer (201).
@@ -248,7 +285,26 @@ pub struct Relay {
 mod tests {
     use super::*;
 
+    use crate::v1::PathError;
+
     const PIN: &str = "sha256//q+Zx/0aB9mHh3nqP1tLr7vW2yS5kJdF8cE4gU6iO0Ao=";
+
+    /// A code's lifetime is a whole number however JSON writes it; a fraction, a negative or
+    /// a string is refused.
+    #[test]
+    fn a_code_s_lifetime_is_any_whole_json_number() {
+        let ttl = |json: &str| {
+            serde_json::from_str::<CodeRequest>(&format!(r#"{{"venue":"v","ttl_secs":{json}}}"#))
+                .map(|r| r.ttl_secs)
+                .ok()
+        };
+        assert_eq!(ttl("3600"), Some(3600));
+        assert_eq!(ttl("3600.0"), Some(3600));
+        assert_eq!(ttl("3.6e3"), Some(3600));
+        for bad in ["3600.5", "-1", "\"3600\"", "1e30"] {
+            assert_eq!(ttl(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn routes_parse_back() {
@@ -284,6 +340,26 @@ mod tests {
             PlatformRoute::parse(ENROLLMENT),
             Some(PlatformRoute::Enrollment)
         );
+        for (path, why) in [
+            ("/v1/exams/a b/keys", Some(PathError::BadExam)),
+            ("/v1/exams/../relays", Some(PathError::BadExam)),
+            ("/v1/exams/%C3%97/relays", Some(PathError::BadExam)),
+            (
+                "/v1/exams/e/candidates/c/autosaves/07/answer",
+                Some(PathError::BadSeq),
+            ),
+            (
+                "/v1/exams/e/candidates/c%20d/autosaves/7/answer",
+                Some(PathError::BadCandidate),
+            ),
+            ("/v1/exams/e/keys", None),
+            ("/v1/exams/e/keys/x", None),
+            ("/v1/exams/e/f/relays", None),
+            ("/v1/exams/e/candidates/c/autosaves/latest/answer", None),
+            ("/v1/health", None),
+        ] {
+            assert_eq!(malformed(path), why, "{path}");
+        }
         for other in [
             "/v1/exams/e/candidates/c/autosaves",
             "/v1/exams/e/candidates/c/autosaves/7",

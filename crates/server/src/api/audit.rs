@@ -17,6 +17,8 @@ use http_body_util::Full;
 use serde_json::{Map, Value, json};
 
 use super::{Admin, ApiError, State};
+use hallrelay_protocol::timefmt::rfc3339_unix_millis;
+use hallrelay_protocol::v1::platform::decode_segment;
 
 /// Entries per page unless `limit` says otherwise, and the most a page holds.
 const DEFAULT_LIMIT: usize = 100;
@@ -83,9 +85,11 @@ impl Query {
                         .ok_or_else(bad)?;
                 }
                 "since" => {
-                    let value = value.replace("%3A", ":").replace("%3a", ":");
-                    let at = hallrelay_protocol::timefmt::parse_rfc3339(&value).ok_or_else(bad)?;
-                    out.since_ms = Some(hallrelay_protocol::timefmt::unix_millis(at));
+                    // Percent-encoded as a query value may be (`:` and `+` usually are), in
+                    // any RFC 3339 offset; a time before 1970 is the start of the log.
+                    let value = decode_segment(value).ok_or_else(bad)?;
+                    let at = rfc3339_unix_millis(&value).ok_or_else(bad)?;
+                    out.since_ms = Some(u64::try_from(at).unwrap_or(0));
                 }
                 _ => return Err(bad()),
             }
@@ -164,6 +168,11 @@ mod tests {
         assert_eq!((q.after, q.limit, q.since_ms), (Some(7), 5, Some(1000)));
         let q = Query::parse("since=1970-01-01T00%3A00%3A02Z").unwrap();
         assert_eq!(q.since_ms, Some(2000));
+        // Any offset, percent-encoded or not; before 1970 is the start of the log.
+        let q = Query::parse("since=1970-01-01T01%3A00%3A03%2B01%3A00").unwrap();
+        assert_eq!(q.since_ms, Some(3000));
+        let q = Query::parse("since=0029-05-11T13:31:03-15:09").unwrap();
+        assert_eq!(q.since_ms, Some(0));
         for bad in [
             "after=x",
             "limit=0",

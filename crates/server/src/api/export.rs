@@ -24,6 +24,7 @@ use super::drain::RequestBody;
 use super::{Admin, ApiError, Caller, State};
 use crate::bundle::{self, FORMAT, Manifest, ManifestEntry};
 use hallrelay_protocol::ids::{AutosaveName, is_valid_id, parse_seq};
+use hallrelay_protocol::v1::platform::decode_segment;
 use hallrelay_protocol::v1::{EXPORT_AUTOSAVES, EXPORT_MANIFEST, headers};
 
 /// Payload bytes per page.
@@ -81,8 +82,11 @@ async fn page(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let after = match query.unwrap_or("") {
         "" => None,
+        // The name's `/` may come percent-encoded (`%2F`), as URL encoders write it.
         q => Some(
             q.strip_prefix("after=")
+                .and_then(decode_segment)
+                .as_deref()
                 .and_then(parse_name)
                 .ok_or_else(|| ApiError::BadRequest("use ?after=EXAM/CANDIDATE/SEQ".into()))?,
         ),
@@ -173,8 +177,15 @@ async fn manifest(
         let entry = records
             .get(&(name.exam.clone(), name.candidate.clone()))
             .and_then(|m| m.get(&name.seq))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("{} is not stored here", format_name(name)))
+            .ok_or_else(|| ApiError::Refused {
+                // A well-formed request that names what the box does not hold (any more):
+                // the box's state, not the request, is what differs.
+                status: StatusCode::CONFLICT,
+                code: "not_stored",
+                message: format!(
+                    "{} is not stored here; export again from the first page",
+                    format_name(name)
+                ),
             })?;
         entries.push(entry.clone());
     }

@@ -15,6 +15,7 @@
 //! - [`metrics`] is `/metrics` for Prometheus; [`export`] the export bundle's endpoints;
 //!   [`audit`] the audit log's endpoint and the recording of admin reads; [`report`] the
 //!   offline-time record (`/v1/report`).
+//! - [`openapi`] serves the machine-readable contract of all of the above (`docs/openapi.yaml`).
 //! - [`console`] is the invigilator console at `/`, and [`session`] its sign-in sessions;
 //!   [`cached`] the single-flight cache that serves its reading of the hall.
 
@@ -29,6 +30,7 @@ pub mod error;
 mod evidence;
 pub mod export;
 pub mod metrics;
+pub mod openapi;
 pub mod ratelimit;
 pub mod report;
 pub mod routes;

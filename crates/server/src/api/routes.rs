@@ -47,7 +47,7 @@ pub async fn handle(
     // What a handler leaves of the body unread is drained once it is dropped (see drain.rs).
     let request = request.map(RequestBody::new);
     let mut response = if request.method() == Method::OPTIONS {
-        state.cors.preflight(origin.as_ref())
+        state.cors.preflight(request.headers())
     } else {
         route(&state, request)
             .await
@@ -97,6 +97,10 @@ async fn route(
         && platform.owns(request.uri().path())
     {
         return platform.handle(state, request).await;
+    }
+    if super::openapi::owns(request.uri().path()) {
+        only(&request, &Method::GET, "GET")?;
+        return Ok(super::openapi::document());
     }
     if super::export::owns(request.uri().path()) {
         return super::export::handle(state, request).await;
