@@ -602,7 +602,7 @@ impl Hall {
             assert_eq!(answer.status, http::StatusCode::OK, "{candidate} seq {seq}");
             assert_eq!(
                 answer.header(headers::ENCRYPTED),
-                Some("true"),
+                Some("yes"),
                 "{candidate} seq {seq}: the page encrypts every save"
             );
             let text = String::from_utf8_lossy(&answer.body);
@@ -703,18 +703,37 @@ fn a_browser_exam_page_keeps_every_save_through_outages() {
     origin_gone(&mut hall, &mut b);
     local_network_refused(&mut hall, &mut b);
 
+    // Exactly once: neither the cloud nor the box ever met different bytes under a stored name.
+    let admin = hall.cloud_client(hall.platform().admin_token(DEFAULT_VENUE));
+    let reply = hall.rt.block_on(admin.get("/v1/status")).expect("status");
+    let cloud: Value = reply.json().expect("the cloud's status");
+    assert_eq!(cloud["conflicts"], 0, "the cloud: {cloud}");
+    let on_box = hall.rt.block_on(hall.hall.status());
+    assert_eq!(on_box["conflicts"], 0, "the box: {on_box}");
+
     println!("web client timing: all phases {}", secs(whole.elapsed()));
 }
 
-/// Opens the page for `candidate` and waits until it saved to the cloud and learnt the relays.
-fn open_saving(hall: &Hall, b: &mut Browser, candidate: &str, extra: &[(&str, String)]) {
+/// Opens the page for `candidate` and waits until it saved to the cloud and learnt the relays;
+/// returns what the driver said of the opened page (its Local Network Access permission too).
+fn open_saving(hall: &Hall, b: &mut Browser, candidate: &str, extra: &[(&str, String)]) -> Value {
     let opened = b.open(&hall.query(candidate, extra));
     assert_eq!(opened["state"], "ready", "{opened}");
-    let since = 0;
-    b.wait_saves(candidate, "cloud", 2, since);
+    b.wait_saves(candidate, "cloud", 2, 0);
     b.wait_until(candidate, "the relay list learnt", |b| {
         !b.events(candidate, "relays-learnt").is_empty()
     });
+    opened
+}
+
+/// The requests a page made to `base` from `since` on (epoch ms), and how each ended.
+fn requests_to(b: &Browser, base: &str, since: u64) -> Vec<Value> {
+    b.network
+        .iter()
+        .filter(|n| n["t"].as_u64() >= Some(since))
+        .filter(|n| n["url"].as_str().is_some_and(|u| u.starts_with(base)))
+        .cloned()
+        .collect()
 }
 
 /// Phase 1: the cloud goes, the page fails over to the box within the failover time; the box
@@ -725,7 +744,11 @@ fn failover_and_return(hall: &mut Hall, b: &mut Browser) {
     let c = "c1";
     let started = Instant::now();
     b.launch("p1", "granted");
-    open_saving(hall, b, c, &[]);
+    let opened = open_saving(hall, b, c, &[]);
+    assert_eq!(
+        opened["permissions"]["loopback-network"], "granted",
+        "the exam page has Local Network Access before any outage: {opened}"
+    );
 
     let cut = epoch_ms();
     let cut_at = Instant::now();
@@ -924,15 +947,7 @@ fn rogue_box(hall: &mut Hall, b: &mut Browser) {
     b.drain(c);
     hall.check_delivered(c, &b.saves(c));
 
-    let tried: Vec<&Value> = b
-        .network
-        .iter()
-        .filter(|n| {
-            n["url"]
-                .as_str()
-                .is_some_and(|u| u.starts_with(&hall.rogue.url()))
-        })
-        .collect();
+    let tried = requests_to(b, &hall.rogue.url(), 0);
     assert!(
         !tried.is_empty(),
         "the page never tried the rogue: the test proves nothing"
@@ -1018,8 +1033,12 @@ fn origin_gone(hall: &mut Hall, b: &mut Browser) {
 fn local_network_refused(hall: &mut Hall, b: &mut Browser) {
     let c = "c6";
     let started = Instant::now();
-    let launched = b.launch("p6", "denied");
-    open_saving(hall, b, c, &[]);
+    b.launch("p6", "denied");
+    let opened = open_saving(hall, b, c, &[]);
+    assert_eq!(
+        opened["permissions"]["loopback-network"], "denied",
+        "{opened}"
+    );
     let cut = epoch_ms();
     hall.cut_cloud();
     b.wait_until(c, "local-network-blocked", |b| {
@@ -1038,6 +1057,13 @@ fn local_network_refused(hall: &mut Hall, b: &mut Browser) {
         "a save reached the box although Local Network Access was refused"
     );
     assert!(hall.on_box(c).is_empty(), "the box holds saves of {c}");
+    // The page did try the box: the browser refused every request before it left.
+    let refused = requests_to(b, &hall.hall.url(), cut);
+    assert!(!refused.is_empty(), "the page never tried the box");
+    assert!(
+        refused.iter().all(|r| r["failure"].is_string()),
+        "a request reached the box: {refused:?}"
+    );
     let back = epoch_ms();
     hall.restore_cloud();
     b.wait_saves(c, "cloud", 1, back);
@@ -1046,9 +1072,11 @@ fn local_network_refused(hall: &mut Hall, b: &mut Browser) {
     assert_eq!(got.box_held, 0);
     b.driver.call("close", json!({}));
     println!(
-        "web client timing: phase 6 Local Network Access refused {} (permission on a blank page: {}; {} saves at the cloud, none through the box; the page said: {message})",
+        "web client timing: phase 6 Local Network Access refused {} (the page's permission: {}; {} requests to the box refused by the browser ({}); {} saves at the cloud, none through the box; the page said: {message})",
         secs(started.elapsed()),
-        launched["permissions_on_blank"],
+        opened["permissions"],
+        refused.len(),
+        refused[0]["failure"],
         got.rows.len()
     );
 }

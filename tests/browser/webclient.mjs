@@ -203,20 +203,8 @@ async function launch({ profile, lna }) {
   page.on("pageerror", (e) => appendFileSync(consoleLog, `${new Date().toISOString()} ${profile} pageerror: ${e}\n`));
   page.on("requestfailed", (r) => network.push({ t: Date.now(), url: r.url(), method: r.method(), failure: r.failure()?.errorText ?? "" }));
   page.on("requestfinished", (r) => network.push({ t: Date.now(), url: r.url(), method: r.method(), failure: null }));
-  const state = await page.evaluate(async (o) => {
-    const names = ["local-network-access", "local-network", "loopback-network"];
-    const out = {};
-    for (const name of names) {
-      try {
-        out[name] = (await navigator.permissions.query({ name })).state;
-      } catch (e) {
-        out[name] = `unknown (${e.message})`;
-      }
-    }
-    return out;
-  }, origin).catch((e) => ({ error: e.message }));
   log(`launched Chromium pid ${pid} (profile ${profile}, Local Network Access ${lna})`);
-  return { pid, profile: profileDir, permissions_on_blank: state };
+  return { pid, profile: profileDir };
 }
 
 async function waitReady() {
