@@ -431,12 +431,18 @@ impl Hall {
         .to_vec();
         let hall = start_box(&hall_dir, &hall_args);
 
-        // The rogue: its own key, the same CORS origin, nothing enrolled. Its debug log shows
-        // each TLS handshake it fails.
+        // The rogue: its own key, the same CORS origin, and the platform's public keys (public:
+        // anyone can have them), so that it would take the candidates' tokens and store what
+        // it is sent. Its debug log shows each TLS handshake it fails.
         let rogue_dir = dir.path().join("rogue");
         std::fs::create_dir_all(&rogue_dir).unwrap();
+        let keys = Platform::of_cloud(&cloud_dir).write_keys_file(&rogue_dir.join("platform.keys"));
         let rogue_config = rogue_dir.join("hallrelay.toml");
-        std::fs::write(&rogue_config, format!("cors_origins = [\"{origin}\"]\n")).unwrap();
+        std::fs::write(
+            &rogue_config,
+            format!("cors_origins = [\"{origin}\"]\nplatform_keys_file = \"{keys}\"\n"),
+        )
+        .unwrap();
         let rogue = BoxProcess::start_logged(
             &rogue_dir.join("data"),
             &[
