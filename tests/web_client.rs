@@ -12,7 +12,11 @@
 //! (`--ip-address-space-overrides`) so that Local Network Access applies to the box as in a
 //! real hall, and that permission is granted to the exam's origin before the page opens (CDP
 //! `Browser.grantPermissions`, per launch; a real exam browser has it from the
-//! `LocalNetworkAccessAllowedForUrls` policy) — except in the last phase, where it is refused.
+//! `LocalNetworkAccessAllowedForUrls` policy) — except in the last phase, where it is refused
+//! (CDP `Browser.setPermission` … `denied`). The boxes listen on 127.0.0.1 and are left in
+//! the loopback address space (Chromium then asks `loopback-network`, where a real hall box
+//! on 10.x asks `local-network`): the client declares the space from the URL, and a box
+//! overridden to `local` at a loopback address would fail that declaration.
 //!
 //! Phases (one candidate each; times printed as `web client timing:` lines):
 //! 1. failover and return, the box stopped before the cloud returns (so the page itself must

@@ -17,8 +17,10 @@
 //   CHROMIUM               the browser binary (default /usr/bin/chromium)
 //
 // Commands: origin {up}; launch {profile, lna: "granted"|"denied"}; open {query}; reload;
-// reports {since}; eval {expr}; sw (waits until the service worker controls the page);
-// kill (SIGKILL to the browser process); close; screenshot {name}; quit.
+// reports {since, net_since} (what the pages reported, and the page's network log, from those
+// indexes on); eval {expr}; sw (waits until the service worker controls the page); kill
+// (SIGKILL to the browser process, found in the profile's SingletonLock); close;
+// screenshot {name}; quit.
 import { chromium } from "playwright-core";
 import http from "node:http";
 import { createInterface } from "node:readline";
