@@ -27,7 +27,7 @@
 //! 4. a rogue box, listed first by the exam configuration, that the browser does not trust:
 //!    it never gets a request past TLS;
 //! 5. the page's origin gone with the cloud: the service worker serves the page, a reload
-//!    works, saves go to the box;
+//!    works, saves go to the box, and a final submitted in the outage lands there;
 //! 6. Local Network Access refused: the box is reported unreachable (`local-network-blocked`),
 //!    the saves stay journaled and reach the cloud when it returns.
 //!
@@ -990,7 +990,8 @@ fn rogue_box(hall: &mut Hall, b: &mut Browser) {
 }
 
 /// Phase 5: the page's origin goes with the cloud. The service worker serves the page: a
-/// reload still works, and the reloaded page saves to the box.
+/// reload still works, the reloaded page saves to the box, and the candidate's final
+/// submission, made in the outage, lands there and reaches the cloud as a final.
 fn origin_gone(hall: &mut Hall, b: &mut Browser) {
     let c = "c5";
     let started = Instant::now();
@@ -1016,6 +1017,12 @@ fn origin_gone(hall: &mut Hall, b: &mut Browser) {
     let after = epoch_ms();
     b.wait_saves(c, "box", 2, after);
     b.screenshot("webclient-origin-gone");
+    // The deadline comes in the outage: the candidate submits; the final lands on the box.
+    let submitted = b
+        .driver
+        .call("eval", json!({"expr": "window.exam.save('final', true)"}));
+    assert_eq!(submitted["value"]["landed"], "box", "{submitted}");
+    let final_seq = submitted["value"]["seq"].as_u64().expect("the final's seq");
     let still_down = b.driver.call("origin", json!({"up": false}));
     assert_eq!(
         down["served"], still_down["served"],
@@ -1026,10 +1033,12 @@ fn origin_gone(hall: &mut Hall, b: &mut Browser) {
     b.wait_saves(c, "cloud", 1, back);
     b.drain(c);
     let got = hall.check_delivered(c, &b.saves(c));
+    let final_row = &got.rows[final_seq as usize - 1];
+    assert_eq!(final_row["final"], true, "{final_row}");
     b.driver.call("origin", json!({"up": true}));
     b.driver.call("close", json!({}));
     println!(
-        "web client timing: phase 5 origin gone {} ({} files cached by the service worker; {} saves at the cloud, {} box-held)",
+        "web client timing: phase 5 origin gone {} ({} files cached by the service worker; {} saves at the cloud, {} box-held, the final (seq {final_seq}) among them)",
         secs(started.elapsed()),
         cached.len(),
         got.rows.len(),
