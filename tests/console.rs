@@ -9,56 +9,20 @@
 
 use hallrelay_testkit as common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{BoxProcess, autosave_path, config_file, console_row, put, skip};
+use common::browser::{self, artifacts_dir, chromium};
+use common::{BoxProcess, autosave_path, config_file, console_row, put};
 use http::{HeaderMap, Method, StatusCode};
 
 /// How long a candidate may go without saving before the console calls them silent, here.
 const SILENT_AFTER_SECS: u64 = 4;
 
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-fn artifacts_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("test-artifacts")
-}
-
-fn chromium() -> String {
-    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
-}
-
 /// Whether Chromium, node and playwright-core are here; says so loudly when not.
 fn browser_or_skip() -> bool {
-    let mut missing = Vec::new();
-    if !Path::new(&chromium()).exists() {
-        missing.push("chromium (apt-get install chromium)");
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        missing.push("node (apt-get install nodejs npm)");
-    }
-    if !browser_dir()
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        missing.push("playwright-core (npm ci in tests/browser)");
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    skip(
-        "the console browser test",
-        &format!("missing {}", missing.join(", ")),
-        "HALLRELAY_REQUIRE_PRIVILEGED",
-    );
-    false
+    browser::browser_or_skip("the console browser test", &[])
 }
 
 async fn console_state(
@@ -165,7 +129,6 @@ async fn the_console_signs_in_shows_the_hall_and_raises_the_silent_alert() {
 
     if browser_or_skip() {
         let shots = artifacts_dir();
-        std::fs::create_dir_all(&shots).unwrap();
         let expect = serde_json::json!({
             "rows": {
                 "c001": {"seq": 3, "final": false, "answers": "plain (readable)"},
@@ -176,8 +139,8 @@ async fn the_console_signs_in_shows_the_hall_and_raises_the_silent_alert() {
             "wait_secs": SILENT_AFTER_SECS + 15,
         });
         let run = Command::new("node")
-            .arg(browser_dir().join("console.mjs"))
-            .current_dir(browser_dir())
+            .arg(browser::node_dir().join("console.mjs"))
+            .current_dir(browser::node_dir())
             .env("HALLRELAY_URL", hall.url())
             .env("HALLRELAY_PIN", &hall.pin)
             .env("HALLRELAY_ADMIN_TOKEN", &admin)

@@ -5,6 +5,8 @@
 //! The binary under test is the one cargo built beside the test executable
 //! (`target/<profile>/hallrelay`), or `HALLRELAY_BIN` when set.
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
