@@ -59,29 +59,16 @@ const SAVE_EVERY_MS: u64 = 1000;
 /// How long any one thing the test waits for may take before it fails.
 const PATIENCE: Duration = Duration::from_secs(40);
 
-fn package_dir() -> PathBuf {
-    browser::repo_dir().join("clients/web")
-}
-
 /// Builds the package (`npm run build`) so that the page runs the source as it is now, not a
 /// stale `dist/`. False (after a loud skip) when the tools are not here.
 fn package_or_skip() -> bool {
     let what = "the web client browser test";
-    let typescript = package_dir()
-        .join("node_modules/typescript/package.json")
-        .exists();
-    if !browser::browser_or_skip(
-        what,
-        &[(
-            typescript,
-            "the package's node_modules (cd clients/web && npm ci)",
-        )],
-    ) {
+    if !browser::browser_or_skip(what, &[browser::package_installed()]) {
         return false;
     }
     let built = Command::new("npm")
         .args(["run", "--silent", "build"])
-        .current_dir(package_dir())
+        .current_dir(browser::package_dir())
         .output()
         .expect("run npm");
     assert!(
@@ -90,7 +77,7 @@ fn package_or_skip() -> bool {
         String::from_utf8_lossy(&built.stdout),
         String::from_utf8_lossy(&built.stderr)
     );
-    assert!(package_dir().join("dist/index.js").exists());
+    assert!(browser::package_dir().join("dist/index.js").exists());
     true
 }
 
@@ -684,7 +671,7 @@ fn a_browser_exam_page_keeps_every_save_through_outages() {
         ),
         (
             "WEBCLIENT_DIST",
-            package_dir().join("dist").display().to_string(),
+            browser::package_dir().join("dist").display().to_string(),
         ),
         (
             "WEBCLIENT_PAGE",

@@ -10,47 +10,24 @@
 
 use hallrelay_testkit as common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
-use common::skip;
+use common::browser;
 use hallrelay_envelope::{ExamKeys, PrivateKey, Save, Sealer, open};
 use hallrelay_protocol::envelope::Role;
 use hallrelay_protocol::keys::TokenKey;
 use hallrelay_protocol::token::{KeySet, PublicKey as TokenPublicKey};
 
 fn package_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/web")
+    browser::package_dir()
 }
 
 /// Whether node, npm and the package's node_modules are here; says so loudly when not.
 fn node_or_skip(what: &str) -> bool {
-    let mut missing = Vec::new();
-    for (tool, hint) in [
-        ("node", "node (apt-get install nodejs)"),
-        ("npm", "npm (apt-get install npm)"),
-    ] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            missing.push(hint);
-        }
-    }
-    if !package_dir()
-        .join("node_modules/typescript/package.json")
-        .exists()
-    {
-        missing.push("the package's node_modules (cd clients/web && npm ci)");
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    skip(
-        what,
-        &format!("missing {}", missing.join(", ")),
-        "HALLRELAY_REQUIRE_PRIVILEGED",
-    );
-    false
+    browser::node_or_skip(what, &[browser::package_installed()])
 }
 
 fn run(program: &str, args: &[&str]) -> Output {

@@ -38,24 +38,66 @@ pub fn chromium() -> String {
     std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
 }
 
-/// Whether Chromium, node and playwright-core are here, and every one of `also` (a condition
-/// and, when it fails, what is missing and how to get it). Skips `what` loudly when not, and
-/// fails instead when `HALLRELAY_REQUIRE_PRIVILEGED=1` (CI installs them).
+/// `clients/web`: the browser client package.
+pub fn package_dir() -> PathBuf {
+    repo_dir().join("clients/web")
+}
+
+/// Whether the package's build and test tools are installed (`npm ci` in clients/web), as a
+/// condition for [`node_or_skip`] or [`browser_or_skip`].
+pub fn package_installed() -> (bool, &'static str) {
+    (
+        package_dir()
+            .join("node_modules/typescript/package.json")
+            .exists(),
+        "the package's node_modules (cd clients/web && npm ci)",
+    )
+}
+
+/// Whether node and npm are here, and every one of `also` (a condition and, when it fails,
+/// what is missing and how to get it). Skips `what` loudly when not, and fails instead when
+/// `HALLRELAY_REQUIRE_PRIVILEGED=1` (CI installs them).
+pub fn node_or_skip(what: &str, also: &[(bool, &str)]) -> bool {
+    let mut missing = node_missing();
+    missing.extend(unmet(also));
+    here_or_skip(what, missing)
+}
+
+/// Whether Chromium, node, npm and playwright-core are here, and every one of `also`, as
+/// [`node_or_skip`].
 pub fn browser_or_skip(what: &str, also: &[(bool, &str)]) -> bool {
     let mut missing = Vec::new();
     if !Path::new(&chromium()).exists() {
         missing.push("chromium (apt-get install chromium)");
     }
-    if Command::new("node").arg("--version").output().is_err() {
-        missing.push("node (apt-get install nodejs npm)");
-    }
+    missing.extend(node_missing());
     if !node_dir()
         .join("node_modules/playwright-core/package.json")
         .exists()
     {
         missing.push("playwright-core (npm ci in tests/browser)");
     }
-    missing.extend(also.iter().filter(|(ok, _)| !ok).map(|(_, hint)| *hint));
+    missing.extend(unmet(also));
+    here_or_skip(what, missing)
+}
+
+fn node_missing() -> Vec<&'static str> {
+    [
+        ("node", "node (apt-get install nodejs)"),
+        ("npm", "npm (apt-get install npm)"),
+    ]
+    .into_iter()
+    .filter(|(tool, _)| Command::new(tool).arg("--version").output().is_err())
+    .map(|(_, hint)| hint)
+    .collect()
+}
+
+fn unmet<'a>(also: &'a [(bool, &'a str)]) -> impl Iterator<Item = &'a str> {
+    also.iter().filter(|(ok, _)| !ok).map(|(_, hint)| *hint)
+}
+
+/// True when nothing is missing; otherwise the loud skip (or failure, in CI).
+fn here_or_skip(what: &str, missing: Vec<&str>) -> bool {
     if missing.is_empty() {
         return true;
     }
