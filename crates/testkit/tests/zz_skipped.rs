@@ -35,8 +35,9 @@ fn main() {
             println!("  - tests/{}.rs: {}: {}", fields[0], fields[1], fields[2]);
         }
         println!();
-        println!("To run them: as root, `.ci/install-deps` (the Debian packages and the browser");
-        println!("test's npm modules), then `cargo test --release` again. CI runs them all and");
+        println!("To run them: as root, `.ci/install-deps` (the Debian packages, the browser");
+        println!("tests' npm modules, the OpenAPI tools), then `cargo test --release` again.");
+        println!("CI runs them all and");
         println!("fails on any skip (HALLRELAY_REQUIRE_PRIVILEGED=1, HALLRELAY_REQUIRE_NETNS=1).");
     }
     println!("{rule}\n");
