@@ -232,30 +232,7 @@ fn pins_learnt_from_the_cloud_reach_the_enrolled_box_and_never_the_rogue() {
 
     // IT staff: a code for the venue, given to the box.
     let admin_file = common::write_secret(&dir.path().join("admin.token"), &platform_admin(&cloud));
-    let out = common::command(Some(&net.hall))
-        .args([
-            "cloud",
-            "enroll",
-            "--cloud",
-            &cloud_url,
-            "--cloud-pin",
-            &cloud.pin,
-        ])
-        .args(["--token-file", &admin_file, "--no-qr"])
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{printed}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let code = printed
-        .lines()
-        .find_map(|l| l.strip_prefix("enrollment code"))
-        .unwrap_or_else(|| panic!("no code in {printed}"))
-        .trim()
-        .to_owned();
+    let code = common::enrollment_code(Some(&net.hall), &cloud_url, &cloud.pin, &admin_file, &[]);
     let config = common::config_file(
         dir.path(),
         &format!(

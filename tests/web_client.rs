@@ -379,24 +379,13 @@ impl Hall {
             &dir.path().join("admin.token"),
             &Platform::of_cloud(&cloud_dir).admin_token(DEFAULT_VENUE),
         );
-        let out = common::command(None)
-            .args(["cloud", "enroll", "--cloud", &cloud_url, "--cloud-pin"])
-            .arg(&cloud.pin)
-            .args(["--token-file", &admin, "--venue", DEFAULT_VENUE, "--no-qr"])
-            .output()
-            .expect("run hallrelay cloud enroll");
-        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{printed}{}",
-            String::from_utf8_lossy(&out.stderr)
+        let code = common::enrollment_code(
+            None,
+            &cloud_url,
+            &cloud.pin,
+            &admin,
+            &["--venue", DEFAULT_VENUE],
         );
-        let code = printed
-            .lines()
-            .find_map(|l| l.strip_prefix("enrollment code"))
-            .unwrap_or_else(|| panic!("no code in {printed}"))
-            .trim()
-            .to_owned();
         let origin = format!("http://127.0.0.1:{origin_port}");
         let config = common::config_file(
             dir.path(),

@@ -75,6 +75,43 @@ pub fn command(ns: Option<&str>) -> Command {
     }
 }
 
+/// A new enrollment code, as IT staff get one: `hallrelay cloud enroll` against the cloud at
+/// `cloud_url` (trusted by `cloud_pin`) with the platform admin token in `token_file` (in the
+/// namespace `ns` when given); `extra` adds flags such as `--venue`.
+pub fn enrollment_code(
+    ns: Option<&str>,
+    cloud_url: &str,
+    cloud_pin: &str,
+    token_file: &str,
+    extra: &[&str],
+) -> String {
+    let out = command(ns)
+        .args([
+            "cloud",
+            "enroll",
+            "--cloud",
+            cloud_url,
+            "--cloud-pin",
+            cloud_pin,
+        ])
+        .args(["--token-file", token_file, "--no-qr"])
+        .args(extra)
+        .output()
+        .expect("run hallrelay cloud enroll");
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "cloud enroll failed: {printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    printed
+        .lines()
+        .find_map(|l| l.strip_prefix("enrollment code"))
+        .unwrap_or_else(|| panic!("no code in {printed}"))
+        .trim()
+        .to_owned()
+}
+
 /// A running box.
 pub struct BoxProcess {
     pub child: Child,
