@@ -461,6 +461,18 @@ async fn a_preflight_from_the_exam_page_may_reach_the_hall_network() {
             "{sent} not in {allowed}"
         );
     }
+    // A cache keeps one answer per question: the answer varies with the network questions too.
+    let vary = reply.header("vary").unwrap_or("");
+    for question in [
+        "origin",
+        "access-control-request-private-network",
+        "access-control-request-local-network",
+    ] {
+        assert!(
+            vary.split(',').any(|h| h.trim() == question),
+            "{question} not in vary: {vary}"
+        );
+    }
 
     let reply = preflight("https://rogue.example.net").await;
     for name in [

@@ -46,17 +46,20 @@ pub async fn handle(
     .then(std::time::Instant::now);
     // What a handler leaves of the body unread is drained once it is dropped (see drain.rs).
     let request = request.map(RequestBody::new);
+    // A preflight's answer is complete as `preflight` makes it; every other answer gets the
+    // CORS headers of an actual response.
     let mut response = if request.method() == Method::OPTIONS {
         state.cors.preflight(request.headers())
     } else {
-        route(&state, request)
+        let mut response = route(&state, request)
             .await
-            .unwrap_or_else(ApiError::into_response)
+            .unwrap_or_else(ApiError::into_response);
+        state.cors.decorate(origin.as_ref(), &mut response);
+        response
     };
     if let (Some(started), Some(metrics)) = (ingest, &state.metrics) {
         metrics.observe_ingest(response.status().as_u16(), started.elapsed());
     }
-    state.cors.decorate(origin.as_ref(), &mut response);
     // The reference cloud tells every caller its time, to the millisecond: a box syncs its
     // hall clock from it over the pinned connection ([`crate::clock`]).
     if state.clock.is_none() {
