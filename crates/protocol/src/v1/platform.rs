@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::PathError;
 use crate::ids::{AutosaveName, is_valid_id};
 
 /// `POST` (platform admin token): a one-time enrollment code.
@@ -82,31 +83,49 @@ pub enum PlatformRoute {
 }
 
 impl PlatformRoute {
-    /// The platform route `path` names, or `None` when it is not one (the autosave API's
-    /// router then has its say).
-    pub fn parse(path: &str) -> Option<Self> {
+    /// The platform route `path` names; `Ok(None)` when it is not one (the autosave API's
+    /// router then has its say). `Err` when it is the platform's but names a malformed exam
+    /// id, candidate id or seq (an exam's relays or keys, a save's answer): the API answers
+    /// that 400, as on every route with ids, rather than the 404 of a path it does not know.
+    pub fn parse(path: &str) -> Result<Option<Self>, PathError> {
         match path {
-            ENROLLMENT_CODES => return Some(Self::EnrollmentCodes),
-            ENROLLMENT => return Some(Self::Enrollment),
-            BOX => return Some(Self::Box),
-            BOX_ADDRESSES => return Some(Self::BoxAddresses),
-            BOXES => return Some(Self::Boxes),
-            PLATFORM_KEYS => return Some(Self::PlatformKeys),
+            ENROLLMENT_CODES => return Ok(Some(Self::EnrollmentCodes)),
+            ENROLLMENT => return Ok(Some(Self::Enrollment)),
+            BOX => return Ok(Some(Self::Box)),
+            BOX_ADDRESSES => return Ok(Some(Self::BoxAddresses)),
+            BOXES => return Ok(Some(Self::Boxes)),
+            PLATFORM_KEYS => return Ok(Some(Self::PlatformKeys)),
             _ => {}
         }
         if let Some(save) = path.strip_suffix(ANSWER_SUFFIX) {
             return match super::Route::parse(save) {
-                Ok(super::Route::Autosave(name)) => Some(Self::Answer(name)),
-                _ => None,
+                Ok(super::Route::Autosave(name)) => Ok(Some(Self::Answer(name))),
+                Err(e @ (PathError::BadExam | PathError::BadCandidate | PathError::BadSeq)) => {
+                    Err(e)
+                }
+                _ => Ok(None),
             };
         }
         if let Some(rest) = path.strip_prefix(super::EXAMS_PREFIX) {
-            if let Some(exam) = rest.strip_suffix("/relays") {
-                return is_valid_id(exam).then(|| Self::Relays(exam.to_owned()));
-            }
-            let exam = rest.strip_suffix("/keys")?;
-            return is_valid_id(exam).then(|| Self::ExamKeys(exam.to_owned()));
+            let (exam, route): (&str, fn(String) -> Self) =
+                if let Some(exam) = rest.strip_suffix("/relays") {
+                    (exam, Self::Relays)
+                } else if let Some(exam) = rest.strip_suffix("/keys") {
+                    (exam, Self::ExamKeys)
+                } else {
+                    return Ok(None);
+                };
+            return match (is_valid_id(exam), exam.contains('/')) {
+                (true, _) => Ok(Some(route(exam.to_owned()))),
+                (false, false) => Err(PathError::BadExam),
+                (false, true) => Ok(None),
+            };
         }
+        Ok(Self::box_action(path))
+    }
+
+    /// `/v1/boxes/{pin}/revoke` and `/v1/boxes/{pin}/confirm`.
+    fn box_action(path: &str) -> Option<Self> {
         let rest = path.strip_prefix(BOXES)?.strip_prefix('/')?;
         let (pin, action) = rest.split_once('/')?;
         let pin = decode_segment(pin)?;
@@ -116,25 +135,6 @@ impl PlatformRoute {
             _ => None,
         }
     }
-}
-
-/// Why `path`, which [`PlatformRoute::parse`] does not take, is still the platform's to
-/// refuse: an exam's relays or keys, or a save's answer, named with a malformed exam id,
-/// candidate id or seq. The API answers that 400, as on every route with ids, rather than
-/// the 404 of a path it does not know.
-pub fn malformed(path: &str) -> Option<super::PathError> {
-    use super::PathError;
-    if let Some(save) = path.strip_suffix(ANSWER_SUFFIX) {
-        return match super::Route::parse(save) {
-            Err(e @ (PathError::BadExam | PathError::BadCandidate | PathError::BadSeq)) => Some(e),
-            _ => None,
-        };
-    }
-    let rest = path.strip_prefix(super::EXAMS_PREFIX)?;
-    let exam = rest
-        .strip_suffix("/relays")
-        .or_else(|| rest.strip_suffix("/keys"))?;
-    (!exam.contains('/') && !is_valid_id(exam)).then_some(PathError::BadExam)
 }
 
 /// Percent-encodes everything but `[A-Za-z0-9._-]`.
@@ -285,8 +285,6 @@ pub struct Relay {
 mod tests {
     use super::*;
 
-    use crate::v1::PathError;
-
     const PIN: &str = "sha256//q+Zx/0aB9mHh3nqP1tLr7vW2yS5kJdF8cE4gU6iO0Ao=";
 
     /// A code's lifetime is a whole number however JSON writes it; a fraction, a negative or
@@ -310,27 +308,27 @@ mod tests {
     fn routes_parse_back() {
         assert_eq!(
             PlatformRoute::parse(&revoke_path(PIN)),
-            Some(PlatformRoute::Revoke(PIN.into()))
+            Ok(Some(PlatformRoute::Revoke(PIN.into())))
         );
         assert_eq!(
             PlatformRoute::parse(&confirm_path(PIN)),
-            Some(PlatformRoute::Confirm(PIN.into()))
+            Ok(Some(PlatformRoute::Confirm(PIN.into())))
         );
         assert_eq!(
             PlatformRoute::parse(&relays_path("math-2026")),
-            Some(PlatformRoute::Relays("math-2026".into()))
+            Ok(Some(PlatformRoute::Relays("math-2026".into())))
         );
         assert_eq!(
             PlatformRoute::parse(&exam_keys_path("math-2026")),
-            Some(PlatformRoute::ExamKeys("math-2026".into()))
+            Ok(Some(PlatformRoute::ExamKeys("math-2026".into())))
         );
         assert_eq!(
             PlatformRoute::parse(&answer_path("math-2026", "c042", 7)),
-            Some(PlatformRoute::Answer(AutosaveName {
+            Ok(Some(PlatformRoute::Answer(AutosaveName {
                 exam: "math-2026".into(),
                 candidate: "c042".into(),
                 seq: 7
-            }))
+            })))
         );
         assert_eq!(
             answer_path("math-2026", "c042", 7),
@@ -338,7 +336,7 @@ mod tests {
         );
         assert_eq!(
             PlatformRoute::parse(ENROLLMENT),
-            Some(PlatformRoute::Enrollment)
+            Ok(Some(PlatformRoute::Enrollment))
         );
         for (path, why) in [
             ("/v1/exams/a b/keys", Some(PathError::BadExam)),
@@ -358,7 +356,7 @@ mod tests {
             ("/v1/exams/e/candidates/c/autosaves/latest/answer", None),
             ("/v1/health", None),
         ] {
-            assert_eq!(malformed(path), why, "{path}");
+            assert_eq!(PlatformRoute::parse(path).err(), why, "{path}");
         }
         for other in [
             "/v1/exams/e/candidates/c/autosaves",
@@ -373,7 +371,7 @@ mod tests {
             "/v1/boxes/%zz/revoke",
             "/v1/health",
         ] {
-            assert_eq!(PlatformRoute::parse(other), None, "{other}");
+            assert_eq!(PlatformRoute::parse(other).ok().flatten(), None, "{other}");
         }
     }
 }

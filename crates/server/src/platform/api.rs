@@ -37,8 +37,8 @@ use hallrelay_protocol::ids::is_valid_id;
 use hallrelay_protocol::signing::VerifyingKey;
 use hallrelay_protocol::timefmt::rfc3339;
 use hallrelay_protocol::v1::platform::{
-    self, Addresses, BoxRow, BoxView, CodeIssued, CodeRequest, EnrollRequest, Enrolled,
-    PlatformRoute, Relay, Relays, proof_message,
+    Addresses, BoxRow, BoxView, CodeIssued, CodeRequest, EnrollRequest, Enrolled, PlatformRoute,
+    Relay, Relays, proof_message,
 };
 
 /// The largest platform request body: a certificate and a few addresses.
@@ -120,7 +120,7 @@ fn calling_box(platform: &Platform, request: &Request<RequestBody>) -> Result<St
 /// Serves one platform route.
 impl crate::api::ExtraRoutes for Arc<Platform> {
     fn owns(&self, path: &str) -> bool {
-        PlatformRoute::parse(path).is_some() || platform::malformed(path).is_some()
+        !matches!(PlatformRoute::parse(path), Ok(None))
     }
 
     fn handle<'a>(
@@ -130,10 +130,11 @@ impl crate::api::ExtraRoutes for Arc<Platform> {
     ) -> crate::api::Answering<'a> {
         Box::pin(async move {
             let path = request.uri().path();
-            let route = PlatformRoute::parse(path).ok_or_else(|| {
-                platform::malformed(path)
-                    .map_or(ApiError::NotFound, |e| ApiError::BadId(e.reason()))
-            })?;
+            let route = match PlatformRoute::parse(path) {
+                Ok(Some(route)) => route,
+                Ok(None) => return Err(ApiError::NotFound),
+                Err(e) => return Err(ApiError::BadId(e.reason())),
+            };
             handle(state, self, route, request).await
         })
     }
