@@ -10,6 +10,8 @@
 
 mod autosave;
 pub mod codes;
+pub mod box_tokens;
+pub mod devices;
 pub mod headers;
 mod paths;
 pub mod platform;
@@ -17,8 +19,8 @@ pub mod platform;
 pub use autosave::{Answer, AutosavePut, DEFAULT_CONTENT_TYPE, retry_after};
 pub use paths::{
     AUDIT, EXAMS_PREFIX, EXPORT_AUTOSAVES, EXPORT_MANIFEST, EXPORT_PREFIX, HEALTH, OPENAPI,
-    PathError, REPORT, RETRY_PARKED, Route, STATUS, autosave_path, autosaves_path, latest_path,
-    left_path,
+    PathError, REPORT, RETRY_PARKED, Route, STATUS, autosave_path, autosaves_path,
+    exam_config_path, latest_path, left_path,
 };
 
 /// The DNS-SD service type a box advertises and clients browse for.

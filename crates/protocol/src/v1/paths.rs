@@ -49,6 +49,12 @@ pub fn left_path(exam: &str, candidate: &str) -> String {
     format!("{EXAMS_PREFIX}{exam}/candidates/{candidate}/left")
 }
 
+/// `/v1/exams/{exam}/config` (GET, candidate token for that exam; on the cloud and the box):
+/// the platform-signed exam configuration ([`crate::exam_config::ExamConfig`]).
+pub fn exam_config_path(exam: &str) -> String {
+    format!("{EXAMS_PREFIX}{exam}/config")
+}
+
 /// What a request path names, as far as the path alone can tell. Every id and seq in it has
 /// been checked by [`Route::parse`], so a handler never sees a name that could not be stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +73,8 @@ pub enum Route {
     Autosave(AutosaveName),
     /// [`left_path`]
     Left { exam: String, candidate: String },
+    /// [`exam_config_path`]
+    ExamConfig { exam: String },
 }
 
 /// Why a path names no route. The id errors are the API's 400s, checked in path order (exam,
@@ -119,6 +127,14 @@ impl Route {
                     candidate: candidate.to_string(),
                 })
             }
+            ["exams", exam, "config"] => {
+                if !is_valid_id(exam) {
+                    return Err(PathError::BadExam);
+                }
+                Ok(Self::ExamConfig {
+                    exam: exam.to_string(),
+                })
+            }
             [
                 "exams",
                 exam,
@@ -162,6 +178,7 @@ impl Route {
             Self::Latest { exam, candidate } => latest_path(exam, candidate),
             Self::Autosave(name) => autosave_path(&name.exam, &name.candidate, name.seq),
             Self::Left { exam, candidate } => left_path(exam, candidate),
+            Self::ExamConfig { exam } => exam_config_path(exam),
         }
     }
 }
@@ -216,6 +233,9 @@ mod tests {
             Route::Left { exam, candidate },
             Route::Autosave(name(0)),
             Route::Autosave(name(u64::MAX)),
+            Route::ExamConfig {
+                exam: "math-2026".into(),
+            },
         ] {
             assert_eq!(Route::parse(&route.path()), Ok(route.clone()), "{route:?}");
         }
@@ -233,6 +253,7 @@ mod tests {
             ("/v1/exams/e/candidates/c/autosaves/007", PathError::BadSeq),
             ("/v1/exams/e/candidates/c/autosaves/", PathError::BadSeq),
             ("/v1/exams/e/candidates/c/autosaves/-1", PathError::BadSeq),
+            ("/v1/exams/a b/config", PathError::BadExam),
             // The ids are checked before what follows them.
             (
                 "/v1/exams/e/candidates/c c/autosaves/1/extra",

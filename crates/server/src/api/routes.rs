@@ -6,6 +6,8 @@
 //! body (503, [`super::budget`]); all of these before the body is read. Then the body is read
 //! and hashed ([`super::body`]), and its digest checked (400); an empty body, or on a box
 //! with `require_encrypted` one that is not a well-formed answer envelope, is refused (400).
+//! A malformed `Hallrelay-Device` is refused (400) with the token checks; the device rule
+//! itself ([`hallrelay_protocol::v1::devices`]) is the store's, inside its batch transaction.
 //! Only then does the store see the request, and only the store's answer after its commit
 //! turns into a 2xx.
 
@@ -164,6 +166,10 @@ async fn route(
             only(&request, &Method::POST, "POST")?;
             left(state, &request, exam, candidate).await
         }
+        Target::ExamConfig { exam } => {
+            only(&request, &Method::GET, "GET")?;
+            exam_config(state, &request, &exam).await
+        }
         Target::Autosave(name) => match *request.method() {
             Method::PUT => put(state, request, name).await,
             Method::GET => {
@@ -272,6 +278,42 @@ fn authorize_forwarded<B>(
     }
 }
 
+/// `GET /v1/exams/{exam}/config`: the platform-signed configuration of the exam, for a
+/// candidate token of that exam (on a box, its box-only tokens too).
+async fn exam_config<B>(
+    state: &State,
+    request: &Request<B>,
+    exam: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let venue = match state.auth.authenticate(super::bearer(request))? {
+        Caller::Candidate { exam: e, venue, .. } if e == exam => venue,
+        Caller::Candidate { .. } => {
+            return Err(ApiError::Forbidden("the token is for another exam"));
+        }
+        _ => {
+            return Err(ApiError::Forbidden(
+                "an exam's configuration is given to its candidates: send a candidate token",
+            ));
+        }
+    };
+    let Some(source) = &state.exam_configs else {
+        return Err(ApiError::NotFound);
+    };
+    match source.config(exam, &venue).await? {
+        Some(config) => Ok(json_response(StatusCode::OK, &config)),
+        None => Err(ApiError::Refused {
+            status: StatusCode::NOT_FOUND,
+            code: "no_exam_config",
+            message: format!(
+                "this server holds no configuration for exam {exam}: a box fetches the \
+                 configurations of its venue's exams from its cloud while its uplink is up \
+                 (the platform lists an exam at a venue once a candidate of the venue has \
+                 fetched its relays, keys or configuration, or an admin declared it)"
+            ),
+        }),
+    }
+}
+
 /// Reads `final=true|false` from the query; anything else there is refused.
 fn parse_final(query: Option<&str>) -> Result<bool, ApiError> {
     let mut is_final = false;
@@ -296,6 +338,8 @@ async fn put(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let is_final = parse_final(request.uri().query())?;
     let caller = authorize_write(state, &request, &name.exam, &name.candidate)?;
+    let device =
+        headers::device(request.headers()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     // A box keeps the candidate's token to forward it. The cloud, the end of the line, keeps
     // the box receipts that come with a save, whoever forwards them ([`super::evidence`]); a
     // box ignores what a candidate forwards (it issues its own).
@@ -375,6 +419,7 @@ async fn put(
         hall_receipts,
         candidate_token,
         after_final: state.limits.after_final,
+        device,
     };
     match state.store.put(request).await? {
         PutOutcome::Stored(receipt) => {
@@ -388,6 +433,11 @@ async fn put(
             Ok(response)
         }
         PutOutcome::Duplicate(receipt) => Ok(json_response(StatusCode::OK, &receipt)),
+        PutOutcome::ContinuedElsewhere { took_over_at } => {
+            tracing::info!(exam = %name.exam, candidate = %name.candidate, seq = name.seq, took_over_at,
+                "refused a save from a device the candidate left for another");
+            Err(ApiError::ContinuedElsewhere { took_over_at })
+        }
         PutOutcome::Conflict { existing_blake3 } => {
             tracing::info!(exam = %name.exam, candidate = %name.candidate, seq = name.seq, "refused different bytes under a stored name");
             Err(ApiError::Conflict {

@@ -58,6 +58,9 @@ pub struct PutRequest {
     pub candidate_token: Option<String>,
     /// What to do with a save whose seq is above the candidate's final's ([`AfterFinal`]).
     pub after_final: AfterFinal,
+    /// The device the save comes from (`Hallrelay-Device`), for the device rule
+    /// ([`crate::devices`]); `None`: the rule does not apply.
+    pub device: Option<String>,
 }
 
 /// The exam policy for a save that arrives after the candidate's final submission (a seq
@@ -109,7 +112,14 @@ impl PutRequest {
             hall_receipts: Vec::new(),
             candidate_token: None,
             after_final: AfterFinal::Accept,
+            device: None,
         }
+    }
+
+    /// The same request, from `device`.
+    pub fn from_device(mut self, device: &str) -> Self {
+        self.device = Some(device.to_owned());
+        self
     }
 }
 
@@ -126,6 +136,9 @@ pub enum PutOutcome {
     /// A save after the candidate's final (seq above `final_seq`) under the `refuse` policy:
     /// 409 `after_final`. Nothing was stored; the refusal was counted.
     AfterFinal { final_seq: u64 },
+    /// The device rule: the candidate continued on another device, which started at
+    /// `took_over_at`: 409 `continued_elsewhere`. Nothing was stored; the refusal is counted.
+    ContinuedElsewhere { took_over_at: u64 },
 }
 
 /// Work for the writer.
