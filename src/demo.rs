@@ -734,6 +734,7 @@ async fn tally(
                 by,
                 status,
                 reason,
+                ..
             } => {
                 r.problems
                     .push(format!("save {seq} refused by {by}: {status} {reason}"));
