@@ -593,6 +593,8 @@ async fn status(
         },
         "delivered": store.delivered,
         "conflicts": store.conflicts,
+        // Saves refused because the candidate continued on another device.
+        "continued_elsewhere": store.continued_elsewhere,
         "parked": { "count": store.parked, "bytes": store.parked_bytes },
         "candidates": store.candidates,
         "storage": store.storage,
