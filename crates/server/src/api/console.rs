@@ -174,7 +174,7 @@ async fn sign_in(
         .map_err(|_| ApiError::BadRequest("send {\"token\": \"…\"}".into()))?;
     let admin = state.auth.admin(Some(token.trim()))?;
     super::audit::record(state, &admin, "console_signed_in", serde_json::json!({})).await?;
-    let (id, lifetime) = console.sessions.open(admin.expires, SystemTime::now());
+    let (id, lifetime) = console.sessions.open_as(&admin, SystemTime::now());
     tracing::info!(lifetime_secs = lifetime.as_secs(), "console: signed in");
     let mut response = private(Response::new(Full::new(Bytes::new())));
     *response.status_mut() = StatusCode::NO_CONTENT;
@@ -259,6 +259,9 @@ pub struct ConsoleState {
     pub after_final: AfterFinalView,
     /// Candidates the box knows went back to the cloud (never called silent).
     pub back_on_cloud: usize,
+    /// Saves refused because their candidate continued on another device (409
+    /// `continued_elsewhere`), in all.
+    pub continued_elsewhere: u64,
     /// Autosaves the cloud refused for good, kept here until someone retries them.
     pub parked: parked::ParkedView,
     pub disk: DiskGauge,
@@ -406,6 +409,10 @@ pub struct Row {
     /// How urgently the row needs someone: 0 none; otherwise lower is more urgent
     /// ([`attention`]). Rows are sorted by it.
     pub attention: u8,
+    /// Saves of this candidate refused because they continued on another device.
+    pub continued_elsewhere: u64,
+    /// Devices (laptops) this candidate saved from here that named themselves.
+    pub devices: u64,
 }
 
 /// What a row is, the one word the page colours it by. The judge ([`RowState::judge`])
@@ -524,6 +531,8 @@ impl Row {
             silent: state == RowState::Silent,
             state,
             attention,
+            continued_elsewhere: 0,
+            devices: 0,
         }
     }
 
@@ -674,6 +683,7 @@ impl ConsoleState {
     pub async fn gather(state: &State, console: &Console) -> Result<Self, ApiError> {
         let store = state.store.status().await?;
         let activity = state.store.candidate_activity().await?;
+        let devices = state.store.device_counts().await?;
         // Arrivals are stamped in hall time: ages are judged in it too.
         let now = state
             .clock
@@ -681,7 +691,10 @@ impl ConsoleState {
             .map_or_else(SystemTime::now, |c| c.reading().at);
         let mut rows: Vec<Row> = activity
             .into_iter()
-            .map(|a| Row::judge(a, now, console.silent_after))
+            .map(|a| {
+                let who = (a.exam.clone(), a.candidate.clone());
+                Row::judge(a, now, console.silent_after).with_devices(devices.get(&who))
+            })
             .collect();
         rows.sort_by(|a, b| a.order().cmp(&b.order()));
         let silent = rows.iter().filter(|r| r.silent).count();
@@ -718,6 +731,7 @@ impl ConsoleState {
                 refused: store.after_final_refused,
             },
             back_on_cloud,
+            continued_elsewhere: store.continued_elsewhere,
             parked: parked::ParkedView::gather(state, &store).await?,
             readiness: Readiness::judge(
                 rows.len() as u64,

@@ -633,6 +633,8 @@ async fn status(
             "accepted": store.after_final_accepted,
             "refused": store.after_final_refused,
         },
+        // Saves refused because the candidate continued on another device.
+        "continued_elsewhere": store.continued_elsewhere,
         "parked": { "count": store.parked, "bytes": store.parked_bytes },
         "candidates": store.candidates,
         "storage": store.storage,
