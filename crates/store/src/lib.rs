@@ -14,6 +14,8 @@
 //! that what a crash left adds up.
 
 mod activity;
+// Which candidates another box holds too (`Hallrelay-Also-Held`).
+mod also_held;
 mod audit;
 mod blob_log;
 mod disk;
@@ -53,6 +55,7 @@ pub use writer::{PutOutcome, PutRequest};
 use schema::*;
 
 pub use activity::Encryption;
+pub use also_held::{AlsoHeld, AlsoHeldRow};
 pub use audit::{AuditEntry, AuditPage};
 pub use evidence::{
     HallReceipt, HallReceiptSummary, MAX_HALL_RECEIPTS, ReceiptVerdict, add_hall_receipts,

@@ -25,6 +25,8 @@
 //! - `stats`: counter name → u64, maintained in the same transactions as the data.
 //! - `activity`: (exam, candidate) → a small fixed row (counts, first and last arrival, …)
 //!   maintained in the same transactions, for the console ([`super::activity`]).
+//! - `also_held`: (exam, candidate) → the pin of another box the candidate's client says
+//!   holds its saves too, with the seq and time it said so ([`super::also_held`]).
 //! - `meta`: schema version and the appliance id.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
@@ -171,6 +173,7 @@ pub(crate) fn initialise(db: &redb::Database, appliance: &str) -> Result<(), red
         write.open_table(STATS)?;
         write.open_table(ACTIVITY)?;
         write.open_table(AUDIT_HELD)?;
+        write.open_table(crate::also_held::ALSO_HELD)?;
     }
     write.commit()?;
     Ok(())

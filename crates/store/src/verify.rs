@@ -69,6 +69,7 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
     check_parked(&read, std::mem::take(&mut census.parked), &mut problems)?;
     let chain_count = check_chains(&read, &census, &mut problems)?;
     check_activity(&read, std::mem::take(&mut census.activity), &mut problems)?;
+    crate::also_held::check(&read, &mut problems)?;
     // The counters match a recount.
     let stats = read.open_table(STATS)?;
     for (name, counted) in [

@@ -264,6 +264,8 @@ pub struct ConsoleState {
     pub silent: usize,
     /// How many candidates' saves are encrypted, and the advice when some are not.
     pub encryption: EncryptionView,
+    /// Candidates another box holds too, as their clients say (two-box mode).
+    pub also_held: AlsoHeldView,
     /// Silent candidates first, then by exam and candidate.
     pub rows: Vec<Row>,
 }
@@ -333,6 +335,45 @@ pub struct Row {
     pub last_age_secs: Option<u64>,
     /// Saved here before, has not saved for longer than `silent_after`, and has not submitted.
     pub silent: bool,
+    /// Whether another box holds this candidate's saves too, as their client says.
+    #[serde(flatten)]
+    pub also_held: AlsoHeldNote,
+}
+
+/// What a candidate's client said of another box holding its saves (`Hallrelay-Also-Held`,
+/// two-box mode): the other box's pin and when this box was last told; both `null` when the
+/// candidate's newest save here came without it.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct AlsoHeldNote {
+    pub also_held_by: Option<String>,
+    pub also_held_at: Option<String>,
+}
+
+/// How many of this box's candidates another box holds too.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct AlsoHeldView {
+    pub candidates: usize,
+}
+
+/// Fills each row's [`AlsoHeldNote`] from the store's notes, and counts the candidates.
+fn note_also_held(rows: &mut [Row], notes: Vec<hallrelay_store::AlsoHeldRow>) -> AlsoHeldView {
+    let mut notes: std::collections::HashMap<(String, String), hallrelay_store::AlsoHeldRow> =
+        notes
+            .into_iter()
+            .map(|n| ((n.exam.clone(), n.candidate.clone()), n))
+            .collect();
+    let mut candidates = 0;
+    for row in rows {
+        let key = (row.activity.exam.clone(), row.activity.candidate.clone());
+        if let Some(note) = notes.remove(&key) {
+            candidates += 1;
+            row.also_held = AlsoHeldNote {
+                also_held_by: Some(note.pin),
+                also_held_at: Some(note.at),
+            };
+        }
+    }
+    AlsoHeldView { candidates }
 }
 
 impl Row {
@@ -345,6 +386,7 @@ impl Row {
             activity,
             last_age_secs,
             silent,
+            also_held: AlsoHeldNote::default(),
         }
     }
 }
@@ -460,6 +502,7 @@ impl ConsoleState {
                 &b.activity.candidate,
             ))
         });
+        let also_held = note_also_held(&mut rows, state.store.also_held().await?);
         let silent = rows.iter().filter(|r| r.silent).count();
         let active = rows
             .iter()
@@ -499,6 +542,7 @@ impl ConsoleState {
             active,
             silent,
             encryption: EncryptionView::judge(&rows, state.limits.require_encrypted),
+            also_held,
             rows,
         })
     }
@@ -551,6 +595,42 @@ mod tests {
         assert_eq!(quiet.last_age_secs, Some(121));
         let submitted = Row::judge(activity(now - Duration::from_secs(600), 1), now, after);
         assert!(!submitted.silent);
+    }
+
+    /// A candidate another box holds too gets its pin and time in its row and is counted;
+    /// a note for a candidate with no row here is not.
+    #[test]
+    fn candidates_also_held_are_noted_and_counted() {
+        let now = SystemTime::now();
+        let mut rows: Vec<Row> = ["c1", "c2"]
+            .into_iter()
+            .map(|c| {
+                let mut a = activity(now, 0);
+                a.candidate = c.into();
+                Row::judge(a, now, Duration::from_secs(120))
+            })
+            .collect();
+        let note = |candidate: &str| hallrelay_store::AlsoHeldRow {
+            exam: "math".into(),
+            candidate: candidate.into(),
+            pin: "sha256//pin-of-b".into(),
+            seq: 3,
+            at: "2026-12-05T09:00:00.000Z".into(),
+        };
+        let view = note_also_held(&mut rows, vec![note("c2"), note("gone")]);
+        assert_eq!(view, AlsoHeldView { candidates: 1 });
+        assert_eq!(rows[0].also_held, AlsoHeldNote::default());
+        assert_eq!(
+            rows[1].also_held.also_held_by.as_deref(),
+            Some("sha256//pin-of-b")
+        );
+        let json = serde_json::to_value(&rows[0]).unwrap();
+        assert!(
+            json["also_held_by"].is_null() && json["also_held_at"].is_null(),
+            "{json}"
+        );
+        let json = serde_json::to_value(&rows[1]).unwrap();
+        assert_eq!(json["also_held_at"], "2026-12-05T09:00:00.000Z");
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct PutRequest {
     pub hall_receipts: Vec<crate::HallReceipt>,
     /// On the box: the candidate's token, kept to forward on replay.
     pub candidate_token: Option<String>,
+    /// On the box: what the candidate's PUT said of another box holding its saves
+    /// ([`crate::also_held`]), noted if the save is taken.
+    pub also_held: crate::AlsoHeld,
 }
 
 impl PutRequest {
@@ -70,6 +73,7 @@ impl PutRequest {
             is_final,
             hall_receipts: Vec::new(),
             candidate_token: None,
+            also_held: crate::AlsoHeld::Unchanged,
         }
     }
 }

@@ -47,6 +47,7 @@ pub(super) struct Tables<'txn, 'log> {
     pub(super) audit_held: Table<'txn, (&'static str, &'static str, u64, u64), ()>,
     pub(super) stats: Table<'txn, &'static str, u64>,
     pub(super) activity: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    pub(super) also_held: Table<'txn, (&'static str, &'static str), (&'static str, u64, u64)>,
     pub(super) counters: Counters,
 }
 
@@ -90,6 +91,7 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             audit_held: txn.open_table(AUDIT_HELD)?,
             stats,
             activity: txn.open_table(ACTIVITY)?,
+            also_held: txn.open_table(crate::also_held::ALSO_HELD)?,
             counters,
         })
     }
