@@ -149,7 +149,9 @@ impl Autosaver {
             self.send_to(second, seq, payload, is_final)
         );
         let mut go_on = true;
-        for (which, answer) in [(Which::First, a), (Which::Second, b)] {
+        // The second's answer first: when both failed, the first is not replaced by a box
+        // that just failed too.
+        for (which, answer) in [(Which::Second, b), (Which::First, a)] {
             let Some((name, answer)) = answer else {
                 continue;
             };
