@@ -483,13 +483,15 @@ fn the_package_writes_each_save_to_two_boxes_and_survives_one_dying() {
         &format!("platform_keys_file = \"{keys_file}\"\n"),
     );
     let start = |name: &str| {
-        common::BoxProcess::start(&dir.path().join(name), &["--config", config.to_str().unwrap()])
+        common::BoxProcess::start(
+            &dir.path().join(name),
+            &["--config", config.to_str().unwrap()],
+        )
     };
     let mut box_a = start("a");
     let box_b = start("b");
-    let status = |b: &common::BoxProcess| {
-        tokio::runtime::Runtime::new().unwrap().block_on(b.status())
-    };
+    let status =
+        |b: &common::BoxProcess| tokio::runtime::Runtime::new().unwrap().block_on(b.status());
     let open = |candidate: &str, hall_copies: Option<u8>| {
         let mut config = serde_json::json!({
             "cloud": cloud.url(), "exam": EXAM, "candidate": candidate,
@@ -523,7 +525,11 @@ fn the_package_writes_each_save_to_two_boxes_and_survives_one_dying() {
         seqs.push(i);
         if i >= 3 {
             assert_eq!(r["landed"], "box", "{r}; events {:?}", node.events);
-            assert_eq!(r["boxes"], 2, "two boxes hold it: {r}; events {:?}", node.events);
+            assert_eq!(
+                r["boxes"], 2,
+                "two boxes hold it: {r}; events {:?}",
+                node.events
+            );
         }
         let r = one.save(&format!("c2 answer {i}"));
         if i >= 3 {
@@ -531,8 +537,16 @@ fn the_package_writes_each_save_to_two_boxes_and_survives_one_dying() {
             assert_eq!(r["boxes"], 1, "hallCopies 1: one box: {r}");
         }
     }
-    assert!(node.kinds().contains(&"also-saving".to_owned()), "{:?}", node.events);
-    assert!(!one.kinds().contains(&"also-saving".to_owned()), "{:?}", one.events);
+    assert!(
+        node.kinds().contains(&"also-saving".to_owned()),
+        "{:?}",
+        node.events
+    );
+    assert!(
+        !one.kinds().contains(&"also-saving".to_owned()),
+        "{:?}",
+        one.events
+    );
     // Each box counts c1 (and only c1) as also held by the other.
     assert_eq!(status(&box_a)["also_held"]["candidates"], 1);
     assert_eq!(status(&box_b)["also_held"]["candidates"], 1);
@@ -544,7 +558,11 @@ fn the_package_writes_each_save_to_two_boxes_and_survives_one_dying() {
         assert_eq!(r["landed"], "box", "{r}; events {:?}", node.events);
         assert_eq!(r["box"], "hall-b", "{r}");
     }
-    assert!(node.kinds().contains(&"box-lost".to_owned()), "{:?}", node.events);
+    assert!(
+        node.kinds().contains(&"box-lost".to_owned()),
+        "{:?}",
+        node.events
+    );
     assert_eq!(
         status(&box_b)["also_held"]["candidates"],
         0,
@@ -563,9 +581,16 @@ fn the_package_writes_each_save_to_two_boxes_and_survives_one_dying() {
         }
     }
     assert!(back, "never returned to the cloud: {:?}", node.events);
-    assert_eq!(node.send(serde_json::json!({"pending": true}))["pending"], serde_json::json!([]));
+    assert_eq!(
+        node.send(serde_json::json!({"pending": true}))["pending"],
+        serde_json::json!([])
+    );
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let client = cloud.client(Some(platform.candidate_token(common::DEFAULT_VENUE, EXAM, "c1")));
+        let client = cloud.client(Some(platform.candidate_token(
+            common::DEFAULT_VENUE,
+            EXAM,
+            "c1",
+        )));
         let rows = common::list(&client, EXAM, "c1").await;
         let listed: Vec<u64> = rows.iter().filter_map(|r| r["seq"].as_u64()).collect();
         assert_eq!(listed, seqs, "every save once");
