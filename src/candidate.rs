@@ -46,6 +46,7 @@ impl Plan {
             args.journal.clone(),
         );
         options.box_pins = args.pins.clone();
+        options.hall_copies = args.hall_copies;
         options.failover_after = args.failover_after;
         options.probe_every = args.probe_every;
         options.cloud_trust = if args.cloud_pins.is_empty() {

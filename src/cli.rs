@@ -350,6 +350,11 @@ pub struct CandidateArgs {
     /// trusted only by a pin (--pin or the relay list's).
     #[arg(long = "box", value_name = "URL")]
     pub boxes: Vec<String>,
+    /// How many hall boxes each save goes to while the cloud is gone: 2 writes every save to
+    /// two trusted boxes at once (when two are known), 1 to one [default: the relay list's
+    /// hall_copies, else 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub hall_copies: Option<u8>,
     /// Trust a self-hosted cloud by this pin instead of CA roots (repeatable).
     #[arg(
         long = "cloud-pin",

@@ -419,7 +419,7 @@ async fn a_preflight_from_the_exam_page_may_reach_the_hall_network() {
                 (
                     "access-control-request-headers",
                     "authorization, content-type, content-digest, hallrelay-final, \
-                     hallrelay-receipt",
+                     hallrelay-receipt, hallrelay-also-held",
                 ),
                 ("access-control-request-private-network", "true"),
                 ("access-control-request-local-network", "true"),
@@ -455,6 +455,7 @@ async fn a_preflight_from_the_exam_page_may_reach_the_hall_network() {
         "content-digest",
         "hallrelay-final",
         "hallrelay-receipt",
+        "hallrelay-also-held",
     ] {
         assert!(
             allowed.split(',').any(|h| h.trim() == sent),

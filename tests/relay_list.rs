@@ -39,6 +39,7 @@ fn a_kept_list_is_used_for_failover_after_a_restart_and_a_rogue_is_refused() {
             pin: real.pin.clone(),
             addresses: vec![rogue.addr.clone(), real.addr.clone()],
         }],
+        hall_copies: None,
         fetched_at: Some("2026-12-05T08:00:00Z".into()),
     }
     .store(&folder)

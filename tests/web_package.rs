@@ -457,3 +457,155 @@ fn the_package_fails_over_to_the_box_and_returns_against_the_real_cloud_and_box(
     });
     drop(hall);
 }
+
+/// Two boxes in one hall, the package's way, with the real cloud and two real boxes: while the
+/// cloud is gone each save goes to both configured boxes at once (`boxes: 2`), each PUT naming
+/// the other box (`Hallrelay-Also-Held`, which each box counts); when box A dies, saves go on
+/// to box B alone, and B says so (no candidate also held any more). Back on the cloud, every
+/// save is there once, those of the outage with the receipts of both boxes that held them.
+/// With `hallCopies: 1` the same page writes to one box only.
+#[test]
+fn the_package_writes_each_save_to_two_boxes_and_survives_one_dying() {
+    if !node_or_skip("the web client package with two boxes") {
+        return;
+    }
+    let _dist = build();
+    const EXAM: &str = "chem-2026";
+    let dir = tempfile::tempdir().unwrap();
+    let cloud_dir = dir.path().join("cloud");
+    let cloud_listen = format!("127.0.0.1:{}", common::free_port());
+    let cloud_args = ["--listen", cloud_listen.as_str(), "--tls"];
+    let mut cloud = common::BoxProcess::start_cloud(&cloud_dir, &cloud_args);
+    let platform = common::Platform::of_cloud(&cloud_dir);
+    let keys_file = platform.write_keys_file(&dir.path().join("platform-keys.json"));
+    let config = common::config_file(
+        dir.path(),
+        &format!("platform_keys_file = \"{keys_file}\"\n"),
+    );
+    let start = |name: &str| {
+        common::BoxProcess::start(
+            &dir.path().join(name),
+            &["--config", config.to_str().unwrap()],
+        )
+    };
+    let mut box_a = start("a");
+    let box_b = start("b");
+    let status =
+        |b: &common::BoxProcess| tokio::runtime::Runtime::new().unwrap().block_on(b.status());
+    let open = |candidate: &str, hall_copies: Option<u8>| {
+        let mut config = serde_json::json!({
+            "cloud": cloud.url(), "exam": EXAM, "candidate": candidate,
+            "token": platform.candidate_token(common::DEFAULT_VENUE, EXAM, candidate),
+            "relays": [{"name": "hall-a", "urls": [box_a.url()]}, {"name": "hall-b", "urls": [box_b.url()]}],
+            "failoverAfterMs": 300, "probeEveryMs": 300, "requestTimeoutMs": 3000,
+            "background": false, "database": format!("two-boxes-{candidate}"),
+        });
+        if let Some(n) = hall_copies {
+            config["hallCopies"] = n.into();
+        }
+        serde_json::json!({ "open": config })
+    };
+    let mut node = Driver::spawn();
+    node.send(open("c1", None));
+    let mut one = Driver::spawn();
+    one.send(open("c2", Some(1)));
+    for (driver, text) in [(&mut node, "c1"), (&mut one, "c2")] {
+        let r = driver.save(&format!("{text} answer 1"));
+        assert_eq!(r["landed"], "cloud", "{r}");
+    }
+
+    cloud.kill9();
+    let mut seqs = vec![1];
+    for i in 2..=4 {
+        if i == 3 {
+            // The cloud has failed for longer than failoverAfterMs.
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        }
+        let r = node.save(&format!("c1 answer {i}"));
+        seqs.push(i);
+        if i >= 3 {
+            assert_eq!(r["landed"], "box", "{r}; events {:?}", node.events);
+            assert_eq!(
+                r["boxes"], 2,
+                "two boxes hold it: {r}; events {:?}",
+                node.events
+            );
+        }
+        let r = one.save(&format!("c2 answer {i}"));
+        if i >= 3 {
+            assert_eq!(r["landed"], "box", "{r}");
+            assert_eq!(r["boxes"], 1, "hallCopies 1: one box: {r}");
+        }
+    }
+    assert!(
+        node.kinds().contains(&"also-saving".to_owned()),
+        "{:?}",
+        node.events
+    );
+    assert!(
+        !one.kinds().contains(&"also-saving".to_owned()),
+        "{:?}",
+        one.events
+    );
+    // Each box counts c1 (and only c1) as also held by the other.
+    assert_eq!(status(&box_a)["also_held"]["candidates"], 1);
+    assert_eq!(status(&box_b)["also_held"]["candidates"], 1);
+
+    box_a.kill9();
+    for i in 5..=7 {
+        let r = node.save(&format!("c1 answer {i}"));
+        seqs.push(i);
+        assert_eq!(r["landed"], "box", "{r}; events {:?}", node.events);
+        assert_eq!(r["box"], "hall-b", "{r}");
+    }
+    assert!(
+        node.kinds().contains(&"box-lost".to_owned()),
+        "{:?}",
+        node.events
+    );
+    assert_eq!(
+        status(&box_b)["also_held"]["candidates"],
+        0,
+        "c1's newest saves are on B alone"
+    );
+
+    cloud = common::BoxProcess::start_cloud(&cloud_dir, &cloud_args);
+    let mut back = false;
+    for i in 8..=40 {
+        std::thread::sleep(std::time::Duration::from_millis(350));
+        let r = node.save(&format!("c1 answer {i}"));
+        seqs.push(i);
+        if r["landed"] == "cloud" {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "never returned to the cloud: {:?}", node.events);
+    assert_eq!(
+        node.send(serde_json::json!({"pending": true}))["pending"],
+        serde_json::json!([])
+    );
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = cloud.client(Some(platform.candidate_token(
+            common::DEFAULT_VENUE,
+            EXAM,
+            "c1",
+        )));
+        let rows = common::list(&client, EXAM, "c1").await;
+        let listed: Vec<u64> = rows.iter().filter_map(|r| r["seq"].as_u64()).collect();
+        assert_eq!(listed, seqs, "every save once");
+        for row in &rows {
+            let pins: Vec<&str> = row["hall_receipts"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|r| r["pin"].as_str()).collect())
+                .unwrap_or_default();
+            let seq = row["seq"].as_u64().unwrap();
+            if (3..=4).contains(&seq) {
+                assert!(
+                    pins.contains(&box_a.pin.as_str()) && pins.contains(&box_b.pin.as_str()),
+                    "save {seq} reached the cloud without both boxes' receipts: {row}"
+                );
+            }
+        }
+    });
+}

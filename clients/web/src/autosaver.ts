@@ -10,6 +10,8 @@
  *   to a box the browser has not connected to); saves then go to the first that answers.
  * - Probe and return: while on a box the cloud is asked every `probeEveryMs`; when it answers
  *   it is sent everything it lacks, with the boxes' receipts, and saves go there again.
+ * - Two boxes in one hall: while on a box, each save also goes to a second box at once, when
+ *   two are known and `hallCopies` is not 1 (./fanout.ts).
  * - Every change worth showing a candidate is a [`HallEvent`] with a plain sentence.
  *
  * Operations run one at a time (as the Rust client's `&mut self`), except journaling: a save is
@@ -23,6 +25,7 @@ import { keySetFromJson, parsePlatformKeys, verifyExamKeys, type ExamKeysDocumen
 import { addressSpaceOf, join, localNetworkPermission, readPut, request, tellLeft, type Put, type Reply } from "./http.js";
 import { Journal, type Entry } from "./journal.js";
 import { checkRelayList, urlsOf, type RelayConfig, type RelayList } from "./relays.js";
+import { alsoHeldFor, copiesWanted, identityOf, issued, sameBox, type BoxIdentity } from "./fanout.js";
 
 /** How long a box's health probe, and the cloud's probes and key and list requests, may take. */
 const PROBE_TIMEOUT_MS = 3000;
@@ -61,6 +64,12 @@ export interface AutosaverConfig {
   indexedDB?: IDBFactory;
   /** Whether `start()` also flushes in the background every `probeEveryMs` (default true). */
   background?: boolean;
+  /**
+   * How many hall boxes each save goes to while the cloud is gone: 1 turns two-box writing
+   * off, 2 asks for it. Absent: the relay list's `hall_copies`, else 2. Two boxes are used only
+   * when two are known (./fanout.ts).
+   */
+  hallCopies?: 1 | 2;
 }
 
 /** Where a save landed when `save` returned. */
@@ -73,6 +82,8 @@ export interface SaveResult {
   url?: string;
   /** The box's receipt (its JSON body), when it landed on one. */
   receipt?: string;
+  /** How many hall boxes hold it (each acknowledged it): 2 when two-box mode wrote it to two. */
+  boxes?: number;
 }
 
 /** Bad configuration: nothing was opened. */
@@ -91,9 +102,14 @@ export class SaveError extends Error {
   }
 }
 
-interface Relay {
+interface Prospect {
   name: string;
   url: string;
+}
+
+/** A box in use: where it is, and which box it said it is. */
+interface Relay extends Prospect {
+  id: BoxIdentity;
 }
 
 /** One candidate's autosave client. */
@@ -105,6 +121,9 @@ export class Autosaver {
   private relay: Relay | null = null;
   /** The boxes saves went to since the client was last on the cloud: each is told when it returns there. */
   private usedBoxes: Relay[] = [];
+  /** The second box each save also goes to (two-box mode), and when one was last looked for. */
+  private second: Relay | null = null;
+  private lastSecondSearch: number | null = null;
   private cloudDownSince: number | null = null;
   private lastProbe = Date.now();
   private lastSearch: number | null = null;
@@ -144,6 +163,9 @@ export class Autosaver {
     }
     checkCloudUrl(config.cloud);
     if (!config.token) throw new ConfigError("the candidate's token is missing: pass the token the platform gave this candidate");
+    if (config.hallCopies !== undefined && config.hallCopies !== 1 && config.hallCopies !== 2) {
+      throw new ConfigError(`hallCopies is 1 or 2, not ${JSON.stringify(config.hallCopies)}`);
+    }
     if (config.privacy && config.privacy !== "encrypt" && config.privacy !== "plaintext") {
       throw new ConfigError(`privacy is "encrypt" or "plaintext", not ${JSON.stringify(config.privacy)}`);
     }
@@ -223,7 +245,9 @@ export class Autosaver {
     }
     return this.run(async () => {
       const result = await this.deliverJournaled(entry);
-      this.emit(events.saved(result.seq, result.landed, new Date(), result.box ? { name: result.box, url: result.url ?? "" } : undefined));
+      await this.keepTwo();
+      if (result.landed === "box") result.boxes = (await this.journal.get(result.seq))?.receipts.length ?? 1;
+      this.emit(events.saved(result.seq, result.landed, new Date(), result.box ? { name: result.box, url: result.url ?? "" } : undefined, result.boxes));
       return result;
     });
   }
@@ -244,7 +268,10 @@ export class Autosaver {
           await this.failOver();
         }
       }
-      if (this.relay) await this.sendHeldHereToRelay();
+      if (this.relay) {
+        await this.sendHeldHereToRelay();
+        await this.keepTwo();
+      }
       return this.sent - before;
     });
   }
@@ -409,6 +436,7 @@ export class Autosaver {
         r.url = this.relay.url;
       }
       if (receipt) r.receipt = receipt;
+      r.boxes = entry.receipts.length;
       return r;
     }
     return { seq: entry.seq, landed: "laptop" };
@@ -441,21 +469,10 @@ export class Autosaver {
           return now && now.held === "box" && this.relay ? this.resultOf(now) : { seq, landed: "laptop" };
       }
     }
-    const relay = this.relay;
-    const put = await this.put(relay.url, entry, true);
-    switch (put.kind) {
-      case "stored":
-        await this.journal.markBox(seq, put.receipt);
-        return { seq, landed: "box", box: relay.name, url: relay.url, receipt: put.receipt };
-      case "refused":
-        this.rejected(seq, `the hall relay ${relay.name}`, put.status, put.reason, put.code);
-        return { seq, landed: "laptop" };
-      case "busy":
-        return { seq, landed: "laptop" };
-      case "failed":
-        await this.lostBox(put.error);
-        return { seq, landed: "laptop" };
-    }
+    // To the box in use and, in two-box mode, the second at once.
+    await this.toHall(entry);
+    const now = await this.journal.get(seq);
+    return now && now.held === "box" && this.relay ? this.resultOf(now) : { seq, landed: "laptop" };
   }
 
   /** Saves that can be sent (not waiting for keys) and the cloud lacks, oldest first. */
@@ -486,6 +503,8 @@ export class Autosaver {
 
   private cloudIsBack(): void {
     this.tellBoxesLeft();
+    this.second = null;
+    this.lastSecondSearch = null;
     if (this.cloudDownSince !== null) void this.journal.putMeta("cloudDownSince", null).catch(() => undefined);
     this.cloudDownSince = null;
     this.told.clear();
@@ -499,6 +518,11 @@ export class Autosaver {
    * to it (`POST …/left`), so that its console shows them "back on the cloud", not silent.
    * In the background: a save never waits for it.
    */
+  /** Notes a box saves go to, to be told when the candidate is back on the cloud. */
+  private noteUsed(relay: Relay): void {
+    if (!this.usedBoxes.some((b) => b.url === relay.url)) this.usedBoxes.push(relay);
+  }
+
   private tellBoxesLeft(): void {
     if (this.usedBoxes.length === 0) return;
     const boxes = this.usedBoxes.splice(0);
@@ -534,8 +558,8 @@ export class Autosaver {
   }
 
   /** The boxes to try, in order: the configured ones, then the cloud's list (each URL once). */
-  private prospects(): Relay[] {
-    const out: Relay[] = [];
+  private prospects(): Prospect[] {
+    const out: Prospect[] = [];
     const seen = new Set<string>();
     const add = (name: string, url: string) => {
       const u = url.replace(/\/+$/, "");
@@ -555,9 +579,9 @@ export class Autosaver {
     this.lastSearch = Date.now();
     for (const prospect of this.prospects()) {
       const why = await this.tryBox(prospect);
-      if (why === null) {
-        this.relay = prospect;
-        if (!this.usedBoxes.some((b) => b.url === prospect.url)) this.usedBoxes.push(prospect);
+      if (typeof why !== "string") {
+        this.relay = { ...prospect, id: why };
+        this.noteUsed(this.relay);
         this.told.clear();
         this.lastProbe = Date.now();
         this.emit(events.failedOver(prospect.name, prospect.url));
@@ -571,14 +595,14 @@ export class Autosaver {
 
   /**
    * Asks a box for its health: no payload goes to a box before the browser has connected to
-   * it, which it does only if it trusts the box's certificate. Null if it answers; "blocked"
-   * if Local Network Access stopped it (said as its own event); otherwise why not.
+   * it, which it does only if it trusts the box's certificate. Which box it is, if it answers;
+   * "blocked" if Local Network Access stopped it (said as its own event); otherwise why not.
    */
-  private async tryBox(box: Relay): Promise<string | null> {
+  private async tryBox(box: Prospect): Promise<string | BoxIdentity> {
     const space = addressSpaceOf(box.url);
     try {
       const reply = await request(join(box.url, "/v1/health"), { timeoutMs: PROBE_TIMEOUT_MS, ...(space ? { targetAddressSpace: space } : {}) });
-      if (reply.status >= 200 && reply.status <= 299) return null;
+      if (reply.status >= 200 && reply.status <= 299) return identityOf(reply.body);
       return `it answered ${reply.status}`;
     } catch (error) {
       if (await this.blockedByBrowser(box)) return "blocked";
@@ -587,7 +611,7 @@ export class Autosaver {
   }
 
   /** Whether a failed request to `box` is the browser's Local Network Access refusal (then said once). */
-  private async blockedByBrowser(box: Relay): Promise<boolean> {
+  private async blockedByBrowser(box: Prospect): Promise<boolean> {
     const space = addressSpaceOf(box.url);
     if (!space) return false;
     const state = await localNetworkPermission(space);
@@ -604,21 +628,86 @@ export class Autosaver {
     if (!(await this.blockedByBrowser(relay))) this.emit(events.boxLost(relay.name, error));
   }
 
-  /** Sends the relay every save only the journal holds. */
+  /** Sends the relay (and, in two-box mode, the second box) every save only the journal holds. */
   private async sendHeldHereToRelay(): Promise<void> {
     for (const seq of await this.journal.onlyHere()) {
-      const relay = this.relay;
       const entry = await this.journal.get(seq);
-      if (!relay) return;
+      if (!this.relay) return;
       if (!entry || entry.held !== "laptop" || entry.awaitsKeys) continue;
-      const put = await this.put(relay.url, entry, true);
-      if (put.kind === "stored") await this.journal.markBox(seq, put.receipt);
-      else if (put.kind === "refused") this.rejected(seq, `the hall relay ${relay.name}`, put.status, put.reason, put.code);
-      else if (put.kind === "busy") return;
-      else {
-        await this.lostBox(put.error);
-        return;
-      }
+      if (!(await this.toHall(entry))) return;
+    }
+  }
+
+  // ---- two boxes in one hall (./fanout.ts) ----
+
+  /**
+   * Sends `entry` to each box in use that does not hold it yet, both at once. False when sending
+   * more now is pointless (a box asked for time, or none is left).
+   */
+  private async toHall(entry: Entry): Promise<boolean> {
+    const lacks = (r: Relay | null): r is Relay => r !== null && !entry.receipts.some((body) => issued(r.id, body));
+    const targets = [this.second, this.relay].filter(lacks);
+    const newest = (await this.journal.entries()).filter((e) => e.held === "box").pop()?.receipts ?? [];
+    const answers = await Promise.all(targets.map(async (relay) => ({ relay, put: await this.put(relay.url, entry, true, alsoHeldFor(relay.id, newest)) })));
+    let goOn = true;
+    // The second's answer first: when both failed, the first is not replaced by a box that just failed too.
+    for (const { relay, put } of answers) {
+      if (put.kind === "stored") await this.journal.markBox(entry.seq, put.receipt);
+      else if (put.kind === "refused") this.rejected(entry.seq, `the hall relay ${relay.name}`, put.status, put.reason, put.code);
+      else if (put.kind === "busy") goOn = false;
+      else await this.hallBoxFailed(relay, put.error);
+    }
+    return goOn && this.relay !== null;
+  }
+
+  /** A box in use stopped answering: the second replaces the first, and another box is looked for later. */
+  private async hallBoxFailed(relay: Relay, error: string): Promise<void> {
+    if (relay === this.second) {
+      this.second = null;
+      if (!(await this.blockedByBrowser(relay))) this.emit(events.boxLost(relay.name, error));
+      return;
+    }
+    if (relay !== this.relay) return;
+    if (!this.second) return this.lostBox(error);
+    if (!(await this.blockedByBrowser(relay))) this.emit(events.boxLost(relay.name, error));
+    this.relay = this.second;
+    this.second = null;
+    this.emit(events.failedOver(this.relay.name, this.relay.url));
+  }
+
+  /**
+   * In two-box mode: finds a second box if there is none, and sends it every save the journal
+   * holds that fewer than two boxes acknowledged.
+   */
+  private async keepTwo(): Promise<void> {
+    if (!this.relay || copiesWanted(this.config.hallCopies, this.config.relays ?? [], this.learnt) < 2) return;
+    if (!this.second) await this.findSecond();
+    for (const seq of await this.sendable()) {
+      const entry = await this.journal.get(seq);
+      if (!entry || entry.held === "cloud" || entry.awaitsKeys || entry.receipts.length >= 2) continue;
+      const lacks = (r: Relay | null) => r !== null && !entry.receipts.some((body) => issued(r.id, body));
+      if (!lacks(this.relay) && !lacks(this.second)) continue;
+      const before = entry.receipts.length;
+      const goOn = await this.toHall(entry);
+      const after = (await this.journal.get(seq))?.receipts.length ?? 0;
+      if (before === 1 && after >= 2) this.emit(events.secondCopy(seq, (this.second ?? this.relay)?.name ?? "?"));
+      if (!goOn) return;
+    }
+  }
+
+  /** Looks (at most every `probeEveryMs`) for a box other than the one in use, and makes it the second. */
+  private async findSecond(): Promise<void> {
+    const first = this.relay;
+    if (!first || (this.lastSecondSearch !== null && Date.now() - this.lastSecondSearch < this.probeEveryMs)) return;
+    this.lastSecondSearch = Date.now();
+    for (const prospect of this.prospects()) {
+      if (prospect.url === first.url) continue;
+      const id = await this.tryBox(prospect);
+      if (typeof id === "string" || sameBox(id, first.id)) continue;
+      this.second = { ...prospect, id };
+      this.noteUsed(this.second);
+      this.emit(events.alsoSaving(prospect.name, prospect.url));
+      return;
     }
   }
 
@@ -627,13 +716,14 @@ export class Autosaver {
    * with its address space declared. A save the cloud refuses (400) with receipts goes again
    * without them: evidence never costs the save.
    */
-  private async put(base: string, entry: Entry, toBox: boolean): Promise<Put> {
+  private async put(base: string, entry: Entry, toBox: boolean, alsoHeld?: string): Promise<Put> {
     const path = `/v1/exams/${entry.exam}/candidates/${entry.candidate}/autosaves/${entry.seq}${entry.final ? "?final=true" : ""}`;
     const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", entry.bytes as Uint8Array<ArrayBuffer>));
     const headers: Record<string, string> = {
       "content-type": "application/octet-stream",
       "content-digest": `sha-256=:${toBase64(digest)}:`,
     };
+    if (toBox && alsoHeld) headers["hallrelay-also-held"] = alsoHeld;
     const receipts = toBox ? "" : receiptsHeader(entry.receipts);
     const space = toBox ? addressSpaceOf(base) : undefined;
     const send = async (withReceipts: boolean): Promise<Put> => {

@@ -15,15 +15,21 @@ function clock(at: Date): string {
 }
 
 export const events = {
-  saved(seq: number, landed: "cloud" | "box" | "laptop", at: Date, box?: { name: string; url: string }): HallEvent {
+  saved(seq: number, landed: "cloud" | "box" | "laptop", at: Date, box?: { name: string; url: string }, boxes?: number): HallEvent {
     const time = clock(at);
     const message =
       landed === "cloud"
         ? `save ${seq} saved to the cloud at ${time}`
         : landed === "box"
-          ? `save ${seq} saved to the hall relay ${box?.name ?? "?"} at ${time}`
+          ? `save ${seq} saved to the hall relay ${box?.name ?? "?"} at ${time}${(boxes ?? 1) >= 2 ? `, held by ${boxes} hall relays` : ""}`
           : `save ${seq} saved only on this computer at ${time}`;
-    return { kind: "saved", message, seq, landed, at: at.toISOString(), ...(box ? { box: box.name, url: box.url } : {}) };
+    return { kind: "saved", message, seq, landed, at: at.toISOString(), ...(box ? { box: box.name, url: box.url } : {}), ...(boxes ? { boxes } : {}) };
+  },
+  alsoSaving(name: string, url: string): HallEvent {
+    return { kind: "also-saving", message: `also saving to the hall relay ${name} at ${url}: two hall relays hold each save`, name, url };
+  },
+  secondCopy(seq: number, name: string): HallEvent {
+    return { kind: "second-copy", message: `save ${seq} is now also held by the hall relay ${name}: two hall relays hold it`, seq, name };
   },
   cloudUnreachable(error: string): HallEvent {
     return { kind: "cloud-unreachable", message: `the cloud does not answer (${error})`, error };

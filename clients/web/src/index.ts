@@ -8,6 +8,7 @@
 export { Autosaver, ConfigError, SaveError, receiptsHeader, type AutosaverConfig, type SaveResult } from "./autosaver.js";
 export type { HallEvent } from "./events.js";
 export type { RelayConfig, RelayList, ListedRelay } from "./relays.js";
+export { copiesWanted, alsoHeldFor, identityOf, sameBox, issued, type BoxIdentity } from "./fanout.js";
 export {
   seal,
   open,

@@ -23,6 +23,8 @@ export interface ListedRelay {
 export interface RelayList {
   venue: string;
   relays: ListedRelay[];
+  /** How many listed boxes each save goes to while the cloud is gone: 1 turns two-box writing off; absent means 2. */
+  hall_copies?: number;
   fetched_at?: string;
 }
 
@@ -35,7 +37,7 @@ const LABEL = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
  * `ip:port` (dropped alone). Throws if it is no list at all.
  */
 export function checkRelayList(json: unknown): RelayList {
-  const list = json as { venue?: unknown; relays?: unknown; fetched_at?: unknown };
+  const list = json as { venue?: unknown; relays?: unknown; fetched_at?: unknown; hall_copies?: unknown };
   if (typeof list?.venue !== "string" || !Array.isArray(list.relays)) {
     throw new Error("the relay list is not {venue, relays: […]}");
   }
@@ -47,6 +49,7 @@ export function checkRelayList(json: unknown): RelayList {
   }
   const out: RelayList = { venue: list.venue, relays };
   if (typeof list.fetched_at === "string") out.fetched_at = list.fetched_at;
+  if (list.hall_copies === 1 || list.hall_copies === 2) out.hall_copies = list.hall_copies;
   return out;
 }
 

@@ -28,6 +28,8 @@ use super::journal::{Held, Journal, JournalError};
 use crate::discovery::{Browser, Found, MdnsError};
 use crate::encryption::{self, Privacy};
 use crate::relays::{self, Fetched, RelayList};
+
+mod fanout;
 use hallrelay_envelope::{Save, Sealer};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::keys::Secret;
@@ -163,6 +165,11 @@ pub struct Options {
     pub journal: PathBuf,
     /// Whether saves are sealed before they are journaled (the default) or sent as they are.
     pub privacy: Privacy,
+    /// How many hall boxes each save goes to while the cloud is gone: `Some(1)` turns two-box
+    /// writing off, `Some(2)` asks for it; `None` (the default) follows the relay list's
+    /// `hall_copies` (2 when it says nothing). Two boxes are used only when the trusted pins
+    /// name two.
+    pub hall_copies: Option<u8>,
 }
 
 impl Options {
@@ -183,6 +190,7 @@ impl Options {
             discovery: Discovery::mdns(Vec::new()),
             journal,
             privacy: Privacy::default(),
+            hall_copies: None,
         }
     }
 }
@@ -205,6 +213,9 @@ pub enum Landed {
 pub struct Saved {
     pub seq: u64,
     pub landed: Landed,
+    /// How many hall boxes hold it (each acknowledged it): 0 when it landed in the cloud or
+    /// the journal, 2 when two-box mode wrote it to two boxes.
+    pub boxes: usize,
     pub at: SystemTime,
 }
 
@@ -244,6 +255,16 @@ pub enum Event {
     },
     /// No box this client trusts could be reached: saves stay on the laptop.
     NoTrustedBox,
+    /// Two-box mode: saves also go to this box, so that two boxes hold each.
+    AlsoSaving {
+        name: String,
+        url: String,
+    },
+    /// Save `seq`, held by one box, is now held by a second too: the box `name`.
+    SecondCopy {
+        seq: u64,
+        name: String,
+    },
     /// The box in use stopped answering.
     BoxLost {
         name: String,
@@ -286,6 +307,11 @@ impl std::fmt::Display for Event {
                 let time = clock(saved.at);
                 match &saved.landed {
                     Landed::Cloud => write!(f, "save {} saved to the cloud at {time}", saved.seq),
+                    Landed::Box { name, .. } if saved.boxes >= 2 => write!(
+                        f,
+                        "save {} saved to the hall relay {name} at {time}, held by {} hall relays",
+                        saved.seq, saved.boxes
+                    ),
                     Landed::Box { name, .. } => write!(
                         f,
                         "save {} saved to the hall relay {name} at {time}",
@@ -330,6 +356,14 @@ impl std::fmt::Display for Event {
             Event::NoTrustedBox => write!(
                 f,
                 "no trusted hall relay found: saves stay only on this laptop for now"
+            ),
+            Event::AlsoSaving { name, url } => write!(
+                f,
+                "also saving to the hall relay {name} at {url}: two hall relays hold each save"
+            ),
+            Event::SecondCopy { seq, name } => write!(
+                f,
+                "save {seq} is now also held by the hall relay {name}: two hall relays hold it"
             ),
             Event::BoxLost { name, error } => {
                 write!(f, "the hall relay {name} stopped answering ({error})")
@@ -453,6 +487,9 @@ struct Relay {
     name: String,
     url: String,
     conn: Connection,
+    /// Which box it is: its pin (the connection trusts that pin alone) and appliance id, as
+    /// its health answer said; the receipts it issues name the same.
+    id: fanout::BoxId,
 }
 
 type Listener = Box<dyn Fn(&Event) + Send + Sync>;
@@ -464,6 +501,8 @@ pub struct Autosaver {
     journal: Journal,
     cloud: Connection,
     relay: Option<Relay>,
+    /// The second box each save also goes to while on a box ([`fanout`]).
+    hall: fanout::Hall,
     cloud_down_since: Option<Instant>,
     last_probe: Instant,
     /// When boxes were last looked for: at most once every `probe_every`.
@@ -533,6 +572,7 @@ impl Autosaver {
             journal,
             cloud,
             relay: None,
+            hall: fanout::Hall::default(),
             cloud_down_since: None,
             last_probe: Instant::now(),
             last_search: None,
@@ -601,8 +641,11 @@ impl Autosaver {
         {
             self.learn_relays().await;
         }
+        // In two-box mode: a second box for saves one box alone holds ([`fanout`]).
+        self.keep_two().await?;
         let saved = Saved {
             seq,
+            boxes: self.boxes_holding(seq),
             landed,
             at: SystemTime::now(),
         };
@@ -692,6 +735,7 @@ impl Autosaver {
         let saved = Saved {
             seq,
             landed: Landed::Journal,
+            boxes: 0,
             at: SystemTime::now(),
         };
         self.emit(Event::Saved(saved.clone()));
@@ -810,6 +854,7 @@ impl Autosaver {
         }
         if self.relay.is_some() {
             self.send_held_here_to_relay().await?;
+            self.keep_two().await?;
         }
         Ok(self.summary())
     }
@@ -888,39 +933,21 @@ impl Autosaver {
                 }
             }
         }
-        let Some(relay) = &self.relay else {
+        if self.relay.is_none() {
             return Ok(Landed::Journal);
-        };
-        match self.put(&relay.conn, seq, payload, is_final, &[]).await {
-            Put::Stored { receipt } => {
-                self.journal.mark_box(seq, &receipt)?;
-                Ok(Landed::Box {
+        }
+        // To the box in use and, in two-box mode, the second ([`fanout`]) at once. A box that
+        // is busy or refuses leaves the save in the journal for the next send.
+        self.to_hall(seq, payload, is_final).await?;
+        Ok(
+            match (&self.relay, self.journal.get(seq).map(|e| &e.held)) {
+                (Some(relay), Some(Held::Box { .. })) => Landed::Box {
                     name: relay.name.clone(),
                     url: relay.url.clone(),
-                })
-            }
-            Put::Refused {
-                status,
-                reason,
-                code,
-            } => {
-                let by = format!("the hall relay {}", relay.name);
-                self.rejected(seq, &by, status, reason, code);
-                Ok(Landed::Journal)
-            }
-            // The box is there but busy: the save waits in the journal for the next send.
-            Put::Busy(why) => {
-                tracing::debug!(box_name = %relay.name, %why, "the box asked for time");
-                Ok(Landed::Journal)
-            }
-            Put::Failed(error) => {
-                let name = relay.name.clone();
-                self.relay = None;
-                self.last_search = None;
-                self.emit(Event::BoxLost { name, error });
-                Ok(Landed::Journal)
-            }
-        }
+                },
+                _ => Landed::Journal,
+            },
+        )
     }
 
     /// While on a box, asks the cloud (at most every `probe_every`) whether it answers again,
@@ -948,6 +975,7 @@ impl Autosaver {
     fn cloud_is_back(&mut self, announce: bool) {
         self.tell_boxes_left();
         self.cloud_down_since = None;
+        self.leave_hall();
         self.told.clear();
         self.last_search = None;
         // Boxes may have been enrolled or revoked meanwhile.
@@ -955,6 +983,19 @@ impl Autosaver {
         if announce {
             self.emit(Event::BackToCloud {
                 resent: self.journal.not_in_cloud().len(),
+            });
+        }
+    }
+
+    /// Notes a box saves go to, to be told when the candidate is back on the cloud
+    /// ([`Self::tell_boxes_left`]).
+    fn note_used(&mut self, relay: &Relay) {
+        if !self.used_boxes.iter().any(|u| u.url == relay.url) {
+            self.used_boxes.push(Relay {
+                name: relay.name.clone(),
+                url: relay.url.clone(),
+                conn: relay.conn.with_timeout(BOX_PROBE_TIMEOUT),
+                id: relay.id.clone(),
             });
         }
     }
@@ -1055,10 +1096,56 @@ impl Autosaver {
         }
         self.last_search = Some(Instant::now());
         let pins = self.trusted_pins();
+        let found = self.prospects(&pins, DISCOVERY_WAIT).await;
+        for found in found {
+            if let Some(hint) = &found.pin_hint
+                && !pins.contains(hint)
+            {
+                for url in found.urls {
+                    self.emit_once(Event::BoxRefused {
+                        url,
+                        reason: format!(
+                            "{} announces a key that is not the exam's pin",
+                            found.name
+                        ),
+                    });
+                }
+                continue;
+            }
+            for url in found.urls {
+                match self.try_box(&url, &pins).await {
+                    Ok((conn, id)) => {
+                        let relay = Relay {
+                            name: found.name.clone(),
+                            url: url.clone(),
+                            conn: conn.with_timeout(SAVE_TIMEOUT),
+                            id,
+                        };
+                        self.note_used(&relay);
+                        self.relay = Some(relay);
+                        self.told.clear();
+                        self.last_probe = Instant::now();
+                        self.emit(Event::FailedOver {
+                            name: found.name.clone(),
+                            url,
+                        });
+                        return self.send_held_here_to_relay().await;
+                    }
+                    Err(reason) => self.emit_once(Event::BoxRefused { url, reason }),
+                }
+            }
+        }
+        self.emit_once(Event::NoTrustedBox);
+        Ok(())
+    }
+
+    /// Boxes worth trying, for the trusted `pins`: what discovery finds (waiting up to `wait`
+    /// for mDNS answers), then the relay list's addresses not already among them.
+    async fn prospects(&self, pins: &[String], wait: Duration) -> Vec<Prospect> {
         let mut found = if pins.is_empty() {
             Vec::new()
         } else {
-            match self.options.discovery.find(&pins, DISCOVERY_WAIT).await {
+            match self.options.discovery.find(pins, wait).await {
                 Ok(found) => found,
                 Err(error) => {
                     tracing::warn!(%error, "cannot look for boxes");
@@ -1083,61 +1170,30 @@ impl Autosaver {
                 });
             }
         }
-        for found in found {
-            if let Some(hint) = &found.pin_hint
-                && !pins.contains(hint)
-            {
-                for url in found.urls {
-                    self.emit_once(Event::BoxRefused {
-                        url,
-                        reason: format!(
-                            "{} announces a key that is not the exam's pin",
-                            found.name
-                        ),
-                    });
-                }
-                continue;
-            }
-            for url in found.urls {
-                match self.try_box(&url, &pins).await {
-                    Ok(conn) => {
-                        let relay = Relay {
-                            name: found.name.clone(),
-                            url: url.clone(),
-                            conn: conn.with_timeout(SAVE_TIMEOUT),
-                        };
-                        if !self.used_boxes.iter().any(|u| u.url == relay.url) {
-                            self.used_boxes.push(Relay {
-                                name: relay.name.clone(),
-                                url: relay.url.clone(),
-                                conn: relay.conn.with_timeout(BOX_PROBE_TIMEOUT),
-                            });
-                        }
-                        self.relay = Some(relay);
-                        self.told.clear();
-                        self.last_probe = Instant::now();
-                        self.emit(Event::FailedOver {
-                            name: found.name.clone(),
-                            url,
-                        });
-                        return self.send_held_here_to_relay().await;
-                    }
-                    Err(reason) => self.emit_once(Event::BoxRefused { url, reason }),
-                }
-            }
-        }
-        self.emit_once(Event::NoTrustedBox);
-        Ok(())
+        found
     }
 
     /// Connects to `url` trusting only the pinned keys, and asks for its health: no payload
-    /// goes to a box before its key has proved itself in a TLS handshake.
-    async fn try_box(&self, url: &str, pins: &[String]) -> Result<Connection, String> {
+    /// goes to a box before its key has proved itself in a TLS handshake. The connection it
+    /// returns trusts the one pin the box's health answer names ([`fanout::BoxId`]), so that
+    /// two boxes are told apart by their keys.
+    async fn try_box(
+        &self,
+        url: &str,
+        pins: &[String],
+    ) -> Result<(Connection, fanout::BoxId), String> {
         let conn = Connection::pinned(url, pins.to_vec(), Some(self.options.token.clone()))
             .map_err(|e| e.to_string())?
             .with_timeout(BOX_PROBE_TIMEOUT);
         match conn.get(HEALTH).await {
-            Ok(reply) if reply.status.is_success() => Ok(conn),
+            Ok(reply) if reply.status.is_success() => {
+                let id = fanout::BoxId::of(&reply, pins)?;
+                let conn =
+                    Connection::pinned(url, vec![id.pin.clone()], Some(self.options.token.clone()))
+                        .map_err(|e| e.to_string())?
+                        .with_timeout(BOX_PROBE_TIMEOUT);
+                Ok((conn, id))
+            }
             Ok(reply) => Err(format!("it answered {}", reply.status)),
             Err(ClientError::NotPinned(refusal)) => {
                 Err(format!("its key is not the exam's pin: {refusal}"))
@@ -1150,31 +1206,16 @@ impl Autosaver {
         }
     }
 
-    /// Sends the relay every save only the journal holds.
+    /// Sends the relay (and, in two-box mode, the second box) every save only the journal
+    /// holds.
     async fn send_held_here_to_relay(&mut self) -> Result<(), JournalError> {
         for seq in self.journal.only_here() {
-            let (Some(relay), Some(is_final)) = (&self.relay, self.is_final(seq)) else {
+            let (true, Some(is_final)) = (self.relay.is_some(), self.is_final(seq)) else {
                 return Ok(());
             };
             let payload = Bytes::from(self.journal.payload(seq)?);
-            match self.put(&relay.conn, seq, payload, is_final, &[]).await {
-                Put::Stored { receipt } => self.journal.mark_box(seq, &receipt)?,
-                Put::Refused {
-                    status,
-                    reason,
-                    code,
-                } => {
-                    let by = format!("the hall relay {}", relay.name);
-                    self.rejected(seq, &by, status, reason, code);
-                }
-                Put::Busy(_) => return Ok(()),
-                Put::Failed(error) => {
-                    let name = relay.name.clone();
-                    self.relay = None;
-                    self.last_search = None;
-                    self.emit(Event::BoxLost { name, error });
-                    return Ok(());
-                }
+            if !self.to_hall(seq, payload, is_final).await? {
+                return Ok(());
             }
         }
         Ok(())
@@ -1204,6 +1245,21 @@ impl Autosaver {
         is_final: bool,
         receipts: &[Receipt],
     ) -> Put {
+        self.put_with(conn, seq, payload, is_final, receipts, None)
+            .await
+    }
+
+    /// [`Self::put`], naming the other box that holds the candidate's saves
+    /// (`Hallrelay-Also-Held`, on a PUT to a box in two-box mode: [`fanout`]).
+    async fn put_with(
+        &self,
+        conn: &Connection,
+        seq: u64,
+        payload: Bytes,
+        is_final: bool,
+        receipts: &[Receipt],
+        also_held: Option<&str>,
+    ) -> Put {
         let name = AutosaveName {
             exam: self.options.exam.clone(),
             candidate: self.options.candidate.clone(),
@@ -1212,7 +1268,8 @@ impl Autosaver {
         let digest = blake3::hash(&payload);
         let put = AutosavePut::new(&name, is_final)
             .digest(&digest)
-            .receipts(receipts);
+            .receipts(receipts)
+            .also_held(also_held);
         let answer = match conn.put(&put.path, put.headers, payload.clone()).await {
             Ok(reply) => Put::of(&reply),
             Err(error) => Put::Failed(error.to_string()),
@@ -1225,7 +1282,9 @@ impl Autosaver {
             {
                 tracing::warn!(candidate = %self.options.candidate, seq, %reason,
                     "the save was refused with its box receipts; sending it without them");
-                let put = AutosavePut::new(&name, is_final).digest(&digest);
+                let put = AutosavePut::new(&name, is_final)
+                    .digest(&digest)
+                    .also_held(also_held);
                 match conn.put(&put.path, put.headers, payload).await {
                     Ok(reply) => Put::of(&reply),
                     Err(error) => Put::Failed(error.to_string()),

@@ -36,6 +36,10 @@ pub struct RelayList {
     /// The venue of the candidate's token.
     pub venue: String,
     pub relays: Vec<ListedRelay>,
+    /// How many of the listed boxes each save goes to while the cloud is gone: 1 turns
+    /// two-box writing off; absent means 2 (the client's `hall_copies` option overrides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hall_copies: Option<u8>,
     /// When the cloud answered (RFC 3339); absent in the cloud's own answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetched_at: Option<String>,
@@ -176,6 +180,7 @@ mod tests {
                     addresses: vec![],
                 },
             ],
+            hall_copies: None,
             fetched_at: Some("2026-12-05T04:00:00Z".into()),
         }
     }

@@ -14,6 +14,8 @@
 //! that what a crash left adds up.
 
 mod activity;
+// Which candidates another box holds too (`Hallrelay-Also-Held`).
+mod also_held;
 mod audit;
 mod blob_log;
 mod devices;
@@ -54,6 +56,7 @@ pub use writer::{AfterFinal, PutOutcome, PutRequest};
 use schema::*;
 
 pub use activity::Encryption;
+pub use also_held::{AlsoHeld, AlsoHeldRow};
 pub use audit::{AuditEntry, AuditPage};
 pub use devices::DeviceCounts;
 pub use evidence::{

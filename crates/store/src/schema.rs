@@ -29,6 +29,8 @@
 //!   saved from, for the device rule ([`super::devices`]). Added after schema version 1
 //!   without a bump, like `parked`: created by the first write transaction; a file without it
 //!   has seen no device.
+//! - `also_held`: (exam, candidate) → the pin of another box the candidate's client says
+//!   holds its saves too, with the seq and time it said so ([`super::also_held`]).
 //! - `meta`: schema version and the appliance id.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
@@ -189,6 +191,7 @@ pub(crate) fn initialise(db: &redb::Database, appliance: &str) -> Result<(), red
         write.open_table(ACTIVITY)?;
         write.open_table(AUDIT_HELD)?;
         write.open_table(DEVICES)?;
+        write.open_table(crate::also_held::ALSO_HELD)?;
     }
     write.commit()?;
     Ok(())

@@ -73,6 +73,7 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
         .values()
         .map(|d| d.continued_elsewhere)
         .sum();
+    crate::also_held::check(&read, &mut problems)?;
     // The counters match a recount.
     let stats = read.open_table(STATS)?;
     // Refusals leave no record to recount; the rows' history never exceeds the counters,

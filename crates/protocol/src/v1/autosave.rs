@@ -88,6 +88,18 @@ impl AutosavePut {
         self
     }
 
+    /// Names the other box that acknowledged the candidate's previous save
+    /// (`Hallrelay-Also-Held`), on a candidate's PUT to a box in two-box mode; `None` leaves
+    /// the header out (the candidate's saves are held by this box alone, as far as it knows).
+    pub fn also_held(mut self, pin: Option<&str>) -> Self {
+        if let Some(pin) = pin
+            && let Ok(value) = HeaderValue::from_str(pin)
+        {
+            self.headers.insert(headers::ALSO_HELD, value);
+        }
+        self
+    }
+
     /// Forwards the token the candidate saved with (`Hallrelay-Candidate-Token`): the cloud
     /// lets an enrolled box write only what a candidate authorized.
     pub fn candidate_token(mut self, token: &str) -> Self {

@@ -63,9 +63,48 @@ pub fn device(headers: &HeaderMap) -> Result<Option<String>, BadDevice> {
     }
 }
 
+/// On a candidate's PUT to a box, in two-box mode: the pin of the other box that acknowledged
+/// the candidate's previous save ("my saves are also being written there"). The boxes never
+/// talk to each other; this is how each learns that a candidate is not held by it alone.
+pub const ALSO_HELD: HeaderName = HeaderName::from_static("hallrelay-also-held");
+
+/// Reads `Hallrelay-Also-Held`: `Ok(None)` when absent, the pin when it is one, and why not
+/// otherwise (several values, not text, not a pin). The receiver decides what a bad one costs:
+/// a box ignores it, since it is news about the candidate, never part of the save.
+pub fn also_held(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let mut values = headers.get_all(ALSO_HELD).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("Hallrelay-Also-Held is given more than once; send one pin".into());
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| "Hallrelay-Also-Held is not text".to_owned())?;
+    crate::pin::check_pin(text.trim())
+        .map(Some)
+        .map_err(|e| format!("Hallrelay-Also-Held: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PIN: &str = "sha256//q+Zx/0aB9mHh3nqP1tLr7vW2yS5kJdF8cE4gU6iO0Ao=";
+
+    #[test]
+    fn also_held_reads_one_pin_and_names_what_is_wrong() {
+        let mut h = HeaderMap::new();
+        assert_eq!(also_held(&h), Ok(None));
+        h.insert(ALSO_HELD, http::HeaderValue::from_static(PIN));
+        assert_eq!(also_held(&h), Ok(Some(PIN.to_owned())));
+        h.append(ALSO_HELD, http::HeaderValue::from_static(PIN));
+        assert!(also_held(&h).unwrap_err().contains("more than once"));
+        let mut h = HeaderMap::new();
+        h.insert(ALSO_HELD, http::HeaderValue::from_static("sha256//short"));
+        assert!(also_held(&h).unwrap_err().contains("not a key pin"));
+    }
 
     #[test]
     fn a_device_is_one_id() {

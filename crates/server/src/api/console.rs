@@ -11,6 +11,7 @@
 //! Pages are sent with a strict Content-Security-Policy: scripts and styles only from the box
 //! itself, no framing.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -275,6 +276,8 @@ pub struct ConsoleState {
     pub silent: usize,
     /// How many candidates' saves are encrypted, and the advice when some are not.
     pub encryption: EncryptionView,
+    /// Candidates another box holds too, as their clients say (two-box mode).
+    pub also_held: AlsoHeldView,
     /// By attention (most urgent first; those needing none last), then exam and candidate.
     pub rows: Vec<Row>,
 }
@@ -413,6 +416,9 @@ pub struct Row {
     pub continued_elsewhere: u64,
     /// Devices (laptops) this candidate saved from here that named themselves.
     pub devices: u64,
+    /// Whether another box holds this candidate's saves too, as their client says.
+    #[serde(flatten)]
+    pub also_held: AlsoHeldNote,
 }
 
 /// What a row is, the one word the page colours it by. The judge ([`RowState::judge`])
@@ -505,8 +511,37 @@ pub struct Facts {
     pub also_held: bool,
 }
 
+/// What a candidate's client said of another box holding its saves (`Hallrelay-Also-Held`,
+/// two-box mode): the other box's pin and when this box was last told; both `null` when the
+/// candidate's newest save here came without it.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct AlsoHeldNote {
+    pub also_held_by: Option<String>,
+    pub also_held_at: Option<String>,
+}
+
+/// How many of this box's candidates another box holds too.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct AlsoHeldView {
+    pub candidates: usize,
+}
+
+/// What other parts of the box know of a candidate beyond their activity row: the devices
+/// they saved from (the device rule, [`hallrelay_store::DeviceCounts`]) and another box their
+/// client says holds their saves too (two-box mode).
+#[derive(Debug, Default)]
+pub struct Beyond {
+    pub devices: hallrelay_store::DeviceCounts,
+    pub also_held: AlsoHeldNote,
+}
+
 impl Row {
-    pub fn judge(activity: CandidateActivity, now: SystemTime, silent_after: Duration) -> Self {
+    pub fn judge(
+        activity: CandidateActivity,
+        now: SystemTime,
+        silent_after: Duration,
+        beyond: Beyond,
+    ) -> Self {
         let last_age_secs = parse_rfc3339(&activity.last_received_at)
             .map(|t| now.duration_since(t).unwrap_or(Duration::ZERO).as_secs());
         let conflicts = activity.refused_conflicts + activity.cloud_conflicts;
@@ -517,11 +552,11 @@ impl Row {
             finals: activity.finals,
             pending: activity.pending,
             conflicts,
-            continued_elsewhere: 0,
+            continued_elsewhere: beyond.devices.continued_elsewhere,
             after_final_refused: activity.after_final_refused,
             after_final_accepted: activity.after_final_accepted,
             back_on_cloud,
-            also_held: false,
+            also_held: beyond.also_held.also_held_by.is_some(),
         });
         Self {
             activity,
@@ -531,8 +566,9 @@ impl Row {
             silent: state == RowState::Silent,
             state,
             attention,
-            continued_elsewhere: 0,
-            devices: 0,
+            continued_elsewhere: beyond.devices.continued_elsewhere,
+            devices: beyond.devices.devices,
+            also_held: beyond.also_held,
         }
     }
 
@@ -683,7 +719,20 @@ impl ConsoleState {
     pub async fn gather(state: &State, console: &Console) -> Result<Self, ApiError> {
         let store = state.store.status().await?;
         let activity = state.store.candidate_activity().await?;
-        let devices = state.store.device_counts().await?;
+        let mut devices = state.store.device_counts().await?;
+        let mut also_held: HashMap<(String, String), AlsoHeldNote> = state
+            .store
+            .also_held()
+            .await?
+            .into_iter()
+            .map(|n| {
+                let note = AlsoHeldNote {
+                    also_held_by: Some(n.pin),
+                    also_held_at: Some(n.at),
+                };
+                ((n.exam, n.candidate), note)
+            })
+            .collect();
         // Arrivals are stamped in hall time: ages are judged in it too.
         let now = state
             .clock
@@ -693,10 +742,20 @@ impl ConsoleState {
             .into_iter()
             .map(|a| {
                 let who = (a.exam.clone(), a.candidate.clone());
-                Row::judge(a, now, console.silent_after).with_devices(devices.get(&who))
+                let beyond = Beyond {
+                    devices: devices.remove(&who).unwrap_or_default(),
+                    also_held: also_held.remove(&who).unwrap_or_default(),
+                };
+                Row::judge(a, now, console.silent_after, beyond)
             })
             .collect();
         rows.sort_by(|a, b| a.order().cmp(&b.order()));
+        let also_held = AlsoHeldView {
+            candidates: rows
+                .iter()
+                .filter(|r| r.also_held.also_held_by.is_some())
+                .count(),
+        };
         let silent = rows.iter().filter(|r| r.silent).count();
         let back_on_cloud = rows.iter().filter(|r| r.back_on_cloud).count();
         let storage = state.store.storage_state();
@@ -746,6 +805,7 @@ impl ConsoleState {
             active,
             silent,
             encryption: EncryptionView::judge(&rows, state.limits.require_encrypted),
+            also_held,
             rows,
         })
     }
@@ -795,12 +855,12 @@ mod tests {
     fn silence_is_judged_after_the_threshold_and_not_after_a_final() {
         let now = SystemTime::now();
         let after = Duration::from_secs(120);
-        let recent = Row::judge(activity(now - Duration::from_secs(60), 0), now, after);
+        let recent = Row::judge(activity(now - Duration::from_secs(60), 0), now, after, Beyond::default());
         assert!(!recent.silent);
-        let quiet = Row::judge(activity(now - Duration::from_secs(121), 0), now, after);
+        let quiet = Row::judge(activity(now - Duration::from_secs(121), 0), now, after, Beyond::default());
         assert!(quiet.silent);
         assert_eq!(quiet.last_age_secs, Some(121));
-        let submitted = Row::judge(activity(now - Duration::from_secs(600), 1), now, after);
+        let submitted = Row::judge(activity(now - Duration::from_secs(600), 1), now, after, Beyond::default());
         assert!(!submitted.silent);
     }
 
@@ -903,7 +963,7 @@ mod tests {
             a.candidate = candidate.into();
             a.pending = 0;
             change(&mut a);
-            Row::judge(a, now, after)
+            Row::judge(a, now, after, Beyond::default())
         };
         let mut rows = [
             row("a-fine", &|_| {}),
@@ -949,6 +1009,37 @@ mod tests {
         assert!(ConflictView::judge(0, 0, &rows).banner.is_none());
     }
 
+    /// A candidate another box holds too gets its pin and time in its row and is counted;
+    /// a note for a candidate with no row here is not.
+    #[test]
+    fn candidates_also_held_are_noted_and_not_only_here() {
+        let now = SystemTime::now();
+        let judge = |also_held: AlsoHeldNote| {
+            let mut a = activity(now, 0);
+            a.pending = 2;
+            let beyond = Beyond {
+                also_held,
+                ..Beyond::default()
+            };
+            Row::judge(a, now, Duration::from_secs(120), beyond)
+        };
+        let alone = judge(AlsoHeldNote::default());
+        assert_eq!(alone.state, RowState::BoxOnly);
+        let json = serde_json::to_value(&alone).unwrap();
+        assert!(
+            json["also_held_by"].is_null() && json["also_held_at"].is_null(),
+            "{json}"
+        );
+        let held = judge(AlsoHeldNote {
+            also_held_by: Some("sha256//pin-of-b".into()),
+            also_held_at: Some("2026-12-05T09:00:00.000Z".into()),
+        });
+        assert_eq!(held.state, RowState::Saving, "another box holds them too");
+        let json = serde_json::to_value(&held).unwrap();
+        assert_eq!(json["also_held_by"], "sha256//pin-of-b");
+        assert_eq!(json["also_held_at"], "2026-12-05T09:00:00.000Z");
+    }
+
     #[test]
     fn unencrypted_candidates_are_counted_and_explained() {
         let now = SystemTime::now();
@@ -956,7 +1047,7 @@ mod tests {
         let row = |encryption| {
             let mut a = activity(now, 0);
             a.encryption = encryption;
-            Row::judge(a, now, after)
+            Row::judge(a, now, after, Beyond::default())
         };
         let rows = [
             row(Encryption::Encrypted),

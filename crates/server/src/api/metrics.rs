@@ -162,6 +162,8 @@ pub struct Metrics {
     disk_free: Gauge,
     open_connections: Gauge,
     tallies: TallyCounters,
+    /// Candidates whose clients say another box holds their saves too (two-box mode).
+    also_held: Gauge,
     scrape_token: Option<Secret>,
 }
 
@@ -256,6 +258,12 @@ impl Metrics {
             "open_connections",
             "Client connections open now",
         );
+        let also_held = gauge(
+            &mut registry,
+            "candidates_also_held",
+            "Candidates whose client says another hall box holds their saves too (two-box \
+             mode; the boxes never talk to each other)",
+        );
         registry.register_collector(Box::new(ReplayCounters(uplink)));
         let tallies = TallyCounters::default();
         registry.register_collector(Box::new(tallies.clone()));
@@ -279,6 +287,7 @@ impl Metrics {
             disk_free,
             open_connections,
             tallies,
+            also_held,
             scrape_token,
         }
     }
@@ -308,6 +317,12 @@ impl Metrics {
         self.scrape_token
             .as_ref()
             .is_some_and(|t| super::constant_time_eq(t.expose().as_bytes(), token.as_bytes()))
+    }
+
+    /// Sets the count of candidates also held by another box, read before a scrape.
+    pub fn set_also_held(&self, candidates: usize) {
+        self.also_held
+            .set(i64::try_from(candidates).unwrap_or(i64::MAX));
     }
 
     /// The text exposition, with the read-at-scrape figures filled in first.

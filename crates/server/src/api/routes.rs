@@ -31,7 +31,7 @@ use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::receipt::Receipt;
 use hallrelay_protocol::token::Kind;
 use hallrelay_protocol::v1::{PathError, autosave_path, headers};
-use hallrelay_store::{ListEntry, PutOutcome, PutRequest, ReceiptVerdict, Record};
+use hallrelay_store::{AlsoHeld, ListEntry, PutOutcome, PutRequest, ReceiptVerdict, Record};
 
 /// The entry point hyper calls for every request.
 pub async fn handle(
@@ -357,6 +357,10 @@ async fn put(
         Some(forwarder) => Offered::read(&request, &name, is_final, forwarder)?,
         None => Offered::default(),
     };
+    let also_held = match &caller {
+        Caller::Candidate { .. } if state.keeps_tokens => also_held(state, &request, &name),
+        _ => AlsoHeld::Unchanged,
+    };
     let limit = state.limits.max_body_bytes;
     let declared = request
         .headers()
@@ -420,6 +424,7 @@ async fn put(
         candidate_token,
         after_final: state.limits.after_final,
         device,
+        also_held,
     };
     match state.store.put(request).await? {
         PutOutcome::Stored(receipt) => {
@@ -472,6 +477,24 @@ async fn left(
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;
     Ok(response)
+}
+
+/// What a candidate's PUT at a box says of another box holding its saves
+/// (`Hallrelay-Also-Held`). A header that is not a pin, or that names this very box, is news
+/// the box cannot use: it is logged and the save goes on, never refused for it.
+fn also_held<B>(state: &State, request: &Request<B>, name: &AutosaveName) -> AlsoHeld {
+    match headers::also_held(request.headers()) {
+        Ok(None) => AlsoHeld::Alone,
+        Ok(Some(pin)) if pin == state.pin => {
+            tracing::debug!(exam = %name.exam, candidate = %name.candidate, "Hallrelay-Also-Held names this box itself; ignored");
+            AlsoHeld::Unchanged
+        }
+        Ok(Some(pin)) => AlsoHeld::By(pin),
+        Err(reason) => {
+            tracing::warn!(exam = %name.exam, candidate = %name.candidate, %reason, "ignoring a Hallrelay-Also-Held header; the save goes on");
+            AlsoHeld::Unchanged
+        }
+    }
 }
 
 /// The request's `Content-Digest` claims, parsed (all of its lines, as one list) before the
@@ -562,6 +585,7 @@ async fn scrape<B>(
         }
     }
     let store = state.store.status().await?;
+    metrics.set_also_held(state.store.also_held().await?.len());
     let text = metrics
         .render(
             (&store).into(),
@@ -609,6 +633,7 @@ async fn status(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let store = state.store.status().await?;
     let free = state.store.free_bytes();
+    let also_held = state.store.also_held().await?.len();
     let body = serde_json::json!({
         "appliance": state.store.appliance(),
         "name": state.name,
@@ -637,6 +662,8 @@ async fn status(
         "continued_elsewhere": store.continued_elsewhere,
         "parked": { "count": store.parked, "bytes": store.parked_bytes },
         "candidates": store.candidates,
+        // Candidates whose client says another box holds their saves too (two-box mode).
+        "also_held": { "candidates": also_held },
         "storage": store.storage,
         "disk": { "free_bytes": free, "reserve_bytes": state.min_free_bytes },
         // The body budget: upload bytes held in memory now, and requests it refused.

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::put::{Context, PutStep};
 use super::signing::sign_answers;
 use super::tables::Tables;
-use super::{Answer, Handle, Now, Op, Reply, Request};
+use super::{Answer, Handle, Now, Op, PutOutcome, Reply, Request};
 use crate::blob_log::BlobLog;
 use crate::schema::*;
 use crate::{CommitStats, DbSlot, StoreError, StoreOptions};
@@ -416,7 +416,17 @@ fn answer(
 ) -> Result<Answer, StoreError> {
     Ok(match request {
         Request::Put(put) => match ctx.put_one(tables, put, space_ok, now)? {
-            PutStep::Answered(outcome) => Answer::Put(outcome),
+            PutStep::Answered(outcome) => {
+                if matches!(outcome, PutOutcome::Stored(_) | PutOutcome::Duplicate(_)) {
+                    crate::also_held::note(
+                        &mut tables.also_held,
+                        &put.name,
+                        &put.also_held,
+                        now.ms,
+                    )?;
+                }
+                Answer::Put(outcome)
+            }
             PutStep::NoRoom => Answer::NoRoom,
         },
         Request::Delivered {

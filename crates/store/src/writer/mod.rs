@@ -61,6 +61,9 @@ pub struct PutRequest {
     /// The device the save comes from (`Hallrelay-Device`), for the device rule
     /// ([`crate::devices`]); `None`: the rule does not apply.
     pub device: Option<String>,
+    /// On the box: what the candidate's PUT said of another box holding its saves
+    /// ([`crate::also_held`]), noted if the save is taken.
+    pub also_held: crate::AlsoHeld,
 }
 
 /// The exam policy for a save that arrives after the candidate's final submission (a seq
@@ -113,6 +116,7 @@ impl PutRequest {
             candidate_token: None,
             after_final: AfterFinal::Accept,
             device: None,
+            also_held: crate::AlsoHeld::Unchanged,
         }
     }
 

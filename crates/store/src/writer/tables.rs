@@ -51,6 +51,7 @@ pub(super) struct Tables<'txn, 'log> {
     pub(super) stats: Table<'txn, &'static str, u64>,
     pub(super) activity: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     pub(super) devices: Table<'txn, (&'static str, &'static str, &'static str), (u64, u64)>,
+    pub(super) also_held: Table<'txn, (&'static str, &'static str), (&'static str, u64, u64)>,
     pub(super) counters: Counters,
 }
 
@@ -98,6 +99,7 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             stats,
             activity: txn.open_table(ACTIVITY)?,
             devices: txn.open_table(DEVICES)?,
+            also_held: txn.open_table(crate::also_held::ALSO_HELD)?,
             counters,
         })
     }
