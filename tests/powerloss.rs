@@ -153,6 +153,12 @@ async fn run_step(store: &Store, step: &Step, ledger: &Mutex<Ledger>) -> bool {
                     ));
                     false
                 }
+                Ok(other @ (PutOutcome::AfterFinal { .. } | PutOutcome::ContinuedElsewhere { .. })) => {
+                    ledger.lock().unwrap().wrong_errors.push(format!(
+                        "{name}: {other:?}, but no final came before and no device was named"
+                    ));
+                    false
+                }
                 Err(e) => note_error(e),
             }
         }

@@ -36,8 +36,6 @@ pub struct Queue {
     /// Autosaves the cloud refused for good, kept until an operator retries them.
     pub parked: u64,
     pub parked_bytes: u64,
-    /// Saves refused because the candidate continued on another device.
-    pub continued_elsewhere: u64,
     /// The store's refusals and conflicts, counted since it was made ([`Tallies`]).
     pub tallies: Tallies,
 }
@@ -51,6 +49,8 @@ pub struct Tallies {
     pub cloud_conflicts: u64,
     pub after_final_accepted: u64,
     pub after_final_refused: u64,
+    /// Saves refused because the candidate continued on another device.
+    pub continued_elsewhere: u64,
 }
 
 impl From<&StoreStatus> for Queue {
@@ -61,12 +61,12 @@ impl From<&StoreStatus> for Queue {
             oldest_age_secs: s.oldest_pending_age_secs,
             parked: s.parked,
             parked_bytes: s.parked_bytes,
-            continued_elsewhere: s.continued_elsewhere,
             tallies: Tallies {
                 refused_conflicts: s.refused_conflicts,
                 cloud_conflicts: s.conflicts,
                 after_final_accepted: s.after_final_accepted,
                 after_final_refused: s.after_final_refused,
+                continued_elsewhere: s.continued_elsewhere,
             },
         }
     }
@@ -113,6 +113,16 @@ impl Collector for TallyCounters {
                 ConstCounter::new(count).encode(family.encode_family(&SourceLabel { source })?)?;
             }
         }
+        {
+            let family = encoder.encode_descriptor(
+                "continued_elsewhere",
+                "Saves refused (409 continued_elsewhere) because their candidate continued on \
+                 another device",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(t.continued_elsewhere).encode(family)?;
+        }
         let mut family = encoder.encode_descriptor(
             "after_final_saves",
             "Saves after a candidate's final, as the after_final policy took them",
@@ -157,7 +167,6 @@ pub struct Metrics {
     oldest_unreplayed: Gauge,
     parked_count: Gauge,
     parked_bytes: Gauge,
-    continued_elsewhere: Gauge,
     uplink_up: Gauge,
     disk_free: Gauge,
     open_connections: Gauge,
@@ -237,12 +246,6 @@ impl Metrics {
             "replay_parked_bytes",
             "Payload bytes of the parked autosaves",
         );
-        let continued_elsewhere = gauge(
-            &mut registry,
-            "continued_elsewhere",
-            "Saves refused (409 continued_elsewhere) because their candidate continued on \
-             another device, since the store was created",
-        );
         let uplink_up = gauge(
             &mut registry,
             "uplink_up",
@@ -282,7 +285,6 @@ impl Metrics {
             oldest_unreplayed,
             parked_count,
             parked_bytes,
-            continued_elsewhere,
             uplink_up,
             disk_free,
             open_connections,
@@ -339,8 +341,6 @@ impl Metrics {
             .set(clamp(queue.oldest_age_secs.unwrap_or(0)));
         self.parked_count.set(clamp(queue.parked));
         self.parked_bytes.set(clamp(queue.parked_bytes));
-        self.continued_elsewhere
-            .set(clamp(queue.continued_elsewhere));
         self.uplink_up.set(i64::from(uplink == UplinkState::Up));
         self.disk_free.set(free_bytes.map_or(-1, clamp));
         match self.tallies.0.lock() {
@@ -488,6 +488,7 @@ mod tests {
                 cloud_conflicts: 2,
                 after_final_accepted: 4,
                 after_final_refused: 1,
+                continued_elsewhere: 6,
             },
         };
         let text = metrics.render(queue, UplinkState::Up, Some(1000)).unwrap();
@@ -513,6 +514,7 @@ mod tests {
             "hallrelay_conflicts_total{source=\"cloud\"} 2",
             "hallrelay_after_final_saves_total{outcome=\"accepted\"} 4",
             "hallrelay_after_final_saves_total{outcome=\"refused\"} 1",
+            "hallrelay_continued_elsewhere_total 6",
             "hallrelay_clock_state{state=\"unsynced\"} 1",
             "hallrelay_clock_state{state=\"synced\"} 0",
             "hallrelay_clock_uncertainty_seconds -1.0",
