@@ -25,6 +25,42 @@ fn browser_or_skip() -> bool {
     browser::browser_or_skip("the console browser test", &[])
 }
 
+/// Runs tests/browser/console.mjs in `mode` against `hall` signed in with an admin token,
+/// expecting `expect`; fails the test with the script's output when a check fails. Returns
+/// what the script printed.
+fn browser_checks(
+    hall: &BoxProcess,
+    mode: &str,
+    expect: &serde_json::Value,
+    env: &[(&str, String)],
+) -> String {
+    let run = Command::new("node")
+        .arg(browser::node_dir().join("console.mjs"))
+        .current_dir(browser::node_dir())
+        .env("HALLRELAY_MODE", mode)
+        .env("HALLRELAY_URL", hall.url())
+        .env("HALLRELAY_PIN", &hall.pin)
+        .env("HALLRELAY_ADMIN_TOKEN", hall.admin_token())
+        .env("HALLRELAY_EXPECT", expect.to_string())
+        .env("HALLRELAY_SCREENSHOTS", artifacts_dir())
+        .env("CHROMIUM", chromium())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run node");
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    let err = String::from_utf8_lossy(&run.stderr);
+    eprintln!("{out}{err}");
+    assert!(
+        run.status.success(),
+        "the browser checks ({mode}) failed:\n{out}\n{err}"
+    );
+    assert!(
+        out.contains(&format!("console: all checks passed ({mode})")),
+        "{out}"
+    );
+    out
+}
+
 async fn console_state(
     hall: &BoxProcess,
     token: Option<String>,
@@ -138,29 +174,15 @@ async fn the_console_signs_in_shows_the_hall_and_raises_the_silent_alert() {
             "silent": "c001",
             "wait_secs": SILENT_AFTER_SECS + 15,
         });
-        let run = Command::new("node")
-            .arg(browser::node_dir().join("console.mjs"))
-            .current_dir(browser::node_dir())
-            .env("HALLRELAY_URL", hall.url())
-            .env("HALLRELAY_PIN", &hall.pin)
-            .env("HALLRELAY_ADMIN_TOKEN", &admin)
-            .env(
+        browser_checks(
+            &hall,
+            "signin",
+            &expect,
+            &[(
                 "HALLRELAY_CANDIDATE_TOKEN",
                 hall.candidate_token(exam, "c009"),
-            )
-            .env("HALLRELAY_EXPECT", expect.to_string())
-            .env("HALLRELAY_SCREENSHOTS", &shots)
-            .env("CHROMIUM", chromium())
-            .output()
-            .expect("run node");
-        let out = String::from_utf8_lossy(&run.stdout);
-        let err = String::from_utf8_lossy(&run.stderr);
-        eprintln!("{out}{err}");
-        assert!(
-            run.status.success(),
-            "the browser checks failed:\n{out}\n{err}"
+            )],
         );
-        assert!(out.contains("console: all checks passed"));
         let png = std::fs::metadata(shots.join("console.png")).expect("screenshot");
         assert!(png.len() > 10_000, "a real screenshot");
         eprintln!("screenshots in {}", shots.display());
@@ -276,4 +298,462 @@ async fn console_pages_are_embedded_and_hardened() {
         client.get("/console/nothing").await.unwrap().status,
         StatusCode::NOT_FOUND
     );
+}
+
+/// PUTs `body` as the final submission `seq`.
+async fn put_final(
+    client: &hallrelay_client::Connection,
+    exam: &str,
+    candidate: &str,
+    seq: u64,
+    body: &[u8],
+) -> hallrelay_client::Reply {
+    let path = format!("{}?final=true", autosave_path(exam, candidate, seq));
+    client
+        .send(
+            Method::PUT,
+            &path,
+            HeaderMap::new(),
+            Bytes::copy_from_slice(body),
+        )
+        .await
+        .expect("final PUT answered")
+}
+
+/// The error code of a refusal's JSON body.
+fn error_code(reply: &hallrelay_client::Reply) -> String {
+    reply
+        .json()
+        .ok()
+        .and_then(|j: serde_json::Value| j["error"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Saves every second, each time a new seq, from `first`, until aborted: a candidate who is
+/// still at work (and so never silent).
+fn keep_saving(
+    hall: &BoxProcess,
+    exam: &'static str,
+    candidate: &'static str,
+    first: u64,
+) -> tokio::task::JoinHandle<()> {
+    let client = hall.client(Some(hall.candidate_token(exam, candidate)));
+    tokio::spawn(async move {
+        for seq in first.. {
+            let reply = put(
+                &client,
+                exam,
+                candidate,
+                seq,
+                format!("{candidate} {seq}").as_bytes(),
+            )
+            .await;
+            assert_eq!(reply.status, StatusCode::CREATED, "{candidate} seq {seq}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// Each state a candidate's row can be in, made by real saves against a real box (no cloud):
+/// one who stopped (silent), one whose different bytes under a used seq were refused 409
+/// (conflict, and the banner), one who saved after their final (accepted here, flagged), one
+/// who went back to the cloud (the `left` call: calm, not silent, though they stopped saving
+/// here), one still saving, one who submitted. The browser finds each through the filter and
+/// the search and keeps `console-<state>.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_candidate_state_shows_in_the_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        &format!("console_silent_after = \"{SILENT_AFTER_SECS}s\"\n"),
+    );
+    let hall = BoxProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    const EXAM: &str = "physics-2026";
+    let client = |candidate: &str| hall.client(Some(hall.candidate_token(EXAM, candidate)));
+    let created = |reply: hallrelay_client::Reply, what: &str| {
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "{what}: {:?}",
+            reply.body
+        );
+    };
+
+    // Silent: two saves, then nothing.
+    let silent = client("s-silent");
+    for seq in 1..=2 {
+        created(
+            put(&silent, EXAM, "s-silent", seq, b"silent").await,
+            "s-silent",
+        );
+    }
+    // Conflict: other bytes under seq 1 are refused; the candidate goes on saving.
+    let conflict = client("s-conflict");
+    created(
+        put(&conflict, EXAM, "s-conflict", 1, b"first answers").await,
+        "s-conflict",
+    );
+    let refused = put(&conflict, EXAM, "s-conflict", 1, b"other answers").await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert_eq!(error_code(&refused), "conflict");
+    // After a final: this box's policy is the default, accept (and flag).
+    let late = client("s-late");
+    created(put(&late, EXAM, "s-late", 1, b"late 1").await, "s-late");
+    created(
+        put_final(&late, EXAM, "s-late", 2, b"late final").await,
+        "s-late final",
+    );
+    created(
+        put(&late, EXAM, "s-late", 3, b"late after the final").await,
+        "s-late after final",
+    );
+    // Back on the cloud: saved here during the outage, then told the box it left.
+    let left = client("s-left");
+    for seq in 1..=2 {
+        created(put(&left, EXAM, "s-left", seq, b"left").await, "s-left");
+    }
+    let gone = left
+        .send(
+            Method::POST,
+            &format!("/v1/exams/{EXAM}/candidates/s-left/left"),
+            HeaderMap::new(),
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone.status, StatusCode::NO_CONTENT, "{:?}", gone.body);
+    // Submitted.
+    let done = client("s-done");
+    created(put(&done, EXAM, "s-done", 1, b"done 1").await, "s-done");
+    created(
+        put_final(&done, EXAM, "s-done", 2, b"done final").await,
+        "s-done final",
+    );
+    // Still at work.
+    let savers = [
+        keep_saving(&hall, EXAM, "s-conflict", 2),
+        keep_saving(&hall, EXAM, "s-saving", 1),
+    ];
+
+    // The box's own judgement first (what the page renders), once s-silent is silent.
+    let admin = hall.admin_token();
+    let deadline = std::time::Instant::now() + Duration::from_secs(SILENT_AFTER_SECS + 10);
+    let state = loop {
+        let (_, state) = console_state(&hall, Some(admin.clone())).await;
+        if console_row(&state, "s-silent")["state"] == "silent"
+            || std::time::Instant::now() > deadline
+        {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for (candidate, want) in [
+        ("s-silent", "silent"),
+        ("s-conflict", "conflict"),
+        ("s-late", "after_final"),
+        ("s-left", "back_on_cloud"),
+        ("s-done", "submitted"),
+    ] {
+        assert_eq!(
+            console_row(&state, candidate)["state"],
+            want,
+            "{candidate}: {state}"
+        );
+    }
+
+    if browser_or_skip() {
+        let expect = serde_json::json!({
+            "wait_secs": 15,
+            "checks": [
+                {"sel": "#conflict-banner", "re": "onflict"},
+                {"sel": "#conflicts-tile", "cls": "critical"},
+                {"sel": "#back-count", "re": "^1$"},
+            ],
+            "states": [
+                {"name": "silent", "candidate": "s-silent", "state": "silent", "word": "^SILENT",
+                 "hint": "check their laptop",
+                 "checks": [{"sel": "#alerts", "re": "s-silent \\(physics-2026\\) has not saved for"}]},
+                {"name": "conflict", "candidate": "s-conflict", "state": "conflict", "word": "^CONFLICT",
+                 "hint": "1 conflict"},
+                {"name": "after_final", "candidate": "s-late", "state": "after_final",
+                 "word": "^saved after final", "hint": "1 save after the final accepted",
+                 "checks": [{"sel": "#after-final-detail", "re": "1 accepted"}]},
+                {"name": "back_on_cloud", "candidate": "s-left", "state": "back_on_cloud",
+                 "word": "^back on the cloud", "hint": "nothing to do"},
+                {"name": "saving", "candidate": "s-saving", "state": "saving", "word": "^saving"},
+                {"name": "submitted", "candidate": "s-done", "state": "submitted", "word": "^submitted"},
+            ],
+            "order": ["s-silent", "s-conflict", "s-late"],
+        });
+        browser_checks(&hall, "states", &expect, &[]);
+        // Calm is calm: the candidate back on the cloud raised no silent alert.
+        let (_, state) = console_state(&hall, Some(admin)).await;
+        assert_eq!(
+            console_row(&state, "s-left")["state"],
+            "back_on_cloud",
+            "{state}"
+        );
+        assert_eq!(state["silent"], 1, "only s-silent is silent: {state}");
+    }
+    for saver in savers {
+        saver.abort();
+    }
+}
+
+/// The other answer to a save after a final: a box whose exam policy is `after_final =
+/// "refuse"` answers 409 `after_final`, and the row says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_save_after_a_final_shows_in_the_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), "after_final = \"refuse\"\n");
+    let hall = BoxProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    const EXAM: &str = "chemistry-2026";
+    let late = hall.client(Some(hall.candidate_token(EXAM, "r-late")));
+    assert_eq!(
+        put(&late, EXAM, "r-late", 1, b"one").await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put_final(&late, EXAM, "r-late", 2, b"final").await.status,
+        StatusCode::CREATED
+    );
+    let refused = put(&late, EXAM, "r-late", 3, b"after the final").await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert_eq!(error_code(&refused), "after_final");
+    let other = hall.client(Some(hall.candidate_token(EXAM, "r-done")));
+    assert_eq!(
+        put_final(&other, EXAM, "r-done", 1, b"final").await.status,
+        StatusCode::CREATED
+    );
+
+    if browser_or_skip() {
+        let expect = serde_json::json!({
+            "wait_secs": 10,
+            "checks": [{"sel": "#after-final-detail", "re": "0 accepted and flagged, 1 refused .*refuse saves after a final"}],
+            "states": [
+                {"name": "after_final-refused", "candidate": "r-late", "state": "after_final",
+                 "word": "^refused after final", "hint": "1 save after the final refused"},
+            ],
+            "order": ["r-late", "r-done"],
+        });
+        browser_checks(&hall, "states", &expect, &[]);
+    }
+}
+
+/// A real full disk: the data dir is a small tmpfs, a candidate saves until the box answers
+/// 507, and the storage tile turns red with what to do (root: it mounts the tmpfs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_red_on_the_console() {
+    if !common::privileged_or_skip("a_full_disk_is_red_on_the_console") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = common::Tmpfs::mount(dir.path(), "8m");
+    let config = config_file(dir.path(), "min_free_bytes = 2097152\n");
+    let hall = BoxProcess::start(
+        &tmpfs.0.join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    const EXAM: &str = "biology-2026";
+    let client = hall.client(Some(hall.candidate_token(EXAM, "f-full")));
+    let mut full_at = None;
+    for seq in 1..=400u64 {
+        let reply = put(
+            &client,
+            EXAM,
+            "f-full",
+            seq,
+            &common::payload(7, seq, 32 * 1024),
+        )
+        .await;
+        match reply.status {
+            StatusCode::CREATED => {}
+            StatusCode::INSUFFICIENT_STORAGE => {
+                full_at = Some(seq);
+                break;
+            }
+            other => panic!("seq {seq}: {other} {:?}", reply.body),
+        }
+    }
+    let full_at = full_at.expect("the tmpfs fills up");
+    let (_, state) = console_state(&hall, Some(hall.admin_token())).await;
+    assert_eq!(state["storage"], "full", "{state}");
+    assert_eq!(state["disk"]["level"], "critical", "full is red: {state}");
+    eprintln!("the box refused seq {full_at} for want of space");
+
+    if browser_or_skip() {
+        let expect = serde_json::json!({
+            "wait_secs": 10,
+            "checks": [],
+            "states": [
+                {"name": "storage-full", "checks": [
+                    {"sel": "#disk-tile", "cls": "critical"},
+                    {"sel": "#disk-text", "re": "^FULL: new saves are refused"},
+                    {"sel": "#disk-advice", "re": "[Cc]all IT"},
+                    {"sel": "#storage-alert", "re": "Storage is full"},
+                ]},
+            ],
+        });
+        browser_checks(&hall, "states", &expect, &[]);
+    }
+}
+
+/// A whole hall: 500 candidates save for real into a box whose uplink (the real reference
+/// cloud) is up: three stopped saving, one sent other bytes under a used seq, one saved after
+/// their final, fifty are still at work, the rest submitted. Every simulated candidate comes
+/// from this one address, so the box's per-client limits are lifted explicitly, as
+/// `hallrelay loadtest` asks. The browser then shows the attention rows first, filters,
+/// searches, keeps its filter across a refresh, prints how long the rows took to appear, and
+/// fits a phone (console-500.png, console-500-phone.png).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hall_of_500_answers_at_a_glance() {
+    const EXAM: &str = "hall-2026";
+    const HALL: usize = 500;
+    const SILENT: [&str; 3] = ["c017", "c123", "c250"];
+    const CREDENTIAL: &str = "box-credential-for-the-hall-test-0123";
+    let dir = tempfile::tempdir().unwrap();
+    common::write_secret(&dir.path().join("cloud.token"), CREDENTIAL);
+    common::write_secret(&dir.path().join("appliances"), &format!("{CREDENTIAL}\n"));
+    let cloud_port = common::free_port();
+    let listen = format!("127.0.0.1:{cloud_port}");
+    let _cloud = BoxProcess::start_cloud(
+        &dir.path().join("cloud"),
+        &[
+            "--listen",
+            &listen,
+            "--appliance-token-file",
+            dir.path().join("appliances").to_str().unwrap(),
+        ],
+    );
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "cloud = \"http://{listen}\"\ncloud_token_file = \"{}\"\n\
+             console_silent_after = \"5s\"\n\
+             # one address plays the whole hall\n\
+             client_rate_limit = 0\nclient_body_budget_bytes = 0\nmax_connections_per_client = 100000\n",
+            dir.path().join("cloud.token").display()
+        ),
+    );
+    let hall = BoxProcess::start(
+        &dir.path().join("box"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let name = |i: usize| format!("c{i:03}");
+
+    // The three who will go silent save first.
+    for who in SILENT {
+        let client = hall.client(Some(hall.candidate_token(EXAM, who)));
+        for seq in 1..=2 {
+            assert_eq!(
+                put(&client, EXAM, who, seq, who.as_bytes()).await.status,
+                StatusCode::CREATED
+            );
+        }
+    }
+    // Everyone else, 64 at a time, each on their own connection.
+    let started = std::time::Instant::now();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in (1..=HALL).filter(|i| !SILENT.contains(&name(*i).as_str())) {
+        let (who, gate) = (name(i), gate.clone());
+        let client = hall.client(Some(hall.candidate_token(EXAM, &who)));
+        tasks.push(tokio::spawn(async move {
+            let _turn = gate.acquire().await.unwrap();
+            for seq in 1..=2 {
+                let reply = put(&client, EXAM, &who, seq, &common::payload(i, seq, 2048)).await;
+                assert_eq!(reply.status, StatusCode::CREATED, "{who} {seq}");
+            }
+            match i {
+                200 => {
+                    let refused = put(&client, EXAM, &who, 2, b"other bytes").await;
+                    assert_eq!(refused.status, StatusCode::CONFLICT, "{who}");
+                }
+                300 => {
+                    let path = format!("{}?final=true", autosave_path(EXAM, &who, 3));
+                    let reply = client
+                        .send(
+                            Method::PUT,
+                            &path,
+                            HeaderMap::new(),
+                            Bytes::from_static(b"final"),
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(reply.status, StatusCode::CREATED);
+                    let after = put(&client, EXAM, &who, 4, b"after the final").await;
+                    assert_eq!(
+                        after.status,
+                        StatusCode::CREATED,
+                        "{who}: accepted after final"
+                    );
+                }
+                451..=500 => {}
+                _ => {
+                    let path = format!("{}?final=true", autosave_path(EXAM, &who, 3));
+                    let reply = client
+                        .send(
+                            Method::PUT,
+                            &path,
+                            HeaderMap::new(),
+                            Bytes::from_static(b"final"),
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(reply.status, StatusCode::CREATED, "{who} final");
+                }
+            }
+            (i, client)
+        }));
+    }
+    let mut at_work = Vec::new();
+    for task in tasks {
+        let (i, client) = task.await.unwrap();
+        if i == 200 || (451..=500).contains(&i) {
+            at_work.push((name(i), client));
+        }
+    }
+    eprintln!("{HALL} candidates saved in {:?}", started.elapsed());
+    // Fifty-one still at work: a new save each every 2 s, well inside the 5 s of silence.
+    let saver = tokio::spawn(async move {
+        for seq in 3.. {
+            for (who, client) in &at_work {
+                let reply = put(client, EXAM, who, seq, format!("{who} {seq}").as_bytes()).await;
+                assert_eq!(reply.status, StatusCode::CREATED, "{who} {seq}");
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+
+    let admin = hall.admin_token();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let state = loop {
+        let (_, state) = console_state(&hall, Some(admin.clone())).await;
+        if state["silent"] == 3 || std::time::Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(state["rows"].as_array().unwrap().len(), HALL);
+    assert_eq!(state["silent"], 3, "the three who stopped, and no one else");
+
+    if browser_or_skip() {
+        let mut search: Vec<String> = vec!["c123".into()];
+        search.extend((120..=129).filter(|i| *i != 123).map(name));
+        let expect = serde_json::json!({
+            "total": HALL,
+            "order": ["c017", "c123", "c250", "c200", "c300"],
+            "attention_includes": ["c017", "c123", "c250", "c200", "c300"],
+            "silent": 3,
+            "search": {"needle": "c12", "shown": search},
+        });
+        browser_checks(&hall, "hall", &expect, &[]);
+    }
+    saver.abort();
 }
