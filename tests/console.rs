@@ -354,12 +354,12 @@ fn keep_saving(
     })
 }
 
-/// Each state a candidate's row can be in, made by real saves against a real box (no cloud):
-/// one who stopped (silent), one whose different bytes under a used seq were refused 409
-/// (conflict, and the banner), one who saved after their final (accepted here, flagged), one
-/// who went back to the cloud (the `left` call: calm, not silent, though they stopped saving
-/// here), one still saving, one who submitted. The browser finds each through the filter and
-/// the search and keeps `console-<state>.png`.
+/// The states of a hall whose internet is down, made by real saves against a real box with no
+/// cloud: one who stopped (silent), one whose different bytes under a used seq were refused
+/// 409 (conflict, and the banner), one who saved after their final (accepted here, flagged),
+/// one who went back to the cloud (the `left` call: calm, not silent, though they stopped
+/// saving here), one who submitted and whose saves wait here (only on this box). The browser
+/// finds each through the filter and the search and keeps `console-<state>.png`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_candidate_state_shows_in_the_browser() {
     let dir = tempfile::tempdir().unwrap();
@@ -425,7 +425,7 @@ async fn every_candidate_state_shows_in_the_browser() {
         .await
         .unwrap();
     assert_eq!(gone.status, StatusCode::NO_CONTENT, "{:?}", gone.body);
-    // Submitted.
+    // Submitted, and waiting here for the internet.
     let done = client("s-done");
     created(put(&done, EXAM, "s-done", 1, b"done 1").await, "s-done");
     created(
@@ -433,10 +433,7 @@ async fn every_candidate_state_shows_in_the_browser() {
         "s-done final",
     );
     // Still at work.
-    let savers = [
-        keep_saving(&hall, EXAM, "s-conflict", 2),
-        keep_saving(&hall, EXAM, "s-saving", 1),
-    ];
+    let saver = keep_saving(&hall, EXAM, "s-conflict", 2);
 
     // The box's own judgement first (what the page renders), once s-silent is silent.
     let admin = hall.admin_token();
@@ -455,7 +452,7 @@ async fn every_candidate_state_shows_in_the_browser() {
         ("s-conflict", "conflict"),
         ("s-late", "after_final"),
         ("s-left", "back_on_cloud"),
-        ("s-done", "submitted"),
+        ("s-done", "box_only"),
     ] {
         assert_eq!(
             console_row(&state, candidate)["state"],
@@ -483,10 +480,10 @@ async fn every_candidate_state_shows_in_the_browser() {
                  "checks": [{"sel": "#after-final-detail", "re": "1 accepted"}]},
                 {"name": "back_on_cloud", "candidate": "s-left", "state": "back_on_cloud",
                  "word": "^back on the cloud", "hint": "nothing to do"},
-                {"name": "saving", "candidate": "s-saving", "state": "saving", "word": "^saving"},
-                {"name": "submitted", "candidate": "s-done", "state": "submitted", "word": "^submitted"},
+                {"name": "box_only", "candidate": "s-done", "state": "box_only",
+                 "word": "^only on this box", "hint": "wait here for the internet"},
             ],
-            "order": ["s-silent", "s-conflict", "s-late"],
+            "order": ["s-silent", "s-conflict", "s-late", "s-done", "s-left"],
         });
         browser_checks(&hall, "states", &expect, &[]);
         // Calm is calm: the candidate back on the cloud raised no silent alert.
@@ -498,23 +495,67 @@ async fn every_candidate_state_shows_in_the_browser() {
         );
         assert_eq!(state["silent"], 1, "only s-silent is silent: {state}");
     }
-    for saver in savers {
-        saver.abort();
+    saver.abort();
+}
+
+/// The box's credential at the reference cloud, in the tests that have one.
+const CREDENTIAL: &str = "box-credential-for-the-console-tests-0123";
+
+/// The real reference cloud on loopback and a box that replays to it, with `extra` box
+/// configuration lines; both in `dir`.
+fn box_and_cloud(dir: &std::path::Path, extra: &str) -> (BoxProcess, BoxProcess) {
+    common::write_secret(&dir.join("cloud.token"), CREDENTIAL);
+    common::write_secret(&dir.join("appliances"), &format!("{CREDENTIAL}\n"));
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let cloud = BoxProcess::start_cloud(
+        &dir.join("cloud"),
+        &[
+            "--listen",
+            &listen,
+            "--appliance-token-file",
+            dir.join("appliances").to_str().unwrap(),
+        ],
+    );
+    let config = config_file(
+        dir,
+        &format!(
+            "cloud = \"http://{listen}\"\ncloud_token_file = \"{}\"\n{extra}\n",
+            dir.join("cloud.token").display()
+        ),
+    );
+    let hall = BoxProcess::start(&dir.join("box"), &["--config", config.to_str().unwrap()]);
+    (cloud, hall)
+}
+
+/// Polls the console's state (admin) until `done` holds of it, or `within` passes; returns
+/// the last reading.
+async fn state_when(
+    hall: &BoxProcess,
+    within: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let admin = hall.admin_token();
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (_, state) = console_state(hall, Some(admin.clone())).await;
+        if done(&state) || std::time::Instant::now() > deadline {
+            return state;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
-/// The other answer to a save after a final: a box whose exam policy is `after_final =
-/// "refuse"` answers 409 `after_final`, and the row says so.
+/// A hall whose internet works (the real reference cloud), on a box whose exam policy is
+/// `after_final = "refuse"`: a save after a final is answered 409 `after_final` and its row
+/// says so; the calm states sit beside it, once the cloud has their saves: one candidate
+/// saving, one submitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_save_after_a_final_shows_in_the_browser() {
+async fn a_refused_save_after_a_final_and_the_calm_states_show_in_the_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_file(dir.path(), "after_final = \"refuse\"\n");
-    let hall = BoxProcess::start(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
-    );
+    let (_cloud, hall) = box_and_cloud(dir.path(), "after_final = \"refuse\"");
     const EXAM: &str = "chemistry-2026";
-    let late = hall.client(Some(hall.candidate_token(EXAM, "r-late")));
+    let client = |candidate: &str| hall.client(Some(hall.candidate_token(EXAM, candidate)));
+    let late = client("r-late");
     assert_eq!(
         put(&late, EXAM, "r-late", 1, b"one").await.status,
         StatusCode::CREATED
@@ -526,21 +567,52 @@ async fn a_refused_save_after_a_final_shows_in_the_browser() {
     let refused = put(&late, EXAM, "r-late", 3, b"after the final").await;
     assert_eq!(refused.status, StatusCode::CONFLICT);
     assert_eq!(error_code(&refused), "after_final");
-    let other = hall.client(Some(hall.candidate_token(EXAM, "r-done")));
+    let done = client("r-done");
     assert_eq!(
-        put_final(&other, EXAM, "r-done", 1, b"final").await.status,
+        put(&done, EXAM, "r-done", 1, b"one").await.status,
         StatusCode::CREATED
     );
+    assert_eq!(
+        put_final(&done, EXAM, "r-done", 2, b"final").await.status,
+        StatusCode::CREATED
+    );
+    let saving = client("r-saving");
+    for seq in 1..=2 {
+        assert_eq!(
+            put(&saving, EXAM, "r-saving", seq, b"work").await.status,
+            StatusCode::CREATED
+        );
+    }
+    let state = state_when(&hall, Duration::from_secs(20), |s| {
+        s["pending"]["count"] == 0
+    })
+    .await;
+    for (candidate, want) in [
+        ("r-late", "after_final"),
+        ("r-done", "submitted"),
+        ("r-saving", "saving"),
+    ] {
+        assert_eq!(
+            console_row(&state, candidate)["state"],
+            want,
+            "{candidate}: {state}"
+        );
+    }
 
     if browser_or_skip() {
         let expect = serde_json::json!({
             "wait_secs": 10,
-            "checks": [{"sel": "#after-final-detail", "re": "0 accepted and flagged, 1 refused .*refuse saves after a final"}],
+            "checks": [
+                {"sel": "#after-final-detail", "re": "0 accepted and flagged, 1 refused .*refuse saves after a final"},
+                {"sel": "#uplink", "re": "uplink is up"},
+            ],
             "states": [
                 {"name": "after_final-refused", "candidate": "r-late", "state": "after_final",
                  "word": "^refused after final", "hint": "1 save after the final refused"},
+                {"name": "saving", "candidate": "r-saving", "state": "saving", "word": "^saving"},
+                {"name": "submitted", "candidate": "r-done", "state": "submitted", "word": "^submitted"},
             ],
-            "order": ["r-late", "r-done"],
+            "order": ["r-late"],
         });
         browser_checks(&hall, "states", &expect, &[]);
     }
@@ -596,7 +668,7 @@ async fn a_full_disk_is_red_on_the_console() {
                     {"sel": "#disk-tile", "cls": "critical"},
                     {"sel": "#disk-text", "re": "^FULL: new saves are refused"},
                     {"sel": "#disk-advice", "re": "[Cc]all IT"},
-                    {"sel": "#storage-alert", "re": "Storage is full"},
+                    {"sel": "#storage-alert", "re": "[Ss]torage is full"},
                 ]},
             ],
         });
@@ -616,34 +688,12 @@ async fn a_hall_of_500_answers_at_a_glance() {
     const EXAM: &str = "hall-2026";
     const HALL: usize = 500;
     const SILENT: [&str; 3] = ["c017", "c123", "c250"];
-    const CREDENTIAL: &str = "box-credential-for-the-hall-test-0123";
     let dir = tempfile::tempdir().unwrap();
-    common::write_secret(&dir.path().join("cloud.token"), CREDENTIAL);
-    common::write_secret(&dir.path().join("appliances"), &format!("{CREDENTIAL}\n"));
-    let cloud_port = common::free_port();
-    let listen = format!("127.0.0.1:{cloud_port}");
-    let _cloud = BoxProcess::start_cloud(
-        &dir.path().join("cloud"),
-        &[
-            "--listen",
-            &listen,
-            "--appliance-token-file",
-            dir.path().join("appliances").to_str().unwrap(),
-        ],
-    );
-    let config = config_file(
+    let (_cloud, hall) = box_and_cloud(
         dir.path(),
-        &format!(
-            "cloud = \"http://{listen}\"\ncloud_token_file = \"{}\"\n\
-             console_silent_after = \"5s\"\n\
-             # one address plays the whole hall\n\
-             client_rate_limit = 0\nclient_body_budget_bytes = 0\nmax_connections_per_client = 100000\n",
-            dir.path().join("cloud.token").display()
-        ),
-    );
-    let hall = BoxProcess::start(
-        &dir.path().join("box"),
-        &["--config", config.to_str().unwrap()],
+        "console_silent_after = \"5s\"\n\
+         # one address plays the whole hall: the per-client limits are lifted\n\
+         client_rate_limit = 0\nclient_body_budget_bytes = 0\nmax_connections_per_client = 100000",
     );
     let name = |i: usize| format!("c{i:03}");
 
@@ -731,17 +781,33 @@ async fn a_hall_of_500_answers_at_a_glance() {
         }
     });
 
-    let admin = hall.admin_token();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let state = loop {
-        let (_, state) = console_state(&hall, Some(admin.clone())).await;
-        if state["silent"] == 3 || std::time::Instant::now() > deadline {
-            break state;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    // Silent, and everyone who submitted is in the cloud (only those at work come and go
+    // through "only on this box").
+    let submitted = |s: &serde_json::Value| {
+        s["rows"].as_array().is_some_and(|rows| {
+            rows.iter()
+                .filter(|r| r["finals"] == 1 && r["candidate"] != "c300")
+                .all(|r| r["state"] == "submitted")
+        })
     };
+    let state = state_when(&hall, Duration::from_secs(30), |s| {
+        s["silent"] == 3 && submitted(s)
+    })
+    .await;
     assert_eq!(state["rows"].as_array().unwrap().len(), HALL);
     assert_eq!(state["silent"], 3, "the three who stopped, and no one else");
+    assert!(
+        submitted(&state),
+        "the cloud has every final: {}",
+        state["pending"]
+    );
+    for (who, want) in [
+        ("c017", "silent"),
+        ("c200", "conflict"),
+        ("c300", "after_final"),
+    ] {
+        assert_eq!(console_row(&state, who)["state"], want, "{who}");
+    }
 
     if browser_or_skip() {
         let mut search: Vec<String> = vec!["c123".into()];

@@ -282,7 +282,8 @@ function render(s) {
   $("clock").textContent = clockText(s.clock);
 
   const alerts = [];
-  const storage = {
+  // Full or failing: the box's own advice (a sentence ending in "call IT") as an alert.
+  const storage = (s.storage === "full" || s.storage === "failing") && s.disk.advice ? s.disk.advice : {
     full: "Storage is full: this box refuses new saves. Everything already here is safe. Call IT now.",
     failing: "This box's disk reported an error and the box is recovering: call IT. Saves already here are kept.",
   }[s.storage];
@@ -348,8 +349,9 @@ function render(s) {
   $("disk-text").textContent = failing ? `FAILING: the disk reported an error. ${used}`
     : full ? `FULL: new saves are refused. ${used}`
     : `${used}${words}`;
-  const advice = d.advice || (failing ? "call IT" : full ? "call IT now" : null);
-  $("disk-advice").textContent = advice ? advice.charAt(0).toUpperCase() + advice.slice(1) + (/[.!]$/.test(advice) ? "" : ".") : "";
+  // Red says what to do in three words; the sentence behind it is in the alerts above.
+  const advice = failing || full ? "Call IT now." : d.advice;
+  $("disk-advice").textContent = advice || "";
   $("disk-advice").hidden = !advice;
 
   const r = s.readiness;
