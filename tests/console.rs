@@ -823,3 +823,105 @@ async fn a_hall_of_500_answers_at_a_glance() {
     }
     saver.abort();
 }
+
+/// A disk that really fails: the data dir is an ext4 file system on a loop device whose
+/// backing file lives, sparse, on a small tmpfs. Once that tmpfs is filled the device cannot
+/// take the writes ext4 sends it, so a commit fails with EIO and ext4 turns read-only: the
+/// store cannot reopen and stays failing. The console must say so in red with "call IT"
+/// (root, mkfs.ext4 and losetup; skips loudly without them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_is_red_with_call_it_on_the_console() {
+    let what = "a_failing_disk_is_red_with_call_it_on_the_console";
+    if !common::privileged_or_skip(what)
+        || !common::tool_or_skip("mkfs.ext4", "e2fsprogs", what)
+        || !common::tool_or_skip("losetup", "mount", what)
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = common::Tmpfs::mount(dir.path(), "40m");
+    let image = tmpfs.0.join("disk.img");
+    let run = |cmd: &str, args: &[&str]| {
+        let out = Command::new(cmd).args(args).output().expect(cmd);
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    run("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]);
+    let device = run("losetup", &["-f", "--show", image.to_str().unwrap()]);
+    let disk = dir.path().join("ext4");
+    std::fs::create_dir(&disk).unwrap();
+    /// Unmounts the file system and frees the loop device, also when the test fails.
+    struct Loop(std::path::PathBuf, String);
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = Command::new("losetup").args(["-d", &self.1]).status();
+        }
+    }
+    run("mount", &[&device, disk.to_str().unwrap()]);
+    let _mounted = Loop(disk.clone(), device);
+    let config = config_file(dir.path(), "min_free_bytes = 1048576\n");
+    let mut hall = BoxProcess::start(&disk.join("data"), &["--config", config.to_str().unwrap()]);
+    const EXAM: &str = "geography-2026";
+    let client = hall.client(Some(hall.candidate_token(EXAM, "d-fail")));
+    for seq in 1..=3 {
+        assert_eq!(
+            put(&client, EXAM, "d-fail", seq, b"before").await.status,
+            StatusCode::CREATED
+        );
+    }
+    // Take the backing file's room away, then save: the commit meets EIO.
+    let free = hallrelay_store::free_bytes(&tmpfs.0).unwrap();
+    std::fs::write(tmpfs.0.join("ballast"), vec![0u8; (free - 4096) as usize]).unwrap();
+    let mut failed = None;
+    for seq in 4..=20 {
+        let reply = put(
+            &client,
+            EXAM,
+            "d-fail",
+            seq,
+            &common::payload(9, seq, 256 * 1024),
+        )
+        .await;
+        if !reply.status.is_success() {
+            failed = Some(reply.status);
+            break;
+        }
+    }
+    assert_eq!(
+        failed,
+        Some(StatusCode::SERVICE_UNAVAILABLE),
+        "a disk error is a 503"
+    );
+    assert!(
+        hall.wait_for_log("could not be reopened", Duration::from_secs(5))
+            .is_some(),
+        "the store stays failing: {}",
+        hall.log_so_far()
+    );
+
+    if browser_or_skip() {
+        let expect = serde_json::json!({
+            "wait_secs": 10,
+            "checks": [],
+            "states": [
+                {"name": "storage-failing", "checks": [
+                    {"sel": "#disk-tile", "cls": "critical"},
+                    {"sel": "#disk-text", "re": "^FAILING"},
+                    {"sel": "#disk-advice", "re": "^Call IT"},
+                    {"sel": "#storage-alert", "re": "storage"},
+                ]},
+            ],
+        });
+        browser_checks(&hall, "states", &expect, &[]);
+    }
+    hall.kill9();
+}

@@ -201,7 +201,9 @@ async function signIn(page) {
   await page.fill("#token", admin);
   await page.press("#token", "Enter");
   await page.waitForSelector("#app:not([hidden])");
-  await page.waitForFunction(() => Number(document.body.dataset.rendered) > 0);
+  // A reading of the hall, or the box saying it cannot read its storage.
+  await page.waitForFunction(() => Number(document.body.dataset.rendered) > 0
+    || Number(document.body.dataset.unavailable) > 0);
 }
 
 // Waits (the page refreshes by itself) until `sel`'s text matches `re`, or its class list has

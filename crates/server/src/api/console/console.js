@@ -144,6 +144,8 @@ function stateHint(r, state) {
 // The filter and the search survive refreshes: they live in the form, and each refresh
 // applies them to the rows it builds before those rows reach the page.
 let lastRows = [];
+// When the box last answered with the hall (for a page that then loses its storage).
+let lastGood = null;
 
 function matches(r, filter, needle) {
   if (filter === "attention" && urgency(r) === Number.MAX_SAFE_INTEGER) return false;
@@ -380,6 +382,7 @@ function render(s) {
   $("find").hidden = rows.length === 0;
   document.body.dataset.renderMs = String(Math.round(performance.now() - started));
   $("updated").textContent = clock(s.now);
+  lastGood = clock(s.now);
   document.body.dataset.rendered = String((Number(document.body.dataset.rendered) || 0) + 1);
 }
 
@@ -412,18 +415,46 @@ function showSignIn(message) {
   $("token").focus();
 }
 
+function showApp() {
+  const wasHidden = $("app").hidden;
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  if (wasHidden) $("main").focus();
+}
+
+// The box is up but cannot read its own storage (a failing disk it is trying to recover
+// from): it cannot say who is safe, so the page says that, in red, rather than showing the
+// last good reading as if nothing were wrong.
+function renderUnavailable(message) {
+  $("disk-tile").className = "tile critical";
+  $("disk-text").textContent = `FAILING: the box cannot read its storage (${message}).`;
+  $("disk-advice").textContent = "Call IT now.";
+  $("disk-advice").hidden = false;
+  $("alerts").replaceChildren(alertLine(`This box cannot read its storage: ${message}. New saves are refused and ` +
+    "stay on the candidates' laptops; what the box already holds is not shown until it recovers. " +
+    "If this lasts more than a minute, call IT.", "storage-alert"));
+  $("summary").textContent = lastGood
+    ? `Storage failing: the figures below are from ${lastGood}, the last good reading.`
+    : "Storage failing: the box cannot list the hall.";
+  $("updated").textContent = `${clock(new Date().toISOString())}, without the hall: the storage is failing`;
+  document.body.dataset.unavailable = String((Number(document.body.dataset.unavailable) || 0) + 1);
+}
+
 async function refresh() {
   clearTimeout(timer);
   try {
     const res = await fetch("/console/state", { credentials: "same-origin", cache: "no-store" });
     if (res.status === 401 || res.status === 403) { showSignIn(""); return; }
-    if (!res.ok) throw new Error(`the box answered ${res.status}`);
-    const state = await res.json();
-    const wasHidden = $("app").hidden;
-    $("signin").hidden = true;
-    $("app").hidden = false;
-    render(state);
-    if (wasHidden) $("main").focus();
+    if (res.status === 503) {
+      const err = await res.json().catch(() => ({}));
+      showApp();
+      renderUnavailable(err.message || "it answered 503");
+    } else {
+      if (!res.ok) throw new Error(`the box answered ${res.status}`);
+      const state = await res.json();
+      showApp();
+      render(state);
+    }
   } catch (e) {
     $("updated").textContent = `failed (${e.message}); retrying`;
   }
