@@ -445,6 +445,11 @@ pub struct CloudArgs {
     /// Test switch: drop this share of connections (0 to 1) without an answer.
     #[arg(long, default_value_t = 0.0, value_parser = share)]
     pub reset_rate: f64,
+    /// The exam policy for a save after a candidate's final (a seq above the final's):
+    /// `accept` stores it, counted and flagged; `refuse` answers 409 `after_final`. Boxes set
+    /// the same policy in hallrelay.toml (`after_final`).
+    #[arg(long, value_name = "accept|refuse", default_value = "accept")]
+    pub after_final: hallrelay_server::api::AfterFinal,
     /// The shape of the log lines on stderr: `text`, or `json` (one object a line).
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,

@@ -69,7 +69,10 @@ fn main() -> ExitCode {
                 tls: args.tls,
                 fault_rate: args.fault_rate,
                 reset_rate: args.reset_rate,
-                limits: Limits::cloud(),
+                limits: Limits {
+                    after_final: args.after_final,
+                    ..Limits::cloud()
+                },
             };
             run_server(|shutdown| hallrelay_server::cloud::run(config, shutdown, |_| {}))
         }

@@ -254,6 +254,11 @@ pub struct FileConfig {
     /// why (default: false, plain payloads are stored as they come; the console shows per
     /// candidate whether their saves are encrypted).
     pub require_encrypted: Option<bool>,
+    /// The exam policy for a save after a candidate's final (a seq above the final's):
+    /// "accept" (the default) stores it, counted and flagged on the console and in the
+    /// offline-time record; "refuse" answers 409 `after_final` and stores nothing. Set it as
+    /// the exam platform (and its cloud, `cloud --after-final`) does.
+    pub after_final: Option<hallrelay_store::AfterFinal>,
     /// The console calls a candidate silent who saved here and has not saved for this long
     /// (default [`DEFAULT_SILENT_AFTER`](hallrelay_store::DEFAULT_SILENT_AFTER)).
     #[serde(default, with = "opt_duration")]
@@ -667,6 +672,7 @@ fn limits(file: &FileConfig, args: &Overrides) -> Result<Limits, ConfigError> {
         body_budget_bytes,
         client_body_budget_bytes,
         require_encrypted: file.require_encrypted.unwrap_or(defaults.require_encrypted),
+        after_final: file.after_final.unwrap_or(defaults.after_final),
     })
 }
 

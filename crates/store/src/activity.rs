@@ -66,14 +66,27 @@ pub struct Activity {
     /// Arrivals that were well-formed answer envelopes, and arrivals that were not.
     pub sealed_saves: u64,
     pub plain_saves: u64,
+    /// New saves answered 409 `conflict` (other bytes already stored under the name). History:
+    /// a refusal leaves no record to recount.
+    pub refused_conflicts: u64,
+    /// Saves after the candidate's final (a seq above [`Self::final_seq`]) that the
+    /// `after_final` policy let in, and those it refused (409 `after_final`). History.
+    pub after_final_accepted: u64,
+    pub after_final_refused: u64,
+    /// When the box learned the candidate went back to the cloud (Unix ms; 0: it did not, or
+    /// they saved here since): their `left` call, or replay finding their latest save
+    /// already at the cloud.
+    pub left_ms: u64,
 }
 
 /// Fields in the encoding, 8 bytes each, little-endian, in declaration order. A row shorter
 /// than this (written by a build with fewer fields) reads its missing fields as 0; extra
 /// fields (a newer build's) are ignored.
-const FIELDS: usize = 18;
+const FIELDS: usize = 22;
 /// Rows with fewer fields than this are built again at start; the two encryption counts
-/// after them are not worth a rebuild (see the module's documentation).
+/// after them are not worth a rebuild (see the module's documentation), nor are the refusal
+/// counts and the time the candidate left after those (a rebuild could not find them: they
+/// read 0).
 const CURRENT_FIELDS: usize = 16;
 
 /// The longest an envelope's header (with the most recipients) and the smallest body run:
@@ -221,6 +234,10 @@ impl Activity {
             worst_clock,
             sealed_saves,
             plain_saves,
+            refused_conflicts,
+            after_final_accepted,
+            after_final_refused,
+            left_ms,
         ] = values;
         Self {
             saves,
@@ -241,6 +258,10 @@ impl Activity {
             worst_clock: ClockWord(worst_clock),
             sealed_saves,
             plain_saves,
+            refused_conflicts,
+            after_final_accepted,
+            after_final_refused,
+            left_ms,
         }
     }
 
@@ -264,7 +285,26 @@ impl Activity {
             self.worst_clock.0,
             self.sealed_saves,
             self.plain_saves,
+            self.refused_conflicts,
+            self.after_final_accepted,
+            self.after_final_refused,
+            self.left_ms,
         ]
+    }
+
+    /// Whether a save of `seq` comes after the candidate's final here: a final arrived, and
+    /// `seq` is above its seq.
+    pub fn is_after_final(&self, seq: u64) -> bool {
+        self.final_ms != 0 && seq > self.final_seq
+    }
+
+    /// The history a rebuild from the records cannot find (refusals leave no record), kept
+    /// from the row it replaces.
+    fn keep_history(&mut self, old: &Activity) {
+        self.refused_conflicts = old.refused_conflicts;
+        self.after_final_accepted = old.after_final_accepted;
+        self.after_final_refused = old.after_final_refused;
+        self.left_ms = old.left_ms;
     }
 
     /// Whether the candidate's saves here were encrypted.
@@ -297,6 +337,8 @@ impl Activity {
         self.worst_clock = self.worst_clock.worse(clock);
         self.last_ms = at_ms;
         self.last_clock = clock;
+        // Saving here again: not back on the cloud (any more).
+        self.left_ms = 0;
         self.last_seq = self.last_seq.max(new.seq);
         if new.is_final && self.final_ms == 0 {
             self.final_ms = at_ms;
@@ -380,6 +422,16 @@ pub fn ensure(db: &redb::Database, blob_dir: &Path, gap: Duration) -> Result<boo
     let started = std::time::Instant::now();
     let write = db.begin_write()?;
     let (candidates, records) = {
+        // What the records cannot tell, kept from the rows being replaced.
+        let mut history = std::collections::HashMap::new();
+        for row in write.open_table(ACTIVITY)?.iter()? {
+            let (key, value) = row?;
+            let (exam, candidate) = key.value();
+            history.insert(
+                (exam.to_owned(), candidate.to_owned()),
+                Activity::decode(value.value()),
+            );
+        }
         write.delete_table(ACTIVITY)?;
         let mut table = write.open_table(ACTIVITY)?;
         let autosaves = write.open_table(AUTOSAVES)?;
@@ -396,7 +448,7 @@ pub fn ensure(db: &redb::Database, blob_dir: &Path, gap: Duration) -> Result<boo
                 .as_ref()
                 .is_some_and(|((e, c), _)| e == exam && c == candidate);
             if !same {
-                candidates += finish(&mut table, current.take(), gap)?;
+                candidates += finish(&mut table, current.take(), gap, &history)?;
                 current = Some(((exam.to_owned(), candidate.to_owned()), Vec::new()));
             }
             let at = hallrelay_protocol::timefmt::parse_rfc3339(&record.receipt.received_at)
@@ -406,7 +458,7 @@ pub fn ensure(db: &redb::Database, blob_dir: &Path, gap: Duration) -> Result<boo
                 saves.push((at, seq, record, sealed));
             }
         }
-        candidates += finish(&mut table, current.take(), gap)?;
+        candidates += finish(&mut table, current.take(), gap, &history)?;
         (candidates, records)
     };
     write.commit()?;
@@ -453,11 +505,16 @@ fn finish(
     table: &mut Table<'_, (&'static str, &'static str), &'static [u8]>,
     done: Option<Saves>,
     gap: Duration,
+    history: &std::collections::HashMap<(String, String), Activity>,
 ) -> Result<u64, redb::Error> {
-    let Some(((exam, candidate), saves)) = done else {
+    let Some((who, saves)) = done else {
         return Ok(0);
     };
-    put(table, &exam, &candidate, &rebuild_row(saves, gap))?;
+    let mut row = rebuild_row(saves, gap);
+    if let Some(old) = history.get(&who) {
+        row.keep_history(old);
+    }
+    put(table, &who.0, &who.1, &row)?;
     Ok(1)
 }
 
@@ -544,6 +601,10 @@ mod tests {
             worst_clock: ClockWord(16),
             sealed_saves: 17,
             plain_saves: 18,
+            refused_conflicts: 19,
+            after_final_accepted: 20,
+            after_final_refused: 21,
+            left_ms: 22,
         };
         assert_eq!(Activity::decode(&row.encode()), row);
         let short = Activity::decode(&row.encode()[..16]);

@@ -48,7 +48,7 @@ use hallrelay_protocol::timefmt::parse_rfc3339;
 
 pub use schema::SCHEMA_VERSION;
 pub use verify::Integrity;
-pub use writer::{PutOutcome, PutRequest};
+pub use writer::{AfterFinal, PutOutcome, PutRequest};
 
 use schema::*;
 
@@ -376,7 +376,16 @@ pub struct StoreStatus {
     /// Seconds since the oldest pending autosave arrived.
     pub oldest_pending_age_secs: Option<u64>,
     pub delivered: u64,
+    /// Autosaves the cloud holds other bytes for (replay's 409s).
     pub conflicts: u64,
+    /// New saves this store refused 409 `conflict` (other bytes under the name), ever.
+    #[serde(default)]
+    pub refused_conflicts: u64,
+    /// Saves after a candidate's final that the `after_final` policy accepted, and refused.
+    #[serde(default)]
+    pub after_final_accepted: u64,
+    #[serde(default)]
+    pub after_final_refused: u64,
     /// Autosaves the cloud refused for good, kept on the box until an operator retries them
     /// ([`parked`]), and their payload bytes.
     #[serde(default)]
@@ -686,7 +695,20 @@ impl Store {
 
     /// Records that the cloud confirmed an autosave (idempotent).
     pub async fn mark_delivered(&self, name: AutosaveName) -> Result<(), StoreError> {
-        self.writer.delivered(name).await
+        self.writer.delivered(name, false).await
+    }
+
+    /// Records that the cloud already held an autosave when the box sent it (it answered
+    /// 200): delivered, and when it is the candidate's latest save here, the candidate is
+    /// back on the cloud (they sent it there themselves).
+    pub async fn mark_already_there(&self, name: AutosaveName) -> Result<(), StoreError> {
+        self.writer.delivered(name, true).await
+    }
+
+    /// A candidate said they went back to the cloud (`POST …/left`): their row says so until
+    /// their next save here. Returns whether the box holds anything of theirs.
+    pub async fn left(&self, exam: String, candidate: String) -> Result<bool, StoreError> {
+        Ok(self.writer.left(exam, candidate).await? > 0)
     }
 
     /// Records that the cloud holds other bytes under this name; it is not retried.
@@ -877,6 +899,9 @@ impl Store {
                 oldest_pending_age_secs,
                 delivered: stat(&stats, STAT_DELIVERED)?,
                 conflicts: stat(&stats, STAT_CONFLICTS)?,
+                refused_conflicts: stat(&stats, STAT_REFUSED_CONFLICTS)?,
+                after_final_accepted: stat(&stats, STAT_AFTER_FINAL_ACCEPTED)?,
+                after_final_refused: stat(&stats, STAT_AFTER_FINAL_REFUSED)?,
                 candidates: stat(&stats, STAT_CANDIDATES)?,
                 last_delivery_at: match stat(&stats, STAT_LAST_DELIVERY_MS)? {
                     0 => None,

@@ -55,6 +55,16 @@ pub struct CandidateActivity {
     /// `plain` (none), `mixed`, or `unknown` (every save arrived before this was kept).
     /// Judged from each payload's header as it arrived; the box never decrypts.
     pub encryption: Encryption,
+    /// New saves of this candidate refused 409 `conflict` (other bytes under the name).
+    pub refused_conflicts: u64,
+    /// Saves after their final (seq above `final_seq`) accepted, and refused, by the
+    /// `after_final` policy.
+    pub after_final_accepted: u64,
+    pub after_final_refused: u64,
+    /// When the box learned they went back to the cloud (their `left` call, or replay
+    /// finding their latest save already there), RFC 3339; `None` when it did not, or they
+    /// saved here since.
+    pub left_at: Option<String>,
 }
 
 /// The clock a time was stamped with, as its receipt stated it: `state` is `synced`,
@@ -126,6 +136,10 @@ impl Store {
                     final_clock: (a.final_ms > 0).then(|| a.final_clock.into()),
                     worst_clock: a.worst_clock.into(),
                     encryption: a.encryption(),
+                    refused_conflicts: a.refused_conflicts,
+                    after_final_accepted: a.after_final_accepted,
+                    after_final_refused: a.after_final_refused,
+                    left_at: (a.left_ms > 0).then(|| time(a.left_ms)),
                 });
             }
             Ok(out)

@@ -117,6 +117,12 @@ pub(crate) const STAT_AUDIT_NEXT: &str = "audit_next";
 /// Parked autosaves and their payload bytes, kept by the park and retry transactions.
 pub(crate) const STAT_PARKED: &str = "parked";
 pub(crate) const STAT_PARKED_BYTES: &str = "parked_bytes";
+/// New saves refused 409 `conflict` (other bytes under the name), ever: refusals leave no
+/// record, so this only grows.
+pub(crate) const STAT_REFUSED_CONFLICTS: &str = "refused_conflicts";
+/// Saves after a candidate's final that the `after_final` policy accepted, and refused.
+pub(crate) const STAT_AFTER_FINAL_ACCEPTED: &str = "after_final_accepted";
+pub(crate) const STAT_AFTER_FINAL_REFUSED: &str = "after_final_refused";
 
 /// What the file says about itself.
 pub(crate) enum Found {

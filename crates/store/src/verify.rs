@@ -68,9 +68,23 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
     let parked_count = census.parked.len() as u64;
     check_parked(&read, std::mem::take(&mut census.parked), &mut problems)?;
     let chain_count = check_chains(&read, &census, &mut problems)?;
-    check_activity(&read, std::mem::take(&mut census.activity), &mut problems)?;
+    let history = check_activity(&read, std::mem::take(&mut census.activity), &mut problems)?;
     // The counters match a recount.
     let stats = read.open_table(STATS)?;
+    // Refusals leave no record to recount; the rows' history never exceeds the counters,
+    // which only grow (a row goes when retention purges the last of its saves).
+    for (name, in_rows) in [
+        (STAT_REFUSED_CONFLICTS, history.refused_conflicts),
+        (STAT_AFTER_FINAL_ACCEPTED, history.after_final_accepted),
+        (STAT_AFTER_FINAL_REFUSED, history.after_final_refused),
+    ] {
+        let recorded = stat(&stats, name)?;
+        if in_rows > recorded {
+            problems.push(format!(
+                "counter {name} says {recorded}, less than its candidates' rows add up to ({in_rows})"
+            ));
+        }
+    }
     for (name, counted) in [
         (STAT_STORED, census.stored),
         (STAT_STORED_BYTES, census.stored_bytes),
@@ -341,16 +355,26 @@ fn check_chains(
 }
 
 /// Each candidate's activity row counts what is stored of theirs; its highest seq may be one
-/// retention purged since, never lower than a stored one.
+/// retention purged since, never lower than a stored one; a save counted as after the final
+/// needs a final. Returns the rows' history (refusals, saves after a final), summed.
 fn check_activity(
     read: &ReadTransaction,
     mut activity: BTreeMap<Who, Activity>,
     problems: &mut Vec<String>,
-) -> Result<(), StoreError> {
+) -> Result<Activity, StoreError> {
+    let mut history = Activity::default();
     for row in read.open_table(ACTIVITY)?.iter()? {
         let (who, value) = row?;
         let (exam, candidate) = who.value();
         let row = Activity::decode(value.value());
+        history.refused_conflicts += row.refused_conflicts;
+        history.after_final_accepted += row.after_final_accepted;
+        history.after_final_refused += row.after_final_refused;
+        if row.after_final_accepted + row.after_final_refused > 0 && row.final_ms == 0 {
+            problems.push(format!(
+                "{exam}/{candidate}: the activity row counts saves after a final but has none"
+            ));
+        }
         let Some(counted) = activity.remove(&(exam.to_owned(), candidate.to_owned())) else {
             problems.push(format!(
                 "{exam}/{candidate} has an activity row but no autosaves"
@@ -378,7 +402,7 @@ fn check_activity(
             "{exam}/{candidate} has autosaves but no activity row"
         ));
     }
-    Ok(())
+    Ok(history)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! the caller's business (no networking here).
 
 mod autosave;
+pub mod codes;
 pub mod headers;
 mod paths;
 pub mod platform;
@@ -17,6 +18,7 @@ pub use autosave::{Answer, AutosavePut, DEFAULT_CONTENT_TYPE, retry_after};
 pub use paths::{
     AUDIT, EXAMS_PREFIX, EXPORT_AUTOSAVES, EXPORT_MANIFEST, EXPORT_PREFIX, HEALTH, OPENAPI,
     PathError, REPORT, RETRY_PARKED, Route, STATUS, autosave_path, autosaves_path, latest_path,
+    left_path,
 };
 
 /// The DNS-SD service type a box advertises and clients browse for.

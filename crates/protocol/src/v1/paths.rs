@@ -42,6 +42,13 @@ pub fn autosave_path(exam: &str, candidate: &str, seq: u64) -> String {
     format!("{}/{seq}", autosaves_path(exam, candidate))
 }
 
+/// `/v1/exams/{exam}/candidates/{candidate}/left`: the candidate went back to the cloud
+/// (POST, their token, no body; 204). The box's console then shows them "back on the cloud"
+/// rather than silent, until their next save there.
+pub fn left_path(exam: &str, candidate: &str) -> String {
+    format!("{EXAMS_PREFIX}{exam}/candidates/{candidate}/left")
+}
+
 /// What a request path names, as far as the path alone can tell. Every id and seq in it has
 /// been checked by [`Route::parse`], so a handler never sees a name that could not be stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +65,8 @@ pub enum Route {
     Latest { exam: String, candidate: String },
     /// [`autosave_path`]
     Autosave(AutosaveName),
+    /// [`left_path`]
+    Left { exam: String, candidate: String },
 }
 
 /// Why a path names no route. The id errors are the API's 400s, checked in path order (exam,
@@ -98,6 +107,18 @@ impl Route {
             ["health"] => Ok(Self::Health),
             ["status"] => Ok(Self::Status),
             ["replay", "retry-parked"] => Ok(Self::RetryParked),
+            ["exams", exam, "candidates", candidate, "left"] => {
+                if !is_valid_id(exam) {
+                    return Err(PathError::BadExam);
+                }
+                if !is_valid_id(candidate) {
+                    return Err(PathError::BadCandidate);
+                }
+                Ok(Self::Left {
+                    exam: exam.to_string(),
+                    candidate: candidate.to_string(),
+                })
+            }
             [
                 "exams",
                 exam,
@@ -140,6 +161,7 @@ impl Route {
             Self::List { exam, candidate } => autosaves_path(exam, candidate),
             Self::Latest { exam, candidate } => latest_path(exam, candidate),
             Self::Autosave(name) => autosave_path(&name.exam, &name.candidate, name.seq),
+            Self::Left { exam, candidate } => left_path(exam, candidate),
         }
     }
 }
@@ -170,6 +192,10 @@ mod tests {
             autosave_path("math-2026", "c042", 42),
             "/v1/exams/math-2026/candidates/c042/autosaves/42"
         );
+        assert_eq!(
+            left_path("math-2026", "c042"),
+            "/v1/exams/math-2026/candidates/c042/left"
+        );
     }
 
     #[test]
@@ -183,7 +209,11 @@ mod tests {
                 exam: exam.clone(),
                 candidate: candidate.clone(),
             },
-            Route::Latest { exam, candidate },
+            Route::Latest {
+                exam: exam.clone(),
+                candidate: candidate.clone(),
+            },
+            Route::Left { exam, candidate },
             Route::Autosave(name(0)),
             Route::Autosave(name(u64::MAX)),
         ] {
@@ -208,6 +238,7 @@ mod tests {
                 "/v1/exams/e/candidates/c c/autosaves/1/extra",
                 PathError::BadCandidate,
             ),
+            ("/v1/exams/e/candidates/c%20c/left", PathError::BadCandidate),
         ] {
             assert_eq!(Route::parse(path), Err(want), "{path}");
         }
@@ -220,6 +251,7 @@ mod tests {
             "/v1/health/",
             "/v1/exams/e/candidates/c",
             "/v1/exams/e/candidates/c/autosaves/1/extra",
+            "/v1/exams/e/candidates/c/left/1",
         ] {
             assert_eq!(Route::parse(unknown), Err(PathError::NotFound), "{unknown}");
         }

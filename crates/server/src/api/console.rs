@@ -250,7 +250,15 @@ pub struct ConsoleState {
     pub stored: u64,
     pub pending: Pending,
     pub delivered: u64,
+    /// Every conflict: the 409s this box answered to candidates and those the cloud reported
+    /// during replay (`conflict.refused + conflict.cloud`).
     pub conflicts: u64,
+    /// The conflicts in detail, and the banner the page shows while there are any.
+    pub conflict: ConflictView,
+    /// Saves after a candidate's final: the exam policy and what it did.
+    pub after_final: AfterFinalView,
+    /// Candidates the box knows went back to the cloud (never called silent).
+    pub back_on_cloud: usize,
     /// Autosaves the cloud refused for good, kept here until someone retries them.
     pub parked: parked::ParkedView,
     pub disk: DiskGauge,
@@ -264,8 +272,62 @@ pub struct ConsoleState {
     pub silent: usize,
     /// How many candidates' saves are encrypted, and the advice when some are not.
     pub encryption: EncryptionView,
-    /// Silent candidates first, then by exam and candidate.
+    /// By attention (most urgent first; those needing none last), then exam and candidate.
     pub rows: Vec<Row>,
+}
+
+/// Conflicts: 409 `conflict` answers this box gave candidates (`refused`, counted since the
+/// store was made) and autosaves the cloud holds other bytes for (`cloud`, replay's 409s).
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ConflictView {
+    pub refused: u64,
+    pub cloud: u64,
+    /// Candidates whose row counts any.
+    pub candidates: usize,
+    /// What the conflicts mean and what to do; `None` when there are none.
+    pub banner: Option<String>,
+}
+
+impl ConflictView {
+    fn judge(refused: u64, cloud: u64, rows: &[Row]) -> Self {
+        let candidates = rows.iter().filter(|r| r.conflicts > 0).count();
+        let banner = (refused + cloud > 0).then(|| {
+            let who = match candidates {
+                0 => "Candidates no longer listed here".to_owned(),
+                1 => "1 candidate".to_owned(),
+                n => format!("{n} candidates"),
+            };
+            let mut parts = Vec::new();
+            if refused > 0 {
+                parts.push(format!("{refused} refused by this box"));
+            }
+            if cloud > 0 {
+                parts.push(format!("{cloud} reported by the cloud"));
+            }
+            format!(
+                "{who} had saves refused as conflicts ({}): a laptop sent other answers under a \
+                 save number already used, so those saves were not stored. Nothing stored was \
+                 overwritten. Check that each such candidate works on one laptop only, and tell \
+                 IT, who can export the box's record of it.",
+                parts.join(", ")
+            )
+        });
+        Self {
+            refused,
+            cloud,
+            candidates,
+            banner,
+        }
+    }
+}
+
+/// The exam policy for saves after a candidate's final (`after_final`), and how many saves
+/// it accepted (flagged on each row and in the offline-time record) and refused.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct AfterFinalView {
+    pub policy: &'static str,
+    pub accepted: u64,
+    pub refused: u64,
 }
 
 /// Whether the hall's answers are stored encrypted: candidates by the state of their saves
@@ -331,21 +393,147 @@ pub struct Row {
     pub activity: CandidateActivity,
     /// Seconds since the last save arrived.
     pub last_age_secs: Option<u64>,
-    /// Saved here before, has not saved for longer than `silent_after`, and has not submitted.
+    /// Every conflict of theirs: refused here (`refused_conflicts`) and reported by the
+    /// cloud (`cloud_conflicts`).
+    pub conflicts: u64,
+    /// The box knows they went back to the cloud (`left_at`), and they have not saved here
+    /// since.
+    pub back_on_cloud: bool,
+    /// `state == silent`, kept for pages that read it.
     pub silent: bool,
+    /// The one word the page colours the row by ([`RowState`]).
+    pub state: RowState,
+    /// How urgently the row needs someone: 0 none; otherwise lower is more urgent
+    /// ([`attention`]). Rows are sorted by it.
+    pub attention: u8,
+}
+
+/// What a row is, the one word the page colours it by. The judge ([`RowState::judge`])
+/// takes the first that holds, in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowState {
+    /// Saved here, has not saved for longer than `silent_after`, has not submitted, and the
+    /// box does not know them to be back on the cloud.
+    Silent,
+    /// A save of theirs was refused as a conflict, here or at the cloud.
+    Conflict,
+    /// A save of theirs was refused because they continued on another device.
+    ContinuedElsewhere,
+    /// A save after their final was refused (`after_final = "refuse"`), or accepted and
+    /// flagged (`accept`; less urgent, see [`RowState::judge`]).
+    AfterFinal,
+    /// Back on the cloud (their `left` call, or replay found their latest save there).
+    BackOnCloud,
+    /// Saves of theirs wait here for the cloud and no other box holds them.
+    BoxOnly,
+    /// Submitted their final, and everything of theirs here reached the cloud.
+    Submitted,
+    /// Saving here within `silent_after`, everything delivered.
+    Saving,
+    /// Nothing to say (no time known for their last save).
+    Idle,
+}
+
+/// How urgent a row is: 0 none; otherwise lower is more urgent.
+pub mod attention {
+    pub const NONE: u8 = 0;
+    pub const SILENT: u8 = 1;
+    /// A save refused: conflict, continued elsewhere, or after the final.
+    pub const REFUSED: u8 = 2;
+    /// A save accepted after the final.
+    pub const SAVED_AFTER_FINAL: u8 = 3;
+    /// Saves only on this box.
+    pub const BOX_ONLY: u8 = 4;
+}
+
+impl RowState {
+    /// The state of a candidate with these facts, and how urgently they need someone.
+    /// Silent needs the most; then a refused save (conflict, continued elsewhere, after the
+    /// final); then a save accepted after the final; then saves only on this box. A
+    /// candidate back on the cloud is never silent nor "only on this box": their laptop
+    /// keeps every save until the cloud has it, and sends it there itself.
+    pub fn judge(f: &Facts) -> (Self, u8) {
+        let quiet = f.last_age_secs.map(|age| age > f.silent_after.as_secs());
+        if f.finals == 0 && quiet == Some(true) && !f.back_on_cloud {
+            (Self::Silent, attention::SILENT)
+        } else if f.conflicts > 0 {
+            (Self::Conflict, attention::REFUSED)
+        } else if f.continued_elsewhere > 0 {
+            (Self::ContinuedElsewhere, attention::REFUSED)
+        } else if f.after_final_refused > 0 {
+            (Self::AfterFinal, attention::REFUSED)
+        } else if f.after_final_accepted > 0 {
+            (Self::AfterFinal, attention::SAVED_AFTER_FINAL)
+        } else if f.back_on_cloud {
+            (Self::BackOnCloud, attention::NONE)
+        } else if f.pending > 0 && !f.also_held {
+            (Self::BoxOnly, attention::BOX_ONLY)
+        } else if f.finals > 0 {
+            (Self::Submitted, attention::NONE)
+        } else if quiet == Some(false) {
+            (Self::Saving, attention::NONE)
+        } else {
+            (Self::Idle, attention::NONE)
+        }
+    }
+}
+
+/// What the judge weighs about one candidate. Counts other parts of the box keep (devices,
+/// a second box's copy) join here.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Facts {
+    pub last_age_secs: Option<u64>,
+    pub silent_after: Duration,
+    pub finals: u64,
+    pub pending: u64,
+    /// Refused here and reported by the cloud.
+    pub conflicts: u64,
+    /// Saves refused with `continued_elsewhere`.
+    pub continued_elsewhere: u64,
+    pub after_final_refused: u64,
+    pub after_final_accepted: u64,
+    pub back_on_cloud: bool,
+    /// Another box holds their pending saves too.
+    pub also_held: bool,
 }
 
 impl Row {
     pub fn judge(activity: CandidateActivity, now: SystemTime, silent_after: Duration) -> Self {
         let last_age_secs = parse_rfc3339(&activity.last_received_at)
             .map(|t| now.duration_since(t).unwrap_or(Duration::ZERO).as_secs());
-        let silent =
-            activity.finals == 0 && last_age_secs.is_some_and(|age| age > silent_after.as_secs());
+        let conflicts = activity.refused_conflicts + activity.cloud_conflicts;
+        let back_on_cloud = activity.left_at.is_some();
+        let (state, attention) = RowState::judge(&Facts {
+            last_age_secs,
+            silent_after,
+            finals: activity.finals,
+            pending: activity.pending,
+            conflicts,
+            continued_elsewhere: 0,
+            after_final_refused: activity.after_final_refused,
+            after_final_accepted: activity.after_final_accepted,
+            back_on_cloud,
+            also_held: false,
+        });
         Self {
             activity,
             last_age_secs,
-            silent,
+            conflicts,
+            back_on_cloud,
+            silent: state == RowState::Silent,
+            state,
+            attention,
         }
+    }
+
+    /// Most urgent first, those needing no attention last; then exam and candidate.
+    fn order(&self) -> (u8, &str, &str) {
+        let urgency = match self.attention {
+            0 => u8::MAX,
+            n => n,
+        };
+        (urgency, &self.activity.exam, &self.activity.candidate)
     }
 }
 
@@ -392,11 +580,28 @@ pub struct DiskGauge {
     pub free_bytes: Option<u64>,
     pub total_bytes: Option<u64>,
     pub used_percent: Option<u64>,
-    /// `ok`, `warn` (from 80 %), `critical` (from 90 %), or `unknown`.
+    /// `ok`, `warn` (from 80 %), `critical` (from 90 %, and whenever the store's storage
+    /// is `full` or `failing`), or `unknown`.
     pub level: &'static str,
     /// Free space the box keeps back; new saves answer 507 below it.
     pub reserve_bytes: u64,
+    /// What the level means and what to do; `None` when all is well.
+    pub advice: Option<&'static str>,
 }
+
+/// What the gauge says when the store is failing: the disk refused a write.
+pub const ADVICE_FAILING: &str = "The box's storage is failing: its disk refused a write, and \
+     the box is trying to recover. Saves stay on the laptops meanwhile. Call IT now: if this \
+     lasts, the box's storage card must be replaced.";
+/// When the store is full: no room above the reserve.
+pub const ADVICE_FULL: &str = "The box's storage is full: new saves are refused and stay on \
+     the laptops. Call IT now to free space (the box frees delivered saves once the cloud is \
+     back) or to replace the storage card with a larger one.";
+/// When the disk is nearly full.
+pub const ADVICE_CRITICAL: &str = "The box's disk is nearly full: soon new saves will be \
+     refused. Call IT now.";
+/// When the disk is getting full.
+pub const ADVICE_WARN: &str = "The box's disk is getting full: tell IT.";
 
 impl DiskGauge {
     /// Measures the file system holding `dir`.
@@ -410,6 +615,25 @@ impl DiskGauge {
         Self::from_space(space, reserve_bytes)
     }
 
+    /// The gauge as the store sees its storage: `full` or `failing` is critical whatever
+    /// the percentage says (a reserve can be reached below 90 %, and a failing disk may have
+    /// room), with what to do.
+    pub fn with_storage(mut self, storage: hallrelay_store::StorageState) -> Self {
+        use hallrelay_store::StorageState;
+        match storage {
+            StorageState::Failing => {
+                self.level = "critical";
+                self.advice = Some(ADVICE_FAILING);
+            }
+            StorageState::Full => {
+                self.level = "critical";
+                self.advice = Some(ADVICE_FULL);
+            }
+            StorageState::Ok => {}
+        }
+        self
+    }
+
     fn from_space(space: Option<(u64, u64)>, reserve_bytes: u64) -> Self {
         let Some((free, total)) = space.filter(|(_, total)| *total > 0) else {
             return Self {
@@ -418,6 +642,7 @@ impl DiskGauge {
                 used_percent: None,
                 level: "unknown",
                 reserve_bytes,
+                advice: None,
             };
         };
         let used = total.saturating_sub(free);
@@ -435,6 +660,11 @@ impl DiskGauge {
             used_percent: Some(used_percent),
             level,
             reserve_bytes,
+            advice: match level {
+                "critical" => Some(ADVICE_CRITICAL),
+                "warn" => Some(ADVICE_WARN),
+                _ => None,
+            },
         }
     }
 }
@@ -453,14 +683,10 @@ impl ConsoleState {
             .into_iter()
             .map(|a| Row::judge(a, now, console.silent_after))
             .collect();
-        rows.sort_by(|a, b| {
-            (!a.silent, &a.activity.exam, &a.activity.candidate).cmp(&(
-                !b.silent,
-                &b.activity.exam,
-                &b.activity.candidate,
-            ))
-        });
+        rows.sort_by(|a, b| a.order().cmp(&b.order()));
         let silent = rows.iter().filter(|r| r.silent).count();
+        let back_on_cloud = rows.iter().filter(|r| r.back_on_cloud).count();
+        let storage = state.store.storage_state();
         let active = rows
             .iter()
             .filter(|r| {
@@ -484,7 +710,14 @@ impl ConsoleState {
                 oldest_age_secs: store.oldest_pending_age_secs,
             },
             delivered: store.delivered,
-            conflicts: store.conflicts,
+            conflicts: store.refused_conflicts + store.conflicts,
+            conflict: ConflictView::judge(store.refused_conflicts, store.conflicts, &rows),
+            after_final: AfterFinalView {
+                policy: state.limits.after_final.as_str(),
+                accepted: store.after_final_accepted,
+                refused: store.after_final_refused,
+            },
+            back_on_cloud,
             parked: parked::ParkedView::gather(state, &store).await?,
             readiness: Readiness::judge(
                 rows.len() as u64,
@@ -493,8 +726,8 @@ impl ConsoleState {
                 state.store.free_bytes(),
                 state.min_free_bytes,
             ),
-            disk: DiskGauge::measure(&console.data_dir, state.min_free_bytes),
-            storage: state.store.storage_state(),
+            disk: DiskGauge::measure(&console.data_dir, state.min_free_bytes).with_storage(storage),
+            storage,
             silent_after_secs: console.silent_after.as_secs(),
             active,
             silent,
@@ -529,6 +762,10 @@ mod tests {
             final_clock: None,
             worst_clock: unknown(),
             encryption: Encryption::Plain,
+            refused_conflicts: 0,
+            after_final_accepted: 0,
+            after_final_refused: 0,
+            left_at: None,
         }
     }
 
@@ -551,6 +788,151 @@ mod tests {
         assert_eq!(quiet.last_age_secs, Some(121));
         let submitted = Row::judge(activity(now - Duration::from_secs(600), 1), now, after);
         assert!(!submitted.silent);
+    }
+
+    /// A candidate's facts, one field changed at a time from a quiet one who saved 10 s
+    /// ago with everything delivered.
+    fn facts(change: impl FnOnce(&mut Facts)) -> (RowState, u8) {
+        let mut f = Facts {
+            last_age_secs: Some(10),
+            silent_after: Duration::from_secs(120),
+            ..Facts::default()
+        };
+        change(&mut f);
+        RowState::judge(&f)
+    }
+
+    #[test]
+    fn the_judge_names_each_state_and_its_urgency() {
+        use RowState as S;
+        assert_eq!(facts(|_| {}), (S::Saving, 0));
+        assert_eq!(facts(|f| f.last_age_secs = Some(121)), (S::Silent, 1));
+        assert_eq!(facts(|f| f.last_age_secs = Some(120)), (S::Saving, 0));
+        assert_eq!(facts(|f| f.last_age_secs = None), (S::Idle, 0));
+        assert_eq!(facts(|f| f.conflicts = 1), (S::Conflict, 2));
+        assert_eq!(
+            facts(|f| f.continued_elsewhere = 1),
+            (S::ContinuedElsewhere, 2)
+        );
+        assert_eq!(facts(|f| f.after_final_refused = 1), (S::AfterFinal, 2));
+        assert_eq!(facts(|f| f.after_final_accepted = 1), (S::AfterFinal, 3));
+        assert_eq!(facts(|f| f.pending = 3), (S::BoxOnly, 4));
+        assert_eq!(
+            facts(|f| {
+                f.pending = 3;
+                f.also_held = true;
+            }),
+            (S::Saving, 0),
+            "held by another box too: not only here"
+        );
+        assert_eq!(facts(|f| f.finals = 1), (S::Submitted, 0));
+        assert_eq!(facts(|f| f.back_on_cloud = true), (S::BackOnCloud, 0));
+    }
+
+    /// The most urgent fact wins; back on the cloud is never silent nor "only here", but a
+    /// refusal still shows.
+    #[test]
+    fn the_most_urgent_fact_wins_and_back_on_the_cloud_is_never_silent() {
+        use RowState as S;
+        let quiet = |f: &mut Facts| f.last_age_secs = Some(3600);
+        assert_eq!(
+            facts(|f| {
+                quiet(f);
+                f.conflicts = 2;
+                f.pending = 1;
+            }),
+            (S::Silent, 1)
+        );
+        assert_eq!(
+            facts(|f| {
+                quiet(f);
+                f.back_on_cloud = true;
+                f.pending = 4;
+            }),
+            (S::BackOnCloud, 0)
+        );
+        assert_eq!(
+            facts(|f| {
+                quiet(f);
+                f.back_on_cloud = true;
+                f.conflicts = 1;
+            }),
+            (S::Conflict, 2)
+        );
+        assert_eq!(
+            facts(|f| {
+                f.after_final_accepted = 1;
+                f.after_final_refused = 1;
+                f.pending = 1;
+            }),
+            (S::AfterFinal, 2)
+        );
+        assert_eq!(
+            facts(|f| {
+                quiet(f);
+                f.finals = 1;
+                f.pending = 1;
+            }),
+            (S::BoxOnly, 4),
+            "a submitted candidate is never silent, but their final may be only here"
+        );
+    }
+
+    /// Rows come most urgent first, those needing nothing last, then by exam and
+    /// candidate; a row's `conflicts` adds the refused and the cloud's.
+    #[test]
+    fn rows_sort_by_attention_then_name() {
+        let now = SystemTime::now();
+        let after = Duration::from_secs(120);
+        let row = |candidate: &str, change: &dyn Fn(&mut CandidateActivity)| {
+            let mut a = activity(now - Duration::from_secs(5), 0);
+            a.candidate = candidate.into();
+            a.pending = 0;
+            change(&mut a);
+            Row::judge(a, now, after)
+        };
+        let mut rows = [
+            row("a-fine", &|_| {}),
+            row("b-box-only", &|a| a.pending = 2),
+            row("c-after-final", &|a| a.after_final_accepted = 1),
+            row("d-conflict", &|a| {
+                a.refused_conflicts = 2;
+                a.cloud_conflicts = 1;
+            }),
+            row("e-silent", &|a| {
+                a.last_received_at = rfc3339(now - Duration::from_secs(600));
+            }),
+            row("f-back", &|a| {
+                a.last_received_at = rfc3339(now - Duration::from_secs(600));
+                a.left_at = Some(rfc3339(now));
+            }),
+        ];
+        rows.sort_by(|a, b| a.order().cmp(&b.order()));
+        let order: Vec<_> = rows
+            .iter()
+            .map(|r| (r.activity.candidate.as_str(), r.attention))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("e-silent", 1),
+                ("d-conflict", 2),
+                ("c-after-final", 3),
+                ("b-box-only", 4),
+                ("a-fine", 0),
+                ("f-back", 0),
+            ]
+        );
+        assert_eq!(rows[1].conflicts, 3);
+        assert!(rows[0].silent && !rows[5].silent && rows[5].back_on_cloud);
+        let view = ConflictView::judge(2, 1, &rows);
+        assert_eq!(view.candidates, 1);
+        let banner = view.banner.unwrap();
+        assert!(
+            banner.starts_with("1 candidate had saves refused as conflicts (2 refused by this box, 1 reported by the cloud)"),
+            "{banner}"
+        );
+        assert!(ConflictView::judge(0, 0, &rows).banner.is_none());
     }
 
     #[test]
@@ -598,6 +980,26 @@ mod tests {
         assert_eq!(level(10, 100), "critical");
         assert_eq!(DiskGauge::from_space(None, 0).level, "unknown");
         assert_eq!(DiskGauge::from_space(Some((0, 0)), 0).level, "unknown");
+    }
+
+    /// Full or failing storage is critical whatever the percentage, with what to do; the
+    /// percentage alone is judged as before.
+    #[test]
+    fn full_or_failing_storage_is_critical_with_advice() {
+        use hallrelay_store::StorageState;
+        let roomy = || DiskGauge::from_space(Some((70, 100)), 0);
+        assert_eq!((roomy().level, roomy().advice), ("ok", None));
+        let full = roomy().with_storage(StorageState::Full);
+        assert_eq!((full.level, full.advice), ("critical", Some(ADVICE_FULL)));
+        let failing = roomy().with_storage(StorageState::Failing);
+        assert_eq!(failing.level, "critical");
+        assert!(failing.advice.unwrap().contains("Call IT"));
+        let unknown = DiskGauge::from_space(None, 0).with_storage(StorageState::Failing);
+        assert_eq!(unknown.level, "critical");
+        let ok = roomy().with_storage(StorageState::Ok);
+        assert_eq!(ok, roomy());
+        let warn = DiskGauge::from_space(Some((15, 100)), 0);
+        assert_eq!(warn.advice, Some(ADVICE_WARN));
     }
 
     #[test]

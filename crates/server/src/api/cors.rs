@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-const ALLOW_METHODS: &str = "GET, PUT, OPTIONS";
+const ALLOW_METHODS: &str = "GET, PUT, POST, OPTIONS";
 /// Every request header a browser client sends: its token, the body's type and digest, and,
 /// when it re-sends to the cloud what a box acknowledged, the box's receipts. `hallrelay-final`
 /// too, for clients that mark a final submission in a header besides `?final=true`.

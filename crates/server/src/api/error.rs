@@ -6,6 +6,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use hallrelay_protocol::envelope::EnvelopeError;
+use hallrelay_protocol::v1::codes;
 use hallrelay_store::StoreError;
 
 /// Seconds a client is asked to wait after a 503.
@@ -44,8 +45,19 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed here")]
     MethodNotAllowed(&'static str),
-    #[error("other bytes are already stored under this name (blake3 {existing})")]
+    #[error(
+        "other bytes are already stored under this name (blake3 {existing}), so this save was \
+         not stored; a save is never overwritten. Send it under the next free seq"
+    )]
     Conflict { existing: String },
+    /// A save after the candidate's final under the exam policy `after_final = "refuse"`.
+    #[error(
+        "this candidate already submitted their final answers (save {final_seq}) and this exam \
+         refuses saves after the final (after_final = \"refuse\"), so nothing was stored. The \
+         final submission stands; if the candidate must go on, ask the invigilator, who asks \
+         the exam platform to reopen the exam"
+    )]
+    AfterFinal { final_seq: u64 },
     #[error("the body is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("the box's storage is full")]
@@ -79,7 +91,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. } | ApiError::AfterFinal { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -102,7 +114,8 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::Conflict { .. } => "conflict",
+            ApiError::Conflict { .. } => codes::CONFLICT,
+            ApiError::AfterFinal { .. } => codes::AFTER_FINAL,
             ApiError::TooLarge { .. } => "too_large",
             ApiError::StorageFull => "storage_full",
             ApiError::TooManyRequests { .. } => "rate_limited",
@@ -177,6 +190,25 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both refusals of a name are 409s, told apart by their code; each message says what
+    /// happened and what to do.
+    #[test]
+    fn the_409s_carry_their_own_codes() {
+        let conflict = ApiError::Conflict {
+            existing: "ab".into(),
+        };
+        let after = ApiError::AfterFinal { final_seq: 7 };
+        assert_eq!(conflict.code(), "conflict");
+        assert_eq!(after.code(), "after_final");
+        assert_eq!(after.status(), StatusCode::CONFLICT);
+        let text = after.to_string();
+        assert!(
+            text.contains("save 7") && text.contains("ask the invigilator"),
+            "{text}"
+        );
+        assert!(conflict.to_string().contains("next free seq"));
+    }
 
     #[test]
     fn overload_shutdown_and_disk_errors_answer_503_with_retry_after() {

@@ -51,6 +51,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 
 pub use error::ApiError;
+pub use hallrelay_store::AfterFinal;
 
 /// Who is calling, as established from the `Authorization: Bearer` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -411,6 +412,11 @@ pub struct Limits {
     /// ([`hallrelay_protocol::envelope`]) with 400 and the envelope's error code
     /// (`require_encrypted`; the box only, never the reference cloud).
     pub require_encrypted: bool,
+    /// The exam policy for a save after the candidate's final (a seq above their final's):
+    /// store it, counted and flagged (`accept`, the default), or refuse it with 409
+    /// `after_final` (`refuse`). The box (`after_final` in hallrelay.toml) and the reference
+    /// cloud (`cloud --after-final`) apply it the same way.
+    pub after_final: hallrelay_store::AfterFinal,
 }
 
 /// The per-client request rate by default: (requests per second, burst).
@@ -454,6 +460,7 @@ impl Default for Limits {
                 max_body_bytes,
             )),
             require_encrypted: false,
+            after_final: hallrelay_store::AfterFinal::Accept,
         }
     }
 }

@@ -160,6 +160,10 @@ async fn route(
             let found = state.store.latest(exam, candidate).await?;
             payload_response(found)
         }
+        Target::Left { exam, candidate } => {
+            only(&request, &Method::POST, "POST")?;
+            left(state, &request, exam, candidate).await
+        }
         Target::Autosave(name) => match *request.method() {
             Method::PUT => put(state, request, name).await,
             Method::GET => {
@@ -370,6 +374,7 @@ async fn put(
         is_final,
         hall_receipts,
         candidate_token,
+        after_final: state.limits.after_final,
     };
     match state.store.put(request).await? {
         PutOutcome::Stored(receipt) => {
@@ -389,7 +394,34 @@ async fn put(
                 existing: existing_blake3,
             })
         }
+        PutOutcome::AfterFinal { final_seq } => {
+            tracing::info!(exam = %name.exam, candidate = %name.candidate, seq = name.seq,
+                final_seq, "refused a save after the candidate's final (after_final = refuse)");
+            Err(ApiError::AfterFinal { final_seq })
+        }
     }
+}
+
+/// `POST …/left`: the candidate (their token, for this exam and candidate) went back to the
+/// cloud. Recorded on their row until their next save here; 204 whether or not the box held
+/// anything of theirs (nothing is recorded then).
+async fn left(
+    state: &State,
+    request: &Request<RequestBody>,
+    exam: String,
+    candidate: String,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let caller = state.auth.authenticate(super::bearer(request))?;
+    if !is_for(&caller, &exam, &candidate) {
+        return Err(ApiError::Forbidden(
+            "only the candidate's own token for this exam says they left",
+        ));
+    }
+    let known = state.store.left(exam.clone(), candidate.clone()).await?;
+    tracing::info!(%exam, %candidate, known, "the candidate went back to the cloud");
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
 }
 
 /// The request's `Content-Digest` claims, parsed (all of its lines, as one list) before the
@@ -542,7 +574,15 @@ async fn status(
             "oldest_age_secs": store.oldest_pending_age_secs,
         },
         "delivered": store.delivered,
+        // Replay's 409s (the cloud holds other bytes), and the 409s this box answered.
         "conflicts": store.conflicts,
+        "refused_conflicts": store.refused_conflicts,
+        // Saves after a candidate's final, by the exam policy.
+        "after_final": {
+            "policy": state.limits.after_final.as_str(),
+            "accepted": store.after_final_accepted,
+            "refused": store.after_final_refused,
+        },
         "parked": { "count": store.parked, "bytes": store.parked_bytes },
         "candidates": store.candidates,
         "storage": store.storage,

@@ -10,10 +10,13 @@ use crate::{ParkedAt, RetryCause, StoreError, activity};
 use hallrelay_protocol::ids::AutosaveName;
 
 impl Tables<'_, '_> {
-    /// Marks an autosave delivered (idempotent).
+    /// Marks an autosave delivered (idempotent). `already_there`: the cloud held these bytes
+    /// before the box sent them (it answered 200). When that is the candidate's latest save
+    /// here, they sent it to the cloud themselves: they are back on the cloud.
     pub(super) fn delivered(
         &mut self,
         name: &AutosaveName,
+        already_there: bool,
         now_ms: u64,
         now: &str,
     ) -> Result<(), StoreError> {
@@ -25,6 +28,7 @@ impl Tables<'_, '_> {
         }
         let was_pending = self.dequeue(name, &record)?;
         let was_conflict = record.cloud_conflict_at.is_some();
+        let mut back_on_cloud = false;
         activity::update(&mut self.activity, &name.exam, &name.candidate, |a| {
             a.delivered += 1;
             if was_pending {
@@ -32,7 +36,19 @@ impl Tables<'_, '_> {
             } else if was_conflict {
                 a.cloud_conflicts = a.cloud_conflicts.saturating_sub(1);
             }
+            if already_there && name.seq >= a.last_seq && a.left_ms == 0 {
+                a.left_ms = now_ms;
+                back_on_cloud = true;
+            }
         })?;
+        if back_on_cloud {
+            self.audit(serde_json::json!({
+                "event": "back_on_cloud",
+                "exam": name.exam, "candidate": name.candidate, "seq": name.seq,
+                "source": "replay",
+                "at": now,
+            }))?;
+        }
         record.delivered_at = Some(now.to_owned());
         self.save_record(name, &record)?;
         self.delivered.insert(
@@ -46,6 +62,32 @@ impl Tables<'_, '_> {
             "exam": name.exam, "candidate": name.candidate, "seq": name.seq,
             "at": now,
         }))
+    }
+
+    /// A candidate's `left` call: they went back to the cloud. Their row says so until
+    /// their next save here. Returns whether the box holds anything of theirs (a candidate
+    /// it never saw has no row, and nothing is recorded).
+    pub(super) fn left(
+        &mut self,
+        exam: &str,
+        candidate: &str,
+        now_ms: u64,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        let mut known = false;
+        activity::update(&mut self.activity, exam, candidate, |a| {
+            known = a.saves > 0;
+            a.left_ms = now_ms.max(1);
+        })?;
+        if known {
+            self.audit(serde_json::json!({
+                "event": "back_on_cloud",
+                "exam": exam, "candidate": candidate,
+                "source": "left",
+                "at": now,
+            }))?;
+        }
+        Ok(known)
     }
 
     /// Records that the cloud holds other bytes under this name. It leaves the outbox (it

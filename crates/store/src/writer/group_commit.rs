@@ -419,10 +419,19 @@ fn answer(
             PutStep::Answered(outcome) => Answer::Put(outcome),
             PutStep::NoRoom => Answer::NoRoom,
         },
-        Request::Delivered(name) => {
-            tables.delivered(name, now.ms, now.rfc3339)?;
+        Request::Delivered {
+            name,
+            already_there,
+        } => {
+            tables.delivered(name, *already_there, now.ms, now.rfc3339)?;
             Answer::Done
         }
+        Request::Left { exam, candidate } => Answer::Count(u64::from(tables.left(
+            exam,
+            candidate,
+            now.ms,
+            now.rfc3339,
+        )?)),
         Request::CloudConflict(name) => {
             tables.cloud_conflict(name, now.rfc3339)?;
             Answer::Done

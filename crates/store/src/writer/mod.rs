@@ -56,6 +56,44 @@ pub struct PutRequest {
     pub hall_receipts: Vec<crate::HallReceipt>,
     /// On the box: the candidate's token, kept to forward on replay.
     pub candidate_token: Option<String>,
+    /// What to do with a save whose seq is above the candidate's final's ([`AfterFinal`]).
+    pub after_final: AfterFinal,
+}
+
+/// The exam policy for a save that arrives after the candidate's final submission (a seq
+/// greater than their final's): `accept` stores it as any other, counted and flagged on the
+/// console and in the offline-time record; `refuse` answers 409 `after_final` and stores
+/// nothing. Either way the candidate's row counts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterFinal {
+    #[default]
+    Accept,
+    Refuse,
+}
+
+impl AfterFinal {
+    /// The word the config file, the `--after-final` option and the JSON use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Refuse => "refuse",
+        }
+    }
+}
+
+impl std::str::FromStr for AfterFinal {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "accept" => Ok(Self::Accept),
+            "refuse" => Ok(Self::Refuse),
+            other => Err(format!(
+                "after_final must be \"accept\" or \"refuse\", not {other:?}"
+            )),
+        }
+    }
 }
 
 impl PutRequest {
@@ -70,6 +108,7 @@ impl PutRequest {
             is_final,
             hall_receipts: Vec::new(),
             candidate_token: None,
+            after_final: AfterFinal::Accept,
         }
     }
 }
@@ -81,15 +120,28 @@ pub enum PutOutcome {
     Stored(Receipt),
     /// The same bytes were already stored under this name: 200 with the original receipt.
     Duplicate(Receipt),
-    /// Other bytes are stored under this name: 409. Nothing was changed.
+    /// Other bytes are stored under this name: 409. Nothing was stored; the candidate's
+    /// refused conflicts were counted.
     Conflict { existing_blake3: String },
+    /// A save after the candidate's final (seq above `final_seq`) under the `refuse` policy:
+    /// 409 `after_final`. Nothing was stored; the refusal was counted.
+    AfterFinal { final_seq: u64 },
 }
 
 /// Work for the writer.
 enum Request {
     Put(Box<PutRequest>),
-    /// The cloud confirmed this autosave.
-    Delivered(AutosaveName),
+    /// The cloud confirmed this autosave; `already_there`: it answered 200, holding these
+    /// bytes before the box sent them.
+    Delivered {
+        name: AutosaveName,
+        already_there: bool,
+    },
+    /// The candidate told the box they went back to the cloud.
+    Left {
+        exam: String,
+        candidate: String,
+    },
     /// The cloud holds other bytes under this name; it will never be retried.
     CloudConflict(AutosaveName),
     /// The cloud refused this autosave with an answer no retry changes: park it.
@@ -201,9 +253,25 @@ impl Handle {
         answer
     }
 
-    pub(crate) async fn delivered(&self, name: AutosaveName) -> Result<(), StoreError> {
+    pub(crate) async fn delivered(
+        &self,
+        name: AutosaveName,
+        already_there: bool,
+    ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(Request::Delivered(name), Reply::Done(tx), true)
+        let request = Request::Delivered {
+            name,
+            already_there,
+        };
+        self.submit(request, Reply::Done(tx), true).await?;
+        rx.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// A candidate's `left` call: they went back to the cloud. Answers whether the box
+    /// holds anything of theirs. Never waits for room in the queue (a client's request).
+    pub(crate) async fn left(&self, exam: String, candidate: String) -> Result<u64, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Request::Left { exam, candidate }, Reply::Count(tx), false)
             .await?;
         rx.await.unwrap_or(Err(StoreError::Unavailable))
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redb::ReadableTable;
 
 use super::tables::Tables;
-use super::{Now, PutOutcome, PutRequest};
+use super::{AfterFinal, Now, PutOutcome, PutRequest};
 use crate::{Record, StoreError, activity};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::receipt::{GENESIS, Receipt, ReceiptFields};
@@ -51,14 +51,18 @@ impl Context {
         if let Some(outcome) = answer_from_stored(t, request, now)? {
             return Ok(PutStep::Answered(outcome));
         }
-        if !space_ok {
-            return Ok(PutStep::NoRoom);
-        }
         let AutosaveName {
             exam,
             candidate,
             seq,
         } = &request.name;
+        let after_final = activity::get(&t.activity, exam, candidate)?.is_after_final(*seq);
+        if after_final && request.after_final == AfterFinal::Refuse {
+            return refuse_after_final(t, request, now).map(PutStep::Answered);
+        }
+        if !space_ok {
+            return Ok(PutStep::NoRoom);
+        }
         let size = request.payload.len() as u64;
         place_payload(t, request)?;
         let prev = previous_receipt(t, exam, candidate)?;
@@ -112,6 +116,7 @@ impl Context {
                 sealed: Some(activity::is_sealed(&request.payload)),
             };
             a.arrived(arrival, self.run_gap);
+            a.after_final_accepted += u64::from(after_final);
             if outbox {
                 a.pending += 1;
             } else {
@@ -126,6 +131,15 @@ impl Context {
         }))?;
         t.counters.stored += 1;
         t.counters.stored_bytes += size;
+        if after_final {
+            t.counters.after_final_accepted += 1;
+            t.audit(serde_json::json!({
+                "event": "after_final",
+                "exam": exam, "candidate": candidate, "seq": seq,
+                "policy": "accept",
+                "at": now.rfc3339,
+            }))?;
+        }
         Ok(PutStep::Answered(PutOutcome::Stored(receipt)))
     }
 }
@@ -153,6 +167,10 @@ fn answer_from_stored(
         candidate,
         seq,
     } = &request.name;
+    activity::update(&mut t.activity, exam, candidate, |a| {
+        a.refused_conflicts += 1
+    })?;
+    t.counters.refused_conflicts += 1;
     t.audit(serde_json::json!({
         "event": "conflict",
         "source": "client",
@@ -164,6 +182,33 @@ fn answer_from_stored(
     Ok(Some(PutOutcome::Conflict {
         existing_blake3: existing.receipt.blake3,
     }))
+}
+
+/// A save after the candidate's final under the `refuse` policy: counted on their row and in
+/// the counters, audited, and answered 409 `after_final`; nothing is stored.
+fn refuse_after_final(
+    t: &mut Tables<'_, '_>,
+    request: &PutRequest,
+    now: &Now<'_>,
+) -> Result<PutOutcome, StoreError> {
+    let AutosaveName {
+        exam,
+        candidate,
+        seq,
+    } = &request.name;
+    let mut final_seq = 0;
+    activity::update(&mut t.activity, exam, candidate, |a| {
+        a.after_final_refused += 1;
+        final_seq = a.final_seq;
+    })?;
+    t.counters.after_final_refused += 1;
+    t.audit(serde_json::json!({
+        "event": "after_final",
+        "exam": exam, "candidate": candidate, "seq": seq,
+        "policy": "refuse", "final_seq": final_seq,
+        "at": now.rfc3339,
+    }))?;
+    Ok(PutOutcome::AfterFinal { final_seq })
 }
 
 /// Saves a duplicate's record that gained box receipts (the cloud's duplicate path: a
