@@ -34,7 +34,17 @@ fn browser_checks(
     expect: &serde_json::Value,
     env: &[(&str, String)],
 ) -> String {
-    let run = Command::new("node")
+    browser_finish(browser_start(hall, mode, expect, env), mode)
+}
+
+/// Starts tests/browser/console.mjs (see [`browser_checks`]) without waiting for it.
+fn browser_start(
+    hall: &BoxProcess,
+    mode: &str,
+    expect: &serde_json::Value,
+    env: &[(&str, String)],
+) -> std::process::Child {
+    Command::new("node")
         .arg(browser::node_dir().join("console.mjs"))
         .current_dir(browser::node_dir())
         .env("HALLRELAY_MODE", mode)
@@ -45,8 +55,15 @@ fn browser_checks(
         .env("HALLRELAY_SCREENSHOTS", artifacts_dir())
         .env("CHROMIUM", chromium())
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .expect("run node");
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run node")
+}
+
+/// Waits for a script [`browser_start`] started; fails the test when a check failed.
+fn browser_finish(child: std::process::Child, mode: &str) -> String {
+    let run = child.wait_with_output().expect("wait for node");
     let out = String::from_utf8_lossy(&run.stdout).into_owned();
     let err = String::from_utf8_lossy(&run.stderr);
     eprintln!("{out}{err}");
@@ -418,7 +435,7 @@ async fn every_candidate_state_shows_in_the_browser() {
     let gone = left
         .send(
             Method::POST,
-            &format!("/v1/exams/{EXAM}/candidates/s-left/left"),
+            &hallrelay_protocol::v1::left_path(EXAM, "s-left"),
             HeaderMap::new(),
             Bytes::new(),
         )
@@ -878,6 +895,36 @@ async fn a_failing_disk_is_red_with_call_it_on_the_console() {
             StatusCode::CREATED
         );
     }
+    // The invigilator has the console open (signing in needs the store: it is audited)
+    // when the disk fails.
+    let shown = browser_or_skip().then(|| {
+        let pause = dir.path().join("pause");
+        let expect = serde_json::json!({
+            "wait_secs": 15,
+            "pause": pause,
+            "checks": [],
+            "states": [
+                {"name": "storage-failing", "checks": [
+                    {"sel": "#disk-tile", "cls": "critical"},
+                    {"sel": "#disk-text", "re": "^FAILING"},
+                    {"sel": "#disk-advice", "re": "^Call IT"},
+                    {"sel": "#storage-alert", "re": "storage"},
+                ]},
+            ],
+        });
+        (browser_start(&hall, "states", &expect, &[]), pause)
+    });
+    if let Some((_, pause)) = &shown {
+        let ready = pause.with_extension("ready");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !ready.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the browser never signed in"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     // Take the backing file's room away, then save: the commit meets EIO.
     let free = hallrelay_store::free_bytes(&tmpfs.0).unwrap();
     std::fs::write(tmpfs.0.join("ballast"), vec![0u8; (free - 4096) as usize]).unwrap();
@@ -907,21 +954,11 @@ async fn a_failing_disk_is_red_with_call_it_on_the_console() {
         "the store stays failing: {}",
         hall.log_so_far()
     );
-
-    if browser_or_skip() {
-        let expect = serde_json::json!({
-            "wait_secs": 10,
-            "checks": [],
-            "states": [
-                {"name": "storage-failing", "checks": [
-                    {"sel": "#disk-tile", "cls": "critical"},
-                    {"sel": "#disk-text", "re": "^FAILING"},
-                    {"sel": "#disk-advice", "re": "^Call IT"},
-                    {"sel": "#storage-alert", "re": "storage"},
-                ]},
-            ],
-        });
-        browser_checks(&hall, "states", &expect, &[]);
+    if let Some((child, pause)) = shown {
+        std::fs::write(pause.with_extension("go"), b"").unwrap();
+        tokio::task::spawn_blocking(move || browser_finish(child, "states"))
+            .await
+            .unwrap();
     }
     hall.kill9();
 }

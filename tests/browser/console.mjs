@@ -18,7 +18,7 @@
 //   CHROMIUM               the browser binary (default /usr/bin/chromium)
 // Prints one line per step; exits 1 with the reason at the first failure.
 import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -229,13 +229,26 @@ function shownRows(page) {
       attention: Number(tr.dataset.attention) })));
 }
 
+// The page from its top (no field focused), at most `height` pixels of it.
+async function shoot(page, name, height) {
+  const full = await page.evaluate(() => {
+    document.activeElement.blur();
+    window.scrollTo(0, 0);
+    return document.documentElement.scrollHeight;
+  });
+  const width = page.viewportSize().width;
+  await page.screenshot({ path: join(shots, name), fullPage: true,
+    clip: { x: 0, y: 0, width, height: Math.min(full, height) } });
+}
+
 async function show(page, filter, needle) {
   await page.selectOption("#filter", filter);
   await page.fill("#search", needle || "");
   await page.waitForTimeout(200); // the search waits 120 ms for the typing to pause
 }
 
-// HALLRELAY_EXPECT: {wait_secs, order: [candidate…] (the first rows, most urgent first),
+// HALLRELAY_EXPECT: {wait_secs, pause? (a path: once signed in, write PATH.ready and wait for
+//   PATH.go, while the test changes the box), order: [candidate…] (the first rows, most urgent first),
 //   checks: [{sel, re?, cls?}] (page-wide, before the shots),
 //   states: [{name, candidate?, state?, word?, hint?, checks?}]}: for each, the row of
 //   `candidate` comes to say `state` (its word matching `word`, its note `hint`), the filter
@@ -245,6 +258,15 @@ async function runStates(page) {
   const wait = expect.wait_secs || 20;
   step("sign in");
   await signIn(page);
+  if (expect.pause) {
+    // The test changes the box now (say, breaks its disk) while the page stays open.
+    writeFileSync(`${expect.pause}.ready`, "");
+    step("wait while the test changes the box");
+    for (let i = 0; !existsSync(`${expect.pause}.go`); i++) {
+      if (i > 600) throw new Error("the test never said go");
+      await page.waitForTimeout(100);
+    }
+  }
   for (const c of expect.checks || []) await waitFor(page, c, wait);
   for (const s of expect.states) {
     step(`state ${s.name}`);
@@ -265,7 +287,7 @@ async function runStates(page) {
       await page.waitForTimeout(200);
     }
     for (const c of s.checks || []) await waitFor(page, c, wait);
-    await page.screenshot({ path: join(shots, `console-${s.name}.png`), fullPage: true });
+    await shoot(page, `console-${s.name}.png`, 4000);
   }
   if (expect.order) {
     await show(page, "all", "");
@@ -327,7 +349,7 @@ async function runHall(page) {
   check(JSON.stringify(found) === JSON.stringify(expect.search.shown),
     `searching "${expect.search.needle}" shows ${JSON.stringify(found)}`);
   await show(page, "all", "");
-  await page.screenshot({ path: join(shots, "console-500.png") });
+  await shoot(page, "console-500.png", 2400);
 
   step("on a phone");
   await page.setViewportSize({ width: 390, height: 844 });
@@ -339,6 +361,6 @@ async function runHall(page) {
     check(box && box.height >= 40, `${sel} is large enough to touch (${box && Math.round(box.height)} px)`);
   }
   await show(page, "attention", "");
-  await page.screenshot({ path: join(shots, "console-500-phone.png") });
+  await shoot(page, "console-500-phone.png", 5000);
   await show(page, "all", "");
 }
