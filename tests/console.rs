@@ -1,8 +1,13 @@
 //! The invigilator console in a real browser: Debian's headless Chromium, driven by
 //! playwright-core (tests/browser/console.mjs), against the real box over real TLS, trusted
-//! by its pin. Real saves go in first (one candidate's encrypted); the browser signs in, reads
-//! the rows (and whose answers are encrypted), waits for the silent alert, signs out by keyboard, and leaves screenshots in
-//! `target/test-artifacts/console.png` (and `console-phone.png`).
+//! by its pin. Every state the page shows is made by real traffic first, never by a
+//! fabricated state: saves, a 409 for other bytes under a used seq, a save after a final under
+//! each policy, the `left` call, the real reference cloud taking the replay, a tmpfs that
+//! fills up, a loop-mounted disk that fails, and a hall of 500 candidates. The box's own
+//! `/console/state` is checked too, then the browser finds each state through the page's
+//! filter and search and keeps a screenshot of each in `target/test-artifacts/`
+//! (`console-<state>.png`, `console-500.png`, `console-500-phone.png`; the sign-in walk
+//! leaves `console.png` and `console-phone.png`).
 //!
 //! Needs `chromium`, `node` and `npm ci` in tests/browser; skips loudly without them, and
 //! fails instead when `HALLRELAY_REQUIRE_PRIVILEGED=1` (CI installs them).
@@ -376,7 +381,8 @@ fn keep_saving(
 /// 409 (conflict, and the banner), one who saved after their final (accepted here, flagged),
 /// one who went back to the cloud (the `left` call: calm, not silent, though they stopped
 /// saving here), one who submitted and whose saves wait here (only on this box). The browser
-/// finds each through the filter and the search and keeps `console-<state>.png`.
+/// finds each through the filter and the search and keeps `console-<state>.png`; then issues
+/// a spare-laptop token with the console's form and saves with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_candidate_state_shows_in_the_browser() {
     let dir = tempfile::tempdir().unwrap();
@@ -479,7 +485,25 @@ async fn every_candidate_state_shows_in_the_browser() {
     }
 
     if browser_or_skip() {
+        // Whether this box issues spare-laptop tokens (`POST /console/tokens`): the page must
+        // show the token, or say plainly that the box cannot.
+        let probe = hall
+            .client(Some(admin.clone()))
+            .send(
+                Method::POST,
+                "/console/tokens",
+                HeaderMap::new(),
+                Bytes::from_static(br#"{"exam":"physics-2026","candidate":"probe"}"#),
+            )
+            .await
+            .unwrap();
+        let issued = match probe.status {
+            StatusCode::CREATED => true,
+            StatusCode::NOT_FOUND => false,
+            other => panic!("POST /console/tokens answered {other}: {:?}", probe.body),
+        };
         let expect = serde_json::json!({
+            "spare": {"exam": EXAM, "candidate": "s-spare", "issued": issued},
             "wait_secs": 15,
             "checks": [
                 {"sel": "#conflict-banner", "re": "onflict"},
@@ -502,7 +526,17 @@ async fn every_candidate_state_shows_in_the_browser() {
             ],
             "order": ["s-silent", "s-conflict", "s-late", "s-done", "s-left"],
         });
-        browser_checks(&hall, "states", &expect, &[]);
+        let out = browser_checks(&hall, "states", &expect, &[]);
+        if issued {
+            // The token the page showed works: the spare laptop saves with it.
+            let token = out
+                .lines()
+                .find_map(|l| l.strip_prefix("spare-token: "))
+                .expect("the page's token");
+            let spare = hall.client(Some(token.trim().to_owned()));
+            let reply = put(&spare, EXAM, "s-spare", 1, b"on the spare laptop").await;
+            assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        }
         // Calm is calm: the candidate back on the cloud raised no silent alert.
         let (_, state) = console_state(&hall, Some(admin)).await;
         assert_eq!(

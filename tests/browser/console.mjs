@@ -289,12 +289,47 @@ async function runStates(page) {
     for (const c of s.checks || []) await waitFor(page, c, wait);
     await shoot(page, `console-${s.name}.png`, 4000);
   }
+  if (expect.spare) await spareLaptop(page, expect.spare);
   if (expect.order) {
     await show(page, "all", "");
     const first = (await shownRows(page)).slice(0, expect.order.length).map((r) => r.candidate);
     check(JSON.stringify(first) === JSON.stringify(expect.order),
       `the most urgent come first: ${JSON.stringify(first)}`);
   }
+}
+
+// The "Spare laptop" form, as an invigilator uses it: {exam, candidate, issued (whether this
+// box issues tokens: then the token is shown and printed as "spare-token: …" for the test to
+// save with; else the page says the box cannot)}.
+async function spareLaptop(page, spare) {
+  step("spare laptop");
+  await show(page, "all", "");
+  await page.click("#spare-details summary");
+  await page.fill("#spare-exam", spare.exam);
+  await page.fill("#spare-candidate", spare.candidate);
+  let posted = 0;
+  const count = (req) => { if (req.url().endsWith("/console/tokens")) posted++; };
+  page.on("request", count);
+  await page.click("#spare-form button[type=submit]");
+  await page.waitForTimeout(300);
+  check(posted === 0 && await page.isHidden("#spare-result"), "no token without the identity check ticked");
+  await page.check("#spare-checked");
+  await page.click("#spare-form button[type=submit]");
+  if (spare.issued) {
+    await page.waitForSelector("#spare-result:not([hidden])", { timeout: 10000 });
+    const token = await page.textContent("#spare-token");
+    check(token.length > 20, "the token is shown");
+    check(await page.textContent("#spare-pin") === pin, "with this box's pin");
+    check((await page.textContent("#spare-box")).length > 0, "and its name");
+    await page.click("#spare-copy-all");
+    await waitFor(page, { sel: "#spare-copied", re: "copied|by hand" }, 5);
+    console.log(`spare-token: ${token}`);
+  } else {
+    await waitFor(page, { sel: "#spare-error", re: "cannot issue spare-laptop tokens" }, 10);
+  }
+  check(posted === 1, `one request (${posted})`);
+  page.off("request", count);
+  await shoot(page, "console-spare-laptop.png", 4000);
 }
 
 // HALLRELAY_EXPECT: {total, order: [candidate…] (the first rows), attention_includes:

@@ -543,7 +543,7 @@ $("spare-form").addEventListener("submit", async (ev) => {
   $("spare-token").textContent = body.token;
   $("spare-box").textContent = box.name || "";
   $("spare-pin").textContent = box.pin || "";
-  $("spare-urls").textContent = urls;
+  $("spare-urls").textContent = urls || "the laptop finds it on the hall network, by its pin";
   $("spare-expires").textContent = body.expires_at ? `${clock(body.expires_at)} (${body.expires_at})` : "";
   handout = [`exam: ${body.exam}`, `candidate: ${body.candidate}`, `box: ${box.name || ""}`, `pin: ${box.pin || ""}`,
     `address: ${urls}`, `token: ${body.token}`].join("\n");
