@@ -504,6 +504,7 @@ async fn every_candidate_state_shows_in_the_browser() {
         };
         let expect = serde_json::json!({
             "spare": {"exam": EXAM, "candidate": "s-spare", "issued": issued},
+            "allow_statuses": (if issued { Vec::<u16>::new() } else { vec![404] }),
             "wait_secs": 15,
             "checks": [
                 {"sel": "#conflict-banner", "re": "onflict"},
@@ -936,6 +937,7 @@ async fn a_failing_disk_is_red_with_call_it_on_the_console() {
         let expect = serde_json::json!({
             "wait_secs": 15,
             "pause": pause,
+            "allow_statuses": [503],
             "checks": [],
             "states": [
                 {"name": "storage-failing", "checks": [
