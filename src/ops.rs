@@ -142,6 +142,25 @@ pub async fn status(box_url: &str, token: Secret, pin: &str) -> Result<String, O
             human_bytes(n(&parked["bytes"])),
         );
     }
+    let refused_conflicts = n(&s["refused_conflicts"]);
+    if refused_conflicts > 0 {
+        out += &format!(
+            "CONFLICT {refused_conflicts} save{} refused 409 conflict: a laptop sent other answers \
+             under a save number already used (nothing stored was overwritten); the console \
+             lists the candidates first, check each works on one laptop only\n",
+            if refused_conflicts == 1 { "" } else { "s" },
+        );
+    }
+    let after = &s["after_final"];
+    let (accepted, refused_after) = (n(&after["accepted"]), n(&after["refused"]));
+    if accepted + refused_after > 0 {
+        out += &format!(
+            "final    after_final = {}: {accepted} save{} after a final accepted (flagged in \
+             the report), {refused_after} refused\n",
+            after["policy"].as_str().unwrap_or("?"),
+            if accepted == 1 { "" } else { "s" },
+        );
+    }
     if let Some(error) = s["uplink"]["last_error"].as_str() {
         out += &format!(
             "error    {error} (at {})\n",

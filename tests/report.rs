@@ -102,6 +102,9 @@ fn expected_row(candidate: &str, appliance: &str, receipts: &[serde_json::Value]
             .max()
             .unwrap()
             .to_string(),
+        // No save came after a final.
+        "0".into(),
+        "0".into(),
     ]
 }
 
@@ -182,7 +185,8 @@ async fn the_record_has_a_row_per_candidate_from_their_receipts_everywhere_it_is
         lines[0],
         "exam,candidate,appliance,first_save_at,first_save_clock,first_save_uncertainty_ms,\
          last_save_at,last_save_clock,last_save_uncertainty_ms,time_on_box_secs,final_at,\
-         final_seq,final_clock,final_uncertainty_ms,worst_clock,last_seq"
+         final_seq,final_clock,final_uncertainty_ms,worst_clock,last_seq,after_final_accepted,\
+         after_final_refused"
     );
     assert_eq!(lines.len(), 4, "{csv}");
     for (line, candidate) in lines[1..].iter().zip(["-A1", "c1", "c2"]) {

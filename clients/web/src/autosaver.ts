@@ -20,7 +20,7 @@ import { toBase64, toBase64Url, utf8 } from "./bytes.js";
 import { seal, type SealKeys } from "./envelope.js";
 import { events, type HallEvent } from "./events.js";
 import { keySetFromJson, parsePlatformKeys, verifyExamKeys, type ExamKeysDocument, type PlatformKey } from "./examKeys.js";
-import { addressSpaceOf, join, localNetworkPermission, readPut, request, type Put, type Reply } from "./http.js";
+import { addressSpaceOf, join, localNetworkPermission, readPut, request, tellLeft, type Put, type Reply } from "./http.js";
 import { Journal, type Entry } from "./journal.js";
 import { checkRelayList, urlsOf, type RelayConfig, type RelayList } from "./relays.js";
 
@@ -103,6 +103,8 @@ export class Autosaver {
   private readonly requestTimeoutMs: number;
   private readonly encrypt: boolean;
   private relay: Relay | null = null;
+  /** The boxes saves went to since the client was last on the cloud: each is told when it returns there. */
+  private usedBoxes: Relay[] = [];
   private cloudDownSince: number | null = null;
   private lastProbe = Date.now();
   private lastSearch: number | null = null;
@@ -428,7 +430,7 @@ export class Autosaver {
           }
           return { seq, landed: "cloud" };
         case "refused":
-          this.rejected(seq, "the cloud", put.status, put.reason);
+          this.rejected(seq, "the cloud", put.status, put.reason, put.code);
           return { seq, landed: "laptop" };
         default:
           this.cloudFailed(put.error);
@@ -446,7 +448,7 @@ export class Autosaver {
         await this.journal.markBox(seq, put.receipt);
         return { seq, landed: "box", box: relay.name, url: relay.url, receipt: put.receipt };
       case "refused":
-        this.rejected(seq, `the hall relay ${relay.name}`, put.status, put.reason);
+        this.rejected(seq, `the hall relay ${relay.name}`, put.status, put.reason, put.code);
         return { seq, landed: "laptop" };
       case "busy":
         return { seq, landed: "laptop" };
@@ -483,12 +485,24 @@ export class Autosaver {
   }
 
   private cloudIsBack(): void {
+    this.tellBoxesLeft();
     if (this.cloudDownSince !== null) void this.journal.putMeta("cloudDownSince", null).catch(() => undefined);
     this.cloudDownSince = null;
     this.told.clear();
     this.lastSearch = null;
     // Boxes may have been enrolled or revoked meanwhile.
     this.relaysDue = true;
+  }
+
+  /**
+   * Tells every box used since the client was last on the cloud that the candidate went back
+   * to it (`POST …/left`), so that its console shows them "back on the cloud", not silent.
+   * In the background: a save never waits for it.
+   */
+  private tellBoxesLeft(): void {
+    if (this.usedBoxes.length === 0) return;
+    const boxes = this.usedBoxes.splice(0);
+    void tellLeft(boxes, this.config.exam, this.config.candidate, this.config.token, PROBE_TIMEOUT_MS).catch(() => undefined);
   }
 
   private cloudFailed(error: string): void {
@@ -510,7 +524,7 @@ export class Autosaver {
       if (!entry || entry.held === "cloud" || entry.awaitsKeys) continue;
       const put = await this.put(this.config.cloud, entry, false);
       if (put.kind === "stored") await this.journal.markCloud(seq);
-      else if (put.kind === "refused") this.rejected(seq, "the cloud", put.status, put.reason);
+      else if (put.kind === "refused") this.rejected(seq, "the cloud", put.status, put.reason, put.code);
       else {
         this.cloudFailed(put.error);
         return false;
@@ -543,6 +557,7 @@ export class Autosaver {
       const why = await this.tryBox(prospect);
       if (why === null) {
         this.relay = prospect;
+        if (!this.usedBoxes.some((b) => b.url === prospect.url)) this.usedBoxes.push(prospect);
         this.told.clear();
         this.lastProbe = Date.now();
         this.emit(events.failedOver(prospect.name, prospect.url));
@@ -598,7 +613,7 @@ export class Autosaver {
       if (!entry || entry.held !== "laptop" || entry.awaitsKeys) continue;
       const put = await this.put(relay.url, entry, true);
       if (put.kind === "stored") await this.journal.markBox(seq, put.receipt);
-      else if (put.kind === "refused") this.rejected(seq, `the hall relay ${relay.name}`, put.status, put.reason);
+      else if (put.kind === "refused") this.rejected(seq, `the hall relay ${relay.name}`, put.status, put.reason, put.code);
       else if (put.kind === "busy") return;
       else {
         await this.lostBox(put.error);
@@ -697,8 +712,8 @@ export class Autosaver {
 
   // ---- events ----
 
-  private rejected(seq: number, by: string, status: number, reason: string): void {
-    this.emitOnce(events.rejected(seq, by, status, reason));
+  private rejected(seq: number, by: string, status: number, reason: string, code?: string): void {
+    this.emitOnce(events.rejected(seq, by, status, reason, code));
   }
 
   private emitOnce(event: HallEvent): void {

@@ -4,6 +4,8 @@
  * wording, plus `local-network-blocked`, which only a browser has.
  */
 
+import { refusalOf } from "./http.js";
+
 /** An event: `kind` for code, `message` for the candidate, and the kind's own fields. */
 export type HallEvent = { kind: string; message: string; [field: string]: unknown };
 
@@ -77,7 +79,12 @@ export const events = {
       resent,
     };
   },
-  rejected(seq: number, by: string, status: number, reason: string): HallEvent {
+  /**
+   * A save refused for good. `code` is the answer's `error` code; for a 409, `refusal` tells
+   * a conflict (`conflict`), a save after the final (`after_final`) and a candidate who
+   * continued on another device (`continued_elsewhere`) apart.
+   */
+  rejected(seq: number, by: string, status: number, reason: string, code?: string): HallEvent {
     return {
       kind: "rejected",
       message: `save ${seq} was refused by ${by} (${status}: ${reason}); it stays on this computer`,
@@ -85,6 +92,8 @@ export const events = {
       by,
       status,
       reason,
+      ...(code ? { code } : {}),
+      ...(status === 409 ? { refusal: refusalOf(code) } : {}),
     };
   },
   localNetworkBlocked(name: string, url: string, permission: string): HallEvent {

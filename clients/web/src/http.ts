@@ -80,10 +80,33 @@ export function message(reply: Reply): string {
   return text.trim();
 }
 
+/** The `error` code of a JSON error answer (`conflict`, `after_final`, …), if it has one. */
+export function errorCode(reply: Reply): string | undefined {
+  try {
+    const json = JSON.parse(new TextDecoder().decode(reply.body));
+    if (typeof json?.error === "string") return json.error;
+  } catch {
+    // not JSON: no code
+  }
+  return undefined;
+}
+
+/**
+ * Why a 409 refused a save, from its `error` code (crates/protocol/src/v1/codes.rs): other
+ * bytes under the name (`conflict`, and any code an older server did not give), a save after
+ * the candidate's final (`after_final`), or a candidate who continued on another device
+ * (`continued_elsewhere`).
+ */
+export type Refusal = "conflict" | "after_final" | "continued_elsewhere";
+
+export function refusalOf(code: string | undefined): Refusal {
+  return code === "after_final" || code === "continued_elsewhere" ? code : "conflict";
+}
+
 /** What the answer to an autosave PUT means for the client (the protocol's table). */
 export type Put =
   | { kind: "stored"; receipt: string }
-  | { kind: "refused"; status: number; reason: string }
+  | { kind: "refused"; status: number; reason: string; code?: string }
   | { kind: "busy"; error: string }
   | { kind: "failed"; error: string };
 
@@ -92,7 +115,10 @@ export function readPut(reply: Reply): Put {
   if (s >= 200 && s <= 299) return { kind: "stored", receipt: new TextDecoder().decode(reply.body).trim() };
   if (s === 429 || s === 503) return { kind: "busy", error: `it answered ${s}` };
   if (s === 408 || s === 425) return { kind: "failed", error: `it answered ${s}` };
-  if (s >= 400 && s <= 499) return { kind: "refused", status: s, reason: message(reply) };
+  if (s >= 400 && s <= 499) {
+    const code = errorCode(reply);
+    return { kind: "refused", status: s, reason: message(reply), ...(code ? { code } : {}) };
+  }
   return { kind: "failed", error: `it answered ${s}` };
 }
 
@@ -144,4 +170,48 @@ export async function localNetworkPermission(space: "local" | "loopback"): Promi
     }
   }
   return undefined;
+}
+
+/** `/v1/exams/{exam}/candidates/{candidate}/left`: the candidate went back to the cloud. */
+export function leftPath(exam: string, candidate: string): string {
+  return `/v1/exams/${exam}/candidates/${candidate}/left`;
+}
+
+/** What telling one box came to. */
+export interface Told {
+  name: string;
+  url: string;
+  status?: number;
+  error?: string;
+}
+
+/**
+ * Tells each box (`POST …/left`, the candidate's token, no body; 204) that the candidate went
+ * back to the cloud, so that its console shows them "back on the cloud", not silent. All at
+ * once, each within `timeoutMs`; never throws (a box that does not hear it learns it from its
+ * replay, since the cloud already holds the candidate's latest save).
+ */
+export async function tellLeft(
+  boxes: { name: string; url: string }[],
+  exam: string,
+  candidate: string,
+  token: string,
+  timeoutMs: number,
+): Promise<Told[]> {
+  return Promise.all(
+    boxes.map(async (box): Promise<Told> => {
+      const space = addressSpaceOf(box.url);
+      try {
+        const reply = await request(join(box.url, leftPath(exam, candidate)), {
+          method: "POST",
+          token,
+          timeoutMs,
+          ...(space ? { targetAddressSpace: space } : {}),
+        });
+        return { name: box.name, url: box.url, status: reply.status };
+      } catch (error) {
+        return { name: box.name, url: box.url, error: (error as Error).message };
+      }
+    }),
+  );
 }

@@ -28,3 +28,4 @@ export {
 } from "./envelope.js";
 export { verifyExamKeys, parsePlatformKeys, keySetFromJson, signedText, ExamKeysError, SUITE, type ExamKeysDocument, type PlatformKey } from "./examKeys.js";
 export { Journal, JournalError, type Entry, type Held } from "./journal.js";
+export { refusalOf, errorCode, tellLeft, leftPath, type Refusal, type Told } from "./http.js";

@@ -13,7 +13,7 @@ test("answers are read the protocol's way", () => {
   for (const s of [200, 201]) assert.equal(readPut(reply(s, "{}")).kind, "stored", String(s));
   for (const s of [400, 401, 403, 404, 409, 413]) {
     const put = readPut(reply(s, '{"error":"conflict","message":"words"}'));
-    assert.deepEqual(put, { kind: "refused", status: s, reason: "words" }, String(s));
+    assert.deepEqual(put, { kind: "refused", status: s, reason: "words", code: "conflict" }, String(s));
   }
   for (const s of [429, 503]) assert.equal(readPut(reply(s)).kind, "busy", String(s));
   for (const s of [408, 425, 500, 502, 507]) assert.equal(readPut(reply(s)).kind, "failed", String(s));

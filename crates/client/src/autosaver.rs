@@ -32,7 +32,8 @@ use hallrelay_envelope::{Save, Sealer};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::receipt::Receipt;
-use hallrelay_protocol::v1::{Answer, AutosavePut, HEALTH, headers, latest_path};
+use hallrelay_protocol::v1::codes::Refusal;
+use hallrelay_protocol::v1::{Answer, AutosavePut, HEALTH, headers, latest_path, left_path};
 
 /// How long a box found over mDNS gets to answer its first request.
 const BOX_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -253,13 +254,29 @@ pub enum Event {
         resent: usize,
     },
     /// A save was refused for good by the cloud or a box (a bad or expired token, or a
-    /// different save under the same seq). It stays in the journal.
+    /// different save under the same seq). It stays in the journal. `code` is the answer's
+    /// `error` code; for a 409, [`Event::refusal`] tells a conflict (`conflict`), a save
+    /// after the final (`after_final`) and a candidate who continued on another device
+    /// (`continued_elsewhere`) apart.
     Rejected {
         seq: u64,
         by: String,
         status: u16,
         reason: String,
+        code: Option<String>,
     },
+}
+
+impl Event {
+    /// For a 409 refusal, why: [`Refusal`] from its `error` code. `None` for other events.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Event::Rejected {
+                status: 409, code, ..
+            } => Some(Refusal::of(code.as_deref())),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Event {
@@ -326,6 +343,7 @@ impl std::fmt::Display for Event {
                 by,
                 status,
                 reason,
+                ..
             } => write!(
                 f,
                 "save {seq} was refused by {by} ({status}: {reason}); it stays on this laptop"
@@ -397,6 +415,7 @@ enum Put {
     Refused {
         status: StatusCode,
         reason: String,
+        code: Option<String>,
     },
     /// Taken by nobody but the server is there and asks for time (429, 503): try again
     /// later, at the same place.
@@ -420,6 +439,7 @@ impl Put {
                 Put::Refused {
                     status: reply.status,
                     reason,
+                    code: reply.code(),
                 }
             }
             Answer::RetryLater { .. } => Put::Busy(format!("it answered {}", reply.status)),
@@ -466,6 +486,9 @@ pub struct Autosaver {
     last_keys_ask: Option<(Instant, String)>,
     /// Whether the candidate was told that saves wait for the exam's keys.
     said_awaiting_keys: bool,
+    /// The boxes saves went to since the client was last on the cloud: each is told when it
+    /// returns there ([`Self::tell_boxes_left`]).
+    used_boxes: Vec<Relay>,
     listener: Option<Listener>,
 }
 
@@ -523,6 +546,7 @@ impl Autosaver {
             sealer,
             last_keys_ask: None,
             said_awaiting_keys: false,
+            used_boxes: Vec::new(),
             listener: None,
         })
     }
@@ -835,8 +859,12 @@ impl Autosaver {
                     }
                     return Ok(Landed::Cloud);
                 }
-                Put::Refused { status, reason } => {
-                    self.rejected(seq, "the cloud", status, reason);
+                Put::Refused {
+                    status,
+                    reason,
+                    code,
+                } => {
+                    self.rejected(seq, "the cloud", status, reason, code);
                     return Ok(Landed::Journal);
                 }
                 Put::Busy(error) | Put::Failed(error) => {
@@ -871,9 +899,13 @@ impl Autosaver {
                     url: relay.url.clone(),
                 })
             }
-            Put::Refused { status, reason } => {
+            Put::Refused {
+                status,
+                reason,
+                code,
+            } => {
                 let by = format!("the hall relay {}", relay.name);
-                self.rejected(seq, &by, status, reason);
+                self.rejected(seq, &by, status, reason, code);
                 Ok(Landed::Journal)
             }
             // The box is there but busy: the save waits in the journal for the next send.
@@ -914,6 +946,7 @@ impl Autosaver {
     }
 
     fn cloud_is_back(&mut self, announce: bool) {
+        self.tell_boxes_left();
         self.cloud_down_since = None;
         self.told.clear();
         self.last_search = None;
@@ -922,6 +955,44 @@ impl Autosaver {
         if announce {
             self.emit(Event::BackToCloud {
                 resent: self.journal.not_in_cloud().len(),
+            });
+        }
+    }
+
+    /// Tells every box used since the client was last on the cloud that the candidate went
+    /// back to it (`POST …/left`), so that its console shows them "back on the cloud", not
+    /// silent. Best effort and in the background: a save never waits for it, and a box that
+    /// does not answer learns it from replay instead (the cloud already holds the latest
+    /// save).
+    fn tell_boxes_left(&mut self) {
+        if self.used_boxes.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let path = left_path(&self.options.exam, &self.options.candidate);
+        for used in self.used_boxes.drain(..) {
+            let path = path.clone();
+            let candidate = self.options.candidate.clone();
+            runtime.spawn(async move {
+                let answer = used
+                    .conn
+                    .send(http::Method::POST, &path, http::HeaderMap::new(), Bytes::new())
+                    .await;
+                match answer {
+                    Ok(reply) if reply.status.is_success() => {
+                        tracing::info!(%candidate, box_name = %used.name, "told the hall relay the candidate is back on the cloud");
+                    }
+                    Ok(reply) => {
+                        tracing::warn!(%candidate, box_name = %used.name, status = %reply.status,
+                            "the hall relay did not take the news that the candidate is back on the cloud");
+                    }
+                    Err(error) => {
+                        tracing::info!(%candidate, box_name = %used.name, %error,
+                            "could not tell the hall relay the candidate is back on the cloud; its replay will find out");
+                    }
+                }
             });
         }
     }
@@ -959,7 +1030,11 @@ impl Autosaver {
                 .await
             {
                 Put::Stored { .. } => self.journal.mark_cloud(seq)?,
-                Put::Refused { status, reason } => self.rejected(seq, "the cloud", status, reason),
+                Put::Refused {
+                    status,
+                    reason,
+                    code,
+                } => self.rejected(seq, "the cloud", status, reason, code),
                 Put::Busy(error) | Put::Failed(error) => {
                     self.cloud_failed(error);
                     return Ok(false);
@@ -1026,11 +1101,19 @@ impl Autosaver {
             for url in found.urls {
                 match self.try_box(&url, &pins).await {
                     Ok(conn) => {
-                        self.relay = Some(Relay {
+                        let relay = Relay {
                             name: found.name.clone(),
                             url: url.clone(),
                             conn: conn.with_timeout(SAVE_TIMEOUT),
-                        });
+                        };
+                        if !self.used_boxes.iter().any(|u| u.url == relay.url) {
+                            self.used_boxes.push(Relay {
+                                name: relay.name.clone(),
+                                url: relay.url.clone(),
+                                conn: relay.conn.with_timeout(BOX_PROBE_TIMEOUT),
+                            });
+                        }
+                        self.relay = Some(relay);
                         self.told.clear();
                         self.last_probe = Instant::now();
                         self.emit(Event::FailedOver {
@@ -1076,9 +1159,13 @@ impl Autosaver {
             let payload = Bytes::from(self.journal.payload(seq)?);
             match self.put(&relay.conn, seq, payload, is_final, &[]).await {
                 Put::Stored { receipt } => self.journal.mark_box(seq, &receipt)?,
-                Put::Refused { status, reason } => {
+                Put::Refused {
+                    status,
+                    reason,
+                    code,
+                } => {
                     let by = format!("the hall relay {}", relay.name);
-                    self.rejected(seq, &by, status, reason);
+                    self.rejected(seq, &by, status, reason, code);
                 }
                 Put::Busy(_) => return Ok(()),
                 Put::Failed(error) => {
@@ -1133,7 +1220,7 @@ impl Autosaver {
         match answer {
             // Evidence never costs the save: a receiver that refuses what came with it (a
             // cloud that reads receipts differently) gets the save alone.
-            Put::Refused { status, reason }
+            Put::Refused { status, reason, .. }
                 if status == StatusCode::BAD_REQUEST && !receipts.is_empty() =>
             {
                 tracing::warn!(candidate = %self.options.candidate, seq, %reason,
@@ -1150,12 +1237,20 @@ impl Autosaver {
 
     /// Tells of a refusal once: a flush sends the refused save again, and the same answer
     /// is no news.
-    fn rejected(&mut self, seq: u64, by: &str, status: StatusCode, reason: String) {
+    fn rejected(
+        &mut self,
+        seq: u64,
+        by: &str,
+        status: StatusCode,
+        reason: String,
+        code: Option<String>,
+    ) {
         self.emit_once(Event::Rejected {
             seq,
             by: by.to_owned(),
             status: status.as_u16(),
             reason,
+            code,
         });
     }
 
@@ -1216,9 +1311,14 @@ mod tests {
         }
         for code in [400, 401, 403, 404, 409, 413] {
             match answer(code, br#"{"error":"conflict","message":"words"}"#) {
-                Put::Refused { status, reason } => {
+                Put::Refused {
+                    status,
+                    reason,
+                    code: error,
+                } => {
                     assert_eq!(status.as_u16(), code);
                     assert_eq!(reason, "words", "the message, not the code");
+                    assert_eq!(error.as_deref(), Some("conflict"), "and the code beside it");
                 }
                 _ => panic!("{code} must be a refusal"),
             }

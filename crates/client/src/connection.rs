@@ -71,6 +71,13 @@ impl Reply {
             .and_then(|v| v["message"].as_str().map(str::to_owned))
     }
 
+    /// The `error` code of a JSON error answer (`conflict`, `after_final`, …), if it has one.
+    pub fn code(&self) -> Option<String> {
+        self.json::<serde_json::Value>()
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+    }
+
     /// A header as text, if present and printable.
     pub fn header(&self, name: impl http::header::AsHeaderName) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())

@@ -33,5 +33,7 @@ pub use connection::{
     BadCloudUrl, ClientError, Connection, Reply, check_cloud_url, check_proxy_for,
 };
 pub use encryption::{KeysError, Privacy};
+/// The `error` codes a refusal carries, and what a 409's code means ([`codes::Refusal`]).
+pub use hallrelay_protocol::v1::codes;
 pub use journal::{Entry, Held, Journal, JournalError};
 pub use proxy::{BadProxyUrl, Proxy, ProxyError};

@@ -15,7 +15,7 @@ use serde::Serialize;
 use hallrelay_store::{CandidateActivity, ClockNote};
 
 /// The CSV's header line: every column, in order (documented in docs/receipts.md).
-pub const CSV_COLUMNS: [&str; 16] = [
+pub const CSV_COLUMNS: [&str; 18] = [
     "exam",
     "candidate",
     "appliance",
@@ -32,6 +32,8 @@ pub const CSV_COLUMNS: [&str; 16] = [
     "final_uncertainty_ms",
     "worst_clock",
     "last_seq",
+    "after_final_accepted",
+    "after_final_refused",
 ];
 
 /// The whole record, as `GET /v1/report` answers it.
@@ -70,6 +72,11 @@ pub struct Row {
     pub worst_clock: ClockNote,
     /// The highest save number the box received from the candidate.
     pub last_seq: u64,
+    /// Saves after the candidate's final (a seq above `final_seq`) that the exam's
+    /// `after_final` policy accepted (stored: an exam board decides what they count for)
+    /// and refused.
+    pub after_final_accepted: u64,
+    pub after_final_refused: u64,
 }
 
 impl From<CandidateActivity> for Row {
@@ -87,6 +94,8 @@ impl From<CandidateActivity> for Row {
             final_clock: a.final_clock,
             worst_clock: a.worst_clock,
             last_seq: a.last_seq,
+            after_final_accepted: a.after_final_accepted,
+            after_final_refused: a.after_final_refused,
         }
     }
 }
@@ -118,6 +127,8 @@ pub fn csv(appliance: &str, rows: &[Row]) -> String {
                 number(final_clock.and_then(|c| c.uncertainty_ms)),
                 row.worst_clock.state.to_owned(),
                 row.last_seq.to_string(),
+                row.after_final_accepted.to_string(),
+                row.after_final_refused.to_string(),
             ],
         );
     }
@@ -177,6 +188,8 @@ mod tests {
             final_clock: Some(note("synced", Some(40))),
             worst_clock: note("unsynced", None),
             last_seq: 121,
+            after_final_accepted: 0,
+            after_final_refused: 0,
         }
     }
 
@@ -184,21 +197,32 @@ mod tests {
     fn the_csv_has_a_header_and_one_line_per_row() {
         let mut open = row("c2");
         (open.final_at, open.final_seq, open.final_clock) = (None, None, None);
-        let text = csv("app1", &[row("c1"), open]);
+        let mut late = row("c1");
+        (
+            late.last_seq,
+            late.after_final_accepted,
+            late.after_final_refused,
+        ) = (123, 2, 1);
+        let text = csv("app1", &[row("c1"), open, late]);
         let lines: Vec<&str> = text.split("\r\n").collect();
-        assert_eq!(lines.len(), 4, "{text:?}");
+        assert_eq!(lines.len(), 5, "{text:?}");
         assert_eq!(lines[0], CSV_COLUMNS.join(","));
         assert_eq!(
             lines[1],
             "math,c1,app1,2026-12-05T09:00:00.000Z,unsynced,,2026-12-05T09:30:00.000Z,synced,40,\
-             1800,2026-12-05T09:30:00.000Z,121,synced,40,unsynced,121"
+             1800,2026-12-05T09:30:00.000Z,121,synced,40,unsynced,121,0,0"
         );
         assert_eq!(
             lines[2],
             "math,c2,app1,2026-12-05T09:00:00.000Z,unsynced,,2026-12-05T09:30:00.000Z,synced,40,\
-             1800,,,,,unsynced,121"
+             1800,,,,,unsynced,121,0,0"
         );
-        assert_eq!(lines[3], "");
+        assert!(
+            lines[3].ends_with(",121,synced,40,unsynced,123,2,1"),
+            "{}",
+            lines[3]
+        );
+        assert_eq!(lines[4], "");
     }
 
     /// Formula injection: an id that a spreadsheet would evaluate (`-A1` is a valid id and a

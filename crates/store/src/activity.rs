@@ -302,7 +302,8 @@ impl Activity {
     /// from the row it replaces.
     fn keep_history(&mut self, old: &Activity) {
         self.refused_conflicts = old.refused_conflicts;
-        self.after_final_accepted = old.after_final_accepted;
+        // Saves after the final that retention purged since are only in the old row.
+        self.after_final_accepted = self.after_final_accepted.max(old.after_final_accepted);
         self.after_final_refused = old.after_final_refused;
         self.left_ms = old.left_ms;
     }
@@ -531,7 +532,10 @@ fn rebuild_row(mut saves: Vec<(u64, u64, Record, Option<bool>)>, gap: Duration) 
             clock: record.receipt.clock.as_ref(),
             sealed: *sealed,
         };
+        // The records say which saves came after a final; the refusals left none.
+        let after_final = row.is_after_final(*seq);
         row.arrived(arrival, gap);
+        row.after_final_accepted += u64::from(after_final);
         if record.delivered_at.is_some() {
             row.delivered += 1;
         } else if record.cloud_conflict_at.is_some() {
@@ -811,6 +815,141 @@ mod tests {
         }
         let store = open(dir.path()).await;
         assert_eq!(rows(&store).await[1].saves, 4);
+        store.close().await;
+    }
+
+    /// Refusals leave no record, so the row and the counters are their only trace: a 409
+    /// conflict and a save after the final (refused or accepted, by the request's policy)
+    /// are counted on the candidate's row and in the counters, kept through a rebuild, and
+    /// read 0 from a row of the previous shape (18 fields). A `left` call, and replay's
+    /// "already there" for the latest save, mark the candidate back on the cloud until
+    /// their next save.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refusals_saves_after_the_final_and_leaving_are_kept_on_the_row() {
+        use crate::{AfterFinal, PutOutcome};
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        store.put(request("a", 1, false)).await.unwrap();
+        store.put(request("a", 2, true)).await.unwrap();
+        let mut other = crate::put_for_test("a", 1, "other bytes", false);
+        assert!(matches!(
+            store.put(other).await.unwrap(),
+            PutOutcome::Conflict { .. }
+        ));
+        other = crate::put_for_test("a", 2, "other bytes", false);
+        assert!(matches!(
+            store.put(other).await.unwrap(),
+            PutOutcome::Conflict { .. }
+        ));
+        // After the final: refused, then (another policy) accepted.
+        let mut late = request("a", 3, false);
+        late.after_final = AfterFinal::Refuse;
+        assert_eq!(
+            store.put(late).await.unwrap(),
+            PutOutcome::AfterFinal { final_seq: 2 }
+        );
+        assert!(matches!(
+            store.put(request("a", 3, false)).await.unwrap(),
+            PutOutcome::Stored(_)
+        ));
+        // A seq below the final is not after it, whatever the policy.
+        let mut early = request("a", 0, false);
+        early.after_final = AfterFinal::Refuse;
+        assert!(matches!(
+            store.put(early).await.unwrap(),
+            PutOutcome::Stored(_)
+        ));
+        // b never submitted: nothing is after a final.
+        let mut b = request("b", 9, false);
+        b.after_final = AfterFinal::Refuse;
+        assert!(matches!(store.put(b).await.unwrap(), PutOutcome::Stored(_)));
+        let row = |rows: &[CandidateActivity], who: &str| {
+            rows.iter().find(|r| r.candidate == who).unwrap().clone()
+        };
+        let a = row(&rows(&store).await, "a");
+        assert_eq!(
+            (
+                a.refused_conflicts,
+                a.after_final_refused,
+                a.after_final_accepted,
+                a.saves
+            ),
+            (2, 1, 1, 4)
+        );
+        let status = store.status().await.unwrap();
+        assert_eq!(
+            (
+                status.refused_conflicts,
+                status.after_final_refused,
+                status.after_final_accepted
+            ),
+            (2, 1, 1)
+        );
+
+        // Leaving: the call marks a known candidate, and says whether it knew them.
+        assert!(store.left("e".into(), "a".into()).await.unwrap());
+        assert!(!store.left("e".into(), "nobody".into()).await.unwrap());
+        assert!(row(&rows(&store).await, "a").left_at.is_some());
+        assert_eq!(rows(&store).await.len(), 2, "no row for a stranger");
+        // A save here clears it.
+        store.put(request("a", 4, false)).await.unwrap();
+        assert!(row(&rows(&store).await, "a").left_at.is_none());
+        // Replay: "already there" for an older save says nothing; for the latest, back.
+        let name = |seq| request("b", seq, false).name;
+        store.put(request("b", 10, false)).await.unwrap();
+        store.mark_already_there(name(9)).await.unwrap();
+        assert!(row(&rows(&store).await, "b").left_at.is_none());
+        store.mark_already_there(name(10)).await.unwrap();
+        let b = row(&rows(&store).await, "b");
+        assert!(b.left_at.is_some());
+        assert_eq!((b.delivered, b.pending), (2, 0));
+        store.close().await;
+        drop(store);
+
+        // The sums no longer match the counters (an older build wrote): rebuilt, history kept.
+        {
+            let db = redb::Database::open(dir.path().join(STORE_FILE)).unwrap();
+            let write = db.begin_write().unwrap();
+            {
+                let mut table = write.open_table(ACTIVITY).unwrap();
+                let mut a = Activity::decode(table.get(("e", "a")).unwrap().unwrap().value());
+                a.saves += 1;
+                table.insert(("e", "a"), a.encode().as_slice()).unwrap();
+            }
+            write.commit().unwrap();
+        }
+        let store = open(dir.path()).await;
+        let kept = rows(&store).await;
+        assert_eq!(
+            (
+                row(&kept, "a").refused_conflicts,
+                row(&kept, "a").after_final_refused,
+                row(&kept, "a").after_final_accepted
+            ),
+            (2, 1, 2),
+            "seq 4 came after the final too"
+        );
+        assert!(row(&kept, "b").left_at.is_some());
+        store.close().await;
+        drop(store);
+
+        // The previous shape (18 fields): the new fields read 0.
+        {
+            let db = redb::Database::open(dir.path().join(STORE_FILE)).unwrap();
+            let write = db.begin_write().unwrap();
+            {
+                let mut table = write.open_table(ACTIVITY).unwrap();
+                let old = table.get(("e", "a")).unwrap().unwrap().value()[..144].to_vec();
+                table.insert(("e", "a"), old.as_slice()).unwrap();
+            }
+            write.commit().unwrap();
+        }
+        let store = open(dir.path()).await;
+        let a = row(&rows(&store).await, "a");
+        assert_eq!(
+            (a.refused_conflicts, a.after_final_refused, a.saves),
+            (0, 0, 5)
+        );
         store.close().await;
     }
 

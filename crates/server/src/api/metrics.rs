@@ -36,6 +36,19 @@ pub struct Queue {
     /// Autosaves the cloud refused for good, kept until an operator retries them.
     pub parked: u64,
     pub parked_bytes: u64,
+    /// The store's refusals and conflicts, counted since it was made ([`Tallies`]).
+    pub tallies: Tallies,
+}
+
+/// What the store counted of refusals, read at each scrape: 409 `conflict` answers it gave
+/// candidates, conflicts the cloud reported during replay, and saves after a final that the
+/// `after_final` policy accepted and refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tallies {
+    pub refused_conflicts: u64,
+    pub cloud_conflicts: u64,
+    pub after_final_accepted: u64,
+    pub after_final_refused: u64,
 }
 
 impl From<&StoreStatus> for Queue {
@@ -46,7 +59,70 @@ impl From<&StoreStatus> for Queue {
             oldest_age_secs: s.oldest_pending_age_secs,
             parked: s.parked,
             parked_bytes: s.parked_bytes,
+            tallies: Tallies {
+                refused_conflicts: s.refused_conflicts,
+                cloud_conflicts: s.conflicts,
+                after_final_accepted: s.after_final_accepted,
+                after_final_refused: s.after_final_refused,
+            },
         }
+    }
+}
+
+/// [`Tallies`] as the last scrape read them, encoded as counters by label.
+#[derive(Clone, Default)]
+struct TallyCounters(Arc<std::sync::Mutex<Tallies>>);
+
+impl fmt::Debug for TallyCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TallyCounters")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+impl Collector for TallyCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let t = match self.0.lock() {
+            Ok(t) => *t,
+            Err(poisoned) => *poisoned.into_inner(),
+        };
+        {
+            let mut family = encoder.encode_descriptor(
+                "conflicts",
+                "Conflicts: 409 conflict answers the box gave candidates (source=refused) and \
+                 autosaves the cloud holds other bytes for (source=cloud)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (source, count) in [
+                ("refused", t.refused_conflicts),
+                ("cloud", t.cloud_conflicts),
+            ] {
+                ConstCounter::new(count).encode(family.encode_family(&SourceLabel { source })?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "after_final_saves",
+            "Saves after a candidate's final, as the after_final policy took them",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, count) in [
+            ("accepted", t.after_final_accepted),
+            ("refused", t.after_final_refused),
+        ] {
+            ConstCounter::new(count).encode(family.encode_family(&OutcomeLabel { outcome })?)?;
+        }
+        Ok(())
     }
 }
 
@@ -81,6 +157,7 @@ pub struct Metrics {
     uplink_up: Gauge,
     disk_free: Gauge,
     open_connections: Gauge,
+    tallies: TallyCounters,
     scrape_token: Option<Secret>,
 }
 
@@ -170,6 +247,8 @@ impl Metrics {
             "Client connections open now",
         );
         registry.register_collector(Box::new(ReplayCounters(uplink)));
+        let tallies = TallyCounters::default();
+        registry.register_collector(Box::new(tallies.clone()));
         if let Some(clock) = clock {
             registry.register_collector(Box::new(ClockGauges(clock)));
         }
@@ -188,6 +267,7 @@ impl Metrics {
             uplink_up,
             disk_free,
             open_connections,
+            tallies,
             scrape_token,
         }
     }
@@ -235,6 +315,10 @@ impl Metrics {
         self.parked_bytes.set(clamp(queue.parked_bytes));
         self.uplink_up.set(i64::from(uplink == UplinkState::Up));
         self.disk_free.set(free_bytes.map_or(-1, clamp));
+        match self.tallies.0.lock() {
+            Ok(mut t) => *t = queue.tallies,
+            Err(poisoned) => *poisoned.into_inner() = queue.tallies,
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -371,6 +455,12 @@ mod tests {
             oldest_age_secs: Some(5),
             parked: 3,
             parked_bytes: 30,
+            tallies: Tallies {
+                refused_conflicts: 17,
+                cloud_conflicts: 2,
+                after_final_accepted: 4,
+                after_final_refused: 1,
+            },
         };
         let text = metrics.render(queue, UplinkState::Up, Some(1000)).unwrap();
         for line in [
@@ -391,6 +481,10 @@ mod tests {
             "hallrelay_replay_parked 3",
             "hallrelay_replay_parked_bytes 30",
             "hallrelay_dropped_total 0",
+            "hallrelay_conflicts_total{source=\"refused\"} 17",
+            "hallrelay_conflicts_total{source=\"cloud\"} 2",
+            "hallrelay_after_final_saves_total{outcome=\"accepted\"} 4",
+            "hallrelay_after_final_saves_total{outcome=\"refused\"} 1",
             "hallrelay_clock_state{state=\"unsynced\"} 1",
             "hallrelay_clock_state{state=\"synced\"} 0",
             "hallrelay_clock_uncertainty_seconds -1.0",

@@ -10,8 +10,9 @@
 //!
 //! | answer | what the box does |
 //! | --- | --- |
-//! | 2xx | marks the autosave delivered, durably |
-//! | 409 | records a conflict (audit log, status); never retries it |
+//! | 2xx | marks the autosave delivered, durably; a 200 ("already there") for the candidate's latest save here also marks them back on the cloud |
+//! | 409 `conflict` | records a conflict (audit log, status, console); never retries it |
+//! | 409 `after_final`, `continued_elsewhere` | parks it (the cloud's policy refused it) |
 //! | other 4xx (not 401/403/408/425/429) | parks it (`Answer::Permanent`): kept, not retried until asked |
 //! | 401 / 403 | pauses replay; status says the credential is refused |
 //! | 429 / 503 | pauses all replay for `Retry-After` (the cloud says "slow down") |
@@ -46,6 +47,7 @@ pub use uplink::{ReplayFailure, Uplink, UplinkState, UplinkStatus};
 use hallrelay_client::{ClientError, CloudTrust, Connection, Proxy, Reply};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::keys::Secret;
+use hallrelay_protocol::v1::codes::Refusal;
 use hallrelay_protocol::v1::{Answer, AutosavePut, HEALTH};
 use hallrelay_store::{Pending, RetryCause, Store};
 use holds::{Holds, Who};
@@ -90,7 +92,10 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// What one replay PUT came to.
 #[derive(Debug)]
 enum Outcome {
-    Delivered,
+    /// Stored at the cloud; `already_there`: it held these bytes before (200).
+    Delivered {
+        already_there: bool,
+    },
     Conflict,
     /// An answer no retry changes: the autosave is parked.
     Parked {
@@ -505,7 +510,7 @@ impl Replayer {
         let who = who(&name);
         let about = |why: &str| format!("{}/{}/{}: {why}", name.exam, name.candidate, name.seq);
         match outcome {
-            Outcome::Delivered => {
+            Outcome::Delivered { .. } => {
                 self.uplink.count_delivery();
                 pace.holds.settled(arrival, &who);
             }
@@ -590,7 +595,7 @@ fn who(name: &AutosaveName) -> Who {
 /// A final answer of the cloud about one autosave, to be recorded in the store.
 #[derive(Clone, Debug)]
 enum Mark {
-    Delivered,
+    Delivered { already_there: bool },
     Conflict,
     Parked { status: u16, reason: String },
 }
@@ -598,7 +603,9 @@ enum Mark {
 impl Mark {
     fn of(outcome: &Outcome) -> Option<Self> {
         match outcome {
-            Outcome::Delivered => Some(Self::Delivered),
+            Outcome::Delivered { already_there } => Some(Self::Delivered {
+                already_there: *already_there,
+            }),
             Outcome::Conflict => Some(Self::Conflict),
             Outcome::Parked { status, reason } => Some(Self::Parked {
                 status: *status,
@@ -614,7 +621,14 @@ impl Mark {
 /// holds).
 async fn record(store: &Store, name: &AutosaveName, mark: Mark) {
     let marked = match mark {
-        Mark::Delivered => store.mark_delivered(name.clone()).await,
+        Mark::Delivered {
+            already_there: false,
+        } => store.mark_delivered(name.clone()).await,
+        // The candidate sent it to the cloud themselves: when it is their latest, they are
+        // back on the cloud.
+        Mark::Delivered {
+            already_there: true,
+        } => store.mark_already_there(name.clone()).await,
         Mark::Conflict => {
             tracing::warn!(exam = %name.exam, candidate = %name.candidate, seq = name.seq,
                 "the cloud holds other bytes under this name; recorded as a conflict");
@@ -676,8 +690,21 @@ async fn forward(client: &Connection, bucket: Option<&TokenBucket>, item: &Pendi
 fn outcome(reply: &Reply) -> Outcome {
     let said = || format!("the cloud answered {}{}", reply.status, message(reply));
     match Answer::of(reply.status, &reply.headers) {
-        Answer::Stored | Answer::AlreadyStored => Outcome::Delivered,
-        Answer::Conflict => Outcome::Conflict,
+        Answer::Stored => Outcome::Delivered {
+            already_there: false,
+        },
+        Answer::AlreadyStored => Outcome::Delivered {
+            already_there: true,
+        },
+        // A 409 for other bytes is a conflict; one for a policy (a save after the final, a
+        // candidate who continued on another device) is a refusal an operator may retry.
+        Answer::Conflict => match Refusal::of_body(&reply.body) {
+            Refusal::Conflict => Outcome::Conflict,
+            Refusal::AfterFinal | Refusal::ContinuedElsewhere => Outcome::Parked {
+                status: reply.status.as_u16(),
+                reason: said(),
+            },
+        },
         Answer::Unauthorized => Outcome::Refused(format!("the cloud answered {}", reply.status)),
         Answer::RetryLater { after } => {
             Outcome::RetryAfter(after.unwrap_or(RETRY_AFTER_DEFAULT).min(RETRY_AFTER_MAX))
@@ -752,10 +779,36 @@ mod tests {
     #[test]
     fn answers_are_acted_on_as_documented() {
         let of = |code: u16| outcome(&reply(code, &[]));
-        for code in [200, 201, 204] {
-            assert!(matches!(of(code), Outcome::Delivered), "{code}");
+        assert!(matches!(
+            of(200),
+            Outcome::Delivered {
+                already_there: true
+            }
+        ));
+        for code in [201, 204] {
+            assert!(
+                matches!(
+                    of(code),
+                    Outcome::Delivered {
+                        already_there: false
+                    }
+                ),
+                "{code}"
+            );
         }
         assert!(matches!(of(409), Outcome::Conflict));
+        let refused = |code: &'static str| {
+            let mut r = reply(409, &[]);
+            r.body = Bytes::from(format!(r#"{{"error":"{code}","message":"the reason"}}"#));
+            outcome(&r)
+        };
+        assert!(matches!(refused("conflict"), Outcome::Conflict));
+        for code in ["after_final", "continued_elsewhere"] {
+            assert!(
+                matches!(refused(code), Outcome::Parked { status: 409, .. }),
+                "{code}"
+            );
+        }
         for code in [401, 403] {
             assert!(matches!(of(code), Outcome::Refused(_)), "{code}");
         }
