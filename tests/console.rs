@@ -600,11 +600,12 @@ async fn state_when(
 /// A hall whose internet works (the real reference cloud), on a box whose exam policy is
 /// `after_final = "refuse"`: a save after a final is answered 409 `after_final` and its row
 /// says so; the calm states sit beside it, once the cloud has their saves: one candidate
-/// saving, one submitted.
+/// saving, one submitted, and one whose saves the cloud already had (replay's 200: back on
+/// the cloud, though they never said so).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_save_after_a_final_and_the_calm_states_show_in_the_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let (_cloud, hall) = box_and_cloud(dir.path(), "after_final = \"refuse\"");
+    let (cloud, hall) = box_and_cloud(dir.path(), "after_final = \"refuse\"");
     const EXAM: &str = "chemistry-2026";
     let client = |candidate: &str| hall.client(Some(hall.candidate_token(EXAM, candidate)));
     let late = client("r-late");
@@ -635,11 +636,40 @@ async fn a_refused_save_after_a_final_and_the_calm_states_show_in_the_browser() 
             StatusCode::CREATED
         );
     }
+    // Back on the cloud without saying so: the cloud already has r-back's saves (their laptop
+    // sent them there too), so the box's replay is answered 200, "already there".
+    let at_cloud = hallrelay_client::Connection::pinned(
+        &format!("http://{}", cloud.addr),
+        vec![],
+        Some(hallrelay_protocol::keys::Secret::new(
+            cloud
+                .platform()
+                .candidate_token(common::DEFAULT_VENUE, EXAM, "r-back"),
+        )),
+    )
+    .unwrap();
+    let back = client("r-back");
+    for seq in 1..=2 {
+        let body = format!("r-back {seq}");
+        assert_eq!(
+            put(&at_cloud, EXAM, "r-back", seq, body.as_bytes())
+                .await
+                .status,
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            put(&back, EXAM, "r-back", seq, body.as_bytes())
+                .await
+                .status,
+            StatusCode::CREATED
+        );
+    }
     let state = state_when(&hall, Duration::from_secs(20), |s| {
         s["pending"]["count"] == 0
     })
     .await;
     for (candidate, want) in [
+        ("r-back", "back_on_cloud"),
         ("r-late", "after_final"),
         ("r-done", "submitted"),
         ("r-saving", "saving"),
@@ -663,6 +693,8 @@ async fn a_refused_save_after_a_final_and_the_calm_states_show_in_the_browser() 
                  "word": "^refused after final", "hint": "1 save after the final refused"},
                 {"name": "saving", "candidate": "r-saving", "state": "saving", "word": "^saving"},
                 {"name": "submitted", "candidate": "r-done", "state": "submitted", "word": "^submitted"},
+                {"name": "back_on_cloud-replay", "candidate": "r-back", "state": "back_on_cloud",
+                 "word": "^back on the cloud", "checks": [{"sel": "#back-count", "re": "^1$"}]},
             ],
             "order": ["r-late"],
         });
