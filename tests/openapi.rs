@@ -255,6 +255,7 @@ fn every_route_is_described() {
         v1::OPENAPI.to_owned(),
         v1::autosaves_path(e, c),
         v1::latest_path(e, c),
+        v1::left_path(e, c),
         v1::autosave_path(e, c, 0).replace("/0", &format!("/{s}")),
         platform::ENROLLMENT_CODES.to_owned(),
         platform::ENROLLMENT.to_owned(),

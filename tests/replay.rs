@@ -945,3 +945,163 @@ async fn parked_autosaves_return_at_restart_and_retries_are_guarded() {
     }
     assert_cloud_holds(&cloud, &b, &saved).await;
 }
+
+/// The console's state, read with the admin token.
+async fn console_state(b: &BoxProcess) -> serde_json::Value {
+    let reply = b
+        .client(Some(b.admin_token()))
+        .get("/console/state")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.json().unwrap()
+}
+
+/// Issue 23: after an outage, candidates who went back to the cloud are "back on the cloud",
+/// never silent: c00 sent its saves to the cloud itself (replay then hears 200 "already
+/// there" for its latest), c01 told the box it left (`POST …/left`). c02's save the cloud
+/// holds other bytes for shows as a conflict, with the banner; c03, whose saves only the box
+/// forwarded, went silent. A save to the box again clears "back on the cloud".
+#[tokio::test(flavor = "multi_thread")]
+async fn candidates_back_on_the_cloud_are_never_silent_and_cloud_conflicts_show() {
+    let (hall, mut b) = Hall::new("console_silent_after = \"2s\"");
+    let saved = fill(&b, 4, 3, 100).await;
+    let on_box = |who: &str| b.client(Some(b.candidate_token(EXAM, who)));
+    let left = hallrelay_protocol::v1::left_path(EXAM, "c01");
+    let say = |client: Connection, path: String| async move {
+        client
+            .send(
+                http::Method::POST,
+                &path,
+                http::HeaderMap::new(),
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap()
+            .status
+    };
+    assert_eq!(
+        say(on_box("c01"), left.clone()).await,
+        StatusCode::NO_CONTENT
+    );
+    // Only the candidate's own token says so.
+    assert_eq!(
+        say(on_box("c02"), left.clone()).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        say(b.client(Some(b.admin_token())), left.clone()).await,
+        StatusCode::FORBIDDEN
+    );
+    b.terminate();
+
+    // The cloud returns; before the box does, c00's laptop sends it what the box holds, and
+    // another laptop of c02 saves other bytes under seq 2.
+    let cloud = hall.start_cloud(&[]);
+    let direct = |who: &str| {
+        let token = cloud.platform().candidate_token(DEFAULT_VENUE, EXAM, who);
+        Connection::pinned(
+            &format!("http://{}", cloud.addr),
+            vec![],
+            Some(Secret::new(token)),
+        )
+        .unwrap()
+    };
+    for seq in 1..=3 {
+        let body = &saved[&("c00".to_string(), seq)];
+        assert_eq!(
+            put(&direct("c00"), EXAM, "c00", seq, body).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let other = put(&direct("c02"), EXAM, "c02", 2, b"another laptop's save").await;
+    assert_eq!(other.status, StatusCode::CREATED);
+    let b = hall.restart_box();
+    // c02 submits on the box (so is not silent: its conflict is what shows).
+    let final_path = format!("{}?final=true", autosave_path(EXAM, "c02", 4));
+    let submitted = b
+        .client(Some(b.candidate_token(EXAM, "c02")))
+        .send(
+            http::Method::PUT,
+            &final_path,
+            http::HeaderMap::new(),
+            bytes::Bytes::from_static(b"c02 final"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(submitted.status, StatusCode::CREATED);
+    let status = drained(&b, Duration::from_secs(60)).await;
+    assert_eq!(status["conflicts"], 1, "{status}");
+    // Silence is judged in whole seconds, past the 2 s: 3 s after the last save.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+
+    let state = console_state(&b).await;
+    let row = |who: &str| console_row(&state, who).clone();
+    for who in ["c00", "c01"] {
+        let r = row(who);
+        assert_eq!(
+            (
+                &r["state"],
+                &r["silent"],
+                &r["back_on_cloud"],
+                &r["attention"]
+            ),
+            (
+                &serde_json::json!("back_on_cloud"),
+                &serde_json::json!(false),
+                &serde_json::json!(true),
+                &serde_json::json!(0)
+            ),
+            "{who}: {state}"
+        );
+        assert!(r["left_at"].is_string(), "{who}: {state}");
+    }
+    let c02 = row("c02");
+    assert_eq!(
+        (&c02["state"], &c02["conflicts"], &c02["cloud_conflicts"]),
+        (
+            &serde_json::json!("conflict"),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        ),
+        "{state}"
+    );
+    let c03 = row("c03");
+    assert_eq!(
+        (&c03["state"], &c03["silent"]),
+        (&serde_json::json!("silent"), &serde_json::json!(true)),
+        "{state}"
+    );
+    assert_eq!(
+        state["rows"][0]["candidate"], "c03",
+        "silent first: {state}"
+    );
+    assert_eq!(
+        state["rows"][1]["candidate"], "c02",
+        "then refused: {state}"
+    );
+    assert_eq!(
+        (&state["silent"], &state["back_on_cloud"]),
+        (&serde_json::json!(1), &serde_json::json!(2))
+    );
+    assert_eq!(state["conflict"]["cloud"], 1, "{state}");
+    assert_eq!(state["conflict"]["candidates"], 1, "{state}");
+    let banner = state["conflict"]["banner"].as_str().unwrap();
+    assert!(banner.contains("1 reported by the cloud"), "{banner}");
+
+    // c00 saves to the box again: no longer back on the cloud.
+    let c00 = b.client(Some(b.candidate_token(EXAM, "c00")));
+    assert_eq!(
+        put(&c00, EXAM, "c00", 4, b"on the box again").await.status,
+        StatusCode::CREATED
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let state = console_state(&b).await;
+    let r = console_row(&state, "c00");
+    assert_eq!(
+        (&r["back_on_cloud"], &r["left_at"]),
+        (&serde_json::json!(false), &serde_json::Value::Null),
+        "{state}"
+    );
+    drop(cloud);
+}
