@@ -153,6 +153,12 @@ async fn run_step(store: &Store, step: &Step, ledger: &Mutex<Ledger>) -> bool {
                     ));
                     false
                 }
+                Ok(PutOutcome::AfterFinal { final_seq }) => {
+                    ledger.lock().unwrap().wrong_errors.push(format!(
+                        "{name}: refused after final {final_seq}, but the policy is accept"
+                    ));
+                    false
+                }
                 Err(e) => note_error(e),
             }
         }
