@@ -174,7 +174,18 @@ async fn sign_in(
     let SignIn { token } = serde_json::from_slice(&body)
         .map_err(|_| ApiError::BadRequest("send {\"token\": \"…\"}".into()))?;
     let admin = state.auth.admin(Some(token.trim()))?;
-    super::audit::record(state, &admin, "console_signed_in", serde_json::json!({})).await?;
+    let audited =
+        super::audit::record(state, &admin, "console_signed_in", serde_json::json!({})).await;
+    if let Err(error) = audited {
+        // Signing in is how the hall learns that the box's storage is failing: a store that
+        // cannot write the audit entry does not lock the invigilator out; the entry goes to
+        // the system log instead.
+        if state.store.storage_state() != hallrelay_store::StorageState::Failing {
+            return Err(error);
+        }
+        tracing::warn!(subject = %admin.subject, token = %admin.fingerprint,
+            "console sign-in not written to the audit log: the box's storage is failing");
+    }
     let (id, lifetime) = console.sessions.open_as(&admin, SystemTime::now());
     tracing::info!(lifetime_secs = lifetime.as_secs(), "console: signed in");
     let mut response = private(Response::new(Full::new(Bytes::new())));
@@ -480,7 +491,7 @@ impl RowState {
             (Self::AfterFinal, attention::SAVED_AFTER_FINAL)
         } else if f.back_on_cloud {
             (Self::BackOnCloud, attention::NONE)
-        } else if f.pending > 0 && !f.also_held {
+        } else if f.pending > 0 && !f.also_held && !f.uplink_up {
             (Self::BoxOnly, attention::BOX_ONLY)
         } else if f.finals > 0 {
             (Self::Submitted, attention::NONE)
@@ -509,6 +520,8 @@ pub struct Facts {
     pub back_on_cloud: bool,
     /// Another box holds their pending saves too.
     pub also_held: bool,
+    /// The box's uplink answers: what waits here is being replayed, within seconds.
+    pub uplink_up: bool,
 }
 
 /// What a candidate's client said of another box holding its saves (`Hallrelay-Also-Held`,
@@ -526,13 +539,15 @@ pub struct AlsoHeldView {
     pub candidates: usize,
 }
 
-/// What other parts of the box know of a candidate beyond their activity row: the devices
-/// they saved from (the device rule, [`hallrelay_store::DeviceCounts`]) and another box their
-/// client says holds their saves too (two-box mode).
+/// What the box knows beyond a candidate's activity row: the devices they saved from (the
+/// device rule, [`hallrelay_store::DeviceCounts`]), another box their client says holds their
+/// saves too (two-box mode), and whether the box's uplink answers (saves waiting here are
+/// then on their way to the cloud, not "only on this box").
 #[derive(Debug, Default)]
 pub struct Beyond {
     pub devices: hallrelay_store::DeviceCounts,
     pub also_held: AlsoHeldNote,
+    pub uplink_up: bool,
 }
 
 impl Row {
@@ -557,6 +572,7 @@ impl Row {
             after_final_accepted: activity.after_final_accepted,
             back_on_cloud,
             also_held: beyond.also_held.also_held_by.is_some(),
+            uplink_up: beyond.uplink_up,
         });
         Self {
             activity,
@@ -720,6 +736,8 @@ impl ConsoleState {
         let store = state.store.status().await?;
         let activity = state.store.candidate_activity().await?;
         let mut devices = state.store.device_counts().await?;
+        let uplink = state.uplink.snapshot();
+        let uplink_up = uplink.state == crate::replay::UplinkState::Up;
         let mut also_held: HashMap<(String, String), AlsoHeldNote> = state
             .store
             .also_held()
@@ -745,6 +763,7 @@ impl ConsoleState {
                 let beyond = Beyond {
                     devices: devices.remove(&who).unwrap_or_default(),
                     also_held: also_held.remove(&who).unwrap_or_default(),
+                    uplink_up,
                 };
                 Row::judge(a, now, console.silent_after, beyond)
             })
