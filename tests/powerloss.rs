@@ -153,6 +153,13 @@ async fn run_step(store: &Store, step: &Step, ledger: &Mutex<Ledger>) -> bool {
                     ));
                     false
                 }
+                Ok(PutOutcome::ContinuedElsewhere { took_over_at }) => {
+                    ledger.lock().unwrap().wrong_errors.push(format!(
+                        "{name}: refused as continued elsewhere (from {took_over_at}), but no \
+                         device was named"
+                    ));
+                    false
+                }
                 Err(e) => note_error(e),
             }
         }

@@ -295,6 +295,8 @@ fn supervise(store: &Store, uplink: &Arc<Uplink>, shutdown: &CancellationToken) 
 }
 
 /// What every request handler of the box shares.
+// Each argument is one part the box was assembled from; a struct of them would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn app_state(
     config: &ServeConfig,
     parts: Parts,

@@ -384,11 +384,13 @@ mod tests {
             oldest_age_secs: Some(5),
             parked: 3,
             parked_bytes: 30,
+            continued_elsewhere: 4,
         };
         let text = metrics.render(queue, UplinkState::Up, Some(1000)).unwrap();
         for line in [
             "hallrelay_ingest_requests_total{status=\"201\"} 1",
             "hallrelay_ingest_requests_total{status=\"409\"} 1",
+            "hallrelay_continued_elsewhere 4",
             "hallrelay_ack_latency_seconds_count 1",
             "hallrelay_commit_duration_seconds_count 1",
             "hallrelay_commit_batch_size_sum 7.0",
