@@ -606,6 +606,14 @@ fn pin(text: &str) -> Result<String, String> {
     hallrelay_protocol::pin::check_pin(text).map_err(|e| e.to_string())
 }
 
+/// A box's pin, or its URL (`https://…`, `http://…` for tests on loopback).
+fn pin_or_url(text: &str) -> Result<String, String> {
+    if text.starts_with("https://") || text.starts_with("http://") {
+        return Ok(text.to_owned());
+    }
+    pin(text)
+}
+
 fn share(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
@@ -727,9 +735,17 @@ pub struct TokenArgs {
     #[arg(long, value_name = "V", default_value = DEFAULT_VENUE)]
     pub venue: String,
     /// The only box (by pin) the token is good on; a local token always names its box
-    /// [default for a local token: the pin of --data-dir's certificate].
-    #[arg(long = "box", value_name = "PIN", value_parser = pin)]
+    /// [default for a local token: the pin of --data-dir's certificate]. Or a running box's
+    /// URL (https://ADDR:PORT): the box itself issues a box-only candidate token (a spare
+    /// laptop's), with --token-file ADMIN --pin PIN --exam E --candidate C.
+    #[arg(long = "box", value_name = "PIN|URL", value_parser = pin_or_url)]
     pub box_pin: Option<String>,
+    /// With --box URL: the admin token file the box is asked with.
+    #[arg(long, value_name = "FILE", requires = "box_pin", conflicts_with_all = ["platform_key_file", "data_dir", "venue_key_file", "admin"])]
+    pub token_file: Option<PathBuf>,
+    /// With --box URL: the box's pin, checked before anything is sent.
+    #[arg(long, value_name = "PIN", value_parser = pin, requires = "token_file")]
+    pub pin: Option<String>,
     #[arg(long, value_name = "DIR", help = format!(
         "The box's data dir, whose local key signs the token [default: ./{DEFAULT_DATA_DIR}]"
     ))]

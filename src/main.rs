@@ -7,7 +7,7 @@ use clap::Parser;
 use hallrelay::cli::{
     AuditArgs, CandidateArgs, CardArgs, CheckArgs, Cli, CloudAction, CloudArgs, Command, DemoArgs,
     DiscoverArgs, ExportArgs, ImportArgs, LoadtestArgs, ReplayArgs, ReportArgs, RotateKeyArgs,
-    StatusArgs, VerifyArgs,
+    StatusArgs, TokenArgs, VerifyArgs,
 };
 use hallrelay::ops::{self, OpsError};
 use hallrelay_protocol::keys::Secret;
@@ -99,6 +99,12 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(EXIT_USAGE, &e),
             }
+        }
+        Command::Token(args)
+            if args.token_file.is_some()
+                || args.box_pin.as_deref().is_some_and(|b| b.contains("://")) =>
+        {
+            box_token(&args)
         }
         Command::Token(args) => match hallrelay::mint::run(&args) {
             Ok(Some(token)) => {
@@ -316,6 +322,62 @@ fn run_ops<T>(
         Err(e @ OpsError::Bundle(_)) => fail(EXIT_DATA, &e),
         Err(e) => fail(1, &e),
     }
+}
+
+/// `token --box URL --token-file ADMIN --pin PIN --exam E --candidate C`: the box issues a
+/// box-only token (a spare laptop's).
+fn box_token(args: &TokenArgs) -> ExitCode {
+    let (Some(url), Some(file), Some(pin), Some(exam), Some(candidate)) = (
+        args.box_pin.as_deref(),
+        args.token_file.as_deref(),
+        args.pin.as_deref(),
+        args.exam.as_deref(),
+        args.candidate.as_deref(),
+    ) else {
+        return fail(
+            EXIT_USAGE,
+            &"a box-only token needs --box URL --token-file ADMIN --pin PIN --exam E --candidate C",
+        );
+    };
+    if !url.starts_with("https://") && !url.starts_with("http://") {
+        return fail(
+            EXIT_USAGE,
+            &"with --token-file, --box is the box's URL (https://ADDR:PORT), not a pin",
+        );
+    }
+    let token = match secret(file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let request = hallrelay_protocol::v1::box_tokens::BoxTokenRequest {
+        exam: exam.to_owned(),
+        candidate: candidate.to_owned(),
+        ttl_secs: Some(args.ttl.as_secs()),
+    };
+    run_ops(
+        hallrelay::ops::box_token(url, token, pin, &request),
+        |issued| match &args.out {
+            Some(out) => match hallrelay::mint::write(out, &issued.token) {
+                Ok(()) => {
+                    eprintln!(
+                        "box-only token for {}/{} written to {}: good on box {} ({}) until {}",
+                        issued.exam,
+                        issued.candidate,
+                        out.display(),
+                        issued.issuer.name,
+                        issued.issuer.pin,
+                        issued.expires_at
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(EXIT_USAGE, &e),
+            },
+            None => {
+                println!("{}", issued.token);
+                ExitCode::SUCCESS
+            }
+        },
+    )
 }
 
 fn secret(path: &std::path::Path) -> Result<Secret, ExitCode> {

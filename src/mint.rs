@@ -126,6 +126,10 @@ fn claims(args: &TokenArgs) -> Result<Claims, MintError> {
 /// Writes `token` to `path` with mode 0600. An existing file is replaced only when it holds
 /// a token already (re-minting an expired one is routine); anything else there (a venue key,
 /// a configuration, a credential named by mistake) is left alone.
+pub fn write(path: &Path, token: &str) -> Result<(), MintError> {
+    write_token(path, token)
+}
+
 fn write_token(path: &Path, token: &str) -> Result<(), MintError> {
     if let Some(existing) = existing_text(path)?
         && !holds_a_token(&existing)

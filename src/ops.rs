@@ -53,6 +53,37 @@ fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> OpsError + '_ {
     }
 }
 
+/// `token --box URL`: asks the box (pinned, with an admin token) for a box-only candidate
+/// token (`POST /console/tokens`).
+pub async fn box_token(
+    box_url: &str,
+    token: Secret,
+    pin: &str,
+    request: &hallrelay_protocol::v1::box_tokens::BoxTokenRequest,
+) -> Result<hallrelay_protocol::v1::box_tokens::BoxTokenIssued, OpsError> {
+    let client = Connection::pinned(box_url, vec![pin.to_owned()], Some(token))?;
+    let body = serde_json::to_vec(request).map_err(|e| OpsError::Unreadable(e.to_string()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let reply = client
+        .send(
+            Method::POST,
+            hallrelay_protocol::v1::box_tokens::CONSOLE_TOKENS,
+            headers,
+            Bytes::from(body),
+        )
+        .await?;
+    if reply.status != StatusCode::CREATED {
+        return Err(refused("the box", &reply));
+    }
+    reply
+        .json()
+        .map_err(|e| OpsError::Unreadable(e.to_string()))
+}
+
 fn refused(what: &str, reply: &hallrelay_client::Reply) -> OpsError {
     let message = reply.message().unwrap_or_default();
     OpsError::Refused {

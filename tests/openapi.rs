@@ -267,6 +267,8 @@ fn every_route_is_described() {
         format!("{}/{pin}/confirm", platform::BOXES),
         platform::relays_path(e),
         platform::exam_keys_path(e),
+        v1::exam_config_path(e),
+        platform::VENUE_EXAMS.to_owned(),
         platform::answer_path(e, c, 0).replace("/0/", &format!("/{s}/")),
         "/metrics".to_owned(),
         "/".to_owned(),
@@ -278,6 +280,7 @@ fn every_route_is_described() {
         "/console/session".to_owned(),
         "/console/signout".to_owned(),
         "/console/retry-parked".to_owned(),
+        hallrelay_protocol::v1::box_tokens::CONSOLE_TOKENS.to_owned(),
     ];
     let missing: Vec<&String> = routes
         .iter()
@@ -456,6 +459,7 @@ async fn a_preflight_from_the_exam_page_may_reach_the_hall_network() {
         "content-digest",
         "hallrelay-final",
         "hallrelay-receipt",
+        "hallrelay-device",
         "hallrelay-also-held",
     ] {
         assert!(

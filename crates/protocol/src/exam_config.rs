@@ -241,16 +241,17 @@ mod tests {
             Err(ExamConfigError::WrongExam("math".into()))
         );
         // Every field the client acts on is covered.
-        let changes: Vec<Box<dyn Fn(&mut ExamConfig)>> = vec![
-            Box::new(|c| c.relays[0].pin = "sha256//evil=".into()),
-            Box::new(|c| c.relays[0].addresses.push("203.0.113.9:8443".into())),
-            Box::new(|c| c.relays[0].name = "Hall C".into()),
-            Box::new(|c| c.relays.clear()),
-            Box::new(|c| c.hall_copies = 1),
-            Box::new(|c| c.after_final = AFTER_FINAL_REFUSE.into()),
-            Box::new(|c| c.exam_key = "BBBB".into()),
-            Box::new(|c| c.venue = "hall-south".into()),
-            Box::new(|c| c.issued_at = "2030-01-01T00:00:00Z".into()),
+        type Change = fn(&mut ExamConfig);
+        let changes: [Change; 9] = [
+            |c| c.relays[0].pin = "sha256//evil=".into(),
+            |c| c.relays[0].addresses.push("203.0.113.9:8443".into()),
+            |c| c.relays[0].name = "Hall C".into(),
+            |c| c.relays.clear(),
+            |c| c.hall_copies = 1,
+            |c| c.after_final = AFTER_FINAL_REFUSE.into(),
+            |c| c.exam_key = "BBBB".into(),
+            |c| c.venue = "hall-south".into(),
+            |c| c.issued_at = "2030-01-01T00:00:00Z".into(),
         ];
         for change in changes {
             let mut tampered = config.clone();

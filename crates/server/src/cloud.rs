@@ -127,6 +127,7 @@ pub async fn run(
     let mut platform =
         crate::platform::Platform::open(&config.data_dir, ring.clone(), answer_keys)?;
     platform.hall_copies = config.hall_copies;
+    platform.after_final = config.limits.after_final;
     let platform = Arc::new(platform);
     let tls = if config.tls || !config.listen.ip().is_loopback() {
         Some(Arc::new(crate::tls::server_config(&parts.identity)?))

@@ -21,8 +21,19 @@ pub struct BoxTokenRequest {
     pub exam: String,
     pub candidate: String,
     /// Seconds; absent: [`DEFAULT_BOX_TOKEN_TTL_SECS`]; at most [`MAX_BOX_TOKEN_TTL_SECS`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_whole_number"
+    )]
     pub ttl_secs: Option<u64>,
+}
+
+/// A whole number of seconds however JSON writes it (`3600`, `3600.0`), or null.
+fn optional_whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "super::platform::whole_number")] u64);
+    Ok(Option::<Whole>::deserialize(d)?.map(|w| w.0))
 }
 
 /// Its answer (201).

@@ -189,7 +189,7 @@ pub struct CodeRequest {
 
 /// A JSON number that is a whole number and fits a u64, however it is written (`7`, `7.0`,
 /// `7e0`): JSON has one number type, and JSON Schema's `integer` is any such number.
-fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let number = serde_json::Number::deserialize(d)?;
     if let Some(n) = number.as_u64() {
         return Ok(n);
@@ -254,6 +254,11 @@ pub struct BoxView {
 #[serde(deny_unknown_fields)]
 pub struct Addresses {
     pub addresses: Vec<String>,
+    /// The public half of the box's local token key (Ed25519, base64url): the cloud accepts
+    /// the box-only tokens it signed as the candidate's authority for the saves this box
+    /// replays, and from this box only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_key: Option<String>,
 }
 
 /// One row of `GET /v1/boxes`.

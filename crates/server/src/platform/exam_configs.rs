@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use super::Platform;
 use super::registry::RegistryError;
 use crate::api::ApiError;
-use hallrelay_protocol::exam_config::{AFTER_FINAL_ACCEPT, ExamConfig, Unsigned};
+use hallrelay_protocol::exam_config::{ExamConfig, Unsigned};
 use hallrelay_protocol::v1::platform::Relay;
 
 /// The (venue, exam) pairs the registry holds, in memory.
@@ -121,9 +121,7 @@ impl Platform {
             exam_key: self.answer_keys.exam_key(exam).public().to_text(),
             relays,
             hall_copies: self.hall_copies,
-            // TODO(i23-a): the cloud's `--after-final` policy once it lands; "accept" is the
-            // documented default.
-            after_final: AFTER_FINAL_ACCEPT.to_owned(),
+            after_final: self.after_final.as_str().to_owned(),
         };
         Ok(ExamConfig::sign(&signer, unsigned, SystemTime::now()))
     }

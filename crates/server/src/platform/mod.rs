@@ -49,6 +49,7 @@ impl crate::api::BoxCredentials for Registry {
         }
         match self.resolve_credential(credential) {
             Ok(Some(record)) if !record.revoked() => Ok(Some(crate::api::EnrolledBox {
+                token_key: record.token_key.as_deref().and_then(api::public_token_key),
                 pin: record.pin,
                 venue: record.venue,
                 certificate: record.certificate,
@@ -66,6 +67,7 @@ impl crate::api::BoxCredentials for Registry {
             Ok(record) => Ok(record.map(|record| crate::api::RegisteredBox {
                 revoked: record.revoked(),
                 enrolled: crate::api::EnrolledBox {
+                    token_key: record.token_key.as_deref().and_then(api::public_token_key),
                     pin: record.pin,
                     venue: record.venue,
                     certificate: record.certificate,
@@ -90,6 +92,9 @@ pub struct Platform {
     /// 1 or 2: the exams' `hall_copies` (`cloud --hall-copies`), in their configurations and
     /// relay lists.
     pub hall_copies: u8,
+    /// The exams' policy for saves after a final (`cloud --after-final`), in their
+    /// configurations; the cloud's own ingest applies the same.
+    pub after_final: hallrelay_store::AfterFinal,
     pub(crate) venue_exams: exam_configs::VenueExamSet,
 }
 
@@ -108,6 +113,7 @@ impl Platform {
             ring,
             answer_keys,
             hall_copies: hallrelay_protocol::exam_config::DEFAULT_HALL_COPIES,
+            after_final: hallrelay_store::AfterFinal::default(),
         })
     }
 }
