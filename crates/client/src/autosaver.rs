@@ -938,7 +938,7 @@ impl Autosaver {
         }
         // To the box in use and, in two-box mode, the second ([`fanout`]) at once. A box that
         // is busy or refuses leaves the save in the journal for the next send.
-        self.to_hall(seq, payload, is_final).await?;
+        self.send_to_hall(seq, payload, is_final).await?;
         Ok(
             match (&self.relay, self.journal.get(seq).map(|e| &e.held)) {
                 (Some(relay), Some(Held::Box { .. })) => Landed::Box {
@@ -1214,7 +1214,7 @@ impl Autosaver {
                 return Ok(());
             };
             let payload = Bytes::from(self.journal.payload(seq)?);
-            if !self.to_hall(seq, payload, is_final).await? {
+            if !self.send_to_hall(seq, payload, is_final).await? {
                 return Ok(());
             }
         }

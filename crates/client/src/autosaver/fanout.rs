@@ -134,7 +134,7 @@ impl Autosaver {
 
     /// Sends save `seq` to each box in use that does not hold it yet, both at once. Returns
     /// false when sending more now is pointless (a box asked for time, or none is left).
-    pub(super) async fn to_hall(
+    pub(super) async fn send_to_hall(
         &mut self,
         seq: u64,
         payload: Bytes,
@@ -236,7 +236,7 @@ impl Autosaver {
             };
             let before = held.len();
             let payload = Bytes::from(self.journal.payload(seq)?);
-            let go_on = self.to_hall(seq, payload, is_final).await?;
+            let go_on = self.send_to_hall(seq, payload, is_final).await?;
             if before == 1 && self.boxes_holding(seq) >= 2 {
                 let name = self
                     .hall
