@@ -14,6 +14,12 @@
 //! cloud lacks (the API's idempotency makes re-sending safe). With no trusted box, saves stay
 //! in the journal and the caller is told. Every change worth showing a candidate is an
 //! [`Event`].
+//!
+//! A fresh journal (a spare laptop) first learns where the candidate's saves stand and
+//! restores the newest ([`takeover`]): its saves get seqs after the highest known, never a
+//! guessed one. Every save names the journal's device (`Hallrelay-Device`); once a server
+//! says the candidate continued on another device, this one stops saving
+//! ([`Event::ContinuedElsewhere`]).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -23,16 +29,18 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::StatusCode;
 
+mod takeover;
+
 use super::connection::{ClientError, Connection, Reply};
 use super::journal::{Held, Journal, JournalError};
 use crate::discovery::{Browser, Found, MdnsError};
 use crate::encryption::{self, Privacy};
 use crate::relays::{self, Fetched, RelayList};
-use hallrelay_envelope::{Save, Sealer};
+use hallrelay_envelope::{RestoreSecret, Save, Sealer};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::receipt::Receipt;
-use hallrelay_protocol::v1::{Answer, AutosavePut, HEALTH, headers, latest_path};
+use hallrelay_protocol::v1::{Answer, AutosavePut, HEALTH};
 
 /// How long a box found over mDNS gets to answer its first request.
 const BOX_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -162,6 +170,10 @@ pub struct Options {
     pub journal: PathBuf,
     /// Whether saves are sealed before they are journaled (the default) or sent as they are.
     pub privacy: Privacy,
+    /// The restore code on the candidate's exam card: a fresh journal opens the newest save it
+    /// restores with it ([`Event::Restored`]). Without it a sealed save is not opened, but its
+    /// seq is still continued after.
+    pub restore_code: Option<RestoreSecret>,
 }
 
 impl Options {
@@ -182,6 +194,7 @@ impl Options {
             discovery: Discovery::mdns(Vec::new()),
             journal,
             privacy: Privacy::default(),
+            restore_code: None,
         }
     }
 }
@@ -202,6 +215,8 @@ pub enum Landed {
 /// One save, done.
 #[derive(Clone, Debug)]
 pub struct Saved {
+    /// Its seq; 0 for a save of a fresh journal that waits for one (nobody has said yet
+    /// where the candidate's saves stand: it is numbered, then sent, once somebody does).
     pub seq: u64,
     pub landed: Landed,
     pub at: SystemTime,
@@ -253,12 +268,40 @@ pub enum Event {
         resent: usize,
     },
     /// A save was refused for good by the cloud or a box (a bad or expired token, or a
-    /// different save under the same seq). It stays in the journal.
+    /// different save under the same seq). It stays in the journal. `code`: the answer's
+    /// error code (`conflict`, `after_final`, …) when it gave one.
     Rejected {
         seq: u64,
         by: String,
         status: u16,
         reason: String,
+        code: Option<String>,
+    },
+    /// A fresh journal learnt from `from` where the candidate's saves stand: its newest save
+    /// is `seq` (final or not); this laptop's saves continue after it. `payload`: the answers
+    /// to put back in the exam UI (opened with the restore code when sealed); `None`, with
+    /// the reason in `unopened`, when they could not be opened.
+    Restored {
+        from: String,
+        seq: u64,
+        is_final: bool,
+        payload: Option<Vec<u8>>,
+        unopened: Option<String>,
+    },
+    /// A fresh journal learnt from `from` that the candidate has no save yet: saves start at 1.
+    NothingToRestore {
+        from: String,
+    },
+    /// A fresh journal could not yet learn where the candidate's saves stand (neither the cloud
+    /// nor a trusted box answered): saves are kept on this laptop, without a seq, and sent
+    /// once one answers.
+    WaitingToContinue,
+    /// `by` refused save `seq` because the candidate continued on another device (409
+    /// `continued_elsewhere`): this laptop stops saving. Not a failure: the exam goes on on
+    /// the other laptop.
+    ContinuedElsewhere {
+        by: String,
+        seq: u64,
     },
 }
 
@@ -273,6 +316,11 @@ impl std::fmt::Display for Event {
                         f,
                         "save {} saved to the hall relay {name} at {time}",
                         saved.seq
+                    ),
+                    Landed::Journal if saved.seq == 0 => write!(
+                        f,
+                        "a save kept only on this laptop at {time}: it is numbered and sent once \
+                         the cloud or a hall relay says where your saves stand"
                     ),
                     Landed::Journal => {
                         write!(f, "save {} saved only on this laptop at {time}", saved.seq)
@@ -326,9 +374,49 @@ impl std::fmt::Display for Event {
                 by,
                 status,
                 reason,
+                ..
             } => write!(
                 f,
                 "save {seq} was refused by {by} ({status}: {reason}); it stays on this laptop"
+            ),
+            Event::Restored {
+                from,
+                seq,
+                is_final,
+                payload,
+                unopened,
+            } => {
+                let what = if *is_final {
+                    "your final submission"
+                } else {
+                    "your newest save"
+                };
+                match (payload, unopened) {
+                    (Some(payload), _) => write!(
+                        f,
+                        "restored {what} (save {seq}, {} bytes) from {from}; your next save                          continues as save {}",
+                        payload.len(),
+                        seq + 1
+                    ),
+                    (None, reason) => write!(
+                        f,
+                        "{from} holds {what} (save {seq}) but it could not be opened ({}); your                          next save continues as save {}",
+                        reason.as_deref().unwrap_or("no reason given"),
+                        seq + 1
+                    ),
+                }
+            }
+            Event::NothingToRestore { from } => write!(
+                f,
+                "{from} holds no save of yours yet: nothing to restore, saves start at 1"
+            ),
+            Event::WaitingToContinue => write!(
+                f,
+                "neither the cloud nor a hall relay answers yet: saves are kept on this laptop                  and numbered once one says where your saves stand"
+            ),
+            Event::ContinuedElsewhere { by, .. } => write!(
+                f,
+                "your exam continues on another laptop ({by} says you carried on there): this                  laptop has stopped saving"
             ),
         }
     }
@@ -386,6 +474,12 @@ pub enum SaveError {
     /// The journal could not be written.
     #[error("cannot write the journal, so the save was not taken: {0}")]
     Journal(#[from] JournalError),
+    /// The candidate continued on another device ([`Event::ContinuedElsewhere`]): this laptop
+    /// no longer saves.
+    #[error(
+        "this candidate's exam continues on another laptop ({by} said so), so this laptop no          longer saves: carry on on the other laptop"
+    )]
+    ContinuedElsewhere { by: String },
 }
 
 /// What one PUT came to.
@@ -393,10 +487,11 @@ enum Put {
     Stored {
         receipt: String,
     },
-    /// Refused for good: sending it again will not help.
+    /// Refused for good: sending it again will not help. `code`: the answer's error code.
     Refused {
         status: StatusCode,
         reason: String,
+        code: Option<String>,
     },
     /// Taken by nobody but the server is there and asks for time (429, 503): try again
     /// later, at the same place.
@@ -417,9 +512,14 @@ impl Put {
                 let reason = reply
                     .message()
                     .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).into_owned());
+                let code = reply
+                    .json::<serde_json::Value>()
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_owned));
                 Put::Refused {
                     status: reply.status,
                     reason,
+                    code,
                 }
             }
             Answer::RetryLater { .. } => Put::Busy(format!("it answered {}", reply.status)),
@@ -450,9 +550,10 @@ pub struct Autosaver {
     last_search: Option<Instant>,
     /// What has been said about boxes since the last change, so it is said once.
     told: HashSet<String>,
-    /// Whether a fresh journal asked the cloud for the candidate's newest seq, and the answer.
-    asked_for_latest: bool,
-    seq_floor: u64,
+    /// When a fresh journal last asked where the candidate's saves stand ([`takeover`]).
+    last_newest_ask: Option<Instant>,
+    /// Who said the candidate continued on another device: saving has stopped.
+    continued_elsewhere: Option<String>,
     /// The cloud's relay list: read from the journal folder at open, replaced by each answer.
     learnt: Option<RelayList>,
     /// Whether the relay list is to be asked for, and when it last was.
@@ -514,8 +615,8 @@ impl Autosaver {
             last_probe: Instant::now(),
             last_search: None,
             told: HashSet::new(),
-            asked_for_latest: false,
-            seq_floor: 0,
+            last_newest_ask: None,
+            continued_elsewhere: None,
             learnt,
             relays_due: true,
             last_relays_ask: None,
@@ -539,6 +640,13 @@ impl Autosaver {
         if payload.is_empty() {
             return Err(SaveError::Empty);
         }
+        if let Some(by) = &self.continued_elsewhere {
+            return Err(SaveError::ContinuedElsewhere { by: by.clone() });
+        }
+        self.settle_numbering().await?;
+        if !self.journal.is_numbered() {
+            return self.keep_pending(payload, is_final);
+        }
         let (sealer, sealed_now) = match self.options.privacy {
             Privacy::Plaintext => (None, 0),
             Privacy::Encrypt { .. } => match self.sealer().await {
@@ -549,11 +657,10 @@ impl Autosaver {
                 Err(error) => return self.keep_until_keys(payload, is_final, error).await,
             },
         };
-        self.ask_latest_once().await;
         let options = &self.options;
         let (seq, bytes) =
             self.journal
-                .append_with(self.seq_floor, is_final, |seq| match &sealer {
+                .append_with(0, is_final, |seq| match &sealer {
                     Some(sealer) => seal(sealer, options, seq, is_final, payload),
                     None => payload.to_vec(),
                 })?;
@@ -640,14 +747,6 @@ impl Autosaver {
         }
     }
 
-    /// A fresh journal continues after the newest seq the cloud holds (asked once).
-    async fn ask_latest_once(&mut self) {
-        if self.journal.last_seq() == 0 && !self.asked_for_latest {
-            self.asked_for_latest = true;
-            self.seq_floor = self.latest_in_cloud().await;
-        }
-    }
-
     /// A save to be sealed, before the exam's keys are known: journaled in plain text on this
     /// laptop, where the candidate's answers are anyway, and sent nowhere until the keys come
     /// and [`seal_waiting`](Self::seal_waiting) seals it. No box ever sees it unsealed.
@@ -657,10 +756,7 @@ impl Autosaver {
         is_final: bool,
         error: String,
     ) -> Result<Saved, SaveError> {
-        self.ask_latest_once().await;
-        let seq = self
-            .journal
-            .append_awaiting_keys(self.seq_floor, payload, is_final)?;
+        let seq = self.journal.append_awaiting_keys(0, payload, is_final)?;
         if !self.said_awaiting_keys {
             self.said_awaiting_keys = true;
             self.emit(Event::AwaitingKeys { error });
@@ -752,24 +848,14 @@ impl Autosaver {
         pins
     }
 
-    /// The newest seq the cloud holds for this candidate (0 for none, or if it cannot be
-    /// asked): a fresh journal on a spare laptop continues after it instead of reusing seqs
-    /// the candidate's first laptop already gave out.
-    async fn latest_in_cloud(&self) -> u64 {
-        let path = latest_path(&self.options.exam, &self.options.candidate);
-        match self.cloud.with_timeout(BOX_PROBE_TIMEOUT).get(&path).await {
-            Ok(reply) if reply.status.is_success() => reply
-                .header(headers::SEQ)
-                .and_then(hallrelay_protocol::ids::parse_seq)
-                .unwrap_or(0),
-            _ => 0,
-        }
-    }
-
     /// Sends what is still owed: to the cloud everything it lacks, if it answers; otherwise to
     /// a trusted box what only the journal holds. Call it now and then when no save is due,
     /// and before exiting.
     pub async fn flush(&mut self) -> Result<Summary, JournalError> {
+        if self.continued_elsewhere.is_some() {
+            return Ok(self.summary());
+        }
+        self.settle_numbering().await?;
         if matches!(self.options.privacy, Privacy::Encrypt { .. })
             && !self.journal.awaiting_keys().is_empty()
             && let Ok(sealer) = self.sealer().await
@@ -792,7 +878,10 @@ impl Autosaver {
 
     /// Where the journal stands now.
     pub fn summary(&self) -> Summary {
-        let mut summary = Summary::default();
+        let mut summary = Summary {
+            only_here: self.journal.pending(),
+            ..Summary::default()
+        };
         for entry in self.journal.entries() {
             match entry.held {
                 Held::Journal => summary.only_here += 1,
@@ -835,8 +924,12 @@ impl Autosaver {
                     }
                     return Ok(Landed::Cloud);
                 }
-                Put::Refused { status, reason } => {
-                    self.rejected(seq, "the cloud", status, reason);
+                Put::Refused {
+                    status,
+                    reason,
+                    code,
+                } => {
+                    self.refused(seq, "the cloud", status, reason, code);
                     return Ok(Landed::Journal);
                 }
                 Put::Busy(error) | Put::Failed(error) => {
@@ -871,9 +964,13 @@ impl Autosaver {
                     url: relay.url.clone(),
                 })
             }
-            Put::Refused { status, reason } => {
+            Put::Refused {
+                status,
+                reason,
+                code,
+            } => {
                 let by = format!("the hall relay {}", relay.name);
-                self.rejected(seq, &by, status, reason);
+                self.refused(seq, &by, status, reason, code);
                 Ok(Landed::Journal)
             }
             // The box is there but busy: the save waits in the journal for the next send.
@@ -949,6 +1046,9 @@ impl Autosaver {
     /// answering on the way.
     async fn resend_to_cloud(&mut self) -> Result<bool, JournalError> {
         for seq in self.journal.not_in_cloud() {
+            if self.continued_elsewhere.is_some() {
+                return Ok(true);
+            }
             let Some(is_final) = self.is_final(seq) else {
                 continue;
             };
@@ -959,7 +1059,11 @@ impl Autosaver {
                 .await
             {
                 Put::Stored { .. } => self.journal.mark_cloud(seq)?,
-                Put::Refused { status, reason } => self.rejected(seq, "the cloud", status, reason),
+                Put::Refused {
+                    status,
+                    reason,
+                    code,
+                } => self.refused(seq, "the cloud", status, reason, code),
                 Put::Busy(error) | Put::Failed(error) => {
                     self.cloud_failed(error);
                     return Ok(false);
@@ -969,21 +1073,14 @@ impl Autosaver {
         Ok(true)
     }
 
-    /// Looks for a box this client trusts and, if one answers, makes it the relay and sends it
-    /// what only the journal holds.
-    async fn fail_over(&mut self) -> Result<(), JournalError> {
-        if self
-            .last_search
-            .is_some_and(|at| at.elapsed() < self.options.probe_every)
-        {
-            return Ok(());
-        }
-        self.last_search = Some(Instant::now());
-        let pins = self.trusted_pins();
+    /// The boxes worth trying, for the pins this client trusts: what discovery finds, then
+    /// the relay list's addresses (an address already there is not tried twice). The pin
+    /// decides, as for any box.
+    async fn prospects(&self, pins: &[String]) -> Vec<Prospect> {
         let mut found = if pins.is_empty() {
             Vec::new()
         } else {
-            match self.options.discovery.find(&pins, DISCOVERY_WAIT).await {
+            match self.options.discovery.find(pins, DISCOVERY_WAIT).await {
                 Ok(found) => found,
                 Err(error) => {
                     tracing::warn!(%error, "cannot look for boxes");
@@ -991,8 +1088,6 @@ impl Autosaver {
                 }
             }
         };
-        // The relay list's addresses, tried directly after what mDNS found (an address
-        // already there is not tried twice). The pin decides, as for any box.
         for relay in self.learnt.iter().flat_map(|list| &list.relays) {
             let urls: Vec<String> = relay
                 .addresses
@@ -1008,6 +1103,21 @@ impl Autosaver {
                 });
             }
         }
+        found
+    }
+
+    /// Looks for a box this client trusts and, if one answers, makes it the relay and sends it
+    /// what only the journal holds.
+    async fn fail_over(&mut self) -> Result<(), JournalError> {
+        if self
+            .last_search
+            .is_some_and(|at| at.elapsed() < self.options.probe_every)
+        {
+            return Ok(());
+        }
+        self.last_search = Some(Instant::now());
+        let pins = self.trusted_pins();
+        let found = self.prospects(&pins).await;
         for found in found {
             if let Some(hint) = &found.pin_hint
                 && !pins.contains(hint)
@@ -1070,15 +1180,22 @@ impl Autosaver {
     /// Sends the relay every save only the journal holds.
     async fn send_held_here_to_relay(&mut self) -> Result<(), JournalError> {
         for seq in self.journal.only_here() {
+            if self.continued_elsewhere.is_some() {
+                return Ok(());
+            }
             let (Some(relay), Some(is_final)) = (&self.relay, self.is_final(seq)) else {
                 return Ok(());
             };
             let payload = Bytes::from(self.journal.payload(seq)?);
             match self.put(&relay.conn, seq, payload, is_final, &[]).await {
                 Put::Stored { receipt } => self.journal.mark_box(seq, &receipt)?,
-                Put::Refused { status, reason } => {
+                Put::Refused {
+                    status,
+                    reason,
+                    code,
+                } => {
                     let by = format!("the hall relay {}", relay.name);
-                    self.rejected(seq, &by, status, reason);
+                    self.refused(seq, &by, status, reason, code);
                 }
                 Put::Busy(_) => return Ok(()),
                 Put::Failed(error) => {
@@ -1123,9 +1240,18 @@ impl Autosaver {
             seq,
         };
         let digest = blake3::hash(&payload);
-        let put = AutosavePut::new(&name, is_final)
-            .digest(&digest)
-            .receipts(receipts);
+        let device = http::HeaderValue::from_str(self.journal.device()).ok();
+        let with_device = |mut put: AutosavePut| {
+            if let Some(device) = &device {
+                put.headers.insert(takeover::DEVICE, device.clone());
+            }
+            put
+        };
+        let put = with_device(
+            AutosavePut::new(&name, is_final)
+                .digest(&digest)
+                .receipts(receipts),
+        );
         let answer = match conn.put(&put.path, put.headers, payload.clone()).await {
             Ok(reply) => Put::of(&reply),
             Err(error) => Put::Failed(error.to_string()),
@@ -1133,12 +1259,12 @@ impl Autosaver {
         match answer {
             // Evidence never costs the save: a receiver that refuses what came with it (a
             // cloud that reads receipts differently) gets the save alone.
-            Put::Refused { status, reason }
+            Put::Refused { status, reason, .. }
                 if status == StatusCode::BAD_REQUEST && !receipts.is_empty() =>
             {
                 tracing::warn!(candidate = %self.options.candidate, seq, %reason,
                     "the save was refused with its box receipts; sending it without them");
-                let put = AutosavePut::new(&name, is_final).digest(&digest);
+                let put = with_device(AutosavePut::new(&name, is_final).digest(&digest));
                 match conn.put(&put.path, put.headers, payload).await {
                     Ok(reply) => Put::of(&reply),
                     Err(error) => Put::Failed(error.to_string()),
@@ -1149,13 +1275,25 @@ impl Autosaver {
     }
 
     /// Tells of a refusal once: a flush sends the refused save again, and the same answer
-    /// is no news.
-    fn rejected(&mut self, seq: u64, by: &str, status: StatusCode, reason: String) {
+    /// is no news. A refusal because the candidate continued on another device stops saving
+    /// here instead ([`Event::ContinuedElsewhere`]).
+    fn refused(
+        &mut self,
+        seq: u64,
+        by: &str,
+        status: StatusCode,
+        reason: String,
+        code: Option<String>,
+    ) {
+        if code.as_deref() == Some(takeover::CONTINUED_ELSEWHERE) {
+            return self.continued_elsewhere(seq, by);
+        }
         self.emit_once(Event::Rejected {
             seq,
             by: by.to_owned(),
             status: status.as_u16(),
             reason,
+            code,
         });
     }
 
@@ -1216,9 +1354,14 @@ mod tests {
         }
         for code in [400, 401, 403, 404, 409, 413] {
             match answer(code, br#"{"error":"conflict","message":"words"}"#) {
-                Put::Refused { status, reason } => {
+                Put::Refused {
+                    status,
+                    reason,
+                    code: error,
+                } => {
                     assert_eq!(status.as_u16(), code);
                     assert_eq!(reason, "words", "the message, not the code");
+                    assert_eq!(error.as_deref(), Some("conflict"));
                 }
                 _ => panic!("{code} must be a refusal"),
             }
