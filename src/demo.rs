@@ -733,6 +733,7 @@ async fn tally(
                 by,
                 status,
                 reason,
+                ..
             } => {
                 r.problems
                     .push(format!("save {seq} refused by {by}: {status} {reason}"));

@@ -11,16 +11,21 @@
  * - Probe and return: while on a box the cloud is asked every `probeEveryMs`; when it answers
  *   it is sent everything it lacks, with the boxes' receipts, and saves go there again.
  * - Every change worth showing a candidate is a [`HallEvent`] with a plain sentence.
+ * - A spare laptop: a fresh journal first asks the cloud (else every box it may use, taking the
+ *   highest) for the candidate's newest save, restores it (`restored`, opened with `restoreCode`
+ *   when sealed) and continues after it; saves made before anyone answers wait without a seq.
+ *   Every save names the journal's device (`Hallrelay-Device`); a 409 `continued_elsewhere`
+ *   stops saving (`continued-elsewhere`): the candidate carries on on another laptop.
  *
  * Operations run one at a time (as the Rust client's `&mut self`), except journaling: a save is
  * journaled at once even while an earlier one waits on the network.
  */
 
 import { toBase64, toBase64Url, utf8 } from "./bytes.js";
-import { seal, type SealKeys } from "./envelope.js";
+import { looksLikeEnvelope, open as openEnvelope, restoreKeyPair, ROLE_RESTORE, seal, type SealKeys } from "./envelope.js";
 import { events, type HallEvent } from "./events.js";
 import { keySetFromJson, parsePlatformKeys, verifyExamKeys, type ExamKeysDocument, type PlatformKey } from "./examKeys.js";
-import { addressSpaceOf, join, localNetworkPermission, readPut, request, type Put, type Reply } from "./http.js";
+import { addressSpaceOf, join, localNetworkPermission, message, readPut, request, type Put, type Reply } from "./http.js";
 import { Journal, type Entry } from "./journal.js";
 import { checkRelayList, urlsOf, type RelayConfig, type RelayList } from "./relays.js";
 
@@ -61,6 +66,12 @@ export interface AutosaverConfig {
   indexedDB?: IDBFactory;
   /** Whether `start()` also flushes in the background every `probeEveryMs` (default true). */
   background?: boolean;
+  /**
+   * The restore code on the candidate's exam card: a fresh journal opens the newest save it
+   * restores with it (the `restored` event). Without it a sealed save is not opened, but its
+   * seq is still continued after.
+   */
+  restoreCode?: string;
 }
 
 /** Where a save landed when `save` returned. */
@@ -83,12 +94,25 @@ export class ConfigError extends Error {
   }
 }
 
-/** A save that was not taken (empty, or the journal cannot be written). */
+/** A save that was not taken (empty, or the journal cannot be written, or `code` `continued_elsewhere`: the candidate carries on on another laptop). */
 export class SaveError extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly code?: string,
+  ) {
     super(message);
     this.name = "SaveError";
   }
+}
+
+/** The error code of a 409 refusing a save from a device the candidate left. */
+const CONTINUED_ELSEWHERE = "continued_elsewhere";
+
+/** A candidate's newest save as a server holds it. */
+interface Newest {
+  seq: number;
+  final: boolean;
+  bytes: Uint8Array;
 }
 
 interface Relay {
@@ -107,8 +131,8 @@ export class Autosaver {
   private lastProbe = Date.now();
   private lastSearch: number | null = null;
   private told = new Set<string>();
-  private askedForLatest = false;
-  private seqFloor = 0;
+  private lastNewestAsk: number | null = null;
+  private continuedElsewhereBy: string | null = null;
   private learnt: RelayList | null = null;
   private relaysDue = true;
   private lastRelaysAsk: number | null = null;
@@ -179,7 +203,7 @@ export class Autosaver {
    */
   async start(): Promise<void> {
     await this.run(async () => {
-      await this.askLatestOnce();
+      await this.settleNumbering();
       if (this.encrypt && !this.sealKeys) await this.learnKeys().catch(() => undefined);
       await this.learnRelays();
     });
@@ -202,14 +226,29 @@ export class Autosaver {
     const bytes = typeof payload === "string" ? utf8(payload) : payload;
     if (bytes.length === 0) throw new SaveError("the save is empty (0 bytes), so it was not taken: pass the saved state's bytes");
     const final = options.final === true;
-    if (!this.askedForLatest) {
-      if ((await this.journal.lastSeq()) === 0) await this.run(() => this.askLatestOnce());
-      else this.askedForLatest = true;
+    if (this.continuedElsewhereBy !== null) {
+      throw new SaveError(
+        `this candidate's exam continues on another laptop (${this.continuedElsewhereBy} said so), so this computer no longer saves: carry on on the other laptop`,
+        CONTINUED_ELSEWHERE,
+      );
+    }
+    const numbered = await this.run(async () => {
+      await this.settleNumbering();
+      return this.journal.isNumbered();
+    });
+    if (!numbered) {
+      try {
+        await this.journal.appendPending(bytes, final);
+      } catch (error) {
+        throw new SaveError(`the save was not taken: ${(error as Error).message}`);
+      }
+      this.emit(events.saved(0, "laptop", new Date()));
+      return { seq: 0, landed: "laptop" };
     }
     const keys = this.encrypt ? this.sealKeys : null;
     let entry: Entry;
     try {
-      entry = await this.journal.append(this.seqFloor, final, async (seq) =>
+      entry = await this.journal.append(0, final, async (seq) =>
         !this.encrypt
           ? { bytes, awaitsKeys: false }
           : keys
@@ -230,6 +269,8 @@ export class Autosaver {
   async flush(): Promise<number> {
     return this.run(async () => {
       const before = this.sent;
+      if (this.continuedElsewhereBy !== null) return 0;
+      await this.settleNumbering();
       await this.sealWaiting();
       await this.probeCloud();
       if (!this.relay && (await this.sendable()).length > 0) {
@@ -245,6 +286,30 @@ export class Autosaver {
       if (this.relay) await this.sendHeldHereToRelay();
       return this.sent - before;
     });
+  }
+
+  /**
+   * On a fresh journal: learns where the candidate's saves stand, numbers the saves that waited,
+   * and restores the newest save (`restored`, `nothing-to-restore`, or `waiting-to-continue`).
+   * Resolves with whether the journal gives out seqs now. `start`, `save` and `flush` do the
+   * same; call it to show restored answers before the first save.
+   */
+  async restoreOnStart(): Promise<boolean> {
+    return this.run(async () => {
+      this.lastNewestAsk = null;
+      await this.settleNumbering();
+      return this.journal.isNumbered();
+    });
+  }
+
+  /** Who said the candidate continued on another device (this autosaver saves no more), or null. */
+  continuedElsewhere(): string | null {
+    return this.continuedElsewhereBy;
+  }
+
+  /** This journal's device id, sent as `Hallrelay-Device` with every save. */
+  device(): string {
+    return this.journal.deviceId;
   }
 
   /** Seqs journaled and not yet acknowledged by the cloud, oldest first. */
@@ -428,7 +493,7 @@ export class Autosaver {
           }
           return { seq, landed: "cloud" };
         case "refused":
-          this.rejected(seq, "the cloud", put.status, put.reason);
+          this.rejected(seq, "the cloud", put.status, put.reason, put.code);
           return { seq, landed: "laptop" };
         default:
           this.cloudFailed(put.error);
@@ -446,7 +511,7 @@ export class Autosaver {
         await this.journal.markBox(seq, put.receipt);
         return { seq, landed: "box", box: relay.name, url: relay.url, receipt: put.receipt };
       case "refused":
-        this.rejected(seq, `the hall relay ${relay.name}`, put.status, put.reason);
+        this.rejected(seq, `the hall relay ${relay.name}`, put.status, put.reason, put.code);
         return { seq, landed: "laptop" };
       case "busy":
         return { seq, landed: "laptop" };
@@ -506,11 +571,12 @@ export class Autosaver {
   /** Sends the cloud every save it lacks, oldest first, with the boxes' receipts. False if the cloud stopped answering on the way. */
   private async resendToCloud(): Promise<boolean> {
     for (const seq of await this.sendable()) {
+      if (this.continuedElsewhereBy !== null) return true;
       const entry = await this.journal.get(seq);
       if (!entry || entry.held === "cloud" || entry.awaitsKeys) continue;
       const put = await this.put(this.config.cloud, entry, false);
       if (put.kind === "stored") await this.journal.markCloud(seq);
-      else if (put.kind === "refused") this.rejected(seq, "the cloud", put.status, put.reason);
+      else if (put.kind === "refused") this.rejected(seq, "the cloud", put.status, put.reason, put.code);
       else {
         this.cloudFailed(put.error);
         return false;
@@ -592,13 +658,14 @@ export class Autosaver {
   /** Sends the relay every save only the journal holds. */
   private async sendHeldHereToRelay(): Promise<void> {
     for (const seq of await this.journal.onlyHere()) {
+      if (this.continuedElsewhereBy !== null) return;
       const relay = this.relay;
       const entry = await this.journal.get(seq);
       if (!relay) return;
       if (!entry || entry.held !== "laptop" || entry.awaitsKeys) continue;
       const put = await this.put(relay.url, entry, true);
       if (put.kind === "stored") await this.journal.markBox(seq, put.receipt);
-      else if (put.kind === "refused") this.rejected(seq, `the hall relay ${relay.name}`, put.status, put.reason);
+      else if (put.kind === "refused") this.rejected(seq, `the hall relay ${relay.name}`, put.status, put.reason, put.code);
       else if (put.kind === "busy") return;
       else {
         await this.lostBox(put.error);
@@ -618,6 +685,7 @@ export class Autosaver {
     const headers: Record<string, string> = {
       "content-type": "application/octet-stream",
       "content-digest": `sha-256=:${toBase64(digest)}:`,
+      "hallrelay-device": this.journal.deviceId,
     };
     const receipts = toBox ? "" : receiptsHeader(entry.receipts);
     const space = toBox ? addressSpaceOf(base) : undefined;
@@ -679,26 +747,92 @@ export class Autosaver {
     return list.relays.length;
   }
 
-  /** A fresh journal continues after the newest seq the cloud holds (asked once). */
-  private async askLatestOnce(): Promise<void> {
-    if (this.askedForLatest || (await this.journal.lastSeq()) !== 0) return;
-    this.askedForLatest = true;
+  /** Numbers a fresh journal once somebody says where the candidate's saves stand (asked at most every `probeEveryMs`). */
+  private async settleNumbering(): Promise<void> {
+    if (await this.journal.isNumbered()) return;
+    if (this.lastNewestAsk !== null && Date.now() - this.lastNewestAsk < this.probeEveryMs) return;
+    this.lastNewestAsk = Date.now();
+    const found = await this.askNewest();
+    if (found === null) {
+      this.emitOnce(events.waitingToContinue());
+      return;
+    }
+    const floor = found.newest?.seq ?? 0;
+    await this.journal.numberPending(floor, this.encrypt);
+    if (!found.newest) {
+      this.emit(events.nothingToRestore(found.from));
+      return;
+    }
+    const { seq, final, bytes } = found.newest;
+    let payload: Uint8Array | null = bytes;
+    let unopened: string | null = null;
+    if (looksLikeEnvelope(bytes)) {
+      payload = null;
+      if (!this.config.restoreCode) {
+        unopened = "the newest save is encrypted: the restore code on the candidate's exam card is needed to open it";
+      } else {
+        try {
+          const keys = await restoreKeyPair(this.config.restoreCode, this.config.exam, this.config.candidate);
+          payload = await openEnvelope(bytes, keys.privateKey, ROLE_RESTORE, this.saveOf(seq, final));
+        } catch (error) {
+          unopened = `the restore code does not open it (${(error as Error).message}): check that the code is the one on this candidate's exam card`;
+        }
+      }
+    }
+    this.emit(events.restored(found.from, seq, final, payload, unopened));
+  }
+
+  /** The candidate's newest save: from the cloud if it answers, else the highest any box that answers holds; null if nobody could say. */
+  private async askNewest(): Promise<{ from: string; newest: Newest | null } | null> {
+    const cloud = await this.newestAt(this.config.cloud);
+    if (cloud.kind === "answer") return { from: "the cloud", newest: cloud.newest };
+    if (cloud.kind === "failed") this.cloudFailed(cloud.error);
+    let best: { from: string; newest: Newest | null } | null = null;
+    for (const prospect of this.prospects()) {
+      if ((await this.tryBox(prospect)) !== null) continue;
+      const answer = await this.newestAt(prospect.url, true);
+      if (answer.kind !== "answer") continue;
+      const from = prospect.name === prospect.url ? `the hall relay at ${prospect.url}` : `the hall relay ${prospect.name}`;
+      if (best === null || (answer.newest?.seq ?? 0) > (best.newest?.seq ?? 0)) best = { from, newest: answer.newest };
+    }
+    return best;
+  }
+
+  /** `GET …/autosaves/latest` at `base`: the newest save (null for none), or why there is no answer. */
+  private async newestAt(base: string, toBox = false): Promise<{ kind: "answer"; newest: Newest | null } | { kind: "failed" | "refused"; error: string }> {
+    const space = toBox ? addressSpaceOf(base) : undefined;
+    let reply: Reply;
     try {
-      const reply = await request(join(this.config.cloud, `/v1/exams/${this.config.exam}/candidates/${this.config.candidate}/autosaves/latest`), {
+      reply = await request(join(base, `/v1/exams/${this.config.exam}/candidates/${this.config.candidate}/autosaves/latest`), {
         token: this.config.token,
         timeoutMs: PROBE_TIMEOUT_MS,
+        ...(space ? { targetAddressSpace: space } : {}),
       });
-      const seq = Number(reply.headers.get("hallrelay-seq"));
-      if (reply.status >= 200 && reply.status <= 299 && Number.isSafeInteger(seq) && seq > 0) this.seqFloor = seq;
-    } catch {
-      // Not known: the journal starts at 1.
+    } catch (error) {
+      return { kind: "failed", error: (error as Error).message };
     }
+    if (reply.status === 404) return { kind: "answer", newest: null };
+    if (reply.status >= 500) return { kind: "failed", error: `it answered ${reply.status}` };
+    if (reply.status < 200 || reply.status > 299) return { kind: "refused", error: `${reply.status}: ${message(reply)}` };
+    const seq = Number(reply.headers.get("hallrelay-seq"));
+    const final = reply.headers.get("hallrelay-final");
+    if (!Number.isSafeInteger(seq) || seq < 1 || (final !== "true" && final !== "false")) {
+      return { kind: "refused", error: "it answered without the save's seq or final flag" };
+    }
+    return { kind: "answer", newest: { seq, final: final === "true", bytes: reply.body } };
   }
 
   // ---- events ----
 
-  private rejected(seq: number, by: string, status: number, reason: string): void {
-    this.emitOnce(events.rejected(seq, by, status, reason));
+  private rejected(seq: number, by: string, status: number, reason: string, code?: string): void {
+    if (code === CONTINUED_ELSEWHERE) {
+      if (this.continuedElsewhereBy === null) {
+        this.continuedElsewhereBy = by;
+        this.emit(events.continuedElsewhere(by, seq));
+      }
+      return;
+    }
+    this.emitOnce(events.rejected(seq, by, status, reason, code));
   }
 
   private emitOnce(event: HallEvent): void {

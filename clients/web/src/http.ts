@@ -80,10 +80,20 @@ export function message(reply: Reply): string {
   return text.trim();
 }
 
+/** The `error` code of a JSON error answer (`conflict`, `continued_elsewhere`, …), if it has one. */
+export function errorCode(reply: Reply): string | undefined {
+  try {
+    const json = JSON.parse(new TextDecoder().decode(reply.body));
+    return typeof json?.error === "string" ? json.error : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** What the answer to an autosave PUT means for the client (the protocol's table). */
 export type Put =
   | { kind: "stored"; receipt: string }
-  | { kind: "refused"; status: number; reason: string }
+  | { kind: "refused"; status: number; reason: string; code?: string }
   | { kind: "busy"; error: string }
   | { kind: "failed"; error: string };
 
@@ -92,7 +102,10 @@ export function readPut(reply: Reply): Put {
   if (s >= 200 && s <= 299) return { kind: "stored", receipt: new TextDecoder().decode(reply.body).trim() };
   if (s === 429 || s === 503) return { kind: "busy", error: `it answered ${s}` };
   if (s === 408 || s === 425) return { kind: "failed", error: `it answered ${s}` };
-  if (s >= 400 && s <= 499) return { kind: "refused", status: s, reason: message(reply) };
+  if (s >= 400 && s <= 499) {
+    const code = errorCode(reply);
+    return code === undefined ? { kind: "refused", status: s, reason: message(reply) } : { kind: "refused", status: s, reason: message(reply), code };
+  }
   return { kind: "failed", error: `it answered ${s}` };
 }
 
