@@ -457,3 +457,114 @@ fn the_package_fails_over_to_the_box_and_returns_against_the_real_cloud_and_box(
     });
     drop(hall);
 }
+
+/// The package on a spare laptop (issue 23), against the real cloud and box: the candidate's
+/// first laptop saves 1–2 to the cloud and, the cloud gone, 3–4 to the box, then dies. A new
+/// page with a fresh IndexedDB (another device) and the exam card's restore code restores save
+/// 4 from the box (`restored`, its answers opened with the code) and numbers its own saves
+/// after it: 5, 6, never a guessed seq. They wait for the exam's keys (this laptop never saw
+/// the cloud) and, once the cloud is back, are sealed and reach it under 5 and 6, with no
+/// refusal anywhere.
+#[test]
+fn the_package_restores_on_a_spare_laptop_and_continues_after_the_box_s_newest() {
+    if !node_or_skip("the web client package's spare laptop against the real cloud and box") {
+        return;
+    }
+    let _dist = build();
+    const EXAM: &str = "bio-2026";
+    let dir = tempfile::tempdir().unwrap();
+    let cloud_dir = dir.path().join("cloud");
+    let cloud_listen = format!("127.0.0.1:{}", common::free_port());
+    let cloud_args = ["--listen", cloud_listen.as_str(), "--tls"];
+    let mut cloud = common::BoxProcess::start_cloud(&cloud_dir, &cloud_args);
+    let platform = common::Platform::of_cloud(&cloud_dir);
+    let keys_file = platform.write_keys_file(&dir.path().join("platform-keys.json"));
+    let config = common::config_file(
+        dir.path(),
+        &format!("platform_keys_file = \"{keys_file}\"\n"),
+    );
+    let hall = common::BoxProcess::start(
+        &dir.path().join("box"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let token = platform.candidate_token(common::DEFAULT_VENUE, EXAM, "c1");
+    let card = common::command(None)
+        .args(["cloud", "card", "--data-dir"])
+        .arg(&cloud_dir)
+        .args(["--exam", EXAM, "--candidate", "c1"])
+        .output()
+        .unwrap();
+    let card = String::from_utf8_lossy(&card.stdout).into_owned();
+    let code = card
+        .split_whitespace()
+        .find(|w| w.len() == 34 && w.matches('-').count() == 6)
+        .unwrap_or_else(|| panic!("no restore code in {card}"))
+        .to_owned();
+    let open = |database: &str, code: Option<&str>| {
+        let mut config = serde_json::json!({
+            "cloud": cloud.url(), "exam": EXAM, "candidate": "c1", "token": token,
+            "relays": [{"name": "hall-a", "urls": [hall.url()]}],
+            "failoverAfterMs": 0, "probeEveryMs": 200, "requestTimeoutMs": 3000,
+            "background": false, "database": database,
+        });
+        if let Some(code) = code {
+            config["restoreCode"] = code.into();
+        }
+        serde_json::json!({ "open": config })
+    };
+    let mut first = Driver::spawn();
+    first.send(open("first-laptop", None));
+    for i in 1..=2 {
+        assert_eq!(first.save(&format!("answer {i}"))["landed"], "cloud");
+    }
+    cloud.kill9();
+    for i in 3..=4 {
+        let r = first.save(&format!("answer {i}"));
+        assert_eq!(r["landed"], "box", "{r}; events {:?}", first.events);
+    }
+    drop(first);
+
+    let mut spare = Driver::spawn();
+    spare.send(open("spare-laptop", Some(&code)));
+    let restored = spare
+        .events
+        .iter()
+        .find(|e| e["kind"] == "restored")
+        .unwrap_or_else(|| panic!("no restored event: {:?}", spare.events))
+        .clone();
+    assert_eq!(restored["seq"], 4, "{restored}");
+    assert_eq!(restored["payload"], "answer 4", "{restored}");
+    assert!(
+        restored["from"].as_str().unwrap().contains("hall-a"),
+        "{restored}"
+    );
+    let seqs: Vec<u64> = (1..=2)
+        .map(|i| spare.save(&format!("spare answer {i}"))["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![5, 6], "after the box's newest: {:?}", spare.events);
+
+    cloud = common::BoxProcess::start_cloud(&cloud_dir, &cloud_args);
+    let mut flushed = false;
+    for _ in 0..30 {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        spare.send(serde_json::json!({"flush": true}));
+        let pending = spare.send(serde_json::json!({"pending": true}));
+        if pending["pending"] == serde_json::json!([]) {
+            flushed = true;
+            break;
+        }
+    }
+    assert!(flushed, "the spare's saves never reached the cloud: {:?}", spare.events);
+    assert!(
+        !spare.kinds().contains(&"rejected".to_owned()),
+        "{:?}",
+        spare.events
+    );
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = cloud.client(Some(token.clone()));
+        let rows = common::list(&client, EXAM, "c1").await;
+        let seqs: Vec<u64> = rows.iter().filter_map(|r| r["seq"].as_u64()).collect();
+        assert_eq!(seqs, vec![1, 2, 5, 6], "the cloud's own and the spare's; 3–4 wait on the box");
+    });
+    drop(hall);
+}
