@@ -442,6 +442,11 @@ pub struct CloudArgs {
     /// Serve TLS even on a loopback address.
     #[arg(long)]
     pub tls: bool,
+    /// To how many of an exam's boxes clients write each save when its relay list names two
+    /// or more: 2 (two-box writing, the default) or 1 (turns it off). Carried in every exam's
+    /// signed configuration and relay list.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub hall_copies: u8,
     /// Test switch: answer this share of requests (0 to 1) with 500.
     #[arg(long, default_value_t = 0.0, value_parser = share)]
     pub fault_rate: f64,

@@ -354,6 +354,7 @@ fn cloud_config(plan: &DemoPlan, secrets: &Secrets) -> Result<CloudConfig, DemoE
         listen: "127.0.0.1:0".parse().map_err(|_| DemoError::NotReady)?,
         venue_key_file: secrets.platform_key_file.clone(),
         appliance_token_file: Some(secrets.credential_file.clone()),
+        hall_copies: hallrelay_protocol::exam_config::DEFAULT_HALL_COPIES,
         // Over TLS, pinned, as a real platform: the box syncs its hall clock from it.
         tls: true,
         fault_rate: 0.0,

@@ -66,6 +66,7 @@ fn main() -> ExitCode {
                 data_dir: args.data_dir,
                 listen: args.listen,
                 appliance_token_file: args.appliance_token_file,
+                hall_copies: args.hall_copies,
                 tls: args.tls,
                 fault_rate: args.fault_rate,
                 reset_rate: args.reset_rate,

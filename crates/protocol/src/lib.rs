@@ -9,6 +9,8 @@
 //!   [`signing`] the signature scheme and [`clock`] what a receipt says about its time;
 //! - [`token`]: candidate and admin tokens (Ed25519, signed by the platform or a box's local
 //!   key), with [`keys`] the key and credential files they come from;
+//! - [`exam_config`]: the platform-signed exam configuration a box keeps and serves, so that a
+//!   laptop that was never online can start;
 //! - [`pin`]: key pins, how a client names the one box it trusts;
 //! - [`timefmt`]: the RFC 3339 times receipts and answers carry;
 //! - [`hex`]: the spelling of keys in files;
@@ -23,6 +25,7 @@ pub mod clock;
 pub mod crockford;
 pub mod digest;
 pub mod envelope;
+pub mod exam_config;
 pub mod hex;
 pub mod ids;
 pub mod keys;

@@ -285,6 +285,14 @@ pub fn key_id(token: &str) -> Option<String> {
     parse(token).ok().map(|(_, _, payload)| payload.kid)
 }
 
+/// The box pin `token` claims to be limited to (`box`), read without verifying anything: for
+/// the message that refuses a box-only token where its box is not (the cloud, another box).
+pub fn claimed_box(token: &str) -> Option<String> {
+    parse(token)
+        .ok()
+        .and_then(|(_, _, payload)| payload.box_pin)
+}
+
 fn parse(token: &str) -> Result<(&str, [u8; 64], Payload), TokenError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);

@@ -42,6 +42,8 @@ pub struct CloudConfig {
     pub listen: SocketAddr,
     pub venue_key_file: PathBuf,
     pub appliance_token_file: Option<PathBuf>,
+    /// 1 or 2: the exams' `hall_copies` (two-box writing on or off).
+    pub hall_copies: u8,
     /// Serve TLS even on loopback.
     pub tls: bool,
     /// Share of requests answered 500 (fault injection for tests), 0..=1.
@@ -122,11 +124,10 @@ pub async fn run(
     };
     let ring = KeyRing::open(&config.venue_key_file)?;
     let answer_keys = crate::platform::AnswerKeys::open_or_create(&config.data_dir)?;
-    let platform = Arc::new(crate::platform::Platform::open(
-        &config.data_dir,
-        ring.clone(),
-        answer_keys,
-    )?);
+    let mut platform =
+        crate::platform::Platform::open(&config.data_dir, ring.clone(), answer_keys)?;
+    platform.hall_copies = config.hall_copies;
+    let platform = Arc::new(platform);
     let tls = if config.tls || !config.listen.ip().is_loopback() {
         Some(Arc::new(crate::tls::server_config(&parts.identity)?))
     } else {
@@ -154,9 +155,10 @@ pub async fn run(
         console: None,
         metrics: None,
         identity: None,
-        platform: Some(Arc::new(platform)),
+        platform: Some(Arc::new(platform.clone())),
         enrollment: None,
         clock: None,
+        exam_configs: Some(Arc::new(platform)),
     });
     tokio::spawn(follow_key_ring(ring, state.clone(), shutdown.clone()));
     let (fault_rate, reset_rate) = (config.fault_rate, config.reset_rate);

@@ -311,6 +311,7 @@ fn app_state(
         identity: Some(parts.identity.clone()),
         platform: None,
         enrollment: Some(enrollment),
+        exam_configs: None,
     })
 }
 

@@ -9,6 +9,8 @@
 //! the caller's business (no networking here).
 
 mod autosave;
+pub mod box_tokens;
+pub mod devices;
 pub mod headers;
 mod paths;
 pub mod platform;
@@ -16,7 +18,8 @@ pub mod platform;
 pub use autosave::{Answer, AutosavePut, DEFAULT_CONTENT_TYPE, retry_after};
 pub use paths::{
     AUDIT, EXAMS_PREFIX, EXPORT_AUTOSAVES, EXPORT_MANIFEST, EXPORT_PREFIX, HEALTH, OPENAPI,
-    PathError, REPORT, RETRY_PARKED, Route, STATUS, autosave_path, autosaves_path, latest_path,
+    PathError, REPORT, RETRY_PARKED, Route, STATUS, autosave_path, autosaves_path,
+    exam_config_path, latest_path,
 };
 
 /// The DNS-SD service type a box advertises and clients browse for.

@@ -42,6 +42,12 @@ pub fn autosave_path(exam: &str, candidate: &str, seq: u64) -> String {
     format!("{}/{seq}", autosaves_path(exam, candidate))
 }
 
+/// `/v1/exams/{exam}/config` (GET, candidate token for that exam; on the cloud and the box):
+/// the platform-signed exam configuration ([`crate::exam_config::ExamConfig`]).
+pub fn exam_config_path(exam: &str) -> String {
+    format!("{EXAMS_PREFIX}{exam}/config")
+}
+
 /// What a request path names, as far as the path alone can tell. Every id and seq in it has
 /// been checked by [`Route::parse`], so a handler never sees a name that could not be stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +64,8 @@ pub enum Route {
     Latest { exam: String, candidate: String },
     /// [`autosave_path`]
     Autosave(AutosaveName),
+    /// [`exam_config_path`]
+    ExamConfig { exam: String },
 }
 
 /// Why a path names no route. The id errors are the API's 400s, checked in path order (exam,
@@ -98,6 +106,14 @@ impl Route {
             ["health"] => Ok(Self::Health),
             ["status"] => Ok(Self::Status),
             ["replay", "retry-parked"] => Ok(Self::RetryParked),
+            ["exams", exam, "config"] => {
+                if !is_valid_id(exam) {
+                    return Err(PathError::BadExam);
+                }
+                Ok(Self::ExamConfig {
+                    exam: exam.to_string(),
+                })
+            }
             [
                 "exams",
                 exam,
@@ -140,6 +156,7 @@ impl Route {
             Self::List { exam, candidate } => autosaves_path(exam, candidate),
             Self::Latest { exam, candidate } => latest_path(exam, candidate),
             Self::Autosave(name) => autosave_path(&name.exam, &name.candidate, name.seq),
+            Self::ExamConfig { exam } => exam_config_path(exam),
         }
     }
 }
@@ -186,6 +203,9 @@ mod tests {
             Route::Latest { exam, candidate },
             Route::Autosave(name(0)),
             Route::Autosave(name(u64::MAX)),
+            Route::ExamConfig {
+                exam: "math-2026".into(),
+            },
         ] {
             assert_eq!(Route::parse(&route.path()), Ok(route.clone()), "{route:?}");
         }
@@ -203,6 +223,7 @@ mod tests {
             ("/v1/exams/e/candidates/c/autosaves/007", PathError::BadSeq),
             ("/v1/exams/e/candidates/c/autosaves/", PathError::BadSeq),
             ("/v1/exams/e/candidates/c/autosaves/-1", PathError::BadSeq),
+            ("/v1/exams/a b/config", PathError::BadExam),
             // The ids are checked before what follows them.
             (
                 "/v1/exams/e/candidates/c c/autosaves/1/extra",

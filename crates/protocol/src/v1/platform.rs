@@ -23,6 +23,10 @@ pub const BOX_ADDRESSES: &str = "/v1/box/addresses";
 pub const BOXES: &str = "/v1/boxes";
 /// `GET` (no auth): the platform's public token keys.
 pub const PLATFORM_KEYS: &str = "/v1/platform/keys";
+/// `GET` (box credential): the signed configurations of every exam at the box's venue
+/// ([`crate::exam_config::VenueExams`]); `POST` (venue admin token, body
+/// [`crate::exam_config::DeclareExam`]): declares an exam at the token's venue.
+pub const VENUE_EXAMS: &str = "/v1/venue/exams";
 /// What the proof of an enrollment signs, before the normalised code.
 pub const PROOF_CONTEXT: &str = "hallrelay-enroll-v1\n";
 
@@ -75,6 +79,8 @@ pub enum PlatformRoute {
     Revoke(String),
     Confirm(String),
     PlatformKeys,
+    /// [`VENUE_EXAMS`].
+    VenueExams,
     Relays(String),
     /// `GET /v1/exams/{exam}/keys`.
     ExamKeys(String),
@@ -95,6 +101,7 @@ impl PlatformRoute {
             BOX_ADDRESSES => return Ok(Some(Self::BoxAddresses)),
             BOXES => return Ok(Some(Self::Boxes)),
             PLATFORM_KEYS => return Ok(Some(Self::PlatformKeys)),
+            VENUE_EXAMS => return Ok(Some(Self::VenueExams)),
             _ => {}
         }
         if let Some(save) = path.strip_suffix(ANSWER_SUFFIX) {
@@ -271,10 +278,18 @@ pub struct BoxRow {
 pub struct Relays {
     pub venue: String,
     pub relays: Vec<Relay>,
+    /// 1 or 2: to how many of the listed boxes a client writes each save (two-box mode); the
+    /// same as the exam configuration's. Absent (an older cloud): 2.
+    #[serde(default = "default_hall_copies")]
+    pub hall_copies: u8,
+}
+
+fn default_hall_copies() -> u8 {
+    crate::exam_config::DEFAULT_HALL_COPIES
 }
 
 /// One box a candidate may fail over to.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Relay {
     pub name: String,
     pub pin: String,

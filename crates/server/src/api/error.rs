@@ -46,6 +46,15 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     #[error("other bytes are already stored under this name (blake3 {existing})")]
     Conflict { existing: String },
+    /// The device rule refused a save from a device the candidate left
+    /// ([`hallrelay_protocol::v1::devices`]).
+    #[error(
+        "this candidate continued on another device, which has saved from seq {took_over_at} \
+         on: this device's saves from there on are refused so that the two never collide. \
+         Nothing was stored. Continue on the other device; if this is the device the \
+         candidate is using now, ask the invigilator"
+    )]
+    ContinuedElsewhere { took_over_at: u64 },
     #[error("the body is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("the box's storage is full")]
@@ -79,7 +88,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. } | ApiError::ContinuedElsewhere { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -103,6 +112,9 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict { .. } => "conflict",
+            ApiError::ContinuedElsewhere { .. } => {
+                hallrelay_protocol::v1::devices::CONTINUED_ELSEWHERE
+            }
             ApiError::TooLarge { .. } => "too_large",
             ApiError::StorageFull => "storage_full",
             ApiError::TooManyRequests { .. } => "rate_limited",

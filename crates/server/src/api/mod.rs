@@ -488,6 +488,28 @@ pub struct AppState {
     /// The box's hall clock (the box only): shown wherever the box reports time. The
     /// reference cloud sends its own time instead (`Hallrelay-Time`), for boxes to sync from.
     pub clock: Option<Arc<crate::clock::HallClock>>,
+    /// Where `GET /v1/exams/{exam}/config` comes from: the platform, which signs it (the
+    /// cloud), or the configurations the box fetched from its cloud and keeps (the box).
+    pub exam_configs: Option<Arc<dyn ExamConfigs>>,
+}
+
+/// The source of the platform-signed exam configurations
+/// ([`hallrelay_protocol::exam_config::ExamConfig`]) the API serves.
+pub trait ExamConfigs: Send + Sync {
+    /// The configuration of `exam` for a candidate of `venue`; `Ok(None)` when there is none
+    /// to give (a box that never fetched it).
+    fn config<'a>(
+        &'a self,
+        exam: &'a str,
+        venue: &'a str,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<Option<hallrelay_protocol::exam_config::ExamConfig>, ApiError>,
+                > + Send
+                + 'a,
+        >,
+    >;
 }
 
 /// An answer on its way, as routes built on this API give it.

@@ -160,6 +160,10 @@ async fn route(
             let found = state.store.latest(exam, candidate).await?;
             payload_response(found)
         }
+        Target::ExamConfig { exam } => {
+            only(&request, &Method::GET, "GET")?;
+            exam_config(state, &request, &exam).await
+        }
         Target::Autosave(name) => match *request.method() {
             Method::PUT => put(state, request, name).await,
             Method::GET => {
@@ -265,6 +269,42 @@ fn authorize_forwarded<B>(
         _ => Err(ApiError::Forbidden(
             "the candidate's forwarded token is for another exam, candidate or venue",
         )),
+    }
+}
+
+/// `GET /v1/exams/{exam}/config`: the platform-signed configuration of the exam, for a
+/// candidate token of that exam (on a box, its box-only tokens too).
+async fn exam_config<B>(
+    state: &State,
+    request: &Request<B>,
+    exam: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let venue = match state.auth.authenticate(super::bearer(request))? {
+        Caller::Candidate { exam: e, venue, .. } if e == exam => venue,
+        Caller::Candidate { .. } => {
+            return Err(ApiError::Forbidden("the token is for another exam"));
+        }
+        _ => {
+            return Err(ApiError::Forbidden(
+                "an exam's configuration is given to its candidates: send a candidate token",
+            ));
+        }
+    };
+    let Some(source) = &state.exam_configs else {
+        return Err(ApiError::NotFound);
+    };
+    match source.config(exam, &venue).await? {
+        Some(config) => Ok(json_response(StatusCode::OK, &config)),
+        None => Err(ApiError::Refused {
+            status: StatusCode::NOT_FOUND,
+            code: "no_exam_config",
+            message: format!(
+                "this server holds no configuration for exam {exam}: a box fetches the \
+                 configurations of its venue's exams from its cloud while its uplink is up \
+                 (the platform lists an exam at a venue once a candidate of the venue has \
+                 fetched its relays, keys or configuration, or an admin declared it)"
+            ),
+        }),
     }
 }
 

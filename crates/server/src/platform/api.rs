@@ -10,6 +10,9 @@
 //! | `GET /v1/platform/keys` | anyone (public keys are public) |
 //! | `GET /v1/exams/{exam}/relays` | a candidate token for that exam |
 //! | `GET /v1/exams/{exam}/keys` | a candidate token for that exam |
+//! | `GET /v1/exams/{exam}/config` | a candidate token for that exam (served by the API's own route, signed by [`super::exam_configs`]) |
+//! | `GET /v1/venue/exams` | a box credential: the configurations of its venue's exams |
+//! | `POST /v1/venue/exams` | a venue admin token: declares an exam at the venue |
 //! | `GET /v1/exams/{exam}/candidates/{c}/autosaves/{seq}/answer` | a platform admin token |
 //!
 //! Who a token speaks for (its venue, whether it is scoped to one box) comes from its
@@ -33,9 +36,11 @@ use crate::api::budget::ClientBudget;
 use crate::api::drain::RequestBody;
 use crate::api::error::json_response;
 use crate::api::{ApiError, Caller, State, bearer};
+use hallrelay_protocol::exam_config::{DeclareExam, VenueExams};
 use hallrelay_protocol::ids::is_valid_id;
 use hallrelay_protocol::signing::VerifyingKey;
 use hallrelay_protocol::timefmt::rfc3339;
+use hallrelay_protocol::v1::PathError;
 use hallrelay_protocol::v1::platform::{
     Addresses, BoxRow, BoxView, CodeIssued, CodeRequest, EnrollRequest, Enrolled, PlatformRoute,
     Relay, Relays, proof_message,
@@ -199,6 +204,33 @@ pub async fn handle(
             tracing::info!(pin = %record.pin, venue = %record.venue, "box confirmed: listed to candidates");
             Ok(json_response(StatusCode::OK, &row(&record)))
         }
+        PlatformRoute::VenueExams if request.method() == Method::POST => {
+            let venue = venue_admin(state, &request)?;
+            let DeclareExam { exam } = read_json(request).await?;
+            if !is_valid_id(&exam) {
+                return Err(ApiError::BadId(PathError::BadExam.reason()));
+            }
+            platform.note_exam(&venue, &exam).await?;
+            let config = platform.sign_config(&venue, &exam).await?;
+            Ok(json_response(StatusCode::CREATED, &config))
+        }
+        PlatformRoute::VenueExams => {
+            only(&request, Method::GET)?;
+            let pin = calling_box(platform, &request)?;
+            let record = blocking(platform, move |p| {
+                p.registry.contact(&pin, None, SystemTime::now())
+            })
+            .await?;
+            let venue = record.venue;
+            let mut configs = Vec::new();
+            for exam in platform.exams_at(&venue) {
+                configs.push(platform.sign_config(&venue, &exam).await?);
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &VenueExams { venue, configs },
+            ))
+        }
         PlatformRoute::PlatformKeys => {
             only(&request, Method::GET)?;
             Ok(json_response(StatusCode::OK, &state.auth.trust().platform))
@@ -211,6 +243,7 @@ pub async fn handle(
                 &exam,
                 "the relays of an exam are listed to its candidates: send a candidate token",
             )?;
+            platform.note_exam(&venue, &exam).await?;
             let listed = {
                 let venue = venue.clone();
                 blocking(platform, move |p| p.registry.relays(&venue)).await?
@@ -223,17 +256,25 @@ pub async fn handle(
                     addresses: b.addresses,
                 })
                 .collect();
-            Ok(json_response(StatusCode::OK, &Relays { venue, relays }))
+            Ok(json_response(
+                StatusCode::OK,
+                &Relays {
+                    venue,
+                    relays,
+                    hall_copies: platform.hall_copies,
+                },
+            ))
         }
         PlatformRoute::ExamKeys(exam) => {
             only(&request, Method::GET)?;
-            let (_, candidate) = exam_candidate(
+            let (venue, candidate) = exam_candidate(
                 state,
                 &request,
                 &exam,
                 "an exam's keys are given to its candidates, each their own: send a candidate \
                  token",
             )?;
+            platform.note_exam(&venue, &exam).await?;
             super::answers::exam_keys(platform, exam, candidate).await
         }
         PlatformRoute::Answer(name) => {

@@ -8,6 +8,7 @@
 //! - [`answer_keys`]: `answer-keys.key`, the master secret the exams' private keys and the
 //!   candidates' restore secrets derive from: the cloud holds the keys answers are sealed to.
 //! - [`answers`]: an exam's signed keys for a candidate, and a stored save's plaintext.
+//! - [`exam_configs`]: which exams are at which venue, and their signed configurations.
 //! - [`api`]: the platform's HTTP endpoints (enrollment, box management, the platform's
 //!   public keys, the relays of an exam, an exam's keys, a save's plaintext), served by the
 //!   cloud beside the autosave API.
@@ -18,6 +19,7 @@ pub mod answer_keys;
 pub mod answers;
 pub mod api;
 pub mod codes;
+pub mod exam_configs;
 pub mod registry;
 
 use std::path::Path;
@@ -85,6 +87,10 @@ pub struct Platform {
     /// so a promoted key signs from the moment it signs tokens.
     pub(crate) ring: KeyRing,
     pub(crate) answer_keys: AnswerKeys,
+    /// 1 or 2: the exams' `hall_copies` (`cloud --hall-copies`), in their configurations and
+    /// relay lists.
+    pub hall_copies: u8,
+    pub(crate) venue_exams: exam_configs::VenueExamSet,
 }
 
 impl Platform {
@@ -94,11 +100,14 @@ impl Platform {
         ring: KeyRing,
         answer_keys: AnswerKeys,
     ) -> Result<Self, RegistryError> {
+        let registry = Registry::open(data_dir)?;
         Ok(Self {
-            registry: Registry::open(data_dir)?,
+            venue_exams: exam_configs::VenueExamSet::load(registry.venue_exams()?),
+            registry,
             enrollment_limiter: ClientLimiter::new(ENROLLMENT_RATE.0, ENROLLMENT_RATE.1),
             ring,
             answer_keys,
+            hall_copies: hallrelay_protocol::exam_config::DEFAULT_HALL_COPIES,
         })
     }
 }

@@ -31,6 +31,10 @@ pub const REGISTRY_FILE: &str = "platform.redb";
 const CODES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("codes");
 const BOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("boxes");
 const ATTEMPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("attempts");
+/// (venue, exam) → when the platform first saw the exam at the venue (Unix seconds): a
+/// candidate of the venue asked for the exam's relays, keys or configuration, or an admin
+/// declared it. Added after the first three tables; created at open.
+const VENUE_EXAMS: TableDefinition<(&str, &str), u64> = TableDefinition::new("venue_exams");
 
 /// What the registry keeps of one code.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -223,6 +227,7 @@ impl Registry {
             write.open_table(CODES).map_err(|e| open(e.into()))?;
             write.open_table(BOXES).map_err(|e| open(e.into()))?;
             write.open_table(ATTEMPTS).map_err(|e| open(e.into()))?;
+            write.open_table(VENUE_EXAMS).map_err(|e| open(e.into()))?;
         }
         write.commit().map_err(|e| open(e.into()))?;
         let registry = Self {
@@ -508,6 +513,41 @@ impl Registry {
                 r.addresses = addresses;
             }
         })
+    }
+
+    /// Records `exam` at `venue` (once: a second call changes nothing). Whether it was new.
+    pub fn record_exam(
+        &self,
+        venue: &str,
+        exam: &str,
+        now: SystemTime,
+    ) -> Result<bool, RegistryError> {
+        let write = self.db.begin_write().map_err(storage)?;
+        let new = {
+            let mut table = write.open_table(VENUE_EXAMS).map_err(storage)?;
+            let known = table.get((venue, exam)).map_err(storage)?.is_some();
+            if !known {
+                table
+                    .insert((venue, exam), unix_secs(now))
+                    .map_err(storage)?;
+            }
+            !known
+        };
+        write.commit().map_err(storage)?;
+        Ok(new)
+    }
+
+    /// Every (venue, exam) recorded, in order.
+    pub fn venue_exams(&self) -> Result<Vec<(String, String)>, RegistryError> {
+        let read = self.db.begin_read().map_err(storage)?;
+        let table = read.open_table(VENUE_EXAMS).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(storage)? {
+            let (k, _) = row.map_err(storage)?;
+            let (venue, exam) = k.value();
+            out.push((venue.to_owned(), exam.to_owned()));
+        }
+        Ok(out)
     }
 
     /// The boxes candidates of `venue` may fail over to.
