@@ -296,6 +296,13 @@ pub enum Event {
     /// nor a trusted box answered): saves are kept on this laptop, without a seq, and sent
     /// once one answers.
     WaitingToContinue,
+    /// A box gave the exam's platform-signed configuration (checked with the platform's
+    /// keys): saves are sealed to its exam key and may go to its `relays` relays of `venue`.
+    ExamConfigLearnt {
+        from: String,
+        venue: String,
+        relays: usize,
+    },
     /// `by` refused save `seq` because the candidate continued on another device (409
     /// `continued_elsewhere`): this laptop stops saving. Not a failure: the exam goes on on
     /// the other laptop.
@@ -413,6 +420,16 @@ impl std::fmt::Display for Event {
             Event::WaitingToContinue => write!(
                 f,
                 "neither the cloud nor a hall relay answers yet: saves are kept on this laptop                  and numbered once one says where your saves stand"
+            ),
+            Event::ExamConfigLearnt {
+                from,
+                venue,
+                relays,
+            } => write!(
+                f,
+                "{from} gave this laptop the exam's configuration, signed by the platform: \
+                 saves are encrypted for the exam and can go to {relays} hall relays of venue \
+                 {venue}"
             ),
             Event::ContinuedElsewhere { by, .. } => write!(
                 f,
@@ -606,6 +623,7 @@ impl Autosaver {
             ),
             Privacy::Plaintext => None,
         };
+        let (sealer, learnt) = takeover::from_kept_config(&options, journal.dir(), sealer, learnt);
         Ok(Self {
             options,
             journal,
@@ -701,6 +719,13 @@ impl Autosaver {
         let Privacy::Encrypt { platform_keys } = &self.options.privacy else {
             return Ok(());
         };
+        if !self.uses_cloud() {
+            // A box-only token: the box's signed exam configuration is where the keys are.
+            return self.learn_from_box().await.map_err(|error| {
+                self.last_keys_ask = Some((Instant::now(), error.to_string()));
+                error.into()
+            });
+        }
         let cloud = self.cloud.with_timeout(BOX_PROBE_TIMEOUT);
         let fetched = encryption::fetch(
             &cloud,
@@ -720,6 +745,13 @@ impl Autosaver {
                     tracing::info!(candidate = %self.options.candidate, restore, "saves are sealed to the exam's keys");
                     self.emit(Event::Encrypting { restore });
                 }
+                Ok(())
+            }
+            // The cloud is gone: a trusted box's copy of the platform-signed configuration.
+            Err(error @ encryption::KeysError::Unreachable(_))
+                if !self.trusted_pins().is_empty() && self.learn_from_box().await.is_ok() =>
+            {
+                tracing::info!(candidate = %self.options.candidate, %error, "the exam's keys came from a box's exam configuration");
                 Ok(())
             }
             Err(error) => {
@@ -797,6 +829,10 @@ impl Autosaver {
     /// offers none (404, 401, 403: a cloud without a platform; logged once, and saving goes on
     /// with the configured pins).
     pub async fn learn_relays(&mut self) -> Option<usize> {
+        if !self.uses_cloud() {
+            self.relays_due = false;
+            return self.learnt.as_ref().map(|list| list.relays.len());
+        }
         self.last_relays_ask = Some(Instant::now());
         let cloud = self.cloud.with_timeout(BOX_PROBE_TIMEOUT);
         match relays::fetch(&cloud, &self.options.exam).await {
@@ -863,7 +899,11 @@ impl Autosaver {
             self.seal_waiting(&sealer)?;
         }
         self.probe_cloud().await?;
-        if self.relay.is_none() && !self.journal.not_in_cloud().is_empty() {
+        if self.relay.is_none() && !self.uses_cloud() {
+            if !self.journal.only_here().is_empty() {
+                self.fail_over().await?;
+            }
+        } else if self.relay.is_none() && !self.journal.not_in_cloud().is_empty() {
             if self.resend_to_cloud().await? {
                 self.cloud_is_back(false);
             } else if self.failover_due() {
@@ -910,6 +950,19 @@ impl Autosaver {
         is_final: bool,
     ) -> Result<Landed, JournalError> {
         self.probe_cloud().await?;
+        if self.relay.is_none() && !self.uses_cloud() {
+            // A box-only token: the box, from the first save.
+            self.fail_over().await?;
+            return Ok(
+                match (&self.relay, self.journal.get(seq).map(|e| &e.held)) {
+                    (Some(relay), Some(Held::Box { .. })) => Landed::Box {
+                        name: relay.name.clone(),
+                        url: relay.url.clone(),
+                    },
+                    _ => Landed::Journal,
+                },
+            );
+        }
         if self.relay.is_none() {
             let receipts = self.box_receipts(seq);
             match self
@@ -991,7 +1044,10 @@ impl Autosaver {
     /// While on a box, asks the cloud (at most every `probe_every`) whether it answers again,
     /// and if so returns to it.
     async fn probe_cloud(&mut self) -> Result<(), JournalError> {
-        if self.relay.is_none() || self.last_probe.elapsed() < self.options.probe_every {
+        if self.relay.is_none()
+            || !self.uses_cloud()
+            || self.last_probe.elapsed() < self.options.probe_every
+        {
             return Ok(());
         }
         self.last_probe = Instant::now();
@@ -1038,8 +1094,10 @@ impl Autosaver {
     }
 
     fn failover_due(&self) -> bool {
-        self.cloud_down_since
-            .is_some_and(|since| since.elapsed() >= self.options.failover_after)
+        !self.uses_cloud()
+            || self
+                .cloud_down_since
+                .is_some_and(|since| since.elapsed() >= self.options.failover_after)
     }
 
     /// Sends the cloud every save it lacks, oldest first. False if the cloud stopped

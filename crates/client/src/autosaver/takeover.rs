@@ -24,22 +24,91 @@
 //! ([`Event::ContinuedElsewhere`], [`SaveError::ContinuedElsewhere`]) instead of treating it
 //! as a conflict.
 //!
+//! A laptop that was never online (a spare handed over mid-outage) gets the exam's keys and
+//! relays from a trusted box's copy of the platform-signed exam configuration
+//! ([`crate::exam_config`]). With a **box-only token** (issued by the box's console: it names
+//! the box's pin) the cloud is never asked: saves go to the box from the first one. They stay
+//! in the journal (held by the box) until a later run with a cloud token sends them to the
+//! cloud; the box replays them anyway. Releasing them on the box's word alone (its
+//! `delivered` list) would leave the laptop with nothing if the box then died before its
+//! replay finished, so the journal keeps them.
+//!
 //! [`Journal::number_pending`]: crate::Journal::number_pending
 //! [`Journal::device`]: crate::Journal::device
 
+use std::path::Path;
 use std::time::{Instant, SystemTime};
 
 use http::HeaderName;
 
-use super::{Autosaver, BOX_PROBE_TIMEOUT, Event, Landed, SaveError, Saved};
-use crate::encryption::Privacy;
+use super::{Autosaver, BOX_PROBE_TIMEOUT, Event, Landed, Options, Prospect, SaveError, Saved};
+use crate::encryption::{self, Privacy};
+use crate::exam_config::{self, ConfigError};
 use crate::journal::JournalError;
+use crate::relays::RelayList;
 use crate::restore::{self, Newest, RestoreError};
+use hallrelay_envelope::Sealer;
+use hallrelay_protocol::exam_config::ExamConfig;
+use hallrelay_protocol::token::KeySet;
 
 /// `Hallrelay-Device` on every save.
-pub(super) const DEVICE: HeaderName = HeaderName::from_static("hallrelay-device");
+pub(super) const DEVICE: HeaderName = hallrelay_protocol::v1::headers::DEVICE;
 /// The `error` of a 409 refusing a save from a device the candidate left.
-pub(super) const CONTINUED_ELSEWHERE: &str = "continued_elsewhere";
+pub(super) const CONTINUED_ELSEWHERE: &str = hallrelay_protocol::v1::devices::CONTINUED_ELSEWHERE;
+
+/// How a place is named in events: "the hall relay NAME", or by its URL when it has no name.
+fn box_name(prospect: &Prospect, url: &str) -> String {
+    if prospect.name == url {
+        format!("the hall relay at {url}")
+    } else {
+        format!("the hall relay {}", prospect.name)
+    }
+}
+
+/// The platform's keys a box's exam configuration is checked with: the configured ones, or
+/// those the cloud gave earlier.
+fn platform_keys(options: &Options, dir: &Path) -> Option<KeySet> {
+    match &options.privacy {
+        Privacy::Encrypt {
+            platform_keys: Some(keys),
+        } => Some(keys.clone()),
+        _ => encryption::stored_platform_keys(dir),
+    }
+}
+
+/// At open: what a box's configuration kept in the journal folder gives, where the cloud's
+/// exam keys and relay list are not there (a laptop that was never online, restarted).
+pub(super) fn from_kept_config(
+    options: &Options,
+    dir: &Path,
+    sealer: Option<Sealer>,
+    learnt: Option<RelayList>,
+) -> (Option<Sealer>, Option<RelayList>) {
+    let wants_sealer = sealer.is_none() && matches!(options.privacy, Privacy::Encrypt { .. });
+    if !wants_sealer && learnt.is_some() {
+        return (sealer, learnt);
+    }
+    let Some(config) =
+        platform_keys(options, dir).and_then(|keys| exam_config::load(dir, &options.exam, &keys))
+    else {
+        return (sealer, learnt);
+    };
+    let sealer = match sealer {
+        Some(sealer) => Some(sealer),
+        None if wants_sealer => exam_config::sealer(
+            &config,
+            &options.exam,
+            &options.candidate,
+            options.restore_code.as_ref(),
+        )
+        .ok(),
+        None => None,
+    };
+    (
+        sealer,
+        learnt.or_else(|| Some(exam_config::relay_list(&config))),
+    )
+}
 
 /// Where the candidate's saves stand, as one place said.
 struct Found {
@@ -150,11 +219,7 @@ impl Autosaver {
                 let Ok(conn) = self.try_box(url, &pins).await else {
                     continue;
                 };
-                let from = if prospect.name == *url {
-                    format!("the hall relay at {url}")
-                } else {
-                    format!("the hall relay {}", prospect.name)
-                };
+                let from = box_name(&prospect, url);
                 match restore::newest(&conn, &from, &exam, &candidate).await {
                     Ok(newest) => {
                         let seq = |n: &Option<Newest>| n.as_ref().map_or(0, |n| n.seq);
@@ -173,9 +238,75 @@ impl Autosaver {
         best
     }
 
-    /// Whether this client saves to the cloud at all.
+    /// Whether this client saves to the cloud at all: not with a box-only token (it names
+    /// the one box it is good on; the cloud refuses it).
     pub(super) fn uses_cloud(&self) -> bool {
-        true
+        hallrelay_protocol::token::claimed_box(self.options.token.expose()).is_none()
+    }
+
+    /// Asks the trusted boxes for the exam's platform-signed configuration, checks it with
+    /// the platform's keys, keeps it in the journal folder, and seals to its exam key (and the
+    /// restore code's key) from now on; its relays are trusted like the cloud's relay list.
+    /// `learn_keys` calls it with a box-only token, or when the cloud cannot be reached.
+    pub async fn learn_from_box(&mut self) -> Result<(), ConfigError> {
+        let keys = platform_keys(&self.options, self.journal.dir())
+            .ok_or(ConfigError::NoPlatformKeys)?;
+        let pins = self.trusted_pins();
+        let exam = self.options.exam.clone();
+        let mut last = None;
+        for prospect in self.prospects(&pins).await {
+            if prospect.pin_hint.as_ref().is_some_and(|h| !pins.contains(h)) {
+                continue;
+            }
+            for url in &prospect.urls {
+                let Ok(conn) = self.try_box(url, &pins).await else {
+                    continue;
+                };
+                let from = box_name(&prospect, url);
+                match exam_config::fetch(&conn, &from, &exam, &keys).await {
+                    Ok(config) => return self.use_config(config, from),
+                    Err(error) => {
+                        tracing::warn!(candidate = %self.options.candidate, %error, "no usable exam configuration from this box");
+                        last = Some(error);
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ConfigError::Unreachable {
+            from: "no hall relay this laptop trusts".into(),
+            error: "none answered".into(),
+        }))
+    }
+
+    fn use_config(&mut self, config: ExamConfig, from: String) -> Result<(), ConfigError> {
+        if matches!(self.options.privacy, Privacy::Encrypt { .. }) && self.sealer.is_none() {
+            let sealer = exam_config::sealer(
+                &config,
+                &self.options.exam,
+                &self.options.candidate,
+                self.options.restore_code.as_ref(),
+            )?;
+            let restore = sealer.seals_for_restore();
+            self.sealer = Some(sealer);
+            self.last_keys_ask = None;
+            self.emit(Event::Encrypting { restore });
+        }
+        if let Err(error) = exam_config::store(self.journal.dir(), &config) {
+            // Still used in this run; only a restart loses it.
+            tracing::warn!(%error, "the exam configuration is kept in memory only");
+        }
+        if self.learnt.is_none() {
+            self.learnt = Some(exam_config::relay_list(&config));
+        }
+        tracing::info!(candidate = %self.options.candidate, %from, venue = %config.venue,
+            relays = config.relays.len(), "learnt the exam's configuration from a box");
+        self.emit(Event::ExamConfigLearnt {
+            from,
+            venue: config.venue,
+            relays: config.relays.len(),
+        });
+        Ok(())
     }
 
     /// A save on a fresh journal that does not know where the candidate's saves stand yet:
