@@ -629,7 +629,8 @@ async fn replace_dead_laptop(
         candidate: id.to_owned(),
         restored: seq,
         from,
-        answers_match: newest.is_some_and(|m| m.seq == seq && payload.as_ref() == Some(&m.plaintext)),
+        answers_match: newest
+            .is_some_and(|m| m.seq == seq && payload.as_ref() == Some(&m.plaintext)),
         before: before.len(),
         after: 0,
     };
@@ -946,8 +947,9 @@ async fn tally(
 }
 
 /// One candidate saving every second until `stop`, then flushing; returns every save made.
-/// A laptop that `dies` stops at once, without a flush, and returns what it made (after
-/// `saves`, those of the laptop it replaced).
+/// A laptop that `dies` stops without a flush, and returns what it made (after `saves`, those
+/// of the laptop it replaced). It dies at the first tick where the box (or the cloud) holds
+/// every save it made: a save held only by a laptop dies with it, which no spare can undo.
 async fn keep_saving(
     mut autosaver: Autosaver,
     id: String,
@@ -960,8 +962,10 @@ async fn keep_saving(
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = dies.cancelled() => return Ok(saves),
             _ = ticker.tick() => {}
+        }
+        if dies.is_cancelled() && autosaver.summary().only_here == 0 {
+            return Ok(saves);
         }
         let seq = autosaver.journal().last_seq() + 1;
         let plaintext = crate::candidate::simulated_answer(&id, seq, SAVE_SIZE);

@@ -259,7 +259,11 @@ async fn a_spare_laptop_offline_restores_from_the_box_and_continues_after_it() {
     assert_eq!(seq, 4);
     assert_eq!(payload.as_deref(), Some(answer("laptop-1", 4).as_slice()));
     spare.flush().await.unwrap();
-    assert_eq!(refusals(&events), Vec::<String>::new(), "no 409, no refusal");
+    assert_eq!(
+        refusals(&events),
+        Vec::<String>::new(),
+        "no 409, no refusal"
+    );
     let seqs: Vec<u64> = hall.on_box("c0").await.iter().map(|r| r.0).collect();
     assert_eq!(seqs, vec![2, 3, 4, 5, 6, 7]);
     assert_eq!(spare.summary().only_here, 0);
@@ -290,10 +294,13 @@ async fn a_spare_laptop_with_the_cloud_up_restores_from_the_cloud() {
     let (from, seq, payload) = restored(&events).expect("a Restored event");
     assert_eq!((from.as_str(), seq), ("the cloud", 3));
     assert_eq!(payload.as_deref(), Some(answer("laptop-1", 3).as_slice()));
-    assert!(events.lock().unwrap().iter().any(|e| matches!(
-        e,
-        Event::Restored { is_final: true, .. }
-    )));
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::Restored { is_final: true, .. }))
+    );
     let saved = spare.save(&answer("laptop-2", 1), false).await.unwrap();
     assert_eq!((saved.seq, saved.landed), (4, Landed::Cloud));
     assert_eq!(refusals(&events), Vec::<String>::new());

@@ -539,9 +539,18 @@ fn the_package_restores_on_a_spare_laptop_and_continues_after_the_box_s_newest()
         "{restored}"
     );
     let seqs: Vec<u64> = (1..=2)
-        .map(|i| spare.save(&format!("spare answer {i}"))["seq"].as_u64().unwrap())
+        .map(|i| {
+            spare.save(&format!("spare answer {i}"))["seq"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
-    assert_eq!(seqs, vec![5, 6], "after the box's newest: {:?}", spare.events);
+    assert_eq!(
+        seqs,
+        vec![5, 6],
+        "after the box's newest: {:?}",
+        spare.events
+    );
 
     cloud = common::BoxProcess::start_cloud(&cloud_dir, &cloud_args);
     let mut flushed = false;
@@ -554,7 +563,11 @@ fn the_package_restores_on_a_spare_laptop_and_continues_after_the_box_s_newest()
             break;
         }
     }
-    assert!(flushed, "the spare's saves never reached the cloud: {:?}", spare.events);
+    assert!(
+        flushed,
+        "the spare's saves never reached the cloud: {:?}",
+        spare.events
+    );
     assert!(
         !spare.kinds().contains(&"rejected".to_owned()),
         "{:?}",
@@ -564,7 +577,11 @@ fn the_package_restores_on_a_spare_laptop_and_continues_after_the_box_s_newest()
         let client = cloud.client(Some(token.clone()));
         let rows = common::list(&client, EXAM, "c1").await;
         let seqs: Vec<u64> = rows.iter().filter_map(|r| r["seq"].as_u64()).collect();
-        assert_eq!(seqs, vec![1, 2, 5, 6], "the cloud's own and the spare's; 3–4 wait on the box");
+        assert_eq!(
+            seqs,
+            vec![1, 2, 5, 6],
+            "the cloud's own and the spare's; 3–4 wait on the box"
+        );
     });
     drop(hall);
 }

@@ -676,12 +676,10 @@ impl Autosaver {
             },
         };
         let options = &self.options;
-        let (seq, bytes) =
-            self.journal
-                .append_with(0, is_final, |seq| match &sealer {
-                    Some(sealer) => seal(sealer, options, seq, is_final, payload),
-                    None => payload.to_vec(),
-                })?;
+        let (seq, bytes) = self.journal.append_with(0, is_final, |seq| match &sealer {
+            Some(sealer) => seal(sealer, options, seq, is_final, payload),
+            None => payload.to_vec(),
+        })?;
         let landed = self.deliver(seq, Bytes::from(bytes), is_final).await?;
         // Saves that waited for the keys go where this one went.
         if sealed_now > 0 {

@@ -71,13 +71,14 @@ pub async fn fetch(
     exam: &str,
     keys: &KeySet,
 ) -> Result<ExamConfig, ConfigError> {
-    let reply = server
-        .get(&exam_config_path(exam))
-        .await
-        .map_err(|e| ConfigError::Unreachable {
-            from: from.to_owned(),
-            error: e.to_string(),
-        })?;
+    let reply =
+        server
+            .get(&exam_config_path(exam))
+            .await
+            .map_err(|e| ConfigError::Unreachable {
+                from: from.to_owned(),
+                error: e.to_string(),
+            })?;
     if !reply.status.is_success() {
         return Err(if reply.status.is_server_error() {
             ConfigError::Unreachable {

@@ -309,7 +309,8 @@ impl Journal {
         }
         if !seqs.is_empty() {
             let path = self.dir.join(FLOOR_FILE);
-            hallrelay_durable::sync_parent(&path).map_err(|source| JournalError { path, source })?;
+            hallrelay_durable::sync_parent(&path)
+                .map_err(|source| JournalError { path, source })?;
         }
         Ok(seqs)
     }
@@ -691,16 +692,16 @@ mod tests {
         assert!(hallrelay_protocol::ids::is_valid_id(&device));
         assert_eq!(device.len(), 32);
         j.append_pending(b"whole", false).unwrap();
-        fs::write(
-            j.dir().join(format!("{:020}.pending.tmp", 2)),
-            b"torn",
-        )
-        .unwrap();
+        fs::write(j.dir().join(format!("{:020}.pending.tmp", 2)), b"torn").unwrap();
         let j = Journal::open(root.path(), "e", "c").unwrap();
         assert_eq!(j.device(), device);
         assert_eq!(j.pending(), 1);
         let other = Journal::open(root.path(), "e", "c2").unwrap();
-        assert_ne!(other.device(), device, "each journal is a device of its own");
+        assert_ne!(
+            other.device(),
+            device,
+            "each journal is a device of its own"
+        );
     }
 
     /// A save kept until the exam's keys come is sent nowhere; sealing replaces it for good,

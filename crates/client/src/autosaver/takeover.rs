@@ -212,7 +212,11 @@ impl Autosaver {
         }
         let mut best: Option<Found> = None;
         for prospect in self.prospects(&pins).await {
-            if prospect.pin_hint.as_ref().is_some_and(|h| !pins.contains(h)) {
+            if prospect
+                .pin_hint
+                .as_ref()
+                .is_some_and(|h| !pins.contains(h))
+            {
                 continue;
             }
             for url in &prospect.urls {
@@ -249,13 +253,17 @@ impl Autosaver {
     /// restore code's key) from now on; its relays are trusted like the cloud's relay list.
     /// `learn_keys` calls it with a box-only token, or when the cloud cannot be reached.
     pub async fn learn_from_box(&mut self) -> Result<(), ConfigError> {
-        let keys = platform_keys(&self.options, self.journal.dir())
-            .ok_or(ConfigError::NoPlatformKeys)?;
+        let keys =
+            platform_keys(&self.options, self.journal.dir()).ok_or(ConfigError::NoPlatformKeys)?;
         let pins = self.trusted_pins();
         let exam = self.options.exam.clone();
         let mut last = None;
         for prospect in self.prospects(&pins).await {
-            if prospect.pin_hint.as_ref().is_some_and(|h| !pins.contains(h)) {
+            if prospect
+                .pin_hint
+                .as_ref()
+                .is_some_and(|h| !pins.contains(h))
+            {
                 continue;
             }
             for url in &prospect.urls {
