@@ -16,6 +16,7 @@
 mod activity;
 mod audit;
 mod blob_log;
+mod devices;
 mod disk;
 mod evidence;
 #[cfg(feature = "faults")]
@@ -54,6 +55,7 @@ use schema::*;
 
 pub use activity::Encryption;
 pub use audit::{AuditEntry, AuditPage};
+pub use devices::DeviceCounts;
 pub use evidence::{
     HallReceipt, HallReceiptSummary, MAX_HALL_RECEIPTS, ReceiptVerdict, add_hall_receipts,
 };
@@ -377,6 +379,10 @@ pub struct StoreStatus {
     pub oldest_pending_age_secs: Option<u64>,
     pub delivered: u64,
     pub conflicts: u64,
+    /// Saves refused because the candidate continued on another device (409
+    /// `continued_elsewhere`, [`devices`]).
+    #[serde(default)]
+    pub continued_elsewhere: u64,
     /// Autosaves the cloud refused for good, kept on the box until an operator retries them
     /// ([`parked`]), and their payload bytes.
     #[serde(default)]
@@ -877,6 +883,7 @@ impl Store {
                 oldest_pending_age_secs,
                 delivered: stat(&stats, STAT_DELIVERED)?,
                 conflicts: stat(&stats, STAT_CONFLICTS)?,
+                continued_elsewhere: stat(&stats, STAT_CONTINUED_ELSEWHERE)?,
                 candidates: stat(&stats, STAT_CANDIDATES)?,
                 last_delivery_at: match stat(&stats, STAT_LAST_DELIVERY_MS)? {
                     0 => None,
@@ -892,6 +899,15 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// Per (exam, candidate) that named a device: how many devices, and how many of their
+    /// saves the device rule refused ([`devices`]). O(devices).
+    pub async fn device_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<(String, String), DeviceCounts>, StoreError> {
+        self.read(move |db, _| devices::counts(&db.begin_read()?))
+            .await
     }
 
     /// Free bytes on the file system that holds the store.

@@ -25,6 +25,10 @@
 //! - `stats`: counter name → u64, maintained in the same transactions as the data.
 //! - `activity`: (exam, candidate) → a small fixed row (counts, first and last arrival, …)
 //!   maintained in the same transactions, for the console ([`super::activity`]).
+//! - `devices`: (exam, candidate, device) → (first seq, refusals): the devices each candidate
+//!   saved from, for the device rule ([`super::devices`]). Added after schema version 1
+//!   without a bump, like `parked`: created by the first write transaction; a file without it
+//!   has seen no device.
 //! - `meta`: schema version and the appliance id.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
@@ -55,6 +59,11 @@ pub const ACTIVITY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new(
 /// Added after schema version 1, like `activity`; created on the first write.
 pub const AUDIT_HELD: TableDefinition<(&str, &str, u64, u64), ()> =
     TableDefinition::new("audit_held");
+
+/// (exam, candidate, device) → (first seq, refusals) ([`super::devices`]). Added after
+/// schema version 1, like `audit_held`; created on the first write.
+pub const DEVICES: TableDefinition<(&str, &str, &str), (u64, u64)> =
+    TableDefinition::new("devices");
 
 /// The schema this build reads and writes. Bump it with every incompatible change.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -114,6 +123,8 @@ pub(crate) const STAT_LAST_DELIVERY_MS: &str = "last_delivery_ms";
 pub(crate) const STAT_LAST_RECEIVED_MS: &str = "last_received_ms";
 /// The next audit number: numbers are never reused, even once every entry was purged.
 pub(crate) const STAT_AUDIT_NEXT: &str = "audit_next";
+/// Saves refused by the device rule (409 `continued_elsewhere`), kept by the put path.
+pub(crate) const STAT_CONTINUED_ELSEWHERE: &str = "continued_elsewhere";
 /// Parked autosaves and their payload bytes, kept by the park and retry transactions.
 pub(crate) const STAT_PARKED: &str = "parked";
 pub(crate) const STAT_PARKED_BYTES: &str = "parked_bytes";
@@ -171,6 +182,7 @@ pub(crate) fn initialise(db: &redb::Database, appliance: &str) -> Result<(), red
         write.open_table(STATS)?;
         write.open_table(ACTIVITY)?;
         write.open_table(AUDIT_HELD)?;
+        write.open_table(DEVICES)?;
     }
     write.commit()?;
     Ok(())

@@ -69,9 +69,14 @@ pub(crate) fn check(db: &Database, blob_dir: &Path) -> Result<Integrity, StoreEr
     check_parked(&read, std::mem::take(&mut census.parked), &mut problems)?;
     let chain_count = check_chains(&read, &census, &mut problems)?;
     check_activity(&read, std::mem::take(&mut census.activity), &mut problems)?;
+    let refusals: u64 = super::devices::counts(&read)?
+        .values()
+        .map(|d| d.continued_elsewhere)
+        .sum();
     // The counters match a recount.
     let stats = read.open_table(STATS)?;
     for (name, counted) in [
+        (STAT_CONTINUED_ELSEWHERE, refusals),
         (STAT_STORED, census.stored),
         (STAT_STORED_BYTES, census.stored_bytes),
         (STAT_PENDING, census.pending.len() as u64),

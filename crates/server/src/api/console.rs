@@ -251,6 +251,9 @@ pub struct ConsoleState {
     pub pending: Pending,
     pub delivered: u64,
     pub conflicts: u64,
+    /// Saves refused because their candidate continued on another device (409
+    /// `continued_elsewhere`), in all.
+    pub continued_elsewhere: u64,
     /// Autosaves the cloud refused for good, kept here until someone retries them.
     pub parked: parked::ParkedView,
     pub disk: DiskGauge,
@@ -333,6 +336,10 @@ pub struct Row {
     pub last_age_secs: Option<u64>,
     /// Saved here before, has not saved for longer than `silent_after`, and has not submitted.
     pub silent: bool,
+    /// Saves of this candidate refused because they continued on another device.
+    pub continued_elsewhere: u64,
+    /// Devices (laptops) this candidate saved from here that named themselves.
+    pub devices: u64,
 }
 
 impl Row {
@@ -345,7 +352,18 @@ impl Row {
             activity,
             last_age_secs,
             silent,
+            continued_elsewhere: 0,
+            devices: 0,
         }
+    }
+
+    /// Adds what the store knows of the candidate's devices.
+    pub fn with_devices(mut self, counts: Option<&hallrelay_store::DeviceCounts>) -> Self {
+        if let Some(c) = counts {
+            self.continued_elsewhere = c.continued_elsewhere;
+            self.devices = c.devices;
+        }
+        self
     }
 }
 
@@ -444,6 +462,7 @@ impl ConsoleState {
     pub async fn gather(state: &State, console: &Console) -> Result<Self, ApiError> {
         let store = state.store.status().await?;
         let activity = state.store.candidate_activity().await?;
+        let devices = state.store.device_counts().await?;
         // Arrivals are stamped in hall time: ages are judged in it too.
         let now = state
             .clock
@@ -451,7 +470,10 @@ impl ConsoleState {
             .map_or_else(SystemTime::now, |c| c.reading().at);
         let mut rows: Vec<Row> = activity
             .into_iter()
-            .map(|a| Row::judge(a, now, console.silent_after))
+            .map(|a| {
+                let who = (a.exam.clone(), a.candidate.clone());
+                Row::judge(a, now, console.silent_after).with_devices(devices.get(&who))
+            })
             .collect();
         rows.sort_by(|a, b| {
             (!a.silent, &a.activity.exam, &a.activity.candidate).cmp(&(
@@ -485,6 +507,7 @@ impl ConsoleState {
             },
             delivered: store.delivered,
             conflicts: store.conflicts,
+            continued_elsewhere: store.continued_elsewhere,
             parked: parked::ParkedView::gather(state, &store).await?,
             readiness: Readiness::judge(
                 rows.len() as u64,

@@ -19,8 +19,7 @@ const ALLOW_METHODS: &str = "GET, PUT, OPTIONS";
 /// Every request header a browser client sends: its token, the body's type and digest, and,
 /// when it re-sends to the cloud what a box acknowledged, the box's receipts. `hallrelay-final`
 /// too, for clients that mark a final submission in a header besides `?final=true`.
-const ALLOW_HEADERS: &str =
-    "authorization, content-type, content-digest, hallrelay-final, hallrelay-receipt";
+const ALLOW_HEADERS: &str = "authorization, content-type, content-digest, hallrelay-final, hallrelay-receipt, hallrelay-device";
 const EXPOSE_HEADERS: &str = "content-digest, hallrelay-receipt, hallrelay-seq, hallrelay-blake3, hallrelay-final, hallrelay-received-at, location, retry-after";
 /// What a preflight's answer depends on besides its path.
 const PREFLIGHT_VARY: &str =

@@ -36,6 +36,8 @@ pub struct Queue {
     /// Autosaves the cloud refused for good, kept until an operator retries them.
     pub parked: u64,
     pub parked_bytes: u64,
+    /// Saves refused because the candidate continued on another device.
+    pub continued_elsewhere: u64,
 }
 
 impl From<&StoreStatus> for Queue {
@@ -46,6 +48,7 @@ impl From<&StoreStatus> for Queue {
             oldest_age_secs: s.oldest_pending_age_secs,
             parked: s.parked,
             parked_bytes: s.parked_bytes,
+            continued_elsewhere: s.continued_elsewhere,
         }
     }
 }
@@ -78,6 +81,7 @@ pub struct Metrics {
     oldest_unreplayed: Gauge,
     parked_count: Gauge,
     parked_bytes: Gauge,
+    continued_elsewhere: Gauge,
     uplink_up: Gauge,
     disk_free: Gauge,
     open_connections: Gauge,
@@ -154,6 +158,12 @@ impl Metrics {
             "replay_parked_bytes",
             "Payload bytes of the parked autosaves",
         );
+        let continued_elsewhere = gauge(
+            &mut registry,
+            "continued_elsewhere",
+            "Saves refused (409 continued_elsewhere) because their candidate continued on \
+             another device, since the store was created",
+        );
         let uplink_up = gauge(
             &mut registry,
             "uplink_up",
@@ -185,6 +195,7 @@ impl Metrics {
             oldest_unreplayed,
             parked_count,
             parked_bytes,
+            continued_elsewhere,
             uplink_up,
             disk_free,
             open_connections,
@@ -233,6 +244,8 @@ impl Metrics {
             .set(clamp(queue.oldest_age_secs.unwrap_or(0)));
         self.parked_count.set(clamp(queue.parked));
         self.parked_bytes.set(clamp(queue.parked_bytes));
+        self.continued_elsewhere
+            .set(clamp(queue.continued_elsewhere));
         self.uplink_up.set(i64::from(uplink == UplinkState::Up));
         self.disk_free.set(free_bytes.map_or(-1, clamp));
         let mut out = String::new();

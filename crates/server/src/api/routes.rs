@@ -6,6 +6,8 @@
 //! body (503, [`super::budget`]); all of these before the body is read. Then the body is read
 //! and hashed ([`super::body`]), and its digest checked (400); an empty body, or on a box
 //! with `require_encrypted` one that is not a well-formed answer envelope, is refused (400).
+//! A malformed `Hallrelay-Device` is refused (400) with the token checks; the device rule
+//! itself ([`hallrelay_protocol::v1::devices`]) is the store's, inside its batch transaction.
 //! Only then does the store see the request, and only the store's answer after its commit
 //! turns into a 2xx.
 
@@ -332,6 +334,8 @@ async fn put(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let is_final = parse_final(request.uri().query())?;
     let caller = authorize_write(state, &request, &name.exam, &name.candidate)?;
+    let device =
+        headers::device(request.headers()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     // A box keeps the candidate's token to forward it. The cloud, the end of the line, keeps
     // the box receipts that come with a save, whoever forwards them ([`super::evidence`]); a
     // box ignores what a candidate forwards (it issues its own).
@@ -410,6 +414,7 @@ async fn put(
         is_final,
         hall_receipts,
         candidate_token,
+        device,
     };
     match state.store.put(request).await? {
         PutOutcome::Stored(receipt) => {
@@ -423,6 +428,11 @@ async fn put(
             Ok(response)
         }
         PutOutcome::Duplicate(receipt) => Ok(json_response(StatusCode::OK, &receipt)),
+        PutOutcome::ContinuedElsewhere { took_over_at } => {
+            tracing::info!(exam = %name.exam, candidate = %name.candidate, seq = name.seq, took_over_at,
+                "refused a save from a device the candidate left for another");
+            Err(ApiError::ContinuedElsewhere { took_over_at })
+        }
         PutOutcome::Conflict { existing_blake3 } => {
             tracing::info!(exam = %name.exam, candidate = %name.candidate, seq = name.seq, "refused different bytes under a stored name");
             Err(ApiError::Conflict {
@@ -583,6 +593,8 @@ async fn status(
         },
         "delivered": store.delivered,
         "conflicts": store.conflicts,
+        // Saves refused because the candidate continued on another device.
+        "continued_elsewhere": store.continued_elsewhere,
         "parked": { "count": store.parked, "bytes": store.parked_bytes },
         "candidates": store.candidates,
         "storage": store.storage,

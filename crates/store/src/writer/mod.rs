@@ -56,6 +56,9 @@ pub struct PutRequest {
     pub hall_receipts: Vec<crate::HallReceipt>,
     /// On the box: the candidate's token, kept to forward on replay.
     pub candidate_token: Option<String>,
+    /// The device the save comes from (`Hallrelay-Device`), for the device rule
+    /// ([`crate::devices`]); `None`: the rule does not apply.
+    pub device: Option<String>,
 }
 
 impl PutRequest {
@@ -70,7 +73,14 @@ impl PutRequest {
             is_final,
             hall_receipts: Vec::new(),
             candidate_token: None,
+            device: None,
         }
+    }
+
+    /// The same request, from `device`.
+    pub fn from_device(mut self, device: &str) -> Self {
+        self.device = Some(device.to_owned());
+        self
     }
 }
 
@@ -83,6 +93,9 @@ pub enum PutOutcome {
     Duplicate(Receipt),
     /// Other bytes are stored under this name: 409. Nothing was changed.
     Conflict { existing_blake3: String },
+    /// The device rule: the candidate continued on another device, which started at
+    /// `took_over_at`: 409 `continued_elsewhere`. Nothing was stored; the refusal is counted.
+    ContinuedElsewhere { took_over_at: u64 },
 }
 
 /// Work for the writer.

@@ -48,8 +48,19 @@ impl Context {
         space_ok: bool,
         now: &Now<'_>,
     ) -> Result<PutStep, StoreError> {
-        if let Some(outcome) = answer_from_stored(t, request, now)? {
+        let existing = t.record(&request.name)?;
+        if let Some(existing) = existing.as_ref()
+            && let Some(outcome) = duplicate(t, request, existing, now)?
+        {
             return Ok(PutStep::Answered(outcome));
+        }
+        // The device rule comes before the conflict: a device the candidate left is told so,
+        // whether or not its seq collides with the other device's.
+        if let Some(outcome) = continued_elsewhere(t, request, now)? {
+            return Ok(PutStep::Answered(outcome));
+        }
+        if let Some(existing) = existing {
+            return Ok(PutStep::Answered(conflict(t, request, existing, now)?));
         }
         if !space_ok {
             return Ok(PutStep::NoRoom);
@@ -101,6 +112,9 @@ impl Context {
         }
         t.save_record(&request.name, &record)?;
         t.unsigned.push(record);
+        if let Some(device) = &request.device {
+            crate::devices::saw(&mut t.devices, exam, candidate, device, *seq)?;
+        }
         let outbox = self.outbox;
         activity::update(&mut t.activity, exam, candidate, |a| {
             let arrival = activity::Arrival {
@@ -130,24 +144,63 @@ impl Context {
     }
 }
 
-/// The answer when the name is taken: the stored receipt when the bytes are the same, a
-/// conflict (audited) when they differ. `None` when the name is free.
-fn answer_from_stored(
+/// The answer when the name is taken by the same bytes: the stored receipt (an identical
+/// retry answers so, whichever device sends it). `None` when the bytes differ.
+fn duplicate(
+    t: &mut Tables<'_, '_>,
+    request: &PutRequest,
+    existing: &Record,
+    now: &Now<'_>,
+) -> Result<Option<PutOutcome>, StoreError> {
+    if existing.receipt.blake3 != request.blake3.to_hex().as_str() {
+        return Ok(None);
+    }
+    let mut record = existing.clone();
+    if crate::add_hall_receipts(&mut record.hall_receipts, &request.hall_receipts) {
+        add_evidence(t, &request.name, &record, now)?;
+    }
+    Ok(Some(PutOutcome::Duplicate(record.receipt)))
+}
+
+/// The device rule ([`crate::devices`]): the refusal (counted and audited) of a save from a
+/// device another one took over from; `None` when the save may go on.
+fn continued_elsewhere(
     t: &mut Tables<'_, '_>,
     request: &PutRequest,
     now: &Now<'_>,
 ) -> Result<Option<PutOutcome>, StoreError> {
-    let Some(existing) = t.record(&request.name)? else {
+    let Some(device) = &request.device else {
         return Ok(None);
     };
+    let AutosaveName {
+        exam,
+        candidate,
+        seq,
+    } = &request.name;
+    let Some(took_over_at) =
+        crate::devices::took_over_at(&t.devices, exam, candidate, device, *seq)?
+    else {
+        return Ok(None);
+    };
+    crate::devices::refused(&mut t.devices, exam, candidate, device)?;
+    t.add_continued_elsewhere()?;
+    t.audit(serde_json::json!({
+        "event": "continued_elsewhere",
+        "exam": exam, "candidate": candidate, "seq": seq,
+        "device": device, "took_over_at": took_over_at,
+        "at": now.rfc3339,
+    }))?;
+    Ok(Some(PutOutcome::ContinuedElsewhere { took_over_at }))
+}
+
+/// The answer when the name is taken by other bytes: a conflict, audited.
+fn conflict(
+    t: &mut Tables<'_, '_>,
+    request: &PutRequest,
+    existing: Record,
+    now: &Now<'_>,
+) -> Result<PutOutcome, StoreError> {
     let offered = request.blake3.to_hex();
-    if existing.receipt.blake3 == offered.as_str() {
-        let mut record = existing;
-        if crate::add_hall_receipts(&mut record.hall_receipts, &request.hall_receipts) {
-            add_evidence(t, &request.name, &record, now)?;
-        }
-        return Ok(Some(PutOutcome::Duplicate(record.receipt)));
-    }
     let AutosaveName {
         exam,
         candidate,
@@ -161,9 +214,9 @@ fn answer_from_stored(
         "offered_blake3": offered.as_str(),
         "at": now.rfc3339,
     }))?;
-    Ok(Some(PutOutcome::Conflict {
+    Ok(PutOutcome::Conflict {
         existing_blake3: existing.receipt.blake3,
-    }))
+    })
 }
 
 /// Saves a duplicate's record that gained box receipts (the cloud's duplicate path: a

@@ -47,6 +47,7 @@ pub(super) struct Tables<'txn, 'log> {
     pub(super) audit_held: Table<'txn, (&'static str, &'static str, u64, u64), ()>,
     pub(super) stats: Table<'txn, &'static str, u64>,
     pub(super) activity: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    pub(super) devices: Table<'txn, (&'static str, &'static str, &'static str), (u64, u64)>,
     pub(super) counters: Counters,
 }
 
@@ -90,6 +91,7 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             audit_held: txn.open_table(AUDIT_HELD)?,
             stats,
             activity: txn.open_table(ACTIVITY)?,
+            devices: txn.open_table(DEVICES)?,
             counters,
         })
     }
@@ -128,6 +130,14 @@ impl<'txn, 'log> Tables<'txn, 'log> {
             let now = stat(&self.stats, name)?;
             self.stats.insert(name, now.saturating_add_signed(delta))?;
         }
+        Ok(())
+    }
+
+    /// Counts a save the device rule refused (`stats.continued_elsewhere`, written here
+    /// where it changes, like the parked counters).
+    pub(super) fn add_continued_elsewhere(&mut self) -> Result<(), StoreError> {
+        let now = stat(&self.stats, STAT_CONTINUED_ELSEWHERE)?;
+        self.stats.insert(STAT_CONTINUED_ELSEWHERE, now + 1)?;
         Ok(())
     }
 
