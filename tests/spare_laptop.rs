@@ -321,3 +321,66 @@ async fn a_spare_laptop_with_the_cloud_up_restores_from_the_cloud() {
     assert_eq!(seq, 4);
     assert!(why.contains("restore code"), "{why}");
 }
+
+/// Both laptops alive: the old one was only out of reach. The spare took over (its first seq,
+/// 5, is above the old laptop's), so the old laptop's next save is refused with 409
+/// `continued_elsewhere`: it stops saving and says so, with its own event, not a conflict. The
+/// spare goes on undisturbed, and the box holds each seq once, the spare's at 5.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_old_laptop_is_told_the_exam_continued_elsewhere_and_stops() {
+    let mut hall = Hall::start();
+    let (mut old, old_events) =
+        recorded(Autosaver::open(hall.options("c0", "laptop-1", hall.token("c0"))).unwrap());
+    assert_eq!(
+        old.save(&answer("laptop-1", 1), false)
+            .await
+            .unwrap()
+            .landed,
+        Landed::Cloud
+    );
+    hall.cloud.kill9();
+    for n in 2..=4 {
+        let saved = old.save(&answer("laptop-1", n), false).await.unwrap();
+        assert!(matches!(saved.landed, Landed::Box { .. }), "{saved:?}");
+    }
+    copy_exam_keys(&hall, "laptop-1", "laptop-2");
+    let (mut spare, spare_events) =
+        recorded(Autosaver::open(hall.options("c0", "laptop-2", hall.token("c0"))).unwrap());
+    assert_ne!(spare.journal().device(), old.journal().device());
+    let saved = spare.save(&answer("laptop-2", 1), false).await.unwrap();
+    assert_eq!(saved.seq, 5);
+    assert!(matches!(saved.landed, Landed::Box { .. }), "{saved:?}");
+
+    // The old laptop comes back to life and saves on: its save 5 is refused.
+    let saved = old.save(&answer("laptop-1", 5), false).await.unwrap();
+    assert_eq!((saved.seq, saved.landed), (5, Landed::Journal));
+    let told: Vec<String> = old_events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, Event::ContinuedElsewhere { .. }))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(told[0].contains("continues on another laptop"), "{told:?}");
+    assert_eq!(
+        refusals(&old_events),
+        Vec::<String>::new(),
+        "not a conflict"
+    );
+    assert!(old.continued_elsewhere_by().is_some());
+    let err = old.save(&answer("laptop-1", 6), false).await.unwrap_err();
+    assert!(
+        matches!(err, hallrelay_client::SaveError::ContinuedElsewhere { .. }),
+        "{err}"
+    );
+    assert_eq!(old.journal().last_seq(), 5, "nothing more is journaled");
+
+    let saved = spare.save(&answer("laptop-2", 2), false).await.unwrap();
+    assert_eq!(saved.seq, 6);
+    assert!(matches!(saved.landed, Landed::Box { .. }), "{saved:?}");
+    assert_eq!(refusals(&spare_events), Vec::<String>::new());
+    let on_box = hall.on_box("c0").await;
+    let seqs: Vec<u64> = on_box.iter().map(|r| r.0).collect();
+    assert_eq!(seqs, vec![2, 3, 4, 5, 6]);
+}
