@@ -266,6 +266,13 @@ impl Driver {
 
     /// Sends one command and returns its answer (events that come first are kept).
     fn send(&mut self, command: serde_json::Value) -> serde_json::Value {
+        let value = self.send_raw(command.clone());
+        assert!(value.get("error").is_none(), "{command} failed: {value}");
+        value
+    }
+
+    /// Like [`send`](Self::send), but hands back an `error` answer instead of failing.
+    fn send_raw(&mut self, command: serde_json::Value) -> serde_json::Value {
         use std::io::Write as _;
         writeln!(self.stdin, "{command}").expect("write to node");
         loop {
@@ -281,7 +288,6 @@ impl Driver {
                 self.events.push(value["event"].clone());
                 continue;
             }
-            assert!(value.get("error").is_none(), "{command} failed: {value}");
             return value;
         }
     }
@@ -464,7 +470,8 @@ fn the_package_fails_over_to_the_box_and_returns_against_the_real_cloud_and_box(
 /// 4 from the box (`restored`, its answers opened with the code) and numbers its own saves
 /// after it: 5, 6, never a guessed seq. They wait for the exam's keys (this laptop never saw
 /// the cloud) and, once the cloud is back, are sealed and reach it under 5 and 6, with no
-/// refusal anywhere.
+/// refusal anywhere. The first laptop was only out of reach: its next save (its own 5) is
+/// refused by the cloud with 409 `continued_elsewhere`, and it stops saving.
 #[test]
 fn the_package_restores_on_a_spare_laptop_and_continues_after_the_box_s_newest() {
     if !node_or_skip("the web client package's spare laptop against the real cloud and box") {
@@ -500,9 +507,10 @@ fn the_package_restores_on_a_spare_laptop_and_continues_after_the_box_s_newest()
         .find(|w| w.len() == 34 && w.matches('-').count() == 6)
         .unwrap_or_else(|| panic!("no restore code in {card}"))
         .to_owned();
+    let cloud_url = cloud.url();
     let open = |database: &str, code: Option<&str>| {
         let mut config = serde_json::json!({
-            "cloud": cloud.url(), "exam": EXAM, "candidate": "c1", "token": token,
+            "cloud": cloud_url, "exam": EXAM, "candidate": "c1", "token": token,
             "relays": [{"name": "hall-a", "urls": [hall.url()]}],
             "failoverAfterMs": 0, "probeEveryMs": 200, "requestTimeoutMs": 3000,
             "background": false, "database": database,
@@ -522,7 +530,6 @@ fn the_package_restores_on_a_spare_laptop_and_continues_after_the_box_s_newest()
         let r = first.save(&format!("answer {i}"));
         assert_eq!(r["landed"], "box", "{r}; events {:?}", first.events);
     }
-    drop(first);
 
     let mut spare = Driver::spawn();
     spare.send(open("spare-laptop", Some(&code)));
@@ -583,5 +590,23 @@ fn the_package_restores_on_a_spare_laptop_and_continues_after_the_box_s_newest()
             "the cloud's own and the spare's; 3–4 wait on the box"
         );
     });
+
+    // The first laptop saves again: back on the cloud, its 5 is refused, and it stops.
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    first.save("answer 5 from the first laptop");
+    let told = first
+        .events
+        .iter()
+        .find(|e| e["kind"] == "continued-elsewhere")
+        .unwrap_or_else(|| panic!("no continued-elsewhere: {:?}", first.events))
+        .clone();
+    assert_eq!(told["seq"], 5, "{told}");
+    assert!(
+        !first.kinds().contains(&"rejected".to_owned()),
+        "{:?}",
+        first.events
+    );
+    let refused = first.send_raw(serde_json::json!({"save": "answer 6"}));
+    assert_eq!(refused["code"], "continued_elsewhere", "{refused}");
     drop(hall);
 }
