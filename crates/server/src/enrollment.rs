@@ -11,7 +11,9 @@
 //!   the platform side (say, a new one issued for the same box) needs no restart, and a spent
 //!   code keeps saying so.
 //! - Once enrolled, the box reports its addresses and refreshes the platform's keys on each
-//!   contact: whenever the uplink comes up, and every [`REFRESH_EVERY`] while it stays up.
+//!   contact: whenever the uplink comes up, and every [`REFRESH_EVERY`] while it stays up;
+//!   and it fetches its venue's signed exam configurations ([`crate::exam_configs`]) whenever
+//!   the uplink comes up and every [`crate::exam_configs::FETCH_EVERY`] while it stays up.
 //!
 //! [`Progress`] is how far it has got, for `/v1/status`, the console, the log and
 //! `hallrelay check`. Boxes with a `cloud_token_file` do not enroll: their state is `static`.
@@ -32,11 +34,13 @@ use crate::api::{AppState, Trust};
 use crate::identity::Identity;
 use crate::replay::{ReplayConfig, Uplink, UplinkState};
 use hallrelay_client::Connection;
+use hallrelay_protocol::exam_config::VenueExams;
 use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::timefmt::{rfc3339, unix_secs};
 use hallrelay_protocol::token::KeySet;
 use hallrelay_protocol::v1::platform::{
-    Addresses, BOX_ADDRESSES, BoxView, ENROLLMENT, EnrollRequest, Enrolled, proof_message,
+    Addresses, BOX_ADDRESSES, BoxView, ENROLLMENT, EnrollRequest, Enrolled, VENUE_EXAMS,
+    proof_message,
 };
 
 /// The state file in the data dir.
@@ -309,6 +313,8 @@ pub struct Agent {
     pub state: Arc<AppState>,
     /// The keys of `platform_keys_file`, kept trusted beside the platform's.
     pub configured_keys: KeySet,
+    /// The venue's exam configurations the box keeps and serves.
+    pub exam_configs: Arc<crate::exam_configs::Kept>,
 }
 
 /// Why one enrollment attempt failed.
@@ -442,13 +448,22 @@ impl Agent {
     ) {
         let mut was_up = false;
         let mut last = tokio::time::Instant::now();
+        let mut configs_last = tokio::time::Instant::now();
         loop {
             let up = uplink.state() == UplinkState::Up;
-            if up && (!was_up || last.elapsed() >= REFRESH_EVERY) {
+            let came_up = up && !was_up;
+            if up && (came_up || last.elapsed() >= REFRESH_EVERY) {
                 last = tokio::time::Instant::now();
                 match self.refresh(&mut saved).await {
                     Ok(()) => {}
                     Err(e) => tracing::warn!(error = %e, "could not refresh the platform's keys"),
+                }
+            }
+            // After the keys: a configuration signed by a new key verifies with it.
+            if up && (came_up || configs_last.elapsed() >= crate::exam_configs::FETCH_EVERY) {
+                configs_last = tokio::time::Instant::now();
+                if let Err(e) = self.fetch_exam_configs(&saved).await {
+                    tracing::warn!(error = %e, "could not fetch the venue's exam configurations; serving those kept");
                 }
             }
             was_up = up;
@@ -493,6 +508,38 @@ impl Agent {
             .set_trust(saved.trust(&self.configured_keys));
         self.progress.enrolled(saved);
         tracing::info!(venue = %saved.venue, "platform keys refreshed, addresses reported");
+        Ok(())
+    }
+}
+
+impl Agent {
+    /// Fetches the signed configurations of every exam at the box's venue and keeps those
+    /// that verify ([`crate::exam_configs`]).
+    async fn fetch_exam_configs(&self, saved: &Saved) -> Result<(), String> {
+        let connection = crate::replay::cloud_connection(
+            &self.replay,
+            Some(Secret::new(saved.credential.clone())),
+        )
+        .map_err(|e| e.to_string())?;
+        let reply = connection
+            .send(Method::GET, VENUE_EXAMS, HeaderMap::new(), Bytes::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        if reply.status != StatusCode::OK {
+            return Err(format!(
+                "the cloud answered {}: {}",
+                reply.status,
+                reply.message().unwrap_or_default()
+            ));
+        }
+        let fetched: VenueExams = reply.json().map_err(|e| e.to_string())?;
+        let exams = fetched.configs.len();
+        let keys = self.state.auth.trust().platform;
+        let kept = self
+            .exam_configs
+            .keep(fetched, &saved.venue, &keys)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(venue = %saved.venue, fetched = exams, kept, "exam configurations fetched and kept");
         Ok(())
     }
 }

@@ -24,7 +24,8 @@
 //!   answers "can this box take this hall?" (`hallrelay check`).
 //! - [`platform`] is the reference cloud playing the exam platform: enrollment codes, the
 //!   registry of enrolled boxes, the relays of an exam; [`enrollment`] is the box's side (it
-//!   enrolls on first contact and keeps its credential, venue and the platform's keys).
+//!   enrolls on first contact and keeps its credential, venue and the platform's keys), and
+//!   [`exam_configs`] the venue's signed exam configurations it fetches, keeps and serves.
 //! - [`units`] and [`rlimit`] are the small pieces the commands share with the box.
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,7 @@ pub mod clock;
 pub mod cloud;
 pub mod config;
 pub mod enrollment;
+pub mod exam_configs;
 pub mod identity;
 pub mod keyring;
 pub mod logging;

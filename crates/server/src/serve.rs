@@ -108,6 +108,11 @@ pub async fn run(
     if let Some(saved) = &enrollment.saved {
         trust = saved.trust(&config.platform_keys);
     }
+    let exam_configs = Arc::new(crate::exam_configs::Kept::load(
+        &config.data_dir,
+        trust.venue.as_deref(),
+        &trust.platform,
+    ));
     let store = parts.store.clone();
     let identity = parts.identity.clone();
     let metrics = Arc::new(api::metrics::Metrics::new(
@@ -127,8 +132,17 @@ pub async fn run(
         metrics,
         progress,
         trust,
+        exam_configs.clone(),
     );
-    let replay = start_replay(&config, &identity, &ready, enrollment, &state, &shutdown);
+    let replay = start_replay(
+        &config,
+        &identity,
+        &ready,
+        enrollment,
+        &state,
+        exam_configs,
+        &shutdown,
+    );
     sync_clock(&config, &state, &shutdown);
     let handler = move |request| api::routes::handle(state.clone(), request);
     api::server::serve_counted(
@@ -186,6 +200,7 @@ fn start_replay(
     ready: &Ready,
     enrollment: enrollment::Start,
     state: &Arc<AppState>,
+    exam_configs: Arc<crate::exam_configs::Kept>,
     shutdown: &CancellationToken,
 ) -> Option<JoinHandle<()>> {
     let Some(mut replay) = config.replay.clone() else {
@@ -209,6 +224,7 @@ fn start_replay(
         progress: enrollment.progress,
         state: state.clone(),
         configured_keys: config.platform_keys.clone(),
+        exam_configs,
     };
     let saved = enrollment.saved;
     Some(tokio::spawn(async move {
@@ -287,6 +303,7 @@ fn app_state(
     metrics: Arc<api::metrics::Metrics>,
     enrollment: Arc<enrollment::Progress>,
     trust: Trust,
+    exam_configs: Arc<crate::exam_configs::Kept>,
 ) -> Arc<AppState> {
     let mut auth = Auth::for_box(&parts.token_key, &ready.pin, trust);
     if let Some(clock) = &parts.clock {
@@ -311,7 +328,7 @@ fn app_state(
         identity: Some(parts.identity.clone()),
         platform: None,
         enrollment: Some(enrollment),
-        exam_configs: None,
+        exam_configs: Some(exam_configs),
     })
 }
 

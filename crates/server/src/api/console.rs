@@ -174,7 +174,7 @@ async fn sign_in(
         .map_err(|_| ApiError::BadRequest("send {\"token\": \"…\"}".into()))?;
     let admin = state.auth.admin(Some(token.trim()))?;
     super::audit::record(state, &admin, "console_signed_in", serde_json::json!({})).await?;
-    let (id, lifetime) = console.sessions.open(admin.expires, SystemTime::now());
+    let (id, lifetime) = console.sessions.open_as(&admin, SystemTime::now());
     tracing::info!(lifetime_secs = lifetime.as_secs(), "console: signed in");
     let mut response = private(Response::new(Full::new(Bytes::new())));
     *response.status_mut() = StatusCode::NO_CONTENT;

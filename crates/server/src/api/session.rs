@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use super::Admin;
 use hallrelay_protocol::hex::hex;
 use hallrelay_protocol::timefmt::unix_secs;
 
@@ -21,27 +22,48 @@ pub const SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
 /// The most sessions kept at once; signing in past it drops the one closest to its end.
 const MAX_SESSIONS: usize = 256;
 
-/// The open sessions: hash of the id → Unix second at which it ends.
+/// One open session: the Unix second at which it ends, and who signed in (for the audit of
+/// what the session does, such as issuing a box-only token).
+struct Open {
+    end: u64,
+    admin: Option<Admin>,
+}
+
+/// The open sessions: hash of the id → [`Open`].
 #[derive(Default)]
 pub struct Sessions {
-    open: Mutex<HashMap<[u8; 32], u64>>,
+    open: Mutex<HashMap<[u8; 32], Open>>,
 }
 
 impl Sessions {
     /// Opens a session ending at `token_expires` (Unix seconds) or after [`SESSION_MAX`];
     /// returns its id (to put in the cookie) and its lifetime.
     pub fn open(&self, token_expires: u64, now: SystemTime) -> (String, Duration) {
+        self.open_with(token_expires, None, now)
+    }
+
+    /// [`open`](Self::open) for the holder of `admin`, remembered for the audit log.
+    pub fn open_as(&self, admin: &Admin, now: SystemTime) -> (String, Duration) {
+        self.open_with(admin.expires, Some(admin.clone()), now)
+    }
+
+    fn open_with(
+        &self,
+        token_expires: u64,
+        admin: Option<Admin>,
+        now: SystemTime,
+    ) -> (String, Duration) {
         let now_secs = unix_secs(now);
         let ends = token_expires.min(now_secs.saturating_add(SESSION_MAX.as_secs()));
         let id: [u8; 32] = rand::random();
         let mut open = self.lock();
-        open.retain(|_, end| *end > now_secs);
+        open.retain(|_, o| o.end > now_secs);
         if open.len() >= MAX_SESSIONS
-            && let Some(soonest) = open.iter().min_by_key(|(_, end)| **end).map(|(k, _)| *k)
+            && let Some(soonest) = open.iter().min_by_key(|(_, o)| o.end).map(|(k, _)| *k)
         {
             open.remove(&soonest);
         }
-        open.insert(*blake3::hash(&id).as_bytes(), ends);
+        open.insert(*blake3::hash(&id).as_bytes(), Open { end: ends, admin });
         (hex(&id), Duration::from_secs(ends.saturating_sub(now_secs)))
     }
 
@@ -52,7 +74,17 @@ impl Sessions {
         };
         self.lock()
             .get(blake3::hash(&raw).as_bytes())
-            .is_some_and(|end| *end > unix_secs(now))
+            .is_some_and(|o| o.end > unix_secs(now))
+    }
+
+    /// Who signed in to the open session `id`, if it is open and was opened with
+    /// [`open_as`](Self::open_as).
+    pub fn holder(&self, id: &str, now: SystemTime) -> Option<Admin> {
+        let raw = hallrelay_protocol::hex::parse_hex32(id)?;
+        self.lock()
+            .get(blake3::hash(&raw).as_bytes())
+            .filter(|o| o.end > unix_secs(now))
+            .and_then(|o| o.admin.clone())
     }
 
     /// Ends the session `id` (sign-out); unknown ids are ignored.
@@ -62,7 +94,7 @@ impl Sessions {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Open>> {
         match self.open.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
