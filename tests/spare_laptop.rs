@@ -144,6 +144,14 @@ fn rows(list: &[serde_json::Value]) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// The seqs `client` lists for c0.
+async fn seqs_at(client: &hallrelay_client::Connection) -> Vec<u64> {
+    rows(&common::list(client, EXAM, "c0").await)
+        .into_iter()
+        .map(|r| r.0)
+        .collect()
+}
+
 fn answer(laptop: &str, n: usize) -> Vec<u8> {
     format!("photosynthesis, written on {laptop}, version {n}\n").into_bytes()
 }
@@ -383,4 +391,169 @@ async fn the_old_laptop_is_told_the_exam_continued_elsewhere_and_stops() {
     let on_box = hall.on_box("c0").await;
     let seqs: Vec<u64> = on_box.iter().map(|r| r.0).collect();
     assert_eq!(seqs, vec![2, 3, 4, 5, 6]);
+}
+
+/// A spare laptop that was never online: no cloud to ask, a box-only token (signed by the
+/// box's own key, naming its pin, as the console issues it), the box's pin and address, the
+/// platform's public keys and the exam card's restore code. It takes the exam's keys from the
+/// box's copy of the platform-signed exam configuration, restores the candidate's newest save
+/// from the box, and seals its own saves (after it) to the exam key and the restore code: the
+/// box holds them, and the platform's exam key and the card's code both open them. With the
+/// wrong platform keys the configuration is refused: nothing is sealed to it, nothing sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_never_online_laptop_with_a_box_only_token_uses_the_box_s_signed_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud_dir = dir.path().join("cloud");
+    let cloud_listen = format!("127.0.0.1:{}", free_port());
+    let cloud_args = ["--listen", cloud_listen.as_str(), "--tls"];
+    let mut cloud = BoxProcess::start_cloud(&cloud_dir, &cloud_args);
+    let cloud_url = cloud.url();
+    let platform = cloud.platform();
+    let keys_file = platform.write_keys_file(&dir.path().join("platform-keys.json"));
+    // The exam is at the venue before the box enrolls, so its first fetch has it.
+    let admin = platform.admin_token(DEFAULT_VENUE);
+    let declared = cloud
+        .client(Some(admin.clone()))
+        .send(
+            http::Method::POST,
+            hallrelay_protocol::v1::platform::VENUE_EXAMS,
+            http::HeaderMap::new(),
+            bytes::Bytes::from(format!("{{\"exam\":\"{EXAM}\"}}")),
+        )
+        .await
+        .unwrap();
+    assert!(declared.status.is_success(), "{:?}", declared.body);
+    let admin_file = write_secret(&dir.path().join("admin.token"), &admin);
+    let code = common::enrollment_code(None, &cloud_url, &cloud.pin, &admin_file, &[]);
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "cloud = \"{cloud_url}\"\ncloud_pin = \"{}\"\nenrollment_code = \"{code}\"\n",
+            cloud.pin
+        ),
+    );
+    let hall_box = BoxProcess::start(
+        &dir.path().join("box"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let config_path = hallrelay_protocol::v1::exam_config_path(EXAM);
+    let on_box = hall_box.client(Some(hall_box.candidate_token(EXAM, "c0")));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !on_box.get(&config_path).await.unwrap().status.is_success() {
+        assert!(
+            Instant::now() < deadline,
+            "the box never kept the exam's configuration"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let card = hallrelay_server::platform::AnswerKeys::open(&cloud_dir).unwrap();
+    cloud.kill9();
+
+    // The first laptop (the cloud already gone: its keys come from the box too) saves 1..=2
+    // to the box.
+    let keys: hallrelay_protocol::token::KeySet =
+        serde_json::from_slice(&std::fs::read(&keys_file).unwrap()).unwrap();
+    let laptop = |root: &str, token: String, keys: hallrelay_protocol::token::KeySet| {
+        let mut options = Options::new(
+            &cloud_url,
+            EXAM,
+            "c0",
+            Secret::new(token),
+            dir.path().join(root),
+        );
+        options.cloud_trust = CloudTrust::Pins(vec![cloud.pin.clone()]);
+        options.box_pins = vec![hall_box.pin.clone()];
+        options.discovery = Discovery::none().with_urls(vec![hall_box.url()]);
+        options.failover_after = Duration::ZERO;
+        options.probe_every = Duration::from_millis(100);
+        options.privacy = hallrelay_client::Privacy::Encrypt {
+            platform_keys: Some(keys),
+        };
+        options.restore_code = Some(card.restore_secret(EXAM, "c0"));
+        options
+    };
+    let mut first = Autosaver::open(laptop(
+        "laptop-1",
+        platform.candidate_token(DEFAULT_VENUE, EXAM, "c0"),
+        keys.clone(),
+    ))
+    .unwrap();
+    for n in 1..=2 {
+        let saved = first.save(&answer("laptop-1", n), false).await.unwrap();
+        assert!(matches!(saved.landed, Landed::Box { .. }), "{saved:?}");
+    }
+    drop(first);
+
+    // A spare with the wrong platform keys refuses the configuration and sends nothing.
+    let forger = hallrelay_protocol::keys::TokenKey::from_bytes([7; 32]);
+    let wrong =
+        hallrelay_protocol::token::KeySet::new(vec![hallrelay_protocol::token::PublicKey::of(
+            &forger,
+        )]);
+    let box_only = hall_box.candidate_token(EXAM, "c0");
+    let (mut fooled, _) =
+        recorded(Autosaver::open(laptop("laptop-x", box_only.clone(), wrong)).unwrap());
+    let err = fooled.learn_keys().await.unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    let saved = fooled.save(&answer("laptop-x", 1), false).await.unwrap();
+    assert_eq!((saved.seq, saved.landed), (3, Landed::Journal));
+    assert!(
+        fooled.journal().get(3).unwrap().awaits_keys,
+        "sealed to nothing"
+    );
+    drop(fooled);
+    assert_eq!(seqs_at(&on_box).await, vec![1, 2]);
+
+    // The real spare: the configuration verifies; restore, then saves after it, on the box.
+    let (mut spare, events) =
+        recorded(Autosaver::open(laptop("laptop-2", box_only, keys)).unwrap());
+    spare.learn_keys().await.unwrap();
+    let (from, seq, payload) = {
+        spare.restore_on_start().await.unwrap();
+        restored(&events).expect("a Restored event")
+    };
+    assert!(from.contains("hall relay"), "{from}");
+    assert_eq!(seq, 2);
+    assert_eq!(payload.as_deref(), Some(answer("laptop-1", 2).as_slice()));
+    for n in 1..=2 {
+        let saved = spare.save(&answer("laptop-2", n), false).await.unwrap();
+        assert!(
+            matches!(saved.landed, Landed::Box { .. }),
+            "{saved:?} {:?}",
+            events.lock().unwrap()
+        );
+        assert_eq!(saved.seq, 2 + n as u64);
+    }
+    assert_eq!(refusals(&events), Vec::<String>::new());
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::ExamConfigLearnt { .. }))
+    );
+    assert_eq!(seqs_at(&on_box).await, vec![1, 2, 3, 4]);
+    // Sealed to the exam key (the platform opens it) and the card's code (the candidate does).
+    let held = on_box
+        .get(&hallrelay_protocol::v1::autosave_path(EXAM, "c0", 4))
+        .await
+        .unwrap();
+    let save = hallrelay_envelope::Save {
+        exam: EXAM,
+        candidate: "c0",
+        seq: 4,
+        is_final: false,
+    };
+    use hallrelay_protocol::envelope::Role;
+    let by_platform =
+        hallrelay_envelope::open(&held.body, &card.exam_key(EXAM), Role::Exam, &save).unwrap();
+    let by_card = hallrelay_envelope::open(
+        &held.body,
+        &card.restore_secret(EXAM, "c0").key(EXAM, "c0"),
+        Role::Restore,
+        &save,
+    )
+    .unwrap();
+    assert_eq!(by_platform, answer("laptop-2", 2));
+    assert_eq!(by_card, by_platform);
 }

@@ -113,10 +113,19 @@ const keys = await pkg.verifyExamKeys(input.exam_keys, platform, input.save.exam
 let tampered = "verified";
 try { await pkg.verifyExamKeys(input.tampered_exam_keys, platform, input.save.exam, input.save.candidate); }
 catch (e) { tampered = e.message; }
+let config_verified = "verified";
+try { await pkg.verifyExamConfig(input.exam_config, platform, input.save.exam); }
+catch (e) { config_verified = e.message; }
+let config_tampered = "verified";
+try { await pkg.verifyExamConfig(input.tampered_exam_config, platform, input.save.exam); }
+catch (e) { config_tampered = e.message; }
 console.log(JSON.stringify({
   sealed: toHex(sealed), opened_exam, opened_restore, other_seq,
   exam_public: toHex(exam.publicKey), restore_public: toHex(restore.publicKey),
   verified_exam_key: toHex(keys.exam), verified_restore_key: toHex(keys.restore), tampered,
+  config_verified, config_tampered,
+  claimed_box: pkg.claimedBox(input.box_token) ?? null,
+  claimed_none: pkg.claimedBox(input.platform_token) ?? null,
 }));
 "#;
 
@@ -154,6 +163,42 @@ fn rust_and_the_package_open_each_other_s_envelopes_and_agree_on_exam_keys() {
     );
     let mut tampered = exam_keys.clone();
     tampered.restore_key = Some(PrivateKey::derive(&[0x33; 32]).public().to_text());
+    // The exam configuration a box serves a never-online laptop, with a relay name the signed
+    // text must percent-encode (a line break, an accent); and a box-only token.
+    use hallrelay_protocol::exam_config::{ExamConfig, Unsigned};
+    let exam_config = ExamConfig::sign(
+        &platform,
+        Unsigned {
+            exam: save.exam.into(),
+            venue: "hall-north".into(),
+            exam_key: exam.public().to_text(),
+            relays: vec![hallrelay_protocol::v1::platform::Relay {
+                name: "Salle É\nrelay=x".into(),
+                pin: "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+                addresses: vec!["10.0.0.2:8443".into(), "[fe80::1]:8443".into()],
+            }],
+            hall_copies: 2,
+            after_final: "accept".into(),
+        },
+        SystemTime::now(),
+    );
+    let mut tampered_config = exam_config.clone();
+    tampered_config.relays[0]
+        .addresses
+        .push("203.0.113.9:8443".into());
+    let now = hallrelay_protocol::timefmt::unix_secs(SystemTime::now());
+    let claims = hallrelay_protocol::token::Claims::candidate(
+        "hall-north",
+        save.exam,
+        save.candidate,
+        now,
+        60,
+    );
+    let platform_token = hallrelay_protocol::token::mint(&platform, &claims);
+    let box_token = hallrelay_protocol::token::mint(
+        &TokenKey::from_bytes([0x44; 32]),
+        &claims.clone().on_box("sha256//box-pin"),
+    );
 
     let input = serde_json::json!({
         "exam_ikm": hex(&exam_ikm),
@@ -164,6 +209,10 @@ fn rust_and_the_package_open_each_other_s_envelopes_and_agree_on_exam_keys() {
         "key_set": key_set,
         "exam_keys": exam_keys,
         "tampered_exam_keys": tampered,
+        "exam_config": exam_config,
+        "tampered_exam_config": tampered_config,
+        "box_token": box_token,
+        "platform_token": platform_token,
     });
     let dist = format!("file://{}", package_dir().join("dist/index.js").display());
     let output = Command::new("node")
@@ -215,6 +264,15 @@ fn rust_and_the_package_open_each_other_s_envelopes_and_agree_on_exam_keys() {
         text("tampered").contains("signature does not verify"),
         "{answer}"
     );
+    // The exam configuration the platform signs (what a box serves) verifies in the package,
+    // and one with an address added does not; a box-only token names its box.
+    assert_eq!(text("config_verified"), "verified", "{answer}");
+    assert!(
+        text("config_tampered").contains("signature does not verify"),
+        "{answer}"
+    );
+    assert_eq!(text("claimed_box"), "sha256//box-pin");
+    assert_eq!(answer["claimed_none"], serde_json::Value::Null);
 }
 
 /// The package's `Autosaver`, driven from node (`clients/web/scripts/node-driver.mjs`, on an

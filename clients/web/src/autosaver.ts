@@ -16,15 +16,27 @@
  *   when sealed) and continues after it; saves made before anyone answers wait without a seq.
  *   Every save names the journal's device (`Hallrelay-Device`); a 409 `continued_elsewhere`
  *   stops saving (`continued-elsewhere`): the candidate carries on on another laptop.
+ * - A laptop that was never online takes the exam's keys and relays from a box's copy of the
+ *   platform-signed exam configuration (checked with `platformKeys`); with a box-only token
+ *   (it names its box) the cloud is never asked and saves go to the box from the first one.
  *
  * Operations run one at a time (as the Rust client's `&mut self`), except journaling: a save is
  * journaled at once even while an earlier one waits on the network.
  */
 
 import { toBase64, toBase64Url, utf8 } from "./bytes.js";
-import { looksLikeEnvelope, open as openEnvelope, restoreKeyPair, ROLE_RESTORE, seal, type SealKeys } from "./envelope.js";
+import { looksLikeEnvelope, open as openEnvelope, publicKeyFromText, restoreKeyPair, ROLE_RESTORE, seal, type SealKeys } from "./envelope.js";
 import { events, type HallEvent } from "./events.js";
-import { keySetFromJson, parsePlatformKeys, verifyExamKeys, type ExamKeysDocument, type PlatformKey } from "./examKeys.js";
+import {
+  claimedBox,
+  keySetFromJson,
+  parsePlatformKeys,
+  verifyExamConfig,
+  verifyExamKeys,
+  type ExamConfigDocument,
+  type ExamKeysDocument,
+  type PlatformKey,
+} from "./examKeys.js";
 import { addressSpaceOf, join, localNetworkPermission, message, readPut, request, type Put, type Reply } from "./http.js";
 import { Journal, type Entry } from "./journal.js";
 import { checkRelayList, urlsOf, type RelayConfig, type RelayList } from "./relays.js";
@@ -105,6 +117,9 @@ export class SaveError extends Error {
   }
 }
 
+/** The cloud gave no answer (as opposed to a refusal): a box may be asked instead. */
+class CloudUnreachable extends Error {}
+
 /** The error code of a 409 refusing a save from a device the candidate left. */
 const CONTINUED_ELSEWHERE = "continued_elsewhere";
 
@@ -126,6 +141,8 @@ export class Autosaver {
   private readonly probeEveryMs: number;
   private readonly requestTimeoutMs: number;
   private readonly encrypt: boolean;
+  /** A box-only token: the cloud refuses it, so it is never asked. */
+  private readonly boxOnly: boolean;
   private relay: Relay | null = null;
   private cloudDownSince: number | null = null;
   private lastProbe = Date.now();
@@ -157,6 +174,7 @@ export class Autosaver {
     this.probeEveryMs = config.probeEveryMs ?? 5_000;
     this.requestTimeoutMs = config.requestTimeoutMs ?? 10_000;
     this.encrypt = (config.privacy ?? "encrypt") === "encrypt";
+    this.boxOnly = claimedBox(config.token) !== undefined;
   }
 
   /** Checks the configuration, opens the IndexedDB journal and asks for persistent storage. */
@@ -205,7 +223,7 @@ export class Autosaver {
     await this.run(async () => {
       await this.settleNumbering();
       if (this.encrypt && !this.sealKeys) await this.learnKeys().catch(() => undefined);
-      await this.learnRelays();
+      if (!this.boxOnly) await this.learnRelays();
     });
     await this.flush();
     if (this.config.background !== false && !this.timer && !this.closed) {
@@ -273,7 +291,9 @@ export class Autosaver {
       await this.settleNumbering();
       await this.sealWaiting();
       await this.probeCloud();
-      if (!this.relay && (await this.sendable()).length > 0) {
+      if (!this.relay && this.boxOnly) {
+        if ((await this.journal.onlyHere()).length > 0) await this.failOver();
+      } else if (!this.relay && (await this.sendable()).length > 0) {
         const wasDown = this.cloudDownSince !== null;
         const pending = (await this.sendable()).length;
         if (await this.resendToCloud()) {
@@ -347,7 +367,7 @@ export class Autosaver {
 
   private async loadKeys(): Promise<SealKeys | null> {
     const doc = await this.journal.getMeta<ExamKeysDocument>("examKeys");
-    if (!doc) return null;
+    if (!doc) return this.loadConfigKeys();
     let platform = this.platformKeys;
     if (!platform) {
       const stored = await this.journal.getMeta<unknown>("platformKeys");
@@ -366,8 +386,108 @@ export class Autosaver {
     }
   }
 
-  /** Asks the cloud for the exam's keys, checks them and keeps them in the journal. */
+  /** The platform's keys: configured, or those the cloud gave earlier. */
+  private async knownPlatformKeys(): Promise<PlatformKey[] | null> {
+    if (this.platformKeys) return this.platformKeys;
+    const stored = await this.journal.getMeta<unknown>("platformKeys");
+    if (!stored) return null;
+    try {
+      return keySetFromJson(stored);
+    } catch {
+      return null;
+    }
+  }
+
+  /** The keys of a box's exam configuration kept in the journal, checked again. */
+  private async loadConfigKeys(): Promise<SealKeys | null> {
+    const doc = await this.journal.getMeta<ExamConfigDocument>("examConfig");
+    const platform = await this.knownPlatformKeys();
+    if (!doc || !platform) return null;
+    try {
+      await verifyExamConfig(doc, platform, this.config.exam);
+      return await this.configKeys(doc);
+    } catch {
+      return null;
+    }
+  }
+
+  private async configKeys(doc: ExamConfigDocument): Promise<SealKeys> {
+    const keys: SealKeys = { exam: publicKeyFromText(doc.exam_key) };
+    if (this.config.restoreCode) keys.restore = (await restoreKeyPair(this.config.restoreCode, this.config.exam, this.config.candidate)).publicKey;
+    return keys;
+  }
+
+  /**
+   * Asks the boxes for the exam's platform-signed configuration, checks it with the platform's
+   * keys, keeps it in the journal, and seals to its exam key (and the restore code's key).
+   */
+  private async learnFromBox(): Promise<void> {
+    const platform = await this.knownPlatformKeys();
+    if (!platform) {
+      throw new Error("the platform's keys are not on this computer, so a box's exam configuration cannot be checked: configure platformKeys");
+    }
+    let last = "no hall relay answered";
+    for (const prospect of this.prospects()) {
+      if ((await this.tryBox(prospect)) !== null) continue;
+      const space = addressSpaceOf(prospect.url);
+      try {
+        const reply = await request(join(prospect.url, `/v1/exams/${this.config.exam}/config`), {
+          token: this.config.token,
+          timeoutMs: PROBE_TIMEOUT_MS,
+          ...(space ? { targetAddressSpace: space } : {}),
+        });
+        if (reply.status !== 200) {
+          last = `the hall relay ${prospect.name} answered ${reply.status}: ${message(reply)}`;
+          continue;
+        }
+        const doc = JSON.parse(new TextDecoder().decode(reply.body)) as ExamConfigDocument;
+        await verifyExamConfig(doc, platform, this.config.exam);
+        const keys = await this.configKeys(doc);
+        await this.journal.putMeta("examConfig", doc);
+        const first = this.sealKeys === null;
+        this.sealKeys = keys;
+        this.lastKeysAsk = null;
+        if (!this.learnt) {
+          this.learnt = { venue: doc.venue, relays: doc.relays, fetched_at: doc.issued_at };
+          await this.journal.putMeta("relays", this.learnt).catch(() => undefined);
+        }
+        this.emit(events.examConfigLearnt(prospect.name, doc.venue, doc.relays.length));
+        if (first) this.emit(events.encrypting(keys.restore !== undefined));
+        return;
+      } catch (error) {
+        last = `the hall relay ${prospect.name}'s exam configuration is refused: ${(error as Error).message}`;
+      }
+    }
+    throw new Error(last);
+  }
+
+  /** Asks the cloud for the exam's keys (else a box's signed exam configuration), checks them and keeps them in the journal. */
   private async learnKeys(): Promise<void> {
+    if (this.boxOnly) {
+      try {
+        await this.learnFromBox();
+      } catch (error) {
+        this.lastKeysAsk = { at: Date.now(), error: (error as Error).message };
+        throw error;
+      }
+      return;
+    }
+    try {
+      await this.learnKeysFromCloud();
+    } catch (error) {
+      if (error instanceof CloudUnreachable && this.prospects().length > 0) {
+        try {
+          await this.learnFromBox();
+          return;
+        } catch {
+          // The cloud's reason is the one to tell.
+        }
+      }
+      throw error;
+    }
+  }
+
+  private async learnKeysFromCloud(): Promise<void> {
     try {
       let platform = this.platformKeys;
       if (!platform) {
@@ -393,12 +513,11 @@ export class Autosaver {
     try {
       reply = await request(join(this.config.cloud, path), { token: this.config.token, timeoutMs: PROBE_TIMEOUT_MS });
     } catch (error) {
-      throw new Error(`the cloud cannot be asked for the ${what} now (${(error as Error).message})`);
+      throw new CloudUnreachable(`the cloud cannot be asked for the ${what} now (${(error as Error).message})`);
     }
     if (reply.status < 200 || reply.status > 299) {
-      throw new Error(
-        reply.status >= 500 ? `the cloud cannot be asked for the ${what} now (it answered ${reply.status})` : `the cloud refused to give the ${what} (${reply.status})`,
-      );
+      if (reply.status >= 500) throw new CloudUnreachable(`the cloud cannot be asked for the ${what} now (it answered ${reply.status})`);
+      throw new Error(`the cloud refused to give the ${what} (${reply.status})`);
     }
     try {
       return JSON.parse(new TextDecoder().decode(reply.body));
@@ -480,6 +599,12 @@ export class Autosaver {
   private async deliver(entry: Entry): Promise<SaveResult> {
     const seq = entry.seq;
     await this.probeCloud();
+    if (!this.relay && this.boxOnly) {
+      // A box-only token: the box, from the first save.
+      await this.failOver();
+      const now = await this.journal.get(seq);
+      return now && now.held === "box" && this.relay ? this.resultOf(now) : { seq, landed: "laptop" };
+    }
     if (!this.relay) {
       const put = await this.put(this.config.cloud, entry, false);
       switch (put.kind) {
@@ -528,7 +653,7 @@ export class Autosaver {
 
   /** While on a box, asks the cloud (at most every `probeEveryMs`) whether it answers again, and if so returns to it. */
   private async probeCloud(): Promise<void> {
-    if (!this.relay || Date.now() - this.lastProbe < this.probeEveryMs) return;
+    if (!this.relay || this.boxOnly || Date.now() - this.lastProbe < this.probeEveryMs) return;
     this.lastProbe = Date.now();
     let healthy = false;
     try {
@@ -565,7 +690,7 @@ export class Autosaver {
   }
 
   private failoverDue(): boolean {
-    return this.cloudDownSince !== null && Date.now() - this.cloudDownSince >= this.failoverAfterMs;
+    return this.boxOnly || this.cloudDownSince !== null && Date.now() - this.cloudDownSince >= this.failoverAfterMs;
   }
 
   /** Sends the cloud every save it lacks, oldest first, with the boxes' receipts. False if the cloud stopped answering on the way. */
@@ -784,9 +909,11 @@ export class Autosaver {
 
   /** The candidate's newest save: from the cloud if it answers, else the highest any box that answers holds; null if nobody could say. */
   private async askNewest(): Promise<{ from: string; newest: Newest | null } | null> {
-    const cloud = await this.newestAt(this.config.cloud);
-    if (cloud.kind === "answer") return { from: "the cloud", newest: cloud.newest };
-    if (cloud.kind === "failed") this.cloudFailed(cloud.error);
+    if (!this.boxOnly) {
+      const cloud = await this.newestAt(this.config.cloud);
+      if (cloud.kind === "answer") return { from: "the cloud", newest: cloud.newest };
+      if (cloud.kind === "failed") this.cloudFailed(cloud.error);
+    }
     let best: { from: string; newest: Newest | null } | null = null;
     for (const prospect of this.prospects()) {
       if ((await this.tryBox(prospect)) !== null) continue;

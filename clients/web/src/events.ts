@@ -107,6 +107,15 @@ export const events = {
       message: "neither the cloud nor a hall relay answers yet: saves are kept on this computer and numbered once one says where your saves stand",
     };
   },
+  examConfigLearnt(from: string, venue: string, relays: number): HallEvent {
+    return {
+      kind: "exam-config-learnt",
+      message: `the hall relay ${from} gave this computer the exam's configuration, signed by the platform: saves are encrypted for the exam and can go to ${relays} hall relays of venue ${venue}`,
+      from,
+      venue,
+      relays,
+    };
+  },
   continuedElsewhere(by: string, seq: number): HallEvent {
     return {
       kind: "continued-elsewhere",
