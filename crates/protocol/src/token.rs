@@ -123,6 +123,15 @@ impl PublicKey {
         }
     }
 
+    /// A raw public key, named as [`of`](Self::of) names it.
+    pub fn from_public(public: [u8; 32]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &public);
+        Self {
+            kid: hex(&digest.as_ref()[..8]),
+            key: public,
+        }
+    }
+
     /// Whether `signature` is this key's Ed25519 signature of `message`.
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         UnparsedPublicKey::new(&ED25519, self.key)

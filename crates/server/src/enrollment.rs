@@ -482,6 +482,11 @@ impl Agent {
         .map_err(|e| e.to_string())?;
         let body = Addresses {
             addresses: self.addresses(),
+            token_key: self
+                .state
+                .auth
+                .local_key()
+                .map(|k| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k.key)),
         };
         let reply = post_json(&connection, Method::PUT, BOX_ADDRESSES, &body).await?;
         if reply.status == StatusCode::UNAUTHORIZED || reply.status == StatusCode::FORBIDDEN {

@@ -320,16 +320,26 @@ fn app_state(
         name: ready.name.clone(),
         min_free_bytes: config.store.min_free_bytes,
         uplink,
-        console: Some(api::console::Console::new(
-            config.data_dir.clone(),
-            config.console_silent_after,
-        )),
+        console: Some(
+            api::console::Console::new(config.data_dir.clone(), config.console_silent_after)
+                .with_token_key(parts.token_key.clone(), box_urls(ready)),
+        ),
         metrics: Some(metrics),
         identity: Some(parts.identity.clone()),
         platform: None,
         enrollment: Some(enrollment),
         exam_configs: Some(exam_configs),
     })
+}
+
+/// The URLs a spare laptop may reach the box at, told with a box-only token: the listen
+/// address unless it is every address (then the laptop finds the box over mDNS by its pin).
+fn box_urls(ready: &Ready) -> Vec<String> {
+    if ready.addr.ip().is_unspecified() {
+        Vec::new()
+    } else {
+        vec![format!("https://{}", ready.addr)]
+    }
 }
 
 /// What every server in this crate (the box and the reference cloud) starts from: the data

@@ -254,6 +254,11 @@ pub struct BoxView {
 #[serde(deny_unknown_fields)]
 pub struct Addresses {
     pub addresses: Vec<String>,
+    /// The public half of the box's local token key (Ed25519, base64url): the cloud accepts
+    /// the box-only tokens it signed as the candidate's authority for the saves this box
+    /// replays, and from this box only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_key: Option<String>,
 }
 
 /// One row of `GET /v1/boxes`.

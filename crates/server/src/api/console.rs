@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde::{Deserialize, Serialize};
 
 mod parked;
+mod tokens;
 
 pub(crate) use parked::retry_parked;
 
@@ -59,6 +60,11 @@ pub struct Console {
     pub silent_after: Duration,
     /// The data dir, whose file system the storage gauge measures.
     pub data_dir: PathBuf,
+    /// The box's local key, which signs box-only tokens (`POST /console/tokens`); `None`:
+    /// the console issues none.
+    pub token_key: Option<hallrelay_protocol::keys::TokenKey>,
+    /// `https://ADDR:PORT` the box is reachable at, told with each box-only token.
+    pub urls: Vec<String>,
 }
 
 impl Console {
@@ -81,7 +87,20 @@ impl Console {
             cache: super::cached::Cached::new(STATE_CACHE),
             silent_after,
             data_dir,
+            token_key: None,
+            urls: Vec::new(),
         }
+    }
+
+    /// Issues box-only tokens signed with `key`, telling spare laptops the box is at `urls`.
+    pub fn with_token_key(
+        mut self,
+        key: hallrelay_protocol::keys::TokenKey,
+        urls: Vec<String>,
+    ) -> Self {
+        self.token_key = Some(key);
+        self.urls = urls;
+        self
     }
 }
 
@@ -120,13 +139,14 @@ pub async fn handle(
         "/console/session" if post => sign_in(state, console, request).await,
         "/console/signout" if post => Ok(sign_out(console, &request)),
         "/console/retry-parked" if post => parked::retry(state, console, &request).await,
+        "/console/tokens" if post => tokens::issue(state, console, request).await,
         "/"
         | "/console.css"
         | "/console.js"
         | "/console/icon.svg"
         | "/console/state"
         | "/console/report.csv" => Err(ApiError::MethodNotAllowed("GET")),
-        "/console/session" | "/console/signout" | "/console/retry-parked" => {
+        "/console/session" | "/console/signout" | "/console/retry-parked" | "/console/tokens" => {
             Err(ApiError::MethodNotAllowed("POST"))
         }
         _ => Err(ApiError::NotFound),

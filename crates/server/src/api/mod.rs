@@ -87,6 +87,9 @@ pub struct EnrolledBox {
     pub venue: String,
     /// The box's certificate (DER), which checks its receipts.
     pub certificate: Vec<u8>,
+    /// The box's local token key (Ed25519 public), as it last reported it: the box-only
+    /// tokens it issued verify with it when it forwards their saves.
+    pub token_key: Option<[u8; 32]>,
 }
 
 /// A box the cloud's registry knows by its pin, and whether it was revoked.
@@ -181,6 +184,14 @@ impl Auth {
             Some(boxes) => boxes.by_pin(pin),
             None => Ok(None),
         }
+    }
+
+    /// The public half of a box's local token key (`None` on the cloud): what it reports to
+    /// its cloud, so that the saves made with its box-only tokens replay.
+    pub fn local_key(&self) -> Option<PublicKey> {
+        self.local
+            .as_ref()
+            .and_then(|l| l.keys.keys().first().cloned())
     }
 
     /// What is trusted now.
@@ -287,6 +298,13 @@ impl Auth {
                     }
                     _ => "the token expired: ask the platform for a new one".into(),
                 },
+                TokenError::UnknownKey { .. } if token::claimed_box(token).is_some() => format!(
+                    "this is a box-only token: it is good on the box with pin {} alone (a \
+                     box's console issues such tokens for spare laptops). Save to that box, \
+                     or use a token from the platform",
+                    token::claimed_box(token).unwrap_or_default()
+                )
+                .into(),
                 TokenError::UnknownKey { kid } => format!(
                     "the token was signed with key {kid}, which this server does not trust: it \
                      is not the platform's, or the platform published it after this server \

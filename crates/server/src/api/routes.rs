@@ -29,7 +29,7 @@ use hallrelay_protocol::digest::{DigestError, Expected};
 use hallrelay_protocol::envelope::Envelope;
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::receipt::Receipt;
-use hallrelay_protocol::token::Kind;
+use hallrelay_protocol::token::{KeySet, Kind, PublicKey};
 use hallrelay_protocol::v1::{PathError, autosave_path, headers};
 use hallrelay_store::{ListEntry, PutOutcome, PutRequest, ReceiptVerdict, Record};
 
@@ -256,10 +256,35 @@ fn authorize_forwarded<B>(
              this one came without it",
         ))?;
     let at = std::time::SystemTime::now() - REPLAY_GRACE;
-    let claims = state
-        .auth
-        .verify_at(token, at)
-        .map_err(|_| ApiError::Forbidden("the candidate's forwarded token is not valid"))?;
+    let claims = match state.auth.verify_at(token, at) {
+        Ok(claims) => claims,
+        // A box-only token (a spare laptop's, issued by the box's console) is the candidate's
+        // authority only when the box it names forwards it, signed by the key that box
+        // reported.
+        Err(_)
+            if hallrelay_protocol::token::claimed_box(token).as_deref() == Some(&enrolled.pin) =>
+        {
+            let key = enrolled.token_key.ok_or(ApiError::Forbidden(
+                "the candidate's forwarded token is a box-only token of this box, whose token \
+                 key the platform does not know yet: the box reports it at its next contact",
+            ))?;
+            let keys = KeySet::new(vec![PublicKey::from_public(key)]);
+            let claims = hallrelay_protocol::token::verify(&keys, token, at).map_err(|_| {
+                ApiError::Forbidden("the candidate's forwarded box-only token is not valid")
+            })?;
+            if claims.box_pin.as_deref() != Some(enrolled.pin.as_str()) {
+                return Err(ApiError::Forbidden(
+                    "the candidate's forwarded box-only token names another box",
+                ));
+            }
+            claims
+        }
+        Err(_) => {
+            return Err(ApiError::Forbidden(
+                "the candidate's forwarded token is not valid",
+            ));
+        }
+    };
     match claims.kind {
         Kind::Candidate { exam, candidate }
             if exam == name.exam

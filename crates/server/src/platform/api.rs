@@ -172,10 +172,21 @@ pub async fn handle(
         PlatformRoute::BoxAddresses => {
             only(&request, Method::PUT)?;
             let pin = calling_box(platform, &request)?;
-            let Addresses { addresses } = read_json(request).await?;
+            let Addresses {
+                addresses,
+                token_key,
+            } = read_json(request).await?;
             check_addresses(&addresses)?;
+            if let Some(key) = &token_key
+                && public_token_key(key).is_none()
+            {
+                return Err(ApiError::BadRequest(
+                    "token_key must be an Ed25519 public key, 32 bytes in base64url".into(),
+                ));
+            }
             let record = blocking(platform, move |p| {
-                p.registry.contact(&pin, Some(addresses), SystemTime::now())
+                p.registry
+                    .contact_with_key(&pin, Some(addresses), token_key, SystemTime::now())
             })
             .await?;
             Ok(json_response(StatusCode::OK, &view(state, &record)))
@@ -515,6 +526,12 @@ async fn read_json<T: DeserializeOwned>(request: Request<RequestBody>) -> Result
             "the body is not the JSON this route takes ({e}); docs/enrollment.md shows it"
         ))
     })
+}
+
+/// A box's reported local token key (base64url of 32 bytes).
+pub(crate) fn public_token_key(text: &str) -> Option<[u8; 32]> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    URL_SAFE_NO_PAD.decode(text).ok()?.try_into().ok()
 }
 
 fn check_addresses(addresses: &[String]) -> Result<(), ApiError> {

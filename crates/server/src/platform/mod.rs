@@ -49,6 +49,7 @@ impl crate::api::BoxCredentials for Registry {
         }
         match self.resolve_credential(credential) {
             Ok(Some(record)) if !record.revoked() => Ok(Some(crate::api::EnrolledBox {
+                token_key: record.token_key.as_deref().and_then(api::public_token_key),
                 pin: record.pin,
                 venue: record.venue,
                 certificate: record.certificate,
@@ -66,6 +67,7 @@ impl crate::api::BoxCredentials for Registry {
             Ok(record) => Ok(record.map(|record| crate::api::RegisteredBox {
                 revoked: record.revoked(),
                 enrolled: crate::api::EnrolledBox {
+                    token_key: record.token_key.as_deref().and_then(api::public_token_key),
                     pin: record.pin,
                     venue: record.venue,
                     certificate: record.certificate,

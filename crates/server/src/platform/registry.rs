@@ -67,6 +67,10 @@ pub struct BoxRecord {
     pub require_confirmation: bool,
     pub revoked_at: Option<u64>,
     pub last_contact: Option<u64>,
+    /// The public half of the box's local token key (base64url), as it last reported it: the
+    /// box-only tokens it issues for spare laptops verify with it when it replays their saves.
+    #[serde(default)]
+    pub token_key: Option<String>,
 }
 
 impl BoxRecord {
@@ -335,6 +339,7 @@ impl Registry {
                 require_confirmation: code.require_confirmation,
                 revoked_at: None,
                 last_contact: Some(now_secs),
+                token_key: previous.as_ref().and_then(|p| p.token_key.clone()),
             };
             boxes
                 .insert(request.pin.as_str(), encode(&record)?.as_slice())
@@ -506,11 +511,25 @@ impl Registry {
         addresses: Option<Vec<String>>,
         now: SystemTime,
     ) -> Result<BoxRecord, RegistryError> {
+        self.contact_with_key(pin, addresses, None, now)
+    }
+
+    /// [`contact`](Self::contact), recording the box's local token key when it reports one.
+    pub fn contact_with_key(
+        &self,
+        pin: &str,
+        addresses: Option<Vec<String>>,
+        token_key: Option<String>,
+        now: SystemTime,
+    ) -> Result<BoxRecord, RegistryError> {
         let at = unix_secs(now);
         self.update(None, pin, |r| {
             r.last_contact = Some(at);
             if let Some(addresses) = addresses {
                 r.addresses = addresses;
+            }
+            if token_key.is_some() {
+                r.token_key = token_key;
             }
         })
     }

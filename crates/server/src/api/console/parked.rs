@@ -79,7 +79,7 @@ pub(crate) async fn retry_parked(state: &State) -> Result<Response<Full<Bytes>>,
 }
 
 /// Whether a cookie-carrying request was sent by a page of this box itself.
-fn from_this_box(headers: &HeaderMap, authority: Option<&http::uri::Authority>) -> bool {
+pub(super) fn from_this_box(headers: &HeaderMap, authority: Option<&http::uri::Authority>) -> bool {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(site) = text("sec-fetch-site") {
         return site == "same-origin";
