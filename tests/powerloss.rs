@@ -153,6 +153,12 @@ async fn run_step(store: &Store, step: &Step, ledger: &Mutex<Ledger>) -> bool {
                     ));
                     false
                 }
+                Ok(PutOutcome::ContinuedElsewhere { .. }) => {
+                    ledger.lock().unwrap().wrong_errors.push(format!(
+                        "{name}: refused as continued elsewhere, but no device was named"
+                    ));
+                    false
+                }
                 Err(e) => note_error(e),
             }
         }

@@ -241,7 +241,8 @@ mod tests {
             Err(ExamConfigError::WrongExam("math".into()))
         );
         // Every field the client acts on is covered.
-        let changes: Vec<Box<dyn Fn(&mut ExamConfig)>> = vec![
+        type Change = Box<dyn Fn(&mut ExamConfig)>;
+        let changes: Vec<Change> = vec![
             Box::new(|c| c.relays[0].pin = "sha256//evil=".into()),
             Box::new(|c| c.relays[0].addresses.push("203.0.113.9:8443".into())),
             Box::new(|c| c.relays[0].name = "Hall C".into()),

@@ -295,6 +295,10 @@ fn supervise(store: &Store, uplink: &Arc<Uplink>, shutdown: &CancellationToken) 
 }
 
 /// What every request handler of the box shares.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is one part of the box the handlers share, built before it"
+)]
 fn app_state(
     config: &ServeConfig,
     parts: Parts,

@@ -384,6 +384,7 @@ mod tests {
             oldest_age_secs: Some(5),
             parked: 3,
             parked_bytes: 30,
+            continued_elsewhere: 0,
         };
         let text = metrics.render(queue, UplinkState::Up, Some(1000)).unwrap();
         for line in [
