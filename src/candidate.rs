@@ -71,6 +71,7 @@ impl Plan {
             };
             Privacy::Encrypt { platform_keys }
         };
+        options.restore_code = read_restore_code(args)?;
         Ok(Self {
             options,
             interval: args.interval,
@@ -105,6 +106,21 @@ pub enum CandidateError {
     RestoreOut(crate::ops::OpsError),
 }
 
+/// The restore code of `--restore-code-file`, if given.
+fn read_restore_code(args: &CandidateArgs) -> Result<Option<RestoreSecret>, CandidateError> {
+    let Some(path) = &args.restore_code_file else {
+        return Ok(None);
+    };
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| CandidateError::RestoreCodeFile {
+        path: shown.clone(),
+        error: e.to_string(),
+    })?;
+    RestoreSecret::parse(text.trim())
+        .map(Some)
+        .map_err(|error| CandidateError::RestoreCode { path: shown, error })
+}
+
 fn read_key_set(path: &std::path::Path) -> Result<KeySet, CandidateError> {
     let bad = |error: String| CandidateError::PlatformKeys {
         path: path.display().to_string(),
@@ -124,6 +140,12 @@ pub async fn run(
     let print = std::sync::Arc::new(print);
     let events = print.clone();
     let mut autosaver = Autosaver::open(plan.options)?.on_event(move |e| events(e.to_string()));
+    // A spare laptop (an empty journal): where the candidate's saves stand, and their newest
+    // answers, before anything else (events say what came of it).
+    if !autosaver.journal().is_numbered() {
+        print("an empty journal: asking where this candidate's saves stand first".to_owned());
+        autosaver.restore_on_start().await?;
+    }
     if let Some(list) = autosaver.relays() {
         print(format!(
             "the journal holds the cloud's list of {} hall relays for venue {}",
@@ -158,7 +180,12 @@ pub async fn run(
         let is_final = plan.submit && plan.count == Some(done);
         let seq = autosaver.journal().last_seq() + 1;
         let payload = simulated_answer(&candidate, seq, plan.size);
-        autosaver.save(&payload, is_final).await?;
+        match autosaver.save(&payload, is_final).await {
+            Ok(_) => {}
+            // Not a failure: the candidate carries on on the other laptop (the event said so).
+            Err(SaveError::ContinuedElsewhere { .. }) => break,
+            Err(error) => return Err(error.into()),
+        }
     }
     let summary = autosaver.flush().await?;
     Ok(summary)
@@ -224,21 +251,7 @@ pub async fn restore_latest(
 ) -> Result<Restored, CandidateError> {
     let plan = Plan::from_args(args)?;
     let options = plan.options;
-    let secret = match &args.restore_code_file {
-        Some(path) => {
-            let shown = path.display().to_string();
-            let text =
-                std::fs::read_to_string(path).map_err(|e| CandidateError::RestoreCodeFile {
-                    path: shown.clone(),
-                    error: e.to_string(),
-                })?;
-            Some(
-                RestoreSecret::parse(text.trim())
-                    .map_err(|error| CandidateError::RestoreCode { path: shown, error })?,
-            )
-        }
-        None => None,
-    };
+    let secret = options.restore_code.clone();
     let (exam, candidate) = (&options.exam, &options.candidate);
     let token = Some(options.token.clone());
     let timeout = std::time::Duration::from_secs(5);
@@ -267,7 +280,8 @@ pub async fn restore_latest(
         match restore::latest(&conn, &name, exam, candidate, secret.as_ref()).await {
             Ok(restored) => {
                 print(format!(
-                    "restored save {} ({}{} bytes) from {name}{}",
+                    "restored save {} ({}{} bytes) from {name}{}; a candidate started on an \
+                     empty journal continues after it, at save {}",
                     restored.seq,
                     if restored.is_final {
                         "the final submission, "
@@ -279,7 +293,8 @@ pub async fn restore_latest(
                         ", opened with the restore code"
                     } else {
                         ", saved unencrypted"
-                    }
+                    },
+                    restored.seq + 1
                 ));
                 return Ok(restored);
             }

@@ -42,9 +42,11 @@ pub enum Command {
     /// trusted like --pin, their addresses tried like --box. Each save is encrypted on the
     /// laptop for the platform and the candidate's restore code (--plaintext: not). Exits 0
     /// when every save is acknowledged by the cloud or a pinned box, 75 when some are held
-    /// only in its journal (run it again to send them), 64 on bad arguments. With --restore
-    /// it restores the candidate's newest save instead (exit 0, or 1 when nothing could be
-    /// restored).
+    /// only in its journal (run it again to send them), 64 on bad arguments. On an empty
+    /// journal (a spare laptop) it first restores the candidate's newest save from the cloud,
+    /// or the trusted boxes while the cloud is gone, and continues after it; until one
+    /// answers, saves wait in the journal without a seq. With --restore it only restores the
+    /// candidate's newest save (exit 0, or 1 when nothing could be restored).
     Candidate(CandidateArgs),
     /// List the boxes found over mDNS, one line each: name, https://ADDR:PORT, pin. Exits 1
     /// when none is found.
@@ -382,8 +384,9 @@ pub struct CandidateArgs {
     #[arg(long, conflicts_with_all = ["count", "submit", "plaintext"])]
     pub restore: bool,
     /// File holding the restore code printed on the candidate's exam card (28 characters,
-    /// `XXXX-XXXX-…`; `hallrelay cloud card` prints them).
-    #[arg(long, value_name = "FILE", requires = "restore")]
+    /// `XXXX-XXXX-…`; `hallrelay cloud card` prints them): opens the newest save restored by
+    /// --restore, or on an empty journal.
+    #[arg(long, value_name = "FILE")]
     pub restore_code_file: Option<PathBuf>,
     /// Where --restore writes the restored answers [default: standard output].
     #[arg(long, value_name = "FILE", requires = "restore")]

@@ -8,6 +8,11 @@
 //! byte: its plaintext as the platform decrypts it, and its ciphertext as the box and the cloud
 //! hold it (the candidates seal every save on the laptop; `--plaintext` turns that off). Everything runs in this one process, on real
 //! sockets, real TLS and real redb files in a temporary folder.
+//!
+//! Halfway through the outage one candidate's laptop dies: its journal is thrown away. A spare
+//! laptop (a new journal, so a new device) restores the candidate's newest save from the box,
+//! opened with the restore code on their exam card, and continues after it; the verification
+//! at the end counts that candidate's saves from both laptops, each seq once.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -39,6 +44,8 @@ const BEFORE_CUT: Duration = Duration::from_secs(6);
 const AFTER_RESTORE: Duration = Duration::from_secs(6);
 const FAILOVER_AFTER: Duration = Duration::from_secs(3);
 const SAVE_SIZE: usize = 2048;
+/// The candidate whose laptop dies mid-outage.
+const DEAD_LAPTOP: &str = "c000";
 
 /// How the demo runs.
 #[derive(Clone, Debug)]
@@ -99,12 +106,29 @@ pub struct DemoReport {
     pub box_held: usize,
     /// Whether the candidates sealed their saves.
     pub encrypted: bool,
+    /// The laptop replaced mid-outage: the save its spare restored, and where from.
+    pub spare: Option<Spare>,
     pub problems: Vec<String>,
+}
+
+/// What the spare laptop of the candidate whose laptop died did.
+#[derive(Debug, Clone, Default)]
+pub struct Spare {
+    pub candidate: String,
+    /// The newest save the spare restored, and from where.
+    pub restored: u64,
+    pub from: String,
+    /// Whether the answers it restored are those the dead laptop saved last.
+    pub answers_match: bool,
+    /// The saves the dead laptop made and the spare made.
+    pub before: usize,
+    pub after: usize,
 }
 
 impl DemoReport {
     pub fn ok(&self) -> bool {
-        self.problems.is_empty()
+        self.spare.as_ref().is_none_or(|s| s.answers_match)
+            && self.problems.is_empty()
             && self.verified == self.saves
             && self.box_verified == self.box_held
             && self.saves > 0
@@ -112,6 +136,17 @@ impl DemoReport {
 
     /// The timeline's last line, for `saves` saves made.
     fn verdict(&self, saves: usize) -> String {
+        let spare = match &self.spare {
+            Some(spare) if self.ok() => format!(
+                "; {}'s two laptops: {} + {} saves, each seq once",
+                spare.candidate, spare.before, spare.after
+            ),
+            _ => String::new(),
+        };
+        format!("{}{spare}", self.verdict_of_saves(saves))
+    }
+
+    fn verdict_of_saves(&self, saves: usize) -> String {
         if self.ok() && self.encrypted {
             format!(
                 "{}/{saves} saves decrypted at the platform byte for byte, none extra; the box \
@@ -177,6 +212,7 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
     );
     let box_client = invigilator(&secrets.platform_key, &hall_box)?;
     let stop_saving = CancellationToken::new();
+    let laptop_dies = CancellationToken::new();
     let (events_tx, events_rx) = mpsc::unbounded_channel::<(usize, Event)>();
     let candidates = start_candidates(
         &plan,
@@ -184,8 +220,9 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
         (&cloud_url, &cloud_pin),
         &hall_box.pin,
         &events_tx,
-        &stop_saving,
+        (&stop_saving, &laptop_dies),
     )?;
+    let spare_events = events_tx.clone();
     drop(events_tx);
     line(
         "candidates",
@@ -205,7 +242,54 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
     let cloud_addr = cloud.addr;
     cloud.stop().await?;
     line("uplink", "CUT: the cloud's listener is stopped");
-    sleep_narrating(plan.outage, &mut narrator.lines, &narrate).await;
+    sleep_narrating(plan.outage / 2, &mut narrator.lines, &narrate).await;
+    // Halfway through the outage a laptop dies, and the invigilator hands over a spare.
+    laptop_dies.cancel();
+    let (dead, mut candidates) = candidates
+        .into_iter()
+        .partition::<Vec<_>, _>(|(id, _, _)| id == DEAD_LAPTOP);
+    let mut spare_report = None;
+    for (id, token, task) in dead {
+        let before = task.await.map_err(|_| DemoError::NotReady)??;
+        let gone = plan.dir.join("journals").join(EXAM).join(&id);
+        let _ = std::fs::remove_dir_all(&gone);
+        line(
+            "laptop",
+            &format!(
+                "{id}'s laptop DIES after {} saves: its journal is gone; a spare laptop \
+                 (a new journal, a new device) takes over",
+                before.len()
+            ),
+        );
+        let (spare, report) = replace_dead_laptop(
+            &plan,
+            (id.as_str(), &token),
+            &hall_box.pin,
+            (&cloud_url, &cloud_pin),
+            &spare_events,
+            &stop_saving,
+            before,
+        )
+        .await?;
+        line(
+            "laptop",
+            &format!(
+                "{id}'s spare laptop restored save {} from {}{}; it continues at save {}",
+                report.restored,
+                report.from,
+                if report.answers_match {
+                    ", the dead laptop's newest answers exactly"
+                } else {
+                    ", but NOT the dead laptop's newest answers"
+                },
+                report.restored + 1
+            ),
+        );
+        spare_report = Some(report);
+        candidates.push(spare);
+    }
+    drop(spare_events);
+    sleep_narrating(plan.outage - plan.outage / 2, &mut narrator.lines, &narrate).await;
     let cloud = start_cloud(CloudConfig {
         listen: cloud_addr,
         ..cloud_config
@@ -218,6 +302,12 @@ pub async fn run(plan: DemoPlan, say: impl Fn(&str)) -> Result<DemoReport, DemoE
     stop_saving.cancel();
     let saved_by = collect_saves(candidates).await?;
     let mut report = narrator.finish(&narrate).await;
+    if let Some(spare) = &mut spare_report {
+        spare.after = saved_by
+            .get(&spare.candidate)
+            .map_or(0, |(_, saves)| saves.len().saturating_sub(spare.before));
+    }
+    report.spare = spare_report;
     let saves: usize = saved_by.values().map(|(_, s)| s.len()).sum();
     line(
         "candidates",
@@ -426,7 +516,7 @@ fn start_candidates(
     (cloud_url, cloud_pin): (&str, &str),
     box_pin: &str,
     events: &mpsc::UnboundedSender<(usize, Event)>,
-    stop: &CancellationToken,
+    (stop, dies): (&CancellationToken, &CancellationToken),
 ) -> Result<Vec<SavingCandidate>, DemoError> {
     let discovery = Discovery::mdns(vec!["lo".into()]);
     let mut candidates = Vec::new();
@@ -456,18 +546,111 @@ fn start_candidates(
             .on_event(move |e| {
                 let _ = events.send((i, e.clone()));
             });
-        let task = tokio::spawn(keep_saving(autosaver, id.clone(), stop.clone()));
+        // One laptop dies mid-outage; the others never do.
+        let dies = if id == DEAD_LAPTOP {
+            dies.clone()
+        } else {
+            CancellationToken::new()
+        };
+        let task = tokio::spawn(keep_saving(
+            autosaver,
+            id.clone(),
+            stop.clone(),
+            dies,
+            Vec::new(),
+        ));
         candidates.push((id, token, task));
     }
     Ok(candidates)
 }
 
+/// The spare laptop of candidate `id`, whose laptop died: a fresh journal (another device)
+/// that finds the box over mDNS and trusts it by the pin the invigilator gives, restores the newest save
+/// with the restore code on the candidate's exam card, and keeps saving after it. It saves with
+/// the candidate's own token: the box-only token an invigilator issues from the console
+/// (`POST /console/tokens`) needs the box to serve the exam's signed configuration too, so
+/// that a laptop that was never online has the exam's keys.
+async fn replace_dead_laptop(
+    plan: &DemoPlan,
+    (id, token): (&str, &Secret),
+    box_pin: &str,
+    (cloud_url, cloud_pin): (&str, &str),
+    events: &mpsc::UnboundedSender<(usize, Event)>,
+    stop: &CancellationToken,
+    before: Vec<Made>,
+) -> Result<(SavingCandidate, Spare), DemoError> {
+    let card = hallrelay_server::platform::AnswerKeys::open(&plan.dir.join("cloud"))
+        .map_err(|e| DemoError::Setup {
+            path: plan.dir.join("cloud"),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .restore_secret(EXAM, id);
+    let mut options = Options::new(
+        cloud_url,
+        EXAM,
+        id,
+        token.clone(),
+        plan.dir.join("spare-laptop"),
+    );
+    options.cloud_trust = CloudTrust::Pins(vec![cloud_pin.to_owned()]);
+    options.box_pins = vec![box_pin.to_owned()];
+    options.failover_after = FAILOVER_AFTER;
+    options.probe_every = SAVE_EVERY;
+    options.discovery = Discovery::mdns(vec!["lo".into()]);
+    options.restore_code = Some(card);
+    if plan.plaintext {
+        options.privacy = Privacy::Plaintext;
+    }
+    let restored = Arc::new(Mutex::new(None));
+    let (events, seen) = (events.clone(), restored.clone());
+    let mut spare = Autosaver::open(options)
+        .map_err(crate::candidate::CandidateError::from)?
+        .on_event(move |e| {
+            if let Event::Restored {
+                from, seq, payload, ..
+            } = e
+            {
+                *seen.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((from.clone(), *seq, payload.clone()));
+            }
+            let _ = events.send((0, e.clone()));
+        });
+    spare
+        .restore_on_start()
+        .await
+        .map_err(crate::candidate::CandidateError::from)?;
+    let newest = before.iter().max_by_key(|m| m.seq);
+    let (from, seq, payload) = restored
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .unwrap_or_else(|| ("nowhere".into(), 0, None));
+    let report = Spare {
+        candidate: id.to_owned(),
+        restored: seq,
+        from,
+        answers_match: newest
+            .is_some_and(|m| m.seq == seq && payload.as_ref() == Some(&m.plaintext)),
+        before: before.len(),
+        after: 0,
+    };
+    let task = tokio::spawn(keep_saving(
+        spare,
+        id.to_owned(),
+        stop.clone(),
+        CancellationToken::new(),
+        before,
+    ));
+    Ok(((id.to_owned(), token.clone(), task), report))
+}
+
 /// One save as the candidate made it: seq, what they wrote, and the bytes that left the laptop
-/// (the envelope; the same bytes when unencrypted).
+/// (the envelope; the same bytes when unencrypted). `sent` is `None` for a save made before
+/// the laptop had the exam's keys: it was sealed later, so only its plaintext is compared.
 struct Made {
     seq: u64,
     plaintext: Vec<u8>,
-    sent: Vec<u8>,
+    sent: Option<Vec<u8>>,
 }
 
 /// Each candidate's token and saves, once it has stopped and flushed.
@@ -557,7 +740,10 @@ async fn verify_on_box(
             report.box_held += 1;
             let reply = box_client.get(&autosave_path(EXAM, id, seq)).await?;
             match saves.iter().find(|m| m.seq == seq) {
-                Some(made) if reply.status.is_success() && reply.body.as_ref() == made.sent => {
+                Some(made)
+                    if reply.status.is_success()
+                        && made.sent.as_deref() == Some(reply.body.as_ref()) =>
+                {
                     report.box_verified += 1;
                 }
                 Some(_) => report.problems.push(format!(
@@ -589,6 +775,12 @@ async fn verify_in_cloud(
             Connection::pinned(cloud_url, vec![cloud_pin.to_owned()], Some(token.clone()))?;
         let listed = client.get(&autosaves_path(EXAM, id)).await?;
         let listed: Vec<serde_json::Value> = listed.json().unwrap_or_default();
+        let mut seqs: Vec<u64> = saves.iter().map(|m| m.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        if seqs.len() != saves.len() {
+            problems.push(format!("{id}: a seq was given to two saves"));
+        }
         if listed.len() != saves.len() {
             problems.push(format!(
                 "{id}: the cloud lists {} autosaves, the candidate made {}",
@@ -599,7 +791,12 @@ async fn verify_in_cloud(
         for made in saves {
             let seq = made.seq;
             let stored = client.get(&autosave_path(EXAM, id, seq)).await?;
-            if !stored.status.is_success() || stored.body.as_ref() != made.sent {
+            let as_sent = match &made.sent {
+                Some(sent) => stored.body.as_ref() == sent.as_slice(),
+                // Sealed after it was made: the plaintext below is the check.
+                None => true,
+            };
+            if !stored.status.is_success() || !as_sent {
                 problems.push(format!(
                     "{id} save {seq}: the cloud holds other bytes than the laptop sent ({})",
                     stored.status
@@ -750,12 +947,16 @@ async fn tally(
 }
 
 /// One candidate saving every second until `stop`, then flushing; returns every save made.
+/// A laptop that `dies` stops without a flush, and returns what it made (after `saves`, those
+/// of the laptop it replaced). It dies at the first tick where the box (or the cloud) holds
+/// every save it made: a save held only by a laptop dies with it, which no spare can undo.
 async fn keep_saving(
     mut autosaver: Autosaver,
     id: String,
     stop: CancellationToken,
+    dies: CancellationToken,
+    mut saves: Vec<Made>,
 ) -> Result<Vec<Made>, crate::candidate::CandidateError> {
-    let mut saves = Vec::new();
     let mut ticker = tokio::time::interval(SAVE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -763,11 +964,22 @@ async fn keep_saving(
             _ = stop.cancelled() => break,
             _ = ticker.tick() => {}
         }
+        if dies.is_cancelled() && autosaver.summary().only_here == 0 {
+            return Ok(saves);
+        }
         let seq = autosaver.journal().last_seq() + 1;
         let plaintext = crate::candidate::simulated_answer(&id, seq, SAVE_SIZE);
         let saved = autosaver.save(&plaintext, false).await?;
         // The newest save stays in the journal, the cloud's acknowledgement or not.
-        let sent = autosaver.journal().payload(saved.seq)?;
+        let sealed = autosaver
+            .journal()
+            .get(saved.seq)
+            .is_some_and(|e| !e.awaits_keys);
+        let sent = if sealed {
+            Some(autosaver.journal().payload(saved.seq)?)
+        } else {
+            None
+        };
         saves.push(Made {
             seq: saved.seq,
             plaintext,
@@ -868,6 +1080,12 @@ pub fn summary_table(r: &DemoReport) -> String {
         (
             "held by the box as sealed, byte for byte",
             format!("{}/{}", r.box_verified, r.box_held),
+        ),
+        (
+            "dead laptop: its spare restored save",
+            r.spare
+                .as_ref()
+                .map_or("-".to_owned(), |s| s.restored.to_string()),
         ),
         ("result", if r.ok() { "PASS" } else { "FAIL" }.to_owned()),
     ];

@@ -1,419 +1,559 @@
-//! The spare laptop, server side, with the real binary on loopback: the reference cloud playing
-//! the platform, and real boxes that enroll on first contact.
-//!
-//! - The exam configuration is signed at the cloud and verifies with the platform's published
-//!   keys; a changed one does not. A box fetches it, keeps it, and serves it after its cloud
-//!   is gone.
-//! - A box-only token issued by a box's console works on that box, and the cloud and another
-//!   box refuse it with a 401 that says it is a box-only token; a save made with it reaches the
-//!   cloud by replay.
-//! - The device rule, at the box and at the cloud: the device taken over from is refused with
-//!   `continued_elsewhere` (counted in the console and status), an identical retry is 200, a
-//!   save without the header is never refused.
+//! The spare laptop (issue 23), end to end with a real cloud and a real box: a candidate's
+//! laptop dies, a spare one (a fresh journal, another device) restores the newest save from
+//! the cloud, or from the box while the cloud is down, and continues after the highest seq:
+//! no seq collides, no 409, nothing lost or doubled once the box has replayed. Saves made on
+//! the spare before anyone answered wait in its journal and are numbered once somebody does.
 
 use hallrelay_testkit as common;
 
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::*;
-use hallrelay_client::{Connection, Reply};
-use hallrelay_protocol::exam_config::{ExamConfig, ExamConfigError};
+use common::{BoxProcess, DEFAULT_VENUE, Platform, command, config_file, free_port, write_secret};
+use hallrelay_client::{Autosaver, CloudTrust, Discovery, Event, Landed, Options};
+use hallrelay_envelope::RestoreSecret;
 use hallrelay_protocol::keys::Secret;
-use hallrelay_protocol::token::KeySet;
-use hallrelay_protocol::v1::box_tokens::{BoxTokenIssued, CONSOLE_TOKENS};
-use hallrelay_protocol::v1::exam_config_path;
-use hallrelay_protocol::v1::platform::PLATFORM_KEYS;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 const EXAM: &str = "bio-2026";
+const CREDENTIAL: &str = "box-credential-for-the-spare-laptop-tests";
 
-fn block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
+/// A hall with a platform: the reference cloud, a box that replays to it.
+struct Hall {
+    dir: tempfile::TempDir,
+    cloud_listen: String,
+    cloud: BoxProcess,
+    hall_box: BoxProcess,
 }
 
-fn cloud_client(cloud: &BoxProcess, token: Option<String>) -> Connection {
-    Connection::with_roots(
-        &format!("http://{}", cloud.addr),
-        None,
-        token.map(Secret::new),
-    )
-    .unwrap()
-}
-
-fn error_code(reply: &Reply) -> String {
-    reply
-        .json::<serde_json::Value>()
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-/// `hallrelay ARGS`: (success, stdout, stderr).
-fn hallrelay(args: &[&str]) -> (bool, String, String) {
-    let out = command(None).args(args).output().expect("run hallrelay");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn wait_until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
+impl Hall {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cloud_listen = format!("127.0.0.1:{}", free_port());
+        write_secret(&dir.path().join("appliances"), CREDENTIAL);
+        let cloud = Self::cloud_on(dir.path(), &cloud_listen);
+        let keys = Platform::of_cloud(&dir.path().join("cloud"))
+            .write_keys_file(&dir.path().join("platform-keys.json"));
+        let token_file = write_secret(&dir.path().join("cloud.token"), CREDENTIAL);
+        let config = config_file(
+            dir.path(),
+            &format!(
+                "cloud = \"http://{cloud_listen}\"\ncloud_token_file = \"{token_file}\"\n\
+                 platform_keys_file = \"{keys}\"\n"
+            ),
+        );
+        let hall_box = BoxProcess::start(
+            &dir.path().join("box"),
+            &["--config", config.to_str().unwrap()],
+        );
+        Self {
+            dir,
+            cloud_listen,
+            cloud,
+            hall_box,
         }
-        assert!(Instant::now() < deadline, "{what} never happened");
-        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    fn cloud_on(dir: &Path, listen: &str) -> BoxProcess {
+        let appliances = dir.join("appliances");
+        BoxProcess::start_cloud(
+            &dir.join("cloud"),
+            &[
+                "--listen",
+                listen,
+                "--appliance-token-file",
+                appliances.to_str().unwrap(),
+            ],
+        )
+    }
+
+    fn token(&self, candidate: &str) -> String {
+        self.cloud
+            .platform()
+            .candidate_token(DEFAULT_VENUE, EXAM, candidate)
+    }
+
+    /// `hallrelay cloud card`: the restore code on the candidate's exam card.
+    fn restore_code(&self, candidate: &str) -> RestoreSecret {
+        let out = command(None)
+            .args(["cloud", "card", "--data-dir"])
+            .arg(self.dir.path().join("cloud"))
+            .args(["--exam", EXAM, "--candidate", candidate])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let code = text
+            .split_whitespace()
+            .find(|w| w.len() == 34 && w.matches('-').count() == 6)
+            .unwrap_or_else(|| panic!("no restore code in {text}"));
+        RestoreSecret::parse(code).unwrap()
+    }
+
+    /// The options of one laptop of `candidate` (its own journal folder `laptop`), failing
+    /// over at once to this hall's box.
+    fn options(&self, candidate: &str, laptop: &str, token: String) -> Options {
+        let mut options = Options::new(
+            &format!("http://{}", self.cloud_listen),
+            EXAM,
+            candidate,
+            Secret::new(token),
+            self.dir.path().join(laptop),
+        );
+        options.cloud_trust = CloudTrust::Roots { ca_file: None };
+        options.box_pins = vec![self.hall_box.pin.clone()];
+        options.discovery = Discovery::none().with_urls(vec![self.hall_box.url()]);
+        options.failover_after = Duration::ZERO;
+        options.probe_every = Duration::from_millis(100);
+        options
+    }
+
+    /// What the cloud holds for `candidate`: (seq, blake3) in order, asked with their token.
+    async fn in_cloud(&self, candidate: &str) -> Vec<(u64, String)> {
+        let client = hallrelay_client::Connection::with_roots(
+            &format!("http://{}", self.cloud_listen),
+            None,
+            Some(Secret::new(self.token(candidate))),
+        )
+        .unwrap();
+        rows(&common::list(&client, EXAM, candidate).await)
+    }
+
+    /// What the box holds for `candidate`.
+    async fn on_box(&self, candidate: &str) -> Vec<(u64, String)> {
+        let client = self.hall_box.client(Some(self.token(candidate)));
+        rows(&common::list(&client, EXAM, candidate).await)
+    }
+
+    async fn wait_for_replay(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.hall_box.status().await["pending"]["count"] != 0 {
+            assert!(Instant::now() < deadline, "the box never replayed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
-fn enrolled_box(
-    dir: &std::path::Path,
-    cloud: &BoxProcess,
-    admin_file: &str,
-    name: &str,
-) -> BoxProcess {
-    let url = format!("http://{}", cloud.addr);
-    let (ok, out, err) = hallrelay(&[
-        "cloud",
-        "enroll",
-        "--cloud",
-        &url,
-        "--token-file",
-        admin_file,
-        "--venue",
-        DEFAULT_VENUE,
-        "--no-qr",
-    ]);
-    assert!(ok, "{out}{err}");
-    let code = out
-        .lines()
-        .find_map(|l| l.strip_prefix("enrollment code"))
+fn rows(list: &[serde_json::Value]) -> Vec<(u64, String)> {
+    list.iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["blake3"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The seqs `client` lists for c0.
+async fn seqs_at(client: &hallrelay_client::Connection) -> Vec<u64> {
+    rows(&common::list(client, EXAM, "c0").await)
+        .into_iter()
+        .map(|r| r.0)
+        .collect()
+}
+
+fn answer(laptop: &str, n: usize) -> Vec<u8> {
+    format!("photosynthesis, written on {laptop}, version {n}\n").into_bytes()
+}
+
+/// Every event an autosaver emits, kept for the test to read.
+fn recorded(autosaver: Autosaver) -> (Autosaver, Arc<Mutex<Vec<Event>>>) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let autosaver = autosaver.on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    (autosaver, events)
+}
+
+fn refusals(events: &Mutex<Vec<Event>>) -> Vec<String> {
+    events
+        .lock()
         .unwrap()
-        .trim()
-        .to_owned();
-    let code_file = write_secret(&dir.join(format!("{name}.code")), &code);
-    let b = BoxProcess::start(
-        &dir.join(name),
+        .iter()
+        .filter(|e| matches!(e, Event::Rejected { .. }))
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn restored(events: &Mutex<Vec<Event>>) -> Option<(String, u64, Option<Vec<u8>>)> {
+    events.lock().unwrap().iter().find_map(|e| match e {
+        Event::Restored {
+            from, seq, payload, ..
+        } => Some((from.clone(), *seq, payload.clone())),
+        _ => None,
+    })
+}
+
+/// The laptop that dies: saves 1 to the cloud, then (the cloud gone) 2..=4 to the box.
+async fn first_laptop_dies_mid_outage(hall: &mut Hall) {
+    let mut first = Autosaver::open(hall.options("c0", "laptop-1", hall.token("c0"))).unwrap();
+    let saved = first.save(&answer("laptop-1", 1), false).await.unwrap();
+    assert_eq!(saved.landed, Landed::Cloud);
+    // The exam keys the first laptop learnt are the ones the spare needs to seal (a spare
+    // set up at the start of the exam has them; a never-online one gets them from the box).
+    hall.cloud.kill9();
+    for n in 2..=4 {
+        let saved = first.save(&answer("laptop-1", n), false).await.unwrap();
+        assert!(matches!(saved.landed, Landed::Box { .. }), "{saved:?}");
+    }
+    // The laptop dies: its journal is gone with it.
+}
+
+/// The exam keys a laptop set up while the cloud answered keeps in its journal folder.
+fn copy_exam_keys(hall: &Hall, from: &str, to: &str) {
+    let src = hall.dir.path().join(from).join(EXAM).join("c0");
+    let dst = hall.dir.path().join(to).join(EXAM).join("c0");
+    std::fs::create_dir_all(&dst).unwrap();
+    for file in ["exam-keys.json", "platform-keys.json"] {
+        if src.join(file).exists() {
+            std::fs::copy(src.join(file), dst.join(file)).unwrap();
+        }
+    }
+}
+
+/// The cloud is down. The spare laptop first cannot reach anybody (the box restarts): its
+/// saves wait without a seq. Once the box answers, it restores save 4 (opened with the exam
+/// card's code), numbers the waiting saves 5 and 6 and goes on at 7: no 409 anywhere. When
+/// the cloud returns, it holds 1..=7 exactly once each.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spare_laptop_offline_restores_from_the_box_and_continues_after_it() {
+    let mut hall = Hall::start();
+    first_laptop_dies_mid_outage(&mut hall).await;
+    let code = hall.restore_code("c0");
+    copy_exam_keys(&hall, "laptop-1", "laptop-2");
+
+    // The box is restarting when the spare laptop starts: nobody can say where c0 stands.
+    let box_addr = hall.hall_box.addr.clone();
+    let box_dir = hall.hall_box.data_dir.clone();
+    hall.hall_box.kill9();
+    let mut options = hall.options("c0", "laptop-2", hall.token("c0"));
+    options.restore_code = Some(code);
+    let (mut spare, events) = recorded(Autosaver::open(options).unwrap());
+    assert!(!spare.restore_on_start().await.unwrap());
+    for n in 1..=2 {
+        let saved = spare.save(&answer("laptop-2", n), false).await.unwrap();
+        assert_eq!((saved.seq, saved.landed), (0, Landed::Journal));
+    }
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::WaitingToContinue))
+    );
+    assert_eq!(spare.summary().only_here, 2);
+
+    // The box is back (same address, same key).
+    let config = hall.dir.path().join("hallrelay.toml");
+    hall.hall_box = BoxProcess::start_in(
+        None,
+        &box_dir,
         &[
-            "--name",
-            name,
-            "--cloud",
-            &url,
-            "--enrollment-code-file",
-            &code_file,
+            "serve",
+            "--listen",
+            &box_addr,
+            "--no-mdns",
+            "--client-rate-limit",
+            "0",
+            "--config",
+            config.to_str().unwrap(),
         ],
     );
-    wait_until(&format!("{name} enrolled"), Duration::from_secs(30), || {
-        (block(b.status())["enrollment"]["state"] == "enrolled").then_some(())
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let saved = spare.save(&answer("laptop-2", 3), false).await.unwrap();
+    assert_eq!(saved.seq, 7, "after the box's 4 and the two that waited");
+    assert!(matches!(saved.landed, Landed::Box { .. }), "{saved:?}");
+    let (from, seq, payload) = restored(&events).expect("a Restored event");
+    assert!(from.contains("hall relay"), "{from}");
+    assert_eq!(seq, 4);
+    assert_eq!(payload.as_deref(), Some(answer("laptop-1", 4).as_slice()));
+    spare.flush().await.unwrap();
+    assert_eq!(
+        refusals(&events),
+        Vec::<String>::new(),
+        "no 409, no refusal"
+    );
+    let seqs: Vec<u64> = hall.on_box("c0").await.iter().map(|r| r.0).collect();
+    assert_eq!(seqs, vec![2, 3, 4, 5, 6, 7]);
+    assert_eq!(spare.summary().only_here, 0);
+
+    // The cloud returns: every save exactly once, the spare's too.
+    hall.cloud = Hall::cloud_on(hall.dir.path(), &hall.cloud_listen);
+    hall.wait_for_replay().await;
+    spare.flush().await.unwrap();
+    let seqs: Vec<u64> = hall.in_cloud("c0").await.iter().map(|r| r.0).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+    assert_eq!(refusals(&events), Vec::<String>::new());
+}
+
+/// With the cloud up, a spare laptop restores from the cloud and continues after its newest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spare_laptop_with_the_cloud_up_restores_from_the_cloud() {
+    let hall = Hall::start();
+    let mut first = Autosaver::open(hall.options("c1", "laptop-1", hall.token("c1"))).unwrap();
+    for n in 1..=3 {
+        let saved = first.save(&answer("laptop-1", n), n == 3).await.unwrap();
+        assert_eq!(saved.landed, Landed::Cloud);
+    }
+    drop(first);
+    let mut options = hall.options("c1", "laptop-2", hall.token("c1"));
+    options.restore_code = Some(hall.restore_code("c1"));
+    let (mut spare, events) = recorded(Autosaver::open(options).unwrap());
+    assert!(spare.restore_on_start().await.unwrap());
+    let (from, seq, payload) = restored(&events).expect("a Restored event");
+    assert_eq!((from.as_str(), seq), ("the cloud", 3));
+    assert_eq!(payload.as_deref(), Some(answer("laptop-1", 3).as_slice()));
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::Restored { is_final: true, .. }))
+    );
+    let saved = spare.save(&answer("laptop-2", 1), false).await.unwrap();
+    assert_eq!((saved.seq, saved.landed), (4, Landed::Cloud));
+    assert_eq!(refusals(&events), Vec::<String>::new());
+    // Without the code the seq is still known, and the answers are not opened.
+    let options = hall.options("c1", "laptop-3", hall.token("c1"));
+    let (mut third, events) = recorded(Autosaver::open(options).unwrap());
+    assert!(third.restore_on_start().await.unwrap());
+    let unopened = events.lock().unwrap().iter().find_map(|e| match e {
+        Event::Restored {
+            seq,
+            payload: None,
+            unopened: Some(why),
+            ..
+        } => Some((*seq, why.clone())),
+        _ => None,
     });
-    b
+    let (seq, why) = unopened.expect("restored without the code");
+    assert_eq!(seq, 4);
+    assert!(why.contains("restore code"), "{why}");
 }
 
-#[test]
-fn the_exam_configuration_is_signed_kept_by_the_box_and_box_only_tokens_stay_on_their_box() {
+/// Both laptops alive: the old one was only out of reach. The spare took over (its first seq,
+/// 5, is above the old laptop's), so the old laptop's next save is refused with 409
+/// `continued_elsewhere`: it stops saving and says so, with its own event, not a conflict. The
+/// spare goes on undisturbed, and the box holds each seq once, the spare's at 5.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_old_laptop_is_told_the_exam_continued_elsewhere_and_stops() {
+    let mut hall = Hall::start();
+    let (mut old, old_events) =
+        recorded(Autosaver::open(hall.options("c0", "laptop-1", hall.token("c0"))).unwrap());
+    assert_eq!(
+        old.save(&answer("laptop-1", 1), false)
+            .await
+            .unwrap()
+            .landed,
+        Landed::Cloud
+    );
+    hall.cloud.kill9();
+    for n in 2..=4 {
+        let saved = old.save(&answer("laptop-1", n), false).await.unwrap();
+        assert!(matches!(saved.landed, Landed::Box { .. }), "{saved:?}");
+    }
+    copy_exam_keys(&hall, "laptop-1", "laptop-2");
+    let (mut spare, spare_events) =
+        recorded(Autosaver::open(hall.options("c0", "laptop-2", hall.token("c0"))).unwrap());
+    assert_ne!(spare.journal().device(), old.journal().device());
+    let saved = spare.save(&answer("laptop-2", 1), false).await.unwrap();
+    assert_eq!(saved.seq, 5);
+    assert!(matches!(saved.landed, Landed::Box { .. }), "{saved:?}");
+
+    // The old laptop comes back to life and saves on: its save 5 is refused.
+    let saved = old.save(&answer("laptop-1", 5), false).await.unwrap();
+    assert_eq!((saved.seq, saved.landed), (5, Landed::Journal));
+    let told: Vec<String> = old_events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, Event::ContinuedElsewhere { .. }))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(told[0].contains("continues on another laptop"), "{told:?}");
+    assert_eq!(
+        refusals(&old_events),
+        Vec::<String>::new(),
+        "not a conflict"
+    );
+    assert!(old.continued_elsewhere_by().is_some());
+    let err = old.save(&answer("laptop-1", 6), false).await.unwrap_err();
+    assert!(
+        matches!(err, hallrelay_client::SaveError::ContinuedElsewhere { .. }),
+        "{err}"
+    );
+    assert_eq!(old.journal().last_seq(), 5, "nothing more is journaled");
+
+    let saved = spare.save(&answer("laptop-2", 2), false).await.unwrap();
+    assert_eq!(saved.seq, 6);
+    assert!(matches!(saved.landed, Landed::Box { .. }), "{saved:?}");
+    assert_eq!(refusals(&spare_events), Vec::<String>::new());
+    let on_box = hall.on_box("c0").await;
+    let seqs: Vec<u64> = on_box.iter().map(|r| r.0).collect();
+    assert_eq!(seqs, vec![2, 3, 4, 5, 6]);
+}
+
+/// A spare laptop that was never online: no cloud to ask, a box-only token (signed by the
+/// box's own key, naming its pin, as the console issues it), the box's pin and address, the
+/// platform's public keys and the exam card's restore code. It takes the exam's keys from the
+/// box's copy of the platform-signed exam configuration, restores the candidate's newest save
+/// from the box, and seals its own saves (after it) to the exam key and the restore code: the
+/// box holds them, and the platform's exam key and the card's code both open them. With the
+/// wrong platform keys the configuration is refused: nothing is sealed to it, nothing sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_never_online_laptop_with_a_box_only_token_uses_the_box_s_signed_config() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cloud = BoxProcess::start_cloud(
-        &dir.path().join("cloud"),
-        &["--listen", "127.0.0.1:0", "--hall-copies", "1"],
-    );
+    let cloud_dir = dir.path().join("cloud");
+    let cloud_listen = format!("127.0.0.1:{}", free_port());
+    let cloud_args = ["--listen", cloud_listen.as_str(), "--tls"];
+    let mut cloud = BoxProcess::start_cloud(&cloud_dir, &cloud_args);
+    let cloud_url = cloud.url();
     let platform = cloud.platform();
-    let admin_file = write_secret(
-        &dir.path().join("admin.token"),
-        &platform.admin_token(DEFAULT_VENUE),
-    );
-    let hall_a = enrolled_box(dir.path(), &cloud, &admin_file, "hall-a");
-    let hall_b = enrolled_box(dir.path(), &cloud, &admin_file, "hall-b");
-
-    // The cloud signs the configuration for a candidate of the exam, and records the exam at
-    // the venue.
-    let c1 = platform.candidate_token(DEFAULT_VENUE, EXAM, "c1");
-    let reply = block(cloud_client(&cloud, Some(c1.clone())).get(&exam_config_path(EXAM))).unwrap();
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.message());
-    let config: ExamConfig = reply.json().unwrap();
-    let keys: KeySet = block(cloud_client(&cloud, None).get(PLATFORM_KEYS))
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(config.verify(&keys, EXAM), Ok(()));
-    assert_eq!(config.hall_copies, 1, "cloud --hall-copies 1");
-    assert_eq!(config.after_final, "accept");
-    let pins: Vec<&str> = config.relays.iter().map(|r| r.pin.as_str()).collect();
-    assert!(
-        pins.contains(&hall_a.pin.as_str()) && pins.contains(&hall_b.pin.as_str()),
-        "{pins:?}"
-    );
-    let mut tampered = config.clone();
-    tampered.relays.retain(|r| r.pin != hall_b.pin);
-    assert_eq!(
-        tampered.verify(&keys, EXAM),
-        Err(ExamConfigError::BadSignature)
-    );
-    // Only the exam's candidates get it.
-    let other_exam = platform.candidate_token(DEFAULT_VENUE, "other", "c1");
-    let refused =
-        block(cloud_client(&cloud, Some(other_exam)).get(&exam_config_path(EXAM))).unwrap();
-    assert_eq!(refused.status, StatusCode::FORBIDDEN);
-
-    // The box fetches it with its credential and serves it, signature intact.
-    let from_box: ExamConfig = wait_until(
-        "the box serves the configuration",
-        Duration::from_secs(90),
-        || {
-            let reply = block(hall_a.client(Some(c1.clone())).get(&exam_config_path(EXAM))).ok()?;
-            (reply.status == StatusCode::OK).then(|| reply.json().unwrap())
-        },
-    );
-    assert_eq!(from_box.verify(&keys, EXAM), Ok(()));
-    assert_eq!(from_box.relays, config.relays);
-    assert!(hall_a.data_dir.join("exam-configs.json").exists());
-
-    // The console issues a box-only token (admin bearer here; the console's form sends the
-    // session cookie).
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", HeaderValue::from_static("application/json"));
-    let body = serde_json::json!({"exam": EXAM, "candidate": "c9", "ttl_secs": 3600});
-    let reply = block(
-        hall_a
-            .client(Some(platform.admin_token(DEFAULT_VENUE)))
-            .send(
-                Method::POST,
-                CONSOLE_TOKENS,
-                headers,
-                Bytes::from(body.to_string()),
-            ),
-    )
-    .unwrap();
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.message());
-    let issued: BoxTokenIssued = reply.json().unwrap();
-    assert_eq!(
-        (issued.exam.as_str(), issued.candidate.as_str()),
-        (EXAM, "c9")
-    );
-    assert_eq!(issued.issuer.pin, hall_a.pin);
-    assert_eq!(issued.issuer.urls, vec![format!("https://{}", hall_a.addr)]);
-    let spare = issued.token.clone();
-    // Good on this box: the configuration and a save.
-    let reply = block(
-        hall_a
-            .client(Some(spare.clone()))
-            .get(&exam_config_path(EXAM)),
-    )
-    .unwrap();
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.message());
-    let saved = block(put(
-        &hall_a.client(Some(spare.clone())),
-        EXAM,
-        "c9",
-        1,
-        b"spare laptop",
-    ));
-    assert_eq!(saved.status, StatusCode::CREATED, "{:?}", saved.message());
-    // Refused at the cloud and at the other box, saying why.
-    for (what, reply) in [
-        (
-            "the cloud",
-            block(put(
-                &cloud_client(&cloud, Some(spare.clone())),
-                EXAM,
-                "c9",
-                2,
-                b"x",
-            )),
-        ),
-        (
-            "hall-b",
-            block(put(
-                &hall_b.client(Some(spare.clone())),
-                EXAM,
-                "c9",
-                2,
-                b"x",
-            )),
-        ),
-    ] {
-        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what}");
-        let message = reply.message().unwrap_or_default();
-        assert!(message.contains("box-only token"), "{what}: {message}");
-    }
-    // Issued tokens are audited, never stored.
-    let audit = block(
-        hall_a
-            .client(Some(platform.admin_token(DEFAULT_VENUE)))
-            .get("/v1/audit"),
-    )
-    .unwrap()
-    .body;
-    let audit = String::from_utf8_lossy(&audit);
-    assert!(
-        audit.contains("box_token_issued") && audit.contains("c9"),
-        "{audit}"
-    );
-    assert!(
-        !audit.contains(&spare),
-        "the audit log holds the token itself"
-    );
-    // `hallrelay token --box` asks the box the same way, and writes the token privately.
-    let out_file = dir.path().join("spare.token");
-    let (ok, out, err) = hallrelay(&[
-        "token",
-        "--box",
-        &hall_a.url(),
-        "--token-file",
-        &admin_file,
-        "--pin",
-        &hall_a.pin,
-        "--exam",
-        EXAM,
-        "--candidate",
-        "c10",
-        "--ttl",
-        "2h",
-        "--out",
-        out_file.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}{err}");
-    use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(
-        std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    let cli_token = std::fs::read_to_string(&out_file)
-        .unwrap()
-        .trim()
-        .to_owned();
-    let saved = block(put(
-        &hall_a.client(Some(cli_token)),
-        EXAM,
-        "c10",
-        1,
-        b"cli spare",
-    ));
-    assert_eq!(saved.status, StatusCode::CREATED, "{:?}", saved.message());
-
-    // The spare laptop's save reaches the cloud by replay, with the box-only token as the
-    // candidate's authority.
-    let reader = cloud_client(&cloud, Some(platform.admin_token(DEFAULT_VENUE)));
-    wait_until(
-        "the box-only save is at the cloud",
-        Duration::from_secs(60),
-        || (block(list(&reader, EXAM, "c9")).len() == 1).then_some(()),
-    );
-
-    // The uplink goes: the box still serves what it kept.
-    cloud.terminate();
-    let reply = block(hall_a.client(Some(c1)).get(&exam_config_path(EXAM))).unwrap();
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.message());
-    assert_eq!(reply.json::<ExamConfig>().unwrap(), from_box);
-    let reply = block(hall_a.client(Some(spare)).get(&exam_config_path(EXAM))).unwrap();
-    assert_eq!(reply.status, StatusCode::OK);
-}
-
-/// `PUT` with a device header.
-async fn put_from(
-    client: &Connection,
-    candidate: &str,
-    seq: u64,
-    body: &[u8],
-    device: Option<&str>,
-) -> Reply {
-    let mut headers = HeaderMap::new();
-    if let Some(d) = device {
-        headers.insert("hallrelay-device", HeaderValue::from_str(d).unwrap());
-    }
-    client
-        .put(
-            &autosave_path(EXAM, candidate, seq),
-            headers,
-            Bytes::copy_from_slice(body),
+    let keys_file = platform.write_keys_file(&dir.path().join("platform-keys.json"));
+    // The exam is at the venue before the box enrolls, so its first fetch has it.
+    let admin = platform.admin_token(DEFAULT_VENUE);
+    let declared = cloud
+        .client(Some(admin.clone()))
+        .send(
+            http::Method::POST,
+            hallrelay_protocol::v1::platform::VENUE_EXAMS,
+            http::HeaderMap::new(),
+            bytes::Bytes::from(format!("{{\"exam\":\"{EXAM}\"}}")),
         )
         .await
-        .unwrap()
-}
-
-/// The rule, as both servers apply it (the same code): returns the status JSON afterwards.
-fn device_rule(client: &Connection, admin: &Connection) -> serde_json::Value {
-    let status = |r: &Reply| r.status;
-    for seq in 1..=2 {
-        let r = block(put_from(
-            client,
-            "c1",
-            seq,
-            format!("x{seq}").as_bytes(),
-            Some("laptop-x"),
-        ));
-        assert_eq!(status(&r), StatusCode::CREATED, "{:?}", r.message());
-    }
-    // The spare laptop continues after the highest seq it learned of.
-    let r = block(put_from(client, "c1", 4, b"y4", Some("laptop-y")));
-    assert_eq!(status(&r), StatusCode::CREATED, "{:?}", r.message());
-    // The old laptop's save made before the takeover is kept.
-    let r = block(put_from(client, "c1", 3, b"x3", Some("laptop-x")));
-    assert_eq!(status(&r), StatusCode::CREATED, "{:?}", r.message());
-    // From the takeover on, it is refused with its own code, colliding or not.
-    for (seq, body) in [(4, "x4"), (5, "x5")] {
-        let r = block(put_from(
-            client,
-            "c1",
-            seq,
-            body.as_bytes(),
-            Some("laptop-x"),
-        ));
-        assert_eq!(status(&r), StatusCode::CONFLICT, "seq {seq}");
-        assert_eq!(error_code(&r), "continued_elsewhere");
-        let message = r.message().unwrap_or_default();
-        assert!(message.contains("continued on another device"), "{message}");
-    }
-    // An identical retry still answers with the original receipt.
-    let r = block(put_from(client, "c1", 2, b"x2", Some("laptop-x")));
-    assert_eq!(status(&r), StatusCode::OK);
-    // Without the header the rule never refuses; a malformed one is a 400.
-    let r = block(put_from(client, "c1", 6, b"n6", None));
-    assert_eq!(status(&r), StatusCode::CREATED);
-    let r = block(put_from(client, "c1", 7, b"bad", Some("two words")));
-    assert_eq!(status(&r), StatusCode::BAD_REQUEST);
-    // Different bytes under a taken seq from the device that holds it is still a conflict.
-    let r = block(put_from(client, "c1", 4, b"y4 again", Some("laptop-y")));
-    assert_eq!(error_code(&r), "conflict");
-    let reply = block(admin.get("/v1/status")).unwrap();
-    assert_eq!(reply.status, StatusCode::OK);
-    reply.json().unwrap()
-}
-
-#[test]
-fn the_device_rule_holds_at_the_box_and_at_the_cloud() {
-    let dir = tempfile::tempdir().unwrap();
-    let cloud = BoxProcess::start_cloud(&dir.path().join("cloud"), &["--listen", "127.0.0.1:0"]);
-    let platform = cloud.platform();
-    let at_cloud = device_rule(
-        &cloud_client(
-            &cloud,
-            Some(platform.candidate_token(DEFAULT_VENUE, EXAM, "c1")),
+        .unwrap();
+    assert!(declared.status.is_success(), "{:?}", declared.body);
+    let admin_file = write_secret(&dir.path().join("admin.token"), &admin);
+    let code = common::enrollment_code(None, &cloud_url, &cloud.pin, &admin_file, &[]);
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "cloud = \"{cloud_url}\"\ncloud_pin = \"{}\"\nenrollment_code = \"{code}\"\n",
+            cloud.pin
         ),
-        &cloud_client(&cloud, Some(platform.admin_token(DEFAULT_VENUE))),
     );
-    assert_eq!(at_cloud["continued_elsewhere"], 2, "{at_cloud}");
+    let hall_box = BoxProcess::start(
+        &dir.path().join("box"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let config_path = hallrelay_protocol::v1::exam_config_path(EXAM);
+    let on_box = hall_box.client(Some(hall_box.candidate_token(EXAM, "c0")));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !on_box.get(&config_path).await.unwrap().status.is_success() {
+        assert!(
+            Instant::now() < deadline,
+            "the box never kept the exam's configuration"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let card = hallrelay_server::platform::AnswerKeys::open(&cloud_dir).unwrap();
+    cloud.kill9();
 
-    let hall = BoxProcess::start(&dir.path().join("box"), &[]);
-    let admin = hall.client(Some(hall.admin_token()));
-    let at_box = device_rule(&hall.client(Some(hall.candidate_token(EXAM, "c1"))), &admin);
-    assert_eq!(at_box["continued_elsewhere"], 2, "{at_box}");
-    let state: serde_json::Value = block(admin.get("/console/state")).unwrap().json().unwrap();
-    assert_eq!(state["continued_elsewhere"], 2, "{state}");
-    let row = console_row(&state, "c1");
-    assert_eq!(row["continued_elsewhere"], 2, "{row}");
-    assert_eq!(row["devices"], 2, "{row}");
-    let metrics = block(admin.get("/metrics")).unwrap().body;
-    let metrics = String::from_utf8_lossy(&metrics);
+    // The first laptop (the cloud already gone: its keys come from the box too) saves 1..=2
+    // to the box.
+    let keys: hallrelay_protocol::token::KeySet =
+        serde_json::from_slice(&std::fs::read(&keys_file).unwrap()).unwrap();
+    let laptop = |root: &str, token: String, keys: hallrelay_protocol::token::KeySet| {
+        let mut options = Options::new(
+            &cloud_url,
+            EXAM,
+            "c0",
+            Secret::new(token),
+            dir.path().join(root),
+        );
+        options.cloud_trust = CloudTrust::Pins(vec![cloud.pin.clone()]);
+        options.box_pins = vec![hall_box.pin.clone()];
+        options.discovery = Discovery::none().with_urls(vec![hall_box.url()]);
+        options.failover_after = Duration::ZERO;
+        options.probe_every = Duration::from_millis(100);
+        options.privacy = hallrelay_client::Privacy::Encrypt {
+            platform_keys: Some(keys),
+        };
+        options.restore_code = Some(card.restore_secret(EXAM, "c0"));
+        options
+    };
+    let mut first = Autosaver::open(laptop(
+        "laptop-1",
+        platform.candidate_token(DEFAULT_VENUE, EXAM, "c0"),
+        keys.clone(),
+    ))
+    .unwrap();
+    for n in 1..=2 {
+        let saved = first.save(&answer("laptop-1", n), false).await.unwrap();
+        assert!(matches!(saved.landed, Landed::Box { .. }), "{saved:?}");
+    }
+    drop(first);
+
+    // A spare with the wrong platform keys refuses the configuration and sends nothing.
+    let forger = hallrelay_protocol::keys::TokenKey::from_bytes([7; 32]);
+    let wrong =
+        hallrelay_protocol::token::KeySet::new(vec![hallrelay_protocol::token::PublicKey::of(
+            &forger,
+        )]);
+    let box_only = hall_box.candidate_token(EXAM, "c0");
+    let (mut fooled, _) =
+        recorded(Autosaver::open(laptop("laptop-x", box_only.clone(), wrong)).unwrap());
+    let err = fooled.learn_keys().await.unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    let saved = fooled.save(&answer("laptop-x", 1), false).await.unwrap();
+    assert_eq!((saved.seq, saved.landed), (3, Landed::Journal));
     assert!(
-        metrics.contains("hallrelay_continued_elsewhere_total 2"),
-        "{metrics}"
+        fooled.journal().get(3).unwrap().awaits_keys,
+        "sealed to nothing"
     );
+    drop(fooled);
+    assert_eq!(seqs_at(&on_box).await, vec![1, 2]);
+
+    // The real spare: the configuration verifies; restore, then saves after it, on the box.
+    let (mut spare, events) =
+        recorded(Autosaver::open(laptop("laptop-2", box_only, keys)).unwrap());
+    spare.learn_keys().await.unwrap();
+    let (from, seq, payload) = {
+        spare.restore_on_start().await.unwrap();
+        restored(&events).expect("a Restored event")
+    };
+    assert!(from.contains("hall relay"), "{from}");
+    assert_eq!(seq, 2);
+    assert_eq!(payload.as_deref(), Some(answer("laptop-1", 2).as_slice()));
+    for n in 1..=2 {
+        let saved = spare.save(&answer("laptop-2", n), false).await.unwrap();
+        assert!(
+            matches!(saved.landed, Landed::Box { .. }),
+            "{saved:?} {:?}",
+            events.lock().unwrap()
+        );
+        assert_eq!(saved.seq, 2 + n as u64);
+    }
+    assert_eq!(refusals(&events), Vec::<String>::new());
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::ExamConfigLearnt { .. }))
+    );
+    assert_eq!(seqs_at(&on_box).await, vec![1, 2, 3, 4]);
+    // Sealed to the exam key (the platform opens it) and the card's code (the candidate does).
+    let held = on_box
+        .get(&hallrelay_protocol::v1::autosave_path(EXAM, "c0", 4))
+        .await
+        .unwrap();
+    let save = hallrelay_envelope::Save {
+        exam: EXAM,
+        candidate: "c0",
+        seq: 4,
+        is_final: false,
+    };
+    use hallrelay_protocol::envelope::Role;
+    let by_platform =
+        hallrelay_envelope::open(&held.body, &card.exam_key(EXAM), Role::Exam, &save).unwrap();
+    let by_card = hallrelay_envelope::open(
+        &held.body,
+        &card.restore_secret(EXAM, "c0").key(EXAM, "c0"),
+        Role::Restore,
+        &save,
+    )
+    .unwrap();
+    assert_eq!(by_platform, answer("laptop-2", 2));
+    assert_eq!(by_card, by_platform);
 }

@@ -113,10 +113,19 @@ const keys = await pkg.verifyExamKeys(input.exam_keys, platform, input.save.exam
 let tampered = "verified";
 try { await pkg.verifyExamKeys(input.tampered_exam_keys, platform, input.save.exam, input.save.candidate); }
 catch (e) { tampered = e.message; }
+let config_verified = "verified";
+try { await pkg.verifyExamConfig(input.exam_config, platform, input.save.exam); }
+catch (e) { config_verified = e.message; }
+let config_tampered = "verified";
+try { await pkg.verifyExamConfig(input.tampered_exam_config, platform, input.save.exam); }
+catch (e) { config_tampered = e.message; }
 console.log(JSON.stringify({
   sealed: toHex(sealed), opened_exam, opened_restore, other_seq,
   exam_public: toHex(exam.publicKey), restore_public: toHex(restore.publicKey),
   verified_exam_key: toHex(keys.exam), verified_restore_key: toHex(keys.restore), tampered,
+  config_verified, config_tampered,
+  claimed_box: pkg.claimedBox(input.box_token) ?? null,
+  claimed_none: pkg.claimedBox(input.platform_token) ?? null,
 }));
 "#;
 
@@ -154,6 +163,42 @@ fn rust_and_the_package_open_each_other_s_envelopes_and_agree_on_exam_keys() {
     );
     let mut tampered = exam_keys.clone();
     tampered.restore_key = Some(PrivateKey::derive(&[0x33; 32]).public().to_text());
+    // The exam configuration a box serves a never-online laptop, with a relay name the signed
+    // text must percent-encode (a line break, an accent); and a box-only token.
+    use hallrelay_protocol::exam_config::{ExamConfig, Unsigned};
+    let exam_config = ExamConfig::sign(
+        &platform,
+        Unsigned {
+            exam: save.exam.into(),
+            venue: "hall-north".into(),
+            exam_key: exam.public().to_text(),
+            relays: vec![hallrelay_protocol::v1::platform::Relay {
+                name: "Salle É\nrelay=x".into(),
+                pin: "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+                addresses: vec!["10.0.0.2:8443".into(), "[fe80::1]:8443".into()],
+            }],
+            hall_copies: 2,
+            after_final: "accept".into(),
+        },
+        SystemTime::now(),
+    );
+    let mut tampered_config = exam_config.clone();
+    tampered_config.relays[0]
+        .addresses
+        .push("203.0.113.9:8443".into());
+    let now = hallrelay_protocol::timefmt::unix_secs(SystemTime::now());
+    let claims = hallrelay_protocol::token::Claims::candidate(
+        "hall-north",
+        save.exam,
+        save.candidate,
+        now,
+        60,
+    );
+    let platform_token = hallrelay_protocol::token::mint(&platform, &claims);
+    let box_token = hallrelay_protocol::token::mint(
+        &TokenKey::from_bytes([0x44; 32]),
+        &claims.clone().on_box("sha256//box-pin"),
+    );
 
     let input = serde_json::json!({
         "exam_ikm": hex(&exam_ikm),
@@ -164,6 +209,10 @@ fn rust_and_the_package_open_each_other_s_envelopes_and_agree_on_exam_keys() {
         "key_set": key_set,
         "exam_keys": exam_keys,
         "tampered_exam_keys": tampered,
+        "exam_config": exam_config,
+        "tampered_exam_config": tampered_config,
+        "box_token": box_token,
+        "platform_token": platform_token,
     });
     let dist = format!("file://{}", package_dir().join("dist/index.js").display());
     let output = Command::new("node")
@@ -215,6 +264,15 @@ fn rust_and_the_package_open_each_other_s_envelopes_and_agree_on_exam_keys() {
         text("tampered").contains("signature does not verify"),
         "{answer}"
     );
+    // The exam configuration the platform signs (what a box serves) verifies in the package,
+    // and one with an address added does not; a box-only token names its box.
+    assert_eq!(text("config_verified"), "verified", "{answer}");
+    assert!(
+        text("config_tampered").contains("signature does not verify"),
+        "{answer}"
+    );
+    assert_eq!(text("claimed_box"), "sha256//box-pin");
+    assert_eq!(answer["claimed_none"], serde_json::Value::Null);
 }
 
 /// The package's `Autosaver`, driven from node (`clients/web/scripts/node-driver.mjs`, on an
@@ -266,6 +324,13 @@ impl Driver {
 
     /// Sends one command and returns its answer (events that come first are kept).
     fn send(&mut self, command: serde_json::Value) -> serde_json::Value {
+        let value = self.send_raw(command.clone());
+        assert!(value.get("error").is_none(), "{command} failed: {value}");
+        value
+    }
+
+    /// Like [`send`](Self::send), but hands back an `error` answer instead of failing.
+    fn send_raw(&mut self, command: serde_json::Value) -> serde_json::Value {
         use std::io::Write as _;
         writeln!(self.stdin, "{command}").expect("write to node");
         loop {
@@ -281,7 +346,6 @@ impl Driver {
                 self.events.push(value["event"].clone());
                 continue;
             }
-            assert!(value.get("error").is_none(), "{command} failed: {value}");
             return value;
         }
     }
@@ -608,4 +672,151 @@ fn the_package_writes_each_save_to_two_boxes_and_survives_one_dying() {
             }
         }
     });
+}
+
+/// The package on a spare laptop (issue 23), against the real cloud and box: the candidate's
+/// first laptop saves 1–2 to the cloud and, the cloud gone, 3–4 to the box, then dies. A new
+/// page with a fresh IndexedDB (another device) and the exam card's restore code restores save
+/// 4 from the box (`restored`, its answers opened with the code) and numbers its own saves
+/// after it: 5, 6, never a guessed seq. They wait for the exam's keys (this laptop never saw
+/// the cloud) and, once the cloud is back, are sealed and reach it under 5 and 6, with no
+/// refusal anywhere. The first laptop was only out of reach: its next save (its own 5) is
+/// refused by the cloud with 409 `continued_elsewhere`, and it stops saving.
+#[test]
+fn the_package_restores_on_a_spare_laptop_and_continues_after_the_box_s_newest() {
+    if !node_or_skip("the web client package's spare laptop against the real cloud and box") {
+        return;
+    }
+    let _dist = build();
+    const EXAM: &str = "bio-2026";
+    let dir = tempfile::tempdir().unwrap();
+    let cloud_dir = dir.path().join("cloud");
+    let cloud_listen = format!("127.0.0.1:{}", common::free_port());
+    let cloud_args = ["--listen", cloud_listen.as_str(), "--tls"];
+    let mut cloud = common::BoxProcess::start_cloud(&cloud_dir, &cloud_args);
+    let platform = common::Platform::of_cloud(&cloud_dir);
+    let keys_file = platform.write_keys_file(&dir.path().join("platform-keys.json"));
+    let config = common::config_file(
+        dir.path(),
+        &format!("platform_keys_file = \"{keys_file}\"\n"),
+    );
+    let hall = common::BoxProcess::start(
+        &dir.path().join("box"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let token = platform.candidate_token(common::DEFAULT_VENUE, EXAM, "c1");
+    let card = common::command(None)
+        .args(["cloud", "card", "--data-dir"])
+        .arg(&cloud_dir)
+        .args(["--exam", EXAM, "--candidate", "c1"])
+        .output()
+        .unwrap();
+    let card = String::from_utf8_lossy(&card.stdout).into_owned();
+    let code = card
+        .split_whitespace()
+        .find(|w| w.len() == 34 && w.matches('-').count() == 6)
+        .unwrap_or_else(|| panic!("no restore code in {card}"))
+        .to_owned();
+    let cloud_url = cloud.url();
+    let open = |database: &str, code: Option<&str>| {
+        let mut config = serde_json::json!({
+            "cloud": cloud_url, "exam": EXAM, "candidate": "c1", "token": token,
+            "relays": [{"name": "hall-a", "urls": [hall.url()]}],
+            "failoverAfterMs": 0, "probeEveryMs": 200, "requestTimeoutMs": 3000,
+            "background": false, "database": database,
+        });
+        if let Some(code) = code {
+            config["restoreCode"] = code.into();
+        }
+        serde_json::json!({ "open": config })
+    };
+    let mut first = Driver::spawn();
+    first.send(open("first-laptop", None));
+    for i in 1..=2 {
+        assert_eq!(first.save(&format!("answer {i}"))["landed"], "cloud");
+    }
+    cloud.kill9();
+    for i in 3..=4 {
+        let r = first.save(&format!("answer {i}"));
+        assert_eq!(r["landed"], "box", "{r}; events {:?}", first.events);
+    }
+
+    let mut spare = Driver::spawn();
+    spare.send(open("spare-laptop", Some(&code)));
+    let restored = spare
+        .events
+        .iter()
+        .find(|e| e["kind"] == "restored")
+        .unwrap_or_else(|| panic!("no restored event: {:?}", spare.events))
+        .clone();
+    assert_eq!(restored["seq"], 4, "{restored}");
+    assert_eq!(restored["payload"], "answer 4", "{restored}");
+    assert!(
+        restored["from"].as_str().unwrap().contains("hall-a"),
+        "{restored}"
+    );
+    let seqs: Vec<u64> = (1..=2)
+        .map(|i| {
+            spare.save(&format!("spare answer {i}"))["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![5, 6],
+        "after the box's newest: {:?}",
+        spare.events
+    );
+
+    cloud = common::BoxProcess::start_cloud(&cloud_dir, &cloud_args);
+    let mut flushed = false;
+    for _ in 0..30 {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        spare.send(serde_json::json!({"flush": true}));
+        let pending = spare.send(serde_json::json!({"pending": true}));
+        if pending["pending"] == serde_json::json!([]) {
+            flushed = true;
+            break;
+        }
+    }
+    assert!(
+        flushed,
+        "the spare's saves never reached the cloud: {:?}",
+        spare.events
+    );
+    assert!(
+        !spare.kinds().contains(&"rejected".to_owned()),
+        "{:?}",
+        spare.events
+    );
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = cloud.client(Some(token.clone()));
+        let rows = common::list(&client, EXAM, "c1").await;
+        let seqs: Vec<u64> = rows.iter().filter_map(|r| r["seq"].as_u64()).collect();
+        assert_eq!(
+            seqs,
+            vec![1, 2, 5, 6],
+            "the cloud's own and the spare's; 3–4 wait on the box"
+        );
+    });
+
+    // The first laptop saves again: back on the cloud, its 5 is refused, and it stops.
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    first.save("answer 5 from the first laptop");
+    let told = first
+        .events
+        .iter()
+        .find(|e| e["kind"] == "continued-elsewhere")
+        .unwrap_or_else(|| panic!("no continued-elsewhere: {:?}", first.events))
+        .clone();
+    assert_eq!(told["seq"], 5, "{told}");
+    assert!(
+        !first.kinds().contains(&"rejected".to_owned()),
+        "{:?}",
+        first.events
+    );
+    let refused = first.send_raw(serde_json::json!({"save": "answer 6"}));
+    assert_eq!(refused["code"], "continued_elsewhere", "{refused}");
+    drop(hall);
 }

@@ -6,12 +6,14 @@
 //   {"flush": true}       answers {"flushed": N}
 //   {"pending": true}     answers {"pending": [SEQ…]}
 //   {"close": true}       closes the autosaver (the page goes away)
+// Events go as {"event": EVENT}, a `payload` of bytes (the `restored` answers) as UTF-8 text.
 // Not part of the package: the browser tests drive it in Chromium against the same box and cloud.
 import "fake-indexeddb/auto";
 import { createInterface } from "node:readline";
 
 const { Autosaver } = await import(process.argv[2]);
 const say = (value) => process.stdout.write(JSON.stringify(value) + "\n");
+const text = (event) => (event.payload instanceof Uint8Array ? { ...event, payload: new TextDecoder().decode(event.payload) } : event);
 let autosaver = null;
 
 for await (const line of createInterface({ input: process.stdin })) {
@@ -19,7 +21,7 @@ for await (const line of createInterface({ input: process.stdin })) {
   const command = JSON.parse(line);
   try {
     if (command.open) {
-      autosaver = await Autosaver.open({ ...command.open, onEvent: (event) => say({ event }) });
+      autosaver = await Autosaver.open({ ...command.open, onEvent: (event) => say({ event: text(event) }) });
       await autosaver.start();
       say({ opened: true });
     } else if ("save" in command) {
@@ -34,6 +36,6 @@ for await (const line of createInterface({ input: process.stdin })) {
       say({ closed: true });
     }
   } catch (error) {
-    say({ error: String(error?.message ?? error) });
+    say({ error: String(error?.message ?? error), ...(error?.code ? { code: error.code } : {}) });
   }
 }

@@ -13,16 +13,33 @@
  * - Two boxes in one hall: while on a box, each save also goes to a second box at once, when
  *   two are known and `hallCopies` is not 1 (./fanout.ts).
  * - Every change worth showing a candidate is a [`HallEvent`] with a plain sentence.
+ * - A spare laptop: a fresh journal first asks the cloud (else every box it may use, taking the
+ *   highest) for the candidate's newest save, restores it (`restored`, opened with `restoreCode`
+ *   when sealed) and continues after it; saves made before anyone answers wait without a seq.
+ *   Every save names the journal's device (`Hallrelay-Device`); a 409 `continued_elsewhere`
+ *   stops saving (`continued-elsewhere`): the candidate carries on on another laptop.
+ * - A laptop that was never online takes the exam's keys and relays from a box's copy of the
+ *   platform-signed exam configuration (checked with `platformKeys`); with a box-only token
+ *   (it names its box) the cloud is never asked and saves go to the box from the first one.
  *
  * Operations run one at a time (as the Rust client's `&mut self`), except journaling: a save is
  * journaled at once even while an earlier one waits on the network.
  */
 
 import { toBase64, toBase64Url, utf8 } from "./bytes.js";
-import { seal, type SealKeys } from "./envelope.js";
+import { looksLikeEnvelope, open as openEnvelope, publicKeyFromText, restoreKeyPair, ROLE_RESTORE, seal, type SealKeys } from "./envelope.js";
 import { events, type HallEvent } from "./events.js";
-import { keySetFromJson, parsePlatformKeys, verifyExamKeys, type ExamKeysDocument, type PlatformKey } from "./examKeys.js";
-import { addressSpaceOf, join, localNetworkPermission, readPut, request, tellLeft, type Put, type Reply } from "./http.js";
+import {
+  claimedBox,
+  keySetFromJson,
+  parsePlatformKeys,
+  verifyExamConfig,
+  verifyExamKeys,
+  type ExamConfigDocument,
+  type ExamKeysDocument,
+  type PlatformKey,
+} from "./examKeys.js";
+import { addressSpaceOf, join, localNetworkPermission, message, readPut, request, tellLeft, type Put, type Reply } from "./http.js";
 import { Journal, type Entry } from "./journal.js";
 import { checkRelayList, urlsOf, type RelayConfig, type RelayList } from "./relays.js";
 import { alsoHeldFor, copiesWanted, identityOf, issued, sameBox, type BoxIdentity } from "./fanout.js";
@@ -70,6 +87,12 @@ export interface AutosaverConfig {
    * when two are known (./fanout.ts).
    */
   hallCopies?: 1 | 2;
+  /**
+   * The restore code on the candidate's exam card: a fresh journal opens the newest save it
+   * restores with it (the `restored` event). Without it a sealed save is not opened, but its
+   * seq is still continued after.
+   */
+  restoreCode?: string;
 }
 
 /** Where a save landed when `save` returned. */
@@ -94,12 +117,28 @@ export class ConfigError extends Error {
   }
 }
 
-/** A save that was not taken (empty, or the journal cannot be written). */
+/** A save that was not taken (empty, or the journal cannot be written, or `code` `continued_elsewhere`: the candidate carries on on another laptop). */
 export class SaveError extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly code?: string,
+  ) {
     super(message);
     this.name = "SaveError";
   }
+}
+
+/** The cloud gave no answer (as opposed to a refusal): a box may be asked instead. */
+class CloudUnreachable extends Error {}
+
+/** The error code of a 409 refusing a save from a device the candidate left. */
+const CONTINUED_ELSEWHERE = "continued_elsewhere";
+
+/** A candidate's newest save as a server holds it. */
+interface Newest {
+  seq: number;
+  final: boolean;
+  bytes: Uint8Array;
 }
 
 interface Prospect {
@@ -118,6 +157,8 @@ export class Autosaver {
   private readonly probeEveryMs: number;
   private readonly requestTimeoutMs: number;
   private readonly encrypt: boolean;
+  /** A box-only token: the cloud refuses it, so it is never asked. */
+  private readonly boxOnly: boolean;
   private relay: Relay | null = null;
   /** The boxes saves went to since the client was last on the cloud: each is told when it returns there. */
   private usedBoxes: Relay[] = [];
@@ -128,8 +169,8 @@ export class Autosaver {
   private lastProbe = Date.now();
   private lastSearch: number | null = null;
   private told = new Set<string>();
-  private askedForLatest = false;
-  private seqFloor = 0;
+  private lastNewestAsk: number | null = null;
+  private continuedElsewhereBy: string | null = null;
   private learnt: RelayList | null = null;
   private relaysDue = true;
   private lastRelaysAsk: number | null = null;
@@ -154,6 +195,7 @@ export class Autosaver {
     this.probeEveryMs = config.probeEveryMs ?? 5_000;
     this.requestTimeoutMs = config.requestTimeoutMs ?? 10_000;
     this.encrypt = (config.privacy ?? "encrypt") === "encrypt";
+    this.boxOnly = claimedBox(config.token) !== undefined;
   }
 
   /** Checks the configuration, opens the IndexedDB journal and asks for persistent storage. */
@@ -203,9 +245,9 @@ export class Autosaver {
    */
   async start(): Promise<void> {
     await this.run(async () => {
-      await this.askLatestOnce();
+      await this.settleNumbering();
       if (this.encrypt && !this.sealKeys) await this.learnKeys().catch(() => undefined);
-      await this.learnRelays();
+      if (!this.boxOnly) await this.learnRelays();
     });
     await this.flush();
     if (this.config.background !== false && !this.timer && !this.closed) {
@@ -226,14 +268,29 @@ export class Autosaver {
     const bytes = typeof payload === "string" ? utf8(payload) : payload;
     if (bytes.length === 0) throw new SaveError("the save is empty (0 bytes), so it was not taken: pass the saved state's bytes");
     const final = options.final === true;
-    if (!this.askedForLatest) {
-      if ((await this.journal.lastSeq()) === 0) await this.run(() => this.askLatestOnce());
-      else this.askedForLatest = true;
+    if (this.continuedElsewhereBy !== null) {
+      throw new SaveError(
+        `this candidate's exam continues on another laptop (${this.continuedElsewhereBy} said so), so this computer no longer saves: carry on on the other laptop`,
+        CONTINUED_ELSEWHERE,
+      );
+    }
+    const numbered = await this.run(async () => {
+      await this.settleNumbering();
+      return this.journal.isNumbered();
+    });
+    if (!numbered) {
+      try {
+        await this.journal.appendPending(bytes, final);
+      } catch (error) {
+        throw new SaveError(`the save was not taken: ${(error as Error).message}`);
+      }
+      this.emit(events.saved(0, "laptop", new Date()));
+      return { seq: 0, landed: "laptop" };
     }
     const keys = this.encrypt ? this.sealKeys : null;
     let entry: Entry;
     try {
-      entry = await this.journal.append(this.seqFloor, final, async (seq) =>
+      entry = await this.journal.append(0, final, async (seq) =>
         !this.encrypt
           ? { bytes, awaitsKeys: false }
           : keys
@@ -256,9 +313,13 @@ export class Autosaver {
   async flush(): Promise<number> {
     return this.run(async () => {
       const before = this.sent;
+      if (this.continuedElsewhereBy !== null) return 0;
+      await this.settleNumbering();
       await this.sealWaiting();
       await this.probeCloud();
-      if (!this.relay && (await this.sendable()).length > 0) {
+      if (!this.relay && this.boxOnly) {
+        if ((await this.journal.onlyHere()).length > 0) await this.failOver();
+      } else if (!this.relay && (await this.sendable()).length > 0) {
         const wasDown = this.cloudDownSince !== null;
         const pending = (await this.sendable()).length;
         if (await this.resendToCloud()) {
@@ -274,6 +335,30 @@ export class Autosaver {
       }
       return this.sent - before;
     });
+  }
+
+  /**
+   * On a fresh journal: learns where the candidate's saves stand, numbers the saves that waited,
+   * and restores the newest save (`restored`, `nothing-to-restore`, or `waiting-to-continue`).
+   * Resolves with whether the journal gives out seqs now. `start`, `save` and `flush` do the
+   * same; call it to show restored answers before the first save.
+   */
+  async restoreOnStart(): Promise<boolean> {
+    return this.run(async () => {
+      this.lastNewestAsk = null;
+      await this.settleNumbering();
+      return this.journal.isNumbered();
+    });
+  }
+
+  /** Who said the candidate continued on another device (this autosaver saves no more), or null. */
+  continuedElsewhere(): string | null {
+    return this.continuedElsewhereBy;
+  }
+
+  /** This journal's device id, sent as `Hallrelay-Device` with every save. */
+  device(): string {
+    return this.journal.deviceId;
   }
 
   /** Seqs journaled and not yet acknowledged by the cloud, oldest first. */
@@ -311,7 +396,7 @@ export class Autosaver {
 
   private async loadKeys(): Promise<SealKeys | null> {
     const doc = await this.journal.getMeta<ExamKeysDocument>("examKeys");
-    if (!doc) return null;
+    if (!doc) return this.loadConfigKeys();
     let platform = this.platformKeys;
     if (!platform) {
       const stored = await this.journal.getMeta<unknown>("platformKeys");
@@ -330,8 +415,108 @@ export class Autosaver {
     }
   }
 
-  /** Asks the cloud for the exam's keys, checks them and keeps them in the journal. */
+  /** The platform's keys: configured, or those the cloud gave earlier. */
+  private async knownPlatformKeys(): Promise<PlatformKey[] | null> {
+    if (this.platformKeys) return this.platformKeys;
+    const stored = await this.journal.getMeta<unknown>("platformKeys");
+    if (!stored) return null;
+    try {
+      return keySetFromJson(stored);
+    } catch {
+      return null;
+    }
+  }
+
+  /** The keys of a box's exam configuration kept in the journal, checked again. */
+  private async loadConfigKeys(): Promise<SealKeys | null> {
+    const doc = await this.journal.getMeta<ExamConfigDocument>("examConfig");
+    const platform = await this.knownPlatformKeys();
+    if (!doc || !platform) return null;
+    try {
+      await verifyExamConfig(doc, platform, this.config.exam);
+      return await this.configKeys(doc);
+    } catch {
+      return null;
+    }
+  }
+
+  private async configKeys(doc: ExamConfigDocument): Promise<SealKeys> {
+    const keys: SealKeys = { exam: publicKeyFromText(doc.exam_key) };
+    if (this.config.restoreCode) keys.restore = (await restoreKeyPair(this.config.restoreCode, this.config.exam, this.config.candidate)).publicKey;
+    return keys;
+  }
+
+  /**
+   * Asks the boxes for the exam's platform-signed configuration, checks it with the platform's
+   * keys, keeps it in the journal, and seals to its exam key (and the restore code's key).
+   */
+  private async learnFromBox(): Promise<void> {
+    const platform = await this.knownPlatformKeys();
+    if (!platform) {
+      throw new Error("the platform's keys are not on this computer, so a box's exam configuration cannot be checked: configure platformKeys");
+    }
+    let last = "no hall relay answered";
+    for (const prospect of this.prospects()) {
+      if ((await this.tryBox(prospect)) !== null) continue;
+      const space = addressSpaceOf(prospect.url);
+      try {
+        const reply = await request(join(prospect.url, `/v1/exams/${this.config.exam}/config`), {
+          token: this.config.token,
+          timeoutMs: PROBE_TIMEOUT_MS,
+          ...(space ? { targetAddressSpace: space } : {}),
+        });
+        if (reply.status !== 200) {
+          last = `the hall relay ${prospect.name} answered ${reply.status}: ${message(reply)}`;
+          continue;
+        }
+        const doc = JSON.parse(new TextDecoder().decode(reply.body)) as ExamConfigDocument;
+        await verifyExamConfig(doc, platform, this.config.exam);
+        const keys = await this.configKeys(doc);
+        await this.journal.putMeta("examConfig", doc);
+        const first = this.sealKeys === null;
+        this.sealKeys = keys;
+        this.lastKeysAsk = null;
+        if (!this.learnt) {
+          this.learnt = { venue: doc.venue, relays: doc.relays, fetched_at: doc.issued_at };
+          await this.journal.putMeta("relays", this.learnt).catch(() => undefined);
+        }
+        this.emit(events.examConfigLearnt(prospect.name, doc.venue, doc.relays.length));
+        if (first) this.emit(events.encrypting(keys.restore !== undefined));
+        return;
+      } catch (error) {
+        last = `the hall relay ${prospect.name}'s exam configuration is refused: ${(error as Error).message}`;
+      }
+    }
+    throw new Error(last);
+  }
+
+  /** Asks the cloud for the exam's keys (else a box's signed exam configuration), checks them and keeps them in the journal. */
   private async learnKeys(): Promise<void> {
+    if (this.boxOnly) {
+      try {
+        await this.learnFromBox();
+      } catch (error) {
+        this.lastKeysAsk = { at: Date.now(), error: (error as Error).message };
+        throw error;
+      }
+      return;
+    }
+    try {
+      await this.learnKeysFromCloud();
+    } catch (error) {
+      if (error instanceof CloudUnreachable && this.prospects().length > 0) {
+        try {
+          await this.learnFromBox();
+          return;
+        } catch {
+          // The cloud's reason is the one to tell.
+        }
+      }
+      throw error;
+    }
+  }
+
+  private async learnKeysFromCloud(): Promise<void> {
     try {
       let platform = this.platformKeys;
       if (!platform) {
@@ -357,12 +542,11 @@ export class Autosaver {
     try {
       reply = await request(join(this.config.cloud, path), { token: this.config.token, timeoutMs: PROBE_TIMEOUT_MS });
     } catch (error) {
-      throw new Error(`the cloud cannot be asked for the ${what} now (${(error as Error).message})`);
+      throw new CloudUnreachable(`the cloud cannot be asked for the ${what} now (${(error as Error).message})`);
     }
     if (reply.status < 200 || reply.status > 299) {
-      throw new Error(
-        reply.status >= 500 ? `the cloud cannot be asked for the ${what} now (it answered ${reply.status})` : `the cloud refused to give the ${what} (${reply.status})`,
-      );
+      if (reply.status >= 500) throw new CloudUnreachable(`the cloud cannot be asked for the ${what} now (it answered ${reply.status})`);
+      throw new Error(`the cloud refused to give the ${what} (${reply.status})`);
     }
     try {
       return JSON.parse(new TextDecoder().decode(reply.body));
@@ -445,6 +629,12 @@ export class Autosaver {
   private async deliver(entry: Entry): Promise<SaveResult> {
     const seq = entry.seq;
     await this.probeCloud();
+    if (!this.relay && this.boxOnly) {
+      // A box-only token: the box, from the first save.
+      await this.failOver();
+      const now = await this.journal.get(seq);
+      return now && now.held === "box" && this.relay ? this.resultOf(now) : { seq, landed: "laptop" };
+    }
     if (!this.relay) {
       const put = await this.put(this.config.cloud, entry, false);
       switch (put.kind) {
@@ -482,7 +672,7 @@ export class Autosaver {
 
   /** While on a box, asks the cloud (at most every `probeEveryMs`) whether it answers again, and if so returns to it. */
   private async probeCloud(): Promise<void> {
-    if (!this.relay || Date.now() - this.lastProbe < this.probeEveryMs) return;
+    if (!this.relay || this.boxOnly || Date.now() - this.lastProbe < this.probeEveryMs) return;
     this.lastProbe = Date.now();
     let healthy = false;
     try {
@@ -538,12 +728,13 @@ export class Autosaver {
   }
 
   private failoverDue(): boolean {
-    return this.cloudDownSince !== null && Date.now() - this.cloudDownSince >= this.failoverAfterMs;
+    return this.boxOnly || this.cloudDownSince !== null && Date.now() - this.cloudDownSince >= this.failoverAfterMs;
   }
 
   /** Sends the cloud every save it lacks, oldest first, with the boxes' receipts. False if the cloud stopped answering on the way. */
   private async resendToCloud(): Promise<boolean> {
     for (const seq of await this.sendable()) {
+      if (this.continuedElsewhereBy !== null) return true;
       const entry = await this.journal.get(seq);
       if (!entry || entry.held === "cloud" || entry.awaitsKeys) continue;
       const put = await this.put(this.config.cloud, entry, false);
@@ -631,6 +822,7 @@ export class Autosaver {
   /** Sends the relay (and, in two-box mode, the second box) every save only the journal holds. */
   private async sendHeldHereToRelay(): Promise<void> {
     for (const seq of await this.journal.onlyHere()) {
+      if (this.continuedElsewhereBy !== null) return;
       const entry = await this.journal.get(seq);
       if (!this.relay) return;
       if (!entry || entry.held !== "laptop" || entry.awaitsKeys) continue;
@@ -722,6 +914,7 @@ export class Autosaver {
     const headers: Record<string, string> = {
       "content-type": "application/octet-stream",
       "content-digest": `sha-256=:${toBase64(digest)}:`,
+      "hallrelay-device": this.journal.deviceId,
     };
     if (toBox && alsoHeld) headers["hallrelay-also-held"] = alsoHeld;
     const receipts = toBox ? "" : receiptsHeader(entry.receipts);
@@ -784,25 +977,93 @@ export class Autosaver {
     return list.relays.length;
   }
 
-  /** A fresh journal continues after the newest seq the cloud holds (asked once). */
-  private async askLatestOnce(): Promise<void> {
-    if (this.askedForLatest || (await this.journal.lastSeq()) !== 0) return;
-    this.askedForLatest = true;
+  /** Numbers a fresh journal once somebody says where the candidate's saves stand (asked at most every `probeEveryMs`). */
+  private async settleNumbering(): Promise<void> {
+    if (await this.journal.isNumbered()) return;
+    if (this.lastNewestAsk !== null && Date.now() - this.lastNewestAsk < this.probeEveryMs) return;
+    this.lastNewestAsk = Date.now();
+    const found = await this.askNewest();
+    if (found === null) {
+      this.emitOnce(events.waitingToContinue());
+      return;
+    }
+    const floor = found.newest?.seq ?? 0;
+    await this.journal.numberPending(floor, this.encrypt);
+    if (!found.newest) {
+      this.emit(events.nothingToRestore(found.from));
+      return;
+    }
+    const { seq, final, bytes } = found.newest;
+    let payload: Uint8Array | null = bytes;
+    let unopened: string | null = null;
+    if (looksLikeEnvelope(bytes)) {
+      payload = null;
+      if (!this.config.restoreCode) {
+        unopened = "the newest save is encrypted: the restore code on the candidate's exam card is needed to open it";
+      } else {
+        try {
+          const keys = await restoreKeyPair(this.config.restoreCode, this.config.exam, this.config.candidate);
+          payload = await openEnvelope(bytes, keys.privateKey, ROLE_RESTORE, this.saveOf(seq, final));
+        } catch (error) {
+          unopened = `the restore code does not open it (${(error as Error).message}): check that the code is the one on this candidate's exam card`;
+        }
+      }
+    }
+    this.emit(events.restored(found.from, seq, final, payload, unopened));
+  }
+
+  /** The candidate's newest save: from the cloud if it answers, else the highest any box that answers holds; null if nobody could say. */
+  private async askNewest(): Promise<{ from: string; newest: Newest | null } | null> {
+    if (!this.boxOnly) {
+      const cloud = await this.newestAt(this.config.cloud);
+      if (cloud.kind === "answer") return { from: "the cloud", newest: cloud.newest };
+      if (cloud.kind === "failed") this.cloudFailed(cloud.error);
+    }
+    let best: { from: string; newest: Newest | null } | null = null;
+    for (const prospect of this.prospects()) {
+      if ((await this.tryBox(prospect)) !== null) continue;
+      const answer = await this.newestAt(prospect.url, true);
+      if (answer.kind !== "answer") continue;
+      const from = prospect.name === prospect.url ? `the hall relay at ${prospect.url}` : `the hall relay ${prospect.name}`;
+      if (best === null || (answer.newest?.seq ?? 0) > (best.newest?.seq ?? 0)) best = { from, newest: answer.newest };
+    }
+    return best;
+  }
+
+  /** `GET …/autosaves/latest` at `base`: the newest save (null for none), or why there is no answer. */
+  private async newestAt(base: string, toBox = false): Promise<{ kind: "answer"; newest: Newest | null } | { kind: "failed" | "refused"; error: string }> {
+    const space = toBox ? addressSpaceOf(base) : undefined;
+    let reply: Reply;
     try {
-      const reply = await request(join(this.config.cloud, `/v1/exams/${this.config.exam}/candidates/${this.config.candidate}/autosaves/latest`), {
+      reply = await request(join(base, `/v1/exams/${this.config.exam}/candidates/${this.config.candidate}/autosaves/latest`), {
         token: this.config.token,
         timeoutMs: PROBE_TIMEOUT_MS,
+        ...(space ? { targetAddressSpace: space } : {}),
       });
-      const seq = Number(reply.headers.get("hallrelay-seq"));
-      if (reply.status >= 200 && reply.status <= 299 && Number.isSafeInteger(seq) && seq > 0) this.seqFloor = seq;
-    } catch {
-      // Not known: the journal starts at 1.
+    } catch (error) {
+      return { kind: "failed", error: (error as Error).message };
     }
+    if (reply.status === 404) return { kind: "answer", newest: null };
+    if (reply.status >= 500) return { kind: "failed", error: `it answered ${reply.status}` };
+    if (reply.status < 200 || reply.status > 299) return { kind: "refused", error: `${reply.status}: ${message(reply)}` };
+    const seq = Number(reply.headers.get("hallrelay-seq"));
+    const final = reply.headers.get("hallrelay-final");
+    if (!Number.isSafeInteger(seq) || seq < 1 || (final !== "true" && final !== "false")) {
+      return { kind: "refused", error: "it answered without the save's seq or final flag" };
+    }
+    return { kind: "answer", newest: { seq, final: final === "true", bytes: reply.body } };
   }
 
   // ---- events ----
 
   private rejected(seq: number, by: string, status: number, reason: string, code?: string): void {
+    if (code === CONTINUED_ELSEWHERE) {
+      if (this.continuedElsewhereBy === null) {
+        this.continuedElsewhereBy = by;
+        this.emit(events.continuedElsewhere(by, seq));
+      }
+      return;
+    }
     this.emitOnce(events.rejected(seq, by, status, reason, code));
   }
 

@@ -22,7 +22,9 @@ export const events = {
         ? `save ${seq} saved to the cloud at ${time}`
         : landed === "box"
           ? `save ${seq} saved to the hall relay ${box?.name ?? "?"} at ${time}${(boxes ?? 1) >= 2 ? `, held by ${boxes} hall relays` : ""}`
-          : `save ${seq} saved only on this computer at ${time}`;
+          : seq === 0
+            ? `a save kept only on this computer at ${time}: it is numbered and sent once the cloud or a hall relay says where your saves stand`
+            : `save ${seq} saved only on this computer at ${time}`;
     return { kind: "saved", message, seq, landed, at: at.toISOString(), ...(box ? { box: box.name, url: box.url } : {}), ...(boxes ? { boxes } : {}) };
   },
   alsoSaving(name: string, url: string): HallEvent {
@@ -100,6 +102,40 @@ export const events = {
       reason,
       ...(code ? { code } : {}),
       ...(status === 409 ? { refusal: refusalOf(code) } : {}),
+    };
+  },
+  /** A fresh journal learnt where the candidate's saves stand: `payload` is the newest save's answers (null, with `unopened`, if they could not be opened). */
+  restored(from: string, seq: number, final: boolean, payload: Uint8Array | null, unopened: string | null): HallEvent {
+    const what = final ? "your final submission" : "your newest save";
+    const message = payload
+      ? `restored ${what} (save ${seq}, ${payload.length} bytes) from ${from}; your next save continues as save ${seq + 1}`
+      : `${from} holds ${what} (save ${seq}) but it could not be opened (${unopened ?? "no reason given"}); your next save continues as save ${seq + 1}`;
+    return { kind: "restored", message, from, seq, final, payload, unopened };
+  },
+  nothingToRestore(from: string): HallEvent {
+    return { kind: "nothing-to-restore", message: `${from} holds no save of yours yet: nothing to restore, saves start at 1`, from };
+  },
+  waitingToContinue(): HallEvent {
+    return {
+      kind: "waiting-to-continue",
+      message: "neither the cloud nor a hall relay answers yet: saves are kept on this computer and numbered once one says where your saves stand",
+    };
+  },
+  examConfigLearnt(from: string, venue: string, relays: number): HallEvent {
+    return {
+      kind: "exam-config-learnt",
+      message: `the hall relay ${from} gave this computer the exam's configuration, signed by the platform: saves are encrypted for the exam and can go to ${relays} hall relays of venue ${venue}`,
+      from,
+      venue,
+      relays,
+    };
+  },
+  continuedElsewhere(by: string, seq: number): HallEvent {
+    return {
+      kind: "continued-elsewhere",
+      message: `your exam continues on another laptop (${by} says you carried on there): this computer has stopped saving`,
+      by,
+      seq,
     };
   },
   localNetworkBlocked(name: string, url: string, permission: string): HallEvent {

@@ -148,3 +148,77 @@ export async function verifyExamKeys(
     throw new ExamKeysError(`the exam keys hold a bad key: ${(e as Error).message}`);
   }
 }
+
+/**
+ * The platform-signed exam configuration (`GET /v1/exams/{exam}/config`, served by the cloud
+ * and kept by every box of the venue): what a laptop that was never online needs to start. As
+ * the Rust `hallrelay_protocol::exam_config::ExamConfig`.
+ */
+export interface ExamConfigDocument {
+  exam: string;
+  venue: string;
+  exam_key: string;
+  relays: { name: string; pin: string; addresses: string[] }[];
+  hall_copies: number;
+  after_final: string;
+  issued_at: string;
+  kid: string;
+  signature: string;
+}
+
+/** A relay name as the signed text spells it: percent-encoded except `[A-Za-z0-9._-]`. */
+function encodeSegment(text: string): string {
+  return Array.from(utf8(text), (b) => {
+    const c = String.fromCharCode(b);
+    return /[A-Za-z0-9._-]/.test(c) ? c : `%${b.toString(16).toUpperCase().padStart(2, "0")}`;
+  }).join("");
+}
+
+/** The text the exam configuration's signature covers. */
+export function examConfigSignedText(doc: ExamConfigDocument): string {
+  let text =
+    `hallrelay-exam-config-v1\nexam=${doc.exam}\nvenue=${doc.venue}\nexam_key=${doc.exam_key}\n` +
+    `hall_copies=${doc.hall_copies}\nafter_final=${doc.after_final}\nrelays=${doc.relays.length}\n`;
+  for (const relay of doc.relays) {
+    text += `relay=${relay.pin}\nname=${encodeSegment(relay.name)}\naddresses=${relay.addresses.join(",")}\n`;
+  }
+  return `${text}issued_at=${doc.issued_at}\n`;
+}
+
+/**
+ * Checks an exam configuration against the platform's keys and this client's exam: a box is
+ * never trusted for what it lists, only the platform's signature is. Throws [`ExamKeysError`].
+ */
+export async function verifyExamConfig(doc: ExamConfigDocument, platformKeys: PlatformKey[], exam: string): Promise<void> {
+  if (typeof doc !== "object" || doc === null || !Array.isArray(doc.relays)) throw new ExamKeysError("the exam configuration is not a JSON object with relays");
+  for (const field of ["exam", "venue", "exam_key", "after_final", "issued_at", "kid", "signature"] as const) {
+    if (typeof doc[field] !== "string") throw new ExamKeysError(`the exam configuration lacks its ${field}`);
+  }
+  if (doc.exam !== exam) throw new ExamKeysError(`the exam configuration is for exam ${JSON.stringify(doc.exam)}, not this one`);
+  const signer = platformKeys.find((k) => k.kid === doc.kid);
+  if (!signer) throw new ExamKeysError(`the exam configuration is signed by key ${JSON.stringify(doc.kid)}, which is not one of the platform's keys`);
+  const bad = new ExamKeysError("the exam configuration's signature does not verify: it was changed or not signed by the platform");
+  let signature: Uint8Array;
+  try {
+    signature = fromBase64Url(doc.signature);
+  } catch {
+    throw bad;
+  }
+  const key = await crypto.subtle.importKey("raw", own(signer.key), { name: "Ed25519" }, false, ["verify"]);
+  const ok = signature.length === 64 && (await crypto.subtle.verify({ name: "Ed25519" }, key, own(signature), own(utf8(examConfigSignedText(doc)))));
+  if (!ok) throw bad;
+  if (doc.hall_copies !== 1 && doc.hall_copies !== 2) throw new ExamKeysError(`the exam configuration says hall_copies = ${doc.hall_copies}; only 1 and 2 are understood`);
+  if (doc.after_final !== "accept" && doc.after_final !== "refuse") throw new ExamKeysError(`the exam configuration says after_final = ${JSON.stringify(doc.after_final)}`);
+}
+
+/** The box pin a token claims to be limited to (a box-only token), read without verifying it. */
+export function claimedBox(token: string): string | undefined {
+  const parts = token.split(".");
+  if (parts.length !== 3) return undefined;
+  try {
+    const payload = JSON.parse(new TextDecoder().decode(fromBase64Url(parts[1] as string)));
+    return typeof payload?.box === "string" ? payload.box : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -27,6 +27,19 @@ export {
   type SealKeys,
   type KeyPair,
 } from "./envelope.js";
-export { verifyExamKeys, parsePlatformKeys, keySetFromJson, signedText, ExamKeysError, SUITE, type ExamKeysDocument, type PlatformKey } from "./examKeys.js";
+export {
+  verifyExamKeys,
+  verifyExamConfig,
+  examConfigSignedText,
+  claimedBox,
+  parsePlatformKeys,
+  keySetFromJson,
+  signedText,
+  ExamKeysError,
+  SUITE,
+  type ExamKeysDocument,
+  type ExamConfigDocument,
+  type PlatformKey,
+} from "./examKeys.js";
 export { Journal, JournalError, type Entry, type Held } from "./journal.js";
 export { refusalOf, errorCode, tellLeft, leftPath, type Refusal, type Told } from "./http.js";

@@ -2,12 +2,13 @@
  * The candidate's journal in IndexedDB: every save is written here, and its transaction has
  * completed, before any network call; it stays until the cloud has it.
  *
- * One database (default name `hallrelay`) with two object stores:
+ * One database (default name `hallrelay`) with three object stores:
  *
  * | store | key | holds |
  * | --- | --- | --- |
  * | `saves` | `[exam, candidate, seq]` | the bytes as they are sent (the envelope, or the plaintext of a client told not to encrypt, or of a save waiting for the exam's keys: `awaitsKeys`), the final flag, where it is held (`laptop`, `box` with the receipts, `cloud`) |
- * | `meta` | `[exam, candidate, name]` | `lastSeq` (the newest seq ever given out), the relay list, the exam keys document, the platform keys |
+ * | `meta` | `[exam, candidate, name]` | `lastSeq` (the newest seq ever given out), `floor` (the newest seq held elsewhere when the journal started), `device` (the journal's device id), the relay list, the exam keys document, the platform keys |
+ * | `pending` | `[exam, candidate, place]` | saves of a fresh journal made before anyone said where the candidate's saves stand: plaintext, no seq, sent nowhere |
  *
  * A seq is given out in its own transaction (`lastSeq` + 1, or after the cloud's newest) before
  * the save is sealed (sealing is asynchronous, and an IndexedDB transaction cannot wait for
@@ -17,6 +18,11 @@
  * `durability: "strict"`; the marks (cloud, box) with the default, as the Rust journal does
  * not fsync them: a lost mark only means a save is sent again, which the API makes a no-op.
  * Once the cloud has a save it is deleted, except the newest save.
+ *
+ * A fresh journal (a spare laptop) is *unnumbered* until the autosaver learns the candidate's
+ * newest seq from the cloud or a box: its saves wait in `pending`, and `numberPending(floor)`
+ * moves them, in one transaction (all or none, after a crash too), to `saves` as seqs
+ * `floor + 1, floor + 2, …`, never a guessed seq. As the Rust journal (crates/client/src/journal.rs).
  */
 
 export type Held = "laptop" | "box" | "cloud";
@@ -38,6 +44,7 @@ export interface Entry {
 
 const SAVES = "saves";
 const META = "meta";
+const PENDING = "pending";
 
 function promised<T>(request: IDBRequest<T>): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -72,11 +79,12 @@ export class Journal {
 
   /** Opens (creating if need be) the database `name` of `factory` for `exam`/`candidate`. */
   static async open(factory: IDBFactory, name: string, exam: string, candidate: string): Promise<Journal> {
-    const request = factory.open(name, 1);
+    const request = factory.open(name, 2);
     request.onupgradeneeded = () => {
       const db = request.result;
       if (!db.objectStoreNames.contains(SAVES)) db.createObjectStore(SAVES, { keyPath: ["exam", "candidate", "seq"] });
       if (!db.objectStoreNames.contains(META)) db.createObjectStore(META, { keyPath: ["exam", "candidate", "name"] });
+      if (!db.objectStoreNames.contains(PENDING)) db.createObjectStore(PENDING, { keyPath: ["exam", "candidate", "place"] });
     };
     let db: IDBDatabase;
     try {
@@ -90,7 +98,106 @@ export class Journal {
     }
     // Another tab upgrading the database: let it, this one reopens on its next load.
     db.onversionchange = () => db.close();
-    return new Journal(db, exam, candidate);
+    const journal = new Journal(db, exam, candidate);
+    journal.deviceId = await journal.makeDevice();
+    return journal;
+  }
+
+  /** This journal's device id (`Hallrelay-Device`): random, made when the journal was created. */
+  deviceId = "";
+
+  private async makeDevice(): Promise<string> {
+    const tx = this.tx([META], "readwrite", true);
+    const meta = tx.objectStore(META);
+    const id = new Promise<string>((resolve, reject) => {
+      const get = meta.get([this.exam, this.candidate, "device"]);
+      get.onerror = () => reject(get.error);
+      get.onsuccess = () => {
+        const kept = (get.result as { value?: string } | undefined)?.value;
+        if (typeof kept === "string" && /^[A-Za-z0-9._-]{1,64}$/.test(kept)) return resolve(kept);
+        const bytes = crypto.getRandomValues(new Uint8Array(16));
+        const made = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+        meta.put({ exam: this.exam, candidate: this.candidate, name: "device", value: made });
+        resolve(made);
+      };
+    });
+    const [device] = await Promise.all([id, this.finish(tx, "keep the device id")]);
+    return device;
+  }
+
+  private pendingRange(): IDBKeyRange {
+    return IDBKeyRange.bound([this.exam, this.candidate, 0], [this.exam, this.candidate, Number.MAX_SAFE_INTEGER]);
+  }
+
+  /** Whether this journal gives out seqs: it gave one out, or it knows where the candidate's saves stand. */
+  async isNumbered(): Promise<boolean> {
+    return (await this.getMeta<number>("floor")) !== undefined || (await this.lastSeq()) > 0;
+  }
+
+  /** The saves waiting for a seq, oldest first: their place (1 for the first), bytes and final flag. */
+  async pending(): Promise<{ place: number; bytes: Uint8Array; final: boolean }[]> {
+    const tx = this.tx([PENDING], "readonly");
+    return (await promised(tx.objectStore(PENDING).getAll(this.pendingRange()))) as { place: number; bytes: Uint8Array; final: boolean }[];
+  }
+
+  /** Keeps `bytes` (plaintext) as the next save of an unnumbered journal; resolves with its place once written. */
+  async appendPending(bytes: Uint8Array, final: boolean): Promise<number> {
+    const tx = this.tx([PENDING], "readwrite", true);
+    const store = tx.objectStore(PENDING);
+    const place = new Promise<number>((resolve, reject) => {
+      const cursor = store.openCursor(this.pendingRange(), "prev");
+      cursor.onerror = () => reject(cursor.error);
+      cursor.onsuccess = () => {
+        const next = (cursor.result ? (cursor.result.value as { place: number }).place : 0) + 1;
+        store.put({ exam: this.exam, candidate: this.candidate, place: next, bytes, final });
+        resolve(next);
+      };
+    });
+    const [next] = await Promise.all([place, this.finish(tx, "keep a save that waits for its seq")]);
+    return next;
+  }
+
+  /**
+   * Numbers the waiting saves after `floor` (the newest seq held elsewhere; 0: none), in one
+   * transaction: place N becomes seq `floor + N`, waiting for the keys when `awaitsKeys`. A
+   * journal already numbered keeps its own floor. Resolves with the new seqs.
+   */
+  async numberPending(floor: number, awaitsKeys: boolean): Promise<number[]> {
+    const tx = this.tx([META, SAVES, PENDING], "readwrite", true);
+    const meta = tx.objectStore(META);
+    const seqs: number[] = [];
+    const key = (name: string) => [this.exam, this.candidate, name];
+    const work = new Promise<void>((resolve, reject) => {
+      const getFloor = meta.get(key("floor"));
+      getFloor.onerror = () => reject(getFloor.error);
+      getFloor.onsuccess = () => {
+        const getLast = meta.get(key("lastSeq"));
+        getLast.onerror = () => reject(getLast.error);
+        getLast.onsuccess = () => {
+          const kept = (getFloor.result as { value?: number } | undefined)?.value;
+          const last = (getLast.result as { value?: number } | undefined)?.value ?? 0;
+          const base = kept ?? (last > 0 ? last : floor);
+          if (kept === undefined) meta.put({ exam: this.exam, candidate: this.candidate, name: "floor", value: base });
+          const all = tx.objectStore(PENDING).getAll(this.pendingRange());
+          all.onerror = () => reject(all.error);
+          all.onsuccess = () => {
+            let newest = Math.max(last, base);
+            for (const p of all.result as { place: number; bytes: Uint8Array; final: boolean }[]) {
+              const seq = base + p.place;
+              const entry: Entry = { exam: this.exam, candidate: this.candidate, seq, final: p.final, bytes: p.bytes, awaitsKeys, held: "laptop", receipts: [] };
+              tx.objectStore(SAVES).put(entry);
+              tx.objectStore(PENDING).delete([this.exam, this.candidate, p.place]);
+              seqs.push(seq);
+              newest = Math.max(newest, seq);
+            }
+            meta.put({ exam: this.exam, candidate: this.candidate, name: "lastSeq", value: newest });
+            resolve();
+          };
+        };
+      };
+    });
+    await Promise.all([work, this.finish(tx, "number the saves that waited for their seq")]);
+    return seqs;
   }
 
   close(): void {

@@ -85,3 +85,46 @@ test("the meta values survive a reopen", async () => {
   assert.equal(await j.getMeta("examKeys"), undefined);
   j.close();
 });
+
+test("a fresh journal keeps saves without a seq until the floor is known, then numbers them after it", async () => {
+  const name = fresh();
+  let j = await Journal.open(indexedDB, name, "math", "c001");
+  const device = j.deviceId;
+  assert.match(device, /^[0-9a-f]{32}$/);
+  assert.equal(await j.isNumbered(), false);
+  assert.equal(await j.appendPending(bytes("one"), false), 1);
+  assert.equal(await j.appendPending(bytes("two"), true), 2);
+  assert.deepEqual(await j.entries(), [], "nothing to send while unnumbered");
+  j.close();
+  // A reload: still waiting, same device.
+  j = await Journal.open(indexedDB, name, "math", "c001");
+  assert.equal(j.deviceId, device);
+  assert.equal((await j.pending()).length, 2);
+  assert.deepEqual(await j.numberPending(7, true), [8, 9]);
+  assert.equal(await j.isNumbered(), true);
+  assert.deepEqual((await j.pending()).length, 0);
+  assert.deepEqual(await j.awaitingKeys(), [8, 9]);
+  assert.equal(new TextDecoder().decode((await j.get(9)).bytes), "two");
+  assert.equal((await j.get(9)).final, true);
+  assert.equal((await j.append(0, false, plain("three"))).seq, 10);
+  // Numbered once: a later floor does not move it.
+  assert.deepEqual(await j.numberPending(100, true), []);
+  assert.equal((await j.append(0, false, plain("four"))).seq, 11);
+  // Another journal (a spare laptop's) is another device.
+  const other = await Journal.open(indexedDB, fresh(), "math", "c001");
+  assert.notEqual(other.deviceId, device);
+  j.close();
+  other.close();
+});
+
+test("a known floor with nothing waiting is kept: the first save follows it", async () => {
+  const name = fresh();
+  let j = await Journal.open(indexedDB, name, "math", "c001");
+  assert.deepEqual(await j.numberPending(41, false), []);
+  j.close();
+  j = await Journal.open(indexedDB, name, "math", "c001");
+  assert.equal(await j.isNumbered(), true);
+  assert.equal(await j.lastSeq(), 41);
+  assert.equal((await j.append(0, false, plain("x"))).seq, 42);
+  j.close();
+});

@@ -15,6 +15,10 @@ test("answers are read the protocol's way", () => {
     const put = readPut(reply(s, '{"error":"conflict","message":"words"}'));
     assert.deepEqual(put, { kind: "refused", status: s, reason: "words", code: "conflict" }, String(s));
   }
+  // The code tells a refusal for good from "the candidate continued on another device".
+  const elsewhere = readPut(reply(409, '{"error":"continued_elsewhere","message":"another device"}'));
+  assert.equal(elsewhere.code, "continued_elsewhere");
+  assert.equal(readPut(reply(404, "not json")).code, undefined);
   for (const s of [429, 503]) assert.equal(readPut(reply(s)).kind, "busy", String(s));
   for (const s of [408, 425, 500, 502, 507]) assert.equal(readPut(reply(s)).kind, "failed", String(s));
   assert.equal(readPut(reply(201, ' {"seq":1}\n')).receipt, '{"seq":1}');

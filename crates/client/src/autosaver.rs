@@ -14,6 +14,12 @@
 //! cloud lacks (the API's idempotency makes re-sending safe). With no trusted box, saves stay
 //! in the journal and the caller is told. Every change worth showing a candidate is an
 //! [`Event`].
+//!
+//! A fresh journal (a spare laptop) first learns where the candidate's saves stand and
+//! restores the newest ([`takeover`]): its saves get seqs after the highest known, never a
+//! guessed one. Every save names the journal's device (`Hallrelay-Device`); once a server
+//! says the candidate continued on another device, this one stops saving
+//! ([`Event::ContinuedElsewhere`]).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -23,6 +29,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::StatusCode;
 
+mod takeover;
+
 use super::connection::{ClientError, Connection, Reply};
 use super::journal::{Held, Journal, JournalError};
 use crate::discovery::{Browser, Found, MdnsError};
@@ -30,12 +38,12 @@ use crate::encryption::{self, Privacy};
 use crate::relays::{self, Fetched, RelayList};
 
 mod fanout;
-use hallrelay_envelope::{Save, Sealer};
+use hallrelay_envelope::{RestoreSecret, Save, Sealer};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::keys::Secret;
 use hallrelay_protocol::receipt::Receipt;
 use hallrelay_protocol::v1::codes::Refusal;
-use hallrelay_protocol::v1::{Answer, AutosavePut, HEALTH, headers, latest_path, left_path};
+use hallrelay_protocol::v1::{Answer, AutosavePut, HEALTH, left_path};
 
 /// How long a box found over mDNS gets to answer its first request.
 const BOX_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -170,6 +178,10 @@ pub struct Options {
     /// `hall_copies` (2 when it says nothing). Two boxes are used only when the trusted pins
     /// name two.
     pub hall_copies: Option<u8>,
+    /// The restore code on the candidate's exam card: a fresh journal opens the newest save it
+    /// restores with it ([`Event::Restored`]). Without it a sealed save is not opened, but its
+    /// seq is still continued after.
+    pub restore_code: Option<RestoreSecret>,
 }
 
 impl Options {
@@ -191,6 +203,7 @@ impl Options {
             journal,
             privacy: Privacy::default(),
             hall_copies: None,
+            restore_code: None,
         }
     }
 }
@@ -211,6 +224,8 @@ pub enum Landed {
 /// One save, done.
 #[derive(Clone, Debug)]
 pub struct Saved {
+    /// Its seq; 0 for a save of a fresh journal that waits for one (nobody has said yet
+    /// where the candidate's saves stand: it is numbered, then sent, once somebody does).
     pub seq: u64,
     pub landed: Landed,
     /// How many hall boxes hold it (each acknowledged it): 0 when it landed in the cloud or
@@ -286,6 +301,39 @@ pub enum Event {
         reason: String,
         code: Option<String>,
     },
+    /// A fresh journal learnt from `from` where the candidate's saves stand: its newest save
+    /// is `seq` (final or not); this laptop's saves continue after it. `payload`: the answers
+    /// to put back in the exam UI (opened with the restore code when sealed); `None`, with
+    /// the reason in `unopened`, when they could not be opened.
+    Restored {
+        from: String,
+        seq: u64,
+        is_final: bool,
+        payload: Option<Vec<u8>>,
+        unopened: Option<String>,
+    },
+    /// A fresh journal learnt from `from` that the candidate has no save yet: saves start at 1.
+    NothingToRestore {
+        from: String,
+    },
+    /// A fresh journal could not yet learn where the candidate's saves stand (neither the cloud
+    /// nor a trusted box answered): saves are kept on this laptop, without a seq, and sent
+    /// once one answers.
+    WaitingToContinue,
+    /// A box gave the exam's platform-signed configuration (checked with the platform's
+    /// keys): saves are sealed to its exam key and may go to its `relays` relays of `venue`.
+    ExamConfigLearnt {
+        from: String,
+        venue: String,
+        relays: usize,
+    },
+    /// `by` refused save `seq` because the candidate continued on another device (409
+    /// `continued_elsewhere`): this laptop stops saving. Not a failure: the exam goes on on
+    /// the other laptop.
+    ContinuedElsewhere {
+        by: String,
+        seq: u64,
+    },
 }
 
 impl Event {
@@ -316,6 +364,11 @@ impl std::fmt::Display for Event {
                         f,
                         "save {} saved to the hall relay {name} at {time}",
                         saved.seq
+                    ),
+                    Landed::Journal if saved.seq == 0 => write!(
+                        f,
+                        "a save kept only on this laptop at {time}: it is numbered and sent once \
+                         the cloud or a hall relay says where your saves stand"
                     ),
                     Landed::Journal => {
                         write!(f, "save {} saved only on this laptop at {time}", saved.seq)
@@ -382,6 +435,55 @@ impl std::fmt::Display for Event {
                 f,
                 "save {seq} was refused by {by} ({status}: {reason}); it stays on this laptop"
             ),
+            Event::Restored {
+                from,
+                seq,
+                is_final,
+                payload,
+                unopened,
+            } => {
+                let what = if *is_final {
+                    "your final submission"
+                } else {
+                    "your newest save"
+                };
+                match (payload, unopened) {
+                    (Some(payload), _) => write!(
+                        f,
+                        "restored {what} (save {seq}, {} bytes) from {from}; your next save                          continues as save {}",
+                        payload.len(),
+                        seq + 1
+                    ),
+                    (None, reason) => write!(
+                        f,
+                        "{from} holds {what} (save {seq}) but it could not be opened ({}); your                          next save continues as save {}",
+                        reason.as_deref().unwrap_or("no reason given"),
+                        seq + 1
+                    ),
+                }
+            }
+            Event::NothingToRestore { from } => write!(
+                f,
+                "{from} holds no save of yours yet: nothing to restore, saves start at 1"
+            ),
+            Event::WaitingToContinue => write!(
+                f,
+                "neither the cloud nor a hall relay answers yet: saves are kept on this laptop                  and numbered once one says where your saves stand"
+            ),
+            Event::ExamConfigLearnt {
+                from,
+                venue,
+                relays,
+            } => write!(
+                f,
+                "{from} gave this laptop the exam's configuration, signed by the platform: \
+                 saves are encrypted for the exam and can go to {relays} hall relays of venue \
+                 {venue}"
+            ),
+            Event::ContinuedElsewhere { by, .. } => write!(
+                f,
+                "your exam continues on another laptop ({by} says you carried on there): this                  laptop has stopped saving"
+            ),
         }
     }
 }
@@ -438,6 +540,12 @@ pub enum SaveError {
     /// The journal could not be written.
     #[error("cannot write the journal, so the save was not taken: {0}")]
     Journal(#[from] JournalError),
+    /// The candidate continued on another device ([`Event::ContinuedElsewhere`]): this laptop
+    /// no longer saves.
+    #[error(
+        "this candidate's exam continues on another laptop ({by} said so), so this laptop no          longer saves: carry on on the other laptop"
+    )]
+    ContinuedElsewhere { by: String },
 }
 
 /// What one PUT came to.
@@ -445,7 +553,7 @@ enum Put {
     Stored {
         receipt: String,
     },
-    /// Refused for good: sending it again will not help.
+    /// Refused for good: sending it again will not help. `code`: the answer's error code.
     Refused {
         status: StatusCode,
         reason: String,
@@ -470,10 +578,14 @@ impl Put {
                 let reason = reply
                     .message()
                     .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).into_owned());
+                let code = reply
+                    .json::<serde_json::Value>()
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_owned));
                 Put::Refused {
                     status: reply.status,
                     reason,
-                    code: reply.code(),
+                    code,
                 }
             }
             Answer::RetryLater { .. } => Put::Busy(format!("it answered {}", reply.status)),
@@ -509,9 +621,10 @@ pub struct Autosaver {
     last_search: Option<Instant>,
     /// What has been said about boxes since the last change, so it is said once.
     told: HashSet<String>,
-    /// Whether a fresh journal asked the cloud for the candidate's newest seq, and the answer.
-    asked_for_latest: bool,
-    seq_floor: u64,
+    /// When a fresh journal last asked where the candidate's saves stand ([`takeover`]).
+    last_newest_ask: Option<Instant>,
+    /// Who said the candidate continued on another device: saving has stopped.
+    continued_elsewhere: Option<String>,
     /// The cloud's relay list: read from the journal folder at open, replaced by each answer.
     learnt: Option<RelayList>,
     /// Whether the relay list is to be asked for, and when it last was.
@@ -567,6 +680,7 @@ impl Autosaver {
             ),
             Privacy::Plaintext => None,
         };
+        let (sealer, learnt) = takeover::from_kept_config(&options, journal.dir(), sealer, learnt);
         Ok(Self {
             options,
             journal,
@@ -577,8 +691,8 @@ impl Autosaver {
             last_probe: Instant::now(),
             last_search: None,
             told: HashSet::new(),
-            asked_for_latest: false,
-            seq_floor: 0,
+            last_newest_ask: None,
+            continued_elsewhere: None,
             learnt,
             relays_due: true,
             last_relays_ask: None,
@@ -603,6 +717,13 @@ impl Autosaver {
         if payload.is_empty() {
             return Err(SaveError::Empty);
         }
+        if let Some(by) = &self.continued_elsewhere {
+            return Err(SaveError::ContinuedElsewhere { by: by.clone() });
+        }
+        self.settle_numbering().await?;
+        if !self.journal.is_numbered() {
+            return self.keep_pending(payload, is_final);
+        }
         let (sealer, sealed_now) = match self.options.privacy {
             Privacy::Plaintext => (None, 0),
             Privacy::Encrypt { .. } => match self.sealer().await {
@@ -613,14 +734,11 @@ impl Autosaver {
                 Err(error) => return self.keep_until_keys(payload, is_final, error).await,
             },
         };
-        self.ask_latest_once().await;
         let options = &self.options;
-        let (seq, bytes) =
-            self.journal
-                .append_with(self.seq_floor, is_final, |seq| match &sealer {
-                    Some(sealer) => seal(sealer, options, seq, is_final, payload),
-                    None => payload.to_vec(),
-                })?;
+        let (seq, bytes) = self.journal.append_with(0, is_final, |seq| match &sealer {
+            Some(sealer) => seal(sealer, options, seq, is_final, payload),
+            None => payload.to_vec(),
+        })?;
         let landed = self.deliver(seq, Bytes::from(bytes), is_final).await?;
         // Saves that waited for the keys go where this one went.
         if sealed_now > 0 {
@@ -661,6 +779,13 @@ impl Autosaver {
         let Privacy::Encrypt { platform_keys } = &self.options.privacy else {
             return Ok(());
         };
+        if !self.uses_cloud() {
+            // A box-only token: the box's signed exam configuration is where the keys are.
+            return self.learn_from_box().await.map_err(|error| {
+                self.last_keys_ask = Some((Instant::now(), error.to_string()));
+                error.into()
+            });
+        }
         let cloud = self.cloud.with_timeout(BOX_PROBE_TIMEOUT);
         let fetched = encryption::fetch(
             &cloud,
@@ -680,6 +805,13 @@ impl Autosaver {
                     tracing::info!(candidate = %self.options.candidate, restore, "saves are sealed to the exam's keys");
                     self.emit(Event::Encrypting { restore });
                 }
+                Ok(())
+            }
+            // The cloud is gone: a trusted box's copy of the platform-signed configuration.
+            Err(error @ encryption::KeysError::Unreachable(_))
+                if !self.trusted_pins().is_empty() && self.learn_from_box().await.is_ok() =>
+            {
+                tracing::info!(candidate = %self.options.candidate, %error, "the exam's keys came from a box's exam configuration");
                 Ok(())
             }
             Err(error) => {
@@ -707,14 +839,6 @@ impl Autosaver {
         }
     }
 
-    /// A fresh journal continues after the newest seq the cloud holds (asked once).
-    async fn ask_latest_once(&mut self) {
-        if self.journal.last_seq() == 0 && !self.asked_for_latest {
-            self.asked_for_latest = true;
-            self.seq_floor = self.latest_in_cloud().await;
-        }
-    }
-
     /// A save to be sealed, before the exam's keys are known: journaled in plain text on this
     /// laptop, where the candidate's answers are anyway, and sent nowhere until the keys come
     /// and [`seal_waiting`](Self::seal_waiting) seals it. No box ever sees it unsealed.
@@ -724,10 +848,7 @@ impl Autosaver {
         is_final: bool,
         error: String,
     ) -> Result<Saved, SaveError> {
-        self.ask_latest_once().await;
-        let seq = self
-            .journal
-            .append_awaiting_keys(self.seq_floor, payload, is_final)?;
+        let seq = self.journal.append_awaiting_keys(0, payload, is_final)?;
         if !self.said_awaiting_keys {
             self.said_awaiting_keys = true;
             self.emit(Event::AwaitingKeys { error });
@@ -769,6 +890,10 @@ impl Autosaver {
     /// offers none (404, 401, 403: a cloud without a platform; logged once, and saving goes on
     /// with the configured pins).
     pub async fn learn_relays(&mut self) -> Option<usize> {
+        if !self.uses_cloud() {
+            self.relays_due = false;
+            return self.learnt.as_ref().map(|list| list.relays.len());
+        }
         self.last_relays_ask = Some(Instant::now());
         let cloud = self.cloud.with_timeout(BOX_PROBE_TIMEOUT);
         match relays::fetch(&cloud, &self.options.exam).await {
@@ -820,24 +945,14 @@ impl Autosaver {
         pins
     }
 
-    /// The newest seq the cloud holds for this candidate (0 for none, or if it cannot be
-    /// asked): a fresh journal on a spare laptop continues after it instead of reusing seqs
-    /// the candidate's first laptop already gave out.
-    async fn latest_in_cloud(&self) -> u64 {
-        let path = latest_path(&self.options.exam, &self.options.candidate);
-        match self.cloud.with_timeout(BOX_PROBE_TIMEOUT).get(&path).await {
-            Ok(reply) if reply.status.is_success() => reply
-                .header(headers::SEQ)
-                .and_then(hallrelay_protocol::ids::parse_seq)
-                .unwrap_or(0),
-            _ => 0,
-        }
-    }
-
     /// Sends what is still owed: to the cloud everything it lacks, if it answers; otherwise to
     /// a trusted box what only the journal holds. Call it now and then when no save is due,
     /// and before exiting.
     pub async fn flush(&mut self) -> Result<Summary, JournalError> {
+        if self.continued_elsewhere.is_some() {
+            return Ok(self.summary());
+        }
+        self.settle_numbering().await?;
         if matches!(self.options.privacy, Privacy::Encrypt { .. })
             && !self.journal.awaiting_keys().is_empty()
             && let Ok(sealer) = self.sealer().await
@@ -845,7 +960,11 @@ impl Autosaver {
             self.seal_waiting(&sealer)?;
         }
         self.probe_cloud().await?;
-        if self.relay.is_none() && !self.journal.not_in_cloud().is_empty() {
+        if self.relay.is_none() && !self.uses_cloud() {
+            if !self.journal.only_here().is_empty() {
+                self.fail_over().await?;
+            }
+        } else if self.relay.is_none() && !self.journal.not_in_cloud().is_empty() {
             if self.resend_to_cloud().await? {
                 self.cloud_is_back(false);
             } else if self.failover_due() {
@@ -861,7 +980,10 @@ impl Autosaver {
 
     /// Where the journal stands now.
     pub fn summary(&self) -> Summary {
-        let mut summary = Summary::default();
+        let mut summary = Summary {
+            only_here: self.journal.pending(),
+            ..Summary::default()
+        };
         for entry in self.journal.entries() {
             match entry.held {
                 Held::Journal => summary.only_here += 1,
@@ -890,6 +1012,19 @@ impl Autosaver {
         is_final: bool,
     ) -> Result<Landed, JournalError> {
         self.probe_cloud().await?;
+        if self.relay.is_none() && !self.uses_cloud() {
+            // A box-only token: the box, from the first save.
+            self.fail_over().await?;
+            return Ok(
+                match (&self.relay, self.journal.get(seq).map(|e| &e.held)) {
+                    (Some(relay), Some(Held::Box { .. })) => Landed::Box {
+                        name: relay.name.clone(),
+                        url: relay.url.clone(),
+                    },
+                    _ => Landed::Journal,
+                },
+            );
+        }
         if self.relay.is_none() {
             let receipts = self.box_receipts(seq);
             match self
@@ -909,7 +1044,7 @@ impl Autosaver {
                     reason,
                     code,
                 } => {
-                    self.rejected(seq, "the cloud", status, reason, code);
+                    self.refused(seq, "the cloud", status, reason, code);
                     return Ok(Landed::Journal);
                 }
                 Put::Busy(error) | Put::Failed(error) => {
@@ -953,7 +1088,10 @@ impl Autosaver {
     /// While on a box, asks the cloud (at most every `probe_every`) whether it answers again,
     /// and if so returns to it.
     async fn probe_cloud(&mut self) -> Result<(), JournalError> {
-        if self.relay.is_none() || self.last_probe.elapsed() < self.options.probe_every {
+        if self.relay.is_none()
+            || !self.uses_cloud()
+            || self.last_probe.elapsed() < self.options.probe_every
+        {
             return Ok(());
         }
         self.last_probe = Instant::now();
@@ -1053,14 +1191,19 @@ impl Autosaver {
     }
 
     fn failover_due(&self) -> bool {
-        self.cloud_down_since
-            .is_some_and(|since| since.elapsed() >= self.options.failover_after)
+        !self.uses_cloud()
+            || self
+                .cloud_down_since
+                .is_some_and(|since| since.elapsed() >= self.options.failover_after)
     }
 
     /// Sends the cloud every save it lacks, oldest first. False if the cloud stopped
     /// answering on the way.
     async fn resend_to_cloud(&mut self) -> Result<bool, JournalError> {
         for seq in self.journal.not_in_cloud() {
+            if self.continued_elsewhere.is_some() {
+                return Ok(true);
+            }
             let Some(is_final) = self.is_final(seq) else {
                 continue;
             };
@@ -1075,7 +1218,7 @@ impl Autosaver {
                     status,
                     reason,
                     code,
-                } => self.rejected(seq, "the cloud", status, reason, code),
+                } => self.refused(seq, "the cloud", status, reason, code),
                 Put::Busy(error) | Put::Failed(error) => {
                     self.cloud_failed(error);
                     return Ok(false);
@@ -1153,8 +1296,6 @@ impl Autosaver {
                 }
             }
         };
-        // The relay list's addresses, tried directly after what mDNS found (an address
-        // already there is not tried twice). The pin decides, as for any box.
         for relay in self.learnt.iter().flat_map(|list| &list.relays) {
             let urls: Vec<String> = relay
                 .addresses
@@ -1210,6 +1351,9 @@ impl Autosaver {
     /// holds.
     async fn send_held_here_to_relay(&mut self) -> Result<(), JournalError> {
         for seq in self.journal.only_here() {
+            if self.continued_elsewhere.is_some() {
+                return Ok(());
+            }
             let (true, Some(is_final)) = (self.relay.is_some(), self.is_final(seq)) else {
                 return Ok(());
             };
@@ -1266,10 +1410,19 @@ impl Autosaver {
             seq,
         };
         let digest = blake3::hash(&payload);
-        let put = AutosavePut::new(&name, is_final)
-            .digest(&digest)
-            .receipts(receipts)
-            .also_held(also_held);
+        let device = http::HeaderValue::from_str(self.journal.device()).ok();
+        let with_device = |mut put: AutosavePut| {
+            if let Some(device) = &device {
+                put.headers.insert(takeover::DEVICE, device.clone());
+            }
+            put
+        };
+        let put = with_device(
+            AutosavePut::new(&name, is_final)
+                .digest(&digest)
+                .receipts(receipts)
+                .also_held(also_held),
+        );
         let answer = match conn.put(&put.path, put.headers, payload.clone()).await {
             Ok(reply) => Put::of(&reply),
             Err(error) => Put::Failed(error.to_string()),
@@ -1282,9 +1435,11 @@ impl Autosaver {
             {
                 tracing::warn!(candidate = %self.options.candidate, seq, %reason,
                     "the save was refused with its box receipts; sending it without them");
-                let put = AutosavePut::new(&name, is_final)
-                    .digest(&digest)
-                    .also_held(also_held);
+                let put = with_device(
+                    AutosavePut::new(&name, is_final)
+                        .digest(&digest)
+                        .also_held(also_held),
+                );
                 match conn.put(&put.path, put.headers, payload).await {
                     Ok(reply) => Put::of(&reply),
                     Err(error) => Put::Failed(error.to_string()),
@@ -1295,8 +1450,9 @@ impl Autosaver {
     }
 
     /// Tells of a refusal once: a flush sends the refused save again, and the same answer
-    /// is no news.
-    fn rejected(
+    /// is no news. A refusal because the candidate continued on another device stops saving
+    /// here instead ([`Event::ContinuedElsewhere`]).
+    fn refused(
         &mut self,
         seq: u64,
         by: &str,
@@ -1304,6 +1460,9 @@ impl Autosaver {
         reason: String,
         code: Option<String>,
     ) {
+        if code.as_deref() == Some(takeover::CONTINUED_ELSEWHERE) {
+            return self.continued_elsewhere(seq, by);
+        }
         self.emit_once(Event::Rejected {
             seq,
             by: by.to_owned(),

@@ -58,6 +58,14 @@ pub enum KeysError {
     Untrusted(#[from] ExamKeysError),
     #[error("cannot keep the exam's keys in {path}: {source}")]
     Store { path: PathBuf, source: io::Error },
+    /// Nor could a box's exam configuration give them ([`crate::exam_config`]).
+    #[error(transparent)]
+    FromBox(#[from] crate::exam_config::ConfigError),
+}
+
+/// The platform's keys a previous answer of the cloud left in the journal folder.
+pub fn stored_platform_keys(dir: &Path) -> Option<KeySet> {
+    read_json(&dir.join(PLATFORM_KEYS_FILE))
 }
 
 /// The sealer the journal folder's document gives, checked again; `None` if there is none or

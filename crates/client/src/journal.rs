@@ -10,6 +10,20 @@
 //! | `SEQ.plain`, `SEQ.plainfinal` | a save to be sealed that came before the exam's keys: its plaintext, sent nowhere until [`Journal::seal`] replaces it with the envelope | as above; the envelope is written before the plaintext is deleted, and a folder holding both keeps the envelope |
 //! | `SEQ.box` | the receipts of the boxes that acknowledged it, one JSON body a line (one per box) | after each box's 2xx |
 //! | `SEQ.cloud` | nothing: the cloud acknowledged it | after the cloud's 2xx |
+//! | `N.pending`, `N.pendingfinal` | the plaintext of the `N`th save of a fresh journal made before anyone said where the candidate's saves stand: it has no seq yet and is sent nowhere | like a save |
+//! | `seq-floor` | the newest seq the cloud or a box held for the candidate when this journal started (decimal) | once, durably, before any pending save is numbered |
+//! | `device` | this journal's device id (`Hallrelay-Device`), random | once, durably, when the journal is created |
+//!
+//! # Numbering on a fresh journal
+//! A journal on a spare laptop must not give out seqs the candidate's previous laptop already
+//! used, so a fresh journal is *unnumbered* until the autosaver learns the newest seq held for
+//! the candidate (from the cloud, or a box while the cloud is gone) and calls
+//! [`Journal::number_pending`]. Saves made before that are kept as `N.pending`, plaintext, and
+//! sent nowhere: never under a guessed seq. Numbering first writes `seq-floor` (durably), then
+//! renames each `N.pending` to `(floor + N).plain` (a save waiting to be sealed, below). The
+//! seqs follow from the floor and `N` alone, so a crash half-way through is finished, the same
+//! way, when the journal is next opened. Renumbering is safe because those saves were never
+//! sent anywhere.
 //!
 //! `SEQ` is zero-padded to 20 digits so names sort by seq. Once the cloud has a save, its
 //! files are deleted, except the newest save's: it stays (with its `.cloud` mark) so that the
@@ -112,11 +126,21 @@ pub struct JournalError {
     pub source: io::Error,
 }
 
+/// The file holding the newest seq held elsewhere when the journal started.
+const FLOOR_FILE: &str = "seq-floor";
+/// The file holding the journal's device id.
+const DEVICE_FILE: &str = "device";
+
 /// One candidate's journal.
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
     entries: BTreeMap<u64, Entry>,
+    /// The newest seq held for the candidate elsewhere when this journal started, once known.
+    floor: Option<u64>,
+    /// Saves of a fresh journal that wait for [`Journal::number_pending`]: place → final.
+    pending: BTreeMap<u64, bool>,
+    device: String,
 }
 
 impl Journal {
@@ -132,6 +156,7 @@ impl Journal {
         let mut payloads: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
         let mut plain = Vec::new();
         let mut marks = Vec::new();
+        let mut pending = BTreeMap::new();
         for item in fs::read_dir(&dir).map_err(err)? {
             let path = item.map_err(err)?.path();
             let (Some(stem), Some(ext)) = (
@@ -147,6 +172,9 @@ impl Journal {
                 }
                 (Some(seq), "plain" | "plainfinal") => plain.push((seq, ext == "plainfinal", path)),
                 (Some(seq), "box" | "cloud") => marks.push((seq, ext == "cloud", path)),
+                (Some(place), "pending" | "pendingfinal") => {
+                    pending.insert(place, ext == "pendingfinal");
+                }
                 (_, "tmp") => fs::remove_file(&path).map_err(err)?,
                 _ => {}
             }
@@ -192,12 +220,106 @@ impl Journal {
                 None => fs::remove_file(&path).map_err(err)?,
             }
         }
-        Ok(Self { dir, entries })
+        let floor = read_floor(&dir.join(FLOOR_FILE)).map_err(err)?;
+        let device = device_id(&dir.join(DEVICE_FILE)).map_err(err)?;
+        let mut journal = Self {
+            dir,
+            entries,
+            floor,
+            pending,
+            device,
+        };
+        // A numbering interrupted by a crash: finished exactly as it began.
+        if let Some(floor) = floor
+            && !journal.pending.is_empty()
+        {
+            journal.number_pending(floor)?;
+        }
+        Ok(journal)
     }
 
-    /// The last seq given out (0 before the first save).
+    /// This journal's device id, sent as `Hallrelay-Device` with every save: random, made
+    /// when the journal was created, so a spare laptop (a new journal) is another device.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Whether this journal gives out seqs: it has saves, or it knows the newest seq held for
+    /// the candidate elsewhere. A fresh journal keeps its saves pending until then.
+    pub fn is_numbered(&self) -> bool {
+        self.floor.is_some() || !self.entries.is_empty()
+    }
+
+    /// How many saves wait for a seq ([`number_pending`](Self::number_pending)).
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The newest seq held elsewhere when this journal started, once known.
+    pub fn floor(&self) -> Option<u64> {
+        self.floor
+    }
+
+    /// Keeps `payload` as the next save of an unnumbered journal: plaintext, sent nowhere,
+    /// until [`number_pending`](Self::number_pending) gives it a seq. Returns its place (1 for
+    /// the first).
+    pub fn append_pending(&mut self, payload: &[u8], is_final: bool) -> Result<u64, JournalError> {
+        let place = self.pending.keys().next_back().copied().unwrap_or(0) + 1;
+        let path = self.pending_file(place, is_final);
+        hallrelay_durable::write_durably(&path, payload)
+            .map_err(|source| JournalError { path, source })?;
+        self.pending.insert(place, is_final);
+        Ok(place)
+    }
+
+    /// Numbers the pending saves after `floor`, the newest seq held for the candidate
+    /// elsewhere (0: none): the save in place `N` becomes seq `floor + N`, a save waiting to
+    /// be sealed ([`awaiting_keys`](Self::awaiting_keys)). The floor is written first, so a
+    /// crash part-way is finished the same way by [`open`](Self::open). On a journal already
+    /// numbered, the floor it holds stands and `floor` is ignored. Returns the new seqs.
+    pub fn number_pending(&mut self, floor: u64) -> Result<Vec<u64>, JournalError> {
+        let floor = match self.floor {
+            Some(kept) => kept,
+            None if !self.entries.is_empty() => self.last_seq(),
+            None => {
+                let path = self.dir.join(FLOOR_FILE);
+                hallrelay_durable::write_durably(&path, floor.to_string().as_bytes())
+                    .map_err(|source| JournalError { path, source })?;
+                self.floor = Some(floor);
+                floor
+            }
+        };
+        let mut seqs = Vec::new();
+        for (place, is_final) in std::mem::take(&mut self.pending) {
+            let seq = floor + place;
+            let entry = Entry {
+                seq,
+                is_final,
+                held: Held::Journal,
+                awaits_keys: true,
+            };
+            let from = self.pending_file(place, is_final);
+            let to = self.payload_file(&entry);
+            fs::rename(&from, &to).map_err(|source| JournalError {
+                path: from.clone(),
+                source,
+            })?;
+            self.entries.insert(seq, entry);
+            seqs.push(seq);
+        }
+        if !seqs.is_empty() {
+            let path = self.dir.join(FLOOR_FILE);
+            hallrelay_durable::sync_parent(&path)
+                .map_err(|source| JournalError { path, source })?;
+        }
+        Ok(seqs)
+    }
+
+    /// The last seq given out, or held elsewhere when the journal started (0 before the
+    /// first save).
     pub fn last_seq(&self) -> u64 {
-        self.entries.keys().next_back().copied().unwrap_or(0)
+        let newest = self.entries.keys().next_back().copied().unwrap_or(0);
+        newest.max(self.floor.unwrap_or(0))
     }
 
     /// Writes `payload` as the next save and returns its seq once it is on disk.
@@ -443,11 +565,144 @@ impl Journal {
     fn file(&self, seq: u64, ext: &str) -> PathBuf {
         self.dir.join(format!("{seq:020}.{ext}"))
     }
+
+    fn pending_file(&self, place: u64, is_final: bool) -> PathBuf {
+        self.file(place, if is_final { "pendingfinal" } else { "pending" })
+    }
+}
+
+/// The floor a journal holds, if it was written.
+fn read_floor(path: &Path) -> io::Result<Option<u64>> {
+    match fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{text:?} is not a seq: delete the file only if this laptop never saved"),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The device id kept at `path`, made (32 random hex digits, written durably) if there is none
+/// or it is not a valid id.
+fn device_id(path: &Path) -> io::Result<String> {
+    match fs::read_to_string(path) {
+        Ok(text) if hallrelay_protocol::ids::is_valid_id(text.trim()) => {
+            return Ok(text.trim().to_owned());
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = hallrelay_protocol::hex::hex(&rand::random::<[u8; 16]>());
+    hallrelay_durable::write_durably(path, id.as_bytes())?;
+    Ok(id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fresh journal gives out no seq: its saves wait, sent nowhere, until the newest seq
+    /// held elsewhere is known; then they follow it in order, as saves waiting to be sealed,
+    /// and later saves follow them.
+    #[test]
+    fn a_fresh_journal_numbers_its_saves_after_the_floor() {
+        let root = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(root.path(), "e", "c").unwrap();
+        assert!(!j.is_numbered());
+        assert_eq!(j.append_pending(b"one", false).unwrap(), 1);
+        assert_eq!(j.append_pending(b"two", true).unwrap(), 2);
+        assert_eq!((j.pending(), j.last_seq()), (2, 0));
+        assert_eq!((j.not_in_cloud(), j.only_here()), (vec![], vec![]));
+        assert!(j.entries().next().is_none());
+        // Still pending after a restart.
+        let mut j = Journal::open(root.path(), "e", "c").unwrap();
+        assert_eq!(j.pending(), 2);
+        assert_eq!(j.number_pending(7).unwrap(), vec![8, 9]);
+        assert!(j.is_numbered());
+        assert_eq!(j.awaiting_keys(), vec![8, 9]);
+        assert_eq!(j.payload(8).unwrap(), b"one");
+        assert!(j.get(9).unwrap().is_final && !j.get(8).unwrap().is_final);
+        j.seal(8, b"sealed one").unwrap();
+        assert_eq!(j.append(b"three", false).unwrap(), 10);
+        let j = Journal::open(root.path(), "e", "c").unwrap();
+        assert_eq!((j.pending(), j.floor(), j.last_seq()), (0, Some(7), 10));
+        assert_eq!(j.payload(8).unwrap(), b"sealed one");
+    }
+
+    /// The floor alone (nothing was saved before it was known) is remembered: the first save
+    /// follows it, after a restart too, even once the cloud has every save.
+    #[test]
+    fn a_known_floor_with_no_save_is_remembered() {
+        let root = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(root.path(), "e", "c").unwrap();
+        assert_eq!(j.number_pending(41).unwrap(), Vec::<u64>::new());
+        let mut j = Journal::open(root.path(), "e", "c").unwrap();
+        assert!(j.is_numbered());
+        assert_eq!(j.last_seq(), 41);
+        assert_eq!(j.append(b"x", false).unwrap(), 42);
+        // A numbered journal keeps its floor.
+        assert_eq!(j.number_pending(100).unwrap(), Vec::<u64>::new());
+        assert_eq!(j.append(b"y", false).unwrap(), 43);
+    }
+
+    /// A crash part-way through numbering (the floor written, one pending save renamed, the
+    /// next not) is finished on open the same way: no seq is given twice, none is skipped,
+    /// no save is lost or doubled.
+    #[test]
+    fn a_numbering_interrupted_by_a_crash_is_finished_on_open() {
+        let root = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(root.path(), "e", "c").unwrap();
+        for text in ["a", "b", "c"] {
+            j.append_pending(text.as_bytes(), false).unwrap();
+        }
+        let dir = j.dir().to_owned();
+        drop(j);
+        // What number_pending(5) leaves if the power goes after its first rename.
+        hallrelay_durable::write_durably(&dir.join(FLOOR_FILE), b"5").unwrap();
+        fs::rename(
+            dir.join(format!("{:020}.pending", 1)),
+            dir.join(format!("{:020}.plain", 6)),
+        )
+        .unwrap();
+        let mut j = Journal::open(root.path(), "e", "c").unwrap();
+        assert_eq!(j.pending(), 0);
+        assert_eq!(j.awaiting_keys(), vec![6, 7, 8]);
+        let texts: Vec<Vec<u8>> = [6, 7, 8].iter().map(|&s| j.payload(s).unwrap()).collect();
+        assert_eq!(texts, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(j.append(b"d", false).unwrap(), 9);
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains("pending"))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+    }
+
+    /// A crash while a pending save was being written leaves none or all of it; the device id
+    /// is made once and kept.
+    #[test]
+    fn the_device_id_is_kept_and_a_torn_pending_save_is_dropped() {
+        let root = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(root.path(), "e", "c").unwrap();
+        let device = j.device().to_owned();
+        assert!(hallrelay_protocol::ids::is_valid_id(&device));
+        assert_eq!(device.len(), 32);
+        j.append_pending(b"whole", false).unwrap();
+        fs::write(j.dir().join(format!("{:020}.pending.tmp", 2)), b"torn").unwrap();
+        let j = Journal::open(root.path(), "e", "c").unwrap();
+        assert_eq!(j.device(), device);
+        assert_eq!(j.pending(), 1);
+        let other = Journal::open(root.path(), "e", "c2").unwrap();
+        assert_ne!(
+            other.device(),
+            device,
+            "each journal is a device of its own"
+        );
+    }
 
     /// A save kept until the exam's keys come is sent nowhere; sealing replaces it for good,
     /// and a crash between writing the envelope and deleting the plaintext keeps the envelope.
@@ -520,8 +775,8 @@ mod tests {
         assert_eq!(j.entries().count(), 1);
         assert_eq!(
             fs::read_dir(j.dir()).unwrap().count(),
-            2,
-            "4.save and 4.cloud"
+            3,
+            "4.save, 4.cloud and the device id"
         );
     }
 
@@ -535,7 +790,11 @@ mod tests {
         let j = Journal::open(root.path(), "e", "c").unwrap();
         assert_eq!(j.last_seq(), 1);
         assert_eq!(j.only_here(), vec![1]);
-        assert_eq!(fs::read_dir(j.dir()).unwrap().count(), 1);
+        assert_eq!(
+            fs::read_dir(j.dir()).unwrap().count(),
+            2,
+            "1.save and the device id"
+        );
     }
 
     fn receipt_body(appliance: &str, pin: Option<&str>) -> String {

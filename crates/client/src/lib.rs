@@ -19,6 +19,7 @@ mod autosaver;
 mod connection;
 pub mod discovery;
 pub mod encryption;
+pub mod exam_config;
 mod journal;
 pub mod proxy;
 pub mod relays;

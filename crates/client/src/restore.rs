@@ -55,16 +55,67 @@ pub enum RestoreError {
     NeedCode,
 }
 
-/// Fetches the newest save of `exam`/`candidate` from `server` (the cloud or a trusted box,
-/// its connection carrying the candidate's token; `name` for messages) and opens it with the
-/// restore code's key.
-pub async fn latest(
+/// A candidate's newest save as a server holds it: the bytes (an envelope, or plaintext for a
+/// client that did not encrypt), its seq and final flag, not opened yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Newest {
+    pub seq: u64,
+    pub is_final: bool,
+    pub bytes: Vec<u8>,
+}
+
+impl Newest {
+    /// Whether the save is sealed (needs the restore code to be read).
+    pub fn is_sealed(&self) -> bool {
+        looks_like(&self.bytes)
+    }
+
+    /// The answers: the plaintext as it is, an envelope opened with the restore code's key.
+    pub fn open(
+        &self,
+        exam: &str,
+        candidate: &str,
+        secret: Option<&RestoreSecret>,
+    ) -> Result<Restored, RestoreError> {
+        if !self.is_sealed() {
+            return Ok(Restored {
+                seq: self.seq,
+                is_final: self.is_final,
+                encrypted: false,
+                payload: self.bytes.clone(),
+            });
+        }
+        let secret = secret.ok_or(RestoreError::NeedCode)?;
+        let save = Save {
+            exam,
+            candidate,
+            seq: self.seq,
+            is_final: self.is_final,
+        };
+        let payload = hallrelay_envelope::open(
+            &self.bytes,
+            &secret.key(exam, candidate),
+            Role::Restore,
+            &save,
+        )
+        .map_err(RestoreError::WrongCode)?;
+        Ok(Restored {
+            seq: self.seq,
+            is_final: self.is_final,
+            encrypted: true,
+            payload,
+        })
+    }
+}
+
+/// Asks `server` (the cloud or a trusted box, its connection carrying the candidate's token;
+/// `name` for messages) for the newest save of `exam`/`candidate`: `None` when it holds none.
+pub async fn newest(
     server: &Connection,
     name: &str,
     exam: &str,
     candidate: &str,
-    secret: Option<&RestoreSecret>,
-) -> Result<Restored, RestoreError> {
+) -> Result<Option<Newest>, RestoreError> {
     let reply = server
         .get(&latest_path(exam, candidate))
         .await
@@ -74,7 +125,7 @@ pub async fn latest(
         })?;
     match reply.status {
         StatusCode::OK => {}
-        StatusCode::NOT_FOUND => return Err(RestoreError::Nothing(name.to_owned())),
+        StatusCode::NOT_FOUND => return Ok(None),
         status if status.is_server_error() => {
             return Err(RestoreError::Unreachable {
                 from: name.to_owned(),
@@ -92,31 +143,27 @@ pub async fn latest(
     let (seq, is_final) = describe(&reply).ok_or_else(|| RestoreError::Incomplete {
         from: name.to_owned(),
     })?;
-    let bytes = reply.body.to_vec();
-    if !looks_like(&bytes) {
-        return Ok(Restored {
-            seq,
-            is_final,
-            encrypted: false,
-            payload: bytes,
-        });
-    }
-    let secret = secret.ok_or(RestoreError::NeedCode)?;
-    let save = Save {
-        exam,
-        candidate,
+    Ok(Some(Newest {
         seq,
         is_final,
-    };
-    let payload =
-        hallrelay_envelope::open(&bytes, &secret.key(exam, candidate), Role::Restore, &save)
-            .map_err(RestoreError::WrongCode)?;
-    Ok(Restored {
-        seq,
-        is_final,
-        encrypted: true,
-        payload,
-    })
+        bytes: reply.body.to_vec(),
+    }))
+}
+
+/// Fetches the newest save of `exam`/`candidate` from `server` (the cloud or a trusted box,
+/// its connection carrying the candidate's token; `name` for messages) and opens it with the
+/// restore code's key.
+pub async fn latest(
+    server: &Connection,
+    name: &str,
+    exam: &str,
+    candidate: &str,
+    secret: Option<&RestoreSecret>,
+) -> Result<Restored, RestoreError> {
+    newest(server, name, exam, candidate)
+        .await?
+        .ok_or_else(|| RestoreError::Nothing(name.to_owned()))?
+        .open(exam, candidate, secret)
 }
 
 /// The seq and final flag a read answer states.

@@ -163,7 +163,7 @@ impl Autosaver {
                     code,
                 } => {
                     let by = format!("the hall relay {name}");
-                    self.rejected(seq, &by, status, reason, code);
+                    self.refused(seq, &by, status, reason, code);
                 }
                 Put::Busy(why) => {
                     tracing::debug!(box_name = %name, %why, "the box asked for time");
