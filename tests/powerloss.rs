@@ -153,7 +153,9 @@ async fn run_step(store: &Store, step: &Step, ledger: &Mutex<Ledger>) -> bool {
                     ));
                     false
                 }
-                Ok(other @ (PutOutcome::AfterFinal { .. } | PutOutcome::ContinuedElsewhere { .. })) => {
+                Ok(
+                    other @ (PutOutcome::AfterFinal { .. } | PutOutcome::ContinuedElsewhere { .. }),
+                ) => {
                     ledger.lock().unwrap().wrong_errors.push(format!(
                         "{name}: {other:?}, but no final came before and no device was named"
                     ));

@@ -150,6 +150,7 @@ pub fn sealer(
 pub fn relay_list(config: &ExamConfig) -> RelayList {
     RelayList {
         venue: config.venue.clone(),
+        hall_copies: Some(config.hall_copies),
         relays: config
             .relays
             .iter()

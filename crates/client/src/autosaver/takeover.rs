@@ -329,6 +329,7 @@ impl Autosaver {
             seq: 0,
             landed: Landed::Journal,
             at: SystemTime::now(),
+            boxes: 0,
         };
         self.emit(Event::Saved(saved.clone()));
         Ok(saved)

@@ -9,8 +9,8 @@
 //! the caller's business (no networking here).
 
 mod autosave;
-pub mod codes;
 pub mod box_tokens;
+pub mod codes;
 pub mod devices;
 pub mod headers;
 mod paths;

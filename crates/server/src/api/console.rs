@@ -894,12 +894,27 @@ mod tests {
     fn silence_is_judged_after_the_threshold_and_not_after_a_final() {
         let now = SystemTime::now();
         let after = Duration::from_secs(120);
-        let recent = Row::judge(activity(now - Duration::from_secs(60), 0), now, after, Beyond::default());
+        let recent = Row::judge(
+            activity(now - Duration::from_secs(60), 0),
+            now,
+            after,
+            Beyond::default(),
+        );
         assert!(!recent.silent);
-        let quiet = Row::judge(activity(now - Duration::from_secs(121), 0), now, after, Beyond::default());
+        let quiet = Row::judge(
+            activity(now - Duration::from_secs(121), 0),
+            now,
+            after,
+            Beyond::default(),
+        );
         assert!(quiet.silent);
         assert_eq!(quiet.last_age_secs, Some(121));
-        let submitted = Row::judge(activity(now - Duration::from_secs(600), 1), now, after, Beyond::default());
+        let submitted = Row::judge(
+            activity(now - Duration::from_secs(600), 1),
+            now,
+            after,
+            Beyond::default(),
+        );
         assert!(!submitted.silent);
     }
 
