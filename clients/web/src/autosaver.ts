@@ -457,7 +457,7 @@ export class Autosaver {
     }
     let last = "no hall relay answered";
     for (const prospect of this.prospects()) {
-      if ((await this.tryBox(prospect)) !== null) continue;
+      if (typeof (await this.tryBox(prospect)) === "string") continue;
       const space = addressSpaceOf(prospect.url);
       try {
         const reply = await request(join(prospect.url, `/v1/exams/${this.config.exam}/config`), {
@@ -1021,7 +1021,7 @@ export class Autosaver {
     }
     let best: { from: string; newest: Newest | null } | null = null;
     for (const prospect of this.prospects()) {
-      if ((await this.tryBox(prospect)) !== null) continue;
+      if (typeof (await this.tryBox(prospect)) === "string") continue;
       const answer = await this.newestAt(prospect.url, true);
       if (answer.kind !== "answer") continue;
       const from = prospect.name === prospect.url ? `the hall relay at ${prospect.url}` : `the hall relay ${prospect.name}`;

@@ -468,7 +468,7 @@ impl std::fmt::Display for Event {
             ),
             Event::WaitingToContinue => write!(
                 f,
-                "neither the cloud nor a hall relay answers yet: saves are kept on this laptop                  and numbered once one says where your saves stand"
+                "neither the cloud nor a hall relay answers yet: saves are kept on this laptop and numbered once one says where your saves stand"
             ),
             Event::ExamConfigLearnt {
                 from,

@@ -46,9 +46,7 @@ use crate::v1::platform::{Relay, encode_segment};
 
 const CONTEXT: &str = "hallrelay-exam-config-v1";
 
-/// How many boxes a client writes each save to when the relay list names two or more, unless
-/// the platform says otherwise.
-pub const DEFAULT_HALL_COPIES: u8 = 2;
+pub use crate::v1::platform::DEFAULT_HALL_COPIES;
 
 /// The exam policy for a save whose seq is greater than the candidate's final's: stored
 /// (and flagged) ...

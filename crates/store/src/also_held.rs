@@ -11,15 +11,13 @@
 //! The table was added after schema version 1 without a bump: redb creates it in the first
 //! write transaction that opens it, and a store without it has no candidate noted.
 
-use redb::{ReadTransaction, ReadableTable, Table, TableDefinition};
+use redb::{ReadTransaction, ReadableTable, Table};
 
 use crate::StoreError;
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::timefmt::{from_unix_millis, rfc3339};
 
-/// (exam, candidate) → (the other box's pin, the seq of the PUT that named it, when, Unix ms).
-pub const ALSO_HELD: TableDefinition<(&str, &str), (&str, u64, u64)> =
-    TableDefinition::new("also_held");
+pub use crate::schema::ALSO_HELD;
 
 /// What a candidate's PUT says about another box holding its saves.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

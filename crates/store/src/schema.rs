@@ -191,7 +191,7 @@ pub(crate) fn initialise(db: &redb::Database, appliance: &str) -> Result<(), red
         write.open_table(ACTIVITY)?;
         write.open_table(AUDIT_HELD)?;
         write.open_table(DEVICES)?;
-        write.open_table(crate::also_held::ALSO_HELD)?;
+        write.open_table(ALSO_HELD)?;
     }
     write.commit()?;
     Ok(())
@@ -204,6 +204,10 @@ pub(crate) fn stat(
 ) -> Result<u64, redb::StorageError> {
     Ok(table.get(name)?.map_or(0, |v| v.value()))
 }
+
+/// (exam, candidate) → (the other box's pin, the seq of the PUT that named it, when, Unix ms).
+pub const ALSO_HELD: TableDefinition<(&str, &str), (&str, u64, u64)> =
+    TableDefinition::new("also_held");
 
 #[cfg(test)]
 mod tests {

@@ -217,11 +217,27 @@ impl Autosaver {
                 .as_ref()
                 .is_some_and(|h| !pins.contains(h))
             {
+                for url in &prospect.urls {
+                    self.emit_once(Event::BoxRefused {
+                        url: url.clone(),
+                        reason: format!(
+                            "{} announces a key that is not the exam's pin",
+                            prospect.name
+                        ),
+                    });
+                }
                 continue;
             }
             for url in &prospect.urls {
-                let Ok((conn, _)) = self.try_box(url, &pins).await else {
-                    continue;
+                let conn = match self.try_box(url, &pins).await {
+                    Ok((conn, _)) => conn,
+                    Err(reason) => {
+                        self.emit_once(Event::BoxRefused {
+                            url: url.clone(),
+                            reason,
+                        });
+                        continue;
+                    }
                 };
                 let from = box_name(&prospect, url);
                 match restore::newest(&conn, &from, &exam, &candidate).await {
@@ -231,6 +247,21 @@ impl Autosaver {
                             best = Some(Found { from, newest });
                         }
                         // One answer per box, whichever of its addresses gave it.
+                        break;
+                    }
+                    // A box that refuses the candidate's token will refuse their saves too:
+                    // say so once, instead of only waiting for an answer that never comes.
+                    Err(RestoreError::Refused {
+                        status, message, ..
+                    }) if status == http::StatusCode::UNAUTHORIZED
+                        || status == http::StatusCode::FORBIDDEN =>
+                    {
+                        self.emit_once(Event::BoxRefused {
+                            url: url.clone(),
+                            reason: format!(
+                                "it refuses this candidate's token ({status}: {message})"
+                            ),
+                        });
                         break;
                     }
                     Err(error) => {
@@ -244,8 +275,14 @@ impl Autosaver {
 
     /// Whether this client saves to the cloud at all: not with a box-only token (it names
     /// the one box it is good on; the cloud refuses it).
+    /// A box-only token is good at the cloud only when the "cloud" is that very box (a
+    /// client pointed straight at a box, trusting it by its pin).
     pub(super) fn uses_cloud(&self) -> bool {
-        hallrelay_protocol::token::claimed_box(self.options.token.expose()).is_none()
+        match hallrelay_protocol::token::claimed_box(self.options.token.expose()) {
+            None => true,
+            Some(pin) => matches!(&self.options.cloud_trust,
+                super::CloudTrust::Pins(pins) if pins.contains(&pin)),
+        }
     }
 
     /// Asks the trusted boxes for the exam's platform-signed configuration, checks it with

@@ -289,8 +289,12 @@ pub struct Relays {
     pub hall_copies: u8,
 }
 
+/// How many boxes a client writes each save to when the relay list names two or more, unless
+/// the platform says otherwise.
+pub const DEFAULT_HALL_COPIES: u8 = 2;
+
 fn default_hall_copies() -> u8 {
-    crate::exam_config::DEFAULT_HALL_COPIES
+    DEFAULT_HALL_COPIES
 }
 
 /// One box a candidate may fail over to.

@@ -299,13 +299,21 @@ impl Auth {
                     }
                     _ => "the token expired: ask the platform for a new one".into(),
                 },
-                TokenError::UnknownKey { .. } if token::claimed_box(token).is_some() => format!(
-                    "this is a box-only token: it is good on the box with pin {} alone (a \
+                // A token naming another box is that box's; one naming this box but signed
+                // by a key it does not have is no box-only token of its.
+                TokenError::UnknownKey { .. }
+                    if token::claimed_box(token).is_some_and(|pin| {
+                        self.local.as_ref().is_none_or(|local| local.pin != pin)
+                    }) =>
+                {
+                    format!(
+                        "this is a box-only token: it is good on the box with pin {} alone (a \
                      box's console issues such tokens for spare laptops). Save to that box, \
                      or use a token from the platform",
-                    token::claimed_box(token).unwrap_or_default()
-                )
-                .into(),
+                        token::claimed_box(token).unwrap_or_default()
+                    )
+                    .into()
+                }
                 TokenError::UnknownKey { kid } => format!(
                     "the token was signed with key {kid}, which this server does not trust: it \
                      is not the platform's, or the platform published it after this server \
