@@ -1015,15 +1015,7 @@ impl Autosaver {
         if self.relay.is_none() && !self.uses_cloud() {
             // A box-only token: the box, from the first save.
             self.fail_over().await?;
-            return Ok(
-                match (&self.relay, self.journal.get(seq).map(|e| &e.held)) {
-                    (Some(relay), Some(Held::Box { .. })) => Landed::Box {
-                        name: relay.name.clone(),
-                        url: relay.url.clone(),
-                    },
-                    _ => Landed::Journal,
-                },
-            );
+            return Ok(self.landed_in_hall(seq));
         }
         if self.relay.is_none() {
             let receipts = self.box_receipts(seq);
@@ -1056,15 +1048,7 @@ impl Autosaver {
                     // A new relay was sent what only the journal held, this save included;
                     // what it did not take waits in the journal (sending it again now would
                     // only repeat a refusal).
-                    return Ok(
-                        match (&self.relay, self.journal.get(seq).map(|e| &e.held)) {
-                            (Some(relay), Some(Held::Box { .. })) => Landed::Box {
-                                name: relay.name.clone(),
-                                url: relay.url.clone(),
-                            },
-                            _ => Landed::Journal,
-                        },
-                    );
+                    return Ok(self.landed_in_hall(seq));
                 }
             }
         }
@@ -1074,15 +1058,19 @@ impl Autosaver {
         // To the box in use and, in two-box mode, the second ([`fanout`]) at once. A box that
         // is busy or refuses leaves the save in the journal for the next send.
         self.send_to_hall(seq, payload, is_final).await?;
-        Ok(
-            match (&self.relay, self.journal.get(seq).map(|e| &e.held)) {
-                (Some(relay), Some(Held::Box { .. })) => Landed::Box {
-                    name: relay.name.clone(),
-                    url: relay.url.clone(),
-                },
-                _ => Landed::Journal,
+        Ok(self.landed_in_hall(seq))
+    }
+
+    /// Where save `seq` is after a send to the hall: on the box in use when a box holds it,
+    /// otherwise only in the journal.
+    fn landed_in_hall(&self, seq: u64) -> Landed {
+        match (&self.relay, self.journal.get(seq).map(|e| &e.held)) {
+            (Some(relay), Some(Held::Box { .. })) => Landed::Box {
+                name: relay.name.clone(),
+                url: relay.url.clone(),
             },
-        )
+            _ => Landed::Journal,
+        }
     }
 
     /// While on a box, asks the cloud (at most every `probe_every`) whether it answers again,
