@@ -26,6 +26,8 @@ enum Segment {
     Status,
     Replay,
     RetryParked,
+    Left,
+    Config,
     Empty,
     Seq(u64),
     Text(String),
@@ -54,6 +56,8 @@ impl Input {
                         Segment::Status => path.push_str("status"),
                         Segment::Replay => path.push_str("replay"),
                         Segment::RetryParked => path.push_str("retry-parked"),
+                        Segment::Left => path.push_str("left"),
+                        Segment::Config => path.push_str("config"),
                         Segment::Empty => {}
                         Segment::Seq(n) => path.push_str(&n.to_string()),
                         Segment::Text(s) => path.push_str(s),
@@ -87,12 +91,29 @@ fn reference(path: &str) -> Expected {
     let Some((exam, rest)) = rest.strip_prefix("exams/").and_then(|r| r.split_once('/')) else {
         return Expected::NotFound;
     };
+    if rest == "config" {
+        if !is_valid_id(exam) {
+            return Expected::BadId;
+        }
+        return Expected::Found(Target::ExamConfig {
+            exam: exam.to_owned(),
+        });
+    }
     let Some((candidate, rest)) = rest
         .strip_prefix("candidates/")
         .and_then(|r| r.split_once('/'))
     else {
         return Expected::NotFound;
     };
+    if rest == "left" {
+        if !is_valid_id(exam) || !is_valid_id(candidate) {
+            return Expected::BadId;
+        }
+        return Expected::Found(Target::Left {
+            exam: exam.to_owned(),
+            candidate: candidate.to_owned(),
+        });
+    }
     let tail = match rest.strip_prefix("autosaves") {
         Some("") => None,
         Some(t) if t.starts_with('/') => Some(&t[1..]),
@@ -132,6 +153,14 @@ fn canonical(target: &Target) -> String {
         Target::Latest { exam, candidate } => format!("{}/latest", autosaves(exam, candidate)),
         Target::Autosave(name) => {
             format!("{}/{}", autosaves(&name.exam, &name.candidate), name.seq)
+        }
+        Target::Left { exam, candidate } => {
+            assert!(is_valid_id(exam) && is_valid_id(candidate), "{target:?}");
+            format!("/v1/exams/{exam}/candidates/{candidate}/left")
+        }
+        Target::ExamConfig { exam } => {
+            assert!(is_valid_id(exam), "{target:?}");
+            format!("/v1/exams/{exam}/config")
         }
     }
 }

@@ -448,6 +448,14 @@ pub struct StoreOptions {
     /// On a box: its pin and its hall clock, which receipts (version 2) carry. `None` (the
     /// reference cloud) stamps the system's time in version-1 receipts.
     pub hall: Option<Hall>,
+    /// The index (redb) is made durable — a checkpoint of how much of the journal it covers —
+    /// once this many journal entries were applied to it since the last checkpoint, or
+    /// [`checkpoint_interval`](Self::checkpoint_interval) after the first of them, whichever
+    /// comes first. It bounds what a restart re-applies. `usize::MAX` with `Duration::MAX`:
+    /// only at a clean close (benchmarks use it to build an unapplied tail).
+    pub checkpoint_entries: usize,
+    /// See [`checkpoint_entries`](Self::checkpoint_entries).
+    pub checkpoint_interval: Duration,
 }
 
 /// Where a box's receipts get their time, and what the box knows of that time
@@ -475,6 +483,11 @@ impl std::fmt::Debug for Hall {
 /// their next save starts a new run of activity (the console's "silent" and its runs).
 pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(120);
 
+/// Journal entries (one per request) applied to the index between two checkpoints, at most.
+pub const DEFAULT_CHECKPOINT_ENTRIES: usize = 8192;
+/// How long an applied journal entry waits for the index's checkpoint, at most.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
@@ -485,6 +498,8 @@ impl Default for StoreOptions {
             outbox: true,
             activity_run_gap: DEFAULT_SILENT_AFTER,
             hall: None,
+            checkpoint_entries: DEFAULT_CHECKPOINT_ENTRIES,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
         }
     }
 }
