@@ -211,6 +211,17 @@ fn options() -> StoreOptions {
     }
 }
 
+/// A trial's options: the index checkpointed after every batch, every 16 journal entries, or
+/// only at the clean close (the default interval is longer than a trial), so that a cut
+/// lands before, inside and after checkpoints, and crash images hold unapplied tails of
+/// every length.
+fn trial_options(rng: &mut SplitMix) -> StoreOptions {
+    StoreOptions {
+        checkpoint_entries: [1, 16, usize::MAX][rng.below(3) as usize],
+        ..options()
+    }
+}
+
 /// Where trials put their files: tmpfs when there is one (the model, not the disk, decides
 /// what survives, so real fsyncs only cost time).
 fn scratch() -> tempfile::TempDir {
@@ -291,6 +302,7 @@ async fn a_power_cut_at_any_point_loses_no_acknowledged_commit() {
     let mut cut_inside = 0;
     let mut uncut_ops = 0;
     let mut uncertain = (0u64, 0u64);
+    let mut recoveries_cut = 0u64;
     let mut failures = Vec::new();
     for trial in first..trials {
         let trial_seed = seed.wrapping_add(trial);
@@ -300,14 +312,15 @@ async fn a_power_cut_at_any_point_loses_no_acknowledged_commit() {
         let store_dir = dir.path().join("store");
         std::fs::create_dir(&store_dir).unwrap();
         let faults = Arc::new(Faults::new());
-        // A whole run makes 700 to 900 mutating operations: cut anywhere in it, and in about
-        // one trial in ten after it (a clean stop: the image is what was synced).
-        let cut = 1 + rng.below(1000);
+        // A whole run makes 350 to 500 mutating operations (one journal frame per batch, and
+        // the index's checkpoints): cut anywhere in it, and in about one trial in ten after it
+        // (a clean stop: the image is what was synced).
+        let cut = 1 + rng.below(550);
         faults.cut_power_at(cut);
         let store = Store::open_with_faults(
             &store_dir.join("store.redb"),
             identity.clone(),
-            options(),
+            trial_options(&mut rng),
             faults.clone(),
         );
         let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -341,6 +354,16 @@ async fn a_power_cut_at_any_point_loses_no_acknowledged_commit() {
                 .unwrap();
             uncertain.0 += stats.uncertain_sectors_taken;
             uncertain.1 += stats.uncertain_sectors_left;
+            // The last image of a trial loses power a second time, while the box is
+            // re-applying its journal: what that leaves must hold everything too.
+            let image_dir = if image + 1 == images_per_trial {
+                let twice = dir.path().join(format!("image{image}-twice"));
+                recovery_interrupted(&image_dir, &twice, &identity, trial_seed).await;
+                recoveries_cut += 1;
+                twice
+            } else {
+                image_dir
+            };
             let problems = check_image(&image_dir, keys.path(), &ledger).await;
             if !problems.is_empty() {
                 failures.push(format!(
@@ -356,8 +379,9 @@ async fn a_power_cut_at_any_point_loses_no_acknowledged_commit() {
     }
     eprintln!(
         "powerloss: {} trials ({cut_inside} cut mid-run, the rest after a whole run of up to \
-         {uncut_ops} operations), {} crash images, {acked_total} acknowledged autosaves \
-         checked; uncertain sectors taken/left {}/{}; failures {}",
+         {uncut_ops} operations), {} crash images ({recoveries_cut} cut again during their \
+         recovery), {acked_total} acknowledged autosaves checked; uncertain sectors \
+         taken/left {}/{}; failures {}",
         trials - first,
         (trials - first) * images_per_trial,
         uncertain.0,
@@ -365,6 +389,37 @@ async fn a_power_cut_at_any_point_loses_no_acknowledged_commit() {
         failures.len()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Opens the crash image `image` with the power cut again at a seeded point of the open (the
+/// journal's re-application and checkpoint), and writes what that second cut leaves to `to`.
+async fn recovery_interrupted(image: &Path, to: &Path, identity: &Arc<SigningKey>, seed: u64) {
+    // What the second run never touched is on the disk as the first cut left it.
+    copy_dir(image, to);
+    let faults = Arc::new(Faults::new());
+    faults.cut_power_at(1 + SplitMix::new(seed ^ 0x7e57).below(40));
+    if let Ok(store) = Store::open_with_faults(
+        &image.join("store.redb"),
+        identity.clone(),
+        options(),
+        faults.clone(),
+    ) {
+        store.close().await;
+    }
+    faults.crash_image(image, to, seed ^ 0xc0ff).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 /// The sequential workload of the sweep: the same operations in the same order every run, so

@@ -33,7 +33,7 @@ use redb::{ReadableDatabase, ReadableTable, Table, TableHandle};
 use hallrelay_protocol::clock::{Clock, ClockSource, ClockState};
 use hallrelay_protocol::envelope::{self, Envelope};
 
-use super::blob_log::BlobLog;
+use super::journal::Journal;
 use super::schema::{
     ACTIVITY, AUTOSAVES, BLOBS, STAT_DELIVERED, STAT_PENDING, STAT_STORED, STATS, stat,
 };
@@ -491,7 +491,7 @@ fn sealed_on_disk(
     };
     let (segment, offset, len, _) = location.value();
     let prefix = len.min(SEALED_PREFIX as u64);
-    match BlobLog::read(blob_dir, (segment, offset, prefix)) {
+    match Journal::read(blob_dir, (segment, offset, prefix)) {
         Ok(bytes) => Ok(Some(is_sealed(&bytes))),
         Err(e) => {
             tracing::warn!(error = %e, blake3 = %record.receipt.blake3,

@@ -253,6 +253,19 @@ impl DiskFile {
             None => real(),
         }
     }
+
+    /// Reserves disk blocks for `len` bytes from `offset` without changing the file's length
+    /// or content (`fallocate` with `FALLOC_FL_KEEP_SIZE`): later writes there cannot fail
+    /// for want of space. Not a change the fault model needs to see.
+    pub(crate) fn preallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        )
+        .map_err(io::Error::from)
+    }
 }
 
 /// redb's file backend, with its writes, length changes and syncs passed through the fault

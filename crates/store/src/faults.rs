@@ -405,6 +405,8 @@ impl Faults {
                 rng.coin()
             };
             if !present {
+                // Gone from the disk (`to` may hold an older image of it).
+                let _ = std::fs::remove_file(to.join(relative));
                 continue;
             }
             let bytes = model.draw(&mut rng, &mut stats);

@@ -1,13 +1,15 @@
-//! The store: a redb file holding every autosave's record, receipt and replay state, and a
-//! payload log beside it holding the payloads ([`blob_log`]). It also keeps the outbox:
-//! what the cloud has not confirmed yet.
+//! The store: a journal of record beside a redb file ([`journal`]). Every acknowledged batch
+//! is one journal frame — the payloads, and everything the batch changed — made durable with
+//! one fdatasync; redb is the index built from it: every autosave's record, receipt and replay
+//! state, and the outbox (what the cloud has not confirmed yet).
 //!
 //! Writes go through a single writer thread ([`writer`]) that groups whatever requests are
-//! waiting into one transaction and commits it with `Durability::Immediate`; each request is
-//! answered only after the commit holding it returned. Reads run on the blocking pool in their
-//! own read transactions and never wait for the writer. The schema version recorded in the
-//! file is checked at open, and a file this build does not understand is refused, never
-//! replaced.
+//! waiting into one transaction, appends the batch to the journal, commits the transaction
+//! without a sync and only then answers each request; the index is checkpointed (made
+//! durable) every so many entries or seconds, and re-applied from the journal at open. Reads
+//! run on the blocking pool in their own read transactions, see every acknowledged batch, and
+//! never wait for the writer. The schema version recorded in the file is checked at open, and
+//! a file this build does not understand is refused, never replaced.
 //!
 //! Every change to the files goes through one layer ([`disk`]), which is where the torture
 //! suite injects I/O errors and emulates power cuts ([`faults`]); [`Store::verify`] checks
@@ -17,10 +19,10 @@ mod activity;
 // Which candidates another box holds too (`Hallrelay-Also-Held`).
 mod also_held;
 mod audit;
-mod blob_log;
 mod devices;
 mod disk;
 mod evidence;
+mod journal;
 #[cfg(feature = "faults")]
 pub mod faults;
 mod verify;
@@ -32,6 +34,9 @@ mod writer;
 mod parked;
 // The operator tools' reads (console, export, check) and the metrics' commit hook.
 mod reads;
+
+pub use journal::JournalError;
+pub use writer::RecoveryError;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -100,10 +105,17 @@ pub enum OpenError {
         found: u64,
         supported: u64,
     },
-    #[error("cannot open the payload log {path}: {source}")]
+    #[error("cannot open the journal {path}: {source}")]
     Payloads {
         path: PathBuf,
         source: std::io::Error,
+    },
+    /// The journal could not be brought into the index: damage before acknowledged frames,
+    /// or a frame that cannot be re-applied.
+    #[error("cannot recover the store {path} from its journal: {source}")]
+    Journal {
+        path: PathBuf,
+        source: Box<RecoveryError>,
     },
     #[error("cannot start the store's writer thread: {0}")]
     Thread(std::io::Error),
@@ -120,6 +132,10 @@ impl OpenError {
                 _ => false,
             },
             OpenError::Payloads { .. } | OpenError::Thread(_) => true,
+            OpenError::Journal { source, .. } => matches!(
+                source.as_ref(),
+                RecoveryError::Storage(_) | RecoveryError::Journal(JournalError::Io(_))
+            ),
             OpenError::Foreign { .. } | OpenError::Newer { .. } | OpenError::Older { .. } => false,
         }
     }
@@ -511,6 +527,8 @@ pub struct StoreFile {
     path: PathBuf,
     appliance: String,
     disk: Disk,
+    /// The journal, already re-applied to the index.
+    recovered: writer::Recovered,
 }
 
 impl StoreFile {
@@ -549,11 +567,24 @@ impl StoreFile {
                 id
             }
         };
+        // Everything acknowledged after the index's last checkpoint, re-applied before
+        // anything reads the store (the hall clock's resume point included).
+        let recovered = writer::recover(&disk, &db, &blob_dir(path)).map_err(|e| match e {
+            RecoveryError::Journal(JournalError::Io(source)) => OpenError::Payloads {
+                path: blob_dir(path),
+                source,
+            },
+            other => OpenError::Journal {
+                path: path.to_owned(),
+                source: Box::new(other),
+            },
+        })?;
         Ok(Self {
             db,
             path: path.to_owned(),
             appliance,
             disk,
+            recovered,
         })
     }
 
@@ -576,16 +607,9 @@ impl StoreFile {
 
     /// Starts the writer thread, which signs receipts with `signer`.
     pub fn start(self, signer: Arc<SigningKey>, options: StoreOptions) -> Result<Store, OpenError> {
-        let blob_dir = self.path.with_extension("blobs");
+        let blob_dir = blob_dir(&self.path);
         activity::ensure(&self.db, &blob_dir, options.activity_run_gap)
             .map_err(|e| unreadable(&self.path, e))?;
-        let (end, live) = schema::log_state(&self.db).map_err(|e| unreadable(&self.path, e))?;
-        let log = blob_log::BlobLog::open(&self.disk, &blob_dir, end, &live).map_err(|e| {
-            OpenError::Payloads {
-                path: blob_dir.clone(),
-                source: e,
-            }
-        })?;
         let slot = Arc::new(DbSlot {
             db: RwLock::new(Some(Arc::new(self.db))),
             path: self.path,
@@ -597,7 +621,7 @@ impl StoreFile {
         let reserve = options.min_free_bytes;
         let writer = writer::spawn(
             slot.clone(),
-            log,
+            self.recovered,
             signer,
             appliance.clone(),
             stats.clone(),
@@ -612,6 +636,11 @@ impl StoreFile {
             reserve,
         })
     }
+}
+
+/// The journal's folder beside the store file `path` (named for the payloads it began with).
+fn blob_dir(path: &Path) -> PathBuf {
+    path.with_extension("blobs")
 }
 
 /// The database, shared between the writer and readers. The writer takes it away while it
@@ -665,8 +694,12 @@ pub(crate) struct CommitStats {
     requests: AtomicU64,
     /// Time spent building transactions (inserts, signing), microseconds.
     apply_micros: AtomicU64,
-    /// Time spent in `commit()` (page writes and fsync), microseconds.
+    /// Time spent making batches durable: the journal frame's write and sync, and redb's
+    /// commit without a sync, microseconds.
     commit_micros: AtomicU64,
+    /// Checkpoints of the index (durable redb commits), and the time they took.
+    checkpoints: AtomicU64,
+    checkpoint_micros: AtomicU64,
     /// A commit failed and the writer is reopening the store.
     failing: AtomicBool,
     /// New autosaves are being refused for want of space.
@@ -1075,7 +1108,7 @@ fn read_blob(
             StoreError::Storage(format!("payload {} is missing", record.receipt.blake3))
         })?
         .value();
-    let bytes = blob_log::BlobLog::read(blob_dir, (segment, offset, len)).map_err(|e| {
+    let bytes = journal::Journal::read(blob_dir, (segment, offset, len)).map_err(|e| {
         StoreError::Storage(format!("reading payload {}: {e}", record.receipt.blake3))
     })?;
     if blake3::hash(&bytes) != hash {

@@ -72,8 +72,12 @@ pub const SCHEMA_VERSION: u64 = 1;
 
 pub(crate) const META_SCHEMA: &str = "schema_version";
 pub(crate) const META_APPLIANCE: &str = "appliance_id";
-/// The payload log's end as of the last commit: segment and offset, 16 bytes little-endian.
+/// The journal's end that the index covers: segment and offset, 16 bytes little-endian
+/// (written by every batch; durable as of the last checkpoint).
 pub(crate) const META_LOG_END: &str = "log_end";
+/// The number of the journal frame at [`META_LOG_END`], u64 little-endian (absent: 0, a store
+/// written before the journal had frames).
+pub(crate) const META_NEXT_FRAME: &str = "journal_next_frame";
 /// The first audit number the retention walk has not looked at yet, u64 little-endian.
 pub(crate) const META_AUDIT_CURSOR: &str = "audit_cursor";
 
@@ -92,14 +96,38 @@ pub fn decode_log_end(bytes: &[u8]) -> Option<(u64, u64)> {
     Some((u64::from_le_bytes(*segment), u64::from_le_bytes(offset)))
 }
 
-/// Reads the payload log's end and the segments that still hold payloads.
-pub(crate) fn log_state(db: &impl ReadableDatabase) -> Result<((u64, u64), Vec<u64>), redb::Error> {
+/// Records in `meta` the journal's end that the transaction's state covers.
+pub(crate) fn record_journal_end(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    end: crate::journal::Position,
+) -> Result<(), redb::StorageError> {
+    meta.insert(
+        META_LOG_END,
+        encode_log_end((end.segment, end.offset)).as_slice(),
+    )?;
+    meta.insert(META_NEXT_FRAME, end.frame.to_le_bytes().as_slice())?;
+    Ok(())
+}
+
+/// Reads the journal's end the index covers and the segments that still hold payloads.
+pub(crate) fn log_state(
+    db: &impl ReadableDatabase,
+) -> Result<(crate::journal::Position, Vec<u64>), redb::Error> {
     let read = db.begin_read()?;
-    let end = read
-        .open_table(META)?
+    let meta = read.open_table(META)?;
+    let (segment, offset) = meta
         .get(META_LOG_END)?
         .and_then(|v| decode_log_end(v.value()))
         .unwrap_or((0, 0));
+    let frame = meta
+        .get(META_NEXT_FRAME)?
+        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+        .map_or(0, u64::from_le_bytes);
+    let end = crate::journal::Position {
+        segment,
+        offset,
+        frame,
+    };
     let mut live = Vec::new();
     for row in read.open_table(SEGMENTS)?.iter()? {
         let (segment, bytes) = row?;

@@ -1,6 +1,7 @@
 //! The writer's loop: takes requests off the queue in batches, applies each batch in one
-//! write transaction, commits it with one fsync and answers every request of it; after a
-//! failed commit it reopens the store, and refuses requests until that worked.
+//! write transaction, makes it durable as one journal frame with one fdatasync, commits the
+//! transaction without a sync and answers every request of it; checkpoints the index now and
+//! then; after a failed batch it reopens the store, and refuses requests until that worked.
 //!
 //! What a request does to the tables is not here: see [`super::tables`] and the modules
 //! beside it. This module decides when a transaction starts and ends, and what each request
@@ -14,11 +15,13 @@ use std::time::{Duration, Instant, SystemTime};
 use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
 
+use super::entry::{Entry, Stamp};
 use super::put::{Context, PutStep};
+use super::recovery::{Recovered, has_room_for_checkpoint};
 use super::signing::sign_answers;
 use super::tables::Tables;
 use super::{Answer, Handle, Now, Op, PutOutcome, Reply, Request};
-use crate::blob_log::BlobLog;
+use crate::journal::Journal;
 use crate::schema::*;
 use crate::{CommitStats, DbSlot, StoreError, StoreOptions};
 use hallrelay_protocol::signing::SigningKey;
@@ -27,18 +30,19 @@ use hallrelay_protocol::timefmt::{rfc3339, unix_millis};
 /// Starts the writer thread over the opened store; returns the handlers' side of it.
 pub(crate) fn spawn(
     slot: Arc<DbSlot>,
-    log: BlobLog,
+    recovered: Recovered,
     signer: Arc<SigningKey>,
     appliance: Arc<str>,
     stats: Arc<CommitStats>,
     options: StoreOptions,
 ) -> std::io::Result<Handle> {
     let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
+    let tick = tick_every(options.checkpoint_interval);
     let writer = Writer {
         slot,
-        log,
+        journal: recovered.journal,
+        signer,
         ctx: Context {
-            signer,
             appliance,
             outbox: options.outbox,
             run_gap: options.activity_run_gap,
@@ -48,10 +52,29 @@ pub(crate) fn spawn(
         broken: None,
         failed_reopens: 0,
         last_attempt: None,
+        unchecked: recovered.unchecked,
+        unchecked_since: (recovered.unchecked > 0).then(Instant::now),
+        dead_segments: Vec::new(),
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(rx))?;
+    if let Some(every) = tick {
+        // Reminds an idle writer of a checkpoint that is due; holds no strong sender, so it
+        // never keeps the writer alive, and ends with it.
+        let weak = tx.downgrade();
+        std::thread::Builder::new()
+            .name("store-ticker".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let Some(tx) = weak.upgrade() else { break };
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Op::Tick) {
+                        break;
+                    }
+                }
+            })?;
+    }
     Ok(Handle {
         tx,
         closing: Arc::new(AtomicBool::new(false)),
@@ -59,10 +82,19 @@ pub(crate) fn spawn(
     })
 }
 
+/// How often an idle writer looks whether a checkpoint is due: twice per interval, within
+/// reason; never when checkpoints wait for a clean close.
+fn tick_every(interval: Duration) -> Option<Duration> {
+    (interval < Duration::from_secs(24 * 3600)).then(|| {
+        (interval / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    })
+}
+
 struct Writer {
     slot: Arc<DbSlot>,
-    /// The payload log; only this thread appends to it.
-    log: BlobLog,
+    /// The journal; only this thread appends to it.
+    journal: Journal,
+    signer: Arc<SigningKey>,
     ctx: Context,
     stats: Arc<CommitStats>,
     options: StoreOptions,
@@ -71,6 +103,12 @@ struct Writer {
     /// Reopen attempts that failed since it broke, and when the last one was.
     failed_reopens: u32,
     last_attempt: Option<Instant>,
+    /// Journal entries (requests) applied to the index since its last checkpoint, and when
+    /// the first of them was.
+    unchecked: usize,
+    unchecked_since: Option<Instant>,
+    /// Segments emptied by purges: deleted once a checkpoint covers the purge.
+    dead_segments: Vec<u64>,
 }
 
 /// Free space above the reserve at which a full store says it has room again.
@@ -80,6 +118,23 @@ const ROOM_AGAIN: usize = 1024 * 1024;
 const RECOVERY_RETRY: Duration = Duration::from_millis(200);
 /// How often a broken writer looks for requests while it waits to try again.
 const IDLE_POLL: Duration = Duration::from_millis(10);
+
+/// Why a batch was not acknowledged, and whether the store must be reopened (re-read from
+/// its checkpoint and journal) before the next one: not when the batch's frame failed and
+/// was cut off again, which leaves everything as it was.
+struct Failure {
+    error: StoreError,
+    reopen: bool,
+}
+
+impl<E: Into<StoreError>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self {
+            error: e.into(),
+            reopen: true,
+        }
+    }
+}
 
 #[derive(Default)]
 struct Batch {
@@ -97,7 +152,7 @@ impl Batch {
         match op {
             Op::Work(request, reply) => {
                 if let Request::Put(put) = &request {
-                    self.bytes += put.payload.len();
+                    self.bytes += put.request.payload.len();
                 }
                 self.requests.push(request);
                 self.replies.push(reply);
@@ -107,6 +162,7 @@ impl Batch {
                 self.pings.push(tx);
                 false
             }
+            Op::Tick => false,
             Op::Close => true,
         }
     }
@@ -155,6 +211,7 @@ impl Writer {
                 }
             }
             self.commit_and_answer_pings(batch);
+            self.after_batch(false);
         }
         // Whatever slipped in before the queue closed is still answered.
         rx.close();
@@ -163,7 +220,68 @@ impl Writer {
             rest.push(op);
         }
         self.commit_and_answer_pings(rest);
+        self.after_batch(true);
         tracing::debug!("store writer stopped");
+    }
+
+    /// What waits until a batch was answered: a checkpoint when one is due (or `closing`),
+    /// the journal's reserved room, and the next journal segment, created ahead of use.
+    fn after_batch(&mut self, closing: bool) {
+        if self.broken.is_some() {
+            return;
+        }
+        let due = self.unchecked >= self.options.checkpoint_entries
+            || self
+                .unchecked_since
+                .is_some_and(|since| since.elapsed() >= self.options.checkpoint_interval);
+        if self.unchecked > 0
+            && (due || closing)
+            && has_room_for_checkpoint(&self.slot.blob_dir)
+        {
+            if let Err(e) = self.checkpoint() {
+                tracing::error!(error = %e, "a checkpoint of the index failed; reopening the store");
+                if !matches!(e, StoreError::Full) {
+                    self.stats.failing.store(true, Ordering::Relaxed);
+                }
+                self.broken = Some(e);
+                self.last_attempt = None;
+                self.recover();
+                return;
+            }
+        }
+        self.journal.keep_room();
+        if let Err(e) = self.journal.prepare_next() {
+            // `Journal::begin` tries again when the segment is needed.
+            tracing::warn!(error = %e, "could not create the next journal segment ahead of use");
+        }
+    }
+
+    /// Makes the index durable: everything applied so far, and the journal position it
+    /// covers (recorded by each batch's transaction). Then deletes the segments emptied
+    /// since the last checkpoint.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let db = self.slot.get()?;
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        // redb records its allocator state with the checkpoint, so that opening the file
+        // after a crash does not walk the whole index to rebuild it.
+        txn.set_quick_repair(true);
+        txn.commit()?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.stats.checkpoint_micros.fetch_add(
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.unchecked = 0;
+        self.unchecked_since = None;
+        for segment in std::mem::take(&mut self.dead_segments) {
+            if let Err(e) = self.journal.remove_segment(segment) {
+                tracing::warn!(segment, error = %e, "could not delete an emptied journal segment");
+            }
+        }
+        Ok(())
     }
 
     fn commit_and_answer_pings(&mut self, mut batch: Batch) {
@@ -187,6 +305,7 @@ impl Writer {
         }
         let space_ok = self.space_for(batch.bytes);
         self.note_space(batch.bytes > 0 && !space_ok);
+        let n = batch.requests.len();
         match self.apply(&batch.requests, space_ok) {
             Ok(answers) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -200,12 +319,19 @@ impl Writer {
                     reply.send(Ok(answer));
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, requests = batch.requests.len(), "a commit failed; reopening the store");
+            Err(Failure { error: e, reopen }) => {
                 batch.fail(&e);
                 if matches!(e, StoreError::Full) {
                     self.note_space(true);
-                } else {
+                }
+                if !reopen {
+                    // The frame was cut off again and the transaction dropped: the journal
+                    // and the index are as they were before the batch.
+                    tracing::error!(error = %e, requests = n, "a commit failed; its batch was refused and the store goes on");
+                    return;
+                }
+                tracing::error!(error = %e, requests = n, "a commit failed; reopening the store");
+                if !matches!(e, StoreError::Full) {
                     self.stats.failing.store(true, Ordering::Relaxed);
                 }
                 self.broken = Some(e);
@@ -272,64 +398,60 @@ impl Writer {
     }
 
     /// Whether the data disk has room for `bytes` more payload above the configured reserve
-    /// (the reserve also covers redb's small records and its file growth).
+    /// (the reserve also covers redb's small records and its file growth), with the journal's
+    /// reserved room kept for marks and audit entries.
     fn space_for(&self, bytes: usize) -> bool {
         match self.slot.free_bytes() {
-            Some(free) => free >= self.options.min_free_bytes.saturating_add(bytes as u64),
+            Some(free) => self
+                .journal
+                .room_for(bytes as u64, free, self.options.min_free_bytes),
             // If the free space cannot be read, let the write try: ENOSPC still answers 507.
             None => true,
         }
     }
 
-    /// Applies a batch in one transaction and commits it. An error fails the whole batch
-    /// (nothing was committed); otherwise every request has its answer, in order.
-    fn apply(&mut self, requests: &[Request], space_ok: bool) -> Result<Vec<Answer>, StoreError> {
+    /// Applies a batch in one transaction, makes it durable as one journal frame and commits
+    /// the transaction (without a sync: the journal is the record). An error fails the whole
+    /// batch (nothing of it is acknowledged); otherwise every request has its answer, in order.
+    fn apply(&mut self, requests: &[Request], space_ok: bool) -> Result<Vec<Answer>, Failure> {
         let started = Instant::now();
         let db = self.slot.get()?;
         let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate)
+        txn.set_durability(Durability::None)
             .map_err(|e| StoreError::Storage(e.to_string()))?;
-        let synced_from: Instant;
-        let (answers, dead_segments) = {
-            let mut tables = Tables::open(&txn, &mut self.log)?;
-            let (at, clock) = match &self.options.hall {
-                Some(hall) => {
-                    let (at, clock) = hall.time.stamp();
-                    (at, Some(clock))
-                }
-                None => (SystemTime::now(), None),
-            };
-            let now = Now {
-                rfc3339: &rfc3339(at),
-                ms: unix_millis(at),
-                hall: self
-                    .options
-                    .hall
-                    .as_ref()
-                    .zip(clock.as_ref())
-                    .map(|(hall, clock)| (hall.pin.as_str(), clock)),
-            };
+        let mut frame = self.journal.begin().map_err(crate::classify_io)?;
+        let stamp = self.stamp();
+        let (answers, entry, dead_segments) = {
+            let mut tables = Tables::open(&txn, &mut frame)?;
+            let now = stamp.now();
             let mut answers = Vec::with_capacity(requests.len());
             for request in requests {
                 answers.push(answer(&self.ctx, &mut tables, request, space_ok, &now)?);
             }
             tables.flush_counters()?;
-            // The payloads this commit names are on disk before the commit is; the receipts
-            // are signed meanwhile ([`super::signing`]).
-            synced_from = Instant::now();
-            tables.sign_while_syncing(&self.ctx.signer)?;
+            // The payloads are written meanwhile ([`super::signing`]).
+            tables.sign_while_writing(&self.signer)?;
             sign_answers(&mut answers, &tables.unsigned);
-            let end = encode_log_end(tables.log.end());
-            tables.meta.insert(META_LOG_END, end.as_slice())?;
-            (answers, std::mem::take(&mut tables.dead_segments))
+            let entry = Entry::of(stamp, &self.ctx, space_ok, requests, &tables.unsigned);
+            (answers, entry, std::mem::take(&mut tables.dead_segments))
         };
+        let entry = entry.encode();
+        let synced_from = Instant::now();
+        // The one sync: from here on the batch is durable.
+        let end = self
+            .journal
+            .commit(&frame, &entry)
+            .map_err(|failed| Failure {
+                error: crate::classify_io(failed.error),
+                reopen: !failed.cut,
+            })?;
+        frame.release_payloads();
+        record_journal_end(&mut txn.open_table(META)?, end)?;
         txn.commit()?;
         let committed = Instant::now();
-        for segment in dead_segments {
-            if let Err(e) = self.log.remove_segment(segment) {
-                tracing::warn!(segment, error = %e, "could not delete an emptied payload segment");
-            }
-        }
+        self.dead_segments.extend(dead_segments);
+        self.unchecked += requests.len();
+        self.unchecked_since.get_or_insert(committed);
         self.record_timings(
             requests.len(),
             synced_from - started,
@@ -338,9 +460,26 @@ impl Writer {
         Ok(answers)
     }
 
-    /// Adds a commit's timings to the statistics. Building: the transaction's inserts.
-    /// Committing: writing and syncing the payloads (with the signing beside it), and redb's
-    /// commit.
+    /// The time this batch is applied at: the hall clock's stamp on a box, the system's
+    /// time on the cloud.
+    fn stamp(&self) -> Stamp {
+        let (at, hall) = match &self.options.hall {
+            Some(hall) => {
+                let (at, clock) = hall.time.stamp();
+                (at, Some((hall.pin.clone(), clock)))
+            }
+            None => (SystemTime::now(), None),
+        };
+        Stamp {
+            rfc3339: rfc3339(at),
+            ms: unix_millis(at),
+            hall,
+        }
+    }
+
+    /// Adds a commit's timings to the statistics. Building: the transaction's inserts, the
+    /// signing and the payloads' writes beside it. Committing: the journal frame's write and
+    /// sync, and redb's commit (without a sync).
     fn record_timings(&self, requests: usize, build: Duration, commit: Duration) {
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.stats
@@ -396,18 +535,23 @@ impl Writer {
         let db = disk
             .open_database(&self.slot.path)
             .map_err(|e| crate::classify(e.into()))?;
-        // Cut the payload log back to what the last successful commit recorded.
-        let (end, live) = log_state(&db).map_err(crate::classify)?;
-        self.log =
-            BlobLog::open(disk, &self.slot.blob_dir, end, &live).map_err(crate::classify_io)?;
+        // The index as of its last checkpoint, and the journal re-applied after it.
+        let recovered = super::recover(disk, &db, &self.slot.blob_dir).map_err(|e| match e {
+            super::recovery::RecoveryError::Storage(e) => e,
+            other => StoreError::Storage(other.to_string()),
+        })?;
+        self.journal = recovered.journal;
+        self.unchecked = recovered.unchecked;
+        self.unchecked_since = (recovered.unchecked > 0).then(Instant::now);
+        self.dead_segments.clear();
         tracing::warn!(path = %self.slot.path.display(), "store reopened after an I/O error");
         self.slot.put(Arc::new(db))
     }
 }
 
-/// Applies one request to the batch's transaction. An error fails the whole batch; a request
-/// refused on its own is an answer like any other.
-fn answer(
+/// Applies one request to the batch's transaction — live, or re-applied from the journal. An
+/// error fails the whole batch; a request refused on its own is an answer like any other.
+pub(super) fn answer(
     ctx: &Context,
     tables: &mut Tables<'_, '_>,
     request: &Request,
@@ -420,8 +564,8 @@ fn answer(
                 if matches!(outcome, PutOutcome::Stored(_) | PutOutcome::Duplicate(_)) {
                     crate::also_held::note(
                         &mut tables.also_held,
-                        &put.name,
-                        &put.also_held,
+                        &put.request.name,
+                        &put.request.also_held,
                         now.ms,
                     )?;
                 }

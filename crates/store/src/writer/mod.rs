@@ -1,22 +1,28 @@
-//! The group-commit writer: one thread owns every write transaction.
+//! The group-commit writer: one thread owns the journal and every write transaction.
 //!
 //! Handlers queue their request and wait. The writer takes the first request off the queue,
 //! then everything else already waiting (up to a request and a byte limit), applies the lot in
-//! one redb transaction, commits it with `Durability::Immediate` (one fsync), and only then
-//! answers each request. Under load the batch grows by itself, so the cost of an fsync is
-//! shared by everyone who arrived while the previous one ran; at low load a request is
-//! committed alone, with no batching delay. redb commits never run on the async runtime.
+//! one redb transaction, appends the batch to the journal as one frame with one fdatasync
+//! ([`crate::journal`]), commits the transaction without a sync, and only then answers each
+//! request. Under load the batch grows by itself, so the cost of the sync is shared by
+//! everyone who arrived while the previous one ran; at low load a request is committed alone,
+//! with no batching delay. redb is made durable in the background of this loop, every so many
+//! entries or seconds (a checkpoint), and a restart re-applies the journal after the last
+//! checkpoint ([`recovery`]). Nothing of this runs on the async runtime.
 //!
-//! When a commit fails with an I/O error, redb refuses further reads and writes until the file
-//! is reopened. The requests of the failed batch are answered with an error (507 when the disk
-//! is full, 503 otherwise), never with an ack, and the writer reopens the store at once; while
-//! that fails it keeps trying, idle or not, and answers new requests with the same error.
+//! When a sync or a commit fails with an I/O error, the requests of the failed batch are
+//! answered with an error (507 when the disk is full, 503 otherwise), never with an ack, and
+//! the writer reopens the store at once — the index from its checkpoint, and the journal
+//! re-applied after it; while that fails it keeps trying, idle or not, and answers new
+//! requests with the same error.
 //!
 //! This module holds what the handlers see: the requests, their answers and the [`Handle`]
 //! that queues them. The rest follows an autosave's path:
-//! - [`group_commit`]: the writer's loop: queue, batching, one transaction per batch, the
-//!   commit, and recovery after a failed one;
-//! - [`signing`]: receipts signed while the batch's payloads sync;
+//! - [`group_commit`]: the writer's loop: queue, batching, one transaction and one journal
+//!   frame per batch, checkpoints, and recovery after a failed batch;
+//! - [`entry`]: what a batch's journal frame says, and the requests again from it;
+//! - [`recovery`]: re-applying the journal after the index's checkpoint at open;
+//! - [`signing`]: receipts signed while the batch's payloads are written;
 //! - [`tables`]: the tables one transaction works on, and the counters it writes back;
 //! - [`put`]: storing a new autosave (its payload, its receipt in the candidate's chain);
 //! - [`outbox`]: the replay order of what the cloud has not confirmed;
@@ -24,9 +30,11 @@
 //! - [`retention`]: purging delivered autosaves, their payloads and old audit entries.
 
 mod delivery;
+mod entry;
 mod group_commit;
 mod outbox;
 mod put;
+mod recovery;
 mod retention;
 mod signing;
 mod tables;
@@ -43,6 +51,8 @@ use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::receipt::Receipt;
 
 pub(crate) use group_commit::spawn;
+pub use recovery::RecoveryError;
+pub(crate) use recovery::{Recovered, recover};
 
 /// An autosave to store. The handler has already validated the name and hashed the payload.
 #[derive(Debug)]
@@ -145,9 +155,21 @@ pub enum PutOutcome {
     ContinuedElsewhere { took_over_at: u64 },
 }
 
+/// A put as the writer takes it: with what it needs of the payload besides placing it,
+/// worked out on the handler's thread (and carried by the journal, which re-applies a put
+/// without reading its payload back).
+#[derive(Debug)]
+struct Put {
+    request: PutRequest,
+    size: u64,
+    /// Whether the payload is sealed ([`crate::activity::is_sealed`]).
+    sealed: bool,
+}
+
 /// Work for the writer.
+#[derive(Debug)]
 enum Request {
-    Put(Box<PutRequest>),
+    Put(Box<Put>),
     /// The cloud confirmed this autosave; `already_there`: it answered 200, holding these
     /// bytes before the box sent them.
     Delivered {
@@ -243,6 +265,8 @@ enum Op {
     /// Answered once the batch it joins has been handled: proof that the writer thread is
     /// alive and getting through its queue (the systemd watchdog asks for it).
     Ping(oneshot::Sender<()>),
+    /// Time passed: a checkpoint may be due ([`group_commit`]).
+    Tick,
     /// Finish what is queued, then stop.
     Close,
 }
@@ -261,8 +285,13 @@ impl Handle {
         // The writer is serial, and freeing a large payload is a measurable share of its time
         // per autosave: this reference outlives the writer's, so the buffer is freed here.
         let payload = request.payload.clone();
+        let put = Put {
+            size: payload.len() as u64,
+            sealed: crate::activity::is_sealed(&payload),
+            request,
+        };
         let (tx, rx) = oneshot::channel();
-        self.submit(Request::Put(Box::new(request)), Reply::Put(tx), false)
+        self.submit(Request::Put(Box::new(put)), Reply::Put(tx), false)
             .await?;
         // A dropped reply means the writer stopped before reaching this request.
         let answer = rx.await.unwrap_or(Err(StoreError::Unavailable));

@@ -9,16 +9,14 @@ use std::time::Duration;
 use redb::ReadableTable;
 
 use super::tables::Tables;
-use super::{AfterFinal, Now, PutOutcome, PutRequest};
+use super::{AfterFinal, Now, Put, PutOutcome, PutRequest};
 use crate::{Record, StoreError, activity};
 use hallrelay_protocol::ids::AutosaveName;
 use hallrelay_protocol::receipt::{GENESIS, Receipt, ReceiptFields};
-use hallrelay_protocol::signing::SigningKey;
 
-/// What storing an autosave needs besides the tables: who signs receipts, and whether new
-/// autosaves go to the outbox.
+/// What storing an autosave needs besides the tables: the appliance id its receipt names, and
+/// whether new autosaves go to the outbox. (Receipts are signed at the batch's end.)
 pub(super) struct Context {
-    pub(super) signer: Arc<SigningKey>,
     pub(super) appliance: Arc<str>,
     pub(super) outbox: bool,
     /// Arrivals at most this far apart are one stretch of saving ([`crate::activity`]).
@@ -44,10 +42,11 @@ impl Context {
     pub(super) fn put_one(
         &self,
         t: &mut Tables<'_, '_>,
-        request: &PutRequest,
+        put: &Put,
         space_ok: bool,
         now: &Now<'_>,
     ) -> Result<PutStep, StoreError> {
+        let request = &put.request;
         let existing = t.record(&request.name)?;
         if let Some(existing) = existing.as_ref()
             && let Some(outcome) = duplicate(t, request, existing, now)?
@@ -74,8 +73,8 @@ impl Context {
         if !space_ok {
             return Ok(PutStep::NoRoom);
         }
-        let size = request.payload.len() as u64;
-        place_payload(t, request)?;
+        let size = put.size;
+        place_payload(t, put)?;
         let prev = previous_receipt(t, exam, candidate)?;
         t.counters.arrivals += 1;
         let arrival = t.counters.arrivals;
@@ -127,7 +126,7 @@ impl Context {
                 is_final: request.is_final,
                 at_ms: now.ms,
                 clock: now.hall.map(|(_, clock)| clock),
-                sealed: Some(activity::is_sealed(&request.payload)),
+                sealed: Some(put.sealed),
             };
             a.arrived(arrival, self.run_gap);
             a.after_final_accepted += u64::from(after_final);
@@ -292,9 +291,10 @@ fn add_evidence(
     }))
 }
 
-/// Puts the payload in the payload log, or adds a reference to the same bytes already there.
-fn place_payload(t: &mut Tables<'_, '_>, request: &PutRequest) -> Result<(), StoreError> {
-    let blob = *request.blake3.as_bytes();
+/// Puts the payload in the batch's journal frame, or adds a reference to the same bytes
+/// already stored.
+fn place_payload(t: &mut Tables<'_, '_>, put: &Put) -> Result<(), StoreError> {
+    let blob = *put.request.blake3.as_bytes();
     let known = t.blobs.get(blob)?.map(|v| v.value());
     match known {
         Some((segment, offset, len, refs)) => {
@@ -302,8 +302,8 @@ fn place_payload(t: &mut Tables<'_, '_>, request: &PutRequest) -> Result<(), Sto
         }
         None => {
             let (segment, offset, len) = t
-                .log
-                .place(request.payload.clone())
+                .frame
+                .place(put.request.payload.clone(), put.size, blob)
                 .map_err(crate::classify_io)?;
             t.blobs.insert(blob, (segment, offset, len, 1))?;
             let live = t.segments.get(segment)?.map_or(0, |v| v.value());

@@ -130,7 +130,7 @@ impl Tables<'_, '_> {
             .get(segment)?
             .map_or(0, |v| v.value())
             .saturating_sub(len);
-        if live == 0 && segment != self.log.current_segment() {
+        if live == 0 && segment != self.frame.segment() {
             self.segments.remove(segment)?;
             self.dead_segments.push(segment);
         } else {

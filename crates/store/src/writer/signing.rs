@@ -1,8 +1,9 @@
-//! Receipts signed while the batch's payloads sync. An ECDSA signature costs about as much
-//! CPU as the rest of storing an autosave, and the sync is the writer's longest wait: the
-//! receipts of a batch are stored unsigned (their hash, which the chain uses, does not cover
-//! the signature), signed on two threads while the payload log syncs, and written back signed
-//! before the commit.
+//! Receipts signed while the batch's payloads are written. An ECDSA signature costs about as
+//! much CPU as the rest of storing an autosave: the receipts of a batch are stored unsigned
+//! (their hash, which the chain uses, does not cover the signature), signed on two threads —
+//! the second writes the batch's payloads to the journal first — and written back signed
+//! before the batch's frame is completed and synced. A frame re-applied from the journal
+//! carries its signatures instead ([`Tables::apply_signatures`]).
 
 use std::sync::Mutex;
 
@@ -16,21 +17,54 @@ use hallrelay_protocol::signing::SigningKey;
 const SIGNING_CHUNK: usize = 8;
 
 impl Tables<'_, '_> {
-    /// Writes and syncs the batch's new payloads on a second thread while this one signs the
-    /// receipts of the records stored in this transaction; the second thread joins in the
-    /// signing once the payloads are durable. Then writes the signed records back.
-    pub(super) fn sign_while_syncing(&mut self, signer: &SigningKey) -> Result<(), StoreError> {
-        let flush = self.log.flush();
-        let synced = if self.unsigned.is_empty() {
-            flush.run()
+    /// Writes the batch's new payloads on a second thread while this one signs the receipts
+    /// of the records stored in this transaction; the second thread joins in the signing once
+    /// the payloads are written. Then writes the signed records back.
+    pub(super) fn sign_while_writing(&mut self, signer: &SigningKey) -> Result<(), StoreError> {
+        let frame = &*self.frame;
+        let written = if self.unsigned.is_empty() {
+            frame.write_payloads()
         } else {
-            sign_beside(&mut self.unsigned, signer, || flush.run()).unwrap_or_else(|_| {
-                Err(std::io::Error::other(
-                    "the payload log's flushing thread panicked",
-                ))
-            })
+            sign_beside(&mut self.unsigned, signer, || frame.write_payloads()).unwrap_or_else(
+                |_| {
+                    Err(std::io::Error::other(
+                        "the journal's writing thread panicked",
+                    ))
+                },
+            )
         };
-        synced.map_err(crate::classify_io)?;
+        written.map_err(crate::classify_io)?;
+        self.store_signed()
+    }
+
+    /// Gives the records stored while re-applying a journal frame the signatures it carries,
+    /// after checking that each rebuilt receipt is the one acknowledged (its hash covers
+    /// every field but the signature).
+    pub(super) fn apply_signatures(
+        &mut self,
+        receipts: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        if receipts.len() != self.unsigned.len() {
+            return Err(StoreError::Storage(format!(
+                "re-applying the journal stored {} autosaves where the frame acknowledged {}",
+                self.unsigned.len(),
+                receipts.len()
+            )));
+        }
+        for (record, (hash, signature)) in self.unsigned.iter_mut().zip(receipts) {
+            if record.receipt.hash() != *hash {
+                return Err(StoreError::Storage(format!(
+                    "re-applying the journal rebuilt a different receipt for {}/{}/{} than the \
+                     one acknowledged",
+                    record.receipt.exam, record.receipt.candidate, record.receipt.seq
+                )));
+            }
+            record.receipt.signature.clone_from(signature);
+        }
+        self.store_signed()
+    }
+
+    fn store_signed(&mut self) -> Result<(), StoreError> {
         for record in &self.unsigned {
             let r = &record.receipt;
             self.autosaves.insert(

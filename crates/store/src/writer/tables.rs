@@ -5,7 +5,7 @@
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use crate::blob_log::BlobLog;
+use crate::journal::Frame;
 use crate::schema::*;
 use crate::{Record, StoreError, decode_record, encode_record};
 use hallrelay_protocol::ids::AutosaveName;
@@ -32,8 +32,9 @@ type Name<'a> = (&'a str, &'a str, u64);
 
 /// The tables one write transaction works on.
 pub(super) struct Tables<'txn, 'log> {
-    pub(super) log: &'log mut BlobLog,
-    /// Segments emptied in this transaction, deleted once it has committed.
+    /// The batch's journal frame, where new payloads are placed.
+    pub(super) frame: &'log mut Frame,
+    /// Segments emptied in this transaction, deleted once a checkpoint covers it.
     pub(super) dead_segments: Vec<u64>,
     /// Records stored in this transaction whose receipts are not signed yet.
     pub(super) unsigned: Vec<Record>,
@@ -58,7 +59,7 @@ pub(super) struct Tables<'txn, 'log> {
 impl<'txn, 'log> Tables<'txn, 'log> {
     pub(super) fn open(
         txn: &'txn WriteTransaction,
-        log: &'log mut BlobLog,
+        frame: &'log mut Frame,
     ) -> Result<Self, StoreError> {
         let stats = txn.open_table(STATS)?;
         let audit = txn.open_table(AUDIT)?;
@@ -82,7 +83,7 @@ impl<'txn, 'log> Tables<'txn, 'log> {
                 .max(stat(&stats, STAT_AUDIT_NEXT)?),
         };
         Ok(Self {
-            log,
+            frame,
             dead_segments: Vec::new(),
             unsigned: Vec::new(),
             meta: txn.open_table(META)?,
