@@ -424,10 +424,14 @@ pub struct StoreStatus {
     /// is the group-commit batch size.
     pub commits: u64,
     pub committed_requests: u64,
-    /// Total time the writer spent building transactions and committing them (page writes
-    /// and fsync), microseconds: where a commit's time goes.
+    /// Total time the writer spent building batches (inserts, signing, the payloads' writes)
+    /// and making them durable (the journal frame's write and sync, redb's commit without a
+    /// sync), microseconds: where a commit's time goes.
     pub apply_micros: u64,
     pub commit_micros: u64,
+    /// Checkpoints of the index (durable redb commits) and the time they took, microseconds.
+    pub checkpoints: u64,
+    pub checkpoint_micros: u64,
     /// Whether new autosaves can be taken.
     pub storage: StorageState,
 }
@@ -910,6 +914,8 @@ impl Store {
         let committed_requests = self.stats.requests.load(Ordering::Relaxed);
         let apply_micros = self.stats.apply_micros.load(Ordering::Relaxed);
         let commit_micros = self.stats.commit_micros.load(Ordering::Relaxed);
+        let checkpoints = self.stats.checkpoints.load(Ordering::Relaxed);
+        let checkpoint_micros = self.stats.checkpoint_micros.load(Ordering::Relaxed);
         let storage = self.storage_state();
         self.read(move |db, _| {
             let read = db.begin_read()?;
@@ -971,6 +977,8 @@ impl Store {
                 committed_requests,
                 apply_micros,
                 commit_micros,
+                checkpoints,
+                checkpoint_micros,
                 storage,
             })
         })

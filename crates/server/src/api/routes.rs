@@ -700,6 +700,8 @@ async fn status(
             "requests": store.committed_requests,
             "apply_micros": store.apply_micros,
             "commit_micros": store.commit_micros,
+            "checkpoints": store.checkpoints,
+            "checkpoint_micros": store.checkpoint_micros,
         },
     });
     Ok(json_response(StatusCode::OK, &body))
