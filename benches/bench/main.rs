@@ -199,8 +199,8 @@ fn main() {
         notes.extend(note);
     }
     if wanted(8) {
-        let (row, note) = runtime.block_on(restart::with_stored(scratch.path(), scale));
-        rows.push(row);
+        let (restart_rows, note) = runtime.block_on(restart::with_stored(scratch.path(), scale));
+        rows.extend(restart_rows);
         notes.extend(note);
         let (tail_rows, note) = runtime.block_on(restart::with_tail(scratch.path(), scale));
         rows.extend(tail_rows);
