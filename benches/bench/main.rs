@@ -28,7 +28,8 @@
 //! root). Scratch files go to `HALLRELAY_BENCH_DIR` (default: the current dir, so the disk
 //! measured is the repo's).
 //!
-//! Row 8 has a neighbour: restart with an unapplied journal tail of 10,000 (and 100,000)
+//! Row 8 has neighbours: restart after a crash (SIGKILL right after a few saves) with the same
+//! stored autosaves, and restart with an unapplied journal tail of 10,000 (and 100,000)
 //! autosaves, stored by a child process that exits without closing the store.
 //!
 //! The bench runs itself as a helper process for two jobs (the environment variable

@@ -193,7 +193,11 @@ async fn after_a_crash(data_dir: &Path) -> (Duration, Duration, bool) {
     let client = the_box.client(Some(the_box.candidate_token("crash", "c0")));
     for seq in 1..=10 {
         let reply = crate::common::put(&client, "crash", "c0", seq, &payload(0, seq, SIZE)).await;
-        assert_eq!(reply.status, http::StatusCode::CREATED, "crash autosave stored");
+        assert_eq!(
+            reply.status,
+            http::StatusCode::CREATED,
+            "crash autosave stored"
+        );
     }
     the_box.kill9();
     let cold = drop_caches();
