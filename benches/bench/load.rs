@@ -1,6 +1,7 @@
 //! Rows 2, 3, 4 and 6: the real box under load from simulated candidates — closed-loop
 //! throughput against the machine's limits, a steady hall, a hall failing over at once, and
-//! the box's peak memory while it holds a thousand candidates.
+//! the box's peak memory while it holds a thousand candidates; and rows 1–4 again under the
+//! Pi-class profile (`pi.rs`).
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -162,7 +162,7 @@ fn main() {
     let pi = if pi_rows {
         match pi::Profile::setup(scratch.path()) {
             Ok(profile) => {
-                pi::teardown_on_signal(&runtime);
+                pi::teardown_on_signal(&runtime, scratch.path().to_owned());
                 eprintln!("bench: pi: {}", profile.describe());
                 Some(profile)
             }

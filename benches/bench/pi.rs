@@ -18,7 +18,7 @@
 //!   got is measured by the raw-append limit and printed in its row.
 //!
 //! Everything is torn down on exit, on a panic (drop) and on SIGINT/SIGTERM (a handler kills
-//! what is left in the cgroup and removes it). Without root, a C compiler or a cgroup the
+//! what is left in the cgroup, removes it and the scratch dir). Without root, a C compiler or a cgroup the
 //! profile is skipped with a loud message.
 
 use std::io::Write as _;
@@ -304,9 +304,10 @@ fn remove_cgroup(dir: &Path) {
     }
 }
 
-/// On SIGINT or SIGTERM: the cgroup's teardown, then exit as the signal would have.
-pub fn teardown_on_signal(runtime: &tokio::runtime::Runtime) {
-    runtime.spawn(async {
+/// On SIGINT or SIGTERM: the cgroup's teardown and the scratch dir's removal (the exit skips
+/// the destructors that would remove it), then exit as the signal would have.
+pub fn teardown_on_signal(runtime: &tokio::runtime::Runtime, scratch: PathBuf) {
+    runtime.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -318,6 +319,9 @@ pub fn teardown_on_signal(runtime: &tokio::runtime::Runtime) {
             eprintln!("bench: pi: interrupted; removing {}", dir.display());
             remove_cgroup(&dir);
         }
+        // Give boxes that got the terminal's Ctrl-C a moment to exit before their files go.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = std::fs::remove_dir_all(&scratch);
         std::process::exit(code);
     });
 }
