@@ -55,8 +55,10 @@ image-test:
 # The benchmark table against this machine's own limits (~15 min; root for the replay row),
 # written to docs/benchmarks.md: ingest at 64/256/1,000 connections, a steady hall, a burst,
 # replay through 10 Mbit/s, memory, storage amplification, restart with a million autosaves,
-# a console refresh with a million autosaves.
-# `just bench --quick` is CI's short form (not written); `just bench --only 2,8` some rows.
+# a console refresh with a million autosaves, restart with an unapplied journal tail.
+# `just bench --quick` is CI's short form (not written); `just bench --only 2,8` some rows;
+# `just bench --pi --only 1,2,3,4` adds those rows under the Pi-class profile (root; a CPU
+# cgroup at 0.8 of a core and +5 ms per sync, docs/performance.md).
 bench *ARGS:
     cargo bench --bench bench -- {{ARGS}}
 

@@ -10,13 +10,21 @@
 #           p99 (NEW's `loadtest` drives both, so the load is the same) and the store writer's
 #           busy time per save, from the box's own commit counters (the writer is serial, so
 #           this is what caps ingest when the machine has CPU to spare);
-#   drain   one outbox of 500 x HALLRELAY_COMPARE_DRAIN_EACH (default 40, so 20,000) pending
-#           1 KiB autosaves (stored by NEW), copied for each
-#           build, drained into a fresh reference cloud over loopback: seconds, commits per
-#           delivered autosave (from the box's own status), and the box's peak RSS (VmHWM).
+#   drain   an outbox of 500 x HALLRELAY_COMPARE_DRAIN_EACH (default 40, so 20,000) pending
+#           1 KiB autosaves, stored by each build itself (the same load, from NEW's
+#           `loadtest`), then drained by that build into a fresh reference cloud over loopback:
+#           seconds, commits per delivered autosave (from the box's own status), and the box's
+#           peak RSS (VmHWM).
 #
-# Both builds must read the same store schema. Loopback only, mDNS off; everything it starts
-# is stopped and its temp dir removed on exit.
+# Each build stores its own data, so the two may have different store formats (issue 24's
+# journal); they must speak the same HTTP API and read the same venue key. A counter one build
+# does not report prints as "?". Loopback only, mDNS off; everything it starts is stopped and
+# its temp dir removed on exit.
+#
+# Before/after for a branch, OLD built from main in a scratch worktree:
+#   git worktree add /tmp/hr-old main && (cd /tmp/hr-old && cargo build --release --bin hallrelay)
+#   cargo build --release --bin hallrelay
+#   bash benches/compare.sh /tmp/hr-old/target/release/hallrelay target/release/hallrelay 3
 set -Eeuo pipefail
 trap 'echo "compare: FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
 
@@ -60,7 +68,11 @@ stop() {
 
 serve_args=(serve --listen 127.0.0.1:0 --no-mdns --client-rate-limit 0 --max-connections-per-client 100000)
 
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+# json EXPR: EXPR of the JSON document d on stdin, or "?" when the document lacks a field.
+json() { python3 -c "import json,sys
+d=json.load(sys.stdin)
+try: print($1)
+except (KeyError, TypeError, ZeroDivisionError): print('?')"; }
 
 burst=${HALLRELAY_COMPARE_BURST:-16}
 echo "compare: ingest, $rounds rounds of a 256 x $burst burst of 16 KiB per build" >&2
@@ -91,19 +103,17 @@ done
 drain_each=${HALLRELAY_COMPARE_DRAIN_EACH:-40}
 drain_total=$((500 * drain_each))
 echo "compare: drain, $drain_total pending autosaves of 1 KiB" >&2
-seed=$work/seed
-mkdir -p "$seed"
-printf 'min_free_bytes = 0\n' >"$seed/box.toml"
-start "$new" "$seed/box.log" "${serve_args[@]}" --config "$seed/box.toml" --data-dir "$seed/data"
-"$new" loadtest --box "https://$addr" --pin "$pin" --venue-key-file "$seed/data/venue.key" \
-    --candidates 500 --burst "$drain_each" --size 1024 --duration 600s --json >/dev/null 2>&1 || true
-stop "$pid"
 declare -A drains
 for which in old new; do
     bin=${!which}
     dir=$work/drain-$which
     mkdir -p "$dir"
-    cp -a "$seed/data" "$dir/data"
+    # The outbox, stored by this build (no cloud configured yet, so everything stays pending).
+    printf 'min_free_bytes = 0\n' >"$dir/seed.toml"
+    start "$bin" "$dir/seed.log" "${serve_args[@]}" --config "$dir/seed.toml" --data-dir "$dir/data"
+    "$new" loadtest --box "https://$addr" --pin "$pin" --venue-key-file "$dir/data/venue.key" \
+        --candidates 500 --burst "$drain_each" --size 1024 --duration 600s --json >/dev/null 2>&1 || true
+    stop "$pid"
     (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/appliance.token"; echo >>"$dir/appliance.token")
     start "$new" "$dir/cloud.log" cloud --data-dir "$dir/cloud" --listen 127.0.0.1:0 \
         --appliance-token-file "$dir/appliance.token" --tls
@@ -121,6 +131,10 @@ for which in old new; do
         status=$(curl -sk --pinnedpubkey "$pin" -H "Authorization: Bearer $admin" "https://$addr/v1/status" || true)
         pending=$(json 'd["pending"]["count"]' <<<"$status" 2>/dev/null || echo "?")
         [ "$pending" = 0 ] && break
+        if python3 -c "import sys, time; sys.exit(time.time() - $started < ${HALLRELAY_COMPARE_DRAIN_LIMIT:-1800})"; then
+            echo "compare: $which did not drain within ${HALLRELAY_COMPARE_DRAIN_LIMIT:-1800} s ($pending pending)" >&2
+            exit 1
+        fi
         sleep 0.2
     done
     secs=$(python3 -c "import time; print(round(time.time() - $started, 2))")
@@ -144,7 +158,12 @@ echo "| --- | ---: | ---: | ---: |"
 awk -v a="$mo" -v b="$mn" 'BEGIN { printf "| ingest, median saves/s | %d | %d | %.2f |\n", a, b, b / a }'
 bo=$(median "${busy[old]}")
 bn=$(median "${busy[new]}")
-awk -v a="$bo" -v b="$bn" 'BEGIN { printf "| ingest, median writer busy µs per save | %.1f | %.1f | %.2f |\n", a, b, b / a }'
+num='^[0-9]+([.][0-9]+)?$'
+if [[ $bo =~ $num && $bn =~ $num ]]; then
+    awk -v a="$bo" -v b="$bn" 'BEGIN { printf "| ingest, median writer busy µs per save | %.1f | %.1f | %.2f |\n", a, b, b / a }'
+else
+    echo "| ingest, median writer busy µs per save | $bo | $bn | ? |"
+fi
 awk -v a="$so" -v b="$sn" -v n="$drain_total" 'BEGIN { printf "| drain of %d, seconds | %.2f | %.2f | %.2f |\n", n, a, b, b / a }'
 awk -v a="$co" -v b="$cn" -v da="$do_" -v db="$dn" \
     'BEGIN { printf "| drain, commits per delivery | %.3f | %.3f | %.2f |\n", a / da, b / db, (b / db) / (a / da) }'

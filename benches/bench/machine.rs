@@ -22,7 +22,7 @@ pub const BODY: usize = 16 * 1024;
 /// Concurrent connections of the throughput scenarios.
 pub const CONCURRENCY: [usize; 3] = [64, 256, 1000];
 /// Appends per fdatasync in the raw baseline: about what one group commit carries under load.
-const RAW_BATCH: usize = 64;
+pub const RAW_BATCH: usize = 64;
 
 /// Where the run happened.
 pub struct Machine {
@@ -114,8 +114,9 @@ pub fn document(m: &Machine, table: &str) -> String {
 /// apart.
 #[derive(Default)]
 pub struct Limits {
-    /// Raw appends per second, by the connections of the scenario they were measured next to.
-    pub raw: BTreeMap<usize, f64>,
+    /// Raw appends per second and the mean fdatasync, by the connections of the scenario they
+    /// were measured next to.
+    pub raw: BTreeMap<usize, (f64, Duration)>,
     /// The HTTPS stack without storage, by connections.
     pub plain: BTreeMap<usize, LoadReport>,
 }
@@ -124,19 +125,20 @@ impl Limits {
     /// Measures both limits next to a scenario of `connections`.
     pub async fn measure(&mut self, scratch: &Path, scale: Scale, connections: usize) {
         let duration = Duration::from_secs(scale.throughput_secs);
-        let raw = raw_appends(&scratch.join("raw.bin"), duration);
+        let (raw, sync) = raw_appends(&scratch.join("raw.bin"), duration);
         let plain = no_store_puts(scratch, connections, duration).await;
         eprintln!(
-            "bench: limits next to {connections} conns: raw appends {raw:.0}/s, no-storage server {:.0} req/s",
+            "bench: limits next to {connections} conns: raw appends {raw:.0}/s ({} ms per fdatasync), no-storage server {:.0} req/s",
+            ms(sync.as_secs_f64() * 1000.0),
             plain.rate()
         );
-        self.raw.insert(connections, raw);
+        self.raw.insert(connections, (raw, sync));
         self.plain.insert(connections, plain);
     }
 
     /// The lower of the two limits at `connections`.
     pub fn floor(&self, connections: usize) -> f64 {
-        let raw = self.raw.get(&connections).copied().unwrap_or(f64::NAN);
+        let raw = self.raw.get(&connections).map_or(f64::NAN, |r| r.0);
         self.plain
             .get(&connections)
             .map_or(raw, |p| p.rate().min(raw))
@@ -144,14 +146,17 @@ impl Limits {
 
     pub fn rows(&self) -> Vec<Row> {
         let mut rows = Vec::new();
-        for (connections, raw) in &self.raw {
+        for (connections, (raw, sync)) in &self.raw {
             rows.push(Row::new(
                 1,
                 format!(
                     "limit: raw append of {} KiB + fdatasync per {RAW_BATCH}, next to the {connections}-conn run",
                     BODY / 1024
                 ),
-                format!("{raw:.0} appends/s"),
+                format!(
+                    "{raw:.0} appends/s, {} ms per fdatasync",
+                    ms(sync.as_secs_f64() * 1000.0)
+                ),
             ));
         }
         for (connections, p) in &self.plain {
@@ -171,23 +176,29 @@ impl Limits {
     }
 }
 
-/// Appends of the payload size to a file on the scratch disk, fdatasync after every batch.
-fn raw_appends(path: &Path, duration: Duration) -> f64 {
+/// Appends of the payload size to a file on the scratch disk, fdatasync after every batch:
+/// appends per second, and the mean time of one fdatasync.
+pub fn raw_appends(path: &Path, duration: Duration) -> (f64, Duration) {
     let mut file = std::fs::File::create(path).expect("raw file");
     let block = vec![0x5a_u8; BODY];
     let start = Instant::now();
     let mut appends = 0u64;
+    let mut syncs = 0u32;
+    let mut syncing = Duration::ZERO;
     while start.elapsed() < duration {
         for _ in 0..RAW_BATCH {
             file.write_all(&block).expect("append");
         }
+        let sync = Instant::now();
         file.sync_data().expect("fdatasync");
+        syncing += sync.elapsed();
+        syncs += 1;
         appends += RAW_BATCH as u64;
     }
     let rate = appends as f64 / start.elapsed().as_secs_f64();
     drop(file);
     let _ = std::fs::remove_file(path);
-    rate
+    (rate, syncing / syncs.max(1))
 }
 
 /// The box's listener code, TLS configuration and HTTP stack, with a handler that reads the

@@ -23,14 +23,25 @@
 //!
 //! `--quick` (CI) shortens every scenario and stores 100,000 autosaves instead of a million
 //! for the restart; it prints the table but does not write `docs/benchmarks.md`. `--only N,M`
-//! runs some rows. Scratch files go to `HALLRELAY_BENCH_DIR` (default: the current dir, so
-//! the disk measured is the repo's).
+//! runs some rows. `--pi` adds the Pi-class profile's rows for 1–4 next to the normal ones
+//! (`pi.rs`: the box's CPU limited to a Pi 4's share, each sync slowed to an SD card's;
+//! root). Scratch files go to `HALLRELAY_BENCH_DIR` (default: the current dir, so the disk
+//! measured is the repo's).
+//!
+//! Row 8 has neighbours: restart after a crash (SIGKILL right after a few saves) with the same
+//! stored autosaves, and restart with an unapplied journal tail of 10,000 (and 100,000)
+//! autosaves, stored by a child process that exits without closing the store.
+//!
+//! The bench runs itself as a helper process for two jobs (the environment variable
+//! [`CHILD_ENV`] says which): the raw-append limit under the Pi-class profile, and the store
+//! that is left with an unapplied tail.
 
 use hallrelay_testkit as common;
 
 mod console;
 mod load;
 mod machine;
+mod pi;
 mod replay;
 mod restart;
 mod sealing;
@@ -39,6 +50,9 @@ mod storage;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Set when this binary runs as its own helper process: `raw-append` or `tail`.
+pub const CHILD_ENV: &str = "HALLRELAY_BENCH_CHILD";
 
 /// One row of the table.
 pub struct Row {
@@ -110,8 +124,15 @@ impl Scale {
 }
 
 fn main() {
+    match std::env::var(CHILD_ENV).as_deref() {
+        Ok("raw-append") => return pi::raw_append_child(),
+        Ok("tail") => return restart::tail_child(),
+        Ok(other) => panic!("{CHILD_ENV}={other}: no such helper"),
+        Err(_) => {}
+    }
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let pi_wanted = args.iter().any(|a| a == "--pi");
     let only: Option<Vec<u8>> = args
         .iter()
         .position(|a| a == "--only")
@@ -137,6 +158,23 @@ fn main() {
 
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    let pi_rows = pi_wanted && (1..=4).any(wanted);
+    let pi = if pi_rows {
+        match pi::Profile::setup(scratch.path()) {
+            Ok(profile) => {
+                pi::teardown_on_signal(&runtime, scratch.path().to_owned());
+                eprintln!("bench: pi: {}", profile.describe());
+                Some(profile)
+            }
+            Err(why) => {
+                eprintln!("bench: ***** SKIPPED the Pi-class profile: {why} *****");
+                notes.push(format!("Pi-class profile skipped: {why}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     if wanted(1) || wanted(2) {
         let (ingest, note) = runtime.block_on(load::ingest(scratch.path(), scale));
         rows.extend(ingest);
@@ -147,6 +185,12 @@ fn main() {
         rows.extend(hall);
         notes.extend(note);
     }
+    if let Some(profile) = &pi {
+        let (pi_rows, note) = runtime.block_on(load::pi(scratch.path(), scale, profile, wanted));
+        rows.extend(pi_rows);
+        notes.extend(note);
+    }
+    drop(pi);
     if wanted(5) {
         rows.extend(replay::goodput(scale));
     }
@@ -156,8 +200,11 @@ fn main() {
         notes.extend(note);
     }
     if wanted(8) {
-        let (row, note) = runtime.block_on(restart::with_stored(scratch.path(), scale));
-        rows.push(row);
+        let (restart_rows, note) = runtime.block_on(restart::with_stored(scratch.path(), scale));
+        rows.extend(restart_rows);
+        notes.extend(note);
+        let (tail_rows, note) = runtime.block_on(restart::with_tail(scratch.path(), scale));
+        rows.extend(tail_rows);
         notes.extend(note);
     }
     if wanted(9) {
