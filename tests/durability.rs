@@ -742,7 +742,11 @@ fn reads_during_recovery_answer_at_once_and_never_park_the_runtime() {
     // The syncs fail from the next one on: the batch's journal frame, and the cut that would
     // take it off again, so the writer must reopen the store; the disk then hangs on that
     // reopen.
-    faults.fail(Kind::Sync, faults.counts().syncs + 1, Persistence::FromThenOn);
+    faults.fail(
+        Kind::Sync,
+        faults.counts().syncs + 1,
+        Persistence::FromThenOn,
+    );
     faults.hold_opens(true);
     let failed = runtime.block_on(store.put(request(2)));
     assert!(matches!(failed, Err(StoreError::Disk(_))), "{failed:?}");

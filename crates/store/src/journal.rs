@@ -284,6 +284,9 @@ impl Journal {
     }
 }
 
+/// Payloads placed in a frame, with the file they go to: (offset, bytes) each.
+pub(crate) type Placed = (Arc<DiskFile>, Vec<(u64, Bytes)>);
+
 /// One batch's frame while the batch is built: where each new payload goes. Live, the
 /// payloads are kept to be written; replayed, the places come from the frame read back.
 pub(crate) struct Frame {
@@ -375,21 +378,12 @@ impl Frame {
         }
     }
 
-    /// Writes the placed payloads (not synced yet); any thread. Nothing to do replayed.
-    pub(crate) fn write_payloads(&self) -> io::Result<()> {
-        if let FrameKind::Live { file, placed, .. } = &self.kind {
-            for (offset, bytes) in placed {
-                file.write_all_at(bytes, *offset)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Lets go of the payloads once written, so that the handlers (which hold the other
-    /// reference) free them on their own threads.
-    pub(crate) fn release_payloads(&mut self) {
-        if let FrameKind::Live { placed, .. } = &mut self.kind {
-            placed.clear();
+    /// The payloads placed since the last call, with the file they go to, for someone to
+    /// write before the frame is committed (`None` for a replayed frame: nothing to write).
+    pub(crate) fn take_placed(&mut self) -> Option<Placed> {
+        match &mut self.kind {
+            FrameKind::Live { file, placed, .. } => Some((file.clone(), std::mem::take(placed))),
+            FrameKind::Replay { .. } => None,
         }
     }
 }
@@ -439,7 +433,9 @@ pub(crate) struct Reader {
 enum Found {
     Frame(ReadFrame),
     /// Nothing: the segment ends here (`exact`) or holds only zeros from here on.
-    End { exact: bool },
+    End {
+        exact: bool,
+    },
     Bad(&'static str),
 }
 
@@ -750,9 +746,16 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        frame.write_payloads().unwrap();
+        write_placed(&mut frame);
         journal.commit(&frame, entry).unwrap();
         places
+    }
+
+    fn write_placed(frame: &mut Frame) {
+        let (file, placed) = frame.take_placed().unwrap();
+        for (offset, bytes) in placed {
+            file.write_all_at(&bytes, offset).unwrap();
+        }
     }
 
     fn read_all(dir: &Path) -> Result<(Vec<ReadFrame>, Position), JournalError> {
@@ -813,26 +816,39 @@ mod tests {
         // Every way the last frame can be torn: short, a damaged payload, a damaged entry,
         // a damaged header, zeros where the header was.
         let full = segment_len(dir.path(), 0);
-        let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
-            ("cut short", Box::new(move |d: &Path| {
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(segment_path(d, 0))
-                    .unwrap()
-                    .set_len(full - 100)
-                    .unwrap();
-            })),
-            ("payload", Box::new(move |d: &Path| damage(d, 0, synced + HEADER + 10))),
+        type Tear = Box<dyn Fn(&Path)>;
+        let cases: Vec<(&str, Tear)> = vec![
+            (
+                "cut short",
+                Box::new(move |d: &Path| {
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .open(segment_path(d, 0))
+                        .unwrap()
+                        .set_len(full - 100)
+                        .unwrap();
+                }),
+            ),
+            (
+                "payload",
+                Box::new(move |d: &Path| damage(d, 0, synced + HEADER + 10)),
+            ),
             ("entry", Box::new(move |d: &Path| damage(d, 0, full - 2))),
-            ("header", Box::new(move |d: &Path| damage(d, 0, synced + 20))),
-            ("zeros", Box::new(move |d: &Path| {
-                let f = fs::OpenOptions::new()
-                    .write(true)
-                    .open(segment_path(d, 0))
-                    .unwrap();
-                f.write_all_at(&vec![0; (full - synced) as usize], synced)
-                    .unwrap();
-            })),
+            (
+                "header",
+                Box::new(move |d: &Path| damage(d, 0, synced + 20)),
+            ),
+            (
+                "zeros",
+                Box::new(move |d: &Path| {
+                    let f = fs::OpenOptions::new()
+                        .write(true)
+                        .open(segment_path(d, 0))
+                        .unwrap();
+                    f.write_all_at(&vec![0; (full - synced) as usize], synced)
+                        .unwrap();
+                }),
+            ),
         ];
         let pristine = tempfile::tempdir().unwrap();
         let copy = |from: &Path, to: &Path| {
@@ -848,7 +864,11 @@ mod tests {
             assert_eq!(frames.len(), 1, "{case}");
             assert_eq!(end.offset, synced, "{case}");
             let mut journal = open(dir.path(), end);
-            assert_eq!(segment_len(dir.path(), 0), synced, "{case}: the tail is cut");
+            assert_eq!(
+                segment_len(dir.path(), 0),
+                synced,
+                "{case}: the tail is cut"
+            );
             assert_eq!(Journal::read(dir.path(), kept[0]).unwrap(), b"kept");
             append(&mut journal, &[b"after"], b"three");
             let (frames, _) = read_all(dir.path()).unwrap();
@@ -886,7 +906,11 @@ mod tests {
         assert!(segment_path(dir.path(), 1).exists(), "created ahead of use");
         let a = append(&mut journal, &[&[1; 80]], b"a");
         let b = append(&mut journal, &[&[2; 80]], b"b");
-        assert_eq!((a[0].0, b[0].0), (0, 1), "the second frame starts segment 1");
+        assert_eq!(
+            (a[0].0, b[0].0),
+            (0, 1),
+            "the second frame starts segment 1"
+        );
         journal.prepare_next().unwrap();
         assert!(segment_path(dir.path(), 2).exists());
         let c = append(&mut journal, &[&[3; 10]], b"c");
@@ -910,9 +934,13 @@ mod tests {
         let end = journal.end;
         let mut frame = journal.begin().unwrap();
         frame
-            .place(Bytes::from_static(b"lost"), 4, *blake3::hash(b"lost").as_bytes())
+            .place(
+                Bytes::from_static(b"lost"),
+                4,
+                *blake3::hash(b"lost").as_bytes(),
+            )
             .unwrap();
-        frame.write_payloads().unwrap();
+        write_placed(&mut frame);
         // The batch failed before its frame was completed: the writer never commits it; the
         // next frame goes where it was.
         drop(frame);

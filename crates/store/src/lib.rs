@@ -22,9 +22,9 @@ mod audit;
 mod devices;
 mod disk;
 mod evidence;
-mod journal;
 #[cfg(feature = "faults")]
 pub mod faults;
+mod journal;
 mod verify;
 // Public only so that the fuzz targets (fuzz/) can check the key encodings; not an API.
 #[doc(hidden)]

@@ -15,13 +15,14 @@ use std::time::{Duration, Instant, SystemTime};
 use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
 
+use super::assistant::Assistant;
 use super::entry::{Entry, Stamp};
 use super::put::{Context, PutStep};
 use super::recovery::{Recovered, has_room_for_checkpoint};
 use super::signing::sign_answers;
 use super::tables::Tables;
 use super::{Answer, Handle, Now, Op, PutOutcome, Reply, Request};
-use crate::journal::Journal;
+use crate::journal::{Frame, Journal};
 use crate::schema::*;
 use crate::{CommitStats, DbSlot, StoreError, StoreOptions};
 use hallrelay_protocol::signing::SigningKey;
@@ -41,7 +42,7 @@ pub(crate) fn spawn(
     let writer = Writer {
         slot,
         journal: recovered.journal,
-        signer,
+        assistant: Assistant::spawn(signer)?,
         ctx: Context {
             appliance,
             outbox: options.outbox,
@@ -85,16 +86,16 @@ pub(crate) fn spawn(
 /// How often an idle writer looks whether a checkpoint is due: twice per interval, within
 /// reason; never when checkpoints wait for a clean close.
 fn tick_every(interval: Duration) -> Option<Duration> {
-    (interval < Duration::from_secs(24 * 3600)).then(|| {
-        (interval / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
-    })
+    (interval < Duration::from_secs(24 * 3600))
+        .then(|| (interval / 2).clamp(Duration::from_millis(10), Duration::from_secs(1)))
 }
 
 struct Writer {
     slot: Arc<DbSlot>,
     /// The journal; only this thread appends to it.
     journal: Journal,
-    signer: Arc<SigningKey>,
+    /// Signs receipts and writes payloads while this thread builds the batch.
+    assistant: Assistant,
     ctx: Context,
     stats: Arc<CommitStats>,
     options: StoreOptions,
@@ -237,17 +238,16 @@ impl Writer {
         if self.unchecked > 0
             && (due || closing)
             && has_room_for_checkpoint(&self.slot.blob_dir)
+            && let Err(e) = self.checkpoint()
         {
-            if let Err(e) = self.checkpoint() {
-                tracing::error!(error = %e, "a checkpoint of the index failed; reopening the store");
-                if !matches!(e, StoreError::Full) {
-                    self.stats.failing.store(true, Ordering::Relaxed);
-                }
-                self.broken = Some(e);
-                self.last_attempt = None;
-                self.recover();
-                return;
+            tracing::error!(error = %e, "a checkpoint of the index failed; reopening the store");
+            if !matches!(e, StoreError::Full) {
+                self.stats.failing.store(true, Ordering::Relaxed);
             }
+            self.broken = Some(e);
+            self.last_attempt = None;
+            self.recover();
+            return;
         }
         self.journal.keep_room();
         if let Err(e) = self.journal.prepare_next() {
@@ -420,21 +420,10 @@ impl Writer {
         txn.set_durability(Durability::None)
             .map_err(|e| StoreError::Storage(e.to_string()))?;
         let mut frame = self.journal.begin().map_err(crate::classify_io)?;
-        let stamp = self.stamp();
-        let (answers, entry, dead_segments) = {
-            let mut tables = Tables::open(&txn, &mut frame)?;
-            let now = stamp.now();
-            let mut answers = Vec::with_capacity(requests.len());
-            for request in requests {
-                answers.push(answer(&self.ctx, &mut tables, request, space_ok, &now)?);
-            }
-            tables.flush_counters()?;
-            // The payloads are written meanwhile ([`super::signing`]).
-            tables.sign_while_writing(&self.signer)?;
-            sign_answers(&mut answers, &tables.unsigned);
-            let entry = Entry::of(stamp, &self.ctx, space_ok, requests, &tables.unsigned);
-            (answers, entry, std::mem::take(&mut tables.dead_segments))
-        };
+        let built = self.build(&txn, &mut frame, requests, space_ok);
+        // Whatever the assistant still has of a failed batch must not reach the next one.
+        let _ = self.assistant.finish();
+        let (answers, entry, dead_segments) = built?;
         let entry = entry.encode();
         let synced_from = Instant::now();
         // The one sync: from here on the batch is durable.
@@ -445,7 +434,6 @@ impl Writer {
                 error: crate::classify_io(failed.error),
                 reopen: !failed.cut,
             })?;
-        frame.release_payloads();
         record_journal_end(&mut txn.open_table(META)?, end)?;
         txn.commit()?;
         let committed = Instant::now();
@@ -458,6 +446,47 @@ impl Writer {
             committed - synced_from,
         );
         Ok(answers)
+    }
+
+    /// Builds the batch in `txn`: applies each request, has the assistant sign each new
+    /// receipt and write each new payload as soon as it exists, and returns the answers, the
+    /// journal entry and the segments the batch emptied.
+    fn build(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        frame: &mut Frame,
+        requests: &[Request],
+        space_ok: bool,
+    ) -> Result<(Vec<Answer>, Entry, Vec<u64>), Failure> {
+        let stamp = self.stamp();
+        let mut tables = Tables::open(txn, frame)?;
+        let now = stamp.now();
+        let mut answers = Vec::with_capacity(requests.len());
+        let mut handed = 0;
+        for request in requests {
+            answers.push(answer(&self.ctx, &mut tables, request, space_ok, &now)?);
+            for (index, record) in tables.unsigned.iter().enumerate().skip(handed) {
+                self.assistant.sign(index, record.receipt.clone());
+            }
+            handed = tables.unsigned.len();
+            if let Some((file, placed)) = tables.frame.take_placed() {
+                for (offset, bytes) in placed {
+                    self.assistant.write(file.clone(), offset, bytes);
+                }
+            }
+        }
+        tables.flush_counters()?;
+        let finished = self.assistant.finish();
+        // A payload that did not reach the journal's file: the frame was never completed,
+        // and the next one takes its place.
+        finished.written.map_err(|e| Failure {
+            error: crate::classify_io(e),
+            reopen: false,
+        })?;
+        tables.set_signatures(finished.signatures)?;
+        sign_answers(&mut answers, &tables.unsigned);
+        let entry = Entry::of(stamp, &self.ctx, space_ok, requests, &tables.unsigned);
+        Ok((answers, entry, std::mem::take(&mut tables.dead_segments)))
     }
 
     /// The time this batch is applied at: the hall clock's stamp on a box, the system's

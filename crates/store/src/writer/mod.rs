@@ -22,13 +22,15 @@
 //!   frame per batch, checkpoints, and recovery after a failed batch;
 //! - [`entry`]: what a batch's journal frame says, and the requests again from it;
 //! - [`recovery`]: re-applying the journal after the index's checkpoint at open;
-//! - [`signing`]: receipts signed while the batch's payloads are written;
+//! - [`assistant`]: the thread that signs receipts and writes payloads beside the writer;
+//! - [`signing`]: the signatures put into the records and answers;
 //! - [`tables`]: the tables one transaction works on, and the counters it writes back;
 //! - [`put`]: storing a new autosave (its payload, its receipt in the candidate's chain);
 //! - [`outbox`]: the replay order of what the cloud has not confirmed;
 //! - [`delivery`]: what replay learned about an autosave: delivered, conflict, parked, retried;
 //! - [`retention`]: purging delivered autosaves, their payloads and old audit entries.
 
+mod assistant;
 mod delivery;
 mod entry;
 mod group_commit;

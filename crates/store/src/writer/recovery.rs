@@ -124,7 +124,11 @@ pub(crate) fn recover(disk: &Disk, db: &Database, dir: &Path) -> Result<Recovere
         Journal::open(disk, dir, end, checkpoint.segment, &live).map_err(JournalError::Io)?;
     Ok(Recovered {
         journal,
-        unchecked: if checkpoint == end { 0 } else { entries as usize },
+        unchecked: if checkpoint == end {
+            0
+        } else {
+            entries as usize
+        },
     })
 }
 
@@ -174,7 +178,8 @@ mod tests {
             checkpoint_interval: Duration::MAX,
             ..StoreOptions::default()
         };
-        let store = Store::open(&dir.path().join("s.redb"), signer.clone(), options.clone()).unwrap();
+        let store =
+            Store::open(&dir.path().join("s.redb"), signer.clone(), options.clone()).unwrap();
         let mut answered: HashMap<(String, u64), (Receipt, String)> = HashMap::new();
         for seq in 1..=120u64 {
             for candidate in ["c1", "c2"] {
@@ -192,7 +197,10 @@ mod tests {
                     .await
                     .unwrap()
                     .expect("an acknowledged save is read at once");
-                assert_eq!((record.receipt, &bytes[..]), (receipt.clone(), body.as_bytes()));
+                assert_eq!(
+                    (record.receipt, &bytes[..]),
+                    (receipt.clone(), body.as_bytes())
+                );
                 answered.insert((candidate.into(), seq), (receipt, body));
             }
             if seq % 10 == 0 {
@@ -212,8 +220,12 @@ mod tests {
         store.close().await;
 
         for opening in ["after the crash", "again, once recovered"] {
-            let store = Store::open(&image.path().join("s.redb"), signer.clone(), options.clone())
-                .unwrap();
+            let store = Store::open(
+                &image.path().join("s.redb"),
+                signer.clone(),
+                options.clone(),
+            )
+            .unwrap();
             let integrity = store.verify().await.unwrap();
             assert!(integrity.is_whole(), "{opening}: {:?}", integrity.problems);
             for candidate in ["c1", "c2"] {

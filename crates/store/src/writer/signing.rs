@@ -1,39 +1,33 @@
-//! Receipts signed while the batch's payloads are written. An ECDSA signature costs about as
-//! much CPU as the rest of storing an autosave: the receipts of a batch are stored unsigned
-//! (their hash, which the chain uses, does not cover the signature), signed on two threads —
-//! the second writes the batch's payloads to the journal first — and written back signed
-//! before the batch's frame is completed and synced. A frame re-applied from the journal
-//! carries its signatures instead ([`Tables::apply_signatures`]).
-
-use std::sync::Mutex;
+//! Receipts signed beside the batch's building. An ECDSA signature costs about as much CPU
+//! as the rest of storing an autosave: the receipts of a batch are stored unsigned (their
+//! hash, which the chain uses, does not cover the signature), signed by the writer's
+//! assistant while the writer goes on ([`super::assistant`]), and written back signed before
+//! the batch's journal frame is completed. A frame re-applied from the journal carries its
+//! signatures instead ([`Tables::apply_signatures`]).
 
 use super::tables::Tables;
 use super::{Answer, PutOutcome};
 use crate::{Record, StoreError, encode_record};
-use hallrelay_protocol::signing::SigningKey;
-
-/// Receipts a signing thread takes at a time: small enough that two threads finish together,
-/// large enough that the lock is not what they wait on (a signature takes ~26 µs).
-const SIGNING_CHUNK: usize = 8;
 
 impl Tables<'_, '_> {
-    /// Writes the batch's new payloads on a second thread while this one signs the receipts
-    /// of the records stored in this transaction; the second thread joins in the signing once
-    /// the payloads are written. Then writes the signed records back.
-    pub(super) fn sign_while_writing(&mut self, signer: &SigningKey) -> Result<(), StoreError> {
-        let frame = &*self.frame;
-        let written = if self.unsigned.is_empty() {
-            frame.write_payloads()
-        } else {
-            sign_beside(&mut self.unsigned, signer, || frame.write_payloads()).unwrap_or_else(
-                |_| {
-                    Err(std::io::Error::other(
-                        "the journal's writing thread panicked",
-                    ))
-                },
-            )
-        };
-        written.map_err(crate::classify_io)?;
+    /// Gives the batch's new receipts the signatures the assistant made, (index, signature)
+    /// in any order, and writes the signed records back.
+    pub(super) fn set_signatures(
+        &mut self,
+        signatures: Vec<(usize, String)>,
+    ) -> Result<(), StoreError> {
+        let mut signed = 0;
+        for (index, signature) in signatures {
+            if let Some(record) = self.unsigned.get_mut(index) {
+                record.receipt.signature = signature;
+                signed += 1;
+            }
+        }
+        if signed != self.unsigned.len() || self.unsigned.iter().any(|r| !r.receipt.is_signed()) {
+            return Err(StoreError::Storage(
+                "a receipt of the batch came back unsigned".into(),
+            ));
+        }
         self.store_signed()
     }
 
@@ -102,38 +96,6 @@ pub(super) fn sign_answers(answers: &mut [Answer], signed: &[Record]) {
     }
 }
 
-/// Signs every record's receipt: on this thread from the start, and on a second one, which
-/// first runs `first`, as soon as that has returned. Both take [`SIGNING_CHUNK`] receipts at
-/// a time, so they finish together. Returns what `first` returned, or the second thread's
-/// panic.
-fn sign_beside<R: Send>(
-    records: &mut [Record],
-    signer: &SigningKey,
-    first: impl FnOnce() -> R + Send,
-) -> std::thread::Result<R> {
-    let work = Mutex::new(records.chunks_mut(SIGNING_CHUNK));
-    let sign_all = || {
-        loop {
-            // A panic while holding the lock leaves the chunks as they were: going on with
-            // them is safe, and the panic reaches the caller through `join`.
-            let next = work.lock().unwrap_or_else(|p| p.into_inner()).next();
-            let Some(chunk) = next else { break };
-            for record in chunk {
-                record.receipt.sign_with(signer);
-            }
-        }
-    };
-    std::thread::scope(|scope| {
-        let helper = scope.spawn(|| {
-            let out = first();
-            sign_all();
-            out
-        });
-        sign_all();
-        helper.join()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use crate::writer::test_put as request;
@@ -143,16 +105,17 @@ mod tests {
 
     use super::*;
     use crate::{Store, StoreOptions};
-    use hallrelay_protocol::receipt::{GENESIS, Receipt, ReceiptFields};
+    use hallrelay_protocol::receipt::Receipt;
+    use hallrelay_protocol::signing::SigningKey;
 
-    /// Receipts are signed while the batch's payloads sync: every answer of a batch, a repeat
-    /// of a name within the same batch included, carries a valid signature, and so does what
-    /// was stored; the chain holds.
+    /// Receipts are signed by the writer's assistant: every answer of a batch, a repeat of a
+    /// name within the same batch included, carries a valid signature, and so does what was
+    /// stored; the chain holds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     // Holding the database's write lock across awaits is the point: it stalls the writer.
     #[allow(clippy::await_holding_lock, clippy::readonly_write_lock)]
     async fn every_receipt_of_a_batch_is_signed_and_stored_signed() {
-        const LAST: u64 = 16 * SIGNING_CHUNK as u64 + 3;
+        const LAST: u64 = 131;
         let dir = tempfile::tempdir().unwrap();
         let signer = Arc::new(SigningKey::generate());
         let options = StoreOptions {
@@ -171,7 +134,7 @@ mod tests {
             let first = put(1);
             tokio::time::sleep(Duration::from_millis(100)).await;
             let mut queued = Vec::new();
-            // A batch of many signing chunks: every receipt in it must come back signed.
+            // A batch of many receipts: every one must come back signed.
             for seq in [2, 2].into_iter().chain(3..=LAST) {
                 queued.push(put(seq));
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -213,39 +176,5 @@ mod tests {
             store.stats.commits.load(Ordering::Relaxed) <= 3,
             "seqs 2 to {LAST} shared a commit"
         );
-    }
-
-    #[test]
-    fn sign_beside_signs_every_receipt_on_both_threads() {
-        let signer = SigningKey::generate();
-        let hash = blake3::hash(b"x");
-        // Enough work that the second thread is sure to take some of it.
-        let mut records: Vec<Record> = (0..1000)
-            .map(|seq| Record {
-                receipt: Receipt::unsigned(ReceiptFields {
-                    appliance: "box".into(),
-                    exam: "e".into(),
-                    candidate: "c".into(),
-                    seq,
-                    blake3: hash,
-                    size: 1,
-                    is_final: false,
-                    received_at: "t".into(),
-                    prev: GENESIS.into(),
-                    hall: None,
-                }),
-                arrival: seq,
-                delivered_at: None,
-                hall_receipts: Vec::new(),
-                candidate_token: None,
-                cloud_conflict_at: None,
-                parked: None,
-            })
-            .collect();
-        let answer = sign_beside(&mut records, &signer, || 42).unwrap();
-        assert_eq!(answer, 42, "what `first` returned comes back");
-        for record in &records {
-            record.receipt.verify(&signer.verifying_key()).unwrap();
-        }
     }
 }
