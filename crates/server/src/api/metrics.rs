@@ -200,13 +200,13 @@ impl Metrics {
         let commit_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 18));
         registry.register(
             "commit_duration_seconds",
-            "Per commit: the payload log's fdatasync and redb's commit",
+            "Per commit: the journal frame's write and fdatasync, and redb's commit (no sync)",
             commit_seconds.clone(),
         );
         let build_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 18));
         registry.register(
             "commit_build_seconds",
-            "Per commit: building the transaction (inserts, receipt signatures, appends)",
+            "Per commit: building the transaction (inserts, receipt signatures, payload writes)",
             build_seconds.clone(),
         );
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));

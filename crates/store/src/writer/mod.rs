@@ -20,6 +20,7 @@
 //! that queues them. The rest follows an autosave's path:
 //! - [`group_commit`]: the writer's loop: queue, batching, one transaction and one journal
 //!   frame per batch, checkpoints, and recovery after a failed batch;
+//! - [`apply`]: what one request does to the batch's tables, live or re-applied;
 //! - [`entry`]: what a batch's journal frame says, and the requests again from it;
 //! - [`recovery`]: re-applying the journal after the index's checkpoint at open;
 //! - [`assistant`]: the thread that signs receipts and writes payloads beside the writer;
@@ -30,6 +31,7 @@
 //! - [`delivery`]: what replay learned about an autosave: delivered, conflict, parked, retried;
 //! - [`retention`]: purging delivered autosaves, their payloads and old audit entries.
 
+mod apply;
 mod assistant;
 mod delivery;
 mod entry;

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use redb::{Database, Durability};
 
+use super::apply::answer;
 use super::entry::Entry;
-use super::group_commit::answer;
 use super::tables::Tables;
 use crate::StoreError;
 use crate::disk::Disk;
