@@ -297,6 +297,7 @@ pub fn tail_child() {
         let options = StoreOptions {
             checkpoint_entries: usize::MAX,
             checkpoint_interval: Duration::MAX,
+            checkpoint_batches: usize::MAX,
             ..StoreOptions::default()
         };
         let store = open_store(&dir, options);

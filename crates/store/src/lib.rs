@@ -476,6 +476,11 @@ pub struct StoreOptions {
     pub checkpoint_entries: usize,
     /// See [`checkpoint_entries`](Self::checkpoint_entries).
     pub checkpoint_interval: Duration,
+    /// A checkpoint also comes after this many batches: until one does, every batch's
+    /// copy-on-write pages stay in redb's memory (a non-durable commit cannot reuse pages),
+    /// which in a steady hall of one-save batches is what the box's memory grows by.
+    /// `usize::MAX` with the two above: only at a clean close.
+    pub checkpoint_batches: usize,
 }
 
 /// Where a box's receipts get their time, and what the box knows of that time
@@ -507,6 +512,9 @@ pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(120);
 pub const DEFAULT_CHECKPOINT_ENTRIES: usize = 8192;
 /// How long an applied journal entry waits for the index's checkpoint, at most.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+/// Batches between two checkpoints, at most: each holds ~150 KiB of redb's pages in memory
+/// until a checkpoint, so 32 keep it to a few MiB.
+pub const DEFAULT_CHECKPOINT_BATCHES: usize = 32;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -520,6 +528,7 @@ impl Default for StoreOptions {
             hall: None,
             checkpoint_entries: DEFAULT_CHECKPOINT_ENTRIES,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            checkpoint_batches: DEFAULT_CHECKPOINT_BATCHES,
         }
     }
 }

@@ -55,6 +55,7 @@ pub(crate) fn spawn(
         failed_reopens: 0,
         last_attempt: None,
         unchecked: recovered.unchecked,
+        unchecked_batches: 0,
         unchecked_since: (recovered.unchecked > 0).then(Instant::now),
         dead_segments: Vec::new(),
     };
@@ -108,6 +109,7 @@ struct Writer {
     /// Journal entries (requests) applied to the index since its last checkpoint, and when
     /// the first of them was.
     unchecked: usize,
+    unchecked_batches: usize,
     unchecked_since: Option<Instant>,
     /// Segments emptied by purges: deleted once a checkpoint covers the purge.
     dead_segments: Vec<u64>,
@@ -233,6 +235,7 @@ impl Writer {
             return;
         }
         let due = self.unchecked >= self.options.checkpoint_entries
+            || self.unchecked_batches >= self.options.checkpoint_batches
             || self
                 .unchecked_since
                 .is_some_and(|since| since.elapsed() >= self.options.checkpoint_interval);
@@ -276,6 +279,7 @@ impl Writer {
             Ordering::Relaxed,
         );
         self.unchecked = 0;
+        self.unchecked_batches = 0;
         self.unchecked_since = None;
         for segment in std::mem::take(&mut self.dead_segments) {
             if let Err(e) = self.journal.remove_segment(segment) {
@@ -440,6 +444,7 @@ impl Writer {
         let committed = Instant::now();
         self.dead_segments.extend(dead_segments);
         self.unchecked += requests.len();
+        self.unchecked_batches += 1;
         self.unchecked_since.get_or_insert(committed);
         self.record_timings(
             requests.len(),
@@ -572,6 +577,7 @@ impl Writer {
         })?;
         self.journal = recovered.journal;
         self.unchecked = recovered.unchecked;
+        self.unchecked_batches = 0;
         self.unchecked_since = (recovered.unchecked > 0).then(Instant::now);
         self.dead_segments.clear();
         tracing::warn!(path = %self.slot.path.display(), "store reopened after an I/O error");
