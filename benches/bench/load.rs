@@ -106,6 +106,48 @@ fn peak_rss(the_box: &BoxProcess) -> Option<u64> {
 }
 
 /// What the box says about its commits: requests per commit and the time of each half.
+/// Row 3's "what", for the normal and the Pi-class rows alike.
+fn steady_what(scale: &Scale) -> String {
+    format!(
+        "steady hall: {HALL} candidates, 1 save / {} s, {} KiB, {} s",
+        INTERVAL.as_secs(),
+        BODY / 1024,
+        scale.steady_secs
+    )
+}
+
+fn steady_measured(report: &LoadReport) -> String {
+    format!(
+        "{} saves, p50 {} ms, p90 {} ms, p99 **{}** ms, max {} ms, {} errors",
+        report.ok,
+        ms(report.percentile_ms(0.50)),
+        ms(report.percentile_ms(0.90)),
+        ms(report.percentile_ms(0.99)),
+        ms(report.max_ms()),
+        report.error_count()
+    )
+}
+
+/// Row 4's "what", for the normal and the Pi-class rows alike.
+fn burst_what() -> String {
+    format!(
+        "burst: {HALL} candidates × {BURST} saves at once, {} KiB",
+        BODY / 1024
+    )
+}
+
+fn burst_measured(report: &LoadReport) -> String {
+    format!(
+        "{} saves in {:.2} s, p50 {} ms, p99 **{}** ms, max {} ms, {} errors",
+        report.ok,
+        report.elapsed.as_secs_f64(),
+        ms(report.percentile_ms(0.50)),
+        ms(report.percentile_ms(0.99)),
+        ms(report.max_ms()),
+        report.error_count()
+    )
+}
+
 async fn commit_note(the_box: &BoxProcess) -> String {
     let status = the_box.status().await;
     let n = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
@@ -177,25 +219,8 @@ pub async fn hall(scratch: &Path, scale: Scale) -> (Vec<Row>, Vec<String>) {
     let p99 = report.percentile_ms(0.99);
     eprintln!("bench: steady hall p99 {p99:.2} ms");
     rows.push(
-        Row::new(
-            3,
-            format!(
-                "steady hall: {HALL} candidates, 1 save / {} s, {} KiB, {} s",
-                INTERVAL.as_secs(),
-                BODY / 1024,
-                scale.steady_secs
-            ),
-            format!(
-                "{} saves, p50 {} ms, p90 {} ms, p99 **{}** ms, max {} ms, {} errors",
-                report.ok,
-                ms(report.percentile_ms(0.50)),
-                ms(report.percentile_ms(0.90)),
-                ms(p99),
-                ms(report.max_ms()),
-                report.error_count()
-            ),
-        )
-        .target("p99 ≤ 20 ms", p99 <= 20.0 && report.error_count() == 0),
+        Row::new(3, steady_what(&scale), steady_measured(&report))
+            .target("p99 ≤ 20 ms", p99 <= 20.0 && report.error_count() == 0),
     );
     let rss = peak_rss(&the_box);
     let mib = rss.map_or(f64::NAN, |b| b as f64 / 1048576.0);
@@ -221,22 +246,8 @@ pub async fn hall(scratch: &Path, scale: Scale) -> (Vec<Row>, Vec<String>) {
     let errors = report.error_count();
     eprintln!("bench: burst p99 {p99:.2} ms, {errors} errors");
     rows.push(
-        Row::new(
-            4,
-            format!(
-                "burst: {HALL} candidates × {BURST} saves at once, {} KiB",
-                BODY / 1024
-            ),
-            format!(
-                "{} saves in {:.2} s, p50 {} ms, p99 **{}** ms, max {} ms, {errors} errors",
-                report.ok,
-                report.elapsed.as_secs_f64(),
-                ms(report.percentile_ms(0.50)),
-                ms(p99),
-                ms(report.max_ms()),
-            ),
-        )
-        .target("p99 ≤ 500 ms, 0 errors", p99 <= 500.0 && errors == 0),
+        Row::new(4, burst_what(), burst_measured(&report))
+            .target("p99 ≤ 500 ms, 0 errors", p99 <= 500.0 && errors == 0),
     );
     notes.push(format!(
         "burst: {}; peak RSS of that box {:.1} MiB",
@@ -339,21 +350,8 @@ pub async fn pi(
         eprintln!("bench: pi: steady hall p99 {p99:.2} ms");
         rows.push(Row::new(
             3,
-            format!(
-                "Pi-class profile ({profile}): steady hall: {HALL} candidates, 1 save / {} s, {} KiB, {} s",
-                INTERVAL.as_secs(),
-                BODY / 1024,
-                scale.steady_secs
-            ),
-            format!(
-                "{} saves, p50 {} ms, p90 {} ms, p99 **{}** ms, max {} ms, {} errors",
-                report.ok,
-                ms(report.percentile_ms(0.50)),
-                ms(report.percentile_ms(0.90)),
-                ms(p99),
-                ms(report.max_ms()),
-                report.error_count()
-            ),
+            format!("Pi-class profile ({profile}): {}", steady_what(&scale)),
+            steady_measured(&report),
         ));
         notes.push(format!(
             "Pi-class profile, steady hall: {}{}",
@@ -376,18 +374,8 @@ pub async fn pi(
         eprintln!("bench: pi: burst p99 {p99:.2} ms, {errors} errors");
         rows.push(Row::new(
             4,
-            format!(
-                "Pi-class profile ({profile}): burst: {HALL} candidates × {BURST} saves at once, {} KiB",
-                BODY / 1024
-            ),
-            format!(
-                "{} saves in {:.2} s, p50 {} ms, p99 **{}** ms, max {} ms, {errors} errors",
-                report.ok,
-                report.elapsed.as_secs_f64(),
-                ms(report.percentile_ms(0.50)),
-                ms(p99),
-                ms(report.max_ms()),
-            ),
+            format!("Pi-class profile ({profile}): {}", burst_what()),
+            burst_measured(&report),
         ));
         notes.push(format!(
             "Pi-class profile, burst: {}{}",
