@@ -154,7 +154,7 @@ mod tests {
 
     /// The store's files as the disk holds them right now: redb without its unsynced
     /// commits (they live in redb's memory until a checkpoint), the journal as written.
-    fn crash_image(from: &std::path::Path, to: &std::path::Path) {
+    pub(super) fn crash_image(from: &std::path::Path, to: &std::path::Path) {
         std::fs::copy(from.join("s.redb"), to.join("s.redb")).unwrap();
         std::fs::create_dir_all(to.join("s.blobs")).unwrap();
         for entry in std::fs::read_dir(from.join("s.blobs")).unwrap() {
@@ -253,5 +253,115 @@ mod tests {
             assert_eq!(status.stored, 240 - 5, "{opening}");
             store.close().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod damage {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::{OpenError, RecoveryError, Store, StoreOptions, put_for_test};
+    use hallrelay_protocol::signing::SigningKey;
+
+    /// A store whose journal holds three frames after the index's checkpoint, as a crash
+    /// leaves it; returns its folder and where each frame starts in segment 0.
+    async fn three_unapplied_frames(signer: &Arc<SigningKey>) -> (tempfile::TempDir, Vec<u64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            min_free_bytes: 0,
+            checkpoint_entries: usize::MAX,
+            checkpoint_batches: usize::MAX,
+            checkpoint_interval: Duration::MAX,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&dir.path().join("s.redb"), signer.clone(), options).unwrap();
+        let segment = dir.path().join("s.blobs").join("000000000000.seg");
+        let mut starts = Vec::new();
+        for seq in 1..=3 {
+            starts.push(std::fs::metadata(&segment).unwrap().len());
+            store
+                .put(put_for_test("c", seq, &format!("save {seq}"), false))
+                .await
+                .unwrap();
+        }
+        let image = tempfile::tempdir().unwrap();
+        super::tests::crash_image(dir.path(), image.path());
+        store.close().await;
+        (image, starts)
+    }
+
+    fn flip(dir: &std::path::Path, at: u64) {
+        use std::os::unix::fs::FileExt;
+        let path = dir.join("s.blobs").join("000000000000.seg");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut byte = [0];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x01], at).unwrap();
+    }
+
+    /// Damage to a frame that acknowledged frames follow: the store refuses to open, says
+    /// where and what to do, and changes nothing; damage to the last frame is a torn tail:
+    /// cut, and everything before it is there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn damage_before_acknowledged_frames_is_refused_and_a_torn_tail_is_cut() {
+        let signer = Arc::new(SigningKey::generate());
+        let (image, starts) = three_unapplied_frames(&signer).await;
+        flip(image.path(), starts[1] + 60);
+        let segment = image.path().join("s.blobs").join("000000000000.seg");
+        let before = std::fs::read(&segment).unwrap();
+        let options = StoreOptions {
+            min_free_bytes: 0,
+            ..StoreOptions::default()
+        };
+        match Store::open(
+            &image.path().join("s.redb"),
+            signer.clone(),
+            options.clone(),
+        ) {
+            Err(e @ OpenError::Journal { .. }) => {
+                assert!(!e.is_disk_failure(), "{e}");
+                let OpenError::Journal { source, .. } = &e else {
+                    unreachable!()
+                };
+                assert!(matches!(**source, RecoveryError::Journal(_)), "{e}");
+                let text = e.to_string();
+                assert!(text.contains("damaged at segment 0 byte"), "{text}");
+                assert!(text.contains("will not guess"), "{text}");
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("a damaged journal was opened"),
+        }
+        assert_eq!(
+            std::fs::read(&segment).unwrap(),
+            before,
+            "nothing was changed"
+        );
+
+        let (image, starts) = three_unapplied_frames(&signer).await;
+        flip(image.path(), starts[2] + 60);
+        let store = Store::open(&image.path().join("s.redb"), signer, options).unwrap();
+        for seq in 1..=2 {
+            assert!(
+                store
+                    .get(put_for_test("c", seq, "", false).name)
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        assert!(
+            store
+                .get(put_for_test("c", 3, "", false).name)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.verify().await.unwrap().is_whole());
+        store.close().await;
     }
 }
