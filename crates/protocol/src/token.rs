@@ -23,6 +23,10 @@ use crate::ids::is_valid_id;
 use crate::keys::TokenKey;
 use crate::timefmt::unix_secs;
 
+mod verified;
+
+pub use verified::Verified;
+
 const VERSION_PREFIX: &str = "hr2";
 /// Tokens longer than this are refused before any work is done on them.
 const MAX_TOKEN_LEN: usize = 2048;
@@ -323,14 +327,25 @@ fn parse(token: &str) -> Result<(&str, [u8; 64], Payload), TokenError> {
 }
 
 /// Verifies `token` against the keys in `keys` at time `now`, returning what it claims.
+/// A server that sees the same tokens again and again uses [`Verified::verify`].
 pub fn verify(keys: &KeySet, token: &str, now: SystemTime) -> Result<Claims, TokenError> {
+    verify_by(keys, token, now, PublicKey::verifies)
+}
+
+/// [`verify`], with `signed_by(key, text, signature)` saying whether the signature is the key's.
+fn verify_by(
+    keys: &KeySet,
+    token: &str,
+    now: SystemTime,
+    signed_by: impl FnOnce(&PublicKey, &[u8], &[u8]) -> bool,
+) -> Result<Claims, TokenError> {
     let (signed, signature, payload) = parse(token)?;
     let key = keys
         .get(&payload.kid)
         .ok_or_else(|| TokenError::UnknownKey {
             kid: payload.kid.clone(),
         })?;
-    if !key.verifies(signed.as_bytes(), &signature) {
+    if !signed_by(key, signed.as_bytes(), &signature) {
         return Err(TokenError::BadSignature);
     }
     let kind = match (

@@ -135,6 +135,8 @@ pub struct Auth {
     /// A box's hall clock: tokens are checked against hall time, with its uncertainty and a
     /// leeway, and a refusal that may be the clock's fault says so.
     clock: Option<Arc<HallClock>>,
+    /// Token signatures checked recently: a candidate sends the same token with every save.
+    verified: token::Verified,
 }
 
 impl Auth {
@@ -149,6 +151,7 @@ impl Auth {
             appliance_credentials: Vec::new(),
             boxes: None,
             clock: None,
+            verified: token::Verified::new(),
         }
     }
 
@@ -163,6 +166,7 @@ impl Auth {
             appliance_credentials,
             boxes: None,
             clock: None,
+            verified: token::Verified::new(),
         }
     }
 
@@ -327,7 +331,10 @@ impl Auth {
         if let Some(local) = &self.local
             && token::key_id(token).is_some_and(|kid| local.keys.get(&kid).is_some())
         {
-            let claims = token::verify(&local.keys, token, now).map_err(refused)?;
+            let claims = self
+                .verified
+                .verify(&local.keys, token, now)
+                .map_err(refused)?;
             if claims.box_pin.as_deref() != Some(local.pin.as_str()) {
                 return Err(ApiError::Unauthorized(
                     "a token signed with this box's local key must name this box's pin".into(),
@@ -336,7 +343,10 @@ impl Auth {
             return Ok((claims, false));
         }
         let trust = self.trust();
-        let claims = token::verify(&trust.platform, token, now).map_err(refused)?;
+        let claims = self
+            .verified
+            .verify(&trust.platform, token, now)
+            .map_err(refused)?;
         if let Some(venue) = &trust.venue
             && claims.venue != *venue
         {
