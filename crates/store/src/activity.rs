@@ -416,7 +416,18 @@ pub fn update(
 /// counters (an older build wrote to the store since). Each payload's first bytes are read
 /// from the payload log in `blob_dir` to judge whether it is sealed. Returns whether it was
 /// built.
-pub fn ensure(db: &redb::Database, blob_dir: &Path, gap: Duration) -> Result<bool, redb::Error> {
+///
+/// A store without an outbox (the reference cloud) holds every autosave as delivered on
+/// arrival. Builds before 2026-12-06 did not count those in the delivered counter, so their
+/// cloud stores never added up and were rebuilt at every start — a scan of every record that
+/// grew with the store. For such a store (`outbox` false) the rebuild sets the counter to what
+/// the records say, so it adds up from then on.
+pub fn ensure(
+    db: &redb::Database,
+    blob_dir: &Path,
+    gap: Duration,
+    outbox: bool,
+) -> Result<bool, redb::Error> {
     if is_current(db)? {
         return Ok(false);
     }
@@ -460,6 +471,22 @@ pub fn ensure(db: &redb::Database, blob_dir: &Path, gap: Duration) -> Result<boo
             }
         }
         candidates += finish(&mut table, current.take(), gap, &history)?;
+        if !outbox {
+            let mut delivered = 0;
+            for row in table.iter()? {
+                delivered += Activity::decode(row?.1.value()).delivered;
+            }
+            let mut stats = write.open_table(STATS)?;
+            let counted = stat(&stats, STAT_DELIVERED)?;
+            if counted != delivered {
+                tracing::warn!(
+                    counted,
+                    delivered,
+                    "the delivered counter of this store without an outbox (an older build's) did not match its records: set from the records"
+                );
+                stats.insert(STAT_DELIVERED, delivered)?;
+            }
+        }
         (candidates, records)
     };
     write.commit()?;
@@ -550,7 +577,7 @@ fn rebuild_row(mut saves: Vec<(u64, u64, Record, Option<bool>)>, gap: Duration) 
 
 /// Whether the table exists, its rows have every field this build keeps, and its sums match
 /// the counters kept with the data.
-fn is_current(db: &redb::Database) -> Result<bool, redb::Error> {
+pub(crate) fn is_current(db: &redb::Database) -> Result<bool, redb::Error> {
     let read = db.begin_read()?;
     if !read.list_tables()?.any(|t| t.name() == ACTIVITY.name()) {
         return Ok(false);
@@ -743,6 +770,60 @@ mod tests {
         let integrity = store.verify().await.unwrap();
         assert!(integrity.is_whole(), "{:#?}", integrity.problems);
         rows
+    }
+
+    /// A store without an outbox (the cloud) counts each save delivered on arrival, so its
+    /// table adds up and a start does not rebuild it; one written by an older build, whose
+    /// delivered counter lagged, is rebuilt once and adds up from then on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cloud_store_adds_up_and_an_older_one_is_mended_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        let options = crate::StoreOptions {
+            min_free_bytes: 0,
+            outbox: false,
+            ..crate::StoreOptions::default()
+        };
+        let signer = std::sync::Arc::new(hallrelay_protocol::signing::SigningKey::generate());
+        let start = || crate::Store::open(&path, signer.clone(), options.clone()).unwrap();
+        let store = start();
+        for seq in 1..=4 {
+            store.put(request("a", seq, false)).await.unwrap();
+        }
+        store.put(request("b", 1, true)).await.unwrap();
+        assert_eq!(store.status().await.unwrap().delivered, 5);
+        store.close().await;
+        drop(store);
+        let current = || {
+            let db = redb::Database::open(&path).unwrap();
+            is_current(&db).unwrap()
+        };
+        assert!(current(), "a cloud store must add up without a rebuild");
+
+        // What an older build left: the same records, no deliveries counted.
+        {
+            let db = redb::Database::open(&path).unwrap();
+            let write = db.begin_write().unwrap();
+            write
+                .open_table(STATS)
+                .unwrap()
+                .insert(STAT_DELIVERED, 0)
+                .unwrap();
+            write.commit().unwrap();
+        }
+        assert!(!current());
+        let store = start();
+        assert_eq!(store.status().await.unwrap().delivered, 5);
+        assert_eq!(
+            rows(&store).await.iter().map(|r| r.delivered).sum::<u64>(),
+            5
+        );
+        store.close().await;
+        drop(store);
+        assert!(
+            current(),
+            "mended once, the store adds up at the next start"
+        );
     }
 
     /// A store written before the activity table existed (the same file without that table)

@@ -621,8 +621,13 @@ impl StoreFile {
     /// Starts the writer thread, which signs receipts with `signer`.
     pub fn start(self, signer: Arc<SigningKey>, options: StoreOptions) -> Result<Store, OpenError> {
         let blob_dir = blob_dir(&self.path);
-        activity::ensure(&self.db, &blob_dir, options.activity_run_gap)
-            .map_err(|e| unreadable(&self.path, e))?;
+        activity::ensure(
+            &self.db,
+            &blob_dir,
+            options.activity_run_gap,
+            options.outbox,
+        )
+        .map_err(|e| unreadable(&self.path, e))?;
         let slot = Arc::new(DbSlot {
             db: RwLock::new(Some(Arc::new(self.db))),
             path: self.path,

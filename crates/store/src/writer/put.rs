@@ -112,6 +112,10 @@ impl Context {
             t.enqueue(&request.name, request.is_final, arrival)?;
             t.counters.pending += 1;
             t.counters.pending_bytes += size;
+        } else {
+            // The end of the line (the cloud): delivered on arrival, as its record and its
+            // candidate's activity say.
+            t.counters.delivered += 1;
         }
         t.save_record(&request.name, &record)?;
         t.unsigned.push(record);
