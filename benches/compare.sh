@@ -7,9 +7,11 @@
 #
 #   ingest  a burst of 256 candidates x HALLRELAY_COMPARE_BURST (default 16) saves of 16 KiB
 #           against a fresh box of each build, ROUNDS times (default 3), alternating: saves/s,
-#           p99 (NEW's `loadtest` drives both, so the load is the same) and the store writer's
+#           p99 (NEW's `loadtest` drives both, so the load is the same), the store writer's
 #           busy time per save, from the box's own commit counters (the writer is serial, so
-#           this is what caps ingest when the machine has CPU to spare);
+#           this is what caps ingest when the machine has CPU to spare), and the box's CPU per
+#           save over all its threads, user + system, from /proc (what caps ingest when the
+#           cores are full, as they are when the load generator shares them);
 #   drain   an outbox of 500 x HALLRELAY_COMPARE_DRAIN_EACH (default 40, so 20,000) pending
 #           1 KiB autosaves, stored by each build itself (the same load, from NEW's
 #           `loadtest`), then drained by that build into a fresh reference cloud over loopback:
@@ -68,6 +70,10 @@ stop() {
 
 serve_args=(serve --listen 127.0.0.1:0 --no-mdns --client-rate-limit 0 --max-connections-per-client 100000)
 
+# cpu_ticks PID: the process's user + system CPU so far, all threads, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+tick=$(getconf CLK_TCK)
+
 # json EXPR: EXPR of the JSON document d on stdin, or "?" when the document lacks a field.
 json() { python3 -c "import json,sys
 d=json.load(sys.stdin)
@@ -76,7 +82,7 @@ except (KeyError, TypeError, ZeroDivisionError): print('?')"; }
 
 burst=${HALLRELAY_COMPARE_BURST:-16}
 echo "compare: ingest, $rounds rounds of a 256 x $burst burst of 16 KiB per build" >&2
-declare -A rates busy
+declare -A rates busy cpu
 for round in $(seq "$rounds"); do
     for which in old new; do
         bin=${!which}
@@ -84,17 +90,22 @@ for round in $(seq "$rounds"); do
         mkdir -p "$dir"
         printf 'min_free_bytes = 0\n' >"$dir/box.toml"
         start "$bin" "$dir/box.log" "${serve_args[@]}" --config "$dir/box.toml" --data-dir "$dir/data"
+        before=$(cpu_ticks "$pid")
         out=$("$new" loadtest --box "https://$addr" --pin "$pin" --venue-key-file "$dir/data/venue.key" \
             --candidates 256 --burst "$burst" --size 16384 --duration 120s --json 2>/dev/null || true)
         rate=$(json 'round(d["result"]["saves_per_sec"])' <<<"$out")
         p99=$(json 'round(d["result"]["latency_ms"]["p99"], 1)' <<<"$out")
         errors=$(json 'd["result"]["error_count"]' <<<"$out")
+        saves=$(json 'd["result"]["ok"]' <<<"$out")
+        box_us=$(awk -v t0="$before" -v t1="$(cpu_ticks "$pid")" -v hz="$tick" -v n="$saves" \
+            'BEGIN { if (n > 0) printf "%.1f", (t1 - t0) * 1e6 / hz / n; else print "?" }')
         admin=$("$new" token --data-dir "$dir/data" --admin 2>/dev/null)
         status=$(curl -sk --pinnedpubkey "$pin" -H "Authorization: Bearer $admin" "https://$addr/v1/status")
         us=$(json 'round((d["commits"]["apply_micros"] + d["commits"]["commit_micros"]) / d["commits"]["requests"], 1)' <<<"$status")
-        echo "compare: round $round $which: $rate saves/s, p99 $p99 ms, $errors errors, writer busy $us µs/save" >&2
+        echo "compare: round $round $which: $rate saves/s, p99 $p99 ms, $errors errors, writer busy $us µs/save, box CPU $box_us µs/save" >&2
         rates[$which]+="$rate "
         busy[$which]+="$us "
+        cpu[$which]+="$box_us "
         stop "$pid"
         rm -rf "$dir"
     done
@@ -163,6 +174,13 @@ if [[ $bo =~ $num && $bn =~ $num ]]; then
     awk -v a="$bo" -v b="$bn" 'BEGIN { printf "| ingest, median writer busy µs per save | %.1f | %.1f | %.2f |\n", a, b, b / a }'
 else
     echo "| ingest, median writer busy µs per save | $bo | $bn | ? |"
+fi
+co_=$(median "${cpu[old]}")
+cn_=$(median "${cpu[new]}")
+if [[ $co_ =~ $num && $cn_ =~ $num ]]; then
+    awk -v a="$co_" -v b="$cn_" 'BEGIN { printf "| ingest, median box CPU µs per save (all threads) | %.1f | %.1f | %.2f |\n", a, b, b / a }'
+else
+    echo "| ingest, median box CPU µs per save (all threads) | $co_ | $cn_ | ? |"
 fi
 awk -v a="$so" -v b="$sn" -v n="$drain_total" 'BEGIN { printf "| drain of %d, seconds | %.2f | %.2f | %.2f |\n", n, a, b, b / a }'
 awk -v a="$co" -v b="$cn" -v da="$do_" -v db="$dn" \
