@@ -8,13 +8,17 @@
 //!   other key it is `UnknownKey` (or `Malformed` when over the limit), and against another key
 //!   published under the signer's id, `BadSignature`;
 //! - tampering: any edit of a minted token that changes it makes it fail to verify;
-//! - arbitrary text never panics, and what verifies verifies the same way again.
+//! - arbitrary text never panics, and what verifies verifies the same way again;
+//! - remembering (`Verified`, which servers use): it answers exactly as `verify` does, on first
+//!   sight and again, and a tampered token fails even while the genuine one is remembered.
 #![no_main]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hallrelay_protocol::keys::TokenKey;
-use hallrelay_protocol::token::{Claims, KeySet, Kind, PublicKey, TokenError, mint, verify};
+use hallrelay_protocol::token::{
+    Claims, KeySet, Kind, PublicKey, TokenError, Verified, mint, verify,
+};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
@@ -178,6 +182,10 @@ fuzz_target!(|input: Input| match input {
             Ok(claims.clone())
         };
         assert_eq!(verify(&trusting(&key), &token, now), expected, "{token:?}");
+        let verified = Verified::new();
+        for _ in 0..2 {
+            assert_eq!(verified.verify(&trusting(&key), &token, now), expected, "{token:?}");
+        }
         if other_key != *key.as_bytes() {
             let other = TokenKey::from_bytes(other_key);
             let kid = PublicKey::of(&key).kid;
@@ -192,6 +200,12 @@ fuzz_target!(|input: Input| match input {
                 key: other.public_bytes(),
             }]);
             assert_eq!(verify(&under_its_id, &token, now), Err(impostor), "{token:?}");
+            // Remembered for the signer's key, never for another one published under its id.
+            assert_eq!(
+                verified.verify(&under_its_id, &token, now),
+                verify(&under_its_id, &token, now),
+                "{token:?}"
+            );
         }
     }
     Input::Tamper { key, claims, edits } => {
@@ -206,11 +220,23 @@ fuzz_target!(|input: Input| match input {
                 result.is_err(),
                 "{tampered:?} (from {token:?}) verified: {result:?}"
             );
+            // The same with the genuine token remembered.
+            let verified = Verified::new();
+            let _ = verified.verify(&trusting(&key), &token, UNIX_EPOCH);
+            let result = verified.verify(&trusting(&key), &tampered, UNIX_EPOCH);
+            assert!(
+                result.is_err(),
+                "{tampered:?} (from {token:?}) verified once the genuine one was remembered: {result:?}"
+            );
         }
     }
     Input::Raw { token, now_secs } => {
         let keys = trusting(&documented_key());
-        if let Ok(claims) = verify(&keys, &token, at(now_secs)) {
+        let verified = Verified::new();
+        let first = verify(&keys, &token, at(now_secs));
+        assert_eq!(verified.verify(&keys, &token, at(now_secs)), first);
+        assert_eq!(verified.verify(&keys, &token, at(now_secs)), first);
+        if let Ok(claims) = first {
             assert_eq!(verify(&keys, &token, at(now_secs)), Ok(claims));
         }
     }
