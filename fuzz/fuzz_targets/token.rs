@@ -184,7 +184,11 @@ fuzz_target!(|input: Input| match input {
         assert_eq!(verify(&trusting(&key), &token, now), expected, "{token:?}");
         let verified = Verified::new();
         for _ in 0..2 {
-            assert_eq!(verified.verify(&trusting(&key), &token, now), expected, "{token:?}");
+            assert_eq!(
+                verified.verify(&trusting(&key), &token, now),
+                expected,
+                "{token:?}"
+            );
         }
         if other_key != *key.as_bytes() {
             let other = TokenKey::from_bytes(other_key);
@@ -192,14 +196,25 @@ fuzz_target!(|input: Input| match input {
             let (unknown, impostor) = if token.len() > MAX_TOKEN_LEN {
                 (TokenError::Malformed, TokenError::Malformed)
             } else {
-                (TokenError::UnknownKey { kid: kid.clone() }, TokenError::BadSignature)
+                (
+                    TokenError::UnknownKey { kid: kid.clone() },
+                    TokenError::BadSignature,
+                )
             };
-            assert_eq!(verify(&trusting(&other), &token, now), Err(unknown), "{token:?}");
+            assert_eq!(
+                verify(&trusting(&other), &token, now),
+                Err(unknown),
+                "{token:?}"
+            );
             let under_its_id = KeySet::new(vec![PublicKey {
                 kid,
                 key: other.public_bytes(),
             }]);
-            assert_eq!(verify(&under_its_id, &token, now), Err(impostor), "{token:?}");
+            assert_eq!(
+                verify(&under_its_id, &token, now),
+                Err(impostor),
+                "{token:?}"
+            );
             // Remembered for the signer's key, never for another one published under its id.
             assert_eq!(
                 verified.verify(&under_its_id, &token, now),
