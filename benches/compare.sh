@@ -167,21 +167,18 @@ echo
 echo "| measure | old | new | new / old |"
 echo "| --- | ---: | ---: | ---: |"
 awk -v a="$mo" -v b="$mn" 'BEGIN { printf "| ingest, median saves/s | %d | %d | %.2f |\n", a, b, b / a }'
-bo=$(median "${busy[old]}")
-bn=$(median "${busy[new]}")
 num='^[0-9]+([.][0-9]+)?$'
-if [[ $bo =~ $num && $bn =~ $num ]]; then
-    awk -v a="$bo" -v b="$bn" 'BEGIN { printf "| ingest, median writer busy µs per save | %.1f | %.1f | %.2f |\n", a, b, b / a }'
-else
-    echo "| ingest, median writer busy µs per save | $bo | $bn | ? |"
-fi
-co_=$(median "${cpu[old]}")
-cn_=$(median "${cpu[new]}")
-if [[ $co_ =~ $num && $cn_ =~ $num ]]; then
-    awk -v a="$co_" -v b="$cn_" 'BEGIN { printf "| ingest, median box CPU µs per save (all threads) | %.1f | %.1f | %.2f |\n", a, b, b / a }'
-else
-    echo "| ingest, median box CPU µs per save (all threads) | $co_ | $cn_ | ? |"
-fi
+# ratio_row LABEL OLD NEW: a row of two µs figures and their ratio; "?" where a build did not
+# report the figure.
+ratio_row() {
+    if [[ $2 =~ $num && $3 =~ $num ]]; then
+        awk -v l="$1" -v a="$2" -v b="$3" 'BEGIN { printf "| %s | %.1f | %.1f | %.2f |\n", l, a, b, b / a }'
+    else
+        echo "| $1 | $2 | $3 | ? |"
+    fi
+}
+ratio_row "ingest, median writer busy µs per save" "$(median "${busy[old]}")" "$(median "${busy[new]}")"
+ratio_row "ingest, median box CPU µs per save (all threads)" "$(median "${cpu[old]}")" "$(median "${cpu[new]}")"
 awk -v a="$so" -v b="$sn" -v n="$drain_total" 'BEGIN { printf "| drain of %d, seconds | %.2f | %.2f | %.2f |\n", n, a, b, b / a }'
 awk -v a="$co" -v b="$cn" -v da="$do_" -v db="$dn" \
     'BEGIN { printf "| drain, commits per delivery | %.3f | %.3f | %.2f |\n", a / da, b / db, (b / db) / (a / da) }'

@@ -212,9 +212,8 @@ fn options() -> StoreOptions {
 }
 
 /// A trial's options: the index checkpointed after every batch, every 16 journal entries or
-/// batches, or
-/// only at the clean close (the default interval is longer than a trial), so that a cut
-/// lands before, inside and after checkpoints, and crash images hold unapplied tails of
+/// batches, or only at the clean close (the default interval is longer than a trial), so that
+/// a cut lands before, inside and after checkpoints, and crash images hold unapplied tails of
 /// every length.
 fn trial_options(rng: &mut SplitMix) -> StoreOptions {
     let every = [1, 16, usize::MAX][rng.below(3) as usize];

@@ -105,7 +105,6 @@ fn peak_rss(the_box: &BoxProcess) -> Option<u64> {
         .map(|kb| kb * 1024)
 }
 
-/// What the box says about its commits: requests per commit and the time of each half.
 /// Row 3's "what", for the normal and the Pi-class rows alike.
 fn steady_what(scale: &Scale) -> String {
     format!(
@@ -148,6 +147,7 @@ fn burst_measured(report: &LoadReport) -> String {
     )
 }
 
+/// What the box says about its commits: requests per commit and the time of each half.
 async fn commit_note(the_box: &BoxProcess) -> String {
     let status = the_box.status().await;
     let n = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
